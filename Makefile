@@ -1,0 +1,29 @@
+# Two commands set everything up: `make demo` and `make test`.
+# Both create .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tltf-installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tltf demo
+
+test: $(STAMP)
+	$(BIN)/ruff check tltf tests benchmarks
+	$(BIN)/python -m pytest -n 2
+
+lint: $(STAMP)
+	$(BIN)/ruff check tltf tests benchmarks
+	$(BIN)/ruff format --check tltf tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,50 @@
+"""tltf: transfer learning for Keras and TensorFlow.
+
+Every Keras Applications model as a frozen base with its own preprocessing and a
+map of its real blocks; a head builder; a two-stage, block-aware fine-tuning
+schedule (as `fine_tune` or as the `FineTuneSchedule` callback).
+
+Example:
+
+>>> import tltf
+>>> model = tltf.build_model("efficientnet_b0", num_classes=5)
+>>> history = tltf.fine_tune(model, train_ds, val_ds, unfreeze=3)
+"""
+
+from tltf import _quiet  # noqa: F401  (must run before TensorFlow is imported)
+from tltf.bases import (
+    Base,
+    BlockMap,
+    infer_block_map,
+    list_bases,
+    load_base,
+    save_base,
+)
+from tltf.errors import TltfError
+from tltf.freezing import block_summary, freeze, trainable_blocks, unfreeze
+from tltf.heads import HeadConfig
+from tltf.model import build_model, load_model, model_info
+from tltf.schedule import FineTuneSchedule, fine_tune, set_lr_multipliers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Base",
+    "BlockMap",
+    "FineTuneSchedule",
+    "HeadConfig",
+    "TltfError",
+    "block_summary",
+    "build_model",
+    "fine_tune",
+    "freeze",
+    "infer_block_map",
+    "list_bases",
+    "load_base",
+    "load_model",
+    "model_info",
+    "save_base",
+    "set_lr_multipliers",
+    "trainable_blocks",
+    "unfreeze",
+]

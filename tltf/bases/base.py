@@ -1,0 +1,251 @@
+"""Loading a base: a registry name, a saved tltf base, or any keras.Model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from tltf.bases.blockmaps import BlockMap, infer_block_map, validate_block_map
+from tltf.bases.registry import BaseSpec, get_spec
+from tltf.bases.weights import load_weights_file, offline_first, resolve_weights_dir
+from tltf.errors import ConfigError, InputShapeError, ModelError
+from tltf.layers import PREPROCESSING_MODES
+
+#: File names inside a saved base folder (see `save_base`).
+BASE_MODEL_FILE = "base.keras"
+BASE_INFO_FILE = "base.json"
+
+
+@dataclasses.dataclass
+class Base:
+    """A feature extractor with what tltf needs to fine-tune it.
+
+    Attributes:
+        model: keras.Model. The headless base (a feature map or pooled features).
+        name: str. The registry name, or the model's name for other bases.
+        block_map: BlockMap. The base's blocks, bottom to top.
+        preprocessing: str. The preprocessing mode applied before the base.
+        spec: BaseSpec or None. The registry entry, for Keras Applications.
+        info: dict. Where the base came from (weights, pretraining metadata).
+    """
+
+    model: keras.Model
+    name: str
+    block_map: BlockMap
+    preprocessing: str = "none"
+    spec: BaseSpec | None = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple:
+        """The base's input shape, without the batch dimension."""
+        return tuple(self.model.input_shape[1:])
+
+    @property
+    def min_size(self) -> int:
+        """The smallest input height and width the base accepts."""
+        return self.spec.min_size if self.spec else int(self.info.get("min_size", 1))
+
+
+def _check_input_shape(spec: BaseSpec, input_shape, weights) -> tuple[int, int, int]:
+    if input_shape is None:
+        return (spec.default_size, spec.default_size, 3)
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise InputShapeError(
+            "Expected input_shape=(height, width, channels) with positive integers. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    height, width, channels = shape
+    if min(height, width) < spec.min_size:
+        raise InputShapeError(
+            f"{spec.name} needs inputs of at least {spec.min_size}x{spec.min_size} "
+            f"pixels. Received: input_shape={shape}. Resize images to at least "
+            f"{spec.min_size} px (its ImageNet size is {spec.default_size})."
+        )
+    if weights == "imagenet" and channels != 3:
+        raise InputShapeError(
+            f"ImageNet weights expect 3 (RGB) channels. Received: channels={channels}"
+            " in input_shape. Convert the images to RGB (tltf's data layer does it "
+            "for image folders), or use weights=None."
+        )
+    return shape
+
+
+def _describe_weights(weights) -> str:
+    return "random" if weights is None else str(weights)
+
+
+def _application_base(
+    spec: BaseSpec, weights, input_shape, weights_dir, constructor_kwargs
+) -> Base:
+    shape = _check_input_shape(spec, input_shape, weights)
+    is_file = weights not in ("imagenet", None)
+    if is_file and not isinstance(weights, (str, os.PathLike)):
+        raise ConfigError(
+            "Expected weights='imagenet', None, or the path of a weights file. "
+            f"Received: weights={weights!r}"
+        )
+    kwargs = dict(include_top=False, input_shape=shape, **constructor_kwargs)
+    try:
+        with offline_first(resolve_weights_dir(weights_dir), spec.name):
+            model = spec.constructor(
+                weights=None if is_file else weights, **kwargs
+            )
+    except ValueError as error:
+        raise ConfigError(
+            f"keras.applications.{spec.constructor_name} rejected the arguments "
+            f"{kwargs | {'weights': weights}}: {error}"
+        ) from None
+    if is_file:
+        load_weights_file(model, weights, f"{spec.name} at {shape}")
+    block_map = spec.block_map(model)
+    validate_block_map(model, block_map)
+    info = {"weights": _describe_weights(weights), **constructor_kwargs}
+    return Base(model, spec.name, block_map, spec.preprocessing, spec, info)
+
+
+def _custom_base(model: keras.Model, blocks, preprocessing: str | None) -> Base:
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"Expected a keras.Model. Received: {type(model).__name__}")
+    if not model.built or not model.layers:
+        raise ModelError(
+            f"Model {model.name!r} has no layers graph yet. Build it (call it on an "
+            "input or give it an Input) before using it as a base."
+        )
+    if blocks is None:
+        block_map = infer_block_map(model)
+    else:
+        block_map = blocks if isinstance(blocks, BlockMap) else BlockMap.from_config(blocks)
+        validate_block_map(model, block_map)
+    mode = preprocessing or "none"
+    if mode not in PREPROCESSING_MODES:
+        raise ConfigError(
+            f"Expected preprocessing in {PREPROCESSING_MODES}. "
+            f"Received: preprocessing={preprocessing!r}"
+        )
+    return Base(model, model.name, block_map, mode, None, {"weights": "user model"})
+
+
+def load_base(
+    base: str | os.PathLike | keras.Model | Base,
+    *,
+    weights: str | os.PathLike | None = "imagenet",
+    input_shape: tuple | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    blocks=None,
+    preprocessing: str | None = None,
+    **constructor_kwargs,
+) -> Base:
+    """Loads a headless base and its block map.
+
+    Args:
+        base: A registry name (`"mobilenet_v2"`, see `list_bases()`), the folder of
+            a base saved by `save_base` or `tltf.pretrain`, a `keras.Model`, or a
+            `Base`.
+        weights: "imagenet" (Keras's download and cache), None (random), or the
+            path of a weights file for the architecture. Ignored for saved bases
+            and models. Defaults to "imagenet".
+        input_shape: tuple or None. `(height, width, channels)`. Defaults to the
+            base's ImageNet size.
+        weights_dir: str or None. An offline folder searched for the ImageNet
+            weights file before any download. Defaults to `$TLTF_WEIGHTS_DIR`.
+        blocks: For a keras.Model: an explicit block map, as a `BlockMap`, a
+            `{block: [layer names]}` dict or `[[block, [layers]], ...]`, bottom to
+            top. Defaults to None (inferred; see `infer_block_map`).
+        preprocessing: str or None. For a keras.Model: the preprocessing mode it
+            expects ("tf", "caffe", "torch" or "none"). Defaults to "none".
+        **constructor_kwargs: Extra arguments of the Keras constructor, such as
+            `alpha=0.35` for MobileNetV2.
+
+    Returns:
+        A `Base`.
+
+    Example:
+
+    >>> base = tltf.load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3))
+    >>> base.block_map.names[:3]
+    ['stem', 'block_1', 'block_2']
+    """
+    if isinstance(base, Base):
+        return base
+    if isinstance(base, keras.Model):
+        return _custom_base(base, blocks, preprocessing)
+    if isinstance(base, os.PathLike) or (
+        isinstance(base, str) and (os.sep in base or Path(base).exists())
+    ):
+        return load_saved_base(base)
+    spec = get_spec(base)
+    return _application_base(spec, weights, input_shape, weights_dir, constructor_kwargs)
+
+
+def save_base(base: Base, path: str | os.PathLike, info: dict | None = None) -> Path:
+    """Saves a base as a reusable folder: `base.keras` plus `base.json`.
+
+    The folder is written next to its destination and moved into place in one
+    step, so an interrupted save never leaves a half-written base, and an existing
+    base is replaced only by a complete one.
+
+    Args:
+        base: Base. The base to save.
+        path: str or PathLike. The destination folder.
+        info: dict or None. Extra JSON metadata (for example, how it was trained).
+
+    Returns:
+        The folder's path.
+    """
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        base.model.save(tmp / BASE_MODEL_FILE)
+        record = {
+            "name": base.name,
+            "preprocessing": base.preprocessing,
+            "blocks": base.block_map.to_config(),
+            "input_shape": list(base.input_shape),
+            "info": {"min_size": base.min_size, **base.info, **(info or {})},
+        }
+        (tmp / BASE_INFO_FILE).write_text(json.dumps(record, indent=2))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_saved_base(path: str | os.PathLike) -> Base:
+    """Loads a base folder written by `save_base` (always with `safe_mode=True`)."""
+    path = Path(path).expanduser()
+    model_file, info_file = path / BASE_MODEL_FILE, path / BASE_INFO_FILE
+    if not (model_file.is_file() and info_file.is_file()):
+        raise ModelError(
+            f"{str(path)!r} is not a saved tltf base: expected {BASE_MODEL_FILE} and "
+            f"{BASE_INFO_FILE} inside it. Save one with `tltf.save_base` or "
+            "`tltf.pretrain`, or pass a registry name (see `tltf.list_bases()`)."
+        )
+    from tltf.model import load_model
+
+    model = load_model(model_file)
+    try:
+        record = json.loads(info_file.read_text())
+        block_map = BlockMap.from_config(record["blocks"])
+        mode = record["preprocessing"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"{str(info_file)!r} is not valid base metadata: {error}") from None
+    validate_block_map(model, block_map)
+    info = {**record.get("info", {}), "path": str(path)}
+    return Base(model, record.get("name", model.name), block_map, mode, None, info)

@@ -1,0 +1,224 @@
+"""The base registry: one entry per Keras Applications constructor.
+
+Each `BaseSpec` records the constructor, its snake_case name, the matching
+`preprocess_input` (as a preprocessing mode built into the model), the default and
+minimum input sizes, and the family's block rule. The table below is the single
+source of truth; `tests/bases/test_registry.py` iterates it, and fails when Keras
+ships a constructor that the table lacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Callable
+
+import keras
+
+from tltf.bases.blockmaps import (
+    BlockMap,
+    block_map_from_assignment,
+    block_map_from_rule,
+)
+from tltf.errors import UnknownBaseError, suggest
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseSpec:
+    """A registry entry.
+
+    Attributes:
+        name: str. The snake_case registry name, e.g. "mobilenet_v2".
+        constructor_name: str. The constructor, e.g. "MobileNetV2".
+        family: str. The module that defines it, e.g. "mobilenet_v2"; it owns the
+            `preprocess_input` and the block rule.
+        preprocessing: str. The mode of the family's `preprocess_input`: "tf",
+            "caffe", "torch" or "none" (the model normalises inputs itself).
+        default_size: int. The ImageNet input size.
+        min_size: int. The smallest input size the architecture accepts.
+    """
+
+    name: str
+    constructor_name: str
+    family: str
+    preprocessing: str
+    default_size: int
+    min_size: int
+
+    @property
+    def constructor(self) -> Callable[..., keras.Model]:
+        """The model constructor, e.g. `keras.applications.MobileNetV2`."""
+        if self.family == "regnet":
+            from tltf.bases import regnet
+
+            return regnet.CONSTRUCTORS[self.constructor_name]
+        return getattr(keras.applications, self.constructor_name)
+
+    @property
+    def preprocess_input(self) -> Callable:
+        """The family's own `preprocess_input` function (for reference)."""
+        if self.family == "regnet":
+            from tltf.bases import regnet
+
+            return regnet.preprocess_input
+        return getattr(keras.applications, self.family).preprocess_input
+
+    def block_map(self, model: keras.Model) -> BlockMap:
+        """The block map of `model`, a model built by this entry's constructor."""
+        from tltf.bases import rules
+
+        graph_rule = rules.GRAPH_RULES.get(self.family)
+        if graph_rule is not None:
+            return block_map_from_assignment(model, graph_rule(model))
+        return block_map_from_rule(model, rules.RULES[self.family])
+
+
+def _family(family, preprocessing, min_size, entries):
+    return [
+        BaseSpec(name, ctor, family, preprocessing, size, min_size)
+        for ctor, name, size in entries
+    ]
+
+
+_EFFICIENTNET_SIZES = (224, 240, 260, 300, 380, 456, 528, 600)
+_REGNET_SIZES = ("002", "004", "006", "008", "016", "032", "040", "064", "080", "120")
+_REGNET_SIZES += ("160", "320")
+
+
+_SPECS: list[BaseSpec] = [
+    *_family("mobilenet", "tf", 32, [("MobileNet", "mobilenet", 224)]),
+    *_family("mobilenet_v2", "tf", 32, [("MobileNetV2", "mobilenet_v2", 224)]),
+    *_family(
+        "mobilenet_v3",
+        "none",
+        32,
+        [
+            ("MobileNetV3Small", "mobilenet_v3_small", 224),
+            ("MobileNetV3Large", "mobilenet_v3_large", 224),
+        ],
+    ),
+    *_family(
+        "efficientnet",
+        "none",
+        32,
+        [
+            (f"EfficientNetB{i}", f"efficientnet_b{i}", size)
+            for i, size in enumerate(_EFFICIENTNET_SIZES)
+        ],
+    ),
+    *_family(
+        "efficientnet_v2",
+        "none",
+        32,
+        [
+            (f"EfficientNetV2{v}", f"efficientnet_v2_{v.lower()}", size)
+            for v, size in [
+                ("B0", 224),
+                ("B1", 240),
+                ("B2", 260),
+                ("B3", 300),
+                ("S", 384),
+                ("M", 480),
+                ("L", 480),
+            ]
+        ],
+    ),
+    *_family(
+        "convnext",
+        "none",
+        32,
+        [
+            (f"ConvNeXt{v}", f"convnext_{v.lower()}", 224)
+            for v in ("Tiny", "Small", "Base", "Large", "XLarge")
+        ],
+    ),
+    *_family(
+        "densenet",
+        "torch",
+        32,
+        [(f"DenseNet{d}", f"densenet{d}", 224) for d in (121, 169, 201)],
+    ),
+    *_family("inception_v3", "tf", 75, [("InceptionV3", "inception_v3", 299)]),
+    *_family(
+        "inception_resnet_v2",
+        "tf",
+        75,
+        [("InceptionResNetV2", "inception_resnet_v2", 299)],
+    ),
+    *_family(
+        "nasnet",
+        "tf",
+        32,
+        [("NASNetMobile", "nasnet_mobile", 224), ("NASNetLarge", "nasnet_large", 331)],
+    ),
+    *_family(
+        "resnet",
+        "caffe",
+        32,
+        [(f"ResNet{d}", f"resnet{d}", 224) for d in (50, 101, 152)],
+    ),
+    *_family(
+        "resnet_v2",
+        "tf",
+        32,
+        [(f"ResNet{d}V2", f"resnet{d}_v2", 224) for d in (50, 101, 152)],
+    ),
+    *_family("vgg16", "caffe", 32, [("VGG16", "vgg16", 224)]),
+    *_family("vgg19", "caffe", 32, [("VGG19", "vgg19", 224)]),
+    *_family("xception", "tf", 71, [("Xception", "xception", 299)]),
+    *_family(
+        "regnet",
+        "none",
+        32,
+        [(f"RegNetX{s}", f"regnetx{s}", 224) for s in _REGNET_SIZES]
+        + [(f"RegNetY{s}", f"regnety{s}", 224) for s in _REGNET_SIZES],
+    ),
+]
+
+REGISTRY: dict[str, BaseSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def list_bases(filter: str = "*") -> list[str]:  # noqa: A002 - timm's name
+    """Lists registry names, optionally filtered by a shell-style pattern.
+
+    Args:
+        filter: str. An `fnmatch` pattern such as "efficientnet*". Defaults to "*".
+
+    Returns:
+        The sorted matching names.
+
+    Example:
+
+    >>> tltf.list_bases("mobilenet*")
+    ['mobilenet', 'mobilenet_v2', 'mobilenet_v3_large', 'mobilenet_v3_small']
+    """
+    return sorted(n for n in REGISTRY if fnmatch.fnmatch(n, filter.lower()))
+
+
+def get_spec(name: str) -> BaseSpec:
+    """Returns the registry entry `name`; also accepts constructor names.
+
+    Raises:
+        UnknownBaseError: with the closest names, when `name` is unknown.
+    """
+    key = str(name).strip()
+    if key in REGISTRY:
+        return REGISTRY[key]
+    by_constructor = {s.constructor_name.lower(): s for s in _SPECS}
+    if key.lower() in by_constructor:
+        return by_constructor[key.lower()]
+    raise UnknownBaseError(
+        f"Unknown base {name!r}.{suggest(key.lower(), REGISTRY)} "
+        "See `tltf.list_bases()` for the registry, or pass a keras.Model or the "
+        "path of a saved base."
+    )
+
+
+def applications_constructors() -> list[str]:
+    """Names of the model constructors that `keras.applications` exports."""
+    return sorted(
+        n
+        for n in dir(keras.applications)
+        if n[:1].isupper() and callable(getattr(keras.applications, n))
+    )
+

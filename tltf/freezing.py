@@ -1,0 +1,270 @@
+"""Freezing and unfreezing by block, and the BatchNorm policy.
+
+BatchNorm policies (`bn=`):
+
+- "frozen" (default): every BN layer of the base runs in inference mode, with its
+  moving mean and variance never updated and gamma/beta not trained.
+- "affine": BN layers in unfrozen blocks train gamma and beta, but still normalise
+  with (and never update) the moving statistics.
+- "train": BN layers in unfrozen blocks train fully (batch statistics, moving
+  averages updated). Frozen blocks keep their BN frozen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import keras
+
+from tltf.bases.blockmaps import BlockMap, carries_weights
+from tltf.errors import ConfigError
+from tltf.model import ModelInfo, model_info
+
+BN_POLICIES = ("frozen", "affine", "train")
+
+
+def check_bn_policy(bn: str) -> str:
+    """Validates a BatchNorm policy name."""
+    if bn not in BN_POLICIES:
+        raise ConfigError(f"Expected bn in {BN_POLICIES}. Received: bn={bn!r}")
+    return bn
+
+
+def resolve_unfreeze(
+    block_map: BlockMap,
+    base: keras.Model,
+    blocks: int | str | None = None,
+    *,
+    layers: int | None = None,
+    names: str | None = None,
+) -> tuple[list[str], str]:
+    """Turns an unfreeze request into block names (bottom to top) and a note.
+
+    Exactly one of `blocks`, `layers`, `names` is given.
+
+    - `blocks=k`: the top k blocks (0 to all); `blocks="all"`: every block.
+    - `layers=n`: the top n weight-carrying layers, rounded *up* to whole blocks so
+      that no block is split; the note says how many blocks that made.
+    - `names=regex`: every block whose name matches (`re.search`).
+    """
+    given = [v is not None for v in (blocks, layers, names)]
+    if sum(given) != 1:
+        raise ConfigError(
+            "Pass exactly one of blocks=, layers= or names=. "
+            f"Received: blocks={blocks!r}, layers={layers!r}, names={names!r}"
+        )
+    n = len(block_map)
+    if names is not None:
+        try:
+            pattern = re.compile(names)
+        except re.error as error:
+            raise ConfigError(f"Invalid names= regex {names!r}: {error}") from None
+        chosen = [b.name for b in block_map if pattern.search(b.name)]
+        if not chosen:
+            raise ConfigError(
+                f"No block name matches names={names!r}. Blocks: {block_map.names}"
+            )
+        return chosen, f"blocks matching {names!r}"
+    if layers is not None:
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+            raise ConfigError(f"Expected layers >= 0. Received: layers={layers!r}")
+        weighted = {layer.name for layer in base.layers if carries_weights(layer)}
+        counts = [sum(name in weighted for name in b.layers) for b in block_map]
+        total = sum(counts)
+        if layers > total:
+            raise ConfigError(
+                f"Expected unfreeze layers in [0, {total}] (weight-carrying layers of "
+                f"the base). Received: layers={layers}"
+            )
+        k, covered = 0, 0
+        while covered < layers:
+            k += 1
+            covered += counts[-k]
+        note = f"layers={layers} rounded up to {k} whole blocks ({covered} layers)"
+        return block_map.names[n - k :] if k else [], note
+    if blocks == "all":
+        return block_map.names, "all blocks"
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or not 0 <= blocks <= n:
+        raise ConfigError(
+            f"Expected unfreeze blocks in [0, {n}] or 'all' ({n} blocks in this base)."
+            f" Received: blocks={blocks!r}"
+        )
+    return (block_map.names[n - blocks :] if blocks else []), f"top {blocks} blocks"
+
+
+def _batchnorms(layer: keras.layers.Layer) -> Iterable[keras.layers.BatchNormalization]:
+    for sub in layer._flatten_layers(include_self=True, recursive=True):
+        if isinstance(sub, keras.layers.BatchNormalization):
+            yield sub
+
+
+def _force_inference(bn: keras.layers.BatchNormalization, enabled: bool) -> None:
+    """Makes a trainable BN layer normalise with its moving statistics.
+
+    Keras BN uses batch statistics whenever it is trainable and called with
+    training=True; the "affine" policy needs trainable gamma/beta with inference
+    statistics, so the instance's `call` pins `training=False`. Nothing of this is
+    serialized: a saved model keeps only the layer's `trainable` flag.
+    """
+    if enabled:
+        layer_call = type(bn).call
+
+        def call(inputs, training=None, mask=None):
+            return layer_call(bn, inputs, training=False, mask=mask)
+
+        object.__setattr__(bn, "call", call)
+    else:
+        bn.__dict__.pop("call", None)
+
+
+def apply_trainable(info: ModelInfo, trainable_blocks: Iterable[str], bn: str) -> None:
+    """Sets the trainability of every base layer and the head (no recompile).
+
+    Args:
+        info: ModelInfo. The model's parts (see `model_info`).
+        trainable_blocks: iterable of str. Blocks to train.
+        bn: str. The BatchNorm policy.
+    """
+    check_bn_policy(bn)
+    chosen = set(trainable_blocks)
+    unknown = chosen - set(info.block_map.names)
+    if unknown:
+        raise ConfigError(f"Unknown blocks {sorted(unknown)}. Blocks: {info.block_map.names}")
+    for layer in info.head_layers:
+        layer.trainable = True
+    base = info.base
+    for bn_layer in _batchnorms(base):
+        _force_inference(bn_layer, False)
+    if not chosen:
+        base.trainable = False
+        return
+    base.trainable = True
+    for layer in base.layers:
+        on = info.block_map.block_of(layer.name) in chosen
+        layer.trainable = on
+        for bn_layer in _batchnorms(layer):
+            if bn == "frozen" or not on:
+                bn_layer.trainable = False
+            elif bn == "affine":
+                _force_inference(bn_layer, True)
+
+
+def trainable_blocks(model: keras.Model) -> list[str]:
+    """The blocks of the model's base that have trainable weights, bottom to top."""
+    info = model_info(model)
+    trainable = {id(v) for v in info.base.trainable_weights}
+    out = []
+    for block in info.block_map:
+        for name in block.layers:
+            layer = info.base.get_layer(name)
+            if any(id(v) in trainable for v in layer.weights):
+                out.append(block.name)
+                break
+    return out
+
+
+def _recompile(model: keras.Model) -> None:
+    """Recompiles after a change of trainability, keeping the compile arguments."""
+    if not getattr(model, "compiled", False):
+        return
+    config = model.get_compile_config()
+    if config is None:
+        raise ConfigError(
+            "The model's compile arguments cannot be serialized, so tltf cannot "
+            "recompile it after changing trainability. Call model.compile(...) again."
+        )
+    model.compile_from_config(config)
+
+
+def freeze(model: keras.Model) -> keras.Model:
+    """Freezes the whole base; the head stays trainable (stage 1).
+
+    Every BN layer of the base runs in inference mode. A compiled model is
+    recompiled with the same arguments, so the change takes effect.
+
+    Example:
+
+    >>> tltf.freeze(model)
+    >>> tltf.trainable_blocks(model)
+    []
+    """
+    info = model_info(model)
+    apply_trainable(info, [], "frozen")
+    _recompile(model)
+    return model
+
+
+def unfreeze(
+    model: keras.Model,
+    blocks: int | str | None = None,
+    *,
+    layers: int | None = None,
+    names: str | None = None,
+    bn: str = "frozen",
+) -> list[str]:
+    """Unfreezes the top of the base by whole blocks (stage 2).
+
+    Blocks are the recommended unit. `layers=n` counts weight-carrying layers from
+    the top and rounds up to whole blocks, so a residual unit is never split; the
+    number of blocks it made is printed. Blocks below the chosen ones stay frozen.
+    A compiled model is recompiled with the same arguments.
+
+    Args:
+        model: keras.Model. A model built by `build_model`.
+        blocks: int or "all". How many blocks to unfreeze, from the top.
+        layers: int or None. Unfreeze at least this many layers from the top.
+        names: str or None. A regex; unfreeze the blocks whose name matches.
+        bn: str. BatchNorm policy: "frozen", "affine" or "train". Defaults to
+            "frozen".
+
+    Returns:
+        The names of the unfrozen blocks, bottom to top.
+
+    Example:
+
+    >>> tltf.unfreeze(model, blocks=3)
+    ['block_15', 'block_16', 'top']
+    """
+    info = model_info(model)
+    chosen, note = resolve_unfreeze(
+        info.block_map, info.base, blocks, layers=layers, names=names
+    )
+    if layers is not None:
+        print(f"tltf: {note}.")
+    apply_trainable(info, chosen, check_bn_policy(bn))
+    _recompile(model)
+    return chosen
+
+
+def block_summary(model: keras.Model, print_fn=print) -> list[dict]:
+    """Prints and returns one row per block: layers, parameters, trainable or not.
+
+    Args:
+        model: keras.Model. A model built by `build_model`.
+        print_fn: callable or None. Where to print; None prints nothing.
+            Defaults to `print`.
+
+    Returns:
+        A list of dicts with keys "block", "layers", "params", "trainable".
+    """
+    info = model_info(model)
+    trainable = {id(v) for v in info.base.trainable_weights}
+    rows = []
+    for block in info.block_map:
+        weights = [w for name in block.layers for w in info.base.get_layer(name).weights]
+        rows.append(
+            {
+                "block": block.name,
+                "layers": len(block.layers),
+                "params": int(sum(w.numpy().size for w in weights)),
+                "trainable": any(id(w) in trainable for w in weights),
+            }
+        )
+    if print_fn is not None:
+        width = max(len(r["block"]) for r in rows)
+        print_fn(f"{'block':<{width}}  {'layers':>6}  {'params':>10}  trainable")
+        for r in rows:
+            mark = "yes" if r["trainable"] else "-"
+            print_fn(f"{r['block']:<{width}}  {r['layers']:>6}  {r['params']:>10,}  {mark}")
+    return rows

@@ -1,0 +1,149 @@
+"""The head builder: pooling, optional hidden layers, dropout and the task output."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import keras
+
+from tltf.errors import ConfigError, suggest
+
+TASKS = ("multiclass", "binary", "multilabel", "regression")
+POOLINGS = ("avg", "max", "avgmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """What goes on top of the base.
+
+    Attributes:
+        pooling: str. "avg", "max" or "avgmax" (both, concatenated). Ignored when
+            the base already outputs vectors. Defaults to "avg".
+        hidden_units: tuple of int. Sizes of optional hidden Dense layers.
+            Defaults to ().
+        activation: str. Activation of the hidden layers. Defaults to "relu".
+        batchnorm: bool. BatchNormalization after each hidden Dense. Defaults to
+            False.
+        dropout: float. Dropout rate before each Dense (hidden and output).
+            Defaults to 0.2.
+        logits: bool. For "multiclass" and "binary", output logits instead of
+            probabilities. Defaults to False.
+
+    Example:
+
+    >>> HeadConfig.from_dict({"pooling": "avgmax", "hidden_units": [256]})
+    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout=0.2, logits=False)
+    """
+
+    pooling: str = "avg"
+    hidden_units: tuple[int, ...] = ()
+    activation: str = "relu"
+    batchnorm: bool = False
+    dropout: float = 0.2
+    logits: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden_units", tuple(int(u) for u in self.hidden_units))
+        if self.pooling not in POOLINGS:
+            raise ConfigError(
+                f"Expected head pooling in {POOLINGS}. Received: pooling={self.pooling!r}"
+            )
+        if any(u <= 0 for u in self.hidden_units):
+            raise ConfigError(
+                "Expected positive hidden_units. "
+                f"Received: hidden_units={self.hidden_units}"
+            )
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(
+                f"Expected head dropout in [0, 1). Received: dropout={self.dropout}"
+            )
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any] | None) -> HeadConfig:
+        """Builds a config from a dict, rejecting unknown keys with suggestions."""
+        config = dict(config or {})
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in config if k not in fields]
+        if unknown:
+            key = unknown[0]
+            raise ConfigError(
+                f"Unknown head option {key!r}.{suggest(key, fields)} "
+                f"Valid options: {fields}"
+            )
+        return cls(**config)
+
+
+def output_units(task: str, num_classes: int | None) -> int:
+    """The number of output units for a task, validating `num_classes`."""
+    if task not in TASKS:
+        raise ConfigError(f"Unknown task {task!r}.{suggest(task, TASKS)} Tasks: {TASKS}")
+    if task == "binary":
+        if num_classes not in (None, 1, 2):
+            raise ConfigError(
+                "A binary task has one sigmoid output; expected num_classes in "
+                f"(None, 1, 2). Received: num_classes={num_classes}"
+            )
+        return 1
+    if task == "regression":
+        n = 1 if num_classes is None else num_classes
+    else:
+        n = num_classes
+    minimum = 2 if task == "multiclass" else 1
+    if not isinstance(n, int) or isinstance(n, bool) or n < minimum:
+        raise ConfigError(
+            f"Expected num_classes to be an integer >= {minimum} for task={task!r}. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    return n
+
+
+def output_activation(task: str, logits: bool) -> str:
+    """The output activation: softmax, sigmoid or linear."""
+    if task == "regression" or logits:
+        return "linear"
+    return "softmax" if task == "multiclass" else "sigmoid"
+
+
+def build_head(features, task: str, units: int, config: HeadConfig):
+    """Adds the head's layers to a symbolic feature tensor.
+
+    Every layer is a standard Keras layer named `head_*`; the output layer computes
+    in float32 even under a mixed-precision policy.
+
+    Args:
+        features: KerasTensor. The base output, rank 4 (a feature map) or rank 2.
+        task: str. One of `TASKS`.
+        units: int. Output units (see `output_units`).
+        config: HeadConfig. The head's layout.
+
+    Returns:
+        The output KerasTensor.
+    """
+    x = features
+    if len(x.shape) == 4:
+        if config.pooling == "avgmax":
+            avg = keras.layers.GlobalAveragePooling2D(name="head_avg_pool")(x)
+            top = keras.layers.GlobalMaxPooling2D(name="head_max_pool")(x)
+            x = keras.layers.Concatenate(name="head_pool")([avg, top])
+        elif config.pooling == "max":
+            x = keras.layers.GlobalMaxPooling2D(name="head_pool")(x)
+        else:
+            x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    elif len(x.shape) != 2:
+        x = keras.layers.Flatten(name="head_flatten")(x)
+    for i, width in enumerate(config.hidden_units, start=1):
+        if config.dropout:
+            x = keras.layers.Dropout(config.dropout, name=f"head_dropout_{i}")(x)
+        x = keras.layers.Dense(width, use_bias=not config.batchnorm, name=f"head_dense_{i}")(x)
+        if config.batchnorm:
+            x = keras.layers.BatchNormalization(name=f"head_bn_{i}")(x)
+        x = keras.layers.Activation(config.activation, name=f"head_act_{i}")(x)
+    if config.dropout:
+        x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
+    return keras.layers.Dense(
+        units,
+        activation=output_activation(task, config.logits),
+        dtype="float32",
+        name="head_output",
+    )(x)

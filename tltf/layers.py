@@ -1,0 +1,78 @@
+"""Keras layers that tltf puts into models.
+
+All of them are registered serializable layers, so that models built by tltf save
+to `.keras` and load with `safe_mode=True` (no Lambda layers anywhere).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import keras
+from keras import ops
+
+from tltf.errors import ConfigError
+
+#: Preprocessing modes of `keras.applications.*.preprocess_input`.
+#: "tf": scale to [-1, 1]; "caffe": RGB->BGR and subtract the ImageNet mean;
+#: "torch": scale to [0, 1] and normalise by the ImageNet mean and std;
+#: "none": the base normalises inputs itself (EfficientNet, ConvNeXt, ...).
+PREPROCESSING_MODES = ("tf", "caffe", "torch", "none")
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package="tltf")
+class Preprocessing(keras.layers.Layer):
+    """Applies a base's `preprocess_input` to raw RGB images in [0, 255].
+
+    The layer also records tltf's metadata about the model it sits in (which base
+    follows it, the base's block map, the task), so that tltf can find the base and
+    its blocks in any model it built, also after a save and load.
+
+    Args:
+        mode: str. One of "tf", "caffe", "torch" or "none". Defaults to "none".
+        metadata: dict or None. tltf's JSON-serializable model metadata. Defaults
+            to None.
+        **kwargs: Standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> layer = Preprocessing("tf")
+    >>> float(layer(np.full((1, 2, 2, 3), 255.0))[0, 0, 0, 0])
+    1.0
+    """
+
+    def __init__(self, mode: str = "none", metadata: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESSING_MODES:
+            raise ConfigError(
+                f"Expected preprocessing mode in {PREPROCESSING_MODES}. "
+                f"Received: mode={mode!r}"
+            )
+        self.mode = mode
+        self.metadata = copy.deepcopy(metadata) if metadata else {}
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "caffe":
+            x = ops.flip(x, axis=-1)
+            return x - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_TORCH_MEAN, dtype=x.dtype)
+            std = ops.convert_to_tensor(_TORCH_STD, dtype=x.dtype)
+            return (x / 255.0 - mean) / std
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"mode": self.mode, "metadata": copy.deepcopy(self.metadata)})
+        return config

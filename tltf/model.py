@@ -1,0 +1,222 @@
+"""Building transfer models, finding their parts, and loading them safely."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from tltf.bases.base import Base, load_base
+from tltf.bases.blockmaps import BlockMap
+from tltf.errors import ConfigError, InputShapeError, ModelError
+from tltf.heads import HeadConfig, build_head, output_units
+from tltf.layers import Preprocessing
+
+#: Version of the metadata schema stored in the model's Preprocessing layer.
+METADATA_VERSION = 1
+
+
+def build_model(
+    base: str | os.PathLike | keras.Model | Base,
+    num_classes: int | None = None,
+    *,
+    input_shape: tuple | None = None,
+    weights: str | os.PathLike | None = "imagenet",
+    head: HeadConfig | dict | None = None,
+    task: str = "multiclass",
+    weights_dir: str | os.PathLike | None = None,
+    blocks=None,
+    preprocessing: str | None = None,
+    name: str | None = None,
+    **constructor_kwargs,
+) -> keras.Model:
+    """Builds a transfer model: preprocessing, then the frozen base, then a head.
+
+    The result is a plain functional `keras.Model` of standard and registered
+    layers. It saves to `.keras` and loads with `safe_mode=True`. Its base starts
+    frozen (stage 1 of the schedule), and `fine_tune` or `FineTuneSchedule` take it
+    from there.
+
+    Args:
+        base: A registry name (see `list_bases()`), a saved base folder, a
+            `keras.Model` or a `Base` (see `load_base`).
+        num_classes: int or None. Classes for "multiclass" and "multilabel";
+            outputs for "regression" (defaults to 1); None, 1 or 2 for "binary".
+        input_shape: tuple or None. `(height, width, channels)` of the images the
+            model takes, raw RGB in [0, 255]. Defaults to the base's own size.
+        weights: "imagenet", None, or a weights file path (registry bases only).
+            Defaults to "imagenet".
+        head: HeadConfig, dict or None. The head's layout. Defaults to
+            `HeadConfig()`: average pooling, dropout 0.2, the output layer.
+        task: str. "multiclass", "binary", "multilabel" or "regression".
+            Defaults to "multiclass".
+        weights_dir: str or None. Offline folder for ImageNet weight files.
+            Defaults to `$TLTF_WEIGHTS_DIR`.
+        blocks: Block map of a custom base (see `load_base`). Defaults to None.
+        preprocessing: str or None. Preprocessing mode of a custom base.
+        name: str or None. The model's name. Defaults to "tltf_<base>".
+        **constructor_kwargs: Extra Keras constructor arguments (e.g. `alpha`).
+
+    Returns:
+        A compiled-free `keras.Model` whose base is frozen.
+
+    Example:
+
+    >>> model = tltf.build_model("mobilenet_v2", num_classes=5, weights=None,
+    ...                          input_shape=(96, 96, 3), alpha=0.35)
+    >>> model.save("flowers.keras")
+    """
+    head = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
+    units = output_units(task, num_classes)
+    base = load_base(
+        base,
+        weights=weights,
+        input_shape=input_shape,
+        weights_dir=weights_dir,
+        blocks=blocks,
+        preprocessing=preprocessing,
+        **constructor_kwargs,
+    )
+    base_shape = base.input_shape
+    if input_shape is not None and tuple(input_shape) != tuple(base_shape):
+        if base.spec is None and None not in base_shape:
+            raise InputShapeError(
+                f"Base {base.name!r} takes inputs of shape {base_shape}. Received: "
+                f"input_shape={tuple(input_shape)}. Resize the images, or build the "
+                "base for that shape."
+            )
+    metadata = {
+        "version": METADATA_VERSION,
+        "base": base.name,
+        "base_layer": base.model.name,
+        "blocks": base.block_map.to_config(),
+        "task": task,
+        "num_outputs": units,
+        "head": dataclasses.asdict(head),
+        "base_info": _jsonable(base.info),
+    }
+    inputs = keras.Input(shape=base_shape, name="image")
+    x = Preprocessing(base.preprocessing, metadata=metadata, name="preprocessing")(inputs)
+    x = base.model(x)
+    outputs = build_head(x, task, units, head)
+    model = keras.Model(inputs, outputs, name=name or f"tltf_{base.name}")
+    base.model.trainable = False
+    return model
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What tltf knows about a model it built.
+
+    Attributes:
+        base: keras.Model. The base, a layer of the model.
+        block_map: BlockMap. The base's blocks, bottom to top.
+        head_layers: tuple of keras layers. The layers after the base.
+        metadata: dict. The raw metadata (base name, task, head config).
+    """
+
+    base: keras.Model
+    block_map: BlockMap
+    head_layers: tuple
+    metadata: dict
+
+    @property
+    def task(self) -> str:
+        """The model's task, e.g. "multiclass"."""
+        return self.metadata["task"]
+
+    @property
+    def logits(self) -> bool:
+        """Whether the model outputs logits."""
+        return bool(self.metadata.get("head", {}).get("logits", False))
+
+
+def model_info(model: keras.Model) -> ModelInfo:
+    """Finds the base, its block map and the head in a model built by tltf.
+
+    Works on a freshly built model and on one loaded from `.keras`.
+
+    Raises:
+        ModelError: when the model was not built by `tltf.build_model`.
+    """
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"Expected a keras.Model. Received: {type(model).__name__}")
+    pre = next(
+        (
+            layer
+            for layer in model.layers
+            if isinstance(layer, Preprocessing) and "base_layer" in layer.metadata
+        ),
+        None,
+    )
+    if pre is None:
+        raise ModelError(
+            f"Model {model.name!r} was not built by tltf.build_model: it has no tltf "
+            "preprocessing layer. Build it with `tltf.build_model(base, ...)`; to "
+            "fine-tune an arbitrary model, pass it as the base."
+        )
+    meta = pre.metadata
+    try:
+        base = model.get_layer(meta["base_layer"])
+    except ValueError:
+        raise ModelError(
+            f"Model {model.name!r} lost its base layer {meta['base_layer']!r}."
+        ) from None
+    head = tuple(
+        layer
+        for layer in model.layers
+        if layer is not base
+        and layer is not pre
+        and not isinstance(layer, keras.layers.InputLayer)
+    )
+    return ModelInfo(base, BlockMap.from_config(meta["blocks"]), head, meta)
+
+
+def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
+    """Loads a `.keras` model, always with `safe_mode=True`.
+
+    tltf's layers are registered on import, so no `custom_objects` are needed.
+    A missing, truncated or unsafe file (one with a Lambda layer, say) raises a
+    `ModelError` that says so, and the file is left untouched.
+
+    Args:
+        path: str or PathLike. The `.keras` file.
+        **kwargs: Passed to `keras.saving.load_model`, except `safe_mode`.
+
+    Returns:
+        The model.
+    """
+    if kwargs.pop("safe_mode", True) is not True:
+        raise ConfigError("tltf only loads models with safe_mode=True.")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(f"Model file {str(path)!r} does not exist.")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"{str(path)!r} is not a valid .keras file (it is truncated or not a "
+            "zip archive). Re-export it, or use the run's last good checkpoint."
+        )
+    try:
+        return keras.saving.load_model(path, safe_mode=True, **kwargs)
+    except ValueError as error:
+        message = str(error)
+        if "Lambda" in message or "safe_mode" in message:
+            raise ModelError(
+                f"{str(path)!r} holds a Lambda layer or other arbitrary code, which "
+                "tltf refuses to load (safe_mode=True). Rebuild the model with "
+                "registered layers instead of Lambda layers."
+            ) from None
+        raise ModelError(f"Could not load {str(path)!r}: {message.splitlines()[0]}") from None
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise ModelError(
+            f"Could not load {str(path)!r} ({error.__class__.__name__}: {error}). The "
+            "file may be truncated; use the last good checkpoint."
+        ) from None

@@ -1,0 +1,500 @@
+"""The two-stage schedule, as a Keras callback and as `fine_tune`.
+
+Stage 1 trains the head on the frozen base. Stage 2 unfreezes the top blocks and
+continues at a low learning rate with a fresh optimizer. Both stages run inside ONE
+`model.fit`, so every user callback (EarlyStopping, ModelCheckpoint, CSVLogger,
+TensorBoard, BackupAndRestore, ...) sees one training run with continuous epoch
+numbers, and the History has a `stage` entry per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tltf.errors import ConfigError, DataError
+from tltf.freezing import apply_trainable, check_bn_policy, resolve_unfreeze
+from tltf.model import ModelInfo, model_info
+
+
+def check_lr(value, name: str, allow_none: bool = False):
+    """Validates a learning rate: a positive finite number or a LR schedule."""
+    if value is None and allow_none:
+        return value
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+        return value
+    if isinstance(value, bool) or not isinstance(value, Real) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ConfigError(
+            f"Expected {name} to be a positive number (e.g. 1e-4) or a "
+            f"keras.optimizers.schedules.LearningRateSchedule. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _check_epochs(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"Expected {name} to be an integer >= 0. Received: {name}={value!r}")
+    return value
+
+
+def _unfreeze_kwargs(unfreeze) -> dict[str, Any]:
+    """`unfreeze` as keyword arguments of `resolve_unfreeze`."""
+    if isinstance(unfreeze, dict):
+        allowed = {"blocks", "layers", "names"}
+        if len(unfreeze) != 1 or not set(unfreeze) <= allowed:
+            raise ConfigError(
+                "Expected unfreeze as an int, 'all', or one of {'blocks': k}, "
+                f"{{'layers': n}}, {{'names': regex}}. Received: unfreeze={unfreeze!r}"
+            )
+        return dict(unfreeze)
+    return {"blocks": unfreeze}
+
+
+def set_lr_multipliers(optimizer: keras.optimizers.Optimizer, multipliers: dict) -> None:
+    """Gives variables their own learning-rate multipliers in a Keras optimizer.
+
+    Works with every built-in optimizer (Adam, AdamW, SGD, RMSprop, Lion, ...):
+    their `update_step(gradient, variable, learning_rate)` receives the learning
+    rate per variable, so this scales it for the listed variables. The optimizer
+    must be built on those variables. Multipliers scale the gradient step; AdamW's
+    decoupled weight decay keeps the base rate. They are training-time settings and
+    are not saved with the optimizer's config.
+
+    Args:
+        optimizer: keras.optimizers.Optimizer. A built optimizer (a
+            LossScaleOptimizer is unwrapped).
+        multipliers: dict. `{variable: multiplier}`; missing variables keep 1.0.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    table = {inner._var_key(v): float(m) for v, m in multipliers.items() if m != 1.0}
+    class_update_step = type(inner).update_step
+
+    def update_step(gradient, variable, learning_rate):
+        scale = table.get(inner._var_key(variable))
+        if scale is not None:
+            learning_rate = learning_rate * scale
+        return class_update_step(inner, gradient, variable, learning_rate)
+
+    object.__setattr__(inner, "update_step", update_step)
+
+
+def _clone_optimizer(template, learning_rate):
+    """A fresh optimizer like `template` (same class and config), at a new rate."""
+    if isinstance(template, keras.optimizers.LossScaleOptimizer):
+        inner = _clone_optimizer(template.inner_optimizer, learning_rate)
+        return keras.optimizers.LossScaleOptimizer(inner)
+    config = template.get_config()
+    if learning_rate is not None:
+        config["learning_rate"] = learning_rate
+    return type(template).from_config(config)
+
+
+def _format_lr(lr) -> str:
+    return f"{lr:.0e}" if isinstance(lr, float) else type(lr).__name__
+
+
+class FineTuneSchedule(keras.callbacks.Callback):
+    """The two-stage fine-tuning schedule as a Keras callback.
+
+    Use it inside a single plain `model.fit` on a model from `build_model`:
+    epochs before `unfreeze_at_epoch` train the head on the frozen base (with the
+    optimizer the model was compiled with); from `unfreeze_at_epoch` on, the chosen
+    top blocks train too, with a fresh optimizer at `fine_tune_lr`. The schedule is
+    a pure function of the epoch number, so a run resumed by `BackupAndRestore`
+    lands in the right stage, with the right blocks, and never re-freezes blocks.
+    Each epoch's logs get a `stage` entry (1 or 2) that History and CSVLogger
+    record.
+
+    Args:
+        unfreeze_at_epoch: int. The first epoch (0-based) of stage 2.
+        unfreeze: What to unfreeze in stage 2: an int (top k blocks), "all",
+            `{"layers": n}` (rounded up to whole blocks) or `{"names": regex}`.
+            Defaults to "all".
+        fine_tune_lr: float, LearningRateSchedule or None. Stage-2 learning rate;
+            None keeps the compiled optimizer's. Defaults to 1e-5.
+        bn: str. BatchNorm policy in stage 2: "frozen", "affine" or "train".
+            Defaults to "frozen".
+        lr_decay: float or None. Discriminative learning rates: each block's rate
+            is `lr_decay` times the rate of the block above it (the top block and
+            the head get `fine_tune_lr`). Defaults to None (one rate).
+        gradual_every: int or None. Gradual unfreezing: start stage 2 with
+            `gradual_start` blocks and add one more every `gradual_every` epochs.
+            Defaults to None (all at once).
+        gradual_start: int. Blocks trained at the start of gradual unfreezing.
+            Defaults to 1.
+        optimizer: keras.optimizers.Optimizer or None. Template of the stage-2
+            optimizer (it is cloned). Defaults to None: the compiled optimizer's
+            class and config.
+        verbose: int. 1 prints one summary line per stage change. Defaults to 1.
+
+    Example:
+
+    >>> model = tltf.build_model("mobilenet_v2", num_classes=5)
+    >>> model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    >>> model.fit(train, epochs=15, callbacks=[
+    ...     tltf.FineTuneSchedule(unfreeze_at_epoch=5, unfreeze=4, fine_tune_lr=1e-5),
+    ...     keras.callbacks.EarlyStopping(patience=3, start_from_epoch=5)])
+    """
+
+    def __init__(
+        self,
+        unfreeze_at_epoch: int,
+        unfreeze: int | str | dict = "all",
+        *,
+        fine_tune_lr=1e-5,
+        bn: str = "frozen",
+        lr_decay: float | None = None,
+        gradual_every: int | None = None,
+        gradual_start: int = 1,
+        optimizer: keras.optimizers.Optimizer | None = None,
+        verbose: int = 1,
+    ):
+        super().__init__()
+        self.unfreeze_at_epoch = _check_epochs(unfreeze_at_epoch, "unfreeze_at_epoch")
+        self.unfreeze = unfreeze
+        self._unfreeze_kwargs = _unfreeze_kwargs(unfreeze)
+        self.fine_tune_lr = check_lr(fine_tune_lr, "fine_tune_lr", allow_none=True)
+        self.bn = check_bn_policy(bn)
+        if lr_decay is not None and not (isinstance(lr_decay, Real) and 0 < lr_decay <= 1):
+            raise ConfigError(f"Expected lr_decay in (0, 1]. Received: lr_decay={lr_decay!r}")
+        self.lr_decay = lr_decay
+        if gradual_every is not None:
+            _check_epochs(gradual_every, "gradual_every")
+            if gradual_every == 0:
+                raise ConfigError("Expected gradual_every >= 1. Received: gradual_every=0")
+        self.gradual_every = gradual_every
+        self.gradual_start = _check_epochs(gradual_start, "gradual_start")
+        self.optimizer = optimizer
+        self.verbose = verbose
+        # Resumable state, kept apart from the configuration above.
+        self.stage: int | None = None
+        self.unfrozen: list[str] = []
+        self._info: ModelInfo | None = None
+        self._target: list[str] = []
+        self._note = ""
+
+    # -- state ---------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """The schedule's resumable state: stage and unfrozen blocks."""
+        return {"stage": self.stage, "unfrozen": list(self.unfrozen)}
+
+    def plan(self, epoch: int) -> tuple[int, list[str]]:
+        """The stage and the unfrozen blocks (bottom to top) for a 0-based epoch."""
+        if epoch < self.unfreeze_at_epoch or not self._target:
+            return (1 if epoch < self.unfreeze_at_epoch else 2), []
+        n = len(self._target)
+        if self.gradual_every:
+            steps = (epoch - self.unfreeze_at_epoch) // self.gradual_every
+            n = min(n, max(1, self.gradual_start) + steps)
+        return 2, self._target[len(self._target) - n :]
+
+    # -- Keras hooks ---------------------------------------------------------
+    def set_model(self, model):
+        super().set_model(model)
+        self._info = model_info(model)
+        self._target, self._note = resolve_unfreeze(
+            self._info.block_map, self._info.base, **self._unfreeze_kwargs
+        )
+
+    def on_train_begin(self, logs=None):
+        self.stage, self.unfrozen = None, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        stage, blocks = self.plan(epoch)
+        if stage != self.stage or blocks != self.unfrozen:
+            self._enter(stage, blocks, epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["stage"] = self.stage
+
+    # -- transitions ---------------------------------------------------------
+    def _enter(self, stage: int, blocks: list[str], epoch: int) -> None:
+        model, info = self.model, self._info
+        if stage == 1:
+            apply_trainable(info, [], "frozen")
+        else:
+            if self.stage != 2:
+                self._install_stage2_optimizer()
+            apply_trainable(info, blocks, self.bn)
+        model.make_train_function(force=True)
+        self.stage, self.unfrozen = stage, list(blocks)
+        if self.verbose:
+            self._print_summary(epoch)
+
+    def _install_stage2_optimizer(self) -> None:
+        """Builds a fresh stage-2 optimizer on every variable stage 2 will train."""
+        model, info = self.model, self._info
+        apply_trainable(info, self._target, self.bn)
+        variables = list(model.trainable_variables)
+        template = self.optimizer or model.optimizer
+        strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        with strategy.scope():
+            optimizer = _clone_optimizer(template, self.fine_tune_lr)
+            optimizer.build(variables)
+        if self.lr_decay is not None and self.lr_decay != 1:
+            set_lr_multipliers(optimizer, self._multipliers())
+        model.optimizer = optimizer
+
+    def _multipliers(self) -> dict:
+        info = self._info
+        multipliers = {}
+        for depth, name in enumerate(reversed(self._target)):
+            for layer_name in info.block_map[info.block_map.position(name)].layers:
+                for variable in info.base.get_layer(layer_name).trainable_weights:
+                    multipliers[variable] = self.lr_decay**depth
+        return multipliers
+
+    def _print_summary(self, epoch: int) -> None:
+        info, model = self._info, self.model
+        total = sum(math.prod(w.shape) for w in model.weights)
+        trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+        n = len(info.block_map)
+        last = (self.params or {}).get("epochs", "?")
+        if self.stage == 1:
+            end = self.unfreeze_at_epoch if self.unfreeze_at_epoch else last
+            what = f"head only; base {info.metadata['base']} frozen ({n} blocks)"
+            lr = getattr(model.optimizer, "learning_rate", None)
+            lr_text = _format_lr(float(lr.numpy())) if hasattr(lr, "numpy") else "?"
+            bn = "frozen"
+        else:
+            end = last
+            if self.unfrozen:
+                span = self.unfrozen[0] + (f"..{self.unfrozen[-1]}" if len(self.unfrozen) > 1 else "")
+                what = f"blocks {span} ({len(self.unfrozen)} of {n}) + head"
+            else:
+                what = f"head only (unfreeze={self.unfreeze!r} selects no block)"
+            lr_text = _format_lr(self.fine_tune_lr) if self.fine_tune_lr else "compiled"
+            if self.lr_decay not in (None, 1):
+                lr_text += f", x{self.lr_decay:g} per block down"
+            bn = self.bn
+        print(
+            f"tltf: stage {self.stage} from epoch {epoch + 1} (to {end}): training "
+            f"{what}; {trainable:,} of {total:,} params trainable; lr {lr_text}; BN {bn}."
+        )
+
+
+# -- fine_tune -----------------------------------------------------------------
+def default_loss_and_metrics(info: ModelInfo, one_hot: bool = False):
+    """The loss and metrics tltf uses for a model's task."""
+    task, logits = info.task, info.logits
+    if task == "multiclass":
+        if one_hot:
+            return keras.losses.CategoricalCrossentropy(from_logits=logits), ["accuracy"]
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=logits), ["accuracy"]
+    if task == "binary":
+        threshold = 0.0 if logits else 0.5
+        return keras.losses.BinaryCrossentropy(from_logits=logits), [
+            keras.metrics.BinaryAccuracy(threshold=threshold, name="accuracy")
+        ]
+    if task == "multilabel":
+        return keras.losses.BinaryCrossentropy(from_logits=logits), [
+            keras.metrics.BinaryAccuracy(name="accuracy")
+        ]
+    return keras.losses.MeanSquaredError(), [keras.metrics.MeanAbsoluteError(name="mae")]
+
+
+def _as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str):
+    """Turns `(images, labels)` arrays or a tf.data.Dataset into batches."""
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+            raise DataError(
+                f"Expected {what} to yield (image, label) pairs. Received elements "
+                f"of structure {spec}. Map it with `.map(lambda d: (d['image'], "
+                "d['label']))` or use tltf's data layer."
+            )
+        if len(spec[0].shape) == 3:
+            data = data.batch(batch_size)
+        return data.prefetch(tf.data.AUTOTUNE)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+        if len(x) == 0:
+            raise DataError(f"{what} is empty: it has no images. Pass at least one batch.")
+        if len(x) != len(y):
+            raise DataError(
+                f"{what} has {len(x)} images but {len(y)} labels; expected one label "
+                "per image."
+            )
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    raise DataError(
+        f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
+        f"(images, labels) of arrays. Received: {type(data).__name__}"
+    )
+
+
+def _check_labels(data, info: ModelInfo, what: str) -> bool:
+    """Checks array labels against the model's outputs; returns whether one-hot."""
+    n = info.metadata["num_outputs"]
+    if isinstance(data, tf.data.Dataset):
+        label_shape = data.element_spec[1].shape
+        return info.task == "multiclass" and label_shape.rank is not None and (
+            label_shape.rank >= 1 and label_shape[-1] == n and n > 1
+        )
+    y = np.asarray(data[1])
+    if info.task == "multiclass":
+        if y.ndim == 2 and y.shape[1] == n:
+            return True
+        y = y.reshape(-1)
+        if len(y) and (y.min() < 0 or y.max() >= n or not np.all(np.equal(np.mod(y, 1), 0))):
+            raise DataError(
+                f"{what} has labels outside [0, {n}) (min {y.min()}, max {y.max()}). "
+                f"The model has num_classes={n}: rebuild it with the right "
+                "num_classes, or fix the labels."
+            )
+    elif info.task in ("binary", "multilabel"):
+        if y.size and (y.min() < 0 or y.max() > 1):
+            raise DataError(
+                f"{what} has labels outside [0, 1] for a {info.task} task "
+                f"(min {y.min()}, max {y.max()})."
+            )
+        if info.task == "multilabel" and (y.ndim != 2 or y.shape[1] != n):
+            raise DataError(
+                f"Expected {what} multi-label targets of shape (N, {n}). "
+                f"Received: {y.shape}"
+            )
+    return False
+
+
+def fine_tune(
+    model: keras.Model,
+    train,
+    validation_data=None,
+    *,
+    head_epochs: int = 10,
+    fine_tune_epochs: int = 10,
+    head_lr=1e-3,
+    fine_tune_lr=1e-5,
+    unfreeze: int | str | dict = "all",
+    bn: str = "frozen",
+    optimizer: str | keras.optimizers.Optimizer = "adam",
+    loss="auto",
+    metrics="auto",
+    lr_decay: float | None = None,
+    gradual_every: int | None = None,
+    callbacks: list | None = None,
+    class_weight: dict | None = None,
+    batch_size: int = 32,
+    seed: int | None = None,
+    verbose="auto",
+    **fit_kwargs,
+) -> keras.callbacks.History:
+    """Fine-tunes a model from `build_model` with the two-stage schedule.
+
+    Stage 1 trains the head on the frozen base for `head_epochs` at `head_lr`.
+    Stage 2 unfreezes `unfreeze` blocks from the top and trains for
+    `fine_tune_epochs` with a fresh optimizer at `fine_tune_lr`. Both stages run in
+    one `model.fit` (see `FineTuneSchedule`), so callbacks see epochs 1..N.
+
+    The defaults follow the keras.io transfer-learning recipe (Adam at 1e-3 for the
+    head, then the whole base at 1e-5 with BatchNorm frozen); every argument is
+    validated before anything trains.
+
+    Args:
+        model: keras.Model. A model built by `build_model`.
+        train: A tf.data.Dataset of (image, label) batches, or `(images, labels)`
+            arrays (batched by `batch_size` and shuffled).
+        validation_data: Same forms as `train`, or None. Defaults to None.
+        head_epochs: int. Stage-1 epochs. Defaults to 10.
+        fine_tune_epochs: int. Stage-2 epochs. Defaults to 10.
+        head_lr: float or LearningRateSchedule. Stage-1 rate. Defaults to 1e-3.
+        fine_tune_lr: float or LearningRateSchedule. Stage-2 rate. Defaults to 1e-5.
+        unfreeze: int (top k blocks), "all", `{"layers": n}` or `{"names": regex}`.
+            Defaults to "all".
+        bn: str. "frozen", "affine" or "train" (see `tltf.freezing`). Defaults to
+            "frozen".
+        optimizer: str or Optimizer. A Keras optimizer name or instance; an
+            instance keeps its own learning rate in stage 1. Stage 2 clones it.
+            Defaults to "adam".
+        loss: A Keras loss, or "auto" for the task's. Defaults to "auto".
+        metrics: A list of Keras metrics, or "auto" for the task's. Defaults to
+            "auto".
+        lr_decay: float or None. Discriminative rates per block (see
+            `FineTuneSchedule`). Defaults to None.
+        gradual_every: int or None. Add one unfrozen block every n epochs.
+            Defaults to None.
+        callbacks: list or None. Keras callbacks; they see both stages.
+        class_weight: dict or None. Passed to `fit`.
+        batch_size: int. Batch size for array inputs. Defaults to 32.
+        seed: int or None. Shuffle seed for array inputs. Defaults to None.
+        verbose: Keras's `fit` verbosity. Defaults to "auto".
+        **fit_kwargs: Other `model.fit` arguments (`steps_per_epoch`, ...).
+
+    Returns:
+        The `keras.callbacks.History` of both stages; `history.history["stage"]`
+        gives each epoch's stage.
+
+    Example:
+
+    >>> model = tltf.build_model("efficientnet_b0", num_classes=5)
+    >>> history = tltf.fine_tune(model, train_ds, val_ds, unfreeze=3)
+    >>> history.history["stage"]
+    [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+    """
+    info = model_info(model)
+    head_epochs = _check_epochs(head_epochs, "head_epochs")
+    fine_tune_epochs = _check_epochs(fine_tune_epochs, "fine_tune_epochs")
+    if head_epochs + fine_tune_epochs == 0:
+        raise ConfigError("Nothing to train: head_epochs and fine_tune_epochs are both 0.")
+    head_lr = check_lr(head_lr, "head_lr")
+    schedule = FineTuneSchedule(
+        unfreeze_at_epoch=head_epochs,
+        unfreeze=unfreeze,
+        fine_tune_lr=fine_tune_lr,
+        bn=bn,
+        lr_decay=lr_decay,
+        gradual_every=gradual_every,
+    )
+    # Resolve the unfreeze request now, so a bad one fails before any training.
+    resolve_unfreeze(info.block_map, info.base, **schedule._unfreeze_kwargs)
+    one_hot = _check_labels(train, info, "train") if _is_arrays(train) or isinstance(
+        train, tf.data.Dataset
+    ) else False
+    if validation_data is not None and _is_arrays(validation_data):
+        _check_labels(validation_data, info, "validation_data")
+    train_ds = _as_dataset(train, batch_size, True, seed, "train")
+    val_ds = (
+        None
+        if validation_data is None
+        else _as_dataset(validation_data, batch_size, False, None, "validation_data")
+    )
+    auto_loss, auto_metrics = default_loss_and_metrics(info, one_hot)
+    if isinstance(optimizer, str):
+        try:
+            optimizer = keras.optimizers.get(
+                {"class_name": optimizer, "config": {"learning_rate": head_lr}}
+            )
+        except ValueError:
+            raise ConfigError(
+                f"Unknown optimizer {optimizer!r}. Use a Keras optimizer name such as "
+                "'adam', 'adamw' or 'sgd', or an optimizer instance."
+            ) from None
+    model.compile(
+        optimizer=optimizer,
+        loss=auto_loss if isinstance(loss, str) and loss == "auto" else loss,
+        metrics=auto_metrics if isinstance(metrics, str) and metrics == "auto" else metrics,
+    )
+    return model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=head_epochs + fine_tune_epochs,
+        shuffle=False,
+        callbacks=[schedule, *(callbacks or [])],
+        class_weight=class_weight,
+        verbose=verbose,
+        **fit_kwargs,
+    )
+
+
+def _is_arrays(data) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2
