@@ -57,7 +57,7 @@ def _unfreeze_kwargs(unfreeze) -> dict[str, Any]:
     return {"blocks": unfreeze}
 
 
-def set_lr_multipliers(optimizer: keras.optimizers.Optimizer, multipliers: dict) -> None:
+def set_lr_multipliers(optimizer: keras.optimizers.Optimizer, multipliers) -> None:
     """Gives variables their own learning-rate multipliers in a Keras optimizer.
 
     Works with every built-in optimizer (Adam, AdamW, SGD, RMSprop, Lion, ...):
@@ -70,10 +70,10 @@ def set_lr_multipliers(optimizer: keras.optimizers.Optimizer, multipliers: dict)
     Args:
         optimizer: keras.optimizers.Optimizer. A built optimizer (a
             LossScaleOptimizer is unwrapped).
-        multipliers: dict. `{variable: multiplier}`; missing variables keep 1.0.
+        multipliers: `(variable, multiplier)` pairs; other variables keep 1.0.
     """
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    table = {inner._var_key(v): float(m) for v, m in multipliers.items() if m != 1.0}
+    table = {inner._var_key(v): float(m) for v, m in multipliers if m != 1.0}
     class_update_step = type(inner).update_step
 
     def update_step(gradient, variable, learning_rate):
@@ -137,7 +137,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
     Example:
 
     >>> model = tltf.build_model("mobilenet_v2", num_classes=5)
-    >>> model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    >>> model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     >>> model.fit(train, epochs=15, callbacks=[
     ...     tltf.FineTuneSchedule(unfreeze_at_epoch=5, unfreeze=4, fine_tune_lr=1e-5),
     ...     keras.callbacks.EarlyStopping(patience=3, start_from_epoch=5)])
@@ -243,13 +243,13 @@ class FineTuneSchedule(keras.callbacks.Callback):
             set_lr_multipliers(optimizer, self._multipliers())
         model.optimizer = optimizer
 
-    def _multipliers(self) -> dict:
+    def _multipliers(self) -> list:
         info = self._info
-        multipliers = {}
+        multipliers = []
         for depth, name in enumerate(reversed(self._target)):
             for layer_name in info.block_map[info.block_map.position(name)].layers:
                 for variable in info.base.get_layer(layer_name).trainable_weights:
-                    multipliers[variable] = self.lr_decay**depth
+                    multipliers.append((variable, self.lr_decay**depth))
         return multipliers
 
     def _print_summary(self, epoch: int) -> None:
@@ -457,17 +457,12 @@ def fine_tune(
     )
     # Resolve the unfreeze request now, so a bad one fails before any training.
     resolve_unfreeze(info.block_map, info.base, **schedule._unfreeze_kwargs)
-    one_hot = _check_labels(train, info, "train") if _is_arrays(train) or isinstance(
-        train, tf.data.Dataset
-    ) else False
-    if validation_data is not None and _is_arrays(validation_data):
-        _check_labels(validation_data, info, "validation_data")
     train_ds = _as_dataset(train, batch_size, True, seed, "train")
-    val_ds = (
-        None
-        if validation_data is None
-        else _as_dataset(validation_data, batch_size, False, None, "validation_data")
-    )
+    one_hot = _check_labels(train, info, "train")
+    val_ds = None
+    if validation_data is not None:
+        val_ds = _as_dataset(validation_data, batch_size, False, None, "validation_data")
+        _check_labels(validation_data, info, "validation_data")
     auto_loss, auto_metrics = default_loss_and_metrics(info, one_hot)
     if isinstance(optimizer, str):
         try:
@@ -495,6 +490,3 @@ def fine_tune(
         **fit_kwargs,
     )
 
-
-def _is_arrays(data) -> bool:
-    return isinstance(data, (tuple, list)) and len(data) == 2

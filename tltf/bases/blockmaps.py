@@ -124,8 +124,8 @@ def block_map_from_assignment(model: keras.Model, assignment: dict[str, str]) ->
     return block_map_from_rule(model, assignment.get)
 
 
-def _producers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """The layers whose outputs feed `layer` in its model's graph."""
+def _producers(layer) -> list:
+    """The operations whose outputs feed `layer` in its model's graph."""
     producers = []
     for node in layer._inbound_nodes:
         for tensor in node.input_tensors:
@@ -189,22 +189,24 @@ def _order_problems(
     model: keras.Model, block_map: BlockMap, block_of: dict[str, str]
 ) -> list[str]:
     rank = {name: i for i, name in enumerate(block_map.names)}
-    # Rank of the highest block feeding each layer, propagated through layers that
-    # belong to no block (inputs, unnamed merges).
+    # Rank of the highest block feeding each operation, propagated through
+    # operations in no block: inputs, and ops that are not layers (the `x + y` of a
+    # ConvNeXt residual, say). `model.operations` is in topological order.
     reach: dict[int, int] = {}
     problems = []
-    for layer in model.layers:
-        upstream = max((reach.get(id(p), -1) for p in _producers(layer)), default=-1)
-        own = rank.get(block_of.get(layer.name, ""), None)
+    layer_ids = {id(layer) for layer in model.layers}
+    for op in getattr(model, "operations", model.layers):
+        upstream = max((reach.get(id(p), -1) for p in _producers(op)), default=-1)
+        own = rank.get(block_of.get(op.name, ""), None) if id(op) in layer_ids else None
         if own is None:
-            reach[id(layer)] = upstream
+            reach[id(op)] = upstream
             continue
         if upstream > own:
             problems.append(
-                f"layer {layer.name!r} in block {block_map.names[own]!r} is fed by "
+                f"layer {op.name!r} in block {block_map.names[own]!r} is fed by "
                 f"block {block_map.names[upstream]!r}, which comes later"
             )
-        reach[id(layer)] = max(own, upstream)
+        reach[id(op)] = max(own, upstream)
     return problems[:5]
 
 

@@ -1,0 +1,264 @@
+"""The two-stage schedule: what trains, what stays bitwise frozen, callbacks."""
+
+from __future__ import annotations
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tltf
+from tltf.errors import ConfigError, DataError
+from tltf.model import model_info
+
+from .conftest import make_data, make_tiny_base
+
+
+def _model(**kwargs):
+    return tltf.build_model(make_tiny_base(), num_classes=3, **kwargs)
+
+
+def _snapshot(layer):
+    return {w.path: np.array(w.numpy(), copy=True) for w in layer.weights}
+
+
+def _changed(before, after):
+    return {k for k in before if not np.array_equal(before[k], after[k])}
+
+
+def _block_vars(info, block, before):
+    layers = info.block_map[info.block_map.position(block)].layers
+    return {k for k in before if k.split("/")[-2] in layers}
+
+
+class Recorder(keras.callbacks.Callback):
+    """Records what a user callback sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.begins, self.ends, self.train_begins = [], [], 0
+        self.trainable = []
+
+    def on_train_begin(self, logs=None):
+        self.train_begins += 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begins.append(epoch)
+        self.trainable.append(tltf.trainable_blocks(self.model))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append((epoch, logs.get("stage")))
+
+
+def test_stage1_leaves_base_bitwise_unchanged(data):
+    model = _model()
+    info = model_info(model)
+    base_before, head_before = _snapshot(info.base), _snapshot(model.get_layer("head_output"))
+    tltf.fine_tune(model, data, head_epochs=2, fine_tune_epochs=0, verbose=0)
+    assert not _changed(base_before, _snapshot(info.base))
+    assert _changed(head_before, _snapshot(model.get_layer("head_output")))
+
+
+def test_stage2_trains_unfrozen_blocks_only_and_bn_stats_stay(data):
+    model = _model()
+    info = model_info(model)
+    before = _snapshot(info.base)
+    tltf.fine_tune(
+        model, data, head_epochs=1, fine_tune_epochs=2, fine_tune_lr=1e-3, unfreeze=2,
+        verbose=0,
+    )
+    changed = _changed(before, _snapshot(info.base))
+    for block in ("block3", "block4"):
+        kernels = {k for k in _block_vars(info, block, before) if k.endswith("kernel")}
+        assert kernels and kernels <= changed, block
+    for block in ("block1", "block2"):
+        assert not (_block_vars(info, block, before) & changed), block
+    # bn="frozen": moving statistics, gamma and beta are bitwise unchanged everywhere.
+    bn_vars = {k for k in before if "_bn/" in k}
+    assert bn_vars and not (bn_vars & changed)
+    assert tltf.trainable_blocks(model) == ["block3", "block4"]
+
+
+@pytest.mark.parametrize("bn", ["affine", "train"])
+def test_bn_policies(data, bn):
+    model = _model()
+    info = model_info(model)
+    before = _snapshot(info.base)
+    tltf.fine_tune(
+        model, data, head_epochs=0, fine_tune_epochs=2, fine_tune_lr=1e-2, unfreeze=1,
+        bn=bn, verbose=0,
+    )
+    changed = _changed(before, _snapshot(info.base))
+    stats = {k for k in before if k.startswith("block4_bn") and "moving" in k}
+    affine = {k for k in before if k.startswith("block4_bn") and k.rsplit("/", 1)[-1] in ("gamma", "beta")}
+    assert len(stats) == 2 and len(affine) == 2
+    assert affine <= changed
+    if bn == "affine":
+        assert not (stats & changed)
+    else:
+        assert stats <= changed
+    lower_bn = {k for k in before if "_bn/" in k and not k.startswith("block4")}
+    assert not (lower_bn & changed)
+
+
+def test_callbacks_see_both_stages_with_continuous_epochs(data, tmp_path):
+    model = _model()
+    recorder = Recorder()
+    log = tmp_path / "log.csv"
+    history = tltf.fine_tune(
+        model, data, data, head_epochs=2, fine_tune_epochs=3, unfreeze=1,
+        callbacks=[recorder, keras.callbacks.CSVLogger(str(log))], verbose=0,
+    )
+    assert recorder.train_begins == 1
+    assert recorder.begins == [0, 1, 2, 3, 4]
+    assert [stage for _, stage in recorder.ends] == [1, 1, 2, 2, 2]
+    assert history.history["stage"] == [1, 1, 2, 2, 2]
+    assert len(history.history["val_loss"]) == 5
+    rows = list(csv.DictReader(log.open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert [float(r["stage"]) for r in rows] == [1, 1, 2, 2, 2]
+    assert recorder.trainable == [[], [], ["block4"], ["block4"], ["block4"]]
+
+
+def test_callback_form_matches_fine_tune_form(data):
+    ds = tf.data.Dataset.from_tensor_slices(data).batch(16)
+    keras.utils.set_random_seed(1)
+    a = _model()
+    tltf.fine_tune(a, ds, head_epochs=2, fine_tune_epochs=2, unfreeze=2, fine_tune_lr=1e-4, verbose=0)
+    keras.utils.set_random_seed(1)
+    b = _model()
+    b.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    b.fit(ds, epochs=4, verbose=0, shuffle=False, callbacks=[
+        tltf.FineTuneSchedule(unfreeze_at_epoch=2, unfreeze=2, fine_tune_lr=1e-4, verbose=0)
+    ])
+    assert tltf.trainable_blocks(a) == tltf.trainable_blocks(b) == ["block3", "block4"]
+    for layer in ("tiny", "head_output"):
+        wa, wb = _snapshot(a.get_layer(layer)), _snapshot(b.get_layer(layer))
+        assert wa.keys() == wb.keys()
+        for key in wa:
+            np.testing.assert_allclose(wa[key], wb[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def _mean_update(before, after, info, block):
+    keys = [k for k in _block_vars(info, block, before) if k.endswith("kernel")]
+    return float(np.mean([np.abs(after[k] - before[k]).mean() for k in keys]))
+
+
+@pytest.mark.parametrize("decay", [None, 0.1])
+def test_discriminative_lr_moves_lower_blocks_less(data, decay):
+    model = _model()
+    info = model_info(model)
+    before = _snapshot(info.base)
+    tltf.fine_tune(
+        model, data, head_epochs=0, fine_tune_epochs=2, fine_tune_lr=1e-3,
+        unfreeze="all", lr_decay=decay, verbose=0,
+    )
+    after = _snapshot(info.base)
+    moves = [_mean_update(before, after, info, b) for b in ("block1", "block2", "block3", "block4")]
+    ratio = moves[0] / moves[3]
+    if decay is None:
+        assert ratio > 0.2, moves
+    else:
+        # Rates are 1e-3 (block4), 1e-4, 1e-5, 1e-6 (block1): Adam steps scale with them.
+        assert ratio < 0.01, moves
+        assert moves[0] < moves[1] < moves[2] < moves[3], moves
+
+
+def test_gradual_unfreezing_adds_one_block_per_period(data):
+    model = _model()
+    recorder = Recorder()
+    tltf.fine_tune(
+        model, data, head_epochs=1, fine_tune_epochs=4, unfreeze=3, gradual_every=1,
+        callbacks=[recorder], verbose=0,
+    )
+    assert recorder.trainable == [
+        [],
+        ["block4"],
+        ["block3", "block4"],
+        ["block2", "block3", "block4"],
+        ["block2", "block3", "block4"],
+    ]
+
+
+def test_unfreeze_on_compiled_model_recompiles(data):
+    model = _model()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(*data, epochs=1, verbose=0)
+    info = model_info(model)
+    before = _snapshot(info.base)
+    tltf.unfreeze(model, blocks=1)
+    model.fit(*data, epochs=1, verbose=0)
+    changed = _changed(before, _snapshot(info.base))
+    assert "block4_conv/kernel" in changed
+    assert "block1_conv/kernel" not in changed
+    tltf.freeze(model)
+    frozen = _snapshot(info.base)
+    model.fit(*data, epochs=1, verbose=0)
+    assert not _changed(frozen, _snapshot(info.base))
+
+
+def test_resume_with_backup_and_restore_lands_in_stage2(data, tmp_path):
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 3:
+                raise RuntimeError("simulated crash")
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    model = _model()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tltf.fine_tune(model, data, head_epochs=2, fine_tune_epochs=3, unfreeze=2,
+                       callbacks=[backup, Crash()], verbose=0)
+    saved = _snapshot(model_info(model).base)
+    fresh = _model()
+    recorder = Recorder()
+    history = tltf.fine_tune(
+        fresh, data, head_epochs=2, fine_tune_epochs=3, unfreeze=2,
+        callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), recorder],
+        verbose=0,
+    )
+    assert recorder.begins == [3, 4]
+    assert recorder.trainable[0] == ["block3", "block4"]
+    assert history.history["stage"] == [2, 2]
+    restored_block1 = {k: v for k, v in _snapshot(model_info(fresh).base).items() if "block1" in k}
+    for k, v in restored_block1.items():
+        np.testing.assert_array_equal(v, saved[k])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"head_lr": -1e-3}, "head_lr to be a positive number"),
+        ({"fine_tune_lr": "fast"}, "fine_tune_lr to be a positive number"),
+        ({"unfreeze": 99}, r"Expected unfreeze blocks in \[0, 4\].*blocks=99"),
+        ({"unfreeze": {"layers": 50}}, r"unfreeze layers in \[0, 8\]"),
+        ({"unfreeze": {"names": "nothing"}}, "No block name matches"),
+        ({"bn": "sometimes"}, "Expected bn in"),
+        ({"head_epochs": -1}, "head_epochs to be an integer"),
+        ({"lr_decay": 2.0}, r"lr_decay in \(0, 1\]"),
+        ({"optimizer": "adamm"}, "Unknown optimizer 'adamm'"),
+    ],
+)
+def test_bad_arguments_fail_before_training(data, kwargs, match):
+    model = _model()
+    with pytest.raises(ConfigError, match=match):
+        tltf.fine_tune(model, data, verbose=0, **kwargs)
+
+
+def test_bad_data_gives_clear_errors():
+    model = _model()
+    x, y = make_data()
+    with pytest.raises(DataError, match=r"labels outside \[0, 3\)"):
+        tltf.fine_tune(model, (x, y + 5), verbose=0)
+    with pytest.raises(DataError, match="empty"):
+        tltf.fine_tune(model, (x[:0], y[:0]), verbose=0)
+    with pytest.raises(DataError, match="3 labels"):
+        tltf.fine_tune(model, (x[:4], y[:3]), verbose=0)
+    dicts = tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
+    with pytest.raises(DataError, match=r"\(image, label\) pairs"):
+        tltf.fine_tune(model, dicts, verbose=0)
