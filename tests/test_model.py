@@ -1,0 +1,130 @@
+"""build_model: a plain, safely loadable keras.Model with the right head."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import tltf
+from tltf.errors import ConfigError, InputShapeError, ModelError, UnknownBaseError
+from tltf.model import model_info
+
+from .conftest import make_tiny_base
+
+
+def _no_lambda(model):
+    return not any(
+        isinstance(layer, keras.layers.Lambda)
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+    )
+
+
+def test_registry_model_saves_and_loads_safely(tmp_path):
+    model = tltf.build_model(
+        "mobilenet_v2", num_classes=4, weights=None, input_shape=(32, 32, 3), alpha=0.35
+    )
+    assert type(model) is keras.Model or isinstance(model, keras.Model)
+    assert _no_lambda(model)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+    info, loaded_info = model_info(model), model_info(loaded)
+    assert loaded_info.block_map == info.block_map
+    assert loaded_info.base.name == info.base.name
+    assert loaded_info.block_map.names[:2] == ["stem", "block_1"]
+    assert not loaded_info.base.trainable_weights  # the base is still frozen
+    assert tltf.load_model(path).count_params() == model.count_params()
+
+
+@pytest.mark.parametrize(
+    ("task", "num_classes", "units", "check"),
+    [
+        ("multiclass", 5, 5, lambda p: np.allclose(p.sum(axis=1), 1, atol=1e-5)),
+        ("binary", None, 1, lambda p: ((p >= 0) & (p <= 1)).all()),
+        ("multilabel", 4, 4, lambda p: ((p >= 0) & (p <= 1)).all()),
+        ("regression", 2, 2, lambda p: True),
+    ],
+)
+def test_task_heads(task, num_classes, units, check):
+    model = tltf.build_model(make_tiny_base(), num_classes, task=task)
+    preds = model.predict(np.zeros((2, 16, 16, 3)), verbose=0)
+    assert preds.shape == (2, units)
+    assert check(preds)
+
+
+def test_head_options_and_logits():
+    model = tltf.build_model(
+        make_tiny_base(),
+        3,
+        head={"pooling": "avgmax", "hidden_units": [8], "batchnorm": True, "logits": True},
+    )
+    names = [layer.name for layer in model.layers]
+    assert {"head_avg_pool", "head_max_pool", "head_dense_1", "head_bn_1"} <= set(names)
+    assert model.get_layer("head_output").activation.__name__ == "linear"
+    with pytest.raises(ConfigError, match="Did you mean 'hidden_units'"):
+        tltf.build_model(make_tiny_base(), 3, head={"hidden_unit": [8]})
+
+
+def test_mixed_precision_output_stays_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = tltf.build_model(make_tiny_base(), 3)
+        assert model.get_layer("head_pool").compute_dtype == "float16"
+        assert model.output.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_custom_base_block_map_is_inferred_and_explicit_map_accepted():
+    model = tltf.build_model(make_tiny_base(), 3)
+    assert model_info(model).block_map.names == ["block1", "block2", "block3", "block4"]
+    explicit = {
+        "low": ["block1_conv", "block1_bn", "block1_relu", "block2_conv", "block2_bn"],
+        "high": ["block3_conv", "block3_bn", "block4_conv", "block4_bn"],
+    }
+    model = tltf.build_model(make_tiny_base(), 3, blocks=explicit)
+    assert model_info(model).block_map.names == ["low", "high"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"base": "mobilenet_v5"}, UnknownBaseError, "Did you mean 'mobilenet_v2'"),
+        ({"base": "resnet"}, UnknownBaseError, "resnet50"),
+        ({"input_shape": (16, 16, 3)}, InputShapeError, "at least 32x32"),
+        ({"input_shape": (64, 64, 1), "weights": "imagenet"}, InputShapeError, "3 \\(RGB\\)"),
+        ({"input_shape": (64, 64)}, InputShapeError, "height, width, channels"),
+        ({"num_classes": 1}, ConfigError, "num_classes to be an integer >= 2"),
+        ({"task": "classification"}, ConfigError, "Unknown task"),
+        ({"weights": "/nonexistent/w.h5"}, tltf.TltfError, "does not exist"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    args = {"base": "mobilenet_v2", "num_classes": 3, "weights": None, "input_shape": (32, 32, 3)}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        tltf.build_model(args.pop("base"), args.pop("num_classes"), **args)
+
+
+def test_model_info_rejects_foreign_models():
+    with pytest.raises(ModelError, match="not built by tltf.build_model"):
+        model_info(make_tiny_base())
+
+
+def test_load_model_refuses_lambda_and_truncated_files(tmp_path):
+    inputs = keras.Input((4,))
+    lam = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
+    lam.save(tmp_path / "lambda.keras")
+    with pytest.raises(ModelError, match="Lambda"):
+        tltf.load_model(tmp_path / "lambda.keras")
+    good = tltf.build_model(make_tiny_base(), 3)
+    good.save(tmp_path / "good.keras")
+    data = (tmp_path / "good.keras").read_bytes()
+    (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="truncated"):
+        tltf.load_model(tmp_path / "cut.keras")
+    assert (tmp_path / "cut.keras").stat().st_size == len(data) // 2  # left untouched
