@@ -12,6 +12,7 @@ BatchNorm policies (`bn=`):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
@@ -257,7 +258,7 @@ def block_summary(model: keras.Model, print_fn=print) -> list[dict]:
             {
                 "block": block.name,
                 "layers": len(block.layers),
-                "params": int(sum(w.numpy().size for w in weights)),
+                "params": int(sum(math.prod(w.shape) for w in weights)),
                 "trainable": any(id(w) in trainable for w in weights),
             }
         )

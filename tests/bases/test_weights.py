@@ -57,7 +57,8 @@ def test_local_weights_file_and_mismatch(tmp_path):
     path = tmp_path / "mine.weights.h5"
     source.model.save_weights(path)
     loaded = tltf.load_base("mobilenet_v2", weights=str(path), **ARGS)
-    np.testing.assert_array_equal(source.model.weights[0].numpy(), loaded.model.weights[0].numpy())
+    for a, b in zip(source.model.weights, loaded.model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(WeightsError, match="does not match"):
         tltf.load_base("mobilenet_v2", weights=str(path), input_shape=(96, 96, 3), alpha=0.5)
     with pytest.raises(WeightsError, match="does not exist"):

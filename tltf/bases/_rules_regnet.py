@@ -11,7 +11,8 @@ import re
 
 _BLOCK = re.compile(r"^regnet[xy]\d+_(Stage_\d+_[XY]Block_\d+)_")
 _STEM = re.compile(r"^regnet[xy]\d+_(?:prestem|stem)_")
-_TOP = re.compile(r"^regnet[xy]\d+_head_|^predictions$")
+# The original names the classifier `<model>head_dense` (no underscore).
+_TOP = re.compile(r"^regnet[xy]\d+(?:_head_gap|head_dense|_avg_pool|_max_pool)$")
 
 
 def regnet_rule(name: str) -> str | None:
