@@ -26,7 +26,9 @@ def make_tiny_base(input_shape=(16, 16, 3), widths=(8, 8, 16, 16), name="tiny"):
     x = inputs
     for i, width in enumerate(widths, start=1):
         stride = 1 if i == 1 else 2
-        x = keras.layers.Conv2D(width, 3, strides=stride, padding="same", name=f"block{i}_conv")(x)
+        x = keras.layers.Conv2D(
+            width, 3, strides=stride, padding="same", name=f"block{i}_conv"
+        )(x)
         x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
         x = keras.layers.Activation("relu", name=f"block{i}_relu")(x)
     return keras.Model(inputs, x, name=name)

@@ -60,7 +60,12 @@ def test_head_options_and_logits():
     model = tltf.build_model(
         make_tiny_base(),
         3,
-        head={"pooling": "avgmax", "hidden_units": [8], "batchnorm": True, "logits": True},
+        head={
+            "pooling": "avgmax",
+            "hidden_units": [8],
+            "batchnorm": True,
+            "logits": True,
+        },
     )
     names = [layer.name for layer in model.layers]
     assert {"head_avg_pool", "head_max_pool", "head_dense_1", "head_bn_1"} <= set(names)
@@ -96,7 +101,11 @@ def test_custom_base_block_map_is_inferred_and_explicit_map_accepted():
         ({"base": "mobilenet_v5"}, UnknownBaseError, "Did you mean 'mobilenet_v2'"),
         ({"base": "resnet"}, UnknownBaseError, "resnet50"),
         ({"input_shape": (16, 16, 3)}, InputShapeError, "at least 32x32"),
-        ({"input_shape": (64, 64, 1), "weights": "imagenet"}, InputShapeError, "3 \\(RGB\\)"),
+        (
+            {"input_shape": (64, 64, 1), "weights": "imagenet"},
+            InputShapeError,
+            "3 \\(RGB\\)",
+        ),
         ({"input_shape": (64, 64)}, InputShapeError, "height, width, channels"),
         ({"num_classes": 1}, ConfigError, "num_classes to be an integer >= 2"),
         ({"task": "classification"}, ConfigError, "Unknown task"),
@@ -104,7 +113,12 @@ def test_custom_base_block_map_is_inferred_and_explicit_map_accepted():
     ],
 )
 def test_bad_arguments(kwargs, error, match):
-    args = {"base": "mobilenet_v2", "num_classes": 3, "weights": None, "input_shape": (32, 32, 3)}
+    args = {
+        "base": "mobilenet_v2",
+        "num_classes": 3,
+        "weights": None,
+        "input_shape": (32, 32, 3),
+    }
     args.update(kwargs)
     with pytest.raises(error, match=match):
         tltf.build_model(args.pop("base"), args.pop("num_classes"), **args)

@@ -55,7 +55,10 @@ class Recorder(keras.callbacks.Callback):
 def test_stage1_leaves_base_bitwise_unchanged(data):
     model = _model()
     info = model_info(model)
-    base_before, head_before = _snapshot(info.base), _snapshot(model.get_layer("head_output"))
+    base_before, head_before = (
+        _snapshot(info.base),
+        _snapshot(model.get_layer("head_output")),
+    )
     tltf.fine_tune(model, data, head_epochs=2, fine_tune_epochs=0, verbose=0)
     assert not _changed(base_before, _snapshot(info.base))
     assert _changed(head_before, _snapshot(model.get_layer("head_output")))
@@ -66,7 +69,12 @@ def test_stage2_trains_unfrozen_blocks_only_and_bn_stats_stay(data):
     info = model_info(model)
     before = _snapshot(info.base)
     tltf.fine_tune(
-        model, data, head_epochs=1, fine_tune_epochs=2, fine_tune_lr=1e-3, unfreeze=2,
+        model,
+        data,
+        head_epochs=1,
+        fine_tune_epochs=2,
+        fine_tune_lr=1e-3,
+        unfreeze=2,
         verbose=0,
     )
     changed = _changed(before, _snapshot(info.base))
@@ -87,12 +95,22 @@ def test_bn_policies(data, bn):
     info = model_info(model)
     before = _snapshot(info.base)
     tltf.fine_tune(
-        model, data, head_epochs=0, fine_tune_epochs=2, fine_tune_lr=1e-2, unfreeze=1,
-        bn=bn, verbose=0,
+        model,
+        data,
+        head_epochs=0,
+        fine_tune_epochs=2,
+        fine_tune_lr=1e-2,
+        unfreeze=1,
+        bn=bn,
+        verbose=0,
     )
     changed = _changed(before, _snapshot(info.base))
     stats = {k for k in before if k.startswith("block4_bn") and "moving" in k}
-    affine = {k for k in before if k.startswith("block4_bn") and k.rsplit("/", 1)[-1] in ("gamma", "beta")}
+    affine = {
+        k
+        for k in before
+        if k.startswith("block4_bn") and k.rsplit("/", 1)[-1] in ("gamma", "beta")
+    }
     assert len(stats) == 2 and len(affine) == 2
     assert affine <= changed
     if bn == "affine":
@@ -108,8 +126,14 @@ def test_callbacks_see_both_stages_with_continuous_epochs(data, tmp_path):
     recorder = Recorder()
     log = tmp_path / "log.csv"
     history = tltf.fine_tune(
-        model, data, data, head_epochs=2, fine_tune_epochs=3, unfreeze=1,
-        callbacks=[recorder, keras.callbacks.CSVLogger(str(log))], verbose=0,
+        model,
+        data,
+        data,
+        head_epochs=2,
+        fine_tune_epochs=3,
+        unfreeze=1,
+        callbacks=[recorder, keras.callbacks.CSVLogger(str(log))],
+        verbose=0,
     )
     assert recorder.train_begins == 1
     assert recorder.begins == [0, 1, 2, 3, 4]
@@ -126,7 +150,15 @@ def test_callback_form_matches_fine_tune_form(data):
     ds = tf.data.Dataset.from_tensor_slices(data).batch(16)
     keras.utils.set_random_seed(1)
     a = _model()
-    tltf.fine_tune(a, ds, head_epochs=2, fine_tune_epochs=2, unfreeze=2, fine_tune_lr=1e-4, verbose=0)
+    tltf.fine_tune(
+        a,
+        ds,
+        head_epochs=2,
+        fine_tune_epochs=2,
+        unfreeze=2,
+        fine_tune_lr=1e-4,
+        verbose=0,
+    )
     keras.utils.set_random_seed(1)
     b = _model()
     b.compile(
@@ -134,15 +166,25 @@ def test_callback_form_matches_fine_tune_form(data):
         keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
     )
-    b.fit(ds, epochs=4, verbose=0, shuffle=False, callbacks=[
-        tltf.FineTuneSchedule(unfreeze_at_epoch=2, unfreeze=2, fine_tune_lr=1e-4, verbose=0)
-    ])
+    b.fit(
+        ds,
+        epochs=4,
+        verbose=0,
+        shuffle=False,
+        callbacks=[
+            tltf.FineTuneSchedule(
+                unfreeze_at_epoch=2, unfreeze=2, fine_tune_lr=1e-4, verbose=0
+            )
+        ],
+    )
     assert tltf.trainable_blocks(a) == tltf.trainable_blocks(b) == ["block3", "block4"]
     for layer in ("tiny", "head_output"):
         wa, wb = _snapshot(a.get_layer(layer)), _snapshot(b.get_layer(layer))
         assert wa.keys() == wb.keys()
         for key in wa:
-            np.testing.assert_allclose(wa[key], wb[key], rtol=1e-4, atol=1e-5, err_msg=key)
+            np.testing.assert_allclose(
+                wa[key], wb[key], rtol=1e-4, atol=1e-5, err_msg=key
+            )
 
 
 def _mean_update(before, after, info, block):
@@ -156,11 +198,20 @@ def test_discriminative_lr_moves_lower_blocks_less(data, decay):
     info = model_info(model)
     before = _snapshot(info.base)
     tltf.fine_tune(
-        model, data, head_epochs=0, fine_tune_epochs=2, fine_tune_lr=1e-3,
-        unfreeze="all", lr_decay=decay, verbose=0,
+        model,
+        data,
+        head_epochs=0,
+        fine_tune_epochs=2,
+        fine_tune_lr=1e-3,
+        unfreeze="all",
+        lr_decay=decay,
+        verbose=0,
     )
     after = _snapshot(info.base)
-    moves = [_mean_update(before, after, info, b) for b in ("block1", "block2", "block3", "block4")]
+    moves = [
+        _mean_update(before, after, info, b)
+        for b in ("block1", "block2", "block3", "block4")
+    ]
     ratio = moves[0] / moves[3]
     if decay is None:
         assert ratio > 0.2, moves
@@ -174,8 +225,14 @@ def test_gradual_unfreezing_adds_one_block_per_period(data):
     model = _model()
     recorder = Recorder()
     tltf.fine_tune(
-        model, data, head_epochs=1, fine_tune_epochs=4, unfreeze=3, gradual_every=1,
-        callbacks=[recorder], verbose=0,
+        model,
+        data,
+        head_epochs=1,
+        fine_tune_epochs=4,
+        unfreeze=3,
+        gradual_every=1,
+        callbacks=[recorder],
+        verbose=0,
     )
     assert recorder.trainable == [
         [],
@@ -212,20 +269,36 @@ def test_resume_with_backup_and_restore_lands_in_stage2(data, tmp_path):
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     model = _model()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        tltf.fine_tune(model, data, head_epochs=2, fine_tune_epochs=3, unfreeze=2,
-                       callbacks=[backup, Crash()], verbose=0)
+        tltf.fine_tune(
+            model,
+            data,
+            head_epochs=2,
+            fine_tune_epochs=3,
+            unfreeze=2,
+            callbacks=[backup, Crash()],
+            verbose=0,
+        )
     saved = _snapshot(model_info(model).base)
     fresh = _model()
     recorder = Recorder()
     history = tltf.fine_tune(
-        fresh, data, head_epochs=2, fine_tune_epochs=3, unfreeze=2,
-        callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), recorder],
+        fresh,
+        data,
+        head_epochs=2,
+        fine_tune_epochs=3,
+        unfreeze=2,
+        callbacks=[
+            keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
+            recorder,
+        ],
         verbose=0,
     )
     assert recorder.begins == [3, 4]
     assert recorder.trainable[0] == ["block3", "block4"]
     assert history.history["stage"] == [2, 2]
-    restored_block1 = {k: v for k, v in _snapshot(model_info(fresh).base).items() if "block1" in k}
+    restored_block1 = {
+        k: v for k, v in _snapshot(model_info(fresh).base).items() if "block1" in k
+    }
     for k, v in restored_block1.items():
         np.testing.assert_array_equal(v, saved[k])
 

@@ -24,6 +24,7 @@ from tltf.errors import TltfError
 from tltf.freezing import block_summary, freeze, trainable_blocks, unfreeze
 from tltf.heads import HeadConfig
 from tltf.model import build_model, load_model, model_info
+from tltf.reports import plot_confusion_matrix, plot_history
 from tltf.schedule import FineTuneSchedule, fine_tune, set_lr_multipliers
 
 __version__ = "0.1.0"
@@ -43,6 +44,8 @@ __all__ = [
     "load_base",
     "load_model",
     "model_info",
+    "plot_confusion_matrix",
+    "plot_history",
     "save_base",
     "set_lr_multipliers",
     "trainable_blocks",

@@ -131,7 +131,9 @@ def apply_trainable(info: ModelInfo, trainable_blocks: Iterable[str], bn: str) -
     chosen = set(trainable_blocks)
     unknown = chosen - set(info.block_map.names)
     if unknown:
-        raise ConfigError(f"Unknown blocks {sorted(unknown)}. Blocks: {info.block_map.names}")
+        raise ConfigError(
+            f"Unknown blocks {sorted(unknown)}. Blocks: {info.block_map.names}"
+        )
     for layer in info.head_layers:
         layer.trainable = True
     base = info.base
@@ -253,7 +255,9 @@ def block_summary(model: keras.Model, print_fn=print) -> list[dict]:
     trainable = {id(v) for v in info.base.trainable_weights}
     rows = []
     for block in info.block_map:
-        weights = [w for name in block.layers for w in info.base.get_layer(name).weights]
+        weights = [
+            w for name in block.layers for w in info.base.get_layer(name).weights
+        ]
         rows.append(
             {
                 "block": block.name,
@@ -267,5 +271,7 @@ def block_summary(model: keras.Model, print_fn=print) -> list[dict]:
         print_fn(f"{'block':<{width}}  {'layers':>6}  {'params':>10}  trainable")
         for r in rows:
             mark = "yes" if r["trainable"] else "-"
-            print_fn(f"{r['block']:<{width}}  {r['layers']:>6}  {r['params']:>10,}  {mark}")
+            print_fn(
+                f"{r['block']:<{width}}  {r['layers']:>6}  {r['params']:>10,}  {mark}"
+            )
     return rows

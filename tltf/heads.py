@@ -44,7 +44,9 @@ class HeadConfig:
     logits: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_units", tuple(int(u) for u in self.hidden_units))
+        object.__setattr__(
+            self, "hidden_units", tuple(int(u) for u in self.hidden_units)
+        )
         if self.pooling not in POOLINGS:
             raise ConfigError(
                 f"Expected head pooling in {POOLINGS}. Received: pooling={self.pooling!r}"
@@ -77,7 +79,9 @@ class HeadConfig:
 def output_units(task: str, num_classes: int | None) -> int:
     """The number of output units for a task, validating `num_classes`."""
     if task not in TASKS:
-        raise ConfigError(f"Unknown task {task!r}.{suggest(task, TASKS)} Tasks: {TASKS}")
+        raise ConfigError(
+            f"Unknown task {task!r}.{suggest(task, TASKS)} Tasks: {TASKS}"
+        )
     if task == "binary":
         if num_classes not in (None, 1, 2):
             raise ConfigError(
@@ -135,7 +139,9 @@ def build_head(features, task: str, units: int, config: HeadConfig):
     for i, width in enumerate(config.hidden_units, start=1):
         if config.dropout:
             x = keras.layers.Dropout(config.dropout, name=f"head_dropout_{i}")(x)
-        x = keras.layers.Dense(width, use_bias=not config.batchnorm, name=f"head_dense_{i}")(x)
+        x = keras.layers.Dense(
+            width, use_bias=not config.batchnorm, name=f"head_dense_{i}"
+        )(x)
         if config.batchnorm:
             x = keras.layers.BatchNormalization(name=f"head_bn_{i}")(x)
         x = keras.layers.Activation(config.activation, name=f"head_act_{i}")(x)

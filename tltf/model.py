@@ -81,14 +81,18 @@ def build_model(
         preprocessing=preprocessing,
         **constructor_kwargs,
     )
-    base_shape = base.input_shape
-    if input_shape is not None and tuple(input_shape) != tuple(base_shape):
-        if base.spec is None and None not in base_shape:
+    shape = base.input_shape
+    if input_shape is not None and base.spec is None:
+        given = tuple(input_shape)
+        if len(given) != len(shape) or any(
+            b not in (None, g) for b, g in zip(shape, given, strict=False)
+        ):
             raise InputShapeError(
-                f"Base {base.name!r} takes inputs of shape {base_shape}. Received: "
-                f"input_shape={tuple(input_shape)}. Resize the images, or build the "
-                "base for that shape."
+                f"Base {base.name!r} takes inputs of shape {shape}. Received: "
+                f"input_shape={given}. Resize the images, or build the base for "
+                "that shape."
             )
+        shape = given
     metadata = {
         "version": METADATA_VERSION,
         "base": base.name,
@@ -99,8 +103,10 @@ def build_model(
         "head": dataclasses.asdict(head),
         "base_info": _jsonable(base.info),
     }
-    inputs = keras.Input(shape=base_shape, name="image")
-    x = Preprocessing(base.preprocessing, metadata=metadata, name="preprocessing")(inputs)
+    inputs = keras.Input(shape=shape, name="image")
+    x = Preprocessing(base.preprocessing, metadata=metadata, name="preprocessing")(
+        inputs
+    )
     x = base.model(x)
     outputs = build_head(x, task, units, head)
     model = keras.Model(inputs, outputs, name=name or f"tltf_{base.name}")
@@ -109,7 +115,11 @@ def build_model(
 
 
 def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return {
+        k: v
+        for k, v in info.items()
+        if isinstance(v, (str, int, float, bool, type(None)))
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +224,9 @@ def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
                 "tltf refuses to load (safe_mode=True). Rebuild the model with "
                 "registered layers instead of Lambda layers."
             ) from None
-        raise ModelError(f"Could not load {str(path)!r}: {message.splitlines()[0]}") from None
+        raise ModelError(
+            f"Could not load {str(path)!r}: {message.splitlines()[0]}"
+        ) from None
     except (OSError, KeyError, zipfile.BadZipFile) as error:
         raise ModelError(
             f"Could not load {str(path)!r} ({error.__class__.__name__}: {error}). The "

@@ -28,8 +28,10 @@ def check_lr(value, name: str, allow_none: bool = False):
         return value
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
         return value
-    if isinstance(value, bool) or not isinstance(value, Real) or not (
-        math.isfinite(value) and value > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not (math.isfinite(value) and value > 0)
     ):
         raise ConfigError(
             f"Expected {name} to be a positive number (e.g. 1e-4) or a "
@@ -40,7 +42,9 @@ def check_lr(value, name: str, allow_none: bool = False):
 
 def _check_epochs(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"Expected {name} to be an integer >= 0. Received: {name}={value!r}")
+        raise ConfigError(
+            f"Expected {name} to be an integer >= 0. Received: {name}={value!r}"
+        )
     return value
 
 
@@ -162,13 +166,19 @@ class FineTuneSchedule(keras.callbacks.Callback):
         self._unfreeze_kwargs = _unfreeze_kwargs(unfreeze)
         self.fine_tune_lr = check_lr(fine_tune_lr, "fine_tune_lr", allow_none=True)
         self.bn = check_bn_policy(bn)
-        if lr_decay is not None and not (isinstance(lr_decay, Real) and 0 < lr_decay <= 1):
-            raise ConfigError(f"Expected lr_decay in (0, 1]. Received: lr_decay={lr_decay!r}")
+        if lr_decay is not None and not (
+            isinstance(lr_decay, Real) and 0 < lr_decay <= 1
+        ):
+            raise ConfigError(
+                f"Expected lr_decay in (0, 1]. Received: lr_decay={lr_decay!r}"
+            )
         self.lr_decay = lr_decay
         if gradual_every is not None:
             _check_epochs(gradual_every, "gradual_every")
             if gradual_every == 0:
-                raise ConfigError("Expected gradual_every >= 1. Received: gradual_every=0")
+                raise ConfigError(
+                    "Expected gradual_every >= 1. Received: gradual_every=0"
+                )
         self.gradual_every = gradual_every
         self.gradual_start = _check_epochs(gradual_start, "gradual_start")
         self.optimizer = optimizer
@@ -235,7 +245,9 @@ class FineTuneSchedule(keras.callbacks.Callback):
         apply_trainable(info, self._target, self.bn)
         variables = list(model.trainable_variables)
         template = self.optimizer or model.optimizer
-        strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        strategy = (
+            getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        )
         with strategy.scope():
             optimizer = _clone_optimizer(template, self.fine_tune_lr)
             optimizer.build(variables)
@@ -267,7 +279,9 @@ class FineTuneSchedule(keras.callbacks.Callback):
         else:
             end = last
             if self.unfrozen:
-                span = self.unfrozen[0] + (f"..{self.unfrozen[-1]}" if len(self.unfrozen) > 1 else "")
+                span = self.unfrozen[0] + (
+                    f"..{self.unfrozen[-1]}" if len(self.unfrozen) > 1 else ""
+                )
                 what = f"blocks {span} ({len(self.unfrozen)} of {n}) + head"
             else:
                 what = f"head only (unfreeze={self.unfreeze!r} selects no block)"
@@ -287,8 +301,12 @@ def default_loss_and_metrics(info: ModelInfo, one_hot: bool = False):
     task, logits = info.task, info.logits
     if task == "multiclass":
         if one_hot:
-            return keras.losses.CategoricalCrossentropy(from_logits=logits), ["accuracy"]
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=logits), ["accuracy"]
+            return keras.losses.CategoricalCrossentropy(from_logits=logits), [
+                "accuracy"
+            ]
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=logits), [
+            "accuracy"
+        ]
     if task == "binary":
         threshold = 0.0 if logits else 0.5
         return keras.losses.BinaryCrossentropy(from_logits=logits), [
@@ -298,7 +316,9 @@ def default_loss_and_metrics(info: ModelInfo, one_hot: bool = False):
         return keras.losses.BinaryCrossentropy(from_logits=logits), [
             keras.metrics.BinaryAccuracy(name="accuracy")
         ]
-    return keras.losses.MeanSquaredError(), [keras.metrics.MeanAbsoluteError(name="mae")]
+    return keras.losses.MeanSquaredError(), [
+        keras.metrics.MeanAbsoluteError(name="mae")
+    ]
 
 
 def _as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str):
@@ -317,7 +337,9 @@ def _as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: st
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = np.asarray(data[0]), np.asarray(data[1])
         if len(x) == 0:
-            raise DataError(f"{what} is empty: it has no images. Pass at least one batch.")
+            raise DataError(
+                f"{what} is empty: it has no images. Pass at least one batch."
+            )
         if len(x) != len(y):
             raise DataError(
                 f"{what} has {len(x)} images but {len(y)} labels; expected one label "
@@ -338,15 +360,19 @@ def _check_labels(data, info: ModelInfo, what: str) -> bool:
     n = info.metadata["num_outputs"]
     if isinstance(data, tf.data.Dataset):
         label_shape = data.element_spec[1].shape
-        return info.task == "multiclass" and label_shape.rank is not None and (
-            label_shape.rank >= 1 and label_shape[-1] == n and n > 1
+        return (
+            info.task == "multiclass"
+            and label_shape.rank is not None
+            and (label_shape.rank >= 1 and label_shape[-1] == n and n > 1)
         )
     y = np.asarray(data[1])
     if info.task == "multiclass":
         if y.ndim == 2 and y.shape[1] == n:
             return True
         y = y.reshape(-1)
-        if len(y) and (y.min() < 0 or y.max() >= n or not np.all(np.equal(np.mod(y, 1), 0))):
+        if len(y) and (
+            y.min() < 0 or y.max() >= n or not np.all(np.equal(np.mod(y, 1), 0))
+        ):
             raise DataError(
                 f"{what} has labels outside [0, {n}) (min {y.min()}, max {y.max()}). "
                 f"The model has num_classes={n}: rebuild it with the right "
@@ -445,7 +471,9 @@ def fine_tune(
     head_epochs = _check_epochs(head_epochs, "head_epochs")
     fine_tune_epochs = _check_epochs(fine_tune_epochs, "fine_tune_epochs")
     if head_epochs + fine_tune_epochs == 0:
-        raise ConfigError("Nothing to train: head_epochs and fine_tune_epochs are both 0.")
+        raise ConfigError(
+            "Nothing to train: head_epochs and fine_tune_epochs are both 0."
+        )
     head_lr = check_lr(head_lr, "head_lr")
     schedule = FineTuneSchedule(
         unfreeze_at_epoch=head_epochs,
@@ -461,7 +489,9 @@ def fine_tune(
     one_hot = _check_labels(train, info, "train")
     val_ds = None
     if validation_data is not None:
-        val_ds = _as_dataset(validation_data, batch_size, False, None, "validation_data")
+        val_ds = _as_dataset(
+            validation_data, batch_size, False, None, "validation_data"
+        )
         _check_labels(validation_data, info, "validation_data")
     auto_loss, auto_metrics = default_loss_and_metrics(info, one_hot)
     if isinstance(optimizer, str):
@@ -477,7 +507,9 @@ def fine_tune(
     model.compile(
         optimizer=optimizer,
         loss=auto_loss if isinstance(loss, str) and loss == "auto" else loss,
-        metrics=auto_metrics if isinstance(metrics, str) and metrics == "auto" else metrics,
+        metrics=auto_metrics
+        if isinstance(metrics, str) and metrics == "auto"
+        else metrics,
     )
     return model.fit(
         train_ds,
@@ -489,4 +521,3 @@ def fine_tune(
         verbose=verbose,
         **fit_kwargs,
     )
-

@@ -45,10 +45,14 @@ def test_validate_reports_missing_duplicate_unknown_and_order():
     with pytest.raises(BlockMapError, match="in no block"):
         validate_block_map(model, BlockMap([Block("a", tuple(names[:-3]))]))
     with pytest.raises(BlockMapError, match="several blocks"):
-        validate_block_map(model, BlockMap([Block("a", tuple(names)), Block("b", (names[0],))]))
+        validate_block_map(
+            model, BlockMap([Block("a", tuple(names)), Block("b", (names[0],))])
+        )
     with pytest.raises(BlockMapError, match="not layers of the model"):
         validate_block_map(model, BlockMap([Block("a", (*names, "ghost"))]))
-    reversed_map = BlockMap([Block("top", tuple(names[6:])), Block("bottom", tuple(names[:6]))])
+    reversed_map = BlockMap(
+        [Block("top", tuple(names[6:])), Block("bottom", tuple(names[:6]))]
+    )
     with pytest.raises(BlockMapError, match="which comes later"):
         validate_block_map(model, reversed_map)
 

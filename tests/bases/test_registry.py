@@ -23,15 +23,30 @@ SPECS = sorted(REGISTRY.values(), key=lambda s: s.name)
 def test_registry_covers_every_keras_applications_constructor():
     registered = {spec.constructor_name for spec in SPECS}
     missing = set(applications_constructors()) - registered
-    assert not missing, f"keras.applications constructors missing from the registry: {missing}"
+    assert not missing, (
+        f"keras.applications constructors missing from the registry: {missing}"
+    )
 
 
 def test_registry_has_every_family():
     families = {spec.family for spec in SPECS}
     assert families >= {
-        "convnext", "densenet", "efficientnet", "efficientnet_v2", "inception_resnet_v2",
-        "inception_v3", "mobilenet", "mobilenet_v2", "mobilenet_v3", "nasnet", "regnet",
-        "resnet", "resnet_v2", "vgg16", "vgg19", "xception",
+        "convnext",
+        "densenet",
+        "efficientnet",
+        "efficientnet_v2",
+        "inception_resnet_v2",
+        "inception_v3",
+        "mobilenet",
+        "mobilenet_v2",
+        "mobilenet_v3",
+        "nasnet",
+        "regnet",
+        "resnet",
+        "resnet_v2",
+        "vgg16",
+        "vgg19",
+        "xception",
     }
     assert len([s for s in SPECS if s.family == "regnet"]) == 24
 
@@ -40,7 +55,9 @@ def test_names_are_snake_case_and_constructor_names_resolve():
     for spec in SPECS:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", spec.name), spec.name
         assert get_spec(spec.constructor_name) is spec
-    assert tltf.list_bases("efficientnet_b*") == [f"efficientnet_b{i}" for i in range(8)]
+    assert tltf.list_bases("efficientnet_b*") == [
+        f"efficientnet_b{i}" for i in range(8)
+    ]
 
 
 @pytest.mark.parametrize("family", sorted({s.family for s in SPECS}))
@@ -57,7 +74,9 @@ def test_preprocessing_layer_matches_preprocess_input(family):
 def test_block_map_covers_every_weight_layer_once_in_order(spec):
     keras.backend.clear_session()
     size = spec.min_size
-    model = spec.constructor(weights=None, include_top=False, input_shape=(size, size, 3))
+    model = spec.constructor(
+        weights=None, include_top=False, input_shape=(size, size, 3)
+    )
     block_map = spec.block_map(model)
     validate_block_map(model, block_map)  # coverage, uniqueness and dataflow order
     covered = [name for block in block_map for name in block.layers]

@@ -96,9 +96,7 @@ def _application_base(
     kwargs = dict(include_top=False, input_shape=shape, **constructor_kwargs)
     try:
         with offline_first(resolve_weights_dir(weights_dir), spec.name):
-            model = spec.constructor(
-                weights=None if is_file else weights, **kwargs
-            )
+            model = spec.constructor(weights=None if is_file else weights, **kwargs)
     except ValueError as error:
         raise ConfigError(
             f"keras.applications.{spec.constructor_name} rejected the arguments "
@@ -123,7 +121,9 @@ def _custom_base(model: keras.Model, blocks, preprocessing: str | None) -> Base:
     if blocks is None:
         block_map = infer_block_map(model)
     else:
-        block_map = blocks if isinstance(blocks, BlockMap) else BlockMap.from_config(blocks)
+        block_map = (
+            blocks if isinstance(blocks, BlockMap) else BlockMap.from_config(blocks)
+        )
         validate_block_map(model, block_map)
     mode = preprocessing or "none"
     if mode not in PREPROCESSING_MODES:
@@ -183,7 +183,9 @@ def load_base(
     ):
         return load_saved_base(base)
     spec = get_spec(base)
-    return _application_base(spec, weights, input_shape, weights_dir, constructor_kwargs)
+    return _application_base(
+        spec, weights, input_shape, weights_dir, constructor_kwargs
+    )
 
 
 def save_base(base: Base, path: str | os.PathLike, info: dict | None = None) -> Path:
@@ -245,7 +247,9 @@ def load_saved_base(path: str | os.PathLike) -> Base:
         block_map = BlockMap.from_config(record["blocks"])
         mode = record["preprocessing"]
     except (ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"{str(info_file)!r} is not valid base metadata: {error}") from None
+        raise ModelError(
+            f"{str(info_file)!r} is not valid base metadata: {error}"
+        ) from None
     validate_block_map(model, block_map)
     info = {**record.get("info", {}), "path": str(path)}
     return Base(model, record.get("name", model.name), block_map, mode, None, info)

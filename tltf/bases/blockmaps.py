@@ -119,7 +119,9 @@ def block_map_from_rule(model: keras.Model, rule: Rule) -> BlockMap:
     return BlockMap(Block(name, tuple(layers)) for name, layers in groups.items())
 
 
-def block_map_from_assignment(model: keras.Model, assignment: dict[str, str]) -> BlockMap:
+def block_map_from_assignment(
+    model: keras.Model, assignment: dict[str, str]
+) -> BlockMap:
     """Builds a block map from an explicit `{layer_name: block_name}` dict."""
     return block_map_from_rule(model, assignment.get)
 
@@ -197,7 +199,7 @@ def _order_problems(
     layer_ids = {id(layer) for layer in model.layers}
     for op in getattr(model, "operations", model.layers):
         upstream = max((reach.get(id(p), -1) for p in _producers(op)), default=-1)
-        own = rank.get(block_of.get(op.name, ""), None) if id(op) in layer_ids else None
+        own = rank.get(block_of.get(op.name, "")) if id(op) in layer_ids else None
         if own is None:
             reach[id(op)] = upstream
             continue

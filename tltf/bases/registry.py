@@ -221,4 +221,3 @@ def applications_constructors() -> list[str]:
         for n in dir(keras.applications)
         if n[:1].isupper() and callable(getattr(keras.applications, n))
     )
-
