@@ -264,7 +264,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
                     multipliers.append((variable, self.lr_decay**depth))
         return multipliers
 
-    def _print_summary(self, epoch: int) -> None:
+    def _print_summary(self, epoch: int, extra: str = "") -> None:
         info, model = self._info, self.model
         total = sum(math.prod(w.shape) for w in model.weights)
         trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
@@ -291,7 +291,8 @@ class FineTuneSchedule(keras.callbacks.Callback):
             bn = self.bn
         print(
             f"tltf: stage {self.stage} from epoch {epoch + 1} (to {end}): training "
-            f"{what}; {trainable:,} of {total:,} params trainable; lr {lr_text}; BN {bn}."
+            f"{what}; {trainable:,} of {total:,} params trainable; lr {lr_text}; BN {bn}"
+            f"{extra}."
         )
 
 
@@ -412,6 +413,7 @@ def fine_tune(
     class_weight: dict | None = None,
     batch_size: int = 32,
     seed: int | None = None,
+    cache_features: bool | str = "auto",
     verbose="auto",
     **fit_kwargs,
 ) -> keras.callbacks.History:
@@ -453,6 +455,13 @@ def fine_tune(
         class_weight: dict or None. Passed to `fit`.
         batch_size: int. Batch size for array inputs. Defaults to 32.
         seed: int or None. Shuffle seed for array inputs. Defaults to None.
+        cache_features: bool or "auto". Stage 1 computes the frozen base's
+            features once and trains the head on them (see `tltf.cache`); the
+            History, callbacks and final model are the same as without it.
+            "auto" uses it unless the data repeats forever, `steps_per_epoch` is
+            set or a BackupAndRestore callback is given. The cached features are
+            reshuffled every epoch (with `seed`); for array inputs the batches
+            are then exactly those of an uncached run. Defaults to "auto".
         verbose: Keras's `fit` verbosity. Defaults to "auto".
         **fit_kwargs: Other `model.fit` arguments (`steps_per_epoch`, ...).
 
@@ -504,20 +513,135 @@ def fine_tune(
                 f"Unknown optimizer {optimizer!r}. Use a Keras optimizer name such as "
                 "'adam', 'adamw' or 'sgd', or an optimizer instance."
             ) from None
-    model.compile(
-        optimizer=optimizer,
-        loss=auto_loss if isinstance(loss, str) and loss == "auto" else loss,
-        metrics=auto_metrics
-        if isinstance(metrics, str) and metrics == "auto"
-        else metrics,
+    loss = auto_loss if isinstance(loss, str) and loss == "auto" else loss
+    metrics = (
+        auto_metrics if isinstance(metrics, str) and metrics == "auto" else metrics
     )
-    return model.fit(
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    callbacks = list(callbacks or [])
+    fit_args = dict(class_weight=class_weight, verbose=verbose, **fit_kwargs)
+    use_cache, reason = _use_feature_cache(
+        cache_features, head_epochs, train_ds, callbacks, fit_kwargs
+    )
+    if reason and verbose:
+        print(f"tltf: stage 1 runs full forward passes: {reason}.")
+    if not use_cache:
+        return model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=head_epochs + fine_tune_epochs,
+            shuffle=False,
+            callbacks=[schedule, *callbacks],
+            **fit_args,
+        )
+    # Features are computed over the unshuffled data once; the cached features are
+    # then reshuffled every epoch with `seed`, in the order the array pipeline has.
+    feature_source = train_ds
+    if not isinstance(train, tf.data.Dataset):
+        feature_source = _as_dataset(train, batch_size, False, seed, "train")
+    return _fit_with_feature_cache(
+        model,
+        schedule,
+        feature_source,
         train_ds,
-        validation_data=val_ds,
-        epochs=head_epochs + fine_tune_epochs,
-        shuffle=False,
-        callbacks=[schedule, *(callbacks or [])],
-        class_weight=class_weight,
-        verbose=verbose,
-        **fit_kwargs,
+        val_ds,
+        head_epochs,
+        fine_tune_epochs,
+        optimizer,
+        loss,
+        metrics,
+        callbacks,
+        seed,
+        fit_args,
     )
+
+
+def _use_feature_cache(setting, head_epochs, train_ds, callbacks, fit_kwargs):
+    """Whether stage 1 can use cached features, and why not when it cannot."""
+    if setting not in (True, False, "auto"):
+        raise ConfigError(
+            f"Expected cache_features in (True, False, 'auto'). Received: {setting!r}"
+        )
+    if setting is False or head_epochs == 0:
+        return False, None
+    blockers = []
+    if train_ds.cardinality() == tf.data.INFINITE_CARDINALITY:
+        blockers.append("the training dataset repeats forever")
+    if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks):
+        blockers.append("BackupAndRestore resumes epochs of the full model")
+    if fit_kwargs.get("steps_per_epoch"):
+        blockers.append("steps_per_epoch is set")
+    if not blockers:
+        return True, None
+    reason = "; ".join(blockers)
+    if setting is True:
+        raise ConfigError(f"cache_features=True cannot be used: {reason}.")
+    return False, f"cache_features='auto' is off because {reason}"
+
+
+def _fit_with_feature_cache(
+    model,
+    schedule,
+    feature_source,
+    train_ds,
+    val_ds,
+    head_epochs,
+    fine_tune_epochs,
+    optimizer,
+    loss,
+    metrics,
+    callbacks,
+    seed,
+    fit_args,
+):
+    """Stage 1 on cached features (head sub-model), then stage 2 on the model.
+
+    User callbacks see one run on the full model: see `tltf.cache.Continuation`.
+    """
+    from tltf.cache import Continuation, FeatureCache, StageOneEnd, head_model
+
+    info = model_info(model)
+    apply_trainable(info, [], "frozen")
+    total = head_epochs + fine_tune_epochs
+    train_cache = FeatureCache(model, feature_source)
+    val_cache = FeatureCache(model, val_ds) if val_ds is not None else None
+    verbose = fit_args.get("verbose")
+    if verbose:
+        n_val = val_cache.count if val_cache else 0
+        seconds = train_cache.seconds + (val_cache.seconds if val_cache else 0)
+        schedule.set_model(model)
+        schedule.stage = 1
+        schedule._print_summary(
+            0,
+            f"; cached base features in one pass over {train_cache.count:,} train"
+            f" + {n_val:,} validation images ({seconds:.1f}s)",
+        )
+    batch = train_cache.batch_sizes[0]
+    head = head_model(model)
+    head.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    history = keras.callbacks.History()
+    continuation = Continuation([history, *callbacks], model, total)
+    continuation.last = fine_tune_epochs == 0
+    head.fit(
+        train_cache.dataset(batch, shuffle=True, seed=seed),
+        validation_data=val_cache.dataset(batch, shuffle=False) if val_cache else None,
+        epochs=total,
+        shuffle=False,
+        callbacks=[StageOneEnd(head_epochs), continuation],
+        **fit_args,
+    )
+    if fine_tune_epochs and not model.stop_training:
+        continuation.last = True
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=total,
+            initial_epoch=head_epochs,
+            shuffle=False,
+            callbacks=[schedule, continuation],
+            **fit_args,
+        )
+    elif not continuation.last:
+        continuation.callbacks.on_train_end()
+    model.history = history
+    return history

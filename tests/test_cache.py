@@ -1,0 +1,101 @@
+"""The stage-1 feature cache: same head, same callbacks, same History."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tltf
+from tltf.cache import FeatureCache, feature_model, head_model
+
+from .conftest import make_data, make_tiny_base
+from .test_schedule import Recorder
+
+
+def _model():
+    keras.utils.set_random_seed(3)
+    return tltf.build_model(make_tiny_base(), num_classes=3, head={"dropout": 0.0})
+
+
+def test_head_and_feature_models_compose_to_the_model(data):
+    model = _model()
+    x = data[0][:5]
+    np.testing.assert_allclose(
+        head_model(model)(feature_model(model)(x)), model(x), rtol=1e-5, atol=1e-6
+    )
+    cache = FeatureCache(model, tf.data.Dataset.from_tensor_slices(data).batch(16))
+    assert cache.count == 64 and cache.features.shape == (64, 16)
+
+
+def test_cached_and_uncached_heads_agree(data):
+    heads = []
+    for cache in (False, True):
+        model = _model()
+        tltf.fine_tune(
+            model,
+            data,
+            data,
+            head_epochs=3,
+            fine_tune_epochs=0,
+            seed=7,
+            cache_features=cache,
+            verbose=0,
+        )
+        heads.append([w.numpy() for w in model.get_layer("head_output").weights])
+    for plain, cached in zip(*heads, strict=True):
+        np.testing.assert_allclose(plain, cached, rtol=1e-4, atol=1e-5)
+
+
+def test_callbacks_and_history_are_the_same_with_the_cache(data, tmp_path):
+    runs = []
+    for cache in (False, True):
+        model = _model()
+        recorder = Recorder()
+        checkpoint = tmp_path / f"best-{cache}.keras"
+        history = tltf.fine_tune(
+            model,
+            data,
+            data,
+            head_epochs=2,
+            fine_tune_epochs=2,
+            unfreeze=1,
+            seed=1,
+            cache_features=cache,
+            verbose=0,
+            callbacks=[recorder, keras.callbacks.ModelCheckpoint(str(checkpoint))],
+        )
+        runs.append((recorder, history))
+        saved = tltf.load_model(checkpoint)
+        assert saved.input_shape == (None, 16, 16, 3)  # the full model, not the head
+    (plain, plain_history), (cached, cached_history) = runs
+    assert cached.train_begins == plain.train_begins == 1
+    assert cached.begins == plain.begins == [0, 1, 2, 3]
+    assert cached.trainable == plain.trainable
+    assert [s for _, s in cached.ends] == [s for _, s in plain.ends] == [1, 1, 2, 2]
+    assert set(cached_history.history) == set(plain_history.history)
+    assert cached_history.history["stage"] == [1, 1, 2, 2]
+
+
+def test_early_stopping_in_stage1_ends_the_run_as_without_cache(data):
+    stopper = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
+    recorder = Recorder()
+    history = tltf.fine_tune(
+        _model(),
+        data,
+        head_epochs=3,
+        fine_tune_epochs=2,
+        cache_features=True,
+        callbacks=[stopper, recorder],
+        verbose=0,
+    )
+    assert recorder.begins == [0, 1]
+    assert history.history["stage"] == [1, 1]
+
+
+def test_auto_falls_back_with_backup_and_restore(data, tmp_path, capsys):
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "b"))
+    tltf.fine_tune(
+        _model(), data, head_epochs=1, fine_tune_epochs=0, callbacks=[backup], verbose=2
+    )
+    assert "full forward passes" in capsys.readouterr().out

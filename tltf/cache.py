@@ -1,0 +1,195 @@
+"""The stage-1 frozen-feature cache.
+
+While the base is frozen (and no augmentation is active), every head epoch would
+recompute the same base features. With the cache, stage 1 computes them once for
+train and validation, trains the head on them, and the full model ends up with the
+trained head weights, because the head sub-model shares its layers with it.
+
+`fine_tune` runs the cached stage 1 as its own `fit` on the head sub-model, but
+user callbacks never see that: `Continuation` presents both fits to them as one
+run on the full model, with continuous epoch numbers and one `on_train_begin` /
+`on_train_end`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tltf.model import model_info
+
+#: Above this many bytes of features, the cache goes to disk (memory-mapped).
+MEMORY_LIMIT_BYTES = 2 * 1024**3
+
+
+def cut_tensor(model: keras.Model):
+    """Where the cache cuts the model: after the head's pooling, else the base.
+
+    Everything below the cut is frozen and deterministic in stage 1 (the head's
+    global pooling has no weights), so its output can be computed once. Cutting
+    after the pooling keeps the cache small: one vector per image.
+    """
+    names = {layer.name for layer in model.layers}
+    if "head_pool" in names:
+        return model.get_layer("head_pool").output
+    base = model_info(model).base
+    return base._inbound_nodes[0].output_tensors[0]
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """Images in, cached features out (preprocessing, base, head pooling)."""
+    return keras.Model(model.inputs, cut_tensor(model), name=f"{model.name}_features")
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """The trainable rest of the head: features in, predictions out.
+
+    Its layers are the full model's own, so training it trains the full model.
+    """
+    return keras.Model(cut_tensor(model), model.outputs, name=f"{model.name}_head")
+
+
+class FeatureCache:
+    """Base features of a dataset, computed once, as a re-iterable dataset.
+
+    Args:
+        model: keras.Model. A model from `build_model` (its base frozen).
+        dataset: tf.data.Dataset. Batches of (image, label) or (image, label,
+            sample_weight); it must be finite.
+        directory: str or None. Where to keep features that do not fit in
+            memory (`MEMORY_LIMIT_BYTES`). Defaults to a temporary folder.
+    """
+
+    def __init__(self, model: keras.Model, dataset: tf.data.Dataset, directory=None):
+        extractor = feature_model(model)
+        features, rest, self.batch_sizes = [], [], []
+        start = time.perf_counter()
+        for batch in dataset:
+            images, *others = batch
+            features.append(np.asarray(extractor(images, training=False)))
+            rest.append([np.asarray(o) for o in others])
+            self.batch_sizes.append(len(features[-1]))
+        self.seconds = time.perf_counter() - start
+        if not features:
+            from tltf.errors import DataError
+
+            raise DataError("The dataset is empty: no batch to compute features from.")
+        nbytes = sum(f.nbytes for f in features)
+        if nbytes > MEMORY_LIMIT_BYTES:
+            self.features = _to_disk(features, directory)
+        else:
+            self.features = np.concatenate(features)
+        self.others = [np.concatenate(parts) for parts in zip(*rest, strict=True)]
+        self.count = len(self.features)
+
+    def dataset(self, batch_size: int, shuffle: bool, seed: int | None = None):
+        """The cached features as batches of (features, label[, sample_weight])."""
+        ds = tf.data.Dataset.from_tensor_slices((self.features, *self.others))
+        if shuffle:
+            ds = ds.shuffle(self.count, seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _to_disk(features: list[np.ndarray], directory) -> np.ndarray:
+    directory = Path(directory or tempfile.mkdtemp(prefix="tltf-features-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    shape = (sum(len(f) for f in features), *features[0].shape[1:])
+    path = directory / f"features-{os.getpid()}-{time.time_ns()}.npy"
+    out = np.lib.format.open_memmap(
+        path, mode="w+", dtype=features[0].dtype, shape=shape
+    )
+    i = 0
+    for f in features:
+        out[i : i + len(f)] = f
+        i += len(f)
+    out.flush()
+    return out
+
+
+class Continuation(keras.callbacks.Callback):
+    """Presents several `fit` calls to user callbacks as one training run.
+
+    The wrapped callbacks see the full model (not the head sub-model that a cached
+    stage 1 trains), one `on_train_begin` (at the first fit) and one
+    `on_train_end` (at the last), and the epoch numbers the fits pass on. A
+    `stop_training` set by them (EarlyStopping, say) stops the running fit.
+
+    Args:
+        callbacks: list. The user's callbacks (a History may be among them).
+        model: keras.Model. The full model the callbacks should see.
+        epochs: int. Total epochs of the run, for their `params`.
+    """
+
+    def __init__(self, callbacks, model: keras.Model, epochs: int):
+        super().__init__()
+        self.full_model = model
+        self.callbacks = keras.callbacks.CallbackList(
+            list(callbacks), add_history=False, add_progbar=False, model=model
+        )
+        self.epochs = epochs
+        self.started = False
+        self.last = False
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callbacks.set_params({**params, "epochs": self.epochs})
+
+    def _sync_stop(self):
+        if getattr(self.full_model, "stop_training", False):
+            self.model.stop_training = True
+
+    def on_train_begin(self, logs=None):
+        self.full_model.stop_training = False
+        if not self.started:
+            self.started = True
+            self.callbacks.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        if self.last:
+            self.callbacks.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.callbacks.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.callbacks.on_epoch_end(epoch, logs)
+        self._sync_stop()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.callbacks.on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.callbacks.on_train_batch_end(batch, logs)
+        self._sync_stop()
+
+    def on_test_begin(self, logs=None):
+        self.callbacks.on_test_begin(logs)
+
+    def on_test_end(self, logs=None):
+        self.callbacks.on_test_end(logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self.callbacks.on_test_batch_begin(batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.callbacks.on_test_batch_end(batch, logs)
+
+
+class StageOneEnd(keras.callbacks.Callback):
+    """Tags a cached stage-1 fit's epochs as stage 1 and stops it after n epochs."""
+
+    def __init__(self, head_epochs: int):
+        super().__init__()
+        self.head_epochs = head_epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["stage"] = 1
+        if epoch + 1 >= self.head_epochs:
+            self.model.stop_training = True
