@@ -9,7 +9,7 @@ import tensorflow as tf
 import tltf
 from tltf.cache import FeatureCache, feature_model, head_model
 
-from .conftest import make_data, make_tiny_base
+from .conftest import make_tiny_base
 from .test_schedule import Recorder
 
 
