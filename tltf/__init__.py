@@ -12,6 +12,7 @@ Example:
 """
 
 from tltf import _quiet  # noqa: F401  (must run before TensorFlow is imported)
+from tltf import datasets_tfds  # noqa: F401  (registers the tltf_shapes tfds builder)
 from tltf.bases import (
     Base,
     BlockMap,
