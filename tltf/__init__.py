@@ -11,8 +11,10 @@ Example:
 >>> history = tltf.fine_tune(model, train_ds, val_ds, unfreeze=3)
 """
 
-from tltf import _quiet  # noqa: F401  (must run before TensorFlow is imported)
-from tltf import datasets_tfds  # noqa: F401  (registers the tltf_shapes tfds builder)
+from tltf import (
+    _quiet,  # noqa: F401  (must run before TensorFlow is imported)
+    datasets_tfds,  # noqa: F401  (registers the tltf_shapes tfds builder)
+)
 from tltf.bases import (
     Base,
     BlockMap,
