@@ -157,6 +157,7 @@ def test_callback_form_matches_fine_tune_form(data):
         fine_tune_epochs=2,
         unfreeze=2,
         fine_tune_lr=1e-4,
+        cache_features=False,
         verbose=0,
     )
     keras.utils.set_random_seed(1)

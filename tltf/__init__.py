@@ -23,6 +23,7 @@ from tltf.bases import (
     load_base,
     save_base,
 )
+from tltf.data import DataBundle, load_data
 from tltf.errors import TltfError
 from tltf.freezing import block_summary, freeze, trainable_blocks, unfreeze
 from tltf.heads import HeadConfig
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Base",
     "BlockMap",
+    "DataBundle",
     "FineTuneSchedule",
     "HeadConfig",
     "TltfError",
@@ -45,6 +47,7 @@ __all__ = [
     "infer_block_map",
     "list_bases",
     "load_base",
+    "load_data",
     "load_model",
     "model_info",
     "plot_confusion_matrix",

@@ -9,6 +9,7 @@ numbers, and the History has a `stage` entry per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from numbers import Real
 from typing import Any
@@ -297,25 +298,26 @@ class FineTuneSchedule(keras.callbacks.Callback):
 
 
 # -- fine_tune -----------------------------------------------------------------
-def default_loss_and_metrics(info: ModelInfo, one_hot: bool = False):
+def default_loss_and_metrics(
+    info: ModelInfo, one_hot: bool = False, label_smoothing: float = 0.0
+):
     """The loss and metrics tltf uses for a model's task."""
     task, logits = info.task, info.logits
     if task == "multiclass":
         if one_hot:
-            return keras.losses.CategoricalCrossentropy(from_logits=logits), [
-                "accuracy"
-            ]
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=logits), [
-            "accuracy"
-        ]
-    if task == "binary":
+            loss = keras.losses.CategoricalCrossentropy(
+                from_logits=logits, label_smoothing=label_smoothing
+            )
+        else:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
+        return loss, ["accuracy"]
+    if task in ("binary", "multilabel"):
+        loss = keras.losses.BinaryCrossentropy(
+            from_logits=logits, label_smoothing=label_smoothing
+        )
         threshold = 0.0 if logits else 0.5
-        return keras.losses.BinaryCrossentropy(from_logits=logits), [
+        return loss, [
             keras.metrics.BinaryAccuracy(threshold=threshold, name="accuracy")
-        ]
-    if task == "multilabel":
-        return keras.losses.BinaryCrossentropy(from_logits=logits), [
-            keras.metrics.BinaryAccuracy(name="accuracy")
         ]
     return keras.losses.MeanSquaredError(), [
         keras.metrics.MeanAbsoluteError(name="mae")
@@ -410,7 +412,9 @@ def fine_tune(
     lr_decay: float | None = None,
     gradual_every: int | None = None,
     callbacks: list | None = None,
-    class_weight: dict | None = None,
+    class_weight: dict | str | None = None,
+    augment=None,
+    label_smoothing: float = 0.0,
     batch_size: int = 32,
     seed: int | None = None,
     cache_features: bool | str = "auto",
@@ -430,9 +434,12 @@ def fine_tune(
 
     Args:
         model: keras.Model. A model built by `build_model`.
-        train: A tf.data.Dataset of (image, label) batches, or `(images, labels)`
-            arrays (batched by `batch_size` and shuffled).
-        validation_data: Same forms as `train`, or None. Defaults to None.
+        train: A tf.data.Dataset of (image, label) batches, `(images, labels)`
+            arrays (batched by `batch_size` and shuffled), or a
+            `tltf.data.DataBundle` from `tltf.data.load_data` (tfds, image
+            folders, .npz; resized for the model).
+        validation_data: Same forms as `train`, or None; defaults to the
+            bundle's validation split when `train` is a DataBundle.
         head_epochs: int. Stage-1 epochs. Defaults to 10.
         fine_tune_epochs: int. Stage-2 epochs. Defaults to 10.
         head_lr: float or LearningRateSchedule. Stage-1 rate. Defaults to 1e-3.
@@ -452,7 +459,14 @@ def fine_tune(
         gradual_every: int or None. Add one unfrozen block every n epochs.
             Defaults to None.
         callbacks: list or None. Keras callbacks; they see both stages.
-        class_weight: dict or None. Passed to `fit`.
+        class_weight: dict, "balanced" or None. "balanced" weighs each class by
+            `n_samples / (n_classes * count)` from the training labels.
+            Defaults to None.
+        augment: None, True or a Keras layer. Augmentation applied to training
+            images only (in the tf.data pipeline, so the saved model stays
+            clean); True uses `tltf.data.augmentation()`. Defaults to None.
+        label_smoothing: float. Label smoothing of the classification loss.
+            Defaults to 0.
         batch_size: int. Batch size for array inputs. Defaults to 32.
         seed: int or None. Shuffle seed for array inputs. Defaults to None.
         cache_features: bool or "auto". Stage 1 computes the frozen base's
@@ -494,15 +508,15 @@ def fine_tune(
     )
     # Resolve the unfreeze request now, so a bad one fails before any training.
     resolve_unfreeze(info.block_map, info.base, **schedule._unfreeze_kwargs)
-    train_ds = _as_dataset(train, batch_size, True, seed, "train")
-    one_hot = _check_labels(train, info, "train")
-    val_ds = None
-    if validation_data is not None:
-        val_ds = _as_dataset(
-            validation_data, batch_size, False, None, "validation_data"
-        )
-        _check_labels(validation_data, info, "validation_data")
-    auto_loss, auto_metrics = default_loss_and_metrics(info, one_hot)
+    prepared = _prepare_data(
+        model, info, train, validation_data, batch_size, seed, augment, label_smoothing
+    )
+    train_ds, feature_source, val_ds = prepared.train, prepared.features, prepared.val
+    if isinstance(class_weight, str):
+        class_weight = _balanced_weights(class_weight, info, prepared)
+    auto_loss, auto_metrics = default_loss_and_metrics(
+        info, prepared.one_hot, label_smoothing
+    )
     if isinstance(optimizer, str):
         try:
             optimizer = keras.optimizers.get(
@@ -521,7 +535,7 @@ def fine_tune(
     callbacks = list(callbacks or [])
     fit_args = dict(class_weight=class_weight, verbose=verbose, **fit_kwargs)
     use_cache, reason = _use_feature_cache(
-        cache_features, head_epochs, train_ds, callbacks, fit_kwargs
+        cache_features, head_epochs, train_ds, callbacks, fit_kwargs, prepared.augmented
     )
     if reason and verbose:
         print(f"tltf: stage 1 runs full forward passes: {reason}.")
@@ -534,11 +548,6 @@ def fine_tune(
             callbacks=[schedule, *callbacks],
             **fit_args,
         )
-    # Features are computed over the unshuffled data once; the cached features are
-    # then reshuffled every epoch with `seed`, in the order the array pipeline has.
-    feature_source = train_ds
-    if not isinstance(train, tf.data.Dataset):
-        feature_source = _as_dataset(train, batch_size, False, seed, "train")
     return _fit_with_feature_cache(
         model,
         schedule,
@@ -556,7 +565,119 @@ def fine_tune(
     )
 
 
-def _use_feature_cache(setting, head_epochs, train_ds, callbacks, fit_kwargs):
+@dataclasses.dataclass
+class _Prepared:
+    train: tf.data.Dataset  # what stage fits iterate (shuffled, augmented)
+    features: tf.data.Dataset  # what the feature cache reads (unshuffled)
+    val: tf.data.Dataset | None
+    one_hot: bool
+    augmented: bool
+    labels: np.ndarray | None  # training labels when known without a pass
+    counts: np.ndarray | None
+
+
+def _prepare_data(model, info, train, validation, batch_size, seed, augment, smoothing):
+    """Turns fine_tune's inputs into batched datasets, checked against the model."""
+    from tltf import data as tltf_data
+
+    _check_smoothing(smoothing)
+    labels = counts = None
+    if isinstance(train, tltf_data.DataBundle):
+        if validation is None:
+            validation = train.validation
+        train_ds = features = train.train
+        counts = train.counts
+    else:
+        train_ds = _as_dataset(train, batch_size, True, seed, "train")
+        # The feature cache reads the unshuffled data once; the cached features are
+        # then reshuffled every epoch with `seed`, in the order this pipeline has.
+        features = (
+            train_ds
+            if isinstance(train, tf.data.Dataset)
+            else _as_dataset(train, batch_size, False, seed, "train")
+        )
+        if not isinstance(train, tf.data.Dataset):
+            labels = np.asarray(train[1])
+    one_hot = _check_labels(
+        train_ds if isinstance(train, tltf_data.DataBundle) else train, info, "train"
+    )
+    _check_image_shape(train_ds, model, "train")
+    val_ds = None
+    if validation is not None:
+        val_ds = (
+            validation
+            if isinstance(validation, tf.data.Dataset)
+            else _as_dataset(validation, batch_size, False, None, "validation_data")
+        )
+        _check_labels(validation, info, "validation_data")
+        _check_image_shape(val_ds, model, "validation_data")
+    n = info.metadata["num_outputs"]
+    if smoothing and info.task == "multiclass" and not one_hot:
+        train_ds, features = (
+            tltf_data.one_hot(train_ds, n),
+            tltf_data.one_hot(features, n),
+        )
+        val_ds = tltf_data.one_hot(val_ds, n) if val_ds is not None else None
+        one_hot = True
+    layer = tltf_data.augmentation(seed=seed) if augment is True else augment
+    if layer not in (None, False):
+        if not callable(layer):
+            raise ConfigError(
+                "Expected augment to be None, True or a Keras layer. "
+                f"Received: augment={augment!r}"
+            )
+
+        def apply(x, *rest):
+            return (layer(x, training=True), *rest)
+
+        train_ds = train_ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    return _Prepared(
+        train_ds, features, val_ds, one_hot, layer not in (None, False), labels, counts
+    )
+
+
+def _check_smoothing(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
+        raise ConfigError(f"Expected label_smoothing in [0, 1). Received: {value!r}")
+
+
+def _check_image_shape(ds: tf.data.Dataset, model: keras.Model, what: str) -> None:
+    got = tuple(ds.element_spec[0].shape[1:])
+    want = tuple(model.input_shape[1:])
+    if len(got) != len(want) or any(
+        g is not None and w is not None and g != w
+        for g, w in zip(got, want, strict=True)
+    ):
+        raise DataError(
+            f"{what} has images of shape {got}, but the model takes {want}. Load them "
+            f"with tltf.data.load_data(..., image_size={want[:2]}) to resize (and "
+            "convert to RGB), or build the model with a matching input_shape."
+        )
+
+
+def _balanced_weights(setting: str, info, prepared: _Prepared) -> dict[int, float]:
+    from tltf import data as tltf_data
+
+    if setting != "balanced":
+        raise ConfigError(
+            f"Expected class_weight as a dict, 'balanced' or None. Received: {setting!r}"
+        )
+    if info.task not in ("multiclass", "binary"):
+        raise ConfigError(
+            f"class_weight='balanced' needs a multiclass or binary task, not {info.task!r}."
+        )
+    n = max(2, info.metadata["num_outputs"])
+    if prepared.counts is not None:
+        return tltf_data.class_weights(counts=prepared.counts)
+    labels = prepared.labels
+    if labels is None:
+        labels = tltf_data.dataset_labels(prepared.features)
+    return tltf_data.class_weights(labels, n)
+
+
+def _use_feature_cache(
+    setting, head_epochs, train_ds, callbacks, fit_kwargs, augmented
+):
     """Whether stage 1 can use cached features, and why not when it cannot."""
     if setting not in (True, False, "auto"):
         raise ConfigError(
@@ -565,6 +686,8 @@ def _use_feature_cache(setting, head_epochs, train_ds, callbacks, fit_kwargs):
     if setting is False or head_epochs == 0:
         return False, None
     blockers = []
+    if augmented:
+        blockers.append("augmentation is active (the base sees new images every epoch)")
     if train_ds.cardinality() == tf.data.INFINITE_CARDINALITY:
         blockers.append("the training dataset repeats forever")
     if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks):

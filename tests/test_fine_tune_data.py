@@ -1,0 +1,66 @@
+"""fine_tune's data options: DataBundle inputs, augmentation, class weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tltf
+from tltf import data as tltf_data
+from tltf.errors import ConfigError, DataError
+from tltf.model import model_info
+
+from .conftest import make_data, make_tiny_base
+
+
+def _model():
+    return tltf.build_model(make_tiny_base(), num_classes=3)
+
+
+def test_data_bundle_with_its_validation_split():
+    x, y = make_data(n=48, size=20)
+    bundle = tltf_data.load_data((x, y), image_size=16, validation_split=0.25, seed=0)
+    history = tltf.fine_tune(
+        _model(), bundle, head_epochs=1, fine_tune_epochs=1, verbose=0
+    )
+    assert "val_loss" in history.history and history.history["stage"] == [1, 2]
+
+
+def test_image_size_mismatch_names_the_fix():
+    x, y = make_data(n=8, size=20)
+    with pytest.raises(DataError, match=r"load_data\(\.\.\., image_size=\(16, 16\)\)"):
+        tltf.fine_tune(_model(), (x, y), verbose=0)
+
+
+def test_augmentation_turns_the_cache_off_and_keeps_the_base_frozen(data, capsys):
+    model = _model()
+    base = model_info(model).base
+    before = [w.numpy().copy() for w in base.weights]
+    tltf.fine_tune(
+        model, data, head_epochs=2, fine_tune_epochs=0, augment=True, verbose=2
+    )
+    assert "augmentation is active" in capsys.readouterr().out
+    for old, new in zip(before, base.weights, strict=True):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_balanced_class_weights_and_label_smoothing():
+    x, y = make_data(n=40)
+    y = np.where(np.arange(40) < 30, 0, y).astype("int32")  # class 0 dominates
+    model = _model()
+    tltf.fine_tune(
+        model,
+        (x, y),
+        head_epochs=1,
+        fine_tune_epochs=0,
+        class_weight="balanced",
+        label_smoothing=0.1,
+        verbose=0,
+    )
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+    weights = tltf_data.class_weights(y, 3)
+    assert weights[0] < 1 < weights[1]
+    with pytest.raises(ConfigError, match="class_weight as a dict, 'balanced'"):
+        tltf.fine_tune(_model(), (x, y), class_weight="even", verbose=0)
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        tltf.fine_tune(_model(), (x, y), label_smoothing=1.5, verbose=0)
