@@ -68,11 +68,19 @@ class FeatureCache:
 
     def __init__(self, model: keras.Model, dataset: tf.data.Dataset, directory=None):
         extractor = feature_model(model)
+        image_spec = dataset.element_spec[0]
+        # One trace for every batch size (the last batch is usually smaller).
+        extract = tf.function(
+            lambda images: extractor(images, training=False),
+            input_signature=[
+                tf.TensorSpec([None, *image_spec.shape[1:]], image_spec.dtype)
+            ],
+        )
         features, rest, self.batch_sizes = [], [], []
         start = time.perf_counter()
         for batch in dataset:
             images, *others = batch
-            features.append(np.asarray(extractor(images, training=False)))
+            features.append(extract(images).numpy())
             rest.append([np.asarray(o) for o in others])
             self.batch_sizes.append(len(features[-1]))
         self.seconds = time.perf_counter() - start
