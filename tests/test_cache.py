@@ -99,3 +99,20 @@ def test_auto_falls_back_with_backup_and_restore(data, tmp_path, capsys):
         _model(), data, head_epochs=1, fine_tune_epochs=0, callbacks=[backup], verbose=2
     )
     assert "full forward passes" in capsys.readouterr().out
+
+
+def test_large_feature_sets_go_to_disk(data, tmp_path, monkeypatch):
+    import tltf.cache
+
+    model = _model()
+    ds = tf.data.Dataset.from_tensor_slices(data).batch(16)
+    in_memory = FeatureCache(model, ds)
+    monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", 0)
+    on_disk = FeatureCache(model, ds, directory=tmp_path)
+    assert isinstance(on_disk.features, np.memmap)
+    assert list(tmp_path.glob("features-*.npy"))
+    np.testing.assert_array_equal(np.asarray(on_disk.features), in_memory.features)
+    batch = next(iter(on_disk.dataset(16, shuffle=False)))
+    assert batch[0].shape == (16, 16)
+    on_disk.close()
+    assert not list(tmp_path.glob("features-*.npy"))

@@ -89,8 +89,9 @@ class FeatureCache:
 
             raise DataError("The dataset is empty: no batch to compute features from.")
         nbytes = sum(f.nbytes for f in features)
+        self.path: Path | None = None
         if nbytes > MEMORY_LIMIT_BYTES:
-            self.features = _to_disk(features, directory)
+            self.features, self.path = _to_disk(features, directory)
         else:
             self.features = np.concatenate(features)
         self.others = [np.concatenate(parts) for parts in zip(*rest, strict=True)]
@@ -103,9 +104,15 @@ class FeatureCache:
             ds = ds.shuffle(self.count, seed=seed, reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
+    def close(self) -> None:
+        """Deletes the on-disk features, if any."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
 
-def _to_disk(features: list[np.ndarray], directory) -> np.ndarray:
-    directory = Path(directory or tempfile.mkdtemp(prefix="tltf-features-"))
+
+def _to_disk(features: list[np.ndarray], directory) -> tuple[np.ndarray, Path]:
+    directory = Path(directory or tempfile.gettempdir())
     directory.mkdir(parents=True, exist_ok=True)
     shape = (sum(len(f) for f in features), *features[0].shape[1:])
     path = directory / f"features-{os.getpid()}-{time.time_ns()}.npy"
@@ -117,7 +124,7 @@ def _to_disk(features: list[np.ndarray], directory) -> np.ndarray:
         out[i : i + len(f)] = f
         i += len(f)
     out.flush()
-    return out
+    return out, path
 
 
 class Continuation(keras.callbacks.Callback):

@@ -745,14 +745,21 @@ def _fit_with_feature_cache(
     history = keras.callbacks.History()
     continuation = Continuation([history, *callbacks], model, total)
     continuation.last = fine_tune_epochs == 0
-    head.fit(
-        train_cache.dataset(batch, shuffle=True, seed=seed),
-        validation_data=val_cache.dataset(batch, shuffle=False) if val_cache else None,
-        epochs=total,
-        shuffle=False,
-        callbacks=[StageOneEnd(head_epochs), continuation],
-        **fit_args,
-    )
+    try:
+        head.fit(
+            train_cache.dataset(batch, shuffle=True, seed=seed),
+            validation_data=val_cache.dataset(batch, shuffle=False)
+            if val_cache
+            else None,
+            epochs=total,
+            shuffle=False,
+            callbacks=[StageOneEnd(head_epochs), continuation],
+            **fit_args,
+        )
+    finally:
+        train_cache.close()
+        if val_cache is not None:
+            val_cache.close()
     if fine_tune_epochs and not model.stop_training:
         continuation.last = True
         model.fit(
