@@ -336,3 +336,39 @@ def test_bad_data_gives_clear_errors():
     dicts = tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
     with pytest.raises(DataError, match=r"\(image, label\) pairs"):
         tltf.fine_tune(model, dicts, verbose=0)
+
+
+class PoisonAt(keras.callbacks.Callback):
+    """Sets the head weights to NaN at the start of one epoch."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            kernel = self.model.get_layer("head_output").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(data, tmp_path, cache):
+    from tltf.errors import TrainingError
+
+    callbacks = [PoisonAt(1)]
+    if not cache:
+        callbacks.append(keras.callbacks.BackupAndRestore(str(tmp_path / "b")))
+    with pytest.raises(
+        TrainingError, match=r"stage 1, epoch 2.*learning rate 0.001.*head_lr"
+    ):
+        tltf.fine_tune(
+            _model(),
+            data,
+            head_epochs=2,
+            fine_tune_epochs=1,
+            cache_features=cache,
+            callbacks=callbacks,
+            verbose=0,
+        )
+    if not cache:
+        assert list((tmp_path / "b").iterdir())  # the epoch-1 backup survives

@@ -13,6 +13,7 @@ run on the full model, with continuous epoch numbers and one `on_train_begin` /
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -197,14 +198,26 @@ class Continuation(keras.callbacks.Callback):
 
 
 class StageOneEnd(keras.callbacks.Callback):
-    """Tags a cached stage-1 fit's epochs as stage 1 and stops it after n epochs."""
+    """Runs a cached stage-1 fit as the schedule would: tags its epochs as stage
+    1, stops it after `head_epochs`, and raises on a NaN loss."""
 
     def __init__(self, head_epochs: int):
         super().__init__()
         self.head_epochs = head_epochs
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["stage"] = 1
         if epoch + 1 >= self.head_epochs:
             self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            from tltf.schedule import raise_on_divergence
+
+            raise_on_divergence(self.model, 1, self._epoch, batch, loss)

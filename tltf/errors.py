@@ -46,6 +46,10 @@ class DataError(TltfError, ValueError):
     """Training data is empty or inconsistent with the model."""
 
 
+class TrainingError(TltfError, RuntimeError):
+    """Training diverged (a NaN or infinite loss)."""
+
+
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Returns a "Did you mean ...?" hint for `name`, or an empty string."""
     matches = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tltf.errors import ConfigError, DataError
+from tltf.errors import ConfigError, DataError, TrainingError
 from tltf.freezing import apply_trainable, check_bn_policy, resolve_unfreeze
 from tltf.model import ModelInfo, model_info
 
@@ -190,6 +190,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
         self._info: ModelInfo | None = None
         self._target: list[str] = []
         self._note = ""
+        self._epoch = 0
 
     # -- state ---------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -218,6 +219,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
         self.stage, self.unfrozen = None, []
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
         stage, blocks = self.plan(epoch)
         if stage != self.stage or blocks != self.unfrozen:
             self._enter(stage, blocks, epoch)
@@ -225,6 +227,11 @@ class FineTuneSchedule(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["stage"] = self.stage
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise_on_divergence(self.model, self.stage, self._epoch, batch, loss)
 
     # -- transitions ---------------------------------------------------------
     def _enter(self, stage: int, blocks: list[str], epoch: int) -> None:
@@ -295,6 +302,24 @@ class FineTuneSchedule(keras.callbacks.Callback):
             f"{what}; {trainable:,} of {total:,} params trainable; lr {lr_text}; BN {bn}"
             f"{extra}."
         )
+
+
+def raise_on_divergence(model, stage, epoch: int, batch: int, loss) -> None:
+    """Raises a TrainingError naming the stage, epoch and learning rate.
+
+    Raising (rather than setting `stop_training`, as Keras's TerminateOnNaN does)
+    ends `fit` without `on_train_end`, so a BackupAndRestore backup, the last good
+    checkpoint, is kept.
+    """
+    rate = getattr(model.optimizer, "learning_rate", None)
+    rate = float(rate.numpy()) if hasattr(rate, "numpy") else rate
+    raise TrainingError(
+        f"The loss became {float(loss)} in stage {stage}, epoch {epoch + 1}, batch "
+        f"{batch + 1}, at learning rate {rate:g}. Lower the "
+        f"{'head_lr' if stage == 1 else 'fine_tune_lr'}, check the data for NaN or "
+        "infinite values, or use a smaller batch. Checkpoints written so far (e.g. "
+        "by BackupAndRestore or ModelCheckpoint) are kept."
+    )
 
 
 # -- fine_tune -----------------------------------------------------------------
