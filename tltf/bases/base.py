@@ -106,7 +106,11 @@ def _application_base(
         load_weights_file(model, weights, f"{spec.name} at {shape}")
     block_map = spec.block_map(model)
     validate_block_map(model, block_map)
-    info = {"weights": _describe_weights(weights), **constructor_kwargs}
+    info = {
+        "weights": _describe_weights(weights),
+        "architecture": spec.name,
+        "constructor_kwargs": dict(constructor_kwargs),
+    }
     return Base(model, spec.name, block_map, spec.preprocessing, spec, info)
 
 
@@ -181,7 +185,7 @@ def load_base(
     if isinstance(base, os.PathLike) or (
         isinstance(base, str) and (os.sep in base or Path(base).exists())
     ):
-        return load_saved_base(base)
+        return load_saved_base(base, input_shape=input_shape)
     spec = get_spec(base)
     return _application_base(
         spec, weights, input_shape, weights_dir, constructor_kwargs
@@ -229,8 +233,19 @@ def save_base(base: Base, path: str | os.PathLike, info: dict | None = None) -> 
     return path
 
 
-def load_saved_base(path: str | os.PathLike) -> Base:
-    """Loads a base folder written by `save_base` (always with `safe_mode=True`)."""
+def load_saved_base(path: str | os.PathLike, input_shape: tuple | None = None) -> Base:
+    """Loads a base folder written by `save_base` (always with `safe_mode=True`).
+
+    Args:
+        path: str or PathLike. The folder.
+        input_shape: tuple or None. A new `(height, width, channels)`. A base of a
+            registry architecture (such as one from `tltf.pretrain`) is rebuilt at
+            that size with the saved weights: convolution weights do not depend on
+            the input size. Defaults to None (the saved size).
+
+    Returns:
+        The `Base`.
+    """
     path = Path(path).expanduser()
     model_file, info_file = path / BASE_MODEL_FILE, path / BASE_INFO_FILE
     if not (model_file.is_file() and info_file.is_file()):
@@ -252,4 +267,33 @@ def load_saved_base(path: str | os.PathLike) -> Base:
         ) from None
     validate_block_map(model, block_map)
     info = {**record.get("info", {}), "path": str(path)}
-    return Base(model, record.get("name", model.name), block_map, mode, None, info)
+    name = record.get("name", model.name)
+    if input_shape is None or tuple(input_shape) == tuple(model.input_shape[1:]):
+        return Base(model, name, block_map, mode, None, info)
+    return _resized(model, name, mode, info, input_shape)
+
+
+def _resized(saved: keras.Model, name: str, mode: str, info: dict, input_shape) -> Base:
+    """Rebuilds a saved registry-architecture base at another input size."""
+    architecture = info.get("architecture")
+    if architecture is None:
+        raise InputShapeError(
+            f"Base {name!r} was saved for inputs of shape {saved.input_shape[1:]} and "
+            f"cannot be rebuilt for input_shape={tuple(input_shape)}: its architecture "
+            "is not a registry entry. Resize the images instead."
+        )
+    spec = get_spec(architecture)
+    shape = _check_input_shape(spec, input_shape, None)
+    kwargs = info.get("constructor_kwargs", {})
+    model = spec.constructor(
+        weights=None, include_top=False, input_shape=shape, **kwargs
+    )
+    try:
+        model.set_weights(saved.get_weights())
+    except ValueError as error:
+        raise ModelError(
+            f"Could not rebuild base {name!r} at {shape}: {error}"
+        ) from None
+    block_map = spec.block_map(model)
+    validate_block_map(model, block_map)
+    return Base(model, name, block_map, mode, spec, info)
