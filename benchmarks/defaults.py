@@ -27,13 +27,13 @@ import argparse
 import json
 import time
 
-import tltf  # noqa: I001  (imports TensorFlow quietly)
 import keras
 import numpy as np
 
+import tltf  # noqa: I001  (imports TensorFlow quietly)
 from tltf import datasets
-from tltf.pretrain import default_demo_base
 from tltf.bases.base import load_saved_base
+from tltf.pretrain import default_demo_base
 
 TASKS = ("shapes_target", "textures", "counting")
 
@@ -58,8 +58,11 @@ def recipe(base, n_classes, train, test, head_epochs, fine_tune_epochs):
     base.model.trainable = True
     model.compile(keras.optimizers.Adam(1e-5), loss, metrics=["accuracy"])
     model.fit(
-        *train, batch_size=32, epochs=head_epochs + fine_tune_epochs,
-        initial_epoch=head_epochs, verbose=0,
+        *train,
+        batch_size=32,
+        epochs=head_epochs + fine_tune_epochs,
+        initial_epoch=head_epochs,
+        verbose=0,
     )
     return model.evaluate(*test, verbose=0)[1]
 
@@ -67,8 +70,12 @@ def recipe(base, n_classes, train, test, head_epochs, fine_tune_epochs):
 def with_tltf(base, n_classes, train, test, head_epochs, fine_tune_epochs, **kwargs):
     model = tltf.build_model(base, n_classes)
     tltf.fine_tune(
-        model, train, head_epochs=head_epochs, fine_tune_epochs=fine_tune_epochs,
-        verbose=0, **kwargs,
+        model,
+        train,
+        head_epochs=head_epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        verbose=0,
+        **kwargs,
     )
     return model.evaluate(*test, verbose=0)[1]
 
@@ -80,7 +87,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument(
-        "--variant", action="append", default=[],
+        "--variant",
+        action="append",
+        default=[],
         help='extra tltf settings as JSON, e.g. \'{"unfreeze": 4, "fine_tune_lr": 1e-4}\'',
     )
     args = parser.parse_args()
@@ -90,28 +99,46 @@ def main() -> None:
     head_epochs, fine_tune_epochs = 10, 10  # fine_tune's default budget
     variants = {"tltf defaults": {}}
     variants.update({f"tltf {v}": json.loads(v) for v in args.variant})
-    scores: dict[str, list[float]] = {"keras.io recipe": [], **{v: [] for v in variants}}
+    scores: dict[str, list[float]] = {
+        "keras.io recipe": [],
+        **{v: [] for v in variants},
+    }
     rows = []
     for task in args.tasks:
         n = datasets.num_classes(task)
         for seed in args.seeds:
-            train = datasets.make_images(task, per_class=args.k, image_size=size, seed=100 + seed)
-            test = datasets.make_images(task, per_class=args.test, image_size=size, seed=999)
+            train = datasets.make_images(
+                task, per_class=args.k, image_size=size, seed=100 + seed
+            )
+            test = datasets.make_images(
+                task, per_class=args.test, image_size=size, seed=999
+            )
             row = {"task": task, "seed": seed}
             keras.utils.set_random_seed(seed)
             start = time.perf_counter()
-            row["keras.io recipe"] = recipe(_fresh_base(path), n, train, test, head_epochs, fine_tune_epochs)
+            row["keras.io recipe"] = recipe(
+                _fresh_base(path), n, train, test, head_epochs, fine_tune_epochs
+            )
             for name, kwargs in variants.items():
                 keras.utils.set_random_seed(seed)
                 row[name] = with_tltf(
-                    _fresh_base(path), n, train, test, head_epochs, fine_tune_epochs,
-                    seed=seed, **kwargs,
+                    _fresh_base(path),
+                    n,
+                    train,
+                    test,
+                    head_epochs,
+                    fine_tune_epochs,
+                    seed=seed,
+                    **kwargs,
                 )
             for name in scores:
                 scores[name].append(row[name])
             rows.append(row)
             cells = "  ".join(f"{name}: {row[name]:.3f}" for name in scores)
-            print(f"{task:14s} seed {seed}  {cells}  ({time.perf_counter() - start:.0f}s)", flush=True)
+            print(
+                f"{task:14s} seed {seed}  {cells}  ({time.perf_counter() - start:.0f}s)",
+                flush=True,
+            )
     print()
     for task in args.tasks:
         cells = "  ".join(
@@ -120,7 +147,9 @@ def main() -> None:
         )
         print(f"mean {task:14s} {cells}")
     base_mean = np.mean(scores["keras.io recipe"])
-    print(f"k={args.k}, {len(args.seeds)} seeds, {head_epochs}+{fine_tune_epochs} epochs, base {demo.name}")
+    print(
+        f"k={args.k}, {len(args.seeds)} seeds, {head_epochs}+{fine_tune_epochs} epochs, base {demo.name}"
+    )
     print(
         "mean test accuracy, tltf defaults / keras.io recipe: "
         f"{np.mean(scores['tltf defaults']):.3f} / {base_mean:.3f} = "

@@ -1,0 +1,137 @@
+"""Pretraining a registry architecture on a procedural task, and reusing its base."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import tltf
+from tltf import datasets
+from tltf.bases.base import BASE_INFO_FILE, BASE_MODEL_FILE, load_saved_base
+from tltf.errors import ConfigError, UnknownBaseError
+from tltf.model import model_info
+from tltf.pretrain import (
+    DEMO_BASE,
+    QUICK_BASE,
+    demo_base_path,
+    pretrain,
+    set_bn_momentum,
+    store_dir,
+)
+
+TINY = dict(images=64, image_size=32, epochs=1, batch_size=32, alpha=0.25)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A MobileNet (alpha 0.25) pretrained for one epoch on 64 images at 32 px."""
+    path = tmp_path_factory.mktemp("pretrain") / "tiny-base"
+    keras.backend.clear_session()
+    base = pretrain("mobilenet", **TINY, bn_momentum=0.8, save_to=path, verbose=0)
+    return base, path
+
+
+@pytest.fixture(autouse=True)
+def _tltf_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLTF_HOME", str(tmp_path / "home"))
+
+
+def test_saved_base_folder_and_info(pretrained):
+    base, path = pretrained
+    assert base.info["path"] == str(path)
+    assert (path / BASE_MODEL_FILE).is_file()
+    record = json.loads((path / BASE_INFO_FILE).read_text())
+    info = record["info"]
+    for key, value in {
+        "architecture": "mobilenet",
+        "task": "shapes_source",
+        "images": 64,
+        "image_size": 32,
+        "epochs": 1,
+        "seed": 0,
+        "bn_momentum": 0.8,
+        "tltf_version": tltf.__version__,
+        "constructor_kwargs": {"alpha": 0.25},
+    }.items():
+        assert info[key] == value, key
+    assert 0.0 <= info["train_accuracy"] <= 1.0
+    assert 0.0 <= info["val_accuracy"] <= 1.0
+    assert record["input_shape"] == [32, 32, 3]
+    assert not any(p.name.startswith(".") for p in path.parent.iterdir())  # atomic
+
+
+def test_build_model_from_path_gives_the_same_features(pretrained):
+    base, path = pretrained
+    model = tltf.build_model(str(path), num_classes=3)
+    loaded = model_info(model).base
+    x, _ = datasets.make_images("shapes_target", n=4, image_size=32, seed=3)
+    x = x.astype("float32") / 127.5 - 1.0  # the base's "tf" preprocessing
+    expected = keras.ops.convert_to_numpy(base.model(x, training=False))
+    actual = keras.ops.convert_to_numpy(loaded(x, training=False))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    assert model.output_shape == (None, 3)
+    assert tltf.trainable_blocks(model) == []
+
+
+def test_saved_base_keeps_bn_momentum(pretrained):
+    _, path = pretrained
+    loaded = load_saved_base(path)
+    momenta = {
+        layer.momentum
+        for layer in loaded.model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
+    assert momenta == {0.8}
+
+
+def test_store_respects_tltf_home(tmp_path, monkeypatch):
+    assert store_dir() == tmp_path / "home" / "bases"
+    assert demo_base_path() == store_dir() / DEMO_BASE.name
+    assert demo_base_path(quick=True) == store_dir() / QUICK_BASE.name
+    monkeypatch.delenv("TLTF_HOME")
+    assert store_dir().parts[-3:] == (".cache", "tltf", "bases")
+
+
+def test_recipe_names_differ():
+    assert DEMO_BASE.name != QUICK_BASE.name
+    assert DEMO_BASE.name.startswith("mobilenet")
+    assert DEMO_BASE.kwargs()["architecture"] == "mobilenet_v3_small"
+    assert QUICK_BASE.kwargs()["alpha"] == 0.25
+    assert "constructor_kwargs" not in QUICK_BASE.kwargs()
+    changed = dataclasses.replace(DEMO_BASE, learning_rate=1e-3)
+    assert changed.name != DEMO_BASE.name  # the hash covers the whole recipe
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"architecture": "mobilenet_v9"}, UnknownBaseError, "mobilenet"),
+        ({"task": "shapes"}, ConfigError, "Unknown task"),
+        ({"image_size": 16}, ConfigError, "at least 32 px"),
+        ({"bn_momentum": 1.0}, ConfigError, "bn_momentum"),
+        ({"epochs": 0}, ConfigError, "epochs"),
+        ({"learning_rate": -1.0}, ConfigError, "learning_rate"),
+    ],
+)
+def test_bad_arguments_fail_before_training(kwargs, error, match, tmp_path):
+    with pytest.raises(error, match=match):
+        pretrain(
+            **{"architecture": "mobilenet", **kwargs}, save_to=tmp_path / "b", verbose=0
+        )
+    assert not (tmp_path / "b").exists()
+
+
+def test_set_bn_momentum_counts_nested_layers():
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(2)]
+    )
+    outer = keras.Sequential(
+        [keras.Input((4,)), inner, keras.layers.BatchNormalization()]
+    )
+    assert set_bn_momentum(outer, 0.7) == 2
+    with pytest.raises(ConfigError, match="bn_momentum"):
+        set_bn_momentum(outer, 0)
