@@ -13,6 +13,7 @@ Example:
 
 from tltf import (
     _quiet,  # noqa: F401  (must run before TensorFlow is imported)
+    datasets,
     datasets_tfds,  # noqa: F401  (registers the tltf_shapes tfds builder)
 )
 from tltf.bases import (
@@ -28,6 +29,9 @@ from tltf.errors import TltfError
 from tltf.freezing import block_summary, freeze, trainable_blocks, unfreeze
 from tltf.heads import HeadConfig
 from tltf.model import build_model, load_model, model_info
+from tltf.pretrain import (
+    pretrain,  # the function; `from tltf.pretrain import ...` works too
+)
 from tltf.reports import plot_confusion_matrix, plot_history
 from tltf.schedule import FineTuneSchedule, fine_tune, set_lr_multipliers
 
@@ -42,6 +46,7 @@ __all__ = [
     "TltfError",
     "block_summary",
     "build_model",
+    "datasets",
     "fine_tune",
     "freeze",
     "infer_block_map",
@@ -52,6 +57,7 @@ __all__ = [
     "model_info",
     "plot_confusion_matrix",
     "plot_history",
+    "pretrain",
     "save_base",
     "set_lr_multipliers",
     "trainable_blocks",

@@ -209,7 +209,8 @@ def get_spec(name: str) -> BaseSpec:
         return by_constructor[key.lower()]
     raise UnknownBaseError(
         f"Unknown base {name!r}.{suggest(key.lower(), REGISTRY)} "
-        "See `tltf.list_bases()` for the registry, or pass a keras.Model or the "
+        "See `tltf.list_bases()` (`tltf bases` on the command line) for the "
+        "registry, or pass a keras.Model or the "
         "path of a saved base."
     )
 
