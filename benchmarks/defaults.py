@@ -23,6 +23,8 @@ by the recipe's.
 
 from __future__ import annotations
 
+import tltf  # isort: skip  (first: imports TensorFlow quietly)
+
 import argparse
 import json
 import time
@@ -30,7 +32,6 @@ import time
 import keras
 import numpy as np
 
-import tltf  # noqa: I001  (imports TensorFlow quietly)
 from tltf import datasets
 from tltf.bases.base import load_saved_base
 from tltf.pretrain import default_demo_base

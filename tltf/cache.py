@@ -65,25 +65,30 @@ class FeatureCache:
             sample_weight); it must be finite.
         directory: str or None. Where to keep features that do not fit in
             memory (`MEMORY_LIMIT_BYTES`). Defaults to a temporary folder.
+        labels: array or None. The labels in dataset order, when known (array
+            inputs); saves a pass over the data.
     """
 
-    def __init__(self, model: keras.Model, dataset: tf.data.Dataset, directory=None):
+    def __init__(
+        self, model: keras.Model, dataset: tf.data.Dataset, directory=None, labels=None
+    ):
         extractor = feature_model(model)
-        image_spec = dataset.element_spec[0]
-        # One trace for every batch size (the last batch is usually smaller).
-        extract = tf.function(
-            lambda images: extractor(images, training=False),
-            input_signature=[
-                tf.TensorSpec([None, *image_spec.shape[1:]], image_spec.dtype)
-            ],
-        )
-        features, rest, self.batch_sizes = [], [], []
         start = time.perf_counter()
-        for batch in dataset:
-            images, *others = batch
-            features.append(extract(images).numpy())
-            rest.append([np.asarray(o) for o in others])
-            self.batch_sizes.append(len(features[-1]))
+        # The labels (and sample weights) in dataset order, and the batch sizes;
+        # known labels (array inputs) spare this pass over the data.
+        rest, self.batch_sizes = [], []
+        if labels is not None and len(labels):
+            rest = [[np.asarray(labels)]]
+            sizes = dataset.map(lambda images, *others: tf.shape(images)[0])
+            self.batch_sizes = [int(next(iter(sizes)))]
+        else:
+            for batch in dataset.map(lambda images, *o: (tf.shape(images)[0], *o)):
+                size, *others = batch
+                self.batch_sizes.append(int(size))
+                rest.append([np.asarray(o) for o in others])
+        # One optimised inference pass (in-graph loop, one trace for all batch sizes).
+        images = dataset.map(lambda images, *others: images)
+        features = [extractor.predict(images, verbose=0)] if self.batch_sizes else []
         self.seconds = time.perf_counter() - start
         if not features:
             from tltf.errors import DataError
