@@ -372,3 +372,17 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(data, tmp_path, 
         )
     if not cache:
         assert list((tmp_path / "b").iterdir())  # the epoch-1 backup survives
+
+
+def test_verbose_zero_prints_nothing_and_default_prints_one_line_per_stage(
+    data, capsys
+):
+    tltf.fine_tune(_model(), data, head_epochs=1, fine_tune_epochs=1, verbose=0)
+    assert capsys.readouterr().out == ""
+    tltf.fine_tune(_model(), data, head_epochs=1, fine_tune_epochs=1, verbose=2)
+    lines = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("tltf:")
+    ]
+    assert [line.split()[2] for line in lines] == ["1", "2"]

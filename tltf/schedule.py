@@ -530,6 +530,7 @@ def fine_tune(
         bn=bn,
         lr_decay=lr_decay,
         gradual_every=gradual_every,
+        verbose=0 if verbose == 0 else 1,
     )
     # Resolve the unfreeze request now, so a bad one fails before any training.
     resolve_unfreeze(info.block_map, info.base, **schedule._unfreeze_kwargs)
