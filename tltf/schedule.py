@@ -349,6 +349,36 @@ def default_loss_and_metrics(
     ]
 
 
+def _train_batches(data, batch_size: int, seed: int | None):
+    """Shuffled training batches, and the same data unshuffled (for the cache).
+
+    For arrays both pipelines share one `from_tensor_slices`, so the images are
+    copied into TensorFlow once.
+    """
+    if isinstance(data, tf.data.Dataset):
+        ds = _as_dataset(data, batch_size, False, seed, "train")
+        return ds, ds
+    slices = _array_slices(data, "train")
+    shuffled = slices.shuffle(len(data[0]), seed=seed, reshuffle_each_iteration=True)
+    return (
+        shuffled.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+        slices.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+    )
+
+
+def _array_slices(data, what: str) -> tf.data.Dataset:
+    """`(images, labels)` arrays as an unbatched dataset, checked."""
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    if len(x) == 0:
+        raise DataError(f"{what} is empty: it has no images. Pass at least one batch.")
+    if len(x) != len(y):
+        raise DataError(
+            f"{what} has {len(x)} images but {len(y)} labels; expected one label "
+            "per image."
+        )
+    return tf.data.Dataset.from_tensor_slices((x, y))
+
+
 def _as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str):
     """Turns `(images, labels)` arrays or a tf.data.Dataset into batches."""
     if isinstance(data, tf.data.Dataset):
@@ -363,19 +393,9 @@ def _as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: st
             data = data.batch(batch_size)
         return data.prefetch(tf.data.AUTOTUNE)
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = np.asarray(data[0]), np.asarray(data[1])
-        if len(x) == 0:
-            raise DataError(
-                f"{what} is empty: it has no images. Pass at least one batch."
-            )
-        if len(x) != len(y):
-            raise DataError(
-                f"{what} has {len(x)} images but {len(y)} labels; expected one label "
-                "per image."
-            )
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        ds = _array_slices(data, what)
         if shuffle:
-            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(len(data[0]), seed=seed, reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     raise DataError(
         f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
@@ -615,14 +635,9 @@ def _prepare_data(model, info, train, validation, batch_size, seed, augment, smo
         train_ds = features = train.train
         counts = train.counts
     else:
-        train_ds = _as_dataset(train, batch_size, True, seed, "train")
         # The feature cache reads the unshuffled data once; the cached features are
         # then reshuffled every epoch with `seed`, in the order this pipeline has.
-        features = (
-            train_ds
-            if isinstance(train, tf.data.Dataset)
-            else _as_dataset(train, batch_size, False, seed, "train")
-        )
+        train_ds, features = _train_batches(train, batch_size, seed)
         if not isinstance(train, tf.data.Dataset):
             labels = np.asarray(train[1])
     one_hot = _check_labels(
