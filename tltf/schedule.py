@@ -189,7 +189,6 @@ class FineTuneSchedule(keras.callbacks.Callback):
         self.unfrozen: list[str] = []
         self._info: ModelInfo | None = None
         self._target: list[str] = []
-        self._note = ""
         self._epoch = 0
 
     # -- state ---------------------------------------------------------------
@@ -211,7 +210,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
     def set_model(self, model):
         super().set_model(model)
         self._info = model_info(model)
-        self._target, self._note = resolve_unfreeze(
+        self._target, _ = resolve_unfreeze(
             self._info.block_map, self._info.base, **self._unfreeze_kwargs
         )
 
