@@ -45,6 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     )
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only
     try:
         yield tmp
         _fsync(tmp)
@@ -67,6 +68,7 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Pat
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     )
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only
     try:
         yield tmp
         if path.exists():
@@ -119,6 +121,12 @@ def atomic_save_weights(model, path: str | os.PathLike) -> Path:
         tmp.unlink()  # h5py refuses to overwrite some empty files
         model.save_weights(tmp)
     return Path(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

@@ -76,8 +76,6 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -88,6 +86,7 @@ import keras
 import numpy as np
 
 from tltf import datasets
+from tltf._io import atomic_dir
 from tltf.bases.base import Base, load_saved_base
 from tltf.errors import ConfigError, ModelError
 from tltf.model import build_model, model_info
@@ -604,9 +603,7 @@ def run_demo(
 
 def _write_run(out: Path, summary: dict, start: float) -> Path:
     """Writes the run folder in a temporary folder, then moves it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=True) as tmp:
         (tmp / "curves").mkdir()
         boundary = summary["epochs"]["head"]
         for r in summary["results"]:
@@ -637,9 +634,6 @@ def _write_run(out: Path, summary: dict, start: float) -> Path:
         (tmp / "summary.json").write_text(
             json.dumps(summary, indent=2, default=_json_default)
         )
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -8,26 +8,20 @@ so they never touch pyplot's global state or the user's backend.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from tltf._io import atomic_path
+
 
 def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Writes a figure as PNG atomically (temporary file, then `os.replace`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return path
 
 
@@ -150,6 +144,72 @@ def plot_confusion_matrix(
             )
     if title:
         ax.set_title(title)
+    if path is not None:
+        save_figure(figure, path)
+    return figure
+
+
+def plot_tuning(
+    rows: Sequence[dict],
+    metric: str = "score",
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Plots a tuning search: best val metric and time per epoch by unfrozen blocks.
+
+    Each completed trial is a dot (its best `metric` against the blocks it
+    unfroze), the best trial per depth is joined by a line, and the seconds per
+    stage-2 epoch (the table's `epoch_s`, averaged over the trials at that depth)
+    are drawn on a second axis.
+
+    Args:
+        rows: The results table of `tltf.tuning.results_table` (dicts with
+            "blocks", "score", "epoch_s", "status").
+        metric: str. The objective's name, for the axis label. Defaults to
+            "score".
+        title: str or None. The title.
+        path: str or None. Also write the figure to this PNG file.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    done = [
+        r for r in rows if r.get("score") is not None and r.get("blocks") is not None
+    ]
+    figure = Figure(figsize=(6, 3.8))
+    ax = figure.add_subplot(1, 1, 1)
+    if done:
+        blocks = np.array([r["blocks"] for r in done], dtype=float)
+        scores = np.array([r["score"] for r in done], dtype=float)
+        ax.scatter(blocks, scores, color="tab:blue", alpha=0.6, label=metric)
+        depths = sorted(set(blocks.tolist()))
+        best = [
+            (max if not metric.endswith("loss") else min)(scores[blocks == d])
+            for d in depths
+        ]
+        ax.plot(depths, best, color="tab:blue", linewidth=1.5)
+        per_depth: dict[float, list[float]] = {}
+        for r in done:
+            if r.get("epoch_s") is not None:
+                per_depth.setdefault(float(r["blocks"]), []).append(r["epoch_s"])
+        times = [(d, float(np.mean(per_depth[d]))) for d in depths if d in per_depth]
+        if times:
+            twin = ax.twinx()
+            twin.plot(
+                [t[0] for t in times],
+                [t[1] for t in times],
+                color="tab:orange",
+                linestyle="--",
+                marker="s",
+                markersize=4,
+                label="s / epoch (stage 2)",
+            )
+            twin.set_ylabel("seconds per epoch (stage 2)", color="tab:orange")
+            twin.set_ylim(bottom=0)
+    ax.set_xlabel("unfrozen blocks")
+    ax.set_ylabel(f"best {metric}", color="tab:blue")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"{metric} and time per epoch by unfrozen blocks")
     if path is not None:
         save_figure(figure, path)
     return figure

@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import keras
 
+from tltf._io import atomic_dir
 from tltf.bases.blockmaps import BlockMap, infer_block_map, validate_block_map
 from tltf.bases.registry import BaseSpec, get_spec
 from tltf.bases.weights import load_weights_file, offline_first, resolve_weights_dir
@@ -208,9 +207,7 @@ def save_base(base: Base, path: str | os.PathLike, info: dict | None = None) -> 
         The folder's path.
     """
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path, replace=True) as tmp:
         base.model.save(tmp / BASE_MODEL_FILE)
         record = {
             "name": base.name,
@@ -220,16 +217,6 @@ def save_base(base: Base, path: str | os.PathLike, info: dict | None = None) -> 
             "info": {"min_size": base.min_size, **base.info, **(info or {})},
         }
         (tmp / BASE_INFO_FILE).write_text(json.dumps(record, indent=2))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
