@@ -13,8 +13,10 @@ Example:
 
 from tltf import (
     _quiet,  # noqa: F401  (must run before TensorFlow is imported)
+    checkpoint,  # atomic ModelCheckpoint
     datasets,
     datasets_tfds,  # noqa: F401  (registers the tltf_shapes tfds builder)
+    distribute,  # strategies; the Keras multi-worker fixes
 )
 from tltf.bases import (
     Base,
@@ -26,12 +28,16 @@ from tltf.bases import (
 )
 from tltf.data import DataBundle, load_data
 from tltf.errors import TltfError
+from tltf.evaluation import EvaluationReport, evaluate, predict, write_predictions
+from tltf.export import export_model, tflite_predict
 from tltf.freezing import block_summary, freeze, trainable_blocks, unfreeze
 from tltf.heads import HeadConfig
+from tltf.lr_finder import LRFinderResult, find_lr
 from tltf.model import build_model, load_model, model_info
 from tltf.pretrain import (
     pretrain,  # the function; `from tltf.pretrain import ...` works too
 )
+from tltf.probe import ProbeResult, probe_blocks
 from tltf.reports import plot_confusion_matrix, plot_history
 from tltf.schedule import FineTuneSchedule, fine_tune, set_lr_multipliers
 
@@ -41,12 +47,20 @@ __all__ = [
     "Base",
     "BlockMap",
     "DataBundle",
+    "EvaluationReport",
     "FineTuneSchedule",
     "HeadConfig",
+    "LRFinderResult",
+    "ProbeResult",
     "TltfError",
     "block_summary",
+    "checkpoint",
     "build_model",
     "datasets",
+    "distribute",
+    "evaluate",
+    "export_model",
+    "find_lr",
     "fine_tune",
     "freeze",
     "infer_block_map",
@@ -57,9 +71,13 @@ __all__ = [
     "model_info",
     "plot_confusion_matrix",
     "plot_history",
+    "predict",
     "pretrain",
+    "probe_blocks",
     "save_base",
     "set_lr_multipliers",
+    "tflite_predict",
     "trainable_blocks",
     "unfreeze",
+    "write_predictions",
 ]

@@ -48,6 +48,24 @@ def feature_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, cut_tensor(model), name=f"{model.name}_features")
 
 
+def feature_extractor(model: keras.Model):
+    """A compiled function from image batches to cached features.
+
+    Its input signature leaves the batch size open, so one trace serves full and
+    partial batches of the training and the validation set alike (Keras's
+    `predict` traces again for the last, smaller batch and for every new model).
+    Pass it to each `FeatureCache` of the same model.
+    """
+    features = feature_model(model)
+    spec = tf.TensorSpec((None, *features.input_shape[1:]), features.inputs[0].dtype)
+
+    @tf.function(input_signature=[spec], reduce_retracing=True)
+    def extract(images):
+        return features(images, training=False)
+
+    return extract
+
+
 def head_model(model: keras.Model) -> keras.Model:
     """The trainable rest of the head: features in, predictions out.
 
@@ -67,28 +85,35 @@ class FeatureCache:
             memory (`MEMORY_LIMIT_BYTES`). Defaults to a temporary folder.
         labels: array or None. The labels in dataset order, when known (array
             inputs); saves a pass over the data.
+        extractor: callable or None. From `feature_extractor(model)`; share one
+            between the caches of a model to trace once. Defaults to a new one.
     """
 
     def __init__(
-        self, model: keras.Model, dataset: tf.data.Dataset, directory=None, labels=None
+        self,
+        model: keras.Model,
+        dataset: tf.data.Dataset,
+        directory=None,
+        labels=None,
+        extractor=None,
     ):
-        extractor = feature_model(model)
+        extractor = extractor or feature_extractor(model)
         start = time.perf_counter()
-        # The labels (and sample weights) in dataset order, and the batch sizes;
-        # known labels (array inputs) spare this pass over the data.
-        rest, self.batch_sizes = [], []
-        if labels is not None and len(labels):
-            rest = [[np.asarray(labels)]]
-            sizes = dataset.map(lambda images, *others: tf.shape(images)[0])
-            self.batch_sizes = [int(next(iter(sizes)))]
-        else:
-            for batch in dataset.map(lambda images, *o: (tf.shape(images)[0], *o)):
-                size, *others = batch
-                self.batch_sizes.append(int(size))
+        # One inference pass (one trace serves every batch size and both
+        # datasets) that keeps each batch's labels and sample weights with its
+        # features: a dataset that reshuffles on every pass (a DataBundle's
+        # train, a user's `.shuffle()`) would misalign two separate passes.
+        # Known labels (array inputs, read in order) are used as they are.
+        known = labels is not None and len(labels)
+        dtype = extractor.input_signature[0].dtype
+        rest, features, self.batch_sizes = [], [], []
+        for images, *others in dataset:
+            features.append(extractor(tf.cast(images, dtype)).numpy())
+            self.batch_sizes.append(len(features[-1]))
+            if not known:
                 rest.append([np.asarray(o) for o in others])
-        # One optimised inference pass (in-graph loop, one trace for all batch sizes).
-        images = dataset.map(lambda images, *others: images)
-        features = [extractor.predict(images, verbose=0)] if self.batch_sizes else []
+        if known:
+            rest = [[np.asarray(labels)]]
         self.seconds = time.perf_counter() - start
         if not features:
             from tltf.errors import DataError

@@ -32,6 +32,9 @@ def build_model(
     blocks=None,
     preprocessing: str | None = None,
     name: str | None = None,
+    cut: int | str | None = None,
+    strategy=None,
+    mixed_precision: bool | str = False,
     **constructor_kwargs,
 ) -> keras.Model:
     """Builds a transfer model: preprocessing, then the frozen base, then a head.
@@ -59,6 +62,24 @@ def build_model(
         blocks: Block map of a custom base (see `load_base`). Defaults to None.
         preprocessing: str or None. Preprocessing mode of a custom base.
         name: str or None. The model's name. Defaults to "tltf_<base>".
+        cut: str, int or None. Build on the output of this block instead of the
+            base's top: a block name or an index in the base's block map
+            (negative counts from the top). The blocks above it are dropped, and
+            the model's block map ends at it, so `unfreeze`, `fine_tune` and
+            `FineTuneSchedule` count blocks below the cut only. Helps when the
+            target task is far from the source; `tltf.probe_blocks` recommends
+            a cut. Defaults to None (the whole base).
+        strategy: None, "auto", "mirrored", "multi_worker" or a
+            `tf.distribute.Strategy` (see `tltf.distribute.resolve_strategy`).
+            The model's variables are created under its scope, and `fine_tune`
+            trains under it. A base given as a `keras.Model` built outside the
+            scope is rebuilt inside it, with its weights. Defaults to None
+            ("auto": MirroredStrategy on several GPUs, else none).
+        mixed_precision: bool or str. Build under a mixed dtype policy: True
+            picks "mixed_float16" with a GPU, else "mixed_bfloat16" (or name
+            one). Layers compute in 16 bits with float32 variables; the head's
+            output stays float32; the global policy is left unchanged (see
+            `tltf.compute`). Defaults to False.
         **constructor_kwargs: Extra Keras constructor arguments (e.g. `alpha`).
 
     Returns:
@@ -70,48 +91,62 @@ def build_model(
     ...                          input_shape=(96, 96, 3), alpha=0.35)
     >>> model.save("flowers.keras")
     """
-    head = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
-    units = output_units(task, num_classes)
-    base = load_base(
-        base,
-        weights=weights,
-        input_shape=input_shape,
-        weights_dir=weights_dir,
-        blocks=blocks,
-        preprocessing=preprocessing,
-        **constructor_kwargs,
-    )
-    shape = base.input_shape
-    if input_shape is not None and base.spec is None:
-        given = tuple(input_shape)
-        if len(given) != len(shape) or any(
-            b not in (None, g) for b, g in zip(shape, given, strict=False)
-        ):
-            raise InputShapeError(
-                f"Base {base.name!r} takes inputs of shape {shape}. Received: "
-                f"input_shape={given}. Resize the images, or build the base for "
-                "that shape."
-            )
-        shape = given
-    metadata = {
-        "version": METADATA_VERSION,
-        "base": base.name,
-        "base_layer": base.model.name,
-        "blocks": base.block_map.to_config(),
-        "task": task,
-        "num_outputs": units,
-        "head": dataclasses.asdict(head),
-        "base_info": _jsonable(base.info),
-    }
-    inputs = keras.Input(shape=shape, name="image")
-    x = Preprocessing(base.preprocessing, metadata=metadata, name="preprocessing")(
-        inputs
-    )
-    x = base.model(x)
-    outputs = build_head(x, task, units, head)
-    model = keras.Model(inputs, outputs, name=name or f"tltf_{base.name}")
-    base.model.trainable = False
-    return model
+    from tltf.compute import policy_scope, rebuild_base, resolve_policy
+    from tltf.distribute import resolve_strategy
+
+    strategy = resolve_strategy(strategy)
+    policy = resolve_policy(mixed_precision)
+    with strategy.scope(), policy_scope(policy):
+        head = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
+        units = output_units(task, num_classes)
+        base = load_base(
+            base,
+            weights=weights,
+            input_shape=input_shape,
+            weights_dir=weights_dir,
+            blocks=blocks,
+            preprocessing=preprocessing,
+            **constructor_kwargs,
+        )
+        base = rebuild_base(base, strategy, policy)
+        shape = base.input_shape
+        if input_shape is not None and base.spec is None:
+            given = tuple(input_shape)
+            if len(given) != len(shape) or any(
+                b not in (None, g) for b, g in zip(shape, given, strict=False)
+            ):
+                raise InputShapeError(
+                    f"Base {base.name!r} takes inputs of shape {shape}. Received: "
+                    f"input_shape={given}. Resize the images, or build the base for "
+                    "that shape."
+                )
+            shape = given
+        cut_record = None
+        if cut is not None:
+            from tltf.bases.cut import cut_base
+
+            base, cut_record = cut_base(base, cut)
+        metadata = {
+            "version": METADATA_VERSION,
+            "base": base.name,
+            "base_layer": base.model.name,
+            "blocks": base.block_map.to_config(),
+            "task": task,
+            "num_outputs": units,
+            "head": dataclasses.asdict(head),
+            "base_info": _jsonable(base.info),
+        }
+        if cut_record is not None:
+            metadata["cut"] = cut_record
+        inputs = keras.Input(shape=shape, name="image")
+        x = Preprocessing(base.preprocessing, metadata=metadata, name="preprocessing")(
+            inputs
+        )
+        x = base.model(x)
+        outputs = build_head(x, task, units, head)
+        model = keras.Model(inputs, outputs, name=name or f"tltf_{base.name}")
+        base.model.trainable = False
+        return model
 
 
 def _jsonable(info: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from numbers import Real
 from typing import Any
 
@@ -18,14 +19,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf.compute import check_jit_compile, with_xla_errors
+from tltf.distribute import is_distributed, model_strategy, optimizer_in_scope
 from tltf.errors import ConfigError, DataError, TrainingError
 from tltf.freezing import apply_trainable, check_bn_policy, resolve_unfreeze
 from tltf.model import ModelInfo, model_info
 
 
-def check_lr(value, name: str, allow_none: bool = False):
-    """Validates a learning rate: a positive finite number or a LR schedule."""
+def check_lr(value, name: str, allow_none: bool = False, allow_find: bool = False):
+    """Validates a learning rate: a positive finite number or a LR schedule.
+
+    With `allow_find`, the string "find" (run `tltf.find_lr` when the stage
+    starts) is accepted too.
+    """
     if value is None and allow_none:
+        return value
+    if allow_find and isinstance(value, str) and value == "find":
         return value
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
         return value
@@ -34,8 +43,9 @@ def check_lr(value, name: str, allow_none: bool = False):
         or not isinstance(value, Real)
         or not (math.isfinite(value) and value > 0)
     ):
+        find = ", 'find'" if allow_find else ""
         raise ConfigError(
-            f"Expected {name} to be a positive number (e.g. 1e-4) or a "
+            f"Expected {name} to be a positive number (e.g. 1e-4){find} or a "
             f"keras.optimizers.schedules.LearningRateSchedule. Received: {name}={value!r}"
         )
     return float(value)
@@ -114,7 +124,9 @@ class FineTuneSchedule(keras.callbacks.Callback):
     top blocks train too, with a fresh optimizer at `fine_tune_lr`. The schedule is
     a pure function of the epoch number, so a run resumed by `BackupAndRestore`
     lands in the right stage, with the right blocks, and never re-freezes blocks.
-    Each epoch's logs get a `stage` entry (1 or 2) that History and CSVLogger
+    (Keras restores the optimizer before this callback installs the stage-2 one,
+    so a run resumed in stage 2 restarts its optimizer; `fine_tune(backup_dir=)`
+    restores it too.) Each epoch's logs get a `stage` entry (1 or 2) that History and CSVLogger
     record.
 
     Args:
@@ -122,8 +134,12 @@ class FineTuneSchedule(keras.callbacks.Callback):
         unfreeze: What to unfreeze in stage 2: an int (top k blocks), "all",
             `{"layers": n}` (rounded up to whole blocks) or `{"names": regex}`.
             Defaults to "all".
-        fine_tune_lr: float, LearningRateSchedule or None. Stage-2 learning rate;
-            None keeps the compiled optimizer's. Defaults to 1e-5.
+        fine_tune_lr: float, LearningRateSchedule, "find" or None. Stage-2
+            learning rate; None keeps the compiled optimizer's. "find" runs
+            `tltf.find_lr(stage="fine_tune")` when stage 2 begins (on the model
+            as stage 1 left it, with the blocks and BN policy of stage 2, on
+            `lr_finder_data`) and uses its suggestion; one line reports it.
+            Defaults to 1e-5.
         bn: str. BatchNorm policy in stage 2: "frozen", "affine" or "train".
             Defaults to "frozen".
         lr_decay: float or None. Discriminative learning rates: each block's rate
@@ -138,6 +154,8 @@ class FineTuneSchedule(keras.callbacks.Callback):
             optimizer (it is cloned). Defaults to None: the compiled optimizer's
             class and config.
         verbose: int. 1 prints one summary line per stage change. Defaults to 1.
+        lr_finder_data: The training data for `fine_tune_lr="find"` (any form
+            `find_lr` takes). `fine_tune` sets it. Defaults to None.
 
     Example:
 
@@ -160,12 +178,17 @@ class FineTuneSchedule(keras.callbacks.Callback):
         gradual_start: int = 1,
         optimizer: keras.optimizers.Optimizer | None = None,
         verbose: int = 1,
+        lr_finder_data=None,
     ):
         super().__init__()
         self.unfreeze_at_epoch = _check_epochs(unfreeze_at_epoch, "unfreeze_at_epoch")
         self.unfreeze = unfreeze
         self._unfreeze_kwargs = _unfreeze_kwargs(unfreeze)
-        self.fine_tune_lr = check_lr(fine_tune_lr, "fine_tune_lr", allow_none=True)
+        self.fine_tune_lr = check_lr(
+            fine_tune_lr, "fine_tune_lr", allow_none=True, allow_find=True
+        )
+        self.lr_finder_data = lr_finder_data
+        self.found_lr: float | None = None  # what fine_tune_lr="find" found
         self.bn = check_bn_policy(bn)
         if lr_decay is not None and not (
             isinstance(lr_decay, Real) and 0 < lr_decay <= 1
@@ -216,6 +239,12 @@ class FineTuneSchedule(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.stage, self.unfrozen = None, []
+        if self.fine_tune_lr == "find" and self.lr_finder_data is None:
+            raise ConfigError(
+                "fine_tune_lr='find' needs the training data to sweep the rate on: "
+                "pass FineTuneSchedule(..., lr_finder_data=train_ds), or use "
+                "tltf.fine_tune, which passes it."
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -249,14 +278,28 @@ class FineTuneSchedule(keras.callbacks.Callback):
     def _install_stage2_optimizer(self) -> None:
         """Builds a fresh stage-2 optimizer on every variable stage 2 will train."""
         model, info = self.model, self._info
+        template = self.optimizer or model.optimizer
+        rate = self.fine_tune_lr
+        if rate == "find":
+            from tltf.lr_finder import find_stage_lr
+
+            rate = self.found_lr = find_stage_lr(
+                model,
+                self.lr_finder_data,
+                "fine_tune",
+                template,
+                getattr(model, "loss", None) or "auto",
+                unfreeze=self._target,
+                bn=self.bn,
+                verbose=self.verbose,
+            )
         apply_trainable(info, self._target, self.bn)
         variables = list(model.trainable_variables)
-        template = self.optimizer or model.optimizer
         strategy = (
             getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
         )
         with strategy.scope():
-            optimizer = _clone_optimizer(template, self.fine_tune_lr)
+            optimizer = _clone_optimizer(template, rate)
             optimizer.build(variables)
         if self.lr_decay is not None and self.lr_decay != 1:
             set_lr_multipliers(optimizer, self._multipliers())
@@ -292,7 +335,8 @@ class FineTuneSchedule(keras.callbacks.Callback):
                 what = f"blocks {span} ({len(self.unfrozen)} of {n}) + head"
             else:
                 what = f"head only (unfreeze={self.unfreeze!r} selects no block)"
-            lr_text = _format_lr(self.fine_tune_lr) if self.fine_tune_lr else "compiled"
+            rate = self.found_lr if self.fine_tune_lr == "find" else self.fine_tune_lr
+            lr_text = _format_lr(rate) if rate else "compiled"
             if self.lr_decay not in (None, 1):
                 lr_text += f", x{self.lr_decay:g} per block down"
             bn = self.bn
@@ -439,6 +483,7 @@ def _check_labels(data, info: ModelInfo, what: str) -> bool:
     return False
 
 
+@with_xla_errors
 def fine_tune(
     model: keras.Model,
     train,
@@ -463,6 +508,9 @@ def fine_tune(
     seed: int | None = None,
     cache_features: bool | str = "auto",
     verbose="auto",
+    backup_dir: str | os.PathLike | None = None,
+    strategy=None,
+    jit_compile: bool | str = "auto",
     **fit_kwargs,
 ) -> keras.callbacks.History:
     """Fine-tunes a model from `build_model` with the two-stage schedule.
@@ -486,8 +534,12 @@ def fine_tune(
             bundle's validation split when `train` is a DataBundle.
         head_epochs: int. Stage-1 epochs. Defaults to 10.
         fine_tune_epochs: int. Stage-2 epochs. Defaults to 10.
-        head_lr: float or LearningRateSchedule. Stage-1 rate. Defaults to 1e-3.
-        fine_tune_lr: float or LearningRateSchedule. Stage-2 rate. Defaults to 1e-5.
+        head_lr: float, LearningRateSchedule or "find". Stage-1 rate. "find"
+            runs `tltf.find_lr(stage="head")` on the training data first and
+            uses its suggestion (one line reports it). Defaults to 1e-3.
+        fine_tune_lr: float, LearningRateSchedule or "find". Stage-2 rate.
+            "find" runs `tltf.find_lr(stage="fine_tune")` when stage 2 begins,
+            on the model stage 1 trained. Defaults to 1e-5.
         unfreeze: int (top k blocks), "all", `{"layers": n}` or `{"names": regex}`.
             Defaults to "all".
         bn: str. "frozen", "affine" or "train" (see `tltf.freezing`). Defaults to
@@ -521,6 +573,23 @@ def fine_tune(
             reshuffled every epoch (with `seed`); for array inputs the batches
             are then exactly those of an uncached run. Defaults to "auto".
         verbose: Keras's `fit` verbosity. Defaults to "auto".
+        backup_dir: str, PathLike or None. Makes the run resumable: a checkpoint
+            (weights, optimizer state, stage, history) is written atomically there
+            after every epoch, and calling `fine_tune` again with the same model
+            and settings continues from the last finished epoch, in the right
+            stage, with the stage's optimizer state (see `tltf.resume`). A
+            finished run is not trained again: its final weights and history are
+            restored. The folder is kept after success. Defaults to None.
+        strategy: None, or the `tf.distribute` strategy (or its name, see
+            `tltf.distribute.resolve_strategy`) the model was built under with
+            `build_model(..., strategy=...)`. None trains under the model's own
+            strategy; a different one raises a ConfigError. Compiling and both
+            stages run under its scope; the stage-1 feature cache is off under a
+            distributed strategy. Defaults to None.
+        jit_compile: "auto", True or False. XLA compilation of the training
+            step, passed to `model.compile`. "auto" is Keras's choice (XLA on
+            GPUs, off on CPU-only machines and under tf.distribute). Defaults to
+            "auto".
         **fit_kwargs: Other `model.fit` arguments (`steps_per_epoch`, ...).
 
     Returns:
@@ -535,13 +604,15 @@ def fine_tune(
     [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
     """
     info = model_info(model)
+    strategy = model_strategy(model, strategy)
+    jit_compile = check_jit_compile(jit_compile)
     head_epochs = _check_epochs(head_epochs, "head_epochs")
     fine_tune_epochs = _check_epochs(fine_tune_epochs, "fine_tune_epochs")
     if head_epochs + fine_tune_epochs == 0:
         raise ConfigError(
             "Nothing to train: head_epochs and fine_tune_epochs are both 0."
         )
-    head_lr = check_lr(head_lr, "head_lr")
+    head_lr = check_lr(head_lr, "head_lr", allow_find=True)
     schedule = FineTuneSchedule(
         unfreeze_at_epoch=head_epochs,
         unfreeze=unfreeze,
@@ -562,10 +633,18 @@ def fine_tune(
     auto_loss, auto_metrics = default_loss_and_metrics(
         info, prepared.one_hot, label_smoothing
     )
+    schedule.lr_finder_data = train_ds
+    head_rate = head_lr
+    if head_lr == "find":
+        # A placeholder until the rate is found, after a resume check (below), so
+        # that a backup's fingerprint never depends on the rate found.
+        head_rate = 1e-3
+        if not isinstance(optimizer, str):
+            optimizer = _clone_optimizer(optimizer, head_rate)
     if isinstance(optimizer, str):
         try:
             optimizer = keras.optimizers.get(
-                {"class_name": optimizer, "config": {"learning_rate": head_lr}}
+                {"class_name": optimizer, "config": {"learning_rate": head_rate}}
             )
         except ValueError:
             raise ConfigError(
@@ -576,23 +655,86 @@ def fine_tune(
     metrics = (
         auto_metrics if isinstance(metrics, str) and metrics == "auto" else metrics
     )
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    with strategy.scope():
+        optimizer = optimizer_in_scope(optimizer, strategy)
+        model.compile(
+            optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile
+        )
     callbacks = list(callbacks or [])
+    resume = None
+    if backup_dir is not None:
+        from tltf.resume import Resume
+
+        resume = Resume.open(
+            backup_dir,
+            model,
+            schedule,
+            head_epochs + fine_tune_epochs,
+            dict(
+                head_epochs=head_epochs,
+                fine_tune_epochs=fine_tune_epochs,
+                head_lr=head_lr,
+                fine_tune_lr=schedule.fine_tune_lr,
+                unfreeze=unfreeze,
+                bn=schedule.bn,
+                lr_decay=lr_decay,
+                gradual_every=gradual_every,
+                optimizer=model.optimizer,
+                loss=loss if isinstance(loss, str) else type(loss).__name__,
+            ),
+            callbacks,
+            fit_kwargs,
+            verbose,
+        )
+        if resume.finished:
+            return resume.finished_history(model, schedule.bn)
+        resume.announce()
+    if head_lr == "find" and head_epochs and (resume is None or not resume.epoch):
+        from tltf.lr_finder import find_stage_lr
+
+        model.optimizer.learning_rate.assign(
+            find_stage_lr(
+                model,
+                train_ds,
+                "head",
+                model.optimizer,
+                loss,
+                verbose=0 if verbose == 0 else 1,
+            )
+        )
     fit_args = dict(class_weight=class_weight, verbose=verbose, **fit_kwargs)
     use_cache, reason = _use_feature_cache(
-        cache_features, head_epochs, train_ds, callbacks, fit_kwargs, prepared.augmented
+        cache_features,
+        head_epochs,
+        train_ds,
+        callbacks,
+        fit_kwargs,
+        prepared.augmented,
+        distributed=is_distributed(strategy),
     )
     if reason and verbose:
         print(f"tltf: stage 1 runs full forward passes: {reason}.")
     if not use_cache:
-        return model.fit(
+        if resume is None:
+            return model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=head_epochs + fine_tune_epochs,
+                shuffle=False,
+                callbacks=[schedule, *callbacks],
+                **fit_args,
+            )
+        resume.skip_passes(train_ds, resume.train_passes)
+        history = model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=head_epochs + fine_tune_epochs,
+            initial_epoch=resume.epoch,
             shuffle=False,
-            callbacks=[schedule, *callbacks],
+            callbacks=[schedule, *callbacks, resume.callback(model)],
             **fit_args,
         )
+        return resume.merge(history)
     return _fit_with_feature_cache(
         model,
         schedule,
@@ -608,6 +750,7 @@ def fine_tune(
         callbacks,
         seed,
         fit_args,
+        resume,
     )
 
 
@@ -717,7 +860,7 @@ def _balanced_weights(setting: str, info, prepared: _Prepared) -> dict[int, floa
 
 
 def _use_feature_cache(
-    setting, head_epochs, train_ds, callbacks, fit_kwargs, augmented
+    setting, head_epochs, train_ds, callbacks, fit_kwargs, augmented, distributed=False
 ):
     """Whether stage 1 can use cached features, and why not when it cannot."""
     if setting not in (True, False, "auto"):
@@ -735,6 +878,11 @@ def _use_feature_cache(
         blockers.append("BackupAndRestore resumes epochs of the full model")
     if fit_kwargs.get("steps_per_epoch"):
         blockers.append("steps_per_epoch is set")
+    if distributed:
+        blockers.append(
+            "training runs under a tf.distribute strategy, which the cached head "
+            "sub-model would not use"
+        )
     if not blockers:
         return True, None
     reason = "; ".join(blockers)
@@ -758,66 +906,98 @@ def _fit_with_feature_cache(
     callbacks,
     seed,
     fit_args,
+    resume=None,
 ):
     """Stage 1 on cached features (head sub-model), then stage 2 on the model.
 
     User callbacks see one run on the full model: see `tltf.cache.Continuation`.
+    A run resumed in stage 2 (`resume`, see `tltf.resume`) skips stage 1 and its
+    feature pass entirely.
     """
-    from tltf.cache import Continuation, FeatureCache, StageOneEnd, head_model
+    from tltf.cache import (
+        Continuation,
+        FeatureCache,
+        StageOneEnd,
+        feature_extractor,
+        head_model,
+    )
 
     info = model_info(model)
     apply_trainable(info, [], "frozen")
     total = head_epochs + fine_tune_epochs
-    train_cache = FeatureCache(model, feature_source, labels=labels)
-    val_cache = FeatureCache(model, val_ds) if val_ds is not None else None
-    verbose = fit_args.get("verbose")
-    if verbose:
-        n_val = val_cache.count if val_cache else 0
-        seconds = train_cache.seconds + (val_cache.seconds if val_cache else 0)
-        schedule.set_model(model)
-        schedule.stage = 1
-        schedule._print_summary(
-            0,
-            f"; cached base features in one pass over {train_cache.count:,} train"
-            f" + {n_val:,} validation images ({seconds:.1f}s)",
-        )
-    batch = train_cache.batch_sizes[0]
-    head = head_model(model)
-    # Head steps on cached vectors take microseconds: run several per call, so that
-    # Python overhead does not dominate. Epoch-level callbacks see no difference.
-    head.compile(
-        optimizer=optimizer, loss=loss, metrics=metrics, steps_per_execution=32
-    )
+    start = resume.epoch if resume is not None else 0
+    backup = [resume.callback(model, cached_epochs=head_epochs)] if resume else []
     history = keras.callbacks.History()
     continuation = Continuation([history, *callbacks], model, total)
     continuation.last = fine_tune_epochs == 0
-    try:
-        head.fit(
-            train_cache.dataset(batch, shuffle=True, seed=seed),
-            validation_data=val_cache.dataset(batch, shuffle=False)
-            if val_cache
-            else None,
-            epochs=total,
-            shuffle=False,
-            callbacks=[StageOneEnd(head_epochs), continuation],
-            **fit_args,
+    if start < head_epochs:
+        extractor = feature_extractor(model)
+        train_cache = FeatureCache(
+            model, feature_source, labels=labels, extractor=extractor
         )
-    finally:
-        train_cache.close()
-        if val_cache is not None:
-            val_cache.close()
+        val_cache = (
+            FeatureCache(model, val_ds, extractor=extractor)
+            if val_ds is not None
+            else None
+        )
+        verbose = fit_args.get("verbose")
+        if verbose:
+            n_val = val_cache.count if val_cache else 0
+            seconds = train_cache.seconds + (val_cache.seconds if val_cache else 0)
+            schedule.set_model(model)
+            schedule.stage = 1
+            schedule._print_summary(
+                start,
+                f"; cached base features in one pass over {train_cache.count:,} "
+                f"train + {n_val:,} validation images ({seconds:.1f}s)",
+            )
+        batch = train_cache.batch_sizes[0]
+        head = head_model(model)
+        # Head steps on cached vectors take microseconds: run several per call, so
+        # that Python overhead does not dominate. Epoch-level callbacks see no
+        # difference.
+        head.compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            # At most one epoch per call: Keras's progress bar counts executions
+            # past the end of a shorter epoch ("32/3").
+            steps_per_execution=max(1, min(32, math.ceil(train_cache.count / batch))),
+            jit_compile=model.jit_compile,
+        )
+        train_features = train_cache.dataset(batch, shuffle=True, seed=seed)
+        if resume is not None:
+            resume.skip_passes(train_features, start)
+        try:
+            head.fit(
+                train_features,
+                validation_data=val_cache.dataset(batch, shuffle=False)
+                if val_cache
+                else None,
+                epochs=total,
+                initial_epoch=start,
+                shuffle=False,
+                callbacks=[StageOneEnd(head_epochs), continuation, *backup],
+                **fit_args,
+            )
+        finally:
+            train_cache.close()
+            if val_cache is not None:
+                val_cache.close()
     if fine_tune_epochs and not model.stop_training:
         continuation.last = True
+        if resume is not None:
+            resume.skip_passes(train_ds, resume.train_passes)
         model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=total,
-            initial_epoch=head_epochs,
+            initial_epoch=max(head_epochs, start),
             shuffle=False,
-            callbacks=[schedule, continuation],
+            callbacks=[schedule, continuation, *backup],
             **fit_args,
         )
     elif not continuation.last:
         continuation.callbacks.on_train_end()
     model.history = history
-    return history
+    return resume.merge(history) if resume is not None else history

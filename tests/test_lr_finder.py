@@ -1,0 +1,166 @@
+"""find_lr: the sweep, its restore guarantee, the suggestion rule, and "find"."""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+import tltf
+from tltf.errors import ConfigError
+from tltf.lr_finder import _suggest, find_lr
+
+from .conftest import make_data, make_tiny_base
+
+
+def _trainable_map(model):
+    layers = model._flatten_layers(include_self=True, recursive=True)
+    return (
+        [(layer.name, layer.trainable, "call" in layer.__dict__) for layer in layers],
+        [(v.path, v.trainable) for v in model.variables],
+    )
+
+
+def _values(variables):
+    return [np.array(v.numpy(), copy=True) for v in variables]
+
+
+def test_find_lr_restores_weights_trainability_and_optimizer(data):
+    model = tltf.build_model(make_tiny_base(), num_classes=3)
+    # A non-trivial state: top block unfrozen with the "affine" BN policy (which
+    # overrides BN calls), compiled, with an optimizer that has state.
+    tltf.unfreeze(model, 1, bn="affine")
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    rng = np.random.default_rng(0)
+    for v in optimizer.variables:
+        v.assign(7 if "int" in str(v.dtype) else rng.random(v.shape).astype(v.dtype))
+    before_vars, before_opt = _values(model.variables), _values(optimizer.variables)
+    before_map = _trainable_map(model)
+    iterations = int(optimizer.iterations.numpy())
+    result = find_lr(
+        model, data, stage="fine_tune", unfreeze="all", bn="train", steps=30, seed=0
+    )
+    assert len(result.lrs) >= 10 and np.ptp(result.losses) > 0  # it did train
+    after_vars = _values(model.variables)
+    assert len(after_vars) == len(before_vars)
+    for a, b in zip(before_vars, after_vars, strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise: weights, BN stats, seeds
+    assert _trainable_map(model) == before_map
+    assert model.optimizer is optimizer
+    assert int(optimizer.iterations.numpy()) == iterations
+    for a, b in zip(before_opt, _values(optimizer.variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert tltf.trainable_blocks(model) == ["block4"]
+
+
+def test_find_lr_suggests_a_sane_rate_and_plots(tmp_path):
+    data = make_data(128)
+    model = tltf.build_model(make_tiny_base(), num_classes=3)
+    result = find_lr(model, data, stage="fine_tune", seed=0, verbose=0)
+    assert 1e-4 <= result.suggestion <= 1e-1
+    assert result.suggestion == pytest.approx(result.minimum / 10)
+    # Learning happened: the smoothed loss at its minimum is well below the start.
+    assert np.nanmin(result.smoothed) < 0.8 * result.smoothed[0]
+    assert len(result.lrs) == len(result.losses) == len(result.smoothed)
+    assert np.all(np.diff(np.log(result.lrs)) > 0)
+    figure = result.plot(tmp_path / "lr.png")
+    assert isinstance(figure, Figure) and (tmp_path / "lr.png").stat().st_size
+
+
+def test_find_lr_stops_when_the_loss_diverges(data):
+    model = tltf.build_model(make_tiny_base(), num_classes=3)
+    result = find_lr(
+        model, data, optimizer="sgd", min_lr=1e-4, max_lr=1e3, steps=60, verbose=0
+    )
+    assert result.stopped_early
+    assert len(result.lrs) < 60
+    assert "diverged" in result.reason
+
+
+def test_head_sweep_on_small_data_runs_the_base_once_per_batch():
+    x, y = make_data(64)
+    reads = []
+
+    def examples():
+        for i in range(len(x)):
+            reads.append(i)
+            yield x[i], y[i]
+
+    spec = (tf.TensorSpec((16, 16, 3), tf.float32), tf.TensorSpec((), tf.int32))
+    ds = (
+        tf.data.Dataset.from_generator(examples, output_signature=spec)
+        .apply(tf.data.experimental.assert_cardinality(len(x)))
+        .batch(16)
+    )
+    model = tltf.build_model(make_tiny_base(), num_classes=3)
+    result = find_lr(model, ds, steps=40, verbose=0)
+    assert len(result.lrs) > 4  # 40 steps over 4 cached batches
+    assert sorted(reads) == list(range(64))  # the data was read once
+
+
+def test_suggestion_rule_on_a_known_curve():
+    lrs = np.geomspace(1e-6, 1.0, 61)
+    losses = (np.log10(lrs) + 2) ** 2 + 1  # minimum at 1e-2
+    result = _suggest(lrs, losses, losses, "head", False)
+    assert result.minimum == pytest.approx(1e-2)
+    assert result.suggestion == pytest.approx(1e-3)
+    assert result.steepest < result.minimum
+    rising = _suggest(lrs, lrs + 1, lrs + 1, "head", True)
+    assert "hardly fell" in rising.reason
+    falling = _suggest(lrs, 2 - lrs, 2 - lrs, "head", False)
+    assert "raise max_lr" in falling.reason
+
+
+def test_find_lr_validates_arguments(data):
+    model = tltf.build_model(make_tiny_base(), num_classes=3)
+    with pytest.raises(ConfigError, match="stage"):
+        find_lr(model, data, stage="body")
+    with pytest.raises(ConfigError, match="min_lr < max_lr"):
+        find_lr(model, data, min_lr=1.0, max_lr=1e-3)
+    with pytest.raises(ConfigError, match="steps"):
+        find_lr(model, data, steps=3)
+    with pytest.raises(ConfigError, match=r"\[0, 4\]"):
+        find_lr(model, data, stage="fine_tune", unfreeze=9)
+    with pytest.raises(ConfigError, match="'find'"):
+        tltf.fine_tune(model, data, head_lr="fnd")
+    with pytest.raises(ConfigError, match="lr_finder_data"):
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.fit(
+            *data,
+            epochs=1,
+            verbose=0,
+            callbacks=[tltf.FineTuneSchedule(0, fine_tune_lr="find")],
+        )
+
+
+def test_fine_tune_finds_both_rates(capsys):
+    data = make_data(96)
+    model = tltf.build_model(make_tiny_base(), num_classes=3)
+    history = tltf.fine_tune(
+        model,
+        data,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        head_lr="find",
+        fine_tune_lr="find",
+        unfreeze=2,
+        seed=0,
+        verbose=2,
+    )
+    out = capsys.readouterr().out
+    head = re.findall(r"head_lr='find' -> ([0-9.e+-]+)", out)
+    stage2 = re.findall(r"fine_tune_lr='find' -> ([0-9.e+-]+)", out)
+    assert len(head) == 1 and len(stage2) == 1
+    assert history.history["stage"] == [1, 2]
+    # The stage-2 line comes after stage 1 and before the stage-2 summary.
+    assert out.index("stage 1 from") < out.index("fine_tune_lr='find'")
+    assert out.index("fine_tune_lr='find'") < out.index("stage 2 from")
+    rate = float(model.optimizer.learning_rate.numpy())
+    assert rate == pytest.approx(float(stage2[0]), rel=0.06)  # 2 significant digits
+    assert tltf.trainable_blocks(model) == ["block3", "block4"]

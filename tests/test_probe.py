@@ -1,0 +1,147 @@
+"""probe_blocks: linear probes by depth, one forward pass, and the recommendation."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+import tltf
+from tltf.errors import BlockMapError, ConfigError, DataError
+from tltf.probe import probe_blocks, recommend, ridge_probe
+
+from .conftest import make_data, make_tiny_base
+
+
+def _broken_base():
+    """A tiny base whose block3 outputs a constant: blocks 3 and 4 carry no signal."""
+    base = make_tiny_base()
+    conv = base.get_layer("block3_conv")
+    conv.set_weights([np.zeros_like(w) for w in conv.get_weights()])
+    return base
+
+
+def test_probe_finds_the_early_block_when_the_top_destroys_the_signal():
+    train, val = make_data(120, seed=0), make_data(60, seed=1)
+    result = probe_blocks(_broken_base(), train, val, verbose=0)
+    acc = {r["block"]: r["val_accuracy"] for r in result.table}
+    assert [r["block"] for r in result.table] == [
+        "block1",
+        "block2",
+        "block3",
+        "block4",
+    ]
+    assert min(acc["block1"], acc["block2"]) >= 0.9
+    assert max(acc["block3"], acc["block4"]) <= 0.5  # chance is 1/3
+    assert result.cut in ("block1", "block2")
+    assert result.unfreeze >= 1
+    assert f"cut={result.cut!r}" in result.reason
+    # The recommendation builds: a model cut there trains blocks below it only.
+    model = tltf.build_model(_broken_base(), 3, cut=result.cut)
+    assert tltf.model_info(model).block_map.names[-1] == result.cut
+
+
+def test_probe_reads_the_data_once_for_all_blocks():
+    x, y = make_data(48)
+    reads = []
+
+    def images():
+        for i in range(len(x)):
+            reads.append(i)
+            yield x[i], y[i]
+
+    spec = (
+        tf.TensorSpec((16, 16, 3), tf.float32),
+        tf.TensorSpec((), tf.int32),
+    )
+    ds = tf.data.Dataset.from_generator(images, output_signature=spec).batch(16)
+    result = probe_blocks(make_tiny_base(), ds, verbose=0)  # held-out val split
+    assert len(result.table) == 4
+    assert sorted(reads) == list(range(48))  # one pass, whatever the block count
+    assert result.num_train + result.num_val == 48
+
+
+def test_probe_accepts_arrays_datasets_and_bundles_alike():
+    x, y = make_data(64)
+    base = make_tiny_base()
+    bundle = tltf.load_data((x, y), image_size=16, validation_split=0.25, seed=0)
+    from_bundle = probe_blocks(base, bundle, verbose=0)
+    assert from_bundle.num_val == bundle.num_validation
+    one_hot = np.eye(3, dtype="float32")[y]
+    arrays = probe_blocks(base, (x, one_hot), (x[:16], y[:16]), verbose=0)
+    unbatched = tf.data.Dataset.from_tensor_slices((x, y))
+    dataset = probe_blocks(base, unbatched, unbatched.take(16), batch_size=8, verbose=0)
+    for a, b in zip(arrays.table, dataset.table, strict=True):
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)
+
+
+def test_probe_options_table_csv_and_plot(tmp_path, capsys):
+    data = make_data(60)
+    every = probe_blocks(make_tiny_base(), data, every=2, verbose=0)
+    assert [r["index"] for r in every.table] == [1, 3]  # counted down from the top
+    chosen = probe_blocks(make_tiny_base(), data, blocks=["block1"], verbose=1)
+    assert [r["block"] for r in chosen.table] == ["block1", "block4"]  # + the top
+    printed = capsys.readouterr().out
+    assert "one forward pass" in printed and "val_acc" in printed
+    path = chosen.to_csv(tmp_path / "probe.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert [r["block"] for r in rows] == ["block1", "block4"]
+    assert float(rows[0]["val_accuracy"]) == chosen.table[0]["val_accuracy"]
+    figure = chosen.plot(tmp_path / "probe.png")
+    assert isinstance(figure, Figure) and (tmp_path / "probe.png").stat().st_size
+    assert chosen.build_kwargs() == {"cut": chosen.cut, "unfreeze": chosen.unfreeze}
+
+
+def test_probe_errors():
+    data = make_data(30)
+    with pytest.raises(BlockMapError, match="Did you mean 'block2'"):
+        probe_blocks(make_tiny_base(), data, blocks=["blok2"], verbose=0)
+    with pytest.raises(ConfigError, match="every"):
+        probe_blocks(make_tiny_base(), data, every=0, verbose=0)
+    with pytest.raises(DataError, match="class labels"):
+        probe_blocks(make_tiny_base(), (data[0], data[1] + 0.5), verbose=0)
+
+
+def _rows(acc):
+    return [
+        {"block": f"b{i}", "index": i, "val_accuracy": a} for i, a in enumerate(acc)
+    ]
+
+
+def test_recommend_rule():
+    # Rising to the top: whole base, unfreeze the top block only.
+    cut, unfreeze, reason, _ = recommend(_rows([0.5, 0.7, 0.85, 0.95]), 1000, 0.02)
+    assert (cut, unfreeze) == (None, 1) and "cut=None" in reason
+    # Plateau from b1 on: whole base, adapt the blocks above the plateau's start.
+    cut, unfreeze, reason, _ = recommend(_rows([0.6, 0.9, 0.91, 0.9, 0.9]), 1000, 0.02)
+    assert (cut, unfreeze) == (None, 3) and "unfreeze=3" in reason
+    # Peak at b3, then a drop: cut at the peak; b1 is within the tolerance already.
+    cut, unfreeze, reason, _ = recommend(
+        _rows([0.5, 0.89, 0.895, 0.9, 0.6]), 1000, 0.02
+    )
+    assert (cut, unfreeze) == ("b3", 2) and "cut='b3'" in reason
+    # Every other block probed: unfreeze counts blocks of the map, not probes.
+    rows = [
+        {"block": f"b{i}", "index": i, "val_accuracy": a}
+        for i, a in [(1, 0.6), (3, 0.9), (5, 0.9)]
+    ]
+    assert recommend(rows, 1000, 0.02)[:2] == (None, 2)
+    # The default tolerance is the standard error of the peak (or 0.01).
+    assert recommend(_rows([0.8, 0.7]), 100)[3] == pytest.approx(0.04)
+    with pytest.raises(ConfigError, match="tolerance"):
+        recommend(_rows([0.8, 0.7]), 100, 2.0)
+
+
+def test_ridge_probe_is_an_exact_linear_classifier():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+    val_acc, loo_acc, l2 = ridge_probe(x[:150], y[:150], x[150:], y[150:], 2)
+    assert val_acc >= 0.95 and loo_acc >= 0.9 and l2 > 0
+    noise_acc, _, _ = ridge_probe(
+        rng.normal(size=(150, 5)), y[:150], rng.normal(size=(50, 5)), y[150:], 2
+    )
+    assert noise_acc < 0.75

@@ -1,0 +1,369 @@
+"""Resumable fine-tuning (`fine_tune(backup_dir=...)`): kills, stages, optimizer state."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import tltf
+from tltf.errors import ConfigError, TrainingError
+from tltf.resume import BACKUP_FILE, backup_state
+
+from .conftest import make_tiny_base
+from .resume_job import run
+
+ROOT = Path(__file__).resolve().parents[1]
+#: What the job's schedule gives each epoch (head_epochs=2, unfreeze=2,
+#: gradual_every=1): the stage and the trainable blocks.
+STAGES = [1, 1, 2, 2, 2]
+TRAINABLE = [[], [], ["block4"], ["block3", "block4"], ["block3", "block4"]]
+
+
+def _spawn(backup, log, out, kill=None):
+    args = [sys.executable, "-m", "tests.resume_job", str(backup), str(log), str(out)]
+    return subprocess.Popen(
+        [*args, kill] if kill else args,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted runs (cache_features False or "auto"), computed once each.
+
+    `reference(cache)` gives the final variables, the history and the (finished)
+    backup folder.
+    """
+    cached = {}
+
+    def get(cache):
+        if cache not in cached:
+            backup = tmp_path_factory.mktemp("reference") / "backup"
+            model, history = run(backup, cache_features=cache)
+            variables = [v.numpy() for v in model.variables]
+            cached[cache] = (variables, history.history, backup)
+        return cached[cache]
+
+    return get
+
+
+def _assert_same_weights(model_or_arrays, arrays):
+    got = [
+        v.numpy() if hasattr(v, "numpy") else v
+        for v in getattr(model_or_arrays, "variables", model_or_arrays)
+    ]
+    assert len(got) == len(arrays)
+    for g, w in zip(got, arrays, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def _events(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line]
+
+
+def _load(out: Path):
+    with np.load(out, allow_pickle=False) as data:
+        n = sum(1 for k in data.files if k.startswith("v"))
+        return [data[f"v{i}"] for i in range(n)], json.loads(
+            bytes(data["history"]).decode()
+        )
+
+
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, reference):
+    """Five SIGKILLs (three mid-save) of one run, each resumed in a fresh process.
+
+    The setup is deterministic (fixed seeds, CPU, array inputs with a shuffle
+    seed; `fine_tune` replays the reshuffling of the finished epochs), so the
+    final weights and the per-epoch history must be bitwise those of an
+    uninterrupted run: `np.array_equal`, no tolerance.
+    """
+    backup, log, out = tmp_path / "backup", tmp_path / "run.log", tmp_path / "out.npz"
+    # Kill points, each counted from the start of its process.
+    kills = [
+        "batch:2",  # stage 1 (cached features), in epoch 2
+        "write:3",  # while writing the epoch-2 checkpoint's temporary file
+        "replace:2",  # epoch-3 checkpoint (first of stage 2) written, not moved
+        "epoch:3",  # at the start of epoch 4
+        "replace:2",  # the final checkpoint written, not moved
+    ]
+    for kill in [*kills, None]:
+        proc = _spawn(backup, log, out, kill)
+        output, _ = proc.communicate(timeout=180)
+        expected = 0 if kill is None else -9
+        assert proc.returncode == expected, (kill, output[-3000:])
+
+    by_pid: dict[int, list[dict]] = {}
+    for event in _events(log):
+        by_pid.setdefault(event["pid"], []).append(event)
+    runs = list(by_pid.values())
+    assert [events[-1]["event"] for events in runs] == ["kill"] * len(kills) + ["done"]
+    # Where each fresh process resumed: the last checkpoint moved into place.
+    assert [events[0]["epoch"] for events in runs] == [0, 1, 1, 2, 3, 4]
+    for events in runs:
+        start = events[0]["epoch"]
+        begins = [e for e in events if e["event"] == "begin"]
+        # Callbacks see continuous epoch numbers from the resumed epoch on...
+        assert [e["epoch"] for e in begins] == list(range(start, start + len(begins)))
+        # ... with the right trainable blocks (none re-frozen) and stages.
+        for e in begins:
+            assert e["trainable"] == TRAINABLE[e["epoch"]], (start, e)
+        for e in events:
+            if e["event"] == "end":
+                assert e["stage"] == STAGES[e["epoch"]]
+        # A finished stage 1 is never run again, feature pass included.
+        passes = [e for e in events if e["event"] == "feature_pass"]
+        assert (len(passes) > 0) == (start < 2), (start, passes)
+    assert runs[-1][-1]["trainable"] == ["block3", "block4"]
+    assert runs[-1][-1]["epochs"] == [0, 1, 2, 3, 4]
+    # No temporary file of an interrupted save is left behind.
+    assert sorted(p.name for p in backup.iterdir()) == [BACKUP_FILE]
+    state = backup_state(backup)
+    assert (state["epoch"], state["stage"], state["finished"]) == (5, 2, True)
+    assert state["unfrozen"] == ["block3", "block4"]
+
+    weights, history = _load(out)
+    ref_weights, ref_history, _ = reference("auto")
+    assert history == ref_history
+    assert history["stage"] == STAGES
+    _assert_same_weights(weights, ref_weights)
+
+
+# -- in-process: a raised exception stands in for the kill; the resume always runs
+# on a freshly built model.
+class Crash(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.begins, self.trainable, self.train_begins = [], [], 0
+
+    def on_train_begin(self, logs=None):
+        self.train_begins += 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begins.append(epoch)
+        self.trainable.append(tltf.trainable_blocks(self.model))
+
+
+def _fit(backup_dir, callbacks=(), cache=False, **changes):
+    return run(backup_dir, callbacks, cache_features=cache, **changes)
+
+
+def _optimizer_state(optimizer):
+    return [np.array(v.numpy(), copy=True) for v in optimizer.variables]
+
+
+@pytest.mark.parametrize("cache", [False, "auto"])
+def test_resume_in_stage2_restores_the_stage2_optimizer(
+    tmp_path, cache, reference, monkeypatch
+):
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:
+                self.state = _optimizer_state(self.model.optimizer)
+                self.weights = [v.numpy() for v in self.model.variables]
+
+    snapshot = Snapshot()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(tmp_path / "b", [snapshot, Crash(4)], cache=cache)
+
+    class Check(keras.callbacks.Callback):
+        """Sees the optimizer after the schedule and the resume set it up."""
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if not hasattr(self, "state"):
+                self.state = _optimizer_state(self.model.optimizer)
+                self.lr = float(self.model.optimizer.learning_rate.numpy())
+
+    if cache:
+        import tltf.cache
+
+        def no_pass(*args, **kwargs):
+            raise AssertionError("stage 1's feature pass ran again")
+
+        # A finished stage 1 is skipped, its feature pass included.
+        monkeypatch.setattr(tltf.cache.FeatureCache, "__init__", no_pass)
+    check, recorder = Check(), Recorder()
+    model, history = _fit(tmp_path / "b", [recorder, check], cache=cache)
+    # Stage 2's Adam state (step count, moments) is back, not a fresh optimizer.
+    iterations = int(check.state[0])
+    assert iterations == 2 * 4  # two stage-2 epochs of four batches
+    assert len(check.state) == len(snapshot.state) > 2
+    for got, want in zip(check.state, snapshot.state, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert check.lr == pytest.approx(1e-5)
+    assert recorder.train_begins == 1
+    assert recorder.begins == [4]
+    assert recorder.trainable == [TRAINABLE[4]]
+    assert history.epoch == [0, 1, 2, 3, 4]
+    ref_weights, ref_history, _ = reference(cache)
+    assert history.history == ref_history
+    _assert_same_weights(model, ref_weights)
+
+
+def test_resume_at_the_stage_boundary_starts_stage2_with_a_fresh_optimizer(
+    tmp_path, reference
+):
+    with pytest.raises(RuntimeError):
+        _fit(tmp_path / "b", [Crash(2)])
+    assert backup_state(tmp_path / "b")["stage"] == 1
+    recorder = Recorder()
+    model, history = _fit(tmp_path / "b", [recorder])
+    assert recorder.begins == [2, 3, 4]
+    assert recorder.trainable == TRAINABLE[2:]
+    # Built fresh at stage 2 (3 epochs x 4 batches), not stage 1's restored state.
+    assert int(model.optimizer.iterations.numpy()) == 12
+    _assert_same_weights(model, reference(False)[0])
+
+
+def test_finished_run_returns_its_history_without_training(capsys, reference):
+    weights, history, backup = reference(False)
+    before = (backup / BACKUP_FILE).read_bytes()
+    recorder = Recorder()
+    model, again = _fit(backup, [recorder], verbose=1)
+    assert recorder.begins == []  # nothing trained
+    assert again.history == history
+    assert again.epoch == [0, 1, 2, 3, 4]
+    assert "holds a finished run (5 epochs)" in capsys.readouterr().out
+    assert tltf.trainable_blocks(model) == TRAINABLE[4]
+    _assert_same_weights(model, weights)
+    assert (backup / BACKUP_FILE).read_bytes() == before  # kept after success
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"head_epochs": 3}, "head_epochs: 2 in the backup, 3 now"),
+        ({"unfreeze": 1}, "unfreeze: 2 in the backup, 1 now"),
+        ({"fine_tune_lr": 1e-4}, "fine_tune_lr: 1e-05 in the backup, 0.0001 now"),
+        ({"bn": "train"}, 'bn: "affine" in the backup, "train" now'),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"num_classes": 4}, "model num_outputs: 3 in the backup, 4 now"),
+        ({"widths": (8, 8, 16, 32)}, "model variable 'block4_conv/kernel'"),
+    ],
+)
+def test_backup_of_another_run_is_refused_and_kept(
+    tmp_path, change, match, epoch1_backup
+):
+    shutil.copytree(epoch1_backup, tmp_path / "b")
+    before = (tmp_path / "b" / BACKUP_FILE).read_bytes()
+    change = dict(change)
+    model = tltf.build_model(
+        make_tiny_base(widths=change.pop("widths", (8, 8, 16, 16))),
+        num_classes=change.pop("num_classes", 3),
+    )
+    with pytest.raises(ConfigError, match=match) as error:
+        _fit(tmp_path / "b", model=model, **change)
+    assert "pass another backup_dir" in str(error.value)
+    assert (tmp_path / "b" / BACKUP_FILE).read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def epoch1_backup(tmp_path_factory):
+    """The backup of a run that crashed after epoch 1."""
+    backup = tmp_path_factory.mktemp("epoch1") / "b"
+    with pytest.raises(RuntimeError):
+        _fit(backup, [Crash(1)])
+    return backup
+
+
+def test_backup_dir_conflicts_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="either backup_dir or a keras"):
+        _fit(tmp_path / "b", [keras.callbacks.BackupAndRestore(str(tmp_path / "k"))])
+    with pytest.raises(ConfigError, match="initial_epoch cannot be combined"):
+        _fit(tmp_path / "b", initial_epoch=1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        _fit(tmp_path / "file")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / BACKUP_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        _fit(tmp_path / "c")
+
+
+class PoisonAt(keras.callbacks.Callback):
+    """Sets the head weights to NaN at the start of one epoch."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            kernel = self.model.get_layer("head_output").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_nan_keeps_the_last_good_checkpoint_and_resumes_from_it(tmp_path, reference):
+    """A NaN in stage 2 leaves the epoch-3 checkpoint; the resume finishes the run."""
+    with pytest.raises(TrainingError, match=r"stage 2, epoch 4.*fine_tune_lr"):
+        _fit(tmp_path / "b", [PoisonAt(3)])
+    state = backup_state(tmp_path / "b")
+    assert (state["epoch"], state["stage"], state["finished"]) == (3, 2, False)
+    assert all(np.isfinite(state["history"]["loss"]))
+    recorder = Recorder()
+    model, history = _fit(tmp_path / "b", [recorder])
+    assert recorder.begins == [3, 4]
+    assert history.history["stage"] == STAGES
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.variables)
+    _assert_same_weights(model, reference(False)[0])
+
+
+def test_an_epoch_that_ends_diverged_is_never_checkpointed(tmp_path):
+    """E.g. with Keras's TerminateOnNaN, a diverged epoch can end "normally"."""
+
+    class DivergedLogs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:
+                logs["loss"] = float("nan")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(tmp_path / "b", [DivergedLogs(), Crash(4)])
+    state = backup_state(tmp_path / "b")
+    assert state["epoch"] == 3
+    assert all(np.isfinite(state["history"]["loss"]))
+
+
+def test_only_the_chief_writes_the_backup(tmp_path, monkeypatch):
+    import tltf.resume
+
+    monkeypatch.setattr(tltf.resume, "is_chief", lambda: False)
+    _fit(tmp_path / "b", head_epochs=1, fine_tune_epochs=0, cache="auto")
+    assert not (tmp_path / "b" / BACKUP_FILE).exists()
+
+
+def test_a_run_stopped_early_counts_as_finished(tmp_path):
+    class StopAt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                self.model.stop_training = True  # as EarlyStopping does
+
+    _, history = _fit(tmp_path / "b", [StopAt()])
+    assert history.epoch == [0, 1, 2]
+    state = backup_state(tmp_path / "b")
+    assert (state["epoch"], state["finished"]) == (3, True)
+    recorder = Recorder()
+    _, again = _fit(tmp_path / "b", [recorder])
+    assert recorder.begins == []
+    assert again.history == history.history

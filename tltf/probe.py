@@ -1,0 +1,592 @@
+"""Which blocks transfer: linear probes on every block of a frozen base.
+
+`probe_blocks` answers, before any fine-tuning or search, the question the
+transfer-learning recipe leaves to intuition: up to which depth do the base's
+features carry over to the new task? It runs the frozen base once over the data,
+pooling (global average) the output of every probed block in the same forward
+pass, fits a linear classifier on each block's pooled features, and reports the
+validation accuracy by depth.
+
+The linear classifier is a closed-form ridge (least-squares) classifier on
+standardised features: one eigendecomposition per block gives the exact
+leave-one-out predictions for a whole grid of L2 strengths, so the strength is
+chosen on the training features alone, with no iterative training, no learning
+rate and no randomness. The probe is deterministic.
+
+The recommendation (see `recommend`):
+
+1. *Cut.* Let `peak` be the (shallowest) block with the best validation
+   accuracy, and `tol` the tolerance (by default the larger of 0.01 and the
+   standard error of the peak accuracy on the validation set). If the top block's
+   accuracy is more than `tol` below the peak, the blocks above the peak destroy
+   information the task needs: cut at the peak (`build_model(..., cut=peak)`).
+   Otherwise keep the whole base (`cut=None`).
+2. *Unfreeze.* Let `top` be the new top block (the cut, or the base's top) and
+   `knee` the shallowest block whose accuracy is within `tol` of the peak. The
+   blocks above the knee, up to `top`, add no linearly readable information for
+   this task, so they are the ones to adapt: `unfreeze = index(top) -
+   index(knee)` blocks, at least 1 (accuracy still rising at the top means the
+   top features transfer as they are: unfreeze only the top block).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tltf.bases.base import Base, load_base
+from tltf.bases.cut import block_outputs, resolve_block
+from tltf.errors import ConfigError, DataError
+from tltf.layers import Preprocessing
+
+#: Columns of `ProbeResult.table`.
+COLUMNS = ("block", "index", "features", "val_accuracy", "train_accuracy", "l2")
+
+#: Relative L2 strengths tried for each block (times the mean eigenvalue).
+_L2_GRID = np.logspace(-4, 2, 13)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """What `probe_blocks` measured and what it recommends.
+
+    Attributes:
+        table: list of dict. One row per probed block, bottom to top, with keys
+            "block", "index" (0-based position in the block map), "features"
+            (pooled width), "val_accuracy", "train_accuracy" (leave-one-out on
+            the training features) and "l2" (the ridge strength chosen).
+        cut: str or None. The recommended `build_model(..., cut=)`; None keeps
+            the whole base.
+        unfreeze: int. The recommended number of blocks to unfreeze in stage 2,
+            counted from the top of the (cut) base.
+        reason: str. How the recommendation was reached, in words.
+        tolerance: float. Accuracy differences below this count as ties.
+        base: str. The base's name.
+        num_blocks: int. Blocks in the base's block map.
+        num_train: int. Training examples probed.
+        num_val: int. Validation examples probed.
+        seconds: float. Wall time of the forward pass and of the probes.
+    """
+
+    table: list
+    cut: str | None
+    unfreeze: int
+    reason: str
+    tolerance: float
+    base: str
+    num_blocks: int
+    num_train: int
+    num_val: int
+    seconds: float
+
+    @property
+    def best(self) -> dict:
+        """The row with the best validation accuracy (the shallowest on ties)."""
+        return max(self.table, key=lambda r: (r["val_accuracy"], -r["index"]))
+
+    def build_kwargs(self) -> dict:
+        """`{"cut": ...}` to pass to `build_model`, and `{"unfreeze": ...}` for
+        `fine_tune`, merged: `{"cut": cut, "unfreeze": unfreeze}`."""
+        return {"cut": self.cut, "unfreeze": self.unfreeze}
+
+    def to_dict(self) -> dict:
+        """A JSON-serializable dict of everything in the result."""
+        return dataclasses.asdict(self)
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Writes the table as CSV (atomically) and returns the path."""
+        from tltf._io import atomic_write_text
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.table)
+        return atomic_write_text(path, buffer.getvalue())
+
+    def __str__(self) -> str:
+        width = max(len("block"), *(len(r["block"]) for r in self.table))
+        lines = [
+            f"{'block':<{width}}  {'index':>5}  {'features':>8}  {'val_acc':>7}"
+            f"  {'train_acc':>9}"
+        ]
+        for r in self.table:
+            mark = "  <- cut" if r["block"] == self.cut else ""
+            lines.append(
+                f"{r['block']:<{width}}  {r['index']:>5}  {r['features']:>8}  "
+                f"{r['val_accuracy']:>7.3f}  {r['train_accuracy']:>9.3f}{mark}"
+            )
+        lines.append(f"cut={self.cut!r}, unfreeze={self.unfreeze}: {self.reason}")
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike | None = None, title: str | None = None):
+        """Plots validation (and leave-one-out train) accuracy against depth.
+
+        The recommended cut is marked with a vertical line and the blocks to
+        unfreeze are shaded.
+
+        Args:
+            path: str or None. Also write the figure to this PNG file
+                (atomically). Defaults to None.
+            title: str or None. The title. Defaults to a description of the base.
+
+        Returns:
+            A `matplotlib.figure.Figure`.
+        """
+        from matplotlib.figure import Figure
+
+        index = [r["index"] for r in self.table]
+        figure = Figure(figsize=(max(5.0, 0.35 * len(index) + 2), 3.6))
+        ax = figure.add_subplot()
+        ax.plot(
+            index, [r["val_accuracy"] for r in self.table], "o-", label="validation"
+        )
+        ax.plot(
+            index,
+            [r["train_accuracy"] for r in self.table],
+            "s--",
+            alpha=0.6,
+            label="train (leave-one-out)",
+        )
+        top = index[-1]
+        if self.cut is not None:
+            top = next(r["index"] for r in self.table if r["block"] == self.cut)
+            ax.axvline(top, color="C3", linestyle=":", label=f"cut at {self.cut}")
+        ax.axvspan(
+            top - self.unfreeze + 0.5,
+            top + 0.5,
+            color="C2",
+            alpha=0.12,
+            label=f"unfreeze {self.unfreeze}",
+        )
+        ax.set_xticks(index)
+        ax.set_xticklabels([r["block"] for r in self.table], rotation=60, ha="right")
+        ax.set_xlabel("block (bottom to top)")
+        ax.set_ylabel("linear-probe accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        ax.set_title(title or f"Linear probes on {self.base} ({self.num_val} val)")
+        figure.tight_layout()
+        if path is not None:
+            from tltf._io import atomic_path
+
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        return figure
+
+
+def probe_blocks(
+    base: str | os.PathLike | keras.Model | Base,
+    train,
+    val=None,
+    *,
+    every: int = 1,
+    blocks: Sequence[int | str] | None = None,
+    input_shape: tuple | None = None,
+    weights: str | os.PathLike | None = "imagenet",
+    weights_dir: str | os.PathLike | None = None,
+    block_map=None,
+    preprocessing: str | None = None,
+    batch_size: int = 32,
+    tolerance: float | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    verbose: int = 1,
+    **constructor_kwargs,
+) -> ProbeResult:
+    """Probes how well each block's features solve the task, and recommends a cut.
+
+    The frozen base runs once over `train` and `val` (inference mode); the
+    global-average-pooled output of every probed block comes out of that one
+    pass. A ridge (least-squares) linear classifier per block, with its L2
+    strength chosen by exact leave-one-out on the training features, is scored on
+    `val`. See the module docstring for the recommendation rule.
+
+    Args:
+        base: A registry name, a saved base folder, a `keras.Model` or a `Base`
+            (as for `build_model`).
+        train: Labelled training images: `(images, labels)` arrays, a tf.data
+            Dataset of `(image, label)` (batched or not), or a `DataBundle`.
+            Images are raw RGB in [0, 255], as for `fine_tune`. Labels are class
+            indices or one-hot rows (binary labels are two classes).
+        val: Same forms, or None: a bundle's validation split, else a seeded
+            `val_fraction` of `train` held out. Defaults to None.
+        every: int. Probe every k-th block, counted down from the top (the top
+            block is always probed). Defaults to 1 (every block).
+        blocks: sequence of block names or indices, or None. Probe exactly these
+            blocks (plus the top block, the reference). Defaults to None.
+        input_shape: tuple or None. As for `build_model`. Defaults to the base's.
+        weights: As for `build_model`. Defaults to "imagenet".
+        weights_dir: As for `build_model`. Defaults to None.
+        block_map: Block map of a custom `keras.Model` base (the `blocks=` of
+            `load_base`). Defaults to None (inferred).
+        preprocessing: str or None. Preprocessing mode of a custom base.
+            Defaults to None ("none").
+        batch_size: int. Batch size of the forward pass for array inputs.
+            Defaults to 32.
+        tolerance: float or None. Accuracy differences up to this are ties.
+            Defaults to None: max(0.01, standard error of the peak accuracy).
+        val_fraction: float. Share of `train` held out when there is no `val`.
+            Defaults to 0.2.
+        seed: int. Seed of that hold-out split. Defaults to 0.
+        verbose: int. 1 prints the table and the recommendation. Defaults to 1.
+        **constructor_kwargs: Extra Keras constructor arguments (e.g. `alpha`).
+
+    Returns:
+        A `ProbeResult`: `.table`, `.cut`, `.unfreeze`, `.reason`, `.plot()`,
+        `.to_csv(path)`.
+
+    Example:
+
+    >>> result = tltf.probe_blocks("mobilenet_v2", data, input_shape=(96, 96, 3))
+    >>> print(result)                      # accuracy by depth, and why
+    >>> model = tltf.build_model("mobilenet_v2", data.num_classes, cut=result.cut)
+    >>> tltf.fine_tune(model, data, unfreeze=result.unfreeze)
+    """
+    from tltf.data import DataBundle
+
+    start = time.perf_counter()
+    loaded = load_base(
+        base,
+        weights=weights,
+        input_shape=input_shape,
+        weights_dir=weights_dir,
+        blocks=block_map,
+        preprocessing=preprocessing,
+        **constructor_kwargs,
+    )
+    positions = _positions(loaded.block_map, every, blocks)
+    if isinstance(train, DataBundle):
+        if val is None:
+            val = train.validation
+        train = train.train
+    if isinstance(val, DataBundle):
+        val = val.validation if val.validation is not None else val.train
+    _check_fraction(val_fraction)
+    train_ds = _batches(train, batch_size, "train")
+    extractor = _extractor(loaded, positions, train_ds)
+
+    @tf.function(reduce_retracing=True)
+    def run(images):
+        return extractor(images, training=False)
+
+    x_train, y_train = _features(run, train_ds, len(positions))
+    if val is not None:
+        x_val, y_val = _features(run, _batches(val, batch_size, "val"), len(positions))
+    else:
+        x_train, y_train, x_val, y_val = _hold_out(x_train, y_train, val_fraction, seed)
+    y_train, y_val, classes = _class_labels(y_train, y_val)
+    rows = []
+    for k, position in enumerate(positions):
+        val_acc, loo_acc, l2 = ridge_probe(
+            x_train[k], y_train, x_val[k], y_val, classes
+        )
+        rows.append(
+            {
+                "block": loaded.block_map.names[position],
+                "index": position,
+                "features": int(x_train[k].shape[1]),
+                "val_accuracy": round(val_acc, 6),
+                "train_accuracy": round(loo_acc, 6),
+                "l2": float(f"{l2:.4g}"),
+            }
+        )
+    cut, unfreeze, reason, tol = recommend(rows, len(y_val), tolerance)
+    result = ProbeResult(
+        table=rows,
+        cut=cut,
+        unfreeze=unfreeze,
+        reason=reason,
+        tolerance=tol,
+        base=loaded.name,
+        num_blocks=len(loaded.block_map),
+        num_train=len(y_train),
+        num_val=len(y_val),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    if verbose:
+        print(
+            f"tltf: probed {len(rows)} blocks of {loaded.name} in "
+            f"{result.seconds:.1f}s (one forward pass)."
+        )
+        print(result)
+    return result
+
+
+def _positions(block_map, every, blocks) -> list[int]:
+    n = len(block_map)
+    if blocks is not None:
+        if every != 1:
+            raise ConfigError(
+                f"Pass either blocks= or every=, not both. Received: blocks={blocks!r}"
+                f", every={every!r}"
+            )
+        if isinstance(blocks, (str, int)):
+            blocks = [blocks]
+        chosen = {resolve_block(block_map, b, "blocks") for b in blocks}
+        return sorted(chosen | {n - 1})
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(
+            f"Expected every as an integer >= 1. Received: every={every!r}"
+        )
+    return sorted(range(n - 1, -1, -every))
+
+
+def _check_fraction(value) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (0 < value < 1)
+    ):
+        raise ConfigError(
+            f"Expected val_fraction in (0, 1). Received: val_fraction={value!r}"
+        )
+
+
+def _batches(data, batch_size: int, what: str) -> tf.data.Dataset:
+    """Unshuffled batches of (image, label) from arrays or a dataset."""
+    from tltf.schedule import _as_dataset
+
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+    ):
+        raise ConfigError(
+            f"Expected batch_size as an integer >= 1. Received: {batch_size!r}"
+        )
+    return _as_dataset(data, batch_size, False, None, what)
+
+
+def _extractor(base: Base, positions: list[int], ds: tf.data.Dataset) -> keras.Model:
+    """Images in, the pooled output of every probed block out (one model)."""
+    shape = tuple(base.input_shape)
+    if any(d is None for d in shape):
+        shape = tuple(ds.element_spec[0].shape[1:])
+    outputs = block_outputs(base.model, base.block_map, positions)
+    multi = keras.Model(base.model.inputs, outputs, name=f"{base.model.name}_probe")
+    inputs = keras.Input(shape=shape, name="image")
+    x = Preprocessing(base.preprocessing, name="preprocessing")(inputs)
+    maps = multi(x)
+    maps = maps if isinstance(maps, (list, tuple)) else [maps]
+    pooled = []
+    for i, tensor in enumerate(maps):
+        rank = len(tensor.shape)
+        if rank == 4:
+            tensor = keras.layers.GlobalAveragePooling2D(name=f"pool_{i}")(tensor)
+        elif rank == 3:
+            tensor = keras.layers.GlobalAveragePooling1D(name=f"pool_{i}")(tensor)
+        elif rank != 2:
+            tensor = keras.layers.Flatten(name=f"pool_{i}")(tensor)
+        pooled.append(tensor)
+    return keras.Model(inputs, pooled, name="probe_features")
+
+
+def _features(run, ds: tf.data.Dataset, count: int):
+    """One inference pass: pooled features per probed block, and the labels."""
+    parts: list[list[np.ndarray]] = [[] for _ in range(count)]
+    labels = []
+    for batch in ds:
+        images, y = batch[0], batch[1]
+        outs = run(images)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for part, out in zip(parts, outs, strict=True):
+            part.append(np.asarray(out, dtype=np.float32))
+        labels.append(np.asarray(y))
+    if not labels:
+        raise DataError("The data is empty: no batch to probe. Pass labelled images.")
+    return [np.concatenate(p) for p in parts], np.concatenate(labels)
+
+
+def _hold_out(x, y, fraction: float, seed: int):
+    n = len(y)
+    n_val = max(1, int(round(n * fraction)))
+    if n - n_val < 2:
+        raise DataError(
+            f"Too few training examples ({n}) to hold out a validation set. Pass val="
+            " or more data."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    val, train = order[:n_val], order[n_val:]
+    return [f[train] for f in x], y[train], [f[val] for f in x], y[val]
+
+
+def _class_labels(y_train: np.ndarray, y_val: np.ndarray):
+    """Class indices from index, one-hot or binary labels; and the class count."""
+
+    def to_index(y, what):
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] > 1:
+            if not np.all((y == 0) | (y == 1)) or not np.all(y.sum(axis=1) == 1):
+                raise DataError(
+                    f"probe_blocks needs one class per {what} example (class indices "
+                    "or one-hot rows); these look like multi-label or soft targets."
+                )
+            return y.argmax(axis=1)
+        y = y.reshape(len(y), -1)[:, 0] if y.ndim > 1 else y
+        if not np.all(np.equal(np.mod(y, 1), 0)) or (len(y) and y.min() < 0):
+            raise DataError(
+                f"probe_blocks needs class labels (integers >= 0); the {what} labels "
+                f"are not (min {y.min()}, e.g. {y[:3].tolist()}). Regression targets "
+                "cannot be probed with a classifier."
+            )
+        return y.astype(np.int64)
+
+    a, b = to_index(y_train, "train"), to_index(y_val, "val")
+    classes = int(max(a.max(), b.max()) + 1)
+    if len(np.unique(a)) < 2:
+        raise DataError(
+            "probe_blocks needs at least 2 classes in the training data. Received "
+            f"only class {a[0]}."
+        )
+    return a, b, classes
+
+
+def ridge_probe(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    classes: int,
+) -> tuple[float, float, float]:
+    """Fits a ridge linear classifier; returns val accuracy, LOO accuracy, L2.
+
+    Features are standardised with the training statistics; targets are one-hot
+    rows. One eigendecomposition gives, for every L2 strength of the grid, the
+    exact leave-one-out predictions on the training set (via the diagonal of the
+    hat matrix); the strength with the best leave-one-out accuracy (ties: lower
+    leave-one-out squared error) is used for the validation predictions.
+
+    Args:
+        x_train: array (n, d). Training features.
+        y_train: array (n,). Training class indices.
+        x_val: array (m, d). Validation features.
+        y_val: array (m,). Validation class indices.
+        classes: int. Number of classes.
+
+    Returns:
+        `(val_accuracy, loo_accuracy, l2)`.
+    """
+    x = np.asarray(x_train, dtype=np.float64)
+    v = np.asarray(x_val, dtype=np.float64)
+    n, d = x.shape
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    keep = std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0)))
+    targets = np.eye(classes)[y_train]
+    prior = targets.mean(axis=0)
+    if not keep.any():  # Constant features: only the class prior is left.
+        guess = int(np.argmax(prior))
+        return (
+            float(np.mean(y_val == guess)),
+            float(np.mean(y_train == guess)),
+            math.inf,
+        )
+    z = (x[:, keep] - mean[keep]) / std[keep]
+    zv = (v[:, keep] - mean[keep]) / std[keep]
+    t = targets - prior
+    if n >= z.shape[1]:
+        s2, vecs = np.linalg.eigh(z.T @ z)
+        good = s2 > 1e-10 * s2.max()
+        s2, vecs = s2[good], vecs[:, good]
+        u = (z @ vecs) / np.sqrt(s2)
+    else:
+        s2, u = np.linalg.eigh(z @ z.T)
+        good = s2 > 1e-10 * s2.max()
+        s2, u = s2[good], u[:, good]
+        vecs = (z.T @ u) / np.sqrt(s2)
+    ut = u.T @ t
+    u2 = u**2
+    best = None
+    for l2 in _L2_GRID * s2.mean():
+        shrink = s2 / (s2 + l2)
+        fitted = u @ (shrink[:, None] * ut)
+        leverage = 1.0 / n + u2 @ shrink
+        residual = (t - fitted) / np.maximum(1.0 - leverage, 1e-6)[:, None]
+        loo = t - residual + prior
+        score = (
+            float(np.mean(loo.argmax(axis=1) == y_train)),
+            -float(np.mean(residual**2)),
+        )
+        if best is None or score > best[0]:
+            best = (score, l2)
+    (loo_acc, _), l2 = best
+    weights = vecs @ ((np.sqrt(s2) / (s2 + l2))[:, None] * ut)
+    predictions = zv @ weights + prior
+    val_acc = float(np.mean(predictions.argmax(axis=1) == y_val))
+    return val_acc, loo_acc, float(l2)
+
+
+def recommend(
+    rows: list[dict], num_val: int, tolerance: float | None = None
+) -> tuple[str | None, int, str, float]:
+    """The cut and unfreeze depth from probe accuracies (see the module docstring).
+
+    Args:
+        rows: list of dict. `ProbeResult.table` rows, bottom to top; the last
+            row is the base's top block.
+        num_val: int. Validation examples (for the default tolerance).
+        tolerance: float or None. Accuracy differences up to this are ties.
+            Defaults to max(0.01, standard error of the peak accuracy).
+
+    Returns:
+        `(cut, unfreeze, reason, tolerance)`.
+    """
+    acc = [r["val_accuracy"] for r in rows]
+    names = [r["block"] for r in rows]
+    index = [r["index"] for r in rows]
+    peak = int(np.argmax(acc))  # the first (shallowest) maximum
+    if tolerance is None:
+        p = acc[peak]
+        tolerance = max(0.01, math.sqrt(p * (1 - p) / max(1, num_val)))
+    elif (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float))
+        or not (0 <= tolerance < 1)
+    ):
+        raise ConfigError(
+            f"Expected tolerance in [0, 1) or None. Received: tolerance={tolerance!r}"
+        )
+    tol = float(tolerance)
+    last = len(rows) - 1
+    head = (
+        f"Val accuracy of a linear probe peaks at {names[peak]} ({acc[peak]:.3f}); "
+        f"differences up to {tol:.3f} count as ties. "
+    )
+    if acc[last] < acc[peak] - tol:
+        cut, top = names[peak], peak
+        why_cut = (
+            f"The top block {names[last]} reaches only {acc[last]:.3f}: the blocks "
+            f"above {names[peak]} lose information this task needs, so build on "
+            f"{names[peak]}: cut={names[peak]!r}. "
+        )
+    else:
+        cut, top = None, last
+        why_cut = (
+            f"The top block {names[last]} ({acc[last]:.3f}) is within the tolerance "
+            "of the peak, so keep the whole base: cut=None. "
+        )
+    knee = next(i for i in range(top + 1) if acc[i] >= acc[peak] - tol)
+    unfreeze = max(1, index[top] - index[knee])
+    if knee == top:
+        why_unfreeze = (
+            f"No probed block below {names[top]} comes within the tolerance of the "
+            f"peak (accuracy still rises up to it), so its features transfer as they "
+            "are: unfreeze=1 (the top block only)."
+        )
+    else:
+        why_unfreeze = (
+            f"Accuracy is already within the tolerance of the peak at {names[knee]}; "
+            f"the {unfreeze} block(s) above it, up to {names[top]}, add nothing a "
+            f"linear probe can read for this task, so adapt them: unfreeze={unfreeze}."
+        )
+    return cut, unfreeze, head + why_cut + why_unfreeze, tol
