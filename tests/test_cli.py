@@ -73,7 +73,9 @@ def test_demo_error_from_the_library_is_one_line(tmp_path, capsys):
     assert err.startswith("tltf: error: Run folder") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("command", ["bases", "demo"])
+@pytest.mark.parametrize(
+    "command", ["bases", "train", "tune", "evaluate", "predict", "export", "demo"]
+)
 def test_help_has_examples(command, capsys):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
@@ -84,3 +86,19 @@ def test_bases_shows_one_entry(capsys):
     assert main(["bases", "EfficientNetB0"]) == 0
     out = capsys.readouterr().out
     assert "efficientnet_b0" in out and "preprocessing: none" in out
+    assert "parameters:    4,049,571" in out
+    assert "blocks:        18, bottom to top: stem block1a" in out
+
+
+def test_bases_blocks_adds_block_and_parameter_counts(capsys):
+    assert main(["bases", "--filter", "mobilenet_v3_s*", "--blocks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "family", "default", "min", "blocks", "params"]
+    assert lines[1].split() == [
+        "mobilenet_v3_small",
+        "mobilenet_v3",
+        "224",
+        "32",
+        "13",
+        "0.9M",
+    ]

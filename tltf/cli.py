@@ -1,18 +1,26 @@
-"""The `tltf` command line: list the base registry, run the demo.
+"""The `tltf` command line: bases, train, tune, evaluate, predict, export, demo.
 
-Every error tltf raises on purpose (a `tltf.errors.TltfError`) is printed as one
-line, `tltf: error: <message>`, with exit status 2 and no traceback, like an
-argparse usage error.
+`train` and `tune` take flags and/or a config file (YAML, TOML or JSON; see
+`tltf.config`) and write a run folder (see `tltf.runs`). Every error tltf raises
+on purpose (a `tltf.errors.TltfError`, which includes bad configs and bad data
+paths) and every file-system error is printed as one line, `tltf: error:
+<message>`, with exit status 2 and no traceback, like an argparse usage error.
+Ctrl-C prints `tltf: interrupted` and exits with 130.
 
 Example:
 
     $ tltf bases --filter "efficientnet*"
+    $ tltf train --config train.yaml --out runs/flowers
+    $ tltf evaluate runs/flowers
+    $ tltf predict runs/flowers photos/ --output predictions.csv
+    $ tltf export runs/flowers --format tflite --quantize dynamic
     $ tltf demo --k 5 10 20 --out runs/demo
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -61,7 +69,7 @@ def _nonnegative_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `tltf` argument parser, with the `bases` and `demo` subcommands."""
+    """The `tltf` argument parser and its subcommands."""
     parser = argparse.ArgumentParser(
         prog="tltf",
         description="Transfer learning for Keras and TensorFlow.",
@@ -91,7 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="*",
         help='shell-style pattern on the name, e.g. "mobilenet*" (default: all)',
     )
+    bases.add_argument(
+        "--blocks",
+        action="store_true",
+        help="also build each base (random weights) to show its block and "
+        "parameter counts (about 1 s per base)",
+    )
     bases.set_defaults(handler=_cmd_bases)
+    _add_run_commands(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -126,6 +141,758 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TRAIN_EPILOG = """\
+Data (--train, --val) is tfds:NAME (optionally tfds:NAME[SPLIT]), a folder with
+one subfolder per class, or a .npz file with x/y arrays. Flags override the
+values of --config (YAML, TOML or JSON; sections model, data, schedule); --set
+reaches any config key. The run folder gets config.yaml, history.csv,
+tensorboard/, best.keras, last.keras, plots/, evaluation.json and, last,
+summary.json.
+
+examples:
+  tltf train --base mobilenet_v2 --weights none --train photos/ --val-fraction 0.2
+  tltf train --config train.yaml --out runs/flowers
+  tltf train --config train.toml --head-epochs 3 --set model.head.dropout=0.3
+  tltf train --base efficientnet_b0 --train "tfds:tf_flowers[train[:80%]]" \\
+             --val "tfds:tf_flowers[train[80%:]]" --unfreeze 3
+  tltf train --config runs/flowers/config.yaml --out runs/flowers-2
+  tltf train --out runs/flowers --resume      continue an interrupted run
+  tltf train --config train.yaml --out runs/flowers --overwrite
+  tltf train --config train.yaml --print-config   show the resolved config
+"""
+
+_TUNE_EPILOG = """\
+Takes the same data, model and schedule options as `tltf train`, plus the
+[tune] section (tuner, max_trials, objective, search_space). Writes a run
+folder with config.yaml, the trials table, the depth-vs-metric plot, the best
+model (best.keras) and summary.json.
+
+examples:
+  tltf tune --config tune.yaml --max-trials 8 --out runs/tune-flowers
+  tltf tune --base mobilenet_v2 --weights none --train photos/ --val-fraction 0.2 \\
+            --tuner grid --max-trials 4
+"""
+
+_EVALUATE_EPILOG = """\
+MODEL is a .keras file or a run folder (its best.keras; without --data, its
+validation data from config.yaml). Writes report.json (per-class precision,
+recall, F1, top-k accuracy) and confusion.png to --out, and prints the report.
+
+examples:
+  tltf evaluate runs/flowers                 the run's validation data
+  tltf evaluate runs/flowers --data test_photos/ --top-k 3
+  tltf evaluate model.keras --data "tfds:tf_flowers[train[80%:]]" --out eval/
+"""
+
+_PREDICT_EPILOG = """\
+INPUT is image files, folders (searched recursively for .jpg, .jpeg, .png,
+.bmp, .gif) or .npz files (array x or images). Writes one row per image with the
+top-k labels and scores, as CSV or JSON (by the --output suffix), or prints CSV.
+
+examples:
+  tltf predict runs/flowers cat.jpg dog.png
+  tltf predict runs/flowers/best.keras photos/ --top-k 3 --output preds.csv
+  tltf predict model.keras batch.npz --output preds.json
+"""
+
+_EXPORT_EPILOG = """\
+Formats: keras (.keras), savedmodel (a folder, via model.export, for TF Serving),
+tflite (.tflite) with --quantize none (float32), float16, dynamic (dynamic-range
+int8) or int8 (full integer; needs --representative DATA: a folder, .npz or
+tfds:NAME[SPLIT] of typical images).
+
+examples:
+  tltf export runs/flowers --format savedmodel --output export/flowers
+  tltf export runs/flowers --format tflite --output flowers.tflite
+  tltf export runs/flowers --format tflite --quantize dynamic --output f-dyn.tflite
+  tltf export runs/flowers --format tflite --quantize int8 \\
+              --representative photos/ --output f-int8.tflite
+"""
+
+#: Flags of `train` and `tune` that set config keys: dest -> (section, key).
+_CONFIG_FLAGS: dict[str, tuple[str, str]] = {
+    "base": ("model", "base"),
+    "weights": ("model", "weights"),
+    "weights_dir": ("model", "weights_dir"),
+    "task": ("model", "task"),
+    "num_classes": ("model", "num_classes"),
+    "cut": ("model", "cut"),
+    "train": ("data", "train"),
+    "train_split": ("data", "train_split"),
+    "val": ("data", "val"),
+    "val_split": ("data", "val_split"),
+    "val_fraction": ("data", "val_fraction"),
+    "image_size": ("data", "image_size"),
+    "resize": ("data", "resize"),
+    "batch_size": ("data", "batch_size"),
+    "seed": ("data", "seed"),
+    "augment": ("data", "augment"),
+    "head_epochs": ("schedule", "head_epochs"),
+    "fine_tune_epochs": ("schedule", "fine_tune_epochs"),
+    "head_lr": ("schedule", "head_lr"),
+    "fine_tune_lr": ("schedule", "fine_tune_lr"),
+    "unfreeze": ("schedule", "unfreeze"),
+    "bn": ("schedule", "bn"),
+    "lr_decay": ("schedule", "lr_decay"),
+    "label_smoothing": ("schedule", "label_smoothing"),
+    "class_weight": ("schedule", "class_weight"),
+    "monitor": ("schedule", "monitor"),
+    "tuner": ("tune", "tuner"),
+    "max_trials": ("tune", "max_trials"),
+    "objective": ("tune", "objective"),
+}
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _image_size(text: str) -> int | list[int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 224 or 224x160, got {text!r}"
+        )
+    return values[0] if len(values) == 1 else values
+
+
+def _unfreeze(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of top blocks or 'all', got {text!r} (use --set "
+            "schedule.unfreeze='{layers: 20}' for the other forms)"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _block(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _weights(text: str) -> str | None:
+    return None if text.lower() in ("none", "null", "random") else text
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
+    S = argparse.SUPPRESS
+    files = parser.add_argument_group("configuration")
+    files.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a YAML (.yaml/.yml), TOML (.toml) or JSON config file",
+    )
+    files.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        help="set any config key (value in YAML syntax), e.g. "
+        "--set model.head.dropout=0.3; repeatable",
+    )
+    files.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (YAML) and exit without training",
+    )
+    model = parser.add_argument_group("model (the [model] section)")
+    model.add_argument("--base", default=S, help="registry name or saved base folder")
+    model.add_argument(
+        "--weights",
+        type=_weights,
+        default=S,
+        help='"imagenet", "none" (random) or a weights file (default: imagenet)',
+    )
+    model.add_argument(
+        "--weights-dir", default=S, help="offline ImageNet weights folder"
+    )
+    model.add_argument(
+        "--task",
+        choices=("multiclass", "binary", "multilabel", "regression"),
+        default=S,
+        help="the task (default: multiclass)",
+    )
+    model.add_argument("--num-classes", type=_positive_int, default=S)
+    if not tune:
+        model.add_argument(
+            "--cut",
+            type=_block,
+            metavar="BLOCK",
+            default=S,
+            help="build on this block's output (a block name or index) instead of "
+            "the base's top",
+        )
+    data = parser.add_argument_group("data (the [data] section)")
+    data.add_argument(
+        "--train",
+        metavar="SRC",
+        default=S,
+        help="tfds:NAME[SPLIT], a folder of class subfolders, or a .npz file",
+    )
+    data.add_argument("--train-split", metavar="SPLIT", default=S, help="TFDS split")
+    data.add_argument(
+        "--val", metavar="SRC", default=S, help="validation data (same forms)"
+    )
+    data.add_argument(
+        "--val-split", metavar="SPLIT", default=S, help='TFDS split, e.g. "test"'
+    )
+    data.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        metavar="F",
+        default=S,
+        help="hold out this fraction of --train for validation, e.g. 0.2",
+    )
+    data.add_argument(
+        "--image-size",
+        type=_image_size,
+        metavar="SIZE",
+        default=S,
+        help="224 or 224x160 (default: the base's size)",
+    )
+    data.add_argument(
+        "--resize", choices=("stretch", "crop", "pad"), default=S, help="resize policy"
+    )
+    data.add_argument("--batch-size", type=_positive_int, default=S)
+    data.add_argument("--seed", type=_nonnegative_int, default=S)
+    data.add_argument(
+        "--augment",
+        action="store_const",
+        const=True,
+        default=S,
+        help="augment training images (flip, rotation, zoom, ...)",
+    )
+    schedule = parser.add_argument_group("schedule (the [schedule] section)")
+    schedule.add_argument("--head-epochs", type=_nonnegative_int, default=S)
+    schedule.add_argument("--fine-tune-epochs", type=_nonnegative_int, default=S)
+    schedule.add_argument("--head-lr", type=_positive_float, default=S)
+    schedule.add_argument("--fine-tune-lr", type=_positive_float, default=S)
+    schedule.add_argument(
+        "--unfreeze",
+        type=_unfreeze,
+        metavar="K|all",
+        default=S,
+        help="top blocks to unfreeze in stage 2 (default: all)",
+    )
+    schedule.add_argument("--bn", choices=("frozen", "affine", "train"), default=S)
+    schedule.add_argument("--lr-decay", type=_positive_float, default=S)
+    schedule.add_argument("--label-smoothing", type=_fraction, default=S)
+    schedule.add_argument("--class-weight", choices=("balanced",), default=S)
+    schedule.add_argument(
+        "--monitor", default=S, help="metric that picks best.keras (default: val_loss)"
+    )
+    if tune:
+        search = parser.add_argument_group("tuning (the [tune] section)")
+        search.add_argument("--tuner", default=S, help="search algorithm")
+        search.add_argument("--max-trials", type=_positive_int, default=S)
+        search.add_argument("--objective", default=S, help="metric to optimise")
+    run = parser.add_argument_group("run folder")
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="run folder (default: runs/<command>-<timestamp>)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (uses its config.yaml)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (once the new config and data are valid)",
+    )
+    _add_verbosity(run)
+
+
+def _add_verbosity(group) -> None:
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bars or stage lines",
+    )
+
+
+def _add_run_commands(commands) -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a model and write a run folder",
+        description="Builds a model on a base, fine-tunes it with the two-stage\n"
+        "schedule, and writes a run folder.",
+        epilog=_TRAIN_EPILOG,
+        formatter_class=formatter,
+    )
+    _add_config_arguments(train, tune=False)
+    train.set_defaults(handler=_cmd_train)
+
+    tune = commands.add_parser(
+        "tune",
+        help="search the fine-tuning hyperparameters",
+        description="Searches how many blocks to unfreeze, the learning rates and\n"
+        "the head with keras-tuner (stage 1 shared between trials), and writes a\n"
+        "run folder.",
+        epilog=_TUNE_EPILOG,
+        formatter_class=formatter,
+    )
+    _add_config_arguments(tune, tune=True)
+    tune.set_defaults(handler=_cmd_tune)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="per-class metrics, confusion matrix and top-k accuracy",
+        description="Evaluates a model on labelled data.",
+        epilog=_EVALUATE_EPILOG,
+        formatter_class=formatter,
+    )
+    evaluate.add_argument("model", metavar="MODEL", help=".keras file or run folder")
+    evaluate.add_argument(
+        "--data", metavar="SRC", help="tfds:NAME[SPLIT], a folder or a .npz file"
+    )
+    evaluate.add_argument("--split", metavar="SPLIT", help="TFDS split (default: test)")
+    evaluate.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="TFDS data folder (default: the run's data.data_dir)",
+    )
+    evaluate.add_argument("--top-k", type=_positive_int, default=5, metavar="K")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=32)
+    evaluate.add_argument("--resize", choices=("stretch", "crop", "pad"), default=None)
+    evaluate.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for report.json and confusion.png (default: "
+        "RUN/eval-<timestamp> for a run, else runs/eval-<timestamp>)",
+    )
+    _add_verbosity(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict",
+        help="top-k labels and scores for images",
+        description="Predicts the top-k classes of images.",
+        epilog=_PREDICT_EPILOG,
+        formatter_class=formatter,
+    )
+    predict.add_argument("model", metavar="MODEL", help=".keras file or run folder")
+    predict.add_argument(
+        "inputs", metavar="INPUT", nargs="+", help="image files, folders or .npz files"
+    )
+    predict.add_argument("--top-k", type=_positive_int, default=3, metavar="K")
+    predict.add_argument(
+        "--output", metavar="FILE", help=".csv or .json (default: CSV on stdout)"
+    )
+    predict.add_argument("--batch-size", type=_positive_int, default=32)
+    predict.add_argument("--resize", choices=("stretch", "crop", "pad"), default=None)
+    predict.set_defaults(handler=_cmd_predict)
+
+    export = commands.add_parser(
+        "export",
+        help="export to .keras, SavedModel or TFLite",
+        description="Exports a model for serving or for devices.",
+        epilog=_EXPORT_EPILOG,
+        formatter_class=formatter,
+    )
+    export.add_argument("model", metavar="MODEL", help=".keras file or run folder")
+    export.add_argument(
+        "--format",
+        choices=("keras", "savedmodel", "tflite"),
+        default=None,
+        help="default: from the --output suffix (.keras, .tflite, else a SavedModel "
+        "folder), else tflite",
+    )
+    export.add_argument(
+        "--quantize",
+        choices=("none", "float16", "dynamic", "int8"),
+        default="none",
+        help="TFLite quantization (default: none, float32)",
+    )
+    export.add_argument(
+        "--representative",
+        metavar="SRC",
+        help="images for --quantize int8 calibration (folder, .npz, tfds:NAME[SPLIT])",
+    )
+    export.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=100,
+        help="calibration images read from --representative (default: 100)",
+    )
+    export.add_argument(
+        "--output",
+        metavar="PATH",
+        help="file or folder to write (default: next to the model)",
+    )
+    export.set_defaults(handler=_cmd_export)
+
+
+# -- train and tune ---------------------------------------------------------------
+def _config_overrides(args: argparse.Namespace) -> dict:
+    from tltf.config import merge, parse_assignment
+
+    overrides: dict = {}
+    for dest, (section, key) in _CONFIG_FLAGS.items():
+        if hasattr(args, dest):
+            overrides.setdefault(section, {})[key] = getattr(args, dest)
+    for item in args.set:
+        overrides = merge(overrides, parse_assignment(item))
+    return overrides
+
+
+def _resolve_config(args: argparse.Namespace, cls):
+    """The config of `train`/`tune`: the file, then flags, then --set."""
+    from tltf.config import load_config_file, merge
+
+    overrides = _config_overrides(args)
+    if args.resume:
+        if args.config or overrides:
+            given = (["--config"] if args.config else []) + [
+                f"{section}.{key}"
+                for section, keys in overrides.items()
+                for key in keys
+            ]
+            raise _config_error(
+                "--resume continues the run with its own config.yaml; drop "
+                f"{', '.join(given)}, or start a new run (another --out or "
+                "--overwrite)."
+            )
+        if args.out is None:
+            raise _config_error("--resume needs --out: the run folder to continue.")
+        from tltf.runs import CONFIG_FILE, RunFolder
+
+        RunFolder(args.out, resume=True)  # checks there is a run to resume
+        return cls.from_dict(load_config_file(os.path.join(args.out, CONFIG_FILE)))
+    file_values = load_config_file(args.config) if args.config else {}
+    return cls.from_dict(merge(file_values, overrides))
+
+
+def _config_error(message: str):
+    from tltf.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def _print_config(config) -> None:
+    import yaml
+
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None))
+
+
+def _verbose(args: argparse.Namespace):
+    return 0 if getattr(args, "quiet", False) else "auto"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tltf.config import TrainConfig
+    from tltf.runs import train
+
+    config = _resolve_config(args, TrainConfig)
+    if args.print_config:
+        _print_config(config)
+        return 0
+    summary = train(
+        config,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        verbose=_verbose(args),
+        command=["tltf", *sys.argv[1:]],
+    )
+    best = summary["best"]
+    text = f"tltf: wrote {summary['out_dir']}"
+    if best["value"] is not None:
+        text += (
+            f" (best {best['monitor']} {best['value']:.4g} at epoch {best['epoch']})"
+        )
+    print(text)
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from tltf.config import TuneConfig
+    from tltf.runs import tune
+
+    config = _resolve_config(args, TuneConfig)
+    if args.print_config:
+        _print_config(config)
+        return 0
+    summary = tune(
+        config,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        verbose=_verbose(args),
+        command=["tltf", *sys.argv[1:]],
+    )
+    best = summary["best"]["hyperparameters"]
+    text = ", ".join(f"{k}={v}" for k, v in best.items())
+    print(f"tltf: wrote {summary['out_dir']}" + (f" (best: {text})" if text else ""))
+    return 0
+
+
+# -- evaluate, predict, export ------------------------------------------------------
+def _load_cli_model(path: str):
+    """(model, run folder or None) for a .keras file or a run folder."""
+    from pathlib import Path
+
+    from tltf.errors import ModelError
+    from tltf.model import load_model
+    from tltf.runs import BEST_MODEL, LAST_MODEL, find_run
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        for name in (BEST_MODEL, LAST_MODEL):
+            if (target / name).is_file():
+                return load_model(target / name), find_run(target)
+        raise ModelError(
+            f"{path!r} is a folder without {BEST_MODEL} or {LAST_MODEL}. Pass a .keras "
+            "file or a run folder written by `tltf train`."
+        )
+    if not target.exists():
+        raise ModelError(
+            f"No such model: {path!r}. Pass a .keras file or a run folder written by "
+            "`tltf train`."
+        )
+    return load_model(target), find_run(target)
+
+
+def _model_image_size(model) -> tuple[int, int]:
+    from tltf.errors import ModelError
+
+    height, width = model.input_shape[1:3]
+    if height is None or width is None:
+        raise ModelError(
+            f"Model {model.name!r} takes images of any size (input shape "
+            f"{model.input_shape}); tltf needs a fixed size to resize inputs to."
+        )
+    return int(height), int(width)
+
+
+def _run_config(run_dir):
+    from tltf.config import TrainConfig, load_config_file
+    from tltf.runs import CONFIG_FILE
+
+    if run_dir is None or not (run_dir / CONFIG_FILE).is_file():
+        return None
+    data = load_config_file(run_dir / CONFIG_FILE)
+    data.pop("tune", None)
+    return TrainConfig.from_dict(data)
+
+
+def _stamped(parent, prefix: str):
+    from tltf.runs import default_run_dir
+
+    return default_run_dir(prefix, root=parent)
+
+
+def _labelled_data(args, model, run_dir):
+    """The labelled `DataBundle` and class names that `evaluate` reads."""
+    from tltf.config import parse_source
+    from tltf.data import load_data
+    from tltf.errors import ConfigError, DataError
+    from tltf.runs import class_names_of, load_run_data
+
+    size = _model_image_size(model)
+    names = class_names_of(model)
+    config = _run_config(run_dir)
+    resize = args.resize or (config.data.resize if config else "stretch")
+    if args.data is None:
+        if config is None:
+            raise ConfigError(
+                f"Pass --data: {args.model!r} is not in a run folder, so there is no "
+                "validation data to default to."
+            )
+        data = load_run_data(config, size)
+        if data.validation is None:
+            raise ConfigError(
+                f"The run in {str(run_dir)!r} has no validation data. Pass --data "
+                "(the labelled data to evaluate on)."
+            )
+        return data, data.class_names or names
+    source, split = parse_source(args.data)
+    split = split or args.split
+    kwargs = {}
+    if source.startswith("tfds:"):
+        kwargs["split"] = split or "test"
+    elif split is not None:
+        raise ConfigError(
+            f"--split {split!r} selects a TFDS split, but --data {args.data!r} is not "
+            "tfds:NAME."
+        )
+    data = load_data(
+        source,
+        image_size=size,
+        batch_size=args.batch_size,
+        shuffle=False,
+        cache=False,
+        resize=resize,
+        task=config.model.task if config else "multiclass",
+        data_dir=args.data_dir or (config.data.data_dir if config else None),
+        **kwargs,
+    )
+    if names and data.class_names and list(data.class_names) != list(names):
+        raise DataError(
+            f"--data {args.data!r} has the classes {data.class_names}, but the model "
+            f"was trained on {names}. The labels would not line up: give the data "
+            "one subfolder per class of the model, named as in training."
+        )
+    return data, names or data.class_names
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tltf.evaluation import evaluate
+
+    model, run_dir = _load_cli_model(args.model)
+    data, names = _labelled_data(args, model, run_dir)
+    report = evaluate(model, data, class_names=names, top_k=args.top_k)
+    out = (
+        Path(args.out).expanduser()
+        if args.out
+        else _stamped(run_dir if run_dir is not None else "runs", "eval")
+    )
+    report.to_json(out / "report.json")
+    files = [out / "report.json"]
+    if report.plot_confusion(out / "confusion.png") is not None:
+        files.append(out / "confusion.png")
+    if not args.quiet:
+        report.print()
+    print(f"tltf: wrote {' and '.join(str(f) for f in files)}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tltf.evaluation import predict, write_predictions
+    from tltf.runs import class_names_of
+
+    model, _ = _load_cli_model(args.model)
+    names = class_names_of(model)
+    rows = []
+    for item in args.inputs:
+        for row in predict(
+            model,
+            item,
+            class_names=names,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            resize=args.resize or "stretch",
+        ):
+            if "index" in row:  # an .npz row: name it by file and index
+                row = {"file": f"{item}[{row.pop('index')}]", **row}
+            rows.append(row)
+    if args.output:
+        path = write_predictions(rows, args.output)
+        print(f"tltf: wrote {len(rows)} predictions to {path}", file=sys.stderr)
+    else:
+        _print_csv(rows)
+    return 0
+
+
+def _print_csv(rows) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from tltf.evaluation import write_predictions
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_predictions(rows, Path(folder) / "predictions.csv")
+        sys.stdout.write(path.read_text())
+
+
+_EXPORT_SUFFIX = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tltf.config import parse_source
+    from tltf.errors import ConfigError
+    from tltf.export import export_model
+
+    quantize = None if args.quantize == "none" else args.quantize
+    fmt = args.format
+    if fmt is None and args.output:
+        suffix = Path(args.output).suffix.lower()
+        fmt = {".keras": "keras", ".tflite": "tflite"}.get(suffix, "savedmodel")
+    fmt = fmt or "tflite"
+    if quantize is not None and fmt != "tflite":
+        raise ConfigError(
+            f"--quantize {args.quantize} applies to TFLite exports only. Received: "
+            f"--format {fmt}. Use --format tflite (or an --output ending in .tflite)."
+        )
+    if quantize == "int8" and not args.representative:
+        raise ConfigError(
+            "--quantize int8 needs --representative DATA: typical images (a folder, "
+            "image files' folder, .npz or tfds:NAME[SPLIT]) to calibrate the integer "
+            "ranges. Or use --quantize dynamic, which needs no data."
+        )
+    model, run_dir = _load_cli_model(args.model)
+    if args.output:
+        output = Path(args.output).expanduser()
+    else:
+        folder = (
+            run_dir if run_dir is not None else Path(args.model).expanduser().parent
+        )
+        name = "savedmodel" if fmt == "savedmodel" else "model"
+        if quantize:
+            name += f"-{quantize}"
+        output = folder / f"{name}{_EXPORT_SUFFIX[fmt]}"
+    representative = None
+    if args.representative:
+        representative = args.representative
+        if representative.startswith("tfds:"):
+            from tltf.data import load_data
+
+            name, split = parse_source(representative)
+            config = _run_config(run_dir)
+            representative = load_data(
+                name,
+                image_size=_model_image_size(model),
+                split=split or "train",
+                shuffle=False,
+                cache=False,
+                data_dir=config.data.data_dir if config else None,
+            )
+    path = export_model(
+        model,
+        output,
+        format=fmt,
+        quantize=quantize,
+        representative_data=representative,
+        num_calibration=args.samples,
+    )
+    print(f"tltf: wrote {path}")
+    return 0
+
+
 def _cmd_bases(args: argparse.Namespace) -> int:
     from tltf.bases.registry import REGISTRY, get_spec, list_bases
 
@@ -137,6 +904,9 @@ def _cmd_bases(args: argparse.Namespace) -> int:
         print(f"preprocessing: {spec.preprocessing}")
         print(f"default size:  {spec.default_size}")
         print(f"min size:      {spec.min_size}")
+        blocks, params = _block_stats(spec.name)
+        print(f"parameters:    {params:,} (without the top)")
+        print(f"blocks:        {len(blocks)}, bottom to top: {' '.join(blocks)}")
         return 0
     names = list_bases(args.filter)
     if not names:
@@ -147,22 +917,36 @@ def _cmd_bases(args: argparse.Namespace) -> int:
             "whole registry."
         )
     rows = [("name", "family", "default", "min")]
-    rows += [
-        (
-            n,
-            REGISTRY[n].family,
-            str(REGISTRY[n].default_size),
-            str(REGISTRY[n].min_size),
-        )
-        for n in names
-    ]
+    if args.blocks:
+        rows = [(*rows[0], "blocks", "params")]
+    for n in names:
+        row = (n, REGISTRY[n].family, str(REGISTRY[n].default_size))
+        row += (str(REGISTRY[n].min_size),)
+        if args.blocks:
+            blocks, params = _block_stats(n)
+            row += (str(len(blocks)), f"{params / 1e6:.1f}M")
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print(
-            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  "
-            f"{row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}"
-        )
+        cells = [
+            f"{cell:<{width}}" if i < 2 else f"{cell:>{width}}"
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
     return 0
+
+
+def _block_stats(name: str) -> tuple[list[str], int]:
+    """Block names and parameter count of a registry base (random weights)."""
+    import keras
+
+    from tltf.bases.base import load_base
+
+    base = load_base(name, weights=None)
+    stats = list(base.block_map.names), int(base.model.count_params())
+    del base
+    keras.backend.clear_session()
+    return stats
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -206,9 +990,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TltfError as error:
         print(f"tltf: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as error:  # a path that cannot be read or written
+        print(f"tltf: error: {_os_error_message(error)}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("tltf: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error_message(error: OSError) -> str:
+    """One line for a file-system error: what failed, on which path, the fix."""
+    where = f" {error.filename!r}" if error.filename else ""
+    reason = error.strerror or str(error)
+    fixes = {
+        "FileNotFoundError": "Check the path.",
+        "PermissionError": "Check the permissions, or choose another path.",
+        "IsADirectoryError": "Give a file path, not a folder.",
+        "NotADirectoryError": "Give a folder path, not a file.",
+    }
+    fix = fixes.get(type(error).__name__, "Check the path and the free disk space.")
+    return f"{reason}:{where}. {fix}" if where else f"{reason}. {fix}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,400 @@
+"""The `tltf` command line end to end: train -> evaluate, predict, export; tune.
+
+One `tltf train` in a subprocess (a generated image folder, a tiny saved base)
+feeds the other commands. Subprocesses prove what a user sees (exit status, no
+traceback); everything else calls `tltf.cli.main` in-process, to keep the ~5 s
+TensorFlow import per subprocess to a handful.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import tltf
+from tltf.cli import main
+from tltf.runs import HistoryCSV, read_history
+
+from .conftest import make_tiny_base
+
+CLASSES = ("blue", "green", "red")
+
+CONFIG = """\
+# A tltf train config (YAML); flags on the command line override it.
+model:
+  base: {base}
+  head: {{dropout: 0.1}}
+data:
+  train: {images}
+  val_fraction: 0.25
+  image_size: 16
+  batch_size: 8
+schedule:
+  head_epochs: 2
+  fine_tune_epochs: 1
+  head_lr: 1e-2
+  unfreeze: 2
+"""
+
+
+def _tltf(*args, cwd):
+    env = {**os.environ, "TLTF_HOME": str(cwd / "home")}
+    return subprocess.run(
+        [sys.executable, "-m", "tltf.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def _ok(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def _make_images(root: Path) -> None:
+    """3 classes x 8 images (png and jpg, 20 px): one bright channel per class."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("blue", "green", "red")):
+        folder = root / name
+        folder.mkdir(parents=True)
+        channel = {"red": 0, "green": 1, "blue": 2}[name]
+        for i in range(8):
+            x = rng.integers(0, 90, (20, 20, 3)).astype(np.uint8)
+            x[..., channel] += 150
+            Image.fromarray(x).save(folder / f"{c}_{i}.{'png' if i % 2 else 'jpg'}")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    _make_images(root / "images")
+    base = tltf.load_base(make_tiny_base(), preprocessing="tf")
+    tltf.save_base(base, root / "base")
+    (root / "train.yaml").write_text(CONFIG.format(base="base", images="images"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(work):
+    """`tltf train` in a subprocess; flags override the config file."""
+    result = _tltf(
+        "train",
+        "--config",
+        "train.yaml",
+        "--head-epochs",
+        "1",
+        "--out",
+        "runs/first",
+        cwd=work,
+    )
+    _ok(result)
+    return work / "runs" / "first", result
+
+
+def test_train_writes_a_complete_run_folder(trained):
+    run, result = trained
+    assert "tltf: wrote runs/first" in result.stdout
+    assert "Epoch 1/2" in result.stdout  # Keras progress
+    assert "tltf: stage 2 from epoch 2" in result.stdout
+    for name in (
+        "config.yaml",
+        "history.csv",
+        "best.keras",
+        "last.keras",
+        "summary.json",
+        "evaluation.json",
+        "plots/history.png",
+        "plots/confusion.png",
+    ):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists()  # removed once the run finished
+    assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert list((run / "tensorboard" / "validation").glob("events.out.tfevents.*"))
+    # The resolved config: the file's values, then the flag (--head-epochs 1).
+    from tltf.config import TrainConfig, load_config_file
+
+    config = TrainConfig.from_dict(load_config_file(run / "config.yaml"))
+    assert config.schedule.head_epochs == 1 and config.schedule.unfreeze == 2
+    assert config.schedule.head_lr == 1e-2 and config.model.head.dropout == 0.1
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [r["stage"] for r in rows] == ["1", "2"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"]["run"] == 2
+    assert summary["class_names"] == list(CLASSES)
+    assert summary["best"]["monitor"] == "val_loss"
+    assert summary["best"]["value"] == min(float(r["val_loss"]) for r in rows)
+    assert summary["evaluation"]["num_examples"] == 6
+    for name in ("best.keras", "last.keras"):
+        model = keras.saving.load_model(run / name, safe_mode=True)
+        assert tltf.model_info(model).metadata["class_names"] == list(CLASSES)
+    report = json.loads((run / "evaluation.json").read_text())
+    assert [r["class"] for r in report["per_class"]] == list(CLASSES)
+
+
+def test_history_plot_shows_the_metrics_not_the_epoch_column(trained):
+    from tltf.runs import plot_run_history
+
+    figure = plot_run_history(read_history(trained[0] / "history.csv"))
+    assert [ax.get_ylabel() for ax in figure.axes] == ["loss", "accuracy"]
+
+
+def test_evaluate_predict_and_export_a_run(trained, work, capsys):
+    run, _ = trained
+    # evaluate: the run's own validation data, per-class metrics, top-k.
+    result = _ok(_tltf("evaluate", run, "--top-k", "2", "--out", "eval", cwd=work))
+    assert "top-2 accuracy" in result.stdout and "precision" in result.stdout
+    report = json.loads((work / "eval" / "report.json").read_text())
+    assert report["top_k"] == 2 and report["num_examples"] == 6
+    assert {"precision", "recall", "f1", "support"} <= set(report["per_class"][0])
+    assert (work / "eval" / "confusion.png").stat().st_size > 1000
+    # predict: a folder and a single file, top-2 labels and scores, CSV.
+    result = _ok(
+        _tltf(
+            "predict",
+            run,
+            "images/red",
+            "images/blue/0_0.jpg",
+            "--top-k",
+            "2",
+            "--output",
+            "preds.csv",
+            cwd=work,
+        )
+    )
+    with open(work / "preds.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9
+    assert list(rows[0]) == ["file", "label_1", "score_1", "label_2", "score_2"]
+    assert all(r["label_1"] in CLASSES for r in rows)
+    assert all(float(r["score_1"]) >= float(r["score_2"]) for r in rows)
+    # export: a TFLite flavour in a subprocess...
+    _ok(_tltf("export", run, "--quantize", "dynamic", "--output", "m.tflite", cwd=work))
+    from tltf.export import tflite_predict
+
+    images = np.stack(
+        [
+            np.asarray(Image.open(p), np.float32)
+            for p in sorted(work.glob("images/*/*.png"))
+        ]
+    )[:, 2:18, 2:18]
+    model = keras.saving.load_model(run / "best.keras", safe_mode=True)
+    keras_top1 = model.predict(images, verbose=0).argmax(1)
+    assert (tflite_predict(work / "m.tflite", images).argmax(1) == keras_top1).all()
+    # ...and .keras and JSON predictions in-process.
+    assert (
+        main(
+            ["export", str(run), "--format", "keras", "--output", str(work / "m.keras")]
+        )
+        == 0
+    )
+    assert keras.saving.load_model(work / "m.keras", safe_mode=True).count_params()
+    assert (
+        main(
+            [
+                "predict",
+                str(work / "m.keras"),
+                str(work / "images"),
+                "--output",
+                str(work / "p.json"),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((work / "p.json").read_text())
+    assert len(rows) == 24 and rows[0]["labels"][0] in CLASSES
+    capsys.readouterr()
+
+
+def test_bad_config_exits_2_without_traceback(work):
+    (work / "typo.yaml").write_text("schedule:\n  head_epoch: 3\n")
+    result = _tltf("train", "--config", "typo.yaml", "--out", "runs/typo", cwd=work)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "tltf: error: Unknown key 'head_epoch' in the [schedule] section. Did you "
+        "mean 'head_epochs'"
+    )
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    assert not (work / "runs" / "typo").exists()
+
+
+def _error(argv, capsys) -> str:
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tltf: error: ") and "Traceback" not in err
+    return err
+
+
+def test_bad_paths_and_values_exit_2(work, capsys, monkeypatch):
+    monkeypatch.chdir(work)
+    args = ["train", "--base", "base", "--image-size", "16", "--out", "runs/x"]
+    err = _error([*args, "--train", "no_such_folder"], capsys)
+    assert "No such file or folder: 'no_such_folder'" in err
+    assert "No base" in _error(["train", "--train", "images"], capsys)
+    assert "does not exist" in _error(["train", "--config", "nope.toml"], capsys)
+    assert "Unknown base 'mobilenet_v9'" in _error(
+        ["train", "--base", "mobilenet_v9", "--train", "images"], capsys
+    )
+    assert "No such model" in _error(["evaluate", "missing.keras"], capsys)
+    assert "needs --representative" in _error(
+        ["export", "missing.keras", "--quantize", "int8"], capsys
+    )
+    err = _error([*args, "--set", "schedule.bn=frozn", "--train", "images"], capsys)
+    assert "Did you mean 'frozen'" in err
+    # An error raised once training has started, before any epoch: no folder.
+    err = _error([*args, "--train", "images", "--unfreeze", "9"], capsys)
+    assert "Expected unfreeze blocks in [0, 4]" in err
+    assert not (work / "runs" / "x").exists()
+    # A file-system error is one line too.
+    (work / "a_file").write_text("")
+    err = _error([*args[:-1], "a_file/run", "--train", "images"], capsys)
+    assert "Not a directory: 'a_file/run'. Give a folder path, not a file." in err
+    # argparse errors are exit 2 too.
+    assert main(["train", "--head-epochs", "-1"]) == 2
+    assert "expected an integer >= 0" in capsys.readouterr().err
+
+
+def test_flags_and_set_override_the_file(work, capsys, monkeypatch):
+    monkeypatch.chdir(work)
+    argv = [
+        "train",
+        "--config",
+        "train.yaml",
+        "--unfreeze",
+        "all",
+        "--set",
+        "model.head.hidden_units=[8]",
+        "--val",
+        "images",
+        "--set",
+        "data.val_fraction=null",
+        "--print-config",
+    ]
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["schedule"]["unfreeze"] == "all"
+    assert printed["schedule"]["head_lr"] == 1e-2  # from the file
+    assert printed["model"]["head"] == {**printed["model"]["head"], "hidden_units": [8]}
+    assert (
+        printed["data"]["val"] == "images" and printed["data"]["val_fraction"] is None
+    )
+    assert not (work / "runs" / "x").exists()
+
+
+def _snapshot(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in folder.rglob("*")
+    }
+
+
+def test_an_existing_run_is_never_touched_without_resume_or_overwrite(
+    trained, work, capsys, monkeypatch
+):
+    run, _ = trained
+    monkeypatch.chdir(work)
+    before = _snapshot(run)
+    err = _error(["train", "--config", "train.yaml", "--out", run], capsys)
+    assert "already exists. Pass --resume to continue it, --overwrite" in err
+    err = _error(["train", "--out", run, "--resume"], capsys)
+    assert "has finished" in err
+    err = _error(["train", "--config", "train.yaml", "--out", run, "--resume"], capsys)
+    assert "drop --config" in err
+    # --overwrite validates the config and loads the data before touching the run.
+    err = _error(
+        [
+            "train",
+            "--config",
+            "train.yaml",
+            "--train",
+            "missing/",
+            "--out",
+            run,
+            "--overwrite",
+        ],
+        capsys,
+    )
+    assert "No such file or folder" in err
+    assert _snapshot(run) == before
+    # A killed --overwrite leaves the old run beside it: never silently lost.
+    (run.parent / ".first.old").mkdir()
+    err = _error(
+        ["train", "--config", "train.yaml", "--out", run, "--overwrite"], capsys
+    )
+    assert "An interrupted --overwrite left the previous run" in err
+    (run.parent / ".first.old").rmdir()
+    assert _snapshot(run) == before
+
+
+class _Interrupt(HistoryCSV):
+    """Interrupts like Ctrl-C as the second epoch begins."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_and_overwrite_restores_the_old_run(
+    work, capsys, monkeypatch
+):
+    monkeypatch.chdir(work)
+    argv = ["train", "--config", "train.yaml", "--out", "runs/int", "-q"]
+    monkeypatch.setattr("tltf.runs.HistoryCSV", _Interrupt)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "partial run is kept in runs/int; continue it with --resume" in err
+    run = work / "runs" / "int"
+    assert not (run / "summary.json").exists()
+    assert read_history(run / "history.csv")["epoch"] == [1]
+    assert (run / "last.keras").is_file() and (run / "backup").is_dir()
+    monkeypatch.setattr("tltf.runs.HistoryCSV", HistoryCSV)
+    assert main(["train", "--out", "runs/int", "--resume", "-q"]) == 0
+    history = read_history(run / "history.csv")
+    assert history["epoch"] == [1, 2, 3] and history["stage"] == [1, 1, 2]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed"] is True and summary["epochs"]["run"] == 3
+    # --overwrite that fails midway puts the finished run back.
+    before = _snapshot(run)
+    monkeypatch.setattr("tltf.runs.HistoryCSV", _Interrupt)
+    assert main([*argv, "--overwrite"]) == 130
+    assert "previous run in runs/int was restored" in capsys.readouterr().err
+    assert _snapshot(run) == before
+    assert not list(run.parent.glob(".int*"))
+
+
+def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
+    monkeypatch.chdir(work)
+    (work / "tune.toml").write_text(
+        '[model]\nbase = "base"\n[data]\ntrain = "images"\nval_fraction = 0.25\n'
+        "image_size = 16\nbatch_size = 8\n[schedule]\nhead_epochs = 1\n"
+        'fine_tune_epochs = 1\n[tune]\ntuner = "grid"\nmax_trials = 2\n'
+        "[tune.search_space]\nunfreeze = [1, 2]\nhead_units = 0\nhead_dropout = 0.2\n"
+        "fine_tune_lr = 1e-4\n"
+    )
+    assert main(["tune", "--config", "tune.toml", "--out", "runs/tune", "-q"]) == 0
+    assert "tltf: wrote runs/tune (best: " in capsys.readouterr().out
+    run = work / "runs" / "tune"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["trials"] == {"total": 2, "completed": 2}
+    assert summary["best"]["hyperparameters"]["unfreeze_blocks"] in (1, 2)
+    assert (run / summary["files"]["tuning_plot"]).is_file()
+    assert (run / summary["files"]["tuning_csv"]).is_file()
+    model = keras.saving.load_model(run / "best.keras", safe_mode=True)
+    assert tltf.model_info(model).metadata["class_names"] == list(CLASSES)

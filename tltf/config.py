@@ -1,0 +1,848 @@
+"""Configuration files of `tltf train` and `tltf tune`, as small frozen dataclasses.
+
+A config mirrors the Python API in sections:
+
+* `model`: the arguments of `tltf.build_model` (`base`, `input_shape`, `weights`,
+  `weights_dir`, `head`, `task`, `num_classes`, `cut`);
+* `data`: the arguments of `tltf.data.load_data` (`train`, `val`, split strings,
+  `image_size`, `resize`, `batch_size`, `seed`, ...) and `augment`;
+* `schedule`: the arguments of `tltf.fine_tune` (`head_epochs`,
+  `fine_tune_epochs`, `head_lr`, `fine_tune_lr`, `unfreeze`, `bn`, `lr_decay`,
+  `label_smoothing`, `class_weight`, ...) and what the run folder keeps as its
+  best model (`monitor`, `mode`);
+* `tune` (`tltf tune` only): the tuner, the number of trials and search-space
+  overrides.
+
+Files are YAML (`.yaml`/`.yml`, read with `yaml.safe_load`), TOML (`.toml`, read
+with `tomllib`) or JSON (`.json`). Unknown sections and keys are rejected with the
+section's name, a "did you mean" and the valid keys; values are type-checked.
+Command-line flags override file values (`merge`). The resolved config a run used
+is written to its run folder as `config.yaml` and can be fed back in with
+`--config`.
+
+Example:
+
+>>> config = TrainConfig.from_dict({
+...     "model": {"base": "mobilenet_v2", "weights": None},
+...     "data": {"train": "photos/", "val_fraction": 0.2, "image_size": 96},
+...     "schedule": {"head_epochs": 5, "fine_tune_epochs": 5, "unfreeze": 3},
+... })
+>>> config.schedule.unfreeze
+3
+>>> TrainConfig.from_dict(load_config_file("run.yaml"))   # a file
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import types
+import typing
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+from tltf.errors import ConfigError, suggest
+from tltf.heads import TASKS, HeadConfig
+
+__all__ = [
+    "CONFIG_SUFFIXES",
+    "DataConfig",
+    "ModelConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "TuneConfig",
+    "TuneSection",
+    "dump_config",
+    "load_config_file",
+    "merge",
+    "parse_source",
+]
+
+#: Config file suffixes and their formats.
+CONFIG_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
+
+_RESIZE = ("stretch", "crop", "pad")
+_BN = ("frozen", "affine", "train")
+_MODES = ("auto", "min", "max")
+_TFDS_SOURCE = re.compile(r"^tfds:(?P<name>[^\[\]]+?)(?:\[(?P<split>.*)\])?$")
+
+
+# -- value checks ------------------------------------------------------------------
+def _where(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _type_name(tp) -> str:
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        dict: "a mapping",
+        list: "a list",
+        tuple: "a list",
+        type(None): "null",
+    }
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _matches(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return _is_int(value)
+    if tp is float:
+        return _is_number(value)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or tp in (tuple, list):
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            return False
+        inner = args[0] if args else Any
+        return all(_matches(v, inner) for v in value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    return isinstance(value, tp)
+
+
+def _check_fields(obj, section: str) -> None:
+    """Type-checks every field of a config dataclass against its annotation."""
+    hints = typing.get_type_hints(type(obj))
+    for field in dataclasses.fields(obj):
+        if field.name == "head" or not field.init:
+            continue
+        value = getattr(obj, field.name)
+        tp = hints[field.name]
+        if isinstance(value, str) and not _matches(value, tp) and _matches(1.0, tp):
+            # PyYAML reads 1e-3 (no dot) as a string: take it as the number it is.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+            else:
+                object.__setattr__(obj, field.name, value)
+        if not _matches(value, tp):
+            raise ConfigError(
+                f"Expected {_where(section, field.name)} to be {_type_name(tp)}. "
+                f"Received: {field.name}={value!r} ({type(value).__name__})."
+            )
+        # Lists from YAML/TOML become tuples, so the configs stay hashable.
+        if isinstance(value, list):
+            object.__setattr__(obj, field.name, tuple(value))
+
+
+def _choice(value, choices, section: str, key: str) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"Expected {_where(section, key)} to be one of {list(choices)}. "
+            f"Received: {key}={value!r}.{suggest(str(value), choices)}"
+        )
+
+
+def _at_least(value, low, section: str, key: str) -> None:
+    if value is not None and value < low:
+        raise ConfigError(
+            f"Expected {_where(section, key)} >= {low}. Received: {key}={value!r}"
+        )
+
+
+def _positive(value, section: str, key: str) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(
+            f"Expected {_where(section, key)} to be a positive number (e.g. 1e-4). "
+            f"Received: {key}={value!r}"
+        )
+
+
+def _from_mapping(cls, config, section: str, nested: dict | None = None):
+    """Builds `cls` from a mapping, rejecting unknown keys with suggestions."""
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"Expected the [{section}] section to be a mapping of keys to values. "
+            f"Received: {type(config).__name__} {config!r}."
+        )
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in config:
+        if key not in fields:
+            raise ConfigError(
+                f"Unknown key {key!r} in the [{section}] section.{suggest(key, fields)}"
+                f" Valid keys: {', '.join(fields)}."
+            )
+    values = dict(config)
+    for key, build in (nested or {}).items():
+        if key in values:
+            values[key] = build(values[key])
+    return cls(**values)
+
+
+# -- data sources -------------------------------------------------------------------------
+def parse_source(text: str) -> tuple[str, str | None]:
+    """Splits a data source string into (source, TFDS split or None).
+
+    `"tfds:tf_flowers[train[:80%]]"` gives `("tfds:tf_flowers", "train[:80%]")`;
+    folders and `.npz` paths are returned unchanged with no split.
+
+    Example:
+
+    >>> parse_source("tfds:tltf_shapes/target[test]")
+    ('tfds:tltf_shapes/target', 'test')
+    """
+    if not text.startswith("tfds:"):
+        return text, None
+    match = _TFDS_SOURCE.match(text)
+    if match is None or not match.group("name").strip():
+        raise ConfigError(
+            f"Could not read the TFDS source {text!r}. Write it as tfds:NAME or "
+            "tfds:NAME[SPLIT], e.g. tfds:tf_flowers or tfds:tf_flowers[train[:80%]]."
+        )
+    split = match.group("split")
+    return f"tfds:{match.group('name').strip()}", split or None
+
+
+# -- sections ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The `[model]` section: the arguments of `tltf.build_model`.
+
+    Attributes:
+        base: str or None. A registry name (`tltf bases`) or the folder of a saved
+            base (`tltf.save_base`, `tltf.pretrain`). Required by `train`.
+            Defaults to None.
+        input_shape: list of 3 int or None. `(height, width, channels)`. Defaults
+            to None: `data.image_size`, else the base's own size.
+        weights: str or None. "imagenet", None (random) or a weights file.
+            Ignored for saved bases. Defaults to "imagenet".
+        weights_dir: str or None. Offline folder of ImageNet weight files.
+            Defaults to None (`$TLTF_WEIGHTS_DIR`).
+        head: HeadConfig. The head (a mapping of `HeadConfig` fields in files).
+            Defaults to `HeadConfig()`.
+        task: str. "multiclass", "binary", "multilabel" or "regression".
+            Defaults to "multiclass".
+        num_classes: int or None. Defaults to None: from the data.
+        cut: int, str or None. Build on the output of this block (a name or an
+            index into the block map) instead of the base's top; see
+            `build_model(cut=)`. Defaults to None (the whole base).
+    """
+
+    base: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    weights: str | None = "imagenet"
+    weights_dir: str | None = None
+    head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
+    task: str = "multiclass"
+    num_classes: int | None = None
+    cut: int | str | None = None
+
+    def __post_init__(self):
+        _check_fields(self, "model")
+        _choice(self.task, TASKS, "model", "task")
+        if self.input_shape is not None and (
+            len(self.input_shape) != 3 or min(self.input_shape) < 1
+        ):
+            raise ConfigError(
+                "Expected model.input_shape as [height, width, channels] of positive "
+                f"integers, e.g. [96, 96, 3]. Received: input_shape={self.input_shape!r}"
+            )
+        _at_least(self.num_classes, 1, "model", "num_classes")
+
+    @classmethod
+    def from_dict(cls, config: dict | None) -> ModelConfig:
+        """Builds the section from a mapping (unknown keys are rejected)."""
+        return _from_mapping(cls, config, "model", {"head": _head})
+
+
+def _head(config) -> HeadConfig:
+    if isinstance(config, HeadConfig):
+        return config
+    if config is not None and not isinstance(config, dict):
+        raise ConfigError(
+            "Expected model.head to be a mapping of head options, e.g. "
+            f"{{dropout: 0.3}}. Received: {config!r}."
+        )
+    fields = [f.name for f in dataclasses.fields(HeadConfig)]
+    for key in config or {}:
+        if key not in fields:
+            raise ConfigError(
+                f"Unknown key {key!r} in the [model.head] section."
+                f"{suggest(key, fields)} Valid keys: {', '.join(fields)}."
+            )
+    try:
+        return HeadConfig.from_dict(config)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"Invalid [model.head] section: {error}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The `[data]` section: what `tltf.data.load_data` reads.
+
+    Attributes:
+        train: str or None. The training data: `tfds:NAME` (optionally with a
+            split, `tfds:NAME[train[:80%]]`), a folder of class subfolders, or a
+            `.npz` file. Required by `train`. Defaults to None.
+        train_split: str or None. TFDS split of the training data (instead of the
+            `[...]` suffix). Defaults to None ("train").
+        val: str or None. Validation data: a folder, a `.npz` file, or for TFDS
+            `tfds:NAME[SPLIT]`. Defaults to None.
+        val_split: str or None. TFDS split of the validation data, e.g. "test"
+            or "train[80%:]". Defaults to None.
+        val_fraction: float or None. Hold out this fraction of the training data
+            for validation (seeded, stratified). Defaults to None.
+        image_size: int, [height, width] or None. Images are resized to it.
+            Defaults to None: the model's input size.
+        resize: str. "stretch", "crop" or "pad". Defaults to "stretch".
+        batch_size: int. Defaults to 32.
+        seed: int or None. Split and shuffle seed. Defaults to 0.
+        augment: bool. Augment training images (flip, rotation, zoom, ...).
+            Defaults to False.
+        cache: bool. Keep decoded images in memory. Defaults to True.
+        strict: bool. Fail on unreadable files instead of skipping them.
+            Defaults to False.
+        data_dir: str or None. TFDS data folder. Defaults to None.
+    """
+
+    train: str | None = None
+    train_split: str | None = None
+    val: str | None = None
+    val_split: str | None = None
+    val_fraction: float | None = None
+    image_size: int | tuple[int, ...] | None = None
+    resize: str = "stretch"
+    batch_size: int = 32
+    seed: int | None = 0
+    augment: bool = False
+    cache: bool = True
+    strict: bool = False
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        _check_fields(self, "data")
+        _choice(self.resize, _RESIZE, "data", "resize")
+        _at_least(self.batch_size, 1, "data", "batch_size")
+        size = self.image_size
+        if isinstance(size, tuple) and (len(size) != 2 or min(size) < 1):
+            raise ConfigError(
+                "Expected data.image_size as an integer or [height, width], e.g. 96 "
+                f"or [96, 128]. Received: image_size={list(size)!r}"
+            )
+        if _is_int(size) and size < 1:
+            raise ConfigError(
+                f"Expected data.image_size >= 1. Received: image_size={size!r}"
+            )
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise ConfigError(
+                "Expected data.val_fraction strictly between 0 and 1, e.g. 0.2. "
+                f"Received: val_fraction={self.val_fraction!r}"
+            )
+        if self.val_fraction is not None and (self.val or self.val_split):
+            raise ConfigError(
+                "Give data.val_fraction or data.val/val_split, not both. Received: "
+                f"val_fraction={self.val_fraction}, val={self.val!r}, "
+                f"val_split={self.val_split!r}."
+            )
+        for key in ("train", "val"):
+            text = getattr(self, key)
+            if text is None:
+                continue
+            _, split = parse_source(text)
+            given = getattr(self, f"{key}_split")
+            if split is not None and given is not None and split != given:
+                raise ConfigError(
+                    f"data.{key} names the split {split!r} and data.{key}_split "
+                    f"is {given!r}. Give the split once."
+                )
+
+    @classmethod
+    def from_dict(cls, config: dict | None) -> DataConfig:
+        """Builds the section from a mapping (unknown keys are rejected)."""
+        return _from_mapping(cls, config, "data")
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """`image_size` as `(height, width)`, or None."""
+        if self.image_size is None:
+            return None
+        if _is_int(self.image_size):
+            return (self.image_size, self.image_size)
+        return tuple(self.image_size)
+
+    def load_data_kwargs(self) -> dict[str, Any]:
+        """The source and keyword arguments of `tltf.data.load_data`.
+
+        Raises:
+            ConfigError: `train` is missing, or TFDS and file sources are mixed.
+        """
+        if not self.train:
+            raise ConfigError(
+                "No training data: set data.train in the config or pass --train "
+                "(tfds:NAME, a folder of class subfolders, or a .npz file)."
+            )
+        source, split = parse_source(self.train)
+        split = split or self.train_split
+        kwargs: dict[str, Any] = {}
+        is_tfds = source.startswith("tfds:")
+        if split is not None:
+            if not is_tfds:
+                raise ConfigError(
+                    f"data.train_split={split!r} selects a TFDS split, but data.train "
+                    f"is {self.train!r}, not tfds:NAME. Use data.val_fraction to "
+                    "hold out part of a folder or .npz file."
+                )
+            kwargs["split"] = split
+        validation = None
+        if self.val is not None:
+            val_source, val_split = parse_source(self.val)
+            val_split = val_split or self.val_split
+            if val_source.startswith("tfds:"):
+                if val_source != source:
+                    raise ConfigError(
+                        f"data.val is {self.val!r} but data.train is {self.train!r}: "
+                        "a TFDS validation set must be a split of the same dataset, "
+                        "e.g. val: tfds:NAME[test]."
+                    )
+                if val_split is None:
+                    raise ConfigError(
+                        f"data.val={self.val!r} names no split. Write "
+                        "tfds:NAME[SPLIT] or set data.val_split."
+                    )
+                validation = val_split
+            else:
+                if val_split is not None:
+                    raise ConfigError(
+                        f"data.val_split={val_split!r} is a TFDS split, but data.val "
+                        f"is {self.val!r}."
+                    )
+                validation = val_source
+        elif self.val_split is not None:
+            if not is_tfds:
+                raise ConfigError(
+                    f"data.val_split={self.val_split!r} is a TFDS split, but "
+                    f"data.train is {self.train!r}. Use data.val (a folder or .npz) "
+                    "or data.val_fraction."
+                )
+            validation = self.val_split
+        kwargs.update(
+            validation=validation,
+            validation_split=self.val_fraction,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            resize=self.resize,
+            cache=self.cache,
+            strict=self.strict,
+            data_dir=self.data_dir,
+        )
+        return {"source": source, **kwargs}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """The `[schedule]` section: the arguments of `tltf.fine_tune`.
+
+    Attributes:
+        head_epochs: int. Stage-1 epochs (head only). Defaults to 10.
+        fine_tune_epochs: int. Stage-2 epochs. Defaults to 10.
+        head_lr: float. Stage-1 learning rate. Defaults to 1e-3.
+        fine_tune_lr: float. Stage-2 learning rate. Defaults to 1e-5.
+        unfreeze: int, "all" or a mapping (`{layers: n}`, `{names: regex}`).
+            Defaults to "all".
+        bn: str. "frozen", "affine" or "train". Defaults to "frozen".
+        lr_decay: float or None. Per-block learning-rate decay. Defaults to None.
+        gradual_every: int or None. Unfreeze one more block every n epochs.
+            Defaults to None.
+        label_smoothing: float. Defaults to 0.
+        class_weight: "balanced", a mapping {class index: weight} or None.
+            Defaults to None.
+        optimizer: str. A Keras optimizer name. Defaults to "adam".
+        monitor: str. The metric that picks `best.keras`. Defaults to "val_loss"
+            ("loss" when there is no validation data).
+        mode: str. "min", "max" or "auto" for `monitor`. Defaults to "auto".
+    """
+
+    head_epochs: int = 10
+    fine_tune_epochs: int = 10
+    head_lr: float = 1e-3
+    fine_tune_lr: float = 1e-5
+    unfreeze: int | str | dict = "all"
+    bn: str = "frozen"
+    lr_decay: float | None = None
+    gradual_every: int | None = None
+    label_smoothing: float = 0.0
+    class_weight: str | dict | None = None
+    optimizer: str = "adam"
+    monitor: str = "val_loss"
+    mode: str = "auto"
+
+    def __post_init__(self):
+        _check_fields(self, "schedule")
+        _at_least(self.head_epochs, 0, "schedule", "head_epochs")
+        _at_least(self.fine_tune_epochs, 0, "schedule", "fine_tune_epochs")
+        if self.head_epochs + self.fine_tune_epochs == 0:
+            raise ConfigError(
+                "Nothing to train: schedule.head_epochs and schedule.fine_tune_epochs "
+                "are both 0."
+            )
+        _positive(self.head_lr, "schedule", "head_lr")
+        _positive(self.fine_tune_lr, "schedule", "fine_tune_lr")
+        if isinstance(self.unfreeze, str) and self.unfreeze != "all":
+            raise ConfigError(
+                "Expected schedule.unfreeze as a number of top blocks, 'all', or a "
+                "mapping such as {layers: 20} or {names: 'block_1[0-9]'}. Received: "
+                f"unfreeze={self.unfreeze!r}"
+            )
+        if _is_int(self.unfreeze):
+            _at_least(self.unfreeze, 0, "schedule", "unfreeze")
+        if isinstance(self.unfreeze, dict) and (
+            len(self.unfreeze) != 1
+            or not set(self.unfreeze) <= {"blocks", "layers", "names"}
+        ):
+            raise ConfigError(
+                "Expected schedule.unfreeze as a mapping with one key, blocks, layers "
+                f"or names, e.g. {{layers: 20}}. Received: unfreeze={self.unfreeze!r}"
+            )
+        _choice(self.bn, _BN, "schedule", "bn")
+        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
+            raise ConfigError(
+                f"Expected schedule.lr_decay in (0, 1]. Received: lr_decay={self.lr_decay!r}"
+            )
+        _at_least(self.gradual_every, 1, "schedule", "gradual_every")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                "Expected schedule.label_smoothing in [0, 1). Received: "
+                f"label_smoothing={self.label_smoothing!r}"
+            )
+        if isinstance(self.class_weight, str) and self.class_weight != "balanced":
+            raise ConfigError(
+                "Expected schedule.class_weight to be 'balanced', a mapping of class "
+                f"index to weight, or null. Received: class_weight={self.class_weight!r}"
+            )
+        if isinstance(self.class_weight, dict):
+            try:
+                weights = {int(k): float(v) for k, v in self.class_weight.items()}
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    "Expected schedule.class_weight as {class index: weight}, e.g. "
+                    f"{{0: 1.0, 1: 3.0}}. Received: {self.class_weight!r}"
+                ) from None
+            object.__setattr__(self, "class_weight", weights)
+        _choice(self.mode, _MODES, "schedule", "mode")
+
+    @classmethod
+    def from_dict(cls, config: dict | None) -> ScheduleConfig:
+        """Builds the section from a mapping (unknown keys are rejected)."""
+        return _from_mapping(cls, config, "schedule")
+
+    def fine_tune_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `tltf.fine_tune` (without data and callbacks)."""
+        unfreeze = self.unfreeze
+        if isinstance(unfreeze, dict):
+            unfreeze = dict(unfreeze)
+        class_weight = self.class_weight
+        if isinstance(class_weight, dict):
+            class_weight = dict(class_weight)
+        return {
+            "head_epochs": self.head_epochs,
+            "fine_tune_epochs": self.fine_tune_epochs,
+            "head_lr": self.head_lr,
+            "fine_tune_lr": self.fine_tune_lr,
+            "unfreeze": unfreeze,
+            "bn": self.bn,
+            "lr_decay": self.lr_decay,
+            "gradual_every": self.gradual_every,
+            "label_smoothing": self.label_smoothing,
+            "class_weight": class_weight,
+            "optimizer": self.optimizer,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneSection:
+    """The `[tune]` section of `tltf tune`.
+
+    Attributes:
+        tuner: str. The search algorithm, e.g. "grid", "random", "bayesian" or
+            "hyperband" (see `tltf.tuning`). Defaults to "random".
+        max_trials: int. Trials to run. Defaults to 10.
+        objective: str or None. The metric to optimise. Defaults to None (the
+            tuner's default, validation accuracy or loss).
+        search_space: mapping. Overrides of the default search space: a
+            hyperparameter name to a list of values (or a mapping the tuner
+            documents). Defaults to {}.
+    """
+
+    tuner: str = "random"
+    max_trials: int = 10
+    objective: str | None = None
+    search_space: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_fields(self, "tune")
+        _at_least(self.max_trials, 1, "tune", "max_trials")
+
+    @classmethod
+    def from_dict(cls, config: dict | None) -> TuneSection:
+        """Builds the section from a mapping (unknown keys are rejected)."""
+        return _from_mapping(cls, config, "tune")
+
+
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "schedule": ScheduleConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A `tltf train` configuration: `model`, `data` and `schedule` sections.
+
+    Example:
+
+    >>> config = TrainConfig.from_dict({"model": {"base": "resnet50"},
+    ...                                 "data": {"train": "photos/"}})
+    >>> config.to_dict()["schedule"]["head_epochs"]
+    10
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+
+    @classmethod
+    def sections(cls) -> dict[str, type]:
+        """The section names and their classes."""
+        return dict(_SECTIONS)
+
+    @classmethod
+    def from_dict(cls, config: dict | None) -> TrainConfig:
+        """Builds a config from nested mappings; unknown sections/keys are rejected.
+
+        Args:
+            config: dict or None. `{section: {key: value}}`.
+
+        Returns:
+            The config.
+
+        Raises:
+            ConfigError: an unknown section or key (with suggestions), or a value
+                of the wrong type or range.
+        """
+        config = {} if config is None else config
+        if not isinstance(config, dict):
+            raise ConfigError(
+                "Expected a config mapping with sections "
+                f"{', '.join(cls.sections())}. Received: {type(config).__name__}."
+            )
+        sections = cls.sections()
+        for key in config:
+            if key not in sections:
+                hint = ""
+                if key == "tune" and cls is TrainConfig:
+                    hint = (
+                        " The [tune] section is read by `tltf tune`, not `tltf train`."
+                    )
+                raise ConfigError(
+                    f"Unknown config section {key!r}.{suggest(key, sections)}{hint} "
+                    f"Valid sections: {', '.join(sections)}."
+                )
+        return cls(
+            **{
+                name: section.from_dict(config.get(name))
+                for name, section in sections.items()
+            }
+        )
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The config as plain nested dicts and lists (YAML/JSON-ready)."""
+        return {
+            name: _plain(dataclasses.asdict(getattr(self, name)))
+            for name in self.sections()
+        }
+
+    def require(self) -> TrainConfig:
+        """Checks the keys a run needs (`model.base`, `data.train`); returns self."""
+        if not self.model.base:
+            raise ConfigError(
+                "No base: set model.base in the config or pass --base (a registry "
+                "name from `tltf bases`, or the folder of a saved base)."
+            )
+        self.data.load_data_kwargs()
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig(TrainConfig):
+    """A `tltf tune` configuration: the `train` sections plus `tune`."""
+
+    tune: TuneSection = dataclasses.field(default_factory=TuneSection)
+
+    @classmethod
+    def sections(cls) -> dict[str, type]:
+        """The section names and their classes."""
+        return {**_SECTIONS, "tune": TuneSection}
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- files and overrides ------------------------------------------------------------------
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a YAML, TOML or JSON config file into nested dicts (safe loaders only).
+
+    Args:
+        path: str or PathLike. A `.yaml`, `.yml`, `.toml` or `.json` file.
+
+    Returns:
+        The mapping in the file (empty for an empty file).
+
+    Raises:
+        ConfigError: the file is missing, has another suffix, or does not parse.
+
+    Example:
+
+    >>> TrainConfig.from_dict(load_config_file("train.toml"))
+    """
+    path = Path(path).expanduser()
+    kind = CONFIG_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(
+            f"Config file {str(path)!r} has an unknown suffix. Use .yaml, .yml, "
+            ".toml or .json."
+        )
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file {str(path)!r} does not exist. Check the path given to "
+            "--config."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(
+            f"Could not read config file {str(path)!r}: {error}"
+        ) from None
+    try:
+        if kind == "yaml":
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif kind == "toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as error:  # Parser errors of three libraries.
+        first = str(error).strip().splitlines()
+        raise ConfigError(
+            f"Could not parse {str(path)!r} as {kind.upper()}: "
+            f"{' '.join(line.strip() for line in first[:4])}"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Expected {str(path)!r} to hold a mapping of sections (model, data, "
+            f"schedule). Received: {type(data).__name__}."
+        )
+    return data
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: values in `overrides` win; neither input is changed.
+
+    Example:
+
+    >>> merge({"data": {"train": "a/", "seed": 1}}, {"data": {"seed": 2}})
+    {'data': {'train': 'a/', 'seed': 2}}
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """Turns `section.key=value` (value in YAML syntax) into a nested dict.
+
+    Example:
+
+    >>> parse_assignment("model.head.dropout=0.3")
+    {'model': {'head': {'dropout': 0.3}}}
+    """
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(
+            f"Expected --set SECTION.KEY=VALUE, e.g. --set model.head.dropout=0.3. "
+            f"Received: {text!r}"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def dump_config(config: TrainConfig, path: str | os.PathLike) -> Path:
+    """Writes a resolved config atomically as YAML (`.yaml`/`.yml`) or JSON.
+
+    The file reads back with `load_config_file` into an equal config.
+    """
+    from tltf._io import atomic_write_text
+
+    path = Path(path)
+    data = config.to_dict()
+    if path.suffix.lower() == ".json":
+        return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    import yaml
+
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return atomic_write_text(path, text)
