@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,7 +82,12 @@ def load_weights_file(model: keras.Model, path: str | os.PathLike, what: str) ->
             "None, or the path of a weights file for this architecture."
         )
     try:
-        model.load_weights(str(path))
+        with warnings.catch_warnings():
+            # A mismatched file makes Keras warn once per layer before it fails;
+            # the error below says it once.
+            warnings.filterwarnings("ignore", message="Skipping nested container")
+            warnings.filterwarnings("ignore", message=".*(?i:mismatch|skipping)")
+            model.load_weights(str(path))
     except Exception as error:
         raise WeightsError(
             f"The weights file {str(path)!r} does not match {what} "
