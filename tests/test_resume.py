@@ -367,3 +367,30 @@ def test_a_run_stopped_early_counts_as_finished(tmp_path):
     _, again = _fit(tmp_path / "b", [recorder])
     assert recorder.begins == []
     assert again.history == history.history
+
+
+def test_resume_in_stage2_reuses_the_rate_fine_tune_lr_find_found(tmp_path, monkeypatch):
+    import tltf.lr_finder
+
+    calls = []
+    real = tltf.lr_finder.find_stage_lr
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tltf.lr_finder, "find_stage_lr", counting)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(tmp_path / "b", [Crash(4)], fine_tune_lr="find")
+    assert calls == ["fine_tune"]
+    found = backup_state(tmp_path / "b")["found_lr"]
+    assert found is not None and found > 0
+
+    class Rate(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.lr = float(self.model.optimizer.learning_rate.numpy())
+
+    rate = Rate()
+    _fit(tmp_path / "b", [rate], fine_tune_lr="find")
+    assert calls == ["fine_tune"]  # no second sweep on the resumed stage 2
+    assert rate.lr == pytest.approx(found)

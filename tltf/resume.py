@@ -309,6 +309,10 @@ class Resume:
         self.train_passes = int(state["train_passes"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         self._optimizer_arrays = optimizer_arrays
+        if state.get("found_lr") is not None and self.stage == 2:
+            # fine_tune_lr="find" found this rate when stage 2 began: reuse it
+            # rather than sweep again on a model that stage 2 has trained.
+            schedule.restore_found_lr(float(state["found_lr"]))
         self.initial_epoch = self.epoch
         self._stored_history = {k: list(v) for k, v in self.history.items()}
         return self
@@ -469,6 +473,7 @@ class ResumeCallback(keras.callbacks.Callback):
                 "train_passes": resume.train_passes,
                 "history": resume.history,
                 "fingerprint": resume.fingerprint,
+                "found_lr": getattr(resume.schedule, "found_lr", None),
             },
             [np.asarray(v.numpy()) for v in self.full_model.variables],
             optimizer_arrays,

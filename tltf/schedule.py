@@ -189,6 +189,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
         )
         self.lr_finder_data = lr_finder_data
         self.found_lr: float | None = None  # what fine_tune_lr="find" found
+        self._restored_lr: float | None = None  # found_lr of a resumed run
         self.bn = check_bn_policy(bn)
         if lr_decay is not None and not (
             isinstance(lr_decay, Real) and 0 < lr_decay <= 1
@@ -215,6 +216,10 @@ class FineTuneSchedule(keras.callbacks.Callback):
         self._epoch = 0
 
     # -- state ---------------------------------------------------------------
+    def restore_found_lr(self, rate: float) -> None:
+        """Makes a resumed stage 2 reuse the rate `fine_tune_lr="find"` found."""
+        self._restored_lr = rate
+
     def get_state(self) -> dict[str, Any]:
         """The schedule's resumable state: stage and unfrozen blocks."""
         return {"stage": self.stage, "unfrozen": list(self.unfrozen)}
@@ -280,7 +285,10 @@ class FineTuneSchedule(keras.callbacks.Callback):
         model, info = self.model, self._info
         template = self.optimizer or model.optimizer
         rate = self.fine_tune_lr
-        if rate == "find":
+        if rate == "find" and self._restored_lr is not None:
+            rate = self.found_lr = self._restored_lr
+            self._restored_lr = None
+        elif rate == "find":
             from tltf.lr_finder import find_stage_lr
 
             rate = self.found_lr = find_stage_lr(
