@@ -6,6 +6,7 @@ every pass; features and labels must come from the same pass.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -59,3 +60,33 @@ def test_fine_tune_stage1_learns_from_a_data_bundle_with_the_cache():
     # misaligned labels, the cached run would stay near chance (1/3).
     assert results[False] > 0.6
     assert results[True] > 0.6
+
+
+def test_callbacks_monitoring_val_accuracy_work_with_the_cache(tmp_path):
+    # Keras's mode="auto" looks up the metric's direction in model.metrics; with
+    # the cache, the full model never ran a training step in stage 1.
+    x, y = make_data(n=64, classes=3)
+    epochs = {}
+    for cache in (False, True):
+        model = tltf.build_model(make_tiny_base(), 3, weights=None)
+        path = tmp_path / f"best-{cache}.keras"
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=1),
+            tltf.checkpoint.ModelCheckpoint(
+                path, monitor="val_accuracy", save_best_only=True
+            ),
+        ]
+        history = tltf.fine_tune(
+            model,
+            (x, y),
+            (x, y),
+            head_epochs=4,
+            fine_tune_epochs=2,
+            callbacks=callbacks,
+            cache_features=cache,
+            seed=0,
+            verbose=0,
+        )
+        assert path.is_file()
+        epochs[cache] = len(history.history["loss"])
+    assert epochs[True] == epochs[False]

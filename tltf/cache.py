@@ -66,6 +66,28 @@ def feature_extractor(model: keras.Model):
     return extract
 
 
+def build_metrics(model: keras.Model, labels) -> None:
+    """Builds a model's compiled metrics without a training step.
+
+    Keras callbacks with `mode="auto"` (EarlyStopping, ModelCheckpoint) find the
+    direction of a monitored metric such as "val_accuracy" in `model.metrics`,
+    which lists compiled metrics only once a training step of that model has
+    built them. A cached stage 1 trains the head sub-model, not the full model
+    the callbacks see, so its metrics are built here from one label and a dummy
+    prediction (then reset).
+
+    Args:
+        model: keras.Model. The compiled full model.
+        labels: array or None. Training labels (class indices or one-hot rows),
+            as the model is trained on; None does nothing.
+    """
+    if labels is None or not len(labels) or not isinstance(model.output_shape, tuple):
+        return
+    y_pred = np.zeros((1, *model.output_shape[1:]), "float32")
+    model.compute_metrics(None, np.asarray(labels[:1]), y_pred)
+    model.reset_metrics()
+
+
 def head_model(model: keras.Model) -> keras.Model:
     """The trainable rest of the head: features in, predictions out.
 

@@ -926,6 +926,7 @@ def _fit_with_feature_cache(
         Continuation,
         FeatureCache,
         StageOneEnd,
+        build_metrics,
         feature_extractor,
         head_model,
     )
@@ -973,6 +974,7 @@ def _fit_with_feature_cache(
             steps_per_execution=max(1, min(32, math.ceil(train_cache.count / batch))),
             jit_compile=model.jit_compile,
         )
+        build_metrics(model, train_cache.others[0] if train_cache.others else None)
         train_features = train_cache.dataset(batch, shuffle=True, seed=seed)
         if resume is not None:
             resume.skip_passes(train_features, start)
