@@ -75,6 +75,9 @@ def test_callbacks_and_history_are_the_same_with_the_cache(data, tmp_path):
     assert [s for _, s in cached.ends] == [s for _, s in plain.ends] == [1, 1, 2, 2]
     assert set(cached_history.history) == set(plain_history.history)
     assert cached_history.history["stage"] == [1, 1, 2, 2]
+    # The same History values, types included (ints, not Keras's floats).
+    assert list(map(type, cached_history.history["stage"])) == [int] * 4
+    assert list(map(type, plain_history.history["stage"])) == [int] * 4
 
 
 def test_early_stopping_in_stage1_ends_the_run_as_without_cache(data):

@@ -1009,5 +1009,9 @@ def _fit_with_feature_cache(
         )
     elif not continuation.last:
         continuation.callbacks.on_train_end()
+    # Keras's CallbackList turns every log value into a float on its way to the
+    # History; keep the stage an int, as an uncached run records it.
+    if "stage" in history.history:
+        history.history["stage"] = [int(s) for s in history.history["stage"]]
     model.history = history
     return resume.merge(history) if resume is not None else history
