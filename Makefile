@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tltf-installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test lint clean
+.PHONY: demo demo-base test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/tltf demo
+
+# Pretrains the demo base shipped in tltf/assets again (about 4 minutes).
+demo-base: $(STAMP)
+	$(BIN)/python -m tltf.pretrain --asset
 
 test: $(STAMP)
 	$(BIN)/ruff check tltf tests benchmarks

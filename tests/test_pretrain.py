@@ -135,3 +135,28 @@ def test_set_bn_momentum_counts_nested_layers():
     assert set_bn_momentum(outer, 0.7) == 2
     with pytest.raises(ConfigError, match="bn_momentum"):
         set_bn_momentum(outer, 0)
+
+
+def test_the_shipped_demo_base_is_used_without_pretraining(monkeypatch):
+    """tltf ships DEMO_BASE (under 5 MB); an empty store loads it, never pretrains."""
+    import importlib
+
+    # `tltf.pretrain` is the function; the module is reached by its name.
+    pretrain_module = importlib.import_module("tltf.pretrain")
+
+    shipped = pretrain_module.shipped_demo_base_path()
+    assert (shipped / BASE_MODEL_FILE).stat().st_size < 5 * 1024**2
+    info = json.loads((shipped / BASE_INFO_FILE).read_text())["info"]
+    config = DEMO_BASE.kwargs()
+    for key in ("architecture", "task", "images", "image_size", "epochs", "seed"):
+        assert info[key] == config[key], key
+
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("pretrained although the base is shipped")
+
+    monkeypatch.setattr(pretrain_module, "pretrain", no_pretraining)
+    assert not demo_base_path().exists()  # the autouse TLTF_HOME is empty
+    assert pretrain_module.has_demo_base()
+    base = pretrain_module.default_demo_base(verbose=0)
+    assert base.name == "mobilenet_v3_small" and base.input_shape == (64, 64, 3)
+    assert base.info["val_accuracy"] > 0.8
