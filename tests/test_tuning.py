@@ -1,0 +1,478 @@
+"""Tuning what to unfreeze: every tuner, shared stage 1, failures, resume, workers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tltf
+from tltf.errors import ConfigError, TrainingError
+from tltf.reports import plot_tuning
+from tltf.tuning import (
+    HEADS_DIR,
+    FineTuneHyperModel,
+    HeadStore,
+    SearchSpace,
+    format_table,
+    results,
+    tune,
+)
+
+from . import tuning_job
+from .conftest import make_tiny_base
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(result):
+    return {row["trial"]: row for row in result.table}
+
+
+# -- search space -------------------------------------------------------------------
+def test_search_space_declares_fixed_choice_and_range():
+    space = SearchSpace.from_dict(
+        {"unfreeze": (1, 3), "fine_tune_lr": 1e-5, "bn": ["frozen", "affine"]}
+    )
+    hp = kt.HyperParameters()
+    values = space.declare(hp, n_blocks=4)
+    kinds = {p.name: type(p).__name__ for p in hp.space}
+    assert kinds["unfreeze_blocks"] == "Int"
+    assert kinds["fine_tune_lr"] == "Fixed" and values["fine_tune_lr"] == 1e-5
+    assert kinds["bn"] == "Choice" and kinds["head_dropout"] == "Choice"
+    assert values["lr_decay"] == 1.0  # None: one rate
+    # "all" spans 0..all blocks of the base's block map.
+    hp = kt.HyperParameters()
+    SearchSpace().declare(hp, n_blocks=4)
+    blocks = next(p for p in hp.space if p.name == "unfreeze_blocks")
+    assert (blocks.min_value, blocks.max_value) == (0, 4)
+
+
+def test_search_space_rejects_bad_entries_with_the_fix():
+    with pytest.raises(ConfigError, match="Did you mean 'unfreeze'"):
+        SearchSpace.from_dict({"unfrezee": 3})
+    with pytest.raises(ConfigError, match="positive numbers"):
+        SearchSpace.from_dict({"fine_tune_lr": [1e-5, -1.0]})
+    with pytest.raises(ConfigError, match="BatchNorm policies"):
+        SearchSpace.from_dict({"bn": "sometimes"})
+    with pytest.raises(ConfigError, match=r"block counts in \[0, 4\]"):
+        FineTuneHyperModel(make_tiny_base(), 3, search={"unfreeze": (0, 9)})
+    with pytest.raises(ConfigError, match="set by the hypermodel"):
+        FineTuneHyperModel(make_tiny_base(), 3, unfreeze=2)
+    with pytest.raises(ConfigError, match="validation"):
+        train, _ = tuning_job.data()
+        tune(make_tiny_base(), train, None, tuner="random", verbose=0)
+
+
+# -- the stage-1 store (no TensorFlow training) -----------------------------------
+def test_head_store_waits_for_a_working_owner_then_loads(tmp_path):
+    store = HeadStore(tmp_path, stale_s=30, poll_s=0.05)
+    _, record, lock = store.paths("k")
+    lock.write_text("other worker\n")  # another worker is training this head
+
+    def other_worker_finishes():
+        time.sleep(0.3)
+        store.paths("k")[0].write_bytes(b"weights")
+        record.write_text(json.dumps({"trained_by": "7"}))
+        lock.unlink()
+
+    threading.Thread(target=other_worker_finishes).start()
+    trained, loaded = [], []
+    found, reused = store.obtain("k", lambda: trained.append(1), loaded.append)
+    assert reused and not trained and found["trained_by"] == "7"
+    assert loaded == [store.paths("k")[0]]
+
+
+def test_head_store_takes_over_a_stale_lock_and_cleans_up(tmp_path):
+    store = HeadStore(tmp_path, stale_s=0.2, poll_s=0.05)
+    weights, record, lock = store.paths("k")
+    lock.write_text("dead worker\n")
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+
+    def train():
+        assert lock.exists()  # we hold the lock while training
+        weights.write_bytes(b"w")
+        return {"trained_by": "1"}
+
+    found, reused = store.obtain("k", train, lambda path: None)
+    assert not reused and found == {"trained_by": "1"}
+    assert json.loads(record.read_text()) == {"trained_by": "1"} and not lock.exists()
+
+
+# -- searches -------------------------------------------------------------------------
+class SeenByUser(keras.callbacks.Callback):
+    """A user callback: records epochs and the head at the start of stage 2."""
+
+    log: list = []
+
+    def on_train_begin(self, logs=None):
+        kernel = self.model.get_layer("head_output").kernel.numpy().copy()
+        SeenByUser.log.append({"head": kernel, "epochs": self.params["epochs"]})
+
+    def on_epoch_begin(self, epoch, logs=None):
+        SeenByUser.log[-1].setdefault("seen", []).append(epoch)
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Interrupts the search (like Ctrl-C) in the n-th trial."""
+
+    fits = 0
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_train_begin(self, logs=None):
+        Interrupt.fits += 1
+        if Interrupt.fits == self.at:
+            raise KeyboardInterrupt
+
+
+def _log(log_dir):
+    lines = []
+    for path in sorted(Path(log_dir).glob("*.log")):
+        lines += path.read_text().split()
+    return lines
+
+
+def test_random_search_shares_stage1_resumes_and_exports(tmp_path):
+    """Random search: one stage 1 for all trials, callbacks, resume, exports."""
+    train, val = tuning_job.data()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    common = dict(
+        tuner="random", directory=tmp_path, project_name="p", verbose=0, seed=0
+    )
+    SeenByUser.log = []
+    Interrupt.fits = 0
+    with pytest.raises(KeyboardInterrupt):
+        tune(
+            tuning_job.hypermodel(
+                logs, search={**tuning_job.FIXED_HEAD, "unfreeze": [1, 2, 3]}
+            ),
+            train,
+            val,
+            max_trials=2,
+            callbacks=[Interrupt(at=2), SeenByUser()],
+            **common,
+        )
+    assert _log(logs) == ["0", "1"]  # trial 1 was interrupted
+
+    # Resume with one more trial: trial 0 is not run again, 1 reruns, 2 is new.
+    result = tune(
+        tuning_job.hypermodel(
+            logs, search={**tuning_job.FIXED_HEAD, "unfreeze": [1, 2, 3]}
+        ),
+        train,
+        val,
+        max_trials=3,
+        callbacks=[SeenByUser()],
+        **common,
+    )
+    assert _log(logs) == ["0", "1", "1", "2"]
+    rows = _rows(result)
+    assert sorted(rows) == ["0", "1", "2"]
+    assert all(r["status"] == "COMPLETED" for r in rows.values())
+    # Stage 1 was trained once (trial 0), and every later trial, across the
+    # interruption, started stage 2 from it.
+    assert [rows[t]["stage1"] for t in "012"] == ["trained", "reused", "reused"]
+    assert {rows[t]["stage1_from"] for t in "012"} == {"0"}
+    assert len(list((tmp_path / "p" / HEADS_DIR).glob("*.weights.h5"))) == 1
+    heads = [entry["head"] for entry in SeenByUser.log]
+    assert all(np.array_equal(heads[0], h) for h in heads[1:])
+    untrained = tuning_job.hypermodel().build(kt.HyperParameters())
+    assert not np.array_equal(
+        heads[0], untrained.get_layer("head_output").kernel.numpy()
+    )
+    # The user's callbacks see stage 2 as epoch 2 of 2 (after the shared stage 1).
+    assert all(e["epochs"] == 2 and e["seen"] == [1] for e in SeenByUser.log)
+    # Rows say what was unfrozen and how many params trained.
+    assert rows["0"]["blocks"] in (1, 2, 3) and rows["0"]["trainable_params"] > 0
+    deeper = sorted(rows.values(), key=lambda r: r["blocks"])
+    assert deeper[0]["trainable_params"] <= deeper[-1]["trainable_params"]
+    record = json.loads((tmp_path / "p" / "trial_2" / "tltf_trial.json").read_text())
+    assert record["history"]["stage"] == [1.0, 2.0]  # stage 1 prepended
+    # Exports: CSV, JSON, plot and the best model, which loads safely.
+    with open(result.paths["csv"]) as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert len(json.loads(Path(result.paths["json"]).read_text())) == 3
+    assert Path(result.paths["plot"]).stat().st_size > 0
+    loaded = tltf.load_model(result.paths["model"])
+    x = val[0][:4]
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0),
+        result.best_model.predict(x, verbose=0),
+        atol=1e-6,
+    )
+    best = max(r["score"] for r in rows.values())
+    assert result.best_values["unfreeze_blocks"] == next(
+        r["blocks"] for r in rows.values() if r["score"] == best
+    )
+    assert "val_accuracy" in format_table(result.table, "val_accuracy")
+
+
+@pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
+def test_bayesian_and_hyperband_share_stage1(tmp_path, kind):
+    train, val = tuning_job.data()
+    extra = {}
+    if kind == "hyperband":
+        # factor 2, max 2 stage-2 epochs: two 1-epoch trials, then the best one
+        # continues from its checkpoint to epoch 2.
+        extra = dict(fine_tune_epochs=2, tuner_kwargs={"factor": 2})
+    result = tune(
+        make_tiny_base(),
+        train,
+        val,
+        search=tuning_job.FIXED_HEAD,
+        tuner=kind,
+        max_trials=3 if kind == "hyperband" else 2,
+        head_epochs=1,
+        fine_tune_epochs=extra.pop("fine_tune_epochs", 1),
+        directory=tmp_path,
+        project_name=kind,
+        verbose=0,
+        seed=0,
+        batch_size=16,
+        **extra,
+    )
+    rows = _rows(result)
+    assert all(r["status"] == "COMPLETED" for r in rows.values())
+    assert rows["0"]["stage1"] == "trained" and rows["1"]["stage1"] == "reused"
+    assert rows["1"]["stage1_from"] == "0"
+    if kind == "hyperband":
+        assert rows["2"]["stage1"] == "continued"
+        assert rows["2"]["stage1_from"] in ("0", "1")
+        assert rows["2"]["best_epoch"] == 3  # 1 head + 2 fine-tune epochs
+    assert result.best_model is not None
+
+
+@pytest.mark.parametrize("blocks", [0, 2])
+def test_stage2_on_cached_frozen_blocks_matches_full_passes(blocks):
+    """Below the unfrozen blocks, stage 2 reads features computed once: same
+    weights, same History as full forward passes (cache_features=False)."""
+    train, val = tuning_job.data()
+    results = {}
+    for cache in ("auto", False):
+        hypermodel = tuning_job.hypermodel(
+            cache_features=cache,
+            search={**tuning_job.FIXED_HEAD, "unfreeze": blocks, "fine_tune_lr": 1e-3},
+            fine_tune_epochs=2,
+        )
+        hp = kt.HyperParameters()
+        model = hypermodel.build(hp)
+        if cache == "auto":
+            assert hypermodel._partial_cache(
+                model, hypermodel.trial_values(hp), {}, train, val, []
+            )
+        # Outside a tuner: no trial, no store; stage 1 then stage 2.
+        history = FineTuneHyperModel.fit(hypermodel, hp, model, train, val, verbose=0)
+        results[cache] = (model.get_weights(), history.history)
+    (cached, logs), (full, full_logs) = results["auto"], results[False]
+    for a, b in zip(cached, full, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(logs["val_loss"], full_logs["val_loss"], rtol=1e-5)
+    assert list(logs["stage"]) == [2, 2]
+
+
+class Fault(keras.callbacks.Callback):
+    """Injects the fault that the trial's "fault" hyperparameter names."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        fault = getattr(self.model, "fault", "none")
+        if fault == "nan":
+            kernel = self.model.get_layer("head_output").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+        elif fault == "oom":
+            raise tf.errors.ResourceExhaustedError(
+                None, None, "OOM when allocating tensor with shape [4096,4096]"
+            )
+
+
+def _add_fault(hp, model):
+    model.fault = hp.Choice("fault", ["none", "nan", "oom"])
+    return model
+
+
+def test_grid_search_failed_trials_keep_their_reason(tmp_path):
+    train, val = tuning_job.data()
+    result = tune(
+        make_tiny_base(),
+        train,
+        val,
+        search={**tuning_job.FIXED_HEAD, "unfreeze": 1, "fine_tune_lr": 1e-4},
+        build_hook=_add_fault,
+        stage2_hps=["fault"],  # the fault only changes stage 2: one shared stage 1
+        callbacks=[Fault()],
+        tuner="grid",
+        max_trials=5,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        directory=tmp_path,
+        project_name="grid",
+        verbose=0,
+        seed=0,
+        batch_size=16,
+    )
+    by_fault = {r["hp:fault"]: r for r in result.table}
+    assert set(by_fault) == {"none", "nan", "oom"}  # the grid is exhausted
+    assert by_fault["none"]["status"] == "COMPLETED"
+    assert by_fault["nan"]["status"] == "FAILED"
+    assert "TrainingError: The loss became nan" in by_fault["nan"]["reason"]
+    assert by_fault["oom"]["status"] == "FAILED"
+    assert by_fault["oom"]["reason"].startswith("Out of memory")
+    # Failed trials still shared the one stage 1 (trained by the first trial).
+    assert [by_fault[f]["stage1"] for f in ("none", "nan", "oom")] == [
+        "trained",
+        "reused",
+        "reused",
+    ]
+    assert result.best_values["fault"] == "none"
+    text = result.summary()
+    assert "FAILED" in text and "Out of memory" in text
+
+
+def test_too_many_failures_in_a_row_stop_with_the_reasons(tmp_path):
+    builds = []
+
+    def broken(hp, model):
+        builds.append(1)
+        if len(builds) > 1:  # the first build only declares the search space
+            raise ConfigError("this combination is not supported")
+        return model
+
+    train, val = tuning_job.data()
+    with pytest.raises(TrainingError, match="2 trials in a row failed.*not supported"):
+        tune(
+            make_tiny_base(),
+            train,
+            val,
+            build_hook=broken,
+            tuner="random",
+            max_trials=5,
+            max_consecutive_failed_trials=2,
+            directory=tmp_path,
+            project_name="broken",
+            verbose=0,
+        )
+    rows = json.loads((tmp_path / "broken" / "tltf_results.json").read_text())
+    assert [r["status"] for r in rows] == ["FAILED", "FAILED"]
+    assert all("not supported" in r["reason"] for r in rows)
+
+
+def test_user_hyperparameters_get_their_own_stage1(tmp_path, capsys):
+    """A user's fit_hook entry is part of the head key; a kt.Tuner instance works."""
+    train, val = tuning_job.data()
+    hypermodel = tuning_job.hypermodel(
+        search={**tuning_job.FIXED_HEAD, "unfreeze": 2, "fine_tune_lr": 1e-4},
+        fit_hook=lambda hp: {"label_smoothing": hp.Choice("smoothing", [0.0, 0.1])},
+    )
+    tuner = kt.GridSearch(
+        hypermodel,
+        objective="val_accuracy",
+        max_trials=4,
+        directory=tmp_path,
+        project_name="user",
+    )
+    result = tune(None, train, val, tuner=tuner, verbose=0)
+    rows = list(_rows(result).values())
+    assert sorted(r["hp:smoothing"] for r in rows) == [0.0, 0.1]
+    assert [r["stage1"] for r in rows] == ["trained", "trained"]
+    assert rows[0]["head_key"] != rows[1]["head_key"]
+    # A chief that cannot read the best checkpoint still returns the results.
+    for checkpoint in (tmp_path / "user").glob("trial_*/checkpoint.weights.h5"):
+        checkpoint.unlink()
+    again = results(tuner, export=False, verbose=0)
+    assert again.best_model is None and len(again.table) == 2
+    assert "could not load the best trial's checkpoint" in capsys.readouterr().out
+
+
+def test_plot_tuning_skips_failed_trials(tmp_path):
+    rows = [
+        {"blocks": 0, "score": 0.5, "epoch_s": 0.1, "status": "COMPLETED"},
+        {"blocks": 2, "score": 0.7, "epoch_s": 0.3, "status": "COMPLETED"},
+        {"blocks": 2, "score": 0.6, "epoch_s": None, "status": "COMPLETED"},
+        {"blocks": 3, "score": None, "epoch_s": None, "status": "FAILED"},
+    ]
+    figure = plot_tuning(rows, "val_accuracy", path=tmp_path / "t.png")
+    axes = figure.get_axes()
+    assert len(axes) == 2  # the metric and, on a second axis, seconds per epoch
+    assert list(axes[0].lines[0].get_ydata()) == [0.5, 0.7]  # best per depth
+    assert (tmp_path / "t.png").stat().st_size > 0
+
+
+# -- distributed ------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_chief_and_two_workers_run_each_trial_once(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    port = _free_port()
+    trials = 3
+    procs = {}
+    base_env = {
+        **os.environ,
+        "KERASTUNER_ORACLE_IP": "127.0.0.1",
+        "KERASTUNER_ORACLE_PORT": str(port),
+        "PYTHONPATH": str(ROOT),
+    }
+    try:
+        for name in ("chief", "tuner0", "tuner1"):
+            procs[name] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.tuning_job",
+                    str(tmp_path),
+                    str(logs),
+                    str(trials),
+                ],
+                cwd=ROOT,
+                env={**base_env, "KERASTUNER_TUNER_ID": name},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        outputs = {}
+        deadline = time.monotonic() + 240
+        for name, proc in procs.items():
+            outputs[name], _ = proc.communicate(
+                timeout=max(1, deadline - time.monotonic())
+            )
+        for name, proc in procs.items():
+            assert proc.returncode == 0, f"{name} failed:\n{outputs[name][-3000:]}"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    ran = _log(logs)
+    assert sorted(ran) == [str(i) for i in range(trials)]  # each trial exactly once
+    assert {p.stem for p in logs.glob("*.log")} <= {"tuner0", "tuner1"}
+    project = tmp_path / "dist"
+    rows = json.loads((project / "tltf_results.json").read_text())
+    assert [r["status"] for r in rows] == ["COMPLETED"] * trials
+    # The workers shared one stage 1 through the project folder (lock file).
+    assert sorted(r["stage1"] for r in rows) == ["reused"] * (trials - 1) + ["trained"]
+    assert len(list((project / HEADS_DIR).glob("*.weights.h5"))) == 1
+    assert not list((project / HEADS_DIR).glob("*.lock"))
+    assert (project / "best_model.keras").stat().st_size > 0
+    assert f"chief: {trials} rows" in outputs["chief"]
