@@ -1,0 +1,704 @@
+"""Writes the tutorial notebooks in this folder, without outputs.
+
+The notebooks are generated from the cell lists below, so that their source stays
+reviewable as plain Python. Edit this file, then run:
+
+    .venv/bin/python notebooks/_build.py
+
+`tests/test_notebooks.py` executes every notebook on a Jupyter kernel and checks
+that the committed files match this script and carry no outputs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+
+#: The cell that every notebook uses to get its base (see notebook 1 for why).
+BASE_CELL = """\
+from tltf.pretrain import default_demo_base
+
+# The demo base ships with tltf; a base you pretrained into the store comes first.
+base = default_demo_base(verbose=2)
+SIZE = base.input_shape[0]  # 64 px
+print(f"base: {base.name}, {SIZE} px, {len(base.block_map)} blocks, "
+      f"{base.info['weights']}; source-task val accuracy {base.info['val_accuracy']}")"""
+
+BASE_NOTE = """\
+## The base
+
+As in notebook 1: the demo base that ships with tltf, a MobileNetV3Small that tltf
+pretrained from scratch on 16 procedural shape classes (`make demo-base` pretrains
+it again, about 4 minutes on 2 cores)."""
+
+SETUP = """\
+%matplotlib inline
+import tempfile
+from pathlib import Path
+
+import tltf  # import tltf first: it keeps TensorFlow's start-up logs quiet
+
+import keras
+import numpy as np
+
+keras.utils.set_random_seed(0)
+WORK = Path(tempfile.mkdtemp(prefix="tltf-notebook-"))  # all files this notebook writes
+print("writing to", WORK)"""
+
+
+# -- 01: quick start -------------------------------------------------------------
+QUICK_START = [
+    (
+        "md",
+        """\
+# 1. Quick start: fine-tune a pretrained base in five calls
+
+tltf turns the Keras transfer-learning recipe into a few calls:
+
+1. `tltf.build_model(base, num_classes)`: a frozen pretrained *base* (any Keras
+   Applications model, with its own preprocessing built in) plus a new *head*;
+2. `tltf.fine_tune(model, train, val)`: stage 1 trains the head, stage 2 unfreezes
+   the top blocks of the base and trains them at a low learning rate, both in one
+   `model.fit`;
+3. evaluate, plot, and `model.save("model.keras")`.
+
+This notebook shows the usual ImageNet path first, then runs the same calls offline
+on procedural images, in about a minute on 2 CPU cores.""",
+    ),
+    (
+        "md",
+        """\
+## The ImageNet path (needs internet access)
+
+With internet access, Keras downloads the ImageNet weights and tfds the data set.
+This cell is switched off (`ONLINE = False`) so that the notebook runs offline;
+set `ONLINE = True` to run it (a few minutes on a GPU, far longer on a CPU).""",
+    ),
+    (
+        "code",
+        """\
+ONLINE = False  # True downloads EfficientNetB0's ImageNet weights and tf_flowers
+
+if ONLINE:
+    import tltf
+
+    data = tltf.load_data("tfds:tf_flowers", split="train[:80%]",
+                          validation="train[80%:]", image_size=224)
+    model = tltf.build_model("efficientnet_b0", num_classes=data.num_classes)
+    history = tltf.fine_tune(model, data, head_epochs=5, fine_tune_epochs=5,
+                             unfreeze=3)
+    model.save("flowers.keras")  # a plain keras.Model: no Lambda layers""",
+    ),
+    (
+        "md",
+        """\
+## Offline: the same calls on a base tltf pretrained itself
+
+tltf ships a MobileNetV3Small that it pretrained from scratch on `shapes_source`,
+16 procedural shape classes (`make demo-base` reproduces it; `tltf.pretrain` does
+the same for any architecture). We fine-tune it on `shapes_target`: 12 *other*
+shapes that the base never saw. Whatever it gets right there comes from
+transferred features.""",
+    ),
+    ("code", SETUP),
+    ("code", BASE_CELL),
+    (
+        "md",
+        """\
+A base knows its **blocks**: the architecture's real units, bottom to top. tltf
+freezes and unfreezes whole blocks, never half a residual unit.""",
+    ),
+    ("code", "print(base.block_map.names)"),
+    (
+        "md",
+        """\
+## Data
+
+`tltf.datasets.make_images` generates labelled images: uint8 RGB arrays, the same
+for the same seed. A few labelled images per class is the typical
+transfer-learning setting; here 20 for training and 10 for validation, with a
+separate test set.""",
+    ),
+    (
+        "code",
+        """\
+task = "shapes_target"
+class_names = tltf.datasets.class_names(task)
+x_train, y_train = tltf.datasets.make_images(task, per_class=20, image_size=SIZE, seed=0)
+x_val, y_val = tltf.datasets.make_images(task, per_class=10, image_size=SIZE, seed=1)
+x_test, y_test = tltf.datasets.make_images(task, per_class=20, image_size=SIZE, seed=2)
+print(x_train.shape, x_train.dtype, "classes:", class_names)""",
+    ),
+    (
+        "code",
+        """\
+import matplotlib.pyplot as plt
+
+fig, axes = plt.subplots(2, 6, figsize=(9, 3.4))
+for label, ax in enumerate(axes.flat):
+    ax.imshow(x_train[y_train == label][0])
+    ax.set_title(class_names[label], fontsize=8)
+    ax.axis("off")
+plt.show()""",
+    ),
+    (
+        "md",
+        """\
+## Build the model
+
+`build_model` puts the base's preprocessing into the model (it takes raw RGB in
+[0, 255]), freezes the base and adds a head (global average pooling, dropout,
+softmax). `block_summary` shows what is trainable.""",
+    ),
+    (
+        "code",
+        """\
+model = tltf.build_model(base, num_classes=len(class_names))
+tltf.block_summary(model);""",
+    ),
+    (
+        "md",
+        """\
+## Fine-tune
+
+Stage 1 trains the head for `head_epochs` at `head_lr` (its inputs, the frozen
+base's features, are computed once and cached). Stage 2 unfreezes the top
+`unfreeze` blocks and trains for `fine_tune_epochs` at `fine_tune_lr`, with
+BatchNorm statistics frozen. tltf prints one line per stage.""",
+    ),
+    (
+        "code",
+        """\
+history = tltf.fine_tune(
+    model, (x_train, y_train), (x_val, y_val),
+    head_epochs=6, head_lr=3e-3,
+    fine_tune_epochs=4, fine_tune_lr=1e-4, unfreeze=4,
+    seed=0, verbose=2,
+)
+print("stage of each epoch:", history.history["stage"])""",
+    ),
+    (
+        "md",
+        """\
+The learning curves; the dotted line marks where stage 2 starts.""",
+    ),
+    ("code", "tltf.plot_history(history)"),
+    (
+        "md",
+        """\
+## Evaluate
+
+`evaluate` scores the model on held-out data: accuracy, top-k accuracy,
+per-class precision, recall and F1, and the confusion matrix (rows: true class).""",
+    ),
+    (
+        "code",
+        """\
+report = tltf.evaluate(model, (x_test, y_test), class_names=class_names, top_k=3)
+print(f"chance: {1 / len(class_names):.3f}")
+report.print()""",
+    ),
+    ("code", "report.plot_confusion()"),
+    (
+        "md",
+        """\
+## Save and load
+
+The model is a plain `keras.Model` made of standard and registered layers, so it
+loads with Keras's `safe_mode=True` (which `tltf.load_model` always uses) and needs
+no custom objects. `tltf.model_info` recovers what tltf knows about it.""",
+    ),
+    (
+        "code",
+        """\
+path = WORK / "shapes.keras"
+model.save(path)
+loaded = tltf.load_model(path)
+same = np.allclose(loaded.predict(x_test, verbose=0),
+                   model.predict(x_test, verbose=0), atol=1e-5)
+print(f"{path.name}: {path.stat().st_size / 1e6:.1f} MB; same predictions: {same}")
+print(tltf.model_info(loaded).metadata["base"], tltf.model_info(loaded).task)""",
+    ),
+    (
+        "md",
+        """\
+## Next
+
+- [2. The schedule and Keras callbacks](02_schedule_and_callbacks.ipynb)
+- [3. How many blocks to unfreeze](03_tuning_unfreeze_depth.ipynb)
+- [4. Your own images, and TFLite](04_own_data_and_tflite.ipynb)""",
+    ),
+]
+
+
+# -- 02: schedule and callbacks --------------------------------------------------
+SCHEDULE = [
+    (
+        "md",
+        """\
+# 2. The fine-tuning schedule with Keras callbacks
+
+`tltf.fine_tune` runs both stages in **one** `model.fit`: the switch from stage 1
+(head only) to stage 2 (top blocks unfrozen, a fresh optimizer at a low rate) is
+made by a Keras callback, `tltf.FineTuneSchedule`. So your callbacks see one run:
+epochs 1..N, one `on_train_begin`, and a `stage` entry in each epoch's logs.
+
+This notebook uses EarlyStopping, ModelCheckpoint, TensorBoard, CSVLogger and a
+callback of its own with `fine_tune`, then puts `FineTuneSchedule` into a plain
+`model.fit`. About a minute on 2 CPU cores.""",
+    ),
+    ("code", SETUP),
+    ("md", BASE_NOTE),
+    ("code", BASE_CELL),
+    (
+        "code",
+        """\
+task = "shapes_target"
+x_train, y_train = tltf.datasets.make_images(task, per_class=20, image_size=SIZE, seed=0)
+x_val, y_val = tltf.datasets.make_images(task, per_class=10, image_size=SIZE, seed=1)
+num_classes = tltf.datasets.num_classes(task)""",
+    ),
+    (
+        "md",
+        """\
+## A callback of our own
+
+It prints the epoch number and the stage at the end of each epoch. Epoch numbers
+run on across the stage change, and `on_train_begin` is called once.""",
+    ),
+    (
+        "code",
+        """\
+class StagePrinter(keras.callbacks.Callback):
+    \"\"\"Prints the epoch number and the stage from each epoch's logs.\"\"\"
+
+    def on_train_begin(self, logs=None):
+        print("StagePrinter: on_train_begin")
+
+    def on_epoch_end(self, epoch, logs=None):
+        print(f"StagePrinter: epoch {epoch + 1} ended in stage {logs['stage']:.0f}, "
+              f"val_accuracy {logs['val_accuracy']:.3f}")""",
+    ),
+    (
+        "md",
+        """\
+## `fine_tune` with Keras callbacks
+
+- **EarlyStopping** with `start_from_epoch=head_epochs` watches stage 2 only, so a
+  flat stage 1 cannot stop the run before the base is fine-tuned;
+  `restore_best_weights=True` keeps the best epoch's weights.
+- **ModelCheckpoint** writes the best model so far as `.keras`. tltf's
+  `tltf.checkpoint.ModelCheckpoint` takes the same arguments as Keras's and writes
+  atomically: a crash mid-save never leaves a truncated file in place of the last
+  good one.
+- **TensorBoard** writes the logs of both stages in one run.
+- **CSVLogger** writes one row per epoch, with the `stage` column.""",
+    ),
+    (
+        "code",
+        """\
+head_epochs, fine_tune_epochs = 5, 5
+callbacks = [
+    keras.callbacks.EarlyStopping(monitor="val_loss", patience=2,
+                                  start_from_epoch=head_epochs,
+                                  restore_best_weights=True),
+    tltf.checkpoint.ModelCheckpoint(WORK / "best.keras", monitor="val_accuracy",
+                                    save_best_only=True),
+    keras.callbacks.TensorBoard(log_dir=WORK / "logs"),
+    keras.callbacks.CSVLogger(WORK / "history.csv"),
+    StagePrinter(),
+]
+model = tltf.build_model(base, num_classes)
+history = tltf.fine_tune(
+    model, (x_train, y_train), (x_val, y_val),
+    head_epochs=head_epochs, head_lr=3e-3,
+    fine_tune_epochs=fine_tune_epochs, fine_tune_lr=1e-4, unfreeze=4,
+    callbacks=callbacks, seed=0, verbose=0,
+)""",
+    ),
+    (
+        "md",
+        """\
+What the callbacks left behind: the history's `stage` entry, the CSV log, the best
+checkpoint (a full model that loads with `tltf.load_model`) and the TensorBoard
+event files.""",
+    ),
+    (
+        "code",
+        """\
+print("stage:", history.history["stage"])
+print((WORK / "history.csv").read_text().splitlines()[0])
+best = tltf.load_model(WORK / "best.keras")
+print("best.keras val accuracy:", best.evaluate(x_val, y_val, verbose=0)[1])
+print("TensorBoard runs:", sorted(p.name for p in (WORK / "logs").iterdir()))""",
+    ),
+    (
+        "md",
+        """\
+To browse the logs: `tensorboard --logdir <WORK>/logs` in a shell, or in Jupyter
+`%load_ext tensorboard` then `%tensorboard --logdir <WORK>/logs`.
+
+For long runs, `fine_tune(..., backup_dir="backup/")` also makes the run
+resumable: after a crash, the same call continues from the last finished epoch,
+in the right stage.
+
+The learning curves, with the stage boundary:""",
+    ),
+    ("code", "tltf.plot_history(history)"),
+    (
+        "md",
+        """\
+## `FineTuneSchedule` in a plain `model.fit`
+
+If you write your own training call, compile the model as usual (the stage-1
+optimizer) and add the schedule to the callbacks: `unfreeze_at_epoch` is the first
+epoch (0-based) of stage 2. With `gradual_every=2` it unfreezes the top block
+first and one more block every 2 epochs; it prints a line at each change.
+
+A plain `fit` runs the full model every epoch; `fine_tune` would cache the
+frozen base's features during stage 1, which is faster. Everything else is the
+same: `history.history["stage"]` and the plot work identically.""",
+    ),
+    (
+        "code",
+        """\
+model = tltf.build_model(base, num_classes)
+model.compile(optimizer=keras.optimizers.Adam(3e-3),
+              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+schedule = tltf.FineTuneSchedule(unfreeze_at_epoch=4, unfreeze=3, fine_tune_lr=1e-4,
+                                 gradual_every=2)
+history = model.fit(x_train, y_train, batch_size=32, epochs=9,
+                    validation_data=(x_val, y_val),
+                    callbacks=[schedule, StagePrinter()], verbose=0)
+print("stage:", history.history["stage"])
+print("unfrozen at the end:", schedule.unfrozen)""",
+    ),
+    ("code", "tltf.plot_history(history)"),
+]
+
+
+# -- 03: tuning the unfreeze depth -----------------------------------------------
+TUNING = [
+    (
+        "md",
+        """\
+# 3. How many blocks to unfreeze?
+
+Unfreezing too little leaves the base's top features tuned to the old task;
+unfreezing too much, on little data, overfits and costs time. tltf gives two
+tools:
+
+1. `probe_blocks`: a linear probe on every block of the frozen base, from one
+   forward pass, in seconds. It shows up to which depth the features carry over,
+   and recommends how many blocks to unfreeze (and whether to cut the base).
+2. `tune`: a keras-tuner search over the number of unfrozen blocks (and learning
+   rates, head options...). Trials that differ only in stage 2 share one trained
+   stage 1. It writes a results table, a depth-vs-metric plot and the best model.
+
+About a minute on 2 CPU cores.""",
+    ),
+    ("code", SETUP),
+    ("md", BASE_NOTE),
+    ("code", BASE_CELL),
+    (
+        "code",
+        """\
+task = "shapes_target"
+x_train, y_train = tltf.datasets.make_images(task, per_class=20, image_size=SIZE, seed=0)
+x_val, y_val = tltf.datasets.make_images(task, per_class=10, image_size=SIZE, seed=1)
+num_classes = tltf.datasets.num_classes(task)""",
+    ),
+    (
+        "md",
+        """\
+## Probe every block
+
+Validation accuracy of a linear classifier on each block's pooled features,
+bottom to top. Where the curve stops rising, the features above are specific to
+the source task: those are the blocks worth unfreezing (shaded in the plot).""",
+    ),
+    (
+        "code",
+        """\
+probe = tltf.probe_blocks(base, (x_train, y_train), (x_val, y_val))
+print("recommended:", probe.build_kwargs())""",
+    ),
+    ("code", "probe.plot()"),
+    (
+        "md",
+        """\
+## Tune the number of unfrozen blocks
+
+A grid over a few depths, including the probe's recommendation, with the other
+choices fixed. 0 blocks means the head only. All trials share the same head
+settings, so stage 1 trains once and the other trials reuse it (column
+`stage 1`). Each trial's score is its best `val_accuracy` over stage 2.
+
+The project folder keeps every trial: run the cell again and finished trials are
+not repeated (`overwrite=True` starts over).""",
+    ),
+    (
+        "code",
+        """\
+from tltf.tuning import tune
+
+depths = sorted({0, 2, 6, probe.unfreeze})
+result = tune(
+    base, (x_train, y_train), (x_val, y_val), num_classes=num_classes,
+    search={"unfreeze": depths, "fine_tune_lr": 1e-4, "head_lr": 3e-3,
+            "head_dropout": 0.2, "head_units": 0},
+    tuner="grid", max_trials=len(depths),
+    head_epochs=5, fine_tune_epochs=3,
+    directory=WORK, project_name="unfreeze_depth", seed=0, verbose=0,
+)
+print(result.summary())""",
+    ),
+    (
+        "md",
+        """\
+The depth-vs-metric plot: the best validation accuracy per depth (line), every
+trial (dots), and the mean seconds per stage-2 epoch (dashed): the price of each
+depth. `tune` also wrote it, with the table as CSV and JSON and the best model,
+into the project folder.""",
+    ),
+    (
+        "code",
+        """\
+from tltf.reports import plot_tuning
+
+print({key: Path(path).name for key, path in result.paths.items()})
+plot_tuning(result.table, result.objective)""",
+    ),
+    (
+        "code",
+        """\
+best = result.best_model  # restored from its best stage-2 epoch
+accuracy = tltf.evaluate(best, (x_val, y_val)).accuracy
+print(f"best: {result.best_values['unfreeze_blocks']} blocks, val accuracy {accuracy:.3f}")""",
+    ),
+    (
+        "md",
+        """\
+To search more (learning rates, head width and dropout, BatchNorm policy), widen
+`search`, e.g. `{"unfreeze": (0, 8), "fine_tune_lr": (1e-5, 1e-3)}` with
+`tuner="bayesian"`. With a small validation set, differences of a few points are
+noise: the probe's standard-error tolerance is a good guide.""",
+    ),
+]
+
+
+# -- 04: your own images and TFLite ----------------------------------------------
+OWN_DATA = [
+    (
+        "md",
+        """\
+# 4. Your own images, and export to TFLite
+
+Your data as an image folder, one subfolder per class:
+
+```
+my_images/
+  arc/0.png  arc/1.jpg ...
+  lens/0.png ...
+```
+
+`tltf.load_data` reads it (jpg, png, bmp, gif; grayscale and RGBA become RGB;
+unreadable files are skipped and listed), splits off a stratified, seeded
+validation set and resizes every image for the model. After fine-tuning, the
+model is exported to TFLite, in float32 and fully quantized int8, and the
+TFLite predictions are compared with Keras's.
+
+About a minute on 2 CPU cores.""",
+    ),
+    ("code", SETUP),
+    ("md", BASE_NOTE),
+    ("code", BASE_CELL),
+    (
+        "md",
+        """\
+## Make an image folder
+
+We write procedural images as PNG and JPEG files, plus one broken file, to stand
+in for your photos. A separate folder holds test images.""",
+    ),
+    (
+        "code",
+        """\
+from PIL import Image
+
+
+def write_folder(root, images, labels, names):
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+names = tltf.datasets.class_names("shapes_target")
+x, y = tltf.datasets.make_images("shapes_target", per_class=25, image_size=SIZE, seed=0)
+photos = write_folder(WORK / "my_images", x, y, names)
+(photos / "arc" / "broken.jpg").write_bytes(b"not really a jpeg")
+x, y = tltf.datasets.make_images("shapes_target", per_class=15, image_size=SIZE, seed=2)
+test_photos = write_folder(WORK / "my_test_images", x, y, names)
+print(sorted(p.name for p in photos.iterdir()))""",
+    ),
+    (
+        "md",
+        """\
+## Load it
+
+`validation_split=0.2` holds out 20% of each class. Images come out as float32
+RGB in [0, 255]: the model does its own preprocessing.""",
+    ),
+    (
+        "code",
+        """\
+data = tltf.load_data(photos, image_size=SIZE, validation_split=0.2, seed=0)
+print(f"{data.num_train} training and {data.num_validation} validation images, "
+      f"{data.num_classes} classes, input shape {data.input_shape}")
+print("skipped:", data.skipped)""",
+    ),
+    (
+        "md",
+        """\
+## Fine-tune and evaluate
+
+`fine_tune` takes the bundle directly (its validation split is used). `evaluate`
+reads the test folder the same way `load_data` does.""",
+    ),
+    (
+        "code",
+        """\
+model = tltf.build_model(base, data.num_classes, input_shape=data.input_shape)
+history = tltf.fine_tune(model, data, head_epochs=6, head_lr=3e-3,
+                         fine_tune_epochs=3, fine_tune_lr=1e-4, unfreeze=4,
+                         seed=0, verbose=0)
+report = tltf.evaluate(model, test_photos, top_k=3)
+report.print()""",
+    ),
+    ("code", "report.plot_confusion()"),
+    (
+        "md",
+        """\
+`predict` gives the top-k labels of new images (files, a folder or an array);
+`tltf.write_predictions(rows, "predictions.csv")` saves them.""",
+    ),
+    (
+        "code",
+        """\
+files = sorted((test_photos / "lens").iterdir())[:3]
+for row in tltf.predict(model, files, class_names=data.class_names, top_k=2):
+    print(Path(row["file"]).name, row["labels"], row["scores"])""",
+    ),
+    (
+        "md",
+        """\
+## Export to TFLite
+
+`export_model` writes `.keras`, a SavedModel folder, or TFLite (`.tflite`) in four
+flavours: float32, `quantize="float16"`, `"dynamic"` (int8 weights) and `"int8"`
+(weights and activations in int8, calibrated on `representative_data`). Every
+flavour keeps float32 input and output, so it takes the same raw pixels as the
+Keras model. `tflite_predict` runs a `.tflite` file with the LiteRT interpreter.""",
+    ),
+    (
+        "code",
+        """\
+float32_path = tltf.export_model(model, WORK / "model.tflite")
+int8_path = tltf.export_model(model, WORK / "model_int8.tflite", quantize="int8",
+                         representative_data=data)
+for path in (float32_path, int8_path):
+    print(f"{path.name}: {path.stat().st_size / 1e3:.0f} kB")""",
+    ),
+    (
+        "md",
+        """\
+## Compare TFLite with Keras
+
+float32 should match Keras to rounding error; int8 approximates the
+probabilities, so we compare its top-1 class with Keras's.""",
+    ),
+    (
+        "code",
+        """\
+images = tltf.datasets.make_images("shapes_target", per_class=5, image_size=SIZE, seed=3)[0]
+images = images.astype("float32")
+keras_probs = model.predict(images, verbose=0)
+float32_probs = tltf.tflite_predict(float32_path, images)
+int8_probs = tltf.tflite_predict(int8_path, images)
+top1 = keras_probs.argmax(axis=1)
+print(f"float32: max |difference| {np.abs(float32_probs - keras_probs).max():.2e}, "
+      f"top-1 agreement {np.mean(float32_probs.argmax(axis=1) == top1):.3f}")
+print(f"int8:    max |difference| {np.abs(int8_probs - keras_probs).max():.2e}, "
+      f"top-1 agreement {np.mean(int8_probs.argmax(axis=1) == top1):.3f}")""",
+    ),
+    (
+        "md",
+        """\
+With real data, compare on your own validation images, and keep the float32 or
+float16 model if int8's agreement is too low. The command line does the same:
+`tltf export model.keras --quantize int8 --representative my_images/ --output model_int8.tflite`
+(see `tltf export --help`).""",
+    ),
+]
+
+
+NOTEBOOKS = {
+    "01_quick_start.ipynb": QUICK_START,
+    "02_schedule_and_callbacks.ipynb": SCHEDULE,
+    "03_tuning_unfreeze_depth.ipynb": TUNING,
+    "04_own_data_and_tflite.ipynb": OWN_DATA,
+}
+
+
+def build(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    """A notebook without outputs; cell ids are stable, so rebuilding is a no-op."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata = {
+        "kernelspec": {
+            "display_name": "Python 3 (ipykernel)",
+            "language": "python",
+            "name": "python3",
+        },
+        "language_info": {"name": "python"},
+    }
+    stem = name.split("_")[0]
+    for i, (kind, source) in enumerate(cells):
+        make = (
+            nbformat.v4.new_markdown_cell if kind == "md" else nbformat.v4.new_code_cell
+        )
+        notebook.cells.append(make(source, id=f"nb{stem}-{i:02d}"))
+    nbformat.validate(notebook)
+    return notebook
+
+
+def render(name: str) -> str:
+    """The file text of a notebook, as committed."""
+    return nbformat.writes(build(name, NOTEBOOKS[name])) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for name in NOTEBOOKS:
+        path = HERE / name
+        text = render(name)
+        if path.exists() and path.read_text() == text:
+            continue
+        stale.append(name)
+        if not check:
+            path.write_text(text)
+            print("wrote", path)
+    if check and stale:
+        print("out of date (run notebooks/_build.py):", ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,167 @@
+"""The tutorial notebooks run top to bottom on a real Jupyter kernel, offline.
+
+Each notebook is executed with nbclient on an ipykernel started with this
+interpreter (the venv's), in a fresh working folder and a fresh, empty tltf store
+(`TLTF_HOME`): a cold run, so the notebooks pretrain tltf's quick base themselves.
+Any error in any cell fails the test. The committed notebooks must carry no outputs
+and match their generator, `notebooks/_build.py`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+#: Seconds one cell may run (a hung cell fails instead of blocking the suite).
+CELL_TIMEOUT = 180
+#: Seconds a whole notebook may take here. The goal is under 2 minutes on 2 idle
+#: cores; the margin covers the other tests running beside it under xdist.
+NOTEBOOK_LIMIT = 240
+
+KERNEL_NAME = "tltf-notebook-test"
+
+
+def _kernel_manager(tmp_path: Path) -> KernelManager:
+    """A kernel manager whose only kernel runs this Python, in a fresh environment.
+
+    The kernel gets an empty tltf store (`TLTF_HOME`) and its own IPython and
+    temporary folders under `tmp_path`.
+
+    A kernelspec of our own, rather than "python3", makes sure that the kernel
+    runs the interpreter running the tests, whatever kernelspecs the machine has.
+    """
+    spec_dir = tmp_path / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    (tmp_path / "tmp").mkdir()
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "tltf tests",
+        "language": "python",
+        "env": {
+            "TLTF_HOME": str(tmp_path / "tltf_home"),
+            "IPYTHONDIR": str(tmp_path / "ipython"),
+            # The notebooks' tempfile.mkdtemp() folders land here, and go with it.
+            "TMPDIR": str(tmp_path / "tmp"),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        },
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
+    return KernelManager(
+        kernel_name=KERNEL_NAME,
+        kernel_spec_manager=specs,
+        connection_file=str(tmp_path / "connection.json"),
+    )
+
+
+def _errors(notebook) -> list[str]:
+    return [
+        f"{output.get('ename')}: {output.get('evalue')}"
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+
+
+def test_there_are_four_notebooks_in_reading_order():
+    names = [path.name for path in NOTEBOOKS]
+    assert names[:4] == [
+        "01_quick_start.ipynb",
+        "02_schedule_and_callbacks.ipynb",
+        "03_tuning_unfreeze_depth.ipynb",
+        "04_own_data_and_tflite.ipynb",
+    ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_notebook_has_no_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    for i, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: cell {i} has outputs"
+            assert cell.execution_count is None, f"{path.name}: cell {i} was run"
+
+
+def test_notebooks_match_their_generator():
+    spec = importlib.util.spec_from_file_location("_build", NOTEBOOK_DIR / "_build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert sorted(build.NOTEBOOKS) == [p.name for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        assert path.read_text() == build.render(path.name), (
+            f"{path.name} differs from notebooks/_build.py: run "
+            ".venv/bin/python notebooks/_build.py"
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_offline_on_a_kernel(path, tmp_path):
+    notebook = nbformat.read(path, as_version=4)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    client = NotebookClient(
+        notebook,
+        km=_kernel_manager(tmp_path),
+        timeout=CELL_TIMEOUT,
+        startup_timeout=120,
+        resources={"metadata": {"path": str(workdir)}},
+    )
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError on the first failing cell
+    seconds = time.perf_counter() - start
+    assert _errors(notebook) == []
+    assert seconds < NOTEBOOK_LIMIT, f"{path.name} took {seconds:.0f} s"
+    # The run used the base shipped with tltf (nothing pretrained into the fresh
+    # store) and its own temporary folder, not the user's.
+    assert not (tmp_path / "tltf_home" / "bases").exists()
+    assert list((tmp_path / "tmp").glob("tltf-notebook-*"))
+    # Figures are shown inline, as a reader sees them.
+    images = [
+        output
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
+    assert images, f"{path.name} shows no figure"
+    print(f"{path.name}: {seconds:.1f} s")
+
+
+def test_cli_commands_quoted_in_the_notebooks_parse():
+    import argparse
+    import re
+    import shlex
+
+    from tltf.cli import build_parser
+
+    parser = build_parser()
+    commands = [
+        command
+        for path in NOTEBOOKS
+        for cell in nbformat.read(path, as_version=4).cells
+        for command in re.findall(r"`tltf ([a-z]+ [^`]*)`", cell.source)
+    ]
+    assert commands, "the notebooks quote no tltf command"
+    subcommands = next(
+        action.choices
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    for command in commands:
+        words = shlex.split(command)
+        assert words[0] in subcommands, command
+        if "--help" not in words:
+            parser.parse_args(words)  # exits (fails) on a bad command
