@@ -444,10 +444,8 @@ not repeated (`overwrite=True` starts over).""",
     (
         "code",
         """\
-from tltf.tuning import tune
-
 depths = sorted({0, 2, 6, probe.unfreeze})
-result = tune(
+result = tltf.tune(
     base, (x_train, y_train), (x_val, y_val), num_classes=num_classes,
     search={"unfreeze": depths, "fine_tune_lr": 1e-4, "head_lr": 3e-3,
             "head_dropout": 0.2, "head_units": 0},
@@ -468,10 +466,8 @@ into the project folder.""",
     (
         "code",
         """\
-from tltf.reports import plot_tuning
-
 print({key: Path(path).name for key, path in result.paths.items()})
-plot_tuning(result.table, result.objective)""",
+tltf.plot_tuning(result.table, result.objective)""",
     ),
     (
         "code",

@@ -38,8 +38,9 @@ from tltf.pretrain import (
     pretrain,  # the function; `from tltf.pretrain import ...` works too
 )
 from tltf.probe import ProbeResult, probe_blocks
-from tltf.reports import plot_confusion_matrix, plot_history
+from tltf.reports import plot_confusion_matrix, plot_history, plot_tuning
 from tltf.schedule import FineTuneSchedule, fine_tune, set_lr_multipliers
+from tltf.tuning import FineTuneHyperModel, SearchSpace, TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -48,14 +49,17 @@ __all__ = [
     "BlockMap",
     "DataBundle",
     "EvaluationReport",
+    "FineTuneHyperModel",
     "FineTuneSchedule",
     "HeadConfig",
     "LRFinderResult",
     "ProbeResult",
+    "SearchSpace",
     "TltfError",
+    "TuneResult",
     "block_summary",
-    "checkpoint",
     "build_model",
+    "checkpoint",
     "datasets",
     "distribute",
     "evaluate",
@@ -71,6 +75,7 @@ __all__ = [
     "model_info",
     "plot_confusion_matrix",
     "plot_history",
+    "plot_tuning",
     "predict",
     "pretrain",
     "probe_blocks",
@@ -78,6 +83,7 @@ __all__ = [
     "set_lr_multipliers",
     "tflite_predict",
     "trainable_blocks",
+    "tune",
     "unfreeze",
     "write_predictions",
 ]
