@@ -64,3 +64,29 @@ def test_balanced_class_weights_and_label_smoothing():
         tltf.fine_tune(_model(), (x, y), class_weight="even", verbose=0)
     with pytest.raises(ConfigError, match="label_smoothing"):
         tltf.fine_tune(_model(), (x, y), label_smoothing=1.5, verbose=0)
+
+
+def test_array_batches_keep_the_order_of_shuffled_tensor_slices():
+    """Arrays are gathered per batch (no up-front copy into TensorFlow), in the
+    exact order `from_tensor_slices(...).shuffle(n, seed).batch(b)` gives."""
+    import tensorflow as tf
+
+    from tltf.schedule import _array_batches
+
+    x, y = make_data(n=37)
+    ours = _array_batches((x, y), "train", 8, True, 3)
+    reference = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(37, seed=3, reshuffle_each_iteration=True)
+        .batch(8)
+    )
+    assert ours.element_spec[0].shape.as_list() == [None, 16, 16, 3]
+    assert ours.element_spec[0].dtype == tf.float32
+    for _ in range(2):  # two epochs: the reshuffles match too
+        got, want = list(ours), list(reference)
+        assert len(got) == len(want) == 5
+        for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(gx.numpy(), wx.numpy())
+            np.testing.assert_array_equal(gy.numpy(), wy.numpy())
+    plain = list(_array_batches((x, y), "train", 8, False, None))
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in plain]), x)

@@ -401,24 +401,28 @@ def default_loss_and_metrics(
 
 
 def _train_batches(data, batch_size: int, seed: int | None):
-    """Shuffled training batches, and the same data unshuffled (for the cache).
-
-    For arrays both pipelines share one `from_tensor_slices`, so the images are
-    copied into TensorFlow once.
-    """
+    """Shuffled training batches, and the same data unshuffled (for the cache)."""
     if isinstance(data, tf.data.Dataset):
         ds = _as_dataset(data, batch_size, False, seed, "train")
         return ds, ds
-    slices = _array_slices(data, "train")
-    shuffled = slices.shuffle(len(data[0]), seed=seed, reshuffle_each_iteration=True)
     return (
-        shuffled.batch(batch_size).prefetch(tf.data.AUTOTUNE),
-        slices.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+        _array_batches(data, "train", batch_size, True, seed),
+        _array_batches(data, "train", batch_size, False, None),
     )
 
 
-def _array_slices(data, what: str) -> tf.data.Dataset:
-    """`(images, labels)` arrays as an unbatched dataset, checked."""
+def _array_batches(
+    data, what: str, batch_size: int, shuffle: bool, seed: int | None
+) -> tf.data.Dataset:
+    """`(images, labels)` arrays as checked, batched, prefetched batches.
+
+    The pipeline shuffles and batches indices, and each batch gathers its rows
+    from the arrays. `from_tensor_slices` would first copy the arrays into
+    TensorFlow (twice: TensorFlow copies a NumPy array before wrapping it), which
+    for a gigabyte of images costs seconds and doubles the memory. The order is
+    that of `from_tensor_slices((x, y)).shuffle(n, seed).batch(b)`: shuffling
+    depends on the seed and the count only, not on the elements.
+    """
     x, y = np.asarray(data[0]), np.asarray(data[1])
     if len(x) == 0:
         raise DataError(f"{what} is empty: it has no images. Pass at least one batch.")
@@ -427,7 +431,23 @@ def _array_slices(data, what: str) -> tf.data.Dataset:
             f"{what} has {len(x)} images but {len(y)} labels; expected one label "
             "per image."
         )
-    return tf.data.Dataset.from_tensor_slices((x, y))
+    x_dtype, y_dtype = tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)
+
+    def gather(index):
+        return x[index], y[index]
+
+    def rows(index):
+        images, labels = tf.numpy_function(
+            gather, [index], [x_dtype, y_dtype], stateful=False
+        )
+        images.set_shape((None, *x.shape[1:]))
+        labels.set_shape((None, *y.shape[1:]))
+        return images, labels
+
+    ds = tf.data.Dataset.range(len(x))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(rows).prefetch(tf.data.AUTOTUNE)
 
 
 def _as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str):
@@ -444,10 +464,7 @@ def _as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: st
             data = data.batch(batch_size)
         return data.prefetch(tf.data.AUTOTUNE)
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        ds = _array_slices(data, what)
-        if shuffle:
-            ds = ds.shuffle(len(data[0]), seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return _array_batches(data, what, batch_size, shuffle, seed)
     raise DataError(
         f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
         f"(images, labels) of arrays. Received: {type(data).__name__}"
