@@ -218,6 +218,9 @@ def test_random_search_shares_stage1_resumes_and_exports(tmp_path):
         result.best_model.predict(x, verbose=0),
         atol=1e-6,
     )
+    # The best model comes back compiled for its task: evaluate works at once.
+    metrics = result.best_model.evaluate(*val, verbose=0, return_dict=True)
+    assert set(metrics) >= {"loss", "accuracy"}
     best = max(r["score"] for r in rows.values())
     assert result.best_values["unfreeze_blocks"] == next(
         r["blocks"] for r in rows.values() if r["score"] == best

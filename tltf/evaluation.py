@@ -66,16 +66,9 @@ _MAX_PRINTED_CLASSES = 20
 
 # -- the model -------------------------------------------------------------------
 def _as_model(model) -> keras.Model:
-    if isinstance(model, (str, os.PathLike)):
-        from tltf.model import load_model
+    from tltf.model import as_model
 
-        return load_model(model)
-    if not isinstance(model, keras.Model):
-        raise ModelError(
-            "Expected a keras.Model or the path of a .keras file. Received: "
-            f"{type(model).__name__}"
-        )
-    return model
+    return as_model(model)
 
 
 def _output_activation(model: keras.Model) -> str | None:

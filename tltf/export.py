@@ -135,16 +135,9 @@ def _check_quantize(quantize) -> str:
 
 
 def _as_model(model) -> keras.Model:
-    if isinstance(model, (str, os.PathLike)):
-        from tltf.model import load_model
+    from tltf.model import as_model
 
-        return load_model(model)
-    if not isinstance(model, keras.Model):
-        raise ModelError(
-            "Expected a keras.Model or the path of a .keras file. Received: "
-            f"{type(model).__name__}"
-        )
-    return model
+    return as_model(model)
 
 
 def _image_input(model: keras.Model) -> tuple:

@@ -101,10 +101,9 @@ class LRFinderResult:
         ax.set_title(title or f"LR finder ({self.stage} stage)")
         figure.tight_layout()
         if path is not None:
-            from tltf._io import atomic_path
+            from tltf.reports import save_figure
 
-            with atomic_path(path) as tmp:
-                figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+            save_figure(figure, path)
         return figure
 
 

@@ -225,6 +225,18 @@ def model_info(model: keras.Model) -> ModelInfo:
     return ModelInfo(base, BlockMap.from_config(meta["blocks"]), head, meta)
 
 
+def as_model(model: keras.Model | str | os.PathLike) -> keras.Model:
+    """A keras.Model as given, or loaded (safely) from the path of a `.keras` file."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if not isinstance(model, keras.Model):
+        raise ModelError(
+            "Expected a keras.Model or the path of a .keras file. Received: "
+            f"{type(model).__name__}"
+        )
+    return model
+
+
 def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
     """Loads a `.keras` model, always with `safe_mode=True`.
 

@@ -1530,6 +1530,19 @@ def serve_chief(oracle, poll_s: float = 0.2) -> None:
         server.stop(grace=2)
 
 
+def _compile_for_evaluation(model: keras.Model) -> None:
+    """Compiles a restored best model with its task's loss and metrics.
+
+    keras-tuner rebuilds it uncompiled; compiled, `evaluate` works at once. The
+    loss takes integer class labels (recompile for one-hot labels).
+    """
+    from tltf.model import model_info
+    from tltf.schedule import default_loss_and_metrics
+
+    loss, metrics = default_loss_and_metrics(model_info(model))
+    model.compile(optimizer="adam", loss=loss, metrics=metrics)
+
+
 # -- results ------------------------------------------------------------------------
 def _read_record(path: Path) -> dict | None:
     try:
@@ -1697,6 +1710,7 @@ def results(tuner, export: bool = True, verbose=1) -> TuneResult:
         best_hp = best_trial.hyperparameters
         try:
             best_model = tuner.load_model(best_trial)
+            _compile_for_evaluation(best_model)
         except (OSError, ValueError) as error:
             # E.g. a worker's checkpoint on a disk the chief cannot see.
             print(
