@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: What the job's schedule gives each epoch (head_epochs=2, unfreeze=2,
 #: gradual_every=1): the stage and the trainable blocks.
 STAGES = [1, 1, 2, 2, 2]
+EPOCHS = len(STAGES)
 TRAINABLE = [[], [], ["block4"], ["block3", "block4"], ["block3", "block4"]]
 
 
@@ -81,50 +83,81 @@ def _load(out: Path):
         )
 
 
-def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, reference):
-    """Five SIGKILLs (three mid-save) of one run, each resumed in a fresh process.
+def _kill_points(rng: random.Random, count: int) -> list[str]:
+    """Kinds of kill for `count` processes: mid-save (write, replace) at least once each."""
+    kinds = ["write", "replace"] + rng.choices(
+        ["batch", "write", "replace", "epoch"], k=count - 2
+    )
+    rng.shuffle(kinds)
+    return kinds
 
-    The setup is deterministic (fixed seeds, CPU, array inputs with a shuffle
-    seed; `fine_tune` replays the reshuffling of the finished epochs), so the
-    final weights and the per-epoch history must be bitwise those of an
-    uninterrupted run: `np.array_equal`, no tolerance.
+
+def _kill_at(rng: random.Random, kind: str, start: int) -> str:
+    """A kill point that lands within this process's next two epochs.
+
+    Counts are per process: 4 batches per epoch; one temporary-file write and one
+    `os.replace` per epoch-end checkpoint; `epoch:n` kills at the start of epoch n.
     """
+    left = EPOCHS - start
+    if kind == "epoch" and start + 1 < EPOCHS:
+        return f"epoch:{rng.randint(start + 1, min(start + 2, EPOCHS - 1))}"
+    if kind in ("write", "replace"):
+        return f"{kind}:{rng.randint(1, min(2, left))}"
+    return f"batch:{rng.randint(1, min(8, 4 * left))}"
+
+
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, reference):
+    """Five SIGKILLs of one run at random points, mid-save included, each resumed
+    in a fresh process.
+
+    The kill points are drawn from a seed (printed on failure; set
+    TLTF_KILL_SEED to replay one). The setup is deterministic (fixed seeds, CPU,
+    array inputs with a shuffle seed; `fine_tune` replays the reshuffling of the
+    finished epochs), so the final weights and the per-epoch history must be
+    bitwise those of an uninterrupted run: `np.array_equal`, no tolerance.
+    """
+    seed = int(os.environ.get("TLTF_KILL_SEED", random.randrange(10**6)))
+    rng = random.Random(seed)
     backup, log, out = tmp_path / "backup", tmp_path / "run.log", tmp_path / "out.npz"
-    # Kill points, each counted from the start of its process.
-    kills = [
-        "batch:2",  # stage 1 (cached features), in epoch 2
-        "write:3",  # while writing the epoch-2 checkpoint's temporary file
-        "replace:2",  # epoch-3 checkpoint (first of stage 2) written, not moved
-        "epoch:3",  # at the start of epoch 4
-        "replace:2",  # the final checkpoint written, not moved
-    ]
-    for kill in [*kills, None]:
+    kills, starts = [], []
+    for kind in [*_kill_points(rng, 5), None]:
+        state = backup_state(backup)
+        start = state["epoch"] if state else 0
+        kill = None if kind is None else _kill_at(rng, kind, start)
         proc = _spawn(backup, log, out, kill)
         output, _ = proc.communicate(timeout=180)
         expected = 0 if kill is None else -9
-        assert proc.returncode == expected, (kill, output[-3000:])
+        assert proc.returncode == expected, (seed, kill, output[-3000:])
+        kills.append(kill)
+        starts.append(start)
+    kills = kills[:-1]
+    context = f"TLTF_KILL_SEED={seed}, kills {kills}"
 
     by_pid: dict[int, list[dict]] = {}
     for event in _events(log):
         by_pid.setdefault(event["pid"], []).append(event)
     runs = list(by_pid.values())
-    assert [events[-1]["event"] for events in runs] == ["kill"] * len(kills) + ["done"]
-    # Where each fresh process resumed: the last checkpoint moved into place.
-    assert [events[0]["epoch"] for events in runs] == [0, 1, 1, 2, 3, 4]
+    assert [events[-1]["event"] for events in runs] == ["kill"] * 5 + ["done"], context
+    assert sum(k.split(":")[0] in ("write", "replace") for k in kills) >= 2, context
+    # Each fresh process resumed where the last checkpoint moved into place said.
+    assert [events[0]["epoch"] for events in runs] == starts, context
+    assert starts == sorted(starts), context
     for events in runs:
         start = events[0]["epoch"]
         begins = [e for e in events if e["event"] == "begin"]
         # Callbacks see continuous epoch numbers from the resumed epoch on...
-        assert [e["epoch"] for e in begins] == list(range(start, start + len(begins)))
+        assert [e["epoch"] for e in begins] == list(
+            range(start, start + len(begins))
+        ), context
         # ... with the right trainable blocks (none re-frozen) and stages.
         for e in begins:
-            assert e["trainable"] == TRAINABLE[e["epoch"]], (start, e)
+            assert e["trainable"] == TRAINABLE[e["epoch"]], (context, start, e)
         for e in events:
             if e["event"] == "end":
                 assert e["stage"] == STAGES[e["epoch"]]
         # A finished stage 1 is never run again, feature pass included.
         passes = [e for e in events if e["event"] == "feature_pass"]
-        assert (len(passes) > 0) == (start < 2), (start, passes)
+        assert (len(passes) > 0) == (start < 2), (context, start, passes)
     assert runs[-1][-1]["trainable"] == ["block3", "block4"]
     assert runs[-1][-1]["epochs"] == [0, 1, 2, 3, 4]
     # No temporary file of an interrupted save is left behind.
@@ -135,7 +168,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, ref
 
     weights, history = _load(out)
     ref_weights, ref_history, _ = reference("auto")
-    assert history == ref_history
+    assert history == ref_history, context
     assert history["stage"] == STAGES
     _assert_same_weights(weights, ref_weights)
 
@@ -369,7 +402,9 @@ def test_a_run_stopped_early_counts_as_finished(tmp_path):
     assert again.history == history.history
 
 
-def test_resume_in_stage2_reuses_the_rate_fine_tune_lr_find_found(tmp_path, monkeypatch):
+def test_resume_in_stage2_reuses_the_rate_fine_tune_lr_find_found(
+    tmp_path, monkeypatch
+):
     import tltf.lr_finder
 
     calls = []
