@@ -185,7 +185,7 @@ def test_evaluate_predict_and_export_a_run(trained, work, capsys):
     assert all(r["label_1"] in CLASSES for r in rows)
     assert all(float(r["score_1"]) >= float(r["score_2"]) for r in rows)
     # export: a TFLite flavour in a subprocess...
-    _ok(_tltf("export", run, "--quantize", "dynamic", "--output", "m.tflite", cwd=work))
+    _ok(_tltf("export", run, "--output", "m.tflite", cwd=work))  # float32
     from tltf.export import tflite_predict
 
     images = np.stack(
@@ -195,8 +195,13 @@ def test_evaluate_predict_and_export_a_run(trained, work, capsys):
         ]
     )[:, 2:18, 2:18]
     model = keras.saving.load_model(run / "best.keras", safe_mode=True)
-    keras_top1 = model.predict(images, verbose=0).argmax(1)
-    assert (tflite_predict(work / "m.tflite", images).argmax(1) == keras_top1).all()
+    # The model trained 1+1 epochs: its classes are close, so compare the
+    # probabilities (quantized flavours' tolerances: tests/test_export.py).
+    np.testing.assert_allclose(
+        tflite_predict(work / "m.tflite", images),
+        model.predict(images, verbose=0),
+        atol=1e-4,
+    )
     # ...and .keras and JSON predictions in-process.
     assert (
         main(
