@@ -18,7 +18,7 @@ import tltf
 from tltf.errors import ConfigError, TrainingError
 from tltf.resume import BACKUP_FILE, backup_state
 
-from .conftest import make_tiny_base
+from .conftest import PoisonAt, make_tiny_base
 from .resume_job import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,19 +333,6 @@ def test_backup_dir_conflicts_are_config_errors(tmp_path):
     (tmp_path / "c" / BACKUP_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="cannot be read"):
         _fit(tmp_path / "c")
-
-
-class PoisonAt(keras.callbacks.Callback):
-    """Sets the head weights to NaN at the start of one epoch."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            kernel = self.model.get_layer("head_output").kernel
-            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
 
 
 def test_nan_keeps_the_last_good_checkpoint_and_resumes_from_it(tmp_path, reference):

@@ -13,7 +13,7 @@ import tltf
 from tltf.errors import ConfigError, DataError
 from tltf.model import model_info
 
-from .conftest import make_data, make_tiny_base
+from .conftest import PoisonAt, make_data, make_tiny_base
 
 
 def _model(**kwargs):
@@ -336,19 +336,6 @@ def test_bad_data_gives_clear_errors():
     dicts = tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
     with pytest.raises(DataError, match=r"\(image, label\) pairs"):
         tltf.fine_tune(model, dicts, verbose=0)
-
-
-class PoisonAt(keras.callbacks.Callback):
-    """Sets the head weights to NaN at the start of one epoch."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            kernel = self.model.get_layer("head_output").kernel
-            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
 
 
 @pytest.mark.parametrize("cache", [False, True])

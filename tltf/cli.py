@@ -609,15 +609,13 @@ def _verbose(args: argparse.Namespace):
     return 0 if getattr(args, "quiet", False) else "auto"
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from tltf.config import TrainConfig
-    from tltf.runs import train
-
-    config = _resolve_config(args, TrainConfig)
+def _run(args: argparse.Namespace, config_class, run_function) -> dict | None:
+    """`train` and `tune`: resolve the config, then print it or run it."""
+    config = _resolve_config(args, config_class)
     if args.print_config:
         _print_config(config)
-        return 0
-    summary = train(
+        return None
+    return run_function(
         config,
         args.out,
         resume=args.resume,
@@ -625,6 +623,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         verbose=_verbose(args),
         command=["tltf", *sys.argv[1:]],
     )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tltf.config import TrainConfig
+    from tltf.runs import train
+
+    summary = _run(args, TrainConfig, train)
+    if summary is None:
+        return 0
     best = summary["best"]
     text = f"tltf: wrote {summary['out_dir']}"
     if best["value"] is not None:
@@ -639,18 +646,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from tltf.config import TuneConfig
     from tltf.runs import tune
 
-    config = _resolve_config(args, TuneConfig)
-    if args.print_config:
-        _print_config(config)
+    summary = _run(args, TuneConfig, tune)
+    if summary is None:
         return 0
-    summary = tune(
-        config,
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        verbose=_verbose(args),
-        command=["tltf", *sys.argv[1:]],
-    )
     best = summary["best"]["hyperparameters"]
     text = ", ".join(f"{k}={v}" for k, v in best.items())
     print(f"tltf: wrote {summary['out_dir']}" + (f" (best: {text})" if text else ""))

@@ -507,9 +507,22 @@ def train(
     image_size = resolve_image_size(config)
     data = load_run_data(config, image_size)
     model = build_run_model(config, data, image_size)
+    return _complete(
+        run,
+        lambda: _train_in(run, config, data, model, image_size, verbose, started),
+        command,
+    )
+
+
+def _complete(run: RunFolder, work, command) -> dict:
+    """Runs `work` in the run folder; writes `summary.json` last, then commits.
+
+    On any failure (or an interrupt) the folder is rolled back by
+    `RunFolder.abort` and the error propagates.
+    """
     run.begin()
     try:
-        summary = _train_in(run, config, data, model, image_size, verbose, started)
+        summary = work()
         summary["command"] = list(command) if command is not None else None
         atomic_write_json(run / SUMMARY_FILE, summary)
     except BaseException:
@@ -710,19 +723,9 @@ def tune(
             "Tuning compares trials on validation data: set data.val, data.val_split "
             "or data.val_fraction (--val, --val-split, --val-fraction)."
         )
-    run.begin()
-    try:
-        summary = _tune_in(run, config, data, image_size, verbose, started)
-        summary["command"] = list(command) if command is not None else None
-        atomic_write_json(run / SUMMARY_FILE, summary)
-    except BaseException:
-        note = run.abort()
-        if note:
-            print(f"tltf: {note}.", file=sys.stderr)
-        raise
-    run.commit()
-    summary["out_dir"] = str(run.path)
-    return summary
+    return _complete(
+        run, lambda: _tune_in(run, config, data, image_size, verbose, started), command
+    )
 
 
 def _tune_in(run, config, data, image_size, verbose, started) -> dict:
