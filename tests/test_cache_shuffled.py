@@ -68,6 +68,7 @@ def test_callbacks_monitoring_val_accuracy_work_with_the_cache(tmp_path):
     x, y = make_data(n=64, classes=3)
     epochs = {}
     for cache in (False, True):
+        keras.utils.set_random_seed(0)  # the same initial weights for both runs
         model = tltf.build_model(make_tiny_base(), 3, weights=None)
         path = tmp_path / f"best-{cache}.keras"
         callbacks = [

@@ -58,10 +58,11 @@ def test_probe_reads_the_data_once_for_all_blocks():
         tf.TensorSpec((), tf.int32),
     )
     ds = tf.data.Dataset.from_generator(images, output_signature=spec).batch(16)
-    result = probe_blocks(make_tiny_base(), ds, verbose=0)  # held-out val split
+    result = probe_blocks(make_tiny_base(), ds, val_fraction=0.25, verbose=0)
     assert len(result.table) == 4
     assert sorted(reads) == list(range(48))  # one pass, whatever the block count
-    assert result.num_train + result.num_val == 48
+    assert result.num_train + result.num_val == 48  # a held-out split
+    assert result.scoring == "validation"
 
 
 def test_probe_accepts_arrays_datasets_and_bundles_alike():
@@ -85,7 +86,7 @@ def test_probe_options_table_csv_and_plot(tmp_path, capsys):
     chosen = probe_blocks(make_tiny_base(), data, blocks=["block1"], verbose=1)
     assert [r["block"] for r in chosen.table] == ["block1", "block4"]  # + the top
     printed = capsys.readouterr().out
-    assert "one forward pass" in printed and "val_acc" in printed
+    assert "one forward pass" in printed and "loo_acc" in printed
     path = chosen.to_csv(tmp_path / "probe.csv")
     rows = list(csv.DictReader(path.open()))
     assert [r["block"] for r in rows] == ["block1", "block4"]

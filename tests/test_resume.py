@@ -16,6 +16,7 @@ import pytest
 
 import tltf
 from tltf.errors import ConfigError, TrainingError
+from tltf.guard import BEST_FILE
 from tltf.resume import BACKUP_FILE, backup_state
 
 from .conftest import PoisonAt, make_tiny_base
@@ -161,7 +162,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, ref
     assert runs[-1][-1]["trainable"] == ["block3", "block4"]
     assert runs[-1][-1]["epochs"] == [0, 1, 2, 3, 4]
     # No temporary file of an interrupted save is left behind.
-    assert sorted(p.name for p in backup.iterdir()) == [BACKUP_FILE]
+    assert sorted(p.name for p in backup.iterdir()) == sorted([BACKUP_FILE, BEST_FILE])
     state = backup_state(backup)
     assert (state["epoch"], state["stage"], state["finished"]) == (5, 2, True)
     assert state["unfrozen"] == ["block3", "block4"]
@@ -217,6 +218,7 @@ def test_resume_in_stage2_restores_the_stage2_optimizer(
                 self.state = _optimizer_state(self.model.optimizer)
                 self.weights = [v.numpy() for v in self.model.variables]
 
+    ref_weights, ref_history, _ = reference(cache)  # before the patch below
     snapshot = Snapshot()
     with pytest.raises(RuntimeError, match="simulated crash"):
         _fit(tmp_path / "b", [snapshot, Crash(4)], cache=cache)
@@ -250,7 +252,6 @@ def test_resume_in_stage2_restores_the_stage2_optimizer(
     assert recorder.begins == [4]
     assert recorder.trainable == [TRAINABLE[4]]
     assert history.epoch == [0, 1, 2, 3, 4]
-    ref_weights, ref_history, _ = reference(cache)
     assert history.history == ref_history
     _assert_same_weights(model, ref_weights)
 

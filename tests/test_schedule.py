@@ -148,8 +148,9 @@ def test_callbacks_see_both_stages_with_continuous_epochs(data, tmp_path):
 
 def test_callback_form_matches_fine_tune_form(data):
     ds = tf.data.Dataset.from_tensor_slices(data).batch(16)
+    # The plain callback form has no guard and no feature standardization.
     keras.utils.set_random_seed(1)
-    a = _model()
+    a = _model(head={"standardize": False})
     tltf.fine_tune(
         a,
         ds,
@@ -158,10 +159,11 @@ def test_callback_form_matches_fine_tune_form(data):
         unfreeze=2,
         fine_tune_lr=1e-4,
         cache_features=False,
+        keep_best=False,
         verbose=0,
     )
     keras.utils.set_random_seed(1)
-    b = _model()
+    b = _model(head={"standardize": False})
     b.compile(
         keras.optimizers.Adam(1e-3),
         keras.losses.SparseCategoricalCrossentropy(),
@@ -206,6 +208,7 @@ def test_discriminative_lr_moves_lower_blocks_less(data, decay):
         fine_tune_lr=1e-3,
         unfreeze="all",
         lr_decay=decay,
+        keep_best=False,
         verbose=0,
     )
     after = _snapshot(info.base)
@@ -372,4 +375,8 @@ def test_verbose_zero_prints_nothing_and_default_prints_one_line_per_stage(
         for line in capsys.readouterr().out.splitlines()
         if line.startswith("tltf:")
     ]
-    assert [line.split()[2] for line in lines] == ["1", "2"]
+    stages = [line.split()[2] for line in lines if line.startswith("tltf: stage ")]
+    assert stages == ["1", "2"]
+    # unfreeze="auto" says what the probe chose, keep_best what it kept.
+    assert any(line.startswith("tltf: unfreeze='auto' -> ") for line in lines)
+    assert any(line.startswith("tltf: keep_best: ") for line in lines)

@@ -157,11 +157,60 @@ class FeatureCache:
             ds = ds.shuffle(self.count, seed=seed, reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
+    def stream(self, batch_size: int, steps: int, seed: int | None, start: int = 0):
+        """`steps` full batches that run through the cache pass after pass.
+
+        Each pass is a fresh permutation (from `seed`); batches may straddle two
+        passes, so every batch has `batch_size` rows. Step `start` onwards is
+        returned: a resumed run reads exactly the batches an uninterrupted one
+        reads from there, whatever the pass boundaries.
+        """
+        rng = np.random.default_rng(seed)
+        need = steps * batch_size
+        order = np.concatenate(
+            [rng.permutation(self.count) for _ in range(-(-need // self.count))]
+        )[start * batch_size : need]
+        columns = (self.features, *self.others)
+
+        def gather(index):
+            return tuple(c[index] for c in columns)
+
+        def rows(index):
+            out = tf.numpy_function(
+                gather, [index], [tf.as_dtype(c.dtype) for c in columns], stateful=False
+            )
+            for tensor, column in zip(out, columns, strict=True):
+                tensor.set_shape((None, *column.shape[1:]))
+            return tuple(out)
+
+        ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(rows)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
     def close(self) -> None:
         """Deletes the on-disk features, if any."""
         if self.path is not None:
             self.path.unlink(missing_ok=True)
             self.path = None
+
+
+def converged(losses, tolerance: float, patience: int = 2) -> bool:
+    """Whether a loss curve has flattened out.
+
+    True when each of the last `patience` losses is less than `tolerance` (a
+    fraction) below the best loss before it.
+
+    Example:
+
+    >>> converged([1.0, 0.5, 0.3, 0.299, 0.2985], 0.01)
+    True
+    """
+    if len(losses) <= patience:
+        return False
+    for i in range(len(losses) - patience, len(losses)):
+        best = min(losses[:i])
+        if not math.isfinite(best) or losses[i] < best * (1 - tolerance):
+            return False
+    return True
 
 
 def _to_disk(features: list[np.ndarray], directory) -> tuple[np.ndarray, Path]:
@@ -251,11 +300,28 @@ class Continuation(keras.callbacks.Callback):
 
 class StageOneEnd(keras.callbacks.Callback):
     """Runs a cached stage-1 fit as the schedule would: tags its epochs as stage
-    1, stops it after `head_epochs`, and raises on a NaN loss."""
+    1, stops it after `head_epochs` (or once the loss has converged), and raises
+    on a NaN loss.
 
-    def __init__(self, head_epochs: int):
+    Args:
+        head_epochs: int. The last stage-1 epoch is `head_epochs - 1`.
+        schedule: FineTuneSchedule or None. With `tolerance`, its
+            `unfreeze_at_epoch` is moved to the epoch after the one where stage 1
+            converged. Defaults to None.
+        tolerance: float or None. Converged: the epoch's training loss is less
+            than this fraction below the best loss of the epochs before it, twice
+            in a row. None stops after `head_epochs` only. Defaults to None.
+        losses: list of float. Training losses of the stage-1 epochs a resumed
+            run has already done. Defaults to ().
+    """
+
+    def __init__(self, head_epochs: int, schedule=None, tolerance=None, losses=()):
         super().__init__()
         self.head_epochs = head_epochs
+        self.schedule = schedule
+        self.tolerance = tolerance
+        self.losses = [float(v) for v in losses]
+        self.converged_at: int | None = None
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -264,8 +330,17 @@ class StageOneEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["stage"] = 1
-        if epoch + 1 >= self.head_epochs:
+        loss = (logs or {}).get("loss")
+        if loss is not None:
+            self.losses.append(float(loss))
+        done = epoch + 1 >= self.head_epochs
+        if self.tolerance is not None and converged(self.losses, self.tolerance):
+            self.converged_at = epoch
+            done = True
+        if done:
             self.model.stop_training = True
+            if self.schedule is not None:
+                self.schedule.unfreeze_at_epoch = epoch + 1
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")

@@ -8,6 +8,7 @@ from typing import Any
 import keras
 
 from tltf.errors import ConfigError, suggest
+from tltf.layers import Standardization
 
 TASKS = ("multiclass", "binary", "multilabel", "regression")
 POOLINGS = ("avg", "max", "avgmax")
@@ -29,11 +30,14 @@ class HeadConfig:
             Defaults to 0.2.
         logits: bool. For "multiclass" and "binary", output logits instead of
             probabilities. Defaults to False.
+        standardize: bool. Standardise the pooled features (a `Standardization`
+            layer named `head_standardize`, whose statistics `fine_tune` sets from
+            the training features). Defaults to True.
 
     Example:
 
     >>> HeadConfig.from_dict({"pooling": "avgmax", "hidden_units": [256]})
-    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout=0.2, logits=False)
+    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout=0.2, logits=False, standardize=True)
     """
 
     pooling: str = "avg"
@@ -42,6 +46,7 @@ class HeadConfig:
     batchnorm: bool = False
     dropout: float = 0.2
     logits: bool = False
+    standardize: bool = True
 
     def __post_init__(self):
         object.__setattr__(
@@ -136,6 +141,8 @@ def build_head(features, task: str, units: int, config: HeadConfig):
             x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     elif len(x.shape) != 2:
         x = keras.layers.Flatten(name="head_flatten")(x)
+    if config.standardize:
+        x = Standardization(name="head_standardize")(x)
     for i, width in enumerate(config.hidden_units, start=1):
         if config.dropout:
             x = keras.layers.Dropout(config.dropout, name=f"head_dropout_{i}")(x)

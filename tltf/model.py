@@ -33,6 +33,7 @@ def build_model(
     preprocessing: str | None = None,
     name: str | None = None,
     cut: int | str | None = None,
+    data=None,
     strategy=None,
     mixed_precision: bool | str = False,
     **constructor_kwargs,
@@ -68,7 +69,12 @@ def build_model(
             the model's block map ends at it, so `unfreeze`, `fine_tune` and
             `FineTuneSchedule` count blocks below the cut only. Helps when the
             target task is far from the source; `tltf.probe_blocks` recommends
-            a cut. Defaults to None (the whole base).
+            a cut. "auto" probes every block on `data` (`tltf.probe_blocks`,
+            leave-one-out on the training images) and cuts where the probe
+            recommends, or nowhere. Defaults to None (the whole base).
+        data: The training data, for `cut="auto"`: any form `fine_tune` takes
+            (arrays, a tf.data.Dataset of (image, label), a `DataBundle`).
+            Defaults to None.
         strategy: None, "auto", "mirrored", "multi_worker" or a
             `tf.distribute.Strategy` (see `tltf.distribute.resolve_strategy`).
             The model's variables are created under its scope, and `fine_tune`
@@ -122,6 +128,13 @@ def build_model(
                 )
             shape = given
         cut_record = None
+        if isinstance(cut, str) and cut == "auto":
+            cut = _auto_cut(base, data, shape)
+        elif data is not None:
+            raise ConfigError(
+                "build_model(data=...) is only used with cut='auto'. Received: "
+                f"cut={cut!r}. Pass cut='auto', or drop data."
+            )
         if cut is not None:
             from tltf.bases.cut import cut_base
 
@@ -147,6 +160,48 @@ def build_model(
         model = keras.Model(inputs, outputs, name=name or f"tltf_{base.name}")
         base.model.trainable = False
         return model
+
+
+def _auto_cut(base: Base, data, shape) -> str | None:
+    """The cut `probe_blocks` recommends for `data` (leave-one-out), or None."""
+    from tltf.probe import probe_blocks
+
+    if data is None:
+        raise ConfigError(
+            "cut='auto' needs the training data to probe the blocks on: "
+            "build_model(base, num_classes, cut='auto', data=train)."
+        )
+    probed = Base(
+        model=base.model,
+        name=base.name,
+        block_map=base.block_map,
+        preprocessing=base.preprocessing,
+        spec=base.spec,
+        info=base.info,
+    )
+    result = probe_blocks(probed, data, input_shape=tuple(shape), verbose=0)
+    print(
+        f"tltf: cut='auto' -> {result.cut!r} (leave-one-out accuracy of a linear "
+        f"probe: {result.best['block']} {result.best['val_accuracy']:.3f}, top "
+        f"{result.table[-1]['val_accuracy']:.3f})."
+    )
+    return result.cut
+
+
+def model_base(model: keras.Model) -> Base:
+    """The base of a model built by `build_model`, as a `Base` (for the probe)."""
+    info = model_info(model)
+    pre = next(
+        layer
+        for layer in model.layers
+        if isinstance(layer, Preprocessing) and "base_layer" in layer.metadata
+    )
+    return Base(
+        model=info.base,
+        name=info.metadata["base"],
+        block_map=info.block_map,
+        preprocessing=pre.mode,
+    )
 
 
 def _jsonable(info: dict[str, Any]) -> dict[str, Any]:

@@ -223,6 +223,9 @@ class Resume:
         self._stored_history: dict[str, list] = {}
         self.fingerprint: dict = {}
         self.steps_per_epoch = None
+        # The first stage-2 epoch the stored run used (it depends on when an
+        # automatic stage 1 converged); None when no checkpoint is stored.
+        self.unfreeze_at_epoch: int | None = None
         self._optimizer_arrays: list[np.ndarray] = []
         self._print = print_fn
 
@@ -283,8 +286,10 @@ class Resume:
             )
         self = cls(path, schedule, epochs, print_fn=print if verbose else _silent)
         # Temporary files of checkpoints that a kill interrupted: never read.
-        for stale in path.glob(f".{BACKUP_FILE}.*.tmp*"):
-            stale.unlink(missing_ok=True)
+        # (the checkpoint's, and the stage-2 guard's best weights, `tltf.guard`).
+        for name in (BACKUP_FILE, "tltf-best.npz"):
+            for stale in path.glob(f".{name}.*.tmp*"):
+                stale.unlink(missing_ok=True)
         self.steps_per_epoch = (fit_kwargs or {}).get("steps_per_epoch")
         self.fingerprint = fingerprint(model, settings)
         checkpoint = _read(path)
@@ -308,6 +313,9 @@ class Resume:
         self.finished = bool(state["finished"])
         self.train_passes = int(state["train_passes"])
         self.history = {k: list(v) for k, v in state["history"].items()}
+        if state.get("unfreeze_at_epoch") is not None:
+            self.unfreeze_at_epoch = int(state["unfreeze_at_epoch"])
+            schedule.unfreeze_at_epoch = self.unfreeze_at_epoch
         self._optimizer_arrays = optimizer_arrays
         if state.get("found_lr") is not None and self.stage == 2:
             # fine_tune_lr="find" found this rate when stage 2 began: reuse it
@@ -375,9 +383,10 @@ class Resume:
 
     def announce(self) -> None:
         if self.epoch:
+            epochs = self.schedule.end_epoch or self.epochs
             self._print(
                 f"tltf: resuming from {str(self.backup_dir)!r}: {self.epoch} of "
-                f"{self.epochs} epochs done, continuing in stage "
+                f"{epochs} epochs done, continuing in stage "
                 f"{self.schedule.plan(self.epoch)[0]} at epoch {self.epoch + 1}."
             )
 
@@ -450,7 +459,8 @@ class ResumeCallback(keras.callbacks.Callback):
         resume.unfrozen = (
             list(resume.schedule.plan(epoch)[1]) if resume.stage == 2 else []
         )
-        resume.finished = resume.epoch >= resume.epochs or bool(
+        end = getattr(resume.schedule, "end_epoch", None) or resume.epochs
+        resume.finished = resume.epoch >= end or bool(
             getattr(self.full_model, "stop_training", False)
         )
         optimizer = self.model.optimizer
@@ -474,6 +484,7 @@ class ResumeCallback(keras.callbacks.Callback):
                 "history": resume.history,
                 "fingerprint": resume.fingerprint,
                 "found_lr": getattr(resume.schedule, "found_lr", None),
+                "unfreeze_at_epoch": resume.schedule.unfreeze_at_epoch,
             },
             [np.asarray(v.numpy()) for v in self.full_model.variables],
             optimizer_arrays,

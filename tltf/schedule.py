@@ -23,6 +23,7 @@ from tltf.compute import check_jit_compile, with_xla_errors
 from tltf.distribute import is_distributed, model_strategy, optimizer_in_scope
 from tltf.errors import ConfigError, DataError, TrainingError
 from tltf.freezing import apply_trainable, check_bn_policy, resolve_unfreeze
+from tltf.guard import KeepBest
 from tltf.model import ModelInfo, model_info
 
 
@@ -51,10 +52,13 @@ def check_lr(value, name: str, allow_none: bool = False, allow_find: bool = Fals
     return float(value)
 
 
-def _check_epochs(value, name: str) -> int:
+def _check_epochs(value, name: str, allow_auto: bool = False):
+    if allow_auto and isinstance(value, str) and value == "auto":
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        auto = " or 'auto'" if allow_auto else ""
         raise ConfigError(
-            f"Expected {name} to be an integer >= 0. Received: {name}={value!r}"
+            f"Expected {name} to be an integer >= 0{auto}. Received: {name}={value!r}"
         )
     return value
 
@@ -211,11 +215,29 @@ class FineTuneSchedule(keras.callbacks.Callback):
         # Resumable state, kept apart from the configuration above.
         self.stage: int | None = None
         self.unfrozen: list[str] = []
+        # Stage-2 epochs, when known: `end_epoch` is then where the run ends.
+        self.fine_tune_epochs: int | None = None
         self._info: ModelInfo | None = None
         self._target: list[str] = []
         self._epoch = 0
 
     # -- state ---------------------------------------------------------------
+    @property
+    def end_epoch(self) -> int | None:
+        """The epoch after the last one (None when `fine_tune_epochs` is unknown)."""
+        if self.fine_tune_epochs is None:
+            return None
+        return self.unfreeze_at_epoch + self.fine_tune_epochs
+
+    def set_unfreeze(self, unfreeze) -> None:
+        """Changes what stage 2 unfreezes (before `fit`), e.g. to a probed depth."""
+        self._unfreeze_kwargs = _unfreeze_kwargs(unfreeze)
+        self.unfreeze = unfreeze
+        if self._info is not None:
+            self._target, _ = resolve_unfreeze(
+                self._info.block_map, self._info.base, **self._unfreeze_kwargs
+            )
+
     def restore_found_lr(self, rate: float) -> None:
         """Makes a resumed stage 2 reuse the rate `fine_tune_lr="find"` found."""
         self._restored_lr = rate
@@ -514,11 +536,13 @@ def fine_tune(
     train,
     validation_data=None,
     *,
-    head_epochs: int = 10,
-    fine_tune_epochs: int = 10,
+    head_epochs: int | str = "auto",
+    fine_tune_epochs: int | str = "auto",
     head_lr=1e-3,
     fine_tune_lr=1e-5,
-    unfreeze: int | str | dict = "all",
+    unfreeze: int | str | dict = "auto",
+    head_steps: int = 2000,
+    keep_best: bool = True,
     bn: str = "frozen",
     optimizer: str | keras.optimizers.Optimizer = "adam",
     loss="auto",
@@ -631,16 +655,31 @@ def fine_tune(
     info = model_info(model)
     strategy = model_strategy(model, strategy)
     jit_compile = check_jit_compile(jit_compile)
-    head_epochs = _check_epochs(head_epochs, "head_epochs")
-    fine_tune_epochs = _check_epochs(fine_tune_epochs, "fine_tune_epochs")
-    if head_epochs + fine_tune_epochs == 0:
+    head_epochs = _check_epochs(head_epochs, "head_epochs", allow_auto=True)
+    fine_tune_epochs = _check_epochs(
+        fine_tune_epochs, "fine_tune_epochs", allow_auto=True
+    )
+    if head_epochs == 0 and fine_tune_epochs == 0:
         raise ConfigError(
             "Nothing to train: head_epochs and fine_tune_epochs are both 0."
         )
+    if (
+        isinstance(head_steps, bool)
+        or not isinstance(head_steps, int)
+        or head_steps < 1
+    ):
+        raise ConfigError(
+            f"Expected head_steps as an integer >= 1. Received: head_steps={head_steps!r}"
+        )
+    if not isinstance(keep_best, bool):
+        raise ConfigError(
+            f"Expected keep_best as True or False. Received: keep_best={keep_best!r}"
+        )
     head_lr = check_lr(head_lr, "head_lr", allow_find=True)
+    auto_unfreeze = isinstance(unfreeze, str) and unfreeze == "auto"
     schedule = FineTuneSchedule(
-        unfreeze_at_epoch=head_epochs,
-        unfreeze=unfreeze,
+        unfreeze_at_epoch=0 if head_epochs == "auto" else head_epochs,
+        unfreeze="all" if auto_unfreeze else unfreeze,
         fine_tune_lr=fine_tune_lr,
         bn=bn,
         lr_decay=lr_decay,
@@ -653,6 +692,18 @@ def fine_tune(
         model, info, train, validation_data, batch_size, seed, augment, label_smoothing
     )
     train_ds, feature_source, val_ds = prepared.train, prepared.features, prepared.val
+    loud = verbose != 0
+    passes = int(train_ds.cardinality())
+    passes = passes if passes > 0 else None
+    if fine_tune_epochs == "auto":
+        fine_tune_epochs = auto_fine_tune_epochs(passes)
+    if auto_unfreeze:
+        schedule.set_unfreeze(
+            _auto_unfreeze(model, info, feature_source, batch_size, loud)
+            if fine_tune_epochs
+            else 0
+        )
+    schedule.fine_tune_epochs = fine_tune_epochs
     if isinstance(class_weight, str):
         class_weight = _balanced_weights(class_weight, info, prepared)
     auto_loss, auto_metrics = default_loss_and_metrics(
@@ -694,10 +745,12 @@ def fine_tune(
             backup_dir,
             model,
             schedule,
-            head_epochs + fine_tune_epochs,
+            (0 if head_epochs == "auto" else head_epochs) + fine_tune_epochs,
             dict(
                 head_epochs=head_epochs,
                 fine_tune_epochs=fine_tune_epochs,
+                head_steps=head_steps,
+                keep_best=keep_best,
                 head_lr=head_lr,
                 fine_tune_lr=schedule.fine_tune_lr,
                 unfreeze=unfreeze,
@@ -711,8 +764,36 @@ def fine_tune(
             fit_kwargs,
             verbose,
         )
-        if resume.finished:
-            return resume.finished_history(model, schedule.bn)
+    fit_args = dict(class_weight=class_weight, verbose=verbose, **fit_kwargs)
+    use_cache, reason = _use_feature_cache(
+        cache_features,
+        head_epochs,
+        train_ds,
+        callbacks,
+        fit_kwargs,
+        prepared.augmented,
+        distributed=is_distributed(strategy),
+    )
+    if reason and verbose:
+        print(f"tltf: stage 1 runs full forward passes: {reason}.")
+    guard = None
+    if keep_best and fine_tune_epochs:
+        guard = KeepBest(
+            schedule,
+            validation=val_ds is not None,
+            train_features=None if val_ds is not None else feature_source,
+            task=info.task,
+            backup_dir=backup_dir,
+            verbose=loud,
+        )
+        if resume is not None and resume.epoch:
+            guard.resume_from(resume.history)
+    if resume is not None and resume.finished:
+        history = resume.finished_history(model, schedule.bn)
+        if guard is not None:
+            guard.restore_saved(model)
+        return history
+    if resume is not None:
         resume.announce()
     if head_lr == "find" and head_epochs and (resume is None or not resume.epoch):
         from tltf.lr_finder import find_stage_lr
@@ -727,26 +808,20 @@ def fine_tune(
                 verbose=0 if verbose == 0 else 1,
             )
         )
-    fit_args = dict(class_weight=class_weight, verbose=verbose, **fit_kwargs)
-    use_cache, reason = _use_feature_cache(
-        cache_features,
-        head_epochs,
-        train_ds,
-        callbacks,
-        fit_kwargs,
-        prepared.augmented,
-        distributed=is_distributed(strategy),
-    )
-    if reason and verbose:
-        print(f"tltf: stage 1 runs full forward passes: {reason}.")
+    own = [guard] if guard is not None else []
     if not use_cache:
+        if head_epochs == "auto":
+            head_epochs = auto_head_epochs(passes, head_steps)
+        schedule.unfreeze_at_epoch = head_epochs
+        if head_epochs and (resume is None or not resume.epoch):
+            set_standardization(model, feature_source)
         if resume is None:
             return model.fit(
                 train_ds,
                 validation_data=val_ds,
                 epochs=head_epochs + fine_tune_epochs,
                 shuffle=False,
-                callbacks=[schedule, *callbacks],
+                callbacks=[schedule, *callbacks, *own],
                 **fit_args,
             )
         resume.skip_passes(train_ds, resume.train_passes)
@@ -756,7 +831,7 @@ def fine_tune(
             epochs=head_epochs + fine_tune_epochs,
             initial_epoch=resume.epoch,
             shuffle=False,
-            callbacks=[schedule, *callbacks, resume.callback(model)],
+            callbacks=[schedule, *callbacks, *own, resume.callback(model)],
             **fit_args,
         )
         return resume.merge(history)
@@ -772,11 +847,141 @@ def fine_tune(
         optimizer,
         loss,
         metrics,
-        callbacks,
+        [*callbacks, *own],
         seed,
         fit_args,
         resume,
+        head_steps=head_steps,
     )
+
+
+#: Optimizer steps that `fine_tune_epochs="auto"` aims for (10 epochs at most).
+FINE_TUNE_STEPS = 1000
+
+
+def auto_fine_tune_epochs(batches_per_epoch: int | None) -> int:
+    """Stage-2 epochs for `fine_tune_epochs="auto"`.
+
+    Enough epochs for about `FINE_TUNE_STEPS` optimizer steps, between 2 and 10:
+    10 for a few hundred images (as the keras.io recipe), 2 for 60,000.
+    """
+    if not batches_per_epoch:
+        return 10
+    return int(min(10, max(2, math.ceil(FINE_TUNE_STEPS / batches_per_epoch))))
+
+
+def auto_head_epochs(batches_per_epoch: int | None, head_steps: int) -> int:
+    """Stage-1 epochs for `head_epochs="auto"` when stage 1 cannot be cached.
+
+    Full forward passes cost as much as stage-2 epochs, so this is the same
+    range as `auto_fine_tune_epochs`: up to `head_steps` steps, 2 to 10 epochs.
+    """
+    if not batches_per_epoch:
+        return 10
+    return int(min(10, max(2, math.ceil(head_steps / batches_per_epoch))))
+
+
+def head_plan(count: int, batch: int, head_steps: int) -> tuple[int, int]:
+    """`(steps per epoch, epochs at most)` of a cached `head_epochs="auto"`.
+
+    An epoch is one pass over the cached features, or `head_steps / 20` steps when
+    that is more (so that 100 images do not make 500 one-line epochs); stage 1
+    ends after `head_steps` steps, or earlier once its loss has converged.
+    """
+    per_pass = max(1, math.ceil(count / batch))
+    steps = max(per_pass, math.ceil(head_steps / 20))
+    return steps, max(1, math.ceil(head_steps / steps))
+
+
+def set_standardization(model: keras.Model, features) -> bool:
+    """Sets the head's `Standardization` statistics from training features.
+
+    Args:
+        model: keras.Model. A model from `build_model`.
+        features: An array of cached features, or the unshuffled training
+            batches (one inference pass computes the features).
+
+    Returns:
+        Whether the statistics were set now (False: the model has no such layer,
+        or its statistics are already set, e.g. by an earlier `fine_tune`).
+    """
+    from tltf.layers import Standardization
+
+    layer = next((la for la in model.layers if isinstance(la, Standardization)), None)
+    if layer is None or layer.is_set:
+        return False
+    if isinstance(features, tf.data.Dataset):
+        from tltf.cache import feature_extractor
+
+        extract = feature_extractor(model)
+        dtype = extract.input_signature[0].dtype
+        features = np.concatenate(
+            [extract(tf.cast(batch[0], dtype)).numpy() for batch in features]
+        )
+    layer.set_statistics(features)
+    return True
+
+
+def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) -> int:
+    """The stage-2 depth for `unfreeze="auto"`: what the linear probe recommends.
+
+    The probe scores every block by leave-one-out on the training images (one
+    forward pass). Blocks above the knee of that curve are the ones to adapt; when
+    the top of the model is below the best block, the blocks above the best block
+    are adapted (and a cut is suggested). Tasks other than classification cannot
+    be probed with a classifier: they unfreeze the top third of the blocks.
+    """
+    from tltf.model import model_base
+    from tltf.probe import probe_blocks
+
+    n = len(info.block_map)
+    fallback = max(1, n // 3)
+    if info.task not in ("multiclass", "binary"):
+        if loud:
+            print(
+                f"tltf: unfreeze='auto' -> {fallback} of {n} blocks (a {info.task} "
+                "task cannot be probed with a classifier: the top third)."
+            )
+        return fallback
+    try:
+        result = probe_blocks(model_base(model), data, batch_size=batch_size, verbose=0)
+    except DataError as error:
+        if loud:
+            print(
+                f"tltf: unfreeze='auto' -> {fallback} of {n} blocks (the probe could "
+                f"not run: {error})"
+            )
+        return fallback
+    top = result.table[-1]
+    best = result.best
+    if result.cut is None:
+        blocks = result.unfreeze
+        why = (
+            f"the top block {top['block']} is as good as any "
+            f"(leave-one-out accuracy {top['val_accuracy']:.3f})"
+        )
+    else:
+        blocks = max(1, n - 1 - info.block_map.position(result.cut))
+        why = (
+            f"{best['block']} ({best['val_accuracy']:.3f}) beats the top block "
+            f"{top['block']} ({top['val_accuracy']:.3f}), so the {blocks} block(s) "
+            f"above it are adapted; build_model(..., cut='auto', data=train) "
+            f"would cut there"
+        )
+    if loud:
+        print(
+            f"tltf: unfreeze='auto' -> {blocks} of {n} blocks: {why} "
+            f"(probe: {result.seconds:.1f}s)."
+        )
+        if not result.base_helps:
+            print(
+                f"tltf: note: a linear probe on the raw pixels scores "
+                f"{result.pixels['val_accuracy']:.3f}, as well as the best block of "
+                f"{info.metadata['base']} ({best['val_accuracy']:.3f}): this base "
+                "adds little or nothing for this task. Try another base, or a "
+                "model trained from scratch."
+            )
+    return blocks
 
 
 @dataclasses.dataclass
@@ -932,12 +1137,16 @@ def _fit_with_feature_cache(
     seed,
     fit_args,
     resume=None,
+    *,
+    head_steps: int = 2000,
 ):
     """Stage 1 on cached features (head sub-model), then stage 2 on the model.
 
     User callbacks see one run on the full model: see `tltf.cache.Continuation`.
     A run resumed in stage 2 (`resume`, see `tltf.resume`) skips stage 1 and its
-    feature pass entirely.
+    feature pass entirely. With `head_epochs="auto"`, stage 1 runs up to
+    `head_steps` optimizer steps (see `head_plan`) and ends once its loss has
+    converged; stage 2 then starts at the next epoch.
     """
     from tltf.cache import (
         Continuation,
@@ -950,13 +1159,18 @@ def _fit_with_feature_cache(
 
     info = model_info(model)
     apply_trainable(info, [], "frozen")
-    total = head_epochs + fine_tune_epochs
+    auto = head_epochs == "auto"
     start = resume.epoch if resume is not None else 0
-    backup = [resume.callback(model, cached_epochs=head_epochs)] if resume else []
+    resumed_plan = resume is not None and resume.unfreeze_at_epoch is not None
+    if resumed_plan:
+        schedule.unfreeze_at_epoch = resume.unfreeze_at_epoch
+    elif not auto:
+        schedule.unfreeze_at_epoch = head_epochs
+    backup = [resume.callback(model, cached_epochs=10**9)] if resume else []
     history = keras.callbacks.History()
-    continuation = Continuation([history, *callbacks], model, total)
+    continuation = Continuation([history, *callbacks], model, 0)
     continuation.last = fine_tune_epochs == 0
-    if start < head_epochs:
+    if start < schedule.unfreeze_at_epoch or (auto and not resumed_plan):
         extractor = feature_extractor(model)
         train_cache = FeatureCache(
             model, feature_source, labels=labels, extractor=extractor
@@ -966,51 +1180,86 @@ def _fit_with_feature_cache(
             if val_ds is not None
             else None
         )
+        if start == 0:
+            set_standardization(model, train_cache.features)
+        batch = train_cache.batch_sizes[0]
+        steps_per_epoch = None
+        if auto:
+            steps_per_epoch, most = head_plan(train_cache.count, batch, head_steps)
+            if not resumed_plan:
+                schedule.unfreeze_at_epoch = most
+        stage_one = schedule.unfreeze_at_epoch
+        continuation.epochs = stage_one + fine_tune_epochs
         verbose = fit_args.get("verbose")
         if verbose:
             n_val = val_cache.count if val_cache else 0
             seconds = train_cache.seconds + (val_cache.seconds if val_cache else 0)
             schedule.set_model(model)
             schedule.stage = 1
+            budget = (
+                f"; up to {head_steps:,} steps ({stage_one} epochs of "
+                f"{steps_per_epoch}), until the loss converges"
+                if auto
+                else ""
+            )
             schedule._print_summary(
                 start,
                 f"; cached base features in one pass over {train_cache.count:,} "
-                f"train + {n_val:,} validation images ({seconds:.1f}s)",
+                f"train + {n_val:,} validation images ({seconds:.1f}s){budget}",
             )
-        batch = train_cache.batch_sizes[0]
         head = head_model(model)
         # Head steps on cached vectors take microseconds: run several per call, so
         # that Python overhead does not dominate. Epoch-level callbacks see no
         # difference.
+        per_epoch = steps_per_epoch or math.ceil(train_cache.count / batch)
         head.compile(
             optimizer=optimizer,
             loss=loss,
             metrics=metrics,
             # At most one epoch per call: Keras's progress bar counts executions
             # past the end of a shorter epoch ("32/3").
-            steps_per_execution=max(1, min(32, math.ceil(train_cache.count / batch))),
+            steps_per_execution=max(1, min(32, per_epoch)),
             jit_compile=model.jit_compile,
         )
         build_metrics(model, train_cache.others[0] if train_cache.others else None)
-        train_features = train_cache.dataset(batch, shuffle=True, seed=seed)
-        if resume is not None:
-            resume.skip_passes(train_features, start)
+        if auto:
+            train_features = train_cache.stream(
+                batch, stage_one * steps_per_epoch, seed, start * steps_per_epoch
+            )
+            previous = (resume.history.get("loss", []) if resume else [])[:start]
+            end = StageOneEnd(stage_one, schedule, tolerance=0.01, losses=previous)
+        else:
+            train_features = train_cache.dataset(batch, shuffle=True, seed=seed)
+            if resume is not None:
+                resume.skip_passes(train_features, start)
+            end = StageOneEnd(stage_one)
         try:
             head.fit(
                 train_features,
                 validation_data=val_cache.dataset(batch, shuffle=False)
                 if val_cache
                 else None,
-                epochs=total,
+                epochs=stage_one + fine_tune_epochs,
                 initial_epoch=start,
+                steps_per_epoch=steps_per_epoch,
                 shuffle=False,
-                callbacks=[StageOneEnd(head_epochs), continuation, *backup],
+                callbacks=[end, continuation, *backup],
                 **fit_args,
             )
         finally:
             train_cache.close()
             if val_cache is not None:
                 val_cache.close()
+        if end.converged_at is not None and verbose:
+            print(
+                f"tltf: stage 1 converged after {end.converged_at + 1} epochs "
+                f"({(end.converged_at + 1) * steps_per_epoch:,} steps; training "
+                f"loss {end.losses[-1]:.4g})."
+            )
+    total = schedule.unfreeze_at_epoch + fine_tune_epochs
+    continuation.epochs = total
+    for callback in backup:
+        callback.cached_epochs = schedule.unfreeze_at_epoch
     if fine_tune_epochs and not model.stop_training:
         continuation.last = True
         if resume is not None:
@@ -1019,7 +1268,7 @@ def _fit_with_feature_cache(
             train_ds,
             validation_data=val_ds,
             epochs=total,
-            initial_epoch=max(head_epochs, start),
+            initial_epoch=max(schedule.unfreeze_at_epoch, start),
             shuffle=False,
             callbacks=[schedule, continuation, *backup],
             **fit_args,

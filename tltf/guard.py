@@ -1,0 +1,230 @@
+"""The stage-2 guard: fine-tuning never ends worse than its own stage 1.
+
+Fine-tuning a pretrained base on a few images can make the model worse than the
+head alone ("fine-tuning made it worse"): the rate is too high for the data, or
+the top blocks drift. `fine_tune(keep_best=True)` (the default) therefore scores
+the model at the end of stage 1 and after every stage-2 epoch, keeps the weights
+of the best one and restores them when the run ends.
+
+The score:
+
+- with validation data, the validation loss (lower is better);
+- without it, for a classifier, the leave-one-out accuracy of a ridge probe on
+  the model's pooled features of the training images (one inference pass per
+  epoch, no image held out; see `tltf.probe.ridge_probe`). Ties go to the later
+  epoch. This measures whether stage 2 kept the features as separable as stage 1
+  left them; it catches features that fine-tuning damaged, not a model that
+  memorised the training set, which only held-out data can show;
+- for other tasks without validation data there is no score, and the last
+  epoch is kept.
+
+With `backup_dir`, the best weights are written there too (`tltf-best.npz`,
+atomically, before the epoch's checkpoint), so that a resumed run keeps the same
+choice as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tltf._io import atomic_path
+
+#: The best weights inside a backup folder.
+BEST_FILE = "tltf-best.npz"
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Keeps the best of stage 1's end and every stage-2 epoch; restores it at the end.
+
+    Args:
+        schedule: FineTuneSchedule. The run's schedule (for the stage of an epoch).
+        validation: bool. Whether the fit has validation data (the score is then
+            `val_loss`).
+        train_features: tf.data.Dataset or None. Unshuffled training batches of
+            `(image, label)`, for the leave-one-out score. Defaults to None.
+        task: str. The model's task. Defaults to "multiclass".
+        backup_dir: str, PathLike or None. Where to keep the best weights of a
+            resumable run. Defaults to None.
+        verbose: bool. Print one line saying what was kept and why. Defaults to
+            True.
+    """
+
+    def __init__(
+        self,
+        schedule,
+        validation: bool,
+        train_features=None,
+        task: str = "multiclass",
+        backup_dir=None,
+        verbose: bool = True,
+    ):
+        super().__init__()
+        self.schedule = schedule
+        self.validation = validation
+        self.train_features = train_features
+        self.task = task
+        self.path = Path(backup_dir).expanduser() / BEST_FILE if backup_dir else None
+        self.verbose = verbose
+        self.best_score: tuple | None = None
+        self.best_epoch: int | None = None  # -1: the end of stage 1
+        self.best_weights: list[np.ndarray] | None = None
+        self.last_epoch: int | None = None
+        self.last_score: tuple | None = None
+        self._stage_one_logs: dict | None = None
+        self._extract = None
+
+    @property
+    def criterion(self) -> str | None:
+        """What the score is, in words; None when there is none."""
+        if self.validation:
+            return "val_loss"
+        if self.train_features is not None and self.task in ("multiclass", "binary"):
+            return "leave-one-out accuracy of the features"
+        return None
+
+    # -- scores ------------------------------------------------------------------
+    def _score(self, logs) -> tuple | None:
+        if self.validation:
+            value = (logs or {}).get("val_loss")
+            if value is None or not math.isfinite(float(value)):
+                return (-math.inf,)
+            return (-float(value),)
+        if self.criterion is None:
+            return None
+        return self._loo_score()
+
+    def _loo_score(self) -> tuple:
+        from tltf.cache import feature_extractor
+        from tltf.probe import ridge_probe
+
+        if self._extract is None:
+            self._extract = feature_extractor(self.model)
+        dtype = self._extract.input_signature[0].dtype
+        parts, labels = [], []
+        for batch in self.train_features:
+            parts.append(self._extract(tf.cast(batch[0], dtype)).numpy())
+            labels.append(np.asarray(batch[1]))
+        x = np.concatenate(parts).reshape(sum(len(p) for p in parts), -1)
+        y = np.concatenate(labels)
+        if y.ndim == 2 and y.shape[1] > 1:
+            y = y.argmax(axis=1)
+        y = np.rint(y.reshape(len(y), -1)[:, 0]).astype(np.int64)
+        if not np.all(np.isfinite(x)):
+            return (-math.inf, -math.inf)
+        classes = int(max(2, y.max() + 1))
+        fit_acc, loo_acc, _ = ridge_probe(x, y, x, y, classes)
+        return (round(loo_acc, 9), round(fit_acc, 9))
+
+    # -- Keras hooks ---------------------------------------------------------------
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.best_score is not None or self.schedule.plan(epoch)[0] != 2:
+            return
+        # The weights now are those stage 1 ended with: the first candidate.
+        if self.validation and self._stage_one_logs is None:
+            return  # stage 1 did not run here (and no stored best): nothing to compare
+        score = self._score(self._stage_one_logs)
+        if score is not None:
+            self._keep(score, -1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        stage = (logs or {}).get("stage") or self.schedule.plan(epoch)[0]
+        if int(stage) == 1:
+            self._stage_one_logs = dict(logs or {})
+            return
+        score = self._score(logs)
+        self.last_epoch, self.last_score = epoch, score
+        if score is not None and (self.best_score is None or score >= self.best_score):
+            self._keep(score, epoch)
+
+    def on_train_end(self, logs=None):
+        if self.last_epoch is None or self.best_score is None:
+            return
+        name = self.criterion
+        if self.best_epoch == self.last_epoch:
+            if self.verbose:
+                print(
+                    f"tltf: keep_best: kept the last epoch ({self.last_epoch + 1}): "
+                    f"best {name} ({_show(self.best_score, self.validation)})."
+                )
+            return
+        self._restore(self.model_to_restore())
+        if self.verbose:
+            where = (
+                "the end of stage 1 (fine-tuning did not improve on it)"
+                if self.best_epoch == -1
+                else f"epoch {self.best_epoch + 1}"
+            )
+            print(
+                f"tltf: keep_best: restored the weights of {where}: {name} "
+                f"{_show(self.best_score, self.validation)} against "
+                f"{_show(self.last_score, self.validation)} at the last epoch "
+                f"({self.last_epoch + 1})."
+            )
+
+    def model_to_restore(self) -> keras.Model:
+        """The full model (a Continuation hands callbacks the full model)."""
+        return self.model
+
+    # -- keeping and restoring -------------------------------------------------------
+    def _keep(self, score: tuple, epoch: int) -> None:
+        self.best_score, self.best_epoch = score, epoch
+        self.best_weights = [
+            np.array(v.numpy(), copy=True) for v in self.model.variables
+        ]
+        if self.path is not None:
+            from tltf.distribute import is_chief
+
+            if not is_chief():
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            arrays = {f"w{i}": w for i, w in enumerate(self.best_weights)}
+            state = json.dumps({"score": list(score), "epoch": epoch})
+            arrays["state"] = np.frombuffer(state.encode("utf-8"), dtype=np.uint8)
+            with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+    def _restore(self, model: keras.Model) -> None:
+        for variable, value in zip(model.variables, self.best_weights, strict=True):
+            variable.assign(value)
+
+    def load(self) -> bool:
+        """Reads the best weights a resumable run stored; False when there are none."""
+        if self.path is None or not self.path.exists():
+            return False
+        with np.load(self.path, allow_pickle=False) as data:
+            state = json.loads(bytes(data["state"]).decode("utf-8"))
+            count = sum(1 for k in data.files if k.startswith("w"))
+            self.best_weights = [data[f"w{i}"] for i in range(count)]
+        self.best_score = tuple(state["score"])
+        self.best_epoch = int(state["epoch"])
+        return True
+
+    def resume_from(self, history: dict) -> None:
+        """Picks up where a resumed run left off: its stored best and stage 1."""
+        self.load()
+        stages = list(history.get("stage", []))
+        last = max((i for i, s in enumerate(stages) if int(s) == 1), default=None)
+        if last is not None:
+            self._stage_one_logs = {
+                k: v[last] for k, v in history.items() if len(v) > last
+            }
+
+    def restore_saved(self, model: keras.Model) -> None:
+        """For a finished resumable run: puts back the best weights it kept."""
+        if self.best_weights is not None:
+            self._restore(model)
+
+
+def _show(score: tuple | None, validation: bool) -> str:
+    if score is None:
+        return "n/a"
+    return f"{-score[0]:.4g}" if validation else f"{score[0]:.3f}"
+
+
+__all__ = ["BEST_FILE", "KeepBest"]
