@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import keras
@@ -11,8 +12,8 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import tltf
-from tltf.errors import ConfigError
-from tltf.lr_finder import _suggest, find_lr
+from tltf.errors import ConfigError, DataError, TrainingError
+from tltf.lr_finder import SAFE_LR, _suggest, find_lr
 
 from .conftest import make_data, make_tiny_base
 
@@ -111,10 +112,118 @@ def test_suggestion_rule_on_a_known_curve():
     assert result.minimum == pytest.approx(1e-2)
     assert result.suggestion == pytest.approx(1e-3)
     assert result.steepest < result.minimum
-    rising = _suggest(lrs, lrs + 1, lrs + 1, "head", True)
-    assert "hardly fell" in rising.reason
+    assert not result.fallback and result.fall == pytest.approx(15 / 16, abs=0.05)
     falling = _suggest(lrs, 2 - lrs, 2 - lrs, "head", False)
-    assert "raise max_lr" in falling.reason
+    assert "raise max_lr" in falling.reason and not falling.fallback
+    # A curve that rises from the start never fell: the stage's safe default.
+    rising = _suggest(lrs, lrs + 1, lrs + 1, "fine_tune", True)
+    assert rising.fallback and rising.suggestion == SAFE_LR["fine_tune"] == 1e-5
+    assert "never fell meaningfully" in rising.reason and "fallback" in rising.reason
+
+
+def _ema(losses, beta=0.9):
+    out, average = [], 0.0
+    for i, value in enumerate(losses, start=1):
+        average = beta * average + (1 - beta) * value
+        out.append(average / (1 - beta**i))
+    return np.asarray(out)
+
+
+def test_noise_alone_is_not_a_fall_but_a_clear_fall_is():
+    lrs = np.geomspace(1e-7, 1.0, 100)
+    rng = np.random.default_rng(0)
+    for seed in range(20):  # flat with 20% batch noise: never a suggestion
+        noisy = 1 + 0.2 * np.random.default_rng(seed).standard_normal(100)
+        result = _suggest(lrs, noisy, _ema(noisy), "head", False)
+        assert result.fallback, (seed, result.reason)
+        assert result.suggestion == SAFE_LR["head"] == 1e-3
+    # The same noise on a loss that falls by a third before it rises is read.
+    shape = np.where(lrs < 1e-2, 1 - 0.35 * np.clip(np.log10(lrs) + 5, 0, 3) / 3, 2)
+    curve = shape + 0.2 * rng.standard_normal(100)
+    result = _suggest(lrs, curve, _ema(curve), "head", True)
+    assert not result.fallback and 1e-4 < result.suggestion < 1e-2, result.reason
+
+
+def test_a_loss_that_never_falls_and_diverges_below_the_default_is_an_error():
+    lrs = np.geomspace(1e-7, 1e-4, 40)
+    losses = np.r_[np.ones(39), np.nan]
+    with pytest.raises(TrainingError, match=r"never fell.*diverged at lr 1\.0e-04"):
+        _suggest(lrs, losses, np.r_[np.ones(39), np.nan], "head", True)
+    with pytest.raises(DataError, match="finite loss before the first update"):
+        _suggest(lrs[:1], losses[-1:], losses[-1:], "head", True)
+
+
+def _state(model):
+    return _values(model.variables), _trainable_map(model)
+
+
+def _assert_state(model, state):
+    values, flags = state
+    for a, b in zip(values, _values(model.variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _trainable_map(model) == flags
+
+
+def test_sweep_widens_upward_when_the_loss_still_falls_at_max_lr(data):
+    # The tiny head learns best near 1e-2 to 1e-1: below 1e-4 it hardly moves.
+    model = tltf.build_model(make_tiny_base(), num_classes=3)
+    before = _state(model)
+    result = find_lr(model, data, max_lr=1e-4, steps=30, seed=0, verbose=0)
+    _assert_state(model, before)
+    assert result.widened == ("up",) and not result.fallback
+    assert result.lrs[0] == pytest.approx(1e-7)
+    assert result.lrs[-1] == pytest.approx(1e-1)  # three more decades
+    assert result.suggestion > 1e-4 / 10  # what it used to return
+    assert "Widened up" in result.reason and "1.0e-07..1.0e-01" in result.reason
+    steps = np.diff(np.log10(result.lrs))
+    np.testing.assert_allclose(steps, 3 / 29)  # same steps per decade throughout
+    # Going on is exact: the same curve as one sweep over the wider range.
+    wide = find_lr(model, data, max_lr=1e-1, steps=59, seed=0, widen=0, verbose=0)
+    np.testing.assert_allclose(wide.lrs, result.lrs, rtol=1e-9)
+    np.testing.assert_allclose(wide.losses, result.losses, rtol=1e-5)
+    # widen=0 keeps the asked range (and says the loss still fell at the top).
+    narrow = find_lr(model, data, max_lr=1e-4, steps=30, seed=0, widen=0, verbose=0)
+    assert narrow.widened == () and narrow.lrs[-1] == pytest.approx(1e-4)
+
+
+def test_sweep_widens_downward_when_the_loss_rises_from_the_start(data):
+    model = tltf.build_model(make_tiny_base(), num_classes=3)
+    # A non-trivial state for the mid-sweep restore: one block unfrozen with the
+    # "affine" BN policy, while the sweep trains all blocks with BN frozen.
+    tltf.unfreeze(model, 1, bn="affine")
+    before = _state(model)
+    kwargs = dict(stage="fine_tune", seed=0, verbose=0)
+    # Adam from lr 1 diverges at once on the tiny model; its best rate is ~5e-2.
+    result = find_lr(model, data, min_lr=1.0, max_lr=1e3, steps=30, **kwargs)
+    _assert_state(model, before)
+    assert result.widened == ("down",) and not result.fallback
+    assert result.lrs[0] == pytest.approx(1e-3)  # three decades lower
+    assert result.suggestion < 1.0  # below the asked min_lr
+    assert "Widened down" in result.reason and "restarted at 1.0e-03" in result.reason
+    # The restart is a sweep from the model as it was: the same curve as asking
+    # for the wider range at once.
+    wide = find_lr(model, data, min_lr=1e-3, max_lr=1e3, steps=59, widen=0, **kwargs)
+    _assert_state(model, before)
+    n = len(result.lrs)
+    np.testing.assert_allclose(wide.lrs[:n], result.lrs, rtol=1e-9)
+    np.testing.assert_allclose(wide.losses[:n], result.losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stage", ["head", "fine_tune"])
+def test_a_flat_curve_falls_back_to_the_stage_default(stage):
+    # Blank images and a zero output kernel: every prediction is uniform, and no
+    # rate can beat it on balanced labels.
+    x, y = make_data()
+    model = tltf.build_model(make_tiny_base(), num_classes=3)
+    kernel = model.get_layer("head_output").kernel
+    kernel.assign(np.zeros(kernel.shape, "float32"))
+    before = _state(model)
+    result = find_lr(model, (np.zeros_like(x), y), stage=stage, steps=30, verbose=0)
+    _assert_state(model, before)
+    assert result.fallback and result.suggestion == SAFE_LR[stage]
+    assert result.fall < 0.05
+    assert "never fell meaningfully" in result.reason
+    assert f"safe default for the {stage} stage" in result.reason
 
 
 def test_find_lr_validates_arguments(data):
@@ -125,6 +234,9 @@ def test_find_lr_validates_arguments(data):
         find_lr(model, data, min_lr=1.0, max_lr=1e-3)
     with pytest.raises(ConfigError, match="steps"):
         find_lr(model, data, steps=3)
+    for widen in (-1, True, math.inf):
+        with pytest.raises(ConfigError, match="widen"):
+            find_lr(model, data, widen=widen)
     with pytest.raises(ConfigError, match=r"\[0, 4\]"):
         find_lr(model, data, stage="fine_tune", unfreeze=9)
     with pytest.raises(ConfigError, match="'find'"):
