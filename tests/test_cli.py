@@ -7,8 +7,14 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
+import tltf
+from tltf.bases.registry import SHIPPED_BASES
 from tltf.cli import main
+from tltf.config import TrainConfig
+from tltf.errors import ConfigError
+from tltf.runs import resolve_base, still_improving_hint
 
 
 def _tltf(*args, tmp_path):
@@ -102,3 +108,166 @@ def test_bases_blocks_adds_block_and_parameter_counts(capsys):
         "13",
         "0.9M",
     ]
+
+
+def test_bases_lists_the_shipped_demo_base(capsys):
+    assert main(["bases"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["demo", "mobilenet_v3", "64", "32"]  # first row
+    assert lines[-1] == (
+        "demo: MobileNetV3Small @64 px pretrained on tltf's procedural "
+        "shapes_source; ships with tltf, works offline."
+    )
+    assert main(["bases", "--filter", "dem*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:] if line.strip()] == ["demo", "demo:"]
+
+
+def test_bases_shows_the_shipped_base(capsys):
+    assert main(["bases", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert f"folder:        {SHIPPED_BASES['demo'].path}" in out
+    assert "architecture:  mobilenet_v3_small" in out and "default size:  64" in out
+    assert "blocks:        13, bottom to top: stem expanded_conv" in out
+
+
+def test_the_shipped_base_is_the_demo_base():
+    from tltf.pretrain import shipped_demo_base_path
+
+    assert SHIPPED_BASES["demo"].path == shipped_demo_base_path()
+    assert SHIPPED_BASES["demo"].path.is_dir()
+
+
+def test_demo_loads_by_name_in_python():
+    base = tltf.load_base("demo")
+    assert base.input_shape == (64, 64, 3) and len(base.block_map) == 13
+    model = tltf.build_model("demo", 3, weights="imagenet")  # ignored: saved weights
+    assert model.input_shape == (None, 64, 64, 3)
+
+
+def test_unknown_base_suggests_demo_when_nothing_is_close(capsys):
+    assert main(["bases", "qqqqqq"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tltf: error: Unknown base 'qqqqqq'. Try 'demo' (")
+    assert main(["bases", "dmeo"]) == 2
+    assert "Did you mean 'demo'?" in capsys.readouterr().err
+
+
+def _printed(argv, capsys) -> dict:
+    assert main(["train", *argv, "--print-config"]) == 0, capsys.readouterr().err
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
+    printed = _printed(["--base", "demo", "--train", "x/"], capsys)
+    assert printed["model"]["cut"] == "auto"  # train's default
+    assert printed["model"]["weights"] is None  # a saved base has its own
+    defaults = TrainConfig().schedule
+    assert printed["schedule"]["head_epochs"] == defaults.head_epochs
+    assert printed["schedule"]["unfreeze"] == defaults.unfreeze
+    argv = [
+        *("--base", "demo", "--train", "x/", "--head-epochs", "auto"),
+        *("--fine-tune-epochs", "7", "--head-lr", "find", "--fine-tune-lr", "find"),
+        *("--unfreeze", "auto", "--head-steps", "300", "--no-keep-best"),
+        *("--cut", "none"),
+    ]
+    printed = _printed(argv, capsys)
+    assert printed["schedule"] == {
+        **printed["schedule"],
+        "head_epochs": "auto",
+        "fine_tune_epochs": 7,
+        "head_lr": "find",
+        "fine_tune_lr": "find",
+        "unfreeze": "auto",
+        "head_steps": 300,
+        "keep_best": False,
+    }
+    assert printed["model"]["cut"] is None
+    config = TrainConfig.from_dict(printed)  # what --print-config shows reads back
+    assert config.schedule.head_lr == "find" and config.model.cut is None
+    printed = _printed(
+        ["--base", "demo", "--train", "x/", "--set", "schedule.head_lr=find"], capsys
+    )
+    assert printed["schedule"]["head_lr"] == "find"
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (
+            ["--base", "demoo"],
+            "tltf: error: Unknown base 'demoo'. Did you mean 'demo'?",
+        ),
+        (["--base", "qqqqqq"], "tltf: error: Unknown base 'qqqqqq'. Try 'demo'"),
+        (["--base", "no/such/folder"], "is not a folder"),
+        (["--base", "demo", "--weights", "w.h5"], "'demo' is a saved base"),
+        (["--head-lr", "fnd"], "expected a number > 0 or 'find', got 'fnd'; did you"),
+        (["--head-lr", "0"], "expected a number > 0, got '0'"),
+        (["--fine-tune-lr", "fine"], "got 'fine'; did you mean 'find'?"),
+        (["--head-epochs", "aut"], "or 'auto', got 'aut'; did you mean 'auto'?"),
+        (["--fine-tune-epochs", "-1"], "expected an integer >= 0, got -1"),
+        (["--unfreeze", "al"], "'all' or 'auto', got 'al'; did you mean 'all'?"),
+        (["--head-steps", "0"], "expected an integer >= 1"),
+        (["--set", "schedule.head_lr=fnd"], "Did you mean 'find'?"),
+    ],
+)
+def test_print_config_rejects_bad_bases_and_values(argv, text, capsys):
+    base = [] if "--base" in argv else ["--base", "demo"]
+    assert main(["train", *base, "--train", "x/", *argv, "--print-config"]) == 2
+    captured = capsys.readouterr()
+    assert text in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""
+
+
+def test_saved_bases_record_no_weights():
+    config = TrainConfig.from_dict({"model": {"base": "demo"}})
+    assert resolve_base(config).model.weights is None
+    config = TrainConfig.from_dict({"model": {"base": "mobilenet_v2"}})
+    assert resolve_base(config).model.weights == "imagenet"
+    with pytest.raises(ConfigError, match="saved base with its own weights"):
+        resolve_base(
+            TrainConfig.from_dict({"model": {"base": "demo", "weights": "w.h5"}})
+        )
+
+
+def test_tune_keeps_its_default_epochs_for_auto():
+    from tltf.config import ScheduleConfig
+    from tltf.runs import _tune_epochs
+
+    assert _tune_epochs(ScheduleConfig(head_epochs="auto", fine_tune_epochs=3)) == {
+        "fine_tune_epochs": 3
+    }
+
+
+def test_a_run_still_improving_says_what_to_try():
+    summary = {
+        "best": {"monitor": "val_loss", "epoch": 12},
+        "epochs": {"head": 2, "fine_tune": 10, "run": 12},
+        "still_improving": True,
+    }
+    assert still_improving_hint(summary) == (
+        "the best epoch is the last one (val_loss still improving): train longer, "
+        "e.g. --fine-tune-epochs 20 (this run had 10)"
+    )
+    head_only = {**summary, "epochs": {"head": 3, "fine_tune": 0, "run": 3}}
+    assert "--head-epochs 6 (this run had 3)" in still_improving_hint(head_only)
+    assert still_improving_hint({**summary, "still_improving": False}) is None
+
+
+def test_a_fixed_unfreeze_must_fit_below_an_auto_cut():
+    from tltf.runs import _check_unfreeze_below_cut
+
+    from .conftest import make_tiny_base
+
+    model = tltf.build_model(make_tiny_base(), 3, cut="block2")
+    config = TrainConfig.from_dict({"schedule": {"unfreeze": 3}})
+    with pytest.raises(ConfigError) as error:
+        _check_unfreeze_below_cut(config, model)
+    assert str(error.value) == (
+        "schedule.unfreeze=3 top blocks, but model.cut='auto' cut the base at "
+        "'block2', which keeps 2 block(s). Set --unfreeze auto (or at most 2), or "
+        "keep the whole base with --cut none (model.cut: null)."
+    )
+    for unfreeze in (2, "auto", "all", {"layers": 9}):
+        config = TrainConfig.from_dict({"schedule": {"unfreeze": unfreeze}})
+        _check_unfreeze_below_cut(config, model)

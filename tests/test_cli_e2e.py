@@ -34,6 +34,7 @@ CONFIG = """\
 model:
   base: {base}
   head: {{dropout: 0.1}}
+  cut: null      # the whole base (train's default is auto: the probe's cut)
 data:
   train: {images}
   val_fraction: 0.25
@@ -249,7 +250,8 @@ def _error(argv, capsys) -> str:
 
 def test_bad_paths_and_values_exit_2(work, capsys, monkeypatch):
     monkeypatch.chdir(work)
-    args = ["train", "--base", "base", "--image-size", "16", "--out", "runs/x"]
+    args = ["train", "--base", "base", "--image-size", "16", "--cut", "none"]
+    args += ["--out", "runs/x"]
     err = _error([*args, "--train", "no_such_folder"], capsys)
     assert "No such file or folder: 'no_such_folder'" in err
     assert "No base" in _error(["train", "--train", "images"], capsys)
@@ -403,3 +405,33 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     assert (run / summary["files"]["tuning_csv"]).is_file()
     model = keras.saving.load_model(run / "best.keras", safe_mode=True)
     assert tltf.model_info(model).metadata["class_names"] == list(CLASSES)
+
+
+def test_train_on_the_shipped_base_with_the_defaults(work, capsys, monkeypatch):
+    """`--base demo` (offline), everything else "auto": cut, unfreeze, epochs."""
+    monkeypatch.chdir(work)
+    argv = ["train", "--base", "demo", "--train", "images", "--val-fraction", "0.25"]
+    argv += ["--head-steps", "20", "--fine-tune-epochs", "1", "--out", "runs/demo"]
+    assert main([*argv, "-q"]) == 0
+    out = capsys.readouterr().out
+    run = work / "runs" / "demo"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["base"] == "demo" and config["model"]["weights"] is None
+    assert config["model"]["cut"] == "auto"  # what was asked; the summary resolves
+    assert config["schedule"]["head_epochs"] == "auto"
+    assert config["schedule"]["unfreeze"] == "auto"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["image_size"] == [64, 64]  # the shipped base's own size
+    assert summary["cut"]["requested"] == "auto"
+    resolved = summary["cut"]["resolved"]
+    assert resolved is None or set(resolved) >= {"block", "index", "of"}
+    assert summary["unfreeze"]["requested"] == "auto"
+    assert 0 <= summary["unfreeze"]["blocks"] <= summary["unfreeze"]["of"]
+    epochs = summary["epochs"]
+    assert epochs["requested"] == {"head": "auto", "fine_tune": 1}
+    assert epochs["fine_tune"] == 1 and epochs["head"] + 1 == epochs["run"]
+    last = summary["best"]["epoch"] == epochs["run"]
+    assert summary["still_improving"] is last
+    assert (
+        "(val_loss still improving): train longer, e.g. --fine-tune-epochs 2" in out
+    ) is last

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 
 import pytest
@@ -9,6 +11,7 @@ import yaml
 
 from tltf.config import (
     DataConfig,
+    ModelConfig,
     ScheduleConfig,
     TrainConfig,
     TuneConfig,
@@ -20,6 +23,7 @@ from tltf.config import (
 )
 from tltf.errors import ConfigError
 from tltf.heads import HeadConfig
+from tltf.schedule import fine_tune
 
 YAML = """\
 model:
@@ -108,6 +112,14 @@ def test_unknown_keys_name_the_section_and_suggest(config, words):
         ({"schedule": {"unfreeze": "most"}}, "schedule.unfreeze as a number"),
         ({"schedule": {"bn": "frozn"}}, "Did you mean 'frozen'"),
         ({"schedule": {"head_epochs": 0, "fine_tune_epochs": 0}}, "Nothing to train"),
+        ({"schedule": {"head_epochs": -1}}, "schedule.head_epochs >= 0 or 'auto'"),
+        ({"schedule": {"head_steps": 0}}, "schedule.head_steps >= 1"),
+        ({"schedule": {"head_steps": "auto"}}, "schedule.head_steps to be an integer"),
+        ({"schedule": {"keep_best": "yes"}}, "schedule.keep_best to be true or false"),
+        (
+            {"schedule": {"fine_tune_lr": 0.0}},
+            "a positive number (e.g. 1e-4) or 'find'",
+        ),
         ({"data": {"batch_size": 0}}, "data.batch_size >= 1"),
         ({"data": {"val_fraction": 1.5}}, "strictly between 0 and 1"),
         ({"data": {"val_fraction": 0.2, "val": "x/"}}, "not both"),
@@ -211,3 +223,112 @@ def test_bad_files_are_config_errors(tmp_path):
         load_config_file(tmp_path / "evil.yaml")  # safe_load refuses Python tags
     (tmp_path / "empty.yaml").write_text("")
     assert load_config_file(tmp_path / "empty.yaml") == {}
+
+
+def test_schedule_defaults_are_fine_tune_defaults():
+    """One source of defaults: every schedule key passed to fine_tune has its default."""
+    parameters = inspect.signature(fine_tune).parameters
+    config = ScheduleConfig()
+    kwargs = config.fine_tune_kwargs()
+    assert set(kwargs) <= set(parameters), set(kwargs) - set(parameters)
+    for key in kwargs:
+        assert getattr(config, key) == parameters[key].default, key
+    fields = {f.name for f in dataclasses.fields(ScheduleConfig)}
+    assert set(kwargs) == fields - {"monitor", "mode"}  # every key reaches fine_tune
+
+
+@pytest.mark.parametrize(
+    ("schedule", "word"),
+    [
+        ({"head_lr": "fnd"}, "'find'"),
+        ({"fine_tune_lr": "fin"}, "'find'"),
+        ({"head_epochs": "aut"}, "'auto'"),
+        ({"fine_tune_epochs": "Auto"}, "'auto'"),
+        ({"unfreeze": "auot"}, "'auto'"),
+        ({"unfreeze": "al"}, "'all'"),
+    ],
+)
+def test_misspelt_words_are_config_errors_with_a_suggestion(schedule, word):
+    [(key, value)] = schedule.items()
+    with pytest.raises(ConfigError) as error:
+        ScheduleConfig.from_dict(schedule)
+    message = str(error.value)
+    assert message.startswith(f"Expected schedule.{key} ")
+    assert f"Received: {key}={value!r}" in message
+    assert f"Did you mean {word}?" in message
+
+
+def test_head_lr_message_says_what_is_expected():
+    with pytest.raises(ConfigError) as error:
+        ScheduleConfig(head_lr="fnd")
+    assert str(error.value) == (
+        "Expected schedule.head_lr to be a number or 'find'. Received: "
+        "head_lr='fnd' (str). Did you mean 'find'?"
+    )
+
+
+AUTO_YAML = """\
+model: {base: demo, cut: auto}
+data: {train: photos/}
+schedule:
+  head_epochs: auto
+  fine_tune_epochs: auto
+  head_lr: find
+  fine_tune_lr: find
+  unfreeze: auto
+  head_steps: 500
+  keep_best: false
+"""
+
+AUTO_TOML = """\
+[model]
+base = "demo"
+cut = "auto"
+[data]
+train = "photos/"
+[schedule]
+head_epochs = "auto"
+fine_tune_epochs = "auto"
+head_lr = "find"
+fine_tune_lr = "find"
+unfreeze = "auto"
+head_steps = 500
+keep_best = false
+"""
+
+
+def test_auto_and_find_round_trip_through_yaml_toml_and_json(tmp_path):
+    (tmp_path / "a.yaml").write_text(AUTO_YAML)
+    (tmp_path / "a.toml").write_text(AUTO_TOML)
+    config = TrainConfig.from_dict(load_config_file(tmp_path / "a.yaml"))
+    assert config == TrainConfig.from_dict(load_config_file(tmp_path / "a.toml"))
+    s = config.schedule
+    assert (s.head_epochs, s.fine_tune_epochs, s.unfreeze) == ("auto",) * 3
+    assert (s.head_lr, s.fine_tune_lr) == ("find", "find")
+    assert (s.head_steps, s.keep_best) == (500, False)
+    assert config.model.cut == "auto"
+    kwargs = s.fine_tune_kwargs()
+    assert kwargs["head_lr"] == "find" and kwargs["unfreeze"] == "auto"
+    assert kwargs["head_steps"] == 500 and kwargs["keep_best"] is False
+    for name in ("config.yaml", "config.json"):
+        dump_config(config, tmp_path / name)
+        assert TrainConfig.from_dict(load_config_file(tmp_path / name)) == config
+
+
+def test_one_stage_may_be_zero_when_the_other_is_auto():
+    assert ScheduleConfig(head_epochs=0).fine_tune_epochs == "auto"
+    assert ScheduleConfig(fine_tune_epochs=0, head_epochs="auto").head_epochs == "auto"
+    assert ScheduleConfig(head_lr="1e-3").head_lr == 1e-3  # YAML's 1e-3 string
+
+
+def test_train_configs_default_to_cut_auto_and_tune_configs_to_no_cut():
+    assert ModelConfig().cut is None  # build_model's default
+    assert TrainConfig().model.cut == "auto"  # a run has the data to probe
+    assert TrainConfig.from_dict({}).model.cut == "auto"
+    assert TrainConfig.from_dict({"model": None}).model.cut == "auto"  # `model:`
+    assert TrainConfig.from_dict({"model": {"base": "demo"}}).model.cut == "auto"
+    assert TrainConfig.from_dict({"model": {"cut": None}}).model.cut is None
+    assert TrainConfig.from_dict({"model": {"cut": 3}}).model.cut == 3
+    assert TuneConfig().model.cut is None and TuneConfig.from_dict({}).model.cut is None
+    assert TrainConfig() == TrainConfig.from_dict({})
+    assert TuneConfig() == TuneConfig.from_dict(None)

@@ -10,6 +10,7 @@ Ctrl-C prints `tltf: interrupted` and exits with 130.
 Example:
 
     $ tltf bases --filter "efficientnet*"
+    $ tltf train --base demo --train photos/ --val-fraction 0.2 --out runs/first
     $ tltf train --config train.yaml --out runs/flowers
     $ tltf evaluate runs/flowers
     $ tltf predict runs/flowers photos/ --output predictions.csv
@@ -28,11 +29,15 @@ from collections.abc import Sequence
 EXIT_ERROR = 2
 
 _BASES_EPILOG = """\
+"demo" is the base shipped with tltf: MobileNetV3Small @64 px pretrained on
+tltf's procedural shapes_source. It needs no download (tltf train --base demo).
+
 examples:
-  tltf bases                          every registry name
+  tltf bases                          every registry name, and demo
   tltf bases --filter "efficientnet*" one family (shell-style pattern)
   tltf bases --filter "*v2*"
   tltf bases efficientnet_b0          one entry, with its preprocessing
+  tltf bases demo                     the shipped base: where it is, its blocks
 """
 
 _DEMO_EPILOG = """\
@@ -83,15 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     bases = commands.add_parser(
         "bases",
         help="list the base registry",
-        description="Lists the registry's bases: name, family, ImageNet (default) "
-        "input size and minimum input size.",
+        description="Lists the registry's bases and the bases shipped with tltf: "
+        "name, family, default input size (ImageNet's, or a shipped base's own) "
+        "and minimum input size.",
         epilog=_BASES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bases.add_argument(
         "name",
         nargs="?",
-        help="show one base's registry entry (a registry or constructor name)",
+        help="show one base's entry (a registry, constructor or shipped name)",
     )
     bases.add_argument(
         "--filter",
@@ -149,8 +155,18 @@ reaches any config key. The run folder gets config.yaml, history.csv,
 tensorboard/, best.keras, last.keras, plots/, evaluation.json and, last,
 summary.json.
 
+By default tltf decides: --head-epochs auto (stage 1 until the head's loss
+converges), --fine-tune-epochs auto (from a step budget), --unfreeze auto and
+--cut auto (from a linear probe of the blocks on the training data); --head-lr
+find and --fine-tune-lr find run the learning-rate finder. Give numbers to fix
+them. A run whose best epoch is its last says so, with how to train longer.
+
 examples:
+  tltf train --base demo --train photos/ --val-fraction 0.2    offline, no download
   tltf train --base mobilenet_v2 --weights none --train photos/ --val-fraction 0.2
+  tltf train --base demo --train photos/ --head-lr find --fine-tune-lr find
+  tltf train --base demo --train photos/ --head-epochs 5 --fine-tune-epochs 10 \\
+             --unfreeze 3 --cut none
   tltf train --config train.yaml --out runs/flowers
   tltf train --config train.toml --head-epochs 3 --set model.head.dropout=0.3
   tltf train --base efficientnet_b0 --train "tfds:tf_flowers[train[:80%]]" \\
@@ -232,6 +248,8 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "head_lr": ("schedule", "head_lr"),
     "fine_tune_lr": ("schedule", "fine_tune_lr"),
     "unfreeze": ("schedule", "unfreeze"),
+    "head_steps": ("schedule", "head_steps"),
+    "keep_best": ("schedule", "keep_best"),
     "bn": ("schedule", "bn"),
     "lr_decay": ("schedule", "lr_decay"),
     "label_smoothing": ("schedule", "label_smoothing"),
@@ -273,14 +291,43 @@ def _image_size(text: str) -> int | list[int]:
     return values[0] if len(values) == 1 else values
 
 
-def _unfreeze(text: str) -> int | str:
-    if text == "all":
+def _epochs(text: str) -> int | str:
+    if text == "auto":
         return text
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a number of top blocks or 'all', got {text!r} (use --set "
+            f"expected an integer >= 0 or 'auto', got {text!r}{_suggest(text, 'auto')}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _learning_rate(text: str) -> float | str:
+    if text == "find":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number > 0 or 'find', got {text!r}{_suggest(text, 'find')}"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _unfreeze(text: str) -> int | str:
+    if text in ("all", "auto"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of top blocks, 'all' or 'auto', got {text!r}"
+            f"{_suggest(text, 'all', 'auto')} (use --set "
             "schedule.unfreeze='{layers: 20}' for the other forms)"
         ) from None
     if value < 0:
@@ -288,7 +335,21 @@ def _unfreeze(text: str) -> int | str:
     return value
 
 
-def _block(text: str) -> int | str:
+def _show(value) -> str:
+    """A default as help text shows it: 1e-05 for a float, else as it is."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _suggest(text: str, *words: str) -> str:
+    from tltf.errors import suggest
+
+    hint = suggest(text, words)  # " Did you mean 'auto'?"
+    return f"; {hint.strip()[0].lower()}{hint.strip()[1:]}" if hint else ""
+
+
+def _block(text: str) -> int | str | None:
+    if text.lower() in ("none", "null"):
+        return None
     try:
         return int(text)
     except ValueError:
@@ -321,7 +382,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         help="print the resolved config (YAML) and exit without training",
     )
     model = parser.add_argument_group("model (the [model] section)")
-    model.add_argument("--base", default=S, help="registry name or saved base folder")
+    model.add_argument(
+        "--base",
+        default=S,
+        help="registry name (`tltf bases`), demo (the base shipped with tltf, "
+        "offline) or a saved base folder",
+    )
     model.add_argument(
         "--weights",
         type=_weights,
@@ -342,10 +408,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         model.add_argument(
             "--cut",
             type=_block,
-            metavar="BLOCK",
+            metavar="BLOCK|auto|none",
             default=S,
             help="build on this block's output (a block name or index) instead of "
-            "the base's top",
+            "the base's top; auto: the block the linear probe picks on the "
+            "training data; none: the whole base (default: auto)",
         )
     data = parser.add_argument_group("data (the [data] section)")
     data.add_argument(
@@ -387,18 +454,65 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         default=S,
         help="augment training images (flip, rotation, zoom, ...)",
     )
+    from tltf.config import FINE_TUNE_DEFAULTS as D
+
     schedule = parser.add_argument_group("schedule (the [schedule] section)")
-    schedule.add_argument("--head-epochs", type=_nonnegative_int, default=S)
-    schedule.add_argument("--fine-tune-epochs", type=_nonnegative_int, default=S)
-    schedule.add_argument("--head-lr", type=_positive_float, default=S)
-    schedule.add_argument("--fine-tune-lr", type=_positive_float, default=S)
+    schedule.add_argument(
+        "--head-epochs",
+        type=_epochs,
+        metavar="N|auto",
+        default=S,
+        help="stage-1 epochs; auto: until the head's training loss converges "
+        f"(default: {D['head_epochs']})",
+    )
+    schedule.add_argument(
+        "--fine-tune-epochs",
+        type=_epochs,
+        metavar="N|auto",
+        default=S,
+        help="stage-2 epochs; auto: from a step budget "
+        f"(default: {D['fine_tune_epochs']})",
+    )
+    schedule.add_argument(
+        "--head-lr",
+        type=_learning_rate,
+        metavar="LR|find",
+        default=S,
+        help="stage-1 learning rate; find: run the LR finder first "
+        f"(default: {_show(D['head_lr'])})",
+    )
+    schedule.add_argument(
+        "--fine-tune-lr",
+        type=_learning_rate,
+        metavar="LR|find",
+        default=S,
+        help="stage-2 learning rate; find: run the LR finder when stage 2 starts "
+        f"(default: {_show(D['fine_tune_lr'])})",
+    )
     schedule.add_argument(
         "--unfreeze",
         type=_unfreeze,
-        metavar="K|all",
+        metavar="K|all|auto",
         default=S,
-        help="top blocks to unfreeze in stage 2 (default: all)",
+        help="top blocks to unfreeze in stage 2; auto: the depth the linear probe "
+        f"recommends (default: {D['unfreeze']})",
     )
+    if not tune:
+        schedule.add_argument(
+            "--head-steps",
+            type=_positive_int,
+            metavar="N",
+            default=S,
+            help="stage-1 step budget of --head-epochs auto "
+            f"(default: {D['head_steps']})",
+        )
+        schedule.add_argument(
+            "--keep-best",
+            action=argparse.BooleanOptionalAction,
+            default=S,
+            help="restore the best weights, so stage 2 never ends worse than "
+            f"stage 1 (default: {'on' if D['keep_best'] else 'off'})",
+        )
     schedule.add_argument("--bn", choices=("frozen", "affine", "train"), default=S)
     schedule.add_argument("--lr-decay", type=_positive_float, default=S)
     schedule.add_argument("--label-smoothing", type=_fraction, default=S)
@@ -611,7 +725,9 @@ def _verbose(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace, config_class, run_function) -> dict | None:
     """`train` and `tune`: resolve the config, then print it or run it."""
-    config = _resolve_config(args, config_class)
+    from tltf.runs import resolve_base
+
+    config = resolve_base(_resolve_config(args, config_class))
     if args.print_config:
         _print_config(config)
         return None
@@ -627,7 +743,7 @@ def _run(args: argparse.Namespace, config_class, run_function) -> dict | None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from tltf.config import TrainConfig
-    from tltf.runs import train
+    from tltf.runs import still_improving_hint, train
 
     summary = _run(args, TrainConfig, train)
     if summary is None:
@@ -639,6 +755,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f" (best {best['monitor']} {best['value']:.4g} at epoch {best['epoch']})"
         )
     print(text)
+    hint = still_improving_hint(summary)
+    if hint:
+        print(f"tltf: {hint}")
     return 0
 
 
@@ -892,8 +1011,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_bases(args: argparse.Namespace) -> int:
-    from tltf.bases.registry import REGISTRY, get_spec, list_bases
+    import fnmatch
 
+    from tltf.bases.registry import REGISTRY, SHIPPED_BASES, get_spec, list_bases
+
+    if args.name in SHIPPED_BASES:
+        return _show_shipped(SHIPPED_BASES[args.name])
     if args.name is not None:
         spec = get_spec(args.name)
         print(f"name:          {spec.name}")
@@ -906,8 +1029,13 @@ def _cmd_bases(args: argparse.Namespace) -> int:
         print(f"parameters:    {params:,} (without the top)")
         print(f"blocks:        {len(blocks)}, bottom to top: {' '.join(blocks)}")
         return 0
+    shipped = [
+        base
+        for base in SHIPPED_BASES.values()
+        if fnmatch.fnmatch(base.name, args.filter.lower())
+    ]
     names = list_bases(args.filter)
-    if not names:
+    if not names and not shipped:
         from tltf.errors import ConfigError
 
         raise ConfigError(
@@ -917,11 +1045,15 @@ def _cmd_bases(args: argparse.Namespace) -> int:
     rows = [("name", "family", "default", "min")]
     if args.blocks:
         rows = [(*rows[0], "blocks", "params")]
-    for n in names:
-        row = (n, REGISTRY[n].family, str(REGISTRY[n].default_size))
-        row += (str(REGISTRY[n].min_size),)
+    entries = [(base.name, *_shipped_sizes(base)) for base in shipped]
+    entries += [
+        (n, REGISTRY[n].family, REGISTRY[n].default_size, REGISTRY[n].min_size)
+        for n in names
+    ]
+    for name, family, default, low in entries:
+        row = (name, family, str(default), str(low))
         if args.blocks:
-            blocks, params = _block_stats(n)
+            blocks, params = _block_stats(name)
             row += (str(len(blocks)), f"{params / 1e6:.1f}M")
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -931,11 +1063,61 @@ def _cmd_bases(args: argparse.Namespace) -> int:
             for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())
+    for base in shipped:
+        print(f"\n{base.name}: {base.description}.")
+    return 0
+
+
+def _shipped_record(base) -> dict:
+    """The `base.json` of a shipped base ({} when this install lacks it)."""
+    import json
+
+    from tltf.bases.base import BASE_INFO_FILE
+
+    try:
+        return json.loads((base.path / BASE_INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _shipped_sizes(base) -> tuple[str, int | str, int | str]:
+    """(family, input size, minimum size) of a shipped base, from its base.json."""
+    from tltf.bases.registry import REGISTRY
+
+    record = _shipped_record(base)
+    info = record.get("info", {})
+    spec = REGISTRY.get(info.get("architecture", ""))
+    shape = record.get("input_shape") or ["-"]
+    return (
+        spec.family if spec else "saved",
+        shape[0],
+        info.get("min_size", spec.min_size if spec else "-"),
+    )
+
+
+def _show_shipped(base) -> int:
+    """`tltf bases demo`: a shipped base's folder, architecture, sizes and blocks."""
+    from tltf.bases.registry import shipped_base_path
+
+    path = shipped_base_path(base.name)  # a missing folder raises, with the fix
+    record = _shipped_record(base)
+    family, size, low = _shipped_sizes(base)
+    print(f"name:          {base.name}")
+    print(f"about:         {base.description}")
+    print(f"folder:        {path}")
+    print(f"architecture:  {record.get('info', {}).get('architecture', '-')}")
+    print(f"family:        {family}")
+    print(f"preprocessing: {record.get('preprocessing', '-')}")
+    print(f"default size:  {size}")
+    print(f"min size:      {low}")
+    blocks, params = _block_stats(base.name)
+    print(f"parameters:    {params:,} (without the top)")
+    print(f"blocks:        {len(blocks)}, bottom to top: {' '.join(blocks)}")
     return 0
 
 
 def _block_stats(name: str) -> tuple[list[str], int]:
-    """Block names and parameter count of a registry base (random weights)."""
+    """Block names and parameter count of a base (a registry one: random weights)."""
     import keras
 
     from tltf.bases.base import load_base

@@ -7,9 +7,10 @@ A config mirrors the Python API in sections:
 * `data`: the arguments of `tltf.data.load_data` (`train`, `val`, split strings,
   `image_size`, `resize`, `batch_size`, `seed`, ...) and `augment`;
 * `schedule`: the arguments of `tltf.fine_tune` (`head_epochs`,
-  `fine_tune_epochs`, `head_lr`, `fine_tune_lr`, `unfreeze`, `bn`, `lr_decay`,
-  `label_smoothing`, `class_weight`, ...) and what the run folder keeps as its
-  best model (`monitor`, `mode`);
+  `fine_tune_epochs`, `head_lr`, `fine_tune_lr`, `unfreeze`, `head_steps`,
+  `keep_best`, `bn`, `lr_decay`, `label_smoothing`, `class_weight`, ...), with
+  `fine_tune`'s own defaults and words ("auto", "find"), and what the run folder
+  keeps as its best model (`monitor`, `mode`);
 * `tune` (`tltf tune` only): the tuner, the number of trials and search-space
   overrides.
 
@@ -35,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -43,10 +45,11 @@ import types
 import typing
 from numbers import Real
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tltf.errors import ConfigError, suggest
 from tltf.heads import TASKS, HeadConfig
+from tltf.schedule import fine_tune
 
 __all__ = [
     "CONFIG_SUFFIXES",
@@ -68,6 +71,7 @@ CONFIG_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "j
 _RESIZE = ("stretch", "crop", "pad")
 _BN = ("frozen", "affine", "train")
 _MODES = ("auto", "min", "max")
+_UNFREEZE_WORDS = ("all", "auto")
 _TFDS_SOURCE = re.compile(r"^tfds:(?P<name>[^\[\]]+?)(?:\[(?P<split>.*)\])?$")
 
 
@@ -98,6 +102,8 @@ def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (tuple, list):
         return "a list"
     if origin is dict:
@@ -111,6 +117,8 @@ def _matches(value, tp) -> bool:
         return any(_matches(value, a) for a in typing.get_args(tp))
     if tp is Any:
         return True
+    if origin is Literal:
+        return isinstance(value, str) and value in typing.get_args(tp)
     if tp is type(None):
         return value is None
     if tp is bool:
@@ -132,6 +140,13 @@ def _matches(value, tp) -> bool:
     return isinstance(value, tp)
 
 
+def _words(tp) -> list[str]:
+    """The literal words a type allows, e.g. ["auto"] for `int | Literal["auto"]`."""
+    if typing.get_origin(tp) is Literal:
+        return [str(a) for a in typing.get_args(tp)]
+    return [w for a in typing.get_args(tp) for w in _words(a)]
+
+
 def _check_fields(obj, section: str) -> None:
     """Type-checks every field of a config dataclass against its annotation."""
     hints = typing.get_type_hints(type(obj))
@@ -149,9 +164,10 @@ def _check_fields(obj, section: str) -> None:
             else:
                 object.__setattr__(obj, field.name, value)
         if not _matches(value, tp):
+            hint = suggest(value, _words(tp)) if isinstance(value, str) else ""
             raise ConfigError(
                 f"Expected {_where(section, field.name)} to be {_type_name(tp)}. "
-                f"Received: {field.name}={value!r} ({type(value).__name__})."
+                f"Received: {field.name}={value!r} ({type(value).__name__}).{hint}"
             )
         # Lists from YAML/TOML become tuples, so the configs stay hashable.
         if isinstance(value, list):
@@ -166,18 +182,21 @@ def _choice(value, choices, section: str, key: str) -> None:
         )
 
 
-def _at_least(value, low, section: str, key: str) -> None:
-    if value is not None and value < low:
+def _at_least(value, low, section: str, key: str, word: str | None = None) -> None:
+    if _is_number(value) and value < low:
+        alternative = f" or {word!r}" if word else ""
         raise ConfigError(
-            f"Expected {_where(section, key)} >= {low}. Received: {key}={value!r}"
+            f"Expected {_where(section, key)} >= {low}{alternative}. "
+            f"Received: {key}={value!r}"
         )
 
 
-def _positive(value, section: str, key: str) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
+def _positive(value, section: str, key: str, word: str | None = None) -> None:
+    if _is_number(value) and not (math.isfinite(value) and value > 0):
+        alternative = f" or {word!r}" if word else ""
         raise ConfigError(
-            f"Expected {_where(section, key)} to be a positive number (e.g. 1e-4). "
-            f"Received: {key}={value!r}"
+            f"Expected {_where(section, key)} to be a positive number (e.g. 1e-4)"
+            f"{alternative}. Received: {key}={value!r}"
         )
 
 
@@ -234,13 +253,14 @@ class ModelConfig:
     """The `[model]` section: the arguments of `tltf.build_model`.
 
     Attributes:
-        base: str or None. A registry name (`tltf bases`) or the folder of a saved
-            base (`tltf.save_base`, `tltf.pretrain`). Required by `train`.
-            Defaults to None.
+        base: str or None. A registry name (`tltf bases`), "demo" (the base
+            shipped with tltf) or the folder of a saved base (`tltf.save_base`,
+            `tltf.pretrain`). Required by `train`. Defaults to None.
         input_shape: list of 3 int or None. `(height, width, channels)`. Defaults
             to None: `data.image_size`, else the base's own size.
         weights: str or None. "imagenet", None (random) or a weights file.
-            Ignored for saved bases. Defaults to "imagenet".
+            Saved bases have their own: a run records None for them
+            (`tltf.runs.resolve_base`). Defaults to "imagenet".
         weights_dir: str or None. Offline folder of ImageNet weight files.
             Defaults to None (`$TLTF_WEIGHTS_DIR`).
         head: HeadConfig. The head (a mapping of `HeadConfig` fields in files).
@@ -249,8 +269,10 @@ class ModelConfig:
             Defaults to "multiclass".
         num_classes: int or None. Defaults to None: from the data.
         cut: int, str or None. Build on the output of this block (a name or an
-            index into the block map) instead of the base's top; see
-            `build_model(cut=)`. Defaults to None (the whole base).
+            index into the block map) instead of the base's top; "auto" picks
+            the block with the linear probe on the training data; see
+            `build_model(cut=)`. Defaults to None (the whole base); a
+            `TrainConfig` defaults to "auto" (a run has the data to probe).
     """
 
     base: str | None = None
@@ -465,17 +487,43 @@ class DataConfig:
         return {"source": source, **kwargs}
 
 
+def _keyword_defaults(function) -> dict[str, Any]:
+    """The defaults of a function's keyword arguments, by name."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+#: `fine_tune`'s defaults: the one source of the `[schedule]` defaults.
+FINE_TUNE_DEFAULTS: dict[str, Any] = _keyword_defaults(fine_tune)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     """The `[schedule]` section: the arguments of `tltf.fine_tune`.
 
+    Every default is `fine_tune`'s own (read from its signature, so the two
+    cannot drift); the values below are those at the time of writing.
+
     Attributes:
-        head_epochs: int. Stage-1 epochs (head only). Defaults to 10.
-        fine_tune_epochs: int. Stage-2 epochs. Defaults to 10.
-        head_lr: float. Stage-1 learning rate. Defaults to 1e-3.
-        fine_tune_lr: float. Stage-2 learning rate. Defaults to 1e-5.
-        unfreeze: int, "all" or a mapping (`{layers: n}`, `{names: regex}`).
-            Defaults to "all".
+        head_epochs: int or "auto". Stage-1 epochs (head only); "auto" trains
+            the head on cached features until its training loss converges,
+            within `head_steps` optimizer steps. Defaults to "auto".
+        fine_tune_epochs: int or "auto". Stage-2 epochs; "auto" derives them
+            from a step budget (about 10 for small data, fewer for large).
+            Defaults to "auto".
+        head_lr: float or "find". Stage-1 learning rate; "find" runs
+            `tltf.find_lr` first. Defaults to 1e-3.
+        fine_tune_lr: float or "find". Stage-2 learning rate. Defaults to 1e-5.
+        unfreeze: int, "all", "auto" or a mapping (`{blocks: n}`, `{layers: n}`,
+            `{names: regex}`). "auto" unfreezes the depth the linear probe
+            (`tltf.probe_blocks`) recommends. Defaults to "auto".
+        head_steps: int. The stage-1 step budget of `head_epochs="auto"`.
+            Defaults to 2000.
+        keep_best: bool. Restore the best weights, so that stage 2 never ends
+            worse than stage 1. Defaults to True.
         bn: str. "frozen", "affine" or "train". Defaults to "frozen".
         lr_decay: float or None. Per-block learning-rate decay. Defaults to None.
         gradual_every: int or None. Unfreeze one more block every n epochs.
@@ -489,36 +537,40 @@ class ScheduleConfig:
         mode: str. "min", "max" or "auto" for `monitor`. Defaults to "auto".
     """
 
-    head_epochs: int = 10
-    fine_tune_epochs: int = 10
-    head_lr: float = 1e-3
-    fine_tune_lr: float = 1e-5
-    unfreeze: int | str | dict = "all"
-    bn: str = "frozen"
-    lr_decay: float | None = None
-    gradual_every: int | None = None
-    label_smoothing: float = 0.0
-    class_weight: str | dict | None = None
-    optimizer: str = "adam"
+    head_epochs: int | Literal["auto"] = FINE_TUNE_DEFAULTS["head_epochs"]
+    fine_tune_epochs: int | Literal["auto"] = FINE_TUNE_DEFAULTS["fine_tune_epochs"]
+    head_lr: float | Literal["find"] = FINE_TUNE_DEFAULTS["head_lr"]
+    fine_tune_lr: float | Literal["find"] = FINE_TUNE_DEFAULTS["fine_tune_lr"]
+    unfreeze: int | str | dict = FINE_TUNE_DEFAULTS["unfreeze"]
+    head_steps: int = FINE_TUNE_DEFAULTS["head_steps"]
+    keep_best: bool = FINE_TUNE_DEFAULTS["keep_best"]
+    bn: str = FINE_TUNE_DEFAULTS["bn"]
+    lr_decay: float | None = FINE_TUNE_DEFAULTS["lr_decay"]
+    gradual_every: int | None = FINE_TUNE_DEFAULTS["gradual_every"]
+    label_smoothing: float = FINE_TUNE_DEFAULTS["label_smoothing"]
+    class_weight: str | dict | None = FINE_TUNE_DEFAULTS["class_weight"]
+    optimizer: str = FINE_TUNE_DEFAULTS["optimizer"]
     monitor: str = "val_loss"
     mode: str = "auto"
 
     def __post_init__(self):
         _check_fields(self, "schedule")
-        _at_least(self.head_epochs, 0, "schedule", "head_epochs")
-        _at_least(self.fine_tune_epochs, 0, "schedule", "fine_tune_epochs")
-        if self.head_epochs + self.fine_tune_epochs == 0:
+        _at_least(self.head_epochs, 0, "schedule", "head_epochs", "auto")
+        _at_least(self.fine_tune_epochs, 0, "schedule", "fine_tune_epochs", "auto")
+        if self.head_epochs == 0 and self.fine_tune_epochs == 0:
             raise ConfigError(
                 "Nothing to train: schedule.head_epochs and schedule.fine_tune_epochs "
-                "are both 0."
+                "are both 0. Set either to a number of epochs or 'auto'."
             )
-        _positive(self.head_lr, "schedule", "head_lr")
-        _positive(self.fine_tune_lr, "schedule", "fine_tune_lr")
-        if isinstance(self.unfreeze, str) and self.unfreeze != "all":
+        _positive(self.head_lr, "schedule", "head_lr", "find")
+        _positive(self.fine_tune_lr, "schedule", "fine_tune_lr", "find")
+        _at_least(self.head_steps, 1, "schedule", "head_steps")
+        if isinstance(self.unfreeze, str) and self.unfreeze not in _UNFREEZE_WORDS:
             raise ConfigError(
-                "Expected schedule.unfreeze as a number of top blocks, 'all', or a "
-                "mapping such as {layers: 20} or {names: 'block_1[0-9]'}. Received: "
-                f"unfreeze={self.unfreeze!r}"
+                "Expected schedule.unfreeze as a number of top blocks, 'all', 'auto', "
+                "or a mapping such as {layers: 20} or {names: 'block_1[0-9]'}. "
+                f"Received: unfreeze={self.unfreeze!r}."
+                f"{suggest(self.unfreeze, _UNFREEZE_WORDS)}"
             )
         if _is_int(self.unfreeze):
             _at_least(self.unfreeze, 0, "schedule", "unfreeze")
@@ -576,6 +628,8 @@ class ScheduleConfig:
             "head_lr": self.head_lr,
             "fine_tune_lr": self.fine_tune_lr,
             "unfreeze": unfreeze,
+            "head_steps": self.head_steps,
+            "keep_best": self.keep_best,
             "bn": self.bn,
             "lr_decay": self.lr_decay,
             "gradual_every": self.gradual_every,
@@ -615,6 +669,9 @@ class TuneSection:
         return _from_mapping(cls, config, "tune")
 
 
+#: Where a `train` config differs from its sections' defaults.
+_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {"model": {"cut": "auto"}}
+
 _SECTIONS = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -626,15 +683,22 @@ _SECTIONS = {
 class TrainConfig:
     """A `tltf train` configuration: `model`, `data` and `schedule` sections.
 
+    Its sections default as their classes do, except `model.cut`, which
+    defaults to "auto": a run has the training data to probe the blocks on.
+
     Example:
 
     >>> config = TrainConfig.from_dict({"model": {"base": "resnet50"},
     ...                                 "data": {"train": "photos/"}})
     >>> config.to_dict()["schedule"]["head_epochs"]
-    10
+    'auto'
+    >>> config.model.cut
+    'auto'
     """
 
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    model: ModelConfig = dataclasses.field(
+        default_factory=lambda: ModelConfig(**_TRAIN_DEFAULTS["model"])
+    )
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
 
@@ -642,6 +706,11 @@ class TrainConfig:
     def sections(cls) -> dict[str, type]:
         """The section names and their classes."""
         return dict(_SECTIONS)
+
+    @classmethod
+    def defaults(cls) -> dict[str, dict[str, Any]]:
+        """Values that differ from the sections' own defaults, by section."""
+        return {name: dict(values) for name, values in _TRAIN_DEFAULTS.items()}
 
     @classmethod
     def from_dict(cls, config: dict | None) -> TrainConfig:
@@ -675,6 +744,10 @@ class TrainConfig:
                     f"Unknown config section {key!r}.{suggest(key, sections)}{hint} "
                     f"Valid sections: {', '.join(sections)}."
                 )
+        # An empty section (`model:` in YAML) is None: it still gets the defaults.
+        config = merge(
+            cls.defaults(), {k: {} if v is None else v for k, v in config.items()}
+        )
         return cls(
             **{
                 name: section.from_dict(config.get(name))
@@ -702,14 +775,23 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TuneConfig(TrainConfig):
-    """A `tltf tune` configuration: the `train` sections plus `tune`."""
+    """A `tltf tune` configuration: the `train` sections plus `tune`.
 
+    `model.cut` defaults to None: the tuner builds whole bases.
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     tune: TuneSection = dataclasses.field(default_factory=TuneSection)
 
     @classmethod
     def sections(cls) -> dict[str, type]:
         """The section names and their classes."""
         return {**_SECTIONS, "tune": TuneSection}
+
+    @classmethod
+    def defaults(cls) -> dict[str, dict[str, Any]]:
+        """Values that differ from the sections' own defaults (none)."""
+        return {}
 
 
 def _plain(value):

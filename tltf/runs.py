@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -52,8 +53,13 @@ from typing import Any
 import keras
 
 from tltf._io import atomic_write_json, atomic_write_text
-from tltf.config import TrainConfig, dump_config, load_config_file
+from tltf.bases.base import BASE_INFO_FILE
+from tltf.bases.registry import get_spec, shipped_base_path
+from tltf.config import TrainConfig, TuneConfig, dump_config, load_config_file
 from tltf.errors import ConfigError, ModelError
+from tltf.freezing import trainable_blocks
+from tltf.model import build_model, load_model, model_info
+from tltf.schedule import fine_tune
 
 __all__ = [
     "CONFIG_FILE",
@@ -66,7 +72,9 @@ __all__ = [
     "find_run",
     "plot_run_history",
     "read_history",
+    "resolve_base",
     "set_class_names",
+    "still_improving_hint",
     "train",
     "tune",
 ]
@@ -223,8 +231,6 @@ def set_class_names(model: keras.Model, names: Sequence[str] | None) -> None:
     """Records class names in the model's tltf metadata (saved with it)."""
     if names is None:
         return
-    from tltf.model import model_info
-
     info = model_info(model)
     layer = next(
         layer
@@ -236,8 +242,6 @@ def set_class_names(model: keras.Model, names: Sequence[str] | None) -> None:
 
 def class_names_of(model: keras.Model) -> list[str] | None:
     """The class names recorded by `set_class_names`, or None."""
-    from tltf.model import model_info
-
     try:
         names = model_info(model).metadata.get("class_names")
     except Exception:  # not a tltf model
@@ -355,25 +359,65 @@ def _cell(value):
 
 
 # -- training ----------------------------------------------------------------------------------
-def default_image_size(base: str) -> tuple[int, int] | None:
-    """The input size a base is built for: its registry size or saved size."""
-    from tltf.bases.base import BASE_INFO_FILE
-    from tltf.bases.registry import get_spec
+def saved_base_folder(base: str) -> Path | None:
+    """The folder of a saved base (a shipped name such as "demo", or a path).
 
+    Returns None for a registry name, after checking it.
+
+    Raises:
+        UnknownBaseError: an unknown name (with suggestions).
+        ModelError: a path that is not a folder.
+    """
+    shipped = shipped_base_path(base)  # as load_base: shipped names come first
+    if shipped is not None:
+        return shipped
     path = Path(base).expanduser()
     if path.is_dir():
-        try:
-            shape = json.loads((path / BASE_INFO_FILE).read_text())["input_shape"]
-            return int(shape[0]), int(shape[1])
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            return None
+        return path
     if os.sep in base or path.exists():
         raise ModelError(
-            f"Base {base!r} is not a folder. Pass a registry name (`tltf bases`) or "
-            "the folder of a saved base (tltf.save_base, tltf.pretrain)."
+            f"Base {base!r} is not a folder. Pass a registry name (`tltf bases`), "
+            "'demo' (the base shipped with tltf) or the folder of a saved base "
+            "(tltf.save_base, tltf.pretrain)."
         )
-    spec = get_spec(base)  # an unknown name raises, with suggestions
-    return spec.default_size, spec.default_size
+    get_spec(base)  # an unknown name raises, with suggestions
+    return None
+
+
+def default_image_size(base: str) -> tuple[int, int] | None:
+    """The input size a base is built for: its registry size or saved size."""
+    folder = saved_base_folder(base)
+    if folder is None:
+        spec = get_spec(base)
+        return spec.default_size, spec.default_size
+    try:
+        shape = json.loads((folder / BASE_INFO_FILE).read_text())["input_shape"]
+        return int(shape[0]), int(shape[1])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def resolve_base(config: TrainConfig) -> TrainConfig:
+    """Checks `model.base`; a saved base records `weights: null` (it has its own).
+
+    A config without a base is returned as it is (`TrainConfig.require` reports
+    it when a run needs one).
+
+    Raises:
+        UnknownBaseError: an unknown registry name (with suggestions).
+        ModelError: a base path that is not a folder.
+        ConfigError: a weights file given for a saved base, which ignores it.
+    """
+    m = config.model
+    if not m.base or saved_base_folder(m.base) is None or m.weights is None:
+        return config
+    if m.weights != "imagenet":
+        raise ConfigError(
+            f"model.weights={m.weights!r} applies to registry bases, but base "
+            f"{m.base!r} is a saved base with its own weights. Drop model.weights "
+            "(--weights)."
+        )
+    return dataclasses.replace(config, model=dataclasses.replace(m, weights=None))
 
 
 def resolve_image_size(config: TrainConfig) -> tuple[int, int]:
@@ -414,8 +458,6 @@ def load_run_data(config: TrainConfig, image_size: tuple[int, int]):
 
 def build_run_model(config: TrainConfig, data, image_size: tuple[int, int]):
     """`tltf.build_model` for a config's `[model]` section and the loaded data."""
-    from tltf.model import build_model
-
     m = config.model
     num_classes = m.num_classes or data.num_classes
     if m.task == "binary":
@@ -428,10 +470,31 @@ def build_run_model(config: TrainConfig, data, image_size: tuple[int, int]):
         weights_dir=m.weights_dir,
         head=m.head,
         task=m.task,
-        **({"cut": m.cut} if m.cut is not None else {}),
+        cut=m.cut,
+        # cut="auto" probes the blocks on the run's training data.
+        **({"data": data} if m.cut == "auto" else {}),
     )
+    if m.cut == "auto":
+        _check_unfreeze_below_cut(config, model)
     set_class_names(model, data.class_names)
     return model
+
+
+def _check_unfreeze_below_cut(config: TrainConfig, model: keras.Model) -> None:
+    """A fixed `unfreeze` count must fit the blocks that `cut="auto"` kept."""
+    unfreeze = config.schedule.unfreeze
+    if isinstance(unfreeze, dict):
+        unfreeze = unfreeze.get("blocks")
+    info = model_info(model)
+    kept = len(info.block_map)
+    if not isinstance(unfreeze, int) or unfreeze <= kept:
+        return
+    cut = info.metadata.get("cut", {}).get("block")
+    raise ConfigError(
+        f"schedule.unfreeze={unfreeze} top blocks, but model.cut='auto' cut the base "
+        f"at {cut!r}, which keeps {kept} block(s). Set --unfreeze auto (or at most "
+        f"{kept}), or keep the whole base with --cut none (model.cut: null)."
+    )
 
 
 def _monitor(config: TrainConfig, has_validation: bool) -> tuple[str, str]:
@@ -502,7 +565,7 @@ def train(
     run = RunFolder(out, kind="train", resume=resume, overwrite=overwrite)
     if resume:
         config = TrainConfig.from_dict(load_config_file(run / CONFIG_FILE))
-    config.require()
+    config = resolve_base(config.require())
     started = time.time()
     image_size = resolve_image_size(config)
     data = load_run_data(config, image_size)
@@ -555,9 +618,6 @@ def _callbacks(run: RunFolder, config, monitor, mode, history_so_far):
 
 
 def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
-    from tltf.model import load_model
-    from tltf.schedule import fine_tune
-
     dump_config(config, run / CONFIG_FILE)
     history_so_far = read_history(run / HISTORY_FILE) if run.resume else {}
     has_val = data.validation is not None
@@ -606,6 +666,8 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
     values = history.get(monitor, [])
     best_epoch = history["epoch"][values.index(best)] if best is not None else None
     last = {k: v[-1] for k, v in history.items() if k not in ("epoch",) and v}
+    epochs = history.get("epoch", [])
+    stages = history.get("stage", [])
     return {
         "status": "finished",
         "kind": "train",
@@ -622,15 +684,71 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
         "num_train": data.num_train,
         "num_validation": data.num_validation,
         "epochs": {
-            "head": config.schedule.head_epochs,
-            "fine_tune": config.schedule.fine_tune_epochs,
-            "run": len(history.get("epoch", [])),
+            "requested": {
+                "head": config.schedule.head_epochs,
+                "fine_tune": config.schedule.fine_tune_epochs,
+            },
+            "head": stages.count(1) if stages else None,
+            "fine_tune": stages.count(2) if stages else None,
+            "run": len(epochs),
         },
+        "cut": {
+            "requested": config.model.cut,
+            "resolved": _metadata(model).get("cut"),
+        },
+        "unfreeze": _resolved_unfreeze(config, model),
         "best": {"monitor": monitor, "mode": mode, "value": best, "epoch": best_epoch},
+        "still_improving": best_epoch is not None and best_epoch == epochs[-1],
         "last": last,
         "evaluation": evaluation,
         "files": files,
     }
+
+
+def _metadata(model: keras.Model) -> dict:
+    """The model's tltf metadata, or {} for a model tltf did not build."""
+    try:
+        return dict(model_info(model).metadata)
+    except Exception:  # not a tltf model
+        return {}
+
+
+def _resolved_unfreeze(config: TrainConfig, model: keras.Model) -> dict:
+    """What stage 2 unfroze: the request, and the base blocks trainable at the end.
+
+    A `resolved` entry the model's metadata holds (`metadata["unfreeze"]`) is
+    kept too.
+    """
+    out = {"requested": config.schedule.fine_tune_kwargs()["unfreeze"]}
+    try:
+        info = model_info(model)
+        out.update(blocks=len(trainable_blocks(model)), of=len(info.block_map))
+    except Exception:  # not a tltf model: nothing more to tell
+        return out
+    if "unfreeze" in info.metadata:
+        out["resolved"] = info.metadata["unfreeze"]
+    return out
+
+
+def still_improving_hint(summary: dict) -> str | None:
+    """One line for a run whose best epoch is its last, with what to try; or None.
+
+    Example:
+
+    >>> still_improving_hint(summary)
+    'the best epoch is the last one (val_loss still improving): train longer, e.g. --fine-tune-epochs 20 (this run had 10)'
+    """
+    if not summary.get("still_improving"):
+        return None
+    epochs = summary.get("epochs", {})
+    stage, flag = ("fine_tune", "--fine-tune-epochs")
+    if not epochs.get("fine_tune"):  # stage 2 did not run: stage 1 is improving
+        stage, flag = ("head", "--head-epochs")
+    ran = epochs.get(stage) or epochs.get("run") or 1
+    return (
+        f"the best epoch is the last one ({summary['best']['monitor']} still "
+        f"improving): train longer, e.g. {flag} {2 * ran} (this run had {ran})"
+    )
 
 
 def _evaluate(model, data, run) -> dict:
@@ -676,9 +794,10 @@ def tune(
 
     The `[tune]` section picks the tuner, the number of trials, the objective and
     the search-space overrides (`tltf.tuning.SearchSpace` entries); the
-    `[schedule]` section gives the epochs of every trial, the optimizer,
-    `label_smoothing`, `class_weight` and `gradual_every` (what to unfreeze and
-    the learning rates are searched). The folder gets `config.yaml`, the tuner's
+    `[schedule]` section gives the epochs of every trial ("auto" keeps the
+    tuner's defaults), the optimizer, `label_smoothing`, `class_weight` and
+    `gradual_every` (what to unfreeze and the learning rates are searched). The
+    folder gets `config.yaml`, the tuner's
     project (`tuner/`, with the trials table `tltf_results.csv`/`.json` and the
     depth-vs-metric plot `tltf_tuning.png`), `best.keras`, `evaluation.json`
     and `plots/confusion.png` for the best model, and `summary.json` last.
@@ -704,12 +823,10 @@ def tune(
     >>> summary["best"]["hyperparameters"]["unfreeze_blocks"]
     4
     """
-    from tltf.config import TuneConfig
-
     run = RunFolder(out, kind="tune", resume=resume, overwrite=overwrite)
     if resume:
         config = TuneConfig.from_dict(load_config_file(run / CONFIG_FILE))
-    config.require()
+    config = resolve_base(config.require())
     if config.model.cut is not None:
         raise ConfigError(
             "model.cut is not supported by `tltf tune` (the tuner builds whole "
@@ -756,8 +873,7 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         directory=run.path,
         project_name=TUNER_DIR,
         overwrite=False,  # the run folder decides; resume continues the search
-        head_epochs=s.head_epochs,
-        fine_tune_epochs=s.fine_tune_epochs,
+        **_tune_epochs(s),
         optimizer=s.optimizer,
         head=m.head,
         seed=config.data.seed,
@@ -802,6 +918,18 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         "table": [_jsonable(r) for r in result.table],
         "evaluation": evaluation,
         "files": files,
+    }
+
+
+def _tune_epochs(schedule) -> dict[str, int]:
+    """The epochs of every trial; "auto" leaves the tuner's own default."""
+    return {
+        key: value
+        for key, value in (
+            ("head_epochs", schedule.head_epochs),
+            ("fine_tune_epochs", schedule.fine_tune_epochs),
+        )
+        if value != "auto"
     }
 
 

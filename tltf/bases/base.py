@@ -12,7 +12,7 @@ import keras
 
 from tltf._io import atomic_dir
 from tltf.bases.blockmaps import BlockMap, infer_block_map, validate_block_map
-from tltf.bases.registry import BaseSpec, get_spec
+from tltf.bases.registry import BaseSpec, get_spec, shipped_base_path
 from tltf.bases.weights import load_weights_file, offline_first, resolve_weights_dir
 from tltf.errors import ConfigError, InputShapeError, ModelError
 from tltf.layers import PREPROCESSING_MODES
@@ -150,12 +150,13 @@ def load_base(
     """Loads a headless base and its block map.
 
     Args:
-        base: A registry name (`"mobilenet_v2"`, see `list_bases()`), the folder of
-            a base saved by `save_base` or `tltf.pretrain`, a `keras.Model`, or a
-            `Base`.
+        base: A registry name (`"mobilenet_v2"`, see `list_bases()`), the short
+            name of a base shipped with tltf (`"demo"`, see `SHIPPED_BASES`; a
+            folder of that name is `"./demo"`), the folder of a base saved by
+            `save_base` or `tltf.pretrain`, a `keras.Model`, or a `Base`.
         weights: "imagenet" (Keras's download and cache), None (random), or the
-            path of a weights file for the architecture. Ignored for saved bases
-            and models. Defaults to "imagenet".
+            path of a weights file for the architecture. Ignored for saved and
+            shipped bases and models. Defaults to "imagenet".
         input_shape: tuple or None. `(height, width, channels)`. Defaults to the
             base's ImageNet size.
         weights_dir: str or None. An offline folder searched for the ImageNet
@@ -176,11 +177,16 @@ def load_base(
     >>> base = tltf.load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3))
     >>> base.block_map.names[:3]
     ['stem', 'block_1', 'block_2']
+    >>> tltf.load_base("demo").input_shape       # shipped, offline
+    (64, 64, 3)
     """
     if isinstance(base, Base):
         return base
     if isinstance(base, keras.Model):
         return _custom_base(base, blocks, preprocessing)
+    shipped = shipped_base_path(base)
+    if shipped is not None:
+        return load_saved_base(shipped, input_shape=input_shape)
     if isinstance(base, os.PathLike) or (
         isinstance(base, str) and (os.sep in base or Path(base).exists())
     ):

@@ -5,6 +5,9 @@ Each `BaseSpec` records the constructor, its snake_case name, the matching
 minimum input sizes, and the family's block rule. The table below is the single
 source of truth; `tests/bases/test_registry.py` iterates it, and fails when Keras
 ships a constructor that the table lacks.
+
+`SHIPPED_BASES` names the saved bases that ship inside the package by a short
+name, such as "demo"; `load_base` resolves them before anything else.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 
@@ -20,7 +24,7 @@ from tltf.bases.blockmaps import (
     block_map_from_assignment,
     block_map_from_rule,
 )
-from tltf.errors import UnknownBaseError, suggest
+from tltf.errors import ModelError, UnknownBaseError, suggest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +181,65 @@ _SPECS: list[BaseSpec] = [
 
 REGISTRY: dict[str, BaseSpec] = {spec.name: spec for spec in _SPECS}
 
+#: The folder of the saved bases shipped with tltf (`tltf/assets`).
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShippedBase:
+    """A saved base shipped inside the package, loaded by a short name.
+
+    Attributes:
+        name: str. The short name, e.g. "demo".
+        folder: str. Its folder under `ASSETS_DIR` (a `save_base` folder).
+        description: str. One line on what it is, for `tltf bases`.
+    """
+
+    name: str
+    folder: str
+    description: str
+
+    @property
+    def path(self) -> Path:
+        """The saved base's folder (it may be absent from a partial install)."""
+        return ASSETS_DIR / self.folder
+
+
+_SHIPPED: list[ShippedBase] = [
+    ShippedBase(
+        "demo",
+        # `tltf.pretrain.DEMO_BASE.name`; a test keeps the two equal.
+        "mobilenet_v3_small-64px-shapes_source-12000x5-s0-ba3555",
+        "MobileNetV3Small @64 px pretrained on tltf's procedural shapes_source; "
+        "ships with tltf, works offline",
+    ),
+]
+
+SHIPPED_BASES: dict[str, ShippedBase] = {base.name: base for base in _SHIPPED}
+
+
+def shipped_base_path(name) -> Path | None:
+    """The folder of the shipped base `name` ("demo"), or None for other names.
+
+    Raises:
+        ModelError: `name` is a shipped base, but this install lacks its folder.
+
+    Example:
+
+    >>> shipped_base_path("demo").name
+    'mobilenet_v3_small-64px-shapes_source-12000x5-s0-ba3555'
+    """
+    shipped = SHIPPED_BASES.get(name) if isinstance(name, str) else None
+    if shipped is None:
+        return None
+    if not shipped.path.is_dir():
+        raise ModelError(
+            f"The shipped base {name!r} is missing from this install: no folder "
+            f"{str(shipped.path)!r}. Reinstall tltf, or rebuild it with `python -m "
+            "tltf.pretrain --asset` (`make demo-base`)."
+        )
+    return shipped.path
+
 
 def list_bases(filter: str = "*") -> list[str]:  # noqa: A002 - timm's name
     """Lists registry names, optionally filtered by a shell-style pattern.
@@ -198,8 +261,12 @@ def list_bases(filter: str = "*") -> list[str]:  # noqa: A002 - timm's name
 def get_spec(name: str) -> BaseSpec:
     """Returns the registry entry `name`; also accepts constructor names.
 
+    Shipped bases ("demo") are saved bases, not registry entries: `load_base`
+    resolves them with `shipped_base_path`.
+
     Raises:
-        UnknownBaseError: with the closest names, when `name` is unknown.
+        UnknownBaseError: with the closest names, when `name` is unknown (or
+            names a shipped base).
     """
     key = str(name).strip()
     if key in REGISTRY:
@@ -207,8 +274,16 @@ def get_spec(name: str) -> BaseSpec:
     by_constructor = {s.constructor_name.lower(): s for s in _SPECS}
     if key.lower() in by_constructor:
         return by_constructor[key.lower()]
+    if key in SHIPPED_BASES:
+        raise UnknownBaseError(
+            f"{key!r} is a saved base shipped with tltf, not a registry entry: "
+            f"load it with tltf.load_base({key!r}) or tltf.build_model({key!r}, ...)."
+        )
+    hint = suggest(key.lower(), [*SHIPPED_BASES, *REGISTRY]) or (
+        f" Try 'demo' ({SHIPPED_BASES['demo'].description})."
+    )
     raise UnknownBaseError(
-        f"Unknown base {name!r}.{suggest(key.lower(), REGISTRY)} "
+        f"Unknown base {name!r}.{hint} "
         "See `tltf.list_bases()` (`tltf bases` on the command line) for the "
         "registry, or pass a keras.Model or the "
         "path of a saved base."
