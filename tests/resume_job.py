@@ -47,8 +47,25 @@ SETTINGS = dict(
 )
 
 
+#: The same run with fine_tune's automatic defaults: a converged stage 1 of
+#: variable length, a probed depth and the stage-2 guard. Selected in the child
+#: process by the environment variable TLTF_JOB_AUTO=1.
+AUTO = dict(
+    head_epochs="auto",
+    head_steps=60,
+    fine_tune_epochs=3,
+    unfreeze="auto",
+    batch_size=8,
+    seed=1,
+    verbose=0,
+)
+
+
 def run(backup_dir, callbacks=(), model=None, **changes):
     """The job's `fine_tune` call (the tests call it in-process too)."""
+    if os.environ.get("TLTF_JOB_AUTO") == "1":
+        changes = {**{k: None for k in SETTINGS if k not in AUTO}, **AUTO, **changes}
+    settings = {k: v for k, v in {**SETTINGS, **changes}.items() if v is not None}
     keras.utils.set_random_seed(0)
     model = model or tltf.build_model(make_tiny_base(), num_classes=3)
     history = tltf.fine_tune(
@@ -57,7 +74,7 @@ def run(backup_dir, callbacks=(), model=None, **changes):
         make_data(16, seed=1),
         callbacks=list(callbacks),
         backup_dir=backup_dir,
-        **{**SETTINGS, **changes},
+        **settings,
     )
     return model, history
 

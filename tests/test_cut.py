@@ -108,7 +108,7 @@ def test_cut_a_registry_base_after_a_residual_block():
     info = model_info(model)
     assert info.block_map.names[-1] == "block_2"
     # block_2 ends with the residual add: its output is the add's.
-    assert info.base.output.shape[1:] == (8, 8, 8)
+    assert info.base.outputs[-1].shape[1:] == (8, 8, 8)
     assert "block_2_add" in {layer.name for layer in info.base.layers}
     assert "block_3_expand" not in {layer.name for layer in info.base.layers}
     assert tltf.unfreeze(model, 1) == ["block_2"]

@@ -68,8 +68,19 @@ def test_head_options_and_logits():
         },
     )
     names = [layer.name for layer in model.layers]
-    assert {"head_avg_pool", "head_max_pool", "head_dense_1", "head_bn_1"} <= set(names)
+    # pool_from="auto" (the default) reads two blocks of the tiny base: each is
+    # pooled both ways, then all four are concatenated.
+    assert model_info(model).metadata["head_blocks"] == ["block3", "block4"]
+    assert {"head_avg_pool_0", "head_max_pool_1", "head_dense_1", "head_bn_1"} <= set(
+        names
+    )
+    assert model.get_layer("head_pool").output.shape[-1] == 2 * (16 + 16)
     assert model.get_layer("head_output").activation.__name__ == "linear"
+    top = tltf.build_model(
+        make_tiny_base(), 3, head={"pooling": "avgmax", "pool_from": "top"}
+    )
+    assert {"head_avg_pool", "head_max_pool"} <= {layer.name for layer in top.layers}
+    assert top.get_layer("head_pool").output.shape[-1] == 2 * 16
     with pytest.raises(ConfigError, match="Did you mean 'hidden_units'"):
         tltf.build_model(make_tiny_base(), 3, head={"hidden_unit": [8]})
 

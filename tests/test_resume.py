@@ -417,3 +417,34 @@ def test_resume_in_stage2_reuses_the_rate_fine_tune_lr_find_found(
     _fit(tmp_path / "b", [rate], fine_tune_lr="find")
     assert calls == ["fine_tune"]  # no second sweep on the resumed stage 2
     assert rate.lr == pytest.approx(found)
+
+
+def test_automatic_defaults_resume_after_sigkill_in_the_right_stage(
+    tmp_path, monkeypatch
+):
+    """fine_tune's automatic settings (a stage 1 that ends when its loss
+    converges, a probed depth, the stage-2 guard) resume bitwise too: one SIGKILL
+    in stage 1 and one in stage 2, each resumed in a fresh process."""
+    monkeypatch.setenv("TLTF_JOB_AUTO", "1")
+    reference_model, reference_history = run(tmp_path / "reference")
+    ref = {k: list(v) for k, v in reference_history.history.items()}
+    ref_weights = [v.numpy() for v in reference_model.variables]
+    stage_one = ref["stage"].count(1)
+    assert stage_one >= 2 and ref["stage"][stage_one:] == [2, 2, 2]
+    backup, log, out = tmp_path / "backup", tmp_path / "run.log", tmp_path / "out.npz"
+    for kill in (f"epoch:{stage_one - 1}", f"epoch:{stage_one + 1}", None):
+        proc = _spawn(backup, log, out, kill)
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == (0 if kill is None else -9), (kill, output[-3000:])
+    runs: dict[int, list[dict]] = {}
+    for event in _events(log):
+        runs.setdefault(event["pid"], []).append(event)
+    starts = [events[0]["epoch"] for events in runs.values()]
+    assert starts == [0, stage_one - 1, stage_one + 1]
+    for events in runs.values():
+        for e in events:
+            if e["event"] == "end":
+                assert e["stage"] == ref["stage"][e["epoch"]], e
+    weights, history = _load(out)
+    assert history == ref
+    _assert_same_weights(weights, ref_weights)

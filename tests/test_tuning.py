@@ -274,6 +274,8 @@ def test_stage2_on_cached_frozen_blocks_matches_full_passes(blocks):
             cache_features=cache,
             search={**tuning_job.FIXED_HEAD, "unfreeze": blocks, "fine_tune_lr": 1e-3},
             fine_tune_epochs=2,
+            # A head on the top block only: one tensor crosses the cut.
+            head={"pool_from": "top"},
         )
         hp = kt.HyperParameters()
         model = hypermodel.build(hp)

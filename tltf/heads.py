@@ -12,6 +12,7 @@ from tltf.layers import Standardization
 
 TASKS = ("multiclass", "binary", "multilabel", "regression")
 POOLINGS = ("avg", "max", "avgmax")
+POOL_FROM = ("auto", "top")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +34,19 @@ class HeadConfig:
         standardize: bool. Standardise the pooled features (a `Standardization`
             layer named `head_standardize`, whose statistics `fine_tune` sets from
             the training features). Defaults to True.
+        pool_from: str or tuple. Which blocks of the base the head reads: "top"
+            (the base's output only, as in the keras.io recipe); "auto" (the top
+            block and the blocks at one half and three quarters of the depth,
+            each pooled, then concatenated: on a task far from the base's source
+            the middle blocks often carry more than the top, see
+            `tltf.probe_blocks`); or block names or indices (the top block is
+            always added). Bases whose blocks cannot be read (no single output
+            tensor) fall back to "top". Defaults to "auto".
 
     Example:
 
     >>> HeadConfig.from_dict({"pooling": "avgmax", "hidden_units": [256]})
-    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout=0.2, logits=False, standardize=True)
+    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout=0.2, logits=False, standardize=True, pool_from='auto')
     """
 
     pooling: str = "avg"
@@ -47,11 +56,29 @@ class HeadConfig:
     dropout: float = 0.2
     logits: bool = False
     standardize: bool = True
+    pool_from: str | tuple[str | int, ...] = "auto"
 
     def __post_init__(self):
         object.__setattr__(
             self, "hidden_units", tuple(int(u) for u in self.hidden_units)
         )
+        if isinstance(self.pool_from, list):
+            object.__setattr__(self, "pool_from", tuple(self.pool_from))
+        if isinstance(self.pool_from, str):
+            if self.pool_from not in POOL_FROM:
+                raise ConfigError(
+                    f"Expected head pool_from in {POOL_FROM} or a list of blocks. "
+                    f"Received: pool_from={self.pool_from!r}"
+                    f"{suggest(self.pool_from, POOL_FROM)}"
+                )
+        elif not isinstance(self.pool_from, tuple) or not all(
+            isinstance(b, (str, int)) and not isinstance(b, bool)
+            for b in self.pool_from
+        ):
+            raise ConfigError(
+                f"Expected head pool_from in {POOL_FROM} or a list of block names or "
+                f"indices. Received: pool_from={self.pool_from!r}"
+            )
         if self.pooling not in POOLINGS:
             raise ConfigError(
                 f"Expected head pooling in {POOLINGS}. Received: pooling={self.pooling!r}"
@@ -114,14 +141,56 @@ def output_activation(task: str, logits: bool) -> str:
     return "softmax" if task == "multiclass" else "sigmoid"
 
 
-def build_head(features, task: str, units: int, config: HeadConfig):
-    """Adds the head's layers to a symbolic feature tensor.
-
-    Every layer is a standard Keras layer named `head_*`; the output layer computes
-    in float32 even under a mixed-precision policy.
+def pool_positions(num_blocks: int, pool_from, resolve=None) -> list[int]:
+    """The 0-based blocks a head reads, bottom to top (the top block included).
 
     Args:
-        features: KerasTensor. The base output, rank 4 (a feature map) or rank 2.
+        num_blocks: int. Blocks in the base's block map.
+        pool_from: `HeadConfig.pool_from`.
+        resolve: callable or None. Turns a block name or index into a position
+            (`tltf.bases.cut.resolve_block`); needed for explicit blocks.
+
+    Example:
+
+    >>> pool_positions(5, "auto")
+    [2, 3, 4]
+    """
+    top = num_blocks - 1
+    if pool_from == "top":
+        return [top]
+    if pool_from == "auto":
+        chosen = {int(f * top + 0.5) for f in (0.5, 0.75)}
+    else:
+        chosen = {resolve(b) for b in pool_from}
+    return sorted(chosen | {top})
+
+
+def _pool(x, pooling: str, suffix: str):
+    if len(x.shape) != 4:
+        return (
+            x
+            if len(x.shape) == 2
+            else keras.layers.Flatten(name=f"head_flatten{suffix}")(x)
+        )
+    if pooling == "avgmax":
+        avg = keras.layers.GlobalAveragePooling2D(name=f"head_avg_pool{suffix}")(x)
+        top = keras.layers.GlobalMaxPooling2D(name=f"head_max_pool{suffix}")(x)
+        return [avg, top]
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name=f"head_pool{suffix}")(x)
+    return keras.layers.GlobalAveragePooling2D(name=f"head_pool{suffix}")(x)
+
+
+def build_head(features, task: str, units: int, config: HeadConfig):
+    """Adds the head's layers to a symbolic feature tensor (or several).
+
+    Every layer is a standard Keras layer named `head_*`; the output layer computes
+    in float32 even under a mixed-precision policy. Several feature maps (the
+    blocks of `pool_from`) are each pooled, then concatenated as `head_pool`.
+
+    Args:
+        features: KerasTensor or list of them. The base output(s), rank 4 (a
+            feature map) or rank 2.
         task: str. One of `TASKS`.
         units: int. Output units (see `output_units`).
         config: HeadConfig. The head's layout.
@@ -129,18 +198,21 @@ def build_head(features, task: str, units: int, config: HeadConfig):
     Returns:
         The output KerasTensor.
     """
-    x = features
-    if len(x.shape) == 4:
-        if config.pooling == "avgmax":
-            avg = keras.layers.GlobalAveragePooling2D(name="head_avg_pool")(x)
-            top = keras.layers.GlobalMaxPooling2D(name="head_max_pool")(x)
-            x = keras.layers.Concatenate(name="head_pool")([avg, top])
-        elif config.pooling == "max":
-            x = keras.layers.GlobalMaxPooling2D(name="head_pool")(x)
-        else:
-            x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-    elif len(x.shape) != 2:
-        x = keras.layers.Flatten(name="head_flatten")(x)
+    maps = list(features) if isinstance(features, (list, tuple)) else [features]
+    if len(maps) == 1:
+        x = maps[0]
+        if len(x.shape) == 4:
+            x = _pool(x, config.pooling, "")
+            if isinstance(x, list):
+                x = keras.layers.Concatenate(name="head_pool")(x)
+        elif len(x.shape) != 2:
+            x = keras.layers.Flatten(name="head_flatten")(x)
+    else:
+        pooled = []
+        for i, tensor in enumerate(maps):
+            out = _pool(tensor, config.pooling, f"_{i}")
+            pooled.extend(out if isinstance(out, list) else [out])
+        x = keras.layers.Concatenate(name="head_pool")(pooled)
     if config.standardize:
         x = Standardization(name="head_standardize")(x)
     for i, width in enumerate(config.hidden_units, start=1):

@@ -12,7 +12,7 @@ import keras
 
 from tltf.bases.base import Base, load_base
 from tltf.bases.blockmaps import BlockMap
-from tltf.errors import ConfigError, InputShapeError, ModelError
+from tltf.errors import BlockMapError, ConfigError, InputShapeError, ModelError
 from tltf.heads import HeadConfig, build_head, output_units
 from tltf.layers import Preprocessing
 
@@ -151,6 +151,8 @@ def build_model(
         }
         if cut_record is not None:
             metadata["cut"] = cut_record
+        base, pooled = _multi_output(base, head)
+        metadata["head_blocks"] = pooled
         inputs = keras.Input(shape=shape, name="image")
         x = Preprocessing(base.preprocessing, metadata=metadata, name="preprocessing")(
             inputs
@@ -160,6 +162,35 @@ def build_model(
         model = keras.Model(inputs, outputs, name=name or f"tltf_{base.name}")
         base.model.trainable = False
         return model
+
+
+def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
+    """The base with one output per block the head reads (`head.pool_from`).
+
+    Returns the base unchanged, with its top block only, for `pool_from="top"`,
+    for bases that output vectors and for blocks without a single output tensor.
+    """
+    from tltf.bases.cut import block_outputs, resolve_block
+    from tltf.heads import pool_positions
+
+    names = base.block_map.names
+    positions = pool_positions(
+        len(names),
+        head.pool_from,
+        lambda b: resolve_block(base.block_map, b, "pool_from"),
+    )
+    if len(positions) == 1 or len(base.model.output_shape) != 4:
+        return base, [names[-1]]
+    try:
+        outputs = block_outputs(base.model, base.block_map, positions)
+    except BlockMapError:
+        if head.pool_from != "auto":
+            raise
+        return base, [names[-1]]
+    if any(len(t.shape) != 4 for t in outputs):
+        return base, [names[-1]]
+    model = keras.Model(base.model.inputs, outputs, name=base.model.name)
+    return dataclasses.replace(base, model=model), [names[p] for p in positions]
 
 
 def _auto_cut(base: Base, data, shape) -> str | None:
@@ -217,7 +248,8 @@ class ModelInfo:
     """What tltf knows about a model it built.
 
     Attributes:
-        base: keras.Model. The base, a layer of the model.
+        base: keras.Model. The base, a layer of the model. It has one output per
+            block the head reads (`HeadConfig.pool_from`), the top block's last.
         block_map: BlockMap. The base's blocks, bottom to top.
         head_layers: tuple of keras layers. The layers after the base.
         metadata: dict. The raw metadata (base name, task, head config).

@@ -143,7 +143,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
             `tltf.find_lr(stage="fine_tune")` when stage 2 begins (on the model
             as stage 1 left it, with the blocks and BN policy of stage 2, on
             `lr_finder_data`) and uses its suggestion; one line reports it.
-            Defaults to 1e-5.
+            Defaults to 1e-4.
         bn: str. BatchNorm policy in stage 2: "frozen", "affine" or "train".
             Defaults to "frozen".
         lr_decay: float or None. Discriminative learning rates: each block's rate
@@ -175,7 +175,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
         unfreeze_at_epoch: int,
         unfreeze: int | str | dict = "all",
         *,
-        fine_tune_lr=1e-5,
+        fine_tune_lr=1e-4,
         bn: str = "frozen",
         lr_decay: float | None = None,
         gradual_every: int | None = None,
@@ -539,7 +539,7 @@ def fine_tune(
     head_epochs: int | str = "auto",
     fine_tune_epochs: int | str = "auto",
     head_lr=1e-3,
-    fine_tune_lr=1e-5,
+    fine_tune_lr=1e-4,
     unfreeze: int | str | dict = "auto",
     head_steps: int = 2000,
     keep_best: bool = True,
@@ -564,14 +564,24 @@ def fine_tune(
 ) -> keras.callbacks.History:
     """Fine-tunes a model from `build_model` with the two-stage schedule.
 
-    Stage 1 trains the head on the frozen base for `head_epochs` at `head_lr`.
-    Stage 2 unfreezes `unfreeze` blocks from the top and trains for
-    `fine_tune_epochs` with a fresh optimizer at `fine_tune_lr`. Both stages run in
-    one `model.fit` (see `FineTuneSchedule`), so callbacks see epochs 1..N.
+    Stage 1 trains the head on the frozen base; stage 2 unfreezes `unfreeze`
+    blocks from the top and trains them with the head, with a fresh optimizer at
+    `fine_tune_lr`. Both stages run in one `model.fit` (see `FineTuneSchedule`),
+    so callbacks see epochs 1..N.
 
-    The defaults follow the keras.io transfer-learning recipe (Adam at 1e-3 for the
-    head, then the whole base at 1e-5 with BatchNorm frozen); every argument is
-    validated before anything trains.
+    The defaults are chosen for small data (see benchmarks/RESULTS.md):
+
+    - Stage 1 runs on cached base features until the head's training loss has
+      converged, within `head_steps` optimizer steps: a converged linear probe,
+      then fine-tuning (LP-FT, Kumar et al. 2022). The head's features are
+      standardised first (`tltf.layers.Standardization`, saved in the model).
+    - `unfreeze="auto"` unfreezes what a linear probe of every block recommends
+      (`tltf.probe_blocks`, leave-one-out on the training images, one forward
+      pass), and says so in one line; it also says when a probe on the raw
+      pixels does as well as the base.
+    - `keep_best=True`: stage 2 never ends worse than stage 1 (`tltf.guard`).
+
+    Every argument is validated before anything trains.
 
     Args:
         model: keras.Model. A model built by `build_model`.
@@ -581,16 +591,30 @@ def fine_tune(
             folders, .npz; resized for the model).
         validation_data: Same forms as `train`, or None; defaults to the
             bundle's validation split when `train` is a DataBundle.
-        head_epochs: int. Stage-1 epochs. Defaults to 10.
-        fine_tune_epochs: int. Stage-2 epochs. Defaults to 10.
+        head_epochs: int or "auto". Stage-1 epochs. "auto": with the feature
+            cache, epochs of `max(one pass, head_steps / 20)` steps until the
+            training loss improves by less than 1% twice in a row, or
+            `head_steps` steps have run; without the cache, enough epochs for
+            `head_steps` steps, 2 to 10. Defaults to "auto".
+        fine_tune_epochs: int or "auto". Stage-2 epochs. "auto": enough epochs
+            for about 1,000 optimizer steps, 2 to 10 (10 for a few hundred
+            images, 2 for 60,000). Defaults to "auto".
         head_lr: float, LearningRateSchedule or "find". Stage-1 rate. "find"
             runs `tltf.find_lr(stage="head")` on the training data first and
             uses its suggestion (one line reports it). Defaults to 1e-3.
         fine_tune_lr: float, LearningRateSchedule or "find". Stage-2 rate.
             "find" runs `tltf.find_lr(stage="fine_tune")` when stage 2 begins,
-            on the model stage 1 trained. Defaults to 1e-5.
-        unfreeze: int (top k blocks), "all", `{"layers": n}` or `{"names": regex}`.
-            Defaults to "all".
+            on the model stage 1 trained. Defaults to 1e-4.
+        unfreeze: int (top k blocks), "all", "auto", `{"layers": n}` or
+            `{"names": regex}`. "auto" asks the linear probe (see above; tasks
+            other than classification unfreeze the top third). Defaults to
+            "auto".
+        head_steps: int. The optimizer-step budget of `head_epochs="auto"`.
+            Defaults to 2000.
+        keep_best: bool. Score the model at the end of stage 1 and after each
+            stage-2 epoch (validation loss, or without validation data the
+            leave-one-out accuracy of its features) and end with the best
+            weights; one line says which (see `tltf.guard`). Defaults to True.
         bn: str. "frozen", "affine" or "train" (see `tltf.freezing`). Defaults to
             "frozen".
         optimizer: str or Optimizer. A Keras optimizer name or instance; an
@@ -648,9 +672,10 @@ def fine_tune(
     Example:
 
     >>> model = tltf.build_model("efficientnet_b0", num_classes=5)
-    >>> history = tltf.fine_tune(model, train_ds, val_ds, unfreeze=3)
+    >>> history = tltf.fine_tune(model, train_ds, val_ds)
+    tltf: unfreeze='auto' -> 2 of 7 blocks: ...
     >>> history.history["stage"]
-    [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+    [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
     """
     info = model_info(model)
     strategy = model_strategy(model, strategy)
@@ -1212,19 +1237,24 @@ def _fit_with_feature_cache(
         # that Python overhead does not dominate. Epoch-level callbacks see no
         # difference.
         per_epoch = steps_per_epoch or math.ceil(train_cache.count / batch)
+        # At most one epoch per call: Keras's progress bar counts executions past
+        # the end of a shorter epoch ("32/3"). With steps_per_epoch, a divisor of
+        # it: Keras counts whole executions against the dataset's length.
+        per_call = min(32, per_epoch)
+        if steps_per_epoch:
+            per_call = max(d for d in range(1, per_call + 1) if per_epoch % d == 0)
         head.compile(
             optimizer=optimizer,
             loss=loss,
             metrics=metrics,
-            # At most one epoch per call: Keras's progress bar counts executions
-            # past the end of a shorter epoch ("32/3").
-            steps_per_execution=max(1, min(32, per_epoch)),
+            steps_per_execution=per_call,
             jit_compile=model.jit_compile,
         )
         build_metrics(model, train_cache.others[0] if train_cache.others else None)
         if auto:
+            # One epoch more than stage 1 runs: Keras reads ahead of the last one.
             train_features = train_cache.stream(
-                batch, stage_one * steps_per_epoch, seed, start * steps_per_epoch
+                batch, (stage_one + 1) * steps_per_epoch, seed, start * steps_per_epoch
             )
             previous = (resume.history.get("loss", []) if resume else [])[:start]
             end = StageOneEnd(stage_one, schedule, tolerance=0.01, losses=previous)

@@ -893,6 +893,8 @@ class _FrozenSplit:
         base, block_map = info.base, info.block_map
         if not 0 < k < len(block_map):
             raise ValueError("nothing frozen to cache")
+        if len(base.outputs) != 1:
+            raise ValueError("a head that reads several blocks (HeadConfig.pool_from)")
         last = block_map[len(block_map) - k - 1].layers[-1]
         cut = base.get_layer(last).output
         if isinstance(cut, (list, tuple)):

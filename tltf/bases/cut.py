@@ -95,7 +95,8 @@ def block_outputs(
     """The output tensor of each block at `positions`, in one walk of the graph.
 
     The output of block k is the unique tensor made at or below block k that an
-    operation above block k consumes. The top block's output is the model's.
+    operation above block k consumes. The top block's output is the model's (its
+    last, for a base with one output per pooled block).
 
     Args:
         model: keras.Model. The base.
@@ -114,12 +115,9 @@ def block_outputs(
     last = len(block_map) - 1
     for k in positions:
         if k == last:
-            if len(model.outputs) != 1:
-                raise BlockMapError(
-                    f"Base {model.name!r} has {len(model.outputs)} outputs; tltf "
-                    "needs exactly one."
-                )
-            outputs.append(model.outputs[0])
+            # A base that `build_model` gave several outputs (`HeadConfig.pool_from`)
+            # lists its blocks bottom to top: the top block's output is the last.
+            outputs.append(model.outputs[-1])
             continue
         crossing: dict[int, object] = {}
         for op in ops:

@@ -1,0 +1,230 @@
+"""fine_tune's automatic defaults: a converged stage 1, probed depth and cut, the guard."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import tltf
+from tltf.cache import converged
+from tltf.errors import ConfigError
+from tltf.layers import Standardization
+from tltf.model import model_info
+from tltf.probe import probe_blocks
+
+from .conftest import make_data, make_tiny_base
+
+
+def _model(base=None, **kwargs):
+    return tltf.build_model(base or make_tiny_base(), num_classes=3, **kwargs)
+
+
+def _train_loss(model, data) -> float:
+    return float(model.evaluate(*data, verbose=0)[0])
+
+
+def _useless_top(widths=(8, 8, 16, 16)):
+    """A tiny base whose top two blocks output a constant: they destroy everything."""
+    base = make_tiny_base(widths=widths)
+    for name in ("block3_conv", "block4_conv"):
+        layer = base.get_layer(name)
+        layer.kernel.assign(np.zeros(layer.kernel.shape, "float32"))
+        layer.bias.assign(np.ones(layer.bias.shape, "float32"))
+    return base
+
+
+def test_auto_stage1_reaches_a_lower_training_loss_than_ten_epochs():
+    data = make_data(48)
+    losses = {}
+    for epochs in (10, "auto"):
+        keras.utils.set_random_seed(0)
+        model = _model(head={"pool_from": "top"})
+        history = tltf.fine_tune(
+            model, data, head_epochs=epochs, fine_tune_epochs=0, seed=0, verbose=0
+        )
+        losses[epochs] = _train_loss(model, data)
+        if epochs == "auto":
+            # Budgeted in optimizer steps (2,000 by default), not in epochs:
+            # 48 images are 2 batches a pass, so an epoch is 100 steps.
+            steps = int(model.optimizer.iterations.numpy())
+            assert steps == 100 * len(history.history["loss"])
+            assert 300 <= steps <= 2000
+    assert losses["auto"] < 0.5 * losses[10], losses
+
+
+def test_auto_stage1_stops_once_the_loss_has_converged():
+    assert converged([1.0, 0.5, 0.3, 0.299, 0.2985], 0.01)
+    assert not converged([1.0, 0.5, 0.3, 0.25, 0.2], 0.01)
+    assert not converged([1.0, 0.5], 0.01)
+    data = make_data(48)
+    model = _model()
+    history = tltf.fine_tune(
+        model,
+        data,
+        head_epochs="auto",
+        head_steps=20000,
+        fine_tune_epochs=1,
+        unfreeze=1,
+        seed=0,
+        verbose=0,
+    )
+    stages = history.history["stage"]
+    head = stages.count(1)
+    # 20,000 steps would be 20 epochs of 1,000; it stopped well before.
+    assert 3 <= head < 20, history.history["loss"]
+    assert stages == [1] * head + [2]
+    assert converged(history.history["loss"][:head], 0.01)
+
+
+def test_standardization_is_set_from_the_training_features_and_saved(tmp_path):
+    data = make_data(48)
+    model = _model()
+    layer = model.get_layer("head_standardize")
+    assert isinstance(layer, Standardization) and not layer.is_set
+    tltf.fine_tune(model, data, head_epochs=1, fine_tune_epochs=0, verbose=0)
+    features = tltf.cache.feature_model(model).predict(data[0], verbose=0)
+    np.testing.assert_allclose(
+        layer.mean.numpy(), features.mean(0), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        layer.scale.numpy(), 1 / (features.std(0) + 1e-3), rtol=1e-3
+    )
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = tltf.load_model(path)  # safe_mode=True: no Lambda anywhere
+    assert loaded.get_layer("head_standardize").is_set
+    np.testing.assert_allclose(
+        loaded.predict(data[0], verbose=0), model.predict(data[0], verbose=0), atol=1e-6
+    )
+    # A second fine_tune keeps the statistics the head was trained with.
+    before = layer.mean.numpy().copy()
+    tltf.fine_tune(
+        model, make_data(48, seed=5), head_epochs=1, fine_tune_epochs=0, verbose=0
+    )
+    np.testing.assert_array_equal(layer.mean.numpy(), before)
+
+
+def test_the_uncached_path_sets_the_statistics_too():
+    data = make_data(48)
+    model = _model()
+    tltf.fine_tune(
+        model, data, head_epochs=1, fine_tune_epochs=0, cache_features=False, verbose=0
+    )
+    assert model.get_layer("head_standardize").is_set
+
+
+def test_auto_cut_and_unfreeze_follow_the_probe_when_the_top_blocks_are_useless(
+    capsys,
+):
+    data = make_data(60)
+    probe = probe_blocks(_useless_top(), data, verbose=0)
+    assert probe.scoring == "leave-one-out" and probe.num_train == 60
+    # The best (shallowest on ties) block: the two above block2 are constant.
+    assert probe.cut == probe.best["block"] in ("block1", "block2")
+    kept = ["block1", "block2"][: 1 + ["block1", "block2"].index(probe.cut)]
+    cut = tltf.build_model(_useless_top(), 3, cut="auto", data=data)
+    assert model_info(cut).block_map.names == kept
+    assert f"cut='auto' -> {probe.cut!r}" in capsys.readouterr().out
+    # On the whole base, unfreeze="auto" adapts the blocks above the best one.
+    model = _model(_useless_top(), head={"pool_from": "top"})
+    tltf.fine_tune(model, data, head_epochs=1, fine_tune_epochs=1, verbose=1)
+    above = ["block2", "block3", "block4"][len(kept) - 1 :]
+    assert tltf.trainable_blocks(model) == above
+    out = capsys.readouterr().out
+    assert f"unfreeze='auto' -> {len(above)} of 4 blocks" in out and "cut='auto'" in out
+
+
+def test_cut_auto_needs_data():
+    with pytest.raises(ConfigError, match="needs the training data"):
+        tltf.build_model(make_tiny_base(), 3, cut="auto")
+    with pytest.raises(ConfigError, match="only used with cut='auto'"):
+        tltf.build_model(make_tiny_base(), 3, data=make_data(8))
+
+
+def test_the_probe_has_a_raw_pixel_row_and_fine_tune_says_when_the_base_is_useless(
+    capsys,
+):
+    data = make_data(60)
+    base = make_tiny_base()
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            layer.kernel.assign(np.zeros(layer.kernel.shape, "float32"))
+    probe = probe_blocks(base, data, verbose=0)
+    assert probe.pixels["block"] == "pixels"
+    assert probe.pixels["val_accuracy"] > 0.9  # the classes are a channel's mean
+    assert not probe.base_helps
+    assert "raw pixels" in str(probe) or "pixels" in str(probe)
+    model = _model(base)
+    tltf.fine_tune(model, data, head_epochs=1, fine_tune_epochs=1, verbose=1)
+    assert "this base adds little or nothing" in capsys.readouterr().out
+
+
+class Wreck(keras.callbacks.Callback):
+    """Makes stage 2 'diverge': zeroes two blocks' kernels after each of its batches."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.in_stage_two = bool(tltf.trainable_blocks(self.model))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs.get("stage") == 1:
+            self.stage_one = [np.array(v.numpy()) for v in self.model.variables]
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.in_stage_two:
+            for name in ("block3_conv", "block4_conv"):
+                kernel = model_info(self.model).base.get_layer(name).kernel
+                kernel.assign(np.zeros(kernel.shape, "float32"))
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(validation, capsys):
+    data = make_data(48)
+    model = _model(head={"pool_from": "top"})
+    wreck = Wreck()
+    tltf.fine_tune(
+        model,
+        data,
+        data if validation else None,
+        head_epochs="auto",
+        head_steps=400,
+        fine_tune_epochs=2,
+        unfreeze=2,
+        callbacks=[wreck],
+        verbose=1,
+    )
+    for got, want in zip(model.variables, wreck.stage_one, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)
+    out = capsys.readouterr().out
+    assert "keep_best: restored the weights of the end of stage 1" in out
+    assert ("val_loss" in out) == validation
+
+
+def test_keep_best_false_keeps_the_wrecked_weights():
+    data = make_data(48)
+    model = _model(head={"pool_from": "top"})
+    wreck = Wreck()
+    tltf.fine_tune(
+        model,
+        data,
+        head_epochs=2,
+        fine_tune_epochs=1,
+        unfreeze=2,
+        keep_best=False,
+        callbacks=[wreck],
+        verbose=0,
+    )
+    kernel = model_info(model).base.get_layer("block4_conv").kernel.numpy()
+    assert not kernel.any()
+
+
+def test_bad_auto_settings_are_config_errors():
+    data = make_data(8)
+    with pytest.raises(ConfigError, match="integer >= 0 or 'auto'"):
+        tltf.fine_tune(_model(), data, head_epochs="autp", verbose=0)
+    with pytest.raises(ConfigError, match="head_steps"):
+        tltf.fine_tune(_model(), data, head_steps=0, verbose=0)
+    with pytest.raises(ConfigError, match="keep_best"):
+        tltf.fine_tune(_model(), data, keep_best="yes", verbose=0)
+    with pytest.raises(ConfigError, match="pool_from"):
+        _model(head={"pool_from": "middle"})
