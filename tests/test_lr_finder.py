@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 
@@ -117,7 +118,13 @@ def test_suggestion_rule_on_a_known_curve():
     assert "raise max_lr" in falling.reason and not falling.fallback
     # A curve that rises from the start never fell: the stage's safe default.
     rising = _suggest(lrs, lrs + 1, lrs + 1, "fine_tune", True)
-    assert rising.fallback and rising.suggestion == SAFE_LR["fine_tune"] == 1e-5
+    assert rising.fallback and rising.suggestion == SAFE_LR["fine_tune"]
+    # The fallbacks are fine_tune's own defaults.
+    defaults = inspect.signature(tltf.fine_tune).parameters
+    assert {
+        "head": defaults["head_lr"].default,
+        "fine_tune": defaults["fine_tune_lr"].default,
+    } == SAFE_LR
     assert "never fell meaningfully" in rising.reason and "fallback" in rising.reason
 
 

@@ -9,7 +9,8 @@ one fixed held-out test set.
 
 The test set is also passed as `validation_data` (evaluated every few epochs), so
 that the learning curves show test accuracy. No decision depends on it: epochs and
-learning rates are fixed in advance, so the reported accuracies are unbiased.
+learning rates are fixed in advance and the stage-2 guard (`keep_best`) is off, so
+the reported accuracies are unbiased.
 
 Fairness of the scratch baseline: it is `tltf.build_model(<architecture>,
 weights=None)` with the base's constructor arguments and input size, with every
@@ -256,6 +257,9 @@ def _train_transfer(base, data, test, settings, seed, verbose):
         fine_tune_lr=settings.fine_tune_lr,
         unfreeze=settings.unfreeze,
         bn=settings.bn,
+        # The test set is the validation data here (for the curves): the stage-2
+        # guard must not pick epochs on it.
+        keep_best=False,
     )
     return model, history, seconds
 
@@ -283,6 +287,7 @@ def _train_scratch(base, data, test, settings, seed, verbose):
         fine_tune_lr=settings.scratch_lr,
         unfreeze="all",
         bn="train",
+        keep_best=False,
     )
     return model, history, seconds
 

@@ -55,7 +55,7 @@ from tltf.model import model_info
 STAGES = ("head", "fine_tune")
 # The rate used when the curve gives none: `fine_tune`'s defaults (the keras.io
 # transfer-learning recipe).
-SAFE_LR = {"head": 1e-3, "fine_tune": 1e-5}
+SAFE_LR = {"head": 1e-3, "fine_tune": 1e-4}
 # Upward widening never sweeps past these rates (an explicit larger `max_lr` is
 # swept as asked, but not widened).
 MAX_LR_CAP = {"head": 10.0, "fine_tune": 1.0}
@@ -201,7 +201,7 @@ def find_lr(
     smoothed loss never fell by `MIN_FALL` (5%) of its starting level, nor by
     three times its noise, across the whole (widened) sweep, there is no rate to
     read off the curve: the suggestion is the stage's safe default, `SAFE_LR`
-    (1e-3 for the head, 1e-5 for fine-tuning: `fine_tune`'s defaults), and the
+    (1e-3 for the head, 1e-4 for fine-tuning: `fine_tune`'s defaults), and the
     result says so (`fallback=True`, and in `reason`).
 
     Args:
