@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 import tltf
+import tltf.cache
 from tltf.cache import converged
 from tltf.errors import ConfigError
 from tltf.layers import Standardization
 from tltf.model import model_info
 from tltf.probe import probe_blocks
+from tltf.schedule import prepare_head
 
 from .conftest import make_data, make_tiny_base
 
@@ -41,7 +43,13 @@ def test_auto_stage1_reaches_a_lower_training_loss_than_ten_epochs():
         keras.utils.set_random_seed(0)
         model = _model(head={"pool_from": "top"})
         history = tltf.fine_tune(
-            model, data, head_epochs=epochs, fine_tune_epochs=0, seed=0, verbose=0
+            model,
+            data,
+            head_epochs=epochs,
+            fine_tune_epochs=0,
+            head_init="random",  # the step budget alone (the ridge start: below)
+            seed=0,
+            verbose=0,
         )
         losses[epochs] = _train_loss(model, data)
         if epochs == "auto":
@@ -57,15 +65,19 @@ def test_auto_stage1_stops_once_the_loss_has_converged():
     assert converged([1.0, 0.5, 0.3, 0.299, 0.2985], 0.01)
     assert not converged([1.0, 0.5, 0.3, 0.25, 0.2], 0.01)
     assert not converged([1.0, 0.5], 0.01)
-    data = make_data(48)
+    # A third of the labels are noise: the loss has a floor, which it reaches.
+    x, y = make_data(48)
+    y = y.copy()
+    y[::3] = np.random.default_rng(0).integers(0, 3, size=len(y[::3]))
     model = _model()
     history = tltf.fine_tune(
         model,
-        data,
+        (x, y),
         head_epochs="auto",
         head_steps=20000,
         fine_tune_epochs=1,
         unfreeze=1,
+        head_init="random",
         seed=0,
         verbose=0,
     )
@@ -75,6 +87,28 @@ def test_auto_stage1_stops_once_the_loss_has_converged():
     assert 3 <= head < 20, history.history["loss"]
     assert stages == [1] * head + [2]
     assert converged(history.history["loss"][:head], 0.01)
+
+
+def test_the_head_starts_from_the_ridge_classifier(capsys):
+    data = make_data(48, seed=3)
+    losses = {}
+    for init in ("random", "ridge"):
+        keras.utils.set_random_seed(0)
+        model = _model()
+        tltf.fine_tune(
+            model, data, head_epochs=1, fine_tune_epochs=0, head_init=init, verbose=1
+        )
+        losses[init] = _train_loss(model, data)
+    # One epoch (2 steps) from the closed-form start is far ahead of a random start.
+    assert losses["ridge"] < 0.5 * losses["random"], losses
+    assert "head starts from the ridge classifier" in capsys.readouterr().out
+    # A head with hidden layers starts as Keras initialised it.
+    model = _model(head={"hidden_units": [8]})
+    out = model.get_layer("head_output").kernel.numpy().copy()
+    features = tltf.cache.feature_model(model).predict(data[0], verbose=0)
+    assert prepare_head(model, features, data[1]) is None
+    assert model.get_layer("head_standardize").is_set
+    np.testing.assert_array_equal(model.get_layer("head_output").kernel.numpy(), out)
 
 
 def test_standardization_is_set_from_the_training_features_and_saved(tmp_path):

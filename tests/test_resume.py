@@ -247,7 +247,7 @@ def test_resume_in_stage2_restores_the_stage2_optimizer(
     assert len(check.state) == len(snapshot.state) > 2
     for got, want in zip(check.state, snapshot.state, strict=True):
         np.testing.assert_array_equal(got, want)
-    assert check.lr == pytest.approx(1e-5)
+    assert check.lr == pytest.approx(1e-4)  # fine_tune's default
     assert recorder.train_begins == 1
     assert recorder.begins == [4]
     assert recorder.trainable == [TRAINABLE[4]]
@@ -290,7 +290,7 @@ def test_finished_run_returns_its_history_without_training(capsys, reference):
     [
         ({"head_epochs": 3}, "head_epochs: 2 in the backup, 3 now"),
         ({"unfreeze": 1}, "unfreeze: 2 in the backup, 1 now"),
-        ({"fine_tune_lr": 1e-4}, "fine_tune_lr: 1e-05 in the backup, 0.0001 now"),
+        ({"fine_tune_lr": 1e-5}, "fine_tune_lr: 0.0001 in the backup, 1e-05 now"),
         ({"bn": "train"}, 'bn: "affine" in the backup, "train" now'),
         ({"optimizer": "sgd"}, "optimizer"),
         ({"num_classes": 4}, "model num_outputs: 3 in the backup, 4 now"),

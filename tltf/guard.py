@@ -153,7 +153,7 @@ class KeepBest(keras.callbacks.Callback):
                     f"best {name} ({_show(self.best_score, self.validation)})."
                 )
             return
-        self._restore(self.model_to_restore())
+        self._restore(self.model)
         if self.verbose:
             where = (
                 "the end of stage 1 (fine-tuning did not improve on it)"
@@ -166,10 +166,6 @@ class KeepBest(keras.callbacks.Callback):
                 f"{_show(self.last_score, self.validation)} at the last epoch "
                 f"({self.last_epoch + 1})."
             )
-
-    def model_to_restore(self) -> keras.Model:
-        """The full model (a Continuation hands callbacks the full model)."""
-        return self.model
 
     # -- keeping and restoring -------------------------------------------------------
     def _keep(self, score: tuple, epoch: int) -> None:

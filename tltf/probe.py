@@ -537,7 +537,8 @@ def ridge_probe(
     rows. One eigendecomposition gives, for every L2 strength of the grid, the
     exact leave-one-out predictions on the training set (via the diagonal of the
     hat matrix); the strength with the best leave-one-out accuracy (ties: lower
-    leave-one-out squared error) is used for the validation predictions.
+    leave-one-out squared error) is used for the validation predictions (see
+    `ridge_fit`).
 
     Args:
         x_train: array (n, d). Training features.
@@ -551,12 +552,10 @@ def ridge_probe(
     """
     x = np.asarray(x_train, dtype=np.float64)
     v = np.asarray(x_val, dtype=np.float64)
-    n, d = x.shape
     mean, std = x.mean(axis=0), x.std(axis=0)
     keep = std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0)))
-    targets = np.eye(classes)[y_train]
-    prior = targets.mean(axis=0)
     if not keep.any():  # Constant features: only the class prior is left.
+        prior = np.bincount(y_train, minlength=classes) / len(y_train)
         guess = int(np.argmax(prior))
         return (
             float(np.mean(y_val == guess)),
@@ -565,15 +564,66 @@ def ridge_probe(
         )
     z = (x[:, keep] - mean[keep]) / std[keep]
     zv = (v[:, keep] - mean[keep]) / std[keep]
+    fit = ridge_fit(z, y_train, classes)
+    predictions = zv @ fit.weights + fit.prior
+    val_acc = float(np.mean(predictions.argmax(axis=1) == y_val))
+    loo_acc = float(np.mean(fit.loo.argmax(axis=1) == y_train))
+    return val_acc, loo_acc, fit.l2
+
+
+@dataclasses.dataclass(frozen=True)
+class RidgeFit:
+    """A closed-form ridge classifier (see `ridge_fit`).
+
+    Attributes:
+        weights: np.ndarray (d, classes). Class scores are `z @ weights + prior`.
+        prior: np.ndarray (classes,). The class frequencies.
+        loo: np.ndarray (n, classes). The exact leave-one-out class scores of
+            the training examples.
+        l2: float. The L2 strength chosen.
+    """
+
+    weights: np.ndarray
+    prior: np.ndarray
+    loo: np.ndarray
+    l2: float
+
+
+def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
+    """Least squares on one-hot targets, L2 strength chosen by leave-one-out.
+
+    `z` should be standardised (no intercept is fitted beyond the class prior).
+    One eigendecomposition (of `z.T @ z` or `z @ z.T`, the smaller) gives the
+    exact leave-one-out scores for every strength of the grid; the one with the
+    best leave-one-out accuracy (ties: lower squared error) is kept.
+
+    Args:
+        z: array (n, d). Standardised training features.
+        y: array (n,). Class indices.
+        classes: int. Number of classes.
+
+    Returns:
+        A `RidgeFit`.
+
+    Example:
+
+    >>> z = np.array([[1.0], [-1.0], [0.9], [-1.1]])
+    >>> ridge_fit(z, np.array([1, 0, 1, 0]), 2).weights.shape
+    (1, 2)
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n = len(z)
+    targets = np.eye(classes)[y]
+    prior = targets.mean(axis=0)
     t = targets - prior
     if n >= z.shape[1]:
         s2, vecs = np.linalg.eigh(z.T @ z)
-        good = s2 > 1e-10 * s2.max()
+        good = s2 > 1e-10 * max(s2.max(), 1e-300)
         s2, vecs = s2[good], vecs[:, good]
         u = (z @ vecs) / np.sqrt(s2)
     else:
         s2, u = np.linalg.eigh(z @ z.T)
-        good = s2 > 1e-10 * s2.max()
+        good = s2 > 1e-10 * max(s2.max(), 1e-300)
         s2, u = s2[good], u[:, good]
         vecs = (z.T @ u) / np.sqrt(s2)
     ut = u.T @ t
@@ -586,16 +636,14 @@ def ridge_probe(
         residual = (t - fitted) / np.maximum(1.0 - leverage, 1e-6)[:, None]
         loo = t - residual + prior
         score = (
-            float(np.mean(loo.argmax(axis=1) == y_train)),
+            float(np.mean(loo.argmax(axis=1) == y)),
             -float(np.mean(residual**2)),
         )
         if best is None or score > best[0]:
-            best = (score, l2)
-    (loo_acc, _), l2 = best
+            best = (score, l2, loo)
+    _, l2, loo = best
     weights = vecs @ ((np.sqrt(s2) / (s2 + l2))[:, None] * ut)
-    predictions = zv @ weights + prior
-    val_acc = float(np.mean(predictions.argmax(axis=1) == y_val))
-    return val_acc, loo_acc, float(l2)
+    return RidgeFit(weights=weights, prior=prior, loo=loo, l2=float(l2))
 
 
 def recommend(
