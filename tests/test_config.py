@@ -332,3 +332,14 @@ def test_train_configs_default_to_cut_auto_and_tune_configs_to_no_cut():
     assert TuneConfig().model.cut is None and TuneConfig.from_dict({}).model.cut is None
     assert TrainConfig() == TrainConfig.from_dict({})
     assert TuneConfig() == TuneConfig.from_dict(None)
+
+
+def test_schedule_head_init_is_checked_and_passed_on():
+    assert (
+        ScheduleConfig.from_dict({"head_init": "random"}).fine_tune_kwargs()[
+            "head_init"
+        ]
+        == "random"
+    )
+    with pytest.raises(ConfigError, match="head_init"):
+        ScheduleConfig.from_dict({"head_init": "rdge"})

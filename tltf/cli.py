@@ -249,6 +249,7 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "fine_tune_lr": ("schedule", "fine_tune_lr"),
     "unfreeze": ("schedule", "unfreeze"),
     "head_steps": ("schedule", "head_steps"),
+    "head_init": ("schedule", "head_init"),
     "keep_best": ("schedule", "keep_best"),
     "bn": ("schedule", "bn"),
     "lr_decay": ("schedule", "lr_decay"),
@@ -505,6 +506,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
             default=S,
             help="stage-1 step budget of --head-epochs auto "
             f"(default: {D['head_steps']})",
+        )
+        schedule.add_argument(
+            "--head-init",
+            choices=("ridge", "random"),
+            default=S,
+            help="start a linear head from the closed-form ridge classifier, or "
+            f"from Keras's initialisation (default: {D['head_init']})",
         )
         schedule.add_argument(
             "--keep-best",

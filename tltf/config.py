@@ -516,12 +516,14 @@ class ScheduleConfig:
             Defaults to "auto".
         head_lr: float or "find". Stage-1 learning rate; "find" runs
             `tltf.find_lr` first. Defaults to 1e-3.
-        fine_tune_lr: float or "find". Stage-2 learning rate. Defaults to 1e-5.
+        fine_tune_lr: float or "find". Stage-2 learning rate. Defaults to 1e-4.
         unfreeze: int, "all", "auto" or a mapping (`{blocks: n}`, `{layers: n}`,
             `{names: regex}`). "auto" unfreezes the depth the linear probe
             (`tltf.probe_blocks`) recommends. Defaults to "auto".
         head_steps: int. The stage-1 step budget of `head_epochs="auto"`.
             Defaults to 2000.
+        head_init: str. "ridge" (start a linear head from the closed-form ridge
+            classifier) or "random". Defaults to "ridge".
         keep_best: bool. Restore the best weights, so that stage 2 never ends
             worse than stage 1. Defaults to True.
         bn: str. "frozen", "affine" or "train". Defaults to "frozen".
@@ -543,6 +545,7 @@ class ScheduleConfig:
     fine_tune_lr: float | Literal["find"] = FINE_TUNE_DEFAULTS["fine_tune_lr"]
     unfreeze: int | str | dict = FINE_TUNE_DEFAULTS["unfreeze"]
     head_steps: int = FINE_TUNE_DEFAULTS["head_steps"]
+    head_init: str = FINE_TUNE_DEFAULTS["head_init"]
     keep_best: bool = FINE_TUNE_DEFAULTS["keep_best"]
     bn: str = FINE_TUNE_DEFAULTS["bn"]
     lr_decay: float | None = FINE_TUNE_DEFAULTS["lr_decay"]
@@ -565,6 +568,7 @@ class ScheduleConfig:
         _positive(self.head_lr, "schedule", "head_lr", "find")
         _positive(self.fine_tune_lr, "schedule", "fine_tune_lr", "find")
         _at_least(self.head_steps, 1, "schedule", "head_steps")
+        _choice(self.head_init, ("ridge", "random"), "schedule", "head_init")
         if isinstance(self.unfreeze, str) and self.unfreeze not in _UNFREEZE_WORDS:
             raise ConfigError(
                 "Expected schedule.unfreeze as a number of top blocks, 'all', 'auto', "
@@ -629,6 +633,7 @@ class ScheduleConfig:
             "fine_tune_lr": self.fine_tune_lr,
             "unfreeze": unfreeze,
             "head_steps": self.head_steps,
+            "head_init": self.head_init,
             "keep_best": self.keep_best,
             "bn": self.bn,
             "lr_decay": self.lr_decay,
