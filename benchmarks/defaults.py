@@ -98,6 +98,8 @@ OLD_DEFAULTS = dict(
     head_epochs=10,
     fine_tune_epochs=10,
     unfreeze="all",
+    fine_tune_lr=1e-5,
+    head_init="random",
     keep_best=False,
     build={"head": {"standardize": False, "pool_from": "top"}},
 )
