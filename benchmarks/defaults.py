@@ -79,17 +79,11 @@ def recipe(base, n_classes, train, test, head_epochs, fine_tune_epochs):
     return model.evaluate(*test, verbose=0)[1]
 
 
-def with_tltf(base, n_classes, train, test, head_epochs, fine_tune_epochs, **kwargs):
+def with_tltf(base, n_classes, train, test, **kwargs):
+    """`build_model` + `fine_tune` with its defaults, unless `kwargs` say otherwise."""
     build = kwargs.pop("build", {})
     model = tltf.build_model(base, n_classes, **build)
-    tltf.fine_tune(
-        model,
-        train,
-        head_epochs=head_epochs,
-        fine_tune_epochs=fine_tune_epochs,
-        verbose=0,
-        **kwargs,
-    )
+    tltf.fine_tune(model, train, verbose=0, **kwargs)
     return model.evaluate(*test, verbose=0)[1]
 
 
@@ -239,8 +233,9 @@ def main() -> None:
     demo = default_demo_base()
     path = demo.info["path"]
     size = demo.input_shape[0]
-    head_epochs, fine_tune_epochs = 10, 10  # fine_tune's default budget
-    variants = {"tltf defaults": {}}
+    # The recipe's budget (and the old defaults'); tltf's defaults size their own.
+    head_epochs, fine_tune_epochs = 10, 10
+    variants = {"tltf defaults": {}, "old defaults": OLD_DEFAULTS}
     variants.update({f"tltf {v}": json.loads(v) for v in args.variant})
     scores: dict[str, list[float]] = {
         "keras.io recipe": [],
@@ -265,14 +260,7 @@ def main() -> None:
             for name, kwargs in variants.items():
                 keras.utils.set_random_seed(seed)
                 row[name] = with_tltf(
-                    _fresh_base(path),
-                    n,
-                    train,
-                    test,
-                    head_epochs,
-                    fine_tune_epochs,
-                    seed=seed,
-                    **kwargs,
+                    _fresh_base(path), n, train, test, seed=seed, **kwargs
                 )
             for name in scores:
                 scores[name].append(row[name])
@@ -291,7 +279,8 @@ def main() -> None:
         print(f"mean {task:14s} {cells}")
     base_mean = np.mean(scores["keras.io recipe"])
     print(
-        f"k={args.k}, {len(args.seeds)} seeds, {head_epochs}+{fine_tune_epochs} epochs, base {demo.name}"
+        f"k={args.k}, {len(args.seeds)} seeds, recipe {head_epochs}+{fine_tune_epochs} "
+        f"epochs, base {demo.name}"
     )
     print(
         "mean test accuracy, tltf defaults / keras.io recipe: "
