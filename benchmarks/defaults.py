@@ -6,8 +6,10 @@ Compares, on the same pretrained base and the same few labelled images:
   with `training=False`, GlobalAveragePooling2D, Dropout(0.2), Dense, Adam(1e-3)
   for the head epochs; then the whole base trainable, Adam(1e-5) for the
   fine-tune epochs (BatchNorm stays in inference mode);
-- `tltf.fine_tune` with its defaults (and any candidate settings given with
-  `--variant`), with the same epoch budget.
+- the keras.io recipe's 10 + 10 epochs;
+- `tltf.fine_tune` with its defaults, which size their own budget (and any
+  candidate settings given with `--variant`), and tltf's previous defaults
+  (`OLD_DEFAULTS`: 10 + 10 epochs, everything unfrozen at 1e-5).
 
 Targets: `shapes_target` (new shapes: near the source domain), `textures`
 (cross-domain: periodic patterns, not shapes) and `counting` (a different kind of
