@@ -5,8 +5,7 @@ Compares, on the same pretrained base and the same few labelled images:
 - the keras.io recipe ("Transfer learning & fine-tuning"): a frozen base called
   with `training=False`, GlobalAveragePooling2D, Dropout(0.2), Dense, Adam(1e-3)
   for the head epochs; then the whole base trainable, Adam(1e-5) for the
-  fine-tune epochs (BatchNorm stays in inference mode);
-- the keras.io recipe's 10 + 10 epochs;
+  fine-tune epochs (BatchNorm stays in inference mode), 10 + 10 epochs;
 - `tltf.fine_tune` with its defaults, which size their own budget (and any
   candidate settings given with `--variant`), and tltf's previous defaults
   (`OLD_DEFAULTS`: 10 + 10 epochs, everything unfrozen at 1e-5).
