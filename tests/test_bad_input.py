@@ -286,3 +286,21 @@ def test_bad_calls_leave_an_existing_backup_untouched(tmp_path):
     )
     _check(other_run, errors.ConfigError, "head_epochs", "untouched")
     assert _snapshot(backup) == before
+
+
+def test_automatic_settings_misspelt_or_without_data():
+    data = make_data(8)
+    auto = _raises(
+        errors.ConfigError, tltf.fine_tune, _model(), data, head_epochs="autp"
+    )
+    _check(auto, errors.ConfigError, "head_epochs", "'auto'", "received", "autp")
+    cut = _raises(errors.ConfigError, tltf.build_model, make_tiny_base(), 3, cut="auto")
+    _check(cut, errors.ConfigError, "cut='auto'", "data=train")
+    pool = _raises(
+        errors.ConfigError,
+        tltf.build_model,
+        make_tiny_base(),
+        3,
+        head={"pool_from": "middle"},
+    )
+    _check(pool, errors.ConfigError, "pool_from", "'auto'", "received", "middle")
