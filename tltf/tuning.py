@@ -836,6 +836,9 @@ class FineTuneHyperModel(kt.HyperModel):
     def _fine_tune(self, model, train, validation, **kwargs):
         from tltf.schedule import fine_tune
 
+        # keras-tuner scores a trial by its best epoch already; the stage-2 guard
+        # would also make the full-pass and cached stage 2 differ.
+        kwargs.setdefault("keep_best", False)
         return fine_tune(
             model,
             train,
