@@ -116,9 +116,7 @@ def test_standardization_is_set_from_the_training_features_and_saved(tmp_path):
     model = _model()
     layer = model.get_layer("head_standardize")
     assert isinstance(layer, Standardization) and not layer.is_set
-    tltf.fine_tune(
-        model, data, head_epochs=1, fine_tune_epochs=0, head_init="random", verbose=0
-    )
+    tltf.fine_tune(model, data, head_epochs=1, fine_tune_epochs=0, verbose=0)
     features = tltf.cache.feature_model(model).predict(data[0], verbose=0)
     np.testing.assert_allclose(
         layer.mean.numpy(), features.mean(0), rtol=1e-4, atol=1e-4
@@ -139,21 +137,6 @@ def test_standardization_is_set_from_the_training_features_and_saved(tmp_path):
         model, make_data(48, seed=5), head_epochs=1, fine_tune_epochs=0, verbose=0
     )
     np.testing.assert_array_equal(layer.mean.numpy(), before)
-
-
-def test_the_ridge_start_switches_off_a_block_that_only_adds_noise():
-    model = _model()  # the head reads block3 and block4, 16 features each
-    assert model_info(model).metadata["head_blocks"] == ["block3", "block4"]
-    rng = np.random.default_rng(0)
-    y = np.arange(60) % 3
-    useful = np.eye(3)[y].repeat(6, axis=1)[:, :16] * 2.0 + rng.normal(size=(60, 16))
-    noise = rng.normal(size=(60, 16)) * 3.0
-    said = prepare_head(model, np.concatenate([useful, noise], axis=1), y)
-    assert "on block3 (" in said
-    scale = model.get_layer("head_standardize").scale.numpy()
-    assert scale[:16].min() > 0 and not scale[16:].any()
-    kernel = model.get_layer("head_output").kernel.numpy()
-    assert kernel[:16].any() and not kernel[16:].any()
 
 
 def test_the_uncached_path_sets_the_statistics_too():

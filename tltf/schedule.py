@@ -980,6 +980,7 @@ def prepare_head(
 
 
 def _ridge_start(model, features, labels, layer) -> str | None:
+    from tltf.probe import ridge_fit
 
     info = model_info(model)
     units = info.metadata["num_outputs"]
@@ -996,7 +997,7 @@ def _ridge_start(model, features, labels, layer) -> str | None:
     if y.min() < 0 or y.max() >= classes or len(np.unique(y)) < 2:
         return None
     z = (features - layer.mean.numpy()) * layer.scale.numpy()
-    fit, kept = _best_blocks(model, z, y, classes)
+    fit = ridge_fit(z, y, classes)
     if units == 1:  # binary: one sigmoid logit, the difference of the two scores
         weights = (fit.weights[:, 1] - fit.weights[:, 0])[:, None]
         bias = np.array([fit.prior[1] - fit.prior[0]])
@@ -1010,79 +1011,9 @@ def _ridge_start(model, features, labels, layer) -> str | None:
     output.kernel.assign((temperature * weights).astype("float32"))
     output.bias.assign((temperature * bias).astype("float32"))
     accuracy = float(np.mean(fit.loo.argmax(axis=1) == y))
-    blocks = info.metadata.get("head_blocks") or []
-    reads = f" on {', '.join(kept)}" if len(blocks) > 1 else ""
     return (
-        f"head starts from the ridge classifier{reads} (leave-one-out accuracy "
-        f"{accuracy:.3f})"
+        f"head starts from the ridge classifier (leave-one-out accuracy {accuracy:.3f})"
     )
-
-
-def _best_blocks(model, z: np.ndarray, y: np.ndarray, classes: int):
-    """The ridge fit on the pooled blocks whose combination scores best.
-
-    A head that reads several blocks (`HeadConfig.pool_from`) tries every
-    combination of them by leave-one-out (a closed-form fit each) and keeps the
-    best (ties: more blocks). The features of the blocks left out are switched
-    off in the head's `Standardization` layer (scale 0), so that neither stage
-    trains on them: far from the base's source, a top block can add hundreds of
-    noisy features that dilute the useful ones.
-
-    Returns:
-        `(fit, names of the blocks kept)`, the fit's weights spanning all features
-        (zero on those switched off).
-    """
-    import itertools
-
-    from tltf.probe import ridge_fit
-
-    blocks = model_info(model).metadata.get("head_blocks") or []
-    groups = _feature_groups(model, len(blocks), z.shape[1])
-    if groups is None or len(blocks) < 2:
-        return ridge_fit(z, y, classes), blocks
-    best = None
-    for size in range(len(blocks), 0, -1):
-        for chosen in itertools.combinations(range(len(blocks)), size):
-            columns = np.concatenate([groups[i] for i in chosen])
-            fit = ridge_fit(z[:, columns], y, classes)
-            residual = fit.loo - np.eye(classes)[y]
-            score = (
-                float(np.mean(fit.loo.argmax(axis=1) == y)),
-                -float(np.mean(residual**2)),
-            )
-            if best is None or score > best[0]:
-                best = (score, chosen, columns, fit)
-    _, chosen, columns, fit = best
-    weights = np.zeros((z.shape[1], classes))
-    weights[columns] = fit.weights
-    if len(chosen) < len(blocks):
-        layer = model.get_layer("head_standardize")
-        scale = layer.scale.numpy()
-        off = np.setdiff1d(np.arange(z.shape[1]), columns)
-        scale[off] = 0.0
-        layer.scale.assign(scale)
-    fit = dataclasses.replace(fit, weights=weights)
-    return fit, [blocks[i] for i in chosen]
-
-
-def _feature_groups(model, count: int, width: int):
-    """Column indices of each pooled block in the head's features, or None."""
-    try:
-        pool = model.get_layer("head_pool")
-    except ValueError:
-        return None
-    inputs = pool.input if isinstance(pool.input, (list, tuple)) else [pool.input]
-    if count < 2 or len(inputs) % count:
-        return None
-    per_block = len(inputs) // count  # avgmax pools each block twice
-    widths = [int(t.shape[-1]) for t in inputs]
-    if sum(widths) != width:
-        return None
-    edges = np.cumsum([0, *widths])
-    return [
-        np.arange(edges[i * per_block], edges[(i + 1) * per_block])
-        for i in range(count)
-    ]
 
 
 def _temperature(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
