@@ -31,7 +31,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tltf._io import atomic_path
 
@@ -100,18 +99,15 @@ class KeepBest(keras.callbacks.Callback):
         return self._loo_score()
 
     def _loo_score(self) -> tuple:
-        from tltf.cache import feature_extractor
+        from tltf.cache import FeatureCache, feature_extractor
         from tltf.probe import ridge_probe
 
         if self._extract is None:
             self._extract = feature_extractor(self.model)
-        dtype = self._extract.input_signature[0].dtype
-        parts, labels = [], []
-        for batch in self.train_features:
-            parts.append(self._extract(tf.cast(batch[0], dtype)).numpy())
-            labels.append(np.asarray(batch[1]))
-        x = np.concatenate(parts).reshape(sum(len(p) for p in parts), -1)
-        y = np.concatenate(labels)
+        cache = FeatureCache(self.model, self.train_features, extractor=self._extract)
+        x = np.asarray(cache.features).reshape(cache.count, -1)
+        y = cache.others[0]
+        cache.close()
         if y.ndim == 2 and y.shape[1] > 1:
             y = y.argmax(axis=1)
         y = np.rint(y.reshape(len(y), -1)[:, 0]).astype(np.int64)

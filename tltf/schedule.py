@@ -963,15 +963,11 @@ def prepare_head(
     if layer is None or layer.is_set:
         return None
     if isinstance(features, tf.data.Dataset):
-        from tltf.cache import feature_extractor
+        from tltf.cache import FeatureCache
 
-        extract = feature_extractor(model)
-        dtype = extract.input_signature[0].dtype
-        parts, label_parts = [], []
-        for batch in features:
-            parts.append(extract(tf.cast(batch[0], dtype)).numpy())
-            label_parts.append(np.asarray(batch[1]))
-        features, labels = np.concatenate(parts), np.concatenate(label_parts)
+        cache = FeatureCache(model, features)
+        features, labels = cache.features, cache.others[0]
+        cache.close()
     features = np.asarray(features).reshape(len(features), -1)
     layer.set_statistics(features)
     if not ridge or labels is None:
