@@ -25,9 +25,11 @@ import io
 import json
 import math
 import os
+import shutil
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from numbers import Real
 from pathlib import Path
@@ -48,7 +50,8 @@ from tltf.bases.base import Base, load_base
 from tltf.errors import ConfigError, DataError, TltfError, TrainingError, suggest
 from tltf.freezing import BN_POLICIES, resolve_unfreeze
 from tltf.heads import HeadConfig
-from tltf.model import build_model, model_info
+from tltf.model import ModelInfo, build_model, model_info
+from tltf.schedule import default_loss_and_metrics
 
 #: Names of the hyperparameters tltf declares, by SearchSpace field.
 HP_NAMES = {
@@ -72,6 +75,7 @@ RESULTS_PLOT = "tltf_tuning.png"
 BEST_MODEL = "best_model.keras"
 TRIAL_RECORD = "tltf_trial.json"
 HEADS_DIR = "tltf_heads"
+PROJECT_LOCK = "tltf_project.lock"
 
 
 # -- the search space ------------------------------------------------------------
@@ -262,6 +266,144 @@ def _declare(hp, name, spec, kind, sampling="linear"):
     return hp.Fixed(name, kind(spec))
 
 
+# -- lock files --------------------------------------------------------------------
+#: What this process writes into its lock files. The token tells it apart from an
+#: earlier process with the same pid (a restarted container).
+_OWNER = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (True if unknown)."""
+    if os.name == "nt":
+        return True  # os.kill would terminate it: leave it to the age rule
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process
+    return True
+
+
+class LockFile:
+    """A lock file created with `O_EXCL` that names its owner (host and pid).
+
+    A lock is stale (its owner died without removing it) at once when it names a
+    process of this host that no longer runs, or this process's pid with another
+    process's token (a restarted container that reuses pids). Otherwise (a lock
+    of another host, or one not yet written) it is stale when nobody touched it
+    for `stale_s` seconds: its owner touches it while it works (`_Heartbeat`).
+
+    Args:
+        path: str or PathLike. The lock file.
+        stale_s: float. Seconds without a touch after which a lock is abandoned.
+            Defaults to 120.
+    """
+
+    def __init__(self, path, stale_s: float = 120.0):
+        self.path, self.stale_s = Path(path), stale_s
+
+    def acquire(self) -> bool:
+        """Creates the lock, taking over a stale one; False if it is held."""
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self.break_if_stale():
+                    return False
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(_OWNER, f)
+            return True
+        return False
+
+    def owner(self) -> dict:
+        """The owner the lock names (`host`, `pid`), or {} if unreadable."""
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return owner if isinstance(owner, dict) else {}
+
+    def is_stale(self) -> bool:
+        """Whether the lock's owner died (see the class docstring)."""
+        owner = self.owner()
+        pid = owner.get("pid")
+        if owner.get("host") == _OWNER["host"] and isinstance(pid, int) and pid > 0:
+            if pid == _OWNER["pid"]:
+                if owner.get("token") != _OWNER["token"]:
+                    return True
+            elif not pid_alive(pid):
+                return True
+        try:
+            return time.time() - self.path.stat().st_mtime > self.stale_s
+        except FileNotFoundError:
+            return False
+
+    def break_if_stale(self) -> bool:
+        """Removes a stale lock; True if it was stale (or is gone)."""
+        if self.path.exists() and not self.is_stale():
+            return False
+        moved = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            # Renaming is atomic: of several waiters, one moves the lock away.
+            os.replace(self.path, moved)
+            moved.unlink()
+        return True
+
+    def release(self) -> None:
+        """Removes the lock if this process still owns it."""
+        if self.owner() == _OWNER:
+            self.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def project_lock(project_dir, stale_s: float = 120.0, heartbeat_s: float = 5.0):
+    """Holds a tuner project folder for one search while the block runs.
+
+    Two searches on one project without keras-tuner's chief/worker mode would
+    each run every trial, unaware of each other. `tune` takes this lock,
+    `<project>/tltf_project.lock` (see `LockFile`), around a search that is not
+    distributed; chief and workers share the project and take none.
+
+    Args:
+        project_dir: str or PathLike. The project folder (created if missing).
+        stale_s: float. See `LockFile`. Defaults to 120.
+        heartbeat_s: float. How often the lock is touched. Defaults to 5.
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        ConfigError: Another process that still runs holds the project.
+
+    Example:
+
+    >>> with project_lock("tltf_tuning/tune"):
+    ...     tuner.search(train, validation_data=val)
+    """
+    project = Path(project_dir)
+    project.mkdir(parents=True, exist_ok=True)
+    lock = LockFile(project / PROJECT_LOCK, stale_s)
+    if not lock.acquire():
+        owner = lock.owner()
+        raise ConfigError(
+            f"Expected one search at a time in project {str(project)!r}. Received: "
+            f"a second one, while process {owner.get('pid', '?')} on host "
+            f"{owner.get('host', '?')!r} searches it (lock {lock.path}). Two "
+            "searches on one project would each run every trial. Wait for it to "
+            "finish, use another project_name or directory, or run both in "
+            "keras-tuner's chief/worker mode (KERASTUNER_TUNER_ID, "
+            "KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT; see docs/tuning.md). "
+            "If that process is gone, delete the lock file."
+        )
+    try:
+        with _Heartbeat(lock.path, heartbeat_s):
+            yield lock.path
+    finally:
+        lock.release()
+
+
 # -- the stage-1 store -----------------------------------------------------------
 class HeadStore:
     """Stage-1 results (model weights and a JSON record), one per head key.
@@ -272,11 +414,12 @@ class HeadStore:
     `os.replace`); the JSON is written last and marks the entry complete.
 
     Concurrent workers (keras-tuner's distributed mode, on a shared file system)
-    coordinate with a lock file `<key>.lock`, created with `O_EXCL`: the first
-    worker trains, the others wait for the record and load it. The owner touches
-    the lock every `heartbeat_s` seconds; a lock older than `stale_s` (a worker
-    that died) is taken over. If a lock is taken over wrongly, two workers train
-    the same head; each write is still atomic, so the files stay valid.
+    coordinate with a lock file `<key>.lock` (a `LockFile`): the first worker
+    trains, the others wait for the record and load it. The owner touches the
+    lock every `heartbeat_s` seconds; the lock of a worker that died is taken
+    over, at once if it ran on this host, else once it is older than `stale_s`.
+    If a lock is taken over wrongly, two workers train the same head; each write
+    is still atomic, so the files stay valid.
 
     Args:
         directory: str or PathLike. The folder.
@@ -319,20 +462,16 @@ class HeadStore:
             `(record, reused)`.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        weights, _, lock = self.paths(key)
+        weights, _, lock_path = self.paths(key)
+        lock = LockFile(lock_path, self.stale_s)
         while True:
             found = self.record(key)
             if found is not None and weights.exists():
                 load(weights)
                 return found, True
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                self._break_if_stale(lock)
+            if not lock.acquire():
                 time.sleep(self.poll_s)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{socket.gethostname()} pid {os.getpid()}\n")
             try:
                 # Re-check: another worker may have finished between our look and
                 # our lock.
@@ -340,26 +479,16 @@ class HeadStore:
                 if found is not None and weights.exists():
                     load(weights)
                     return found, True
-                with _Heartbeat(lock, self.heartbeat_s):
+                with _Heartbeat(lock_path, self.heartbeat_s):
                     record = train()
                 atomic_write_json(self.paths(key)[1], record)
                 return record, False
             finally:
-                lock.unlink(missing_ok=True)
+                lock.release()
 
     def save_weights(self, key: str, model: keras.Model) -> Path:
         """Writes a model's weights for `key` atomically."""
         return atomic_save_weights(model, self.paths(key)[0])
-
-    def _break_if_stale(self, lock: Path) -> None:
-        try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:
-            return
-        if age > self.stale_s:
-            # Renaming is atomic: of several waiters, one moves the lock away.
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(lock, lock.with_name(f"{lock.name}.stale-{os.getpid()}"))
 
 
 class _Heartbeat:
@@ -544,6 +673,33 @@ class FineTuneHyperModel(kt.HyperModel):
         self.n_blocks = len(self._base.block_map)
         # Validate the search space against the base now, not in trial 1.
         self.search.declare(kt.HyperParameters(), self.n_blocks)
+
+    def logged_metrics(self) -> set[str] | None:
+        """The names in a trial's logs: the loss and metrics, also as "val_...".
+
+        The metrics are the task's (as `fine_tune` compiles them) or the
+        `metrics` fine_tune argument. None when they cannot be known before a
+        trial (a `fit_hook`, or an overridden `fit_options`, may change them).
+        """
+        if (
+            self.fit_hook is not None
+            or type(self).fit_options is not FineTuneHyperModel.fit_options
+        ):
+            return None
+        metrics = self.fine_tune_kwargs.get("metrics", "auto")
+        if isinstance(metrics, str) and metrics == "auto":
+            # The task's metrics depend on the task only (no model needed).
+            info = ModelInfo(None, None, (), {"task": self.task})
+            metrics = default_loss_and_metrics(info)[1]
+        if not isinstance(metrics, (list, tuple)):
+            return None
+        names = {"loss"}
+        for metric in metrics:
+            name = metric if isinstance(metric, str) else getattr(metric, "name", None)
+            if not isinstance(name, str):
+                return None
+            names.add(name)
+        return names | {f"val_{name}" for name in names}
 
     # -- keras-tuner API -------------------------------------------------------
     def declare_hyperparameters(self, hp):
@@ -1269,6 +1425,11 @@ def tune(
     larger `max_trials` adds trials. A trial that fails (NaN loss, out of
     memory, a bad combination) is recorded as FAILED with its reason; the search
     goes on (it stops after `max_consecutive_failed_trials` failures in a row).
+    If no trial completes, `tune` raises a TrainingError with the first reason.
+
+    One search at a time per project folder: a second process on the same
+    project raises a ConfigError (see `project_lock`), unless they run in
+    keras-tuner's chief/worker mode.
 
     Distributed: run the same script on every machine with
     `KERASTUNER_TUNER_ID` ("chief" on one, "tuner0", "tuner1"... elsewhere),
@@ -1317,6 +1478,11 @@ def tune(
     Returns:
         A `TuneResult`: best model, best hyperparameters, the table.
 
+    Raises:
+        ConfigError: A bad argument, an objective that the trials do not log, or
+            another process searching the same project.
+        TrainingError: No trial completed.
+
     Example:
 
     >>> result = tltf.tune("efficientnet_b0", train_ds, val_ds, num_classes=5,
@@ -1362,26 +1528,44 @@ def tune(
             "Model and search arguments go to the FineTuneHyperModel you passed; "
             f"tune() received {sorted([*hypermodel_kwargs] + (['search'] if search else []))}."
         )
+    objective = _objective(objective, hypermodel.task)
     if kt_tuner is None:
-        kt_tuner = _make_tuner(
-            tuner,
-            hypermodel,
-            objective=_objective(objective, hypermodel.task),
-            max_trials=max_trials,
-            directory=directory,
-            project_name=project_name,
-            # Only the chief may clear a distributed project.
-            overwrite=overwrite
-            and (not dist_utils.has_chief_oracle() or dist_utils.is_chief_oracle()),
-            seed=seed,
-            max_consecutive_failed_trials=max_consecutive_failed_trials,
-            hyperparameters=hyperparameters,
-            fine_tune_epochs=hypermodel.fine_tune_epochs,
-            tuner_kwargs=tuner_kwargs or {},
-        )
+        _check_objective(objective, hypermodel)
+        project = Path(directory) / project_name
+    else:
+        _check_objective(kt_tuner.oracle.objective, hypermodel)
+        project = Path(kt_tuner.project_dir)
     fit_kwargs = {"callbacks": list(callbacks or []), "verbose": verbose}
     if validation_data is not None:
         fit_kwargs["validation_data"] = validation_data
+    distributed = dist_utils.has_chief_oracle()
+    # One search per project folder; chief and workers share theirs.
+    with contextlib.nullcontext() if distributed else project_lock(project):
+        if kt_tuner is None:
+            if overwrite and not distributed:
+                _clear_project(project)  # keras-tuner's overwrite deletes the lock
+            kt_tuner = _make_tuner(
+                tuner,
+                hypermodel,
+                objective=objective,
+                max_trials=max_trials,
+                directory=directory,
+                project_name=project_name,
+                # Only the chief may clear a distributed project.
+                overwrite=overwrite and dist_utils.is_chief_oracle(),
+                seed=seed,
+                max_consecutive_failed_trials=max_consecutive_failed_trials,
+                hyperparameters=hyperparameters,
+                fine_tune_epochs=hypermodel.fine_tune_epochs,
+                tuner_kwargs=tuner_kwargs or {},
+            )
+        return _search(kt_tuner, train, fit_kwargs, export, verbose)
+
+
+def _search(kt_tuner, train, fit_kwargs, export, verbose) -> TuneResult:
+    """Runs a search (or serves it, on the chief) and collects the results."""
+    from keras_tuner.src.distribute import utils as dist_utils
+
     if dist_utils.is_chief_oracle():
         kt_tuner.oracle.verbose = verbose
         kt_tuner.save()
@@ -1404,7 +1588,37 @@ def tune(
             # A worker: the chief gathers and exports the results.
             table = results_table(kt_tuner, from_records_only=True)
             return TuneResult(None, None, table, _objective_name(kt_tuner), kt_tuner)
-    return results(kt_tuner, export=export, verbose=verbose)
+    result = results(kt_tuner, export=export, verbose=verbose)
+    _raise_if_all_failed(result.table, kt_tuner.project_dir, export)
+    return result
+
+
+def _clear_project(project: Path) -> None:
+    """Empties a project folder (overwrite=True), keeping its lock."""
+    for child in project.iterdir():
+        if child.name == PROJECT_LOCK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _raise_if_all_failed(table: list[dict], project, export: bool) -> None:
+    """Raises a TrainingError when trials ran and none of them completed."""
+    failed = [r for r in table if r["status"] in ("FAILED", "INVALID")]
+    if not failed or any(r["status"] == "COMPLETED" for r in table):
+        return
+    first = failed[0]
+    where = RESULTS_CSV if export else "trial_*/trial.json"
+    raise TrainingError(
+        f"Expected at least one trial to complete. Received: {len(failed)} of "
+        f"{len(table)} trials failed, so there is no best model. Trial "
+        f"{first['trial']} failed with: {first.get('reason') or 'an unknown error'}"
+        f". Every trial's reason is in {project} ({where}). Fix the cause, then "
+        "run tune() again with overwrite=True (a resumed search does not re-run "
+        "failed trials)."
+    ) from None
 
 
 def _stop_after_failures(tuner, error, export) -> None:
@@ -1443,6 +1657,33 @@ def _objective(objective, task):
     if isinstance(objective, str) and objective == "auto":
         return "val_loss" if task == "regression" else "val_accuracy"
     return objective
+
+
+def _objective_names(objective) -> list:
+    """The metric names an objective reads: a str, a kt.Objective or a list."""
+    if isinstance(objective, (list, tuple)):
+        return [name for o in objective for name in _objective_names(o)]
+    inner = getattr(objective, "objectives", None)  # kt's MultiObjective
+    if inner is not None:
+        return _objective_names(list(inner))
+    if isinstance(objective, kt.Objective):
+        return [objective.name]
+    return [objective]
+
+
+def _check_objective(objective, hypermodel) -> None:
+    """Rejects an objective that no trial logs, before any trial runs."""
+    known = hypermodel.logged_metrics()
+    if known is None:
+        return
+    for name in _objective_names(objective):
+        if name not in known:
+            raise ConfigError(
+                f"Expected objective to be a metric that the trials log: "
+                f"{sorted(known)}. Received: objective={name!r}."
+                f"{suggest(str(name), known, n=1)} Pass one of these names (or a "
+                "keras_tuner.Objective on one)."
+            )
 
 
 def _objective_name(tuner) -> str:
@@ -1541,9 +1782,6 @@ def _compile_for_evaluation(model: keras.Model) -> None:
     keras-tuner rebuilds it uncompiled; compiled, `evaluate` works at once. The
     loss takes integer class labels (recompile for one-hot labels).
     """
-    from tltf.model import model_info
-    from tltf.schedule import default_loss_and_metrics
-
     loss, metrics = default_loss_and_metrics(model_info(model))
     model.compile(optimizer="adam", loss=loss, metrics=metrics)
 
@@ -1744,10 +1982,13 @@ def results(tuner, export: bool = True, verbose=1) -> TuneResult:
 __all__ = [
     "FineTuneHyperModel",
     "HeadStore",
+    "LockFile",
     "SearchSpace",
     "TuneResult",
     "failure_reason",
     "format_table",
+    "pid_alive",
+    "project_lock",
     "results",
     "results_table",
     "serve_chief",

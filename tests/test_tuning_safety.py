@@ -1,0 +1,246 @@
+"""Search safety: stale locks, two searches on one project, bad objectives."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras_tuner as kt
+import pytest
+
+from tests.test_bad_input import _check, _snapshot
+from tltf.errors import ConfigError, TrainingError
+from tltf.tuning import (
+    HEADS_DIR,
+    PROJECT_LOCK,
+    HeadStore,
+    LockFile,
+    project_lock,
+    tune,
+)
+
+from . import tuning_job
+from .conftest import make_data, make_tiny_base
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: A search process, cut down to its locks: it holds the project and a head.
+HOLDER = """
+import sys, time
+from pathlib import Path
+from tltf.tuning import HEADS_DIR, LockFile, project_lock
+
+project = Path(sys.argv[1])
+with project_lock(project):
+    (project / HEADS_DIR).mkdir()
+    assert LockFile(project / HEADS_DIR / "k.lock").acquire()
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_lock(path: Path, **owner) -> None:
+    path.write_text(json.dumps({"host": socket.gethostname(), **owner}))
+
+
+def _train_head(weights: Path):
+    def train():
+        weights.write_bytes(b"w")
+        return {"trained_by": "1"}
+
+    return train
+
+
+def _search(tmp_path, **kwargs):
+    train, val = tuning_job.data()
+    options = dict(
+        search=tuning_job.FIXED_HEAD,
+        tuner="random",
+        max_trials=1,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        directory=tmp_path,
+        project_name="p",
+        verbose=0,
+        seed=0,
+        batch_size=16,
+    )
+    options.update(kwargs)
+    return tune(make_tiny_base(), train, val, **options)
+
+
+# -- stale locks ------------------------------------------------------------------
+def test_head_lock_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
+    store = HeadStore(tmp_path, stale_s=30, poll_s=0.05)
+    weights, record, lock = store.paths("k")
+    _write_lock(lock, pid=_dead_pid())  # a search killed during stage 1
+    start = time.monotonic()
+    found, reused = store.obtain("k", _train_head(weights), lambda path: None)
+    assert time.monotonic() - start < 5  # not stale_s
+    assert not reused and found == {"trained_by": "1"}
+    # No lock and no renamed stale lock left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json", "k.weights.h5"]
+
+
+def test_lock_file_staleness_rules(tmp_path):
+    path = tmp_path / "x.lock"
+    lock = LockFile(path, stale_s=60)
+    _write_lock(path, pid=os.getppid())  # a live process of this host
+    assert not lock.is_stale() and not lock.acquire()
+    # This process's pid, written by an earlier process (a restarted container).
+    _write_lock(path, pid=os.getpid(), token="an earlier process")
+    assert lock.is_stale()
+    # Another host: its pids mean nothing here; only the age counts.
+    path.write_text(json.dumps({"host": "elsewhere", "pid": _dead_pid()}))
+    assert not lock.is_stale()
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    assert lock.is_stale()
+    assert lock.acquire() and lock.owner()["pid"] == os.getpid()
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- two searches on one project ------------------------------------------------------
+def test_a_second_search_on_a_project_fails_fast_and_a_dead_ones_locks_go(tmp_path):
+    project = tmp_path / "p"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(project)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output = []
+        for line in holder.stdout:
+            output.append(line)
+            if line.strip() == "locked":
+                break
+        assert holder.poll() is None, "".join(output)
+        before = _snapshot(project)
+        start = time.monotonic()
+        with pytest.raises(ConfigError) as info:
+            _search(tmp_path, overwrite=True)
+        assert time.monotonic() - start < 10
+        _check(
+            info.value,
+            ConfigError,
+            "one search at a time",
+            str(project),
+            f"process {holder.pid}",
+            socket.gethostname(),
+            "project_name",
+            "chief/worker",
+        )
+        assert _snapshot(project) == before  # overwrite=True deleted nothing
+    finally:
+        if holder.poll() is None:
+            os.killpg(holder.pid, signal.SIGKILL)  # killed mid-search: locks stay
+        holder.wait()
+    assert (project / PROJECT_LOCK).exists()
+
+    # Its head lock is taken over at once, and nothing stale is left.
+    heads = project / HEADS_DIR
+    store = HeadStore(heads, stale_s=300, poll_s=0.05)
+    start = time.monotonic()
+    _, reused = store.obtain("k", _train_head(heads / "k.weights.h5"), print)
+    assert not reused and time.monotonic() - start < 5
+    # So is the project: the next search runs, and releases it.
+    result = _search(tmp_path)
+    assert [row["status"] for row in result.table] == ["COMPLETED"]
+    assert not list(project.rglob("*.lock")) and not list(project.rglob("*.stale-*"))
+    with project_lock(project):  # free again
+        pass
+
+
+# -- objectives and failed searches ------------------------------------------------
+@pytest.mark.parametrize(
+    "objective",
+    ["val_acc", kt.Objective("val_acc", "max"), ["val_loss", "val_acc"]],
+    ids=["str", "Objective", "list"],
+)
+def test_an_objective_the_trials_do_not_log_is_rejected_first(tmp_path, objective):
+    with pytest.raises(ConfigError) as info:
+        _search(tmp_path, objective=objective)
+    _check(
+        info.value,
+        ConfigError,
+        "objective='val_acc'",
+        "Did you mean 'val_accuracy'",
+        "'val_loss'",
+    )
+    assert list(tmp_path.iterdir()) == []  # before any tuner or folder
+
+
+def test_objective_of_a_keras_tuner_instance_and_of_regression(tmp_path):
+    tuner = kt.RandomSearch(
+        tuning_job.hypermodel(),
+        objective=kt.Objective("val_acc", "max"),
+        max_trials=1,
+        directory=tmp_path,
+        project_name="kt",
+    )
+    train, val = tuning_job.data()
+    with pytest.raises(ConfigError) as info:
+        tune(None, train, val, tuner=tuner, verbose=0)
+    _check(info.value, ConfigError, "objective='val_acc'", "'val_accuracy'")
+    x, y = make_data(16)
+    y = y.astype("float32")
+    with pytest.raises(ConfigError) as info:
+        tune(
+            make_tiny_base(),
+            (x, y),
+            (x, y),
+            task="regression",
+            objective="val_accuracy",  # regression logs mae, not accuracy
+            tuner="random",
+            directory=tmp_path,
+            project_name="reg",
+            verbose=0,
+        )
+    _check(info.value, ConfigError, "objective='val_accuracy'", "'val_mae'")
+    assert not (tmp_path / "reg").exists()
+
+
+def test_a_search_whose_every_trial_failed_raises_with_the_first_reason(tmp_path):
+    builds = []
+
+    def broken(hp, model):
+        builds.append(1)
+        if len(builds) > 1:  # the first build only declares the search space
+            raise ConfigError("this combination is not supported")
+        return model
+
+    with pytest.raises(TrainingError) as info:
+        _search(
+            tmp_path, build_hook=broken, max_trials=2, max_consecutive_failed_trials=3
+        )
+    _check(
+        info.value,
+        TrainingError,
+        "2 of 2 trials failed",
+        "no best model",
+        "trial 0 failed",
+        "not supported",
+        "overwrite=True",
+    )
+    project = tmp_path / "p"
+    rows = json.loads((project / "tltf_results.json").read_text())
+    assert [r["status"] for r in rows] == ["FAILED", "FAILED"]
+    assert not (project / "best_model.keras").exists()
+    assert not (project / PROJECT_LOCK).exists()  # released on the error too
