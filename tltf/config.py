@@ -14,9 +14,11 @@ A config mirrors the Python API in sections:
 * `tune` (`tltf tune` only): the tuner, the number of trials and search-space
   overrides.
 
-Files are YAML (`.yaml`/`.yml`, read with `yaml.safe_load`), TOML (`.toml`, read
-with `tomllib`) or JSON (`.json`). Unknown sections and keys are rejected with the
-section's name, a "did you mean" and the valid keys; values are type-checked.
+Files are YAML (`.yaml`/`.yml`, read with PyYAML's safe loader, without anchors
+and aliases), TOML (`.toml`, read with `tomllib`) or JSON (`.json`). Unknown
+sections and keys are rejected with the section's name, a "did you mean" and the
+valid keys; values are type- and range-checked, and metric names are checked
+against `LOGGED_METRICS`.
 Command-line flags override file values (`merge`). The resolved config a run used
 is written to its run folder as `config.yaml` and can be fed back in with
 `--config`.
@@ -47,12 +49,15 @@ from numbers import Real
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from tltf.errors import ConfigError, suggest
 from tltf.heads import TASKS, HeadConfig
 from tltf.schedule import fine_tune
 
 __all__ = [
     "CONFIG_SUFFIXES",
+    "LOGGED_METRICS",
     "DataConfig",
     "ModelConfig",
     "ScheduleConfig",
@@ -73,6 +78,16 @@ _BN = ("frozen", "affine", "train")
 _MODES = ("auto", "min", "max")
 _UNFREEZE_WORDS = ("all", "auto")
 _TFDS_SOURCE = re.compile(r"^tfds:(?P<name>[^\[\]]+?)(?:\[(?P<split>.*)\])?$")
+#: Integers in a config (sizes, epochs, steps, seeds, ...) stay below this bound.
+_MAX_INT = 2**31
+#: The metrics a run logs, by task (`tltf.schedule.default_loss_and_metrics`);
+#: Keras logs each with a `val_` prefix too when there is validation data.
+LOGGED_METRICS = {
+    "multiclass": ("loss", "accuracy"),
+    "binary": ("loss", "accuracy"),
+    "multilabel": ("loss", "accuracy"),
+    "regression": ("loss", "mae"),
+}
 
 
 # -- value checks ------------------------------------------------------------------
@@ -169,9 +184,21 @@ def _check_fields(obj, section: str) -> None:
                 f"Expected {_where(section, field.name)} to be {_type_name(tp)}. "
                 f"Received: {field.name}={value!r} ({type(value).__name__}).{hint}"
             )
+        _below_max_int(value, section, field.name)
         # Lists from YAML/TOML become tuples, so the configs stay hashable.
         if isinstance(value, list):
             object.__setattr__(obj, field.name, tuple(value))
+
+
+def _below_max_int(value, section: str, key: str) -> None:
+    """Integers (also in lists) below `_MAX_INT`: 1e20 epochs is a typo, not a plan."""
+    many = isinstance(value, (list, tuple))
+    if any(_is_int(v) and abs(v) >= _MAX_INT for v in (value if many else [value])):
+        what = "to hold integers" if many else "to be an integer"
+        raise ConfigError(
+            f"Expected {_where(section, key)} {what} below 2**31 ({_MAX_INT - 1}). "
+            f"Received: {key}={value!r}."
+        )
 
 
 def _choice(value, choices, section: str, key: str) -> None:
@@ -294,6 +321,14 @@ class ModelConfig:
                 "Expected model.input_shape as [height, width, channels] of positive "
                 f"integers, e.g. [96, 96, 3]. Received: input_shape={self.input_shape!r}"
             )
+        if self.input_shape is not None and self.input_shape[2] != 3:
+            height, width, _ = self.input_shape
+            raise ConfigError(
+                "Expected model.input_shape with 3 channels: a run reads every image "
+                "as RGB (gray images are repeated to 3 channels, so they train as "
+                f"they are). Received: input_shape={list(self.input_shape)!r}. Set "
+                f"model.input_shape: [{height}, {width}, 3], or only data.image_size."
+            )
         _at_least(self.num_classes, 1, "model", "num_classes")
 
     @classmethod
@@ -372,6 +407,7 @@ class DataConfig:
         _check_fields(self, "data")
         _choice(self.resize, _RESIZE, "data", "resize")
         _at_least(self.batch_size, 1, "data", "batch_size")
+        _at_least(self.seed, 0, "data", "seed")
         size = self.image_size
         if isinstance(size, tuple) and (len(size) != 2 or min(size) < 1):
             raise ConfigError(
@@ -487,6 +523,48 @@ class DataConfig:
         return {"source": source, **kwargs}
 
 
+_UNFREEZE_VALUES = {
+    "blocks": "an integer >= 0 or 'all', e.g. {blocks: 3}",
+    "layers": "an integer >= 0, e.g. {layers: 20}",
+    "names": "a regex of block names, e.g. {names: 'block_1[0-9]'}",
+}
+
+
+def _check_unfreeze_mapping(unfreeze: dict) -> None:
+    """The value of `{blocks: k}`, `{layers: n}` or `{names: regex}`."""
+    ((key, value),) = unfreeze.items()
+    if key == "names":
+        valid = isinstance(value, str)
+        if valid:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ConfigError(
+                    f"Invalid schedule.unfreeze names regex {value!r}: {error}. "
+                    f"Expected {_UNFREEZE_VALUES[key]}."
+                ) from None
+    else:
+        valid = (_is_int(value) and 0 <= value < _MAX_INT) or (
+            key == "blocks" and value == "all"
+        )
+    if not valid:
+        raise ConfigError(
+            f"Expected schedule.unfreeze.{key} to be {_UNFREEZE_VALUES[key]}. "
+            f"Received: unfreeze={{{key}: {value!r}}}."
+        )
+
+
+def _check_metric(name: str, task: str, section: str, key: str) -> None:
+    """A metric name the run will log for `task` (with or without `val_`)."""
+    logged = LOGGED_METRICS.get(task, ("loss",))
+    names = [*logged, *(f"val_{metric}" for metric in logged)]
+    if name not in names:
+        raise ConfigError(
+            f"Expected {section}.{key} to be a metric that a {task} run logs: "
+            f"{', '.join(names)}. Received: {key}={name!r}.{suggest(name, names, n=1)}"
+        )
+
+
 def _keyword_defaults(function) -> dict[str, Any]:
     """The defaults of a function's keyword arguments, by name."""
     return {
@@ -534,8 +612,9 @@ class ScheduleConfig:
         class_weight: "balanced", a mapping {class index: weight} or None.
             Defaults to None.
         optimizer: str. A Keras optimizer name. Defaults to "adam".
-        monitor: str. The metric that picks `best.keras`. Defaults to "val_loss"
-            ("loss" when there is no validation data).
+        monitor: str. The metric that picks `best.keras`, one that the run logs
+            (`LOGGED_METRICS` of `model.task`, with or without `val_`). Defaults
+            to "val_loss" ("loss" when there is no validation data).
         mode: str. "min", "max" or "auto" for `monitor`. Defaults to "auto".
     """
 
@@ -586,6 +665,8 @@ class ScheduleConfig:
                 "Expected schedule.unfreeze as a mapping with one key, blocks, layers "
                 f"or names, e.g. {{layers: 20}}. Received: unfreeze={self.unfreeze!r}"
             )
+        if isinstance(self.unfreeze, dict):
+            _check_unfreeze_mapping(self.unfreeze)
         _choice(self.bn, _BN, "schedule", "bn")
         if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
             raise ConfigError(
@@ -652,8 +733,10 @@ class TuneSection:
         tuner: str. The search algorithm, e.g. "grid", "random", "bayesian" or
             "hyperband" (see `tltf.tuning`). Defaults to "random".
         max_trials: int. Trials to run. Defaults to 10.
-        objective: str or None. The metric to optimise. Defaults to None (the
-            tuner's default, validation accuracy or loss).
+        objective: str or None. The metric to optimise, one that the run logs
+            (`LOGGED_METRICS` of `model.task`, with or without `val_`), or
+            "auto". Defaults to None (the tuner's default, validation accuracy
+            or loss).
         search_space: mapping. Overrides of the default search space: a
             hyperparameter name to a list of values (or a mapping the tuner
             documents). Defaults to {}.
@@ -706,6 +789,10 @@ class TrainConfig:
     )
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+
+    def __post_init__(self):
+        # Checked here, not in [schedule]: the metrics depend on model.task.
+        _check_metric(self.schedule.monitor, self.model.task, "schedule", "monitor")
 
     @classmethod
     def sections(cls) -> dict[str, type]:
@@ -788,6 +875,12 @@ class TuneConfig(TrainConfig):
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     tune: TuneSection = dataclasses.field(default_factory=TuneSection)
 
+    def __post_init__(self):
+        super().__post_init__()
+        objective = self.tune.objective
+        if objective is not None and objective != "auto":
+            _check_metric(objective, self.model.task, "tune", "objective")
+
     @classmethod
     def sections(cls) -> dict[str, type]:
         """The section names and their classes."""
@@ -808,6 +901,56 @@ def _plain(value):
 
 
 # -- files and overrides ------------------------------------------------------------------
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing anchors (`&name`) and aliases (`*name`).
+
+    An alias shares a node instead of copying it, so a few nested aliases in a
+    small file ("billion laughs") expand into billions of values as soon as the
+    config is copied. tltf configs are short and need neither.
+    """
+
+    source = "<string>"
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            mark = event.start_mark
+            raise ConfigError(
+                f"{self.source}, line {mark.line + 1}, column {mark.column + 1}: YAML "
+                "anchors and aliases (&name, *name, <<: *name) are not supported in "
+                "tltf configs. Write the values out in full."
+            )
+        return super().compose_node(parent, index)
+
+
+def _read_yaml(text: str, source: str):
+    """The YAML document in `text` (safe types, no anchors); `source` names it."""
+    loader = _ConfigLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(error: yaml.YAMLError, text: str) -> str:
+    """A YAML parse error at the line and column of the problem, with that line."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return " ".join(line.strip() for line in str(error).splitlines()[:4])
+    problem = getattr(error, "problem", None) or "invalid YAML"
+    context, context_mark = getattr(error, "context", None), error.context_mark
+    if context and context_mark is not None and context_mark.line != mark.line:
+        problem += f" ({context} from line {context_mark.line + 1})"
+    lines = text.splitlines()
+    shown = f" {lines[mark.line]!r}" if mark.line < len(lines) else ""
+    return (
+        f"line {mark.line + 1}, column {mark.column + 1}: {problem}. Line "
+        f"{mark.line + 1} is{shown or ' the end of the file'}; check its "
+        "indentation (spaces, not tabs) and the brackets and quotes before it."
+    )
+
+
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a YAML, TOML or JSON config file into nested dicts (safe loaders only).
 
@@ -818,7 +961,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         The mapping in the file (empty for an empty file).
 
     Raises:
-        ConfigError: the file is missing, has another suffix, or does not parse.
+        ConfigError: the file is missing, has another suffix, or does not parse
+            (the message names the line and column), or a YAML file uses anchors
+            or aliases.
 
     Example:
 
@@ -844,9 +989,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     try:
         if kind == "yaml":
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _read_yaml(text, repr(str(path)))
         elif kind == "toml":
             try:
                 import tomllib
@@ -856,7 +999,13 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             data = tomllib.loads(text)
         else:
             data = json.loads(text)
-    except Exception as error:  # Parser errors of three libraries.
+    except ConfigError:
+        raise
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"Could not parse {str(path)!r} as YAML at {_yaml_problem(error, text)}"
+        ) from None
+    except Exception as error:  # Parser errors of TOML and JSON.
         first = str(error).strip().splitlines()
         raise ConfigError(
             f"Could not parse {str(path)!r} as {kind.upper()}: "
@@ -897,8 +1046,6 @@ def parse_assignment(text: str) -> dict[str, Any]:
     >>> parse_assignment("model.head.dropout=0.3")
     {'model': {'head': {'dropout': 0.3}}}
     """
-    import yaml
-
     key, sep, raw = text.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
@@ -907,7 +1054,7 @@ def parse_assignment(text: str) -> dict[str, Any]:
             f"Received: {text!r}"
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _read_yaml(raw, f"--set {text!r}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     out: dict[str, Any] = {}
@@ -929,7 +1076,5 @@ def dump_config(config: TrainConfig, path: str | os.PathLike) -> Path:
     data = config.to_dict()
     if path.suffix.lower() == ".json":
         return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-    import yaml
-
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     return atomic_write_text(path, text)

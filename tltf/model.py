@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import keras
+
+# Keras has no public form of this scope; `keras.saving.load_model(safe_mode=True)`
+# alone is overridden by Keras's process-wide unsafe-deserialization switch.
+from keras.src.saving.serialization_lib import SafeModeScope
 
 from tltf.bases.base import Base, load_base
 from tltf.bases.blockmaps import BlockMap
@@ -328,8 +333,11 @@ def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
     """Loads a `.keras` model, always with `safe_mode=True`.
 
     tltf's layers are registered on import, so no `custom_objects` are needed.
-    A missing, truncated or unsafe file (one with a Lambda layer, say) raises a
-    `ModelError` that says so, and the file is left untouched.
+    Safe mode is forced for the whole load, also when Keras's global switch for
+    unsafe deserialization is on, so no code stored in the file (a Lambda layer's
+    function, say) ever runs. A missing, truncated or unsafe file, or one that
+    names an unknown class or function, raises a `ModelError` that says so, and
+    the file is left untouched.
 
     Args:
         path: str or PathLike. The `.keras` file.
@@ -337,6 +345,10 @@ def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
 
     Returns:
         The model.
+
+    Example:
+
+    >>> model = tltf.load_model("runs/flowers/best.keras")
     """
     if kwargs.pop("safe_mode", True) is not True:
         raise ConfigError("tltf only loads models with safe_mode=True.")
@@ -349,7 +361,12 @@ def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
             "zip archive). Re-export it, or use the run's last good checkpoint."
         )
     try:
-        return keras.saving.load_model(path, safe_mode=True, **kwargs)
+        with SafeModeScope(True):
+            return keras.saving.load_model(path, safe_mode=True, **kwargs)
+    except TypeError as error:
+        # Keras reports an unknown or invalid object as a TypeError that wraps
+        # the real cause, several levels deep.
+        raise ModelError(_deserialization_problem(path, error)) from None
     except ValueError as error:
         message = str(error)
         if "Lambda" in message or "safe_mode" in message:
@@ -366,3 +383,38 @@ def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
             f"Could not load {str(path)!r} ({error.__class__.__name__}: {error}). The "
             "file may be truncated; use the last good checkpoint."
         ) from None
+
+
+_UNKNOWN_OBJECT = re.compile(
+    r"Could not locate (class|function) '([^']*)'"
+    r"(?:.*?Full object config: \{'module': '([^']*)')?",
+    re.DOTALL,
+)
+_BAD_CLASS = re.compile(r"<class '([^']+)'> could not be deserialized")
+
+
+def _deserialization_problem(path: Path, error: BaseException) -> str:
+    """One message for Keras's nested deserialization errors: what, where, the fix."""
+    chain = [error]
+    while chain[-1].__context__ is not None and len(chain) < 50:
+        chain.append(chain[-1].__context__)
+    cause = str(chain[-1]).strip()
+    unknown = _UNKNOWN_OBJECT.search(cause)
+    if unknown:
+        kind, name, module = unknown.groups()
+        qualified = f"{module}.{name}" if module else name
+        return (
+            f"Could not load {str(path)!r}: it names the {kind} {qualified!r}, which "
+            "is not a registered Keras object; tltf did not import or run it. If it "
+            "is your own layer or function, import the module that registers it "
+            "(@keras.saving.register_keras_serializable) before loading; otherwise "
+            "re-export the model from the code that built it."
+        )
+    classes = [m.group(1) for e in chain for m in [_BAD_CLASS.search(str(e))] if m]
+    where = f" of {classes[-1].rsplit('.', 1)[-1]!r}" if classes else ""
+    reason = cause.rsplit("Exception encountered:", 1)[-1].strip().splitlines()
+    return (
+        f"Could not load {str(path)!r}: the saved config{where} is invalid: "
+        f"{reason[0] if reason else type(chain[-1]).__name__}. The file was edited "
+        "or written by other code; re-export the model from the code that built it."
+    )
