@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import zipfile
@@ -49,6 +50,7 @@ from tltf.errors import ConfigError, DataError, suggest
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "RESIZE_POLICIES",
     "TASKS",
     "DataBundle",
@@ -64,6 +66,12 @@ __all__ = [
 #: File extensions read from an image folder (case-insensitive); GIFs give their
 #: first frame.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+#: Image files with more pixels than this (read from the file's header, before
+#: decoding) are skipped and listed, like unreadable files: decoding a 16000x16000
+#: PNG takes gigabytes of memory. The limit is PIL's `MAX_IMAGE_PIXELS`. Set
+#: `tltf.data.MAX_IMAGE_PIXELS` higher, or to None, to read larger images.
+MAX_IMAGE_PIXELS: int | None = 89_478_485
 
 #: How images are brought to `image_size`.
 RESIZE_POLICIES: tuple[str, ...] = ("stretch", "crop", "pad")
@@ -103,6 +111,10 @@ class DataBundle:
         image_size: tuple. `(height, width)` of every image.
         num_train: int or None. Training examples (None when unknown).
         num_validation: int or None. Validation examples.
+        unshuffled: tf.data.Dataset or None. `train`'s batches in a fixed order,
+            for passes that must not advance `train`'s reshuffling (the stage-1
+            feature pass, the probe, the stage-2 guard): a resumed run skips
+            those passes, so they must not change the orders later epochs read.
     """
 
     train: tf.data.Dataset
@@ -114,6 +126,7 @@ class DataBundle:
     image_size: tuple[int, int] = (0, 0)
     num_train: int | None = None
     num_validation: int | None = None
+    unshuffled: tf.data.Dataset | None = dataclasses.field(default=None, repr=False)
     _counts: np.ndarray | Callable[[], np.ndarray] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
@@ -162,7 +175,8 @@ def _check_choice(value, choices: Sequence[str], name: str) -> str:
     return value
 
 
-def _check_positive_int(value, name: str) -> int:
+def check_positive_int(value, name: str) -> int:
+    """`value` as an int; a ConfigError unless it is an integer >= 1 (not a bool)."""
     if not _is_int(value) or value < 1:
         raise ConfigError(
             f"Expected {name} to be an int >= 1. Received: {name}={value!r}"
@@ -398,6 +412,68 @@ def _image_shape_error(shape, what: str) -> DataError:
     )
 
 
+def check_pixel_values(images, what: str, scope: str = "") -> None:
+    """Checks that images hold raw pixels in [0, 255], as tltf models expect.
+
+    NaN or infinite values and values above 255 (e.g. 16-bit images) raise a
+    `DataError`: a model cannot learn from them. Images that look already
+    preprocessed ([0, 1], [-1, 1] or otherwise negative) are usable but are
+    probably a mistake (the base's preprocessing is part of the model): one
+    line says so, with the fix.
+
+    Args:
+        images: array of shape (N, height, width, channels). Read in chunks, so
+            a large array is not copied.
+        what: str. The name of the images in messages, e.g. "train".
+        scope: str. Words after "images" saying which images were checked, e.g.
+            " (the first 64)". Defaults to "".
+    """
+    images = np.asarray(images)
+    if not (np.issubdtype(images.dtype, np.number) and images.size):
+        return
+    low, high, bad, first = math.inf, -math.inf, 0, None
+    for start in range(0, len(images), 256):
+        chunk = images[start : start + 256]
+        if np.issubdtype(images.dtype, np.floating):
+            finite = np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
+            if not finite.all():
+                bad += int((~finite).sum())
+                first = start + int(np.argmin(finite)) if first is None else first
+                continue
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+    if bad:
+        raise DataError(
+            f"{what} has {bad} image{'s' if bad > 1 else ''}{scope} with NaN or "
+            f"infinite pixel values (first at index {first}). Expected finite raw "
+            "pixels in [0, 255]. Drop or repair those images (e.g. np.nan_to_num), "
+            "or fix the step that made them."
+        )
+    if high > 255:
+        raise DataError(
+            f"Expected {what} pixel values in [0, 255] (tltf models take raw 8-bit "
+            "pixels and preprocess them inside the model). Received values up to "
+            f"{high:g} (dtype {images.dtype}){scope}. Scale them to [0, 255], e.g. "
+            "x * (255 / 65535) for 16-bit images, or np.clip(x, 0, 255) if only a "
+            "few values overshoot."
+        )
+    if low < 0:
+        hint = (
+            "in [-1, 1]; tltf models expect raw pixels in [0, 255] (already "
+            "preprocessed? the base's preprocessing is part of the model). Use "
+            "(x + 1) * 127.5."
+            if low >= -1 and high <= 1
+            else f"negative (min {low:g}, max {high:g}); tltf models expect raw "
+            "pixels in [0, 255] (already normalised? the base's preprocessing is "
+            "part of the model). Undo the normalisation first."
+        )
+        print(f"tltf: note: {what} images{scope} are {hint}")
+    elif np.issubdtype(images.dtype, np.floating) and 0 < high <= 1:
+        print(
+            f"tltf: note: {what} images{scope} are in [0, 1]; tltf models expect raw "
+            "pixels in [0, 255]. Multiply them by 255."
+        )
+
+
 # -- sources ---------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Source:
@@ -451,11 +527,7 @@ def _arrays_source(
             f"{what} has {len(class_names)} class names but num_classes="
             f"{num_classes}. Give one name per class."
         )
-    if np.issubdtype(x.dtype, np.floating) and x.size and 0 < float(x.max()) <= 1:
-        print(
-            f"tltf: note: {what} images are in [0, 1]; tltf models expect raw pixels "
-            "in [0, 255]. Multiply them by 255."
-        )
+    check_pixel_values(x, what)
 
     def make(indices):
         if indices is None:
@@ -562,25 +634,128 @@ def _list_folder(root: Path, what: str, class_names: list[str] | None):
     return paths, np.asarray(labels, np.int32), class_names, others
 
 
-def _decode_file(path: tf.Tensor) -> tf.Tensor:
-    image = tf.io.decode_image(
-        tf.io.read_file(path), channels=3, expand_animations=False
-    )
+def _decode_bytes(contents: tf.Tensor) -> tf.Tensor:
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     return tf.ensure_shape(image, [None, None, 3])
 
 
-def _readable(paths: list[str]) -> np.ndarray:
-    """Which files TensorFlow can decode: one parallel decode pass."""
+def _decode_file(path: tf.Tensor) -> tf.Tensor:
+    return _decode_bytes(tf.io.read_file(path))
+
+
+def _header_size(contents: tf.Tensor) -> tf.Tensor:
+    """(height, width) from a PNG, JPEG, GIF or BMP header, without decoding.
+
+    (0, 0) when the format is not recognised; a corrupt JPEG header raises.
+    """
+
+    def number(offset: int, size: int, little_endian: bool) -> tf.Tensor:
+        raw = tf.io.decode_raw(
+            tf.strings.substr(contents, offset, size),
+            tf.uint16 if size == 2 else tf.int32,
+            little_endian=little_endian,
+        )
+        return tf.abs(tf.cast(raw[0], tf.int64))
+
+    def starts(magic: bytes) -> tf.Tensor:
+        return tf.logical_and(
+            tf.strings.length(contents) >= 26,
+            tf.equal(tf.strings.substr(contents, 0, len(magic)), magic),
+        )
+
+    return tf.case(
+        [
+            (
+                starts(b"\x89PNG\r\n\x1a\n"),
+                lambda: tf.stack([number(20, 4, False), number(16, 4, False)]),
+            ),
+            (
+                starts(b"\xff\xd8"),
+                lambda: tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64),
+            ),
+            (
+                starts(b"GIF8"),
+                lambda: tf.stack([number(8, 2, True), number(6, 2, True)]),
+            ),
+            (
+                starts(b"BM"),
+                lambda: tf.stack([number(22, 4, True), number(18, 4, True)]),
+            ),
+        ],
+        default=lambda: tf.zeros([2], tf.int64),
+    )
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept as surrogates by Python
+        return False
+    return True
+
+
+def printable_path(path: str) -> str:
+    """A path as text that prints anywhere: bytes that are not UTF-8 as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def scan_image_files(paths: Sequence[str]) -> tuple[np.ndarray, dict[str, str]]:
+    """Which image files can be read: one parallel pass that decodes every file.
+
+    A file is skipped when TensorFlow cannot decode it, when its name is not
+    UTF-8 (TensorFlow cannot open it), or when its header declares more than
+    `MAX_IMAGE_PIXELS` pixels (it is then not decoded at all).
+
+    Args:
+        paths: list of str. Image file paths.
+
+    Returns:
+        The mask of readable files, and `{path: reason}` for the files skipped
+        for a reason other than being unreadable.
+    """
     ok = np.zeros(len(paths), bool)
-    if not paths:
-        return ok
-    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
-    ds = ds.map(
-        lambda i, p: (i, tf.shape(_decode_file(p))), num_parallel_calls=_AUTOTUNE
-    ).ignore_errors()
-    for index in ds.map(lambda i, _: i).batch(4096).as_numpy_iterator():
-        ok[index] = True
-    return ok
+    reasons = {p: "its name is not UTF-8; rename it" for p in paths if not _is_utf8(p)}
+    named = [i for i, p in enumerate(paths) if p not in reasons]
+    if not named:
+        return ok, reasons
+    limit = MAX_IMAGE_PIXELS or 0
+
+    def check(i, path):
+        contents = tf.io.read_file(path)
+        size = _header_size(contents)
+        large = tf.logical_and(limit > 0, size[0] * size[1] > limit)
+        shape = tf.cond(
+            large,
+            lambda: tf.zeros([3], tf.int32),
+            lambda: tf.shape(_decode_bytes(contents)),
+        )
+        return i, size, large, shape
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.asarray(named), [paths[i] for i in named])
+    )
+    ds = ds.map(check, num_parallel_calls=_AUTOTUNE).ignore_errors()
+    for index, size, large, _ in ds.batch(4096).as_numpy_iterator():
+        ok[index[~large]] = True
+        for i, (height, width) in zip(index[large], size[large], strict=True):
+            reasons[paths[i]] = (
+                f"{width}x{height} = {height * width:,} pixels, over "
+                f"tltf.data.MAX_IMAGE_PIXELS={limit:,}; set it higher (or to None) "
+                "to read it"
+            )
+    return ok, reasons
+
+
+def skipped_files_text(paths: Sequence[str], reasons: dict[str, str], root=None) -> str:
+    """Skipped files (relative to `root` if given) as one printable, short list."""
+    listed = [
+        printable_path(p if root is None else os.path.relpath(p, root))
+        + (f" ({reasons[p]})" if p in reasons else "")
+        for p in paths
+    ]
+    return ", ".join(listed[:_MAX_LISTED]) + (
+        f", ... ({len(listed) - _MAX_LISTED} more)" if len(listed) > _MAX_LISTED else ""
+    )
 
 
 def _folder_source(
@@ -604,16 +779,11 @@ def _folder_source(
             f"task='binary' needs exactly 2 class subfolders. Received "
             f"{len(class_names)}: {class_names}."
         )
-    ok = _readable(paths)
+    ok, reasons = scan_image_files(paths)
     bad = [p for p, good in zip(paths, ok, strict=True) if not good]
     skipped = sorted(others + bad)
     if skipped:
-        listed = [os.path.relpath(p, root) for p in skipped]
-        shown = ", ".join(listed[:_MAX_LISTED]) + (
-            f", ... ({len(listed) - _MAX_LISTED} more)"
-            if len(listed) > _MAX_LISTED
-            else ""
-        )
+        shown = skipped_files_text(skipped, reasons, root)
         if strict:
             raise DataError(
                 f"Found {len(skipped)} unreadable or non-image files in "
@@ -1008,17 +1178,36 @@ def _shuffle_buffer(size: int | None, bytes_per_element: int) -> int:
 def _pipeline(
     source: _Source, indices, opts: _Options, training: bool
 ) -> tf.data.Dataset:
+    return _pipelines(source, indices, opts, training)[0]
+
+
+def _pipelines(
+    source: _Source, indices, opts: _Options, training: bool
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The batches (shuffled for training, when asked) and the same in a fixed order.
+
+    Each pass over a `shuffle(..., reshuffle_each_iteration=True)` draws the next
+    order, so any extra pass over the training pipeline (a feature pass, a probe)
+    would change the orders later epochs read, and a resumed run, which skips
+    those passes, could not replay them. One-off passes read the fixed-order copy
+    instead. With `cache`, both read the same in-memory cache.
+    """
     ds = source.make(indices)
     n = len(indices) if indices is not None else source.size
     shuffle = training and opts.shuffle
     if shuffle and not opts.cache:
+        # Shuffle the raw elements (file names, small arrays) before decoding.
         buffer = (
             n if source.bytes_per_raw == 0 else _shuffle_buffer(n, source.bytes_per_raw)
         )
+        fixed = ds.map(source.prepare, num_parallel_calls=_AUTOTUNE)
         ds = ds.shuffle(buffer, seed=opts.seed, reshuffle_each_iteration=True)
-    ds = ds.map(source.prepare, num_parallel_calls=_AUTOTUNE)
-    if opts.cache:
-        ds = ds.cache()
+        ds = ds.map(source.prepare, num_parallel_calls=_AUTOTUNE)
+    else:
+        ds = ds.map(source.prepare, num_parallel_calls=_AUTOTUNE)
+        if opts.cache:
+            ds = ds.cache()
+        fixed = ds
         if shuffle:
             per_image = opts.size[0] * opts.size[1] * 3 * (1 if source.uint8 else 4)
             ds = ds.shuffle(
@@ -1026,6 +1215,10 @@ def _pipeline(
                 seed=opts.seed,
                 reshuffle_each_iteration=True,
             )
+    return _batched(ds, source, opts), _batched(fixed, source, opts)
+
+
+def _batched(ds: tf.data.Dataset, source: _Source, opts: _Options) -> tf.data.Dataset:
     if source.uint8:
         ds = ds.map(
             lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=_AUTOTUNE
@@ -1066,8 +1259,9 @@ def load_data(
             feature);
             a folder with one subfolder per class (class names are the sorted
             subfolder names; .jpg, .jpeg, .png, .bmp and .gif files, searched
-            recursively; unreadable or non-image files are skipped and listed in
-            `skipped`);
+            recursively; unreadable or non-image files, files whose names are
+            not UTF-8 and images over `MAX_IMAGE_PIXELS` pixels are skipped and
+            listed in `skipped`);
             a `.npz` file with arrays `x` and `y` (or `images` and `labels`), and
             optionally `x_val`/`y_val` (the validation set) and `class_names`;
             an `(images, labels)` tuple of arrays (images of shape (N, H, W),
@@ -1126,7 +1320,7 @@ def load_data(
     """
     opts = _Options(
         size=_check_image_size(image_size),
-        batch_size=_check_positive_int(batch_size, "batch_size"),
+        batch_size=check_positive_int(batch_size, "batch_size"),
         resize=_check_choice(resize, RESIZE_POLICIES, "resize"),
         seed=seed,
         shuffle=bool(shuffle),
@@ -1140,7 +1334,7 @@ def load_data(
             f"validation_split={validation_split!r} and validation={validation!r}."
         )
     if num_classes is not None:
-        _check_positive_int(num_classes, "num_classes")
+        check_positive_int(num_classes, "num_classes")
     kind = _source_kind(source)
     if kind != "tfds" and split is not None:
         raise ConfigError(
@@ -1190,8 +1384,10 @@ def load_data(
         if val_source is not None and val_source is not train
         else []
     )
+    train_ds, fixed = _pipelines(train, train_idx, opts, training=True)
     return DataBundle(
-        train=_pipeline(train, train_idx, opts, training=True),
+        train=train_ds,
+        unshuffled=fixed,
         validation=(
             _pipeline(val_source, val_idx, opts, training=False)
             if val_source is not None
@@ -1232,8 +1428,10 @@ def _load_tfds(source, split, fraction, validation, opts, num_classes, data_dir)
         val, _ = _tfds_source(
             name, validation, opts, num_classes, "validation", data_dir, training=False
         )
+    train_ds, fixed = _pipelines(train, None, opts, training=True)
     return DataBundle(
-        train=_pipeline(train, None, opts, training=True),
+        train=train_ds,
+        unshuffled=fixed,
         validation=_pipeline(val, None, opts, training=False) if val else None,
         class_names=train.class_names,
         num_classes=train.num_classes,
@@ -1437,7 +1635,7 @@ def _mix_inputs(ds: tf.data.Dataset, num_classes: int | None, name: str):
                 f"{name} turns class indices into one-hot labels and needs "
                 "num_classes, e.g. num_classes=data.num_classes."
             )
-        _check_positive_int(num_classes, "num_classes")
+        check_positive_int(num_classes, "num_classes")
     elif label.shape.rank != 2:
         raise DataError(
             f"Expected {name} labels of shape (batch,) or (batch, num_classes). "

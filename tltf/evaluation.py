@@ -48,6 +48,12 @@ import numpy as np
 import tensorflow as tf
 
 from tltf._io import atomic_write_json, atomic_write_text
+from tltf.data import (
+    check_pixel_values,
+    check_positive_int,
+    scan_image_files,
+    skipped_files_text,
+)
 from tltf.errors import ConfigError, DataError, ModelError, suggest
 
 __all__ = [
@@ -245,7 +251,7 @@ def _image_source(inputs, size: tuple[int, int], resize: str, limit: int | None 
     With `limit`, a folder contributes at most about that many files, evenly
     spaced over its sorted listing (so every class folder is represented).
     """
-    from tltf.data import _decode_file, _image_shape_error, _prepare_image, _readable
+    from tltf.data import _decode_file, _image_shape_error, _prepare_image
 
     opts = _options(size, resize)
     names = None
@@ -262,12 +268,11 @@ def _image_source(inputs, size: tuple[int, int], resize: str, limit: int | None 
             if limit is not None and len(files) > limit:
                 picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
                 files = [files[i] for i in np.unique(picks)]
-            ok = _readable(files)
+            ok, reasons = scan_image_files(files)
             bad = [f for f, good in zip(files, ok, strict=True) if not good]
             if bad:
-                shown = ", ".join(os.path.relpath(f, path) for f in bad[:_MAX_LISTED])
-                more = f", ... ({len(bad) - _MAX_LISTED} more)" if len(bad) > 10 else ""
-                print(f"tltf: skipped {len(bad)} unreadable file(s): {shown}{more}")
+                shown = skipped_files_text(bad, reasons, path)
+                print(f"tltf: skipped {len(bad)} unreadable file(s): {shown}")
             files = [f for f, good in zip(files, ok, strict=True) if good]
             if not files:
                 raise DataError(f"Folder {str(path)!r} has no readable images.")
@@ -289,12 +294,13 @@ def _image_source(inputs, size: tuple[int, int], resize: str, limit: int | None 
     if files is not None:
         if not files:
             raise DataError("Received an empty list of image files.")
-        ok = _readable(files)
+        ok, reasons = scan_image_files(files)
         if not ok.all():
             bad = [f for f, good in zip(files, ok, strict=True) if not good]
             raise DataError(
-                f"Could not decode {len(bad)} image file(s): {bad[:_MAX_LISTED]}. "
-                "Expected .jpg, .png, .bmp or .gif images."
+                f"Could not decode {len(bad)} image file(s): "
+                f"{skipped_files_text(bad, reasons)}. Expected .jpg, .png, "
+                ".bmp or .gif images."
             )
         ds = tf.data.Dataset.from_tensor_slices(files).map(
             lambda p: _prepare_image(_decode_file(p), opts, True),
@@ -323,6 +329,7 @@ def _image_source(inputs, size: tuple[int, int], resize: str, limit: int | None 
         raise _image_shape_error(images.shape, "the")
     if len(images) == 0:
         raise DataError("Received no images (an empty array).")
+    check_pixel_values(images, "the input")
     uint8 = images.dtype == np.uint8
     ds = tf.data.Dataset.from_tensor_slices(images)
     if tuple(images.shape[1:3]) != size or images.shape[-1] != 3:
@@ -421,6 +428,7 @@ def predict(
     """
     model = _as_model(model)
     top_k = _check_top_k(top_k)
+    batch_size = check_positive_int(batch_size, "batch_size")
     task, logits, units = _model_task(model, task)
     size = _input_size(model, image_size)
     ds, ids, key, source_names = _image_source(inputs, size, resize)

@@ -20,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from tltf.compute import check_jit_compile, with_xla_errors
+from tltf.data import check_pixel_values, check_positive_int
 from tltf.distribute import is_distributed, model_strategy, optimizer_in_scope
-from tltf.errors import ConfigError, DataError, TrainingError
+from tltf.errors import ConfigError, DataError, TrainingError, suggest
 from tltf.freezing import apply_trainable, check_bn_policy, resolve_unfreeze
 from tltf.guard import KeepBest
 from tltf.model import ModelInfo, model_info
@@ -493,36 +494,156 @@ def _as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: st
     )
 
 
-def _check_labels(data, info: ModelInfo, what: str) -> bool:
-    """Checks array labels against the model's outputs; returns whether one-hot."""
-    n = info.metadata["num_outputs"]
-    if isinstance(data, tf.data.Dataset):
-        label_shape = data.element_spec[1].shape
-        return (
-            info.task == "multiclass"
-            and label_shape.rank is not None
-            and (label_shape.rank >= 1 and label_shape[-1] == n and n > 1)
+#: How many batches of a tf.data.Dataset are read (with `take`, so the dataset
+#: itself is not consumed) to check its labels and pixels before training.
+_PEEK_BATCHES = 2
+
+
+def _peek(data, what: str) -> tuple[np.ndarray | None, np.ndarray]:
+    """Images and labels: all of them for arrays, the first batches of a dataset.
+
+    Images are None when a dataset's first images differ in shape.
+    """
+    if not isinstance(data, tf.data.Dataset):
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise DataError(
+                f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
+                f"(images, labels) of arrays. Received: {type(data).__name__}"
+            )
+        try:
+            images = np.asarray(data[0])
+        except ValueError:  # images of different shapes
+            images = None
+        return images, np.asarray(data[1])
+    spec = data.element_spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise DataError(
+            f"Expected {what} to yield (image, label) pairs. Received elements "
+            f"of structure {spec}. Map it with `.map(lambda d: (d['image'], "
+            "d['label']))` or use tltf's data layer."
         )
-    y = np.asarray(data[1])
-    if info.task == "multiclass":
+    if spec[0].shape.rank is None:  # batches or single images: cannot tell
+        return None, np.zeros((0,), np.int32)
+    batched = spec[0].shape.rank == 4
+    first = data.take(_PEEK_BATCHES if batched else 32 * _PEEK_BATCHES)
+    try:
+        elements = [element[:2] for element in first.as_numpy_iterator()]
+    except tf.errors.OpError as error:
+        raise DataError(
+            f"Could not read the first batches of {what}: "
+            f"{error.message.splitlines()[0]}"
+        ) from None
+    if not elements:
+        return None, np.zeros((0,), np.int32)
+    xs, ys = zip(*elements, strict=True)
+    join = np.concatenate if batched else np.stack
+    images = join(xs) if len({x.shape[batched:] for x in xs}) == 1 else None
+    try:
+        labels = join(ys)
+    except ValueError:
+        raise DataError(
+            f"Expected {what} labels of one shape. Received labels of shapes "
+            f"{sorted({y.shape for y in ys})} in its first batches."
+        ) from None
+    return images, labels
+
+
+def _check_data(data, info: ModelInfo, what: str) -> bool:
+    """Checks images and labels before training; returns whether one-hot.
+
+    Arrays are checked whole; a tf.data.Dataset by its first `_PEEK_BATCHES`
+    batches.
+    """
+    images, labels = _peek(data, what)
+    if images is not None:
+        scope = (
+            f" (of the first {len(images)} read)"
+            if isinstance(data, tf.data.Dataset)
+            else ""
+        )
+        check_pixel_values(images, what, scope)
+    return _check_label_values(labels, info, what)
+
+
+def _check_labels(data, info: ModelInfo, what: str) -> bool:
+    """Checks labels against the model's outputs; returns whether one-hot.
+
+    Array labels are checked whole. A tf.data.Dataset is not read (the LR finder
+    reads it once): its element spec is checked (`_check_data` reads its first
+    batches).
+    """
+    if not isinstance(data, tf.data.Dataset):
+        return _check_label_values(_peek(data, what)[1], info, what)
+    spec = data.element_spec[1]
+    _check_label_values(np.zeros((0,), spec.dtype.as_numpy_dtype), info, what)
+    n = info.metadata["num_outputs"]
+    return (
+        info.task == "multiclass"
+        and spec.shape.rank is not None
+        and spec.shape.rank >= 1
+        and spec.shape[-1] == n
+        and n > 1
+    )
+
+
+def _check_label_values(y: np.ndarray, info: ModelInfo, what: str) -> bool:
+    """Checks labels (first axis: examples) against the model; whether one-hot."""
+    n, task = info.metadata["num_outputs"], info.task
+    if y.dtype == bool:
+        y = y.astype(np.int32)
+    if not np.issubdtype(y.dtype, np.number):
+        expected = {
+            "multiclass": f"integer class indices in [0, {n}) or one-hot rows",
+            "binary": "integers 0 or 1",
+            "multilabel": f"multi-hot rows of {n} zeros and ones",
+        }.get(task, "numbers")
+        example = f" (e.g. {y.ravel()[0]!r})" if y.size else ""
+        raise DataError(
+            f"Expected {what} labels as {expected}. Received labels of dtype "
+            f"{y.dtype}{example}. Map class names to integers first, e.g. "
+            "names, y = np.unique(labels, return_inverse=True); tltf.load_data does "
+            "this for image folders (one subfolder per class)."
+        )
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        raise DataError(
+            f"{what} labels contain NaN or infinite values. Fix or drop those examples."
+        )
+    if task == "multiclass":
         if y.ndim == 2 and y.shape[1] == n:
             return True
-        y = y.reshape(-1)
-        if len(y) and (
-            y.min() < 0 or y.max() >= n or not np.all(np.equal(np.mod(y, 1), 0))
-        ):
+        if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+            columns = f" ({y.shape[1]} columns for {n} classes)" if y.ndim == 2 else ""
             raise DataError(
-                f"{what} has labels outside [0, {n}) (min {y.min()}, max {y.max()}). "
-                f"The model has num_classes={n}: rebuild it with the right "
-                "num_classes, or fix the labels."
+                f"Expected {what} labels as class indices of shape (N,) or one-hot "
+                f"rows of shape (N, {n}) for num_classes={n}. Received labels of "
+                f"shape {y.shape}{columns}. Fix the labels, or rebuild the model "
+                "with the right num_classes."
             )
-    elif info.task in ("binary", "multilabel"):
+        y = y.reshape(-1)
+        fractional = np.mod(y, 1) != 0
+        if fractional.any():
+            raise DataError(
+                f"Expected {what} labels to be whole numbers (class indices in "
+                f"[0, {n})). Received fractional values such as "
+                f"{y[fractional][:3].tolist()} (first at index "
+                f"{int(np.argmax(fractional))}). For soft labels, pass one-hot rows "
+                f"of shape (N, {n}) (or use label_smoothing=)."
+            )
+        bad = (y < 0) | (y >= n)
+        if bad.any():
+            raise DataError(
+                f"{what} has labels outside [0, {n}) (min {y.min():g}, max "
+                f"{y.max():g}; first at index {int(np.argmax(bad))}). The model has "
+                f"num_classes={n}: rebuild it with the right num_classes, or fix the "
+                "labels."
+            )
+    elif task in ("binary", "multilabel"):
         if y.size and (y.min() < 0 or y.max() > 1):
             raise DataError(
-                f"{what} has labels outside [0, 1] for a {info.task} task "
+                f"{what} has labels outside [0, 1] for a {task} task "
                 f"(min {y.min()}, max {y.max()})."
             )
-        if info.task == "multilabel" and (y.ndim != 2 or y.shape[1] != n):
+        if task == "multilabel" and (y.ndim != 2 or y.shape[1] != n):
             raise DataError(
                 f"Expected {what} multi-label targets of shape (N, {n}). "
                 f"Received: {y.shape}"
@@ -710,6 +831,7 @@ def fine_tune(
         raise ConfigError(
             f"Expected keep_best as True or False. Received: keep_best={keep_best!r}"
         )
+    batch_size = check_positive_int(batch_size, "batch_size")
     head_lr = check_lr(head_lr, "head_lr", allow_find=True)
     auto_unfreeze = isinstance(unfreeze, str) and unfreeze == "auto"
     schedule = FineTuneSchedule(
@@ -730,6 +852,11 @@ def fine_tune(
     loud = verbose != 0
     passes = int(train_ds.cardinality())
     passes = passes if passes > 0 else None
+    if train_ds.cardinality() == tf.data.INFINITE_CARDINALITY:
+        passes = _steps_of_endless(fit_kwargs.get("steps_per_epoch"))
+        # One epoch's batches stand for the data wherever it is read in full
+        # (head statistics, probe, class weights, keep_best).
+        feature_source = feature_source.take(passes)
     if fine_tune_epochs == "auto":
         fine_tune_epochs = auto_fine_tune_epochs(passes)
     if auto_unfreeze:
@@ -741,10 +868,12 @@ def fine_tune(
     schedule.fine_tune_epochs = fine_tune_epochs
     if isinstance(class_weight, str):
         class_weight = _balanced_weights(class_weight, info, prepared)
+    elif class_weight is not None:
+        _check_class_weight(class_weight, info)
     auto_loss, auto_metrics = default_loss_and_metrics(
         info, prepared.one_hot, label_smoothing
     )
-    schedule.lr_finder_data = train_ds
+    schedule.lr_finder_data = prepared.sample
     head_rate = head_lr
     if head_lr == "find":
         # A placeholder until the rate is found, after a resume check (below), so
@@ -772,6 +901,7 @@ def fine_tune(
             optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile
         )
     callbacks = list(callbacks or [])
+    _check_monitors(callbacks, metrics, val_ds is not None)
     resume = None
     if backup_dir is not None:
         from tltf.resume import Resume
@@ -837,7 +967,7 @@ def fine_tune(
         model.optimizer.learning_rate.assign(
             find_stage_lr(
                 model,
-                train_ds,
+                prepared.sample,
                 "head",
                 model.optimizer,
                 loss,
@@ -1102,6 +1232,8 @@ class _Prepared:
     augmented: bool
     labels: np.ndarray | None  # training labels when known without a pass
     counts: np.ndarray | None
+    # Shuffled batches with a reshuffling of their own, for the LR finder.
+    sample: tf.data.Dataset | None = None
 
 
 def _prepare_data(model, info, train, validation, batch_size, seed, augment, smoothing):
@@ -1113,29 +1245,38 @@ def _prepare_data(model, info, train, validation, batch_size, seed, augment, smo
     if isinstance(train, tltf_data.DataBundle):
         if validation is None:
             validation = train.validation
-        train_ds = features = train.train
+        train_ds = train.train
+        # One-off passes read a fixed-order copy: see DataBundle.unshuffled.
+        features = train.unshuffled if train.unshuffled is not None else train_ds
         counts = train.counts
+        one_hot = _check_bundle(train, info)
     else:
+        # Labels and pixels are checked before anything reads the data.
+        one_hot = _check_data(train, info, "train")
         # The feature cache reads the unshuffled data once; the cached features are
         # then reshuffled every epoch with `seed`, in the order this pipeline has.
         train_ds, features = _train_batches(train, batch_size, seed)
         if not isinstance(train, tf.data.Dataset):
             labels = np.asarray(train[1])
-    one_hot = _check_labels(
-        train_ds if isinstance(train, tltf_data.DataBundle) else train, info, "train"
-    )
     _check_image_shape(train_ds, model, "train")
     val_ds = None
-    if validation is not None:
-        val_ds = (
-            validation
-            if isinstance(validation, tf.data.Dataset)
-            else _as_dataset(validation, batch_size, False, None, "validation_data")
-        )
-        _check_labels(validation, info, "validation_data")
+    if validation is not None and isinstance(train, tltf_data.DataBundle):
+        val_ds = validation  # checked by load_data
+    elif validation is not None:
+        _check_data(validation, info, "validation_data")
+        val_ds = _as_dataset(validation, batch_size, False, None, "validation_data")
+    if val_ds is not None:
         _check_image_shape(val_ds, model, "validation_data")
+        if val_ds.cardinality() == tf.data.INFINITE_CARDINALITY:
+            raise ConfigError(
+                "validation_data repeats forever (.repeat() without a count), so "
+                "validation would never end. Pass a finite dataset: without "
+                ".repeat(), or ds.take(n)."
+            )
     n = info.metadata["num_outputs"]
+    sample = _finder_batches(train, features, batch_size, seed)
     if smoothing and info.task == "multiclass" and not one_hot:
+        sample = tltf_data.one_hot(sample, n) if sample is not None else None
         train_ds, features = (
             tltf_data.one_hot(train_ds, n),
             tltf_data.one_hot(features, n),
@@ -1154,9 +1295,153 @@ def _prepare_data(model, info, train, validation, batch_size, seed, augment, smo
             return (layer(x, training=True), *rest)
 
         train_ds = train_ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+        if sample is not None:
+            sample = sample.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
     return _Prepared(
-        train_ds, features, val_ds, one_hot, layer not in (None, False), labels, counts
+        train_ds,
+        features,
+        val_ds,
+        one_hot,
+        layer not in (None, False),
+        labels,
+        counts,
+        train_ds if sample is None else sample,
     )
+
+
+def _finder_batches(train, features, batch_size: int, seed: int | None):
+    """Shuffled training batches for the LR finder, or None to use the fit's own.
+
+    The finder's passes must not advance the reshuffling of the batches the
+    stages fit (see `DataBundle.unshuffled`): a resumed run does not repeat
+    them. Arrays and bundles get a pipeline of their own; a tf.data input is
+    the user's, and is used as it is.
+    """
+    from tltf import data as tltf_data
+
+    if isinstance(train, tltf_data.DataBundle):
+        if train.unshuffled is None:
+            return None
+        buffer = min(train.num_train or 1024, 10_000)
+        return (
+            features.unbatch()
+            .shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+    if isinstance(train, tf.data.Dataset):
+        return None
+    return _array_batches(train, "train", batch_size, True, seed)
+
+
+def _check_bundle(bundle, info: ModelInfo) -> bool:
+    """Checks a DataBundle's classes against the model; returns whether one-hot.
+
+    `load_data` has checked its labels and pixels already.
+    """
+    n = info.metadata["num_outputs"]
+    if info.task == "multiclass" and bundle.num_classes > n:
+        raise DataError(
+            f"train has {bundle.num_classes} classes, but the model has "
+            f"num_classes={n}. Rebuild it with num_classes={bundle.num_classes}."
+        )
+    label = bundle.train.element_spec[1].shape
+    return info.task == "multiclass" and label.rank == 2 and label[-1] == n > 1
+
+
+def _metric_names(metrics) -> list[str] | None:
+    """The log names Keras gives compiled metrics (None when not a plain list)."""
+    if metrics is None:
+        return []
+    if not isinstance(metrics, (list, tuple)):
+        return None
+    names: list[str] = []
+    for metric in metrics:
+        name = metric if isinstance(metric, str) else getattr(metric, "name", None)
+        name = name or getattr(metric, "__name__", None)
+        if not isinstance(name, str):
+            return None
+        # Keras numbers repeated names: accuracy, accuracy_1, ...
+        base, k = name, 0
+        while name in names:
+            k += 1
+            name = f"{base}_{k}"
+        names.append(name)
+    return names
+
+
+def _check_monitors(callbacks, metrics, validation: bool) -> None:
+    """Checks the `monitor` of callbacks (EarlyStopping, ModelCheckpoint, ...).
+
+    Keras raises (or warns, and the callback does nothing) only after epoch 1.
+    """
+    names = _metric_names(metrics)
+    if names is None:
+        return
+    logged = ["loss", *names]
+    valid = logged + [f"val_{n}" for n in logged] if validation else logged
+    for callback in callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if not isinstance(monitor, str) or monitor in valid:
+            continue
+        if not getattr(callback, "save_best_only", True):
+            continue  # a ModelCheckpoint that saves every epoch ignores it
+        where = type(callback).__name__
+        if monitor.removeprefix("val_") in logged and not validation:
+            raise ConfigError(
+                f"{where}(monitor={monitor!r}) needs validation data: pass "
+                f"validation_data=, or monitor {monitor.removeprefix('val_')!r}."
+            )
+        raise ConfigError(
+            f"{where} monitors {monitor!r}, which this model does not log. Expected "
+            f"one of {valid}.{suggest(monitor, valid)}"
+        )
+
+
+def _steps_of_endless(steps_per_epoch) -> int:
+    """The batches per epoch of a training dataset that repeats forever."""
+    if steps_per_epoch is None:
+        raise ConfigError(
+            "train repeats forever (.repeat() without a count), so epoch 1 would "
+            "never end. Pass steps_per_epoch= (batches per epoch), or a finite "
+            "dataset: without .repeat(), or ds.take(n)."
+        )
+    return check_positive_int(steps_per_epoch, "steps_per_epoch")
+
+
+def _check_class_weight(weights, info: ModelInfo) -> None:
+    """Checks a class_weight dict: a finite weight >= 0 for existing classes."""
+    classes = max(2, info.metadata["num_outputs"])
+    if not isinstance(weights, dict):
+        raise ConfigError(
+            "Expected class_weight as a dict {class index: weight}, 'balanced' or "
+            f"None. Received: {type(weights).__name__}"
+        )
+    if info.task not in ("multiclass", "binary"):
+        raise ConfigError(
+            f"class_weight needs a multiclass or binary task, not {info.task!r}."
+        )
+    for key, value in weights.items():
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+            raise ConfigError(
+                f"Expected class_weight keys to be class indices (ints). Received: "
+                f"{key!r}. Map class names with names.index(name)."
+            )
+        if not 0 <= key < classes:
+            raise ConfigError(
+                f"class_weight has a weight for class {key}, but the model has "
+                f"{classes} classes (0 to {classes - 1}). Remove it, or rebuild the "
+                "model with more classes."
+            )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, Real)
+            or not (math.isfinite(value) and value >= 0)
+        ):
+            raise ConfigError(
+                f"Expected class_weight values to be finite numbers >= 0. Received: "
+                f"class {key}: {value!r}."
+            )
 
 
 def _check_smoothing(value) -> None:
