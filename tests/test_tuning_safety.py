@@ -16,11 +16,11 @@ import pytest
 
 from tests.test_bad_input import _check, _snapshot
 from tltf.errors import ConfigError, TrainingError
+from tltf.locks import LockFile
 from tltf.tuning import (
     HEADS_DIR,
     PROJECT_LOCK,
     HeadStore,
-    LockFile,
     project_lock,
     tune,
 )
@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys, time
 from pathlib import Path
-from tltf.tuning import HEADS_DIR, LockFile, project_lock
+from tltf.locks import LockFile
+from tltf.tuning import HEADS_DIR, project_lock
 
 project = Path(sys.argv[1])
 with project_lock(project):

@@ -26,10 +26,7 @@ import json
 import math
 import os
 import shutil
-import socket
-import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from numbers import Real
 from pathlib import Path
@@ -50,6 +47,7 @@ from tltf.bases.base import Base, load_base
 from tltf.errors import ConfigError, DataError, TltfError, TrainingError, suggest
 from tltf.freezing import BN_POLICIES, resolve_unfreeze
 from tltf.heads import HeadConfig
+from tltf.locks import Heartbeat, LockFile
 from tltf.model import ModelInfo, build_model, model_info
 from tltf.schedule import default_loss_and_metrics
 
@@ -267,96 +265,6 @@ def _declare(hp, name, spec, kind, sampling="linear"):
 
 
 # -- lock files --------------------------------------------------------------------
-#: What this process writes into its lock files. The token tells it apart from an
-#: earlier process with the same pid (a restarted container).
-_OWNER = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this machine (True if unknown)."""
-    if os.name == "nt":
-        return True  # os.kill would terminate it: leave it to the age rule
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # e.g. another user's process
-    return True
-
-
-class LockFile:
-    """A lock file created with `O_EXCL` that names its owner (host and pid).
-
-    A lock is stale (its owner died without removing it) at once when it names a
-    process of this host that no longer runs, or this process's pid with another
-    process's token (a restarted container that reuses pids). Otherwise (a lock
-    of another host, or one not yet written) it is stale when nobody touched it
-    for `stale_s` seconds: its owner touches it while it works (`_Heartbeat`).
-
-    Args:
-        path: str or PathLike. The lock file.
-        stale_s: float. Seconds without a touch after which a lock is abandoned.
-            Defaults to 120.
-    """
-
-    def __init__(self, path, stale_s: float = 120.0):
-        self.path, self.stale_s = Path(path), stale_s
-
-    def acquire(self) -> bool:
-        """Creates the lock, taking over a stale one; False if it is held."""
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self.break_if_stale():
-                    return False
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(_OWNER, f)
-            return True
-        return False
-
-    def owner(self) -> dict:
-        """The owner the lock names (`host`, `pid`), or {} if unreadable."""
-        try:
-            owner = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return owner if isinstance(owner, dict) else {}
-
-    def is_stale(self) -> bool:
-        """Whether the lock's owner died (see the class docstring)."""
-        owner = self.owner()
-        pid = owner.get("pid")
-        if owner.get("host") == _OWNER["host"] and isinstance(pid, int) and pid > 0:
-            if pid == _OWNER["pid"]:
-                if owner.get("token") != _OWNER["token"]:
-                    return True
-            elif not pid_alive(pid):
-                return True
-        try:
-            return time.time() - self.path.stat().st_mtime > self.stale_s
-        except FileNotFoundError:
-            return False
-
-    def break_if_stale(self) -> bool:
-        """Removes a stale lock; True if it was stale (or is gone)."""
-        if self.path.exists() and not self.is_stale():
-            return False
-        moved = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            # Renaming is atomic: of several waiters, one moves the lock away.
-            os.replace(self.path, moved)
-            moved.unlink()
-        return True
-
-    def release(self) -> None:
-        """Removes the lock if this process still owns it."""
-        if self.owner() == _OWNER:
-            self.path.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def project_lock(project_dir, stale_s: float = 120.0, heartbeat_s: float = 5.0):
     """Holds a tuner project folder for one search while the block runs.
@@ -398,7 +306,7 @@ def project_lock(project_dir, stale_s: float = 120.0, heartbeat_s: float = 5.0):
             "If that process is gone, delete the lock file."
         )
     try:
-        with _Heartbeat(lock.path, heartbeat_s):
+        with Heartbeat(lock.path, heartbeat_s):
             yield lock.path
     finally:
         lock.release()
@@ -479,7 +387,7 @@ class HeadStore:
                 if found is not None and weights.exists():
                     load(weights)
                     return found, True
-                with _Heartbeat(lock_path, self.heartbeat_s):
+                with Heartbeat(lock_path, self.heartbeat_s):
                     record = train()
                 atomic_write_json(self.paths(key)[1], record)
                 return record, False
@@ -489,30 +397,6 @@ class HeadStore:
     def save_weights(self, key: str, model: keras.Model) -> Path:
         """Writes a model's weights for `key` atomically."""
         return atomic_save_weights(model, self.paths(key)[0])
-
-
-class _Heartbeat:
-    """Touches a lock file every `interval` seconds while a block runs."""
-
-    def __init__(self, path: Path, interval: float):
-        self.path, self.interval = path, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(self.interval):
-            try:
-                os.utime(self.path)
-            except FileNotFoundError:
-                return
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 # -- the hypermodel ----------------------------------------------------------------
@@ -1982,12 +1866,10 @@ def results(tuner, export: bool = True, verbose=1) -> TuneResult:
 __all__ = [
     "FineTuneHyperModel",
     "HeadStore",
-    "LockFile",
     "SearchSpace",
     "TuneResult",
     "failure_reason",
     "format_table",
-    "pid_alive",
     "project_lock",
     "results",
     "results_table",
