@@ -190,6 +190,7 @@ def test_savedmodel_serving_signature_matches_keras(trained, tmp_path):
     target = tmp_path / "exported"
     target.mkdir()
     (target / "stale.txt").write_text("an older export")
+    (target / ".tltf-savedmodel").write_text("")  # one that tltf wrote
     assert export_model(trained["model"], target, format="savedmodel") == target
     assert not (target / "stale.txt").exists()  # Replaced as a whole.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]  # No temp dirs.

@@ -3,21 +3,31 @@
 A file is written to a temporary name in the same folder and then moved over the
 target with `os.replace`, which is atomic on POSIX and Windows. A crash or a
 SIGKILL mid-write leaves the previous file intact (plus, at worst, a hidden
-`.<name>.*.tmp` file that the next write of that file does not depend on).
-Keras writes `.keras` and `.weights.h5` files in place, so a kill during
-`model.save` would otherwise destroy the last good file.
+`.<name>.*.tmp` file that the next write of that file does not depend on, and
+that `sweep_tmp_files` removes). Keras writes `.keras` and `.weights.h5` files in
+place, so a kill during `model.save` would otherwise destroy the last good file.
+
+A full disk raises `DiskFullError`, naming the file; the previous file is kept.
+A folder (`atomic_dir`) replaces only a folder that tltf wrote, never a user's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from tltf.errors import ConfigError, DiskFullError
+
+#: The names `atomic_path` gives its temporary files: `.<name>.<8 random>.tmp<suffix>`.
+TMP_FILE_PATTERN = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>(\.\w+)*)")
 
 
 @contextlib.contextmanager
@@ -50,20 +60,145 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+    except Exception as error:
+        if is_disk_full(error):
+            raise DiskFullError(disk_full_message(path)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
-    """Yields a temporary folder next to `path`; renames it to `path` on success.
+def is_disk_full(error: BaseException) -> bool:
+    """Whether an error (or one it was raised from) says the disk or quota is full."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DiskFullError):
+            return True
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error):  # h5py and TF drop the errno
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
-    With `replace=True` an existing folder at `path` is swapped out only after the
-    new one is complete (the old one is then deleted). On an exception the
-    temporary folder is removed and `path` is left untouched.
+
+def disk_full_message(path: str | os.PathLike) -> str:
+    """The message of a `DiskFullError` while writing `path`."""
+    return (
+        f"The disk is full: tltf could not write {str(path)!r} (no space left on "
+        "device). The previous version of that file, if any, is kept. Free some "
+        "disk space or choose a folder on another disk, then run again (an "
+        "interrupted run continues with --resume)."
+    )
+
+
+def sweep_tmp_files(folder: str | os.PathLike) -> list[Path]:
+    """Removes the temporary files a killed `atomic_path` left in a folder tree.
+
+    Only files named as `atomic_path` names them (`.<name>.<8 random>.tmp<suffix>`,
+    the suffix being the target's own) are removed: a user's file stays.
+
+    Args:
+        folder: str or PathLike. The folder, searched with its subfolders.
+
+    Returns:
+        The removed files.
+
+    Example:
+
+    >>> sweep_tmp_files("runs/flowers")
+    [PosixPath('runs/flowers/.best.keras.k3j_2x9a.tmp.keras')]
+    """
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp*")):
+        match = TMP_FILE_PATTERN.fullmatch(path.name)
+        if match is None or not path.is_file() or path.is_symlink():
+            continue
+        if not match["suffix"] or not match["name"].endswith(match["suffix"]):
+            continue  # atomic_path keeps the suffix of the target (tltf's have one)
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def check_replaceable(
+    path: str | os.PathLike,
+    marker: str | None = None,
+    recognise: Callable[[Path], bool] | None = None,
+    what: str = "folder",
+) -> None:
+    """Raises unless `atomic_dir` may replace what is at `path`.
+
+    Nothing of the user's may be lost: `path` may be absent, an empty folder, a
+    folder holding the file `marker` (which `atomic_dir` writes into every folder
+    it makes), or a folder that `recognise` accepts (one tltf wrote before it
+    wrote markers).
+
+    Args:
+        path: str or PathLike. The destination.
+        marker: str or None. The marker file's name. Defaults to None (no marker).
+        recognise: callable or None. `recognise(folder) -> bool`. Defaults to None.
+        what: str. What tltf writes there, for the message, e.g. "SavedModel
+            export". Defaults to "folder".
+
+    Raises:
+        ConfigError: `path` is a file, or a folder that tltf did not write.
     """
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and (
+        not any(path.iterdir())
+        or (marker is not None and (path / marker).is_file())
+        or (recognise is not None and recognise(path))
+    ):
+        return
+    kind = "folder" if path.is_dir() else "file"
+    raise ConfigError(
+        f"Expected {str(path)!r} to be a new path or a {what} that tltf wrote. "
+        f"Received: an existing {kind} that tltf did not write; tltf never replaces "
+        f"it. Choose another path, or move {str(path)!r} away first."
+    )
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    path: str | os.PathLike,
+    *,
+    marker: str | None = None,
+    recognise: Callable[[Path], bool] | None = None,
+    what: str = "folder",
+) -> Iterator[Path]:
+    """Yields a temporary folder next to `path`; renames it to `path` on success.
+
+    An existing `path` is replaced only if `check_replaceable` allows it (an
+    empty folder, or one tltf wrote: it holds `marker`, or `recognise` accepts
+    it), checked on entry, before any work, and again at the swap. It is swapped
+    out only after the new folder is complete (the old one is then deleted). On
+    an exception the temporary folder is removed and `path` is left untouched.
+
+    Args:
+        path: str or PathLike. The destination folder.
+        marker: str or None. An empty file of this name is written into the new
+            folder: the proof that tltf wrote it. Defaults to None.
+        recognise: callable or None. Accepts an existing folder tltf wrote
+            without a marker. Defaults to None.
+        what: str. What the folder is, for the error message. Defaults to
+            "folder".
+
+    Raises:
+        ConfigError: `path` exists and tltf did not write it.
+        DiskFullError: the disk is full.
+
+    Example:
+
+    >>> with atomic_dir("export/flowers", marker=".tltf-savedmodel") as tmp:
+    ...     model.export(str(tmp))
+    """
+    path = Path(path)
+    check_replaceable(path, marker, recognise, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -71,9 +206,10 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Pat
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only
     try:
         yield tmp
-        if path.exists():
-            if not replace:
-                raise FileExistsError(path)
+        if marker is not None:
+            (tmp / marker).write_bytes(b"")
+        check_replaceable(path, marker, recognise, what)
+        if path.exists() or path.is_symlink():
             old = Path(
                 tempfile.mkdtemp(
                     prefix=f".{path.name}.", suffix=".old", dir=path.parent
@@ -84,6 +220,10 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Pat
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except Exception as error:
+        if is_disk_full(error):
+            raise DiskFullError(disk_full_message(path)) from None
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -608,8 +608,11 @@ def run_demo(
 
 
 def _write_run(out: Path, summary: dict, start: float) -> Path:
-    """Writes the run folder in a temporary folder, then moves it into place."""
-    with atomic_dir(out, replace=True) as tmp:
+    """Writes the run folder in a temporary folder, then moves it into place.
+
+    It never replaces what appeared at `out` during the run (only an empty folder).
+    """
+    with atomic_dir(out, what="demo run folder") as tmp:
         (tmp / "curves").mkdir()
         boundary = summary["epochs"]["head"]
         for r in summary["results"]:

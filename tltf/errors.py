@@ -50,6 +50,10 @@ class TrainingError(TltfError, RuntimeError):
     """Training diverged (a NaN or infinite loss)."""
 
 
+class DiskFullError(TltfError, OSError):
+    """A file could not be written: the disk (or the user's quota) is full."""
+
+
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Returns a "Did you mean ...?" hint for `name`, or an empty string."""
     matches = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)

@@ -68,6 +68,11 @@ FORMATS: tuple[str, ...] = ("keras", "savedmodel", "tflite")
 #: TFLite flavours (`quantize=`); None means "float32".
 QUANTIZATIONS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
 
+#: The empty file in every SavedModel folder tltf writes: only such a folder
+#: (or an earlier export, a bare SavedModel) is ever replaced by an export.
+SAVEDMODEL_MARKER = ".tltf-savedmodel"
+_SAVEDMODEL_FILES = {"saved_model.pb", "fingerprint.pb", "variables", "assets"}
+
 _FORMAT_ALIASES = {"saved_model": "savedmodel", "tf_saved_model": "savedmodel"}
 _QUANTIZE_ALIASES = {"none": "float32", "fp16": "float16", "full_int8": "int8"}
 
@@ -220,7 +225,9 @@ def export_model(
 
     Every write is atomic: `.keras` and `.tflite` files go through a temporary
     file, a SavedModel through a temporary folder that is renamed when complete
-    (an existing export at `path` is replaced only then).
+    (an existing export at `path` is replaced only then). A SavedModel replaces
+    only a SavedModel export tltf wrote (its folder holds `.tltf-savedmodel`, or
+    only a SavedModel) or an empty folder: never a file or another folder.
 
     TFLite models keep float32 input and output in every flavour (see the module
     docstring): feed raw RGB pixels in [0, 255], get probabilities back.
@@ -250,9 +257,10 @@ def export_model(
 
     Raises:
         ConfigError: A bad format or quantization, a missing
-            `representative_data` for "int8", or a `.keras` format with another
-            suffix.
+            `representative_data` for "int8", a `.keras` format with another
+            suffix, or a SavedModel path holding something tltf did not write.
         ModelError: The model cannot be converted.
+        DiskFullError: The disk is full.
 
     Example:
 
@@ -296,11 +304,28 @@ def export_model(
                 f"{path.suffix} suffix. Use a folder name such as "
                 f"{str(path.with_suffix(''))!r}, or format={path.suffix[1:]!r}."
             )
-        with atomic_dir(path) as tmp:
+        with atomic_dir(
+            path,
+            marker=SAVEDMODEL_MARKER,
+            recognise=is_savedmodel_folder,
+            what="SavedModel export",
+        ) as tmp:
             _save_savedmodel(model, tmp)
         return path
     content = _convert_tflite(model, flavour, representative_data, num_calibration)
     return atomic_write_bytes(path, content)
+
+
+def is_savedmodel_folder(folder: Path) -> bool:
+    """Whether a folder holds a SavedModel and nothing else (an earlier export).
+
+    Example:
+
+    >>> is_savedmodel_folder(Path("export/flowers"))
+    True
+    """
+    names = {p.name for p in folder.iterdir()}
+    return "saved_model.pb" in names and names <= _SAVEDMODEL_FILES
 
 
 def _save_savedmodel(model: keras.Model, folder: Path) -> None:

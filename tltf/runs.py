@@ -13,16 +13,20 @@ finished run.
       best.keras           the best model by schedule.monitor
       last.keras           the model after the last finished epoch
       backup/              the BackupAndRestore state that --resume continues
-                           from (removed when the run finishes)
+                           from (removed after summary.json is written)
       plots/history.png    learning curves, stage boundary marked
       plots/confusion.png  confusion matrix of best.keras on the validation data
       evaluation.json      per-class precision/recall/F1 and top-k accuracy
       summary.json         written last: what ran, how long, the results
+      .tltf-run            marks the folder as a tltf run
+      .tltf-lock           while a process runs in it: its host and pid
 
 An existing run folder is never touched unless asked: `resume=True` continues
 it, `overwrite=True` replaces it, but only once the config is valid and the data
 loaded; the old run is moved aside (`.NAME.old`) and deleted when the new run
-finishes, or moved back if the new one fails.
+finishes, or moved back if the new one fails. Only a tltf run is ever resumed
+or replaced (never a user's folder), one process at a time (the lock), and a
+failed run removes only what it made.
 
 Example:
 
@@ -36,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -52,24 +57,37 @@ from typing import Any
 
 import keras
 
-from tltf._io import atomic_write_json, atomic_write_text
+from tltf._io import (
+    atomic_write_json,
+    atomic_write_text,
+    disk_full_message,
+    is_disk_full,
+    sweep_tmp_files,
+)
 from tltf.bases.base import BASE_INFO_FILE
 from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.config import TrainConfig, TuneConfig, dump_config, load_config_file
-from tltf.errors import ConfigError, ModelError
+from tltf.errors import ConfigError, DiskFullError, ModelError, TltfError
 from tltf.freezing import trainable_blocks
+from tltf.locks import LockFile
 from tltf.model import build_model, load_model, model_info
+from tltf.resume import BACKUP_FILE
 from tltf.schedule import fine_tune
 
 __all__ = [
     "CONFIG_FILE",
     "HISTORY_FILE",
+    "LOCK_FILE",
+    "RUN_MARKER",
     "SUMMARY_FILE",
     "HistoryCSV",
     "RunFolder",
     "class_names_of",
     "default_run_dir",
     "find_run",
+    "is_run_folder",
+    "lock_folder",
+    "lock_holder",
     "plot_run_history",
     "read_history",
     "resolve_base",
@@ -77,6 +95,7 @@ __all__ = [
     "still_improving_hint",
     "train",
     "tune",
+    "unlock_folder",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -88,6 +107,24 @@ LAST_MODEL = "last.keras"
 TENSORBOARD_DIR = "tensorboard"
 BACKUP_DIR = "backup"
 PLOTS_DIR = "plots"
+TUNER_DIR = "tuner"
+RUN_MARKER = ".tltf-run"  # written by RunFolder.begin: tltf made this folder
+LOCK_FILE = ".tltf-lock"  # held while a process runs in the folder
+
+# What a run writes into its folder (`RunFolder.abort` removes only these).
+_RUN_NAMES = (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    SUMMARY_FILE,
+    EVALUATION_FILE,
+    BEST_MODEL,
+    LAST_MODEL,
+    TENSORBOARD_DIR,
+    BACKUP_DIR,
+    PLOTS_DIR,
+    TUNER_DIR,
+    RUN_MARKER,
+)
 
 
 # -- the folder ----------------------------------------------------------------------
@@ -106,21 +143,27 @@ class RunFolder:
     """One run folder, and the rules for an existing one.
 
     `RunFolder(...)` only checks (nothing is written): an existing, non-empty
-    folder needs `resume=True` or `overwrite=True`. `begin()` creates the folder
-    (moving an old run aside for `overwrite`); `commit()` ends a successful run
-    (the old run is deleted); `abort()` ends a failed one (the old run is moved
-    back; a fresh or resumed run keeps its partial files for `--resume`).
+    folder needs `resume=True` or `overwrite=True`, and both need a folder that
+    is a tltf run (`is_run_folder`): tltf never replaces or writes into a user's
+    folder. `begin()` takes the folder: it creates it, locks it against a second
+    process (`lock_folder`) and writes the `.tltf-run` marker (moving an old run
+    aside for `overwrite`); `commit()` ends a successful run (the old run and the
+    backup are deleted, the lock released); `abort()` ends a failed one (the old
+    run is moved back; a fresh or resumed run keeps its partial files for
+    `--resume`; only what this process made is ever removed).
 
     Args:
-        path: str, PathLike or None. The folder. Defaults to
-            `runs/<kind>-<timestamp>`.
+        path: str, PathLike or None. The folder (a symlink is followed). Defaults
+            to `runs/<kind>-<timestamp>`.
         kind: str. "train" or "tune", for the default name. Defaults to "train".
         resume: bool. Continue the run in an existing folder. Defaults to False.
         overwrite: bool. Replace an existing run. Defaults to False.
 
     Raises:
-        ConfigError: the folder exists and neither flag is given, `resume` names
-            no run, a finished run is resumed, or both flags are given.
+        ConfigError: the folder is the current or root folder, it exists and
+            neither flag is given, `resume` or `overwrite` names a folder that is
+            not a tltf run, a finished run is resumed, both flags are given, or
+            another process is running in the folder.
     """
 
     def __init__(
@@ -131,18 +174,31 @@ class RunFolder:
         resume: bool = False,
         overwrite: bool = False,
     ):
-        self.path = default_run_dir(kind) if path is None else Path(path).expanduser()
+        self.path = default_run_dir(kind) if path is None else _run_path(path)
+        self.kind = kind
         self.resume = bool(resume)
         self.overwrite = bool(overwrite)
         self._old: Path | None = None
         self._began = False
+        self._created = False
         if resume and overwrite:
             raise ConfigError(
                 "Pass --resume (continue the run) or --overwrite (replace it), not "
                 "both."
             )
+        self._check(locked=False)
+
+    def _check(self, locked: bool) -> None:
+        """The rules for the folder as it is now (`locked`: this process holds it)."""
         stale = self.old_path
-        if stale.exists():
+        if stale.exists() or stale.is_symlink():
+            if (self.path / SUMMARY_FILE).is_file():
+                raise ConfigError(
+                    f"An interrupted --overwrite left the previous run of "
+                    f"{str(self.path)!r} at {str(stale)!r}, after the new run had "
+                    f"finished (it has {SUMMARY_FILE}). Delete the previous run "
+                    f"(rm -r {stale}), then run again."
+                )
             raise ConfigError(
                 f"An interrupted --overwrite left the previous run of "
                 f"{str(self.path)!r} at {str(stale)!r}. Move it back (mv {stale} "
@@ -154,12 +210,22 @@ class RunFolder:
                 f"--out {str(self.path)!r} is a file, not a run folder. Choose "
                 "another --out."
             )
-        nonempty = exists and any(self.path.iterdir())
-        if resume:
+        if exists and not locked:
+            holder = lock_holder(self.path)
+            if holder is not None:
+                raise ConfigError(_in_use_message(self.path, holder))
+        nonempty = exists and any(p.name != LOCK_FILE for p in self.path.iterdir())
+        if self.resume:
             if not (self.path / CONFIG_FILE).is_file():
                 raise ConfigError(
                     f"Nothing to resume in {str(self.path)!r}: it has no "
                     f"{CONFIG_FILE}. Start the run without --resume."
+                )
+            if not is_run_folder(self.path):
+                raise ConfigError(
+                    f"Nothing to resume in {str(self.path)!r}: it is not a tltf run "
+                    f"folder (no {RUN_MARKER}, and no {HISTORY_FILE} or backup "
+                    f"beside its {CONFIG_FILE}). Start the run with another --out."
                 )
             if (self.path / SUMMARY_FILE).is_file():
                 raise ConfigError(
@@ -167,10 +233,17 @@ class RunFolder:
                     f"{SUMMARY_FILE}); there is nothing to resume. Use --overwrite "
                     "to run it again, or another --out."
                 )
-        elif nonempty and not overwrite:
+        elif nonempty and not self.overwrite:
             raise ConfigError(
                 f"Run folder {str(self.path)!r} already exists. Pass --resume to "
                 "continue it, --overwrite to replace it, or choose another --out."
+            )
+        elif nonempty and not is_run_folder(self.path):
+            raise ConfigError(
+                f"--overwrite replaces only a tltf run, and {str(self.path)!r} is "
+                f"not one (it has no {RUN_MARKER}, and no {CONFIG_FILE} with "
+                f"{SUMMARY_FILE} or {HISTORY_FILE}); nothing was changed. Choose "
+                "another --out: a new subfolder, e.g. --out runs/first."
             )
 
     @property
@@ -182,48 +255,222 @@ class RunFolder:
         return self.path / name
 
     def begin(self) -> None:
-        """Creates the folder; with `overwrite`, moves the old run aside first."""
-        if self.overwrite and self.path.exists() and any(self.path.iterdir()):
-            os.replace(self.path, self.old_path)
-            self._old = self.old_path
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Takes the folder: creates and locks it; with `overwrite`, moves the old
+        run aside first; with `resume`, removes temporary files a kill left.
+
+        Raises:
+            ConfigError: another process took the folder since the checks, or the
+                folder changed so that the checks no longer pass.
+        """
+        created = False
+        with contextlib.suppress(FileExistsError):  # else the lock decides
+            self.path.mkdir(parents=True)
+            created = True
+        lock_folder(self.path)
+        try:
+            self._check(locked=True)  # again: the folder may have changed since
+        except BaseException:
+            unlock_folder(self.path)
+            if created:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+            raise
+        self._created = created
         self._began = True
+        try:
+            names = {p.name for p in self.path.iterdir()} - {LOCK_FILE}
+            if self.overwrite and names:
+                os.replace(self.path, self.old_path)  # with this process's lock
+                self._old = self.old_path
+                self.path.mkdir()
+                self._created = True
+                lock_folder(self.path)
+            if self.resume:
+                sweep_tmp_files(self.path)
+            atomic_write_json(
+                self.path / RUN_MARKER, {"kind": self.kind, "tltf_version": _version()}
+            )
+        except BaseException:
+            self.abort()
+            raise
 
     def commit(self) -> None:
-        """Ends a finished run: deletes the run it replaced."""
+        """Ends a finished run (after `summary.json`): deletes the run it replaced,
+        the backup and temporary files a kill left, then releases the lock."""
         if self._old is not None:
             shutil.rmtree(self._old, ignore_errors=True)
             self._old = None
+        shutil.rmtree(self.path / BACKUP_DIR, ignore_errors=True)
+        sweep_tmp_files(self.path)
+        unlock_folder(self.path)
+        self._began = False
 
     def abort(self) -> str | None:
         """Ends a failed run; returns a note on what was kept, or None.
 
         A replaced run is moved back. A fresh run that finished no epoch is
-        removed (nothing in it is worth resuming); otherwise the partial run stays.
+        removed (nothing in it is worth resuming); otherwise the partial run
+        stays. Only what this process made is removed: a folder it did not
+        create keeps everything but the files this run wrote into it.
         """
         if not self._began:
             return None
-        if self._old is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            os.replace(self._old, self.path)
-            self._old = None
-            return f"the previous run in {self.path} was restored"
-        if self.resume or (self.path / HISTORY_FILE).is_file():
-            return (
-                f"the partial run is kept in {self.path}; continue it with --resume "
-                "or replace it with --overwrite"
-            )
-        shutil.rmtree(self.path, ignore_errors=True)  # no epoch finished
-        return None
+        self._began = False
+        try:
+            if self._old is not None:
+                if not self._created:  # the new folder is not ours to delete
+                    return f"the previous run is kept at {self._old}"
+                shutil.rmtree(self.path, ignore_errors=True)
+                os.replace(self._old, self.path)
+                self._old = None
+                return f"the previous run in {self.path} was restored"
+            if self.resume or (self.path / HISTORY_FILE).is_file():
+                return (
+                    f"the partial run is kept in {self.path}; continue it with "
+                    "--resume or replace it with --overwrite"
+                )
+            if self._created:
+                shutil.rmtree(self.path, ignore_errors=True)  # no epoch finished
+                return None
+            for name in _RUN_NAMES:  # the folder was empty when this run took it
+                target = self.path / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+            return None
+        finally:
+            unlock_folder(self.path)
+
+
+def _run_path(path: str | os.PathLike) -> Path:
+    """The folder of `--out`: a symlink followed; never the current or root folder.
+
+    Raises:
+        ConfigError: `path` is the root folder, the current folder or one above it.
+    """
+    given = Path(path).expanduser()
+    if given.is_symlink():  # --overwrite moves the real folder aside, not the link
+        given = given.resolve()
+    full = given.resolve()
+    cwd = Path.cwd().resolve()
+    if given.name in ("", ".", "..") or full == cwd or full in cwd.parents:
+        what = (
+            "the root folder"
+            if full.parent == full
+            else "the current folder"
+            if full == cwd
+            else "a folder above the current one"
+        )
+        raise ConfigError(
+            f"Expected --out to be a run folder of its own. Received: {str(path)!r}, "
+            f"which is {what}. Choose a subfolder, e.g. --out runs/first."
+        )
+    return given
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """Whether a folder holds a tltf run (`RunFolder` replaces or resumes only these).
+
+    A run has the `.tltf-run` marker that `RunFolder.begin` writes; a run written
+    before markers has tltf's `config.yaml` beside a `summary.json`, a
+    `history.csv`, a backup or a tuner project.
+
+    Example:
+
+    >>> is_run_folder("runs/flowers"), is_run_folder("Documents")
+    (True, False)
+    """
+    path = Path(path)
+    if (path / RUN_MARKER).is_file():
+        return True
+    evidence = (
+        SUMMARY_FILE,
+        HISTORY_FILE,
+        f"{BACKUP_DIR}/{BACKUP_FILE}",
+        f"{TUNER_DIR}/oracle.json",
+    )
+    return (path / CONFIG_FILE).is_file() and any(
+        (path / name).exists() for name in evidence
+    )
 
 
 def find_run(path: str | os.PathLike) -> Path | None:
     """The run folder a path belongs to (the folder, or a file in it), or None."""
     path = Path(path).expanduser()
     folder = path if path.is_dir() else path.parent
-    if (folder / CONFIG_FILE).is_file() or (folder / SUMMARY_FILE).is_file():
+    if (
+        (folder / RUN_MARKER).is_file()
+        or (folder / CONFIG_FILE).is_file()
+        or (folder / SUMMARY_FILE).is_file()
+    ):
         return folder
     return None
+
+
+# -- the lock ------------------------------------------------------------------------
+def _lock(folder: str | os.PathLike) -> LockFile:
+    # Another host's lock cannot be checked: it counts as held (stale_s=None).
+    return LockFile(Path(folder) / LOCK_FILE, stale_s=None)
+
+
+def lock_folder(folder: str | os.PathLike) -> Path:
+    """Takes a run folder's lock for this process: the file `.tltf-lock` in it.
+
+    The file is created exclusively (`O_EXCL`) and records the host and pid, so a
+    second process cannot write into a folder a run is using. A lock left by a
+    process that is gone (a dead pid on this host, or a reused pid of this
+    process) is taken over at once (`tltf.locks.LockFile`). `unlock_folder`
+    releases it.
+
+    Args:
+        folder: str or PathLike. An existing run folder.
+
+    Returns:
+        The lock file.
+
+    Raises:
+        ConfigError: another live process holds the lock.
+
+    Example:
+
+    >>> lock_folder("runs/first")
+    PosixPath('runs/first/.tltf-lock')
+    >>> unlock_folder("runs/first")
+    """
+    lock = _lock(folder)
+    if not lock.acquire():
+        holder = lock.owner() or {"host": "?", "pid": "?"}
+        raise ConfigError(_in_use_message(Path(folder), holder))
+    return lock.path
+
+
+def unlock_folder(folder: str | os.PathLike) -> None:
+    """Releases the lock `lock_folder` took (a lock of another process stays)."""
+    _lock(folder).release()
+
+
+def lock_holder(folder: str | os.PathLike) -> dict | None:
+    """The live process that holds a run folder's lock (`host`, `pid`, `since`).
+
+    Returns None when the folder is not locked, or its lock is stale: its pid is
+    dead on this host. A lock of another host counts as live (tltf cannot tell).
+    """
+    lock = _lock(folder)
+    if not lock.path.exists() or lock.is_stale():
+        return None
+    return lock.owner() or {"host": "?", "pid": "?", "since": "just now"}
+
+
+def _in_use_message(folder: Path, holder: dict) -> str:
+    lock = folder / LOCK_FILE
+    since = f", since {holder['since']}" if holder.get("since") else ""
+    return (
+        f"Run folder {str(folder)!r} is in use by another tltf process (pid "
+        f"{holder.get('pid')} on host {holder.get('host')!r}{since}). Wait for it "
+        f"to finish, or choose another --out. If no such process is running, "
+        f"delete {str(lock)!r}."
+    )
 
 
 # -- class names in the model ---------------------------------------------------------
@@ -441,6 +688,19 @@ def resolve_image_size(config: TrainConfig) -> tuple[int, int]:
     return size
 
 
+def seed_run(config: TrainConfig) -> None:
+    """Seeds everything random in a run from `data.seed` (None: nothing).
+
+    One seed fixes the split, the shuffling, the head's initial weights, dropout
+    and augmentation (`keras.utils.set_random_seed`), so the same config gives
+    the same weights on the same machine, TensorFlow version and thread count.
+    It does not make runs bit-equal across machines or with GPU kernels that are
+    not deterministic.
+    """
+    if config.data.seed is not None:
+        keras.utils.set_random_seed(config.data.seed)
+
+
 def load_run_data(config: TrainConfig, image_size: tuple[int, int]):
     """`tltf.data.load_data` for a config's `[data]` section."""
     from tltf.data import load_data
@@ -568,6 +828,7 @@ def train(
     config = resolve_base(config.require())
     started = time.time()
     image_size = resolve_image_size(config)
+    seed_run(config)
     data = load_run_data(config, image_size)
     model = build_run_model(config, data, image_size)
     return _complete(
@@ -580,18 +841,24 @@ def train(
 def _complete(run: RunFolder, work, command) -> dict:
     """Runs `work` in the run folder; writes `summary.json` last, then commits.
 
-    On any failure (or an interrupt) the folder is rolled back by
-    `RunFolder.abort` and the error propagates.
+    The order makes every kill point resume to the finished state: the backup
+    that `--resume` continues from is removed only by `RunFolder.commit`, after
+    `summary.json` (a resumed run whose training finished restores its final
+    epoch and trains nothing). On any failure (or an interrupt) the folder is
+    rolled back by `RunFolder.abort` and the error propagates; a full disk that
+    TensorFlow or Keras reports in its own words becomes a `DiskFullError`.
     """
     run.begin()
     try:
         summary = work()
         summary["command"] = list(command) if command is not None else None
         atomic_write_json(run / SUMMARY_FILE, summary)
-    except BaseException:
+    except BaseException as error:
         note = run.abort()
         if note:
             print(f"tltf: {note}.", file=sys.stderr)
+        if not isinstance(error, TltfError) and is_disk_full(error):
+            raise DiskFullError(disk_full_message(run.path)) from None
         raise
     run.commit()
     summary["out_dir"] = str(run.path)
@@ -661,7 +928,6 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
         evaluation = _evaluate(best_model, data, run)
         files["evaluation"] = EVALUATION_FILE
         files["confusion_plot"] = f"{PLOTS_DIR}/confusion.png"
-    shutil.rmtree(run / BACKUP_DIR, ignore_errors=True)
     best = _best_so_far(history, monitor, mode)
     values = history.get(monitor, [])
     best_epoch = history["epoch"][values.index(best)] if best is not None else None
@@ -778,7 +1044,6 @@ def _version() -> str:
 
 
 # -- tuning ------------------------------------------------------------------------------------
-TUNER_DIR = "tuner"
 
 
 def tune(
@@ -834,6 +1099,7 @@ def tune(
         )
     started = time.time()
     image_size = resolve_image_size(config)
+    seed_run(config)
     data = load_run_data(config, image_size)
     if data.validation is None:
         raise ConfigError(

@@ -20,6 +20,9 @@ from tltf.layers import PREPROCESSING_MODES
 #: File names inside a saved base folder (see `save_base`).
 BASE_MODEL_FILE = "base.keras"
 BASE_INFO_FILE = "base.json"
+#: The empty file in every base folder `save_base` writes: only such a folder (or
+#: an earlier saved base) is ever replaced by `save_base`.
+BASE_MARKER = ".tltf-base"
 
 
 @dataclasses.dataclass
@@ -202,7 +205,8 @@ def save_base(base: Base, path: str | os.PathLike, info: dict | None = None) -> 
 
     The folder is written next to its destination and moved into place in one
     step, so an interrupted save never leaves a half-written base, and an existing
-    base is replaced only by a complete one.
+    base is replaced only by a complete one. Only a saved base (or an empty
+    folder) is replaced: never a file or a folder that tltf did not write.
 
     Args:
         base: Base. The base to save.
@@ -211,9 +215,15 @@ def save_base(base: Base, path: str | os.PathLike, info: dict | None = None) -> 
 
     Returns:
         The folder's path.
+
+    Raises:
+        ConfigError: `path` holds a file or a folder that is not a saved base.
+        DiskFullError: the disk is full.
     """
     path = Path(path).expanduser()
-    with atomic_dir(path, replace=True) as tmp:
+    with atomic_dir(
+        path, marker=BASE_MARKER, recognise=_is_saved_base, what="saved base"
+    ) as tmp:
         base.model.save(tmp / BASE_MODEL_FILE)
         record = {
             "name": base.name,
@@ -224,6 +234,12 @@ def save_base(base: Base, path: str | os.PathLike, info: dict | None = None) -> 
         }
         (tmp / BASE_INFO_FILE).write_text(json.dumps(record, indent=2))
     return path
+
+
+def _is_saved_base(folder: Path) -> bool:
+    """Whether a folder holds a saved base and nothing else (saved before markers)."""
+    names = {p.name for p in folder.iterdir()}
+    return BASE_INFO_FILE in names and names <= {BASE_MODEL_FILE, BASE_INFO_FILE}
 
 
 def load_saved_base(path: str | os.PathLike, input_shape: tuple | None = None) -> Base:
