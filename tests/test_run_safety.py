@@ -255,6 +255,24 @@ def test_a_failed_run_removes_only_what_it_made(tmp_path):
     assert users.is_dir() and not list(users.iterdir())  # the user's folder stays
 
 
+def test_a_failed_search_with_finished_trials_is_kept_for_resume(tmp_path):
+    # A tune run interrupted (or whose every trial failed) after keras-tuner wrote
+    # trials: they are worth resuming, and their reasons are in the table.
+    run = RunFolder(tmp_path / "search", kind="tune")
+    run.begin()
+    (run / "config.yaml").write_text("model: {}\n")
+    trial = run / "tuner" / "tune" / "trial_0"
+    trial.mkdir(parents=True)
+    (trial / "trial.json").write_text("{}\n")
+    note = run.abort()
+    assert note is not None and "--resume" in note
+    assert (trial / "trial.json").is_file() and (run / "config.yaml").is_file()
+    fresh = RunFolder(tmp_path / "nothing", kind="tune")
+    fresh.begin()
+    (fresh / "tuner").mkdir()
+    assert fresh.abort() is None and not (tmp_path / "nothing").exists()
+
+
 # -- 4. --overwrite through a symlink ---------------------------------------------------
 def test_overwrite_through_a_symlink_twice_in_a_row(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -305,12 +305,19 @@ class RunFolder:
         unlock_folder(self.path)
         self._began = False
 
+    def _has_progress(self) -> bool:
+        """Whether the folder holds work worth resuming: an epoch or a tuner trial."""
+        tuner = self.path / TUNER_DIR
+        return (self.path / HISTORY_FILE).is_file() or (
+            tuner.is_dir() and any(tuner.rglob("trial.json"))
+        )
+
     def abort(self) -> str | None:
         """Ends a failed run; returns a note on what was kept, or None.
 
-        A replaced run is moved back. A fresh run that finished no epoch is
-        removed (nothing in it is worth resuming); otherwise the partial run
-        stays. Only what this process made is removed: a folder it did not
+        A replaced run is moved back. A fresh run that finished no epoch and no
+        tuner trial is removed (nothing in it is worth resuming); otherwise the
+        partial run stays. Only what this process made is removed: a folder it did not
         create keeps everything but the files this run wrote into it.
         """
         if not self._began:
@@ -324,7 +331,7 @@ class RunFolder:
                 os.replace(self._old, self.path)
                 self._old = None
                 return f"the previous run in {self.path} was restored"
-            if self.resume or (self.path / HISTORY_FILE).is_file():
+            if self.resume or self._has_progress():
                 return (
                     f"the partial run is kept in {self.path}; continue it with "
                     "--resume or replace it with --overwrite"
