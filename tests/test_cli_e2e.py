@@ -253,7 +253,7 @@ def test_bad_paths_and_values_exit_2(work, capsys, monkeypatch):
     args = ["train", "--base", "base", "--image-size", "16", "--cut", "none"]
     args += ["--out", "runs/x"]
     err = _error([*args, "--train", "no_such_folder"], capsys)
-    assert "No such file or folder: 'no_such_folder'" in err
+    assert "No such folder 'no_such_folder'" in err
     assert "No base" in _error(["train", "--train", "images"], capsys)
     assert "does not exist" in _error(["train", "--config", "nope.toml"], capsys)
     assert "Unknown base 'mobilenet_v9'" in _error(
@@ -338,7 +338,7 @@ def test_an_existing_run_is_never_touched_without_resume_or_overwrite(
         ],
         capsys,
     )
-    assert "No such file or folder" in err
+    assert "No such folder 'missing/'" in err
     assert _snapshot(run) == before
     # A killed --overwrite leaves the old run beside it: never silently lost.
     (run.parent / ".first.old").mkdir()

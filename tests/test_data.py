@@ -388,7 +388,7 @@ def test_mixup_and_cutmix_labels_match_images(fn):
         ((np.zeros((0, 8, 8, 3)), []), {}, DataError, "empty"),
         ((np.zeros((3, 8, 8, 2)), [0, 1, 0]), {}, DataError, "1, 3 or 4 channels"),
         ((np.zeros((3, 8, 8, 3)), [0, 1]), {}, DataError, "3 images but 2 labels"),
-        ("no/such/folder", {}, DataError, "No such file or folder"),
+        ("no/such/folder", {}, DataError, "No such folder 'no/such/folder'"),
         ((np.zeros((3, 8, 8, 3)), [0, 1, 0]), {"resize": "fit"}, ConfigError, "resize"),
         (
             (np.zeros((3, 8, 8, 3)), [0, 1, 0]),

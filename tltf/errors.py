@@ -54,9 +54,16 @@ class DiskFullError(TltfError, OSError):
     """A file could not be written: the disk (or the user's quota) is full."""
 
 
-def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
-    """Returns a "Did you mean ...?" hint for `name`, or an empty string."""
-    matches = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
+def did_you_mean(matches: Iterable[str]) -> str:
+    """Returns " Did you mean 'a' or 'b'?" for `matches`, or an empty string."""
+    matches = list(matches)
     if not matches:
         return ""
     return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
+
+
+def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Returns a "Did you mean ...?" hint for `name`, or an empty string."""
+    return did_you_mean(
+        difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
+    )

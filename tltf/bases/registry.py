@@ -217,6 +217,13 @@ _SHIPPED: list[ShippedBase] = [
 
 SHIPPED_BASES: dict[str, ShippedBase] = {base.name: base for base in _SHIPPED}
 
+#: The pointer to the shipped base that errors about unknown bases and failed
+#: ImageNet downloads end with.
+OFFLINE_BASE_HINT = (
+    "Without a download, use the base shipped with tltf: "
+    '`--base demo` on the command line, `tltf.build_model("demo", ...)` in Python.'
+)
+
 
 def shipped_base_path(name) -> Path | None:
     """The folder of the shipped base `name` ("demo"), or None for other names.
@@ -279,9 +286,14 @@ def get_spec(name: str) -> BaseSpec:
             f"{key!r} is a saved base shipped with tltf, not a registry entry: "
             f"load it with tltf.load_base({key!r}) or tltf.build_model({key!r}, ...)."
         )
-    hint = suggest(key.lower(), [*SHIPPED_BASES, *REGISTRY]) or (
-        f" Try 'demo' ({SHIPPED_BASES['demo'].description})."
-    )
+    hint = suggest(key.lower(), [*SHIPPED_BASES, *REGISTRY])
+    if not hint:
+        hint = (
+            f" Try 'demo' ({SHIPPED_BASES['demo'].description}): `--base demo`, "
+            '`tltf.build_model("demo", ...)`.'
+        )
+    elif "'demo'" not in hint:
+        hint += f" {OFFLINE_BASE_HINT}"
     raise UnknownBaseError(
         f"Unknown base {name!r}.{hint} "
         "See `tltf.list_bases()` (`tltf bases` on the command line) for the "

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 from keras.src.utils import file_utils
 
+from tltf.bases.registry import OFFLINE_BASE_HINT
 from tltf.errors import WeightsError
 
 WEIGHTS_DIR_ENV = "TLTF_WEIGHTS_DIR"
@@ -61,7 +62,8 @@ def offline_first(weights_dir: Path | None, what: str) -> Iterator[None]:
                 f"{origin} ({error.__class__.__name__}: {error}). If this machine is "
                 f"offline, download that URL elsewhere and place the file at "
                 f"{place}/{name}, or pass `weights_dir=` / set ${WEIGHTS_DIR_ENV} to "
-                "the folder holding it. Use weights=None for random weights."
+                "the folder holding it. For random weights, pass weights=None "
+                f"(`--weights none` on the command line). {OFFLINE_BASE_HINT}"
             ) from None
 
     file_utils.get_file = get_file
@@ -79,7 +81,8 @@ def load_weights_file(model: keras.Model, path: str | os.PathLike, what: str) ->
     if not path.is_file():
         raise WeightsError(
             f"Weights file {str(path)!r} does not exist. Expected weights='imagenet', "
-            "None, or the path of a weights file for this architecture."
+            "None, or the path of a weights file for this architecture (on the "
+            "command line: `--weights imagenet`, `none` or a path)."
         )
     try:
         with warnings.catch_warnings():
