@@ -96,8 +96,8 @@ def test_multiclass_metrics_match_a_hand_computation():
     assert weighted["recall"] == pytest.approx(5 / 8)  # Weighted recall = accuracy.
     assert weighted["f1"] == pytest.approx((3 * 2 / 3 + 2 * 1 / 2 + 2 * 0.8) / 8)
     assert weighted["support"] == 8
-    # top_k larger than the classes is capped.
-    assert evaluate(model, (_images(LOGITS), LABELS), top_k=10).top_k == 4
+    # No top-k accuracy for k at or above the number of classes (always 1).
+    assert evaluate(model, (_images(LOGITS), LABELS), top_k=10).top_k is None
 
 
 def test_logits_model_gets_the_same_report():
@@ -166,7 +166,10 @@ def test_regression_metrics():
 
 def test_report_outputs(tmp_path, capsys):
     report = evaluate(
-        _pixel_model(4, "softmax"), (_images(LOGITS), LABELS), class_names=NAMES
+        _pixel_model(4, "softmax"),
+        (_images(LOGITS), LABELS),
+        class_names=NAMES,
+        top_k=3,
     )
     path = report.to_json(tmp_path / "out" / "evaluation.json")
     loaded = json.loads(path.read_text())
@@ -177,7 +180,7 @@ def test_report_outputs(tmp_path, capsys):
     report.print()
     text = capsys.readouterr().out
     assert text.strip() == str(report).strip()
-    for needle in ("accuracy", "top-4 accuracy", "precision", "macro avg", "dog"):
+    for needle in ("accuracy", "top-3 accuracy", "precision", "macro avg", "dog"):
         assert needle in text
     assert "confusion matrix" in text
     figure = report.plot_confusion(tmp_path / "confusion.png")

@@ -732,10 +732,15 @@ def _verbose(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace, config_class, run_function) -> dict | None:
-    """`train` and `tune`: resolve the config, then print it or run it."""
-    from tltf.runs import resolve_base
+    """`train` and `tune`: resolve the config, then print it or run it.
 
-    config = resolve_base(_resolve_config(args, config_class))
+    `--print-config` checks what the run checks before it reads any data: the
+    required keys, the base and the input size.
+    """
+    from tltf.runs import resolve_base, resolve_image_size
+
+    config = resolve_base(_resolve_config(args, config_class).require())
+    resolve_image_size(config)
     if args.print_config:
         _print_config(config)
         return None
@@ -795,8 +800,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 # -- evaluate, predict, export ------------------------------------------------------
-def _load_cli_model(path: str):
-    """(model, run folder or None) for a .keras file or a run folder."""
+def _load_cli_model(path: str, compile: bool = True):
+    """(model, run folder or None) for a .keras file or a run folder.
+
+    `compile=False` loads without the optimizer, for inference: a tuned model's
+    file holds an unbuilt optimizer, which Keras warns it cannot restore.
+    """
     from pathlib import Path
 
     from tltf.errors import ModelError
@@ -807,7 +816,7 @@ def _load_cli_model(path: str):
     if target.is_dir():
         for name in (BEST_MODEL, LAST_MODEL):
             if (target / name).is_file():
-                return load_model(target / name), find_run(target)
+                return load_model(target / name, compile=compile), find_run(target)
         raise ModelError(
             f"{path!r} is a folder without {BEST_MODEL} or {LAST_MODEL}. Pass a .keras "
             "file or a run folder written by `tltf train`."
@@ -817,7 +826,7 @@ def _load_cli_model(path: str):
             f"No such model: {path!r}. Pass a .keras file or a run folder written by "
             "`tltf train`."
         )
-    return load_model(target), find_run(target)
+    return load_model(target, compile=compile), find_run(target)
 
 
 def _model_image_size(model) -> tuple[int, int]:
@@ -851,6 +860,8 @@ def _stamped(parent, prefix: str):
 
 def _labelled_data(args, model, run_dir):
     """The labelled `DataBundle` and class names that `evaluate` reads."""
+    from pathlib import Path
+
     from tltf.config import parse_source
     from tltf.data import load_data
     from tltf.errors import ConfigError, DataError
@@ -883,6 +894,16 @@ def _labelled_data(args, model, run_dir):
             f"--split {split!r} selects a TFDS split, but --data {args.data!r} is not "
             "tfds:NAME."
         )
+    folder = Path(source).expanduser()
+    if names and folder.is_dir():
+        subfolders = sorted(
+            d.name
+            for d in folder.iterdir()
+            if d.is_dir() and not d.name.startswith(".")
+        )
+        if subfolders == list(names):
+            # The model's classes: a test class folder without images is kept.
+            kwargs["num_classes"] = len(names)
     data = load_data(
         source,
         image_size=size,
@@ -908,7 +929,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from tltf.evaluation import evaluate
 
-    model, run_dir = _load_cli_model(args.model)
+    model, run_dir = _load_cli_model(args.model, compile=False)
     data, names = _labelled_data(args, model, run_dir)
     report = evaluate(model, data, class_names=names, top_k=args.top_k)
     out = (
@@ -918,10 +939,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     report.to_json(out / "report.json")
     files = [out / "report.json"]
-    if report.plot_confusion(out / "confusion.png") is not None:
+    # Say what was evaluated: the --data given, or the run's validation data.
+    what = str(args.data) if args.data else "validation"
+    if report.plot_confusion(out / "confusion.png", data=what) is not None:
         files.append(out / "confusion.png")
-    if not args.quiet:
-        report.print()
+    report.print()  # the result: shown with --quiet too
     print(f"tltf: wrote {' and '.join(str(f) for f in files)}")
     return 0
 
@@ -930,7 +952,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tltf.evaluation import predict, write_predictions
     from tltf.runs import class_names_of
 
-    model, _ = _load_cli_model(args.model)
+    model, _ = _load_cli_model(args.model, compile=False)
     names = class_names_of(model)
     rows = []
     for item in args.inputs:
@@ -991,7 +1013,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             "image files' folder, .npz or tfds:NAME[SPLIT]) to calibrate the integer "
             "ranges. Or use --quantize dynamic, which needs no data."
         )
-    model, run_dir = _load_cli_model(args.model)
+    # A .keras export keeps the training config; the others need no optimizer.
+    model, run_dir = _load_cli_model(args.model, compile=fmt == "keras")
     if args.output:
         output = Path(args.output).expanduser()
     else:

@@ -384,8 +384,9 @@ class DataConfig:
         augment: bool. Augment training images (flip, rotation, zoom, ...).
             Defaults to False.
         cache: bool. Keep decoded images in memory. Defaults to True.
-        strict: bool. Fail on unreadable files instead of skipping them.
-            Defaults to False.
+        strict: bool. Fail on unreadable files and on class folders without
+            readable images, instead of skipping or dropping them. Defaults to
+            False.
         data_dir: str or None. TFDS data folder. Defaults to None.
     """
 

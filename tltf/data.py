@@ -4,7 +4,8 @@
 `tf.data.Dataset`s of `(image, label)`, with float32 RGB images in [0, 255] of one
 size (what a model from `build_model` takes) and checked labels:
 
-* a TFDS dataset by name (`"tfds:tf_flowers"`, or `"tf_flowers"` with `split=`);
+* a TFDS dataset by name (`"tfds:tf_flowers"`, or `"tf_flowers"` when no path
+  on disk resembles it);
 * a folder with one subfolder per class (jpg, jpeg, png, bmp, gif);
 * a `.npz` file with `x`/`y` (or `images`/`labels`) arrays;
 * `(images, labels)` NumPy arrays;
@@ -32,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import os
@@ -46,7 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tltf.errors import ConfigError, DataError, suggest
+from tltf.errors import ConfigError, DataError, did_you_mean, suggest
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -347,6 +349,41 @@ def _split_indices(
             "another fraction, or pass validation= explicitly."
         )
     return np.sort(train), np.sort(val)
+
+
+def _validation_coverage(
+    train_labels: np.ndarray,
+    val_labels: np.ndarray,
+    num_classes: int,
+    class_names: list[str] | None,
+    split: bool,
+) -> str | None:
+    """What makes a validation set too small to measure, or None.
+
+    A validation set with fewer images than there are classes (with training
+    images), or with no image of some class, gives an accuracy that says little:
+    one validation image scores 0 or 1.
+    """
+    present = np.bincount(train_labels, minlength=num_classes) > 0
+    counts = np.bincount(val_labels, minlength=num_classes)
+    missing = [i for i in np.flatnonzero(present) if counts[i] == 0]
+    classes, n = int(present.sum()), len(val_labels)
+    if n >= classes and not missing:
+        return None
+    names = [class_names[i] if class_names else str(i) for i in missing]
+    listed = ", ".join(names[:_MAX_LISTED]) + (
+        f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
+    )
+    fix = (
+        "Use more images per class, or a larger validation_split (--val-fraction)."
+        if split
+        else "Add validation images of every class."
+    )
+    none = f", and none of class{'es' if len(names) > 1 else ''} {listed}"
+    return (
+        f"the validation set has {n} image{'s' if n != 1 else ''} for {classes} "
+        f"classes{none if missing else ''}: its accuracy says little. {fix}"
+    )
 
 
 # -- images --------------------------------------------------------------------------
@@ -758,16 +795,50 @@ def skipped_files_text(paths: Sequence[str], reasons: dict[str, str], root=None)
     )
 
 
+def _drop_empty_classes(
+    root: Path, labels: np.ndarray, class_names: list[str], strict: bool
+) -> tuple[np.ndarray, list[str]]:
+    """Drops the class folders without readable images (`strict` refuses them).
+
+    No model output is then trained for a class it never sees. A user who wants
+    such an output passes `num_classes` (the folder count), which keeps them.
+
+    Returns:
+        The labels renumbered over the kept classes, and the kept class names.
+    """
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = [n for n, c in zip(class_names, counts, strict=True) if c == 0]
+    kept = [n for n, c in zip(class_names, counts, strict=True) if c > 0]
+    if not empty:
+        return labels, class_names
+    listed = ", ".join(empty)
+    if len(kept) < 2:
+        raise DataError(
+            f"Folder {str(root)!r} has images in only one class folder ({kept[0]!r}); "
+            f"these have none: {listed}. A classifier needs images of at least 2 "
+            "classes: add images to the empty folders."
+        )
+    if strict:
+        raise DataError(
+            f"Class folders with no readable images in {str(root)!r}: {listed}. The "
+            "model would have an output for a class it never sees. Add images to "
+            f"them or delete them; pass strict=False to drop them, or num_classes="
+            f"{len(class_names)} to keep them."
+        )
+    print(
+        f"tltf: note: dropped class folders with no readable images: {listed} "
+        f"({len(kept)} classes left; num_classes={len(class_names)} keeps them, "
+        "strict=True refuses them)"
+    )
+    renumber = np.cumsum(counts > 0) - 1
+    return renumber[labels].astype(np.int32), kept
+
+
 def _folder_source(
     root: Path, opts: _Options, num_classes, what: str, strict: bool, class_names=None
 ) -> _Source:
+    given_names = class_names
     paths, labels, class_names, others = _list_folder(root, what, class_names)
-    if num_classes is not None and num_classes != len(class_names):
-        raise ConfigError(
-            f"Folder {str(root)!r} has {len(class_names)} class subfolders "
-            f"{class_names}, but num_classes={num_classes}. Pass num_classes=None "
-            "(or the number of subfolders)."
-        )
     if opts.task not in ("multiclass", "binary"):
         raise ConfigError(
             f"An image folder gives one class per image; task={opts.task!r} needs "
@@ -778,6 +849,12 @@ def _folder_source(
         raise DataError(
             f"task='binary' needs exactly 2 class subfolders. Received "
             f"{len(class_names)}: {class_names}."
+        )
+    if num_classes is not None and num_classes != len(class_names):
+        raise ConfigError(
+            f"Folder {str(root)!r} has {len(class_names)} class subfolders "
+            f"{class_names}, but num_classes={num_classes}. Pass num_classes=None "
+            "(or the number of subfolders)."
         )
     ok, reasons = scan_image_files(paths)
     bad = [p for p, good in zip(paths, ok, strict=True) if not good]
@@ -799,15 +876,16 @@ def _folder_source(
             f"Folder {str(root)!r} ({what}) has no readable images. Expected files "
             f"ending in {', '.join(IMAGE_EXTENSIONS)} inside its class subfolders."
         )
-    empty = [
-        n
-        for n, c in zip(
-            class_names, np.bincount(labels, minlength=len(class_names)), strict=True
-        )
-        if c == 0
-    ]
-    if empty and what == "train":
-        print(f"tltf: note: class folders with no readable images: {', '.join(empty)}")
+    if given_names is None and num_classes is None:
+        labels, class_names = _drop_empty_classes(root, labels, class_names, strict)
+    else:
+        counts = np.bincount(labels, minlength=len(class_names))
+        empty = [n for n, c in zip(class_names, counts, strict=True) if c == 0]
+        if empty and what == "train":
+            print(
+                "tltf: note: class folders with no readable images (kept: "
+                f"num_classes={num_classes}): {', '.join(empty)}"
+            )
     path_array = np.asarray(paths)
 
     def make(indices):
@@ -1005,16 +1083,10 @@ def _source_kind(source) -> str:
                 f"Expected a folder of class subfolders, a .npz file, or a TFDS name "
                 f"as the data source. Received the file {text!r}."
             )
-        if isinstance(source, str) and _TFDS_NAME.match(text):
-            names = _tfds_names()
-            if text.split("/")[0].split(":")[0] in names:
-                return "tfds"
-            raise DataError(
-                f"No such file or folder: {text!r}, and no TFDS dataset of that "
-                f"name.{suggest(text, names)} Check the path, or write 'tfds:NAME' "
-                "for a TFDS dataset."
-            )
-        raise DataError(f"No such file or folder: {text!r}. Check the path.")
+        local = _near_paths(text) != ([], None)
+        if isinstance(source, str) and not local and _is_tfds_name(text):
+            return "tfds"  # a TFDS name, and nothing on disk resembles it
+        raise _no_such_path(text, tfds_hint=isinstance(source, str))
     if isinstance(source, np.ndarray):
         raise DataError(
             "Received one array as the data source. Pass (images, labels) as a tuple."
@@ -1024,6 +1096,67 @@ def _source_kind(source) -> str:
         "('tfds:tf_flowers'), an (images, labels) tuple or a tf.data.Dataset. "
         f"Received: {type(source).__name__}"
     )
+
+
+def _near_paths(text: str) -> tuple[list[str], str | None]:
+    """What exists on disk near the missing path `text`, written the way it was.
+
+    The first missing part of `text` is compared (with `difflib`) to the folders
+    and `.npz` files beside it; the parts after it are kept when the corrected
+    path exists.
+
+    Returns:
+        The close matches (best first, at most 3), and the deepest existing
+        folder that `text` names (None when even its first part is missing,
+        or only its root, such as "/" or "~", exists).
+        With `mnist/train` and `mnist/test` on disk, `"mnist/trian"` gives
+        `(["mnist/train"], "mnist")`.
+    """
+    parts = Path(text).parts
+    if not parts:
+        return [], None
+    first = Path(parts[0]).expanduser()
+    rooted = first.is_absolute() or first != Path(parts[0])
+    folder, start = (first, 1) if rooted else (Path("."), 0)
+    for i in range(start, len(parts)):
+        if (folder / parts[i]).exists():
+            folder = folder / parts[i]
+            continue
+        try:
+            siblings = [
+                p.name
+                for p in folder.iterdir()
+                if not p.name.startswith(".")
+                and (p.is_dir() or p.suffix.lower() == ".npz")
+            ]
+        except OSError:  # not a folder, or unreadable
+            siblings = []
+        matches = []
+        for name in difflib.get_close_matches(parts[i], siblings, n=3, cutoff=0.6):
+            whole = Path(*parts[:i], name, *parts[i + 1 :])
+            fixed = whole if whole.expanduser().exists() else Path(*parts[:i], name)
+            matches.append(str(fixed))
+        return matches, str(Path(*parts[:i])) if i > start else None
+    return [], None
+
+
+def _no_such_path(text: str, tfds_hint: bool) -> DataError:
+    """The error for the missing path `text`, with what is near it on disk."""
+    near, existing = _near_paths(text)
+    what = "file" if Path(text).suffix.lower() == ".npz" else "folder"
+    message = f"No such {what} {text!r}.{did_you_mean(near)}"
+    if existing is not None and not near:
+        message += f" {existing!r} has nothing of that name."
+    if not Path(text).expanduser().is_absolute():
+        message += f" Relative paths start from the working folder {os.getcwd()!r}."
+    if tfds_hint and near and _is_tfds_name(text):
+        message += f" For the TFDS dataset, write 'tfds:{text}'."
+    elif tfds_hint and not near and existing is None and _TFDS_NAME.match(text):
+        builder = _tfds_parts(text)[0]
+        close = difflib.get_close_matches(builder, _tfds_names(), n=3, cutoff=0.7)
+        message += " For a TFDS dataset, write 'tfds:NAME'."
+        message += did_you_mean(f"tfds:{m}" for m in close)
+    return DataError(message)
 
 
 def _read_source(source, kind, opts, num_classes, what, strict, class_names=None):
@@ -1054,8 +1187,56 @@ def _tfds_names() -> list[str]:
         return []
 
 
+def _tfds_parts(name: str) -> tuple[str, str | None]:
+    """`"builder/config:1.0.0"` as `("builder", "config")` (config None if none)."""
+    builder, _, config = name.split(":")[0].partition("/")
+    return builder, config or None
+
+
+def _tfds_config_problem(name: str) -> str | None:
+    """What is wrong with the config part of the TFDS name `name`, or None.
+
+    Only builders that TFDS knows offline are checked; their configs are read
+    from the builder class, so nothing is downloaded or prepared.
+    """
+    builder, config = _tfds_parts(name)
+    if config is None or builder not in _tfds_names():
+        return None
+    try:
+        configs = [c.name for c in _tfds().builder_cls(builder).BUILDER_CONFIGS]
+    except Exception:  # pragma: no cover - a builder TFDS cannot import
+        return None
+    if config in configs:
+        return None
+    if not configs:
+        return (
+            f"TFDS dataset {builder!r} has no config {config!r}: it has no configs. "
+            f"Write 'tfds:{builder}'."
+        )
+    close = difflib.get_close_matches(config, configs, n=3, cutoff=0.5)
+    listed = ", ".join(configs[:_MAX_LISTED]) + (
+        ", ..." if len(configs) > _MAX_LISTED else ""
+    )
+    return (
+        f"TFDS dataset {builder!r} has no config {config!r}."
+        f"{did_you_mean(f'tfds:{builder}/{c}' for c in close)} Its configs: {listed}."
+    )
+
+
+def _is_tfds_name(text: str) -> bool:
+    """Whether `text` names a TFDS builder (and one of its configs, if it has one)."""
+    return (
+        _TFDS_NAME.match(text) is not None
+        and _tfds_parts(text)[0] in _tfds_names()
+        and _tfds_config_problem(text) is None
+    )
+
+
 def _tfds_load(name: str, split: str, data_dir, **kwargs):
     tfds = _tfds()
+    problem = _tfds_config_problem(name)
+    if problem is not None:
+        raise DataError(problem)
     try:
         return tfds.load(
             name, split=split, as_supervised=True, data_dir=data_dir, **kwargs
@@ -1067,6 +1248,8 @@ def _tfds_load(name: str, split: str, data_dir, **kwargs):
         ) from None
     except Exception as error:
         first = (str(error).strip().splitlines() or [""])[0]
+        # TFDS lists close configs on the lines after this sentence; it is cut.
+        first = re.sub(r"\s*Here are \d+ \w+ whose name closely match:?$", "", first)
         raise DataError(
             f"Could not load TFDS dataset {name!r} with split={split!r} "
             f"({type(error).__name__}: {first}). TFDS downloads and prepares a "
@@ -1256,12 +1439,14 @@ def load_data(
         source: The data. One of:
             a TFDS name, `"tfds:tf_flowers"` or `"tf_flowers"` (loaded with
             `tfds.load(..., as_supervised=True)`; class names from its label
-            feature);
+            feature; a name without `tfds:` is read as TFDS's only when no
+            path on disk resembles it);
             a folder with one subfolder per class (class names are the sorted
             subfolder names; .jpg, .jpeg, .png, .bmp and .gif files, searched
             recursively; unreadable or non-image files, files whose names are
             not UTF-8 and images over `MAX_IMAGE_PIXELS` pixels are skipped and
-            listed in `skipped`);
+            listed in `skipped`; class folders left without images are dropped,
+            with a note, unless `num_classes` is given);
             a `.npz` file with arrays `x` and `y` (or `images` and `labels`), and
             optionally `x_val`/`y_val` (the validation set) and `class_names`;
             an `(images, labels)` tuple of arrays (images of shape (N, H, W),
@@ -1280,7 +1465,9 @@ def load_data(
             of the split (`train[80%:]`). Defaults to None.
         validation: The validation data, or None: a TFDS split string (with a
             TFDS source), or any other source form. Defaults to None (for a .npz
-            file, its `x_val`/`y_val` arrays when present).
+            file, its `x_val`/`y_val` arrays when present). A validation set
+            with fewer images than classes, or none of some class, gets a
+            one-line warning (its accuracy says little).
         seed: int or None. Seed of the validation split and of shuffling.
             Defaults to 0.
         task: str. "multiclass" (class indices or one-hot rows), "binary" (0/1),
@@ -1296,7 +1483,8 @@ def load_data(
         cache: bool. Keep decoded, resized images in memory after the first
             epoch. Defaults to True.
         strict: bool. Raise `DataError` on unreadable or non-image files in an
-            image folder instead of skipping them. Defaults to False.
+            image folder instead of skipping them, and on class folders without
+            readable images instead of dropping them. Defaults to False.
         data_dir: str or None. TFDS data folder (e.g. a prepared offline copy).
             Defaults to None (TFDS's own default).
 
@@ -1336,6 +1524,8 @@ def load_data(
     if num_classes is not None:
         check_positive_int(num_classes, "num_classes")
     kind = _source_kind(source)
+    if kind != "tfds" and validation is not None:
+        _source_kind(validation)  # a missing path fails before the training data
     if kind != "tfds" and split is not None:
         raise ConfigError(
             f"split= selects a TFDS split; the source is {_KIND_NAMES[kind]}. Received: "
@@ -1379,6 +1569,16 @@ def load_data(
                 f"training class names {train.class_names}."
             )
     labels = train.labels if train_idx is None else train.labels[train_idx]
+    if val_source is not None and opts.task in ("multiclass", "binary"):
+        warning = _validation_coverage(
+            labels,
+            val_source.labels if val_idx is None else val_source.labels[val_idx],
+            train.num_classes,
+            train.class_names,
+            split=fraction is not None,
+        )
+        if warning:
+            print(f"tltf: warning: {warning}")
     skipped = list(train.skipped) + (
         list(val_source.skipped)
         if val_source is not None and val_source is not train

@@ -68,6 +68,10 @@ _TASKS = ("multiclass", "binary", "multilabel", "regression")
 _THRESHOLD = 0.5
 _MAX_LISTED = 10
 _MAX_PRINTED_CLASSES = 20
+#: The longest class name that heads a column of the printed confusion matrix,
+#: and the widest printed matrix; past either, its columns are numbered.
+_MAX_HEADER = 12
+_MAX_WIDTH = 100
 
 
 # -- the model -------------------------------------------------------------------
@@ -535,9 +539,10 @@ class EvaluationReport:
         num_examples: int. Examples evaluated.
         class_names: list of str. Class (or label, or output) names.
         metrics: dict. Overall metrics: "accuracy", "top_k_accuracy" (multiclass
-            only), "loss" (cross-entropy; MSE for regression); multilabel adds
+            with more than `top_k` classes only), "loss" (cross-entropy; MSE for regression); multilabel adds
             "label_accuracy"; regression has "mae", "rmse", "mse", "r2".
-        top_k: int or None. The k of "top_k_accuracy" (None unless multiclass).
+        top_k: int or None. The k of "top_k_accuracy" (None when it is not
+            reported).
         per_class: list of dict. Per class (or label): "class", "precision",
             "recall", "f1", "support". For regression, per output: "output",
             "mae", "rmse", "r2".
@@ -596,8 +601,23 @@ class EvaluationReport:
         """Writes `to_dict()` as JSON, atomically; returns the path."""
         return atomic_write_json(path, self.to_dict())
 
-    def plot_confusion(self, path: str | os.PathLike | None = None, title=None):
+    def plot_confusion(
+        self,
+        path: str | os.PathLike | None = None,
+        title: str | None = None,
+        data: str | None = None,
+    ):
         """Plots the confusion matrix (and writes it as PNG when `path` is given).
+
+        The title gives the data's name, the number of examples and the accuracy.
+
+        Args:
+            path: str or None. Also write the figure to this PNG file. Defaults
+                to None.
+            title: str or None. The title's first line. Defaults to "Confusion
+                matrix".
+            data: str or None. What was evaluated, e.g. "validation" or "test".
+                Defaults to None (not named).
 
         Returns:
             A matplotlib Figure, or None (nothing is written) for multilabel and
@@ -608,7 +628,12 @@ class EvaluationReport:
         from tltf.reports import plot_confusion_matrix
 
         return plot_confusion_matrix(
-            self.y_true, self.y_pred, self.class_names, title=title, path=path
+            self.y_true,
+            self.y_pred,
+            self.class_names,
+            title=title,
+            path=path,
+            data=data,
         )
 
     def print(self) -> None:
@@ -669,15 +694,35 @@ class EvaluationReport:
         for name, row in self.averages.items():
             lines.append(row_line(f"{name} avg", row))
         if self.confusion is not None and n_names <= _MAX_PRINTED_CLASSES:
-            cell = max(5, *(len(str(v)) + 1 for v in self.confusion.ravel()))
-            short = [n[: cell - 1] for n in self.class_names]
-            lines += ["", "confusion matrix (rows: true, columns: predicted)"]
-            lines.append(" " * width + "".join(f"{s:>{cell}}" for s in short))
-            for name, counts in zip(self.class_names, self.confusion, strict=True):
-                lines.append(
-                    f"{name:<{width}}" + "".join(f"{int(c):>{cell}}" for c in counts)
-                )
+            lines += ["", *_confusion_lines(self.class_names, self.confusion, width)]
         return "\n".join(lines)
+
+
+def _confusion_lines(names: Sequence[str], matrix: np.ndarray, width: int) -> list[str]:
+    """The printed confusion matrix, each class name in full.
+
+    Names head their columns when they fit (`_MAX_HEADER` characters, the whole
+    matrix within `_MAX_WIDTH`); otherwise the columns are numbered, and each row
+    starts with its number, so no two columns can read the same.
+    """
+    longest = max(len(n) for n in names)
+    count = max(len(str(int(v))) for v in matrix.ravel())
+    cell = max(5, count + 1, longest + 1)
+    title = "confusion matrix (rows: true, columns: predicted"
+    if longest <= _MAX_HEADER and width + cell * len(names) <= _MAX_WIDTH:
+        heads = list(names)
+        labels = [f"{name:<{width}}" for name in names]
+        title += ")"
+    else:
+        digits = len(str(len(names) - 1))
+        cell = max(4, count + 1, digits + 1)
+        heads = [str(i) for i in range(len(names))]
+        labels = [f"{i:>{digits}} {name:<{width}}" for i, name in enumerate(names)]
+        title += ", numbered as the rows)"
+    lines = [title, " " * len(labels[0]) + "".join(f"{h:>{cell}}" for h in heads)]
+    for label, counts in zip(labels, matrix, strict=True):
+        lines.append(label + "".join(f"{int(c):>{cell}}" for c in counts))
+    return lines
 
 
 # -- metrics ---------------------------------------------------------------------
@@ -761,16 +806,16 @@ def _classification_report(y, scores, task, names, top_k) -> EvaluationReport:
         used_k = None
     else:
         pred = scores.argmax(axis=1)
-        used_k = min(top_k, k)
+        # Top-k of k or more classes is always 1: reported only below k.
+        used_k = top_k if top_k < k else None
         # Ties are broken against the true class (no credit for a tie at the cut).
         true_score = scores[np.arange(n), y]
         higher = (scores > true_score[:, None]).sum(axis=1)
         p_true = np.clip(true_score, eps, 1.0)
-        metrics = {
-            "accuracy": float(np.mean(pred == y)),
-            "top_k_accuracy": float(np.mean(higher < used_k)),
-            "loss": float(-np.mean(np.log(p_true))),
-        }
+        metrics = {"accuracy": float(np.mean(pred == y))}
+        if used_k is not None:
+            metrics["top_k_accuracy"] = float(np.mean(higher < used_k))
+        metrics["loss"] = float(-np.mean(np.log(p_true)))
     matrix = confusion_matrix(y, pred, k)
     tp = np.diag(matrix)
     rows, averages = _prf(tp, matrix.sum(axis=0) - tp, matrix.sum(axis=1) - tp, names)
@@ -838,8 +883,9 @@ def evaluate(
             resized to the model's input size.
         class_names: list of str or None. Class names in label order. Defaults
             to None: the data's class names, else "0", "1", ...
-        top_k: int. The k of top-k accuracy (at most the number of classes).
-            Defaults to 5.
+        top_k: int. The k of top-k accuracy, reported only for multiclass
+            models with more than `top_k` classes (with k classes or fewer it is
+            always 1). Defaults to 5.
         batch_size: int. Batch size for sources read by `load_data`. Defaults to 32.
         task: str or None. Overrides the task (see `predict`). Defaults to None.
         split: str or None. TFDS split for a `"tfds:NAME"` source, e.g. "test".
@@ -883,7 +929,8 @@ def evaluate(
             batch_size=batch_size,
             split=split,
             task=task,
-            num_classes=None if task == "binary" else units,
+            # The model's classes: a test class folder without images is kept.
+            num_classes=_num_classes(task, units),
             shuffle=False,
             cache=False,
             resize=resize,

@@ -396,6 +396,34 @@ def raise_on_divergence(model, stage, epoch: int, batch: int, loss) -> None:
     )
 
 
+class StageProgbarLogger(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, without the `stage` entry of the epoch's logs.
+
+    Keras prints every log value as a float (`stage: 2.0000`); tltf prints a line
+    when each stage starts instead. The logs themselves are not changed: the
+    History, `history.csv` and every other callback still read `logs["stage"]`.
+
+    Example:
+
+    >>> model.fit(train, epochs=15, callbacks=[schedule, StageProgbarLogger()])
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: v for k, v in (logs or {}).items() if k != "stage"}
+        super().on_epoch_end(epoch, logs)
+
+
+def stage_progbar(callbacks) -> list:
+    """`[StageProgbarLogger()]` for a tltf `fit`, or `[]` if the user passed one.
+
+    Args:
+        callbacks: list. The user's callbacks.
+    """
+    if any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+        return []
+    return [StageProgbarLogger()]
+
+
 # -- fine_tune -----------------------------------------------------------------
 def default_loss_and_metrics(
     info: ModelInfo, one_hot: bool = False, label_smoothing: float = 0.0
@@ -763,7 +791,12 @@ def fine_tune(
         label_smoothing: float. Label smoothing of the classification loss.
             Defaults to 0.
         batch_size: int. Batch size for array inputs. Defaults to 32.
-        seed: int or None. Shuffle seed for array inputs. Defaults to None.
+        seed: int or None. Seeds what `fine_tune` draws itself: the shuffling of
+            array inputs, the cached features' reshuffling, `augment=True`'s
+            layer and the LR finder's batches. Not the head's initial weights
+            or dropout: call `keras.utils.set_random_seed` before `build_model`
+            for those (see docs/resume.md, "What a seed fixes"). Defaults to
+            None.
         cache_features: bool or "auto". Stage 1 computes the frozen base's
             features once and trains the head on them (see `tltf.cache`); the
             History, callbacks and final model are the same as without it.
@@ -987,7 +1020,7 @@ def fine_tune(
                 validation_data=val_ds,
                 epochs=head_epochs + fine_tune_epochs,
                 shuffle=False,
-                callbacks=[schedule, *callbacks, *own],
+                callbacks=[schedule, *callbacks, *own, *stage_progbar(callbacks)],
                 **fit_args,
             )
         resume.skip_passes(train_ds, resume.train_passes)
@@ -997,7 +1030,13 @@ def fine_tune(
             epochs=head_epochs + fine_tune_epochs,
             initial_epoch=resume.epoch,
             shuffle=False,
-            callbacks=[schedule, *callbacks, *own, resume.callback(model)],
+            callbacks=[
+                schedule,
+                *callbacks,
+                *own,
+                resume.callback(model),
+                *stage_progbar(callbacks),
+            ],
             **fit_args,
         )
         return resume.merge(history)
@@ -1649,7 +1688,7 @@ def _fit_with_feature_cache(
                 initial_epoch=start,
                 steps_per_epoch=steps_per_epoch,
                 shuffle=False,
-                callbacks=[end, continuation, *backup],
+                callbacks=[end, continuation, *backup, *stage_progbar(callbacks)],
                 **fit_args,
             )
         finally:
@@ -1676,7 +1715,7 @@ def _fit_with_feature_cache(
             epochs=total,
             initial_epoch=max(schedule.unfreeze_at_epoch, start),
             shuffle=False,
-            callbacks=[schedule, continuation, *backup],
+            callbacks=[schedule, continuation, *backup, *stage_progbar(callbacks)],
             **fit_args,
         )
     elif not continuation.last:

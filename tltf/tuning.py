@@ -49,7 +49,7 @@ from tltf.freezing import BN_POLICIES, resolve_unfreeze
 from tltf.heads import HeadConfig
 from tltf.locks import Heartbeat, LockFile
 from tltf.model import ModelInfo, build_model, model_info
-from tltf.schedule import default_loss_and_metrics
+from tltf.schedule import default_loss_and_metrics, stage_progbar
 
 #: Names of the hyperparameters tltf declares, by SearchSpace field.
 HP_NAMES = {
@@ -1064,7 +1064,7 @@ def _fit_on_frozen_features(
         epochs=end,
         initial_epoch=start,
         shuffle=False,
-        callbacks=[_StageTwoTag(model), continuation],
+        callbacks=[_StageTwoTag(model), continuation, *stage_progbar(callbacks)],
         verbose=verbose,
     )
     model.history = history

@@ -55,6 +55,24 @@ class Base:
         """The smallest input height and width the base accepts."""
         return self.spec.min_size if self.spec else int(self.info.get("min_size", 1))
 
+    def __repr__(self) -> str:
+        """One line: the name, input shape, blocks, weights and folder.
+
+        The dataclass's own repr printed every block's layers and the whole
+        pretraining record (kilobytes); they stay in `block_map` and `info`.
+        """
+        names = self.block_map.names
+        blocks = f"{len(names)} blocks"
+        if names:
+            blocks += f" ({names[0]} .. {names[-1]})"
+        fields = [repr(self.name), f"input_shape={self.input_shape}", blocks]
+        fields += [
+            f"{key}={self.info[key]!r}"
+            for key in ("weights", "path")
+            if key in self.info
+        ]
+        return f"Base({', '.join(fields)})"
+
 
 def _check_input_shape(spec: BaseSpec, input_shape, weights) -> tuple[int, int, int]:
     if input_shape is None:
