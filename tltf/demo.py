@@ -92,6 +92,7 @@ from tltf.bases.base import Base, load_saved_base
 from tltf.errors import ConfigError, ModelError
 from tltf.model import build_model, model_info
 from tltf.pretrain import default_demo_base, set_bn_momentum
+from tltf.reports import plot_confusion_counts
 from tltf.schedule import fine_tune
 
 #: Version of the `summary.json` schema.
@@ -314,7 +315,7 @@ def _figure(width: float, height: float, ncols: int = 1):
     return figure, figure.subplots(1, ncols)
 
 
-def _plot_curves(path: Path, history: dict, title: str, boundary: int | None) -> None:
+def _plot_curves(path: Path, history: dict, title: str, boundary: int | None):
     from matplotlib.ticker import MaxNLocator
 
     figure, (loss_ax, acc_ax) = _figure(9, 3.4, ncols=2)
@@ -342,9 +343,11 @@ def _plot_curves(path: Path, history: dict, title: str, boundary: int | None) ->
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     acc_ax.set_ylim(0, 1.02)
-    acc_ax.legend(loc="lower right")
+    # One legend for both panels, outside them: it never covers a curve.
+    figure.legend(*acc_ax.get_legend_handles_labels(), loc="outside right upper")
     figure.suptitle(title)
     figure.savefig(path, dpi=100)
+    return figure
 
 
 def _plot_accuracy_vs_k(path: Path, results: list[dict], chance: float) -> None:
@@ -370,22 +373,10 @@ def _plot_accuracy_vs_k(path: Path, results: list[dict], chance: float) -> None:
     figure.savefig(path, dpi=100)
 
 
-def _plot_confusion(
-    path: Path, matrix: np.ndarray, names: list[str], title: str
-) -> None:
-    figure, ax = _figure(7, 6.2)
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    top = matrix.max() or 1
-    for (i, j), value in np.ndenumerate(matrix):
-        if value:
-            color = "white" if value > top / 2 else "black"
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
-    ax.set_title(title)
-    figure.savefig(path, dpi=100)
+def _plot_confusion(path: Path, matrix: np.ndarray, names: list[str], title: str):
+    return plot_confusion_counts(
+        matrix, names, title, path, data="test", figsize=(7, 6.2)
+    )
 
 
 # -- the demo -------------------------------------------------------------------
@@ -637,7 +628,7 @@ def _write_run(out: Path, summary: dict, start: float) -> Path:
             tmp / conf["file"],
             np.asarray(conf["matrix"]),
             conf["labels"],
-            f"Fine-tuned transfer model, k={conf['k']}: confusion on the test set",
+            f"Fine-tuned transfer model, k={conf['k']}",
         )
         summary["wall_seconds"]["total"] = round(time.perf_counter() - start, 1)
         (tmp / "summary.json").write_text(

@@ -119,9 +119,9 @@ class LRFinderResult:
         Returns:
             A `matplotlib.figure.Figure`.
         """
-        from matplotlib.figure import Figure
+        from tltf.reports import new_figure, save_figure
 
-        figure = Figure(figsize=(5.5, 3.6))
+        figure = new_figure(path, figsize=(5.5, 3.6))
         ax = figure.add_subplot()
         ax.plot(self.lrs, self.losses, color="0.75", linewidth=0.8, label="loss")
         ax.plot(self.lrs, self.smoothed, color="C0", label="smoothed")
@@ -144,8 +144,6 @@ class LRFinderResult:
         ax.set_title(title or f"LR finder ({self.stage} stage)")
         figure.tight_layout()
         if path is not None:
-            from tltf.reports import save_figure
-
             save_figure(figure, path)
         return figure
 

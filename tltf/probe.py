@@ -160,10 +160,10 @@ class ProbeResult:
         Returns:
             A `matplotlib.figure.Figure`.
         """
-        from matplotlib.figure import Figure
+        from tltf.reports import new_figure, save_figure
 
         index = [r["index"] for r in self.table]
-        figure = Figure(figsize=(max(5.0, 0.35 * len(index) + 2), 3.6))
+        figure = new_figure(path, figsize=(max(5.0, 0.35 * len(index) + 2), 3.6))
         ax = figure.add_subplot()
         ax.plot(
             index,
@@ -206,8 +206,6 @@ class ProbeResult:
         ax.set_title(title or f"Linear probes on {self.base} ({self.num_val} val)")
         figure.tight_layout()
         if path is not None:
-            from tltf.reports import save_figure
-
             save_figure(figure, path)
         return figure
 

@@ -1,8 +1,12 @@
 """Plots for notebooks and run folders: learning curves and confusion matrices.
 
-Functions return a `matplotlib.figure.Figure` (shown inline by Jupyter) and, given
-`path`, also write a PNG atomically. They use the object-oriented matplotlib API,
-so they never touch pyplot's global state or the user's backend.
+Every function returns its `matplotlib.figure.Figure`. Without `path`, the figure
+is pyplot's current figure, as after any matplotlib call: Jupyter shows it inline,
+and `plt.savefig` or `plt.show` after the call work. (A notebook cell that ends
+with the call shows it twice, once as the cell's value; end the line with `;`
+or assign the figure.) Given `path`, the figure is written as a PNG, atomically,
+and returned without pyplot holding it, so a loop of training runs leaves no
+figures open and no window.
 """
 
 from __future__ import annotations
@@ -15,6 +19,67 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tltf._io import atomic_path
+
+
+def new_figure(path: str | os.PathLike | None = None, **kwargs) -> Figure:
+    """A new Figure: pyplot's current one, or, when it goes to `path`, a bare one.
+
+    Args:
+        path: str or None. Where the caller will write the figure. Without it the
+            figure is made by `pyplot.figure`, so it is the current figure
+            (`plt.savefig`, `plt.show`, notebooks' inline display). With it, the
+            figure is a bare `Figure` that pyplot never holds. Defaults to None.
+        **kwargs: `Figure` arguments (`figsize`, `layout`, ...).
+
+    Returns:
+        The matplotlib Figure.
+    """
+    if path is not None:
+        return Figure(**kwargs)
+    # Importing pyplot picks the user's backend (a GUI one on a desktop): only
+    # for a figure the user is to see, never for one written to a run folder.
+    from matplotlib import pyplot
+
+    return pyplot.figure(**kwargs)
+
+
+def base_label(base: str | os.PathLike) -> str:
+    """A base's short name for titles: a saved base's folder or file name.
+
+    >>> base_label("/home/me/bases/flowers_base.keras")
+    'flowers_base'
+    """
+    name = Path(base).name if ("/" in str(base) or os.sep in str(base)) else base
+    return str(name).removesuffix(".keras")
+
+
+def resolve_mode(monitor: str, mode: str = "auto") -> str:
+    """The mode for `monitor`: "auto" is "min" for losses and errors, else "max"."""
+    if mode != "auto":
+        return mode
+    return "min" if "loss" in monitor or "error" in monitor else "max"
+
+
+def best_epoch(logs: dict, monitor: str, mode: str = "auto") -> int | None:
+    """The 1-based epoch with the best `monitor`, as `ModelCheckpoint` keeps it.
+
+    Args:
+        logs: dict. Per-epoch values by metric name (a History's `.history`).
+        monitor: str. The metric, e.g. "val_loss".
+        mode: str. "min", "max" or "auto" (min for losses and errors, else
+            max). Defaults to "auto".
+
+    Returns:
+        The first epoch with the best value (a checkpoint saved with
+        `save_best_only` is replaced only on a strict improvement), or None
+        when `monitor` was not logged or is NaN throughout.
+    """
+    values = np.asarray(logs.get(monitor, []), dtype=float)
+    if not np.isfinite(values).any():
+        return None
+    mode = resolve_mode(monitor, mode)
+    masked = np.where(np.isfinite(values), values, np.inf if mode == "min" else -np.inf)
+    return int(np.argmin(masked) if mode == "min" else np.argmax(masked)) + 1
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
@@ -38,8 +103,14 @@ def plot_history(
     metrics: Sequence[str] | None = None,
     title: str | None = None,
     path: str | os.PathLike | None = None,
+    monitor: str | None = None,
+    mode: str = "auto",
+    best_label: str = "best",
 ) -> Figure:
     """Plots learning curves of a `fine_tune` History, marking the stage boundary.
+
+    The best epoch by `monitor` is marked in every panel (a vertical line, and a
+    star on the `monitor` curve), with the epoch in the legend.
 
     Args:
         history: A `keras.callbacks.History` or its `.history` dict.
@@ -47,14 +118,22 @@ def plot_history(
             Defaults to "loss" plus the first other metric found.
         title: str or None. The figure title.
         path: str or None. Also write the figure to this PNG file.
+        monitor: str or None. The metric whose best epoch is marked. Defaults to
+            "val_loss" when logged, else "loss".
+        mode: str. "min", "max" or "auto" for `monitor` (see `best_epoch`).
+            Defaults to "auto".
+        best_label: str. The legend's word for the best epoch. Defaults to
+            "best".
 
     Returns:
-        The matplotlib Figure.
+        The matplotlib Figure: pyplot's current figure (so `plt.savefig` works
+        after the call) unless it was written to `path`.
 
     Example:
 
     >>> history = tltf.fine_tune(model, train_ds, val_ds)
-    >>> tltf.plot_history(history)
+    >>> figure = tltf.plot_history(history)
+    >>> figure.savefig("history.png")
     """
     logs = getattr(history, "history", history)
     if metrics is None:
@@ -64,9 +143,13 @@ def plot_history(
             if not k.startswith("val_") and k not in ("loss", "stage", "learning_rate")
         ]
         metrics = ["loss", *others[:1]]
+    if monitor is None:
+        monitor = "val_loss" if "val_loss" in logs else "loss"
+    best = best_epoch(logs, monitor, mode)
+    extreme = "lowest" if resolve_mode(monitor, mode) == "min" else "highest"
     epochs = np.arange(1, len(logs.get("loss", [])) + 1)
     boundary = stage_boundary(logs.get("stage", []))
-    figure = Figure(figsize=(5 * len(metrics), 3.6))
+    figure = new_figure(path, figsize=(5 * len(metrics), 3.6))
     for i, metric in enumerate(metrics, start=1):
         ax = figure.add_subplot(1, len(metrics), i)
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
@@ -83,6 +166,18 @@ def plot_history(
                 fontsize=8,
                 color="grey",
             )
+        if best is not None:
+            label = f"{best_label}: epoch {best}"
+            ax.axvline(best, color="tab:green", linewidth=1, alpha=0.7, label=label)
+            if monitor in (metric, f"val_{metric}"):
+                ax.plot(
+                    best,
+                    logs[monitor][best - 1],
+                    "*",
+                    color="tab:green",
+                    markersize=12,
+                    label=f"{extreme} {monitor}",
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -107,23 +202,58 @@ def plot_confusion_matrix(
     class_names: Sequence[str],
     title: str | None = None,
     path: str | os.PathLike | None = None,
+    data: str | None = None,
 ) -> Figure:
     """Plots a confusion matrix (rows: true class, columns: predicted class).
+
+    The title gives the data's name, the number of examples and the accuracy.
 
     Args:
         y_true: Integer labels.
         y_pred: Integer predictions.
         class_names: Names of the classes, in label order.
-        title: str or None. The title.
+        title: str or None. The title's first line. Defaults to "Confusion
+            matrix".
         path: str or None. Also write the figure to this PNG file.
+        data: str or None. What the examples are, e.g. "validation" or "test".
+            Defaults to None (not named).
 
     Returns:
         The matplotlib Figure.
     """
+    matrix = confusion_matrix(y_true, y_pred, len(class_names))
+    return plot_confusion_counts(matrix, class_names, title, path, data)
+
+
+def plot_confusion_counts(
+    matrix,
+    class_names: Sequence[str],
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+    data: str | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """Plots a confusion matrix from its counts; see `plot_confusion_matrix`.
+
+    Args:
+        matrix: Counts, shape (classes, classes) (rows: true, columns: predicted).
+        class_names: Names of the classes, in label order.
+        title: str or None. The title's first line. Defaults to "Confusion
+            matrix".
+        path: str or None. Also write the figure to this PNG file.
+        data: str or None. What the examples are ("validation", "test").
+        figsize: (width, height) or None. Defaults to a size that grows with
+            the number of classes.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    matrix = np.asarray(matrix)
     n = len(class_names)
-    matrix = confusion_matrix(y_true, y_pred, n)
+    total = int(matrix.sum())
+    stats = f"n={total}, accuracy {np.trace(matrix) / max(total, 1):.3f}"
     size = max(4.0, 0.45 * n + 2)
-    figure = Figure(figsize=(size, size))
+    figure = new_figure(path, figsize=figsize or (size, size))
     ax = figure.add_subplot(1, 1, 1)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
@@ -142,8 +272,9 @@ def plot_confusion_matrix(
                 fontsize=7,
                 color="white" if count > threshold else "black",
             )
-    if title:
-        ax.set_title(title)
+    if data:
+        stats = f"{data}: {stats}"
+    ax.set_title(f"{title or 'Confusion matrix'}\n{stats}", fontsize=10)
     if path is not None:
         save_figure(figure, path)
     return figure
@@ -157,10 +288,10 @@ def plot_tuning(
 ) -> Figure:
     """Plots a tuning search: best val metric and time per epoch by unfrozen blocks.
 
-    Each completed trial is a dot (its best `metric` against the blocks it
-    unfroze), the best trial per depth is joined by a line, and the seconds per
-    stage-2 epoch (the table's `epoch_s`, averaged over the trials at that depth)
-    are drawn on a second axis.
+    Depths are discrete, so nothing is joined by a line: each completed trial is
+    a dot (its best `metric` against the blocks it unfroze), the best trial per
+    depth is a star, and the seconds per stage-2 epoch (the table's `epoch_s`,
+    averaged over the trials at that depth) are squares on a second axis.
 
     Args:
         rows: The results table of `tltf.tuning.results_table` (dicts with
@@ -176,18 +307,30 @@ def plot_tuning(
     done = [
         r for r in rows if r.get("score") is not None and r.get("blocks") is not None
     ]
-    figure = Figure(figsize=(6, 3.8))
+    figure = new_figure(path, figsize=(6, 4.2), layout="constrained")
     ax = figure.add_subplot(1, 1, 1)
+    handles = []
     if done:
         blocks = np.array([r["blocks"] for r in done], dtype=float)
         scores = np.array([r["score"] for r in done], dtype=float)
-        ax.scatter(blocks, scores, color="tab:blue", alpha=0.6, label=metric)
+        handles.append(
+            ax.scatter(blocks, scores, color="tab:blue", alpha=0.5, label="trial")
+        )
         depths = sorted(set(blocks.tolist()))
         best = [
             (max if not metric.endswith("loss") else min)(scores[blocks == d])
             for d in depths
         ]
-        ax.plot(depths, best, color="tab:blue", linewidth=1.5)
+        handles += ax.plot(
+            depths,
+            best,
+            linestyle="none",
+            marker="*",
+            markersize=13,
+            color="tab:blue",
+            label="best per depth",
+        )
+        ax.set_xticks(depths, [f"{d:g}" for d in depths])
         per_depth: dict[float, list[float]] = {}
         for r in done:
             if r.get("epoch_s") is not None:
@@ -195,13 +338,13 @@ def plot_tuning(
         times = [(d, float(np.mean(per_depth[d]))) for d in depths if d in per_depth]
         if times:
             twin = ax.twinx()
-            twin.plot(
+            handles += twin.plot(
                 [t[0] for t in times],
                 [t[1] for t in times],
+                linestyle="none",
                 color="tab:orange",
-                linestyle="--",
                 marker="s",
-                markersize=4,
+                markersize=5,
                 label="s / epoch (stage 2)",
             )
             twin.set_ylabel("seconds per epoch (stage 2)", color="tab:orange")
@@ -209,6 +352,8 @@ def plot_tuning(
     ax.set_xlabel("unfrozen blocks")
     ax.set_ylabel(f"best {metric}", color="tab:blue")
     ax.grid(alpha=0.3)
+    if handles:
+        figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
     ax.set_title(title or f"{metric} and time per epoch by unfrozen blocks")
     if path is not None:
         save_figure(figure, path)

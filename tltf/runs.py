@@ -71,6 +71,7 @@ from tltf.errors import ConfigError, DiskFullError, ModelError, TltfError
 from tltf.freezing import trainable_blocks
 from tltf.locks import LockFile
 from tltf.model import build_model, load_model, model_info
+from tltf.reports import base_label, plot_history
 from tltf.resume import BACKUP_FILE
 from tltf.schedule import fine_tune
 
@@ -596,12 +597,36 @@ class HistoryCSV(keras.callbacks.Callback):
         atomic_write_text(self.path, buffer.getvalue())
 
 
-def plot_run_history(history: dict[str, list], title=None, path=None):
-    """`tltf.plot_history` of a `read_history` dict (its epoch column dropped)."""
-    from tltf.reports import plot_history
+def plot_run_history(
+    history: dict[str, list],
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+    *,
+    base: str | None = None,
+    monitor: str | None = None,
+    mode: str = "auto",
+):
+    """`tltf.plot_history` of a `read_history` dict (its epoch column dropped).
 
+    Args:
+        history: dict. A run's `history.csv`, as `read_history` reads it.
+        title: str or None. The figure title. Defaults to the base's short name
+            (`base_label`) and the two stages, when `base` is given.
+        path: str or None. Also write the figure to this PNG file.
+        base: str or None. The config's `model.base` (a name or a path).
+        monitor: str or None. The metric that picked `best.keras`; its best
+            epoch is marked. Defaults to "val_loss" when logged, else "loss".
+        mode: str. "min", "max" or "auto" for `monitor`. Defaults to "auto".
+
+    Returns:
+        The matplotlib Figure.
+    """
+    if title is None and base is not None:
+        title = f"{base_label(base)}: stage 1 head, stage 2 fine-tuning"
     logs = {k: v for k, v in history.items() if k != "epoch"}
-    return plot_history(logs, title=title, path=path)
+    return plot_history(
+        logs, title=title, path=path, monitor=monitor, mode=mode, best_label=BEST_MODEL
+    )
 
 
 def _isnan(value) -> bool:
@@ -926,8 +951,10 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
     }
     plot_run_history(
         history,
-        title=f"{config.model.base}: stage 1 head, stage 2 fine-tuning",
+        base=config.model.base,
         path=run / PLOTS_DIR / "history.png",
+        monitor=monitor,
+        mode=mode,
     )
     files["history_plot"] = f"{PLOTS_DIR}/history.png"
     evaluation = None
@@ -1029,7 +1056,11 @@ def _evaluate(model, data, run) -> dict:
 
     report = evaluate(model, data, class_names=data.class_names)
     report.to_json(run / EVALUATION_FILE)
-    report.plot_confusion(run / PLOTS_DIR / "confusion.png")
+    report.plot_confusion(
+        run / PLOTS_DIR / "confusion.png",
+        title=f"Confusion matrix of {BEST_MODEL}",
+        data="validation",
+    )
     return _headline(report.to_dict())
 
 
