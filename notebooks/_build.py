@@ -89,8 +89,7 @@ if ONLINE:
     data = tltf.load_data("tfds:tf_flowers", split="train[:80%]",
                           validation="train[80%:]", image_size=224)
     model = tltf.build_model("efficientnet_b0", num_classes=data.num_classes)
-    history = tltf.fine_tune(model, data, head_epochs=5, fine_tune_epochs=5,
-                             unfreeze=3)
+    history = tltf.fine_tune(model, data)  # the defaults: see "Fine-tune" below
     model.save("flowers.keras")  # a plain keras.Model: no Lambda layers""",
     ),
     (
@@ -163,30 +162,42 @@ tltf.block_summary(model);""",
     (
         "md",
         """\
-## Fine-tune
+## Fine-tune, with the defaults
 
-Stage 1 trains the head for `head_epochs` at `head_lr` (its inputs, the frozen
-base's features, are computed once and cached). Stage 2 unfreezes the top
-`unfreeze` blocks and trains for `fine_tune_epochs` at `fine_tune_lr`, with
-BatchNorm statistics frozen. tltf prints one line per stage.""",
+`fine_tune(model, train, val)` makes the choices the recipe leaves to you, and
+prints one `tltf:` line for each:
+
+- `unfreeze="auto"`: a linear probe of every block of the frozen base (one
+  forward pass, leave-one-out on the training images) picks how many top blocks
+  stage 2 unfreezes. Notebook 3 shows how to read the probe.
+- `head_epochs="auto"`: stage 1 trains the head on the frozen base's features,
+  computed once and cached, starting from the closed-form ridge classifier, until
+  its training loss stops falling (at most `head_steps=2000` steps).
+- `fine_tune_epochs="auto"`: stage 2 gets about 1,000 optimizer steps (2 to 10
+  epochs), with BatchNorm statistics frozen.
+- `keep_best=True`: the model ends with the best weights among the end of stage 1
+  and each stage-2 epoch (by validation loss), so stage 2 never makes it worse.
+
+The rates are `head_lr=1e-3` and `fine_tune_lr=1e-4`. Each choice also takes a
+number (`head_epochs=5`, `unfreeze=3`, ...), and either rate takes `"find"`, which
+runs the learning-rate finder first (notebook 3).""",
     ),
     (
         "code",
         """\
-history = tltf.fine_tune(
-    model, (x_train, y_train), (x_val, y_val),
-    head_epochs=6, head_lr=3e-3,
-    fine_tune_epochs=4, fine_tune_lr=1e-4, unfreeze=4,
-    seed=0, verbose=2,
-)
-print("stage of each epoch:", history.history["stage"])""",
+history = tltf.fine_tune(model, (x_train, y_train), (x_val, y_val), seed=0, verbose=2)
+stages = history.history["stage"]
+print(f"stage 1: {stages.count(1)} epochs, stage 2: {stages.count(2)} epochs")""",
     ),
     (
         "md",
         """\
-The learning curves; the dotted line marks where stage 2 starts.""",
+The learning curves; the dotted line marks where stage 2 starts. tltf's plot
+functions return the matplotlib figure (`fig = tltf.plot_history(history)`, then
+`fig.savefig("history.png")`); the `;` at the end of the cell keeps Jupyter from
+showing it a second time.""",
     ),
-    ("code", "tltf.plot_history(history)"),
+    ("code", "tltf.plot_history(history);"),
     (
         "md",
         """\
@@ -202,7 +213,7 @@ report = tltf.evaluate(model, (x_test, y_test), class_names=class_names, top_k=3
 print(f"chance: {1 / len(class_names):.3f}")
 report.print()""",
     ),
-    ("code", "report.plot_confusion()"),
+    ("code", "report.plot_confusion();"),
     (
         "md",
         """\
@@ -290,7 +301,11 @@ class StagePrinter(keras.callbacks.Callback):
 
 - **EarlyStopping** with `start_from_epoch=head_epochs` watches stage 2 only, so a
   flat stage 1 cannot stop the run before the base is fine-tuned;
-  `restore_best_weights=True` keeps the best epoch's weights.
+  `restore_best_weights=True` keeps the best epoch's weights. This is why
+  `head_epochs` is a number here: with the default, `"auto"`, stage 1 ends when
+  the head's loss has converged, so the epoch where stage 2 starts is not known
+  in advance. Everything else keeps `fine_tune`'s defaults (the rates,
+  `unfreeze="auto"`, stage-2 epochs from a step budget, `keep_best`).
 - **ModelCheckpoint** writes the best model so far as `.keras`. tltf's
   `tltf.checkpoint.ModelCheckpoint` takes the same arguments as Keras's and writes
   atomically: a crash mid-save never leaves a truncated file in place of the last
@@ -301,7 +316,7 @@ class StagePrinter(keras.callbacks.Callback):
     (
         "code",
         """\
-head_epochs, fine_tune_epochs = 5, 5
+head_epochs = 5  # a number, so that EarlyStopping knows where stage 2 starts
 callbacks = [
     keras.callbacks.EarlyStopping(monitor="val_loss", patience=2,
                                   start_from_epoch=head_epochs,
@@ -314,9 +329,7 @@ callbacks = [
 ]
 model = tltf.build_model(base, num_classes)
 history = tltf.fine_tune(
-    model, (x_train, y_train), (x_val, y_val),
-    head_epochs=head_epochs, head_lr=3e-3,
-    fine_tune_epochs=fine_tune_epochs, fine_tune_lr=1e-4, unfreeze=4,
+    model, (x_train, y_train), (x_val, y_val), head_epochs=head_epochs,
     callbacks=callbacks, seed=0, verbose=0,
 )""",
     ),
@@ -348,16 +361,19 @@ in the right stage.
 
 The learning curves, with the stage boundary:""",
     ),
-    ("code", "tltf.plot_history(history)"),
+    ("code", "tltf.plot_history(history);"),
     (
         "md",
         """\
 ## `FineTuneSchedule` in a plain `model.fit`
 
 If you write your own training call, compile the model as usual (the stage-1
-optimizer) and add the schedule to the callbacks: `unfreeze_at_epoch` is the first
-epoch (0-based) of stage 2. With `gradual_every=2` it unfreezes the top block
-first and one more block every 2 epochs; it prints a line at each change.
+optimizer, here at `fine_tune`'s default head rate, 1e-3) and add the schedule to
+the callbacks: `unfreeze_at_epoch` is the first epoch (0-based) of stage 2, and
+stage 2 runs at `fine_tune_lr` (default 1e-4). A plain `fit` has no probe, so give
+the depth yourself: `tltf.probe_blocks(...).unfreeze` (notebook 3) is a good
+number. With `gradual_every=2` it unfreezes the top block first and one more
+block every 2 epochs; it prints a line at each change.
 
 A plain `fit` runs the full model every epoch; `fine_tune` would cache the
 frozen base's features during stage 1, which is faster. Everything else is the
@@ -367,17 +383,16 @@ same: `history.history["stage"]` and the plot work identically.""",
         "code",
         """\
 model = tltf.build_model(base, num_classes)
-model.compile(optimizer=keras.optimizers.Adam(3e-3),
+model.compile(optimizer=keras.optimizers.Adam(1e-3),
               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-schedule = tltf.FineTuneSchedule(unfreeze_at_epoch=4, unfreeze=3, fine_tune_lr=1e-4,
-                                 gradual_every=2)
+schedule = tltf.FineTuneSchedule(unfreeze_at_epoch=4, unfreeze=3, gradual_every=2)
 history = model.fit(x_train, y_train, batch_size=32, epochs=9,
                     validation_data=(x_val, y_val),
                     callbacks=[schedule, StagePrinter()], verbose=0)
 print("stage:", history.history["stage"])
 print("unfrozen at the end:", schedule.unfrozen)""",
     ),
-    ("code", "tltf.plot_history(history)"),
+    ("code", "tltf.plot_history(history);"),
 ]
 
 
@@ -386,16 +401,20 @@ TUNING = [
     (
         "md",
         """\
-# 3. How many blocks to unfreeze?
+# 3. What to unfreeze, where to cut, which rate: reading the probe
 
 Unfreezing too little leaves the base's top features tuned to the old task;
-unfreezing too much, on little data, overfits and costs time. tltf gives two
-tools:
+unfreezing too much, on little data, overfits and costs time. `fine_tune`'s
+default, `unfreeze="auto"`, asks a linear probe (notebook 1). This notebook opens
+that decision up:
 
 1. `probe_blocks`: a linear probe on every block of the frozen base, from one
-   forward pass, in seconds. It shows up to which depth the features carry over,
-   and recommends how many blocks to unfreeze (and whether to cut the base).
-2. `tune`: a keras-tuner search over the number of unfrozen blocks (and learning
+   forward pass, in seconds. How to read its table, its plot and its advice.
+2. `cut=`: when the top blocks of the base hurt, build the model on a lower
+   block.
+3. `find`: the learning-rate finder, an option when the default rates do not
+   suit your data.
+4. `tune`: a keras-tuner search over the number of unfrozen blocks (and learning
    rates, head options...). Trials that differ only in stage 2 share one trained
    stage 1. It writes a results table, a depth-vs-metric plot and the best model.
 
@@ -417,26 +436,112 @@ num_classes = tltf.datasets.num_classes(task)""",
         """\
 ## Probe every block
 
-Validation accuracy of a linear classifier on each block's pooled features,
-bottom to top. Where the curve stops rising, the features above are specific to
-the source task: those are the blocks worth unfreezing (shaded in the plot).""",
+This is the probe that `fine_tune(..., unfreeze="auto")` runs: a linear
+(ridge) classifier on each block's average-pooled features, scored by exact
+leave-one-out on the training images. It prints its table and its advice.""",
     ),
     (
         "code",
         """\
-probe = tltf.probe_blocks(base, (x_train, y_train), (x_val, y_val))
-print("recommended:", probe.build_kwargs())""",
+probe = tltf.probe_blocks(base, (x_train, y_train))""",
     ),
-    ("code", "probe.plot()"),
+    (
+        "md",
+        """\
+## How to read it
+
+- **One row per block**, bottom to top: `loo_acc` is the accuracy of a linear
+  classifier on that block's features, by leave-one-out (with `val` data it is
+  `val_acc`, scored on `val`). It measures how much of the task a block's
+  features already solve, with no training of the base.
+- **The `pixels` row** is the same classifier on the raw pixels: the
+  no-transfer baseline. If no block beats it (`probe.base_helps` is False), the
+  base does not help this task and tltf says so.
+- **The tolerance**: differences up to `probe.tolerance` (the larger of 0.01 and
+  the standard error of the best accuracy) are ties. With 240 images, a few
+  points are noise.
+- **The advice, `cut`**: if the top block is worse than the best block by more
+  than the tolerance, the blocks above the best one destroy what this task
+  needs: build on the best block (`build_model(..., cut=block)`). Otherwise
+  `cut=None`: keep the whole base.
+- **The advice, `unfreeze`**: accuracy reaches the peak (within the tolerance)
+  at some block; the blocks above it, up to the top, add nothing a linear
+  classifier can read, so those are the ones to adapt in stage 2 (at least 1).
+  A curve still rising at the top means the top features transfer as they are:
+  unfreeze 1.""",
+    ),
+    (
+        "code",
+        """\
+print(f"best block: {probe.best['block']} ({probe.best['val_accuracy']:.3f}), "
+      f"raw pixels: {probe.pixels['val_accuracy']:.3f}, "
+      f"tolerance: {probe.tolerance:.3f}, the base helps: {probe.base_helps}")
+print("advice:", probe.build_kwargs())""",
+    ),
+    (
+        "md",
+        """\
+The plot shows the same: accuracy by depth (the line), the raw-pixel baseline
+(dash-dot), the recommended cut (a vertical line, when there is one) and the
+blocks to unfreeze (shaded).""",
+    ),
+    ("code", "probe.plot();"),
+    (
+        "md",
+        """\
+## `cut=`: build on a lower block
+
+On `shapes_target` the top block is the best one: the base's features fit the
+task all the way up, so the probe keeps the whole base. A task far from the
+base's source is different. `textures` (8 texture classes; the base was
+pretrained on shapes) peaks in the middle of the base, and its top blocks lose
+accuracy: the probe advises a cut.
+
+`build_model(..., cut="auto", data=train)` runs the probe and cuts where it
+says, in one line; `cut="block_name"` (or a block index) cuts by hand. The cut
+base is a smaller model with a shorter block map, and everything else (unfreeze
+counts, `fine_tune`, saving) works on it as on the whole base.""",
+    ),
+    (
+        "code",
+        """\
+x_tex, y_tex = tltf.datasets.make_images("textures", per_class=20, image_size=SIZE, seed=0)
+texture_model = tltf.build_model(base, num_classes=tltf.datasets.num_classes("textures"),
+                                 cut="auto", data=(x_tex, y_tex))
+print("blocks of the cut base:", tltf.model_info(texture_model).block_map.names)""",
+    ),
+    (
+        "md",
+        """\
+## Learning rates: the defaults, or `find`
+
+The defaults, `head_lr=1e-3` and `fine_tune_lr=1e-4`, suit most tasks. When
+training is unstable or barely moves, `find_lr` sweeps the rate exponentially,
+one batch per step, and suggests a tenth of the rate where the smoothed loss is
+lowest. It puts the model back exactly as it was: run it on a model before
+training it. `fine_tune(model, train, val, head_lr="find", fine_tune_lr="find")`
+runs it inside `fine_tune` (for stage 2, when stage 2 starts) and reports each
+rate in one line.""",
+    ),
+    (
+        "code",
+        """\
+model = tltf.build_model(base, num_classes)
+lr = tltf.find_lr(model, (x_train, y_train), stage="head", seed=0)
+lr.plot();""",
+    ),
     (
         "md",
         """\
 ## Tune the number of unfrozen blocks
 
 A grid over a few depths, including the probe's recommendation, with the other
-choices fixed. 0 blocks means the head only. All trials share the same head
-settings, so stage 1 trains once and the other trials reuse it (column
-`stage 1`). Each trial's score is its best `val_accuracy` over stage 2.
+choices fixed at `fine_tune`'s and `build_model`'s defaults (rates 1e-3 and
+1e-4, dropout 0.2, no hidden layer). 0 blocks means the head only. All trials
+share the same head settings, so stage 1 trains once and the other trials reuse
+it (column `stage 1`). Each trial's score is its best `val_accuracy` over stage
+2; to keep the notebook short, each trial runs 3 stage-2 epochs (`tune`'s
+default is 5).
 
 The project folder keeps every trial: run the cell again and finished trials are
 not repeated (`overwrite=True` starts over).""",
@@ -444,10 +549,10 @@ not repeated (`overwrite=True` starts over).""",
     (
         "code",
         """\
-depths = sorted({0, 2, 6, probe.unfreeze})
+depths = sorted({0, probe.unfreeze, 6})
 result = tltf.tune(
     base, (x_train, y_train), (x_val, y_val), num_classes=num_classes,
-    search={"unfreeze": depths, "fine_tune_lr": 1e-4, "head_lr": 3e-3,
+    search={"unfreeze": depths, "fine_tune_lr": 1e-4, "head_lr": 1e-3,
             "head_dropout": 0.2, "head_units": 0},
     tuner="grid", max_trials=len(depths),
     head_epochs=5, fine_tune_epochs=3,
@@ -467,7 +572,7 @@ into the project folder.""",
         "code",
         """\
 print({key: Path(path).name for key, path in result.paths.items()})
-tltf.plot_tuning(result.table, result.objective)""",
+tltf.plot_tuning(result.table, result.objective);""",
     ),
     (
         "code",
@@ -536,10 +641,10 @@ def write_folder(root, images, labels, names):
 
 
 names = tltf.datasets.class_names("shapes_target")
-x, y = tltf.datasets.make_images("shapes_target", per_class=25, image_size=SIZE, seed=0)
+x, y = tltf.datasets.make_images("shapes_target", per_class=20, image_size=SIZE, seed=0)
 photos = write_folder(WORK / "my_images", x, y, names)
 (photos / "arc" / "broken.jpg").write_bytes(b"not really a jpeg")
-x, y = tltf.datasets.make_images("shapes_target", per_class=15, image_size=SIZE, seed=2)
+x, y = tltf.datasets.make_images("shapes_target", per_class=10, image_size=SIZE, seed=2)
 test_photos = write_folder(WORK / "my_test_images", x, y, names)
 print(sorted(p.name for p in photos.iterdir()))""",
     ),
@@ -564,20 +669,19 @@ print("skipped:", data.skipped)""",
         """\
 ## Fine-tune and evaluate
 
-`fine_tune` takes the bundle directly (its validation split is used). `evaluate`
-reads the test folder the same way `load_data` does.""",
+`fine_tune` takes the bundle directly (its validation split is used), here with
+its defaults (notebook 1 says what they choose). `evaluate` reads the test folder
+the same way `load_data` does.""",
     ),
     (
         "code",
         """\
 model = tltf.build_model(base, data.num_classes, input_shape=data.input_shape)
-history = tltf.fine_tune(model, data, head_epochs=6, head_lr=3e-3,
-                         fine_tune_epochs=3, fine_tune_lr=1e-4, unfreeze=4,
-                         seed=0, verbose=0)
+history = tltf.fine_tune(model, data, seed=0, verbose=0)
 report = tltf.evaluate(model, test_photos, top_k=3)
 report.print()""",
     ),
-    ("code", "report.plot_confusion()"),
+    ("code", "report.plot_confusion();"),
     (
         "md",
         """\

@@ -9,6 +9,7 @@ and match their generator, `notebooks/_build.py`.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import sys
@@ -137,7 +138,52 @@ def test_notebook_runs_offline_on_a_kernel(path, tmp_path):
         if "image/png" in output.get("data", {})
     ]
     assert images, f"{path.name} shows no figure"
+    # Each figure shows once: a cell whose value is a figure tltf returned would
+    # show it twice (inline display, then the value), so such cells end in ";".
+    for i, cell in enumerate(notebook.cells):
+        shown = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert len(shown) <= 1, f"{path.name}: cell {i} shows {len(shown)} figures"
     print(f"{path.name}: {seconds:.1f} s")
+
+
+def _calls(path: Path, function: str) -> list[ast.Call]:
+    """The calls of `function` (e.g. "tltf.fine_tune") in a notebook's code."""
+    calls = []
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        lines = cell.source.splitlines()
+        source = "\n".join(line for line in lines if not line.startswith("%"))
+        calls += [
+            node
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == function
+        ]
+    return calls
+
+
+def test_notebooks_fine_tune_with_the_default_rates_and_depth():
+    chosen = {"head_lr", "fine_tune_lr", "unfreeze", "fine_tune_epochs", "head_steps"}
+    count = 0
+    for path in NOTEBOOKS:
+        for call in _calls(path, "tltf.fine_tune"):
+            count += 1
+            fixed = sorted({keyword.arg for keyword in call.keywords} & chosen)
+            assert not fixed, (
+                f"{path.name}: fine_tune sets {fixed}: {ast.unparse(call)}"
+            )
+    assert count >= 4
+
+
+def test_notebook_3_reads_the_probe_and_shows_cut_and_find():
+    path = NOTEBOOK_DIR / "03_tuning_unfreeze_depth.ipynb"
+    assert _calls(path, "tltf.probe_blocks")
+    assert _calls(path, "tltf.find_lr")
+    builds = _calls(path, "tltf.build_model")
+    assert any(keyword.arg == "cut" for call in builds for keyword in call.keywords)
+    text = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
+    for words in ("How to read it", "base_helps", "tolerance", '"find"'):
+        assert words in text, words
 
 
 def test_cli_commands_quoted_in_the_notebooks_parse():
