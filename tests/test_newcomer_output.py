@@ -255,3 +255,19 @@ def test_the_documented_seed_recipe_repeats_a_run():
         weights.append(model.get_weights())
     for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_auto_cut_says_plainly_when_no_cut_is_needed(monkeypatch, capsys):
+    # The line read "top 0.688, top 0.688" when the best block was the top one.
+    class Probed:
+        cut = None
+        table = [{"block": "block1", "val_accuracy": 0.5}]
+        table.append({"block": "block4", "val_accuracy": 0.688})
+        best = table[-1]
+
+    monkeypatch.setattr("tltf.probe.probe_blocks", lambda *a, **k: Probed())
+    tltf.build_model(make_tiny_base(), 3, weights=None, cut="auto", data=make_data(6))
+    line = capsys.readouterr().out
+    assert "cut='auto' -> None" in line
+    assert "the top block is as good as any: 0.688" in line
+    assert "top 0.688, top" not in line

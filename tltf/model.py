@@ -216,10 +216,17 @@ def _auto_cut(base: Base, data, shape) -> str | None:
         info=base.info,
     )
     result = probe_blocks(probed, data, input_shape=tuple(shape), verbose=0)
+    top = result.table[-1]
+    if result.cut is None:
+        why = f"the top block is as good as any: {top['val_accuracy']:.3f}"
+    else:
+        why = (
+            f"{result.best['block']} {result.best['val_accuracy']:.3f}, top "
+            f"{top['val_accuracy']:.3f}"
+        )
     print(
         f"tltf: cut='auto' -> {result.cut!r} (leave-one-out accuracy of a linear "
-        f"probe: {result.best['block']} {result.best['val_accuracy']:.3f}, top "
-        f"{result.table[-1]['val_accuracy']:.3f})."
+        f"probe: {why})."
     )
     return result.cut
 
