@@ -33,3 +33,12 @@ def test_build_system_requires_a_setuptools_that_reads_spdx_licenses():
         if (match := re.fullmatch(r"setuptools\s*>=\s*(\d+)(\.\d+)*", requirement))
     ]
     assert bounds and bounds[0] >= 77, requires
+
+
+def test_flat_layout_is_declared_so_editable_installs_print_no_notice():
+    # Without package-dir, setuptools (80) makes `pip install -e .` a meta path
+    # finder and prints an "Editable installation" notice box, even with --quiet;
+    # with it, a plain .pth entry and no box (checked by hand: a throwaway venv).
+    setuptools = _pyproject()["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"": "."}
+    assert setuptools["packages"]["find"]["include"] == ["tltf*"]
