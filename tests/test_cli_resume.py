@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 import tltf
+from tltf.cli import main
 
 from .conftest import make_tiny_base
 
@@ -93,9 +94,16 @@ def _history(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_one_seed_repeats_and_a_killed_run_resumes_bit_equal(work):
-    first = _train(work, "runs/a")
-    assert first.returncode == 0, first.stderr[-3000:]
+def _train_here(work: Path, out: str, monkeypatch, resume: bool = False) -> None:
+    """The same `tltf train`, in this process (only the killed run needs its own)."""
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TLTF_HOME", str(work / "home"))
+    config = ["--resume"] if resume else ["--config", str(work / "train.yaml")]
+    assert main(["train", *config, "--out", out]) == 0
+
+
+def test_one_seed_repeats_and_a_killed_run_resumes_bit_equal(work, monkeypatch, capsys):
+    _train_here(work, "runs/a", monkeypatch)
     a = work / "runs/a"
     stages = [row["stage"] for row in _history(a)]
     assert stages == ["1", "1", "2", "2", "2"]
@@ -106,9 +114,9 @@ def test_one_seed_repeats_and_a_killed_run_resumes_bit_equal(work):
     assert killed.returncode == -9, killed.stderr[-3000:]
     c = work / "runs/c"
     assert [row["stage"] for row in _history(c)] == ["1", "1", "2"]
-    resumed = _train(work, "runs/c", resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "cached base features" not in resumed.stdout
+    capsys.readouterr()
+    _train_here(work, "runs/c", monkeypatch, resume=True)
+    assert "cached base features" not in capsys.readouterr().out
     assert _history(c) == _history(a)
     for name in ("last.keras", "best.keras"):
         assert weights_bytes(c / name) == weights_bytes(a / name), name

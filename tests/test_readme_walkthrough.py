@@ -5,9 +5,10 @@ The walkthrough is the bash block between `<!-- walkthrough -->` and
 here-documents (`python - <<'EOF'` ... `EOF`) and `tltf` commands, so that the
 test can run it step by step in one fresh Python process, in an empty folder with
 an empty tltf store: the Python steps as written, and each `tltf` command through
-`tltf.cli.main` (the console script's function), which must return 0. One change
-makes it fit a test: `tltf train` gets a short schedule (`SHORT_SCHEDULE`); the
-default one is what the README describes, and takes a minute more.
+`tltf.cli.main` (the console script's function), which must return 0. Two changes
+make it fit a test: `tltf train` gets a short schedule (`SHORT_SCHEDULE`), and the
+image folder gets fewer images per class (`SMALL_SIZES`); the README's own run
+takes a minute more.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 #: Flags added to the walkthrough's `tltf train` here, so that the test is quick.
 SHORT_SCHEDULE = ["--head-epochs", "2", "--fine-tune-epochs", "1"]
+#: The walkthrough's images per class (train, test), and the test's smaller ones.
+FULL_SIZES = '[("train", 20, 0), ("test", 10, 1)]'
+SMALL_SIZES = '[("train", 8, 0), ("test", 4, 1)]'
 
 #: Runs the steps (a JSON file: [[kind, text], ...]) in the current folder.
 RUNNER = """\
@@ -128,12 +132,14 @@ def test_cli_section_shows_the_offline_path_first():
 def test_walkthrough_runs_in_an_empty_folder(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    plan = [
-        (kind, f"{text} {shlex.join(SHORT_SCHEDULE)}")
-        if text.startswith("tltf train")
-        else (kind, text)
-        for kind, text in steps(walkthrough())
-    ]
+    plan = []
+    for kind, text in steps(walkthrough()):
+        if text.startswith("tltf train"):
+            text = f"{text} {shlex.join(SHORT_SCHEDULE)}"
+        elif kind == "python":  # fewer images: the same folders, faster
+            assert FULL_SIZES in text, "the walkthrough's image counts changed"
+            text = text.replace(FULL_SIZES, SMALL_SIZES)
+        plan.append((kind, text))
     (tmp_path / "steps.json").write_text(json.dumps(plan))
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
@@ -157,13 +163,13 @@ def test_walkthrough_runs_in_an_empty_folder(tmp_path):
     # evaluation, a predictions CSV and a TFLite file.
     classes = sorted(p.name for p in (work / "shapes" / "train").iterdir())
     assert len(classes) == 12 and "star4" in classes
-    assert len(list((work / "shapes" / "test" / "star4").glob("*.png"))) == 10
+    assert len(list((work / "shapes" / "test" / "star4").glob("*.png"))) == 4
     run = work / "runs" / "shapes"
     assert (run / "summary.json").is_file() and (run / "best.keras").is_file()
     assert "accuracy" in output and "tltf: wrote" in output
     with open(work / "predictions.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert len(rows) == 10 and all(row["label_1"] for row in rows)
+    assert len(rows) == 4 and all(row["label_1"] for row in rows)
     assert (work / "shapes.tflite").stat().st_size > 0
     # The shipped base was used: nothing was pretrained into the empty store.
     assert not (tmp_path / "tltf_home" / "bases").exists()
