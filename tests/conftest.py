@@ -12,6 +12,24 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+#: The modules with the longest tests, longest first. They are collected first, so
+#: that pytest-xdist's load scheduling starts them on both workers at once and the
+#: short tests fill the end, instead of one long test running alone at the end.
+RUN_FIRST = (
+    "test_notebooks.py",
+    "test_resume.py",
+    "test_readme_walkthrough.py",
+    "test_tuning.py",
+    "test_cli_e2e.py",
+    "test_distribute.py",
+    "test_cli_resume.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
 
 @pytest.fixture(autouse=True)
 def _seed():
