@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.test_cli_resume import CONFIG, weights_bytes
+from tests.test_cli_resume import make_work, weights_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "-1"}
@@ -120,27 +120,9 @@ def api_trials(n: int, rng: random.Random) -> list[tuple[str, bool]]:
 
 
 # -- cli ---------------------------------------------------------------------------
-def _cli_folder(work: Path) -> None:
-    from PIL import Image
-
-    import tltf
-    from tests.conftest import make_tiny_base
-
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("blue", "green", "red")):
-        folder = work / "images" / name
-        folder.mkdir(parents=True)
-        for i in range(10):
-            x = rng.integers(0, 90, (20, 20, 3)).astype(np.uint8)
-            x[..., 2 - c] += 150
-            Image.fromarray(x).save(folder / f"{i}.png")
-    tltf.save_base(tltf.load_base(make_tiny_base(), preprocessing="tf"), work / "base")
-    (work / "train.yaml").write_text(CONFIG)
-
-
 def cli_trials(n: int, rng: random.Random) -> list[tuple[str, bool]]:
     work = Path(tempfile.mkdtemp(prefix="tltf-kills-cli-"))
-    _cli_folder(work)
+    make_work(work)
     env = {**ENV, "TLTF_HOME": str(work / "home")}
 
     def train(out):

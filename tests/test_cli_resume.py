@@ -46,9 +46,8 @@ schedule:
 """
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_resume")
+def make_work(root: Path) -> Path:
+    """An image folder (3 classes x 10 PNGs), a saved tiny base and the config."""
     rng = np.random.default_rng(0)
     for c, name in enumerate(("blue", "green", "red")):
         folder = root / "images" / name
@@ -60,6 +59,11 @@ def work(tmp_path_factory):
     tltf.save_base(tltf.load_base(make_tiny_base(), preprocessing="tf"), root / "base")
     (root / "train.yaml").write_text(CONFIG)
     return root
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return make_work(tmp_path_factory.mktemp("cli_resume"))
 
 
 def _train(work: Path, out: str, kill: str = "-", resume: bool = False):

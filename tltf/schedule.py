@@ -501,16 +501,22 @@ def _array_batches(
     return ds.batch(batch_size).map(rows).prefetch(tf.data.AUTOTUNE)
 
 
+def _pair_spec(data: tf.data.Dataset, what: str) -> tuple:
+    """A dataset's element spec, checked to be `(image, label[, weight])`."""
+    spec = data.element_spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise DataError(
+            f"Expected {what} to yield (image, label) pairs. Received elements "
+            f"of structure {spec}. Map it with `.map(lambda d: (d['image'], "
+            "d['label']))` or use tltf's data layer."
+        )
+    return spec
+
+
 def _as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str):
     """Turns `(images, labels)` arrays or a tf.data.Dataset into batches."""
     if isinstance(data, tf.data.Dataset):
-        spec = data.element_spec
-        if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-            raise DataError(
-                f"Expected {what} to yield (image, label) pairs. Received elements "
-                f"of structure {spec}. Map it with `.map(lambda d: (d['image'], "
-                "d['label']))` or use tltf's data layer."
-            )
+        spec = _pair_spec(data, what)
         if len(spec[0].shape) == 3:
             data = data.batch(batch_size)
         return data.prefetch(tf.data.AUTOTUNE)
@@ -543,13 +549,7 @@ def _peek(data, what: str) -> tuple[np.ndarray | None, np.ndarray]:
         except ValueError:  # images of different shapes
             images = None
         return images, np.asarray(data[1])
-    spec = data.element_spec
-    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-        raise DataError(
-            f"Expected {what} to yield (image, label) pairs. Received elements "
-            f"of structure {spec}. Map it with `.map(lambda d: (d['image'], "
-            "d['label']))` or use tltf's data layer."
-        )
+    spec = _pair_spec(data, what)
     if spec[0].shape.rank is None:  # batches or single images: cannot tell
         return None, np.zeros((0,), np.int32)
     batched = spec[0].shape.rank == 4
