@@ -239,20 +239,18 @@ def test_logged_metrics_match_what_tltf_compiles():
 
 
 def test_tune_exits_non_zero_when_every_trial_failed(monkeypatch, tmp_path, capsys):
+    # tltf.tune raises this when no trial completed (tests/test_tuning_safety.py);
+    # the CLI must turn it into one line and exit 2, never "wrote ...".
     def all_failed(config, out, **kwargs):
-        return {
-            "out_dir": str(tmp_path / "run"),
-            "trials": {"total": 2, "completed": 0},
-            "table": [
-                {"status": "FAILED", "reason": "KeyError: 'val_acc'"},
-                {"status": "FAILED", "reason": "KeyError: 'val_acc'"},
-            ],
-            "best": {"hyperparameters": {}},
-        }
+        raise errors.TrainingError(
+            "Expected at least one trial to complete. Received: 2 of 2 trials "
+            "failed, so there is no best model. Trial 0 failed with: KeyError: "
+            "'val_acc'."
+        )
 
     monkeypatch.setattr(runs, "tune", all_failed)
     assert main(["tune", "--base", "demo", "--train", "x/"]) == 2
     captured = capsys.readouterr()
     assert "wrote" not in captured.out
-    assert "all 2 trials failed" in captured.err
+    assert "2 of 2 trials failed" in captured.err
     assert "KeyError: 'val_acc'" in captured.err and "Traceback" not in captured.err
