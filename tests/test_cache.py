@@ -25,8 +25,8 @@ def test_head_and_feature_models_compose_to_the_model(data):
         head_model(model)(feature_model(model)(x)), model(x), rtol=1e-5, atol=1e-6
     )
     cache = FeatureCache(model, tf.data.Dataset.from_tensor_slices(data).batch(16))
-    # The head pools block3 and block4 (16 channels each): HeadConfig.pool_from.
-    assert cache.count == 64 and cache.features.shape == (64, 32)
+    # The head pools every block (8 + 8 + 16 + 16 channels): HeadConfig.pool_from.
+    assert cache.count == 64 and cache.features.shape == (64, 48)
 
 
 def test_cached_and_uncached_heads_agree(data):
@@ -117,6 +117,6 @@ def test_large_feature_sets_go_to_disk(data, tmp_path, monkeypatch):
     assert list(tmp_path.glob("features-*.npy"))
     np.testing.assert_array_equal(np.asarray(on_disk.features), in_memory.features)
     batch = next(iter(on_disk.dataset(16, shuffle=False)))
-    assert batch[0].shape == (16, 32)
+    assert batch[0].shape == (16, 48)
     on_disk.close()
     assert not list(tmp_path.glob("features-*.npy"))

@@ -27,7 +27,8 @@ def test_cut_builds_on_the_block_and_records_it(cut):
     assert info.metadata["blocks"] == info.block_map.to_config()
     # A proper sub-model ending at block2's output, without the blocks above.
     assert info.base.name == "tiny_to_block2"
-    assert tuple(info.base.output.shape) == tuple(block2_out.shape)
+    # (The head reads both blocks: the base's last output is block2's.)
+    assert tuple(info.base.outputs[-1].shape) == tuple(block2_out.shape)
     names = {layer.name for layer in info.base.layers}
     assert "block2_relu" in names and not names & {"block3_conv", "block4_conv"}
     assert tltf.trainable_blocks(model) == []

@@ -160,6 +160,17 @@ def test_a_loss_that_never_falls_and_diverges_below_the_default_is_an_error():
         _suggest(lrs[:1], losses[-1:], losses[-1:], "head", True)
 
 
+def test_a_model_that_already_fits_its_training_images_falls_back():
+    # A converged head on a few images: the loss starts at 0, so the first rise
+    # looks like divergence at the lowest rate. That is no error: there is
+    # nothing to learn, and the stage's safe default is used.
+    lrs = np.geomspace(1e-10, 4e-9, 23)
+    losses = np.r_[np.zeros(22), 1e-7]
+    result = _suggest(lrs, losses, losses, "fine_tune", True)
+    assert result.fallback and result.suggestion == SAFE_LR["fine_tune"]
+    assert "already 0 before the sweep" in result.reason
+
+
 def _state(model):
     return _values(model.variables), _trainable_map(model)
 

@@ -68,13 +68,18 @@ def test_head_options_and_logits():
         },
     )
     names = [layer.name for layer in model.layers]
-    # pool_from="auto" (the default) reads two blocks of the tiny base: each is
-    # pooled both ways, then all four are concatenated.
-    assert model_info(model).metadata["head_blocks"] == ["block3", "block4"]
-    assert {"head_avg_pool_0", "head_max_pool_1", "head_dense_1", "head_bn_1"} <= set(
+    # pool_from="auto" (the default) reads every block of the tiny base: each is
+    # pooled both ways, then all eight are concatenated.
+    assert model_info(model).metadata["head_blocks"] == [
+        "block1",
+        "block2",
+        "block3",
+        "block4",
+    ]
+    assert {"head_avg_pool_0", "head_max_pool_3", "head_dense_1", "head_bn_1"} <= set(
         names
     )
-    assert model.get_layer("head_pool").output.shape[-1] == 2 * (16 + 16)
+    assert model.get_layer("head_pool").output.shape[-1] == 2 * (8 + 8 + 16 + 16)
     assert model.get_layer("head_output").activation.__name__ == "linear"
     top = tltf.build_model(
         make_tiny_base(), 3, head={"pooling": "avgmax", "pool_from": "top"}
@@ -153,3 +158,34 @@ def test_load_model_refuses_lambda_and_truncated_files(tmp_path):
     with pytest.raises(ModelError, match="truncated"):
         tltf.load_model(tmp_path / "cut.keras")
     assert (tmp_path / "cut.keras").stat().st_size == len(data) // 2  # left untouched
+
+
+def test_auto_head_reads_every_block_within_a_channel_budget(monkeypatch):
+    from tltf import heads
+
+    # A small base: every block.
+    assert heads.pool_positions(5, "auto") == [0, 1, 2, 3, 4]
+    # A wide base: the top block, then an even spread (1/2, 1/4, 3/4, ...) of the
+    # blocks below it while their channels fit the budget; unreadable blocks
+    # (None) are skipped.
+    monkeypatch.setattr(heads, "AUTO_POOL_CHANNELS", 24)
+    assert heads.pool_positions(4, "auto", widths=[8, 8, 16, 16]) == [0, 1, 3]
+    assert heads.pool_positions(4, "auto", widths=[8, None, 8, 16]) == [0, 2, 3]
+    model = tltf.build_model(make_tiny_base(widths=(8, 8, 16, 16)), 3)
+    assert model_info(model).metadata["head_blocks"] == ["block1", "block2", "block4"]
+    assert model.get_layer("head_pool").output.shape[-1] == 8 + 8 + 16
+
+
+def test_auto_head_skips_blocks_that_end_in_two_tensors():
+    # block2 hands two tensors to block3 (a skip connection over the boundary):
+    # the head reads the other blocks; an explicit request for block2 is refused.
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="block1_conv")(inputs)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="block2_conv")(x)
+    z = keras.layers.Add(name="block3_add")([x, y])
+    z = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="block4_conv")(z)
+    base = keras.Model(inputs, z, name="skippy")
+    model = tltf.build_model(base, 3)
+    assert model_info(model).metadata["head_blocks"] == ["block1", "block3", "block4"]
+    with pytest.raises(tltf.errors.BlockMapError, match="block2"):
+        tltf.build_model(base, 3, head={"pool_from": ["block2"]})

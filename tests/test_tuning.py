@@ -222,9 +222,10 @@ def test_random_search_shares_stage1_resumes_and_exports(tmp_path):
     metrics = result.best_model.evaluate(*val, verbose=0, return_dict=True)
     assert set(metrics) >= {"loss", "accuracy"}
     best = max(r["score"] for r in rows.values())
-    assert result.best_values["unfreeze_blocks"] == next(
+    # (Trials can tie: the tuner keeps one of the best.)
+    assert result.best_values["unfreeze_blocks"] in {
         r["blocks"] for r in rows.values() if r["score"] == best
-    )
+    }
     assert "val_accuracy" in format_table(result.table, "val_accuracy")
 
 

@@ -14,6 +14,10 @@ TASKS = ("multiclass", "binary", "multilabel", "regression")
 POOLINGS = ("avg", "max", "avgmax")
 POOL_FROM = ("auto", "top")
 
+#: Channels that `pool_from="auto"` reads at most below the top block: every block
+#: of a small base (VGG16: 960, MobileNetV2: 1,504), an even spread of a wide one.
+AUTO_POOL_CHANNELS = 4096
+
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
@@ -35,13 +39,14 @@ class HeadConfig:
             layer named `head_standardize`, whose statistics `fine_tune` sets from
             the training features). Defaults to True.
         pool_from: str or tuple. Which blocks of the base the head reads: "top"
-            (the base's output only, as in the keras.io recipe); "auto" (the top
-            block and the blocks at one half and three quarters of the depth,
-            each pooled, then concatenated: on a task far from the base's source
-            the middle blocks often carry more than the top, see
-            `tltf.probe_blocks`); or block names or indices (the top block is
-            always added). Bases whose blocks cannot be read (no single output
-            tensor) fall back to "top". Defaults to "auto".
+            (the base's output only, as in the keras.io recipe); "auto" (every
+            block, each pooled, then concatenated: on a task far from the base's
+            source the lower blocks often carry more than the top, see
+            `tltf.probe_blocks`; a wide base reads an even spread of its blocks,
+            `AUTO_POOL_CHANNELS` channels at most below the top block); or block
+            names or indices (the top block is always added). Blocks that cannot
+            be read (no single output tensor) are left out of "auto".
+            Defaults to "auto".
 
     Example:
 
@@ -141,7 +146,7 @@ def output_activation(task: str, logits: bool) -> str:
     return "softmax" if task == "multiclass" else "sigmoid"
 
 
-def pool_positions(num_blocks: int, pool_from, resolve=None) -> list[int]:
+def pool_positions(num_blocks: int, pool_from, resolve=None, widths=None) -> list[int]:
     """The 0-based blocks a head reads, bottom to top (the top block included).
 
     Args:
@@ -149,20 +154,46 @@ def pool_positions(num_blocks: int, pool_from, resolve=None) -> list[int]:
         pool_from: `HeadConfig.pool_from`.
         resolve: callable or None. Turns a block name or index into a position
             (`tltf.bases.cut.resolve_block`); needed for explicit blocks.
+        widths: list or None. For "auto": each block's output channels, None for
+            a block that cannot be read. Defaults to None (every block readable,
+            one channel each).
 
     Example:
 
     >>> pool_positions(5, "auto")
-    [2, 3, 4]
+    [0, 1, 2, 3, 4]
+    >>> pool_positions(5, "auto", widths=[64, 128, 2048, 4096, 512])
+    [0, 1, 2, 4]
     """
     top = num_blocks - 1
     if pool_from == "top":
         return [top]
-    if pool_from == "auto":
-        chosen = {int(f * top + 0.5) for f in (0.5, 0.75)}
-    else:
-        chosen = {resolve(b) for b in pool_from}
-    return sorted(chosen | {top})
+    if pool_from != "auto":
+        return sorted({resolve(b) for b in pool_from} | {top})
+    widths = list(widths) if widths is not None else [1] * num_blocks
+    chosen, used = {top}, 0
+    for position in _spread(top):
+        width = widths[position]
+        if width is not None and used + width <= AUTO_POOL_CHANNELS:
+            chosen.add(position)
+            used += width
+    return sorted(chosen)
+
+
+def _spread(count: int) -> list[int]:
+    """0 .. count - 1 in the order 1/2, 1/4, 3/4, 1/8, 3/8, ... of the range."""
+    order, seen, parts = [], set(), 2
+    while len(order) < count:
+        for i in range(1, parts, 2):
+            position = min(count - 1, int(i * count / parts))
+            if position not in seen:
+                seen.add(position)
+                order.append(position)
+        parts *= 2
+        if parts > 4 * count:
+            order.extend(p for p in range(count) if p not in seen)
+            break
+    return order
 
 
 def _pool(x, pooling: str, suffix: str):

@@ -64,6 +64,11 @@ MIN_LR_FLOOR = 1e-10
 # The least fall of the smoothed loss, as a fraction of its starting level, that
 # counts as learning.
 MIN_FALL = 0.05
+
+#: A training loss this low at the start of a sweep means the model already fits
+#: its training images (a converged head on a few images): nothing can fall, and
+#: the stage's safe default is used.
+FITTED_LOSS = 1e-3
 # How far above its noise the fall must be (in standard deviations of the
 # difference between the starting level and the smoothed minimum).
 _NOISE_SIGMAS = 3.0
@@ -601,6 +606,8 @@ def _edge(losses, smoothed, stopped: bool, beta: float) -> tuple[str | None, str
     n = len(smoothed)
     at_min = int(np.argmin(np.where(finite, smoothed, np.inf)))
     start, lowest, needed = _fall(losses, smoothed, beta)
+    if _fitted(losses, start):
+        return None, ""
     if at_min < _warmup(n) and (stopped or smoothed[finite][-1] - start > needed):
         return "down", "the loss already rose from the start"
     if not stopped and at_min >= n - _tail(n):
@@ -608,6 +615,15 @@ def _edge(losses, smoothed, stopped: bool, beta: float) -> tuple[str | None, str
     if not stopped and not start - lowest > needed:
         return "up", "the loss had neither clearly fallen nor diverged"
     return None, ""
+
+
+def _fitted(losses, start: float) -> bool:
+    """Whether the loss was already about zero before the sweep trained at all."""
+    first = float(losses[0]) if len(losses) else math.nan
+    return bool(
+        (math.isfinite(first) and first < FITTED_LOSS)
+        or (math.isfinite(start) and start < FITTED_LOSS)
+    )
 
 
 def _grid_steps(factor: float, ratio: float) -> int:
@@ -690,7 +706,16 @@ def _suggest(
     fallback = not (start - lowest > needed)  # also when lowest is NaN
     end = "diverged, stopped" if stopped else "ran all steps"
     span = f"{n} steps over {lrs[0]:.1e}..{lrs[-1]:.1e}, {end}"
-    if fallback:
+    if _fitted(losses, start):
+        fallback = True
+        suggestion = SAFE_LR[stage]
+        reason = (
+            f"the training loss was already {losses[0]:.2g} before the sweep: the "
+            "model fits these training images, so no fall can show a rate "
+            f"({span}). The suggestion is the safe default for the {stage} stage, "
+            f"{suggestion:.0e} (fallback)."
+        )
+    elif fallback:
         suggestion = SAFE_LR[stage]
         if stopped and lrs[-1] <= suggestion:
             raise TrainingError(

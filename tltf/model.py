@@ -173,25 +173,35 @@ def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
     """The base with one output per block the head reads (`head.pool_from`).
 
     Returns the base unchanged, with its top block only, for `pool_from="top"`,
-    for bases that output vectors and for blocks without a single output tensor.
+    for bases that output vectors and when no block below the top can be read.
     """
     from tltf.bases.cut import block_outputs, resolve_block
     from tltf.heads import pool_positions
 
     names = base.block_map.names
+    if head.pool_from == "top" or len(base.model.output_shape) != 4:
+        return base, [names[-1]]
+    widths = None
+    if head.pool_from == "auto":
+        try:
+            tensors = block_outputs(
+                base.model, base.block_map, range(len(names)), strict=False
+            )
+        except BlockMapError:
+            return base, [names[-1]]
+        widths = [
+            int(t.shape[-1]) if t is not None and len(t.shape) == 4 else None
+            for t in tensors
+        ]
     positions = pool_positions(
         len(names),
         head.pool_from,
         lambda b: resolve_block(base.block_map, b, "pool_from"),
+        widths,
     )
-    if len(positions) == 1 or len(base.model.output_shape) != 4:
+    if len(positions) == 1:
         return base, [names[-1]]
-    try:
-        outputs = block_outputs(base.model, base.block_map, positions)
-    except BlockMapError:
-        if head.pool_from != "auto":
-            raise
-        return base, [names[-1]]
+    outputs = block_outputs(base.model, base.block_map, positions)
     if any(len(t.shape) != 4 for t in outputs):
         return base, [names[-1]]
     model = keras.Model(base.model.inputs, outputs, name=base.model.name)

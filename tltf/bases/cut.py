@@ -90,7 +90,10 @@ def _inputs(op) -> list:
 
 
 def block_outputs(
-    model: keras.Model, block_map: BlockMap, positions: Sequence[int]
+    model: keras.Model,
+    block_map: BlockMap,
+    positions: Sequence[int],
+    strict: bool = True,
 ) -> list:
     """The output tensor of each block at `positions`, in one walk of the graph.
 
@@ -102,12 +105,14 @@ def block_outputs(
         model: keras.Model. The base.
         block_map: BlockMap. Its blocks, bottom to top.
         positions: sequence of int. 0-based block positions.
+        strict: bool. Raise for a block that does not end in exactly one tensor;
+            with False, its entry is None instead. Defaults to True.
 
     Returns:
         One symbolic tensor per position, usable as a `keras.Model` output.
 
     Raises:
-        BlockMapError: when a block does not end in exactly one tensor.
+        BlockMapError: when a block does not end in exactly one tensor (`strict`).
     """
     reach = _graph_ranks(model, block_map)
     ops = list(getattr(model, "operations", model.layers))
@@ -127,6 +132,9 @@ def block_outputs(
                 if reach.get(id(tensor._keras_history.operation), -1) <= k:
                     crossing.setdefault(id(tensor), tensor)
         found = list(crossing.values())
+        if len(found) != 1 and not strict:
+            outputs.append(None)
+            continue
         if len(found) != 1:
             producers = sorted({t._keras_history.operation.name for t in found})
             raise BlockMapError(
