@@ -120,3 +120,34 @@ def test_large_feature_sets_go_to_disk(data, tmp_path, monkeypatch):
     assert batch[0].shape == (16, 48)
     on_disk.close()
     assert not list(tmp_path.glob("features-*.npy"))
+
+
+def test_automatic_stage_one_stops_when_the_validation_loss_stops_falling():
+    from tltf.cache import StageOneEnd
+
+    def run(end, train, val):
+        end.set_model(keras.Sequential())
+        end.model.stop_training = False
+        for epoch, (loss, val_loss) in enumerate(zip(train, val, strict=True)):
+            logs = (
+                {"loss": loss}
+                if val_loss is None
+                else {"loss": loss, "val_loss": val_loss}
+            )
+            end.on_epoch_end(epoch, logs)
+            if end.model.stop_training:
+                return epoch
+        return None
+
+    # The training loss halves every epoch (never "converged" by 1%), while the
+    # validation loss is lowest at the second epoch: stage 1 ends two epochs on.
+    train = [2.0**-i for i in range(8)]
+    val = [1.0, 0.9, 0.95, 0.97, 0.99, 1.1, 1.2, 1.3]
+    end = StageOneEnd(20, tolerance=0.01)
+    assert run(end, train, val) == 3 and end.why == "validation loss"
+    # Without validation data it runs on; the explicit-epochs mode ignores both.
+    assert run(StageOneEnd(20, tolerance=0.01), train, [None] * 8) is None
+    assert run(StageOneEnd(20), train, val) is None
+    # A resumed run that already had the best epoch stops at the same point.
+    resumed = StageOneEnd(20, tolerance=0.01, losses=train[:2], val_losses=val[:2])
+    assert run(resumed, train[2:], val[2:]) == 1

@@ -311,17 +311,27 @@ class StageOneEnd(keras.callbacks.Callback):
         tolerance: float or None. Converged: the epoch's training loss is less
             than this fraction below the best loss of the epochs before it, twice
             in a row. None stops after `head_epochs` only. Defaults to None.
+            With validation data it also stops once the validation loss has not
+            fallen for two epochs: on a few images the training loss goes on
+            falling long after the head has stopped generalising better.
         losses: list of float. Training losses of the stage-1 epochs a resumed
             run has already done. Defaults to ().
+        val_losses: list of float. Their validation losses. Defaults to ().
     """
 
-    def __init__(self, head_epochs: int, schedule=None, tolerance=None, losses=()):
+    def __init__(
+        self, head_epochs: int, schedule=None, tolerance=None, losses=(), val_losses=()
+    ):
         super().__init__()
         self.head_epochs = head_epochs
         self.schedule = schedule
         self.tolerance = tolerance
         self.losses = [float(v) for v in losses]
+        self.val_losses = [float(v) for v in val_losses]
         self.converged_at: int | None = None
+        self.why = (
+            "training loss"  # what converged: "training loss" or "validation loss"
+        )
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -333,10 +343,16 @@ class StageOneEnd(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None:
             self.losses.append(float(loss))
+        val_loss = (logs or {}).get("val_loss")
+        if val_loss is not None:
+            self.val_losses.append(float(val_loss))
         done = epoch + 1 >= self.head_epochs
-        if self.tolerance is not None and converged(self.losses, self.tolerance):
-            self.converged_at = epoch
-            done = True
+        if self.tolerance is not None:
+            if converged(self.losses, self.tolerance):
+                self.converged_at, done = epoch, True
+            elif self.val_losses and converged(self.val_losses, 0.0):
+                self.converged_at, done = epoch, True
+                self.why = "validation loss"
         if done:
             self.model.stop_training = True
             if self.schedule is not None:

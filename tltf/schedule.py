@@ -722,8 +722,9 @@ def fine_tune(
     The defaults are chosen for small data (see benchmarks/RESULTS.md):
 
     - Stage 1 runs on cached base features until the head's training loss has
-      converged, within `head_steps` optimizer steps: a converged linear probe,
-      then fine-tuning (LP-FT, Kumar et al. 2022). The head's features are
+      converged (or, with validation data, its validation loss stops falling),
+      within `head_steps` optimizer steps: a converged linear probe, then
+      fine-tuning (LP-FT, Kumar et al. 2022). The head's features are
       standardised first (`tltf.layers.Standardization`, saved in the model).
     - `unfreeze="auto"` unfreezes what a linear probe of every block recommends
       (`tltf.probe_blocks`, leave-one-out on the training images, one forward
@@ -743,7 +744,8 @@ def fine_tune(
             bundle's validation split when `train` is a DataBundle.
         head_epochs: int or "auto". Stage-1 epochs. "auto": with the feature
             cache, epochs of `max(one pass, head_steps / 20)` steps until the
-            training loss improves by less than 1% twice in a row, or
+            training loss improves by less than 1% twice in a row, the
+            validation loss (if any) has not fallen for two epochs, or
             `head_steps` steps have run; without the cache, enough epochs for
             `head_steps` steps, 2 to 10. Defaults to "auto".
         fine_tune_epochs: int or "auto". Stage-2 epochs. "auto": enough epochs
@@ -1639,6 +1641,7 @@ def _fit_with_feature_cache(
             budget = (
                 f"; up to {head_steps:,} steps ({stage_one} epochs of "
                 f"{steps_per_epoch}), until the loss converges"
+                + (" or the validation loss stops falling" if val_cache else "")
                 if auto
                 else ""
             ) + (f"; {ridge}" if ridge else "")
@@ -1671,8 +1674,14 @@ def _fit_with_feature_cache(
             train_features = train_cache.stream(
                 batch, (stage_one + 1) * steps_per_epoch, seed, start * steps_per_epoch
             )
-            previous = (resume.history.get("loss", []) if resume else [])[:start]
-            end = StageOneEnd(stage_one, schedule, tolerance=0.01, losses=previous)
+            done = resume.history if resume else {}
+            end = StageOneEnd(
+                stage_one,
+                schedule,
+                tolerance=0.01,
+                losses=done.get("loss", [])[:start],
+                val_losses=done.get("val_loss", [])[:start],
+            )
         else:
             train_features = train_cache.dataset(batch, shuffle=True, seed=seed)
             if resume is not None:
@@ -1696,11 +1705,21 @@ def _fit_with_feature_cache(
             if val_cache is not None:
                 val_cache.close()
         if end.converged_at is not None and verbose:
-            print(
-                f"tltf: stage 1 converged after {end.converged_at + 1} epochs "
-                f"({(end.converged_at + 1) * steps_per_epoch:,} steps; training "
-                f"loss {end.losses[-1]:.4g})."
-            )
+            if end.why == "validation loss":
+                best = min(end.val_losses)
+                print(
+                    f"tltf: stage 1 stopped after {end.converged_at + 1} epochs "
+                    f"({(end.converged_at + 1) * steps_per_epoch:,} steps): the "
+                    f"validation loss stopped falling (best {best:.4g}, at epoch "
+                    f"{end.val_losses.index(best) + 1}; training loss "
+                    f"{end.losses[-1]:.4g})."
+                )
+            else:
+                print(
+                    f"tltf: stage 1 converged after {end.converged_at + 1} epochs "
+                    f"({(end.converged_at + 1) * steps_per_epoch:,} steps; training "
+                    f"loss {end.losses[-1]:.4g})."
+                )
     total = schedule.unfreeze_at_epoch + fine_tune_epochs
     continuation.epochs = total
     for callback in backup:
