@@ -39,6 +39,10 @@ def test_probe_finds_the_early_block_when_the_top_destroys_the_signal():
     assert result.cut in ("block1", "block2")
     assert result.unfreeze >= 1
     assert f"cut={result.cut!r}" in result.reason
+    assert result.reason.startswith("Val accuracy of a linear probe")
+    # Without validation data the scores are leave-one-out, and the reason says so.
+    loo = probe_blocks(_broken_base(), train, verbose=0)
+    assert loo.reason.startswith("Leave-one-out accuracy of a linear probe")
     # The recommendation builds: a model cut there trains blocks below it only.
     model = tltf.build_model(_broken_base(), 3, cut=result.cut)
     assert tltf.model_info(model).block_map.names[-1] == result.cut

@@ -341,7 +341,9 @@ def probe_blocks(
         for k, position in enumerate(positions)
     ]
     pixel_row = row(len(positions), "pixels", -1) if pixels else None
-    cut, unfreeze, reason, tol = recommend(rows, len(y_val), tolerance)
+    cut, unfreeze, reason, tol = recommend(
+        rows, len(y_val), tolerance, "leave-one-out" if loo else "validation"
+    )
     if pixel_row is not None:
         best = max(r["val_accuracy"] for r in rows)
         if pixel_row["val_accuracy"] >= best - tol:
@@ -645,7 +647,10 @@ def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
 
 
 def recommend(
-    rows: list[dict], num_val: int, tolerance: float | None = None
+    rows: list[dict],
+    num_val: int,
+    tolerance: float | None = None,
+    scoring: str = "validation",
 ) -> tuple[str | None, int, str, float]:
     """The cut and unfreeze depth from probe accuracies (see the module docstring).
 
@@ -655,6 +660,8 @@ def recommend(
         num_val: int. Validation examples (for the default tolerance).
         tolerance: float or None. Accuracy differences up to this are ties.
             Defaults to max(0.01, standard error of the peak accuracy).
+        scoring: str. What the accuracies are: "validation" or "leave-one-out"
+            (for the wording of the reason). Defaults to "validation".
 
     Returns:
         `(cut, unfreeze, reason, tolerance)`.
@@ -676,8 +683,10 @@ def recommend(
         )
     tol = float(tolerance)
     last = len(rows) - 1
+    measure = "Leave-one-out" if scoring == "leave-one-out" else "Val"
     head = (
-        f"Val accuracy of a linear probe peaks at {names[peak]} ({acc[peak]:.3f}); "
+        f"{measure} accuracy of a linear probe peaks at {names[peak]} "
+        f"({acc[peak]:.3f}); "
         f"differences up to {tol:.3f} count as ties. "
     )
     if acc[last] < acc[peak] - tol:
