@@ -329,9 +329,8 @@ class StageOneEnd(keras.callbacks.Callback):
         self.losses = [float(v) for v in losses]
         self.val_losses = [float(v) for v in val_losses]
         self.converged_at: int | None = None
-        self.why = (
-            "training loss"  # what converged: "training loss" or "validation loss"
-        )
+        # What ended stage 1 early: "training loss" or "validation loss".
+        self.why = "training loss"
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -69,6 +69,7 @@ MIN_FALL = 0.05
 #: its training images (a converged head on a few images): nothing can fall, and
 #: the stage's safe default is used.
 FITTED_LOSS = 1e-3
+
 # How far above its noise the fall must be (in standard deviations of the
 # difference between the starting level and the smoothed minimum).
 _NOISE_SIGMAS = 3.0
