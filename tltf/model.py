@@ -181,8 +181,8 @@ def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
     names = base.block_map.names
     if head.pool_from == "top" or len(base.model.output_shape) != 4:
         return base, [names[-1]]
-    widths = None
     if head.pool_from == "auto":
+        # One walk of the graph finds every block's output; unreadable ones are None.
         try:
             tensors = block_outputs(
                 base.model, base.block_map, range(len(names)), strict=False
@@ -193,16 +193,16 @@ def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
             int(t.shape[-1]) if t is not None and len(t.shape) == 4 else None
             for t in tensors
         ]
-    positions = pool_positions(
-        len(names),
-        head.pool_from,
-        lambda b: resolve_block(base.block_map, b, "pool_from"),
-        widths,
-    )
-    if len(positions) == 1:
-        return base, [names[-1]]
-    outputs = block_outputs(base.model, base.block_map, positions)
-    if any(len(t.shape) != 4 for t in outputs):
+        positions = pool_positions(len(names), "auto", widths=widths)
+        outputs = [tensors[p] for p in positions]
+    else:
+        positions = pool_positions(
+            len(names),
+            head.pool_from,
+            lambda b: resolve_block(base.block_map, b, "pool_from"),
+        )
+        outputs = block_outputs(base.model, base.block_map, positions)
+    if len(positions) == 1 or any(len(t.shape) != 4 for t in outputs):
         return base, [names[-1]]
     model = keras.Model(base.model.inputs, outputs, name=base.model.name)
     return dataclasses.replace(base, model=model), [names[p] for p in positions]
