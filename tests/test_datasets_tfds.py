@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+import tltf.datasets_tfds  # noqa: F401  (registers tltf_shapes)
 from tltf import datasets
 
 

@@ -15,9 +15,9 @@ from tltf import (
     _quiet,  # noqa: F401  (must run before TensorFlow is imported)
     checkpoint,  # atomic ModelCheckpoint
     datasets,
-    datasets_tfds,  # noqa: F401  (registers the tltf_shapes tfds builder)
     distribute,  # strategies; the Keras multi-worker fixes
 )
+from tltf._version import __version__ as __version__
 from tltf.bases import (
     Base,
     BlockMap,
@@ -34,15 +34,14 @@ from tltf.freezing import block_summary, freeze, trainable_blocks, unfreeze
 from tltf.heads import HeadConfig
 from tltf.lr_finder import LRFinderResult, find_lr
 from tltf.model import build_model, load_model, model_info
+from tltf.optimizers import set_lr_multipliers
 from tltf.pretrain import (
     pretrain,  # the function; `from tltf.pretrain import ...` works too
 )
 from tltf.probe import ProbeResult, probe_blocks
 from tltf.reports import plot_confusion_matrix, plot_history, plot_tuning
-from tltf.schedule import FineTuneSchedule, fine_tune, set_lr_multipliers
+from tltf.schedule import FineTuneSchedule, fine_tune
 from tltf.tuning import FineTuneHyperModel, SearchSpace, TuneResult, tune
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Base",

@@ -23,7 +23,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tltf.model import model_info
+from tltf.errors import DataError
+from tltf.info import model_info
+from tltf.stages import StageTag
 
 #: Above this many bytes of features, the cache goes to disk (memory-mapped).
 MEMORY_LIMIT_BYTES = 2 * 1024**3
@@ -138,8 +140,6 @@ class FeatureCache:
             rest = [[np.asarray(labels)]]
         self.seconds = time.perf_counter() - start
         if not features:
-            from tltf.errors import DataError
-
             raise DataError("The dataset is empty: no batch to compute features from.")
         nbytes = sum(f.nbytes for f in features)
         self.path: Path | None = None
@@ -298,7 +298,7 @@ class Continuation(keras.callbacks.Callback):
         self.callbacks.on_test_batch_end(batch, logs)
 
 
-class StageOneEnd(keras.callbacks.Callback):
+class StageOneEnd(StageTag):
     """Runs a cached stage-1 fit as the schedule would: tags its epochs as stage
     1, stops it after `head_epochs` (or once the loss has converged), and raises
     on a NaN loss.
@@ -322,7 +322,7 @@ class StageOneEnd(keras.callbacks.Callback):
     def __init__(
         self, head_epochs: int, schedule=None, tolerance=None, losses=(), val_losses=()
     ):
-        super().__init__()
+        super().__init__(stage=1)
         self.head_epochs = head_epochs
         self.schedule = schedule
         self.tolerance = tolerance
@@ -331,14 +331,9 @@ class StageOneEnd(keras.callbacks.Callback):
         self.converged_at: int | None = None
         # What ended stage 1 early: "training loss" or "validation loss".
         self.why = "training loss"
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["stage"] = 1
+        super().on_epoch_end(epoch, logs)
         loss = (logs or {}).get("loss")
         if loss is not None:
             self.losses.append(float(loss))
@@ -356,10 +351,3 @@ class StageOneEnd(keras.callbacks.Callback):
             self.model.stop_training = True
             if self.schedule is not None:
                 self.schedule.unfreeze_at_epoch = epoch + 1
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            from tltf.schedule import raise_on_divergence
-
-            raise_on_divergence(self.model, 1, self._epoch, batch, loss)

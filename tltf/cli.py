@@ -25,6 +25,45 @@ import os
 import sys
 from collections.abc import Sequence
 
+from tltf import runs
+from tltf._version import __version__
+from tltf.bases.base import BASE_INFO_FILE, load_base
+from tltf.bases.registry import (
+    REGISTRY,
+    SHIPPED_BASES,
+    get_spec,
+    list_bases,
+    shipped_base_path,
+)
+from tltf.config import FINE_TUNE_DEFAULTS as D
+from tltf.config import (
+    TrainConfig,
+    TuneConfig,
+    load_config_file,
+    merge,
+    parse_assignment,
+    parse_source,
+)
+from tltf.data import load_data
+from tltf.demo import run_demo
+from tltf.errors import ConfigError, DataError, ModelError, TltfError, suggest
+from tltf.evaluation import evaluate, predict, write_predictions
+from tltf.export import export_model
+from tltf.model import load_model
+from tltf.runs import (
+    BEST_MODEL,
+    CONFIG_FILE,
+    LAST_MODEL,
+    RunFolder,
+    class_names_of,
+    default_run_dir,
+    find_run,
+    load_run_data,
+    resolve_base,
+    resolve_image_size,
+    still_improving_hint,
+)
+
 #: Exit status of a usage or configuration error (as argparse uses).
 EXIT_ERROR = 2
 
@@ -80,7 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer learning for Keras and TensorFlow.",
         epilog="Run `tltf <command> --help` for a command's options and examples.",
     )
-    from tltf import __version__
 
     parser.add_argument("--version", action="version", version=f"tltf {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
@@ -342,8 +380,6 @@ def _show(value) -> str:
 
 
 def _suggest(text: str, *words: str) -> str:
-    from tltf.errors import suggest
-
     hint = suggest(text, words)  # " Did you mean 'auto'?"
     return f"; {hint.strip()[0].lower()}{hint.strip()[1:]}" if hint else ""
 
@@ -455,7 +491,6 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         default=S,
         help="augment training images (flip, rotation, zoom, ...)",
     )
-    from tltf.config import FINE_TUNE_DEFAULTS as D
 
     schedule = parser.add_argument_group("schedule (the [schedule] section)")
     schedule.add_argument(
@@ -677,8 +712,6 @@ def _add_run_commands(commands) -> None:
 
 # -- train and tune ---------------------------------------------------------------
 def _config_overrides(args: argparse.Namespace) -> dict:
-    from tltf.config import merge, parse_assignment
-
     overrides: dict = {}
     for dest, (section, key) in _CONFIG_FLAGS.items():
         if hasattr(args, dest):
@@ -690,7 +723,6 @@ def _config_overrides(args: argparse.Namespace) -> dict:
 
 def _resolve_config(args: argparse.Namespace, cls):
     """The config of `train`/`tune`: the file, then flags, then --set."""
-    from tltf.config import load_config_file, merge
 
     overrides = _config_overrides(args)
     if args.resume:
@@ -707,7 +739,6 @@ def _resolve_config(args: argparse.Namespace, cls):
             )
         if args.out is None:
             raise _config_error("--resume needs --out: the run folder to continue.")
-        from tltf.runs import CONFIG_FILE, RunFolder
 
         RunFolder(args.out, resume=True)  # checks there is a run to resume
         return cls.from_dict(load_config_file(os.path.join(args.out, CONFIG_FILE)))
@@ -716,8 +747,6 @@ def _resolve_config(args: argparse.Namespace, cls):
 
 
 def _config_error(message: str):
-    from tltf.errors import ConfigError
-
     return ConfigError(message)
 
 
@@ -737,7 +766,6 @@ def _run(args: argparse.Namespace, config_class, run_function) -> dict | None:
     `--print-config` checks what the run checks before it reads any data: the
     required keys, the base and the input size.
     """
-    from tltf.runs import resolve_base, resolve_image_size
 
     config = resolve_base(_resolve_config(args, config_class).require())
     resolve_image_size(config)
@@ -755,10 +783,7 @@ def _run(args: argparse.Namespace, config_class, run_function) -> dict | None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tltf.config import TrainConfig
-    from tltf.runs import still_improving_hint, train
-
-    summary = _run(args, TrainConfig, train)
+    summary = _run(args, TrainConfig, runs.train)
     if summary is None:
         return 0
     best = summary["best"]
@@ -775,10 +800,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from tltf.config import TuneConfig
-    from tltf.runs import tune
-
-    summary = _run(args, TuneConfig, tune)
+    summary = _run(args, TuneConfig, runs.tune)
     if summary is None:
         return 0
     best = summary["best"]["hyperparameters"]
@@ -795,10 +817,6 @@ def _load_cli_model(path: str, compile: bool = True):
     file holds an unbuilt optimizer, which Keras warns it cannot restore.
     """
     from pathlib import Path
-
-    from tltf.errors import ModelError
-    from tltf.model import load_model
-    from tltf.runs import BEST_MODEL, LAST_MODEL, find_run
 
     target = Path(path).expanduser()
     if target.is_dir():
@@ -818,8 +836,6 @@ def _load_cli_model(path: str, compile: bool = True):
 
 
 def _model_image_size(model) -> tuple[int, int]:
-    from tltf.errors import ModelError
-
     height, width = model.input_shape[1:3]
     if height is None or width is None:
         raise ModelError(
@@ -830,9 +846,6 @@ def _model_image_size(model) -> tuple[int, int]:
 
 
 def _run_config(run_dir):
-    from tltf.config import TrainConfig, load_config_file
-    from tltf.runs import CONFIG_FILE
-
     if run_dir is None or not (run_dir / CONFIG_FILE).is_file():
         return None
     data = load_config_file(run_dir / CONFIG_FILE)
@@ -841,19 +854,12 @@ def _run_config(run_dir):
 
 
 def _stamped(parent, prefix: str):
-    from tltf.runs import default_run_dir
-
     return default_run_dir(prefix, root=parent)
 
 
 def _labelled_data(args, model, run_dir):
     """The labelled `DataBundle` and class names that `evaluate` reads."""
     from pathlib import Path
-
-    from tltf.config import parse_source
-    from tltf.data import load_data
-    from tltf.errors import ConfigError, DataError
-    from tltf.runs import class_names_of, load_run_data
 
     size = _model_image_size(model)
     names = class_names_of(model)
@@ -915,8 +921,6 @@ def _labelled_data(args, model, run_dir):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tltf.evaluation import evaluate
-
     model, run_dir = _load_cli_model(args.model, compile=False)
     data, names = _labelled_data(args, model, run_dir)
     report = evaluate(model, data, class_names=names, top_k=args.top_k)
@@ -937,9 +941,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from tltf.evaluation import predict, write_predictions
-    from tltf.runs import class_names_of
-
     model, _ = _load_cli_model(args.model, compile=False)
     names = class_names_of(model)
     rows = []
@@ -967,8 +968,6 @@ def _print_csv(rows) -> None:
     import tempfile
     from pathlib import Path
 
-    from tltf.evaluation import write_predictions
-
     with tempfile.TemporaryDirectory() as folder:
         path = write_predictions(rows, Path(folder) / "predictions.csv")
         sys.stdout.write(path.read_text())
@@ -979,10 +978,6 @@ _EXPORT_SUFFIX = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from tltf.config import parse_source
-    from tltf.errors import ConfigError
-    from tltf.export import export_model
 
     quantize = None if args.quantize == "none" else args.quantize
     fmt = args.format
@@ -1017,8 +1012,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.representative:
         representative = args.representative
         if representative.startswith("tfds:"):
-            from tltf.data import load_data
-
             name, split = parse_source(representative)
             config = _run_config(run_dir)
             representative = load_data(
@@ -1044,22 +1037,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_bases(args: argparse.Namespace) -> int:
     import fnmatch
 
-    from tltf.bases.registry import REGISTRY, SHIPPED_BASES, get_spec, list_bases
-
     if args.name in SHIPPED_BASES:
         return _show_shipped(SHIPPED_BASES[args.name])
     if args.name is not None:
         spec = get_spec(args.name)
-        print(f"name:          {spec.name}")
-        print(f"constructor:   {spec.constructor_name}")
-        print(f"family:        {spec.family}")
-        print(f"preprocessing: {spec.preprocessing}")
-        print(f"default size:  {spec.default_size}")
-        print(f"min size:      {spec.min_size}")
-        blocks, params = _block_stats(spec.name)
-        print(f"parameters:    {params:,} (without the top)")
-        print(f"blocks:        {len(blocks)}, bottom to top: {' '.join(blocks)}")
-        return 0
+        return _print_base(
+            spec.name,
+            constructor=spec.constructor_name,
+            family=spec.family,
+            preprocessing=spec.preprocessing,
+            default_size=spec.default_size,
+            min_size=spec.min_size,
+        )
     shipped = [
         base
         for base in SHIPPED_BASES.values()
@@ -1067,8 +1056,6 @@ def _cmd_bases(args: argparse.Namespace) -> int:
     ]
     names = list_bases(args.filter)
     if not names and not shipped:
-        from tltf.errors import ConfigError
-
         raise ConfigError(
             f"No base matches --filter {args.filter!r}. Run `tltf bases` for the "
             "whole registry."
@@ -1103,8 +1090,6 @@ def _shipped_record(base) -> dict:
     """The `base.json` of a shipped base ({} when this install lacks it)."""
     import json
 
-    from tltf.bases.base import BASE_INFO_FILE
-
     try:
         return json.loads((base.path / BASE_INFO_FILE).read_text())
     except (OSError, ValueError):
@@ -1113,7 +1098,6 @@ def _shipped_record(base) -> dict:
 
 def _shipped_sizes(base) -> tuple[str, int | str, int | str]:
     """(family, input size, minimum size) of a shipped base, from its base.json."""
-    from tltf.bases.registry import REGISTRY
 
     record = _shipped_record(base)
     info = record.get("info", {})
@@ -1128,30 +1112,36 @@ def _shipped_sizes(base) -> tuple[str, int | str, int | str]:
 
 def _show_shipped(base) -> int:
     """`tltf bases demo`: a shipped base's folder, architecture, sizes and blocks."""
-    from tltf.bases.registry import shipped_base_path
 
     path = shipped_base_path(base.name)  # a missing folder raises, with the fix
     record = _shipped_record(base)
     family, size, low = _shipped_sizes(base)
-    print(f"name:          {base.name}")
-    print(f"about:         {base.description}")
-    print(f"folder:        {path}")
-    print(f"architecture:  {record.get('info', {}).get('architecture', '-')}")
-    print(f"family:        {family}")
-    print(f"preprocessing: {record.get('preprocessing', '-')}")
-    print(f"default size:  {size}")
-    print(f"min size:      {low}")
-    blocks, params = _block_stats(base.name)
-    print(f"parameters:    {params:,} (without the top)")
-    print(f"blocks:        {len(blocks)}, bottom to top: {' '.join(blocks)}")
+    return _print_base(
+        base.name,
+        about=base.description,
+        folder=path,
+        architecture=record.get("info", {}).get("architecture", "-"),
+        family=family,
+        preprocessing=record.get("preprocessing", "-"),
+        default_size=size,
+        min_size=low,
+    )
+
+
+def _print_base(name: str, **fields) -> int:
+    """`tltf bases NAME`: one aligned line per field, then the block statistics."""
+    blocks, params = _block_stats(name)
+    rows = {"name": name, **fields}
+    rows["parameters"] = f"{params:,} (without the top)"
+    rows["blocks"] = f"{len(blocks)}, bottom to top: {' '.join(blocks)}"
+    for key, value in rows.items():
+        print(f"{key.replace('_', ' ') + ':':15s}{value}")
     return 0
 
 
 def _block_stats(name: str) -> tuple[list[str], int]:
     """Block names and parameter count of a base (a registry one: random weights)."""
     import keras
-
-    from tltf.bases.base import load_base
 
     base = load_base(name, weights=None)
     stats = list(base.block_map.names), int(base.model.count_params())
@@ -1161,8 +1151,6 @@ def _block_stats(name: str) -> tuple[list[str], int]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from tltf.demo import run_demo
-
     run_demo(k_values=args.k, seed=args.seed, out_dir=args.out, quick=args.quick)
     return 0
 
@@ -1194,7 +1182,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
         )
     import tltf  # noqa: F401  (imports TensorFlow quietly, before any command)
-    from tltf.errors import TltfError
 
     try:
         return args.handler(args)

@@ -28,6 +28,7 @@ import re
 import keras
 import tensorflow as tf
 
+from tltf.distribute import in_scope, is_distributed
 from tltf.errors import ConfigError, TrainingError
 
 #: Mixed dtype policies `mixed_precision=` accepts by name.
@@ -161,7 +162,6 @@ def needs_rebuild(model: keras.Model, strategy, policy: str | None) -> list[str]
     Returns:
         The reasons (empty when the model can be used as it is).
     """
-    from tltf.distribute import in_scope, is_distributed
 
     reasons = []
     if is_distributed(strategy) and not in_scope(model, strategy):

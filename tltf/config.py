@@ -51,6 +51,8 @@ from typing import Any, Literal
 
 import yaml
 
+from tltf._checks import is_int
+from tltf._io import atomic_write_text
 from tltf.errors import ConfigError, suggest
 from tltf.heads import TASKS, HeadConfig
 from tltf.schedule import fine_tune
@@ -95,10 +97,6 @@ def _where(section: str, key: str) -> str:
     return f"{section}.{key}" if section else key
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
@@ -139,7 +137,7 @@ def _matches(value, tp) -> bool:
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
-        return _is_int(value)
+        return is_int(value)
     if tp is float:
         return _is_number(value)
     if tp is str:
@@ -193,7 +191,7 @@ def _check_fields(obj, section: str) -> None:
 def _below_max_int(value, section: str, key: str) -> None:
     """Integers (also in lists) below `_MAX_INT`: 1e20 epochs is a typo, not a plan."""
     many = isinstance(value, (list, tuple))
-    if any(_is_int(v) and abs(v) >= _MAX_INT for v in (value if many else [value])):
+    if any(is_int(v) and abs(v) >= _MAX_INT for v in (value if many else [value])):
         what = "to hold integers" if many else "to be an integer"
         raise ConfigError(
             f"Expected {_where(section, key)} {what} below 2**31 ({_MAX_INT - 1}). "
@@ -415,7 +413,7 @@ class DataConfig:
                 "Expected data.image_size as an integer or [height, width], e.g. 96 "
                 f"or [96, 128]. Received: image_size={list(size)!r}"
             )
-        if _is_int(size) and size < 1:
+        if is_int(size) and size < 1:
             raise ConfigError(
                 f"Expected data.image_size >= 1. Received: image_size={size!r}"
             )
@@ -452,7 +450,7 @@ class DataConfig:
         """`image_size` as `(height, width)`, or None."""
         if self.image_size is None:
             return None
-        if _is_int(self.image_size):
+        if is_int(self.image_size):
             return (self.image_size, self.image_size)
         return tuple(self.image_size)
 
@@ -545,7 +543,7 @@ def _check_unfreeze_mapping(unfreeze: dict) -> None:
                     f"Expected {_UNFREEZE_VALUES[key]}."
                 ) from None
     else:
-        valid = (_is_int(value) and 0 <= value < _MAX_INT) or (
+        valid = (is_int(value) and 0 <= value < _MAX_INT) or (
             key == "blocks" and value == "all"
         )
     if not valid:
@@ -656,7 +654,7 @@ class ScheduleConfig:
                 f"Received: unfreeze={self.unfreeze!r}."
                 f"{suggest(self.unfreeze, _UNFREEZE_WORDS)}"
             )
-        if _is_int(self.unfreeze):
+        if is_int(self.unfreeze):
             _at_least(self.unfreeze, 0, "schedule", "unfreeze")
         if isinstance(self.unfreeze, dict) and (
             len(self.unfreeze) != 1
@@ -732,7 +730,8 @@ class TuneSection:
 
     Attributes:
         tuner: str. The search algorithm, e.g. "grid", "random", "bayesian" or
-            "hyperband" (see `tltf.tuning`). Defaults to "random".
+            "hyperband" (see `tltf.tuning`). Defaults to "bayesian", as
+            `tltf.tune`.
         max_trials: int. Trials to run. Defaults to 10.
         objective: str or None. The metric to optimise, one that the run logs
             (`LOGGED_METRICS` of `model.task`, with or without `val_`), or
@@ -743,7 +742,7 @@ class TuneSection:
             documents). Defaults to {}.
     """
 
-    tuner: str = "random"
+    tuner: str = "bayesian"
     max_trials: int = 10
     objective: str | None = None
     search_space: dict = dataclasses.field(default_factory=dict)
@@ -1071,7 +1070,6 @@ def dump_config(config: TrainConfig, path: str | os.PathLike) -> Path:
 
     The file reads back with `load_config_file` into an equal config.
     """
-    from tltf._io import atomic_write_text
 
     path = Path(path)
     data = config.to_dict()

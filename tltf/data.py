@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import math
 import os
 import re
 import zipfile
@@ -48,7 +47,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf._checks import check_choice, check_image_size, check_positive_int
 from tltf.errors import ConfigError, DataError, did_you_mean, suggest
+from tltf.images import (
+    RESIZE_POLICIES,
+    ImageOptions,
+    check_pixel_values,
+    decode_bytes,
+    decode_file,
+    image_shape_error,
+    prepare_image,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -74,9 +83,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 #: PNG takes gigabytes of memory. The limit is PIL's `MAX_IMAGE_PIXELS`. Set
 #: `tltf.data.MAX_IMAGE_PIXELS` higher, or to None, to read larger images.
 MAX_IMAGE_PIXELS: int | None = 89_478_485
-
-#: How images are brought to `image_size`.
-RESIZE_POLICIES: tuple[str, ...] = ("stretch", "crop", "pad")
 
 #: The tasks of `build_model`, and the label forms each one takes.
 TASKS: tuple[str, ...] = ("multiclass", "binary", "multilabel", "regression")
@@ -150,42 +156,6 @@ class DataBundle:
 
 
 # -- argument checks ---------------------------------------------------------------
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _check_image_size(image_size) -> tuple[int, int]:
-    size = (image_size, image_size) if _is_int(image_size) else image_size
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or not all(_is_int(s) and s > 0 for s in size)
-    ):
-        raise ConfigError(
-            "Expected image_size as a positive int or a (height, width) pair, e.g. "
-            f"224 or (224, 224). Received: image_size={image_size!r}"
-        )
-    return int(size[0]), int(size[1])
-
-
-def _check_choice(value, choices: Sequence[str], name: str) -> str:
-    if value not in choices:
-        raise ConfigError(
-            f"Expected {name} to be one of {list(choices)}. Received: "
-            f"{name}={value!r}.{suggest(str(value), choices)}"
-        )
-    return value
-
-
-def check_positive_int(value, name: str) -> int:
-    """`value` as an int; a ConfigError unless it is an integer >= 1 (not a bool)."""
-    if not _is_int(value) or value < 1:
-        raise ConfigError(
-            f"Expected {name} to be an int >= 1. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
 def _check_fraction(value) -> float | None:
     if value is None:
         return None
@@ -195,17 +165,6 @@ def _check_fraction(value) -> float | None:
             f"e.g. 0.2. Received: validation_split={value!r}"
         )
     return float(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Options:
-    size: tuple[int, int]
-    batch_size: int
-    resize: str
-    seed: int | None
-    shuffle: bool
-    cache: bool
-    task: str
 
 
 # -- labels --------------------------------------------------------------------------
@@ -386,131 +345,6 @@ def _validation_coverage(
     )
 
 
-# -- images --------------------------------------------------------------------------
-def _to_rgb(image: tf.Tensor) -> tf.Tensor:
-    """Gray (H, W), (H, W, 1) and RGBA (H, W, 4) images become (H, W, 3)."""
-    if image.shape.rank == 2:
-        image = image[..., tf.newaxis]
-    channels = image.shape[-1]
-    if channels == 3:
-        return image
-    if channels == 1:
-        return tf.tile(image, [1, 1, 3])
-    if channels == 4:
-        return image[..., :3]
-    # Unknown channel count (a dataset without static shapes): decide at run time.
-    channels = tf.shape(image)[-1]
-    check = tf.debugging.Assert(
-        tf.reduce_any(tf.equal(channels, [1, 3, 4])),
-        ["tltf: expected images with 1, 3 or 4 channels; got", channels],
-    )
-    with tf.control_dependencies([check]):
-        index = tf.where(channels == 1, tf.zeros(3, tf.int32), tf.range(3))
-    return tf.ensure_shape(tf.gather(image, index, axis=-1), [None, None, 3])
-
-
-def _central_crop_to_aspect(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-    crop_h = tf.minimum(h, tf.round(w * height / width))
-    crop_w = tf.minimum(w, tf.round(h * width / height))
-    crop_h = tf.cast(tf.maximum(crop_h, 1.0), tf.int32)
-    crop_w = tf.cast(tf.maximum(crop_w, 1.0), tf.int32)
-    top = (shape[0] - crop_h) // 2
-    left = (shape[1] - crop_w) // 2
-    return image[top : top + crop_h, left : left + crop_w]
-
-
-def _resize(image: tf.Tensor, size: tuple[int, int], policy: str) -> tf.Tensor:
-    """Resizes one (H, W, 3) image to `size` by `policy`; returns float32."""
-    image = tf.cast(image, tf.float32)
-    height, width = size
-    if policy == "crop":
-        image = _central_crop_to_aspect(image, height, width)
-    if policy == "pad":
-        image = tf.image.resize_with_pad(image, height, width)
-    else:
-        image = tf.image.resize(image, size)
-    return tf.ensure_shape(image, [height, width, 3])
-
-
-def _prepare_image(image: tf.Tensor, opts: _Options, uint8: bool) -> tf.Tensor:
-    image = _resize(_to_rgb(image), opts.size, opts.resize)
-    if uint8:  # Stored (and cached) as uint8, whether cached or not.
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return image
-
-
-def _image_shape_error(shape, what: str) -> DataError:
-    return DataError(
-        f"Expected {what} images with 1, 3 or 4 channels (gray, RGB or RGBA), of "
-        f"shape (N, height, width, channels). Received images of shape {shape}. "
-        "Convert them to RGB, e.g. with np.repeat(x, 3, axis=-1) for one channel."
-    )
-
-
-def check_pixel_values(images, what: str, scope: str = "") -> None:
-    """Checks that images hold raw pixels in [0, 255], as tltf models expect.
-
-    NaN or infinite values and values above 255 (e.g. 16-bit images) raise a
-    `DataError`: a model cannot learn from them. Images that look already
-    preprocessed ([0, 1], [-1, 1] or otherwise negative) are usable but are
-    probably a mistake (the base's preprocessing is part of the model): one
-    line says so, with the fix.
-
-    Args:
-        images: array of shape (N, height, width, channels). Read in chunks, so
-            a large array is not copied.
-        what: str. The name of the images in messages, e.g. "train".
-        scope: str. Words after "images" saying which images were checked, e.g.
-            " (the first 64)". Defaults to "".
-    """
-    images = np.asarray(images)
-    if not (np.issubdtype(images.dtype, np.number) and images.size):
-        return
-    low, high, bad, first = math.inf, -math.inf, 0, None
-    for start in range(0, len(images), 256):
-        chunk = images[start : start + 256]
-        if np.issubdtype(images.dtype, np.floating):
-            finite = np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
-            if not finite.all():
-                bad += int((~finite).sum())
-                first = start + int(np.argmin(finite)) if first is None else first
-                continue
-        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
-    if bad:
-        raise DataError(
-            f"{what} has {bad} image{'s' if bad > 1 else ''}{scope} with NaN or "
-            f"infinite pixel values (first at index {first}). Expected finite raw "
-            "pixels in [0, 255]. Drop or repair those images (e.g. np.nan_to_num), "
-            "or fix the step that made them."
-        )
-    if high > 255:
-        raise DataError(
-            f"Expected {what} pixel values in [0, 255] (tltf models take raw 8-bit "
-            "pixels and preprocess them inside the model). Received values up to "
-            f"{high:g} (dtype {images.dtype}){scope}. Scale them to [0, 255], e.g. "
-            "x * (255 / 65535) for 16-bit images, or np.clip(x, 0, 255) if only a "
-            "few values overshoot."
-        )
-    if low < 0:
-        hint = (
-            "in [-1, 1]; tltf models expect raw pixels in [0, 255] (already "
-            "preprocessed? the base's preprocessing is part of the model). Use "
-            "(x + 1) * 127.5."
-            if low >= -1 and high <= 1
-            else f"negative (min {low:g}, max {high:g}); tltf models expect raw "
-            "pixels in [0, 255] (already normalised? the base's preprocessing is "
-            "part of the model). Undo the normalisation first."
-        )
-        print(f"tltf: note: {what} images{scope} are {hint}")
-    elif np.issubdtype(images.dtype, np.floating) and 0 < high <= 1:
-        print(
-            f"tltf: note: {what} images{scope} are in [0, 1]; tltf models expect raw "
-            "pixels in [0, 255]. Multiply them by 255."
-        )
-
-
 # -- sources ---------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Source:
@@ -532,7 +366,7 @@ class _Source:
 
 
 def _arrays_source(
-    x, y, opts: _Options, num_classes: int | None, what: str, class_names=None
+    x, y, opts: ImageOptions, num_classes: int | None, what: str, class_names=None
 ) -> _Source:
     try:
         x = np.asarray(x)
@@ -549,7 +383,7 @@ def _arrays_source(
     if x.ndim == 3:
         x = x[..., np.newaxis]
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
-        raise _image_shape_error(x.shape, what)
+        raise image_shape_error(x.shape, what)
     y = np.asarray(y)
     if len(x) == 0:
         raise DataError(f"{what} is empty: it has no images.")
@@ -574,7 +408,7 @@ def _arrays_source(
     uint8 = x.dtype == np.uint8
     return _Source(
         make=make,
-        prepare=lambda image, label: (_prepare_image(image, opts, uint8), label),
+        prepare=lambda image, label: (prepare_image(image, opts, uint8), label),
         labels=labels,
         num_classes=num_classes,
         class_names=class_names,
@@ -584,7 +418,7 @@ def _arrays_source(
     )
 
 
-def _npz_source(path: Path, opts: _Options, num_classes, what: str):
+def _npz_source(path: Path, opts: ImageOptions, num_classes, what: str):
     """Returns (train source, validation arrays or None)."""
     if not zipfile.is_zipfile(path):
         raise DataError(
@@ -671,15 +505,6 @@ def _list_folder(root: Path, what: str, class_names: list[str] | None):
     return paths, np.asarray(labels, np.int32), class_names, others
 
 
-def _decode_bytes(contents: tf.Tensor) -> tf.Tensor:
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    return tf.ensure_shape(image, [None, None, 3])
-
-
-def _decode_file(path: tf.Tensor) -> tf.Tensor:
-    return _decode_bytes(tf.io.read_file(path))
-
-
 def _header_size(contents: tf.Tensor) -> tf.Tensor:
     """(height, width) from a PNG, JPEG, GIF or BMP header, without decoding.
 
@@ -764,7 +589,7 @@ def scan_image_files(paths: Sequence[str]) -> tuple[np.ndarray, dict[str, str]]:
         shape = tf.cond(
             large,
             lambda: tf.zeros([3], tf.int32),
-            lambda: tf.shape(_decode_bytes(contents)),
+            lambda: tf.shape(decode_bytes(contents)),
         )
         return i, size, large, shape
 
@@ -835,7 +660,12 @@ def _drop_empty_classes(
 
 
 def _folder_source(
-    root: Path, opts: _Options, num_classes, what: str, strict: bool, class_names=None
+    root: Path,
+    opts: ImageOptions,
+    num_classes,
+    what: str,
+    strict: bool,
+    class_names=None,
 ) -> _Source:
     given_names = class_names
     paths, labels, class_names, others = _list_folder(root, what, class_names)
@@ -896,7 +726,7 @@ def _folder_source(
     return _Source(
         make=make,
         prepare=lambda path, label: (
-            _prepare_image(_decode_file(path), opts, True),
+            prepare_image(decode_file(path), opts, True),
             label,
         ),
         labels=labels,
@@ -950,7 +780,7 @@ def _check_dataset_spec(ds: tf.data.Dataset, what: str) -> tuple[int, Any]:
         )
     channels = image.shape[-1] if rank >= 3 else 1
     if channels not in (None, 1, 3, 4):
-        raise _image_shape_error(tuple(image.shape), what)
+        raise image_shape_error(tuple(image.shape), what)
     if not (image.dtype.is_integer or image.dtype.is_floating):
         raise DataError(f"Expected numeric {what} images. Received {image.dtype}.")
     return rank, label
@@ -1006,7 +836,7 @@ def _read_labels(
     return np.concatenate(labels), seen
 
 
-def _dataset_source(ds: tf.data.Dataset, opts: _Options, num_classes, what: str):
+def _dataset_source(ds: tf.data.Dataset, opts: ImageOptions, num_classes, what: str):
     rank, label_spec = _check_dataset_spec(ds, f"the {what} dataset")
     batched = rank == 4
     unknown_channels = rank > 2 and ds.element_spec[0].shape[-1] is None
@@ -1055,7 +885,7 @@ def _dataset_source(ds: tf.data.Dataset, opts: _Options, num_classes, what: str)
 
     return _Source(
         make=make,
-        prepare=lambda x, y: (_prepare_image(x, opts, uint8), clean_label(y)),
+        prepare=lambda x, y: (prepare_image(x, opts, uint8), clean_label(y)),
         labels=labels,
         num_classes=num_classes,
         uint8=uint8,
@@ -1175,6 +1005,8 @@ def _read_source(source, kind, opts, num_classes, what, strict, class_names=None
 # -- TFDS -----------------------------------------------------------------------------
 def _tfds():
     import tensorflow_datasets as tfds  # Slow to import: only when needed.
+
+    import tltf.datasets_tfds  # noqa: F401  (registers tltf_shapes; imports tfds)
 
     return tfds
 
@@ -1324,7 +1156,7 @@ def _tfds_source(
     uint8 = ds.element_spec[0].dtype == tf.uint8
     source = _Source(
         make=lambda indices: ds,
-        prepare=lambda x, y: (_prepare_image(x, opts, uint8), label(y)),
+        prepare=lambda x, y: (prepare_image(x, opts, uint8), label(y)),
         labels=None,
         num_classes=num_classes,
         class_names=list(names) if names is not None else None,
@@ -1359,13 +1191,13 @@ def _shuffle_buffer(size: int | None, bytes_per_element: int) -> int:
 
 
 def _pipeline(
-    source: _Source, indices, opts: _Options, training: bool
+    source: _Source, indices, opts: ImageOptions, training: bool
 ) -> tf.data.Dataset:
     return _pipelines(source, indices, opts, training)[0]
 
 
 def _pipelines(
-    source: _Source, indices, opts: _Options, training: bool
+    source: _Source, indices, opts: ImageOptions, training: bool
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """The batches (shuffled for training, when asked) and the same in a fixed order.
 
@@ -1401,7 +1233,9 @@ def _pipelines(
     return _batched(ds, source, opts), _batched(fixed, source, opts)
 
 
-def _batched(ds: tf.data.Dataset, source: _Source, opts: _Options) -> tf.data.Dataset:
+def _batched(
+    ds: tf.data.Dataset, source: _Source, opts: ImageOptions
+) -> tf.data.Dataset:
     if source.uint8:
         ds = ds.map(
             lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=_AUTOTUNE
@@ -1506,14 +1340,14 @@ def load_data(
     >>> images.shape, labels.shape
     (TensorShape([32, 224, 224, 3]), TensorShape([32]))
     """
-    opts = _Options(
-        size=_check_image_size(image_size),
+    opts = ImageOptions(
+        size=check_image_size(image_size),
         batch_size=check_positive_int(batch_size, "batch_size"),
-        resize=_check_choice(resize, RESIZE_POLICIES, "resize"),
+        resize=check_choice(resize, RESIZE_POLICIES, "resize"),
         seed=seed,
         shuffle=bool(shuffle),
         cache=bool(cache),
-        task=_check_choice(task, TASKS, "task"),
+        task=check_choice(task, TASKS, "task"),
     )
     fraction = _check_fraction(validation_split)
     if fraction is not None and validation is not None:

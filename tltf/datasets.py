@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tltf._checks import is_int
 from tltf.errors import ConfigError, suggest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -461,17 +462,13 @@ def task_classes() -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def _check_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if _is_int(image_size):
+    if is_int(image_size):
         hw = (int(image_size), int(image_size))  # type: ignore[arg-type]
     elif (
         isinstance(image_size, (tuple, list))
         and len(image_size) == 2
-        and all(_is_int(v) for v in image_size)
+        and all(is_int(v) for v in image_size)
     ):
         hw = (int(image_size[0]), int(image_size[1]))
     else:
@@ -493,11 +490,11 @@ def _labels_for(
             "Pass exactly one of n (total images) or per_class (images per class)."
         )
     if per_class is not None:
-        if not _is_int(per_class) or per_class < 1:
+        if not is_int(per_class) or per_class < 1:
             raise ConfigError(f"per_class must be a positive int, got {per_class!r}.")
         counts = np.full(n_cls, int(per_class), dtype=np.int64)
     else:
-        if not _is_int(n) or n < 1:  # type: ignore[operator]
+        if not is_int(n) or n < 1:  # type: ignore[operator]
             raise ConfigError(f"n must be a positive int, got {n!r}.")
         base, extra = divmod(int(n), n_cls)  # type: ignore[arg-type]
         counts = np.full(n_cls, base, dtype=np.int64)
@@ -920,7 +917,7 @@ def _generate(
 ) -> tuple[Array, Array]:
     task = _check_task(task)
     hw = _check_size(image_size)
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ConfigError(f"seed must be a non-negative int, got {seed!r}.")
     seed = int(seed)
     n_cls = len(_TASK_CLASSES[task])
@@ -1047,7 +1044,7 @@ def make_dataset(
         >>> x.shape, x.dtype.name, y.dtype.name
         (TensorShape([16, 32, 32, 3]), 'uint8', 'int32')
     """
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}.")
     if dtype not in ("uint8", "float32"):
         raise ConfigError(f"dtype must be 'uint8' or 'float32', got {dtype!r}.")

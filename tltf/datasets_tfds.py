@@ -1,9 +1,10 @@
 """tltf's procedural datasets as a real TensorFlow Datasets builder.
 
-Importing tltf registers the builder `tltf_shapes`, so the standard tfds loading
-path works offline: `tfds.load` prepares the dataset once (generating the images
-instead of downloading them), writes TFRecords to the tfds data directory, and
-reads them back like any other dataset.
+Importing this module registers the builder `tltf_shapes`, so the standard tfds
+loading path works offline: `tfds.load` prepares the dataset once (generating the
+images instead of downloading them), writes TFRecords to the tfds data directory,
+and reads them back like any other dataset. `tltf.load_data` imports it for a
+`tfds:` source; `import tltf` alone does not import tfds (it is slow to import).
 
 Configs: `tltf_shapes/source` (16 shape classes), `tltf_shapes/target` (12 other
 shape classes), `tltf_shapes/textures` (8) and `tltf_shapes/counting` (6); images
@@ -11,7 +12,7 @@ are 64x64 RGB, with `train` and `test` splits.
 
 Example:
 
->>> import tltf, tensorflow_datasets as tfds
+>>> import tltf.datasets_tfds, tensorflow_datasets as tfds
 >>> train, info = tfds.load("tltf_shapes/target", split="train[:80%]",
 ...                         as_supervised=True, with_info=True)
 >>> info.features["label"].names[:3]

@@ -88,6 +88,7 @@ import numpy as np
 
 from tltf import datasets
 from tltf._io import atomic_dir
+from tltf._version import __version__
 from tltf.bases.base import Base, load_saved_base
 from tltf.errors import ConfigError, ModelError
 from tltf.model import build_model, model_info
@@ -543,8 +544,6 @@ def run_demo(
                 f"tltf demo: k={k}: transfer {head} (head only), {tuned} (fine-tuned) "
                 f"in {transfer_s:.0f} s; scratch {scratch_acc} in {scratch_s:.0f} s."
             )
-
-    from tltf import __version__
 
     summary: dict[str, Any] = {
         "schema": SUMMARY_SCHEMA,

@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from tltf.errors import ConfigError
+from tltf.optimizers import clone_optimizer
 
 #: Names `resolve_strategy` accepts.
 STRATEGIES = ("auto", "mirrored", "multi_worker")
@@ -281,10 +282,8 @@ def optimizer_in_scope(optimizer, strategy):
             f"outside {type(strategy).__name__}. Pass an optimizer name or a new "
             "optimizer instance (tltf then creates it under the strategy's scope)."
         )
-    from tltf.schedule import _clone_optimizer
-
     with strategy.scope():
-        return _clone_optimizer(optimizer, None)
+        return clone_optimizer(optimizer)
 
 
 # -- Keras compatibility fixes (keras-team/keras#20585) ------------------------

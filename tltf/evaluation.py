@@ -47,14 +47,27 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf._checks import check_choice, check_image_size, check_positive_int
 from tltf._io import atomic_write_json, atomic_write_text
 from tltf.data import (
-    check_pixel_values,
-    check_positive_int,
+    IMAGE_EXTENSIONS,
+    DataBundle,
+    load_data,
     scan_image_files,
     skipped_files_text,
 )
 from tltf.errors import ConfigError, DataError, ModelError, suggest
+from tltf.images import (
+    RESIZE_POLICIES,
+    ImageOptions,
+    check_pixel_values,
+    decode_file,
+    image_shape_error,
+    prepare_image,
+)
+from tltf.info import model_info
+from tltf.reports import confusion_matrix, plot_confusion_matrix
+from tltf.saving import as_model
 
 __all__ = [
     "EvaluationReport",
@@ -76,8 +89,6 @@ _MAX_WIDTH = 100
 
 # -- the model -------------------------------------------------------------------
 def _as_model(model) -> keras.Model:
-    from tltf.model import as_model
-
     return as_model(model)
 
 
@@ -103,7 +114,6 @@ def _model_task(model: keras.Model, task: str | None) -> tuple[str, bool, int]:
         )
     units = int(shape[-1])
     activation = _output_activation(model)
-    from tltf.model import model_info
 
     try:
         info = model_info(model)
@@ -171,10 +181,8 @@ def _class_names(names, task: str, units: int, source_names=None) -> list[str]:
 
 
 def _input_size(model: keras.Model, image_size) -> tuple[int, int]:
-    from tltf.data import _check_image_size
-
     if image_size is not None:
-        return _check_image_size(image_size)
+        return check_image_size(image_size)
     shape = model.input_shape
     if not (isinstance(shape, tuple) and len(shape) == 4):
         raise ModelError(
@@ -199,12 +207,10 @@ def _check_top_k(top_k) -> int:
 
 # -- reading images --------------------------------------------------------------
 def _options(size: tuple[int, int], resize: str):
-    from tltf.data import RESIZE_POLICIES, _check_choice, _Options
-
-    return _Options(
+    return ImageOptions(
         size=size,
         batch_size=1,
-        resize=_check_choice(resize, RESIZE_POLICIES, "resize"),
+        resize=check_choice(resize, RESIZE_POLICIES, "resize"),
         seed=None,
         shuffle=False,
         cache=False,
@@ -238,8 +244,6 @@ def _npz_images(path: Path) -> tuple[np.ndarray, list[str] | None]:
 
 
 def _folder_files(root: Path) -> list[str]:
-    from tltf.data import IMAGE_EXTENSIONS
-
     files = []
     for file in sorted(root.rglob("*")):
         rel = file.relative_to(root)
@@ -255,7 +259,6 @@ def _image_source(inputs, size: tuple[int, int], resize: str, limit: int | None 
     With `limit`, a folder contributes at most about that many files, evenly
     spaced over its sorted listing (so every class folder is represented).
     """
-    from tltf.data import _decode_file, _image_shape_error, _prepare_image
 
     opts = _options(size, resize)
     names = None
@@ -307,7 +310,7 @@ def _image_source(inputs, size: tuple[int, int], resize: str, limit: int | None 
                 ".bmp or .gif images."
             )
         ds = tf.data.Dataset.from_tensor_slices(files).map(
-            lambda p: _prepare_image(_decode_file(p), opts, True),
+            lambda p: prepare_image(decode_file(p), opts, True),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         return ds.map(lambda x: tf.cast(x, tf.float32)), files, "file", None
@@ -330,14 +333,14 @@ def _image_source(inputs, size: tuple[int, int], resize: str, limit: int | None 
     elif images.ndim == 3:
         images = images[..., np.newaxis]  # A batch of gray images.
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise _image_shape_error(images.shape, "the")
+        raise image_shape_error(images.shape, "the")
     if len(images) == 0:
         raise DataError("Received no images (an empty array).")
     check_pixel_values(images, "the input")
     uint8 = images.dtype == np.uint8
     ds = tf.data.Dataset.from_tensor_slices(images)
     if tuple(images.shape[1:3]) != size or images.shape[-1] != 3:
-        ds = ds.map(lambda x: _prepare_image(x, opts, uint8))
+        ds = ds.map(lambda x: prepare_image(x, opts, uint8))
     return (
         ds.map(lambda x: tf.cast(x, tf.float32)),
         list(range(len(images))),
@@ -369,9 +372,8 @@ def read_images(
 
     >>> images, files = read_images("photos/", 96)
     """
-    from tltf.data import _check_image_size
 
-    size = _check_image_size(image_size)
+    size = check_image_size(image_size)
     ds, ids, _, _ = _image_source(inputs, size, resize, limit)
     if limit is not None:
         ds, ids = ds.take(limit), ids[:limit]
@@ -625,7 +627,6 @@ class EvaluationReport:
         """
         if self.confusion is None:
             return None
-        from tltf.reports import plot_confusion_matrix
 
         return plot_confusion_matrix(
             self.y_true,
@@ -772,8 +773,6 @@ def _prf(tp, fp, fn, names, key="class"):
 
 
 def _classification_report(y, scores, task, names, top_k) -> EvaluationReport:
-    from tltf.reports import confusion_matrix
-
     eps = 1e-7
     n = len(y)
     if task == "multilabel":
@@ -907,7 +906,6 @@ def evaluate(
     (0.91, {'class': 'cats', 'precision': 0.9, 'recall': 0.93, 'f1': 0.91, 'support': 40})
     >>> report.to_json("evaluation.json")
     """
-    from tltf.data import DataBundle, load_data
 
     model = _as_model(model)
     top_k = _check_top_k(top_k)

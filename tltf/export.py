@@ -53,7 +53,10 @@ import numpy as np
 import tensorflow as tf
 
 from tltf._io import atomic_dir, atomic_save_model, atomic_write_bytes
+from tltf.data import DataBundle, load_data
 from tltf.errors import ConfigError, DataError, ModelError, suggest
+from tltf.evaluation import read_images
+from tltf.saving import as_model
 
 __all__ = [
     "FORMATS",
@@ -140,8 +143,6 @@ def _check_quantize(quantize) -> str:
 
 
 def _as_model(model) -> keras.Model:
-    from tltf.model import as_model
-
     return as_model(model)
 
 
@@ -165,8 +166,6 @@ def _image_input(model: keras.Model) -> tuple:
 
 def _calibration_images(data, shape: tuple, count: int) -> np.ndarray:
     """Up to `count` float32 images of `shape` from arrays, files, tf.data or a bundle."""
-    from tltf.data import DataBundle, load_data
-    from tltf.evaluation import read_images
 
     if isinstance(data, str) and data.startswith("tfds:"):
         data = load_data(data, image_size=shape[:2], shuffle=False, cache=False)

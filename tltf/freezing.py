@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import keras
 
 from tltf.bases.blockmaps import BlockMap, carries_weights
 from tltf.errors import ConfigError
-from tltf.model import ModelInfo, model_info
+from tltf.info import ModelInfo, model_info
 
 BN_POLICIES = ("frozen", "affine", "train")
 
@@ -275,3 +276,16 @@ def block_summary(model: keras.Model, print_fn=print) -> list[dict]:
                 f"{r['block']:<{width}}  {r['layers']:>6}  {r['params']:>10,}  {mark}"
             )
     return rows
+
+
+def unfreeze_kwargs(unfreeze) -> dict[str, Any]:
+    """`unfreeze` as keyword arguments of `resolve_unfreeze`."""
+    if isinstance(unfreeze, dict):
+        allowed = {"blocks", "layers", "names"}
+        if len(unfreeze) != 1 or not set(unfreeze) <= allowed:
+            raise ConfigError(
+                "Expected unfreeze as an int, 'all', or one of {'blocks': k}, "
+                f"{{'layers': n}}, {{'names': regex}}. Received: unfreeze={unfreeze!r}"
+            )
+        return dict(unfreeze)
+    return {"blocks": unfreeze}

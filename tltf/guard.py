@@ -33,6 +33,9 @@ import keras
 import numpy as np
 
 from tltf._io import atomic_path
+from tltf.cache import FeatureCache, feature_extractor
+from tltf.distribute import is_chief
+from tltf.probe import ridge_probe
 
 #: The best weights inside a backup folder.
 BEST_FILE = "tltf-best.npz"
@@ -99,9 +102,6 @@ class KeepBest(keras.callbacks.Callback):
         return self._loo_score()
 
     def _loo_score(self) -> tuple:
-        from tltf.cache import FeatureCache, feature_extractor
-        from tltf.probe import ridge_probe
-
         if self._extract is None:
             self._extract = feature_extractor(self.model)
         cache = FeatureCache(self.model, self.train_features, extractor=self._extract)
@@ -170,8 +170,6 @@ class KeepBest(keras.callbacks.Callback):
             np.array(v.numpy(), copy=True) for v in self.model.variables
         ]
         if self.path is not None:
-            from tltf.distribute import is_chief
-
             if not is_chief():
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)

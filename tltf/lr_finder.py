@@ -49,8 +49,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf.cache import feature_model, head_model
+from tltf.data import DataBundle
 from tltf.errors import ConfigError, DataError, TrainingError
-from tltf.model import model_info
+from tltf.freezing import (
+    apply_trainable,
+    check_bn_policy,
+    resolve_unfreeze,
+    unfreeze_kwargs,
+)
+from tltf.info import default_loss_and_metrics, model_info
+from tltf.inputs import as_dataset, check_image_shape, check_labels
+from tltf.optimizers import make_optimizer
+from tltf.reports import new_figure, save_figure
 
 STAGES = ("head", "fine_tune")
 # The rate used when the curve gives none: `fine_tune`'s defaults (the keras.io
@@ -125,7 +136,6 @@ class LRFinderResult:
         Returns:
             A `matplotlib.figure.Figure`.
         """
-        from tltf.reports import new_figure, save_figure
 
         figure = new_figure(path, figsize=(5.5, 3.6))
         ax = figure.add_subplot()
@@ -282,7 +292,6 @@ def find_lr(
         raise ConfigError(
             f"Expected widen as a number of decades >= 0. Received: widen={widen!r}"
         )
-    from tltf.freezing import apply_trainable, check_bn_policy
 
     check_bn_policy(bn)
     blocks = _stage_blocks(info, stage, unfreeze)
@@ -413,12 +422,8 @@ def _stage_blocks(info, stage: str, unfreeze) -> list[str]:
                 f"Unknown blocks {unknown} in unfreeze. Blocks: {info.block_map.names}"
             )
         return list(unfreeze)
-    from tltf.freezing import resolve_unfreeze
-    from tltf.schedule import _unfreeze_kwargs
 
-    chosen, _ = resolve_unfreeze(
-        info.block_map, info.base, **_unfreeze_kwargs(unfreeze)
-    )
+    chosen, _ = resolve_unfreeze(info.block_map, info.base, **unfreeze_kwargs(unfreeze))
     return chosen
 
 
@@ -428,8 +433,6 @@ def _training_batches(model, info, train, batch_size, seed):
     Each call of the maker builds the pipeline again, so a restarted sweep sees
     the batches in the order a fresh `find_lr` would (for arrays with a `seed`).
     """
-    from tltf.data import DataBundle
-    from tltf.schedule import _as_dataset, _check_image_shape, _check_labels
 
     if isinstance(train, DataBundle):
         train = train.train
@@ -443,11 +446,11 @@ def _training_batches(model, info, train, batch_size, seed):
         )
 
     def make() -> tf.data.Dataset:
-        return _as_dataset(train, batch_size, True, seed, "train")
+        return as_dataset(train, batch_size, True, seed, "train")
 
     dataset = make()
-    one_hot = _check_labels(train, info, "train")
-    _check_image_shape(dataset, model, "train")
+    one_hot = check_labels(train, info, "train")
+    check_image_shape(dataset, model, "train")
     if dataset.cardinality() == 0:
         raise DataError("train is empty: it has no batches to sweep the rate on.")
     return dataset, make, one_hot
@@ -455,8 +458,6 @@ def _training_batches(model, info, train, batch_size, seed):
 
 def _loss(info, loss, one_hot):
     if isinstance(loss, str) and loss == "auto":
-        from tltf.schedule import default_loss_and_metrics
-
         return default_loss_and_metrics(info, one_hot)[0]
     try:
         return keras.losses.get(loss)
@@ -467,27 +468,10 @@ def _loss(info, loss, one_hot):
 
 
 def _make_optimizer(optimizer, learning_rate: float):
-    from tltf.schedule import _clone_optimizer
-
-    if isinstance(optimizer, str):
-        try:
-            return keras.optimizers.get(
-                {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
-            )
-        except ValueError:
-            raise ConfigError(
-                f"Unknown optimizer {optimizer!r}. Use a Keras optimizer name such as"
-                " 'adam', 'adamw' or 'sgd', or an optimizer instance."
-            ) from None
-    if not isinstance(optimizer, keras.optimizers.Optimizer):
-        raise ConfigError(
-            "Expected optimizer as a name or a keras.optimizers.Optimizer. "
-            f"Received: {type(optimizer).__name__}"
-        )
     # The sweep does not scale its loss, so a LossScaleOptimizer's unscaling would
     # shrink every step: sweep with the optimizer inside it.
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return _clone_optimizer(inner, learning_rate)
+    return make_optimizer(inner, learning_rate)
 
 
 def _batch_source(model: keras.Model, dataset, remake, stage: str, steps: int):
@@ -503,8 +487,6 @@ def _batch_source(model: keras.Model, dataset, remake, stage: str, steps: int):
     """
     batches = int(dataset.cardinality())
     if stage == "head" and 0 < batches < steps:
-        from tltf.cache import feature_model, head_model
-
         extractor = feature_model(model)
 
         @tf.function(reduce_retracing=True)

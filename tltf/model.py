@@ -1,25 +1,37 @@
-"""Building transfer models, finding their parts, and loading them safely."""
+"""Building transfer models: `build_model` puts a base and a head together.
+
+`ModelInfo`/`model_info`/`model_base` (in `tltf.info`) and `load_model`/`as_model`
+(in `tltf.saving`) are re-exported here, where they were first documented.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import keras
 
-# Keras has no public form of this scope; `keras.saving.load_model(safe_mode=True)`
-# alone is overridden by Keras's process-wide unsafe-deserialization switch.
-from keras.src.saving.serialization_lib import SafeModeScope
-
 from tltf.bases.base import Base, load_base
-from tltf.bases.blockmaps import BlockMap
-from tltf.errors import BlockMapError, ConfigError, InputShapeError, ModelError
-from tltf.heads import HeadConfig, build_head, output_units
+from tltf.bases.cut import block_outputs, cut_base, resolve_block
+from tltf.compute import policy_scope, rebuild_base, resolve_policy
+from tltf.distribute import resolve_strategy
+from tltf.errors import BlockMapError, ConfigError, InputShapeError
+from tltf.heads import HeadConfig, build_head, output_units, pool_positions
+from tltf.info import ModelInfo, model_base, model_info
 from tltf.layers import Preprocessing
+from tltf.probe import probe_blocks
+from tltf.saving import as_model, load_model
+
+__all__ = [
+    "METADATA_VERSION",
+    "ModelInfo",
+    "as_model",
+    "build_model",
+    "load_model",
+    "model_base",
+    "model_info",
+]
 
 #: Version of the metadata schema stored in the model's Preprocessing layer.
 METADATA_VERSION = 1
@@ -102,9 +114,6 @@ def build_model(
     ...                          input_shape=(96, 96, 3), alpha=0.35)
     >>> model.save("flowers.keras")
     """
-    from tltf.compute import policy_scope, rebuild_base, resolve_policy
-    from tltf.distribute import resolve_strategy
-
     strategy = resolve_strategy(strategy)
     policy = resolve_policy(mixed_precision)
     with strategy.scope(), policy_scope(policy):
@@ -141,8 +150,6 @@ def build_model(
                 f"cut={cut!r}. Pass cut='auto', or drop data."
             )
         if cut is not None:
-            from tltf.bases.cut import cut_base
-
             base, cut_record = cut_base(base, cut)
         metadata = {
             "version": METADATA_VERSION,
@@ -152,7 +159,7 @@ def build_model(
             "task": task,
             "num_outputs": units,
             "head": dataclasses.asdict(head),
-            "base_info": _jsonable(base.info),
+            "base_info": _scalar_items(base.info),
         }
         if cut_record is not None:
             metadata["cut"] = cut_record
@@ -175,9 +182,6 @@ def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
     Returns the base unchanged, with its top block only, for `pool_from="top"`,
     for bases that output vectors and when no block below the top can be read.
     """
-    from tltf.bases.cut import block_outputs, resolve_block
-    from tltf.heads import pool_positions
-
     names = base.block_map.names
     if head.pool_from == "top" or len(base.model.output_shape) != 4:
         return base, [names[-1]]
@@ -210,8 +214,6 @@ def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
 
 def _auto_cut(base: Base, data, shape) -> str | None:
     """The cut `probe_blocks` recommends for `data` (leave-one-out), or None."""
-    from tltf.probe import probe_blocks
-
     if data is None:
         raise ConfigError(
             "cut='auto' needs the training data to probe the blocks on: "
@@ -241,197 +243,9 @@ def _auto_cut(base: Base, data, shape) -> str | None:
     return result.cut
 
 
-def model_base(model: keras.Model) -> Base:
-    """The base of a model built by `build_model`, as a `Base` (for the probe)."""
-    info = model_info(model)
-    pre = next(
-        layer
-        for layer in model.layers
-        if isinstance(layer, Preprocessing) and "base_layer" in layer.metadata
-    )
-    return Base(
-        model=info.base,
-        name=info.metadata["base"],
-        block_map=info.block_map,
-        preprocessing=pre.mode,
-    )
-
-
-def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+def _scalar_items(info: dict[str, Any]) -> dict[str, Any]:
     return {
         k: v
         for k, v in info.items()
         if isinstance(v, (str, int, float, bool, type(None)))
     }
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInfo:
-    """What tltf knows about a model it built.
-
-    Attributes:
-        base: keras.Model. The base, a layer of the model. It has one output per
-            block the head reads (`HeadConfig.pool_from`), the top block's last.
-        block_map: BlockMap. The base's blocks, bottom to top.
-        head_layers: tuple of keras layers. The layers after the base.
-        metadata: dict. The raw metadata (base name, task, head config).
-    """
-
-    base: keras.Model
-    block_map: BlockMap
-    head_layers: tuple
-    metadata: dict
-
-    @property
-    def task(self) -> str:
-        """The model's task, e.g. "multiclass"."""
-        return self.metadata["task"]
-
-    @property
-    def logits(self) -> bool:
-        """Whether the model outputs logits."""
-        return bool(self.metadata.get("head", {}).get("logits", False))
-
-
-def model_info(model: keras.Model) -> ModelInfo:
-    """Finds the base, its block map and the head in a model built by tltf.
-
-    Works on a freshly built model and on one loaded from `.keras`.
-
-    Raises:
-        ModelError: when the model was not built by `tltf.build_model`.
-    """
-    if not isinstance(model, keras.Model):
-        raise ModelError(f"Expected a keras.Model. Received: {type(model).__name__}")
-    pre = next(
-        (
-            layer
-            for layer in model.layers
-            if isinstance(layer, Preprocessing) and "base_layer" in layer.metadata
-        ),
-        None,
-    )
-    if pre is None:
-        raise ModelError(
-            f"Model {model.name!r} was not built by tltf.build_model: it has no tltf "
-            "preprocessing layer. Build it with `tltf.build_model(base, ...)`; to "
-            "fine-tune an arbitrary model, pass it as the base."
-        )
-    meta = pre.metadata
-    try:
-        base = model.get_layer(meta["base_layer"])
-    except ValueError:
-        raise ModelError(
-            f"Model {model.name!r} lost its base layer {meta['base_layer']!r}."
-        ) from None
-    head = tuple(
-        layer
-        for layer in model.layers
-        if layer is not base
-        and layer is not pre
-        and not isinstance(layer, keras.layers.InputLayer)
-    )
-    return ModelInfo(base, BlockMap.from_config(meta["blocks"]), head, meta)
-
-
-def as_model(model: keras.Model | str | os.PathLike) -> keras.Model:
-    """A keras.Model as given, or loaded (safely) from the path of a `.keras` file."""
-    if isinstance(model, (str, os.PathLike)):
-        return load_model(model)
-    if not isinstance(model, keras.Model):
-        raise ModelError(
-            "Expected a keras.Model or the path of a .keras file. Received: "
-            f"{type(model).__name__}"
-        )
-    return model
-
-
-def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
-    """Loads a `.keras` model, always with `safe_mode=True`.
-
-    tltf's layers are registered on import, so no `custom_objects` are needed.
-    Safe mode is forced for the whole load, also when Keras's global switch for
-    unsafe deserialization is on, so no code stored in the file (a Lambda layer's
-    function, say) ever runs. A missing, truncated or unsafe file, or one that
-    names an unknown class or function, raises a `ModelError` that says so, and
-    the file is left untouched.
-
-    Args:
-        path: str or PathLike. The `.keras` file.
-        **kwargs: Passed to `keras.saving.load_model`, except `safe_mode`.
-
-    Returns:
-        The model.
-
-    Example:
-
-    >>> model = tltf.load_model("runs/flowers/best.keras")
-    """
-    if kwargs.pop("safe_mode", True) is not True:
-        raise ConfigError("tltf only loads models with safe_mode=True.")
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ModelError(f"Model file {str(path)!r} does not exist.")
-    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
-        raise ModelError(
-            f"{str(path)!r} is not a valid .keras file (it is truncated or not a "
-            "zip archive). Re-export it, or use the run's last good checkpoint."
-        )
-    try:
-        with SafeModeScope(True):
-            return keras.saving.load_model(path, safe_mode=True, **kwargs)
-    except TypeError as error:
-        # Keras reports an unknown or invalid object as a TypeError that wraps
-        # the real cause, several levels deep.
-        raise ModelError(_deserialization_problem(path, error)) from None
-    except ValueError as error:
-        message = str(error)
-        if "Lambda" in message or "safe_mode" in message:
-            raise ModelError(
-                f"{str(path)!r} holds a Lambda layer or other arbitrary code, which "
-                "tltf refuses to load (safe_mode=True). Rebuild the model with "
-                "registered layers instead of Lambda layers."
-            ) from None
-        raise ModelError(
-            f"Could not load {str(path)!r}: {message.splitlines()[0]}"
-        ) from None
-    except (OSError, KeyError, zipfile.BadZipFile) as error:
-        raise ModelError(
-            f"Could not load {str(path)!r} ({error.__class__.__name__}: {error}). The "
-            "file may be truncated; use the last good checkpoint."
-        ) from None
-
-
-_UNKNOWN_OBJECT = re.compile(
-    r"Could not locate (class|function) '([^']*)'"
-    r"(?:.*?Full object config: \{'module': '([^']*)')?",
-    re.DOTALL,
-)
-_BAD_CLASS = re.compile(r"<class '([^']+)'> could not be deserialized")
-
-
-def _deserialization_problem(path: Path, error: BaseException) -> str:
-    """One message for Keras's nested deserialization errors: what, where, the fix."""
-    chain = [error]
-    while chain[-1].__context__ is not None and len(chain) < 50:
-        chain.append(chain[-1].__context__)
-    cause = str(chain[-1]).strip()
-    unknown = _UNKNOWN_OBJECT.search(cause)
-    if unknown:
-        kind, name, module = unknown.groups()
-        qualified = f"{module}.{name}" if module else name
-        return (
-            f"Could not load {str(path)!r}: it names the {kind} {qualified!r}, which "
-            "is not a registered Keras object; tltf did not import or run it. If it "
-            "is your own layer or function, import the module that registers it "
-            "(@keras.saving.register_keras_serializable) before loading; otherwise "
-            "re-export the model from the code that built it."
-        )
-    classes = [m.group(1) for e in chain for m in [_BAD_CLASS.search(str(e))] if m]
-    where = f" of {classes[-1].rsplit('.', 1)[-1]!r}" if classes else ""
-    reason = cause.rsplit("Exception encountered:", 1)[-1].strip().splitlines()
-    return (
-        f"Could not load {str(path)!r}: the saved config{where} is invalid: "
-        f"{reason[0] if reason else type(chain[-1]).__name__}. The file was edited "
-        "or written by other code; re-export the model from the code that built it."
-    )

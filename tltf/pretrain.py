@@ -35,6 +35,7 @@ import keras
 import numpy as np
 
 from tltf import datasets
+from tltf._version import __version__
 from tltf.bases.base import Base, load_base, load_saved_base, save_base
 from tltf.bases.registry import get_spec
 from tltf.errors import ConfigError, ModelError
@@ -342,8 +343,6 @@ def pretrain(
             f"Pretraining {config.name} diverged (loss {history.history['loss'][-1]}). "
             "Lower learning_rate."
         )
-
-    from tltf import __version__
 
     info = {
         "weights": f"pretrained on {task}",

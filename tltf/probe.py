@@ -47,10 +47,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf._io import atomic_write_text
 from tltf.bases.base import Base, load_base
 from tltf.bases.cut import block_outputs, resolve_block
+from tltf.data import DataBundle
 from tltf.errors import ConfigError, DataError
+from tltf.inputs import as_dataset
 from tltf.layers import Preprocessing
+from tltf.reports import new_figure, save_figure
 
 #: Columns of `ProbeResult.table`.
 COLUMNS = ("block", "index", "features", "val_accuracy", "train_accuracy", "l2")
@@ -122,7 +126,6 @@ class ProbeResult:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Writes the table as CSV (atomically) and returns the path."""
-        from tltf._io import atomic_write_text
 
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
@@ -160,7 +163,6 @@ class ProbeResult:
         Returns:
             A `matplotlib.figure.Figure`.
         """
-        from tltf.reports import new_figure, save_figure
 
         index = [r["index"] for r in self.table]
         figure = new_figure(path, figsize=(max(5.0, 0.35 * len(index) + 2), 3.6))
@@ -284,7 +286,6 @@ def probe_blocks(
     >>> model = tltf.build_model("mobilenet_v2", data.num_classes, cut=result.cut)
     >>> tltf.fine_tune(model, data, unfreeze=result.unfreeze)
     """
-    from tltf.data import DataBundle
 
     start = time.perf_counter()
     loaded = load_base(
@@ -407,7 +408,6 @@ def _check_fraction(value) -> None:
 
 def _batches(data, batch_size: int, what: str) -> tf.data.Dataset:
     """Unshuffled batches of (image, label) from arrays or a dataset."""
-    from tltf.schedule import _as_dataset
 
     if (
         isinstance(batch_size, bool)
@@ -417,7 +417,7 @@ def _batches(data, batch_size: int, what: str) -> tf.data.Dataset:
         raise ConfigError(
             f"Expected batch_size as an integer >= 1. Received: {batch_size!r}"
         )
-    return _as_dataset(data, batch_size, False, None, what)
+    return as_dataset(data, batch_size, False, None, what)
 
 
 def _extractor(

@@ -40,7 +40,7 @@ from tltf._io import atomic_path
 from tltf.distribute import is_chief
 from tltf.errors import ConfigError
 from tltf.freezing import apply_trainable
-from tltf.model import model_info
+from tltf.info import model_info
 
 #: The checkpoint file inside a backup folder.
 BACKUP_FILE = "tltf-backup.npz"

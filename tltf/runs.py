@@ -58,22 +58,28 @@ from typing import Any
 import keras
 
 from tltf._io import (
+    atomic_save_model,
     atomic_write_json,
     atomic_write_text,
     disk_full_message,
     is_disk_full,
     sweep_tmp_files,
 )
+from tltf._version import __version__
 from tltf.bases.base import BASE_INFO_FILE
 from tltf.bases.registry import get_spec, shipped_base_path
+from tltf.checkpoint import ModelCheckpoint
 from tltf.config import TrainConfig, TuneConfig, dump_config, load_config_file
+from tltf.data import load_data
 from tltf.errors import ConfigError, DiskFullError, ModelError, TltfError
+from tltf.evaluation import evaluate
 from tltf.freezing import trainable_blocks
 from tltf.locks import LockFile
 from tltf.model import build_model, load_model, model_info
 from tltf.reports import base_label, plot_history
 from tltf.resume import BACKUP_FILE
 from tltf.schedule import fine_tune
+from tltf.tuning import tune as run_tuner
 
 __all__ = [
     "CONFIG_FILE",
@@ -735,7 +741,6 @@ def seed_run(config: TrainConfig) -> None:
 
 def load_run_data(config: TrainConfig, image_size: tuple[int, int]):
     """`tltf.data.load_data` for a config's `[data]` section."""
-    from tltf.data import load_data
 
     kwargs = config.data.load_data_kwargs()
     source = kwargs.pop("source")
@@ -898,8 +903,6 @@ def _complete(run: RunFolder, work, command) -> dict:
 
 
 def _callbacks(run: RunFolder, config, monitor, mode, history_so_far):
-    from tltf.checkpoint import ModelCheckpoint
-
     best = _best_so_far(history_so_far, monitor, mode)
     best_checkpoint = ModelCheckpoint(
         run / BEST_MODEL, monitor=monitor, mode=mode, save_best_only=True
@@ -1052,8 +1055,6 @@ def still_improving_hint(summary: dict) -> str | None:
 
 
 def _evaluate(model, data, run) -> dict:
-    from tltf.evaluation import evaluate
-
     report = evaluate(model, data, class_names=data.class_names)
     report.to_json(run / EVALUATION_FILE)
     report.plot_confusion(
@@ -1076,8 +1077,6 @@ def _headline(report: dict) -> dict:
 
 
 def _version() -> str:
-    from tltf import __version__
-
     return __version__
 
 
@@ -1150,9 +1149,6 @@ def tune(
 
 
 def _tune_in(run, config, data, image_size, verbose, started) -> dict:
-    from tltf._io import atomic_save_model
-    from tltf.tuning import tune as run_tuner
-
     dump_config(config, run / CONFIG_FILE)
     m, s, t = config.model, config.schedule, config.tune
     extra = {

@@ -19,13 +19,64 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf import data as tltf_data
+from tltf._checks import check_positive_int
+from tltf.cache import (
+    Continuation,
+    FeatureCache,
+    StageOneEnd,
+    build_metrics,
+    feature_extractor,
+    head_model,
+)
 from tltf.compute import check_jit_compile, with_xla_errors
-from tltf.data import check_pixel_values, check_positive_int
 from tltf.distribute import is_distributed, model_strategy, optimizer_in_scope
-from tltf.errors import ConfigError, DataError, TrainingError, suggest
-from tltf.freezing import apply_trainable, check_bn_policy, resolve_unfreeze
+from tltf.errors import ConfigError, DataError, suggest
+from tltf.freezing import (
+    apply_trainable,
+    check_bn_policy,
+    resolve_unfreeze,
+    unfreeze_kwargs,
+)
 from tltf.guard import KeepBest
-from tltf.model import ModelInfo, model_info
+from tltf.info import ModelInfo, default_loss_and_metrics, model_base, model_info
+from tltf.inputs import (
+    array_batches,
+    as_dataset,
+    check_data,
+    check_image_shape,
+    train_batches,
+)
+from tltf.layers import Standardization
+from tltf.lr_finder import find_stage_lr
+from tltf.optimizers import clone_optimizer, make_optimizer, set_lr_multipliers
+from tltf.probe import probe_blocks, ridge_fit
+from tltf.resume import Resume
+from tltf.stages import (
+    StageProgbarLogger,
+    check_loss,
+    raise_on_divergence,
+    stage_progbar,
+)
+
+# `default_loss_and_metrics`, `set_lr_multipliers`, `StageProgbarLogger`,
+# `raise_on_divergence` and `stage_progbar` moved to `info`, `optimizers` and
+# `stages`; they are re-exported here, where they were first documented.
+__all__ = [
+    "FINE_TUNE_STEPS",
+    "FineTuneSchedule",
+    "StageProgbarLogger",
+    "auto_fine_tune_epochs",
+    "auto_head_epochs",
+    "check_lr",
+    "default_loss_and_metrics",
+    "fine_tune",
+    "head_plan",
+    "prepare_head",
+    "raise_on_divergence",
+    "set_lr_multipliers",
+    "stage_progbar",
+]
 
 
 def check_lr(value, name: str, allow_none: bool = False, allow_find: bool = False):
@@ -62,58 +113,6 @@ def _check_epochs(value, name: str, allow_auto: bool = False):
             f"Expected {name} to be an integer >= 0{auto}. Received: {name}={value!r}"
         )
     return value
-
-
-def _unfreeze_kwargs(unfreeze) -> dict[str, Any]:
-    """`unfreeze` as keyword arguments of `resolve_unfreeze`."""
-    if isinstance(unfreeze, dict):
-        allowed = {"blocks", "layers", "names"}
-        if len(unfreeze) != 1 or not set(unfreeze) <= allowed:
-            raise ConfigError(
-                "Expected unfreeze as an int, 'all', or one of {'blocks': k}, "
-                f"{{'layers': n}}, {{'names': regex}}. Received: unfreeze={unfreeze!r}"
-            )
-        return dict(unfreeze)
-    return {"blocks": unfreeze}
-
-
-def set_lr_multipliers(optimizer: keras.optimizers.Optimizer, multipliers) -> None:
-    """Gives variables their own learning-rate multipliers in a Keras optimizer.
-
-    Works with every built-in optimizer (Adam, AdamW, SGD, RMSprop, Lion, ...):
-    their `update_step(gradient, variable, learning_rate)` receives the learning
-    rate per variable, so this scales it for the listed variables. The optimizer
-    must be built on those variables. Multipliers scale the gradient step; AdamW's
-    decoupled weight decay keeps the base rate. They are training-time settings and
-    are not saved with the optimizer's config.
-
-    Args:
-        optimizer: keras.optimizers.Optimizer. A built optimizer (a
-            LossScaleOptimizer is unwrapped).
-        multipliers: `(variable, multiplier)` pairs; other variables keep 1.0.
-    """
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    table = {inner._var_key(v): float(m) for v, m in multipliers if m != 1.0}
-    class_update_step = type(inner).update_step
-
-    def update_step(gradient, variable, learning_rate):
-        scale = table.get(inner._var_key(variable))
-        if scale is not None:
-            learning_rate = learning_rate * scale
-        return class_update_step(inner, gradient, variable, learning_rate)
-
-    object.__setattr__(inner, "update_step", update_step)
-
-
-def _clone_optimizer(template, learning_rate):
-    """A fresh optimizer like `template` (same class and config), at a new rate."""
-    if isinstance(template, keras.optimizers.LossScaleOptimizer):
-        inner = _clone_optimizer(template.inner_optimizer, learning_rate)
-        return keras.optimizers.LossScaleOptimizer(inner)
-    config = template.get_config()
-    if learning_rate is not None:
-        config["learning_rate"] = learning_rate
-    return type(template).from_config(config)
 
 
 def _format_lr(lr) -> str:
@@ -188,7 +187,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
         super().__init__()
         self.unfreeze_at_epoch = _check_epochs(unfreeze_at_epoch, "unfreeze_at_epoch")
         self.unfreeze = unfreeze
-        self._unfreeze_kwargs = _unfreeze_kwargs(unfreeze)
+        self._unfreeze_kwargs = unfreeze_kwargs(unfreeze)
         self.fine_tune_lr = check_lr(
             fine_tune_lr, "fine_tune_lr", allow_none=True, allow_find=True
         )
@@ -232,7 +231,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
 
     def set_unfreeze(self, unfreeze) -> None:
         """Changes what stage 2 unfreezes (before `fit`), e.g. to a probed depth."""
-        self._unfreeze_kwargs = _unfreeze_kwargs(unfreeze)
+        self._unfreeze_kwargs = unfreeze_kwargs(unfreeze)
         self.unfreeze = unfreeze
         if self._info is not None:
             self._target, _ = resolve_unfreeze(
@@ -285,9 +284,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
             logs["stage"] = self.stage
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise_on_divergence(self.model, self.stage, self._epoch, batch, loss)
+        check_loss(self.model, self.stage, self._epoch, batch, logs)
 
     # -- transitions ---------------------------------------------------------
     def _enter(self, stage: int, blocks: list[str], epoch: int) -> None:
@@ -312,8 +309,6 @@ class FineTuneSchedule(keras.callbacks.Callback):
             rate = self.found_lr = self._restored_lr
             self._restored_lr = None
         elif rate == "find":
-            from tltf.lr_finder import find_stage_lr
-
             rate = self.found_lr = find_stage_lr(
                 model,
                 self.lr_finder_data,
@@ -330,7 +325,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
             getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
         )
         with strategy.scope():
-            optimizer = _clone_optimizer(template, rate)
+            optimizer = clone_optimizer(template, rate)
             optimizer.build(variables)
         if self.lr_decay is not None and self.lr_decay != 1:
             set_lr_multipliers(optimizer, self._multipliers())
@@ -376,307 +371,6 @@ class FineTuneSchedule(keras.callbacks.Callback):
             f"{what}; {trainable:,} of {total:,} params trainable; lr {lr_text}; BN {bn}"
             f"{extra}."
         )
-
-
-def raise_on_divergence(model, stage, epoch: int, batch: int, loss) -> None:
-    """Raises a TrainingError naming the stage, epoch and learning rate.
-
-    Raising (rather than setting `stop_training`, as Keras's TerminateOnNaN does)
-    ends `fit` without `on_train_end`, so a BackupAndRestore backup, the last good
-    checkpoint, is kept.
-    """
-    rate = getattr(model.optimizer, "learning_rate", None)
-    rate = float(rate.numpy()) if hasattr(rate, "numpy") else rate
-    raise TrainingError(
-        f"The loss became {float(loss)} in stage {stage}, epoch {epoch + 1}, batch "
-        f"{batch + 1}, at learning rate {rate:g}. Lower the "
-        f"{'head_lr' if stage == 1 else 'fine_tune_lr'}, check the data for NaN or "
-        "infinite values, or use a smaller batch. Checkpoints written so far (e.g. "
-        "by BackupAndRestore or ModelCheckpoint) are kept."
-    )
-
-
-class StageProgbarLogger(keras.callbacks.ProgbarLogger):
-    """Keras's progress bar, without the `stage` entry of the epoch's logs.
-
-    Keras prints every log value as a float (`stage: 2.0000`); tltf prints a line
-    when each stage starts instead. The logs themselves are not changed: the
-    History, `history.csv` and every other callback still read `logs["stage"]`.
-
-    Example:
-
-    >>> model.fit(train, epochs=15, callbacks=[schedule, StageProgbarLogger()])
-    """
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {k: v for k, v in (logs or {}).items() if k != "stage"}
-        super().on_epoch_end(epoch, logs)
-
-
-def stage_progbar(callbacks) -> list:
-    """`[StageProgbarLogger()]` for a tltf `fit`, or `[]` if the user passed one.
-
-    Args:
-        callbacks: list. The user's callbacks.
-    """
-    if any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
-        return []
-    return [StageProgbarLogger()]
-
-
-# -- fine_tune -----------------------------------------------------------------
-def default_loss_and_metrics(
-    info: ModelInfo, one_hot: bool = False, label_smoothing: float = 0.0
-):
-    """The loss and metrics tltf uses for a model's task."""
-    task, logits = info.task, info.logits
-    if task == "multiclass":
-        if one_hot:
-            loss = keras.losses.CategoricalCrossentropy(
-                from_logits=logits, label_smoothing=label_smoothing
-            )
-        else:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
-        return loss, ["accuracy"]
-    if task in ("binary", "multilabel"):
-        loss = keras.losses.BinaryCrossentropy(
-            from_logits=logits, label_smoothing=label_smoothing
-        )
-        threshold = 0.0 if logits else 0.5
-        return loss, [
-            keras.metrics.BinaryAccuracy(threshold=threshold, name="accuracy")
-        ]
-    return keras.losses.MeanSquaredError(), [
-        keras.metrics.MeanAbsoluteError(name="mae")
-    ]
-
-
-def _train_batches(data, batch_size: int, seed: int | None):
-    """Shuffled training batches, and the same data unshuffled (for the cache)."""
-    if isinstance(data, tf.data.Dataset):
-        ds = _as_dataset(data, batch_size, False, seed, "train")
-        return ds, ds
-    return (
-        _array_batches(data, "train", batch_size, True, seed),
-        _array_batches(data, "train", batch_size, False, None),
-    )
-
-
-def _array_batches(
-    data, what: str, batch_size: int, shuffle: bool, seed: int | None
-) -> tf.data.Dataset:
-    """`(images, labels)` arrays as checked, batched, prefetched batches.
-
-    The pipeline shuffles and batches indices, and each batch gathers its rows
-    from the arrays. `from_tensor_slices` would first copy the arrays into
-    TensorFlow (twice: TensorFlow copies a NumPy array before wrapping it), which
-    for a gigabyte of images costs seconds and doubles the memory. The order is
-    that of `from_tensor_slices((x, y)).shuffle(n, seed).batch(b)`: shuffling
-    depends on the seed and the count only, not on the elements.
-    """
-    x, y = np.asarray(data[0]), np.asarray(data[1])
-    if len(x) == 0:
-        raise DataError(f"{what} is empty: it has no images. Pass at least one batch.")
-    if len(x) != len(y):
-        raise DataError(
-            f"{what} has {len(x)} images but {len(y)} labels; expected one label "
-            "per image."
-        )
-    x_dtype, y_dtype = tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)
-
-    def gather(index):
-        return x[index], y[index]
-
-    def rows(index):
-        images, labels = tf.numpy_function(
-            gather, [index], [x_dtype, y_dtype], stateful=False
-        )
-        images.set_shape((None, *x.shape[1:]))
-        labels.set_shape((None, *y.shape[1:]))
-        return images, labels
-
-    ds = tf.data.Dataset.range(len(x))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(rows).prefetch(tf.data.AUTOTUNE)
-
-
-def _pair_spec(data: tf.data.Dataset, what: str) -> tuple:
-    """A dataset's element spec, checked to be `(image, label[, weight])`."""
-    spec = data.element_spec
-    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-        raise DataError(
-            f"Expected {what} to yield (image, label) pairs. Received elements "
-            f"of structure {spec}. Map it with `.map(lambda d: (d['image'], "
-            "d['label']))` or use tltf's data layer."
-        )
-    return spec
-
-
-def _as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str):
-    """Turns `(images, labels)` arrays or a tf.data.Dataset into batches."""
-    if isinstance(data, tf.data.Dataset):
-        spec = _pair_spec(data, what)
-        if len(spec[0].shape) == 3:
-            data = data.batch(batch_size)
-        return data.prefetch(tf.data.AUTOTUNE)
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return _array_batches(data, what, batch_size, shuffle, seed)
-    raise DataError(
-        f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
-        f"(images, labels) of arrays. Received: {type(data).__name__}"
-    )
-
-
-#: How many batches of a tf.data.Dataset are read (with `take`, so the dataset
-#: itself is not consumed) to check its labels and pixels before training.
-_PEEK_BATCHES = 2
-
-
-def _peek(data, what: str) -> tuple[np.ndarray | None, np.ndarray]:
-    """Images and labels: all of them for arrays, the first batches of a dataset.
-
-    Images are None when a dataset's first images differ in shape.
-    """
-    if not isinstance(data, tf.data.Dataset):
-        if not (isinstance(data, (tuple, list)) and len(data) == 2):
-            raise DataError(
-                f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
-                f"(images, labels) of arrays. Received: {type(data).__name__}"
-            )
-        try:
-            images = np.asarray(data[0])
-        except ValueError:  # images of different shapes
-            images = None
-        return images, np.asarray(data[1])
-    spec = _pair_spec(data, what)
-    if spec[0].shape.rank is None:  # batches or single images: cannot tell
-        return None, np.zeros((0,), np.int32)
-    batched = spec[0].shape.rank == 4
-    first = data.take(_PEEK_BATCHES if batched else 32 * _PEEK_BATCHES)
-    try:
-        elements = [element[:2] for element in first.as_numpy_iterator()]
-    except tf.errors.OpError as error:
-        raise DataError(
-            f"Could not read the first batches of {what}: "
-            f"{error.message.splitlines()[0]}"
-        ) from None
-    if not elements:
-        return None, np.zeros((0,), np.int32)
-    xs, ys = zip(*elements, strict=True)
-    join = np.concatenate if batched else np.stack
-    images = join(xs) if len({x.shape[batched:] for x in xs}) == 1 else None
-    try:
-        labels = join(ys)
-    except ValueError:
-        raise DataError(
-            f"Expected {what} labels of one shape. Received labels of shapes "
-            f"{sorted({y.shape for y in ys})} in its first batches."
-        ) from None
-    return images, labels
-
-
-def _check_data(data, info: ModelInfo, what: str) -> bool:
-    """Checks images and labels before training; returns whether one-hot.
-
-    Arrays are checked whole; a tf.data.Dataset by its first `_PEEK_BATCHES`
-    batches.
-    """
-    images, labels = _peek(data, what)
-    if images is not None:
-        scope = (
-            f" (of the first {len(images)} read)"
-            if isinstance(data, tf.data.Dataset)
-            else ""
-        )
-        check_pixel_values(images, what, scope)
-    return _check_label_values(labels, info, what)
-
-
-def _check_labels(data, info: ModelInfo, what: str) -> bool:
-    """Checks labels against the model's outputs; returns whether one-hot.
-
-    Array labels are checked whole. A tf.data.Dataset is not read (the LR finder
-    reads it once): its element spec is checked (`_check_data` reads its first
-    batches).
-    """
-    if not isinstance(data, tf.data.Dataset):
-        return _check_label_values(_peek(data, what)[1], info, what)
-    spec = data.element_spec[1]
-    _check_label_values(np.zeros((0,), spec.dtype.as_numpy_dtype), info, what)
-    n = info.metadata["num_outputs"]
-    return (
-        info.task == "multiclass"
-        and spec.shape.rank is not None
-        and spec.shape.rank >= 1
-        and spec.shape[-1] == n
-        and n > 1
-    )
-
-
-def _check_label_values(y: np.ndarray, info: ModelInfo, what: str) -> bool:
-    """Checks labels (first axis: examples) against the model; whether one-hot."""
-    n, task = info.metadata["num_outputs"], info.task
-    if y.dtype == bool:
-        y = y.astype(np.int32)
-    if not np.issubdtype(y.dtype, np.number):
-        expected = {
-            "multiclass": f"integer class indices in [0, {n}) or one-hot rows",
-            "binary": "integers 0 or 1",
-            "multilabel": f"multi-hot rows of {n} zeros and ones",
-        }.get(task, "numbers")
-        example = f" (e.g. {y.ravel()[0]!r})" if y.size else ""
-        raise DataError(
-            f"Expected {what} labels as {expected}. Received labels of dtype "
-            f"{y.dtype}{example}. Map class names to integers first, e.g. "
-            "names, y = np.unique(labels, return_inverse=True); tltf.load_data does "
-            "this for image folders (one subfolder per class)."
-        )
-    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
-        raise DataError(
-            f"{what} labels contain NaN or infinite values. Fix or drop those examples."
-        )
-    if task == "multiclass":
-        if y.ndim == 2 and y.shape[1] == n:
-            return True
-        if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
-            columns = f" ({y.shape[1]} columns for {n} classes)" if y.ndim == 2 else ""
-            raise DataError(
-                f"Expected {what} labels as class indices of shape (N,) or one-hot "
-                f"rows of shape (N, {n}) for num_classes={n}. Received labels of "
-                f"shape {y.shape}{columns}. Fix the labels, or rebuild the model "
-                "with the right num_classes."
-            )
-        y = y.reshape(-1)
-        fractional = np.mod(y, 1) != 0
-        if fractional.any():
-            raise DataError(
-                f"Expected {what} labels to be whole numbers (class indices in "
-                f"[0, {n})). Received fractional values such as "
-                f"{y[fractional][:3].tolist()} (first at index "
-                f"{int(np.argmax(fractional))}). For soft labels, pass one-hot rows "
-                f"of shape (N, {n}) (or use label_smoothing=)."
-            )
-        bad = (y < 0) | (y >= n)
-        if bad.any():
-            raise DataError(
-                f"{what} has labels outside [0, {n}) (min {y.min():g}, max "
-                f"{y.max():g}; first at index {int(np.argmax(bad))}). The model has "
-                f"num_classes={n}: rebuild it with the right num_classes, or fix the "
-                "labels."
-            )
-    elif task in ("binary", "multilabel"):
-        if y.size and (y.min() < 0 or y.max() > 1):
-            raise DataError(
-                f"{what} has labels outside [0, 1] for a {task} task "
-                f"(min {y.min()}, max {y.max()})."
-            )
-        if task == "multilabel" and (y.ndim != 2 or y.shape[1] != n):
-            raise DataError(
-                f"Expected {what} multi-label targets of shape (N, {n}). "
-                f"Received: {y.shape}"
-            )
-    return False
 
 
 @with_xla_errors
@@ -915,17 +609,9 @@ def fine_tune(
         # that a backup's fingerprint never depends on the rate found.
         head_rate = 1e-3
         if not isinstance(optimizer, str):
-            optimizer = _clone_optimizer(optimizer, head_rate)
+            optimizer = clone_optimizer(optimizer, head_rate)
     if isinstance(optimizer, str):
-        try:
-            optimizer = keras.optimizers.get(
-                {"class_name": optimizer, "config": {"learning_rate": head_rate}}
-            )
-        except ValueError:
-            raise ConfigError(
-                f"Unknown optimizer {optimizer!r}. Use a Keras optimizer name such as "
-                "'adam', 'adamw' or 'sgd', or an optimizer instance."
-            ) from None
+        optimizer = make_optimizer(optimizer, head_rate)
     loss = auto_loss if isinstance(loss, str) and loss == "auto" else loss
     metrics = (
         auto_metrics if isinstance(metrics, str) and metrics == "auto" else metrics
@@ -939,8 +625,6 @@ def fine_tune(
     _check_monitors(callbacks, metrics, val_ds is not None)
     resume = None
     if backup_dir is not None:
-        from tltf.resume import Resume
-
         resume = Resume.open(
             backup_dir,
             model,
@@ -997,8 +681,6 @@ def fine_tune(
     if resume is not None:
         resume.announce()
     if head_lr == "find" and head_epochs and (resume is None or not resume.epoch):
-        from tltf.lr_finder import find_stage_lr
-
         model.optimizer.learning_rate.assign(
             find_stage_lr(
                 model,
@@ -1128,14 +810,11 @@ def prepare_head(
     Returns:
         A few words on the ridge start for the stage-1 line, or None.
     """
-    from tltf.layers import Standardization
 
     layer = next((la for la in model.layers if isinstance(la, Standardization)), None)
     if layer is None or layer.is_set:
         return None
     if isinstance(features, tf.data.Dataset):
-        from tltf.cache import FeatureCache
-
         cache = FeatureCache(model, features)
         features, labels = cache.features, cache.others[0]
         cache.close()
@@ -1147,8 +826,6 @@ def prepare_head(
 
 
 def _ridge_start(model, features, labels, layer) -> str | None:
-    from tltf.probe import ridge_fit
-
     info = model_info(model)
     units = info.metadata["num_outputs"]
     if info.task not in ("multiclass", "binary") or any(
@@ -1211,8 +888,6 @@ def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) ->
     are adapted (and a cut is suggested). Tasks other than classification cannot
     be probed with a classifier: they unfreeze the top third of the blocks.
     """
-    from tltf.model import model_base
-    from tltf.probe import probe_blocks
 
     n = len(info.block_map)
     fallback = max(1, n // 3)
@@ -1279,7 +954,6 @@ class _Prepared:
 
 def _prepare_data(model, info, train, validation, batch_size, seed, augment, smoothing):
     """Turns fine_tune's inputs into batched datasets, checked against the model."""
-    from tltf import data as tltf_data
 
     _check_smoothing(smoothing)
     labels = counts = None
@@ -1293,21 +967,21 @@ def _prepare_data(model, info, train, validation, batch_size, seed, augment, smo
         one_hot = _check_bundle(train, info)
     else:
         # Labels and pixels are checked before anything reads the data.
-        one_hot = _check_data(train, info, "train")
+        one_hot = check_data(train, info, "train")
         # The feature cache reads the unshuffled data once; the cached features are
         # then reshuffled every epoch with `seed`, in the order this pipeline has.
-        train_ds, features = _train_batches(train, batch_size, seed)
+        train_ds, features = train_batches(train, batch_size, seed)
         if not isinstance(train, tf.data.Dataset):
             labels = np.asarray(train[1])
-    _check_image_shape(train_ds, model, "train")
+    check_image_shape(train_ds, model, "train")
     val_ds = None
     if validation is not None and isinstance(train, tltf_data.DataBundle):
         val_ds = validation  # checked by load_data
     elif validation is not None:
-        _check_data(validation, info, "validation_data")
-        val_ds = _as_dataset(validation, batch_size, False, None, "validation_data")
+        check_data(validation, info, "validation_data")
+        val_ds = as_dataset(validation, batch_size, False, None, "validation_data")
     if val_ds is not None:
-        _check_image_shape(val_ds, model, "validation_data")
+        check_image_shape(val_ds, model, "validation_data")
         if val_ds.cardinality() == tf.data.INFINITE_CARDINALITY:
             raise ConfigError(
                 "validation_data repeats forever (.repeat() without a count), so "
@@ -1358,7 +1032,6 @@ def _finder_batches(train, features, batch_size: int, seed: int | None):
     them. Arrays and bundles get a pipeline of their own; a tf.data input is
     the user's, and is used as it is.
     """
-    from tltf import data as tltf_data
 
     if isinstance(train, tltf_data.DataBundle):
         if train.unshuffled is None:
@@ -1372,7 +1045,7 @@ def _finder_batches(train, features, batch_size: int, seed: int | None):
         )
     if isinstance(train, tf.data.Dataset):
         return None
-    return _array_batches(train, "train", batch_size, True, seed)
+    return array_batches(train, "train", batch_size, True, seed)
 
 
 def _check_bundle(bundle, info: ModelInfo) -> bool:
@@ -1490,23 +1163,7 @@ def _check_smoothing(value) -> None:
         raise ConfigError(f"Expected label_smoothing in [0, 1). Received: {value!r}")
 
 
-def _check_image_shape(ds: tf.data.Dataset, model: keras.Model, what: str) -> None:
-    got = tuple(ds.element_spec[0].shape[1:])
-    want = tuple(model.input_shape[1:])
-    if len(got) != len(want) or any(
-        g is not None and w is not None and g != w
-        for g, w in zip(got, want, strict=True)
-    ):
-        raise DataError(
-            f"{what} has images of shape {got}, but the model takes {want}. Load them "
-            f"with tltf.data.load_data(..., image_size={want[:2]}) to resize (and "
-            "convert to RGB), or build the model with a matching input_shape."
-        )
-
-
 def _balanced_weights(setting: str, info, prepared: _Prepared) -> dict[int, float]:
-    from tltf import data as tltf_data
-
     if setting != "balanced":
         raise ConfigError(
             f"Expected class_weight as a dict, 'balanced' or None. Received: {setting!r}"
@@ -1584,14 +1241,6 @@ def _fit_with_feature_cache(
     `head_steps` optimizer steps (see `head_plan`) and ends once its loss has
     converged; stage 2 then starts at the next epoch.
     """
-    from tltf.cache import (
-        Continuation,
-        FeatureCache,
-        StageOneEnd,
-        build_metrics,
-        feature_extractor,
-        head_model,
-    )
 
     info = model_info(model)
     apply_trainable(info, [], "frozen")

@@ -37,6 +37,7 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
+from tltf import cache
 from tltf._io import (
     atomic_save_model,
     atomic_save_weights,
@@ -44,12 +45,24 @@ from tltf._io import (
     atomic_write_text,
 )
 from tltf.bases.base import Base, load_base
+from tltf.cache import (
+    Continuation,
+    cut_tensor,
+    feature_model,
+    head_model,
+)
+from tltf.data import DataBundle
 from tltf.errors import ConfigError, DataError, TltfError, TrainingError, suggest
 from tltf.freezing import BN_POLICIES, resolve_unfreeze
 from tltf.heads import HeadConfig
+from tltf.info import ModelInfo, default_loss_and_metrics, model_info
+from tltf.inputs import check_labels, train_batches
 from tltf.locks import Heartbeat, LockFile
-from tltf.model import ModelInfo, build_model, model_info
-from tltf.schedule import default_loss_and_metrics, stage_progbar
+from tltf.model import build_model
+from tltf.optimizers import clone_optimizer, make_optimizer
+from tltf.reports import plot_tuning
+from tltf.schedule import FineTuneSchedule, fine_tune
+from tltf.stages import StageTag, stage_progbar
 
 #: Names of the hyperparameters tltf declares, by SearchSpace field.
 HP_NAMES = {
@@ -814,7 +827,7 @@ class FineTuneHyperModel(kt.HyperModel):
                 train,
                 validation,
                 values,
-                _fresh_optimizer_instance(self.optimizer, float(values["head_lr"])),
+                make_optimizer(self.optimizer, float(values["head_lr"])),
                 callbacks,
                 start,
                 end,
@@ -866,16 +879,15 @@ class FineTuneHyperModel(kt.HyperModel):
             split = _FrozenSplit(model, info, k)
         except (ValueError, KeyError, IndexError, AttributeError):
             return None  # a base whose blocks do not chain through one tensor
-        from tltf.cache import MEMORY_LIMIT_BYTES
 
         images = len(train[0]) + len(validation[0])
-        if 4 * math.prod(split.cut_shape) * images > MEMORY_LIMIT_BYTES:
+        if (
+            4 * math.prod(split.cut_shape) * images > cache.MEMORY_LIMIT_BYTES
+        ):  # read now: users may set it
             return None
         return split
 
     def _fine_tune(self, model, train, validation, **kwargs):
-        from tltf.schedule import fine_tune
-
         # keras-tuner scores a trial by its best epoch already; the stage-2 guard
         # would also make the full-pass and cached stage 2 differ.
         kwargs.setdefault("keep_best", False)
@@ -883,7 +895,10 @@ class FineTuneHyperModel(kt.HyperModel):
             model,
             train,
             validation,
-            optimizer=_fresh_optimizer(self.optimizer),
+            # A name stays a name: fine_tune makes it at the head's rate.
+            optimizer=self.optimizer
+            if isinstance(self.optimizer, str)
+            else clone_optimizer(self.optimizer),
             batch_size=self.batch_size,
             seed=self.seed,
             **kwargs,
@@ -913,14 +928,6 @@ class FineTuneHyperModel(kt.HyperModel):
         return key
 
 
-def _fresh_optimizer_instance(optimizer, learning_rate):
-    if isinstance(optimizer, str):
-        return keras.optimizers.get(
-            {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
-        )
-    return _fresh_optimizer(optimizer)
-
-
 class _FrozenSplit:
     """A model split after its last frozen block: a feature extractor (images to
     the frozen blocks' output) and the trainable rest, sharing the model's layers."""
@@ -928,7 +935,6 @@ class _FrozenSplit:
     def __init__(self, model: keras.Model, info, k: int):
         if k == 0:
             # Head only: the stage-1 cache's split (features after the pooling).
-            from tltf.cache import cut_tensor, feature_model, head_model
 
             self.extractor, self.trainable = feature_model(model), head_model(model)
             self.cut_shape = tuple(cut_tensor(model).shape[1:])
@@ -964,29 +970,6 @@ class _FrozenSplit:
         )
 
 
-class _StageTwoTag(keras.callbacks.Callback):
-    """Tags epochs as stage 2 and raises a TrainingError on a NaN loss."""
-
-    def __init__(self, full_model):
-        super().__init__()
-        self.full_model = full_model
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["stage"] = 2
-
-    def on_train_batch_end(self, batch, logs=None):
-        from tltf.schedule import raise_on_divergence
-
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise_on_divergence(self.full_model, 2, self._epoch, batch, loss)
-
-
 def _fit_on_frozen_features(
     model,
     split,
@@ -1008,13 +991,6 @@ def _fit_on_frozen_features(
     variables), and user callbacks see the full model through
     `tltf.cache.Continuation`: the same epochs, logs and History.
     """
-    from tltf.cache import Continuation
-    from tltf.schedule import (
-        FineTuneSchedule,
-        _check_labels,
-        _train_batches,
-        default_loss_and_metrics,
-    )
 
     info = model_info(model)
     decay = float(values["lr_decay"])
@@ -1026,8 +1002,8 @@ def _fit_on_frozen_features(
             f"{tuple(model.input_shape[1:])}. Load them with tltf.data.load_data("
             "..., image_size=...) to resize."
         )
-    one_hot = _check_labels(train, info, "train")
-    _check_labels(validation, info, "validation_data")
+    one_hot = check_labels(train, info, "train")
+    check_labels(validation, info, "validation_data")
     loss, metrics = default_loss_and_metrics(info, one_hot)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     schedule = FineTuneSchedule(
@@ -1053,7 +1029,7 @@ def _fit_on_frozen_features(
     trainable = split.trainable
     trainable.compile(optimizer=model.optimizer, loss=loss, metrics=metrics)
     # The same batches as fine_tune's pipeline: one shuffle of the slices.
-    train_ds, _ = _train_batches((feats, y), batch_size, seed)
+    train_ds, _ = train_batches((feats, y), batch_size, seed)
     val_ds = tf.data.Dataset.from_tensor_slices((feats_val, yv)).batch(batch_size)
     history = keras.callbacks.History()
     continuation = Continuation([history, *callbacks], model, end)
@@ -1064,7 +1040,7 @@ def _fit_on_frozen_features(
         epochs=end,
         initial_epoch=start,
         shuffle=False,
-        callbacks=[_StageTwoTag(model), continuation, *stage_progbar(callbacks)],
+        callbacks=[StageTag(2, model), continuation, *stage_progbar(callbacks)],
         verbose=verbose,
     )
     model.history = history
@@ -1088,7 +1064,6 @@ def _split_data_args(args, kwargs):
             "Expected tuner.search(train, validation_data=...); received "
             f"{len(args)} positional arguments."
         )
-    from tltf.data import DataBundle
 
     if validation is None and isinstance(train, DataBundle):
         validation = train.validation
@@ -1190,15 +1165,8 @@ def _describe_optimizer(optimizer):
     return {"class": type(optimizer).__name__, "config": repr(optimizer.get_config())}
 
 
-def _fresh_optimizer(optimizer):
-    if isinstance(optimizer, str):
-        return optimizer
-    return type(optimizer).from_config(optimizer.get_config())
-
-
 def _data_fingerprint(data) -> str:
     """A cheap identity of a dataset (for the head key)."""
-    from tltf.data import DataBundle
 
     digest = hashlib.sha1()
     if isinstance(data, DataBundle):
@@ -1523,8 +1491,6 @@ def _stop_after_failures(tuner, error, export) -> None:
 
 
 def _infer_num_classes(train, task):
-    from tltf.data import DataBundle
-
     if isinstance(train, DataBundle):
         return train.num_classes
     if task in ("binary", "regression"):
@@ -1826,7 +1792,6 @@ def results(tuner, export: bool = True, verbose=1) -> TuneResult:
     Returns:
         A `TuneResult`.
     """
-    from tltf.reports import plot_tuning
 
     objective = _objective_name(tuner)
     table = results_table(tuner)

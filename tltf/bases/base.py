@@ -16,6 +16,7 @@ from tltf.bases.registry import BaseSpec, get_spec, shipped_base_path
 from tltf.bases.weights import load_weights_file, offline_first, resolve_weights_dir
 from tltf.errors import ConfigError, InputShapeError, ModelError
 from tltf.layers import PREPROCESSING_MODES
+from tltf.saving import load_model
 
 #: File names inside a saved base folder (see `save_base`).
 BASE_MODEL_FILE = "base.keras"
@@ -281,8 +282,6 @@ def load_saved_base(path: str | os.PathLike, input_shape: tuple | None = None) -
             f"{BASE_INFO_FILE} inside it. Save one with `tltf.save_base` or "
             "`tltf.pretrain`, or pass a registry name (see `tltf.list_bases()`)."
         )
-    from tltf.model import load_model
-
     model = load_model(model_file)
     try:
         record = json.loads(info_file.read_text())

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import keras
 
+from tltf.bases import regnet, rules
 from tltf.bases.blockmaps import (
     BlockMap,
     block_map_from_assignment,
@@ -53,8 +54,6 @@ class BaseSpec:
     def constructor(self) -> Callable[..., keras.Model]:
         """The model constructor, e.g. `keras.applications.MobileNetV2`."""
         if self.family == "regnet":
-            from tltf.bases import regnet
-
             return regnet.CONSTRUCTORS[self.constructor_name]
         return getattr(keras.applications, self.constructor_name)
 
@@ -62,14 +61,11 @@ class BaseSpec:
     def preprocess_input(self) -> Callable:
         """The family's own `preprocess_input` function (for reference)."""
         if self.family == "regnet":
-            from tltf.bases import regnet
-
             return regnet.preprocess_input
         return getattr(keras.applications, self.family).preprocess_input
 
     def block_map(self, model: keras.Model) -> BlockMap:
         """The block map of `model`, a model built by this entry's constructor."""
-        from tltf.bases import rules
 
         graph_rule = rules.GRAPH_RULES.get(self.family)
         if graph_rule is not None:

@@ -7,7 +7,11 @@
 
 from __future__ import annotations
 
-from tltf.bases import _rules_a, _rules_b, _rules_regnet
+from tltf.bases import _rules_multibranch, _rules_regnet, _rules_stagewise
 
-RULES = {**_rules_a.RULES, **_rules_b.RULES, **_rules_regnet.RULES}
-GRAPH_RULES = dict(getattr(_rules_b, "GRAPH_RULES", {}))
+RULES = {
+    **_rules_stagewise.RULES,
+    **_rules_multibranch.RULES,
+    **_rules_regnet.RULES,
+}
+GRAPH_RULES = dict(getattr(_rules_multibranch, "GRAPH_RULES", {}))

@@ -1,4 +1,4 @@
-"""Tests of the block rules in `tltf.bases._rules_b`."""
+"""Tests of the block rules in `tltf.bases._rules_multibranch`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable  # noqa: E402
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-from tltf.bases._rules_b import GRAPH_RULES, RULES  # noqa: E402
+from tltf.bases._rules_multibranch import GRAPH_RULES, RULES  # noqa: E402
 
 Constructor = Callable[..., keras.Model]
 
@@ -65,6 +65,10 @@ CASES = [
 ]
 
 
+#: The families whose model takes seconds to build: `make test-fast` skips them.
+SLOW_FAMILIES = {"inception_v3", "inception_resnet_v2", "nasnet"}
+
+
 def _params(cases: list[tuple[str, Constructor, int, int]]) -> list[object]:
     """Turns cases into pytest params ``(family, ctor, size)``.
 
@@ -72,7 +76,13 @@ def _params(cases: list[tuple[str, Constructor, int, int]]) -> list[object]:
     smallest model of each family is built once at a second, odd size.
     """
     return [
-        pytest.param(family, ctor, other, id=f"{ctor.__name__}-{other}")
+        pytest.param(
+            family,
+            ctor,
+            other,
+            id=f"{ctor.__name__}-{other}",
+            marks=pytest.mark.slow if family in SLOW_FAMILIES else (),
+        )
         for family, ctor, _minimum, other in cases
     ]
 

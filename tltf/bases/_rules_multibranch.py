@@ -1,5 +1,8 @@
 """Block rules for the ResNet, DenseNet, Inception, Xception and NASNet bases.
 
+These are multi-branch networks (residual, dense and inception cells); some need
+rules that read the graph, not only the names (`GRAPH_RULES`).
+
 A *block rule* maps a layer name of a ``keras.applications`` model to the
 name of the architecture block it belongs to (the architecture's own units,
 bottom to top), or to ``None`` for weightless layers that belong to no block

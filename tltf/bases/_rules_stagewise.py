@@ -1,5 +1,7 @@
 """Block rules for MobileNet, EfficientNet, ConvNeXt and VGG base models.
 
+These are single-path networks whose layer names carry their stage and block.
+
 A block rule maps the name of a layer of a `keras.applications` model to
 the name of the architectural block the layer belongs to (`"stem"`,
 `"block_1"`, ..., `"top"`), or to `None` for weightless layers that

@@ -1,0 +1,54 @@
+"""Argument checks shared by every module: one wording for each kind of mistake."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Real
+
+import numpy as np
+
+from tltf.errors import ConfigError, suggest
+
+
+def is_int(value) -> bool:
+    """Whether `value` is an integer (Python or NumPy), and not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def is_number(value) -> bool:
+    """Whether `value` is a real number (int or float), and not a bool."""
+    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_image_size(image_size) -> tuple[int, int]:
+    size = (image_size, image_size) if is_int(image_size) else image_size
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(is_int(s) and s > 0 for s in size)
+    ):
+        raise ConfigError(
+            "Expected image_size as a positive int or a (height, width) pair, e.g. "
+            f"224 or (224, 224). Received: image_size={image_size!r}"
+        )
+    return int(size[0]), int(size[1])
+
+
+def check_choice(value, choices: Sequence[str], name: str) -> str:
+    if value not in choices:
+        raise ConfigError(
+            f"Expected {name} to be one of {list(choices)}. Received: "
+            f"{name}={value!r}.{suggest(str(value), choices)}"
+        )
+    return value
+
+
+def check_positive_int(value, name: str) -> int:
+    """`value` as an int; a ConfigError unless it is an integer >= 1 (not a bool)."""
+    if not is_int(value) or value < 1:
+        raise ConfigError(
+            f"Expected {name} to be an int >= 1. Received: {name}={value!r}"
+        )
+    return int(value)

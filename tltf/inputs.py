@@ -1,0 +1,259 @@
+"""Training inputs: arrays or datasets as batches, checked against the model.
+
+`fine_tune`, the LR finder, the probe and the tuner all turn `(images, labels)`
+arrays or a `tf.data.Dataset` into batches here, and check the labels against the
+model's task (class indices or one-hot rows, their range, the image shape) before
+any training starts, so a bad label is reported the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tltf.errors import DataError
+from tltf.images import check_pixel_values
+from tltf.info import ModelInfo
+
+
+def train_batches(data, batch_size: int, seed: int | None):
+    """Shuffled training batches, and the same data unshuffled (for the cache)."""
+    if isinstance(data, tf.data.Dataset):
+        ds = as_dataset(data, batch_size, False, seed, "train")
+        return ds, ds
+    return (
+        array_batches(data, "train", batch_size, True, seed),
+        array_batches(data, "train", batch_size, False, None),
+    )
+
+
+def array_batches(
+    data, what: str, batch_size: int, shuffle: bool, seed: int | None
+) -> tf.data.Dataset:
+    """`(images, labels)` arrays as checked, batched, prefetched batches.
+
+    The pipeline shuffles and batches indices, and each batch gathers its rows
+    from the arrays. `from_tensor_slices` would first copy the arrays into
+    TensorFlow (twice: TensorFlow copies a NumPy array before wrapping it), which
+    for a gigabyte of images costs seconds and doubles the memory. The order is
+    that of `from_tensor_slices((x, y)).shuffle(n, seed).batch(b)`: shuffling
+    depends on the seed and the count only, not on the elements.
+    """
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    if len(x) == 0:
+        raise DataError(f"{what} is empty: it has no images. Pass at least one batch.")
+    if len(x) != len(y):
+        raise DataError(
+            f"{what} has {len(x)} images but {len(y)} labels; expected one label "
+            "per image."
+        )
+    x_dtype, y_dtype = tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)
+
+    def gather(index):
+        return x[index], y[index]
+
+    def rows(index):
+        images, labels = tf.numpy_function(
+            gather, [index], [x_dtype, y_dtype], stateful=False
+        )
+        images.set_shape((None, *x.shape[1:]))
+        labels.set_shape((None, *y.shape[1:]))
+        return images, labels
+
+    ds = tf.data.Dataset.range(len(x))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(rows).prefetch(tf.data.AUTOTUNE)
+
+
+def pair_spec(data: tf.data.Dataset, what: str) -> tuple:
+    """A dataset's element spec, checked to be `(image, label[, weight])`."""
+    spec = data.element_spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise DataError(
+            f"Expected {what} to yield (image, label) pairs. Received elements "
+            f"of structure {spec}. Map it with `.map(lambda d: (d['image'], "
+            "d['label']))` or use tltf's data layer."
+        )
+    return spec
+
+
+def as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str):
+    """Turns `(images, labels)` arrays or a tf.data.Dataset into batches."""
+    if isinstance(data, tf.data.Dataset):
+        spec = pair_spec(data, what)
+        if len(spec[0].shape) == 3:
+            data = data.batch(batch_size)
+        return data.prefetch(tf.data.AUTOTUNE)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return array_batches(data, what, batch_size, shuffle, seed)
+    raise DataError(
+        f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
+        f"(images, labels) of arrays. Received: {type(data).__name__}"
+    )
+
+
+#: How many batches of a tf.data.Dataset are read (with `take`, so the dataset
+#: itself is not consumed) to check its labels and pixels before training.
+PEEK_BATCHES = 2
+
+
+def peek(data, what: str) -> tuple[np.ndarray | None, np.ndarray]:
+    """Images and labels: all of them for arrays, the first batches of a dataset.
+
+    Images are None when a dataset's first images differ in shape.
+    """
+    if not isinstance(data, tf.data.Dataset):
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise DataError(
+                f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
+                f"(images, labels) of arrays. Received: {type(data).__name__}"
+            )
+        try:
+            images = np.asarray(data[0])
+        except ValueError:  # images of different shapes
+            images = None
+        return images, np.asarray(data[1])
+    spec = pair_spec(data, what)
+    if spec[0].shape.rank is None:  # batches or single images: cannot tell
+        return None, np.zeros((0,), np.int32)
+    batched = spec[0].shape.rank == 4
+    first = data.take(PEEK_BATCHES if batched else 32 * PEEK_BATCHES)
+    try:
+        elements = [element[:2] for element in first.as_numpy_iterator()]
+    except tf.errors.OpError as error:
+        raise DataError(
+            f"Could not read the first batches of {what}: "
+            f"{error.message.splitlines()[0]}"
+        ) from None
+    if not elements:
+        return None, np.zeros((0,), np.int32)
+    xs, ys = zip(*elements, strict=True)
+    join = np.concatenate if batched else np.stack
+    images = join(xs) if len({x.shape[batched:] for x in xs}) == 1 else None
+    try:
+        labels = join(ys)
+    except ValueError:
+        raise DataError(
+            f"Expected {what} labels of one shape. Received labels of shapes "
+            f"{sorted({y.shape for y in ys})} in its first batches."
+        ) from None
+    return images, labels
+
+
+def check_data(data, info: ModelInfo, what: str) -> bool:
+    """Checks images and labels before training; returns whether one-hot.
+
+    Arrays are checked whole; a tf.data.Dataset by its first `PEEK_BATCHES`
+    batches.
+    """
+    images, labels = peek(data, what)
+    if images is not None:
+        scope = (
+            f" (of the first {len(images)} read)"
+            if isinstance(data, tf.data.Dataset)
+            else ""
+        )
+        check_pixel_values(images, what, scope)
+    return check_label_values(labels, info, what)
+
+
+def check_labels(data, info: ModelInfo, what: str) -> bool:
+    """Checks labels against the model's outputs; returns whether one-hot.
+
+    Array labels are checked whole. A tf.data.Dataset is not read (the LR finder
+    reads it once): its element spec is checked (`check_data` reads its first
+    batches).
+    """
+    if not isinstance(data, tf.data.Dataset):
+        return check_label_values(peek(data, what)[1], info, what)
+    spec = data.element_spec[1]
+    check_label_values(np.zeros((0,), spec.dtype.as_numpy_dtype), info, what)
+    n = info.metadata["num_outputs"]
+    return (
+        info.task == "multiclass"
+        and spec.shape.rank is not None
+        and spec.shape.rank >= 1
+        and spec.shape[-1] == n
+        and n > 1
+    )
+
+
+def check_label_values(y: np.ndarray, info: ModelInfo, what: str) -> bool:
+    """Checks labels (first axis: examples) against the model; whether one-hot."""
+    n, task = info.metadata["num_outputs"], info.task
+    if y.dtype == bool:
+        y = y.astype(np.int32)
+    if not np.issubdtype(y.dtype, np.number):
+        expected = {
+            "multiclass": f"integer class indices in [0, {n}) or one-hot rows",
+            "binary": "integers 0 or 1",
+            "multilabel": f"multi-hot rows of {n} zeros and ones",
+        }.get(task, "numbers")
+        example = f" (e.g. {y.ravel()[0]!r})" if y.size else ""
+        raise DataError(
+            f"Expected {what} labels as {expected}. Received labels of dtype "
+            f"{y.dtype}{example}. Map class names to integers first, e.g. "
+            "names, y = np.unique(labels, return_inverse=True); tltf.load_data does "
+            "this for image folders (one subfolder per class)."
+        )
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        raise DataError(
+            f"{what} labels contain NaN or infinite values. Fix or drop those examples."
+        )
+    if task == "multiclass":
+        if y.ndim == 2 and y.shape[1] == n:
+            return True
+        if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+            columns = f" ({y.shape[1]} columns for {n} classes)" if y.ndim == 2 else ""
+            raise DataError(
+                f"Expected {what} labels as class indices of shape (N,) or one-hot "
+                f"rows of shape (N, {n}) for num_classes={n}. Received labels of "
+                f"shape {y.shape}{columns}. Fix the labels, or rebuild the model "
+                "with the right num_classes."
+            )
+        y = y.reshape(-1)
+        fractional = np.mod(y, 1) != 0
+        if fractional.any():
+            raise DataError(
+                f"Expected {what} labels to be whole numbers (class indices in "
+                f"[0, {n})). Received fractional values such as "
+                f"{y[fractional][:3].tolist()} (first at index "
+                f"{int(np.argmax(fractional))}). For soft labels, pass one-hot rows "
+                f"of shape (N, {n}) (or use label_smoothing=)."
+            )
+        bad = (y < 0) | (y >= n)
+        if bad.any():
+            raise DataError(
+                f"{what} has labels outside [0, {n}) (min {y.min():g}, max "
+                f"{y.max():g}; first at index {int(np.argmax(bad))}). The model has "
+                f"num_classes={n}: rebuild it with the right num_classes, or fix the "
+                "labels."
+            )
+    elif task in ("binary", "multilabel"):
+        if y.size and (y.min() < 0 or y.max() > 1):
+            raise DataError(
+                f"{what} has labels outside [0, 1] for a {task} task "
+                f"(min {y.min()}, max {y.max()})."
+            )
+        if task == "multilabel" and (y.ndim != 2 or y.shape[1] != n):
+            raise DataError(
+                f"Expected {what} multi-label targets of shape (N, {n}). "
+                f"Received: {y.shape}"
+            )
+    return False
+
+
+def check_image_shape(ds: tf.data.Dataset, model: keras.Model, what: str) -> None:
+    got = tuple(ds.element_spec[0].shape[1:])
+    want = tuple(model.input_shape[1:])
+    if len(got) != len(want) or any(
+        g is not None and w is not None and g != w
+        for g, w in zip(got, want, strict=True)
+    ):
+        raise DataError(
+            f"{what} has images of shape {got}, but the model takes {want}. Load them "
+            f"with tltf.data.load_data(..., image_size={want[:2]}) to resize (and "
+            "convert to RGB), or build the model with a matching input_shape."
+        )
