@@ -32,7 +32,7 @@ import sys
 import keras
 import numpy as np
 
-from .conftest import make_data, make_tiny_base
+from tests.helpers import make_data, make_tiny_base
 
 #: The run: tiny, CPU, deterministic (array inputs with a shuffle seed).
 SETTINGS = dict(

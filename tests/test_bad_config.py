@@ -18,8 +18,12 @@ from keras.src.backend.common import global_state
 from keras.src.saving import serialization_lib
 
 import tltf
-from tests.conftest import make_tiny_base
-from tests.test_bad_input import _check, _snapshot
+from tests.helpers import (
+    check_error,
+    folder_snapshot,
+    make_lambda_model,
+    make_tiny_base,
+)
 from tltf import errors, runs
 from tltf.cli import main
 from tltf.config import (
@@ -52,10 +56,8 @@ def _lambda_model_file(tmp_path):
         marker.write_text("the Lambda ran")
         return x
 
-    inputs = keras.Input((4,))
-    outputs = keras.layers.Lambda(lambda x: write_marker(x))(inputs)
     path = tmp_path / "lambda.keras"
-    keras.Model(inputs, outputs).save(path)
+    make_lambda_model(lambda x: write_marker(x)).save(path)
     marker.unlink()  # building the model ran the function once
     return path, marker
 
@@ -64,7 +66,7 @@ def test_load_model_stays_safe_when_unsafe_deserialization_is_on(
     tmp_path, unsafe_globally
 ):
     path, marker = _lambda_model_file(tmp_path)
-    before = _snapshot(tmp_path)
+    before = folder_snapshot(tmp_path)
     loads = [
         lambda: tltf.load_model(path),
         lambda: as_model(str(path)),  # what evaluate() and predict() use
@@ -73,9 +75,9 @@ def test_load_model_stays_safe_when_unsafe_deserialization_is_on(
     for load in loads:
         with pytest.raises(errors.ModelError) as info:
             load()
-        _check(info.value, errors.ModelError, "lambda", "lambda.keras")
+        check_error(info.value, errors.ModelError, "lambda", "lambda.keras")
         assert not marker.exists()
-    assert _snapshot(tmp_path) == before
+    assert folder_snapshot(tmp_path) == before
     assert serialization_lib.in_safe_mode() is False  # the user's switch is kept
 
 
@@ -138,11 +140,11 @@ def test_edited_keras_file_names_the_unknown_object(tmp_path, edit, words):
                 edit(config)
                 data = json.dumps(config)
             target.writestr(name, data)
-    before = _snapshot(tmp_path)
+    before = folder_snapshot(tmp_path)
     with pytest.raises(errors.ModelError) as info:
         tltf.load_model(bad)
-    _check(info.value, errors.ModelError, "edited.keras", *words)
-    assert _snapshot(tmp_path) == before
+    check_error(info.value, errors.ModelError, "edited.keras", *words)
+    assert folder_snapshot(tmp_path) == before
 
 
 # -- 3. YAML billion laughs, and 7. where a YAML error is ------------------------------
@@ -162,14 +164,14 @@ def test_yaml_aliases_are_refused_fast(tmp_path, capsys):
     started = time.perf_counter()
     with pytest.raises(errors.ConfigError) as info:
         load_config_file(path)
-    _check(info.value, errors.ConfigError, "laughs.yaml", "line 3", "anchors")
+    check_error(info.value, errors.ConfigError, "laughs.yaml", "line 3", "anchors")
     argv = ["tune", "--base", "demo", "--train", "x/", "--config", str(path)]
     assert main([*argv, "--print-config"]) == 2
     err = capsys.readouterr().err
     assert "anchors and aliases" in err and "Traceback" not in err
     with pytest.raises(errors.ConfigError) as info:
         parse_assignment("tune.search_space=[&a [1, 1], [*a, *a]]")
-    _check(info.value, errors.ConfigError, "--set", "anchors")
+    check_error(info.value, errors.ConfigError, "--set", "anchors")
     assert time.perf_counter() - started < 1.0
 
 
@@ -178,7 +180,9 @@ def test_yaml_indentation_error_names_the_real_line(tmp_path):
     path.write_text("model:\n  base: demo\n weights: null\n")
     with pytest.raises(errors.ConfigError) as info:
         load_config_file(path)
-    _check(info.value, errors.ConfigError, "bad.yaml", "line 3, column 2", "indent")
+    check_error(
+        info.value, errors.ConfigError, "bad.yaml", "line 3, column 2", "indent"
+    )
     assert "line 1, column 1" not in str(info.value)
 
 
@@ -216,13 +220,13 @@ def test_bad_values_are_config_errors_before_anything_runs(assignment, words, ca
         overrides = merge(overrides, parse_assignment(part))
     with pytest.raises(errors.ConfigError) as info:
         TrainConfig.from_dict(overrides)
-    _check(info.value, errors.ConfigError, *words)
+    check_error(info.value, errors.ConfigError, *words)
 
 
 def test_tune_objective_is_checked_in_the_config(capsys):
     with pytest.raises(errors.ConfigError) as info:
         TuneConfig.from_dict({"tune": {"objective": "val_acc"}})
-    _check(info.value, errors.ConfigError, "tune.objective", "'val_accuracy'?")
+    check_error(info.value, errors.ConfigError, "tune.objective", "'val_accuracy'?")
     argv = ["tune", "--base", "demo", "--train", "x/", "--print-config"]
     assert main([*argv, "--set", "tune.objective=val_acc"]) == 2
     assert "Did you mean 'val_accuracy'" in capsys.readouterr().err

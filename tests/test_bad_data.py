@@ -20,21 +20,20 @@ import pytest
 import tensorflow as tf
 
 import tltf
-from tests.conftest import make_data, make_tiny_base
-from tests.test_bad_input import _check, _snapshot
+from tests.helpers import (
+    check_error,
+    folder_snapshot,
+    make_data,
+    make_tiny_model,
+    raises,
+)
 from tltf import data as tltf_data
 from tltf import errors
 from tltf.evaluation import predict
 
 
-def _model(num_classes=3):
-    return tltf.build_model(make_tiny_base(), num_classes, weights=None)
-
-
-def _raises(error_type, *args, **kwargs) -> BaseException:
-    with pytest.raises(error_type) as info:
-        tltf.fine_tune(*args, **kwargs)
-    return info.value
+def _fine_tune_error(error_type, *args, **kwargs) -> BaseException:
+    return raises(error_type, tltf.fine_tune, *args, **kwargs)
 
 
 class _NoTraining(keras.callbacks.Callback):
@@ -60,87 +59,119 @@ def _folder(root) -> None:
 def test_string_labels_ask_for_class_indices():
     x, _ = make_data(n=12)
     y = np.array(["cat", "dog", "bird"] * 4)
-    error = _raises(errors.DataError, _model(), (x, y), callbacks=[_NoTraining()])
-    _check(error, errors.DataError, "integer", "dtype <U4", "'cat'", "np.unique")
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), (x, y), callbacks=[_NoTraining()]
+    )
+    check_error(error, errors.DataError, "integer", "dtype <U4", "'cat'", "np.unique")
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
-    error = _raises(errors.DataError, _model(), ds, callbacks=[_NoTraining()])
-    _check(error, errors.DataError, "integer", "b'cat'", "load_data")
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), ds, callbacks=[_NoTraining()]
+    )
+    check_error(error, errors.DataError, "integer", "b'cat'", "load_data")
 
 
 def test_dataset_labels_are_checked_on_the_first_batches():
     x, y = make_data(n=16)
     ds = tf.data.Dataset.from_tensor_slices((x, y + 5)).batch(8)
-    error = _raises(errors.DataError, _model(), ds, callbacks=[_NoTraining()])
-    _check(error, errors.DataError, "labels outside [0, 3)", "max 7", "num_classes")
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), ds, callbacks=[_NoTraining()]
+    )
+    check_error(
+        error, errors.DataError, "labels outside [0, 3)", "max 7", "num_classes"
+    )
     unbatched = tf.data.Dataset.from_tensor_slices((x, y.astype("float32") / 2))
-    error = _raises(errors.DataError, _model(), unbatched, callbacks=[_NoTraining()])
-    _check(error, errors.DataError, "whole numbers", "0.5")
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), unbatched, callbacks=[_NoTraining()]
+    )
+    check_error(error, errors.DataError, "whole numbers", "0.5")
     val = tf.data.Dataset.from_tensor_slices((x, y - 1)).batch(8)
-    error = _raises(errors.DataError, _model(), (x, y), val, callbacks=[_NoTraining()])
-    _check(error, errors.DataError, "validation_data", "min -1")
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), (x, y), val, callbacks=[_NoTraining()]
+    )
+    check_error(error, errors.DataError, "validation_data", "min -1")
 
 
 def test_one_hot_rows_of_the_wrong_width():
     x, y = make_data(n=12)
     one_hot = np.eye(4, dtype="float32")[y]
-    error = _raises(errors.DataError, _model(), (x, one_hot), callbacks=[_NoTraining()])
-    _check(error, errors.DataError, "(12, 4)", "4 columns for 3 classes")
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), (x, one_hot), callbacks=[_NoTraining()]
+    )
+    check_error(error, errors.DataError, "(12, 4)", "4 columns for 3 classes")
     ds = tf.data.Dataset.from_tensor_slices((x, one_hot)).batch(4)
-    error = _raises(errors.DataError, _model(), ds, callbacks=[_NoTraining()])
-    _check(error, errors.DataError, "4 columns for 3 classes")
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), ds, callbacks=[_NoTraining()]
+    )
+    check_error(error, errors.DataError, "4 columns for 3 classes")
 
 
 @pytest.mark.parametrize("batch_size", [0, -8, True, 2.5])
 def test_batch_size_must_be_a_positive_integer(batch_size):
     x, y = make_data(n=8)
-    error = _raises(errors.ConfigError, _model(), (x, y), batch_size=batch_size)
-    _check(error, errors.ConfigError, "batch_size", "int >= 1", repr(batch_size))
+    error = _fine_tune_error(
+        errors.ConfigError, make_tiny_model(), (x, y), batch_size=batch_size
+    )
+    check_error(error, errors.ConfigError, "batch_size", "int >= 1", repr(batch_size))
     with pytest.raises(errors.ConfigError, match="batch_size"):
-        predict(_model(), x, batch_size=batch_size)
+        predict(make_tiny_model(), x, batch_size=batch_size)
 
 
+@pytest.mark.slow
 def test_file_names_that_are_not_utf8_are_skipped_and_named(tmp_path):
     _folder(tmp_path)
     bad = os.path.join(os.fsencode(tmp_path / "a"), b"\xff\xfe.png")
     with open(bad, "wb") as file:
         file.write((tmp_path / "a" / "0.png").read_bytes())
-    before = _snapshot(tmp_path)
+    before = folder_snapshot(tmp_path)
     bundle = tltf.load_data(str(tmp_path), image_size=(16, 16))
     assert bundle.num_train == 6
     assert [os.fsencode(f) for f in bundle.skipped] == [bad]
     with pytest.raises(errors.DataError) as info:
         tltf.load_data(str(tmp_path), image_size=(16, 16), strict=True)
-    _check(info.value, errors.DataError, "\\xff\\xfe.png", "not UTF-8", "rename")
-    rows = predict(_model(2), str(tmp_path))
+    check_error(info.value, errors.DataError, "\\xff\\xfe.png", "not UTF-8", "rename")
+    rows = predict(make_tiny_model(2), str(tmp_path))
     assert len(rows) == 6
-    assert _snapshot(tmp_path) == before
+    assert folder_snapshot(tmp_path) == before
 
 
 def test_misspelt_monitor_names_the_logged_metrics():
     x, y = make_data(n=12)
     stop = keras.callbacks.EarlyStopping(monitor="val_acc")
-    error = _raises(
-        errors.ConfigError, _model(), (x, y), (x, y), callbacks=[stop, _NoTraining()]
+    error = _fine_tune_error(
+        errors.ConfigError,
+        make_tiny_model(),
+        (x, y),
+        (x, y),
+        callbacks=[stop, _NoTraining()],
     )
-    _check(error, errors.ConfigError, "val_acc", "val_accuracy", "did you mean")
+    check_error(error, errors.ConfigError, "val_acc", "val_accuracy", "did you mean")
     best = keras.callbacks.ModelCheckpoint(
         "unused.keras", monitor="val_loss", save_best_only=True
     )
-    error = _raises(errors.ConfigError, _model(), (x, y), callbacks=[best])
-    _check(error, errors.ConfigError, "val_loss", "validation_data", "'loss'")
+    error = _fine_tune_error(
+        errors.ConfigError, make_tiny_model(), (x, y), callbacks=[best]
+    )
+    check_error(error, errors.ConfigError, "val_loss", "validation_data", "'loss'")
 
 
+@pytest.mark.slow
 def test_a_dataset_that_repeats_forever_needs_steps_per_epoch():
     x, y = make_data(n=12)
     endless = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()
-    error = _raises(errors.ConfigError, _model(), endless, callbacks=[_NoTraining()])
-    _check(error, errors.ConfigError, "repeats forever", "steps_per_epoch", "take")
-    error = _raises(
-        errors.ConfigError, _model(), (x, y), endless, callbacks=[_NoTraining()]
+    error = _fine_tune_error(
+        errors.ConfigError, make_tiny_model(), endless, callbacks=[_NoTraining()]
     )
-    _check(error, errors.ConfigError, "validation_data", "finite")
+    check_error(error, errors.ConfigError, "repeats forever", "steps_per_epoch", "take")
+    error = _fine_tune_error(
+        errors.ConfigError,
+        make_tiny_model(),
+        (x, y),
+        endless,
+        callbacks=[_NoTraining()],
+    )
+    check_error(error, errors.ConfigError, "validation_data", "finite")
     history = tltf.fine_tune(
-        _model(),
+        make_tiny_model(),
         endless,
         head_epochs=1,
         fine_tune_epochs=1,
@@ -156,34 +187,43 @@ def test_nan_pixels_in_validation_data_and_in_a_dataset():
     x, y = make_data(n=12)
     xv = x.copy()
     xv[[3, 5], 0, 0, 0] = np.nan
-    error = _raises(
-        errors.DataError, _model(), (x, y), (xv, y), callbacks=[_NoTraining()]
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), (x, y), (xv, y), callbacks=[_NoTraining()]
     )
-    _check(error, errors.DataError, "validation_data", "2 images", "NaN", "index 3")
+    check_error(
+        error, errors.DataError, "validation_data", "2 images", "NaN", "index 3"
+    )
     ds = tf.data.Dataset.from_tensor_slices((xv, y)).batch(4)
-    error = _raises(errors.DataError, _model(), ds, callbacks=[_NoTraining()])
-    _check(error, errors.DataError, "train", "of the first 8 read", "NaN")
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), ds, callbacks=[_NoTraining()]
+    )
+    check_error(error, errors.DataError, "train", "of the first 8 read", "NaN")
 
 
 def test_predict_refuses_nan_images():
     x, _ = make_data(n=4)
     x[1] = np.inf
     with pytest.raises(errors.DataError) as info:
-        predict(_model(), x)
-    _check(info.value, errors.DataError, "1 image", "infinite", "index 1")
+        predict(make_tiny_model(), x)
+    check_error(info.value, errors.DataError, "1 image", "infinite", "index 1")
 
 
+@pytest.mark.slow
 def test_16_bit_and_preprocessed_pixels(capsys):
     x, y = make_data(n=12)
     wide = (x * 257).astype("uint16")
-    error = _raises(errors.DataError, _model(), (wide, y), callbacks=[_NoTraining()])
-    _check(error, errors.DataError, "[0, 255]", "uint16", "255 / 65535")
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), (wide, y), callbacks=[_NoTraining()]
+    )
+    check_error(error, errors.DataError, "[0, 255]", "uint16", "255 / 65535")
     with pytest.raises(errors.DataError, match="uint16"):
         tltf.load_data((wide, y), image_size=16)
     scaled = x / 127.5 - 1
     tltf.load_data((scaled, y), image_size=16)
     assert "[-1, 1]" in capsys.readouterr().out
-    tltf.fine_tune(_model(), (scaled, y), head_epochs=1, fine_tune_epochs=0, verbose=0)
+    tltf.fine_tune(
+        make_tiny_model(), (scaled, y), head_epochs=1, fine_tune_epochs=0, verbose=0
+    )
     out = capsys.readouterr().out
     assert out.count("tltf: note: train images are in [-1, 1]") == 1
     assert "(x + 1) * 127.5" in out
@@ -199,18 +239,20 @@ def test_16_bit_and_preprocessed_pixels(capsys):
 )
 def test_class_weights_for_missing_classes_or_negative(weights, words):
     x, y = make_data(n=12)
-    error = _raises(
-        errors.ConfigError, _model(), (x, y), class_weight=weights, verbose=0
+    error = _fine_tune_error(
+        errors.ConfigError, make_tiny_model(), (x, y), class_weight=weights, verbose=0
     )
-    _check(error, errors.ConfigError, "class_weight", *words)
+    check_error(error, errors.ConfigError, "class_weight", *words)
 
 
 def test_fractional_labels_say_whole_numbers():
     x, y = make_data(n=12)
     y = y.astype("float32")
     y[4] = 0.5
-    error = _raises(errors.DataError, _model(), (x, y), callbacks=[_NoTraining()])
-    _check(error, errors.DataError, "whole numbers", "0.5", "index 4")
+    error = _fine_tune_error(
+        errors.DataError, make_tiny_model(), (x, y), callbacks=[_NoTraining()]
+    )
+    check_error(error, errors.DataError, "whole numbers", "0.5", "index 4")
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -225,6 +267,7 @@ def _png_header(width: int, height: int) -> bytes:
     )
 
 
+@pytest.mark.slow
 def test_images_over_the_pixel_limit_are_skipped_before_decoding(tmp_path, monkeypatch):
     _folder(tmp_path)
     (tmp_path / "b" / "huge.png").write_bytes(_png_header(16000, 16000))
@@ -232,7 +275,7 @@ def test_images_over_the_pixel_limit_are_skipped_before_decoding(tmp_path, monke
     assert [os.path.basename(f) for f in bundle.skipped] == ["huge.png"]
     with pytest.raises(errors.DataError) as info:
         tltf.load_data(str(tmp_path), image_size=(16, 16), strict=True)
-    _check(
+    check_error(
         info.value,
         errors.DataError,
         "huge.png",

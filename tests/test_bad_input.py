@@ -8,64 +8,33 @@ work: files that existed before the bad call are unchanged after it.
 
 from __future__ import annotations
 
-import hashlib
-import traceback
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
 import tltf
-from tests.conftest import make_data, make_tiny_base
+from tests.helpers import (
+    check_error,
+    folder_snapshot,
+    make_data,
+    make_lambda_model,
+    make_tiny_base,
+    make_tiny_model,
+    raises,
+)
 from tltf import errors
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _check(error: BaseException, error_type, *words: str) -> None:
-    """The error's type, its message's words, and where it was raised."""
-    assert isinstance(error, error_type), repr(error)
-    assert isinstance(error, tltf.TltfError)
-    message = str(error)
-    for word in words:
-        assert word.lower() in message.lower(), (word, message)
-    # Raised by tltf itself, with any TensorFlow/Keras error chained out of view.
-    frames = traceback.extract_tb(error.__traceback__)
-    assert "/tltf/" in frames[-1].filename.replace("\\", "/"), frames[-1]
-    if error.__context__ is not None:
-        assert (
-            error.__suppress_context__
-            or error.__cause__ is None
-            or (isinstance(error.__cause__, tltf.TltfError))
-        ), repr(error.__cause__)
-
-
-def _raises(error_type, fn, *args, **kwargs) -> BaseException:
-    with pytest.raises(error_type) as info:
-        fn(*args, **kwargs)
-    return info.value
-
-
-def _model(num_classes=3):
-    return tltf.build_model(make_tiny_base(), num_classes, weights=None)
-
-
 def test_unknown_base_suggests_names():
-    error = _raises(errors.UnknownBaseError, tltf.build_model, "mobilenet_v5", 3)
-    _check(
+    error = raises(errors.UnknownBaseError, tltf.build_model, "mobilenet_v5", 3)
+    check_error(
         error, errors.UnknownBaseError, "mobilenet_v5", "did you mean", "mobilenet_v2"
     )
 
 
 def test_input_below_minimum_and_wrong_channels():
-    small = _raises(
+    small = raises(
         errors.InputShapeError,
         tltf.build_model,
         "inception_v3",
@@ -73,8 +42,8 @@ def test_input_below_minimum_and_wrong_channels():
         weights=None,
         input_shape=(32, 32, 3),
     )
-    _check(small, errors.InputShapeError, "75", "received")
-    gray = _raises(
+    check_error(small, errors.InputShapeError, "75", "received")
+    gray = raises(
         errors.InputShapeError,
         tltf.build_model,
         "mobilenet_v2",
@@ -82,22 +51,27 @@ def test_input_below_minimum_and_wrong_channels():
         weights="imagenet",
         input_shape=(96, 96, 1),
     )
-    _check(gray, errors.InputShapeError, "RGB")
+    check_error(gray, errors.InputShapeError, "RGB")
 
 
 def test_labels_out_of_range_and_num_classes_mismatch():
     x, y = make_data(n=32, classes=3)
-    error = _raises(errors.DataError, tltf.fine_tune, _model(2), (x, y), head_epochs=1)
-    _check(error, errors.DataError, "labels outside [0, 2)", "num_classes")
+    error = raises(
+        errors.DataError, tltf.fine_tune, make_tiny_model(2), (x, y), head_epochs=1
+    )
+    check_error(error, errors.DataError, "labels outside [0, 2)", "num_classes")
 
 
 def test_empty_dataset():
     x = np.zeros((0, 16, 16, 3), "float32")
     y = np.zeros((0,), "int32")
-    error = _raises(errors.DataError, tltf.fine_tune, _model(), (x, y), head_epochs=1)
-    _check(error, errors.DataError, "empty")
+    error = raises(
+        errors.DataError, tltf.fine_tune, make_tiny_model(), (x, y), head_epochs=1
+    )
+    check_error(error, errors.DataError, "empty")
 
 
+@pytest.mark.slow
 def test_corrupt_images_are_skipped_by_default_and_named_when_strict(tmp_path):
     import PIL.Image
 
@@ -108,25 +82,27 @@ def test_corrupt_images_are_skipped_by_default_and_named_when_strict(tmp_path):
                 tmp_path / cls / f"{i}.png"
             )
     (tmp_path / "a" / "broken.jpg").write_bytes(b"not a jpeg")
-    before = _snapshot(tmp_path)
+    before = folder_snapshot(tmp_path)
     bundle = tltf.load_data(str(tmp_path), image_size=(16, 16))
     assert bundle.num_train == 6
     assert [Path(f).name for f in bundle.skipped] == ["broken.jpg"]
-    error = _raises(
+    error = raises(
         errors.DataError,
         tltf.load_data,
         str(tmp_path),
         image_size=(16, 16),
         strict=True,
     )
-    _check(error, errors.DataError, "broken.jpg")
-    assert _snapshot(tmp_path) == before
+    check_error(error, errors.DataError, "broken.jpg")
+    assert folder_snapshot(tmp_path) == before
 
 
 def test_unfreeze_deeper_than_the_base():
     x, y = make_data(n=16)
-    error = _raises(errors.ConfigError, tltf.fine_tune, _model(), (x, y), unfreeze=20)
-    _check(error, errors.ConfigError, "[0, 4]", "received")
+    error = raises(
+        errors.ConfigError, tltf.fine_tune, make_tiny_model(), (x, y), unfreeze=20
+    )
+    check_error(error, errors.ConfigError, "[0, 4]", "received")
 
 
 @pytest.mark.parametrize(
@@ -134,41 +110,44 @@ def test_unfreeze_deeper_than_the_base():
 )
 def test_learning_rate_not_a_positive_number(kwargs):
     x, y = make_data(n=16)
-    error = _raises(errors.ConfigError, tltf.fine_tune, _model(), (x, y), **kwargs)
-    _check(error, errors.ConfigError, "positive number", "received")
+    error = raises(
+        errors.ConfigError, tltf.fine_tune, make_tiny_model(), (x, y), **kwargs
+    )
+    check_error(error, errors.ConfigError, "positive number", "received")
 
 
 def test_unknown_config_keys_suggest_the_right_one():
     from tltf.config import TrainConfig
 
-    error = _raises(
+    error = raises(
         errors.ConfigError,
         TrainConfig.from_dict,
         {"model": {"base": "mobilenet_v2"}, "schedule": {"head_epoch": 3}},
     )
-    _check(error, errors.ConfigError, "head_epoch", "head_epochs")
-    head = _raises(errors.ConfigError, tltf.HeadConfig.from_dict, {"hidden_unit": 8})
-    _check(head, errors.ConfigError, "hidden_units")
+    check_error(error, errors.ConfigError, "head_epoch", "head_epochs")
+    head = raises(errors.ConfigError, tltf.HeadConfig.from_dict, {"hidden_unit": 8})
+    check_error(head, errors.ConfigError, "hidden_units")
 
 
+@pytest.mark.slow
 def test_weights_file_for_another_architecture(tmp_path):
     other = make_tiny_base(input_shape=(32, 32, 3))
     path = tmp_path / "other.weights.h5"
     other.save_weights(path)
-    before = _snapshot(tmp_path)
-    error = _raises(
+    before = folder_snapshot(tmp_path)
+    error = raises(
         errors.WeightsError,
         tltf.load_base,
         "mobilenet_v3_small",
         weights=str(path),
         input_shape=(32, 32, 3),
     )
-    _check(error, errors.WeightsError, "does not match", "mobilenet_v3_small")
-    assert _snapshot(tmp_path) == before
+    check_error(error, errors.WeightsError, "does not match", "mobilenet_v3_small")
+    assert folder_snapshot(tmp_path) == before
 
 
 def test_imagenet_weights_offline_names_the_file_and_place(tmp_path):
-    error = _raises(
+    error = raises(
         errors.WeightsError,
         tltf.load_base,
         "mobilenet_v2",
@@ -177,7 +156,7 @@ def test_imagenet_weights_offline_names_the_file_and_place(tmp_path):
         input_shape=(96, 96, 3),
         alpha=0.35,
     )
-    _check(error, errors.WeightsError, ".h5", str(tmp_path))
+    check_error(error, errors.WeightsError, ".h5", str(tmp_path))
 
 
 def test_existing_run_folder_needs_resume_or_overwrite(tmp_path, capsys):
@@ -186,7 +165,7 @@ def test_existing_run_folder_needs_resume_or_overwrite(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text('{"done": true}')
-    before = _snapshot(run)
+    before = folder_snapshot(run)
     status = cli.main(
         ["train", "--base", "mobilenet_v2", "--train", str(tmp_path), "--out", str(run)]
     )
@@ -194,32 +173,31 @@ def test_existing_run_folder_needs_resume_or_overwrite(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "tltf: error:" in err and "--resume" in err and "--overwrite" in err
     assert "Traceback" not in err
-    assert _snapshot(run) == before
+    assert folder_snapshot(run) == before
 
 
 def test_truncated_keras_file_and_lambda_layer(tmp_path):
-    model = _model()
+    model = make_tiny_model()
     good = tmp_path / "model.keras"
     model.save(good)
     truncated = tmp_path / "truncated.keras"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    _check(
-        _raises(errors.ModelError, tltf.load_model, truncated),
+    check_error(
+        raises(errors.ModelError, tltf.load_model, truncated),
         errors.ModelError,
         "truncated",
     )
-    inputs = keras.Input((4,))
-    lam = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
+    lam = make_lambda_model()
     lam_path = tmp_path / "lambda.keras"
     lam.save(lam_path)
-    _check(
-        _raises(errors.ModelError, tltf.load_model, lam_path),
+    check_error(
+        raises(errors.ModelError, tltf.load_model, lam_path),
         errors.ModelError,
         "Lambda",
         "safe_mode",
     )
-    _check(
-        _raises(errors.ConfigError, tltf.load_model, good, safe_mode=False),
+    check_error(
+        raises(errors.ConfigError, tltf.load_model, good, safe_mode=False),
         errors.ConfigError,
         "safe_mode=True",
     )
@@ -252,7 +230,7 @@ def test_bad_calls_leave_an_existing_backup_untouched(tmp_path):
     x, y = make_data(n=32)
     backup = tmp_path / "backup"
     tltf.fine_tune(
-        _model(),
+        make_tiny_model(),
         (x, y),
         head_epochs=1,
         fine_tune_epochs=0,
@@ -260,12 +238,12 @@ def test_bad_calls_leave_an_existing_backup_untouched(tmp_path):
         seed=0,
         verbose=0,
     )
-    before = _snapshot(backup)
+    before = folder_snapshot(backup)
     assert before
-    bad_lr = _raises(
+    bad_lr = raises(
         errors.ConfigError,
         tltf.fine_tune,
-        _model(),
+        make_tiny_model(),
         (x, y),
         head_epochs=1,
         fine_tune_epochs=0,
@@ -273,34 +251,34 @@ def test_bad_calls_leave_an_existing_backup_untouched(tmp_path):
         backup_dir=backup,
         verbose=0,
     )
-    _check(bad_lr, errors.ConfigError, "positive number")
-    other_run = _raises(
+    check_error(bad_lr, errors.ConfigError, "positive number")
+    other_run = raises(
         errors.ConfigError,
         tltf.fine_tune,
-        _model(),
+        make_tiny_model(),
         (x, y),
         head_epochs=2,
         fine_tune_epochs=0,
         backup_dir=backup,
         verbose=0,
     )
-    _check(other_run, errors.ConfigError, "head_epochs", "untouched")
-    assert _snapshot(backup) == before
+    check_error(other_run, errors.ConfigError, "head_epochs", "untouched")
+    assert folder_snapshot(backup) == before
 
 
 def test_automatic_settings_misspelt_or_without_data():
     data = make_data(8)
-    auto = _raises(
-        errors.ConfigError, tltf.fine_tune, _model(), data, head_epochs="autp"
+    auto = raises(
+        errors.ConfigError, tltf.fine_tune, make_tiny_model(), data, head_epochs="autp"
     )
-    _check(auto, errors.ConfigError, "head_epochs", "'auto'", "received", "autp")
-    cut = _raises(errors.ConfigError, tltf.build_model, make_tiny_base(), 3, cut="auto")
-    _check(cut, errors.ConfigError, "cut='auto'", "data=train")
-    pool = _raises(
+    check_error(auto, errors.ConfigError, "head_epochs", "'auto'", "received", "autp")
+    cut = raises(errors.ConfigError, tltf.build_model, make_tiny_base(), 3, cut="auto")
+    check_error(cut, errors.ConfigError, "cut='auto'", "data=train")
+    pool = raises(
         errors.ConfigError,
         tltf.build_model,
         make_tiny_base(),
         3,
         head={"pool_from": "middle"},
     )
-    _check(pool, errors.ConfigError, "pool_from", "'auto'", "received", "middle")
+    check_error(pool, errors.ConfigError, "pool_from", "'auto'", "received", "middle")

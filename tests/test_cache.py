@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tltf
+from tests.helpers import Recorder, make_tiny_model
 from tltf.cache import FeatureCache, feature_model, head_model
-
-from .conftest import make_tiny_base
-from .test_schedule import Recorder
 
 
 def _model():
     keras.utils.set_random_seed(3)
-    return tltf.build_model(make_tiny_base(), num_classes=3, head={"dropout": 0.0})
+    return make_tiny_model(head={"dropout": 0.0})
 
 
 def test_head_and_feature_models_compose_to_the_model(data):
@@ -29,6 +28,7 @@ def test_head_and_feature_models_compose_to_the_model(data):
     assert cache.count == 64 and cache.features.shape == (64, 48)
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_heads_agree(data):
     heads = []
     for cache in (False, True):
@@ -48,6 +48,7 @@ def test_cached_and_uncached_heads_agree(data):
         np.testing.assert_allclose(plain, cached, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_callbacks_and_history_are_the_same_with_the_cache(data, tmp_path):
     runs = []
     for cache in (False, True):

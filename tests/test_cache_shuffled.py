@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tltf
+from tests.helpers import make_data, make_tiny_base
 from tltf.cache import FeatureCache, feature_model
-
-from .conftest import make_data, make_tiny_base
 
 
 def test_feature_cache_pairs_features_with_their_labels_on_reshuffled_data():
@@ -39,6 +39,7 @@ def test_feature_cache_pairs_features_with_their_labels_on_reshuffled_data():
     assert cache.batch_sizes[0] == 8
 
 
+@pytest.mark.slow
 def test_fine_tune_stage1_learns_from_a_data_bundle_with_the_cache():
     x, y = make_data(n=192, classes=3)
     data = tltf.load_data((x, y), image_size=16, validation_split=0.25, seed=0)
@@ -62,6 +63,7 @@ def test_fine_tune_stage1_learns_from_a_data_bundle_with_the_cache():
     assert results[True] > 0.6
 
 
+@pytest.mark.slow
 def test_callbacks_monitoring_val_accuracy_work_with_the_cache(tmp_path):
     # Keras's mode="auto" looks up the metric's direction in model.metrics; with
     # the cache, the full model never ran a training step in stage 1.

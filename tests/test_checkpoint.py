@@ -8,15 +8,10 @@ import pytest
 from matplotlib.figure import Figure
 
 import tltf
+from tests.helpers import make_tiny_base, make_tiny_model
 from tltf.checkpoint import ModelCheckpoint
 from tltf.errors import ConfigError
 from tltf.reports import save_figure
-
-from .conftest import make_tiny_base
-
-
-def _model():
-    return tltf.build_model(make_tiny_base(), num_classes=3)
 
 
 def _interrupted(self, path, *args, **kwargs):
@@ -34,7 +29,7 @@ def _files(folder):
 def test_best_only_saves_on_improvement_and_a_failed_save_keeps_the_last(
     tmp_path, monkeypatch, name
 ):
-    model = _model()
+    model = make_tiny_model()
     path = tmp_path / name
     checkpoint = ModelCheckpoint(
         path, monitor="val_accuracy", mode="max", save_best_only=True
@@ -56,7 +51,7 @@ def test_best_only_saves_on_improvement_and_a_failed_save_keeps_the_last(
     assert _files(tmp_path) == [name]  # no temporary file left
     checkpoint.on_epoch_end(3, {"val_accuracy": 0.95})
     assert path.read_bytes() != first
-    fresh = _model()
+    fresh = make_tiny_model()
     if method == "save":
         loaded = keras.saving.load_model(path, safe_mode=True)
         weights = loaded.get_layer("head_output").kernel.numpy()
@@ -66,8 +61,9 @@ def test_best_only_saves_on_improvement_and_a_failed_save_keeps_the_last(
     np.testing.assert_array_equal(weights, kernel.numpy())
 
 
+@pytest.mark.slow
 def test_mode_min_and_epoch_names_in_a_fit(tmp_path):
-    model = _model()
+    model = make_tiny_model()
     model.compile("adam", "sparse_categorical_crossentropy")
     x = np.zeros((8, 16, 16, 3), "float32")
     y = np.zeros(8, "int32")

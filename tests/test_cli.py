@@ -28,6 +28,7 @@ def _tltf(*args, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_bases_lists_the_registry_in_a_subprocess(tmp_path):
     result = _tltf("bases", "--filter", "mobilenet*", tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -43,6 +44,7 @@ def test_bases_lists_the_registry_in_a_subprocess(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_base_is_an_error_without_traceback(tmp_path):
     result = _tltf("bases", "mobilenet_v9", tmp_path=tmp_path)
     assert result.returncode == 2
@@ -88,6 +90,7 @@ def test_help_has_examples(command, capsys):
     assert "examples:" in out and f"tltf {command}" in out
 
 
+@pytest.mark.slow
 def test_bases_shows_one_entry(capsys):
     assert main(["bases", "EfficientNetB0"]) == 0
     out = capsys.readouterr().out
@@ -123,6 +126,7 @@ def test_bases_lists_the_shipped_demo_base(capsys):
     assert [line.split()[0] for line in lines[1:] if line.strip()] == ["demo", "demo:"]
 
 
+@pytest.mark.slow
 def test_bases_shows_the_shipped_base(capsys):
     assert main(["bases", "demo"]) == 0
     out = capsys.readouterr().out
@@ -138,6 +142,7 @@ def test_the_shipped_base_is_the_demo_base():
     assert SHIPPED_BASES["demo"].path.is_dir()
 
 
+@pytest.mark.slow
 def test_demo_loads_by_name_in_python():
     base = tltf.load_base("demo")
     assert base.input_shape == (64, 64, 3) and len(base.block_map) == 13
@@ -255,9 +260,8 @@ def test_a_run_still_improving_says_what_to_try():
 
 
 def test_a_fixed_unfreeze_must_fit_below_an_auto_cut():
+    from tests.helpers import make_tiny_base
     from tltf.runs import _check_unfreeze_below_cut
-
-    from .conftest import make_tiny_base
 
     model = tltf.build_model(make_tiny_base(), 3, cut="block2")
     config = TrainConfig.from_dict({"schedule": {"unfreeze": 3}})

@@ -22,30 +22,15 @@ import yaml
 from PIL import Image
 
 import tltf
+from tests.helpers import (
+    IMAGE_CLASSES,
+    TRAIN_CONFIG,
+    cli_error,
+    make_image_folder,
+    make_tiny_base,
+)
 from tltf.cli import main
 from tltf.runs import HistoryCSV, read_history
-
-from .conftest import make_tiny_base
-
-CLASSES = ("blue", "green", "red")
-
-CONFIG = """\
-# A tltf train config (YAML); flags on the command line override it.
-model:
-  base: {base}
-  head: {{dropout: 0.1}}
-  cut: null      # the whole base (train's default is auto: the probe's cut)
-data:
-  train: {images}
-  val_fraction: 0.25
-  image_size: 16
-  batch_size: 8
-schedule:
-  head_epochs: 2
-  fine_tune_epochs: 1
-  head_lr: 1e-2
-  unfreeze: 2
-"""
 
 
 def _tltf(*args, cwd):
@@ -66,26 +51,13 @@ def _ok(result):
     return result
 
 
-def _make_images(root: Path) -> None:
-    """3 classes x 8 images (png and jpg, 20 px): one bright channel per class."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("blue", "green", "red")):
-        folder = root / name
-        folder.mkdir(parents=True)
-        channel = {"red": 0, "green": 1, "blue": 2}[name]
-        for i in range(8):
-            x = rng.integers(0, 90, (20, 20, 3)).astype(np.uint8)
-            x[..., channel] += 150
-            Image.fromarray(x).save(folder / f"{c}_{i}.{'png' if i % 2 else 'jpg'}")
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    _make_images(root / "images")
+    make_image_folder(root / "images")
     base = tltf.load_base(make_tiny_base(), preprocessing="tf")
     tltf.save_base(base, root / "base")
-    (root / "train.yaml").write_text(CONFIG.format(base="base", images="images"))
+    (root / "train.yaml").write_text(TRAIN_CONFIG.format(base="base", images="images"))
     return root
 
 
@@ -106,6 +78,7 @@ def trained(work):
     return work / "runs" / "first", result
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_folder(trained):
     run, result = trained
     assert "tltf: wrote runs/first" in result.stdout
@@ -138,17 +111,18 @@ def test_train_writes_a_complete_run_folder(trained):
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs"]["run"] == 2
-    assert summary["class_names"] == list(CLASSES)
+    assert summary["class_names"] == list(IMAGE_CLASSES)
     assert summary["best"]["monitor"] == "val_loss"
     assert summary["best"]["value"] == min(float(r["val_loss"]) for r in rows)
     assert summary["evaluation"]["num_examples"] == 6
     for name in ("best.keras", "last.keras"):
         model = keras.saving.load_model(run / name, safe_mode=True)
-        assert tltf.model_info(model).metadata["class_names"] == list(CLASSES)
+        assert tltf.model_info(model).metadata["class_names"] == list(IMAGE_CLASSES)
     report = json.loads((run / "evaluation.json").read_text())
-    assert [r["class"] for r in report["per_class"]] == list(CLASSES)
+    assert [r["class"] for r in report["per_class"]] == list(IMAGE_CLASSES)
 
 
+@pytest.mark.slow
 def test_history_plot_shows_the_metrics_not_the_epoch_column(trained):
     from tltf.runs import plot_run_history
 
@@ -156,6 +130,7 @@ def test_history_plot_shows_the_metrics_not_the_epoch_column(trained):
     assert [ax.get_ylabel() for ax in figure.axes] == ["loss", "accuracy"]
 
 
+@pytest.mark.slow
 def test_evaluate_predict_and_export_a_run(trained, work, capsys):
     run, _ = trained
     # evaluate: the run's own validation data, per-class metrics, top-k.
@@ -183,7 +158,7 @@ def test_evaluate_predict_and_export_a_run(trained, work, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 9
     assert list(rows[0]) == ["file", "label_1", "score_1", "label_2", "score_2"]
-    assert all(r["label_1"] in CLASSES for r in rows)
+    assert all(r["label_1"] in IMAGE_CLASSES for r in rows)
     assert all(float(r["score_1"]) >= float(r["score_2"]) for r in rows)
     # export: a TFLite flavour in a subprocess...
     _ok(_tltf("export", run, "--output", "m.tflite", cwd=work))  # float32
@@ -224,10 +199,11 @@ def test_evaluate_predict_and_export_a_run(trained, work, capsys):
         == 0
     )
     rows = json.loads((work / "p.json").read_text())
-    assert len(rows) == 24 and rows[0]["labels"][0] in CLASSES
+    assert len(rows) == 24 and rows[0]["labels"][0] in IMAGE_CLASSES
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_bad_config_exits_2_without_traceback(work):
     (work / "typo.yaml").write_text("schedule:\n  head_epoch: 3\n")
     result = _tltf("train", "--config", "typo.yaml", "--out", "runs/typo", cwd=work)
@@ -241,37 +217,31 @@ def test_bad_config_exits_2_without_traceback(work):
     assert not (work / "runs" / "typo").exists()
 
 
-def _error(argv, capsys) -> str:
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("tltf: error: ") and "Traceback" not in err
-    return err
-
-
+@pytest.mark.slow
 def test_bad_paths_and_values_exit_2(work, capsys, monkeypatch):
     monkeypatch.chdir(work)
     args = ["train", "--base", "base", "--image-size", "16", "--cut", "none"]
     args += ["--out", "runs/x"]
-    err = _error([*args, "--train", "no_such_folder"], capsys)
+    err = cli_error([*args, "--train", "no_such_folder"], capsys)
     assert "No such folder 'no_such_folder'" in err
-    assert "No base" in _error(["train", "--train", "images"], capsys)
-    assert "does not exist" in _error(["train", "--config", "nope.toml"], capsys)
-    assert "Unknown base 'mobilenet_v9'" in _error(
+    assert "No base" in cli_error(["train", "--train", "images"], capsys)
+    assert "does not exist" in cli_error(["train", "--config", "nope.toml"], capsys)
+    assert "Unknown base 'mobilenet_v9'" in cli_error(
         ["train", "--base", "mobilenet_v9", "--train", "images"], capsys
     )
-    assert "No such model" in _error(["evaluate", "missing.keras"], capsys)
-    assert "needs --representative" in _error(
+    assert "No such model" in cli_error(["evaluate", "missing.keras"], capsys)
+    assert "needs --representative" in cli_error(
         ["export", "missing.keras", "--quantize", "int8"], capsys
     )
-    err = _error([*args, "--set", "schedule.bn=frozn", "--train", "images"], capsys)
+    err = cli_error([*args, "--set", "schedule.bn=frozn", "--train", "images"], capsys)
     assert "Did you mean 'frozen'" in err
     # An error raised once training has started, before any epoch: no folder.
-    err = _error([*args, "--train", "images", "--unfreeze", "9"], capsys)
+    err = cli_error([*args, "--train", "images", "--unfreeze", "9"], capsys)
     assert "Expected unfreeze blocks in [0, 4]" in err
     assert not (work / "runs" / "x").exists()
     # A file-system error is one line too.
     (work / "a_file").write_text("")
-    err = _error([*args[:-1], "a_file/run", "--train", "images"], capsys)
+    err = cli_error([*args[:-1], "a_file/run", "--train", "images"], capsys)
     assert "Not a directory: 'a_file/run'. Give a folder path, not a file." in err
     # argparse errors are exit 2 too.
     assert main(["train", "--head-epochs", "-1"]) == 2
@@ -305,27 +275,31 @@ def test_flags_and_set_override_the_file(work, capsys, monkeypatch):
     assert not (work / "runs" / "x").exists()
 
 
-def _snapshot(folder: Path) -> dict:
+def _stat_snapshot(folder: Path) -> dict:
+    """Every entry's (mtime, size) under `folder`: a touched file counts as changed."""
     return {
         str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
         for p in folder.rglob("*")
     }
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_never_touched_without_resume_or_overwrite(
     trained, work, capsys, monkeypatch
 ):
     run, _ = trained
     monkeypatch.chdir(work)
-    before = _snapshot(run)
-    err = _error(["train", "--config", "train.yaml", "--out", run], capsys)
+    before = _stat_snapshot(run)
+    err = cli_error(["train", "--config", "train.yaml", "--out", run], capsys)
     assert "already exists. Pass --resume to continue it, --overwrite" in err
-    err = _error(["train", "--out", run, "--resume"], capsys)
+    err = cli_error(["train", "--out", run, "--resume"], capsys)
     assert "has finished" in err
-    err = _error(["train", "--config", "train.yaml", "--out", run, "--resume"], capsys)
+    err = cli_error(
+        ["train", "--config", "train.yaml", "--out", run, "--resume"], capsys
+    )
     assert "drop --config" in err
     # --overwrite validates the config and loads the data before touching the run.
-    err = _error(
+    err = cli_error(
         [
             "train",
             "--config",
@@ -339,15 +313,15 @@ def test_an_existing_run_is_never_touched_without_resume_or_overwrite(
         capsys,
     )
     assert "No such folder 'missing/'" in err
-    assert _snapshot(run) == before
+    assert _stat_snapshot(run) == before
     # A killed --overwrite leaves the old run beside it: never silently lost.
     (run.parent / ".first.old").mkdir()
-    err = _error(
+    err = cli_error(
         ["train", "--config", "train.yaml", "--out", run, "--overwrite"], capsys
     )
     assert "An interrupted --overwrite left the previous run" in err
     (run.parent / ".first.old").rmdir()
-    assert _snapshot(run) == before
+    assert _stat_snapshot(run) == before
 
 
 class _Interrupt(HistoryCSV):
@@ -358,6 +332,7 @@ class _Interrupt(HistoryCSV):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_and_overwrite_restores_the_old_run(
     work, capsys, monkeypatch
 ):
@@ -378,14 +353,15 @@ def test_interrupted_run_resumes_and_overwrite_restores_the_old_run(
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed"] is True and summary["epochs"]["run"] == 3
     # --overwrite that fails midway puts the finished run back.
-    before = _snapshot(run)
+    before = _stat_snapshot(run)
     monkeypatch.setattr("tltf.runs.HistoryCSV", _Interrupt)
     assert main([*argv, "--overwrite"]) == 130
     assert "previous run in runs/int was restored" in capsys.readouterr().err
-    assert _snapshot(run) == before
+    assert _stat_snapshot(run) == before
     assert not list(run.parent.glob(".int*"))
 
 
+@pytest.mark.slow
 def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     monkeypatch.chdir(work)
     (work / "tune.toml").write_text(
@@ -404,9 +380,10 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     assert (run / summary["files"]["tuning_plot"]).is_file()
     assert (run / summary["files"]["tuning_csv"]).is_file()
     model = keras.saving.load_model(run / "best.keras", safe_mode=True)
-    assert tltf.model_info(model).metadata["class_names"] == list(CLASSES)
+    assert tltf.model_info(model).metadata["class_names"] == list(IMAGE_CLASSES)
 
 
+@pytest.mark.slow
 def test_train_on_the_shipped_base_with_the_defaults(work, capsys, monkeypatch):
     """`--base demo` (offline), everything else "auto": cut, unfreeze, epochs."""
     monkeypatch.chdir(work)

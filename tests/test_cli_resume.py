@@ -17,16 +17,11 @@ import zipfile
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
-from PIL import Image
 
 import tltf
+from tests.helpers import ROOT, make_image_folder, make_tiny_base
 from tltf.cli import main
-
-from .conftest import make_tiny_base
-
-ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = """\
 model:
@@ -48,14 +43,7 @@ schedule:
 
 def make_work(root: Path) -> Path:
     """An image folder (3 classes x 10 PNGs), a saved tiny base and the config."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("blue", "green", "red")):
-        folder = root / "images" / name
-        folder.mkdir(parents=True)
-        for i in range(10):
-            x = rng.integers(0, 90, (20, 20, 3)).astype(np.uint8)
-            x[..., 2 - c] += 150
-            Image.fromarray(x).save(folder / f"{i}.png")
+    make_image_folder(root / "images", per_class=10, formats=("png",))
     tltf.save_base(tltf.load_base(make_tiny_base(), preprocessing="tf"), root / "base")
     (root / "train.yaml").write_text(CONFIG)
     return root
@@ -106,6 +94,7 @@ def _train_here(work: Path, out: str, monkeypatch, resume: bool = False) -> None
     assert main(["train", *config, "--out", out]) == 0
 
 
+@pytest.mark.slow
 def test_one_seed_repeats_and_a_killed_run_resumes_bit_equal(work, monkeypatch, capsys):
     _train_here(work, "runs/a", monkeypatch)
     a = work / "runs/a"

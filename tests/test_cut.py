@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 
 import tltf
+from tests.helpers import make_data, make_tiny_base, weights_snapshot
 from tltf.errors import BlockMapError, ConfigError
 from tltf.model import model_info
-
-from .conftest import make_data, make_tiny_base
-
-
-def _snapshot(layer):
-    return {w.path: np.array(w.numpy(), copy=True) for w in layer.weights}
 
 
 @pytest.mark.parametrize("cut", ["block2", 1, -3])
@@ -49,10 +44,11 @@ def test_unfreeze_counts_only_blocks_below_the_cut():
         tltf.unfreeze(model, 4)
 
 
+@pytest.mark.slow
 def test_fine_tune_on_a_cut_model_then_save_and_load(tmp_path, data):
     model = tltf.build_model(make_tiny_base(), num_classes=3, cut="block2")
     info = model_info(model)
-    before = _snapshot(info.base)
+    before = weights_snapshot(info.base)
     history = tltf.fine_tune(
         model,
         data,
@@ -63,7 +59,7 @@ def test_fine_tune_on_a_cut_model_then_save_and_load(tmp_path, data):
         verbose=0,
     )
     assert history.history["stage"] == [1, 2]
-    after = _snapshot(info.base)
+    after = weights_snapshot(info.base)
     changed = {
         k.split("/")[-2] for k in before if not np.array_equal(before[k], after[k])
     }

@@ -77,6 +77,7 @@ def tfds_mock(tmp_path):
 # -- TFDS --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tfds_by_name_with_split_strings(tfds_mock, monkeypatch):
     splits = []
     real_load = tfds_mock.load
@@ -149,6 +150,7 @@ def test_folder_strict_raises_naming_files(folder):
         tdata.load_data(folder, image_size=8, strict=True)
 
 
+@pytest.mark.slow
 def test_folder_validation_split_is_seeded_and_stratified(tmp_path):
     for k, c in enumerate(("a", "b")):
         (tmp_path / c).mkdir()
@@ -173,6 +175,7 @@ def test_folder_validation_split_is_seeded_and_stratified(tmp_path):
     assert not keys & {v.tobytes() for v in x1}
 
 
+@pytest.mark.slow
 def test_folder_validation_folder(folder, tmp_path):
     val = tmp_path / "val"
     (val / "dogs").mkdir(parents=True)
@@ -239,6 +242,7 @@ def test_arrays_channels_become_rgb(shape):
         np.testing.assert_array_equal(images[..., 0], images[..., 2])
 
 
+@pytest.mark.slow
 def test_tf_data_inputs_batched_unbatched_and_one_hot():
     x = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
     y = np.arange(10) % 3

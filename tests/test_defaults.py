@@ -8,18 +8,13 @@ import pytest
 
 import tltf
 import tltf.cache
+from tests.helpers import make_data, make_tiny_base, make_tiny_model
 from tltf.cache import converged
 from tltf.errors import ConfigError
 from tltf.layers import Standardization
 from tltf.model import model_info
 from tltf.probe import probe_blocks
 from tltf.schedule import prepare_head
-
-from .conftest import make_data, make_tiny_base
-
-
-def _model(base=None, **kwargs):
-    return tltf.build_model(base or make_tiny_base(), num_classes=3, **kwargs)
 
 
 def _train_loss(model, data) -> float:
@@ -36,12 +31,13 @@ def _useless_top(widths=(8, 8, 16, 16)):
     return base
 
 
+@pytest.mark.slow
 def test_auto_stage1_reaches_a_lower_training_loss_than_ten_epochs():
     data = make_data(48)
     losses = {}
     for epochs in (10, "auto"):
         keras.utils.set_random_seed(0)
-        model = _model(head={"pool_from": "top"})
+        model = make_tiny_model(head={"pool_from": "top"})
         history = tltf.fine_tune(
             model,
             data,
@@ -61,6 +57,7 @@ def test_auto_stage1_reaches_a_lower_training_loss_than_ten_epochs():
     assert losses["auto"] < 0.5 * losses[10], losses
 
 
+@pytest.mark.slow
 def test_auto_stage1_stops_once_the_loss_has_converged():
     assert converged([1.0, 0.5, 0.3, 0.299, 0.2985], 0.01)
     assert not converged([1.0, 0.5, 0.3, 0.25, 0.2], 0.01)
@@ -69,7 +66,7 @@ def test_auto_stage1_stops_once_the_loss_has_converged():
     x, y = make_data(48)
     y = y.copy()
     y[::3] = np.random.default_rng(0).integers(0, 3, size=len(y[::3]))
-    model = _model()
+    model = make_tiny_model()
     history = tltf.fine_tune(
         model,
         (x, y),
@@ -89,12 +86,13 @@ def test_auto_stage1_stops_once_the_loss_has_converged():
     assert converged(history.history["loss"][:head], 0.01)
 
 
+@pytest.mark.slow
 def test_the_head_starts_from_the_ridge_classifier(capsys):
     data = make_data(48, seed=3)
     losses = {}
     for init in ("random", "ridge"):
         keras.utils.set_random_seed(0)
-        model = _model()
+        model = make_tiny_model()
         tltf.fine_tune(
             model, data, head_epochs=1, fine_tune_epochs=0, head_init=init, verbose=1
         )
@@ -103,7 +101,7 @@ def test_the_head_starts_from_the_ridge_classifier(capsys):
     assert losses["ridge"] < 0.5 * losses["random"], losses
     assert "head starts from the ridge classifier" in capsys.readouterr().out
     # A head with hidden layers starts as Keras initialised it.
-    model = _model(head={"hidden_units": [8]})
+    model = make_tiny_model(head={"hidden_units": [8]})
     out = model.get_layer("head_output").kernel.numpy().copy()
     features = tltf.cache.feature_model(model).predict(data[0], verbose=0)
     assert prepare_head(model, features, data[1]) is None
@@ -111,9 +109,10 @@ def test_the_head_starts_from_the_ridge_classifier(capsys):
     np.testing.assert_array_equal(model.get_layer("head_output").kernel.numpy(), out)
 
 
+@pytest.mark.slow
 def test_standardization_is_set_from_the_training_features_and_saved(tmp_path):
     data = make_data(48)
-    model = _model()
+    model = make_tiny_model()
     layer = model.get_layer("head_standardize")
     assert isinstance(layer, Standardization) and not layer.is_set
     tltf.fine_tune(model, data, head_epochs=1, fine_tune_epochs=0, verbose=0)
@@ -141,13 +140,14 @@ def test_standardization_is_set_from_the_training_features_and_saved(tmp_path):
 
 def test_the_uncached_path_sets_the_statistics_too():
     data = make_data(48)
-    model = _model()
+    model = make_tiny_model()
     tltf.fine_tune(
         model, data, head_epochs=1, fine_tune_epochs=0, cache_features=False, verbose=0
     )
     assert model.get_layer("head_standardize").is_set
 
 
+@pytest.mark.slow
 def test_auto_cut_and_unfreeze_follow_the_probe_when_the_top_blocks_are_useless(
     capsys,
 ):
@@ -161,7 +161,7 @@ def test_auto_cut_and_unfreeze_follow_the_probe_when_the_top_blocks_are_useless(
     assert model_info(cut).block_map.names == kept
     assert f"cut='auto' -> {probe.cut!r}" in capsys.readouterr().out
     # On the whole base, unfreeze="auto" adapts the blocks above the best one.
-    model = _model(_useless_top(), head={"pool_from": "top"})
+    model = make_tiny_model(base=_useless_top(), head={"pool_from": "top"})
     tltf.fine_tune(model, data, head_epochs=1, fine_tune_epochs=1, verbose=1)
     above = ["block2", "block3", "block4"][len(kept) - 1 :]
     assert tltf.trainable_blocks(model) == above
@@ -176,6 +176,7 @@ def test_cut_auto_needs_data():
         tltf.build_model(make_tiny_base(), 3, data=make_data(8))
 
 
+@pytest.mark.slow
 def test_the_probe_has_a_raw_pixel_row_and_fine_tune_says_when_the_base_is_useless(
     capsys,
 ):
@@ -189,7 +190,7 @@ def test_the_probe_has_a_raw_pixel_row_and_fine_tune_says_when_the_base_is_usele
     assert probe.pixels["val_accuracy"] > 0.9  # the classes are a channel's mean
     assert not probe.base_helps
     assert "raw pixels" in str(probe) or "pixels" in str(probe)
-    model = _model(base)
+    model = make_tiny_model(base=base)
     tltf.fine_tune(model, data, head_epochs=1, fine_tune_epochs=1, verbose=1)
     assert "this base adds little or nothing" in capsys.readouterr().out
 
@@ -211,10 +212,11 @@ class Wreck(keras.callbacks.Callback):
                 kernel.assign(np.zeros(kernel.shape, "float32"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("validation", [False, True])
 def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(validation, capsys):
     data = make_data(48)
-    model = _model(head={"pool_from": "top"})
+    model = make_tiny_model(head={"pool_from": "top"})
     wreck = Wreck()
     tltf.fine_tune(
         model,
@@ -236,7 +238,7 @@ def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(validation, ca
 
 def test_keep_best_false_keeps_the_wrecked_weights():
     data = make_data(48)
-    model = _model(head={"pool_from": "top"})
+    model = make_tiny_model(head={"pool_from": "top"})
     wreck = Wreck()
     tltf.fine_tune(
         model,
@@ -255,10 +257,10 @@ def test_keep_best_false_keeps_the_wrecked_weights():
 def test_bad_auto_settings_are_config_errors():
     data = make_data(8)
     with pytest.raises(ConfigError, match="integer >= 0 or 'auto'"):
-        tltf.fine_tune(_model(), data, head_epochs="autp", verbose=0)
+        tltf.fine_tune(make_tiny_model(), data, head_epochs="autp", verbose=0)
     with pytest.raises(ConfigError, match="head_steps"):
-        tltf.fine_tune(_model(), data, head_steps=0, verbose=0)
+        tltf.fine_tune(make_tiny_model(), data, head_steps=0, verbose=0)
     with pytest.raises(ConfigError, match="keep_best"):
-        tltf.fine_tune(_model(), data, keep_best="yes", verbose=0)
+        tltf.fine_tune(make_tiny_model(), data, keep_best="yes", verbose=0)
     with pytest.raises(ConfigError, match="pool_from"):
-        _model(head={"pool_from": "middle"})
+        make_tiny_model(head={"pool_from": "middle"})

@@ -52,6 +52,7 @@ def run(tmp_path_factory):
     return summary, root
 
 
+@pytest.mark.slow
 def test_run_folder_is_complete(run):
     summary, root = run
     out = root / "run"
@@ -81,11 +82,13 @@ def test_run_folder_is_complete(run):
     assert sorted(p.name for p in root.iterdir()) == ["home", "run"]  # no temp left
 
 
+@pytest.mark.slow
 def test_demo_base_is_cached_in_tltf_home(run):
     _, root = run
     assert (root / "home" / "bases" / QUICK_BASE.name / "base.keras").is_file()
 
 
+@pytest.mark.slow
 def test_table_has_one_row_per_k(run):
     summary, _ = run
     lines = format_table(summary["results"]).splitlines()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,13 +20,11 @@ import pytest
 import tensorflow as tf
 
 import tltf
+from tests.helpers import ROOT, free_ports, make_data, make_tiny_base
 from tltf import compute, distribute
 from tltf.errors import ConfigError, TrainingError
 from tltf.model import model_info
 
-from .conftest import make_data, make_tiny_base
-
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120  # per subprocess run; a healthy run takes ~15 s on 2 cores
 
 # One worker of the multi-worker test. It first shows that plain Keras `fit`
@@ -44,7 +41,7 @@ WORKER = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
     from keras.src.backend.tensorflow import trainer as T
-    from tests.conftest import make_data, make_tiny_base
+    from tests.helpers import make_data, make_tiny_base
 
     out = sys.argv[1]
     report = {"replicas": strategy.num_replicas_in_sync}
@@ -85,17 +82,6 @@ WORKER = textwrap.dedent(
         json.dump(report, f)
     """
 )
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _env(**extra) -> dict:
@@ -142,7 +128,7 @@ def _run_all(commands: list[tuple[list[str], dict]], tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_multi_worker_fine_tune_gives_identical_weights(tmp_path):
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -188,7 +174,7 @@ MIRRORED = textwrap.dedent(
     import tltf
     import numpy as np
     import tensorflow as tf
-    from tests.conftest import make_data, make_tiny_base
+    from tests.helpers import make_data, make_tiny_base
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -245,6 +231,7 @@ def test_resolve_strategy_auto_and_instances():
         distribute.resolve_strategy("mirored")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "value, match",
     [
@@ -287,6 +274,7 @@ def test_is_chief(monkeypatch):
     assert distribute.is_chief()
 
 
+@pytest.mark.slow
 def test_mirrored_in_process_and_strategy_mismatch():
     strategy = distribute.resolve_strategy("mirrored")  # one CPU replica
     base = make_tiny_base()
@@ -345,6 +333,7 @@ def test_subclassed_base_cannot_be_rebuilt():
     assert keras.config.dtype_policy().name == "float32"
 
 
+@pytest.mark.slow
 def test_feature_cache_is_off_under_a_strategy(capsys):
     model = tltf.build_model(make_tiny_base(), 3, strategy="mirrored")
     tltf.fine_tune(model, make_data(n=16), head_epochs=1, fine_tune_epochs=0, verbose=1)
@@ -373,6 +362,7 @@ def test_keras_compat_version_guard():
     assert distribute.keras_compat_needed(keras.__version__)
 
 
+@pytest.mark.slow
 def test_keras_compat_is_narrow_and_idempotent(monkeypatch):
     from keras.src.backend.tensorflow import trainer as T
 
@@ -405,6 +395,7 @@ def test_keras_compat_is_narrow_and_idempotent(monkeypatch):
 
 
 # -- in-process: mixed precision and XLA ----------------------------------------
+@pytest.mark.slow
 def test_mixed_precision_keeps_head_float32_and_global_policy(tmp_path):
     assert compute.resolve_policy(True) == "mixed_bfloat16"  # CPU-only machine
     model = tltf.build_model(make_tiny_base(), 3, mixed_precision=True)
@@ -432,6 +423,7 @@ def test_mixed_precision_keeps_head_float32_and_global_policy(tmp_path):
     assert model_info(loaded).base.get_layer("block1_conv").compute_dtype == "bfloat16"
 
 
+@pytest.mark.slow
 def test_mixed_float16_uses_loss_scaling():
     model = tltf.build_model(make_tiny_base(), 3, mixed_precision="mixed_float16")
     assert keras.config.dtype_policy().name == "float32"
@@ -456,6 +448,7 @@ def test_policy_restored_after_an_error():
     assert keras.config.dtype_policy().name == "float32"
 
 
+@pytest.mark.slow
 def test_jit_compile_on_cpu():
     model = tltf.build_model(make_tiny_base(), 3)
     history = tltf.fine_tune(
@@ -483,6 +476,7 @@ class NumpyLayer(keras.layers.Layer):
         return tf.ensure_shape(y, x.shape)
 
 
+@pytest.mark.slow
 def test_xla_failure_names_the_op_and_the_fix():
     inputs = keras.Input((16, 16, 3))
     x = NumpyLayer(name="block1_np")(inputs)

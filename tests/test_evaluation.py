@@ -232,6 +232,7 @@ def photo_folder(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_predict_on_a_folder_with_png_and_jpg(photo_folder, capsys):
     rows = predict(
         _channel_model(), photo_folder, class_names=["red", "green", "blue"], top_k=2
@@ -252,6 +253,7 @@ def test_predict_on_a_folder_with_png_and_jpg(photo_folder, capsys):
     assert sum(rows[0]["scores"]) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_reads_images_as_load_data_does(photo_folder, tmp_path):
     classes = tmp_path / "classes"
     _write(classes / "one" / "x.png", _colour(0, size=(9, 13)))
@@ -264,6 +266,7 @@ def test_predict_reads_images_as_load_data_does(photo_folder, tmp_path):
     assert files == [str(classes / "one" / "x.png"), str(classes / "two" / "y.jpg")]
 
 
+@pytest.mark.slow
 def test_predict_on_arrays_files_and_npz(photo_folder, tmp_path):
     model = _channel_model()
     images = np.stack([_colour(2, (8, 8)), _colour(0, (8, 8))])
@@ -290,6 +293,7 @@ def test_predict_on_arrays_files_and_npz(photo_folder, tmp_path):
     assert [r["labels"] for r in rows] == [["b"], ["r"]]
 
 
+@pytest.mark.slow
 def test_write_predictions_csv_and_json(photo_folder, tmp_path):
     rows = predict(
         _channel_model(), photo_folder, class_names=["red", "green", "blue"], top_k=2
@@ -320,6 +324,7 @@ def test_multilabel_and_regression_rows(tmp_path):
     assert table == ["index,value_1", "0,4.5"]
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_folder_and_a_bundle(tmp_path):
     root = tmp_path / "classes"
     for i, name in enumerate(["red", "green", "blue"]):

@@ -8,11 +8,10 @@ import pytest
 import tensorflow as tf
 
 import tltf
+from tests.helpers import make_data
 from tltf.errors import ConfigError, DataError, ModelError
 from tltf.export import _calibration_images, export_model, tflite_predict
 from tltf.layers import Preprocessing
-
-from .conftest import make_data
 
 SIZE = 24
 
@@ -85,6 +84,7 @@ def _tensor_dtypes(path):
     return {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flavour", ["float32", "float16", "dynamic", "int8"])
 def test_tflite_flavour_matches_keras(flavour, trained, tflite_files):
     path = tflite_files(flavour)
@@ -104,6 +104,7 @@ def test_tflite_flavour_matches_keras(flavour, trained, tflite_files):
         assert "int8" in dtypes
 
 
+@pytest.mark.slow
 def test_full_int8_keeps_float_input_and_output(tflite_files):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -119,6 +120,7 @@ def test_full_int8_keeps_float_input_and_output(tflite_files):
     ), [(t["name"], t["dtype"]) for t in weights]
 
 
+@pytest.mark.slow
 def test_tflite_predict_batching_and_bytes(trained, tflite_files):
     path = tflite_files("float32")
     samples = trained["samples"]
@@ -160,6 +162,7 @@ def test_tflite_predict_fixed_batch_and_uint8_io(tmp_path):
     np.testing.assert_allclose(got, expected, atol=3 * step + 0.02)
 
 
+@pytest.mark.slow
 def test_preprocessing_layer_converts_in_every_mode(tmp_path, capfd):
     """All four modes side by side in one model: converted once per flavour."""
     inputs = keras.Input((6, 6, 3), name="image")
@@ -186,6 +189,7 @@ def test_preprocessing_layer_converts_in_every_mode(tmp_path, capfd):
     assert "Saved artifact" not in captured.out
 
 
+@pytest.mark.slow
 def test_savedmodel_serving_signature_matches_keras(trained, tmp_path):
     target = tmp_path / "exported"
     target.mkdir()
@@ -203,6 +207,7 @@ def test_savedmodel_serving_signature_matches_keras(trained, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_keras_round_trip_with_safe_mode(trained, tmp_path):
     path = export_model(trained["model"], tmp_path / "model.keras")
     assert path == tmp_path / "model.keras"
@@ -219,6 +224,7 @@ def test_keras_round_trip_with_safe_mode(trained, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_bad_arguments_raise_clear_errors(trained, tmp_path):
     model = trained["model"]
     with pytest.raises(ConfigError, match="needs representative_data"):

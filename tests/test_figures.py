@@ -85,6 +85,7 @@ PLOTS = {
 
 
 # -- every plotting function returns its figure -----------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PLOTS))
 def test_plt_savefig_after_a_plot_saves_that_figure(name, tmp_path):
     figure = PLOTS[name](None)
@@ -97,6 +98,7 @@ def test_plt_savefig_after_a_plot_saves_that_figure(name, tmp_path):
     assert (tmp_path / "plt.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PLOTS))
 def test_a_plot_written_to_a_path_is_returned_and_not_left_open(name, tmp_path):
     figure = PLOTS[name](tmp_path / "plot.png")

@@ -6,22 +6,18 @@ import numpy as np
 import pytest
 
 import tltf
+from tests.helpers import make_data, make_tiny_model
 from tltf import data as tltf_data
 from tltf.errors import ConfigError, DataError
 from tltf.model import model_info
 
-from .conftest import make_data, make_tiny_base
 
-
-def _model():
-    return tltf.build_model(make_tiny_base(), num_classes=3)
-
-
+@pytest.mark.slow
 def test_data_bundle_with_its_validation_split():
     x, y = make_data(n=48, size=20)
     bundle = tltf_data.load_data((x, y), image_size=16, validation_split=0.25, seed=0)
     history = tltf.fine_tune(
-        _model(), bundle, head_epochs=1, fine_tune_epochs=1, verbose=0
+        make_tiny_model(), bundle, head_epochs=1, fine_tune_epochs=1, verbose=0
     )
     assert "val_loss" in history.history and history.history["stage"] == [1, 2]
 
@@ -29,11 +25,12 @@ def test_data_bundle_with_its_validation_split():
 def test_image_size_mismatch_names_the_fix():
     x, y = make_data(n=8, size=20)
     with pytest.raises(DataError, match=r"load_data\(\.\.\., image_size=\(16, 16\)\)"):
-        tltf.fine_tune(_model(), (x, y), verbose=0)
+        tltf.fine_tune(make_tiny_model(), (x, y), verbose=0)
 
 
+@pytest.mark.slow
 def test_augmentation_turns_the_cache_off_and_keeps_the_base_frozen(data, capsys):
-    model = _model()
+    model = make_tiny_model()
     base = model_info(model).base
     before = [w.numpy().copy() for w in base.weights]
     tltf.fine_tune(
@@ -44,10 +41,11 @@ def test_augmentation_turns_the_cache_off_and_keeps_the_base_frozen(data, capsys
         np.testing.assert_array_equal(old, new.numpy())
 
 
+@pytest.mark.slow
 def test_balanced_class_weights_and_label_smoothing():
     x, y = make_data(n=40)
     y = np.where(np.arange(40) < 30, 0, y).astype("int32")  # class 0 dominates
-    model = _model()
+    model = make_tiny_model()
     tltf.fine_tune(
         model,
         (x, y),
@@ -61,9 +59,9 @@ def test_balanced_class_weights_and_label_smoothing():
     weights = tltf_data.class_weights(y, 3)
     assert weights[0] < 1 < weights[1]
     with pytest.raises(ConfigError, match="class_weight as a dict, 'balanced'"):
-        tltf.fine_tune(_model(), (x, y), class_weight="even", verbose=0)
+        tltf.fine_tune(make_tiny_model(), (x, y), class_weight="even", verbose=0)
     with pytest.raises(ConfigError, match="label_smoothing"):
-        tltf.fine_tune(_model(), (x, y), label_smoothing=1.5, verbose=0)
+        tltf.fine_tune(make_tiny_model(), (x, y), label_smoothing=1.5, verbose=0)
 
 
 def test_array_batches_keep_the_order_of_shuffled_tensor_slices():
@@ -71,10 +69,10 @@ def test_array_batches_keep_the_order_of_shuffled_tensor_slices():
     exact order `from_tensor_slices(...).shuffle(n, seed).batch(b)` gives."""
     import tensorflow as tf
 
-    from tltf.schedule import _array_batches
+    from tltf.schedule import array_batches
 
     x, y = make_data(n=37)
-    ours = _array_batches((x, y), "train", 8, True, 3)
+    ours = array_batches((x, y), "train", 8, True, 3)
     reference = (
         tf.data.Dataset.from_tensor_slices((x, y))
         .shuffle(37, seed=3, reshuffle_each_iteration=True)
@@ -88,5 +86,5 @@ def test_array_batches_keep_the_order_of_shuffled_tensor_slices():
         for (gx, gy), (wx, wy) in zip(got, want, strict=True):
             np.testing.assert_array_equal(gx.numpy(), wx.numpy())
             np.testing.assert_array_equal(gy.numpy(), wy.numpy())
-    plain = list(_array_batches((x, y), "train", 8, False, None))
+    plain = list(array_batches((x, y), "train", 8, False, None))
     np.testing.assert_array_equal(np.concatenate([b[0] for b in plain]), x)

@@ -13,10 +13,9 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import tltf
+from tests.helpers import make_data, make_tiny_base, variable_values
 from tltf.errors import ConfigError, DataError, TrainingError
 from tltf.lr_finder import SAFE_LR, _suggest, find_lr
-
-from .conftest import make_data, make_tiny_base
 
 
 def _trainable_map(model):
@@ -27,10 +26,7 @@ def _trainable_map(model):
     )
 
 
-def _values(variables):
-    return [np.array(v.numpy(), copy=True) for v in variables]
-
-
+@pytest.mark.slow
 def test_find_lr_restores_weights_trainability_and_optimizer(data):
     model = tltf.build_model(make_tiny_base(), num_classes=3)
     # A non-trivial state: top block unfrozen with the "affine" BN policy (which
@@ -42,25 +38,27 @@ def test_find_lr_restores_weights_trainability_and_optimizer(data):
     rng = np.random.default_rng(0)
     for v in optimizer.variables:
         v.assign(7 if "int" in str(v.dtype) else rng.random(v.shape).astype(v.dtype))
-    before_vars, before_opt = _values(model.variables), _values(optimizer.variables)
+    before_vars = variable_values(model.variables)
+    before_opt = variable_values(optimizer.variables)
     before_map = _trainable_map(model)
     iterations = int(optimizer.iterations.numpy())
     result = find_lr(
         model, data, stage="fine_tune", unfreeze="all", bn="train", steps=30, seed=0
     )
     assert len(result.lrs) >= 10 and np.ptp(result.losses) > 0  # it did train
-    after_vars = _values(model.variables)
+    after_vars = variable_values(model.variables)
     assert len(after_vars) == len(before_vars)
     for a, b in zip(before_vars, after_vars, strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise: weights, BN stats, seeds
     assert _trainable_map(model) == before_map
     assert model.optimizer is optimizer
     assert int(optimizer.iterations.numpy()) == iterations
-    for a, b in zip(before_opt, _values(optimizer.variables), strict=True):
+    for a, b in zip(before_opt, variable_values(optimizer.variables), strict=True):
         np.testing.assert_array_equal(a, b)
     assert tltf.trainable_blocks(model) == ["block4"]
 
 
+@pytest.mark.slow
 def test_find_lr_suggests_a_sane_rate_and_plots(tmp_path):
     data = make_data(128)
     model = tltf.build_model(make_tiny_base(), num_classes=3)
@@ -172,16 +170,17 @@ def test_a_model_that_already_fits_its_training_images_falls_back():
 
 
 def _state(model):
-    return _values(model.variables), _trainable_map(model)
+    return variable_values(model.variables), _trainable_map(model)
 
 
 def _assert_state(model, state):
     values, flags = state
-    for a, b in zip(values, _values(model.variables), strict=True):
+    for a, b in zip(values, variable_values(model.variables), strict=True):
         np.testing.assert_array_equal(a, b)
     assert _trainable_map(model) == flags
 
 
+@pytest.mark.slow
 def test_sweep_widens_upward_when_the_loss_still_falls_at_max_lr(data):
     # The tiny head learns best near 1e-2 to 1e-1: below 1e-4 it hardly moves.
     model = tltf.build_model(make_tiny_base(), num_classes=3)
@@ -204,6 +203,7 @@ def test_sweep_widens_upward_when_the_loss_still_falls_at_max_lr(data):
     assert narrow.widened == () and narrow.lrs[-1] == pytest.approx(1e-4)
 
 
+@pytest.mark.slow
 def test_sweep_widens_downward_when_the_loss_rises_from_the_start(data):
     model = tltf.build_model(make_tiny_base(), num_classes=3)
     # A non-trivial state for the mid-sweep restore: one block unfrozen with the
@@ -227,6 +227,7 @@ def test_sweep_widens_downward_when_the_loss_rises_from_the_start(data):
     np.testing.assert_allclose(wide.losses[:n], result.losses, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["head", "fine_tune"])
 def test_a_flat_curve_falls_back_to_the_stage_default(stage):
     # Blank images and a zero output kernel: every prediction is uniform, and no
@@ -244,6 +245,7 @@ def test_a_flat_curve_falls_back_to_the_stage_default(stage):
     assert f"safe default for the {stage} stage" in result.reason
 
 
+@pytest.mark.slow
 def test_find_lr_validates_arguments(data):
     model = tltf.build_model(make_tiny_base(), num_classes=3)
     with pytest.raises(ConfigError, match="stage"):
@@ -269,6 +271,7 @@ def test_find_lr_validates_arguments(data):
         )
 
 
+@pytest.mark.slow
 def test_fine_tune_finds_both_rates(capsys):
     data = make_data(96)
     model = tltf.build_model(make_tiny_base(), num_classes=3)

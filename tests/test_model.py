@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 import tltf
+from tests.helpers import make_lambda_model, make_tiny_base
 from tltf.errors import ConfigError, InputShapeError, ModelError, UnknownBaseError
 from tltf.model import model_info
-
-from .conftest import make_tiny_base
 
 
 def _no_lambda(model):
@@ -24,6 +23,7 @@ def _tltf_class(model) -> bool:
     return any(c.__module__.startswith("tltf") for c in type(model).__mro__)
 
 
+@pytest.mark.slow
 def test_registry_model_saves_and_loads_safely(tmp_path):
     model = tltf.build_model(
         "mobilenet_v2", num_classes=4, weights=None, input_shape=(32, 32, 3), alpha=0.35
@@ -46,6 +46,7 @@ def test_registry_model_saves_and_loads_safely(tmp_path):
     assert tltf.load_model(path).count_params() == model.count_params()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("task", "num_classes", "units", "check"),
     [
@@ -122,6 +123,7 @@ def test_custom_base_block_map_is_inferred_and_explicit_map_accepted():
     assert model_info(model).block_map.names == ["low", "high"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -157,8 +159,7 @@ def test_model_info_rejects_foreign_models():
 
 
 def test_load_model_refuses_lambda_and_truncated_files(tmp_path):
-    inputs = keras.Input((4,))
-    lam = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
+    lam = make_lambda_model()
     lam.save(tmp_path / "lambda.keras")
     with pytest.raises(ModelError, match="Lambda"):
         tltf.load_model(tmp_path / "lambda.keras")

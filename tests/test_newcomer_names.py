@@ -13,7 +13,7 @@ import yaml
 from keras.src.utils import file_utils
 
 import tltf
-from tests.test_bad_input import _check, _snapshot
+from tests.helpers import check_error, folder_snapshot
 from tltf import data as tdata
 from tltf import errors
 from tltf.bases.registry import get_spec
@@ -57,6 +57,7 @@ def test_print_config_refuses_what_train_refuses(argv, text, capsys):
     assert text in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_saved_base_folder_records_no_imagenet_weights(tmp_path):
     folder = tmp_path / "mybase"
     tltf.save_base(tltf.load_base("demo"), folder)
@@ -69,7 +70,9 @@ def test_a_saved_base_folder_records_no_imagenet_weights(tmp_path):
 
 def test_unknown_base_with_close_registry_names_still_offers_demo():
     error = pytest.raises(errors.UnknownBaseError, get_spec, "mobilenet_v9").value
-    _check(error, errors.UnknownBaseError, "Did you mean 'mobilenet", "--base demo")
+    check_error(
+        error, errors.UnknownBaseError, "Did you mean 'mobilenet", "--base demo"
+    )
     assert 'build_model("demo"' in str(error)
 
 
@@ -77,11 +80,12 @@ def _failing_download(*args, **kwargs):
     raise Exception("URL fetch failure: no network")  # as Keras raises it
 
 
+@pytest.mark.slow
 def test_offline_imagenet_error_offers_demo_and_the_cli_flag(tmp_path, monkeypatch):
     # offline_first restores both names from file_utils; monkeypatch undoes both.
     monkeypatch.setattr(file_utils, "get_file", _failing_download)
     monkeypatch.setattr(keras.utils, "get_file", _failing_download)
-    before = _snapshot(tmp_path)
+    before = folder_snapshot(tmp_path)
     with pytest.raises(errors.WeightsError) as info:
         tltf.load_base(
             "mobilenet_v3_small",
@@ -89,7 +93,7 @@ def test_offline_imagenet_error_offers_demo_and_the_cli_flag(tmp_path, monkeypat
             weights_dir=tmp_path,
             input_shape=(32, 32, 3),
         )
-    _check(
+    check_error(
         info.value,
         errors.WeightsError,
         "weights=None",
@@ -97,7 +101,7 @@ def test_offline_imagenet_error_offers_demo_and_the_cli_flag(tmp_path, monkeypat
         "--base demo",
         'build_model("demo"',
     )
-    assert _snapshot(tmp_path) == before
+    assert folder_snapshot(tmp_path) == before
 
 
 # -- item 2: paths before TFDS names -------------------------------------------------
@@ -120,14 +124,18 @@ def _data_error(source, **kwargs) -> errors.DataError:
 
 def test_a_mistyped_local_path_is_no_such_folder_with_near_matches(mnist_folder):
     error = _data_error("mnist/trian")
-    _check(error, errors.DataError, "No such folder 'mnist/trian'", "'mnist/train'")
+    check_error(
+        error, errors.DataError, "No such folder 'mnist/trian'", "'mnist/train'"
+    )
     assert "TFDS" not in str(error) and "BuilderConfig" not in str(error)
     # The misspelt part may be the first one; the rest is kept when it exists.
-    _check(_data_error("mnsit/train"), errors.DataError, "Did you mean 'mnist/train'?")
-    _check(
+    check_error(
+        _data_error("mnsit/train"), errors.DataError, "Did you mean 'mnist/train'?"
+    )
+    check_error(
         _data_error("./mnist/tset"), errors.DataError, "No such folder", "mnist/test'"
     )
-    _check(
+    check_error(
         _data_error("mnist/train", validation="mnist/tets"),
         errors.DataError,
         "No such folder 'mnist/tets'",
@@ -138,15 +146,15 @@ def test_a_mistyped_local_path_is_no_such_folder_with_near_matches(mnist_folder)
 def test_a_missing_path_with_no_local_match_suggests_tfds_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     error = _data_error("minst/train")
-    _check(error, errors.DataError, "No such folder 'minst/train'", "'tfds:mnist'")
+    check_error(error, errors.DataError, "No such folder 'minst/train'", "'tfds:mnist'")
     assert "wmt_translate" not in str(error)
     error = _data_error("mnist/trian")  # a TFDS name, but no such config
-    _check(error, errors.DataError, "No such folder 'mnist/trian'", "'tfds:mnist'")
+    check_error(error, errors.DataError, "No such folder 'mnist/trian'", "'tfds:mnist'")
     assert "BuilderConfig" not in str(error)
     error = _data_error("photos")  # nothing close, locally or in TFDS
-    _check(error, errors.DataError, "No such folder 'photos'", str(tmp_path))
+    check_error(error, errors.DataError, "No such folder 'photos'", str(tmp_path))
     assert "tfds:" in str(error) and "Did you mean" not in str(error)
-    _check(_data_error("data.npz"), errors.DataError, "No such file 'data.npz'")
+    check_error(_data_error("data.npz"), errors.DataError, "No such file 'data.npz'")
 
 
 def test_tfds_config_errors_come_from_tltf(monkeypatch):
@@ -155,10 +163,12 @@ def test_tfds_config_errors_come_from_tltf(monkeypatch):
 
     monkeypatch.setattr(tdata._tfds(), "load", no_load)
     error = _data_error("tfds:mnist/trian")
-    _check(error, errors.DataError, "TFDS dataset 'mnist' has no config 'trian'")
+    check_error(error, errors.DataError, "TFDS dataset 'mnist' has no config 'trian'")
     assert "BuilderConfig" not in str(error) and "tfds:mnist" in str(error)
     error = _data_error("tfds:tltf_shapes/traget")
-    _check(error, errors.DataError, "no config 'traget'", "'tfds:tltf_shapes/target'")
+    check_error(
+        error, errors.DataError, "no config 'traget'", "'tfds:tltf_shapes/target'"
+    )
 
 
 def test_tfds_names_still_load_when_nothing_local_matches(tmp_path, monkeypatch):
@@ -179,4 +189,4 @@ def test_tfds_names_still_load_when_nothing_local_matches(tmp_path, monkeypatch)
     assert "stop here" not in str(_data_error("tf_flowers"))
     (tmp_path / "tf_flowers").rename(tmp_path / "tf_flower")
     error = _data_error("tf_flowers")
-    _check(error, errors.DataError, "'tf_flower'?", "write 'tfds:tf_flowers'")
+    check_error(error, errors.DataError, "'tf_flower'?", "write 'tfds:tf_flowers'")

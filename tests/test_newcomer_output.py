@@ -20,8 +20,7 @@ import pytest
 from PIL import Image
 
 import tltf
-from tests.conftest import make_data, make_tiny_base
-from tests.test_bad_input import _check, _snapshot
+from tests.helpers import check_error, folder_snapshot, make_data, make_tiny_base
 from tltf import errors
 from tltf.cli import main
 from tltf.evaluation import evaluate
@@ -42,6 +41,7 @@ def _folder(root: Path, counts: dict[str, int]) -> Path:
 
 
 # -- item 3: small data --------------------------------------------------------------
+@pytest.mark.slow
 def test_a_validation_split_smaller_than_the_classes_is_warned(tmp_path, capsys):
     # The newcomer's case: two images per class, validation_split=0.2.
     root = _folder(tmp_path / "photos", {"ant": 2, "bee": 2, "cat": 2})
@@ -66,6 +66,7 @@ def test_a_validation_set_missing_a_class_is_warned(capsys):
     assert "warning" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_empty_class_folder_is_dropped_with_a_note(tmp_path, capsys):
     root = _folder(tmp_path / "photos", {"ant": 2, "bee": 0, "cat": 2})
     data = tltf.load_data(root, image_size=8, shuffle=False)
@@ -87,11 +88,13 @@ def test_an_empty_class_folder_is_dropped_with_a_note(tmp_path, capsys):
 
 def test_an_empty_class_folder_is_refused_in_strict_mode(tmp_path):
     root = _folder(tmp_path / "photos", {"ant": 2, "bee": 0, "cat": 2})
-    before = _snapshot(root)
+    before = folder_snapshot(root)
     with pytest.raises(errors.DataError) as info:
         tltf.load_data(root, image_size=8, strict=True)
-    _check(info.value, errors.DataError, "bee", "no readable images", "num_classes=3")
-    assert _snapshot(root) == before
+    check_error(
+        info.value, errors.DataError, "bee", "no readable images", "num_classes=3"
+    )
+    assert folder_snapshot(root) == before
 
 
 def test_one_class_with_images_is_refused(tmp_path):
@@ -99,7 +102,9 @@ def test_one_class_with_images_is_refused(tmp_path):
     for task in ("multiclass", "binary"):
         with pytest.raises(errors.DataError) as info:
             tltf.load_data(root, image_size=8, task=task)
-        _check(info.value, errors.DataError, "only one class", "dogs", "at least 2")
+        check_error(
+            info.value, errors.DataError, "only one class", "dogs", "at least 2"
+        )
 
 
 def test_evaluate_keeps_an_empty_test_class_of_the_model(tmp_path):
@@ -110,6 +115,7 @@ def test_evaluate_keeps_an_empty_test_class_of_the_model(tmp_path):
     assert sorted(set(report.y_true.tolist())) == [0, 2]
 
 
+@pytest.mark.slow
 def test_cli_evaluate_keeps_an_empty_test_class_of_the_model(tmp_path, capsys):
     model = tltf.build_model(make_tiny_base((8, 8, 3)), 3, weights=None)
     set_class_names(model, ["ant", "bee", "cat"])
@@ -134,6 +140,7 @@ def test_cli_evaluate_keeps_an_empty_test_class_of_the_model(tmp_path, capsys):
     assert "dropped" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_top_k_accuracy_only_below_the_number_of_classes():
     model = tltf.build_model(make_tiny_base((8, 8, 3)), 3, weights=None)
     x, y = make_data(n=9, size=8, classes=3)
@@ -158,6 +165,7 @@ def tuned_model_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_evaluate_quiet_still_prints_the_report(tuned_model_file, capsys):
     folder = tuned_model_file.parent
     argv = ["evaluate", str(tuned_model_file), "--data", str(folder / "test.npz")]
@@ -167,6 +175,7 @@ def test_evaluate_quiet_still_prints_the_report(tuned_model_file, capsys):
     assert "tltf: wrote" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_inference_loads_print_no_optimizer_warning(tuned_model_file, command):
     folder = tuned_model_file.parent
@@ -182,6 +191,7 @@ def test_inference_loads_print_no_optimizer_warning(tuned_model_file, command):
     assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
 
 
+@pytest.mark.slow
 def test_the_progress_bar_shows_no_float_stage(capsys):
     x, y = make_data(n=32, size=16, classes=3)
     for cache in (True, False):
@@ -204,6 +214,7 @@ def test_the_progress_bar_shows_no_float_stage(capsys):
         assert list(map(type, history.history["stage"])) == [int, int]
 
 
+@pytest.mark.slow
 def test_the_demo_base_prints_as_one_short_line():
     from tltf.pretrain import default_demo_base
 
@@ -215,6 +226,7 @@ def test_the_demo_base_prints_as_one_short_line():
     assert "shapes_source" in text and Path(base.info["path"]).name in text
 
 
+@pytest.mark.slow
 def test_a_registry_base_prints_its_weights():
     base = tltf.bases.load_base(
         "mobilenet_v3_small", weights=None, input_shape=(32, 32, 3)
@@ -236,6 +248,7 @@ def test_the_docs_say_what_a_seed_fixes():
         assert words in text, words
 
 
+@pytest.mark.slow
 def test_the_documented_seed_recipe_repeats_a_run():
     """The docs' recipe: seed Keras before build_model, then the same weights."""
     x, y = make_data(n=32, size=16, classes=3)
@@ -265,7 +278,7 @@ def test_auto_cut_says_plainly_when_no_cut_is_needed(monkeypatch, capsys):
         table.append({"block": "block4", "val_accuracy": 0.688})
         best = table[-1]
 
-    monkeypatch.setattr("tltf.probe.probe_blocks", lambda *a, **k: Probed())
+    monkeypatch.setattr("tltf.model.probe_blocks", lambda *a, **k: Probed())
     tltf.build_model(make_tiny_base(), 3, weights=None, cut="auto", data=make_data(6))
     line = capsys.readouterr().out
     assert "cut='auto' -> None" in line

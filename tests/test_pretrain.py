@@ -40,6 +40,7 @@ def _tltf_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TLTF_HOME", str(tmp_path / "home"))
 
 
+@pytest.mark.slow
 def test_saved_base_folder_and_info(pretrained):
     base, path = pretrained
     assert base.info["path"] == str(path)
@@ -64,6 +65,7 @@ def test_saved_base_folder_and_info(pretrained):
     assert not any(p.name.startswith(".") for p in path.parent.iterdir())  # atomic
 
 
+@pytest.mark.slow
 def test_build_model_from_path_gives_the_same_features(pretrained):
     base, path = pretrained
     model = tltf.build_model(str(path), num_classes=3)
@@ -78,6 +80,7 @@ def test_build_model_from_path_gives_the_same_features(pretrained):
     assert tltf.trainable_blocks(model) == []
 
 
+@pytest.mark.slow
 def test_saved_base_keeps_bn_momentum(pretrained):
     _, path = pretrained
     loaded = load_saved_base(path)
@@ -138,6 +141,7 @@ def test_set_bn_momentum_counts_nested_layers():
         set_bn_momentum(outer, 0)
 
 
+@pytest.mark.slow
 def test_the_shipped_demo_base_is_used_without_pretraining(monkeypatch):
     """tltf ships DEMO_BASE (under 5 MB); an empty store loads it, never pretrains."""
     import importlib

@@ -10,10 +10,9 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import tltf
+from tests.helpers import make_data, make_tiny_base
 from tltf.errors import BlockMapError, ConfigError, DataError
 from tltf.probe import probe_blocks, recommend, ridge_probe
-
-from .conftest import make_data, make_tiny_base
 
 
 def _broken_base():
@@ -24,6 +23,7 @@ def _broken_base():
     return base
 
 
+@pytest.mark.slow
 def test_probe_finds_the_early_block_when_the_top_destroys_the_signal():
     train, val = make_data(120, seed=0), make_data(60, seed=1)
     result = probe_blocks(_broken_base(), train, val, verbose=0)
@@ -48,6 +48,7 @@ def test_probe_finds_the_early_block_when_the_top_destroys_the_signal():
     assert tltf.model_info(model).block_map.names[-1] == result.cut
 
 
+@pytest.mark.slow
 def test_probe_reads_the_data_once_for_all_blocks():
     x, y = make_data(48)
     reads = []
@@ -69,6 +70,7 @@ def test_probe_reads_the_data_once_for_all_blocks():
     assert result.scoring == "validation"
 
 
+@pytest.mark.slow
 def test_probe_accepts_arrays_datasets_and_bundles_alike():
     x, y = make_data(64)
     base = make_tiny_base()
@@ -83,6 +85,7 @@ def test_probe_accepts_arrays_datasets_and_bundles_alike():
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_probe_options_table_csv_and_plot(tmp_path, capsys):
     data = make_data(60)
     every = probe_blocks(make_tiny_base(), data, every=2, verbose=0)

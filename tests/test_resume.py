@@ -15,14 +15,19 @@ import numpy as np
 import pytest
 
 import tltf
+from tests.helpers import (
+    ROOT,
+    CrashAt,
+    PoisonAt,
+    Recorder,
+    make_tiny_base,
+    variable_values,
+)
+from tests.resume_job import run
 from tltf.errors import ConfigError, TrainingError
 from tltf.guard import BEST_FILE
 from tltf.resume import BACKUP_FILE, backup_state
 
-from .conftest import PoisonAt, make_tiny_base
-from .resume_job import run
-
-ROOT = Path(__file__).resolve().parents[1]
 #: What the job's schedule gives each epoch (head_epochs=2, unfreeze=2,
 #: gradual_every=1): the stage and the trainable blocks.
 STAGES = [1, 1, 2, 2, 2]
@@ -107,6 +112,7 @@ def _kill_at(rng: random.Random, kind: str, start: int) -> str:
     return f"batch:{rng.randint(1, min(8, 4 * left))}"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, reference):
     """Five SIGKILLs of one run at random points, mid-save included, each resumed
     in a fresh process.
@@ -176,37 +182,11 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, ref
 
 # -- in-process: a raised exception stands in for the kill; the resume always runs
 # on a freshly built model.
-class Crash(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
-class Recorder(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.begins, self.trainable, self.train_begins = [], [], 0
-
-    def on_train_begin(self, logs=None):
-        self.train_begins += 1
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.begins.append(epoch)
-        self.trainable.append(tltf.trainable_blocks(self.model))
-
-
 def _fit(backup_dir, callbacks=(), cache=False, **changes):
     return run(backup_dir, callbacks, cache_features=cache, **changes)
 
 
-def _optimizer_state(optimizer):
-    return [np.array(v.numpy(), copy=True) for v in optimizer.variables]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", [False, "auto"])
 def test_resume_in_stage2_restores_the_stage2_optimizer(
     tmp_path, cache, reference, monkeypatch
@@ -215,20 +195,20 @@ def test_resume_in_stage2_restores_the_stage2_optimizer(
     class Snapshot(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 3:
-                self.state = _optimizer_state(self.model.optimizer)
+                self.state = variable_values(self.model.optimizer.variables)
                 self.weights = [v.numpy() for v in self.model.variables]
 
     ref_weights, ref_history, _ = reference(cache)  # before the patch below
     snapshot = Snapshot()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(tmp_path / "b", [snapshot, Crash(4)], cache=cache)
+        _fit(tmp_path / "b", [snapshot, CrashAt(4)], cache=cache)
 
     class Check(keras.callbacks.Callback):
         """Sees the optimizer after the schedule and the resume set it up."""
 
         def on_train_batch_begin(self, batch, logs=None):
             if not hasattr(self, "state"):
-                self.state = _optimizer_state(self.model.optimizer)
+                self.state = variable_values(self.model.optimizer.variables)
                 self.lr = float(self.model.optimizer.learning_rate.numpy())
 
     if cache:
@@ -256,11 +236,12 @@ def test_resume_in_stage2_restores_the_stage2_optimizer(
     _assert_same_weights(model, ref_weights)
 
 
+@pytest.mark.slow
 def test_resume_at_the_stage_boundary_starts_stage2_with_a_fresh_optimizer(
     tmp_path, reference
 ):
     with pytest.raises(RuntimeError):
-        _fit(tmp_path / "b", [Crash(2)])
+        _fit(tmp_path / "b", [CrashAt(2)])
     assert backup_state(tmp_path / "b")["stage"] == 1
     recorder = Recorder()
     model, history = _fit(tmp_path / "b", [recorder])
@@ -271,6 +252,7 @@ def test_resume_at_the_stage_boundary_starts_stage2_with_a_fresh_optimizer(
     _assert_same_weights(model, reference(False)[0])
 
 
+@pytest.mark.slow
 def test_finished_run_returns_its_history_without_training(capsys, reference):
     weights, history, backup = reference(False)
     before = (backup / BACKUP_FILE).read_bytes()
@@ -285,6 +267,7 @@ def test_finished_run_returns_its_history_without_training(capsys, reference):
     assert (backup / BACKUP_FILE).read_bytes() == before  # kept after success
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -318,7 +301,7 @@ def epoch1_backup(tmp_path_factory):
     """The backup of a run that crashed after epoch 1."""
     backup = tmp_path_factory.mktemp("epoch1") / "b"
     with pytest.raises(RuntimeError):
-        _fit(backup, [Crash(1)])
+        _fit(backup, [CrashAt(1)])
     return backup
 
 
@@ -336,6 +319,7 @@ def test_backup_dir_conflicts_are_config_errors(tmp_path):
         _fit(tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_nan_keeps_the_last_good_checkpoint_and_resumes_from_it(tmp_path, reference):
     """A NaN in stage 2 leaves the epoch-3 checkpoint; the resume finishes the run."""
     with pytest.raises(TrainingError, match=r"stage 2, epoch 4.*fine_tune_lr"):
@@ -351,6 +335,7 @@ def test_nan_keeps_the_last_good_checkpoint_and_resumes_from_it(tmp_path, refere
     _assert_same_weights(model, reference(False)[0])
 
 
+@pytest.mark.slow
 def test_an_epoch_that_ends_diverged_is_never_checkpointed(tmp_path):
     """E.g. with Keras's TerminateOnNaN, a diverged epoch can end "normally"."""
 
@@ -360,7 +345,7 @@ def test_an_epoch_that_ends_diverged_is_never_checkpointed(tmp_path):
                 logs["loss"] = float("nan")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(tmp_path / "b", [DivergedLogs(), Crash(4)])
+        _fit(tmp_path / "b", [DivergedLogs(), CrashAt(4)])
     state = backup_state(tmp_path / "b")
     assert state["epoch"] == 3
     assert all(np.isfinite(state["history"]["loss"]))
@@ -374,6 +359,7 @@ def test_only_the_chief_writes_the_backup(tmp_path, monkeypatch):
     assert not (tmp_path / "b" / BACKUP_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_run_stopped_early_counts_as_finished(tmp_path):
     class StopAt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -390,6 +376,7 @@ def test_a_run_stopped_early_counts_as_finished(tmp_path):
     assert again.history == history.history
 
 
+@pytest.mark.slow
 def test_resume_in_stage2_reuses_the_rate_fine_tune_lr_find_found(
     tmp_path, monkeypatch
 ):
@@ -402,9 +389,9 @@ def test_resume_in_stage2_reuses_the_rate_fine_tune_lr_find_found(
         calls.append(args[2])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tltf.lr_finder, "find_stage_lr", counting)
+    monkeypatch.setattr(tltf.schedule, "find_stage_lr", counting)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(tmp_path / "b", [Crash(4)], fine_tune_lr="find")
+        _fit(tmp_path / "b", [CrashAt(4)], fine_tune_lr="find")
     assert calls == ["fine_tune"]
     found = backup_state(tmp_path / "b")["found_lr"]
     assert found is not None and found > 0
@@ -419,6 +406,7 @@ def test_resume_in_stage2_reuses_the_rate_fine_tune_lr_find_found(
     assert rate.lr == pytest.approx(found)
 
 
+@pytest.mark.slow
 def test_automatic_defaults_resume_after_sigkill_in_the_right_stage(
     tmp_path, monkeypatch
 ):

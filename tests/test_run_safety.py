@@ -22,6 +22,15 @@ import keras
 import pytest
 
 import tltf
+from tests.helpers import (
+    TRAIN_CONFIG,
+    check_error,
+    cli_error,
+    folder_snapshot,
+    make_image_folder,
+    make_plain_model,
+    make_tiny_base,
+)
 from tltf._io import atomic_dir, atomic_write_json, sweep_tmp_files
 from tltf.cli import main
 from tltf.config import TrainConfig, load_config_file
@@ -38,32 +47,21 @@ from tltf.runs import (
     unlock_folder,
 )
 
-from .conftest import make_tiny_base
-from .test_bad_input import _check, _snapshot
-from .test_cli_e2e import CONFIG, _make_images
-
 TMP_NAME = ".best.keras.k3j_2x9a.tmp.keras"  # as tltf._io.atomic_path names it
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("safety")
-    _make_images(root / "images")
+    make_image_folder(root / "images")
     tltf.save_base(tltf.load_base(make_tiny_base(), preprocessing="tf"), root / "base")
-    text = CONFIG.format(base=root / "base", images=root / "images")
+    text = TRAIN_CONFIG.format(base=root / "base", images=root / "images")
     (root / "train.yaml").write_text(text.replace("head_epochs: 2", "head_epochs: 1"))
     return root
 
 
 def _config(work) -> TrainConfig:
     return TrainConfig.from_dict(load_config_file(work / "train.yaml"))
-
-
-def _error(argv, capsys) -> str:
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("tltf: error: ") and "Traceback" not in err
-    return err
 
 
 def _old_run(folder: Path, marker: bool = True) -> Path:
@@ -86,18 +84,18 @@ def test_overwrite_and_resume_refuse_a_folder_that_is_not_a_run(work, tmp_path, 
     (proj / "src").mkdir(parents=True)
     (proj / "src" / "thesis.tex").write_text("x")
     (proj / "config.yaml").write_text("mine: true\n")  # a user's, not tltf's
-    before = _snapshot(proj)
+    before = folder_snapshot(proj)
     train_args = ["train", "--config", work / "train.yaml", "--out", proj]
-    err = _error([*train_args, "--overwrite"], capsys)
+    err = cli_error([*train_args, "--overwrite"], capsys)
     assert "--overwrite replaces only a tltf run" in err and str(proj) in err
     assert "Choose another --out" in err
-    err = _error(["train", "--out", proj, "--resume"], capsys)
+    err = cli_error(["train", "--out", proj, "--resume"], capsys)
     assert "is not a tltf run folder" in err
-    assert _snapshot(proj) == before
+    assert folder_snapshot(proj) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
     with pytest.raises(ConfigError) as info:
         RunFolder(proj, overwrite=True)
-    _check(info.value, ConfigError, "not one", "--out")
+    check_error(info.value, ConfigError, "not one", "--out")
 
 
 def test_runs_with_and_without_the_marker_are_runs(tmp_path):
@@ -115,24 +113,21 @@ def test_runs_with_and_without_the_marker_are_runs(tmp_path):
 
 
 # -- 2. exports and saved bases replace only what tltf wrote ---------------------------
-def _tiny_model():
-    inputs = keras.Input((4,))
-    return keras.Model(inputs, keras.layers.Dense(2)(inputs))
-
-
 def test_savedmodel_export_never_replaces_a_users_folder_or_file(tmp_path):
-    model = _tiny_model()
+    model = make_plain_model()
     documents = tmp_path / "Documents"
     documents.mkdir()
     (documents / "letter.txt").write_text("dear")
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
-    before = _snapshot(tmp_path)
+    before = folder_snapshot(tmp_path)
     for target in (documents, notes):
         with pytest.raises(ConfigError) as info:
             export_model(model, target, format="savedmodel")
-        _check(info.value, ConfigError, str(target), "did not write", "another path")
-    assert _snapshot(tmp_path) == before
+        check_error(
+            info.value, ConfigError, str(target), "did not write", "another path"
+        )
+    assert folder_snapshot(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Documents", "notes.txt"]
     # Its own export is replaced, and so is an earlier, unmarked export.
     export_model(model, tmp_path / "sm", format="savedmodel")
@@ -145,16 +140,17 @@ def test_savedmodel_export_never_replaces_a_users_folder_or_file(tmp_path):
 
 def test_cli_export_refuses_an_existing_folder(work, tmp_path, capsys):
     model_file = tmp_path / "m.keras"
-    _tiny_model().save(model_file)
+    make_plain_model().save(model_file)
     (tmp_path / "Documents").mkdir()
     (tmp_path / "Documents" / "cv.pdf").write_text("cv")
-    before = _snapshot(tmp_path / "Documents")
+    before = folder_snapshot(tmp_path / "Documents")
     argv = ["export", model_file, "--output", tmp_path / "Documents"]
-    err = _error(argv, capsys)
+    err = cli_error(argv, capsys)
     assert "SavedModel export" in err and "Documents" in err
-    assert _snapshot(tmp_path / "Documents") == before
+    assert folder_snapshot(tmp_path / "Documents") == before
 
 
+@pytest.mark.slow
 def test_saved_bases_and_demo_folders_replace_only_their_own(tmp_path):
     base = tltf.load_base(make_tiny_base(), blocks=None)
     mine = tmp_path / "mine"
@@ -162,7 +158,7 @@ def test_saved_bases_and_demo_folders_replace_only_their_own(tmp_path):
     (mine / "data.csv").write_text("1,2")
     with pytest.raises(ConfigError) as info:
         tltf.save_base(base, mine)
-    _check(info.value, ConfigError, "saved base", str(mine))
+    check_error(info.value, ConfigError, "saved base", str(mine))
     assert sorted(p.name for p in mine.iterdir()) == ["data.csv"]
     tltf.save_base(base, tmp_path / "b")
     tltf.save_base(base, tmp_path / "b")  # its own: replaced
@@ -192,6 +188,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_a_second_process_cannot_take_or_delete_a_locked_run(tmp_path):
     out = tmp_path / "run"
     late = RunFolder(out)  # checked before the other process began
@@ -203,7 +200,7 @@ def test_a_second_process_cannot_take_or_delete_a_locked_run(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        before = _snapshot(out)
+        before = folder_snapshot(out)
         with pytest.raises(ConfigError) as info:
             late.begin()
         words = (
@@ -211,12 +208,12 @@ def test_a_second_process_cannot_take_or_delete_a_locked_run(tmp_path):
             str(holder.pid),
             socket.gethostname(),
         )
-        _check(info.value, ConfigError, str(out), *words)
+        check_error(info.value, ConfigError, str(out), *words)
         assert late.abort() is None  # it never began: nothing to undo
         for kwargs in ({"overwrite": True}, {"resume": True}):
             with pytest.raises(ConfigError, match="in use by another tltf process"):
                 RunFolder(out, **kwargs)
-        assert _snapshot(out) == before and (out / "config.yaml").is_file()
+        assert folder_snapshot(out) == before and (out / "config.yaml").is_file()
     finally:
         holder.kill()
         holder.wait()
@@ -290,18 +287,19 @@ def test_overwrite_through_a_symlink_twice_in_a_row(tmp_path, monkeypatch):
 
 
 # -- 5. --out . and / -------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("out", [".", "/", "..", "./"])
 def test_out_must_be_a_folder_of_its_own(out, work, tmp_path, monkeypatch, capsys):
     (tmp_path / "inner").mkdir()
     monkeypatch.chdir(tmp_path / "inner")
-    err = _error(
+    err = cli_error(
         ["train", "--config", work / "train.yaml", "--out", out, "--overwrite"], capsys
     )
     assert "Expected --out to be a run folder of its own" in err
     assert "Choose a subfolder, e.g. --out runs/first" in err
     with pytest.raises(ConfigError) as info:
         RunFolder(out)
-    _check(info.value, ConfigError, "subfolder")
+    check_error(info.value, ConfigError, "subfolder")
 
 
 # -- 6. stale temporary files are swept --------------------------------------------------
@@ -328,6 +326,7 @@ def test_stale_tmp_files_are_swept_on_resume_and_on_completion(tmp_path):
 
 
 # -- 7. every kill point of the completion resumes to the finished state ----------------
+@pytest.mark.slow
 def test_a_kill_before_the_summary_resumes_without_training_again(
     work, tmp_path, monkeypatch, capsys
 ):
@@ -353,7 +352,7 @@ def test_a_kill_before_the_summary_resumes_without_training_again(
     assert not (out / "backup").exists() and not (out / LOCK_FILE).exists()
     # A kill after summary.json: the run is finished, nothing is lost.
     capsys.readouterr()
-    err = _error(["train", "--out", out, "--resume"], capsys)
+    err = cli_error(["train", "--out", out, "--resume"], capsys)
     assert "has finished" in err
 
 
@@ -362,7 +361,7 @@ def test_a_kill_after_the_summary_of_an_overwrite_says_what_to_delete(tmp_path):
     _old_run(tmp_path / ".run.old")  # the previous run, not deleted yet
     with pytest.raises(ConfigError) as info:
         RunFolder(folder, overwrite=True)
-    _check(info.value, ConfigError, "the new run had finished", "rm -r")
+    check_error(info.value, ConfigError, "the new run had finished", "rm -r")
 
 
 # -- 8. a full disk ------------------------------------------------------------------------
@@ -376,12 +375,13 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, monkeyp
     monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(DiskFullError) as info:
         atomic_write_json(target, {"n": 2})
-    _check(info.value, DiskFullError, "disk is full", str(target), "--resume")
+    check_error(info.value, DiskFullError, "disk is full", str(target), "--resume")
     monkeypatch.undo()
     assert json.loads(target.read_text()) == {"n": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_training_is_one_line_and_keeps_the_checkpoint(
     work, tmp_path, monkeypatch, capsys
 ):
@@ -410,6 +410,7 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_checkpoint(
     assert not (out / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_reported_by_tensorflow_names_the_run_folder(
     work, tmp_path, monkeypatch
 ):
@@ -419,5 +420,5 @@ def test_a_full_disk_reported_by_tensorflow_names_the_run_folder(
     monkeypatch.setattr("tltf.runs.fine_tune", fine_tune)
     with pytest.raises(DiskFullError) as info:
         train(_config(work), tmp_path / "run", verbose=0)
-    _check(info.value, DiskFullError, "disk is full", str(tmp_path / "run"))
+    check_error(info.value, DiskFullError, "disk is full", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # no epoch finished: nothing kept

@@ -10,18 +10,16 @@ import pytest
 import tensorflow as tf
 
 import tltf
+from tests.helpers import (
+    CrashAt,
+    PoisonAt,
+    Recorder,
+    make_data,
+    make_tiny_model,
+    weights_snapshot,
+)
 from tltf.errors import ConfigError, DataError
 from tltf.model import model_info
-
-from .conftest import PoisonAt, make_data, make_tiny_base
-
-
-def _model(**kwargs):
-    return tltf.build_model(make_tiny_base(), num_classes=3, **kwargs)
-
-
-def _snapshot(layer):
-    return {w.path: np.array(w.numpy(), copy=True) for w in layer.weights}
 
 
 def _changed(before, after):
@@ -33,41 +31,23 @@ def _block_vars(info, block, before):
     return {k for k in before if k.split("/")[-2] in layers}
 
 
-class Recorder(keras.callbacks.Callback):
-    """Records what a user callback sees."""
-
-    def __init__(self):
-        super().__init__()
-        self.begins, self.ends, self.train_begins = [], [], 0
-        self.trainable = []
-
-    def on_train_begin(self, logs=None):
-        self.train_begins += 1
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.begins.append(epoch)
-        self.trainable.append(tltf.trainable_blocks(self.model))
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.ends.append((epoch, logs.get("stage")))
-
-
 def test_stage1_leaves_base_bitwise_unchanged(data):
-    model = _model()
+    model = make_tiny_model()
     info = model_info(model)
     base_before, head_before = (
-        _snapshot(info.base),
-        _snapshot(model.get_layer("head_output")),
+        weights_snapshot(info.base),
+        weights_snapshot(model.get_layer("head_output")),
     )
     tltf.fine_tune(model, data, head_epochs=2, fine_tune_epochs=0, verbose=0)
-    assert not _changed(base_before, _snapshot(info.base))
-    assert _changed(head_before, _snapshot(model.get_layer("head_output")))
+    assert not _changed(base_before, weights_snapshot(info.base))
+    assert _changed(head_before, weights_snapshot(model.get_layer("head_output")))
 
 
+@pytest.mark.slow
 def test_stage2_trains_unfrozen_blocks_only_and_bn_stats_stay(data):
-    model = _model()
+    model = make_tiny_model()
     info = model_info(model)
-    before = _snapshot(info.base)
+    before = weights_snapshot(info.base)
     tltf.fine_tune(
         model,
         data,
@@ -78,7 +58,7 @@ def test_stage2_trains_unfrozen_blocks_only_and_bn_stats_stay(data):
         keep_best=False,  # the guard may put stage 1's weights back
         verbose=0,
     )
-    changed = _changed(before, _snapshot(info.base))
+    changed = _changed(before, weights_snapshot(info.base))
     for block in ("block3", "block4"):
         kernels = {k for k in _block_vars(info, block, before) if k.endswith("kernel")}
         assert kernels and kernels <= changed, block
@@ -90,11 +70,12 @@ def test_stage2_trains_unfrozen_blocks_only_and_bn_stats_stay(data):
     assert tltf.trainable_blocks(model) == ["block3", "block4"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bn", ["affine", "train"])
 def test_bn_policies(data, bn):
-    model = _model()
+    model = make_tiny_model()
     info = model_info(model)
-    before = _snapshot(info.base)
+    before = weights_snapshot(info.base)
     tltf.fine_tune(
         model,
         data,
@@ -106,7 +87,7 @@ def test_bn_policies(data, bn):
         keep_best=False,
         verbose=0,
     )
-    changed = _changed(before, _snapshot(info.base))
+    changed = _changed(before, weights_snapshot(info.base))
     stats = {k for k in before if k.startswith("block4_bn") and "moving" in k}
     affine = {
         k
@@ -123,8 +104,9 @@ def test_bn_policies(data, bn):
     assert not (lower_bn & changed)
 
 
+@pytest.mark.slow
 def test_callbacks_see_both_stages_with_continuous_epochs(data, tmp_path):
-    model = _model()
+    model = make_tiny_model()
     recorder = Recorder()
     log = tmp_path / "log.csv"
     history = tltf.fine_tune(
@@ -148,11 +130,12 @@ def test_callbacks_see_both_stages_with_continuous_epochs(data, tmp_path):
     assert recorder.trainable == [[], [], ["block4"], ["block4"], ["block4"]]
 
 
+@pytest.mark.slow
 def test_callback_form_matches_fine_tune_form(data):
     ds = tf.data.Dataset.from_tensor_slices(data).batch(16)
     # The plain callback form has no guard and no feature standardization.
     keras.utils.set_random_seed(1)
-    a = _model(head={"standardize": False})
+    a = make_tiny_model(head={"standardize": False})
     tltf.fine_tune(
         a,
         ds,
@@ -165,7 +148,7 @@ def test_callback_form_matches_fine_tune_form(data):
         verbose=0,
     )
     keras.utils.set_random_seed(1)
-    b = _model(head={"standardize": False})
+    b = make_tiny_model(head={"standardize": False})
     b.compile(
         keras.optimizers.Adam(1e-3),
         keras.losses.SparseCategoricalCrossentropy(),
@@ -184,7 +167,8 @@ def test_callback_form_matches_fine_tune_form(data):
     )
     assert tltf.trainable_blocks(a) == tltf.trainable_blocks(b) == ["block3", "block4"]
     for layer in ("tiny", "head_output"):
-        wa, wb = _snapshot(a.get_layer(layer)), _snapshot(b.get_layer(layer))
+        wa = weights_snapshot(a.get_layer(layer))
+        wb = weights_snapshot(b.get_layer(layer))
         assert wa.keys() == wb.keys()
         for key in wa:
             np.testing.assert_allclose(
@@ -197,11 +181,12 @@ def _mean_update(before, after, info, block):
     return float(np.mean([np.abs(after[k] - before[k]).mean() for k in keys]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decay", [None, 0.1])
 def test_discriminative_lr_moves_lower_blocks_less(data, decay):
-    model = _model()
+    model = make_tiny_model()
     info = model_info(model)
-    before = _snapshot(info.base)
+    before = weights_snapshot(info.base)
     tltf.fine_tune(
         model,
         data,
@@ -213,7 +198,7 @@ def test_discriminative_lr_moves_lower_blocks_less(data, decay):
         keep_best=False,
         verbose=0,
     )
-    after = _snapshot(info.base)
+    after = weights_snapshot(info.base)
     moves = [
         _mean_update(before, after, info, b)
         for b in ("block1", "block2", "block3", "block4")
@@ -227,8 +212,9 @@ def test_discriminative_lr_moves_lower_blocks_less(data, decay):
         assert moves[0] < moves[1] < moves[2] < moves[3], moves
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_adds_one_block_per_period(data):
-    model = _model()
+    model = make_tiny_model()
     recorder = Recorder()
     tltf.fine_tune(
         model,
@@ -249,31 +235,28 @@ def test_gradual_unfreezing_adds_one_block_per_period(data):
     ]
 
 
+@pytest.mark.slow
 def test_unfreeze_on_compiled_model_recompiles(data):
-    model = _model()
+    model = make_tiny_model()
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(*data, epochs=1, verbose=0)
     info = model_info(model)
-    before = _snapshot(info.base)
+    before = weights_snapshot(info.base)
     tltf.unfreeze(model, blocks=1)
     model.fit(*data, epochs=1, verbose=0)
-    changed = _changed(before, _snapshot(info.base))
+    changed = _changed(before, weights_snapshot(info.base))
     assert "block4_conv/kernel" in changed
     assert "block1_conv/kernel" not in changed
     tltf.freeze(model)
-    frozen = _snapshot(info.base)
+    frozen = weights_snapshot(info.base)
     model.fit(*data, epochs=1, verbose=0)
-    assert not _changed(frozen, _snapshot(info.base))
+    assert not _changed(frozen, weights_snapshot(info.base))
 
 
+@pytest.mark.slow
 def test_resume_with_backup_and_restore_lands_in_stage2(data, tmp_path):
-    class Crash(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 3:
-                raise RuntimeError("simulated crash")
-
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-    model = _model()
+    model = make_tiny_model()
     with pytest.raises(RuntimeError, match="simulated crash"):
         tltf.fine_tune(
             model,
@@ -281,11 +264,11 @@ def test_resume_with_backup_and_restore_lands_in_stage2(data, tmp_path):
             head_epochs=2,
             fine_tune_epochs=3,
             unfreeze=2,
-            callbacks=[backup, Crash()],
+            callbacks=[backup, CrashAt(3)],
             verbose=0,
         )
-    saved = _snapshot(model_info(model).base)
-    fresh = _model()
+    saved = weights_snapshot(model_info(model).base)
+    fresh = make_tiny_model()
     recorder = Recorder()
     history = tltf.fine_tune(
         fresh,
@@ -303,7 +286,9 @@ def test_resume_with_backup_and_restore_lands_in_stage2(data, tmp_path):
     assert recorder.trainable[0] == ["block3", "block4"]
     assert history.history["stage"] == [2, 2]
     restored_block1 = {
-        k: v for k, v in _snapshot(model_info(fresh).base).items() if "block1" in k
+        k: v
+        for k, v in weights_snapshot(model_info(fresh).base).items()
+        if "block1" in k
     }
     for k, v in restored_block1.items():
         np.testing.assert_array_equal(v, saved[k])
@@ -324,13 +309,13 @@ def test_resume_with_backup_and_restore_lands_in_stage2(data, tmp_path):
     ],
 )
 def test_bad_arguments_fail_before_training(data, kwargs, match):
-    model = _model()
+    model = make_tiny_model()
     with pytest.raises(ConfigError, match=match):
         tltf.fine_tune(model, data, verbose=0, **kwargs)
 
 
 def test_bad_data_gives_clear_errors():
-    model = _model()
+    model = make_tiny_model()
     x, y = make_data()
     with pytest.raises(DataError, match=r"labels outside \[0, 3\)"):
         tltf.fine_tune(model, (x, y + 5), verbose=0)
@@ -343,6 +328,7 @@ def test_bad_data_gives_clear_errors():
         tltf.fine_tune(model, dicts, verbose=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", [False, True])
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(data, tmp_path, cache):
     from tltf.errors import TrainingError
@@ -354,7 +340,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(data, tmp_path, 
         TrainingError, match=r"stage 1, epoch 2.*learning rate 0.001.*head_lr"
     ):
         tltf.fine_tune(
-            _model(),
+            make_tiny_model(),
             data,
             head_epochs=2,
             fine_tune_epochs=1,
@@ -366,12 +352,17 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(data, tmp_path, 
         assert list((tmp_path / "b").iterdir())  # the epoch-1 backup survives
 
 
+@pytest.mark.slow
 def test_verbose_zero_prints_nothing_and_default_prints_one_line_per_stage(
     data, capsys
 ):
-    tltf.fine_tune(_model(), data, head_epochs=1, fine_tune_epochs=1, verbose=0)
+    tltf.fine_tune(
+        make_tiny_model(), data, head_epochs=1, fine_tune_epochs=1, verbose=0
+    )
     assert capsys.readouterr().out == ""
-    tltf.fine_tune(_model(), data, head_epochs=1, fine_tune_epochs=1, verbose=2)
+    tltf.fine_tune(
+        make_tiny_model(), data, head_epochs=1, fine_tune_epochs=1, verbose=2
+    )
     lines = [
         line
         for line in capsys.readouterr().out.splitlines()

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ import pytest
 import tensorflow as tf
 
 import tltf
+from tests import tuning_job
+from tests.helpers import ROOT, free_ports, make_tiny_base
 from tltf.errors import ConfigError, TrainingError
 from tltf.reports import plot_tuning
 from tltf.tuning import (
@@ -31,11 +32,6 @@ from tltf.tuning import (
     results,
     tune,
 )
-
-from . import tuning_job
-from .conftest import make_tiny_base
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rows(result):
@@ -149,6 +145,7 @@ def _log(log_dir):
     return lines
 
 
+@pytest.mark.slow
 def test_random_search_shares_stage1_resumes_and_exports(tmp_path):
     """Random search: one stage 1 for all trials, callbacks, resume, exports."""
     train, val = tuning_job.data()
@@ -229,6 +226,7 @@ def test_random_search_shares_stage1_resumes_and_exports(tmp_path):
     assert "val_accuracy" in format_table(result.table, "val_accuracy")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
 def test_bayesian_and_hyperband_share_stage1(tmp_path, kind):
     train, val = tuning_job.data()
@@ -264,6 +262,7 @@ def test_bayesian_and_hyperband_share_stage1(tmp_path, kind):
     assert result.best_model is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blocks", [0, 2])
 def test_stage2_on_cached_frozen_blocks_matches_full_passes(blocks):
     """Below the unfrozen blocks, stage 2 reads features computed once: same
@@ -313,6 +312,7 @@ def _add_fault(hp, model):
     return model
 
 
+@pytest.mark.slow
 def test_grid_search_failed_trials_keep_their_reason(tmp_path):
     train, val = tuning_job.data()
     result = tune(
@@ -351,6 +351,7 @@ def test_grid_search_failed_trials_keep_their_reason(tmp_path):
     assert "FAILED" in text and "Out of memory" in text
 
 
+@pytest.mark.slow
 def test_too_many_failures_in_a_row_stop_with_the_reasons(tmp_path):
     builds = []
 
@@ -379,6 +380,7 @@ def test_too_many_failures_in_a_row_stop_with_the_reasons(tmp_path):
     assert all("not supported" in r["reason"] for r in rows)
 
 
+@pytest.mark.slow
 def test_user_hyperparameters_get_their_own_stage1(tmp_path, capsys):
     """A user's fit_hook entry is part of the head key; a kt.Tuner instance works."""
     train, val = tuning_job.data()
@@ -421,16 +423,11 @@ def test_plot_tuning_skips_failed_trials(tmp_path):
 
 
 # -- distributed ------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 def test_distributed_chief_and_two_workers_run_each_trial_once(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
-    port = _free_port()
+    port = free_ports(1)[0]
     trials = 3
     procs = {}
     base_env = {

@@ -14,7 +14,8 @@ from pathlib import Path
 import keras_tuner as kt
 import pytest
 
-from tests.test_bad_input import _check, _snapshot
+from tests import tuning_job
+from tests.helpers import ROOT, check_error, folder_snapshot, make_data, make_tiny_base
 from tltf.errors import ConfigError, TrainingError
 from tltf.locks import LockFile
 from tltf.tuning import (
@@ -24,11 +25,6 @@ from tltf.tuning import (
     project_lock,
     tune,
 )
-
-from . import tuning_job
-from .conftest import make_data, make_tiny_base
-
-ROOT = Path(__file__).resolve().parents[1]
 
 #: A search process, cut down to its locks: it holds the project and a head.
 HOLDER = """
@@ -115,6 +111,7 @@ def test_lock_file_staleness_rules(tmp_path):
 
 
 # -- two searches on one project ------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_search_on_a_project_fails_fast_and_a_dead_ones_locks_go(tmp_path):
     project = tmp_path / "p"
     holder = subprocess.Popen(
@@ -133,12 +130,12 @@ def test_a_second_search_on_a_project_fails_fast_and_a_dead_ones_locks_go(tmp_pa
             if line.strip() == "locked":
                 break
         assert holder.poll() is None, "".join(output)
-        before = _snapshot(project)
+        before = folder_snapshot(project)
         start = time.monotonic()
         with pytest.raises(ConfigError) as info:
             _search(tmp_path, overwrite=True)
         assert time.monotonic() - start < 10
-        _check(
+        check_error(
             info.value,
             ConfigError,
             "one search at a time",
@@ -148,7 +145,7 @@ def test_a_second_search_on_a_project_fails_fast_and_a_dead_ones_locks_go(tmp_pa
             "project_name",
             "chief/worker",
         )
-        assert _snapshot(project) == before  # overwrite=True deleted nothing
+        assert folder_snapshot(project) == before  # overwrite=True deleted nothing
     finally:
         if holder.poll() is None:
             os.killpg(holder.pid, signal.SIGKILL)  # killed mid-search: locks stay
@@ -178,7 +175,7 @@ def test_a_second_search_on_a_project_fails_fast_and_a_dead_ones_locks_go(tmp_pa
 def test_an_objective_the_trials_do_not_log_is_rejected_first(tmp_path, objective):
     with pytest.raises(ConfigError) as info:
         _search(tmp_path, objective=objective)
-    _check(
+    check_error(
         info.value,
         ConfigError,
         "objective='val_acc'",
@@ -199,7 +196,7 @@ def test_objective_of_a_keras_tuner_instance_and_of_regression(tmp_path):
     train, val = tuning_job.data()
     with pytest.raises(ConfigError) as info:
         tune(None, train, val, tuner=tuner, verbose=0)
-    _check(info.value, ConfigError, "objective='val_acc'", "'val_accuracy'")
+    check_error(info.value, ConfigError, "objective='val_acc'", "'val_accuracy'")
     x, y = make_data(16)
     y = y.astype("float32")
     with pytest.raises(ConfigError) as info:
@@ -214,10 +211,11 @@ def test_objective_of_a_keras_tuner_instance_and_of_regression(tmp_path):
             project_name="reg",
             verbose=0,
         )
-    _check(info.value, ConfigError, "objective='val_accuracy'", "'val_mae'")
+    check_error(info.value, ConfigError, "objective='val_accuracy'", "'val_mae'")
     assert not (tmp_path / "reg").exists()
 
 
+@pytest.mark.slow
 def test_a_search_whose_every_trial_failed_raises_with_the_first_reason(tmp_path):
     builds = []
 
@@ -231,7 +229,7 @@ def test_a_search_whose_every_trial_failed_raises_with_the_first_reason(tmp_path
         _search(
             tmp_path, build_hook=broken, max_trials=2, max_consecutive_failed_trials=3
         )
-    _check(
+    check_error(
         info.value,
         TrainingError,
         "2 of 2 trials failed",

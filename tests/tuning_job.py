@@ -19,9 +19,8 @@ from pathlib import Path
 
 import keras
 
+from tests.helpers import make_data, make_tiny_base
 from tltf.tuning import FineTuneHyperModel, tune
-
-from .conftest import make_data, make_tiny_base
 
 #: Fixed head, so that every trial shares one stage 1.
 FIXED_HEAD = {"head_dropout": 0.2, "head_units": 0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import pytest
 
+from tests.helpers import make_tiny_base
 from tltf.bases.blockmaps import (
     Block,
     BlockMap,
@@ -12,8 +13,6 @@ from tltf.bases.blockmaps import (
     validate_block_map,
 )
 from tltf.errors import BlockMapError
-
-from ..conftest import make_tiny_base
 
 
 def test_infer_from_name_prefixes():

@@ -69,8 +69,19 @@ def test_preprocessing_layer_matches_preprocess_input(family):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+#: Small entries of each rule module (stage-wise, multi-branch, RegNet) that the
+#: quick tier (`make test-fast`) builds too; the others are marked slow.
+QUICK_SPECS = {"vgg16", "mobilenet_v2", "densenet121", "regnetx002"}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(s, marks=() if s.name in QUICK_SPECS else pytest.mark.slow)
+        for s in SPECS
+    ],
+    ids=lambda s: s.name,
+)
 def test_block_map_covers_every_weight_layer_once_in_order(spec):
     keras.backend.clear_session()
     size = spec.min_size

@@ -81,6 +81,7 @@ def test_build_shapes_and_names(built):
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ctor_name", SMALL)
 def test_top_and_pooling(ctor_name):
     prefix = ctor_name.lower()
@@ -104,6 +105,7 @@ def test_input_validation():
         regnet.RegNetX002(weights="/nonexistent/file.h5")
 
 
+@pytest.mark.slow
 def test_keras_save_load_safe_mode(built, tmp_path):
     _, model = built
     x = _images()
@@ -115,6 +117,7 @@ def test_keras_save_load_safe_mode(built, tmp_path):
     np.testing.assert_allclose(_predict(loaded, x), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_weights_round_trip(built, tmp_path):
     ctor_name, model = built
     x = _images()

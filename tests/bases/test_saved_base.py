@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 import tltf
+from tests.helpers import make_tiny_base
 from tltf.bases.base import load_saved_base
 from tltf.errors import InputShapeError, ModelError
 
-from ..conftest import make_tiny_base
 
-
+@pytest.mark.slow
 def test_save_and_load_a_registry_base_at_its_size_and_another(tmp_path):
     base = tltf.load_base(
         "mobilenet", weights=None, input_shape=(32, 32, 3), alpha=0.25

@@ -42,6 +42,7 @@ def test_offline_download_names_the_file_and_where_to_put_it(tmp_path):
     assert "https://" in message  # the URL to fetch elsewhere
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("via", ["argument", "environment"])
 def test_offline_directory_is_used_before_any_download(tmp_path, monkeypatch, via):
     target = re.search(r"place the file at (\S+?\.h5)", str(_offline_error(tmp_path)))[
@@ -60,6 +61,7 @@ def test_offline_directory_is_used_before_any_download(tmp_path, monkeypatch, vi
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.slow
 def test_local_weights_file_and_mismatch(tmp_path):
     source = tltf.load_base("mobilenet_v2", weights=None, **ARGS)
     path = tmp_path / "mine.weights.h5"

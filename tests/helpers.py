@@ -1,0 +1,225 @@
+"""Shared test helpers: tiny models and data, snapshots, callbacks, error checks.
+
+Tests import them one way, `from tests.helpers import ...`; so do the job scripts
+that tests run as processes (`python -m tests.resume_job ...`, from the repository
+root). `conftest.py` keeps only pytest hooks and fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tltf  # noqa: E402,I001  (first: imports TensorFlow quietly)
+
+import hashlib  # noqa: E402
+import socket  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+#: The repository root: job scripts run from it, with it on PYTHONPATH.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- tiny models ------------------------------------------------------------------
+def make_tiny_base(input_shape=(16, 16, 3), widths=(8, 8, 16, 16), name="tiny"):
+    """A small conv net with named blocks `block1..blockN` (conv, BN, relu each)."""
+    inputs = keras.Input(input_shape, name="tiny_input")
+    x = inputs
+    for i, width in enumerate(widths, start=1):
+        stride = 1 if i == 1 else 2
+        x = keras.layers.Conv2D(
+            width, 3, strides=stride, padding="same", name=f"block{i}_conv"
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"block{i}_relu")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def make_tiny_model(num_classes=3, base=None, **kwargs):
+    """`tltf.build_model` on `base` (default: a new tiny base); kwargs go to it."""
+    base = make_tiny_base() if base is None else base
+    return tltf.build_model(base, num_classes, **kwargs)
+
+
+def make_plain_model():
+    """A plain Keras model (4 inputs, Dense(2)) that tltf did not build."""
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(2)(inputs))
+
+
+def make_lambda_model(fn=lambda t: t * 2):
+    """A Keras model with one Lambda layer running `fn`: unsafe to load."""
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Lambda(fn)(inputs))
+
+
+# -- data -------------------------------------------------------------------------
+def make_data(n=64, size=16, classes=3, seed=0):
+    """Images whose class sets the mean brightness of one channel: learnable."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = rng.integers(0, 120, size=(n, size, size, 3)).astype("float32")
+    x[np.arange(n), :, :, y % 3] += 100.0
+    return x, y.astype("int32")
+
+
+#: The classes of `make_image_folder`, in the order tltf sorts them.
+IMAGE_CLASSES = ("blue", "green", "red")
+
+
+def make_image_folder(root: Path, per_class=8, formats=("jpg", "png")) -> None:
+    """Class folders of 20-px images, one bright channel per class.
+
+    Files are `{class index}_{i}.{format}`, the formats taken in turn.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(IMAGE_CLASSES):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            x = rng.integers(0, 90, (20, 20, 3)).astype(np.uint8)
+            x[..., 2 - c] += 150  # red: channel 0, green: 1, blue: 2
+            Image.fromarray(x).save(folder / f"{c}_{i}.{formats[i % len(formats)]}")
+
+
+#: A `tltf train` config for a saved base and a `make_image_folder` folder
+#: (fill in `base` and `images` with str.format).
+TRAIN_CONFIG = """\
+# A tltf train config (YAML); flags on the command line override it.
+model:
+  base: {base}
+  head: {{dropout: 0.1}}
+  cut: null      # the whole base (train's default is auto: the probe's cut)
+data:
+  train: {images}
+  val_fraction: 0.25
+  image_size: 16
+  batch_size: 8
+schedule:
+  head_epochs: 2
+  fine_tune_epochs: 1
+  head_lr: 1e-2
+  unfreeze: 2
+"""
+
+
+# -- snapshots --------------------------------------------------------------------
+def weights_snapshot(layer) -> dict[str, np.ndarray]:
+    """Copies of a layer's (or model's) weights, by variable path."""
+    return {w.path: np.array(w.numpy(), copy=True) for w in layer.weights}
+
+
+def variable_values(variables) -> list[np.ndarray]:
+    """Copies of the variables' values, in order."""
+    return [np.array(v.numpy(), copy=True) for v in variables]
+
+
+def folder_snapshot(folder: Path) -> dict[str, str]:
+    """The SHA-256 of every file under `folder`, by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+# -- callbacks --------------------------------------------------------------------
+class Recorder(keras.callbacks.Callback):
+    """Records what a user callback sees: epochs, trainable blocks, stages."""
+
+    def __init__(self):
+        super().__init__()
+        self.begins, self.ends, self.train_begins = [], [], 0
+        self.trainable = []
+
+    def on_train_begin(self, logs=None):
+        self.train_begins += 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begins.append(epoch)
+        self.trainable.append(tltf.trainable_blocks(self.model))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append((epoch, (logs or {}).get("stage")))
+
+
+class PoisonAt(keras.callbacks.Callback):
+    """Sets the head weights to NaN at the start of one epoch."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            kernel = self.model.get_layer("head_output").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+class CrashAt(keras.callbacks.Callback):
+    """Raises RuntimeError("simulated crash") at the start of one epoch."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+# -- errors -----------------------------------------------------------------------
+def raises(error_type, fn, *args, **kwargs) -> BaseException:
+    """The error that `fn(*args, **kwargs)` raises; fails unless it is error_type."""
+    with pytest.raises(error_type) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+def check_error(error: BaseException, error_type, *words: str) -> None:
+    """The error's type, its message's words, and where it was raised."""
+    assert isinstance(error, error_type), repr(error)
+    assert isinstance(error, tltf.TltfError)
+    message = str(error)
+    for word in words:
+        assert word.lower() in message.lower(), (word, message)
+    # Raised by tltf itself, with any TensorFlow/Keras error chained out of view.
+    frames = traceback.extract_tb(error.__traceback__)
+    assert "/tltf/" in frames[-1].filename.replace("\\", "/"), frames[-1]
+    if error.__context__ is not None:
+        assert (
+            error.__suppress_context__
+            or error.__cause__ is None
+            or (isinstance(error.__cause__, tltf.TltfError))
+        ), repr(error.__cause__)
+
+
+def cli_error(argv, capsys) -> str:
+    """`tltf.cli.main(argv)`'s stderr; fails unless it exits 2 without a traceback."""
+    from tltf.cli import main
+
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tltf: error: ") and "Traceback" not in err
+    return err
+
+
+# -- processes --------------------------------------------------------------------
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
