@@ -343,3 +343,12 @@ def test_schedule_head_init_is_checked_and_passed_on():
     )
     with pytest.raises(ConfigError, match="head_init"):
         ScheduleConfig.from_dict({"head_init": "rdge"})
+
+
+def test_tune_config_searches_like_tltf_tune():
+    # `tltf tune` and `tltf.tune` use the same search algorithm by default.
+    import tltf
+    from tltf.config import TuneSection
+
+    default = inspect.signature(tltf.tune).parameters["tuner"].default
+    assert TuneSection().tuner == default == "bayesian"
