@@ -646,6 +646,69 @@ def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
     return RidgeFit(weights=weights, prior=prior, loo=loo, l2=float(l2))
 
 
+#: The powers `group_weights` chooses among by leave-one-out accuracy. A group's
+#: weight is its own accuracy over the best group's, to the power: 0 keeps equal
+#: weights; at 4, a group at 90 % of the best keeps 66 % of its scale and one at
+#: chance level on ten classes almost none.
+GROUP_WEIGHT_POWERS = (0, 1, 2, 4, 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupWeights:
+    """Weights for groups of feature columns (see `group_weights`).
+
+    Attributes:
+        weights: np.ndarray (groups,). The best group's weight is 1.0.
+        accuracy: np.ndarray (groups,). Each group's own leave-one-out accuracy.
+        power: float. The power chosen from `GROUP_WEIGHT_POWERS`.
+        fit: RidgeFit. The ridge classifier on the weighted features.
+    """
+
+    weights: np.ndarray
+    accuracy: np.ndarray
+    power: float
+    fit: RidgeFit
+
+
+def group_weights(z: np.ndarray, y: np.ndarray, classes: int, widths) -> GroupWeights:
+    """Weights for groups of feature columns (a head's blocks), by leave-one-out.
+
+    One ridge classifier (`ridge_fit`) per group scores how well the group alone
+    predicts the labels, by exact leave-one-out accuracy on the training examples.
+    A group's weight is its accuracy over the best group's, to a power chosen from
+    `GROUP_WEIGHT_POWERS` by the leave-one-out accuracy of the ridge classifier on
+    all the weighted features (ties go to the lower power; 0 is equal weights).
+    On cross-domain data one low block often carries the task, and equal weights
+    across every block dilute it; where every block helps, the choice stays near 0.
+
+    Args:
+        z: array (n, d). Standardised features.
+        y: array (n,). Class indices.
+        classes: int. Number of classes.
+        widths: list of int. The widths of the groups, in column order; they
+            sum to d.
+
+    Returns:
+        A `GroupWeights`.
+    """
+    edges = np.cumsum([0, *widths])
+    accuracy = np.array(
+        [
+            np.mean(ridge_fit(z[:, a:b], y, classes).loo.argmax(axis=1) == y)
+            for a, b in zip(edges[:-1], edges[1:], strict=True)
+        ]
+    )
+    ratio = accuracy / max(float(accuracy.max()), 1e-12)
+    best = None
+    for power in GROUP_WEIGHT_POWERS:
+        weights = ratio**power
+        fit = ridge_fit(z * np.repeat(weights, widths), y, classes)
+        score = float(np.mean(fit.loo.argmax(axis=1) == y))
+        if best is None or score > best[0]:
+            best = (score, GroupWeights(weights, accuracy, float(power), fit))
+    return best[1]
+
+
 def recommend(
     rows: list[dict],
     num_val: int,

@@ -50,7 +50,7 @@ from tltf.inputs import (
 from tltf.layers import Standardization
 from tltf.lr_finder import find_stage_lr
 from tltf.optimizers import clone_optimizer, make_optimizer, set_lr_multipliers
-from tltf.probe import probe_blocks, ridge_fit
+from tltf.probe import group_weights, probe_blocks, ridge_fit
 from tltf.resume import Resume
 from tltf.stages import (
     StageProgbarLogger,
@@ -840,8 +840,12 @@ def _ridge_start(model, features, labels, layer) -> str | None:
     classes = max(2, units)
     if y.min() < 0 or y.max() >= classes or len(np.unique(y)) < 2:
         return None
+    output = model.get_layer("head_output")
+    if tuple(output.kernel.shape) != (d, units):
+        return None
     z = (features - layer.mean.numpy()) * layer.scale.numpy()
-    fit = ridge_fit(z, y, classes)
+    weighted = _weigh_blocks(model, info, z, y, classes, layer)
+    fit = ridge_fit(z, y, classes) if weighted is None else weighted[0]
     if units == 1:  # binary: one sigmoid logit, the difference of the two scores
         weights = (fit.weights[:, 1] - fit.weights[:, 0])[:, None]
         bias = np.array([fit.prior[1] - fit.prior[0]])
@@ -849,15 +853,49 @@ def _ridge_start(model, features, labels, layer) -> str | None:
     else:
         weights, bias, loo = fit.weights, fit.prior, fit.loo
     temperature = _temperature(loo, y, units == 1)
-    output = model.get_layer("head_output")
-    if tuple(output.kernel.shape) != weights.shape:
-        return None
     output.kernel.assign((temperature * weights).astype("float32"))
     output.bias.assign((temperature * bias).astype("float32"))
     accuracy = float(np.mean(fit.loo.argmax(axis=1) == y))
-    return (
+    words = (
         f"head starts from the ridge classifier (leave-one-out accuracy {accuracy:.3f})"
     )
+    return words if weighted is None else f"{words}; {weighted[1]}"
+
+
+def _weigh_blocks(model, info, z, y, classes, layer):
+    """Scales each block's standardised features by `probe.group_weights`.
+
+    The weights go into the `Standardization` layer's scale, so the saved model,
+    its backups and a resumed run all keep them. Returns the ridge classifier on
+    the weighted features and a few words for the stage-1 line, or None for a
+    head that reads one block.
+    """
+    blocks = list(info.metadata.get("head_blocks") or [])
+    if len(blocks) < 2:
+        return None
+    pooled = model.get_layer("head_pool").input  # the concatenation of every block
+    widths = [int(t.shape[-1]) for t in pooled]
+    if len(widths) % len(blocks) or sum(widths) != z.shape[1]:
+        return None
+    per = len(widths) // len(blocks)  # "avgmax" pools each block twice
+    widths = [sum(widths[i : i + per]) for i in range(0, len(widths), per)]
+    chosen = group_weights(z, y, classes, widths)
+    best = int(np.argmax(chosen.accuracy))
+    if chosen.power == 0:
+        note = (
+            f"its {len(blocks)} blocks at equal weight (leave-one-out; best block "
+            f"{blocks[best]} {chosen.accuracy[best]:.3f})"
+        )
+        return chosen.fit, note
+    columns = np.repeat(chosen.weights, widths)
+    layer.scale.assign((layer.scale.numpy() * columns).astype("float32"))
+    kept = int(np.sum(chosen.weights >= 0.5))
+    note = (
+        f"its {len(blocks)} blocks weighted by their own leave-one-out accuracy "
+        f"(best {blocks[best]} {chosen.accuracy[best]:.3f}; {kept} of "
+        f"{len(blocks)} keep half their weight or more)"
+    )
+    return chosen.fit, note
 
 
 def _temperature(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
