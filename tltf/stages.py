@@ -1,8 +1,9 @@
 """What the stages share: the stage tag, the divergence error, the progress bar.
 
 The schedule's callback, the cached stage 1 and the tuner's stage 2 all tag their
-epochs and stop a diverged run through `StageTag` / `check_loss`, so the message (stage, epoch, rate,
-what to lower) is the same wherever training runs.
+epochs and stop a diverged run through `StageTag` or `check_loss`, so the History's
+`stage` entry and the message (stage, epoch, rate, what to lower) are the same
+wherever training runs.
 """
 
 from __future__ import annotations
