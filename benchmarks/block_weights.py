@@ -40,17 +40,12 @@ WEIGHTED = tltf.probe.GROUP_WEIGHT_POWERS
 EQUAL = (0,)
 
 
-def _base(name: str, weights_dir: Path):
-    if name == "demo":
-        return tltf.load_base("demo")
-    return tltf.load_base(name, input_shape=(64, 64, 3), weights_dir=weights_dir)
-
-
 def _accuracy(name, weights_dir, n_classes, train, test, seed, powers) -> float:
     tltf.probe.GROUP_WEIGHT_POWERS = powers
     try:
         keras.utils.set_random_seed(seed)
-        model = tltf.build_model(_base(name, weights_dir), n_classes)
+        base = realdata.benchmark_base(name, 64, weights_dir)
+        model = tltf.build_model(base, n_classes)
         tltf.fine_tune(model, train, seed=seed, verbose=0)
         return float(model.evaluate(*test, verbose=0)[1])
     finally:
@@ -68,14 +63,9 @@ def main() -> None:
     weights_dir = Path(args.weights_dir or tempfile.mkdtemp(prefix="tltf_weights_"))
     if "vgg16" in args.bases:
         realdata.write_vgg16_notop(weights_dir)
-    loaders = {
-        "digits": lambda: realdata.digits(64),
-        "fonts": lambda: realdata.font_chars(64),
-        "textures": lambda: realdata.texture_patches(64),
-    }
     rows = []
     for task in args.tasks:
-        x, y = loaders[task]()
+        x, y = realdata.task_data(task)
         n_classes = int(y.max()) + 1
         for name in args.bases:
             for k in args.k:

@@ -110,13 +110,6 @@ def _probe_ridge(base, train, test) -> float:
     return next(r["val_accuracy"] for r in scored.table if r["block"] == block)
 
 
-def _real_base(name: str, size: int, weights_dir):
-    """A fresh copy of a benchmark base: "demo" (shipped) or a registry name."""
-    if name == "demo":
-        return tltf.load_base("demo")
-    return tltf.load_base(name, input_shape=(size, size, 3), weights_dir=weights_dir)
-
-
 def main_real(args) -> None:
     """The defaults on real data and real weights (see the module docstring)."""
     import tempfile
@@ -127,11 +120,6 @@ def main_real(args) -> None:
     weights_dir = Path(args.weights_dir or tempfile.mkdtemp(prefix="tltf_weights_"))
     realdata.write_vgg16_notop(weights_dir)
     size = 64
-    loaders = {
-        "digits": lambda: realdata.digits(size),
-        "fonts": lambda: realdata.font_chars(size),
-        "textures": lambda: realdata.texture_patches(size),
-    }
     columns = [
         "tltf defaults",
         "keras.io recipe",
@@ -141,7 +129,7 @@ def main_real(args) -> None:
     ]
     rows = []
     for task in args.tasks:
-        x, y = loaders[task]()
+        x, y = realdata.task_data(task, size)
         n = int(y.max()) + 1
         for base_name in args.bases:
             for k in args.k:
@@ -150,7 +138,7 @@ def main_real(args) -> None:
                     start = time.perf_counter()
 
                     def base(name=base_name):
-                        return _real_base(name, size, weights_dir)
+                        return realdata.benchmark_base(name, size, weights_dir)
 
                     row = {"task": task, "base": base_name, "k": k, "seed": seed}
                     times = {}

@@ -95,23 +95,12 @@ def main() -> None:
     weights_dir = Path(args.weights_dir or tempfile.mkdtemp(prefix="tltf_weights_"))
     if "vgg16" in args.bases:
         realdata.write_vgg16_notop(weights_dir)
-    loaders = {
-        "digits": lambda: realdata.digits(64),
-        "fonts": lambda: realdata.font_chars(64),
-        "textures": lambda: realdata.texture_patches(64),
-    }
     rows = []
     for task in args.tasks:
-        x, y = loaders[task]()
+        x, y = realdata.task_data(task)
         for name in args.bases:
             for seed in args.seeds:
-                base = (
-                    tltf.load_base("demo")
-                    if name == "demo"
-                    else tltf.load_base(
-                        name, input_shape=(64, 64, 3), weights_dir=weights_dir
-                    )
-                )
+                base = realdata.benchmark_base(name, 64, weights_dir)
                 row = run(base, x, y, args.k, seed)
                 rows.append((name, row))
                 cells = "  ".join(f"{c}: {row[c]:.3f}" for c in CANDIDATES)

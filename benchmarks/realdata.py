@@ -413,6 +413,22 @@ def texture_patches(
     return _to_rgb(np.stack(images)), np.asarray(labels, dtype="int64")
 
 
+#: The real tasks of the benchmarks, by the name their `--tasks` flag takes.
+TASK_LOADERS = {"digits": digits, "fonts": font_chars, "textures": texture_patches}
+
+
+def task_data(name: str, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels of a real task ("digits", "fonts" or "textures")."""
+    return TASK_LOADERS[name](size)
+
+
+def benchmark_base(name: str, size: int, weights_dir):
+    """A fresh copy of a benchmark base: "demo" (shipped) or a registry name."""
+    if name == "demo":
+        return tltf.load_base("demo")
+    return tltf.load_base(name, input_shape=(size, size, 3), weights_dir=weights_dir)
+
+
 def few_shot(
     x: np.ndarray,
     y: np.ndarray,
