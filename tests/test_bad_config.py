@@ -252,7 +252,7 @@ def test_tune_exits_non_zero_when_every_trial_failed(monkeypatch, tmp_path, caps
             "'val_acc'."
         )
 
-    monkeypatch.setattr(runs, "tune", all_failed)
+    monkeypatch.setattr(runs, "run_tuning", all_failed)
     assert main(["tune", "--base", "demo", "--train", "x/"]) == 2
     captured = capsys.readouterr()
     assert "wrote" not in captured.out

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tltf
 from tests.helpers import Recorder, make_tiny_model
-from tltf.cache import FeatureCache, feature_model, head_model
+from tltf.cache import FeatureCache, FrozenSplit, feature_model, head_model
 
 
 def _model():
@@ -26,6 +26,29 @@ def test_head_and_feature_models_compose_to_the_model(data):
     cache = FeatureCache(model, tf.data.Dataset.from_tensor_slices(data).batch(16))
     # The head pools every block (8 + 8 + 16 + 16 channels): HeadConfig.pool_from.
     assert cache.count == 64 and cache.features.shape == (64, 48)
+
+
+def test_frozen_splits_compose_to_the_model_and_share_its_layers(data):
+    # The one split that the stage-1 cache, the LR finder and the tuner's
+    # cached stage 2 train through.
+    model = make_tiny_model(head={"dropout": 0.0, "pool_from": "top"})
+    x = data[0][:5]
+    for k in (0, 1, 2):
+        split = FrozenSplit(model, k)
+        np.testing.assert_allclose(
+            split.trainable(split.features(x, 2)), model(x), rtol=1e-5, atol=1e-6
+        )
+        assert split.features(x, 2).shape == (5, *split.cut_shape)
+        mine = {id(w) for w in model.weights}
+        assert {id(w) for w in split.trainable.weights} <= mine
+    # The trainable side holds the top k blocks: more weights for larger k.
+    assert len(FrozenSplit(model, 2).trainable.weights) > len(
+        FrozenSplit(model, 1).trainable.weights
+    )
+    with pytest.raises(ValueError, match="nothing frozen"):
+        FrozenSplit(model, len(tltf.model_info(model).block_map))
+    with pytest.raises(ValueError, match="several blocks"):
+        FrozenSplit(_model(), 1)
 
 
 @pytest.mark.slow

@@ -84,7 +84,7 @@ def test_checkpoint_arguments_are_checked(tmp_path):
 
 
 def test_interrupted_save_base_keeps_the_previous_base(tmp_path, monkeypatch):
-    base = tltf.load_base(make_tiny_base(), blocks=None)
+    base = tltf.load_base(make_tiny_base(), block_map=None)
     tltf.save_base(base, tmp_path / "b", info={"run": 1})
     monkeypatch.setattr(keras.Model, "save", _interrupted)
     with pytest.raises(OSError, match="killed mid-save"):

@@ -23,7 +23,7 @@ from tltf.config import (
 )
 from tltf.errors import ConfigError
 from tltf.heads import HeadConfig
-from tltf.schedule import fine_tune
+from tltf.settings import FineTuneSettings
 
 YAML = """\
 model:
@@ -226,15 +226,21 @@ def test_bad_files_are_config_errors(tmp_path):
 
 
 def test_schedule_defaults_are_fine_tune_defaults():
-    """One source of defaults: every schedule key passed to fine_tune has its default."""
-    parameters = inspect.signature(fine_tune).parameters
+    """One source of defaults: the section is FineTuneSettings, field by field."""
     config = ScheduleConfig()
     kwargs = config.fine_tune_kwargs()
-    assert set(kwargs) <= set(parameters), set(kwargs) - set(parameters)
+    settings = FineTuneSettings()
     for key in kwargs:
-        assert getattr(config, key) == parameters[key].default, key
+        assert getattr(config, key) == getattr(settings, key), key
     fields = {f.name for f in dataclasses.fields(ScheduleConfig)}
     assert set(kwargs) == fields - {"monitor", "mode"}  # every key reaches fine_tune
+    assert config.settings() == settings
+    changed = ScheduleConfig(unfreeze={"layers": 20}, head_lr="find").settings(seed=3)
+    assert changed.changed() == {
+        "unfreeze": {"layers": 20},
+        "head_lr": "find",
+        "seed": 3,
+    }
 
 
 @pytest.mark.parametrize(

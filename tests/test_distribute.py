@@ -328,7 +328,7 @@ def test_subclassed_base_cannot_be_rebuilt():
     base(np.zeros((1, 16, 16, 3), "float32"))
     with pytest.raises(ConfigError, match="cannot be rebuilt.*strategy.scope"):
         tltf.build_model(
-            base, 3, mixed_precision=True, blocks={"block1": ["block1_conv"]}
+            base, 3, mixed_precision=True, block_map={"block1": ["block1_conv"]}
         )
     assert keras.config.dtype_policy().name == "float32"
 
@@ -482,7 +482,9 @@ def test_xla_failure_names_the_op_and_the_fix():
     x = NumpyLayer(name="block1_np")(inputs)
     x = keras.layers.Conv2D(4, 3, name="block1_conv")(x)
     base = keras.Model(inputs, x)
-    model = tltf.build_model(base, 3, blocks={"block1": ["block1_np", "block1_conv"]})
+    model = tltf.build_model(
+        base, 3, block_map={"block1": ["block1_np", "block1_conv"]}
+    )
     with pytest.raises(TrainingError, match="PyFuncStateless has no XLA kernel") as e:
         tltf.fine_tune(
             model,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 
@@ -118,11 +117,8 @@ def test_suggestion_rule_on_a_known_curve():
     rising = _suggest(lrs, lrs + 1, lrs + 1, "fine_tune", True)
     assert rising.fallback and rising.suggestion == SAFE_LR["fine_tune"]
     # The fallbacks are fine_tune's own defaults.
-    defaults = inspect.signature(tltf.fine_tune).parameters
-    assert {
-        "head": defaults["head_lr"].default,
-        "fine_tune": defaults["fine_tune_lr"].default,
-    } == SAFE_LR
+    defaults = tltf.FineTuneSettings()
+    assert {"head": defaults.head_lr, "fine_tune": defaults.fine_tune_lr} == SAFE_LR
     assert "never fell meaningfully" in rising.reason and "fallback" in rising.reason
 
 

@@ -119,8 +119,26 @@ def test_custom_base_block_map_is_inferred_and_explicit_map_accepted():
         "low": ["block1_conv", "block1_bn", "block1_relu", "block2_conv", "block2_bn"],
         "high": ["block3_conv", "block3_bn", "block4_conv", "block4_bn"],
     }
-    model = tltf.build_model(make_tiny_base(), 3, blocks=explicit)
+    model = tltf.build_model(make_tiny_base(), 3, block_map=explicit)
     assert model_info(model).block_map.names == ["low", "high"]
+    # The old name of block_map= still works, and says it is the old name.
+    with pytest.warns(DeprecationWarning, match=r"build_model\(block_map=...\)"):
+        model = tltf.build_model(make_tiny_base(), 3, blocks=explicit)
+    assert model_info(model).block_map.names == ["low", "high"]
+    with pytest.raises(ConfigError, match="got both blocks= and block_map="):
+        tltf.build_model(make_tiny_base(), 3, blocks=explicit, block_map=explicit)
+
+
+def test_probe_blocks_takes_validation_data_and_still_its_old_name(data):
+    x, y = data
+    new = tltf.probe_blocks(
+        make_tiny_base(), (x[:40], y[:40]), (x[40:], y[40:]), verbose=0
+    )
+    with pytest.warns(DeprecationWarning, match="validation_data="):
+        old = tltf.probe_blocks(
+            make_tiny_base(), (x[:40], y[:40]), val=(x[40:], y[40:]), verbose=0
+        )
+    assert new.num_val == old.num_val == 24
 
 
 @pytest.mark.slow

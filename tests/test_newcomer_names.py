@@ -19,6 +19,7 @@ from tltf import errors
 from tltf.bases.registry import get_spec
 from tltf.cli import main
 from tltf.config import TrainConfig
+from tltf.data import tfds as data_tfds
 from tltf.runs import resolve_base
 
 # -- item 1: the shipped base ----------------------------------------------------------
@@ -161,7 +162,7 @@ def test_tfds_config_errors_come_from_tltf(monkeypatch):
     def no_load(*args, **kwargs):
         raise AssertionError("tfds.load must not run")
 
-    monkeypatch.setattr(tdata._tfds(), "load", no_load)
+    monkeypatch.setattr(data_tfds.import_tfds(), "load", no_load)
     error = _data_error("tfds:mnist/trian")
     check_error(error, errors.DataError, "TFDS dataset 'mnist' has no config 'trian'")
     assert "BuilderConfig" not in str(error) and "tfds:mnist" in str(error)
@@ -179,7 +180,7 @@ def test_tfds_names_still_load_when_nothing_local_matches(tmp_path, monkeypatch)
         loaded.append(name)
         raise errors.DataError("stop here")
 
-    monkeypatch.setattr(tdata, "_tfds_load", fake_load)
+    monkeypatch.setattr(data_tfds, "_tfds_load", fake_load)
     for source in ("tf_flowers", "tltf_shapes/target", "tfds:mnist"):
         with pytest.raises(errors.DataError, match="stop here"):
             tdata.load_data(source, image_size=8)

@@ -43,7 +43,7 @@ from tltf.runs import (
     is_run_folder,
     lock_folder,
     lock_holder,
-    train,
+    run_training,
     unlock_folder,
 )
 
@@ -152,7 +152,7 @@ def test_cli_export_refuses_an_existing_folder(work, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_saved_bases_and_demo_folders_replace_only_their_own(tmp_path):
-    base = tltf.load_base(make_tiny_base(), blocks=None)
+    base = tltf.load_base(make_tiny_base(), block_map=None)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "data.csv").write_text("1,2")
@@ -340,12 +340,12 @@ def test_a_kill_before_the_summary_resumes_without_training_again(
 
     monkeypatch.setattr("tltf.runs.atomic_write_json", killed_at_summary)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(work), out, verbose=0)
+        run_training(_config(work), out, verbose=0)
     monkeypatch.undo()
     assert not (out / "summary.json").exists()
     assert (out / "backup").is_dir()  # kept until summary.json is written
     last, history = _sha(out / "last.keras"), (out / "history.csv").read_text()
-    summary = train(None, out, resume=True, verbose=0)
+    summary = run_training(None, out, resume=True, verbose=0)
     assert _sha(out / "last.keras") == last  # no epoch trained again
     assert (out / "history.csv").read_text() == history
     assert summary["epochs"]["run"] == 2 and (out / "summary.json").is_file()
@@ -419,6 +419,6 @@ def test_a_full_disk_reported_by_tensorflow_names_the_run_folder(
 
     monkeypatch.setattr("tltf.runs.fine_tune", fine_tune)
     with pytest.raises(DiskFullError) as info:
-        train(_config(work), tmp_path / "run", verbose=0)
+        run_training(_config(work), tmp_path / "run", verbose=0)
     check_error(info.value, DiskFullError, "disk is full", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # no epoch finished: nothing kept

@@ -41,6 +41,7 @@ from tltf.pretrain import (
 from tltf.probe import ProbeResult, probe_blocks
 from tltf.reports import plot_confusion_matrix, plot_history, plot_tuning
 from tltf.schedule import FineTuneSchedule, fine_tune
+from tltf.settings import FineTuneSettings
 from tltf.tuning import FineTuneHyperModel, SearchSpace, TuneResult, tune
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "EvaluationReport",
     "FineTuneHyperModel",
     "FineTuneSchedule",
+    "FineTuneSettings",
     "HeadConfig",
     "LRFinderResult",
     "ProbeResult",

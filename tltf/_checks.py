@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from numbers import Real
 
@@ -52,3 +53,26 @@ def check_positive_int(value, name: str) -> int:
             f"Expected {name} to be an int >= 1. Received: {name}={value!r}"
         )
     return int(value)
+
+
+def take_renamed(kwargs: dict, old: str, new: str, value, caller: str):
+    """The value of an argument that was renamed from `old` to `new`.
+
+    Pops `old` from a function's `**kwargs`; if it was given, warns (a
+    DeprecationWarning that names the new spelling) and returns it in place of
+    `value`. Giving both is a ConfigError.
+    """
+    if old not in kwargs:
+        return value
+    if value is not None:
+        raise ConfigError(
+            f"{caller}() got both {old}= and {new}=. {old}= is the old name of "
+            f"{new}=: pass {new}= only."
+        )
+    warnings.warn(
+        f"{caller}({old}=...) is now {caller}({new}=...); the old name will be "
+        "removed in a future release.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return kwargs.pop(old)

@@ -58,14 +58,7 @@ def feature_extractor(model: keras.Model):
     `predict` traces again for the last, smaller batch and for every new model).
     Pass it to each `FeatureCache` of the same model.
     """
-    features = feature_model(model)
-    spec = tf.TensorSpec((None, *features.input_shape[1:]), features.inputs[0].dtype)
-
-    @tf.function(input_signature=[spec], reduce_retracing=True)
-    def extract(images):
-        return features(images, training=False)
-
-    return extract
+    return FrozenSplit(model).extract()
 
 
 def build_metrics(model: keras.Model, labels) -> None:
@@ -96,6 +89,124 @@ def head_model(model: keras.Model) -> keras.Model:
     Its layers are the full model's own, so training it trains the full model.
     """
     return keras.Model(cut_tensor(model), model.outputs, name=f"{model.name}_head")
+
+
+class FrozenSplit:
+    """A model cut where its frozen part ends: the one way tltf trains on cached
+    features.
+
+    `extractor` maps images to the frozen part's output and `trainable` maps that
+    output to the predictions; both share the model's layers, so training
+    `trainable` trains the model. Three things train this way: the stage-1
+    feature cache (`fine_tune`, k=0), the LR finder's head sweep (k=0) and the
+    tuner's stage 2 on the blocks below the unfrozen ones (k>0).
+
+    Args:
+        model: keras.Model. A model from `build_model`.
+        k: int. 0 cuts after the head's pooling (everything below the head is
+            frozen in stage 1); k > 0 cuts below the top `k` blocks. Defaults to 0.
+
+    Raises:
+        ValueError: when the base cannot be cut there: no frozen block left, a
+            head that reads several blocks, a block with several outputs, or
+            layers that lie on neither side of the cut.
+    """
+
+    def __init__(self, model: keras.Model, k: int = 0):
+        self.k = k
+        if k == 0:
+            self.extractor, self.trainable = feature_model(model), head_model(model)
+            self.cut_shape = tuple(cut_tensor(model).shape[1:])
+            return
+        info = model_info(model)
+        base, block_map = info.base, info.block_map
+        if not 0 < k < len(block_map):
+            raise ValueError("nothing frozen to cache")
+        if len(base.outputs) != 1:
+            raise ValueError("a head that reads several blocks (HeadConfig.pool_from)")
+        last = block_map[len(block_map) - k - 1].layers[-1]
+        cut = base.get_layer(last).output
+        if isinstance(cut, (list, tuple)):
+            raise ValueError("a block with several outputs")
+        rest_of_base = keras.Model(cut, base.outputs[0], name=f"{base.name}_top{k}")
+        bottom = keras.Model(base.inputs[0], cut, name=f"{base.name}_bottom{k}")
+        # Every layer of the base must be on exactly one side of the cut.
+        names = {layer.name for layer in base.layers}
+        covered = {layer.name for layer in rest_of_base.layers} | {
+            layer.name for layer in bottom.layers
+        }
+        if names - covered:
+            raise ValueError("layers outside both parts")
+        images = keras.Input(model.input_shape[1:], name="image")
+        pre = model.get_layer("preprocessing")
+        self.extractor = keras.Model(images, bottom(pre(images)), name="frozen_part")
+        self.cut_shape = tuple(cut.shape[1:])
+        features = keras.Input(self.cut_shape, name="frozen_features")
+        # The head after the base, as a model on the base's output (shared layers).
+        base_out = base._inbound_nodes[0].output_tensors[0]
+        head = keras.Model(base_out, model.outputs[0], name="head_part")
+        self.trainable = keras.Model(
+            features, head(rest_of_base(features)), name="trainable_part"
+        )
+
+    def extract(self):
+        """A compiled function from image batches to the frozen part's output.
+
+        Its input signature leaves the batch size open, so one trace serves
+        every batch: full and partial, training and validation.
+        """
+        spec = tf.TensorSpec(
+            (None, *self.extractor.input_shape[1:]), self.extractor.inputs[0].dtype
+        )
+        extractor = self.extractor
+
+        @tf.function(input_signature=[spec], reduce_retracing=True)
+        def extract(images):
+            return extractor(images, training=False)
+
+        return extract
+
+    def features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """The frozen part's output for an array of images, in order."""
+        extract = self.extract()
+        dtype = extract.input_signature[0].dtype
+        return np.concatenate(
+            [
+                extract(tf.cast(images[i : i + batch_size], dtype)).numpy()
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+
+
+def fit_part(
+    part: keras.Model,
+    data,
+    *,
+    optimizer,
+    loss,
+    metrics,
+    callbacks: list,
+    jit_compile=False,
+    steps_per_execution: int = 1,
+    **fit_kwargs,
+):
+    """Trains the trainable side of a `FrozenSplit` on cached features.
+
+    Pass the full model's optimizer, so that its state carries on into a later
+    fit of the full model. `callbacks` should hold a `Continuation` wrapping the
+    user's callbacks: they then see the full model, not `part`.
+
+    Returns:
+        The History of `part.fit` (the user's History is in the Continuation).
+    """
+    part.compile(
+        optimizer=optimizer,
+        loss=loss,
+        metrics=metrics,
+        steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
+    )
+    return part.fit(data, shuffle=False, callbacks=callbacks, **fit_kwargs)
 
 
 class FeatureCache:

@@ -783,7 +783,7 @@ def _run(args: argparse.Namespace, config_class, run_function) -> dict | None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    summary = _run(args, TrainConfig, runs.train)
+    summary = _run(args, TrainConfig, runs.run_training)
     if summary is None:
         return 0
     best = summary["best"]
@@ -800,7 +800,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    summary = _run(args, TuneConfig, runs.tune)
+    summary = _run(args, TuneConfig, runs.run_tuning)
     if summary is None:
         return 0
     best = summary["best"]["hyperparameters"]

@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -55,7 +54,8 @@ from tltf._checks import is_int
 from tltf._io import atomic_write_text
 from tltf.errors import ConfigError, suggest
 from tltf.heads import TASKS, HeadConfig
-from tltf.schedule import fine_tune
+from tltf.settings import FineTuneSettings, check_unfreeze
+from tltf.settings import defaults as settings_defaults
 
 __all__ = [
     "CONFIG_SUFFIXES",
@@ -78,7 +78,6 @@ CONFIG_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "j
 _RESIZE = ("stretch", "crop", "pad")
 _BN = ("frozen", "affine", "train")
 _MODES = ("auto", "min", "max")
-_UNFREEZE_WORDS = ("all", "auto")
 _TFDS_SOURCE = re.compile(r"^tfds:(?P<name>[^\[\]]+?)(?:\[(?P<split>.*)\])?$")
 #: Integers in a config (sizes, epochs, steps, seeds, ...) stay below this bound.
 _MAX_INT = 2**31
@@ -522,37 +521,6 @@ class DataConfig:
         return {"source": source, **kwargs}
 
 
-_UNFREEZE_VALUES = {
-    "blocks": "an integer >= 0 or 'all', e.g. {blocks: 3}",
-    "layers": "an integer >= 0, e.g. {layers: 20}",
-    "names": "a regex of block names, e.g. {names: 'block_1[0-9]'}",
-}
-
-
-def _check_unfreeze_mapping(unfreeze: dict) -> None:
-    """The value of `{blocks: k}`, `{layers: n}` or `{names: regex}`."""
-    ((key, value),) = unfreeze.items()
-    if key == "names":
-        valid = isinstance(value, str)
-        if valid:
-            try:
-                re.compile(value)
-            except re.error as error:
-                raise ConfigError(
-                    f"Invalid schedule.unfreeze names regex {value!r}: {error}. "
-                    f"Expected {_UNFREEZE_VALUES[key]}."
-                ) from None
-    else:
-        valid = (is_int(value) and 0 <= value < _MAX_INT) or (
-            key == "blocks" and value == "all"
-        )
-    if not valid:
-        raise ConfigError(
-            f"Expected schedule.unfreeze.{key} to be {_UNFREEZE_VALUES[key]}. "
-            f"Received: unfreeze={{{key}: {value!r}}}."
-        )
-
-
 def _check_metric(name: str, task: str, section: str, key: str) -> None:
     """A metric name the run will log for `task` (with or without `val_`)."""
     logged = LOGGED_METRICS.get(task, ("loss",))
@@ -564,25 +532,18 @@ def _check_metric(name: str, task: str, section: str, key: str) -> None:
         )
 
 
-def _keyword_defaults(function) -> dict[str, Any]:
-    """The defaults of a function's keyword arguments, by name."""
-    return {
-        name: parameter.default
-        for name, parameter in inspect.signature(function).parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-    }
-
-
 #: `fine_tune`'s defaults: the one source of the `[schedule]` defaults.
-FINE_TUNE_DEFAULTS: dict[str, Any] = _keyword_defaults(fine_tune)
+FINE_TUNE_DEFAULTS: dict[str, Any] = settings_defaults()
 
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
-    """The `[schedule]` section: the arguments of `tltf.fine_tune`.
+    """The `[schedule]` section: the `tltf.FineTuneSettings` of `tltf.fine_tune`.
 
-    Every default is `fine_tune`'s own (read from its signature, so the two
-    cannot drift); the values below are those at the time of writing.
+    Every default is `FineTuneSettings`' own (read from it, so the two cannot
+    drift); the values below are those at the time of writing. `settings()`
+    gives the section as a `FineTuneSettings`, which checks it once more as
+    `fine_tune` would.
 
     Attributes:
         head_epochs: int or "auto". Stage-1 epochs (head only); "auto" trains
@@ -647,25 +608,13 @@ class ScheduleConfig:
         _positive(self.fine_tune_lr, "schedule", "fine_tune_lr", "find")
         _at_least(self.head_steps, 1, "schedule", "head_steps")
         _choice(self.head_init, ("ridge", "random"), "schedule", "head_init")
-        if isinstance(self.unfreeze, str) and self.unfreeze not in _UNFREEZE_WORDS:
-            raise ConfigError(
-                "Expected schedule.unfreeze as a number of top blocks, 'all', 'auto', "
-                "or a mapping such as {layers: 20} or {names: 'block_1[0-9]'}. "
-                f"Received: unfreeze={self.unfreeze!r}."
-                f"{suggest(self.unfreeze, _UNFREEZE_WORDS)}"
-            )
+        check_unfreeze(self.unfreeze, "schedule.unfreeze")
         if is_int(self.unfreeze):
-            _at_least(self.unfreeze, 0, "schedule", "unfreeze")
-        if isinstance(self.unfreeze, dict) and (
-            len(self.unfreeze) != 1
-            or not set(self.unfreeze) <= {"blocks", "layers", "names"}
-        ):
-            raise ConfigError(
-                "Expected schedule.unfreeze as a mapping with one key, blocks, layers "
-                f"or names, e.g. {{layers: 20}}. Received: unfreeze={self.unfreeze!r}"
-            )
-        if isinstance(self.unfreeze, dict):
-            _check_unfreeze_mapping(self.unfreeze)
+            _below_max_int(self.unfreeze, "schedule", "unfreeze")
+        elif isinstance(self.unfreeze, dict):
+            ((key, value),) = self.unfreeze.items()
+            if is_int(value):
+                _below_max_int(value, "schedule", f"unfreeze.{key}")
         _choice(self.bn, _BN, "schedule", "bn")
         if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
             raise ConfigError(
@@ -698,8 +647,12 @@ class ScheduleConfig:
         """Builds the section from a mapping (unknown keys are rejected)."""
         return _from_mapping(cls, config, "schedule")
 
+    def settings(self, **changes) -> FineTuneSettings:
+        """The section as `tltf.FineTuneSettings` (`changes` set other fields)."""
+        return FineTuneSettings(**self.fine_tune_kwargs(), **changes)
+
     def fine_tune_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `tltf.fine_tune` (without data and callbacks)."""
+        """The section's `FineTuneSettings` fields, as `fine_tune` keywords."""
         unfreeze = self.unfreeze
         if isinstance(unfreeze, dict):
             unfreeze = dict(unfreeze)
@@ -707,20 +660,13 @@ class ScheduleConfig:
         if isinstance(class_weight, dict):
             class_weight = dict(class_weight)
         return {
-            "head_epochs": self.head_epochs,
-            "fine_tune_epochs": self.fine_tune_epochs,
-            "head_lr": self.head_lr,
-            "fine_tune_lr": self.fine_tune_lr,
+            **{
+                f.name: getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name in FINE_TUNE_DEFAULTS
+            },
             "unfreeze": unfreeze,
-            "head_steps": self.head_steps,
-            "head_init": self.head_init,
-            "keep_best": self.keep_best,
-            "bn": self.bn,
-            "lr_decay": self.lr_decay,
-            "gradual_every": self.gradual_every,
-            "label_smoothing": self.label_smoothing,
             "class_weight": class_weight,
-            "optimizer": self.optimizer,
         }
 
 

@@ -49,15 +49,8 @@ import tensorflow as tf
 
 from tltf._checks import check_choice, check_image_size, check_positive_int
 from tltf._io import atomic_write_json, atomic_write_text
-from tltf.data import (
-    IMAGE_EXTENSIONS,
-    DataBundle,
-    load_data,
-    scan_image_files,
-    skipped_files_text,
-)
-from tltf.errors import ConfigError, DataError, ModelError, suggest
-from tltf.images import (
+from tltf.data import IMAGE_EXTENSIONS, DataBundle, load_data
+from tltf.data.images import (
     RESIZE_POLICIES,
     ImageOptions,
     check_pixel_values,
@@ -65,6 +58,8 @@ from tltf.images import (
     image_shape_error,
     prepare_image,
 )
+from tltf.data.sources import scan_image_files, skipped_files_text
+from tltf.errors import ConfigError, DataError, ModelError, suggest
 from tltf.info import model_info
 from tltf.reports import confusion_matrix, plot_confusion_matrix
 from tltf.saving import as_model

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 
 from tltf.bases.blockmaps import BlockMap, carries_weights
-from tltf.errors import ConfigError
+from tltf.errors import ConfigError, suggest
 from tltf.info import ModelInfo, model_info
 
 BN_POLICIES = ("frozen", "affine", "train")
@@ -29,7 +29,10 @@ BN_POLICIES = ("frozen", "affine", "train")
 def check_bn_policy(bn: str) -> str:
     """Validates a BatchNorm policy name."""
     if bn not in BN_POLICIES:
-        raise ConfigError(f"Expected bn in {BN_POLICIES}. Received: bn={bn!r}")
+        raise ConfigError(
+            f"Expected bn in {BN_POLICIES}. Received: bn={bn!r}."
+            f"{suggest(str(bn), BN_POLICIES, n=1)}"
+        )
     return bn
 
 

@@ -49,8 +49,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tltf.cache import feature_model, head_model
+from tltf.cache import FrozenSplit
 from tltf.data import DataBundle
+from tltf.data.inputs import as_dataset, check_image_shape, check_labels
 from tltf.errors import ConfigError, DataError, TrainingError
 from tltf.freezing import (
     apply_trainable,
@@ -59,7 +60,6 @@ from tltf.freezing import (
     unfreeze_kwargs,
 )
 from tltf.info import default_loss_and_metrics, model_info
-from tltf.inputs import as_dataset, check_image_shape, check_labels
 from tltf.optimizers import make_optimizer
 from tltf.reports import new_figure, save_figure
 
@@ -487,14 +487,11 @@ def _batch_source(model: keras.Model, dataset, remake, stage: str, steps: int):
     """
     batches = int(dataset.cardinality())
     if stage == "head" and 0 < batches < steps:
-        extractor = feature_model(model)
-
-        @tf.function(reduce_retracing=True)
-        def features(images):
-            return extractor(images, training=False)
-
-        cached = [(features(batch[0]), *batch[1:]) for batch in dataset]
-        return head_model(model), lambda: itertools.cycle(cached)
+        split = FrozenSplit(model)
+        features = split.extract()
+        dtype = features.input_signature[0].dtype
+        cached = [(features(tf.cast(batch[0], dtype)), *batch[1:]) for batch in dataset]
+        return split.trainable, lambda: itertools.cycle(cached)
     first = [dataset]
 
     def batches():

@@ -12,6 +12,7 @@ from typing import Any
 
 import keras
 
+from tltf._checks import take_renamed
 from tltf.bases.base import Base, load_base
 from tltf.bases.cut import block_outputs, cut_base, resolve_block
 from tltf.compute import policy_scope, rebuild_base, resolve_policy
@@ -46,7 +47,7 @@ def build_model(
     head: HeadConfig | dict | None = None,
     task: str = "multiclass",
     weights_dir: str | os.PathLike | None = None,
-    blocks=None,
+    block_map=None,
     preprocessing: str | None = None,
     name: str | None = None,
     cut: int | str | None = None,
@@ -77,7 +78,9 @@ def build_model(
             Defaults to "multiclass".
         weights_dir: str or None. Offline folder for ImageNet weight files.
             Defaults to `$TLTF_WEIGHTS_DIR`.
-        blocks: Block map of a custom base (see `load_base`). Defaults to None.
+        block_map: Block map of a custom base (see `load_base`). Called
+            `blocks` before; `blocks=` still works, with a DeprecationWarning.
+            Defaults to None.
         preprocessing: str or None. Preprocessing mode of a custom base.
         name: str or None. The model's name. Defaults to "tltf_<base>".
         cut: str, int or None. Build on the output of this block instead of the
@@ -115,6 +118,9 @@ def build_model(
     >>> model.save("flowers.keras")
     """
     strategy = resolve_strategy(strategy)
+    block_map = take_renamed(
+        constructor_kwargs, "blocks", "block_map", block_map, "build_model"
+    )
     policy = resolve_policy(mixed_precision)
     with strategy.scope(), policy_scope(policy):
         head = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
@@ -124,7 +130,7 @@ def build_model(
             weights=weights,
             input_shape=input_shape,
             weights_dir=weights_dir,
-            blocks=blocks,
+            block_map=block_map,
             preprocessing=preprocessing,
             **constructor_kwargs,
         )

@@ -47,12 +47,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf._checks import take_renamed
 from tltf._io import atomic_write_text
 from tltf.bases.base import Base, load_base
 from tltf.bases.cut import block_outputs, resolve_block
 from tltf.data import DataBundle
+from tltf.data.inputs import as_dataset
 from tltf.errors import ConfigError, DataError
-from tltf.inputs import as_dataset
 from tltf.layers import Preprocessing
 from tltf.reports import new_figure, save_figure
 
@@ -215,7 +216,7 @@ class ProbeResult:
 def probe_blocks(
     base: str | os.PathLike | keras.Model | Base,
     train,
-    val=None,
+    validation_data=None,
     *,
     every: int = 1,
     blocks: Sequence[int | str] | None = None,
@@ -234,11 +235,12 @@ def probe_blocks(
 ) -> ProbeResult:
     """Probes how well each block's features solve the task, and recommends a cut.
 
-    The frozen base runs once over `train` and `val` (inference mode); the
+    The frozen base runs once over `train` and `validation_data` (inference
+    mode); the
     global-average-pooled output of every probed block comes out of that one
     pass. A ridge (least-squares) linear classifier per block, with its L2
     strength chosen by exact leave-one-out on the training features, is scored on
-    `val`. See the module docstring for the recommendation rule.
+    `validation_data`. See the module docstring for the recommendation rule.
 
     Args:
         base: A registry name, a saved base folder, a `keras.Model` or a `Base`
@@ -247,9 +249,10 @@ def probe_blocks(
             Dataset of `(image, label)` (batched or not), or a `DataBundle`.
             Images are raw RGB in [0, 255], as for `fine_tune`. Labels are class
             indices or one-hot rows (binary labels are two classes).
-        val: Same forms, or None: a bundle's validation split, else (with
-            `val_fraction`) a seeded share of `train` held out, else exact
-            leave-one-out on `train`. Defaults to None.
+        validation_data: Same forms, or None: a bundle's validation split,
+            else (with `val_fraction`) a seeded share of `train` held out, else
+            exact leave-one-out on `train`. Called `val` before; `val=` still
+            works, with a DeprecationWarning. Defaults to None.
         every: int. Probe every k-th block, counted down from the top (the top
             block is always probed). Defaults to 1 (every block).
         blocks: sequence of block names or indices, or None. Probe exactly these
@@ -257,7 +260,7 @@ def probe_blocks(
         input_shape: tuple or None. As for `build_model`. Defaults to the base's.
         weights: As for `build_model`. Defaults to "imagenet".
         weights_dir: As for `build_model`. Defaults to None.
-        block_map: Block map of a custom `keras.Model` base (the `blocks=` of
+        block_map: Block map of a custom `keras.Model` base (as for
             `load_base`). Defaults to None (inferred).
         preprocessing: str or None. Preprocessing mode of a custom base.
             Defaults to None ("none").
@@ -266,7 +269,7 @@ def probe_blocks(
         tolerance: float or None. Accuracy differences up to this are ties.
             Defaults to None: max(0.01, standard error of the peak accuracy).
         val_fraction: float or None. Share of `train` held out when there is no
-            `val`; None scores by leave-one-out on all of `train`. Defaults to
+            `validation_data`; None scores by leave-one-out on all of `train`. Defaults to
             None.
         seed: int. Seed of that hold-out split. Defaults to 0.
         pixels: bool. Also probe the raw input pixels (average-pooled to at most
@@ -288,12 +291,15 @@ def probe_blocks(
     """
 
     start = time.perf_counter()
+    val = take_renamed(
+        constructor_kwargs, "val", "validation_data", validation_data, "probe_blocks"
+    )
     loaded = load_base(
         base,
         weights=weights,
         input_shape=input_shape,
         weights_dir=weights_dir,
-        blocks=block_map,
+        block_map=block_map,
         preprocessing=preprocessing,
         **constructor_kwargs,
     )
@@ -317,7 +323,9 @@ def probe_blocks(
     x_train, y_train = _features(run, train_ds, outputs)
     loo = val is None and val_fraction is None
     if val is not None:
-        x_val, y_val = _features(run, _batches(val, batch_size, "val"), outputs)
+        x_val, y_val = _features(
+            run, _batches(val, batch_size, "validation_data"), outputs
+        )
     elif not loo:
         x_train, y_train, x_val, y_val = _hold_out(x_train, y_train, val_fraction, seed)
     else:
@@ -485,8 +493,8 @@ def _hold_out(x, y, fraction: float, seed: int):
     n_val = max(1, int(round(n * fraction)))
     if n - n_val < 2:
         raise DataError(
-            f"Too few training examples ({n}) to hold out a validation set. Pass val="
-            " or more data."
+            f"Too few training examples ({n}) to hold out a validation set. Pass "
+            "validation_data= or more data."
         )
     order = np.random.default_rng(seed).permutation(n)
     val, train = order[:n_val], order[n_val:]
@@ -514,7 +522,7 @@ def _class_labels(y_train: np.ndarray, y_val: np.ndarray):
             )
         return y.astype(np.int64)
 
-    a, b = to_index(y_train, "train"), to_index(y_val, "val")
+    a, b = to_index(y_train, "train"), to_index(y_val, "validation_data")
     classes = int(max(a.max(), b.max()) + 1)
     if len(np.unique(a)) < 2:
         raise DataError(

@@ -31,11 +31,11 @@ failed run removes only what it made.
 Example:
 
 >>> from tltf.config import TrainConfig
->>> from tltf.runs import train
+>>> from tltf.runs import run_training
 >>> config = TrainConfig.from_dict({"model": {"base": "bases/tiny"},
 ...                                 "data": {"train": "photos/", "val_fraction": 0.2},
 ...                                 "schedule": {"head_epochs": 2, "fine_tune_epochs": 2}})
->>> summary = train(config, out="runs/first")
+>>> summary = run_training(config, out="runs/first")
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ from tltf.model import build_model, load_model, model_info
 from tltf.reports import base_label, plot_history
 from tltf.resume import BACKUP_FILE
 from tltf.schedule import fine_tune
-from tltf.tuning import tune as run_tuner
+from tltf.tuning import tune
 
 __all__ = [
     "CONFIG_FILE",
@@ -100,8 +100,8 @@ __all__ = [
     "resolve_base",
     "set_class_names",
     "still_improving_hint",
-    "train",
-    "tune",
+    "run_training",
+    "run_tuning",
     "unlock_folder",
 ]
 
@@ -815,7 +815,7 @@ def _best_so_far(history: dict[str, list], monitor: str, mode: str):
     return min(values) if mode == "min" else max(values)
 
 
-def train(
+def run_training(
     config: TrainConfig,
     out: str | os.PathLike | None = None,
     *,
@@ -925,17 +925,17 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
     has_val = data.validation is not None
     monitor, mode = _monitor(config, has_val)
     callbacks = _callbacks(run, config, monitor, mode, history_so_far)
-    kwargs = config.schedule.fine_tune_kwargs()
+    settings = config.schedule.settings(
+        augment=True if config.data.augment else None, seed=config.data.seed
+    )
     fine_tune(
         model,
         data,
         None,
-        augment=True if config.data.augment else None,
-        seed=config.data.seed,
+        settings,
         callbacks=callbacks,
         backup_dir=run / BACKUP_DIR,
         verbose=verbose,
-        **kwargs,
     )
     history = read_history(run / HISTORY_FILE)
     if not (run / BEST_MODEL).is_file():
@@ -1083,7 +1083,7 @@ def _version() -> str:
 # -- tuning ------------------------------------------------------------------------------------
 
 
-def tune(
+def run_tuning(
     config,
     out: str | os.PathLike | None = None,
     *,
@@ -1120,7 +1120,7 @@ def tune(
     Example:
 
     >>> from tltf.config import TuneConfig, load_config_file
-    >>> summary = tune(TuneConfig.from_dict(load_config_file("tune.yaml")),
+    >>> summary = run_tuning(TuneConfig.from_dict(load_config_file("tune.yaml")),
     ...                out="runs/tune-flowers")
     >>> summary["best"]["hyperparameters"]["unfreeze_blocks"]
     4
@@ -1158,7 +1158,7 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
     }
     if m.weights_dir:
         extra["base_kwargs"] = {"weights_dir": m.weights_dir}
-    result = run_tuner(
+    result = tune(
         m.base,
         data,
         None,

@@ -24,12 +24,19 @@ from tltf._checks import check_positive_int
 from tltf.cache import (
     Continuation,
     FeatureCache,
+    FrozenSplit,
     StageOneEnd,
     build_metrics,
-    feature_extractor,
-    head_model,
+    fit_part,
 )
-from tltf.compute import check_jit_compile, with_xla_errors
+from tltf.compute import with_xla_errors
+from tltf.data.inputs import (
+    array_batches,
+    as_dataset,
+    check_data,
+    check_image_shape,
+    train_batches,
+)
 from tltf.distribute import is_distributed, model_strategy, optimizer_in_scope
 from tltf.errors import ConfigError, DataError, suggest
 from tltf.freezing import (
@@ -40,18 +47,19 @@ from tltf.freezing import (
 )
 from tltf.guard import KeepBest
 from tltf.info import ModelInfo, default_loss_and_metrics, model_base, model_info
-from tltf.inputs import (
-    array_batches,
-    as_dataset,
-    check_data,
-    check_image_shape,
-    train_batches,
-)
 from tltf.layers import Standardization
 from tltf.lr_finder import find_stage_lr
 from tltf.optimizers import clone_optimizer, make_optimizer, set_lr_multipliers
 from tltf.probe import group_weights, probe_blocks, ridge_fit
 from tltf.resume import Resume
+from tltf.settings import (
+    FineTuneSettings,
+    check_epochs,
+    check_lr,
+    check_lr_decay,
+    check_unfreeze,
+    split_kwargs,
+)
 from tltf.stages import (
     StageProgbarLogger,
     check_loss,
@@ -77,42 +85,6 @@ __all__ = [
     "set_lr_multipliers",
     "stage_progbar",
 ]
-
-
-def check_lr(value, name: str, allow_none: bool = False, allow_find: bool = False):
-    """Validates a learning rate: a positive finite number or a LR schedule.
-
-    With `allow_find`, the string "find" (run `tltf.find_lr` when the stage
-    starts) is accepted too.
-    """
-    if value is None and allow_none:
-        return value
-    if allow_find and isinstance(value, str) and value == "find":
-        return value
-    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
-        return value
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Real)
-        or not (math.isfinite(value) and value > 0)
-    ):
-        find = ", 'find'" if allow_find else ""
-        raise ConfigError(
-            f"Expected {name} to be a positive number (e.g. 1e-4){find} or a "
-            f"keras.optimizers.schedules.LearningRateSchedule. Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-def _check_epochs(value, name: str, allow_auto: bool = False):
-    if allow_auto and isinstance(value, str) and value == "auto":
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        auto = " or 'auto'" if allow_auto else ""
-        raise ConfigError(
-            f"Expected {name} to be an integer >= 0{auto}. Received: {name}={value!r}"
-        )
-    return value
 
 
 def _format_lr(lr) -> str:
@@ -185,9 +157,9 @@ class FineTuneSchedule(keras.callbacks.Callback):
         lr_finder_data=None,
     ):
         super().__init__()
-        self.unfreeze_at_epoch = _check_epochs(unfreeze_at_epoch, "unfreeze_at_epoch")
-        self.unfreeze = unfreeze
-        self._unfreeze_kwargs = unfreeze_kwargs(unfreeze)
+        self.unfreeze_at_epoch = check_epochs(unfreeze_at_epoch, "unfreeze_at_epoch")
+        self.unfreeze = check_unfreeze(unfreeze, allow_auto=False)
+        self._unfreeze_kwargs = unfreeze_kwargs(self.unfreeze)
         self.fine_tune_lr = check_lr(
             fine_tune_lr, "fine_tune_lr", allow_none=True, allow_find=True
         )
@@ -195,21 +167,13 @@ class FineTuneSchedule(keras.callbacks.Callback):
         self.found_lr: float | None = None  # what fine_tune_lr="find" found
         self._restored_lr: float | None = None  # found_lr of a resumed run
         self.bn = check_bn_policy(bn)
-        if lr_decay is not None and not (
-            isinstance(lr_decay, Real) and 0 < lr_decay <= 1
-        ):
-            raise ConfigError(
-                f"Expected lr_decay in (0, 1]. Received: lr_decay={lr_decay!r}"
-            )
-        self.lr_decay = lr_decay
-        if gradual_every is not None:
-            _check_epochs(gradual_every, "gradual_every")
-            if gradual_every == 0:
-                raise ConfigError(
-                    "Expected gradual_every >= 1. Received: gradual_every=0"
-                )
-        self.gradual_every = gradual_every
-        self.gradual_start = _check_epochs(gradual_start, "gradual_start")
+        self.lr_decay = check_lr_decay(lr_decay)
+        self.gradual_every = (
+            None
+            if gradual_every is None
+            else check_positive_int(gradual_every, "gradual_every")
+        )
+        self.gradual_start = check_epochs(gradual_start, "gradual_start")
         self.optimizer = optimizer
         self.verbose = verbose
         # Resumable state, kept apart from the configuration above.
@@ -231,8 +195,8 @@ class FineTuneSchedule(keras.callbacks.Callback):
 
     def set_unfreeze(self, unfreeze) -> None:
         """Changes what stage 2 unfreezes (before `fit`), e.g. to a probed depth."""
-        self._unfreeze_kwargs = unfreeze_kwargs(unfreeze)
-        self.unfreeze = unfreeze
+        self.unfreeze = check_unfreeze(unfreeze, allow_auto=False)
+        self._unfreeze_kwargs = unfreeze_kwargs(self.unfreeze)
         if self._info is not None:
             self._target, _ = resolve_unfreeze(
                 self._info.block_map, self._info.base, **self._unfreeze_kwargs
@@ -378,33 +342,13 @@ def fine_tune(
     model: keras.Model,
     train,
     validation_data=None,
+    settings: FineTuneSettings | None = None,
     *,
-    head_epochs: int | str = "auto",
-    fine_tune_epochs: int | str = "auto",
-    head_lr=1e-3,
-    fine_tune_lr=1e-4,
-    unfreeze: int | str | dict = "auto",
-    head_steps: int = 2000,
-    head_init: str = "ridge",
-    keep_best: bool = True,
-    bn: str = "frozen",
-    optimizer: str | keras.optimizers.Optimizer = "adam",
-    loss="auto",
-    metrics="auto",
-    lr_decay: float | None = None,
-    gradual_every: int | None = None,
     callbacks: list | None = None,
-    class_weight: dict | str | None = None,
-    augment=None,
-    label_smoothing: float = 0.0,
-    batch_size: int = 32,
-    seed: int | None = None,
-    cache_features: bool | str = "auto",
     verbose="auto",
     backup_dir: str | os.PathLike | None = None,
     strategy=None,
-    jit_compile: bool | str = "auto",
-    **fit_kwargs,
+    **kwargs,
 ) -> keras.callbacks.History:
     """Fine-tunes a model from `build_model` with the two-stage schedule.
 
@@ -413,20 +357,21 @@ def fine_tune(
     `fine_tune_lr`. Both stages run in one `model.fit` (see `FineTuneSchedule`),
     so callbacks see epochs 1..N.
 
-    The defaults are chosen for small data (see benchmarks/RESULTS.md):
+    What the run trains is a `tltf.FineTuneSettings`: pass one as `settings`,
+    or its fields as keyword arguments, or both (the keywords then change those
+    fields). The defaults, chosen for small data (see `FineTuneSettings` and
+    benchmarks/RESULTS.md): stage 1 trains the head to convergence on cached
+    base features from a ridge start; `unfreeze="auto"` unfreezes what a linear
+    probe of every block recommends; `keep_best=True` makes sure stage 2 never
+    ends worse than stage 1. Every argument is validated before anything trains.
 
-    - Stage 1 runs on cached base features until the head's training loss has
-      converged (or, with validation data, its validation loss stops falling),
-      within `head_steps` optimizer steps: a converged linear probe, then
-      fine-tuning (LP-FT, Kumar et al. 2022). The head's features are
-      standardised first (`tltf.layers.Standardization`, saved in the model).
-    - `unfreeze="auto"` unfreezes what a linear probe of every block recommends
-      (`tltf.probe_blocks`, leave-one-out on the training images, one forward
-      pass), and says so in one line; it also says when a probe on the raw
-      pixels does as well as the base.
-    - `keep_best=True`: stage 2 never ends worse than stage 1 (`tltf.guard`).
-
-    Every argument is validated before anything trains.
+    Settings (keyword arguments; see `FineTuneSettings` for each):
+    `head_epochs="auto"`, `fine_tune_epochs="auto"`, `head_lr=1e-3`,
+    `fine_tune_lr=1e-4`, `unfreeze="auto"`, `head_steps=2000`,
+    `head_init="ridge"`, `keep_best=True`, `bn="frozen"`, `optimizer="adam"`,
+    `loss="auto"`, `metrics="auto"`, `lr_decay=None`, `gradual_every=None`,
+    `class_weight=None`, `augment=None`, `label_smoothing=0.0`,
+    `batch_size=32`, `seed=None`, `cache_features="auto"`, `jit_compile="auto"`.
 
     Args:
         model: keras.Model. A model built by `build_model`.
@@ -436,70 +381,8 @@ def fine_tune(
             folders, .npz; resized for the model).
         validation_data: Same forms as `train`, or None; defaults to the
             bundle's validation split when `train` is a DataBundle.
-        head_epochs: int or "auto". Stage-1 epochs. "auto": with the feature
-            cache, epochs of `max(one pass, head_steps / 20)` steps until the
-            training loss improves by less than 1% twice in a row, the
-            validation loss (if any) has not fallen for two epochs, or
-            `head_steps` steps have run; without the cache, enough epochs for
-            `head_steps` steps, 2 to 10. Defaults to "auto".
-        fine_tune_epochs: int or "auto". Stage-2 epochs. "auto": enough epochs
-            for about 1,000 optimizer steps, 2 to 10 (10 for a few hundred
-            images, 2 for 60,000). Defaults to "auto".
-        head_lr: float, LearningRateSchedule or "find". Stage-1 rate. "find"
-            runs `tltf.find_lr(stage="head")` on the training data first and
-            uses its suggestion (one line reports it). Defaults to 1e-3.
-        fine_tune_lr: float, LearningRateSchedule or "find". Stage-2 rate.
-            "find" runs `tltf.find_lr(stage="fine_tune")` when stage 2 begins,
-            on the model stage 1 trained. Defaults to 1e-4.
-        unfreeze: int (top k blocks), "all", "auto", `{"layers": n}` or
-            `{"names": regex}`. "auto" asks the linear probe (see above; tasks
-            other than classification unfreeze the top third). Defaults to
-            "auto".
-        head_steps: int. The optimizer-step budget of `head_epochs="auto"`.
-            Defaults to 2000.
-        head_init: str. "ridge" starts a linear classification head from the
-            closed-form ridge classifier on the standardised training features
-            (see `prepare_head`); "random" from Keras's initialisation. Defaults
-            to "ridge".
-        keep_best: bool. Score the model at the end of stage 1 and after each
-            stage-2 epoch (validation loss, or without validation data the
-            leave-one-out accuracy of its features) and end with the best
-            weights; one line says which (see `tltf.guard`). Defaults to True.
-        bn: str. "frozen", "affine" or "train" (see `tltf.freezing`). Defaults to
-            "frozen".
-        optimizer: str or Optimizer. A Keras optimizer name or instance; an
-            instance keeps its own learning rate in stage 1. Stage 2 clones it.
-            Defaults to "adam".
-        loss: A Keras loss, or "auto" for the task's. Defaults to "auto".
-        metrics: A list of Keras metrics, or "auto" for the task's. Defaults to
-            "auto".
-        lr_decay: float or None. Discriminative rates per block (see
-            `FineTuneSchedule`). Defaults to None.
-        gradual_every: int or None. Add one unfrozen block every n epochs.
-            Defaults to None.
+        settings: FineTuneSettings or None. Defaults to `FineTuneSettings()`.
         callbacks: list or None. Keras callbacks; they see both stages.
-        class_weight: dict, "balanced" or None. "balanced" weighs each class by
-            `n_samples / (n_classes * count)` from the training labels.
-            Defaults to None.
-        augment: None, True or a Keras layer. Augmentation applied to training
-            images only (in the tf.data pipeline, so the saved model stays
-            clean); True uses `tltf.data.augmentation()`. Defaults to None.
-        label_smoothing: float. Label smoothing of the classification loss.
-            Defaults to 0.
-        batch_size: int. Batch size for array inputs. Defaults to 32.
-        seed: int or None. Seeds what `fine_tune` draws itself: the shuffling of
-            array inputs, the cached features' reshuffling, `augment=True`'s
-            layer and the LR finder's batches. Not the head's initial weights
-            or dropout: call `keras.utils.set_random_seed` before `build_model`
-            for those (see docs/resume.md, "What a seed fixes"). Defaults to
-            None.
-        cache_features: bool or "auto". Stage 1 computes the frozen base's
-            features once and trains the head on them (see `tltf.cache`); the
-            History, callbacks and final model are the same as without it.
-            "auto" uses it unless the data repeats forever, `steps_per_epoch` is
-            set or a BackupAndRestore callback is given. The cached features are
-            reshuffled every epoch (with `seed`); for array inputs the batches
-            are then exactly those of an uncached run. Defaults to "auto".
         verbose: Keras's `fit` verbosity. Defaults to "auto".
         backup_dir: str, PathLike or None. Makes the run resumable: a checkpoint
             (weights, optimizer state, stage, history) is written atomically there
@@ -514,11 +397,10 @@ def fine_tune(
             strategy; a different one raises a ConfigError. Compiling and both
             stages run under its scope; the stage-1 feature cache is off under a
             distributed strategy. Defaults to None.
-        jit_compile: "auto", True or False. XLA compilation of the training
-            step, passed to `model.compile`. "auto" is Keras's choice (XLA on
-            GPUs, off on CPU-only machines and under tf.distribute). Defaults to
-            "auto".
-        **fit_kwargs: Other `model.fit` arguments (`steps_per_epoch`, ...).
+        **kwargs: Fields of `FineTuneSettings` (above), and the `model.fit`
+            arguments `steps_per_epoch`, `validation_steps`, `validation_freq`
+            and `initial_epoch`. Any other name is a ConfigError that suggests
+            the closest one.
 
     Returns:
         The `keras.callbacks.History` of both stages; `history.history["stage"]`
@@ -532,50 +414,40 @@ def fine_tune(
     >>> history.history["stage"]
     [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
     """
+    settings, fit_kwargs = split_kwargs(settings, kwargs)
     info = model_info(model)
     strategy = model_strategy(model, strategy)
-    jit_compile = check_jit_compile(jit_compile)
-    head_epochs = _check_epochs(head_epochs, "head_epochs", allow_auto=True)
-    fine_tune_epochs = _check_epochs(
-        fine_tune_epochs, "fine_tune_epochs", allow_auto=True
+    head_epochs, fine_tune_epochs = settings.head_epochs, settings.fine_tune_epochs
+    head_lr, fine_tune_lr = settings.head_lr, settings.fine_tune_lr
+    unfreeze, keep_best = settings.unfreeze, settings.keep_best
+    optimizer, loss, metrics = settings.optimizer, settings.loss, settings.metrics
+    class_weight, batch_size, seed = (
+        settings.class_weight,
+        settings.batch_size,
+        settings.seed,
     )
-    if head_epochs == 0 and fine_tune_epochs == 0:
-        raise ConfigError(
-            "Nothing to train: head_epochs and fine_tune_epochs are both 0."
-        )
-    if (
-        isinstance(head_steps, bool)
-        or not isinstance(head_steps, int)
-        or head_steps < 1
-    ):
-        raise ConfigError(
-            f"Expected head_steps as an integer >= 1. Received: head_steps={head_steps!r}"
-        )
-    if head_init not in ("ridge", "random"):
-        raise ConfigError(
-            "Expected head_init in ('ridge', 'random'). Received: "
-            f"head_init={head_init!r}"
-        )
-    if not isinstance(keep_best, bool):
-        raise ConfigError(
-            f"Expected keep_best as True or False. Received: keep_best={keep_best!r}"
-        )
-    batch_size = check_positive_int(batch_size, "batch_size")
-    head_lr = check_lr(head_lr, "head_lr", allow_find=True)
+    jit_compile = settings.jit_compile
     auto_unfreeze = isinstance(unfreeze, str) and unfreeze == "auto"
     schedule = FineTuneSchedule(
         unfreeze_at_epoch=0 if head_epochs == "auto" else head_epochs,
         unfreeze="all" if auto_unfreeze else unfreeze,
         fine_tune_lr=fine_tune_lr,
-        bn=bn,
-        lr_decay=lr_decay,
-        gradual_every=gradual_every,
+        bn=settings.bn,
+        lr_decay=settings.lr_decay,
+        gradual_every=settings.gradual_every,
         verbose=0 if verbose == 0 else 1,
     )
     # Resolve the unfreeze request now, so a bad one fails before any training.
     resolve_unfreeze(info.block_map, info.base, **schedule._unfreeze_kwargs)
     prepared = _prepare_data(
-        model, info, train, validation_data, batch_size, seed, augment, label_smoothing
+        model,
+        info,
+        train,
+        validation_data,
+        batch_size,
+        seed,
+        settings.augment,
+        settings.label_smoothing,
     )
     train_ds, feature_source, val_ds = prepared.train, prepared.features, prepared.val
     loud = verbose != 0
@@ -600,7 +472,7 @@ def fine_tune(
     elif class_weight is not None:
         _check_class_weight(class_weight, info)
     auto_loss, auto_metrics = default_loss_and_metrics(
-        info, prepared.one_hot, label_smoothing
+        info, prepared.one_hot, settings.label_smoothing
     )
     schedule.lr_finder_data = prepared.sample
     head_rate = head_lr
@@ -630,18 +502,9 @@ def fine_tune(
             model,
             schedule,
             (0 if head_epochs == "auto" else head_epochs) + fine_tune_epochs,
-            dict(
-                head_epochs=head_epochs,
+            settings.fingerprint(
                 fine_tune_epochs=fine_tune_epochs,
-                head_steps=head_steps,
-                head_init=head_init,
-                keep_best=keep_best,
-                head_lr=head_lr,
                 fine_tune_lr=schedule.fine_tune_lr,
-                unfreeze=unfreeze,
-                bn=schedule.bn,
-                lr_decay=lr_decay,
-                gradual_every=gradual_every,
                 optimizer=model.optimizer,
                 loss=loss if isinstance(loss, str) else type(loss).__name__,
             ),
@@ -651,7 +514,7 @@ def fine_tune(
         )
     fit_args = dict(class_weight=class_weight, verbose=verbose, **fit_kwargs)
     use_cache, reason = _use_feature_cache(
-        cache_features,
+        settings.cache_features,
         head_epochs,
         train_ds,
         callbacks,
@@ -691,58 +554,69 @@ def fine_tune(
                 verbose=0 if verbose == 0 else 1,
             )
         )
-    own = [guard] if guard is not None else []
-    if not use_cache:
-        if head_epochs == "auto":
-            head_epochs = auto_head_epochs(passes, head_steps)
-        schedule.unfreeze_at_epoch = head_epochs
-        if head_epochs and (resume is None or not resume.epoch):
-            prepare_head(model, feature_source, ridge=head_init == "ridge")
-        if resume is None:
-            return model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=head_epochs + fine_tune_epochs,
-                shuffle=False,
-                callbacks=[schedule, *callbacks, *own, *stage_progbar(callbacks)],
-                **fit_args,
-            )
-        resume.skip_passes(train_ds, resume.train_passes)
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=head_epochs + fine_tune_epochs,
-            initial_epoch=resume.epoch,
-            shuffle=False,
-            callbacks=[
-                schedule,
-                *callbacks,
-                *own,
-                resume.callback(model),
-                *stage_progbar(callbacks),
-            ],
-            **fit_args,
-        )
-        return resume.merge(history)
-    return _fit_with_feature_cache(
-        model,
-        schedule,
-        feature_source,
-        None if prepared.one_hot else prepared.labels,
-        train_ds,
-        val_ds,
-        head_epochs,
-        fine_tune_epochs,
-        optimizer,
-        loss,
-        metrics,
-        [*callbacks, *own],
-        seed,
-        fit_args,
-        resume,
-        head_steps=head_steps,
-        head_init=head_init,
+    run = _Run(
+        model=model,
+        schedule=schedule,
+        settings=settings,
+        prepared=prepared,
+        features=feature_source,
+        val=val_ds,
+        head_epochs=head_epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        optimizer=optimizer,
+        loss=loss,
+        metrics=metrics,
+        callbacks=[*callbacks, *([guard] if guard is not None else [])],
+        fit_args=fit_args,
+        resume=resume,
     )
+    if use_cache:
+        return _fit_with_feature_cache(run)
+    return _fit_full_passes(run, passes)
+
+
+@dataclasses.dataclass
+class _Run:
+    """One `fine_tune` call once its settings, data and model are resolved."""
+
+    model: keras.Model
+    schedule: FineTuneSchedule
+    settings: FineTuneSettings
+    prepared: _Prepared
+    features: tf.data.Dataset  # the training data in a fixed order, one pass
+    val: tf.data.Dataset | None
+    head_epochs: int | str
+    fine_tune_epochs: int
+    optimizer: keras.optimizers.Optimizer
+    loss: Any
+    metrics: Any
+    callbacks: list  # the user's, then tltf's own (the guard)
+    fit_args: dict
+    resume: Resume | None
+
+
+def _fit_full_passes(run: _Run, passes: int | None) -> keras.callbacks.History:
+    """Both stages as one `fit` of the full model (no feature cache)."""
+    model, schedule, resume = run.model, run.schedule, run.resume
+    head_epochs = run.head_epochs
+    if head_epochs == "auto":
+        head_epochs = auto_head_epochs(passes, run.settings.head_steps)
+    schedule.unfreeze_at_epoch = head_epochs
+    if head_epochs and (resume is None or not resume.epoch):
+        prepare_head(model, run.features, ridge=run.settings.head_init == "ridge")
+    fit_args, own = dict(run.fit_args), []
+    if resume is not None:
+        resume.skip_passes(run.prepared.train, resume.train_passes)
+        fit_args["initial_epoch"], own = resume.epoch, [resume.callback(model)]
+    history = model.fit(
+        run.prepared.train,
+        validation_data=run.val,
+        epochs=head_epochs + run.fine_tune_epochs,
+        shuffle=False,
+        callbacks=[schedule, *run.callbacks, *own, *stage_progbar(run.callbacks)],
+        **fit_args,
+    )
+    return resume.merge(history) if resume is not None else history
 
 
 #: Optimizer steps that `fine_tune_epochs="auto"` aims for (10 epochs at most).
@@ -992,8 +866,6 @@ class _Prepared:
 
 def _prepare_data(model, info, train, validation, batch_size, seed, augment, smoothing):
     """Turns fine_tune's inputs into batched datasets, checked against the model."""
-
-    _check_smoothing(smoothing)
     labels = counts = None
     if isinstance(train, tltf_data.DataBundle):
         if validation is None:
@@ -1038,11 +910,6 @@ def _prepare_data(model, info, train, validation, batch_size, seed, augment, smo
         one_hot = True
     layer = tltf_data.augmentation(seed=seed) if augment is True else augment
     if layer not in (None, False):
-        if not callable(layer):
-            raise ConfigError(
-                "Expected augment to be None, True or a Keras layer. "
-                f"Received: augment={augment!r}"
-            )
 
         def apply(x, *rest):
             return (layer(x, training=True), *rest)
@@ -1196,11 +1063,6 @@ def _check_class_weight(weights, info: ModelInfo) -> None:
             )
 
 
-def _check_smoothing(value) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
-        raise ConfigError(f"Expected label_smoothing in [0, 1). Received: {value!r}")
-
-
 def _balanced_weights(setting: str, info, prepared: _Prepared) -> dict[int, float]:
     if setting != "balanced":
         raise ConfigError(
@@ -1251,26 +1113,7 @@ def _use_feature_cache(
     return False, f"cache_features='auto' is off because {reason}"
 
 
-def _fit_with_feature_cache(
-    model,
-    schedule,
-    feature_source,
-    labels,
-    train_ds,
-    val_ds,
-    head_epochs,
-    fine_tune_epochs,
-    optimizer,
-    loss,
-    metrics,
-    callbacks,
-    seed,
-    fit_args,
-    resume=None,
-    *,
-    head_steps: int = 2000,
-    head_init: str = "ridge",
-):
+def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
     """Stage 1 on cached features (head sub-model), then stage 2 on the model.
 
     User callbacks see one run on the full model: see `tltf.cache.Continuation`.
@@ -1280,6 +1123,17 @@ def _fit_with_feature_cache(
     converged; stage 2 then starts at the next epoch.
     """
 
+    model, schedule, resume, callbacks = (
+        run.model,
+        run.schedule,
+        run.resume,
+        run.callbacks,
+    )
+    head_epochs, fine_tune_epochs = run.head_epochs, run.fine_tune_epochs
+    optimizer, loss, metrics = run.optimizer, run.loss, run.metrics
+    train_ds, val_ds, fit_args = run.prepared.train, run.val, run.fit_args
+    seed, head_steps = run.settings.seed, run.settings.head_steps
+    labels = None if run.prepared.one_hot else run.prepared.labels
     info = model_info(model)
     apply_trainable(info, [], "frozen")
     auto = head_epochs == "auto"
@@ -1294,9 +1148,10 @@ def _fit_with_feature_cache(
     continuation = Continuation([history, *callbacks], model, 0)
     continuation.last = fine_tune_epochs == 0
     if start < schedule.unfreeze_at_epoch or (auto and not resumed_plan):
-        extractor = feature_extractor(model)
+        split = FrozenSplit(model)
+        extractor = split.extract()
         train_cache = FeatureCache(
-            model, feature_source, labels=labels, extractor=extractor
+            model, run.features, labels=labels, extractor=extractor
         )
         val_cache = (
             FeatureCache(model, val_ds, extractor=extractor)
@@ -1309,7 +1164,7 @@ def _fit_with_feature_cache(
                 model,
                 train_cache.features,
                 train_cache.others[0] if train_cache.others else None,
-                ridge=head_init == "ridge",
+                ridge=run.settings.head_init == "ridge",
             )
         batch = train_cache.batch_sizes[0]
         steps_per_epoch = None
@@ -1337,7 +1192,6 @@ def _fit_with_feature_cache(
                 f"; cached base features in one pass over {train_cache.count:,} "
                 f"train + {n_val:,} validation images ({seconds:.1f}s){budget}",
             )
-        head = head_model(model)
         # Head steps on cached vectors take microseconds: run several per call, so
         # that Python overhead does not dominate. Epoch-level callbacks see no
         # difference.
@@ -1348,13 +1202,6 @@ def _fit_with_feature_cache(
         per_call = min(32, per_epoch)
         if steps_per_epoch:
             per_call = max(d for d in range(1, per_call + 1) if per_epoch % d == 0)
-        head.compile(
-            optimizer=optimizer,
-            loss=loss,
-            metrics=metrics,
-            steps_per_execution=per_call,
-            jit_compile=model.jit_compile,
-        )
         build_metrics(model, train_cache.others[0] if train_cache.others else None)
         if auto:
             # One epoch more than stage 1 runs: Keras reads ahead of the last one.
@@ -1375,16 +1222,21 @@ def _fit_with_feature_cache(
                 resume.skip_passes(train_features, start)
             end = StageOneEnd(stage_one)
         try:
-            head.fit(
+            fit_part(
+                split.trainable,
                 train_features,
+                optimizer=optimizer,
+                loss=loss,
+                metrics=metrics,
+                jit_compile=model.jit_compile,
+                steps_per_execution=per_call,
+                callbacks=[end, continuation, *backup, *stage_progbar(callbacks)],
                 validation_data=val_cache.dataset(batch, shuffle=False)
                 if val_cache
                 else None,
                 epochs=stage_one + fine_tune_epochs,
                 initial_epoch=start,
                 steps_per_epoch=steps_per_epoch,
-                shuffle=False,
-                callbacks=[end, continuation, *backup, *stage_progbar(callbacks)],
                 **fit_args,
             )
         finally:

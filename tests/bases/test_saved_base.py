@@ -33,7 +33,7 @@ def test_save_and_load_a_registry_base_at_its_size_and_another(tmp_path):
 
 
 def test_saving_over_an_existing_base_replaces_it_whole(tmp_path):
-    first = tltf.load_base(make_tiny_base(), blocks=None)
+    first = tltf.load_base(make_tiny_base(), block_map=None)
     tltf.save_base(first, tmp_path / "b", info={"run": 1})
     tltf.save_base(first, tmp_path / "b", info={"run": 2})
     assert load_saved_base(tmp_path / "b").info["run"] == 2

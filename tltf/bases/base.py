@@ -10,6 +10,7 @@ from typing import Any
 
 import keras
 
+from tltf._checks import take_renamed
 from tltf._io import atomic_dir
 from tltf.bases.blockmaps import BlockMap, infer_block_map, validate_block_map
 from tltf.bases.registry import BaseSpec, get_spec, shipped_base_path
@@ -165,7 +166,7 @@ def load_base(
     weights: str | os.PathLike | None = "imagenet",
     input_shape: tuple | None = None,
     weights_dir: str | os.PathLike | None = None,
-    blocks=None,
+    block_map=None,
     preprocessing: str | None = None,
     **constructor_kwargs,
 ) -> Base:
@@ -183,9 +184,11 @@ def load_base(
             base's ImageNet size.
         weights_dir: str or None. An offline folder searched for the ImageNet
             weights file before any download. Defaults to `$TLTF_WEIGHTS_DIR`.
-        blocks: For a keras.Model: an explicit block map, as a `BlockMap`, a
+        block_map: For a keras.Model: an explicit block map, as a `BlockMap`, a
             `{block: [layer names]}` dict or `[[block, [layers]], ...]`, bottom to
-            top. Defaults to None (inferred; see `infer_block_map`).
+            top. Called `blocks` before; `blocks=` still works, with a
+            DeprecationWarning. Defaults to None (inferred; see
+            `infer_block_map`).
         preprocessing: str or None. For a keras.Model: the preprocessing mode it
             expects ("tf", "caffe", "torch" or "none"). Defaults to "none".
         **constructor_kwargs: Extra arguments of the Keras constructor, such as
@@ -202,10 +205,13 @@ def load_base(
     >>> tltf.load_base("demo").input_shape       # shipped, offline
     (64, 64, 3)
     """
+    block_map = take_renamed(
+        constructor_kwargs, "blocks", "block_map", block_map, "load_base"
+    )
     if isinstance(base, Base):
         return base
     if isinstance(base, keras.Model):
-        return _custom_base(base, blocks, preprocessing)
+        return _custom_base(base, block_map, preprocessing)
     shipped = shipped_base_path(base)
     if shipped is not None:
         return load_saved_base(shipped, input_shape=input_shape)

@@ -182,7 +182,7 @@ def validate_block_map(model: keras.Model, block_map: BlockMap) -> None:
         raise BlockMapError(
             f"The block map does not describe model {model.name!r}: "
             + "; ".join(problems)
-            + ". Pass an explicit map with `blocks={'block': [layer names], ...}` "
+            + ". Pass an explicit map with `block_map={'block': [layer names], ...}` "
             "(bottom to top) or fix the naming rule."
         )
 
@@ -248,7 +248,7 @@ def infer_block_map(model: keras.Model) -> BlockMap:
        named after the layer.
 
     The result is validated (coverage and order, see `validate_block_map`). When
-    names carry no structure, pass `blocks=` explicitly.
+    names carry no structure, pass `block_map=` explicitly.
 
     Args:
         model: keras.Model. Any functional or sequential base.

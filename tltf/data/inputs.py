@@ -12,8 +12,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf.data.images import check_pixel_values
+from tltf.data.labels import check_one_label_per_image
 from tltf.errors import DataError
-from tltf.images import check_pixel_values
 from tltf.info import ModelInfo
 
 
@@ -41,13 +42,7 @@ def array_batches(
     depends on the seed and the count only, not on the elements.
     """
     x, y = np.asarray(data[0]), np.asarray(data[1])
-    if len(x) == 0:
-        raise DataError(f"{what} is empty: it has no images. Pass at least one batch.")
-    if len(x) != len(y):
-        raise DataError(
-            f"{what} has {len(x)} images but {len(y)} labels; expected one label "
-            "per image."
-        )
+    check_one_label_per_image(x, y, what, " Pass at least one batch.")
     x_dtype, y_dtype = tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)
 
     def gather(index):

@@ -1,0 +1,234 @@
+"""`load_data`: checks its arguments, reads the training and validation sources,
+splits off validation, and returns the `DataBundle` of their pipelines.
+"""
+
+from __future__ import annotations
+
+import os
+from numbers import Real
+
+from tltf._checks import check_choice, check_image_size, check_positive_int
+from tltf.data.bundle import DataBundle
+from tltf.data.images import RESIZE_POLICIES, ImageOptions
+from tltf.data.labels import TASKS, label_counts, split_indices, validation_coverage
+from tltf.data.pipeline import pipeline, pipelines
+from tltf.data.sources import read_source, source_kind
+from tltf.data.tfds import load_tfds
+from tltf.errors import ConfigError, DataError
+
+_KIND_NAMES = {
+    "tfds": "a TFDS dataset",
+    "folder": "an image folder",
+    "npz": "a .npz file",
+    "arrays": "(images, labels) arrays",
+    "dataset": "a tf.data.Dataset",
+}
+
+
+def _check_fraction(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < 1:
+        raise ConfigError(
+            "Expected validation_split to be a fraction strictly between 0 and 1, "
+            f"e.g. 0.2. Received: validation_split={value!r}"
+        )
+    return float(value)
+
+
+def load_data(
+    source,
+    *,
+    image_size: tuple[int, int] | int,
+    batch_size: int = 32,
+    split: str | None = None,
+    validation_split: float | None = None,
+    validation=None,
+    seed: int | None = 0,
+    task: str = "multiclass",
+    num_classes: int | None = None,
+    resize: str = "stretch",
+    shuffle: bool = True,
+    cache: bool = True,
+    strict: bool = False,
+    data_dir: str | os.PathLike | None = None,
+) -> DataBundle:
+    """Loads images and labels into batched, checked `tf.data` pipelines.
+
+    Every source gives the same result: batches of float32 RGB images in [0, 255]
+    of shape `(batch, height, width, 3)` with their labels, ready for a model from
+    `build_model` (which preprocesses raw pixels itself). Gray and RGBA images
+    become RGB. Labels are checked against `num_classes` and the task before
+    anything trains.
+
+    Args:
+        source: The data. One of:
+            a TFDS name, `"tfds:tf_flowers"` or `"tf_flowers"` (loaded with
+            `tfds.load(..., as_supervised=True)`; class names from its label
+            feature; a name without `tfds:` is read as TFDS's only when no
+            path on disk resembles it);
+            a folder with one subfolder per class (class names are the sorted
+            subfolder names; .jpg, .jpeg, .png, .bmp and .gif files, searched
+            recursively; unreadable or non-image files, files whose names are
+            not UTF-8 and images over `MAX_IMAGE_PIXELS` pixels are skipped and
+            listed in `skipped`; class folders left without images are dropped,
+            with a note, unless `num_classes` is given);
+            a `.npz` file with arrays `x` and `y` (or `images` and `labels`), and
+            optionally `x_val`/`y_val` (the validation set) and `class_names`;
+            an `(images, labels)` tuple of arrays (images of shape (N, H, W),
+            (N, H, W, 1), (N, H, W, 3) or (N, H, W, 4));
+            a finite `tf.data.Dataset` of `(image, label)` pairs, batched or not
+            (read once up front to check and count its labels; with
+            validation_split it must yield its elements in the same order on
+            every pass).
+        image_size: int or (height, width). The size of every output image.
+        batch_size: int. Examples per batch. Defaults to 32.
+        split: str or None. The TFDS split of the training data, e.g. "train" or
+            "train[:80%]". Defaults to None ("train").
+        validation_split: float or None. Fraction of the training data held out
+            for validation: a seeded split, stratified by class for
+            "multiclass" and "binary". With TFDS it takes the last whole percent
+            of the split (`train[80%:]`). Defaults to None.
+        validation: The validation data, or None: a TFDS split string (with a
+            TFDS source), or any other source form. Defaults to None (for a .npz
+            file, its `x_val`/`y_val` arrays when present). A validation set
+            with fewer images than classes, or none of some class, gets a
+            one-line warning (its accuracy says little).
+        seed: int or None. Seed of the validation split and of shuffling.
+            Defaults to 0.
+        task: str. "multiclass" (class indices or one-hot rows), "binary" (0/1),
+            "multilabel" (0/1 targets of shape (N, num_classes)) or "regression".
+            Defaults to "multiclass".
+        num_classes: int or None. Number of classes; labels must lie in
+            [0, num_classes). Defaults to None: the number of class names, or the
+            largest label + 1.
+        resize: str. "stretch" (resize, ignoring the aspect ratio), "crop"
+            (central crop to the target aspect ratio, then resize) or "pad" (resize
+            keeping the aspect ratio, then pad with black). Defaults to "stretch".
+        shuffle: bool. Shuffle the training data every epoch. Defaults to True.
+        cache: bool. Keep decoded, resized images in memory after the first
+            epoch. Defaults to True.
+        strict: bool. Raise `DataError` on unreadable or non-image files in an
+            image folder instead of skipping them, and on class folders without
+            readable images instead of dropping them. Defaults to False.
+        data_dir: str or None. TFDS data folder (e.g. a prepared offline copy).
+            Defaults to None (TFDS's own default).
+
+    Returns:
+        A `DataBundle` with `train`, `validation`, `class_names`, `num_classes`,
+        `counts` and `skipped`.
+
+    Raises:
+        DataError: The data is missing, empty, unreadable or inconsistent.
+        ConfigError: An argument is invalid.
+
+    Example:
+
+    >>> data = tltf.data.load_data("tfds:tf_flowers", image_size=224,
+    ...                            split="train[:80%]", validation="train[80%:]")
+    >>> data.class_names
+    ['dandelion', 'daisy', 'tulips', 'sunflowers', 'roses']
+    >>> images, labels = next(iter(data.train))
+    >>> images.shape, labels.shape
+    (TensorShape([32, 224, 224, 3]), TensorShape([32]))
+    """
+    opts = ImageOptions(
+        size=check_image_size(image_size),
+        batch_size=check_positive_int(batch_size, "batch_size"),
+        resize=check_choice(resize, RESIZE_POLICIES, "resize"),
+        seed=seed,
+        shuffle=bool(shuffle),
+        cache=bool(cache),
+        task=check_choice(task, TASKS, "task"),
+    )
+    fraction = _check_fraction(validation_split)
+    if fraction is not None and validation is not None:
+        raise ConfigError(
+            "Pass either validation_split or validation, not both. Received: "
+            f"validation_split={validation_split!r} and validation={validation!r}."
+        )
+    if num_classes is not None:
+        check_positive_int(num_classes, "num_classes")
+    kind = source_kind(source)
+    if kind != "tfds" and validation is not None:
+        source_kind(validation)  # a missing path fails before the training data
+    if kind != "tfds" and split is not None:
+        raise ConfigError(
+            f"split= selects a TFDS split; the source is {_KIND_NAMES[kind]}. Received: "
+            f"split={split!r}. Use validation_split= or validation= instead."
+        )
+    if kind == "tfds":
+        return load_tfds(
+            source, split, fraction, validation, opts, num_classes, data_dir
+        )
+    train, val_arrays = read_source(source, kind, opts, num_classes, "train", strict)
+    train_idx = val_idx = None
+    val_source = None
+    if fraction is not None:
+        train_idx, val_idx = split_indices(train.labels, opts.task, fraction, opts.seed)
+        val_source = train
+    elif validation is not None or val_arrays is not None:
+        val_kind = "arrays" if validation is None else source_kind(validation)
+        if val_kind == "tfds":
+            raise ConfigError(
+                "validation is a TFDS name but the training data is not from TFDS. "
+                "Pass validation data of the same kind as the training data."
+            )
+        val_source, _ = read_source(
+            validation if validation is not None else val_arrays,
+            val_kind,
+            opts,
+            train.num_classes,
+            "validation",
+            strict,
+            train.class_names if val_kind in ("folder", "arrays") else None,
+        )
+        if (
+            val_kind == "npz"
+            and train.class_names
+            and val_source.class_names not in (None, train.class_names)
+        ):
+            raise DataError(
+                f"validation class names {val_source.class_names} differ from the "
+                f"training class names {train.class_names}."
+            )
+    labels = train.labels if train_idx is None else train.labels[train_idx]
+    if val_source is not None and opts.task in ("multiclass", "binary"):
+        warning = validation_coverage(
+            labels,
+            val_source.labels if val_idx is None else val_source.labels[val_idx],
+            train.num_classes,
+            train.class_names,
+            split=fraction is not None,
+        )
+        if warning:
+            print(f"tltf: warning: {warning}")
+    skipped = list(train.skipped) + (
+        list(val_source.skipped)
+        if val_source is not None and val_source is not train
+        else []
+    )
+    train_ds, fixed = pipelines(train, train_idx, opts, training=True)
+    return DataBundle(
+        train=train_ds,
+        unshuffled=fixed,
+        validation=(
+            pipeline(val_source, val_idx, opts, training=False)
+            if val_source is not None
+            else None
+        ),
+        class_names=train.class_names,
+        num_classes=train.num_classes,
+        skipped=skipped,
+        task=opts.task,
+        image_size=opts.size,
+        num_train=len(labels),
+        num_validation=(
+            None
+            if val_source is None
+            else len(val_idx)
+            if val_idx is not None
+            else val_source.size
+        ),
+        _counts=label_counts(labels, opts.task, train.num_classes),
+    )

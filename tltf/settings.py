@@ -1,0 +1,437 @@
+"""`FineTuneSettings`: what a `fine_tune` run trains, in one frozen object.
+
+One definition serves every place that spells out the two-stage schedule:
+`tltf.fine_tune` (its keyword arguments are these fields), the `[schedule]`
+section of a run config (`tltf.config.ScheduleConfig.settings()`), the `tltf
+train` flags, the resume fingerprint of a backup folder (`fingerprint`) and the
+tuner (each trial is the hypermodel's settings with the searched values
+`replace`d). Every field is checked once, here, when the object is made, so a bad
+value fails before anything trains, whichever way it came in.
+
+Example:
+
+>>> settings = tltf.FineTuneSettings(unfreeze=2, fine_tune_lr=1e-5)
+>>> tltf.fine_tune(model, train, val, settings)
+>>> tltf.fine_tune(model, train, val, settings, fine_tune_epochs=3)  # one change
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from numbers import Real
+from typing import Any
+
+import keras
+
+from tltf._checks import check_choice, check_positive_int, is_int
+from tltf.compute import check_jit_compile
+from tltf.errors import ConfigError, suggest
+from tltf.freezing import check_bn_policy
+
+#: The words `unfreeze` takes besides a number and a mapping.
+UNFREEZE_WORDS = ("auto", "all")
+UNFREEZE_KEYS = ("blocks", "layers", "names")
+
+
+def check_epochs(value, name: str, allow_auto: bool = False):
+    """Validates a number of epochs: an integer >= 0 (or "auto")."""
+    if allow_auto and isinstance(value, str) and value == "auto":
+        return value
+    if not is_int(value) or value < 0:
+        auto = " or 'auto'" if allow_auto else ""
+        raise ConfigError(
+            f"Expected {name} to be an integer >= 0{auto}. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def check_lr(value, name: str, allow_none: bool = False, allow_find: bool = False):
+    """Validates a learning rate: a positive finite number or a LR schedule.
+
+    With `allow_find`, the string "find" (run `tltf.find_lr` when the stage
+    starts) is accepted too.
+    """
+    if value is None and allow_none:
+        return value
+    if allow_find and isinstance(value, str) and value == "find":
+        return value
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+        return value
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        find = ", 'find'" if allow_find else ""
+        raise ConfigError(
+            f"Expected {name} to be a positive number (e.g. 1e-4){find} or a "
+            f"keras.optimizers.schedules.LearningRateSchedule. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def check_unfreeze(value, name: str = "unfreeze", allow_auto: bool = True):
+    """Validates what stage 2 unfreezes, as far as it can be without a model.
+
+    An integer >= 0 (top blocks), "all", "auto", or a mapping with one key:
+    `{"blocks": k}`, `{"layers": n}` or `{"names": regex}`. Whether k fits the
+    base is checked by `tltf.freezing.resolve_unfreeze` once the model is known.
+    """
+    words = UNFREEZE_WORDS if allow_auto else ("all",)
+    if isinstance(value, str):
+        if value in words:
+            return value
+        raise ConfigError(
+            f"Expected {name} as a number of top blocks, {', '.join(map(repr, words))}, "
+            "or a mapping such as {'layers': 20} or {'names': 'block_1[0-9]'}. "
+            f"Received: unfreeze={value!r}.{suggest(value, words)}"
+        )
+    if is_int(value):
+        if value < 0:
+            raise ConfigError(
+                f"Expected {name} >= 0 (top blocks to train). Received: unfreeze={value!r}"
+            )
+        return int(value)
+    if (
+        not isinstance(value, dict)
+        or len(value) != 1
+        or not set(value) <= set(UNFREEZE_KEYS)
+    ):
+        raise ConfigError(
+            f"Expected {name} as an int, 'all', or a mapping with one key, "
+            "{'blocks': k}, {'layers': n} or {'names': regex}. Received: "
+            f"unfreeze={value!r}"
+        )
+    ((key, inner),) = value.items()
+    if key == "names":
+        if not isinstance(inner, str):
+            raise ConfigError(
+                f"Expected {name}.names to be a regex of block names, e.g. "
+                f"{{'names': 'block_1[0-9]'}}. Received: unfreeze={value!r}"
+            )
+        try:
+            re.compile(inner)
+        except re.error as error:
+            raise ConfigError(
+                f"Invalid {name}.names regex {inner!r}: {error}. Expected a regex of "
+                "block names, e.g. {'names': 'block_1[0-9]'}."
+            ) from None
+    elif not ((is_int(inner) and inner >= 0) or (key == "blocks" and inner == "all")):
+        also = " or 'all'" if key == "blocks" else ""
+        raise ConfigError(
+            f"Expected {name}.{key} to be an integer >= 0{also}. Received: "
+            f"unfreeze={value!r}"
+        )
+    return dict(value)
+
+
+def check_lr_decay(value):
+    """Validates a per-block rate decay: None or a number in (0, 1]."""
+    if value is not None and not (
+        isinstance(value, Real) and not isinstance(value, bool) and 0 < value <= 1
+    ):
+        raise ConfigError(f"Expected lr_decay in (0, 1]. Received: lr_decay={value!r}")
+    return value
+
+
+def check_class_weight(value, name: str = "class_weight"):
+    """Validates class weights as far as they can be without a model."""
+    if value is None or (isinstance(value, str) and value == "balanced"):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"Expected {name} as a dict {{class index: weight}}, 'balanced' or None. "
+            f"Received: {value!r}"
+        )
+    return dict(value)
+
+
+def check_fraction(value, name: str) -> float:
+    """A number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
+        raise ConfigError(f"Expected {name} in [0, 1). Received: {name}={value!r}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneSettings:
+    """Everything that decides what a `fine_tune` run trains.
+
+    The defaults are chosen for small data (see benchmarks/RESULTS.md):
+
+    - Stage 1 runs on cached base features until the head's training loss has
+      converged (or, with validation data, its validation loss stops falling),
+      within `head_steps` optimizer steps: a converged linear probe, then
+      fine-tuning (LP-FT, Kumar et al. 2022). The head's features are
+      standardised first (`tltf.layers.Standardization`, saved in the model).
+    - `unfreeze="auto"` unfreezes what a linear probe of every block recommends
+      (`tltf.probe_blocks`, leave-one-out on the training images, one forward
+      pass), and says so in one line; it also says when a probe on the raw
+      pixels does as well as the base.
+    - `keep_best=True`: stage 2 never ends worse than stage 1 (`tltf.guard`).
+
+    Attributes:
+        head_epochs: int or "auto". Stage-1 epochs. "auto": with the feature
+            cache, epochs of `max(one pass, head_steps / 20)` steps until the
+            training loss improves by less than 1% twice in a row, the
+            validation loss (if any) has not fallen for two epochs, or
+            `head_steps` steps have run; without the cache, enough epochs for
+            `head_steps` steps, 2 to 10. Defaults to "auto".
+        fine_tune_epochs: int or "auto". Stage-2 epochs. "auto": enough epochs
+            for about 1,000 optimizer steps, 2 to 10 (10 for a few hundred
+            images, 2 for 60,000). Defaults to "auto".
+        head_lr: float, LearningRateSchedule or "find". Stage-1 rate. "find"
+            runs `tltf.find_lr(stage="head")` on the training data first and
+            uses its suggestion (one line reports it). Defaults to 1e-3.
+        fine_tune_lr: float, LearningRateSchedule, "find" or None. Stage-2 rate.
+            "find" runs `tltf.find_lr(stage="fine_tune")` when stage 2 begins,
+            on the model stage 1 trained; None keeps the stage-1 optimizer's.
+            Defaults to 1e-4.
+        unfreeze: int (top k blocks), "all", "auto", `{"layers": n}` or
+            `{"names": regex}`. "auto" asks the linear probe (see above; tasks
+            other than classification unfreeze the top third). Defaults to
+            "auto".
+        head_steps: int. The optimizer-step budget of `head_epochs="auto"`.
+            Defaults to 2000.
+        head_init: str. "ridge" starts a linear classification head from the
+            closed-form ridge classifier on the standardised training features
+            (see `tltf.schedule.prepare_head`); "random" from Keras's
+            initialisation. Defaults to "ridge".
+        keep_best: bool. Score the model at the end of stage 1 and after each
+            stage-2 epoch (validation loss, or without validation data the
+            leave-one-out accuracy of its features) and end with the best
+            weights; one line says which (see `tltf.guard`). Defaults to True.
+        bn: str. "frozen", "affine" or "train" (see `tltf.freezing`). Defaults to
+            "frozen".
+        optimizer: str or Optimizer. A Keras optimizer name or instance; an
+            instance keeps its own learning rate in stage 1. Stage 2 clones it.
+            Defaults to "adam".
+        loss: A Keras loss, or "auto" for the task's. Defaults to "auto".
+        metrics: A list of Keras metrics, or "auto" for the task's. Defaults to
+            "auto".
+        lr_decay: float or None. Discriminative rates per block (see
+            `FineTuneSchedule`). Defaults to None.
+        gradual_every: int or None. Add one unfrozen block every n epochs.
+            Defaults to None.
+        class_weight: dict, "balanced" or None. "balanced" weighs each class by
+            `n_samples / (n_classes * count)` from the training labels.
+            Defaults to None.
+        augment: None, True or a Keras layer. Augmentation applied to training
+            images only (in the tf.data pipeline, so the saved model stays
+            clean); True uses `tltf.data.augmentation()`. Defaults to None.
+        label_smoothing: float. Label smoothing of the classification loss.
+            Defaults to 0.
+        batch_size: int. Batch size for array inputs. Defaults to 32.
+        seed: int or None. Seeds what `fine_tune` draws itself: the shuffling of
+            array inputs, the cached features' reshuffling, `augment=True`'s
+            layer and the LR finder's batches. Not the head's initial weights
+            or dropout: call `keras.utils.set_random_seed` before `build_model`
+            for those (see docs/resume.md, "What a seed fixes"). Defaults to
+            None.
+        cache_features: bool or "auto". Stage 1 computes the frozen base's
+            features once and trains the head on them (see `tltf.cache`); the
+            History, callbacks and final model are the same as without it.
+            "auto" uses it unless the data repeats forever, `steps_per_epoch` is
+            set or a BackupAndRestore callback is given. The cached features are
+            reshuffled every epoch (with `seed`); for array inputs the batches
+            are then exactly those of an uncached run. Defaults to "auto".
+        jit_compile: "auto", True or False. XLA compilation of the training
+            step, passed to `model.compile`. "auto" is Keras's choice (XLA on
+            GPUs, off on CPU-only machines and under tf.distribute). Defaults to
+            "auto".
+    """
+
+    head_epochs: int | str = "auto"
+    fine_tune_epochs: int | str = "auto"
+    head_lr: Any = 1e-3
+    fine_tune_lr: Any = 1e-4
+    unfreeze: int | str | dict = "auto"
+    head_steps: int = 2000
+    head_init: str = "ridge"
+    keep_best: bool = True
+    bn: str = "frozen"
+    optimizer: Any = "adam"
+    loss: Any = "auto"
+    metrics: Any = "auto"
+    lr_decay: float | None = None
+    gradual_every: int | None = None
+    class_weight: Any = None
+    augment: Any = None
+    label_smoothing: float = 0.0
+    batch_size: int = 32
+    seed: int | None = None
+    cache_features: bool | str = "auto"
+    jit_compile: bool | str = "auto"
+
+    def __post_init__(self):
+        def set_(name, value):
+            object.__setattr__(self, name, value)
+
+        set_("head_epochs", check_epochs(self.head_epochs, "head_epochs", True))
+        set_(
+            "fine_tune_epochs",
+            check_epochs(self.fine_tune_epochs, "fine_tune_epochs", True),
+        )
+        if self.head_epochs == 0 and self.fine_tune_epochs == 0:
+            raise ConfigError(
+                "Nothing to train: head_epochs and fine_tune_epochs are both 0."
+            )
+        set_("head_lr", check_lr(self.head_lr, "head_lr", allow_find=True))
+        set_(
+            "fine_tune_lr",
+            check_lr(
+                self.fine_tune_lr, "fine_tune_lr", allow_none=True, allow_find=True
+            ),
+        )
+        set_("unfreeze", check_unfreeze(self.unfreeze))
+        set_("head_steps", check_positive_int(self.head_steps, "head_steps"))
+        check_choice(self.head_init, ("ridge", "random"), "head_init")
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError(
+                "Expected keep_best as True or False. Received: "
+                f"keep_best={self.keep_best!r}"
+            )
+        check_bn_policy(self.bn)
+        if not isinstance(self.optimizer, (str, keras.optimizers.Optimizer)):
+            raise ConfigError(
+                "Expected optimizer as a Keras optimizer name (e.g. 'adam') or a "
+                f"keras.optimizers.Optimizer. Received: optimizer={self.optimizer!r}"
+            )
+        set_("lr_decay", check_lr_decay(self.lr_decay))
+        if self.gradual_every is not None:
+            set_(
+                "gradual_every", check_positive_int(self.gradual_every, "gradual_every")
+            )
+        set_("class_weight", check_class_weight(self.class_weight))
+        if not (
+            self.augment is None
+            or isinstance(self.augment, bool)
+            or callable(self.augment)
+        ):
+            raise ConfigError(
+                "Expected augment to be None, True or a Keras layer. "
+                f"Received: augment={self.augment!r}"
+            )
+        set_("label_smoothing", check_fraction(self.label_smoothing, "label_smoothing"))
+        set_("batch_size", check_positive_int(self.batch_size, "batch_size"))
+        if self.seed is not None and not is_int(self.seed):
+            raise ConfigError(
+                f"Expected seed as an integer or None. Received: seed={self.seed!r}"
+            )
+        if not any(
+            self.cache_features is v
+            or (isinstance(v, str) and self.cache_features == v)
+            for v in (True, False, "auto")
+        ):
+            raise ConfigError(
+                "Expected cache_features in (True, False, 'auto'). Received: "
+                f"{self.cache_features!r}"
+            )
+        check_jit_compile(self.jit_compile)
+
+    def replace(self, **changes) -> FineTuneSettings:
+        """A copy with some fields changed (checked like the original).
+
+        Raises:
+            ConfigError: for a name that is not a field, with the closest one.
+        """
+        unknown = sorted(set(changes) - set(FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"FineTuneSettings has no setting {unknown[0]!r}."
+                f"{suggest(unknown[0], FIELDS, n=1)} Settings: {', '.join(FIELDS)}."
+            )
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self, **resolved) -> dict[str, Any]:
+        """The settings that decide what a run trains, for a resume check.
+
+        A backup folder (`fine_tune(backup_dir=)`) is continued only by a call
+        with the same fingerprint. `resolved` gives values known only once the
+        data and model are (an "auto" epoch count, the compiled optimizer and
+        loss). The seed, batch size, cache and XLA settings are not part of it:
+        they change how the run computes, not what it trains.
+        """
+        out = {name: getattr(self, name) for name in _FINGERPRINT}
+        out.update(resolved)
+        return out
+
+    def changed(self) -> dict[str, Any]:
+        """The fields that differ from their defaults, by name."""
+        return {
+            name: getattr(self, name)
+            for name in FIELDS
+            if not _same(getattr(self, name), _DEFAULTS[name])
+        }
+
+
+def _same(a, b) -> bool:
+    return type(a) is type(b) and a == b
+
+
+#: Every setting's name, in order.
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FineTuneSettings))
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FineTuneSettings)}
+_FINGERPRINT = (
+    "head_epochs",
+    "fine_tune_epochs",
+    "head_steps",
+    "head_init",
+    "keep_best",
+    "head_lr",
+    "fine_tune_lr",
+    "unfreeze",
+    "bn",
+    "lr_decay",
+    "gradual_every",
+    "optimizer",
+    "loss",
+)
+
+
+def defaults() -> dict[str, Any]:
+    """Every setting's default, by name (the defaults of `fine_tune`)."""
+    return dict(_DEFAULTS)
+
+
+#: The `model.fit` arguments that `fine_tune` passes on (it sets the others).
+FIT_ARGUMENTS = (
+    "steps_per_epoch",
+    "validation_steps",
+    "validation_freq",
+    "initial_epoch",
+)
+
+
+def split_kwargs(
+    settings: FineTuneSettings | None, kwargs: dict[str, Any], caller: str = "fine_tune"
+) -> tuple[FineTuneSettings, dict[str, Any]]:
+    """`fine_tune`'s settings and `model.fit` arguments from its keywords.
+
+    Keywords that name a setting change it (`settings` itself is not changed);
+    the `FIT_ARGUMENTS` go to `fit`.
+
+    Raises:
+        ConfigError: for any other keyword, with the closest name.
+    """
+    if settings is None:
+        settings = FineTuneSettings()
+    elif not isinstance(settings, FineTuneSettings):
+        raise ConfigError(
+            f"Expected settings as a tltf.FineTuneSettings or None. Received: "
+            f"settings={settings!r}. Pass single settings as keywords instead, e.g. "
+            f"{caller}(model, train, head_epochs=5)."
+        )
+    unknown = [k for k in kwargs if k not in FIELDS and k not in FIT_ARGUMENTS]
+    if unknown:
+        raise ConfigError(
+            f"{caller}() got an unexpected argument {unknown[0]!r}."
+            f"{suggest(unknown[0], (*FIELDS, *FIT_ARGUMENTS), n=1)} It takes the fields "
+            f"of tltf.FineTuneSettings ({', '.join(FIELDS)}) and the model.fit "
+            f"arguments {', '.join(FIT_ARGUMENTS)}."
+        )
+    changes = {k: v for k, v in kwargs.items() if k in FIELDS}
+    fit = {k: v for k, v in kwargs.items() if k in FIT_ARGUMENTS}
+    return (settings.replace(**changes) if changes else settings), fit

@@ -1,0 +1,793 @@
+"""`FineTuneHyperModel`: one trial, its model and its two stages.
+
+`build(hp)` builds the trial's model from a fresh copy of the base; `fit` runs
+stage 1 (trained once per head key and kept in the `HeadStore`) and then stage 2,
+on cached frozen-block features when it can. Each trial writes its record
+(`tltf_trial.json`: values, stage 1, score, times, history, or why it failed) into
+its trial folder; `results` reads them back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import tensorflow as tf
+
+from tltf import cache
+from tltf._io import atomic_write_json
+from tltf.bases.base import Base, load_base
+from tltf.cache import Continuation, FrozenSplit, fit_part
+from tltf.data import DataBundle
+from tltf.data.inputs import check_labels, train_batches
+from tltf.errors import ConfigError, DataError, TltfError
+from tltf.freezing import resolve_unfreeze
+from tltf.heads import HeadConfig
+from tltf.info import ModelInfo, default_loss_and_metrics, model_info
+from tltf.model import build_model
+from tltf.optimizers import clone_optimizer, make_optimizer
+from tltf.schedule import FineTuneSchedule, fine_tune
+from tltf.settings import FineTuneSettings, split_kwargs
+from tltf.stages import StageTag, stage_progbar
+from tltf.tuning.space import STAGE2_HPS, STAGE2_OPTIONS, SearchSpace
+from tltf.tuning.store import HEADS_DIR, HeadStore
+
+TRIAL_RECORD = "tltf_trial.json"
+
+
+class _EpochTimes(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+class FineTuneHyperModel(kt.HyperModel):
+    """A keras-tuner HyperModel for transfer learning with a shared stage 1.
+
+    `build(hp)` builds a model with `tltf.build_model` (every trial starts from
+    the same base weights); `fit(hp, model, train, validation_data)` runs the
+    two-stage schedule. Stage 1 is trained once per head key and kept in the
+    tuner's project folder (see `HeadStore`); trials that differ only in stage-2
+    choices (`STAGE2_HPS`) load it and run stage 2 only, with epoch numbers that
+    continue after stage 1 (your callbacks see epochs `head_epochs + 1` to
+    `head_epochs + fine_tune_epochs`). The trial's score is the best value of the
+    objective over its stage-2 epochs.
+
+    Customising the search:
+
+    - fix or narrow an entry with `search={...}` (see `SearchSpace`), or
+      register it beforehand in a `kt.HyperParameters` passed to the tuner;
+    - add your own entries with `build_hook(hp, model) -> model` (change the
+      model) and `fit_hook(hp) -> dict` (extra `fine_tune` arguments, e.g.
+      `{"label_smoothing": hp.Choice("ls", [0.0, 0.1])}`), or subclass and
+      override `build` / `fit_options`. Your entries are part of the head key
+      (so they get their own stage 1) unless you list them in `stage2_hps`.
+
+    Args:
+        base: A registry name, a saved base folder, a `keras.Model` or a `Base`.
+        num_classes: int or None. See `build_model`.
+        task: str. See `build_model`. Defaults to "multiclass".
+        input_shape: tuple or None. See `build_model`.
+        weights: See `build_model`. Defaults to "imagenet".
+        head: HeadConfig or dict. Head options not searched (pooling, ...);
+            dropout and the hidden width come from the search. Defaults to None.
+        search: SearchSpace or dict. Defaults to `SearchSpace()`.
+        head_epochs: int. Stage-1 epochs. Defaults to 5. Fixed numbers, not
+            `fine_tune`'s "auto": trials are compared epoch for epoch, so every
+            trial must run the same epochs (the search's best trial can then be
+            trained again with `fine_tune`'s defaults, or with more epochs).
+        fine_tune_epochs: int. Stage-2 epochs (Hyperband sets them per trial).
+            Defaults to 5.
+        optimizer: str or Optimizer. Defaults to "adam".
+        share_stage1: bool. Keep and reuse stage 1 per head key. Defaults to True.
+        head_store: str or None. Folder of the stage-1 store. Defaults to
+            `<tuner project>/tltf_heads`.
+        stage2_hps: Names of your own hyperparameters that only change stage 2.
+        build_hook: Callable `(hp, model) -> model or None`. Defaults to None.
+        fit_hook: Callable `(hp) -> dict` of extra `fine_tune` arguments.
+            Defaults to None.
+        seed: int or None. Seeds the base's initialisation (random-weight bases)
+            and every trial. Defaults to None.
+        batch_size: int. Batch size for array inputs. Defaults to 32.
+        cache_features: See `fine_tune` (stage 1). Unless False, stage 2 also
+            trains on the output of the frozen blocks, computed once per trial,
+            when it can (array inputs, no augmentation or other fine_tune
+            options, some blocks left frozen). Defaults to "auto".
+        base_kwargs: dict. Extra `build_model` arguments (`alpha`, `weights_dir`,
+            `block_map`, ...). Defaults to None.
+        **fine_tune_kwargs: Other `fine_tune` arguments for every trial
+            (`label_smoothing`, `class_weight`, `augment`, `gradual_every`...).
+
+    Example:
+
+    >>> hypermodel = FineTuneHyperModel("mobilenet_v2", num_classes=5,
+    ...     search={"unfreeze": (0, 8), "head_units": 0})
+    >>> tuner = kt.RandomSearch(hypermodel, "val_accuracy", max_trials=10)
+    >>> tuner.search(train, val)
+    """
+
+    def __init__(
+        self,
+        base,
+        num_classes: int | None = None,
+        *,
+        task: str = "multiclass",
+        input_shape: tuple | None = None,
+        weights="imagenet",
+        head: HeadConfig | dict | None = None,
+        search: SearchSpace | dict | None = None,
+        head_epochs: int = 5,
+        fine_tune_epochs: int = 5,
+        optimizer="adam",
+        share_stage1: bool = True,
+        head_store=None,
+        stage2_hps: Sequence[str] = (),
+        build_hook: Callable | None = None,
+        fit_hook: Callable | None = None,
+        seed: int | None = None,
+        batch_size: int = 32,
+        cache_features="auto",
+        base_kwargs: dict | None = None,
+        name: str | None = None,
+        **fine_tune_kwargs,
+    ):
+        super().__init__(name=name, tunable=True)
+        for key in ("head_epochs", "fine_tune_epochs"):
+            value = locals()[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(
+                    f"Expected {key} to be an integer >= 0. Received: {key}={value!r}"
+                )
+        if fine_tune_epochs < 1:
+            raise ConfigError(
+                "Expected fine_tune_epochs >= 1: trials are compared on their stage-2 "
+                f"epochs. Received: fine_tune_epochs={fine_tune_epochs}"
+            )
+        for key in (
+            "head_epochs",
+            "fine_tune_epochs",
+            "head_lr",
+            "fine_tune_lr",
+            "unfreeze",
+            "bn",
+            "lr_decay",
+            "callbacks",
+            "validation_data",
+        ):
+            if key in fine_tune_kwargs:
+                raise ConfigError(
+                    f"{key} is set by the hypermodel (search space or its own "
+                    f"argument), not through fine_tune arguments. Received: {key}="
+                    f"{fine_tune_kwargs[key]!r}"
+                )
+        # Every trial runs these settings, with its searched values replaced.
+        self.settings, fit_args = split_kwargs(
+            FineTuneSettings(
+                optimizer=optimizer,
+                batch_size=batch_size,
+                seed=seed,
+                cache_features=cache_features,
+                # keras-tuner scores a trial by its best epoch already; the
+                # stage-2 guard would also make full-pass and cached stage 2 differ.
+                keep_best=False,
+            ),
+            fine_tune_kwargs,
+            caller="FineTuneHyperModel",
+        )
+        if fit_args:
+            raise ConfigError(
+                f"{sorted(fit_args)[0]} is a model.fit argument; the tuner sets the "
+                "epochs of each trial. Remove it from the hypermodel's arguments."
+            )
+        self.search = SearchSpace.from_dict(search)
+        self.head = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
+        self.num_classes, self.task = num_classes, task
+        self.head_epochs, self.fine_tune_epochs = head_epochs, fine_tune_epochs
+        self.optimizer = optimizer
+        self.share_stage1 = share_stage1
+        self.head_store = head_store
+        self.stage2_hps = tuple(stage2_hps)
+        self.build_hook, self.fit_hook = build_hook, fit_hook
+        self.seed, self.batch_size = seed, batch_size
+        self.cache_features = cache_features
+        self.fine_tune_kwargs = fine_tune_kwargs
+        base_kwargs = dict(base_kwargs or {})
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        self._base = load_base(
+            base, weights=weights, input_shape=input_shape, **base_kwargs
+        )
+        self._input_shape = input_shape
+        self._base_weights = [np.array(w) for w in self._base.model.get_weights()]
+        digest = hashlib.sha1()
+        for w in self._base_weights:
+            digest.update(np.ascontiguousarray(w).tobytes())
+        self._base_digest = digest.hexdigest()[:16]
+        self._data_keys: dict[int, str] = {}
+        self.n_blocks = len(self._base.block_map)
+        # Validate the search space against the base now, not in trial 1.
+        self.search.declare(kt.HyperParameters(), self.n_blocks)
+
+    def logged_metrics(self) -> set[str] | None:
+        """The names in a trial's logs: the loss and metrics, also as "val_...".
+
+        The metrics are the task's (as `fine_tune` compiles them) or the
+        `metrics` fine_tune argument. None when they cannot be known before a
+        trial (a `fit_hook`, or an overridden `fit_options`, may change them).
+        """
+        if (
+            self.fit_hook is not None
+            or type(self).fit_options is not FineTuneHyperModel.fit_options
+        ):
+            return None
+        metrics = self.fine_tune_kwargs.get("metrics", "auto")
+        if isinstance(metrics, str) and metrics == "auto":
+            # The task's metrics depend on the task only (no model needed).
+            info = ModelInfo(None, None, (), {"task": self.task})
+            metrics = default_loss_and_metrics(info)[1]
+        if not isinstance(metrics, (list, tuple)):
+            return None
+        names = {"loss"}
+        for metric in metrics:
+            name = metric if isinstance(metric, str) else getattr(metric, "name", None)
+            if not isinstance(name, str):
+                return None
+            names.add(name)
+        return names | {f"val_{name}" for name in names}
+
+    # -- keras-tuner API -------------------------------------------------------
+    def declare_hyperparameters(self, hp):
+        self.search.declare(hp, self.n_blocks)
+
+    def trial_values(self, hp: kt.HyperParameters) -> dict[str, Any]:
+        """This trial's tltf search values (declares them in `hp`)."""
+        return self.search.declare(hp, self.n_blocks)
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        """Builds the trial's model: a copy of the base, then its head."""
+        values = self.trial_values(hp)
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed)
+        head = dataclasses.replace(
+            self.head,
+            dropout=float(values["head_dropout"]),
+            hidden_units=(int(values["head_units"]),) if values["head_units"] else (),
+        )
+        model = build_model(
+            self._fresh_base(),
+            self.num_classes,
+            head=head,
+            task=self.task,
+            input_shape=self._input_shape,
+        )
+        if self.build_hook is not None:
+            model = self.build_hook(hp, model) or model
+        return model
+
+    def fit_options(self, hp: kt.HyperParameters) -> dict[str, Any]:
+        """Extra `fine_tune` arguments for a trial (override, or use `fit_hook`)."""
+        options = dict(self.fine_tune_kwargs)
+        if self.fit_hook is not None:
+            options.update(self.fit_hook(hp) or {})
+        return options
+
+    def fit(self, hp, model, *args, **kwargs):
+        """Runs the trial: stage 1 (shared per head key), then stage 2.
+
+        Args:
+            hp: The trial's HyperParameters.
+            model: The model from `build`.
+            *args: `train` and optionally `validation_data` (as for `fine_tune`).
+            **kwargs: `validation_data`, `callbacks`, `verbose`, and Hyperband's
+                `epochs` / `initial_epoch` (counted in stage-2 epochs).
+
+        Returns:
+            The History of the trial's stage-2 epochs.
+        """
+        train, validation = split_data_args(args, kwargs)
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        verbose = kwargs.pop("verbose", "auto")
+        stage2_end = kwargs.pop("epochs", self.fine_tune_epochs)
+        stage2_start = kwargs.pop("initial_epoch", 0)
+        if kwargs:
+            raise ConfigError(
+                f"Unexpected search arguments {sorted(kwargs)}: FineTuneHyperModel.fit "
+                "takes train, validation_data, callbacks, verbose (and Hyperband's "
+                "epochs/initial_epoch). Pass fine_tune arguments to the hypermodel."
+            )
+        context = _TrialContext.find(callbacks)
+        values = self.trial_values(hp)
+        options = self.fit_options(hp)
+        record: dict[str, Any] = {
+            "trial_id": context.trial_id,
+            "worker": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"),
+            "status": "RUNNING",
+            "values": {k: _jsonable(v) for k, v in hp.values.items()},
+            "objective": context.objective_name,
+            "direction": context.direction,
+        }
+        start = time.perf_counter()
+        H = self.head_epochs
+        try:
+            continued = "tuner/trial_id" in hp.values
+            stage1 = {"mode": "continued", "from": hp.values.get("tuner/trial_id")}
+            if not continued and H > 0:
+                stage1 = self._stage1(
+                    hp, model, values, options, train, validation, context, verbose
+                )
+            elif not continued:
+                stage1 = {"mode": "none", "from": None}
+            stage1_history = stage1.pop("history", None)
+            record["stage1"] = stage1
+            timer = _EpochTimes()
+            history = self._stage2(
+                model,
+                values,
+                options,
+                train,
+                validation,
+                [*callbacks, timer],
+                H + stage2_start,
+                H + stage2_end,
+                verbose,
+            )
+        except Exception as error:
+            reason = failure_reason(error)
+            record.update(
+                status="FAILED",
+                reason=reason,
+                seconds=time.perf_counter() - start,
+            )
+            context.write(record)
+            if isinstance(
+                error,
+                (TltfError, tf.errors.ResourceExhaustedError, ValueError, MemoryError),
+            ):
+                raise kt.errors.FailedTrialError(reason) from error
+            raise
+        info = model_info(model)
+        blocks, _ = resolve_unfreeze(
+            info.block_map, info.base, blocks=int(values["unfreeze"])
+        )
+        logs = history.history
+        score, best = _best(logs, context.objective_name, context.direction)
+        # The best epoch as users count them: 1-based, stage 1 included.
+        best_epoch = None if best is None else H + stage2_start + best + 1
+        record.update(
+            status="COMPLETED",
+            blocks=int(values["unfreeze"]),
+            unfrozen=_span(blocks),
+            trainable_params=int(
+                sum(math.prod(w.shape) for w in model.trainable_weights)
+            ),
+            total_params=int(sum(math.prod(w.shape) for w in model.weights)),
+            score=score,
+            best_epoch=best_epoch,
+            epoch_seconds=timer.seconds,
+            seconds=time.perf_counter() - start,
+            history=_merge_history(stage1_history, logs),
+        )
+        record.pop("reason", None)
+        context.write(record)
+        return history
+
+    # -- stages ---------------------------------------------------------------
+    def head_key(self, hp, options, train, validation) -> str:
+        """The key of everything stage 1 depends on (stage-2 choices excluded)."""
+        stage2 = set(STAGE2_HPS) | set(self.stage2_hps)
+        hp_values = {
+            k: _jsonable(v)
+            for k, v in sorted(hp.values.items())
+            if k not in stage2 and not k.startswith("tuner/")
+        }
+        fields = {
+            "base": self._base.name,
+            "base_weights": self._base_digest,
+            "input_shape": list(self._input_shape or self._base.input_shape),
+            "task": self.task,
+            "num_classes": self.num_classes,
+            "head": dataclasses.asdict(self.head),
+            "hp": hp_values,
+            "head_epochs": self.head_epochs,
+            "optimizer": _describe_optimizer(self.optimizer),
+            "options": {
+                k: repr(v)
+                for k, v in sorted(options.items())
+                if k not in STAGE2_OPTIONS
+            },
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "data": [self._data_key(train), self._data_key(validation)],
+        }
+        text = json.dumps(fields, sort_keys=True, default=repr)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def _stage1(self, hp, model, values, options, train, validation, context, verbose):
+        key = self.head_key(hp, options, train, validation)
+
+        def train_head() -> dict:
+            timer = _EpochTimes()
+            started = time.perf_counter()
+            history = self._fine_tune(
+                model,
+                train,
+                validation,
+                head_epochs=self.head_epochs,
+                fine_tune_epochs=0,
+                head_lr=float(values["head_lr"]),
+                callbacks=[timer],
+                verbose=verbose,
+                **_stage1_options(options),
+            )
+            if store is not None:
+                store.save_weights(key, model)
+            return {
+                "head_key": key,
+                "trained_by": context.trial_id,
+                "worker": os.environ.get("KERASTUNER_TUNER_ID", "tuner0"),
+                "seconds": time.perf_counter() - started,
+                "epoch_seconds": timer.seconds,
+                "history": _plain_history(history.history),
+            }
+
+        store = self._store(context) if self.share_stage1 else None
+        if store is None:
+            record, reused = train_head(), False
+        else:
+            record, reused = store.obtain(key, train_head, model.load_weights)
+            if reused and verbose:
+                print(
+                    f"tltf: stage 1 reused (head key {key}, trained by trial "
+                    f"{record.get('trained_by')}): loaded its weights."
+                )
+        return {
+            "mode": "reused" if reused else "trained",
+            "from": record.get("trained_by"),
+            "head_key": key,
+            "seconds": record.get("seconds"),
+            "epoch_seconds": record.get("epoch_seconds"),
+            "history": record.get("history"),
+        }
+
+    def _stage2(
+        self, model, values, options, train, validation, callbacks, start, end, verbose
+    ):
+        decay = float(values["lr_decay"])
+        partial = self._partial_cache(
+            model, values, options, train, validation, callbacks
+        )
+        if partial is not None:
+            return _fit_on_frozen_features(
+                model,
+                partial,
+                train,
+                validation,
+                values,
+                make_optimizer(self.optimizer, float(values["head_lr"])),
+                callbacks,
+                start,
+                end,
+                self.batch_size,
+                self.seed,
+                verbose,
+            )
+        fit_args = {"initial_epoch": start} if start else {}
+        return self._fine_tune(
+            model,
+            train,
+            validation,
+            head_epochs=0,
+            fine_tune_epochs=end,
+            head_lr=float(values["head_lr"]),
+            fine_tune_lr=float(values["fine_tune_lr"]),
+            unfreeze=int(values["unfreeze"]),
+            bn=values["bn"],
+            lr_decay=None if decay == 1.0 else decay,
+            callbacks=callbacks,
+            verbose=verbose,
+            **options,
+            **fit_args,
+        )
+
+    def _partial_cache(self, model, values, options, train, validation, callbacks):
+        """The split for a stage 2 on cached frozen-block features, or None.
+
+        Blocks below the unfrozen ones are frozen and deterministic in stage 2
+        (their BatchNorm runs on frozen statistics under every policy), so their
+        output can be computed once per trial. Used for the plain case: array
+        inputs, no augmentation or other fine_tune options, no gradual
+        unfreezing, and `cache_features` not False.
+        """
+        # Options at their neutral value (None, 0, False) change nothing.
+        if self.cache_features is False or any(v for v in options.values()):
+            return None
+        if not all(
+            isinstance(d, (tuple, list)) and len(d) == 2 for d in (train, validation)
+        ):
+            return None
+        if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks):
+            return None
+        k = int(values["unfreeze"])
+        info = model_info(model)
+        if k >= len(info.block_map):
+            return None
+        try:
+            split = FrozenSplit(model, k)
+        except (ValueError, KeyError, IndexError, AttributeError):
+            return None  # a base whose blocks do not chain through one tensor
+
+        images = len(train[0]) + len(validation[0])
+        if (
+            4 * math.prod(split.cut_shape) * images > cache.MEMORY_LIMIT_BYTES
+        ):  # read now: users may set it
+            return None
+        return split
+
+    def _fine_tune(self, model, train, validation, **kwargs):
+        """`fine_tune` with the hypermodel's settings, `kwargs` replacing some."""
+        if not isinstance(self.optimizer, str):
+            # A name stays a name (fine_tune makes it at the head's rate); an
+            # instance is cloned, so that trials never share its state.
+            kwargs["optimizer"] = clone_optimizer(self.optimizer)
+        return fine_tune(model, train, validation, self.settings, **kwargs)
+
+    def _store(self, context) -> HeadStore | None:
+        if self.head_store is not None:
+            return HeadStore(self.head_store)
+        if context.project_dir is not None:
+            return HeadStore(Path(context.project_dir) / HEADS_DIR)
+        return None
+
+    def _fresh_base(self) -> Base:
+        """A copy of the base with the original weights (trials never share it)."""
+        model = keras.models.clone_model(self._base.model)
+        model.set_weights(self._base_weights)
+        return dataclasses.replace(self._base, model=model)
+
+    def _data_key(self, data) -> str | None:
+        if data is None:
+            return None
+        cached = self._data_keys.get(id(data))
+        if cached is not None:
+            return cached
+        key = _data_fingerprint(data)
+        self._data_keys[id(data)] = key
+        return key
+
+
+def _fit_on_frozen_features(
+    model,
+    split,
+    train,
+    validation,
+    values,
+    optimizer,
+    callbacks,
+    start,
+    end,
+    batch_size,
+    seed,
+    verbose,
+):
+    """Stage 2 with the frozen blocks' output computed once (`cache.FrozenSplit`).
+
+    The schedule installs the stage-2 optimizer and trainability on the full
+    model as usual; the fit runs on the trainable part (same layers, same
+    variables), and user callbacks see the full model through
+    `tltf.cache.Continuation`: the same epochs, logs and History.
+    """
+
+    info = model_info(model)
+    decay = float(values["lr_decay"])
+    x, y = np.asarray(train[0]), np.asarray(train[1])
+    xv, yv = np.asarray(validation[0]), np.asarray(validation[1])
+    if x.shape[1:] != tuple(model.input_shape[1:]):
+        raise DataError(
+            f"train has images of shape {x.shape[1:]}, but the model takes "
+            f"{tuple(model.input_shape[1:])}. Load them with tltf.data.load_data("
+            "..., image_size=...) to resize."
+        )
+    one_hot = check_labels(train, info, "train")
+    check_labels(validation, info, "validation_data")
+    loss, metrics = default_loss_and_metrics(info, one_hot)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    schedule = FineTuneSchedule(
+        unfreeze_at_epoch=0,
+        unfreeze=int(values["unfreeze"]),
+        fine_tune_lr=float(values["fine_tune_lr"]),
+        bn=values["bn"],
+        lr_decay=None if decay == 1.0 else decay,
+        verbose=0 if verbose == 0 else 1,
+    )
+    schedule.set_model(model)
+    schedule.set_params({"epochs": end})
+    started = time.perf_counter()
+    feats = split.features(x, batch_size)
+    feats_val = split.features(xv, batch_size)
+    seconds = time.perf_counter() - started
+    schedule._enter(2, schedule.plan(start)[1], start)  # optimizer, trainability
+    if verbose:
+        print(
+            f"tltf: stage 2 trains on the output of the {len(info.block_map) - int(values['unfreeze'])}"
+            f" frozen blocks, computed once ({seconds:.1f}s)."
+        )
+    # The same batches as fine_tune's pipeline: one shuffle of the slices.
+    train_ds, _ = train_batches((feats, y), batch_size, seed)
+    val_ds = tf.data.Dataset.from_tensor_slices((feats_val, yv)).batch(batch_size)
+    history = keras.callbacks.History()
+    continuation = Continuation([history, *callbacks], model, end)
+    continuation.last = True
+    fit_part(
+        split.trainable,
+        train_ds,
+        optimizer=model.optimizer,
+        loss=loss,
+        metrics=metrics,
+        callbacks=[StageTag(2, model), continuation, *stage_progbar(callbacks)],
+        validation_data=val_ds.prefetch(tf.data.AUTOTUNE),
+        epochs=end,
+        initial_epoch=start,
+        verbose=verbose,
+    )
+    model.history = history
+    return history
+
+
+def _stage1_options(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k not in STAGE2_OPTIONS}
+
+
+def split_data_args(args, kwargs):
+    args = list(args)
+    if "x" in kwargs:
+        args.insert(0, kwargs.pop("x"))
+    if not args:
+        raise ConfigError("Expected training data: tuner.search(train, validation).")
+    train = args[0]
+    validation = kwargs.pop("validation_data", args[1] if len(args) > 1 else None)
+    if len(args) > 2:
+        raise ConfigError(
+            "Expected tuner.search(train, validation_data=...); received "
+            f"{len(args)} positional arguments."
+        )
+
+    if validation is None and isinstance(train, DataBundle):
+        validation = train.validation
+    if validation is None:
+        raise ConfigError(
+            "Tuning needs validation data: trials are compared on it. Pass "
+            "validation_data (or a DataBundle with a validation split)."
+        )
+    return train, validation
+
+
+@dataclasses.dataclass
+class _TrialContext:
+    """What a fit knows about its trial, found in keras-tuner's callbacks."""
+
+    trial_id: str | None = None
+    trial_dir: str | None = None
+    project_dir: str | None = None
+    objective_name: str = "val_loss"
+    direction: str = "min"
+
+    @classmethod
+    def find(cls, callbacks) -> _TrialContext:
+        for callback in callbacks:
+            tuner, trial = (
+                getattr(callback, "tuner", None),
+                getattr(callback, "trial", None),
+            )
+            if isinstance(tuner, kt.engine.base_tuner.BaseTuner) and trial is not None:
+                objective = tuner.oracle.objective
+                return cls(
+                    trial_id=trial.trial_id,
+                    trial_dir=tuner.get_trial_dir(trial.trial_id),
+                    project_dir=tuner.project_dir,
+                    objective_name=getattr(objective, "name", "val_loss"),
+                    direction=getattr(objective, "direction", "min"),
+                )
+        return cls()
+
+    def write(self, record: dict) -> None:
+        if self.trial_dir is not None:
+            atomic_write_json(Path(self.trial_dir) / TRIAL_RECORD, record)
+
+
+def failure_reason(error: BaseException) -> str:
+    """A one-line reason for a failed trial."""
+    if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
+        head = "Out of memory"
+    else:
+        head = type(error).__name__
+    message = str(error).strip().splitlines()
+    return f"{head}: {message[0] if message else ''}".strip()
+
+
+def _best(logs: dict, name: str, direction: str):
+    values = logs.get(name)
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=float)
+    index = int(np.nanargmax(arr) if direction == "max" else np.nanargmin(arr))
+    return float(arr[index]), index
+
+
+def _span(blocks: list[str]) -> str:
+    if not blocks:
+        return ""
+    return blocks[0] if len(blocks) == 1 else f"{blocks[0]}..{blocks[-1]}"
+
+
+def _plain_history(logs: dict) -> dict:
+    return {k: [float(v) for v in vs] for k, vs in logs.items()}
+
+
+def _merge_history(stage1: dict | None, stage2: dict) -> dict:
+    """Stage-1 history (from the store) followed by this trial's stage 2."""
+    stage2 = _plain_history(stage2)
+    if not stage1:
+        return stage2
+    keys = list(dict.fromkeys([*stage1, *stage2]))
+    n1 = len(next(iter(stage1.values()), []))
+    n2 = len(next(iter(stage2.values()), []))
+    return {
+        k: list(stage1.get(k, [math.nan] * n1)) + list(stage2.get(k, [math.nan] * n2))
+        for k in keys
+    }
+
+
+def _jsonable(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    return repr(value)
+
+
+def _describe_optimizer(optimizer):
+    if isinstance(optimizer, str):
+        return optimizer
+    return {"class": type(optimizer).__name__, "config": repr(optimizer.get_config())}
+
+
+def _data_fingerprint(data) -> str:
+    """A cheap identity of a dataset (for the head key)."""
+
+    digest = hashlib.sha1()
+    if isinstance(data, DataBundle):
+        digest.update(repr(data.class_names).encode())
+        digest.update(repr(getattr(data, "counts", None)).encode())
+        data = data.train
+    if isinstance(data, tf.data.Dataset):
+        digest.update(repr(data.element_spec).encode())
+        digest.update(str(int(data.cardinality())).encode())
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+        digest.update(f"{x.shape}{x.dtype}{y.shape}{y.dtype}".encode())
+        digest.update(np.ascontiguousarray(y).tobytes())
+        step = max(1, len(x) // 64)
+        digest.update(np.ascontiguousarray(x[::step]).tobytes())
+    else:
+        raise DataError(
+            "Expected data as (images, labels) arrays, a tf.data.Dataset or a "
+            f"DataBundle. Received: {type(data).__name__}"
+        )
+    return digest.hexdigest()[:16]
