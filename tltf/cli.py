@@ -16,6 +16,10 @@ Example:
     $ tltf predict runs/flowers photos/ --output predictions.csv
     $ tltf export runs/flowers --format tflite --quantize dynamic
     $ tltf demo --k 5 10 20 --out runs/demo
+
+Why about 1,200 lines: one parser and one handler per command (bases, train,
+tune, evaluate, predict, export, demo), with their help texts; the work itself
+is in `runs`, `evaluation`, `export` and `demo`.
 """
 
 from __future__ import annotations

@@ -33,6 +33,11 @@ Example:
 >>> config.schedule.unfreeze
 3
 >>> TrainConfig.from_dict(load_config_file("run.yaml"))   # a file
+
+Why about 1,000 lines: one dataclass per section, each checking its own keys
+with messages that name the section and key; the YAML/TOML reading and the
+`--set` syntax are small. The checks of a run's settings themselves live in
+`tltf.settings`.
 """
 
 from __future__ import annotations

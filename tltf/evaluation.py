@@ -30,6 +30,10 @@ Example:
 >>> report.plot_confusion("confusion.png")
 >>> rows = predict(model, "new_photos/", class_names=data.class_names, top_k=3)
 >>> write_predictions(rows, "predictions.csv")
+
+Why about 950 lines: evaluation and prediction share the reading of images and
+folders, the class names and the report; they are kept together so that both
+read data the one way.
 """
 
 from __future__ import annotations

@@ -34,6 +34,10 @@ And it never reads a rate off a curve that did not fall: when the smoothed loss
 never fell by `MIN_FALL` of its starting level, nor clearly above its noise, the
 suggestion is the stage's safe default (`SAFE_LR`, the `fine_tune` defaults) and
 `LRFinderResult.fallback` is True.
+
+Why one module of about 800 lines: the sweep, its widening, the suggestion rule
+and the per-stage finder that `fine_tune` calls share the sweep's state and
+constants; apart they would import each other.
 """
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ The recommendation (see `recommend`):
    this task, so they are the ones to adapt: `unfreeze = index(top) -
    index(knee)` blocks, at least 1 (accuracy still rising at the top means the
    top features transfer as they are: unfreeze only the top block).
+
+Why one module of about 800 lines: the probe's forward pass, the ridge fit with
+exact leave-one-out, the recommendation rule and the head's block weights are one
+method; `ProbeResult` (table, plot, CSV) is its report.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ Example:
 ...                                 "data": {"train": "photos/", "val_fraction": 0.2},
 ...                                 "schedule": {"head_epochs": 2, "fine_tune_epochs": 2}})
 >>> summary = run_training(config, out="runs/first")
+
+Why about 1,250 lines: one run folder's life (create, lock, resume, replace,
+commit, summary, history and plots) for both `run_training` and `run_tuning`;
+splitting it would spread the folder's safety rules over several modules.
 """
 
 from __future__ import annotations

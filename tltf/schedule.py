@@ -5,6 +5,11 @@ continues at a low learning rate with a fresh optimizer. Both stages run inside 
 `model.fit`, so every user callback (EarlyStopping, ModelCheckpoint, CSVLogger,
 TensorBoard, BackupAndRestore, ...) sees one training run with continuous epoch
 numbers, and the History has a `stage` entry per epoch.
+
+Why about 1,300 lines: `FineTuneSchedule` and `fine_tune` with the steps that
+only `fine_tune` takes (input preparation, the head's ridge start and block
+weights, the automatic unfreeze, the cached stage 1). Settings live in
+`tltf.settings`, training on cached features in `tltf.cache`.
 """
 
 from __future__ import annotations

@@ -142,8 +142,8 @@ def check_class_weight(value, name: str = "class_weight"):
         return value
     if not isinstance(value, dict):
         raise ConfigError(
-            f"Expected {name} as a dict {{class index: weight}}, 'balanced' or None. "
-            f"Received: {value!r}"
+            f"Expected {name} as a dict, 'balanced' or None (a dict maps class "
+            f"indices to weights). Received: {value!r}"
         )
     return dict(value)
 

@@ -5,6 +5,10 @@ stage 1 (trained once per head key and kept in the `HeadStore`) and then stage 2
 on cached frozen-block features when it can. Each trial writes its record
 (`tltf_trial.json`: values, stage 1, score, times, history, or why it failed) into
 its trial folder; `results` reads them back.
+
+Why about 800 lines: a trial's two stages, its shared stage 1, its cached stage
+2 and its record are one object's work; the search and the results table live
+in `search` and `results`.
 """
 
 from __future__ import annotations
