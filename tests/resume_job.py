@@ -49,7 +49,8 @@ SETTINGS = dict(
 
 #: The same run with fine_tune's automatic defaults: a converged stage 1 of
 #: variable length, a probed depth and the stage-2 guard. Selected in the child
-#: process by the environment variable TLTF_JOB_AUTO=1.
+#: process by the environment variable TLTF_JOB_AUTO=1; TLTF_JOB_AUTO=2 sets
+#: head_steps=0 too: a closed-form stage 1 (the ridge head, no epochs).
 AUTO = dict(
     head_epochs="auto",
     head_steps=60,
@@ -63,8 +64,10 @@ AUTO = dict(
 
 def run(backup_dir, callbacks=(), model=None, **changes):
     """The job's `fine_tune` call (the tests call it in-process too)."""
-    if os.environ.get("TLTF_JOB_AUTO") == "1":
-        changes = {**{k: None for k in SETTINGS if k not in AUTO}, **AUTO, **changes}
+    mode = os.environ.get("TLTF_JOB_AUTO")
+    if mode in ("1", "2"):
+        auto = AUTO if mode == "1" else {**AUTO, "head_steps": 0}
+        changes = {**{k: None for k in SETTINGS if k not in auto}, **auto, **changes}
     settings = {k: v for k, v in {**SETTINGS, **changes}.items() if v is not None}
     keras.utils.set_random_seed(0)
     model = model or tltf.build_model(make_tiny_base(), num_classes=3)

@@ -113,7 +113,7 @@ def test_unknown_keys_name_the_section_and_suggest(config, words):
         ({"schedule": {"bn": "frozn"}}, "Did you mean 'frozen'"),
         ({"schedule": {"head_epochs": 0, "fine_tune_epochs": 0}}, "Nothing to train"),
         ({"schedule": {"head_epochs": -1}}, "schedule.head_epochs >= 0 or 'auto'"),
-        ({"schedule": {"head_steps": 0}}, "schedule.head_steps >= 1"),
+        ({"schedule": {"head_steps": -1}}, "schedule.head_steps >= 0"),
         ({"schedule": {"head_steps": "auto"}}, "schedule.head_steps to be an integer"),
         ({"schedule": {"keep_best": "yes"}}, "schedule.keep_best to be true or false"),
         (

@@ -198,6 +198,10 @@ def test_the_probe_has_a_raw_pixel_row_and_fine_tune_says_when_the_base_is_usele
 class Wreck(keras.callbacks.Callback):
     """Makes stage 2 'diverge': zeroes two blocks' kernels after each of its batches."""
 
+    def on_train_begin(self, logs=None):
+        # A closed-form stage 1 (no epochs) ends before training begins.
+        self.stage_one = [np.array(v.numpy()) for v in self.model.variables]
+
     def on_epoch_begin(self, epoch, logs=None):
         self.in_stage_two = bool(tltf.trainable_blocks(self.model))
 
@@ -213,8 +217,15 @@ class Wreck(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("head_steps", [400, 0])
 @pytest.mark.parametrize("validation", [False, True])
-def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(validation, capsys):
+def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(
+    validation, head_steps, capsys
+):
+    # Stage 1 ends with the head trained on from the ridge start, or with
+    # head_steps=0 with the closed-form ridge head (no epochs): the guard keeps
+    # either, also by an evaluation of the validation data when stage 1 had no
+    # epochs to log it.
     data = make_data(48)
     model = make_tiny_model(head={"pool_from": "top"})
     wreck = Wreck()
@@ -223,7 +234,7 @@ def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(validation, ca
         data,
         data if validation else None,
         head_epochs="auto",
-        head_steps=400,
+        head_steps=head_steps,
         fine_tune_epochs=2,
         unfreeze=2,
         callbacks=[wreck],
@@ -234,6 +245,49 @@ def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(validation, ca
     out = capsys.readouterr().out
     assert "keep_best: restored the weights of the end of stage 1" in out
     assert ("val_loss" in out) == validation
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", [True, False])
+def test_head_steps_0_leaves_the_closed_form_head_alone(cache, capsys):
+    """head_steps=0: stage 1 is the ridge classifier; stage 2 starts from it."""
+    x, y = make_data(48)
+    keras.utils.set_random_seed(0)
+    reference = make_tiny_model()
+    features = tltf.cache.feature_model(reference).predict(x, verbose=0)
+    assert prepare_head(reference, features, y) is not None
+    keras.utils.set_random_seed(0)
+    model = make_tiny_model()
+    history = tltf.fine_tune(
+        model, (x, y), head_steps=0, fine_tune_epochs=0, cache_features=cache, verbose=1
+    )
+    assert history.history.get("loss", []) == []
+    assert int(model.optimizer.iterations.numpy()) == 0
+    np.testing.assert_allclose(
+        model.get_layer("head_output").kernel.numpy(),
+        reference.get_layer("head_output").kernel.numpy(),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    out = capsys.readouterr().out
+    assert "stage 1 (no epochs): head only, solved in closed form" in out
+    assert "head_steps=0: no gradient steps, stage 2 starts from it" in out
+    # Stage 2 follows at once, epochs 1..N; by default the head trains on first.
+    keras.utils.set_random_seed(0)
+    history = tltf.fine_tune(
+        make_tiny_model(),
+        (x, y),
+        head_steps=0,
+        fine_tune_epochs=2,
+        unfreeze=1,
+        cache_features=cache,
+        verbose=0,
+    )
+    assert history.history["stage"] == [2, 2]
+    history = tltf.fine_tune(
+        make_tiny_model(), (x, y), fine_tune_epochs=1, unfreeze=1, verbose=0
+    )
+    assert history.history["stage"][0] == 1 and history.history["stage"][-1] == 2
 
 
 def test_keep_best_false_keeps_the_wrecked_weights():
@@ -259,7 +313,7 @@ def test_bad_auto_settings_are_config_errors():
     with pytest.raises(ConfigError, match="integer >= 0 or 'auto'"):
         tltf.fine_tune(make_tiny_model(), data, head_epochs="autp", verbose=0)
     with pytest.raises(ConfigError, match="head_steps"):
-        tltf.fine_tune(make_tiny_model(), data, head_steps=0, verbose=0)
+        tltf.fine_tune(make_tiny_model(), data, head_steps=-1, verbose=0)
     with pytest.raises(ConfigError, match="keep_best"):
         tltf.fine_tune(make_tiny_model(), data, keep_best="yes", verbose=0)
     with pytest.raises(ConfigError, match="pool_from"):

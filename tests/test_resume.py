@@ -407,20 +407,28 @@ def test_resume_in_stage2_reuses_the_rate_fine_tune_lr_find_found(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["1", "2"])
 def test_automatic_defaults_resume_after_sigkill_in_the_right_stage(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, mode
 ):
     """fine_tune's automatic settings (a stage 1 that ends when its loss
-    converges, a probed depth, the stage-2 guard) resume bitwise too: one SIGKILL
-    in stage 1 and one in stage 2, each resumed in a fresh process."""
-    monkeypatch.setenv("TLTF_JOB_AUTO", "1")
+    converges, or with head_steps=0 the closed-form ridge head alone; a probed
+    depth; the stage-2 guard) resume bitwise too: one SIGKILL in stage 1 (when
+    it has epochs) and one in stage 2, each resumed in a fresh process."""
+    monkeypatch.setenv("TLTF_JOB_AUTO", mode)
     reference_model, reference_history = run(tmp_path / "reference")
     ref = {k: list(v) for k, v in reference_history.history.items()}
     ref_weights = [v.numpy() for v in reference_model.variables]
     stage_one = ref["stage"].count(1)
-    assert stage_one >= 2 and ref["stage"][stage_one:] == [2, 2, 2]
+    if mode == "1":
+        assert stage_one >= 2
+        kills = (f"epoch:{stage_one - 1}", f"epoch:{stage_one + 1}", None)
+    else:
+        assert stage_one == 0  # the ridge head: no stage-1 epochs
+        kills = ("epoch:1", None)
+    assert ref["stage"][stage_one:] == [2, 2, 2]
     backup, log, out = tmp_path / "backup", tmp_path / "run.log", tmp_path / "out.npz"
-    for kill in (f"epoch:{stage_one - 1}", f"epoch:{stage_one + 1}", None):
+    for kill in kills:
         proc = _spawn(backup, log, out, kill)
         output, _ = proc.communicate(timeout=180)
         assert proc.returncode == (0 if kill is None else -9), (kill, output[-3000:])
@@ -428,7 +436,7 @@ def test_automatic_defaults_resume_after_sigkill_in_the_right_stage(
     for event in _events(log):
         runs.setdefault(event["pid"], []).append(event)
     starts = [events[0]["epoch"] for events in runs.values()]
-    assert starts == [0, stage_one - 1, stage_one + 1]
+    assert starts == [0, *(int(k.split(":")[1]) for k in kills[:-1])]
     for events in runs.values():
         for e in events:
             if e["event"] == "end":

@@ -33,7 +33,7 @@ from tltf.settings import FIELDS, FineTuneSettings, defaults
         ("unfreeze", {"block": 2}, ["unfreeze", "one key"]),
         ("unfreeze", {"names": "("}, ["unfreeze.names", "regex"]),
         ("unfreeze", {"layers": 1.5}, ["unfreeze.layers", "integer >= 0"]),
-        ("head_steps", 0, ["head_steps", "int >= 1"]),
+        ("head_steps", -1, ["head_steps", "integer >= 0"]),
         ("head_init", "zeros", ["head_init", "'ridge'"]),
         ("keep_best", "yes", ["keep_best", "True or False"]),
         ("bn", "frozn", ["Did you mean 'frozen'"]),

@@ -540,11 +540,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
     if not tune:
         schedule.add_argument(
             "--head-steps",
-            type=_positive_int,
+            type=_nonnegative_int,
             metavar="N",
             default=S,
-            help="stage-1 step budget of --head-epochs auto "
-            f"(default: {D['head_steps']})",
+            help="stage-1 step budget of --head-epochs auto; 0: the closed-form "
+            f"ridge head alone (default: {D['head_steps']})",
         )
         schedule.add_argument(
             "--head-init",

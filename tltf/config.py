@@ -563,7 +563,8 @@ class ScheduleConfig:
         unfreeze: int, "all", "auto" or a mapping (`{blocks: n}`, `{layers: n}`,
             `{names: regex}`). "auto" unfreezes the depth the linear probe
             (`tltf.probe_blocks`) recommends. Defaults to "auto".
-        head_steps: int. The stage-1 step budget of `head_epochs="auto"`.
+        head_steps: int. The stage-1 step budget of `head_epochs="auto"`; 0
+            keeps the closed-form ridge head alone (no stage-1 epochs).
             Defaults to 2000.
         head_init: str. "ridge" (start a linear head from the closed-form ridge
             classifier) or "random". Defaults to "ridge".
@@ -611,7 +612,7 @@ class ScheduleConfig:
             )
         _positive(self.head_lr, "schedule", "head_lr", "find")
         _positive(self.fine_tune_lr, "schedule", "fine_tune_lr", "find")
-        _at_least(self.head_steps, 1, "schedule", "head_steps")
+        _at_least(self.head_steps, 0, "schedule", "head_steps")
         _choice(self.head_init, ("ridge", "random"), "schedule", "head_init")
         check_unfreeze(self.unfreeze, "schedule.unfreeze")
         if is_int(self.unfreeze):

@@ -46,8 +46,10 @@ class KeepBest(keras.callbacks.Callback):
 
     Args:
         schedule: FineTuneSchedule. The run's schedule (for the stage of an epoch).
-        validation: bool. Whether the fit has validation data (the score is then
-            `val_loss`).
+        validation: tf.data.Dataset, bool or None. The fit's validation data, or
+            whether it has any: the score is then `val_loss`. With the dataset,
+            a stage 1 that ran no epochs (a closed-form head) is scored by one
+            evaluation of it when stage 2 starts.
         train_features: tf.data.Dataset or None. Unshuffled training batches of
             `(image, label)`, for the leave-one-out score. Defaults to None.
         task: str. The model's task. Defaults to "multiclass".
@@ -68,7 +70,8 @@ class KeepBest(keras.callbacks.Callback):
     ):
         super().__init__()
         self.schedule = schedule
-        self.validation = validation
+        self.validation = validation is not None and validation is not False
+        self.validation_data = None if isinstance(validation, bool) else validation
         self.train_features = train_features
         self.task = task
         self.path = Path(backup_dir).expanduser() / BEST_FILE if backup_dir else None
@@ -122,9 +125,18 @@ class KeepBest(keras.callbacks.Callback):
         if self.best_score is not None or self.schedule.plan(epoch)[0] != 2:
             return
         # The weights now are those stage 1 ended with: the first candidate.
-        if self.validation and self._stage_one_logs is None:
-            return  # stage 1 did not run here (and no stored best): nothing to compare
-        score = self._score(self._stage_one_logs)
+        logs = self._stage_one_logs
+        if self.validation and logs is None:
+            if self.validation_data is None:
+                return  # stage 1 did not run here (and no stored best)
+            # Stage 1 ran no epochs (a closed-form head): evaluate it once. The
+            # metrics are shared with training, so they are reset afterwards.
+            result = self.model.evaluate(
+                self.validation_data, verbose=0, return_dict=True
+            )
+            self.model.reset_metrics()
+            logs = {"val_loss": result["loss"]}
+        score = self._score(logs)
         if score is not None:
             self._keep(score, -1)
 

@@ -533,7 +533,7 @@ def fine_tune(
     if keep_best and fine_tune_epochs:
         guard = KeepBest(
             schedule,
-            validation=val_ds is not None,
+            validation=val_ds,
             train_features=None if val_ds is not None else feature_source,
             task=info.task,
             backup_dir=backup_dir,
@@ -603,12 +603,21 @@ class _Run:
 def _fit_full_passes(run: _Run, passes: int | None) -> keras.callbacks.History:
     """Both stages as one `fit` of the full model (no feature cache)."""
     model, schedule, resume = run.model, run.schedule, run.resume
+    auto = run.head_epochs == "auto"
     head_epochs = run.head_epochs
-    if head_epochs == "auto":
+    if auto:
         head_epochs = auto_head_epochs(passes, run.settings.head_steps)
+    if resume is not None and resume.epoch and resume.unfreeze_at_epoch is not None:
+        head_epochs = resume.unfreeze_at_epoch  # the plan of the run it continues
+    elif head_epochs:
+        ridge = prepare_head(
+            model, run.features, ridge=run.settings.head_init == "ridge"
+        )
+        if auto and ridge is not None and run.settings.head_steps == 0:
+            head_epochs = 0
+            if run.fit_args.get("verbose"):
+                print(_closed_form_line(ridge, "in one pass over the training images"))
     schedule.unfreeze_at_epoch = head_epochs
-    if head_epochs and (resume is None or not resume.epoch):
-        prepare_head(model, run.features, ridge=run.settings.head_init == "ridge")
     fit_args, own = dict(run.fit_args), []
     if resume is not None:
         resume.skip_passes(run.prepared.train, resume.train_passes)
@@ -622,6 +631,15 @@ def _fit_full_passes(run: _Run, passes: int | None) -> keras.callbacks.History:
         **fit_args,
     )
     return resume.merge(history) if resume is not None else history
+
+
+def _closed_form_line(ridge: str, features: str) -> str:
+    """The stage-1 line of a head solved in closed form (no epochs)."""
+    return (
+        f"tltf: stage 1 (no epochs): head only, solved in closed form on the base's "
+        f"features ({features}): {ridge}. head_steps=0: no gradient steps, stage "
+        "2 starts from it."
+    )
 
 
 #: Optimizer steps that `fine_tune_epochs="auto"` aims for (10 epochs at most).
@@ -1125,7 +1143,8 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
     A run resumed in stage 2 (`resume`, see `tltf.resume`) skips stage 1 and its
     feature pass entirely. With `head_epochs="auto"`, stage 1 runs up to
     `head_steps` optimizer steps (see `head_plan`) and ends once its loss has
-    converged; stage 2 then starts at the next epoch.
+    converged (`head_steps=0`: none after a ridge start, the closed-form head);
+    stage 2 then starts at the next epoch.
     """
 
     model, schedule, resume, callbacks = (
@@ -1135,9 +1154,8 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
         run.callbacks,
     )
     head_epochs, fine_tune_epochs = run.head_epochs, run.fine_tune_epochs
-    optimizer, loss, metrics = run.optimizer, run.loss, run.metrics
     train_ds, val_ds, fit_args = run.prepared.train, run.val, run.fit_args
-    seed, head_steps = run.settings.seed, run.settings.head_steps
+    head_steps = run.settings.head_steps
     labels = None if run.prepared.one_hot else run.prepared.labels
     info = model_info(model)
     apply_trainable(info, [], "frozen")
@@ -1176,7 +1194,8 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
         if auto:
             steps_per_epoch, most = head_plan(train_cache.count, batch, head_steps)
             if not resumed_plan:
-                schedule.unfreeze_at_epoch = most
+                closed_form = ridge is not None and head_steps == 0
+                schedule.unfreeze_at_epoch = 0 if closed_form else most
         stage_one = schedule.unfreeze_at_epoch
         continuation.epochs = stage_one + fine_tune_epochs
         verbose = fit_args.get("verbose")
@@ -1185,85 +1204,36 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
             seconds = train_cache.seconds + (val_cache.seconds if val_cache else 0)
             schedule.set_model(model)
             schedule.stage = 1
-            budget = (
-                f"; up to {head_steps:,} steps ({stage_one} epochs of "
-                f"{steps_per_epoch}), until the loss converges"
-                + (" or the validation loss stops falling" if val_cache else "")
-                if auto
-                else ""
-            ) + (f"; {ridge}" if ridge else "")
-            schedule._print_summary(
-                start,
-                f"; cached base features in one pass over {train_cache.count:,} "
-                f"train + {n_val:,} validation images ({seconds:.1f}s){budget}",
+            cached = (
+                f"cached base features in one pass over {train_cache.count:,} "
+                f"train + {n_val:,} validation images ({seconds:.1f}s)"
             )
-        # Head steps on cached vectors take microseconds: run several per call, so
-        # that Python overhead does not dominate. Epoch-level callbacks see no
-        # difference.
-        per_epoch = steps_per_epoch or math.ceil(train_cache.count / batch)
-        # At most one epoch per call: Keras's progress bar counts executions past
-        # the end of a shorter epoch ("32/3"). With steps_per_epoch, a divisor of
-        # it: Keras counts whole executions against the dataset's length.
-        per_call = min(32, per_epoch)
-        if steps_per_epoch:
-            per_call = max(d for d in range(1, per_call + 1) if per_epoch % d == 0)
-        build_metrics(model, train_cache.others[0] if train_cache.others else None)
-        if auto:
-            # One epoch more than stage 1 runs: Keras reads ahead of the last one.
-            train_features = train_cache.stream(
-                batch, (stage_one + 1) * steps_per_epoch, seed, start * steps_per_epoch
-            )
-            done = resume.history if resume else {}
-            end = StageOneEnd(
-                stage_one,
-                schedule,
-                tolerance=0.01,
-                losses=done.get("loss", [])[:start],
-                val_losses=done.get("val_loss", [])[:start],
-            )
-        else:
-            train_features = train_cache.dataset(batch, shuffle=True, seed=seed)
-            if resume is not None:
-                resume.skip_passes(train_features, start)
-            end = StageOneEnd(stage_one)
+            if auto and not stage_one:
+                print(_closed_form_line(ridge, cached.replace("cached base ", "")))
+            else:
+                budget = (
+                    f"; up to {head_steps:,} steps ({stage_one} epochs of "
+                    f"{steps_per_epoch}), until the loss converges"
+                    + (" or the validation loss stops falling" if val_cache else "")
+                    if auto
+                    else ""
+                ) + (f"; {ridge}" if ridge else "")
+                schedule._print_summary(start, f"; {cached}{budget}")
         try:
-            fit_part(
-                split.trainable,
-                train_features,
-                optimizer=optimizer,
-                loss=loss,
-                metrics=metrics,
-                jit_compile=model.jit_compile,
-                steps_per_execution=per_call,
-                callbacks=[end, continuation, *backup, *stage_progbar(callbacks)],
-                validation_data=val_cache.dataset(batch, shuffle=False)
-                if val_cache
-                else None,
-                epochs=stage_one + fine_tune_epochs,
-                initial_epoch=start,
-                steps_per_epoch=steps_per_epoch,
-                **fit_args,
-            )
+            if stage_one > start:
+                _fit_stage_one(
+                    run,
+                    split,
+                    (train_cache, val_cache),
+                    steps_per_epoch,
+                    start,
+                    continuation,
+                    backup,
+                )
         finally:
             train_cache.close()
             if val_cache is not None:
                 val_cache.close()
-        if end.converged_at is not None and verbose:
-            if end.why == "validation loss":
-                best = min(end.val_losses)
-                print(
-                    f"tltf: stage 1 stopped after {end.converged_at + 1} epochs "
-                    f"({(end.converged_at + 1) * steps_per_epoch:,} steps): the "
-                    f"validation loss stopped falling (best {best:.4g}, at epoch "
-                    f"{end.val_losses.index(best) + 1}; training loss "
-                    f"{end.losses[-1]:.4g})."
-                )
-            else:
-                print(
-                    f"tltf: stage 1 converged after {end.converged_at + 1} epochs "
-                    f"({(end.converged_at + 1) * steps_per_epoch:,} steps; training "
-                    f"loss {end.losses[-1]:.4g})."
-                )
     total = schedule.unfreeze_at_epoch + fine_tune_epochs
     continuation.epochs = total
     for callback in backup:
@@ -1289,3 +1259,75 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
         history.history["stage"] = [int(s) for s in history.history["stage"]]
     model.history = history
     return resume.merge(history) if resume is not None else history
+
+
+def _fit_stage_one(run, split, caches, steps_per_epoch, start, continuation, backup):
+    """Stage 1 of `_fit_with_feature_cache`: the head side of `split` on the cache.
+
+    Ends after `schedule.unfreeze_at_epoch` epochs, or, with `head_epochs="auto"`
+    (`steps_per_epoch` set), once the loss has converged (`StageOneEnd`).
+    """
+    model, schedule, resume = run.model, run.schedule, run.resume
+    train_cache, val_cache = caches
+    auto, stage_one = steps_per_epoch is not None, schedule.unfreeze_at_epoch
+    batch, seed = train_cache.batch_sizes[0], run.settings.seed
+    # Head steps on cached vectors take microseconds: run several per call, so
+    # that Python overhead does not dominate. Epoch-level callbacks see no
+    # difference.
+    per_epoch = steps_per_epoch or math.ceil(train_cache.count / batch)
+    # At most one epoch per call: Keras's progress bar counts executions past
+    # the end of a shorter epoch ("32/3"). With steps_per_epoch, a divisor of
+    # it: Keras counts whole executions against the dataset's length.
+    per_call = min(32, per_epoch)
+    if steps_per_epoch:
+        per_call = max(d for d in range(1, per_call + 1) if per_epoch % d == 0)
+    build_metrics(model, train_cache.others[0] if train_cache.others else None)
+    if auto:
+        # One epoch more than stage 1 runs: Keras reads ahead of the last one.
+        train_features = train_cache.stream(
+            batch, (stage_one + 1) * steps_per_epoch, seed, start * steps_per_epoch
+        )
+        done = resume.history if resume else {}
+        end = StageOneEnd(
+            stage_one,
+            schedule,
+            tolerance=0.01,
+            losses=done.get("loss", [])[:start],
+            val_losses=done.get("val_loss", [])[:start],
+        )
+    else:
+        train_features = train_cache.dataset(batch, shuffle=True, seed=seed)
+        if resume is not None:
+            resume.skip_passes(train_features, start)
+        end = StageOneEnd(stage_one)
+    fit_part(
+        split.trainable,
+        train_features,
+        optimizer=run.optimizer,
+        loss=run.loss,
+        metrics=run.metrics,
+        jit_compile=model.jit_compile,
+        steps_per_execution=per_call,
+        callbacks=[end, continuation, *backup, *stage_progbar(run.callbacks)],
+        validation_data=val_cache.dataset(batch, shuffle=False) if val_cache else None,
+        epochs=stage_one + run.fine_tune_epochs,
+        initial_epoch=start,
+        steps_per_epoch=steps_per_epoch,
+        **run.fit_args,
+    )
+    if end.converged_at is None or not run.fit_args.get("verbose"):
+        return
+    steps = (end.converged_at + 1) * steps_per_epoch
+    if end.why == "validation loss":
+        best = min(end.val_losses)
+        print(
+            f"tltf: stage 1 stopped after {end.converged_at + 1} epochs "
+            f"({steps:,} steps): the validation loss stopped falling (best "
+            f"{best:.4g}, at epoch {end.val_losses.index(best) + 1}; training loss "
+            f"{end.losses[-1]:.4g})."
+        )
+    else:
+        print(
+            f"tltf: stage 1 converged after {end.converged_at + 1} epochs "
+            f"({steps:,} steps; training loss {end.losses[-1]:.4g})."
+        )

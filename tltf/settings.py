@@ -194,7 +194,10 @@ class FineTuneSettings:
             other than classification unfreeze the top third). Defaults to
             "auto".
         head_steps: int. The optimizer-step budget of `head_epochs="auto"`.
-            Defaults to 2000.
+            0: none after a ridge start, so stage 1 is the closed-form ridge
+            head alone (no epochs) and stage 2 starts from it; measured in
+            benchmarks/RESULTS.md ("A closed-form stage 1"): better on the demo
+            base, not on VGG16, so not the default. Defaults to 2000.
         head_init: str. "ridge" starts a linear classification head from the
             closed-form ridge classifier on the standardised training features
             (see `tltf.schedule.prepare_head`); "random" from Keras's
@@ -286,7 +289,11 @@ class FineTuneSettings:
             ),
         )
         set_("unfreeze", check_unfreeze(self.unfreeze))
-        set_("head_steps", check_positive_int(self.head_steps, "head_steps"))
+        if not is_int(self.head_steps) or self.head_steps < 0:
+            raise ConfigError(
+                "Expected head_steps to be an integer >= 0 (0: the closed-form "
+                f"head only). Received: head_steps={self.head_steps!r}"
+            )
         check_choice(self.head_init, ("ridge", "random"), "head_init")
         if not isinstance(self.keep_best, bool):
             raise ConfigError(
