@@ -123,6 +123,9 @@ def test_the_config_section_and_the_tuner_make_settings():
         )
     with pytest.raises(ConfigError, match="Did you mean 'label_smoothing'"):
         tltf.tuning.FineTuneHyperModel(make_tiny_base(), 3, label_smothing=0.1)
+    with pytest.raises(ConfigError, match="initial_epoch is set by the tuner"):
+        tltf.tuning.FineTuneHyperModel(make_tiny_base(), 3, initial_epoch=1)
+    tltf.tuning.FineTuneHyperModel(make_tiny_base(), 3, steps_per_epoch=2)  # to fit
     hypermodel = tltf.tuning.FineTuneHyperModel(
         make_tiny_base(), 3, label_smoothing=0.1, seed=4
     )

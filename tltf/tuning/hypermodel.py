@@ -195,10 +195,10 @@ class FineTuneHyperModel(kt.HyperModel):
             fine_tune_kwargs,
             caller="FineTuneHyperModel",
         )
-        if fit_args:
+        if "initial_epoch" in fit_args:
             raise ConfigError(
-                f"{sorted(fit_args)[0]} is a model.fit argument; the tuner sets the "
-                "epochs of each trial. Remove it from the hypermodel's arguments."
+                "initial_epoch is set by the tuner for each trial. Remove it from "
+                "the hypermodel's arguments."
             )
         self.search = SearchSpace.from_dict(search)
         self.head = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
