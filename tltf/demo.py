@@ -95,6 +95,7 @@ from tltf.model import build_model, model_info
 from tltf.pretrain import default_demo_base, set_bn_momentum
 from tltf.reports import plot_confusion_counts
 from tltf.schedule import fine_tune
+from tltf.settings import check_epochs
 
 #: Version of the `summary.json` schema.
 SUMMARY_SCHEMA = 1
@@ -159,14 +160,6 @@ def _check_k_values(k_values) -> list[int]:
             f"images per class), e.g. (5, 10, 20). Received: k_values={k_values!r}"
         )
     return sorted({int(k) for k in values})
-
-
-def _check_epochs(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ConfigError(
-            f"Expected {name} to be an integer >= 0. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def _default_out_dir() -> Path:
@@ -469,12 +462,12 @@ def run_demo(
     settings = QUICK_SETTINGS if quick else DEMO_SETTINGS
     if head_epochs is not None:
         settings = dataclasses.replace(
-            settings, head_epochs=_check_epochs(head_epochs, "head_epochs")
+            settings, head_epochs=check_epochs(head_epochs, "head_epochs")
         )
     if fine_tune_epochs is not None:
         settings = dataclasses.replace(
             settings,
-            fine_tune_epochs=_check_epochs(fine_tune_epochs, "fine_tune_epochs"),
+            fine_tune_epochs=check_epochs(fine_tune_epochs, "fine_tune_epochs"),
         )
     if settings.head_epochs + settings.fine_tune_epochs == 0:
         raise ConfigError(
