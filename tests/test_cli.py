@@ -212,7 +212,7 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
         (["--head-epochs", "aut"], "or 'auto', got 'aut'; did you mean 'auto'?"),
         (["--fine-tune-epochs", "-1"], "expected an integer >= 0, got -1"),
         (["--unfreeze", "al"], "'all' or 'auto', got 'al'; did you mean 'all'?"),
-        (["--head-steps", "0"], "expected an integer >= 1"),
+        (["--head-steps", "-1"], "expected an integer >= 0"),
         (["--set", "schedule.head_lr=fnd"], "Did you mean 'find'?"),
     ],
 )
