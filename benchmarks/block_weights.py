@@ -26,9 +26,7 @@ from __future__ import annotations
 import tltf  # isort: skip  (first: imports TensorFlow quietly)
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -60,9 +58,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--weights-dir", default=None)
     args = parser.parse_args()
-    weights_dir = Path(args.weights_dir or tempfile.mkdtemp(prefix="tltf_weights_"))
-    if "vgg16" in args.bases:
-        realdata.write_vgg16_notop(weights_dir)
+    weights_dir = realdata.weights_folder(args.weights_dir, args.bases)
     rows = []
     for task in args.tasks:
         x, y = realdata.task_data(task)

@@ -112,13 +112,10 @@ def _probe_ridge(base, train, test) -> float:
 
 def main_real(args) -> None:
     """The defaults on real data and real weights (see the module docstring)."""
-    import tempfile
-    from pathlib import Path
 
     import realdata
 
-    weights_dir = Path(args.weights_dir or tempfile.mkdtemp(prefix="tltf_weights_"))
-    realdata.write_vgg16_notop(weights_dir)
+    weights_dir = realdata.weights_folder(args.weights_dir)
     size = 64
     columns = [
         "tltf defaults",

@@ -29,8 +29,6 @@ from __future__ import annotations
 import tltf  # isort: skip  (first: imports TensorFlow quietly)
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import realdata
@@ -92,9 +90,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--weights-dir", default=None)
     args = parser.parse_args()
-    weights_dir = Path(args.weights_dir or tempfile.mkdtemp(prefix="tltf_weights_"))
-    if "vgg16" in args.bases:
-        realdata.write_vgg16_notop(weights_dir)
+    weights_dir = realdata.weights_folder(args.weights_dir, args.bases)
     rows = []
     for task in args.tasks:
         x, y = realdata.task_data(task)

@@ -417,6 +417,15 @@ def texture_patches(
 TASK_LOADERS = {"digits": digits, "fonts": font_chars, "textures": texture_patches}
 
 
+def weights_folder(weights_dir, bases=("vgg16",)) -> Path:
+    """The offline weights folder of a benchmark (a temporary one by default),
+    with the VGG16 notop file written into it when "vgg16" is among `bases`."""
+    folder = Path(weights_dir or tempfile.mkdtemp(prefix="tltf_weights_"))
+    if "vgg16" in bases:
+        write_vgg16_notop(folder)
+    return folder
+
+
 def task_data(name: str, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The images and labels of a real task ("digits", "fonts" or "textures")."""
     return TASK_LOADERS[name](size)

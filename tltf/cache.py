@@ -58,7 +58,18 @@ def feature_extractor(model: keras.Model):
     `predict` traces again for the last, smaller batch and for every new model).
     Pass it to each `FeatureCache` of the same model.
     """
-    return FrozenSplit(model).extract()
+    return _compiled(feature_model(model))
+
+
+def _compiled(part: keras.Model):
+    """`part` in inference mode as one tf.function, batch size left open."""
+    spec = tf.TensorSpec((None, *part.input_shape[1:]), part.inputs[0].dtype)
+
+    @tf.function(input_signature=[spec], reduce_retracing=True)
+    def extract(images):
+        return part(images, training=False)
+
+    return extract
 
 
 def build_metrics(model: keras.Model, labels) -> None:
@@ -114,6 +125,7 @@ class FrozenSplit:
 
     def __init__(self, model: keras.Model, k: int = 0):
         self.k = k
+        self._extract = None
         if k == 0:
             self.extractor, self.trainable = feature_model(model), head_model(model)
             self.cut_shape = tuple(cut_tensor(model).shape[1:])
@@ -153,18 +165,12 @@ class FrozenSplit:
         """A compiled function from image batches to the frozen part's output.
 
         Its input signature leaves the batch size open, so one trace serves
-        every batch: full and partial, training and validation.
+        every batch: full and partial, training and validation. Built once per
+        split.
         """
-        spec = tf.TensorSpec(
-            (None, *self.extractor.input_shape[1:]), self.extractor.inputs[0].dtype
-        )
-        extractor = self.extractor
-
-        @tf.function(input_signature=[spec], reduce_retracing=True)
-        def extract(images):
-            return extractor(images, training=False)
-
-        return extract
+        if self._extract is None:
+            self._extract = _compiled(self.extractor)
+        return self._extract
 
     def features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         """The frozen part's output for an array of images, in order."""
