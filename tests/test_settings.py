@@ -129,7 +129,10 @@ def test_the_config_section_and_the_tuner_make_settings():
     hypermodel = tltf.tuning.FineTuneHyperModel(
         make_tiny_base(), 3, label_smoothing=0.1, seed=4
     )
+    # The tuner's own defaults (fixed epochs, no guard) are settings too.
     assert hypermodel.settings.changed() == {
+        "head_epochs": 5,
+        "fine_tune_epochs": 5,
         "keep_best": False,
         "label_smoothing": 0.1,
         "seed": 4,

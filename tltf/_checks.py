@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Real
 
 import numpy as np
@@ -53,6 +54,34 @@ def check_positive_int(value, name: str) -> int:
             f"Expected {name} to be an int >= 1. Received: {name}={value!r}"
         )
     return int(value)
+
+
+def named_arguments(function: Callable) -> tuple[str, ...]:
+    """The names of `function`'s arguments, without `self`, `*args` and `**kwargs`."""
+    return tuple(
+        p.name
+        for p in inspect.signature(function).parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    )
+
+
+def check_keywords(kwargs, valid: Sequence[str], caller: str, takes: str = "") -> None:
+    """Rejects a keyword that `caller` does not take, naming the closest one.
+
+    For functions whose rarer options come in through `**kwargs`: `valid` is
+    every name the function takes (its named arguments too, so that the
+    suggestion can be any of them), and `takes` says in words what `**kwargs`
+    accepts. The wording is `tltf.settings.split_kwargs`'s.
+
+    Raises:
+        ConfigError: for the first name not in `valid`, with the closest one.
+    """
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise ConfigError(
+            f"{caller}() got an unexpected argument {unknown[0]!r}."
+            f"{suggest(unknown[0], valid, n=1)}{' ' + takes if takes else ''}"
+        )
 
 
 def take_renamed(kwargs: dict, old: str, new: str, value, caller: str):

@@ -53,6 +53,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf._checks import check_keywords, named_arguments
 from tltf.cache import FrozenSplit
 from tltf.data import DataBundle
 from tltf.data.inputs import as_dataset, check_image_shape, check_labels
@@ -168,6 +169,63 @@ class LRFinderResult:
         return figure
 
 
+@dataclasses.dataclass(frozen=True)
+class LRSweep:
+    """The numbers of an LR sweep: `find_lr`'s keywords, checked when made.
+
+    Attributes:
+        min_lr: float. The first rate. Defaults to 1e-7.
+        max_lr: float. The last rate (before any widening). Defaults to 1.0.
+        steps: int. Sweep steps (at least 10) from `min_lr` to `max_lr`.
+            Defaults to 100.
+        smoothing: float. Weight of the loss's moving average, in [0, 1).
+            Defaults to 0.9.
+        diverge: float. Stop when the smoothed loss exceeds this many times its
+            minimum (> 1). Defaults to 4.0.
+        widen: float. At most this many decades to widen the range by, each
+            way (>= 0). Defaults to 3.
+
+    Example:
+
+    >>> sweep = LRSweep(max_lr=1e-1, steps=50)
+    >>> tltf.find_lr(model, train_ds, **dataclasses.asdict(sweep))
+    """
+
+    min_lr: float = 1e-7
+    max_lr: float = 1.0
+    steps: int = 100
+    smoothing: float = 0.9
+    diverge: float = 4.0
+    widen: float = 3
+
+    def __post_init__(self):
+        _check_range(self.min_lr, self.max_lr)
+        steps, smoothing = self.steps, self.smoothing
+        diverge, widen = self.diverge, self.widen
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 10:
+            raise ConfigError(
+                f"Expected steps as an integer >= 10. Received: steps={steps!r}"
+            )
+        if not (isinstance(smoothing, Real) and 0 <= smoothing < 1):
+            raise ConfigError(
+                f"Expected smoothing in [0, 1). Received: smoothing={smoothing!r}"
+            )
+        if not (isinstance(diverge, Real) and diverge > 1):
+            raise ConfigError(f"Expected diverge > 1. Received: diverge={diverge!r}")
+        if (
+            isinstance(widen, bool)
+            or not isinstance(widen, Real)
+            or not (math.isfinite(widen) and widen >= 0)
+        ):
+            raise ConfigError(
+                f"Expected widen as a number of decades >= 0. Received: widen={widen!r}"
+            )
+
+
+#: The keywords of `find_lr` that set its sweep (`LRSweep`'s fields).
+SWEEP_FIELDS = tuple(f.name for f in dataclasses.fields(LRSweep))
+
+
 def find_lr(
     model: keras.Model,
     train,
@@ -175,17 +233,12 @@ def find_lr(
     stage: str = "head",
     unfreeze: int | str | dict | Sequence[str] = "all",
     bn: str = "frozen",
-    min_lr: float = 1e-7,
-    max_lr: float = 1.0,
-    steps: int = 100,
     optimizer: str | keras.optimizers.Optimizer = "adam",
     loss="auto",
     batch_size: int = 32,
-    smoothing: float = 0.9,
-    diverge: float = 4.0,
     seed: int | None = None,
     verbose: int = 1,
-    widen: float = 3,
+    **sweep,
 ) -> LRFinderResult:
     """Sweeps the learning rate exponentially and suggests one; restores the model.
 
@@ -235,25 +288,29 @@ def find_lr(
             (int, "all", `{"layers": n}`, `{"names": regex}`), or a list of block
             names. Defaults to "all".
         bn: str. BatchNorm policy for `stage="fine_tune"`. Defaults to "frozen".
-        min_lr: float. The first rate. Defaults to 1e-7.
-        max_lr: float. The last rate (before any widening). Defaults to 1.0.
-        steps: int. Sweep steps (at least 10) from `min_lr` to `max_lr`; widening
-            adds steps at the same density. Defaults to 100.
         optimizer: str or Optimizer. The optimizer class to sweep with; an
             instance is cloned (its config, not its state), never changed.
             Defaults to "adam".
         loss: A Keras loss, or "auto" for the task's (as `fine_tune`). Defaults
             to "auto".
         batch_size: int. Batch size for array inputs. Defaults to 32.
-        smoothing: float. Weight of the exponential moving average of the loss,
-            in [0, 1). Defaults to 0.9.
-        diverge: float. Stop when the smoothed loss exceeds this many times its
-            minimum. Defaults to 4.0.
         seed: int or None. Shuffle seed for array inputs. Defaults to None.
         verbose: int. 1 prints one line with the suggestion. Defaults to 1.
-        widen: float. At most this many decades to widen the range by, each
-            way, when the minimum is at an end of it; 0 never widens. Defaults
-            to 3.
+        **sweep: The sweep's numbers, the fields of `LRSweep` (any other
+            keyword is a ConfigError naming the closest argument):
+
+            - min_lr: float. The first rate. Defaults to 1e-7.
+            - max_lr: float. The last rate (before any widening). Defaults to
+              1.0.
+            - steps: int. Sweep steps (at least 10) from `min_lr` to `max_lr`;
+              widening adds steps at the same density. Defaults to 100.
+            - smoothing: float. Weight of the exponential moving average of the
+              loss, in [0, 1). Defaults to 0.9.
+            - diverge: float. Stop when the smoothed loss exceeds this many
+              times its minimum. Defaults to 4.0.
+            - widen: float. At most this many decades to widen the range by,
+              each way, when the minimum is at an end of it; 0 never widens.
+              Defaults to 3.
 
     Returns:
         An `LRFinderResult` with `.lrs`, `.losses`, `.smoothed`, `.suggestion`,
@@ -274,29 +331,18 @@ def find_lr(
     >>> result.plot()
     >>> tltf.fine_tune(model, train_ds, val_ds, head_lr=result.suggestion)
     """
+    check_keywords(
+        sweep,
+        (*named_arguments(find_lr), *SWEEP_FIELDS),
+        "find_lr",
+        f"Its other keywords are the fields of LRSweep: {', '.join(SWEEP_FIELDS)}.",
+    )
     info = model_info(model)
     if stage not in STAGES:
         raise ConfigError(f"Expected stage in {STAGES}. Received: stage={stage!r}")
-    _check_range(min_lr, max_lr)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 10:
-        raise ConfigError(
-            f"Expected steps as an integer >= 10. Received: steps={steps!r}"
-        )
-    if not (isinstance(smoothing, Real) and 0 <= smoothing < 1):
-        raise ConfigError(
-            f"Expected smoothing in [0, 1). Received: smoothing={smoothing!r}"
-        )
-    if not (isinstance(diverge, Real) and diverge > 1):
-        raise ConfigError(f"Expected diverge > 1. Received: diverge={diverge!r}")
-    if (
-        isinstance(widen, bool)
-        or not isinstance(widen, Real)
-        or not (math.isfinite(widen) and widen >= 0)
-    ):
-        raise ConfigError(
-            f"Expected widen as a number of decades >= 0. Received: widen={widen!r}"
-        )
-
+    numbers = LRSweep(**sweep)
+    min_lr, max_lr, steps = numbers.min_lr, numbers.max_lr, numbers.steps
+    smoothing, diverge, widen = numbers.smoothing, numbers.diverge, numbers.widen
     check_bn_policy(bn)
     blocks = _stage_blocks(info, stage, unfreeze)
     dataset, remake, one_hot = _training_batches(model, info, train, batch_size, seed)

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 
 from tltf._checks import take_renamed
-from tltf.bases.base import Base, load_base
+from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.cut import block_outputs, cut_base, resolve_block
 from tltf.compute import policy_scope, rebuild_base, resolve_policy
 from tltf.distribute import resolve_strategy
@@ -43,18 +43,14 @@ def build_model(
     num_classes: int | None = None,
     *,
     input_shape: tuple | None = None,
-    weights: str | os.PathLike | None = "imagenet",
     head: HeadConfig | dict | None = None,
     task: str = "multiclass",
-    weights_dir: str | os.PathLike | None = None,
-    block_map=None,
-    preprocessing: str | None = None,
     name: str | None = None,
     cut: int | str | None = None,
     data=None,
     strategy=None,
     mixed_precision: bool | str = False,
-    **constructor_kwargs,
+    **base_kwargs,
 ) -> keras.Model:
     """Builds a transfer model: preprocessing, then the frozen base, then a head.
 
@@ -70,18 +66,10 @@ def build_model(
             outputs for "regression" (defaults to 1); None, 1 or 2 for "binary".
         input_shape: tuple or None. `(height, width, channels)` of the images the
             model takes, raw RGB in [0, 255]. Defaults to the base's own size.
-        weights: "imagenet", None, or a weights file path (registry bases only).
-            Defaults to "imagenet".
         head: HeadConfig, dict or None. The head's layout. Defaults to
             `HeadConfig()`: average pooling, dropout 0.2, the output layer.
         task: str. "multiclass", "binary", "multilabel" or "regression".
             Defaults to "multiclass".
-        weights_dir: str or None. Offline folder for ImageNet weight files.
-            Defaults to `$TLTF_WEIGHTS_DIR`.
-        block_map: Block map of a custom base (see `load_base`). Called
-            `blocks` before; `blocks=` still works, with a DeprecationWarning.
-            Defaults to None.
-        preprocessing: str or None. Preprocessing mode of a custom base.
         name: str or None. The model's name. Defaults to "tltf_<base>".
         cut: str, int or None. Build on the output of this block instead of the
             base's top: a block name or an index in the base's block map
@@ -106,7 +94,20 @@ def build_model(
             one). Layers compute in 16 bits with float32 variables; the head's
             output stays float32; the global policy is left unchanged (see
             `tltf.compute`). Defaults to False.
-        **constructor_kwargs: Extra Keras constructor arguments (e.g. `alpha`).
+        **base_kwargs: How to load the base, passed on to `tltf.load_base`:
+
+            - weights: "imagenet", None, or a weights file path (registry
+              bases only). Defaults to "imagenet".
+            - weights_dir: str or None. Offline folder for ImageNet weight
+              files. Defaults to `$TLTF_WEIGHTS_DIR`.
+            - block_map: Block map of a custom base (see `load_base`). Called
+              `blocks` before; `blocks=` still works, with a
+              DeprecationWarning. Defaults to None.
+            - preprocessing: str or None. Preprocessing mode of a custom base.
+              Defaults to None ("none").
+            - Any other keyword is an argument of the Keras constructor (e.g.
+              `alpha`); a name that is none of these is a ConfigError naming
+              the closest one.
 
     Returns:
         A compiled-free `keras.Model` whose base is frozen.
@@ -117,22 +118,21 @@ def build_model(
     ...                          input_shape=(96, 96, 3), alpha=0.35)
     >>> model.save("flowers.keras")
     """
-    strategy = resolve_strategy(strategy)
     block_map = take_renamed(
-        constructor_kwargs, "blocks", "block_map", block_map, "build_model"
+        base_kwargs,
+        "blocks",
+        "block_map",
+        base_kwargs.pop("block_map", None),
+        "build_model",
     )
+    check_load_kwargs(base_kwargs, build_model, "build_model")
+    strategy = resolve_strategy(strategy)
     policy = resolve_policy(mixed_precision)
     with strategy.scope(), policy_scope(policy):
         head = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
         units = output_units(task, num_classes)
         base = load_base(
-            base,
-            weights=weights,
-            input_shape=input_shape,
-            weights_dir=weights_dir,
-            block_map=block_map,
-            preprocessing=preprocessing,
-            **constructor_kwargs,
+            base, input_shape=input_shape, block_map=block_map, **base_kwargs
         )
         base = rebuild_base(base, strategy, policy)
         shape = base.input_shape

@@ -53,7 +53,7 @@ import tensorflow as tf
 
 from tltf._checks import take_renamed
 from tltf._io import atomic_write_text
-from tltf.bases.base import Base, load_base
+from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.cut import block_outputs, resolve_block
 from tltf.data import DataBundle
 from tltf.data.inputs import as_dataset
@@ -225,17 +225,13 @@ def probe_blocks(
     every: int = 1,
     blocks: Sequence[int | str] | None = None,
     input_shape: tuple | None = None,
-    weights: str | os.PathLike | None = "imagenet",
-    weights_dir: str | os.PathLike | None = None,
-    block_map=None,
-    preprocessing: str | None = None,
     batch_size: int = 32,
     tolerance: float | None = None,
     val_fraction: float | None = None,
     seed: int = 0,
     pixels: bool = True,
     verbose: int = 1,
-    **constructor_kwargs,
+    **base_kwargs,
 ) -> ProbeResult:
     """Probes how well each block's features solve the task, and recommends a cut.
 
@@ -262,12 +258,6 @@ def probe_blocks(
         blocks: sequence of block names or indices, or None. Probe exactly these
             blocks (plus the top block, the reference). Defaults to None.
         input_shape: tuple or None. As for `build_model`. Defaults to the base's.
-        weights: As for `build_model`. Defaults to "imagenet".
-        weights_dir: As for `build_model`. Defaults to None.
-        block_map: Block map of a custom `keras.Model` base (as for
-            `load_base`). Defaults to None (inferred).
-        preprocessing: str or None. Preprocessing mode of a custom base.
-            Defaults to None ("none").
         batch_size: int. Batch size of the forward pass for array inputs.
             Defaults to 32.
         tolerance: float or None. Accuracy differences up to this are ties.
@@ -280,7 +270,20 @@ def probe_blocks(
             32x32): the no-transfer baseline, in `ProbeResult.pixels`. Defaults
             to True.
         verbose: int. 1 prints the table and the recommendation. Defaults to 1.
-        **constructor_kwargs: Extra Keras constructor arguments (e.g. `alpha`).
+        **base_kwargs: How to load the base, passed on to `tltf.load_base` (as
+            for `build_model`):
+
+            - weights: "imagenet", None or a weights file path. Defaults to
+              "imagenet".
+            - weights_dir: str or None. Offline folder for ImageNet weight
+              files. Defaults to `$TLTF_WEIGHTS_DIR`.
+            - block_map: Block map of a custom `keras.Model` base. Defaults to
+              None (inferred).
+            - preprocessing: str or None. Preprocessing mode of a custom base.
+              Defaults to None ("none").
+            - Any other keyword is an argument of the Keras constructor (e.g.
+              `alpha`); a name that is none of these is a ConfigError naming
+              the closest one.
 
     Returns:
         A `ProbeResult`: `.table`, `.cut`, `.unfreeze`, `.reason`, `.plot()`,
@@ -296,17 +299,10 @@ def probe_blocks(
 
     start = time.perf_counter()
     val = take_renamed(
-        constructor_kwargs, "val", "validation_data", validation_data, "probe_blocks"
+        base_kwargs, "val", "validation_data", validation_data, "probe_blocks"
     )
-    loaded = load_base(
-        base,
-        weights=weights,
-        input_shape=input_shape,
-        weights_dir=weights_dir,
-        block_map=block_map,
-        preprocessing=preprocessing,
-        **constructor_kwargs,
-    )
+    check_load_kwargs(base_kwargs, probe_blocks, "probe_blocks")
+    loaded = load_base(base, input_shape=input_shape, **base_kwargs)
     positions = _positions(loaded.block_map, every, blocks)
     if isinstance(train, DataBundle):
         if val is None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import keras
 
-from tltf._checks import check_choice, check_positive_int, is_int
+from tltf._checks import check_choice, check_keywords, check_positive_int, is_int
 from tltf.compute import check_jit_compile
 from tltf.errors import ConfigError, suggest
 from tltf.freezing import check_bn_policy
@@ -431,14 +431,13 @@ def split_kwargs(
             f"settings={settings!r}. Pass single settings as keywords instead, e.g. "
             f"{caller}(model, train, head_epochs=5)."
         )
-    unknown = [k for k in kwargs if k not in FIELDS and k not in FIT_ARGUMENTS]
-    if unknown:
-        raise ConfigError(
-            f"{caller}() got an unexpected argument {unknown[0]!r}."
-            f"{suggest(unknown[0], (*FIELDS, *FIT_ARGUMENTS), n=1)} It takes the fields "
-            f"of tltf.FineTuneSettings ({', '.join(FIELDS)}) and the model.fit "
-            f"arguments {', '.join(FIT_ARGUMENTS)}."
-        )
+    check_keywords(
+        kwargs,
+        (*FIELDS, *FIT_ARGUMENTS),
+        caller,
+        f"It takes the fields of tltf.FineTuneSettings ({', '.join(FIELDS)}) and "
+        f"the model.fit arguments {', '.join(FIT_ARGUMENTS)}.",
+    )
     changes = {k: v for k, v in kwargs.items() if k in FIELDS}
     fit = {k: v for k, v in kwargs.items() if k in FIT_ARGUMENTS}
     return (settings.replace(**changes) if changes else settings), fit

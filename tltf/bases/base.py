@@ -10,10 +10,15 @@ from typing import Any
 
 import keras
 
-from tltf._checks import take_renamed
+from tltf._checks import check_keywords, named_arguments, take_renamed
 from tltf._io import atomic_dir
 from tltf.bases.blockmaps import BlockMap, infer_block_map, validate_block_map
-from tltf.bases.registry import BaseSpec, get_spec, shipped_base_path
+from tltf.bases.registry import (
+    BaseSpec,
+    constructor_arguments,
+    get_spec,
+    shipped_base_path,
+)
 from tltf.bases.weights import load_weights_file, offline_first, resolve_weights_dir
 from tltf.errors import ConfigError, InputShapeError, ModelError
 from tltf.layers import PREPROCESSING_MODES
@@ -222,6 +227,31 @@ def load_base(
     spec = get_spec(base)
     return _application_base(
         spec, weights, input_shape, weights_dir, constructor_kwargs
+    )
+
+
+#: The `load_base` keywords that `build_model` and `probe_blocks` take through
+#: their `**kwargs`, with the arguments of the Keras constructor.
+LOAD_OPTIONS = ("weights", "weights_dir", "block_map", "preprocessing")
+
+
+def check_load_kwargs(kwargs: dict, function, caller: str) -> None:
+    """Rejects a keyword that neither `function` nor `load_base` takes.
+
+    `function` passes its `**kwargs` on to `load_base`: each must be one of
+    `LOAD_OPTIONS` or an argument of a registry constructor
+    (`constructor_arguments`, e.g. `alpha`).
+
+    Raises:
+        ConfigError: for any other keyword, naming the closest of `function`'s
+            arguments, `LOAD_OPTIONS` and the constructor arguments.
+    """
+    check_keywords(
+        kwargs,
+        (*named_arguments(function), *LOAD_OPTIONS, *constructor_arguments()),
+        caller,
+        f"Its other keywords go to tltf.load_base ({', '.join(LOAD_OPTIONS)}) "
+        "and to the Keras constructor (e.g. alpha).",
     )
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -296,6 +298,20 @@ def get_spec(name: str) -> BaseSpec:
         "registry, or pass a keras.Model or the "
         "path of a saved base."
     )
+
+
+@functools.cache
+def constructor_arguments() -> tuple[str, ...]:
+    """The arguments of the registry's Keras constructors, sorted.
+
+    Those `load_base` sets itself (`include_top`, `input_shape`, `weights`) are
+    left out. `build_model` and `probe_blocks` pass the others on to the
+    constructor (`alpha=0.35`) and reject any other unknown keyword.
+    """
+    names = set()
+    for spec in _SPECS:
+        names.update(inspect.signature(spec.constructor).parameters)
+    return tuple(sorted(names - {"include_top", "input_shape", "weights"}))
 
 
 def applications_constructors() -> list[str]:

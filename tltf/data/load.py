@@ -4,10 +4,16 @@ splits off validation, and returns the `DataBundle` of their pipelines.
 
 from __future__ import annotations
 
-import os
 from numbers import Real
+from typing import Any
 
-from tltf._checks import check_choice, check_image_size, check_positive_int
+from tltf._checks import (
+    check_choice,
+    check_image_size,
+    check_keywords,
+    check_positive_int,
+    named_arguments,
+)
 from tltf.data.bundle import DataBundle
 from tltf.data.images import RESIZE_POLICIES, ImageOptions
 from tltf.data.labels import TASKS, label_counts, split_indices, validation_coverage
@@ -23,6 +29,11 @@ _KIND_NAMES = {
     "arrays": "(images, labels) arrays",
     "dataset": "a tf.data.Dataset",
 }
+
+
+#: The rarely needed `load_data` keywords (through `**options`), with their
+#: defaults.
+EXTRA_OPTIONS: dict[str, Any] = {"cache": True, "data_dir": None}
 
 
 def _check_fraction(value) -> float | None:
@@ -49,9 +60,8 @@ def load_data(
     num_classes: int | None = None,
     resize: str = "stretch",
     shuffle: bool = True,
-    cache: bool = True,
     strict: bool = False,
-    data_dir: str | os.PathLike | None = None,
+    **options,
 ) -> DataBundle:
     """Loads images and labels into batched, checked `tf.data` pipelines.
 
@@ -106,13 +116,16 @@ def load_data(
             (central crop to the target aspect ratio, then resize) or "pad" (resize
             keeping the aspect ratio, then pad with black). Defaults to "stretch".
         shuffle: bool. Shuffle the training data every epoch. Defaults to True.
-        cache: bool. Keep decoded, resized images in memory after the first
-            epoch. Defaults to True.
         strict: bool. Raise `DataError` on unreadable or non-image files in an
             image folder instead of skipping them, and on class folders without
             readable images instead of dropping them. Defaults to False.
-        data_dir: str or None. TFDS data folder (e.g. a prepared offline copy).
-            Defaults to None (TFDS's own default).
+        **options: The rarely needed arguments (any other keyword is a
+            ConfigError naming the closest argument):
+
+            - cache: bool. Keep decoded, resized images in memory after the
+              first epoch. Defaults to True.
+            - data_dir: str or None. TFDS data folder (e.g. a prepared offline
+              copy). Defaults to None (TFDS's own default).
 
     Returns:
         A `DataBundle` with `train`, `validation`, `class_names`, `num_classes`,
@@ -132,6 +145,14 @@ def load_data(
     >>> images.shape, labels.shape
     (TensorShape([32, 224, 224, 3]), TensorShape([32]))
     """
+    check_keywords(
+        options,
+        (*named_arguments(load_data), *EXTRA_OPTIONS),
+        "load_data",
+        f"Its other keywords are {', '.join(EXTRA_OPTIONS)}.",
+    )
+    cache = options.get("cache", EXTRA_OPTIONS["cache"])
+    data_dir = options.get("data_dir", EXTRA_OPTIONS["data_dir"])
     opts = ImageOptions(
         size=check_image_size(image_size),
         batch_size=check_positive_int(batch_size, "batch_size"),

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf import cache
+from tltf._checks import check_keywords, is_int, named_arguments
 from tltf._io import atomic_write_json
 from tltf.bases.base import Base, load_base
 from tltf.cache import Continuation, FrozenSplit, fit_part
@@ -41,12 +42,37 @@ from tltf.info import ModelInfo, default_loss_and_metrics, model_info
 from tltf.model import build_model
 from tltf.optimizers import clone_optimizer, make_optimizer
 from tltf.schedule import FineTuneSchedule, fine_tune
-from tltf.settings import FineTuneSettings, split_kwargs
+from tltf.settings import FIELDS, FIT_ARGUMENTS, FineTuneSettings, split_kwargs
 from tltf.stages import StageTag, stage_progbar
 from tltf.tuning.space import STAGE2_HPS, STAGE2_OPTIONS, SearchSpace
 from tltf.tuning.store import HEADS_DIR, HeadStore
 
 TRIAL_RECORD = "tltf_trial.json"
+#: The hypermodel's own options, taken through `**kwargs`, with their defaults.
+HYPERMODEL_OPTIONS: dict[str, Any] = {
+    "share_stage1": True,
+    "head_store": None,
+    "name": None,
+}
+#: The tuner's defaults for settings left at their `FineTuneSettings` defaults.
+TUNER_DEFAULTS: dict[str, Any] = {
+    "head_epochs": 5,
+    "fine_tune_epochs": 5,
+    # keras-tuner scores a trial by its best epoch already; the stage-2 guard
+    # would also make full-pass and cached stage 2 differ.
+    "keep_best": False,
+}
+#: Settings that each trial takes from its searched values.
+SEARCHED_SETTINGS = ("head_lr", "fine_tune_lr", "unfreeze", "bn", "lr_decay")
+#: Settings that the hypermodel reads itself (its arguments before `settings`).
+TRIAL_SETTINGS = (
+    "head_epochs",
+    "fine_tune_epochs",
+    "optimizer",
+    "seed",
+    "batch_size",
+    "cache_features",
+)
 
 
 class _EpochTimes(keras.callbacks.Callback):
@@ -93,31 +119,50 @@ class FineTuneHyperModel(kt.HyperModel):
         head: HeadConfig or dict. Head options not searched (pooling, ...);
             dropout and the hidden width come from the search. Defaults to None.
         search: SearchSpace or dict. Defaults to `SearchSpace()`.
-        head_epochs: int. Stage-1 epochs. Defaults to 5. Fixed numbers, not
-            `fine_tune`'s "auto": trials are compared epoch for epoch, so every
-            trial must run the same epochs (the search's best trial can then be
-            trained again with `fine_tune`'s defaults, or with more epochs).
-        fine_tune_epochs: int. Stage-2 epochs (Hyperband sets them per trial).
-            Defaults to 5.
-        optimizer: str or Optimizer. Defaults to "adam".
-        share_stage1: bool. Keep and reuse stage 1 per head key. Defaults to True.
-        head_store: str or None. Folder of the stage-1 store. Defaults to
-            `<tuner project>/tltf_heads`.
+        settings: FineTuneSettings or None. What every trial trains, before its
+            searched values (`head_lr`, `fine_tune_lr`, `unfreeze`, `bn`,
+            `lr_decay`: set them through `search`) replace theirs. Keywords
+            below change single fields of it. Fields left at their
+            `FineTuneSettings` defaults take the tuner's own: `head_epochs=5`,
+            `fine_tune_epochs=5` (not "auto") and `keep_best=False`.
+            Defaults to None (all defaults).
         stage2_hps: Names of your own hyperparameters that only change stage 2.
         build_hook: Callable `(hp, model) -> model or None`. Defaults to None.
         fit_hook: Callable `(hp) -> dict` of extra `fine_tune` arguments.
             Defaults to None.
-        seed: int or None. Seeds the base's initialisation (random-weight bases)
-            and every trial. Defaults to None.
-        batch_size: int. Batch size for array inputs. Defaults to 32.
-        cache_features: See `fine_tune` (stage 1). Unless False, stage 2 also
-            trains on the output of the frozen blocks, computed once per trial,
-            when it can (array inputs, no augmentation or other fine_tune
-            options, some blocks left frozen). Defaults to "auto".
         base_kwargs: dict. Extra `build_model` arguments (`alpha`, `weights_dir`,
             `block_map`, ...). Defaults to None.
-        **fine_tune_kwargs: Other `fine_tune` arguments for every trial
-            (`label_smoothing`, `class_weight`, `augment`, `gradual_every`...).
+        **kwargs: Any other name is a ConfigError naming the closest argument.
+            The hypermodel's own options:
+
+            - share_stage1: bool. Keep and reuse stage 1 per head key. Defaults
+              to True.
+            - head_store: str or None. Folder of the stage-1 store. Defaults to
+              `<tuner project>/tltf_heads`.
+            - name: str or None. keras-tuner's name of the hypermodel. Defaults
+              to None.
+
+            The fields of `tltf.FineTuneSettings` (see `settings`), among them:
+
+            - head_epochs: int. Stage-1 epochs. Defaults to 5. Fixed numbers,
+              not `fine_tune`'s "auto": trials are compared epoch for epoch, so
+              every trial must run the same epochs (the search's best trial can
+              then be trained again with `fine_tune`'s defaults, or with more
+              epochs).
+            - fine_tune_epochs: int. Stage-2 epochs (Hyperband sets them per
+              trial). Defaults to 5.
+            - optimizer: str or Optimizer. Defaults to "adam".
+            - seed: int or None. Seeds the base's initialisation (random-weight
+              bases) and every trial. Defaults to None.
+            - batch_size: int. Batch size for array inputs. Defaults to 32.
+            - cache_features: See `fine_tune` (stage 1). Unless False, stage 2
+              also trains on the output of the frozen blocks, computed once per
+              trial, when it can (array inputs, no augmentation or other
+              fine_tune options, some blocks left frozen). Defaults to "auto".
+            - the other `fine_tune` settings for every trial
+              (`label_smoothing`, `class_weight`, `augment`, `gradual_every`...),
+              and the `model.fit` arguments `fine_tune` passes on
+              (`steps_per_epoch`, ...; not `initial_epoch`).
 
     Example:
 
@@ -137,84 +182,78 @@ class FineTuneHyperModel(kt.HyperModel):
         weights="imagenet",
         head: HeadConfig | dict | None = None,
         search: SearchSpace | dict | None = None,
-        head_epochs: int = 5,
-        fine_tune_epochs: int = 5,
-        optimizer="adam",
-        share_stage1: bool = True,
-        head_store=None,
+        settings: FineTuneSettings | None = None,
         stage2_hps: Sequence[str] = (),
         build_hook: Callable | None = None,
         fit_hook: Callable | None = None,
-        seed: int | None = None,
-        batch_size: int = 32,
-        cache_features="auto",
         base_kwargs: dict | None = None,
-        name: str | None = None,
-        **fine_tune_kwargs,
+        **kwargs,
     ):
-        super().__init__(name=name, tunable=True)
-        for key in ("head_epochs", "fine_tune_epochs"):
-            value = locals()[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(
-                    f"Expected {key} to be an integer >= 0. Received: {key}={value!r}"
-                )
-        if fine_tune_epochs < 1:
-            raise ConfigError(
-                "Expected fine_tune_epochs >= 1: trials are compared on their stage-2 "
-                f"epochs. Received: fine_tune_epochs={fine_tune_epochs}"
-            )
-        for key in (
-            "head_epochs",
-            "fine_tune_epochs",
-            "head_lr",
-            "fine_tune_lr",
-            "unfreeze",
-            "bn",
-            "lr_decay",
-            "callbacks",
-            "validation_data",
-        ):
-            if key in fine_tune_kwargs:
+        options = {k: kwargs.pop(k, v) for k, v in HYPERMODEL_OPTIONS.items()}
+        super().__init__(name=options["name"], tunable=True)
+        for key in (*SEARCHED_SETTINGS, "callbacks", "validation_data"):
+            if key in kwargs:
                 raise ConfigError(
                     f"{key} is set by the hypermodel (search space or its own "
                     f"argument), not through fine_tune arguments. Received: {key}="
-                    f"{fine_tune_kwargs[key]!r}"
+                    f"{kwargs[key]!r}"
                 )
-        # Every trial runs these settings, with its searched values replaced.
-        self.settings, fit_args = split_kwargs(
-            FineTuneSettings(
-                optimizer=optimizer,
-                batch_size=batch_size,
-                seed=seed,
-                cache_features=cache_features,
-                # keras-tuner scores a trial by its best epoch already; the
-                # stage-2 guard would also make full-pass and cached stage 2 differ.
-                keep_best=False,
+        check_keywords(
+            kwargs,
+            (
+                *named_arguments(FineTuneHyperModel.__init__),
+                *HYPERMODEL_OPTIONS,
+                *FIELDS,
+                *FIT_ARGUMENTS,
             ),
-            fine_tune_kwargs,
-            caller="FineTuneHyperModel",
+            "FineTuneHyperModel",
+            f"Its other keywords are {', '.join(HYPERMODEL_OPTIONS)}, the fields "
+            "of tltf.FineTuneSettings and the model.fit arguments "
+            f"{', '.join(FIT_ARGUMENTS)}.",
         )
+        # Every trial runs these settings, with its searched values replaced.
+        self.settings, fit_args = _trial_settings(settings, kwargs)
         if "initial_epoch" in fit_args:
             raise ConfigError(
                 "initial_epoch is set by the tuner for each trial. Remove it from "
                 "the hypermodel's arguments."
             )
+        for key in ("head_epochs", "fine_tune_epochs"):
+            value = getattr(self.settings, key)
+            if not is_int(value):
+                raise ConfigError(
+                    f"Expected {key} to be an integer >= 0. Received: {key}={value!r}"
+                )
+        if self.settings.fine_tune_epochs < 1:
+            raise ConfigError(
+                "Expected fine_tune_epochs >= 1: trials are compared on their stage-2 "
+                f"epochs. Received: fine_tune_epochs={self.settings.fine_tune_epochs}"
+            )
         self.search = SearchSpace.from_dict(search)
         self.head = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
         self.num_classes, self.task = num_classes, task
-        self.head_epochs, self.fine_tune_epochs = head_epochs, fine_tune_epochs
-        self.optimizer = optimizer
-        self.share_stage1 = share_stage1
-        self.head_store = head_store
+        self.head_epochs = self.settings.head_epochs
+        self.fine_tune_epochs = self.settings.fine_tune_epochs
+        self.optimizer = self.settings.optimizer
+        self.share_stage1 = options["share_stage1"]
+        self.head_store = options["head_store"]
         self.stage2_hps = tuple(stage2_hps)
         self.build_hook, self.fit_hook = build_hook, fit_hook
-        self.seed, self.batch_size = seed, batch_size
-        self.cache_features = cache_features
-        self.fine_tune_kwargs = fine_tune_kwargs
+        self.seed, self.batch_size = self.settings.seed, self.settings.batch_size
+        self.cache_features = self.settings.cache_features
+        # The settings that every trial passes to fine_tune again (and that
+        # are part of the head key): all but those the hypermodel reads itself.
+        self.fine_tune_kwargs = {
+            **{
+                k: v
+                for k, v in (settings.changed() if settings is not None else {}).items()
+                if k not in TRIAL_SETTINGS and (k, v) != ("keep_best", False)
+            },
+            **{k: v for k, v in kwargs.items() if k not in TRIAL_SETTINGS},
+        }
         base_kwargs = dict(base_kwargs or {})
-        if seed is not None:
-            keras.utils.set_random_seed(seed)
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed)
         self._base = load_base(
             base, weights=weights, input_shape=input_shape, **base_kwargs
         )
@@ -652,6 +691,26 @@ def _fit_on_frozen_features(
     )
     model.history = history
     return history
+
+
+def _trial_settings(settings, kwargs) -> tuple[FineTuneSettings, dict]:
+    """The settings every trial starts from, and the `model.fit` arguments.
+
+    The tuner's defaults (`TUNER_DEFAULTS`) replace the fields that `settings`
+    leaves at their `FineTuneSettings` defaults; the keywords (`kwargs`) then
+    change single fields.
+    """
+    given, _ = split_kwargs(settings, {}, caller="FineTuneHyperModel")
+    changed = given.changed() if settings is not None else {}
+    for key in SEARCHED_SETTINGS:
+        if key in changed:
+            raise ConfigError(
+                f"{key} is set by the hypermodel's search space, not by its "
+                f"settings. Received: settings with {key}={changed[key]!r}. Fix "
+                f"it with search={{{key!r}: {changed[key]!r}}} instead."
+            )
+    defaults = {k: v for k, v in TUNER_DEFAULTS.items() if k not in changed}
+    return split_kwargs(given.replace(**defaults), kwargs, caller="FineTuneHyperModel")
 
 
 def _stage1_options(options: dict) -> dict:

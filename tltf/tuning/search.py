@@ -13,13 +13,20 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import keras_tuner as kt
 import numpy as np
 
+from tltf._checks import check_keywords, named_arguments
 from tltf.data import DataBundle
 from tltf.errors import ConfigError, TrainingError, suggest
-from tltf.tuning.hypermodel import FineTuneHyperModel, split_data_args
+from tltf.settings import FIELDS, FIT_ARGUMENTS
+from tltf.tuning.hypermodel import (
+    HYPERMODEL_OPTIONS,
+    FineTuneHyperModel,
+    split_data_args,
+)
 from tltf.tuning.results import (
     RESULTS_CSV,
     TuneResult,
@@ -30,6 +37,35 @@ from tltf.tuning.results import (
 )
 from tltf.tuning.space import SearchSpace
 from tltf.tuning.store import PROJECT_LOCK, project_lock
+
+#: The search's own options, taken through `tune`'s `**kwargs`, with their
+#: defaults (`seed` also goes to the hypermodel).
+SEARCH_OPTIONS: dict[str, Any] = {
+    "seed": None,
+    "max_consecutive_failed_trials": 3,
+    "hyperparameters": None,
+    "tuner_kwargs": None,
+    "export": True,
+}
+#: Every keyword `tune` passes on to the `FineTuneHyperModel` it builds.
+HYPERMODEL_ARGUMENTS = (
+    *named_arguments(FineTuneHyperModel.__init__),
+    *HYPERMODEL_OPTIONS,
+    *FIELDS,
+    *FIT_ARGUMENTS,
+)
+#: The defaults of the model arguments that `tune` took by name before, when a
+#: `FineTuneHyperModel` passed as `base` ignored them.
+_FORMER_DEFAULTS = {
+    "num_classes": None,
+    "task": "multiclass",
+    "input_shape": None,
+    "weights": "imagenet",
+    "head_epochs": 5,
+    "fine_tune_epochs": 5,
+    "optimizer": "adam",
+    "share_stage1": True,
+}
 
 TUNERS = {
     "random": kt.RandomSearch,
@@ -44,10 +80,6 @@ def tune(
     train,
     validation_data=None,
     *,
-    num_classes: int | None = None,
-    task: str = "multiclass",
-    input_shape: tuple | None = None,
-    weights="imagenet",
     search: SearchSpace | dict | None = None,
     tuner="bayesian",
     max_trials: int = 10,
@@ -55,18 +87,9 @@ def tune(
     directory="tltf_tuning",
     project_name: str = "tune",
     overwrite: bool = False,
-    head_epochs: int = 5,
-    fine_tune_epochs: int = 5,
-    optimizer="adam",
     callbacks: list | None = None,
-    share_stage1: bool = True,
-    seed: int | None = None,
-    max_consecutive_failed_trials: int = 3,
-    hyperparameters: kt.HyperParameters | None = None,
-    tuner_kwargs: dict | None = None,
-    export: bool = True,
     verbose=1,
-    **hypermodel_kwargs,
+    **kwargs,
 ) -> TuneResult:
     """Searches what to unfreeze (and how) with keras-tuner, sharing stage 1.
 
@@ -95,14 +118,11 @@ def tune(
 
     Args:
         base: A registry name, saved base folder, `keras.Model` or `Base`; or a
-            `FineTuneHyperModel` (then the model arguments below must be left
-            at their defaults); or None when `tuner` is a keras-tuner instance.
+            `FineTuneHyperModel` (then the model and settings keywords below
+            must be left out, or at their defaults); or None when `tuner` is a
+            keras-tuner instance.
         train: Training data, as for `fine_tune` (arrays, tf.data, DataBundle).
         validation_data: Validation data. Required (or a DataBundle with one).
-        num_classes: int or None. Inferred from a DataBundle or array labels.
-        task: str. See `build_model`. Defaults to "multiclass".
-        input_shape: tuple or None. See `build_model`.
-        weights: See `build_model`. Defaults to "imagenet".
         search: SearchSpace or dict. See `SearchSpace`. Defaults to its defaults.
         tuner: "bayesian", "random", "hyperband", "grid" or a `kt.Tuner`.
             Defaults to "bayesian".
@@ -113,25 +133,42 @@ def tune(
         directory: str. Parent folder of the project. Defaults to "tltf_tuning".
         project_name: str. Defaults to "tune".
         overwrite: bool. Start over instead of resuming. Defaults to False.
-        head_epochs: int. Stage-1 epochs. Defaults to 5. Fixed numbers, not
-            `fine_tune`'s "auto", so that trials are compared on the same epochs
-            (see `FineTuneHyperModel`).
-        fine_tune_epochs: int. Stage-2 epochs (Hyperband's max_epochs).
-            Defaults to 5.
-        optimizer: str or Optimizer. Defaults to "adam".
         callbacks: list or None. Keras callbacks for every trial's stage 2
             (deep-copied per trial, as keras-tuner does).
-        share_stage1: bool. Train stage 1 once per head key. Defaults to True.
-        seed: int or None. Seeds trials and the oracle. Defaults to None.
-        max_consecutive_failed_trials: int. Defaults to 3.
-        hyperparameters: kt.HyperParameters or None. Entries registered here
-            override the search space (keras-tuner's own mechanism).
-        tuner_kwargs: dict or None. Extra arguments of the tuner class.
-        export: bool. Write the table, plot and best model. Defaults to True.
         verbose: int. 0 is silent. Defaults to 1.
-        **hypermodel_kwargs: Other `FineTuneHyperModel` arguments (`head`,
-            `build_hook`, `fit_hook`, `stage2_hps`, `base_kwargs`, fine_tune
-            arguments such as `label_smoothing`).
+        **kwargs: Any other name is a ConfigError naming the closest argument,
+            raised before anything is built or written. The search's options:
+
+            - seed: int or None. Seeds trials and the oracle. Defaults to None.
+            - max_consecutive_failed_trials: int. Defaults to 3.
+            - hyperparameters: kt.HyperParameters or None. Entries registered
+              here override the search space (keras-tuner's own mechanism).
+            - tuner_kwargs: dict or None. Extra arguments of the tuner class.
+            - export: bool. Write the table, plot and best model. Defaults to
+              True.
+
+            The model (the `FineTuneHyperModel` arguments):
+
+            - num_classes: int or None. Inferred from a DataBundle or array
+              labels.
+            - task: str. See `build_model`. Defaults to "multiclass".
+            - input_shape: tuple or None. See `build_model`.
+            - weights: See `build_model`. Defaults to "imagenet".
+            - head, stage2_hps, build_hook, fit_hook, base_kwargs,
+              share_stage1 (bool: train stage 1 once per head key; defaults to
+              True), head_store, name: see `FineTuneHyperModel`.
+
+            What every trial trains: `settings` (a `tltf.FineTuneSettings`)
+            and its fields as keywords, as for `FineTuneHyperModel`, e.g.:
+
+            - head_epochs: int. Stage-1 epochs. Defaults to 5. Fixed numbers,
+              not `fine_tune`'s "auto", so that trials are compared on the same
+              epochs (see `FineTuneHyperModel`).
+            - fine_tune_epochs: int. Stage-2 epochs (Hyperband's max_epochs).
+              Defaults to 5.
+            - optimizer: str or Optimizer. Defaults to "adam".
+            - `batch_size`, `cache_features`, `label_smoothing`, `augment`,
+              and the other fine_tune settings and `model.fit` arguments.
 
     Returns:
         A `TuneResult`: best model, best hyperparameters, the table.
@@ -152,6 +189,15 @@ def tune(
     from keras_tuner.src.distribute import utils as dist_utils
 
     # Fail before any tuner or folder exists.
+    check_keywords(
+        kwargs,
+        (*named_arguments(tune), *SEARCH_OPTIONS, *HYPERMODEL_ARGUMENTS),
+        "tune",
+        f"Its other keywords are {', '.join(SEARCH_OPTIONS)}, the arguments of "
+        "tltf.FineTuneHyperModel, the fields of tltf.FineTuneSettings and the "
+        f"model.fit arguments {', '.join(FIT_ARGUMENTS)}.",
+    )
+    options = {k: kwargs.pop(k, v) for k, v in SEARCH_OPTIONS.items()}
     split_data_args((train,), {"validation_data": validation_data})
     hypermodel, kt_tuner = None, None
     if isinstance(tuner, kt.Tuner):
@@ -165,27 +211,26 @@ def tune(
     elif isinstance(base, FineTuneHyperModel):
         hypermodel = base
     if hypermodel is None:
+        if options["seed"] is not None:
+            kwargs["seed"] = options["seed"]
+        num_classes = kwargs.pop("num_classes", None)
         if num_classes is None:
-            num_classes = _infer_num_classes(train, task)
-        hypermodel = FineTuneHyperModel(
-            base,
-            num_classes,
-            task=task,
-            input_shape=input_shape,
-            weights=weights,
-            search=search,
-            head_epochs=head_epochs,
-            fine_tune_epochs=fine_tune_epochs,
-            optimizer=optimizer,
-            share_stage1=share_stage1,
-            seed=seed,
-            **hypermodel_kwargs,
+            num_classes = _infer_num_classes(train, kwargs.get("task", "multiclass"))
+        hypermodel = FineTuneHyperModel(base, num_classes, search=search, **kwargs)
+        options["seed"] = hypermodel.seed
+    else:
+        # Left at their defaults, these were ignored before they were keywords.
+        given = sorted(
+            k
+            for k, v in kwargs.items()
+            if type(v) is not type(_FORMER_DEFAULTS.get(k, ...))
+            or v != _FORMER_DEFAULTS[k]
         )
-    elif hypermodel_kwargs or search is not None:
-        raise ConfigError(
-            "Model and search arguments go to the FineTuneHyperModel you passed; "
-            f"tune() received {sorted([*hypermodel_kwargs] + (['search'] if search else []))}."
-        )
+        if given or search is not None:
+            raise ConfigError(
+                "Model and search arguments go to the FineTuneHyperModel you "
+                f"passed; tune() received {given + (['search'] if search else [])}."
+            )
     objective = _objective(objective, hypermodel.task)
     if kt_tuner is None:
         _check_objective(objective, hypermodel)
@@ -211,13 +256,13 @@ def tune(
                 project_name=project_name,
                 # Only the chief may clear a distributed project.
                 overwrite=overwrite and dist_utils.is_chief_oracle(),
-                seed=seed,
-                max_consecutive_failed_trials=max_consecutive_failed_trials,
-                hyperparameters=hyperparameters,
+                seed=options["seed"],
+                max_consecutive_failed_trials=options["max_consecutive_failed_trials"],
+                hyperparameters=options["hyperparameters"],
                 fine_tune_epochs=hypermodel.fine_tune_epochs,
-                tuner_kwargs=tuner_kwargs or {},
+                tuner_kwargs=options["tuner_kwargs"] or {},
             )
-        return _search(kt_tuner, train, fit_kwargs, export, verbose)
+        return _search(kt_tuner, train, fit_kwargs, options["export"], verbose)
 
 
 def _search(kt_tuner, train, fit_kwargs, export, verbose) -> TuneResult:
