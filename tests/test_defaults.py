@@ -218,33 +218,46 @@ class Wreck(keras.callbacks.Callback):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("head_steps", [400, 0])
-@pytest.mark.parametrize("validation", [False, True])
+@pytest.mark.parametrize("score", ["val_loss", "features", "holdout"])
 def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(
-    validation, head_steps, capsys
+    score, head_steps, capsys
 ):
     # Stage 1 ends with the head trained on from the ridge start, or with
     # head_steps=0 with the closed-form ridge head (no epochs): the guard keeps
     # either, also by an evaluation of the validation data when stage 1 had no
-    # epochs to log it.
+    # epochs to log it. Without validation data it scores a held-out slice of
+    # the training images (the default) or the leave-one-out accuracy of the
+    # features.
     data = make_data(48)
     model = make_tiny_model(head={"pool_from": "top"})
     wreck = Wreck()
     tltf.fine_tune(
         model,
         data,
-        data if validation else None,
+        data if score == "val_loss" else None,
         head_epochs="auto",
         head_steps=head_steps,
         fine_tune_epochs=2,
         unfreeze=2,
+        keep_best=True if score == "val_loss" else score,
         callbacks=[wreck],
         verbose=1,
     )
-    for got, want in zip(model.variables, wreck.stage_one, strict=True):
-        np.testing.assert_array_equal(got.numpy(), want)
     out = capsys.readouterr().out
     assert "keep_best: restored the weights of the end of stage 1" in out
-    assert ("val_loss" in out) == validation
+    assert ("val_loss" in out) == (score == "val_loss")
+    if score != "holdout":
+        for got, want in zip(model.variables, wreck.stage_one, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want)
+        return
+    # The held-out slice scored it, then joined the rest for a closed-form refit
+    # of the head: the base is stage 1's, bit for bit.
+    assert "accuracy on 9 held-out training images" in out
+    assert "handed the 9 held-out images back" in out
+    base = model_info(model).base
+    for got, want in zip(model.variables, wreck.stage_one, strict=True):
+        if any(got is v for v in base.variables):
+            np.testing.assert_array_equal(got.numpy(), want)
 
 
 @pytest.mark.slow

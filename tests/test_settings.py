@@ -35,7 +35,7 @@ from tltf.settings import FIELDS, FineTuneSettings, defaults
         ("unfreeze", {"layers": 1.5}, ["unfreeze.layers", "integer >= 0"]),
         ("head_steps", -1, ["head_steps", "integer >= 0"]),
         ("head_init", "zeros", ["head_init", "'ridge'"]),
-        ("keep_best", "yes", ["keep_best", "True or False"]),
+        ("keep_best", "yes", ["keep_best", "True, False, 'holdout' or 'features'"]),
         ("bn", "frozn", ["Did you mean 'frozen'"]),
         ("optimizer", 3, ["optimizer", "name"]),
         ("lr_decay", 1.5, ["lr_decay", "(0, 1]"]),

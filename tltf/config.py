@@ -568,8 +568,12 @@ class ScheduleConfig:
             Defaults to 2000.
         head_init: str. "ridge" (start a linear head from the closed-form ridge
             classifier) or "random". Defaults to "ridge".
-        keep_best: bool. Restore the best weights, so that stage 2 never ends
-            worse than stage 1. Defaults to True.
+        keep_best: bool, "holdout" or "features". Restore the best weights, so
+            that stage 2 never ends worse than stage 1; without validation data
+            "holdout" scores a held-out slice of the training images (handed back
+            at the end) and "features" a leave-one-out probe of their features.
+            True picks "holdout" where it applies (see `FineTuneSettings`).
+            Defaults to True.
         bn: str. "frozen", "affine" or "train". Defaults to "frozen".
         lr_decay: float or None. Per-block learning-rate decay. Defaults to None.
         gradual_every: int or None. Unfreeze one more block every n epochs.
@@ -591,7 +595,7 @@ class ScheduleConfig:
     unfreeze: int | str | dict = FINE_TUNE_DEFAULTS["unfreeze"]
     head_steps: int = FINE_TUNE_DEFAULTS["head_steps"]
     head_init: str = FINE_TUNE_DEFAULTS["head_init"]
-    keep_best: bool = FINE_TUNE_DEFAULTS["keep_best"]
+    keep_best: bool | Literal["holdout", "features"] = FINE_TUNE_DEFAULTS["keep_best"]
     bn: str = FINE_TUNE_DEFAULTS["bn"]
     lr_decay: float | None = FINE_TUNE_DEFAULTS["lr_decay"]
     gradual_every: int | None = FINE_TUNE_DEFAULTS["gradual_every"]

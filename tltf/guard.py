@@ -9,7 +9,16 @@ of the best one and restores them when the run ends.
 The score:
 
 - with validation data, the validation loss (lower is better);
-- without it, for a classifier, the leave-one-out accuracy of a ridge probe on
+- without it, for a classifier trained on `(images, labels)` arrays with at
+  least 2 images per class (`keep_best=True` or "holdout"): the accuracy on a
+  stratified slice of the training images that neither stage trains on (20%,
+  at least 1 per class, at most 1,000 images; `holdout_rows`), the slice's
+  cross-entropy breaking ties. `fine_tune` then hands the slice back: the
+  linear head is refit in closed form on every training image, with the base
+  the guard kept. On few images this is the only criterion here that sees what
+  fine-tuning does to images it has not trained on (benchmarks/RESULTS.md,
+  "The held-out guard");
+- otherwise, for a classifier (`keep_best="features"`), the leave-one-out accuracy of a ridge probe on
   the model's pooled features of the training images (one inference pass per
   epoch, no image held out; see `tltf.probe.ridge_probe`). Ties go to the later
   epoch. This measures whether stage 2 kept the features as separable as stage 1
@@ -40,6 +49,53 @@ from tltf.probe import ridge_probe
 #: The best weights inside a backup folder.
 BEST_FILE = "tltf-best.npz"
 
+#: The held-out slice: this share of each class, at least one image per class,
+#: at most this many images in all.
+HOLDOUT_FRACTION, HOLDOUT_MOST = 0.2, 1000
+
+
+def class_ids(labels: np.ndarray) -> np.ndarray:
+    """Class indices of labels given as indices, one-hot rows or 0/1 floats."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        return labels.argmax(axis=1).astype(np.int64)
+    return np.rint(labels.reshape(len(labels), -1)[:, 0]).astype(np.int64)
+
+
+def holdout_rows(
+    labels: np.ndarray, seed: int | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Splits the training rows into the rows trained on and a held-out slice.
+
+    The slice is stratified: `HOLDOUT_FRACTION` of each class (rounded, at least
+    one image), scaled down to at most `HOLDOUT_MOST` images in all (never
+    below one per class, so more classes than that hold one each). It depends
+    on the labels and `seed` only, so a resumed run holds out the same images.
+
+    Returns:
+        `(trained_rows, slice_rows)`, both sorted, or None when some class has
+        fewer than 2 images (or there is only one class).
+    """
+    if not len(labels):
+        return None
+    y = class_ids(labels)
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2 or counts.min() < 2:
+        return None
+    take = np.maximum(1, np.rint(HOLDOUT_FRACTION * counts)).astype(np.int64)
+    if take.sum() > HOLDOUT_MOST:
+        take = np.maximum(1, (take * HOLDOUT_MOST) // take.sum())
+    rng = np.random.default_rng([0 if seed is None else int(seed), 7919])
+    held = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(y == c), m, replace=False)
+            for c, m in zip(classes, take, strict=True)
+        ]
+    )
+    mask = np.zeros(len(y), dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
 
 class KeepBest(keras.callbacks.Callback):
     """Keeps the best of stage 1's end and every stage-2 epoch; restores it at the end.
@@ -55,6 +111,10 @@ class KeepBest(keras.callbacks.Callback):
         task: str. The model's task. Defaults to "multiclass".
         backup_dir: str, PathLike or None. Where to keep the best weights of a
             resumable run. Defaults to None.
+        holdout: tuple or None. `(batches, class_ids, logits)`: the held-out
+            slice as unshuffled `(image, label)` batches, its class indices, and
+            whether the model outputs logits. Scores the model by its accuracy
+            on the slice (then its cross-entropy). Defaults to None.
         verbose: bool. Print one line saying what was kept and why. Defaults to
             True.
     """
@@ -66,6 +126,7 @@ class KeepBest(keras.callbacks.Callback):
         train_features=None,
         task: str = "multiclass",
         backup_dir=None,
+        holdout=None,
         verbose: bool = True,
     ):
         super().__init__()
@@ -73,6 +134,7 @@ class KeepBest(keras.callbacks.Callback):
         self.validation = validation is not None and validation is not False
         self.validation_data = None if isinstance(validation, bool) else validation
         self.train_features = train_features
+        self.holdout = holdout
         self.task = task
         self.path = Path(backup_dir).expanduser() / BEST_FILE if backup_dir else None
         self.verbose = verbose
@@ -89,6 +151,8 @@ class KeepBest(keras.callbacks.Callback):
         """What the score is, in words; None when there is none."""
         if self.validation:
             return "val_loss"
+        if self.holdout is not None:
+            return f"accuracy on {len(self.holdout[1]):,} held-out training images"
         if self.train_features is not None and self.task in ("multiclass", "binary"):
             return "leave-one-out accuracy of the features"
         return None
@@ -102,7 +166,29 @@ class KeepBest(keras.callbacks.Callback):
             return (-float(value),)
         if self.criterion is None:
             return None
+        if self.holdout is not None:
+            return self.holdout_score()
         return self._loo_score()
+
+    def holdout_score(self) -> tuple:
+        """The model's `(accuracy, mean log-likelihood)` on the held-out slice."""
+        batches, y, logits = self.holdout
+        scores = np.asarray(
+            self.model.predict(batches, verbose=0), dtype=np.float64
+        ).reshape(len(y), -1)
+        if not np.all(np.isfinite(scores)):
+            return (-math.inf, -math.inf)
+        if scores.shape[1] == 1:  # binary: one sigmoid output
+            p1 = 1 / (1 + np.exp(-scores[:, 0])) if logits else scores[:, 0]
+            probs = np.stack([1 - p1, p1], axis=1)
+        elif logits:
+            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+            probs = shifted / shifted.sum(axis=1, keepdims=True)
+        else:
+            probs = scores
+        accuracy = float(np.mean(probs.argmax(axis=1) == y))
+        picked = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
+        return (round(accuracy, 9), round(float(np.mean(np.log(picked))), 9))
 
     def _loo_score(self) -> tuple:
         if self._extract is None:
@@ -111,9 +197,7 @@ class KeepBest(keras.callbacks.Callback):
         x = np.asarray(cache.features).reshape(cache.count, -1)
         y = cache.others[0]
         cache.close()
-        if y.ndim == 2 and y.shape[1] > 1:
-            y = y.argmax(axis=1)
-        y = np.rint(y.reshape(len(y), -1)[:, 0]).astype(np.int64)
+        y = class_ids(y)
         if not np.all(np.isfinite(x)):
             return (-math.inf, -math.inf)
         classes = int(max(2, y.max() + 1))
@@ -229,4 +313,11 @@ def _show(score: tuple | None, validation: bool) -> str:
     return f"{-score[0]:.4g}" if validation else f"{score[0]:.3f}"
 
 
-__all__ = ["BEST_FILE", "KeepBest"]
+__all__ = [
+    "BEST_FILE",
+    "HOLDOUT_FRACTION",
+    "HOLDOUT_MOST",
+    "KeepBest",
+    "class_ids",
+    "holdout_rows",
+]

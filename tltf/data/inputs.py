@@ -18,19 +18,22 @@ from tltf.errors import DataError
 from tltf.info import ModelInfo
 
 
-def train_batches(data, batch_size: int, seed: int | None):
-    """Shuffled training batches, and the same data unshuffled (for the cache)."""
+def train_batches(data, batch_size: int, seed: int | None, rows=None):
+    """Shuffled training batches, and the same data unshuffled (for the cache).
+
+    `rows` (arrays only) takes those rows of the arrays, in that order.
+    """
     if isinstance(data, tf.data.Dataset):
         ds = as_dataset(data, batch_size, False, seed, "train")
         return ds, ds
     return (
-        array_batches(data, "train", batch_size, True, seed),
-        array_batches(data, "train", batch_size, False, None),
+        array_batches(data, "train", batch_size, True, seed, rows),
+        array_batches(data, "train", batch_size, False, None, rows),
     )
 
 
 def array_batches(
-    data, what: str, batch_size: int, shuffle: bool, seed: int | None
+    data, what: str, batch_size: int, shuffle: bool, seed: int | None, subset=None
 ) -> tf.data.Dataset:
     """`(images, labels)` arrays as checked, batched, prefetched batches.
 
@@ -39,7 +42,9 @@ def array_batches(
     TensorFlow (twice: TensorFlow copies a NumPy array before wrapping it), which
     for a gigabyte of images costs seconds and doubles the memory. The order is
     that of `from_tensor_slices((x, y)).shuffle(n, seed).batch(b)`: shuffling
-    depends on the seed and the count only, not on the elements.
+    depends on the seed and the count only, not on the elements. `subset`, an
+    array of row indices, takes only those rows (in that order) without copying
+    the arrays.
     """
     x, y = np.asarray(data[0]), np.asarray(data[1])
     check_one_label_per_image(x, y, what, " Pass at least one batch.")
@@ -56,9 +61,13 @@ def array_batches(
         labels.set_shape((None, *y.shape[1:]))
         return images, labels
 
-    ds = tf.data.Dataset.range(len(x))
+    if subset is None:
+        ds, count = tf.data.Dataset.range(len(x)), len(x)
+    else:
+        subset = np.asarray(subset, dtype=np.int64)
+        ds, count = tf.data.Dataset.from_tensor_slices(subset), len(subset)
     if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).map(rows).prefetch(tf.data.AUTOTUNE)
 
 

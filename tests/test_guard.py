@@ -1,0 +1,149 @@
+"""The stage-2 guard's held-out slice: who holds what out, and the hand-back."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tltf
+import tltf.cache
+from tests.helpers import make_data, make_tiny_model
+from tltf.errors import ConfigError
+from tltf.guard import holdout_rows
+from tltf.layers import Standardization
+
+
+def test_holdout_rows_are_a_stratified_reproducible_slice():
+    y = np.repeat(np.arange(4), [10, 5, 2, 23])
+    trained, held = holdout_rows(y, seed=3)
+    assert sorted([*trained, *held]) == list(range(len(y)))
+    assert np.bincount(y[held]).tolist() == [2, 1, 1, 5]  # 20%, at least one
+    again = holdout_rows(y, seed=3)
+    np.testing.assert_array_equal(again[1], held)
+    assert not np.array_equal(holdout_rows(y, seed=4)[1], held)
+    # One-hot labels and labels as floats name the same classes.
+    np.testing.assert_array_equal(holdout_rows(np.eye(4)[y], 3)[1], held)
+    # At most 1,000 images, one per class at least.
+    big = np.repeat(np.arange(3), [9000, 3000, 2])
+    trained, held = holdout_rows(big, seed=0)
+    assert len(held) <= 1000 and set(big[held]) == {0, 1, 2}
+    # A class with one image cannot give one away.
+    assert holdout_rows(np.array([0, 0, 1]), seed=0) is None
+    assert holdout_rows(np.zeros(5, int), seed=0) is None
+
+
+class _Seen(keras.callbacks.Callback):
+    """Counts stage-2 batches per epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.append(0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches[-1] += 1
+
+
+def _standardization(model):
+    return next(la for la in model.layers if isinstance(la, Standardization))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_neither_stage_trains_on_the_slice(cache, capsys):
+    x, y = make_data(48)
+    model = make_tiny_model(head={"pool_from": "top"})
+    seen = _Seen()
+    tltf.fine_tune(
+        model,
+        (x, y),
+        head_epochs=1,
+        fine_tune_epochs=1,
+        unfreeze=1,
+        batch_size=8,
+        cache_features=cache,
+        callbacks=[seen],
+        verbose=1,
+    )
+    out = capsys.readouterr().out
+    trained, held = holdout_rows(y, seed=None)
+    assert len(held) == 9  # 3 of each class's 16
+    assert "9 of 48 training images (a stratified slice) are held out" in out
+    if cache:
+        assert "one pass over 39 train" in out
+    # 39 images in batches of 8 are 5 steps an epoch (48 would be 6).
+    assert seen.batches[-1] == 5
+    assert "keep_best:" in out and "accuracy on 9 held-out training images" in out
+    assert "handed the 9 held-out images back" in out
+
+
+class _ZeroHead(keras.callbacks.Callback):
+    """Zeroes the head's output layer when stage 1 ends: it then scores chance."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs.get("stage") == 1:
+            for variable in self.model.get_layer("head_output").weights:
+                variable.assign(np.zeros(variable.shape, "float32"))
+
+
+def test_the_slice_is_handed_back_to_a_closed_form_head(capsys):
+    x, y = make_data(48)
+    model = make_tiny_model(head={"pool_from": "top"})
+    tltf.fine_tune(
+        model,
+        (x, y),
+        head_epochs=1,
+        fine_tune_epochs=1,
+        fine_tune_lr=1e-12,  # stage 2 leaves the zeroed head at chance
+        unfreeze=1,
+        callbacks=[_ZeroHead()],
+        verbose=1,
+    )
+    out = capsys.readouterr().out
+    assert "handed the 9 held-out images back" in out
+    assert "refit in closed form on all 48 training images" in out
+    # The head's statistics are those of every training image, slice included,
+    # and the refit head classifies them.
+    features = tltf.cache.feature_model(model).predict(x, verbose=0)
+    np.testing.assert_allclose(
+        _standardization(model).mean.numpy(),
+        features.mean(axis=0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    assert np.mean(model.predict(x, verbose=0).argmax(axis=1) == y) > 0.9
+
+
+def test_the_features_guard_and_validation_data_hold_nothing_out(capsys):
+    data = make_data(48)
+    for kwargs in ({"keep_best": "features"}, {"validation_data": data}):
+        tltf.fine_tune(
+            make_tiny_model(),
+            data,
+            head_epochs=1,
+            fine_tune_epochs=1,
+            unfreeze=1,
+            verbose=1,
+            **kwargs,
+        )
+        out = capsys.readouterr().out
+        assert "held out" not in out and "handed" not in out
+        assert "one pass over 48 train" in out
+
+
+def test_holdout_where_it_cannot_apply_is_a_config_error():
+    x, y = make_data(48)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    lonely = (x[:7], np.array([0, 0, 0, 1, 1, 1, 2]))
+    for data, words in ((dataset, "validation_data"), (lonely, "2 or more")):
+        with pytest.raises(ConfigError, match="keep_best='holdout'") as error:
+            tltf.fine_tune(make_tiny_model(), data, keep_best="holdout", verbose=0)
+        assert words in str(error.value)
+    # keep_best=True falls back to the features guard where the slice cannot
+    # be held out.
+    tltf.fine_tune(
+        make_tiny_model(), lonely, head_epochs=1, fine_tune_epochs=1, verbose=0
+    )
