@@ -6,9 +6,10 @@ continues at a low learning rate with a fresh optimizer. Both stages run inside 
 TensorBoard, BackupAndRestore, ...) sees one training run with continuous epoch
 numbers, and the History has a `stage` entry per epoch.
 
-Why about 1,300 lines: `FineTuneSchedule` and `fine_tune` with the steps that
+Why about 1,500 lines: `FineTuneSchedule` and `fine_tune` with the steps that
 only `fine_tune` takes (input preparation, the head's ridge start and block
-weights, the automatic unfreeze, the cached stage 1). Settings live in
+weights, the automatic unfreeze, the cached stage 1, the guard's held-out slice
+and its hand-back). Settings live in
 `tltf.settings`, training on cached features in `tltf.cache`.
 """
 
