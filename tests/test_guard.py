@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tltf
 import tltf.cache
-from tests.helpers import make_data, make_tiny_model
+from tests.helpers import make_data, make_image_folder, make_tiny_model
 from tltf.errors import ConfigError
 from tltf.guard import holdout_rows
 from tltf.layers import Standardization
@@ -147,3 +147,23 @@ def test_holdout_where_it_cannot_apply_is_a_config_error():
     tltf.fine_tune(
         make_tiny_model(), lonely, head_epochs=1, fine_tune_epochs=1, verbose=0
     )
+
+
+def test_a_bundle_from_an_image_folder_holds_its_slice_out_too(tmp_path, capsys):
+    make_image_folder(tmp_path / "images", per_class=10)
+    data = tltf.data.load_data(tmp_path / "images", image_size=16, batch_size=8, seed=0)
+    assert data.validation is None and len(data.labels) == 30
+    trained, held = holdout_rows(data.labels, seed=None)
+    part = data.subset(held)
+    assert part.num_train == 6 and part.counts.tolist() == [2, 2, 2]
+    slice_labels = np.concatenate([y for _, y in part.unshuffled])
+    np.testing.assert_array_equal(slice_labels, data.labels[held])
+    model = make_tiny_model()
+    tltf.fine_tune(
+        model, data, head_epochs=1, fine_tune_epochs=1, unfreeze=1, verbose=1
+    )
+    out = capsys.readouterr().out
+    assert "6 of 30 training images (a stratified slice) are held out" in out
+    assert "one pass over 24 train" in out
+    assert "handed the 6 held-out images back" in out
+    assert "refit in closed form on all 30 training images" in out

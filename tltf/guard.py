@@ -9,8 +9,9 @@ of the best one and restores them when the run ends.
 The score:
 
 - with validation data, the validation loss (lower is better);
-- without it, for a classifier trained on `(images, labels)` arrays with at
-  least 2 images per class (`keep_best=True` or "holdout"): the accuracy on a
+- without it, for a classifier trained on `(images, labels)` arrays or a
+  `load_data` bundle whose labels are known (not TFDS), with at least 2 images
+  per class (`keep_best=True` or "holdout"): the accuracy on a
   stratified slice of the training images that neither stage trains on (20%,
   at least 1 per class, at most 1,000 images; `holdout_rows`), the slice's
   cross-entropy breaking ties. `fine_tune` then hands the slice back: the

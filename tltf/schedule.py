@@ -447,9 +447,9 @@ def fine_tune(
     )
     # Resolve the unfreeze request now, so a bad one fails before any training.
     resolve_unfreeze(info.block_map, info.base, **schedule._unfreeze_kwargs)
-    holdout = _holdout(settings, model, info, train, validation_data)
+    holdout = _holdout(settings, model, info, train, validation_data, batch_size)
     if holdout and verbose != 0:
-        trained, held = (len(r) for r in holdout)
+        trained, held = len(holdout.trained), len(holdout.held)
         print(
             f"tltf: keep_best: {held:,} of {trained + held:,} training images (a "
             "stratified slice) are held out of both stages, to score stage 2 "
@@ -464,13 +464,13 @@ def fine_tune(
     prepared = _prepare_data(
         model,
         info,
-        train,
+        holdout.train if holdout else train,
         validation_data,
         batch_size,
         seed,
         settings.augment,
         settings.label_smoothing,
-        rows=holdout[0] if holdout else None,
+        rows=holdout.rows if holdout else None,
     )
     train_ds, feature_source, val_ds = prepared.train, prepared.features, prepared.val
     loud = verbose != 0
@@ -555,15 +555,7 @@ def fine_tune(
             train_features=None if val_ds is not None or holdout else feature_source,
             task=info.task,
             backup_dir=backup_dir,
-            holdout=(
-                (
-                    array_batches(train, "train", batch_size, False, None, holdout[1]),
-                    class_ids(np.asarray(train[1])[holdout[1]]),
-                    info.logits,
-                )
-                if holdout
-                else None
-            ),
+            holdout=(holdout.batches, holdout.labels, info.logits) if holdout else None,
             verbose=loud,
         )
         if resume is not None and resume.epoch:
@@ -575,7 +567,7 @@ def fine_tune(
         if guard is not None:
             guard.restore_saved(model)
         if hand_back:
-            _hand_back(model, train, batch_size, holdout, verbose=False)
+            _hand_back(model, holdout, verbose=False)
         return history
     if resume is not None:
         resume.announce()
@@ -611,46 +603,89 @@ def fine_tune(
     else:
         history = _fit_full_passes(run, passes)
     if hand_back:
-        _hand_back(model, train, batch_size, holdout, verbose=loud)
+        _hand_back(model, holdout, verbose=loud)
     return history
 
 
-def _holdout(settings: FineTuneSettings, model, info: ModelInfo, train, validation):
-    """The guard's held-out slice, `(trained_rows, slice_rows)`, or None.
+@dataclasses.dataclass
+class _Slice:
+    """The guard's held-out slice of the training data (see `_holdout`)."""
 
-    `keep_best=True` holds a slice out wherever it can (see `tltf.guard`);
-    `keep_best="holdout"` raises a ConfigError where it cannot.
+    trained: np.ndarray  # the rows both stages train on
+    held: np.ndarray  # the rows held out
+    train: Any  # what the stages train on: the arrays (with `rows`) or a bundle
+    rows: np.ndarray | None  # for arrays: `trained`
+    batches: tf.data.Dataset  # the held-out rows, unshuffled
+    labels: np.ndarray  # their class indices
+    everything: tf.data.Dataset  # every training row, unshuffled (the hand-back)
+
+
+def _holdout(
+    settings: FineTuneSettings, model, info: ModelInfo, train, validation, batch_size
+) -> _Slice | None:
+    """The guard's held-out slice, or None.
+
+    `keep_best=True` holds a slice out wherever it can (see `tltf.guard`):
+    `(images, labels)` arrays, and bundles from `load_data` whose labels are
+    known without a pass (image folders, `.npz`, arrays); `keep_best="holdout"`
+    raises a ConfigError where it cannot.
     """
     if settings.keep_best not in (True, "holdout") or settings.fine_tune_epochs == 0:
         return None
     strict = settings.keep_best == "holdout"
-    if validation is not None or (
-        isinstance(train, tltf_data.DataBundle) and train.validation is not None
-    ):
+    bundle = isinstance(train, tltf_data.DataBundle)
+    if validation is not None or (bundle and train.validation is not None):
         return None  # the validation data scores the guard
-    why = None
+    why = labels = None
     if info.task not in ("multiclass", "binary"):
         why = f"it scores classifiers, and the task is {info.task!r}"
     elif not strict and not _refittable(model, settings):
         # The slice could not be handed back: it would cost the head its images.
         return None
-    elif isinstance(train, (tf.data.Dataset, tltf_data.DataBundle)):
+    elif isinstance(train, tf.data.Dataset):
         why = (
-            "it needs (images, labels) arrays, whose rows it can hold out; pass "
-            "validation_data for a dataset"
+            "it needs data whose rows it can hold out; pass validation_data for a "
+            "tf.data.Dataset"
         )
-    if why is None:
+    elif bundle and train.labels is None:
+        why = (
+            "its labels are not known without a pass (a TFDS bundle); pass "
+            "validation data"
+        )
+    elif bundle:
+        labels = train.labels
+    else:
         check_labels(train, info, "train")
         labels = np.asarray(train[1])
         if not len(labels):
             return None  # `_prepare_data` says what is wrong with the data
-        rows = holdout_rows(labels, settings.seed)
-        if rows is not None:
-            return rows
-        why = "it needs 2 or more training images in every class"
-    if strict:
-        raise ConfigError(f"keep_best='holdout' cannot be used: {why}.")
-    return None
+    rows = None if labels is None else holdout_rows(labels, settings.seed)
+    if rows is None:
+        why = why or "it needs 2 or more training images in every class"
+        if strict:
+            raise ConfigError(f"keep_best='holdout' cannot be used: {why}.")
+        return None
+    trained, held = rows
+    if bundle:
+        kept, out = train.subset(trained), train.subset(held)
+        return _Slice(
+            trained,
+            held,
+            kept,
+            None,
+            out.unshuffled,
+            class_ids(labels[held]),
+            kept.unshuffled.concatenate(out.unshuffled),
+        )
+    return _Slice(
+        trained,
+        held,
+        train,
+        trained,
+        array_batches(train, "train", batch_size, False, None, held),
+        class_ids(labels[held]),
+        array_batches(train, "train", batch_size, False, None),
+    )
 
 
 def _refittable(model: keras.Model, settings: FineTuneSettings) -> bool:
@@ -663,7 +698,7 @@ def _refittable(model: keras.Model, settings: FineTuneSettings) -> bool:
     )
 
 
-def _hand_back(model, train, batch_size: int, holdout, verbose) -> None:
+def _hand_back(model, holdout: _Slice, verbose) -> None:
     """Hands the held-out slice back: the head is refit on every training image.
 
     The guard kept the best weights by their score on the slice. The linear
@@ -675,10 +710,10 @@ def _hand_back(model, train, batch_size: int, holdout, verbose) -> None:
     slice does not work: the kept weights are the best of several epochs on
     it, so their score there is biased upwards.
     """
-    ridge = refit_head(model, array_batches(train, "train", batch_size, False, None))
+    ridge = refit_head(model, holdout.everything)
     if not verbose:
         return
-    trained, held = (len(rows) for rows in holdout)
+    trained, held = len(holdout.trained), len(holdout.held)
     if ridge is None:
         print(
             f"tltf: keep_best: the {held:,} held-out images were not handed back: "

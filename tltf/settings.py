@@ -211,11 +211,11 @@ class FineTuneSettings:
             at least 1 per class, at most 1,000 images) out of both stages and
             scores the model on it; at the end it is handed back: the linear
             head is refit in closed form on every training image, on the base
-            the guard kept (needs classification with
-            `(images, labels)` arrays, 2 or more images per class, and, for
-            True, a linear ridge-started head); "features" scores the leave-one-out accuracy
-            of a ridge probe on the training images' features (no image held
-            out). Measured in benchmarks/RESULTS.md ("The held-out guard").
+            the guard kept (needs classification on `(images, labels)`
+            arrays or a `load_data` bundle whose labels are known, 2 or more
+            images per class, and, for True, a linear ridge-started head);
+            "features" scores the leave-one-out accuracy of a ridge probe on
+            the training images' features (no image held out). Measured in benchmarks/RESULTS.md ("The held-out guard").
             Defaults to True.
         bn: str. "frozen", "affine" or "train" (see `tltf.freezing`). Defaults to
             "frozen".

@@ -34,6 +34,9 @@ class DataBundle:
             for passes that must not advance `train`'s reshuffling (the stage-1
             feature pass, the probe, the stage-2 guard): a resumed run skips
             those passes, so they must not change the orders later epochs read.
+        labels: np.ndarray or None. The training labels in `unshuffled`'s
+            order, when they are known without a pass (image folders, `.npz`
+            files and arrays; None for TFDS).
     """
 
     train: tf.data.Dataset
@@ -49,6 +52,38 @@ class DataBundle:
     _counts: np.ndarray | Callable[[], np.ndarray] | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
+    labels: np.ndarray | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+    # rows -> (train, unshuffled, counts) of those training rows (see `subset`).
+    _rows: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def subset(self, rows) -> DataBundle:
+        """The same bundle with some of its training rows only.
+
+        `rows` index `labels` (the order of `unshuffled`). The pipelines are built
+        again for those rows, with the same shuffling, caching and batching;
+        `validation` is kept. `fine_tune`'s stage-2 guard uses it to hold a
+        slice of the training images out (see `tltf.guard`).
+
+        Raises:
+            ValueError: when the bundle cannot select rows (`labels` is None).
+        """
+        if self._rows is None or self.labels is None:
+            raise ValueError(
+                "This DataBundle cannot select training rows (its labels are not "
+                "known without a pass, as for TFDS)."
+            )
+        rows = np.asarray(rows, dtype=np.int64)
+        train, unshuffled, counts = self._rows(rows)
+        return dataclasses.replace(
+            self,
+            train=train,
+            unshuffled=unshuffled,
+            labels=self.labels[rows],
+            num_train=len(rows),
+            _counts=counts,
+        )
 
     @functools.cached_property
     def counts(self) -> np.ndarray:

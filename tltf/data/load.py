@@ -7,6 +7,8 @@ from __future__ import annotations
 from numbers import Real
 from typing import Any
 
+import numpy as np
+
 from tltf._checks import (
     check_choice,
     check_image_size,
@@ -230,6 +232,14 @@ def load_data(
         else []
     )
     train_ds, fixed = pipelines(train, train_idx, opts, training=True)
+
+    def rows(selected: np.ndarray):
+        chosen = selected if train_idx is None else np.asarray(train_idx)[selected]
+        return (
+            *pipelines(train, chosen, opts, training=True),
+            label_counts(labels[selected], opts.task, train.num_classes),
+        )
+
     return DataBundle(
         train=train_ds,
         unshuffled=fixed,
@@ -252,4 +262,6 @@ def load_data(
             else val_source.size
         ),
         _counts=label_counts(labels, opts.task, train.num_classes),
+        labels=labels,
+        _rows=rows,
     )
