@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tltf.errors import DataError
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DataBundle:
@@ -67,10 +69,10 @@ class DataBundle:
         slice of the training images out (see `tltf.guard`).
 
         Raises:
-            ValueError: when the bundle cannot select rows (`labels` is None).
+            DataError: when the bundle cannot select rows (`labels` is None).
         """
         if self._rows is None or self.labels is None:
-            raise ValueError(
+            raise DataError(
                 "This DataBundle cannot select training rows (its labels are not "
                 "known without a pass, as for TFDS)."
             )
