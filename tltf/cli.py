@@ -295,6 +295,8 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "keep_best": ("schedule", "keep_best"),
     "bn": ("schedule", "bn"),
     "lr_decay": ("schedule", "lr_decay"),
+    "lr_policy": ("schedule", "lr_policy"),
+    "regularize": ("schedule", "regularize"),
     "label_smoothing": ("schedule", "label_smoothing"),
     "class_weight": ("schedule", "class_weight"),
     "monitor": ("schedule", "monitor"),
@@ -362,9 +364,32 @@ def _learning_rate(text: str) -> float | str:
     return value
 
 
-def _unfreeze(text: str) -> int | str:
+def _regularize(text: str) -> str | dict:
+    if text == "l2sp":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'l2sp' or an L2-SP strength >= 0, got {text!r}"
+            f"{_suggest(text, 'l2sp')}"
+        ) from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a strength >= 0, got {text!r}")
+    return {"l2sp": value}
+
+
+def _unfreeze(text: str) -> int | str | dict:
     if text in ("all", "auto"):
         return text
+    if ".." in text:  # a block range, "first..last": names or positions
+        ends = [e.strip() for e in text.split("..")]
+        if len(ends) != 2 or not all(ends):
+            raise argparse.ArgumentTypeError(
+                f"expected a block range as FIRST..LAST (names or 0-based "
+                f"positions, e.g. 0..1 or block3..block4), got {text!r}"
+            )
+        return {"range": [int(e) if e.lstrip("-").isdigit() else e for e in ends]}
     try:
         value = int(text)
     except ValueError:
@@ -532,10 +557,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
     schedule.add_argument(
         "--unfreeze",
         type=_unfreeze,
-        metavar="K|all|auto",
+        metavar="K|all|auto|A..B",
         default=S,
         help="top blocks to unfreeze in stage 2; auto: the depth the linear probe "
-        f"recommends (default: {D['unfreeze']})",
+        "recommends; A..B: the blocks from A to B, both included (names or 0-based "
+        f"positions, e.g. 0..1 for the two bottom blocks) (default: {D['unfreeze']})",
     )
     if not tune:
         schedule.add_argument(
@@ -562,6 +588,21 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         )
     schedule.add_argument("--bn", choices=("frozen", "affine", "train"), default=S)
     schedule.add_argument("--lr-decay", type=_positive_float, default=S)
+    schedule.add_argument(
+        "--lr-policy",
+        choices=("uniform", "auto_rgn"),
+        default=S,
+        help="auto_rgn: per-block stage-2 rates from relative gradient norms "
+        "(Auto-RGN) (default: uniform)",
+    )
+    schedule.add_argument(
+        "--regularize",
+        type=_regularize,
+        metavar="l2sp|ALPHA",
+        default=S,
+        help="L2-SP: pull stage 2 toward the pretrained weights (l2sp: strength "
+        "0.01; a number: that strength) (default: none)",
+    )
     schedule.add_argument("--label-smoothing", type=_fraction, default=S)
     schedule.add_argument("--class-weight", choices=("balanced",), default=S)
     schedule.add_argument(

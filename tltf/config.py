@@ -59,7 +59,8 @@ from tltf._checks import is_int
 from tltf._io import atomic_write_text
 from tltf.errors import ConfigError, suggest
 from tltf.heads import TASKS, HeadConfig
-from tltf.settings import FineTuneSettings, check_unfreeze
+from tltf.regularizers import check_regularize
+from tltf.settings import LR_POLICIES, FineTuneSettings, check_unfreeze
 from tltf.settings import defaults as settings_defaults
 
 __all__ = [
@@ -561,8 +562,10 @@ class ScheduleConfig:
             `tltf.find_lr` first. Defaults to 1e-3.
         fine_tune_lr: float or "find". Stage-2 learning rate. Defaults to 1e-4.
         unfreeze: int, "all", "auto" or a mapping (`{blocks: n}`, `{layers: n}`,
-            `{names: regex}`). "auto" unfreezes the depth the linear probe
-            (`tltf.probe_blocks`) recommends. Defaults to "auto".
+            `{names: regex}`, `{range: [first, last]}`). "auto" unfreezes the
+            depth the linear probe (`tltf.probe_blocks`) recommends; a range
+            trains any contiguous blocks, the bottom ones too. Defaults to
+            "auto".
         head_steps: int. The stage-1 step budget of `head_epochs="auto"`; 0
             keeps the closed-form ridge head alone (no stage-1 epochs).
             Defaults to 2000.
@@ -578,6 +581,10 @@ class ScheduleConfig:
         lr_decay: float or None. Per-block learning-rate decay. Defaults to None.
         gradual_every: int or None. Unfreeze one more block every n epochs.
             Defaults to None.
+        lr_policy: str. "uniform" or "auto_rgn" (per-block rates from relative
+            gradient norms). Defaults to "uniform".
+        regularize: None, "l2sp" or `{l2sp: alpha}`: pull stage 2 toward the
+            pretrained weights (L2-SP). Defaults to None.
         label_smoothing: float. Defaults to 0.
         class_weight: "balanced", a mapping {class index: weight} or None.
             Defaults to None.
@@ -599,6 +606,8 @@ class ScheduleConfig:
     bn: str = FINE_TUNE_DEFAULTS["bn"]
     lr_decay: float | None = FINE_TUNE_DEFAULTS["lr_decay"]
     gradual_every: int | None = FINE_TUNE_DEFAULTS["gradual_every"]
+    lr_policy: Literal["uniform", "auto_rgn"] = FINE_TUNE_DEFAULTS["lr_policy"]
+    regularize: str | dict | None = FINE_TUNE_DEFAULTS["regularize"]
     label_smoothing: float = FINE_TUNE_DEFAULTS["label_smoothing"]
     class_weight: str | dict | None = FINE_TUNE_DEFAULTS["class_weight"]
     optimizer: str = FINE_TUNE_DEFAULTS["optimizer"]
@@ -631,6 +640,8 @@ class ScheduleConfig:
                 f"Expected schedule.lr_decay in (0, 1]. Received: lr_decay={self.lr_decay!r}"
             )
         _at_least(self.gradual_every, 1, "schedule", "gradual_every")
+        _choice(self.lr_policy, LR_POLICIES, "schedule", "lr_policy")
+        check_regularize(self.regularize, "schedule.regularize")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(
                 "Expected schedule.label_smoothing in [0, 1). Received: "
@@ -669,6 +680,9 @@ class ScheduleConfig:
         class_weight = self.class_weight
         if isinstance(class_weight, dict):
             class_weight = dict(class_weight)
+        regularize = self.regularize
+        if isinstance(regularize, dict):
+            regularize = dict(regularize)
         return {
             **{
                 f.name: getattr(self, f.name)
@@ -677,6 +691,7 @@ class ScheduleConfig:
             },
             "unfreeze": unfreeze,
             "class_weight": class_weight,
+            "regularize": regularize,
         }
 
 

@@ -43,23 +43,41 @@ def resolve_unfreeze(
     *,
     layers: int | None = None,
     names: str | None = None,
+    range: tuple | list | None = None,  # noqa: A002  (the config's key)
 ) -> tuple[list[str], str]:
     """Turns an unfreeze request into block names (bottom to top) and a note.
 
-    Exactly one of `blocks`, `layers`, `names` is given.
+    Exactly one of `blocks`, `layers`, `names`, `range` is given.
 
     - `blocks=k`: the top k blocks (0 to all); `blocks="all"`: every block.
     - `layers=n`: the top n weight-carrying layers, rounded *up* to whole blocks so
       that no block is split; the note says how many blocks that made.
     - `names=regex`: every block whose name matches (`re.search`).
+    - `range=(first, last)`: the contiguous blocks from `first` to `last`, both
+      included; each end is a block name or a 0-based position from the bottom
+      (negative positions count from the top, as in Python). The bottom blocks
+      can be trained this way with the top ones frozen (surgical fine-tuning,
+      Lee et al. 2023).
     """
-    given = [v is not None for v in (blocks, layers, names)]
+    given = [v is not None for v in (blocks, layers, names, range)]
     if sum(given) != 1:
         raise ConfigError(
-            "Pass exactly one of blocks=, layers= or names=. "
-            f"Received: blocks={blocks!r}, layers={layers!r}, names={names!r}"
+            "Pass exactly one of blocks=, layers=, names= or range=. "
+            f"Received: blocks={blocks!r}, layers={layers!r}, names={names!r}, "
+            f"range={range!r}"
         )
     n = len(block_map)
+    if range is not None:
+        first, last = (_block_position(block_map, end) for end in range)
+        if first > last:
+            raise ConfigError(
+                f"Expected an unfreeze range from a lower block to a higher one. "
+                f"Received: range={list(range)!r} (block {block_map.names[first]!r} "
+                f"is above {block_map.names[last]!r}). Swap the two ends."
+            )
+        chosen = block_map.names[first : last + 1]
+        span = chosen[0] if len(chosen) == 1 else f"{chosen[0]}..{chosen[-1]}"
+        return chosen, f"blocks {span}"
     if names is not None:
         try:
             pattern = re.compile(names)
@@ -96,6 +114,24 @@ def resolve_unfreeze(
             f" Received: blocks={blocks!r}"
         )
     return (block_map.names[n - blocks :] if blocks else []), f"top {blocks} blocks"
+
+
+def _block_position(block_map: BlockMap, end) -> int:
+    """The 0-based position of a range end: a block name or a position."""
+    n = len(block_map)
+    if isinstance(end, str):
+        if end not in block_map.names:
+            raise ConfigError(
+                f"Unknown block {end!r} in the unfreeze range.{suggest(end, block_map.names)}"
+                f" Blocks: {block_map.names}"
+            )
+        return block_map.position(end)
+    if isinstance(end, bool) or not isinstance(end, int) or not -n <= end < n:
+        raise ConfigError(
+            f"Expected unfreeze range positions in [{-n}, {n - 1}] ({n} blocks in "
+            f"this base; negative counts from the top). Received: {end!r}"
+        )
+    return end % n
 
 
 def _batchnorms(layer: keras.layers.Layer) -> Iterable[keras.layers.BatchNormalization]:
@@ -208,13 +244,14 @@ def unfreeze(
     *,
     layers: int | None = None,
     names: str | None = None,
+    range: tuple | list | None = None,  # noqa: A002  (the config's key)
     bn: str = "frozen",
 ) -> list[str]:
-    """Unfreezes the top of the base by whole blocks (stage 2).
+    """Unfreezes whole blocks of the base: the top ones, or any contiguous range.
 
     Blocks are the recommended unit. `layers=n` counts weight-carrying layers from
     the top and rounds up to whole blocks, so a residual unit is never split; the
-    number of blocks it made is printed. Blocks below the chosen ones stay frozen.
+    number of blocks it made is printed. Blocks that are not chosen stay frozen.
     A compiled model is recompiled with the same arguments.
 
     Args:
@@ -222,6 +259,11 @@ def unfreeze(
         blocks: int or "all". How many blocks to unfreeze, from the top.
         layers: int or None. Unfreeze at least this many layers from the top.
         names: str or None. A regex; unfreeze the blocks whose name matches.
+        range: `(first, last)` or None. A contiguous range of blocks, both ends
+            included: block names, or 0-based positions from the bottom
+            (negative from the top). `range=(0, 0)` trains only the first
+            block (surgical fine-tuning for input-level shifts, Lee et al.
+            2023).
         bn: str. BatchNorm policy: "frozen", "affine" or "train". Defaults to
             "frozen".
 
@@ -235,7 +277,7 @@ def unfreeze(
     """
     info = model_info(model)
     chosen, note = resolve_unfreeze(
-        info.block_map, info.base, blocks, layers=layers, names=names
+        info.block_map, info.base, blocks, layers=layers, names=names, range=range
     )
     if layers is not None:
         print(f"tltf: {note}.")
@@ -284,11 +326,12 @@ def block_summary(model: keras.Model, print_fn=print) -> list[dict]:
 def unfreeze_kwargs(unfreeze) -> dict[str, Any]:
     """`unfreeze` as keyword arguments of `resolve_unfreeze`."""
     if isinstance(unfreeze, dict):
-        allowed = {"blocks", "layers", "names"}
+        allowed = {"blocks", "layers", "names", "range"}
         if len(unfreeze) != 1 or not set(unfreeze) <= allowed:
             raise ConfigError(
                 "Expected unfreeze as an int, 'all', or one of {'blocks': k}, "
-                f"{{'layers': n}}, {{'names': regex}}. Received: unfreeze={unfreeze!r}"
+                "{'layers': n}, {'names': regex}, {'range': [first, last]}. "
+                f"Received: unfreeze={unfreeze!r}"
             )
         return dict(unfreeze)
     return {"blocks": unfreeze}

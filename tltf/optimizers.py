@@ -9,6 +9,7 @@ cloned with its inner optimizer.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from tltf.errors import ConfigError
 
@@ -82,3 +83,76 @@ def set_lr_multipliers(optimizer: keras.optimizers.Optimizer, multipliers) -> No
         return class_update_step(inner, gradient, variable, learning_rate)
 
     object.__setattr__(inner, "update_step", update_step)
+
+
+def set_rgn_rates(optimizer: keras.optimizers.Optimizer, groups) -> keras.Variable:
+    """Scales each group's learning rate by its relative gradient norm (Auto-RGN).
+
+    Auto-RGN (Lee et al. 2023, "Surgical fine-tuning improves adaptation to
+    distribution shifts"): at every step, each group `g` of variables gets the
+    rate `lr * RGN_g / max_h RGN_h`, where `RGN_g = ||grad_g|| / ||w_g||`, the
+    norm of the group's gradient relative to the norm of its weights. Groups
+    whose gradients are large for their size (the paper finds: the blocks that a
+    shift touches) train at the full rate; the others slow down, without anyone
+    choosing which blocks to tune. tltf groups by block (the paper by layer).
+
+    Works with every built-in optimizer (the per-variable rate of `update_step`,
+    as `set_lr_multipliers`), on one device: under a tf.distribute strategy the
+    gradients reach the optimizer per replica, so it raises there.
+
+    Args:
+        optimizer: keras.optimizers.Optimizer. A built optimizer (a
+            LossScaleOptimizer is unwrapped).
+        groups: sequence of sequences of variables. Variables in no group keep
+            the base rate.
+
+    Returns:
+        A non-trainable float32 variable of shape `(len(groups),)` holding the
+        last step's multipliers (1.0 before the first step), for reports.
+
+    Raises:
+        ConfigError: under a tf.distribute strategy.
+    """
+    if tf.distribute.has_strategy():
+        raise ConfigError(
+            "lr_policy='auto_rgn' is not supported under a tf.distribute strategy "
+            "(the optimizer sees each replica's gradients). Use lr_decay for "
+            "per-block rates there, or train on one device."
+        )
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    index = {inner._var_key(v): i for i, group in enumerate(groups) for v in group}
+    n = len(groups)
+    last = keras.Variable(
+        [1.0] * n, dtype="float32", trainable=False, name="rgn_multipliers"
+    )
+    current: dict = {}
+    class_backend_step = type(inner)._backend_update_step
+    class_update_step = type(inner).update_step
+
+    def backend_update_step(grads, variables, learning_rate):
+        grad_sq = [tf.constant(0.0)] * n
+        weight_sq = [tf.constant(0.0)] * n
+        for gradient, variable in zip(grads, variables, strict=True):
+            i = index.get(inner._var_key(variable))
+            if i is None or gradient is None:
+                continue
+            grad_sq[i] += tf.reduce_sum(tf.square(tf.cast(gradient, "float32")))
+            weight_sq[i] += tf.reduce_sum(
+                tf.square(tf.cast(tf.convert_to_tensor(variable), "float32"))
+            )
+        rgn = tf.sqrt(tf.stack(grad_sq)) / (tf.sqrt(tf.stack(weight_sq)) + 1e-12)
+        scales = rgn / tf.maximum(tf.reduce_max(rgn), 1e-30)
+        last.assign(scales)
+        current["scales"] = scales
+        return class_backend_step(inner, grads, variables, learning_rate)
+
+    def update_step(gradient, variable, learning_rate):
+        i = index.get(inner._var_key(variable))
+        scales = current.get("scales")
+        if i is not None and scales is not None:
+            learning_rate = learning_rate * tf.cast(scales[i], learning_rate.dtype)
+        return class_update_step(inner, gradient, variable, learning_rate)
+
+    object.__setattr__(inner, "_backend_update_step", backend_update_step)
+    object.__setattr__(inner, "update_step", update_step)
+    return last

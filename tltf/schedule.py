@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf import data as tltf_data
-from tltf._checks import check_positive_int
+from tltf._checks import check_choice, check_positive_int
 from tltf.cache import (
     Continuation,
     FeatureCache,
@@ -56,10 +56,22 @@ from tltf.guard import KeepBest, class_ids, holdout_rows
 from tltf.info import ModelInfo, default_loss_and_metrics, model_base, model_info
 from tltf.layers import Standardization
 from tltf.lr_finder import find_stage_lr
-from tltf.optimizers import clone_optimizer, make_optimizer, set_lr_multipliers
+from tltf.optimizers import (
+    clone_optimizer,
+    make_optimizer,
+    set_lr_multipliers,
+    set_rgn_rates,
+)
 from tltf.probe import group_weights, probe_blocks, ridge_fit
+from tltf.regularizers import (
+    attach_l2sp,
+    check_regularize,
+    detach_l2sp,
+    starting_points,
+)
 from tltf.resume import Resume
 from tltf.settings import (
+    LR_POLICIES,
     FineTuneSettings,
     check_epochs,
     check_lr,
@@ -140,6 +152,16 @@ class FineTuneSchedule(keras.callbacks.Callback):
         verbose: int. 1 prints one summary line per stage change. Defaults to 1.
         lr_finder_data: The training data for `fine_tune_lr="find"` (any form
             `find_lr` takes). `fine_tune` sets it. Defaults to None.
+        lr_policy: str. "uniform", or "auto_rgn": each unfrozen block's rate
+            (and the head's) is scaled every step by its relative gradient norm
+            over the largest one (`tltf.optimizers.set_rgn_rates`). Defaults to
+            "uniform".
+        regularize: None, "l2sp" or `{"l2sp": alpha}`. L2-SP: stage 2's loss
+            gets `alpha * sum((w - w0) ** 2)` over the unfrozen base weights,
+            `w0` being their values when `fit` starts (before any
+            BackupAndRestore restores; `fine_tune` passes the values it started
+            from). Attached only while training (`tltf.regularizers`). Defaults
+            to None.
 
     Example:
 
@@ -163,6 +185,8 @@ class FineTuneSchedule(keras.callbacks.Callback):
         optimizer: keras.optimizers.Optimizer | None = None,
         verbose: int = 1,
         lr_finder_data=None,
+        lr_policy: str = "uniform",
+        regularize=None,
     ):
         super().__init__()
         self.unfreeze_at_epoch = check_epochs(unfreeze_at_epoch, "unfreeze_at_epoch")
@@ -184,6 +208,17 @@ class FineTuneSchedule(keras.callbacks.Callback):
         self.gradual_start = check_epochs(gradual_start, "gradual_start")
         self.optimizer = optimizer
         self.verbose = verbose
+        self.lr_policy = check_choice(lr_policy, LR_POLICIES, "lr_policy")
+        if self.lr_policy == "auto_rgn" and self.lr_decay not in (None, 1):
+            raise ConfigError(
+                "lr_policy='auto_rgn' sets every block's rate itself; it cannot be "
+                f"combined with lr_decay={self.lr_decay!r}. Drop one of the two."
+            )
+        self.regularize = check_regularize(regularize)
+        #: L2-SP's starting weights by variable path (set by `fine_tune`, or
+        #: taken when `fit` starts); the last step's Auto-RGN multipliers.
+        self.anchors: dict | None = None
+        self.rgn_multipliers = None
         # Resumable state, kept apart from the configuration above.
         self.stage: int | None = None
         self.unfrozen: list[str] = []
@@ -232,6 +267,8 @@ class FineTuneSchedule(keras.callbacks.Callback):
     def set_model(self, model):
         super().set_model(model)
         self._info = model_info(model)
+        if self.regularize is not None and self.anchors is None:
+            self.anchors = starting_points(self._info.base.weights)
         self._target, _ = resolve_unfreeze(
             self._info.block_map, self._info.base, **self._unfreeze_kwargs
         )
@@ -254,6 +291,11 @@ class FineTuneSchedule(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["stage"] = self.stage
+
+    def on_train_end(self, logs=None):
+        # L2-SP is a training-time penalty: the model leaves fit without it.
+        if self._info is not None:
+            detach_l2sp(self._info.base.weights)
 
     def on_train_batch_end(self, batch, logs=None):
         check_loss(self.model, self.stage, self._epoch, batch, logs)
@@ -301,7 +343,28 @@ class FineTuneSchedule(keras.callbacks.Callback):
             optimizer.build(variables)
         if self.lr_decay is not None and self.lr_decay != 1:
             set_lr_multipliers(optimizer, self._multipliers())
+        if self.lr_policy == "auto_rgn":
+            self.rgn_multipliers = set_rgn_rates(optimizer, self._rgn_groups())
+        if self.regularize is not None:
+            attach_l2sp(info.base.weights, self.anchors, self.regularize[1])
         model.optimizer = optimizer
+
+    def _rgn_groups(self) -> list[list]:
+        """Auto-RGN's groups: each stage-2 block's variables, then the rest."""
+        info = self._info
+        groups = []
+        for name in self._target:
+            layers = info.block_map[info.block_map.position(name)].layers
+            groups.append(
+                [
+                    v
+                    for layer_name in layers
+                    for v in info.base.get_layer(layer_name).trainable_weights
+                ]
+            )
+        grouped = {id(v) for group in groups for v in group}
+        groups.append([v for v in self.model.trainable_weights if id(v) not in grouped])
+        return [group for group in groups if group]
 
     def _multipliers(self) -> list:
         info = self._info
@@ -337,6 +400,10 @@ class FineTuneSchedule(keras.callbacks.Callback):
             lr_text = _format_lr(rate) if rate else "compiled"
             if self.lr_decay not in (None, 1):
                 lr_text += f", x{self.lr_decay:g} per block down"
+            if self.lr_policy == "auto_rgn":
+                lr_text += " scaled per block by Auto-RGN"
+            if self.regularize is not None:
+                lr_text += f"; L2-SP {self.regularize[1]:g}"
             bn = self.bn
         print(
             f"tltf: stage {self.stage} from epoch {epoch + 1} (to {end}): training "
@@ -444,7 +511,12 @@ def fine_tune(
         lr_decay=settings.lr_decay,
         gradual_every=settings.gradual_every,
         verbose=0 if verbose == 0 else 1,
+        lr_policy=settings.lr_policy,
+        regularize=settings.regularize,
     )
+    if settings.regularize is not None:
+        # The weights this call starts from, before a backup is restored.
+        schedule.anchors = starting_points(info.base.weights)
     # Resolve the unfreeze request now, so a bad one fails before any training.
     resolve_unfreeze(info.block_map, info.base, **schedule._unfreeze_kwargs)
     holdout = _holdout(settings, model, info, train, validation_data, batch_size)

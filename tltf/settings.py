@@ -29,10 +29,13 @@ from tltf._checks import check_choice, check_keywords, check_positive_int, is_in
 from tltf.compute import check_jit_compile
 from tltf.errors import ConfigError, suggest
 from tltf.freezing import check_bn_policy
+from tltf.regularizers import check_regularize
 
 #: The words `unfreeze` takes besides a number and a mapping.
 UNFREEZE_WORDS = ("auto", "all")
-UNFREEZE_KEYS = ("blocks", "layers", "names")
+UNFREEZE_KEYS = ("blocks", "layers", "names", "range")
+#: How stage 2's learning rate is shared among blocks (`lr_policy`).
+LR_POLICIES = ("uniform", "auto_rgn")
 
 
 def check_epochs(value, name: str, allow_auto: bool = False):
@@ -76,8 +79,11 @@ def check_unfreeze(value, name: str = "unfreeze", allow_auto: bool = True):
     """Validates what stage 2 unfreezes, as far as it can be without a model.
 
     An integer >= 0 (top blocks), "all", "auto", or a mapping with one key:
-    `{"blocks": k}`, `{"layers": n}` or `{"names": regex}`. Whether k fits the
-    base is checked by `tltf.freezing.resolve_unfreeze` once the model is known.
+    `{"blocks": k}`, `{"layers": n}`, `{"names": regex}` or `{"range": [first,
+    last]}` (a contiguous range of blocks, both ends included, each a block name
+    or a 0-based position from the bottom; negative positions count from the top).
+    Whether it fits the base is checked by `tltf.freezing.resolve_unfreeze` once
+    the model is known.
     """
     words = UNFREEZE_WORDS if allow_auto else ("all",)
     if isinstance(value, str):
@@ -101,10 +107,12 @@ def check_unfreeze(value, name: str = "unfreeze", allow_auto: bool = True):
     ):
         raise ConfigError(
             f"Expected {name} as an int, 'all', or a mapping with one key, "
-            "{'blocks': k}, {'layers': n} or {'names': regex}. Received: "
-            f"unfreeze={value!r}"
+            "{'blocks': k}, {'layers': n}, {'names': regex} or {'range': [first, "
+            f"last]}}. Received: unfreeze={value!r}"
         )
     ((key, inner),) = value.items()
+    if key == "range":
+        return {"range": check_block_range(inner, name)}
     if key == "names":
         if not isinstance(inner, str):
             raise ConfigError(
@@ -125,6 +133,22 @@ def check_unfreeze(value, name: str = "unfreeze", allow_auto: bool = True):
             f"unfreeze={value!r}"
         )
     return dict(value)
+
+
+def check_block_range(value, name: str = "unfreeze") -> tuple:
+    """Validates `[first, last]` of an unfreeze range: block names or positions."""
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, str) or is_int(v) for v in value)
+    ):
+        raise ConfigError(
+            f"Expected {name}.range as [first, last]: two block names or 0-based "
+            "block positions (negative counts from the top), both ends included, "
+            "e.g. {'range': [0, 1]} for the two bottom blocks or {'range': "
+            f"['block3', 'block4']}}. Received: {name}={{'range': {value!r}}}"
+        )
+    return tuple(v if isinstance(v, str) else int(v) for v in value)
 
 
 def check_lr_decay(value):
@@ -229,6 +253,17 @@ class FineTuneSettings:
             `FineTuneSchedule`). Defaults to None.
         gradual_every: int or None. Add one unfrozen block every n epochs.
             Defaults to None.
+        lr_policy: str. How stage 2's rate is shared among blocks: "uniform"
+            (one rate, or `lr_decay`'s), or "auto_rgn": every step, each block's
+            rate is scaled by its relative gradient norm `||grad|| / ||w||`
+            over the largest block's (Auto-RGN, Lee et al. 2023; see
+            `tltf.optimizers.set_rgn_rates`); one device only, not with
+            `lr_decay`. Defaults to "uniform".
+        regularize: None, "l2sp" or `{"l2sp": alpha}`. L2-SP (Li et al. 2018):
+            stage 2 adds `alpha * sum((w - w0) ** 2)` over the unfrozen base
+            weights to the loss, pulling them toward the weights `fine_tune`
+            started from instead of toward zero; "l2sp" is alpha 0.01 (see
+            `tltf.regularizers`). Defaults to None.
         class_weight: dict, "balanced" or None. "balanced" weighs each class by
             `n_samples / (n_classes * count)` from the training labels.
             Defaults to None.
@@ -271,6 +306,8 @@ class FineTuneSettings:
     metrics: Any = "auto"
     lr_decay: float | None = None
     gradual_every: int | None = None
+    lr_policy: str = "uniform"
+    regularize: Any = None
     class_weight: Any = None
     augment: Any = None
     label_smoothing: float = 0.0
@@ -325,6 +362,15 @@ class FineTuneSettings:
             set_(
                 "gradual_every", check_positive_int(self.gradual_every, "gradual_every")
             )
+        check_choice(self.lr_policy, LR_POLICIES, "lr_policy")
+        if self.lr_policy == "auto_rgn" and self.lr_decay not in (None, 1):
+            raise ConfigError(
+                "lr_policy='auto_rgn' sets every block's rate itself; it cannot be "
+                f"combined with lr_decay={self.lr_decay!r}. Drop one of the two."
+            )
+        if isinstance(self.regularize, dict):
+            set_("regularize", dict(self.regularize))
+        check_regularize(self.regularize)
         set_("class_weight", check_class_weight(self.class_weight))
         if not (
             self.augment is None
@@ -407,6 +453,8 @@ _FINGERPRINT = (
     "bn",
     "lr_decay",
     "gradual_every",
+    "lr_policy",
+    "regularize",
     "optimizer",
     "loss",
 )

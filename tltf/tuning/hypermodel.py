@@ -36,7 +36,7 @@ from tltf.cache import Continuation, FrozenSplit, fit_part
 from tltf.data import DataBundle
 from tltf.data.inputs import check_labels, train_batches
 from tltf.errors import ConfigError, DataError, TltfError
-from tltf.freezing import resolve_unfreeze
+from tltf.freezing import resolve_unfreeze, unfreeze_kwargs
 from tltf.heads import HeadConfig
 from tltf.info import ModelInfo, default_loss_and_metrics, model_info
 from tltf.model import build_model
@@ -44,7 +44,13 @@ from tltf.optimizers import clone_optimizer, make_optimizer
 from tltf.schedule import FineTuneSchedule, fine_tune
 from tltf.settings import FIELDS, FIT_ARGUMENTS, FineTuneSettings, split_kwargs
 from tltf.stages import StageTag, stage_progbar
-from tltf.tuning.space import STAGE2_HPS, STAGE2_OPTIONS, SearchSpace
+from tltf.tuning.space import (
+    STAGE2_HPS,
+    STAGE2_OPTIONS,
+    SearchSpace,
+    top_blocks,
+    unfreeze_spec,
+)
 from tltf.tuning.store import HEADS_DIR, HeadStore
 
 TRIAL_RECORD = "tltf_trial.json"
@@ -407,7 +413,9 @@ class FineTuneHyperModel(kt.HyperModel):
             raise
         info = model_info(model)
         blocks, _ = resolve_unfreeze(
-            info.block_map, info.base, blocks=int(values["unfreeze"])
+            info.block_map,
+            info.base,
+            **unfreeze_kwargs(unfreeze_spec(values, len(info.block_map))),
         )
         logs = history.history
         score, best = _best(logs, context.objective_name, context.direction)
@@ -415,7 +423,7 @@ class FineTuneHyperModel(kt.HyperModel):
         best_epoch = None if best is None else H + stage2_start + best + 1
         record.update(
             status="COMPLETED",
-            blocks=int(values["unfreeze"]),
+            blocks=len(blocks),
             unfrozen=_span(blocks),
             trainable_params=int(
                 sum(math.prod(w.shape) for w in model.trainable_weights)
@@ -540,7 +548,7 @@ class FineTuneHyperModel(kt.HyperModel):
             fine_tune_epochs=end,
             head_lr=float(values["head_lr"]),
             fine_tune_lr=float(values["fine_tune_lr"]),
-            unfreeze=int(values["unfreeze"]),
+            unfreeze=unfreeze_spec(values, len(model_info(model).block_map)),
             bn=values["bn"],
             lr_decay=None if decay == 1.0 else decay,
             callbacks=callbacks,
@@ -561,13 +569,15 @@ class FineTuneHyperModel(kt.HyperModel):
         # Options at their neutral value (None, 0, False) change nothing.
         if self.cache_features is False or any(v for v in options.values()):
             return None
+        if self.settings.regularize is not None or self.settings.lr_policy != "uniform":
+            return None  # fine_tune applies them
         if not all(
             isinstance(d, (tuple, list)) and len(d) == 2 for d in (train, validation)
         ):
             return None
         if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks):
             return None
-        k = int(values["unfreeze"])
+        k = top_blocks(values)
         info = model_info(model)
         if k >= len(info.block_map):
             return None
@@ -653,7 +663,7 @@ def _fit_on_frozen_features(
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     schedule = FineTuneSchedule(
         unfreeze_at_epoch=0,
-        unfreeze=int(values["unfreeze"]),
+        unfreeze=unfreeze_spec(values, len(info.block_map)),
         fine_tune_lr=float(values["fine_tune_lr"]),
         bn=values["bn"],
         lr_decay=None if decay == 1.0 else decay,
@@ -668,7 +678,7 @@ def _fit_on_frozen_features(
     schedule._enter(2, schedule.plan(start)[1], start)  # optimizer, trainability
     if verbose:
         print(
-            f"tltf: stage 2 trains on the output of the {len(info.block_map) - int(values['unfreeze'])}"
+            f"tltf: stage 2 trains on the output of the {len(info.block_map) - top_blocks(values)}"
             f" frozen blocks, computed once ({seconds:.1f}s)."
         )
     # The same batches as fine_tune's pipeline: one shuffle of the slices.

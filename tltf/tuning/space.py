@@ -28,10 +28,17 @@ HP_NAMES = {
     "head_units": "head_units",
     "bn": "bn",
     "lr_decay": "lr_decay",
+    "unfreeze_offset": "unfreeze_offset",
 }
 #: Hyperparameters that only change stage 2: trials differing only in them share
 #: stage 1. Every other hyperparameter (yours included) is part of the head key.
-STAGE2_HPS = ("unfreeze_blocks", "fine_tune_lr", "bn", "lr_decay")
+STAGE2_HPS = (
+    "unfreeze_blocks",
+    "unfreeze_offset",
+    "fine_tune_lr",
+    "bn",
+    "lr_decay",
+)
 #: `fine_tune` options that only change stage 2.
 STAGE2_OPTIONS = ("gradual_every",)
 
@@ -65,6 +72,13 @@ class SearchSpace:
             "frozen".
         lr_decay: Discriminative-LR decay per block (1.0 or None: one rate).
             Defaults to None.
+        unfreeze_offset: Frozen blocks left above the unfrozen ones: 0 unfreezes
+            the top `unfreeze` blocks; 2 the `unfreeze` blocks below the top 2.
+            A range or list searches *where* to fine-tune, not only how deep
+            (surgical fine-tuning, Lee et al. 2023: input-level shifts are best
+            served by the bottom blocks). Trials whose range would pass the
+            bottom keep the blocks that exist. Declared only when not 0.
+            Defaults to 0.
 
     Head choices multiply the stage-1 trainings: keep them few and discrete, so
     that most trials share a trained head.
@@ -82,6 +96,7 @@ class SearchSpace:
     head_units: Any = _Choice((0, 256))
     bn: Any = "frozen"
     lr_decay: Any = None
+    unfreeze_offset: Any = 0
 
     def __post_init__(self):
         # Lists are choices; keep them hashable inside the frozen dataclass.
@@ -117,7 +132,14 @@ class SearchSpace:
         if unfreeze == "all":
             unfreeze = (0, n_blocks)
         _check_entry("unfreeze", unfreeze, _blocks(n_blocks))
+        offset = self.unfreeze_offset
+        _check_entry("unfreeze_offset", offset, _blocks(n_blocks - 1))
         return {
+            "unfreeze_offset": (
+                0
+                if offset == 0
+                else _declare(hp, HP_NAMES["unfreeze_offset"], offset, int)
+            ),
             "unfreeze": _declare(hp, HP_NAMES["unfreeze"], unfreeze, int),
             "fine_tune_lr": _declare(
                 hp, HP_NAMES["fine_tune_lr"], self.fine_tune_lr, float, "log"
@@ -135,6 +157,32 @@ class SearchSpace:
                 float,
             ),
         }
+
+
+def unfreeze_spec(values: dict, n_blocks: int) -> int | dict:
+    """A trial's `unfreeze` for `fine_tune`: top blocks, or a range below the top.
+
+    Args:
+        values: dict. The trial's values (`SearchSpace.declare`).
+        n_blocks: int. Blocks in the base.
+
+    Returns:
+        The top-k count when `unfreeze_offset` is 0, else `{"range": [first,
+        last]}`: the `unfreeze` blocks below the `unfreeze_offset` top ones
+        (fewer where the range would pass the bottom; 0 when none is left).
+    """
+    k, offset = int(values["unfreeze"]), int(values.get("unfreeze_offset", 0))
+    if offset == 0:
+        return k
+    last = n_blocks - 1 - offset
+    first = max(0, last - k + 1)
+    return {"range": [first, last]} if k and last >= 0 else 0
+
+
+def top_blocks(values: dict) -> int:
+    """The top blocks a trial's stage 2 runs through (trained or frozen above)."""
+    k = int(values["unfreeze"])
+    return k + int(values.get("unfreeze_offset", 0)) if k else 0
 
 
 def _none_to_one(value):
