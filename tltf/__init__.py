@@ -39,6 +39,7 @@ from tltf.pretrain import (
     pretrain,  # the function; `from tltf.pretrain import ...` works too
 )
 from tltf.probe import ProbeResult, probe_blocks
+from tltf.ranking import RankResult, rank_bases
 from tltf.reports import plot_confusion_matrix, plot_history, plot_tuning
 from tltf.schedule import FineTuneSchedule, fine_tune
 from tltf.settings import FineTuneSettings
@@ -55,6 +56,7 @@ __all__ = [
     "HeadConfig",
     "LRFinderResult",
     "ProbeResult",
+    "RankResult",
     "SearchSpace",
     "TltfError",
     "TuneResult",
@@ -80,6 +82,7 @@ __all__ = [
     "predict",
     "pretrain",
     "probe_blocks",
+    "rank_bases",
     "save_base",
     "set_lr_multipliers",
     "tflite_predict",

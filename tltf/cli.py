@@ -16,6 +16,7 @@ Example:
     $ tltf predict runs/flowers photos/ --output predictions.csv
     $ tltf export runs/flowers --format tflite --quantize dynamic
     $ tltf demo --k 5 10 20 --out runs/demo
+    $ tltf rank --data photos/ --bases demo vgg16 --out rank.csv --plot rank.png
 
 Why about 1,200 lines: one parser and one handler per command (bases, train,
 tune, evaluate, predict, export, demo), with their help texts; the work itself
@@ -54,6 +55,7 @@ from tltf.errors import ConfigError, DataError, ModelError, TltfError, suggest
 from tltf.evaluation import evaluate, predict, write_predictions
 from tltf.export import export_model
 from tltf.model import load_model
+from tltf.ranking import rank_bases
 from tltf.runs import (
     BEST_MODEL,
     CONFIG_FILE,
@@ -155,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bases.set_defaults(handler=_cmd_bases)
     _add_run_commands(commands)
+    _add_rank_command(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -1193,6 +1196,118 @@ def _block_stats(name: str) -> tuple[list[str], int]:
     del base
     keras.backend.clear_session()
     return stats
+
+
+# -- rank ------------------------------------------------------------------------
+_RANK_EPILOG = """\
+Each base runs once, frozen, over the labelled images; LogME, a kNN and a ridge
+probe (leave-one-out) score its features. No training: seconds per base. A
+base is a registry name, demo, or a saved base folder (or a .keras file of a
+base model). See docs/ranking.md.
+
+examples:
+  tltf rank --data photos/ --bases demo vgg16 mobilenet_v3_small
+  tltf rank --data train.npz --bases vgg16 bases/mine --weights-dir weights/ \\
+      --out rank.csv --plot rank.png
+"""
+
+
+def _add_rank_command(commands) -> None:
+    rank = commands.add_parser(
+        "rank",
+        help="rank candidate bases on labelled data, before any training",
+        description="Scores how well each base's frozen features suit the data "
+        "(LogME, kNN and ridge-probe leave-one-out accuracy) and prints the "
+        "ranking.",
+        epilog=_RANK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rank.add_argument(
+        "--data",
+        metavar="SRC",
+        required=True,
+        help="labelled images: a folder (one subfolder per class), a .npz file "
+        "or tfds:NAME[SPLIT] (default split: train)",
+    )
+    rank.add_argument(
+        "--bases", metavar="BASE", nargs="+", required=True, help="the candidates"
+    )
+    rank.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=224,
+        help="images are resized to this size; registry bases are built at it "
+        "(default: 224)",
+    )
+    rank.add_argument(
+        "--score",
+        choices=("logme", "knn", "ridge"),
+        default="logme",
+        help="the score that orders the table (default: logme)",
+    )
+    rank.add_argument(
+        "--every",
+        type=_positive_int,
+        default=None,
+        help="also probe every N-th block below the top (the ridge score is "
+        "then the best block's) (default: the top block only)",
+    )
+    rank.add_argument("--knn", type=_positive_int, default=5, help="k (default: 5)")
+    rank.add_argument("--batch-size", type=_positive_int, default=32)
+    rank.add_argument("--weights-dir", metavar="DIR", help="offline weights folder")
+    rank.add_argument("--out", metavar="FILE", help="write the table as CSV")
+    rank.add_argument("--plot", metavar="FILE", help="write the plot as PNG")
+    rank.add_argument(
+        "--quiet", action="store_true", help="print the table only, no progress"
+    )
+    rank.set_defaults(handler=_cmd_rank)
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    source, split = parse_source(args.data)
+    kwargs = {"split": split or "train"} if source.startswith("tfds:") else {}
+    if split is not None and not source.startswith("tfds:"):
+        raise ConfigError(
+            f"--data {args.data!r} selects a split, but only tfds:NAME[SPLIT] "
+            "sources have splits."
+        )
+    data = load_data(
+        source,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        shuffle=False,
+        cache=False,
+        **kwargs,
+    )
+    candidates = [
+        load_model(b) if Path(b).suffix == ".keras" and Path(b).is_file() else b
+        for b in args.bases
+    ]
+    if any(not isinstance(c, str) for c in candidates):
+        candidates = dict(zip(args.bases, candidates, strict=True))
+    result = rank_bases(
+        candidates,
+        data,
+        score=args.score,
+        every=args.every,
+        knn=args.knn,
+        batch_size=args.batch_size,
+        verbose=0 if args.quiet else 1,
+        **({"weights_dir": args.weights_dir} if args.weights_dir else {}),
+    )
+    if args.quiet:
+        print(result)
+    files = []
+    if args.out:
+        files.append(result.to_csv(Path(args.out).expanduser()))
+    if args.plot:
+        result.plot(Path(args.plot).expanduser())
+        files.append(Path(args.plot).expanduser())
+    if files:
+        print(f"tltf: wrote {' and '.join(str(f) for f in files)}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

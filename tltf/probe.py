@@ -488,6 +488,37 @@ def _features(run, ds: tf.data.Dataset, count: int):
     return [np.concatenate(p) for p in parts], np.concatenate(labels)
 
 
+def block_features(
+    base: Base, positions: list[int], data, batch_size: int = 32
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The probe's forward pass on its own: pooled features of blocks, and labels.
+
+    The frozen base runs once over `data` in inference mode, behind its own
+    preprocessing; the global-average-pooled output of every block in
+    `positions` comes out of that one pass (as in `probe_blocks`).
+    `tltf.rank_bases` scores candidate bases with it.
+
+    Args:
+        base: Base. The loaded base.
+        positions: list of int. Block positions in `base.block_map`, bottom to top.
+        data: `(images, labels)` arrays or a tf.data.Dataset of them, in a fixed
+            order; the images must have the base's input size when it is fixed.
+        batch_size: int. Batch size for arrays. Defaults to 32.
+
+    Returns:
+        `(features, labels)`: one float32 array `(n, width)` per position, and
+        the labels as read.
+    """
+    ds = _batches(data, batch_size, "data")
+    extractor = _extractor(base, positions, ds)
+
+    @tf.function(reduce_retracing=True)
+    def run(images):
+        return extractor(images, training=False)
+
+    return _features(run, ds, len(positions))
+
+
 def _hold_out(x, y, fraction: float, seed: int):
     n = len(y)
     n_val = max(1, int(round(n * fraction)))

@@ -1,0 +1,283 @@
+"""rank_bases: LogME, kNN and ridge scores, the ranking, its report and bad input."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+import tltf
+from tests.helpers import make_data
+from tltf.errors import ConfigError, DataError, ModelError
+from tltf.ranking import (
+    COLUMNS,
+    kendall_tau,
+    knn_accuracy,
+    knn_r2,
+    log_evidence,
+    logme,
+    logme_fit,
+)
+
+
+def _closed_form_evidence(f, y, alpha, beta) -> float:
+    """log N(y | 0, I / beta + F F^T / alpha), straight from the definition."""
+    n = len(y)
+    cov = np.eye(n) / beta + f @ f.T / alpha
+    _, log_det = np.linalg.slogdet(cov)
+    return -0.5 * (n * math.log(2 * math.pi) + log_det + y @ np.linalg.solve(cov, y))
+
+
+def _tiny_regression(n, d, seed=0):
+    rng = np.random.default_rng(seed)
+    f = rng.normal(size=(n, d))
+    return f, f @ rng.normal(size=d) * 0.5 + rng.normal(size=n) * 0.7
+
+
+# -- LogME ----------------------------------------------------------------------
+@pytest.mark.parametrize("n, d", [(12, 3), (5, 8)])
+def test_log_evidence_matches_the_closed_form(n, d):
+    f, y = _tiny_regression(n, d)
+    for alpha, beta in [(2.0, 0.5), (0.1, 3.0), (30.0, 1.2)]:
+        assert log_evidence(f, y, alpha, beta) == pytest.approx(
+            _closed_form_evidence(f, y, alpha, beta), rel=1e-10, abs=1e-10
+        )
+
+
+def test_logme_fixed_point_reaches_the_maximum_evidence():
+    f, y = _tiny_regression(12, 3)
+    per_example, alpha, beta = logme_fit(f, y)
+    at_fixed_point = _closed_form_evidence(f, y, alpha, beta)
+    assert per_example * 12 == pytest.approx(at_fixed_point, rel=1e-9)
+    # A grid over (alpha, beta) finds nothing higher, and a fine grid around the
+    # fixed point peaks next to it.
+    coarse = np.logspace(-3, 4, 57)
+    best = max(_closed_form_evidence(f, y, a, b) for a in coarse for b in coarse)
+    assert at_fixed_point >= best - 1e-9
+    fine = np.logspace(-0.5, 0.5, 61)
+    values = np.array(
+        [[_closed_form_evidence(f, y, alpha * a, beta * b) for b in fine] for a in fine]
+    )
+    i, j = np.unravel_index(np.argmax(values), values.shape)
+    assert at_fixed_point >= values.max() - 1e-9
+    assert (fine[i], fine[j]) == pytest.approx((1.0, 1.0), abs=0.04)
+    # The hand-check: on this case the maximum is 34.81, 1.19 (alpha, beta).
+    assert (alpha, beta) == pytest.approx((34.81, 1.191), rel=1e-3)
+
+
+def test_logme_with_more_dimensions_than_examples_stays_finite():
+    f, y = _tiny_regression(5, 8)
+    per_example, alpha, beta = logme_fit(f, y)
+    grid = np.logspace(-3, 6, 91)
+    best = max(_closed_form_evidence(f, y, a, b) for a in grid for b in grid)
+    assert np.isfinite(per_example)
+    assert per_example * 5 >= best - 1e-6
+
+
+def test_logme_is_the_mean_over_one_hot_columns_and_rewards_signal():
+    x, y = make_data(60)
+    features = x.reshape(60, -1, 3).mean(axis=1)  # the class's bright channel
+    one_hot = np.eye(3)[y]
+    columns = [logme_fit(features, one_hot[:, c])[0] for c in range(3)]
+    assert logme(features, one_hot) == pytest.approx(np.mean(columns))
+    noise = np.random.default_rng(1).normal(size=features.shape)
+    assert logme(features, one_hot) > logme(noise, one_hot) + 0.1
+    # A constant rescaling of the features does not change the score.
+    assert logme(features * 1000.0, one_hot) == pytest.approx(
+        logme(features, one_hot), rel=1e-6
+    )
+
+
+# -- kNN and Kendall tau --------------------------------------------------------
+def test_knn_leave_one_out_on_a_constructed_case():
+    # Two tight clusters (right and left), each with one point of the other class.
+    right = [[1, 0.1], [1, -0.1], [1, 0.2], [1, -0.2], [1, 0]]
+    left = [[-1, 0.1], [-1, -0.1], [-1, 0.2], [-1, -0.2], [-1, 0]]
+    features = np.array(right + left, dtype=float)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 0])
+    # The two intruders are wrong whatever k; every other point is right.
+    for k in (1, 3):
+        assert knn_accuracy(features, labels, k) == pytest.approx(0.8)
+    # k = 9: every other point votes, 4 against 5 for one class and 5 against 4
+    # for the other: each point goes to the majority class of the other nine.
+    assert knn_accuracy(features, labels, 9) == pytest.approx(0.0)
+    # Regression: the same neighbours averaged.
+    assert knn_r2(features, features[:, 0], 1) == pytest.approx(1.0)
+
+
+def test_kendall_tau_b():
+    assert kendall_tau([1, 2, 3], [10, 30, 20]) == pytest.approx(1 / 3)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties: 5 concordant pairs, 1 tied in b, none discordant: 5 / sqrt(6 * 5).
+    assert kendall_tau([1, 2, 3, 4], [1, 1, 2, 3]) == pytest.approx(5 / math.sqrt(30))
+    assert math.isnan(kendall_tau([1, 1], [1, 2]))
+
+
+# -- the ranking ------------------------------------------------------------------
+def signal_base(size=16):
+    """A base whose pooled features are the image's channel means: the labels."""
+    inputs = keras.Input((size, size, 3), name="signal_input")
+    x = keras.layers.Conv2D(3, 1, name="block1_conv")(inputs)
+    x = keras.layers.Conv2D(3, 1, name="block2_conv")(x)
+    model = keras.Model(inputs, x, name="signal")
+    identity = [np.eye(3, dtype="float32")[None, None], np.zeros(3, "float32")]
+    for name in ("block1_conv", "block2_conv"):
+        model.get_layer(name).set_weights(identity)
+    return model
+
+
+def constant_base(size=12):
+    """A base whose features ignore the image (zero kernel, fixed bias)."""
+    inputs = keras.Input((size, size, 3), name="constant_input")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="block1_conv")(inputs)
+    x = keras.layers.Conv2D(
+        4,
+        1,
+        name="block2_conv",
+        kernel_initializer="zeros",
+        bias_initializer=keras.initializers.Constant(0.5),
+    )(x)
+    return keras.Model(inputs, x, name="constant")
+
+
+def test_a_base_that_carries_the_labels_ranks_above_one_that_does_not(tmp_path):
+    x, y = make_data(48)
+    # The constant base takes 12-px images: the 16-px images are resized for it.
+    result = tltf.rank_bases(
+        {"noise": constant_base(), "signal": signal_base()}, (x, y), verbose=0
+    )
+    assert result.ranking == ["signal", "noise"]
+    assert result.best["candidate"] == "signal"
+    signal, noise = result.table
+    for score in ("logme", "knn", "ridge"):
+        assert signal[f"{score}_rank"] == 1 and noise[f"{score}_rank"] == 2
+        assert signal[score] > noise[score]
+    assert signal["knn"] == 1.0 and signal["ridge"] == 1.0
+    assert noise["knn"] <= 0.5 and noise["ridge"] <= 0.5  # chance is 1/3
+    assert signal["features"] == 3 and noise["features"] == 4
+    assert signal["block"] == "block2"
+    assert all(row["seconds"] >= row["forward_seconds"] > 0 for row in result.table)
+    assert result.agreement == {"logme~knn": 1.0, "logme~ridge": 1.0, "knn~ridge": 1.0}
+    assert (result.task, result.num_examples, result.num_classes) == (
+        "classification",
+        48,
+        3,
+    )
+    text = str(result)
+    assert text.splitlines()[1].startswith("signal")
+    assert "best by logme: signal" in text and "Kendall tau" in text
+    path = result.to_csv(tmp_path / "rank.csv")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(COLUMNS)
+    assert [r["candidate"] for r in rows] == ["signal", "noise"]
+    figure = result.plot(tmp_path / "rank.png")
+    assert isinstance(figure, Figure) and (tmp_path / "rank.png").stat().st_size > 0
+
+
+def test_score_orders_the_table_and_every_probes_lower_blocks():
+    x, y = make_data(48)
+    base = tltf.load_base(signal_base())
+    # Break the top block: only block1 carries the labels.
+    base.model.get_layer("block2_conv").set_weights(
+        [np.zeros((1, 1, 3, 3), "float32"), np.zeros(3, "float32")]
+    )
+    top_only = tltf.rank_bases({"cut": base}, (x, y), score="ridge", verbose=0)
+    probed = tltf.rank_bases({"cut": base}, (x, y), every=1, verbose=0)
+    assert top_only.score == "ridge" and top_only.table[0]["block"] == "block2"
+    assert top_only.table[0]["ridge"] < 0.5
+    assert probed.table[0]["block"] == "block1" and probed.table[0]["ridge"] == 1.0
+    assert probed.table[0]["logme"] == top_only.table[0]["logme"]  # top block
+
+
+def test_arrays_datasets_and_bundles_give_the_same_scores():
+    x, y = make_data(36)
+    candidates = {"signal": signal_base()}
+    arrays = tltf.rank_bases(candidates, (x, y), verbose=0).table[0]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    from_ds = tltf.rank_bases(candidates, ds, verbose=0).table[0]
+    bundle = tltf.load_data((x, y), image_size=16, shuffle=False)
+    from_bundle = tltf.rank_bases(candidates, bundle, verbose=0).table[0]
+    for score in ("logme", "knn", "ridge"):
+        assert arrays[score] == pytest.approx(from_ds[score], abs=1e-5)
+        assert arrays[score] == pytest.approx(from_bundle[score], abs=1e-5)
+
+
+def test_regression_targets_score_logme_and_knn_only():
+    x, y = make_data(40)
+    target = x[..., 0].mean(axis=(1, 2)) / 255.0  # the red channel's brightness
+    result = tltf.rank_bases(
+        {"noise": constant_base(16), "signal": signal_base()},
+        (x, target.astype("float32")),
+        verbose=0,
+    )
+    assert result.task == "regression" and result.num_classes is None
+    assert result.ranking == ["signal", "noise"]
+    assert result.best["ridge"] is None and result.best["knn"] > 0.5
+    assert list(result.agreement) == ["logme~knn"]
+    with pytest.raises(ConfigError, match="ridge"):
+        tltf.rank_bases({"s": signal_base()}, (x, target), score="ridge", verbose=0)
+
+
+# -- bad input --------------------------------------------------------------------
+def test_an_unknown_base_fails_before_any_forward_pass():
+    x, y = make_data(24)
+    reads = []
+
+    def images():
+        for i in range(len(x)):
+            reads.append(i)
+            yield x[i], y[i]
+
+    spec = (tf.TensorSpec((16, 16, 3), tf.float32), tf.TensorSpec((), tf.int32))
+    ds = tf.data.Dataset.from_generator(images, output_signature=spec).batch(8)
+    with pytest.raises(ConfigError, match="vgg16"):
+        tltf.rank_bases([signal_base(), "vgg61"], ds, verbose=0)
+    assert reads == []
+
+
+def test_a_candidate_that_fails_to_load_is_named(tmp_path):
+    x, y = make_data(24)
+    missing = str(tmp_path / "no_such_base")
+    with pytest.raises(ModelError, match="candidate '.*no_such_base'"):
+        tltf.rank_bases([signal_base(), missing], (x, y), verbose=0)
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.zeros(24, "int32"), "at least 2 classes"),
+        (np.arange(24) % 16, "at least 2 examples per class"),
+        (np.ones((24, 3), "float32"), "multi-label or soft"),
+    ],
+)
+def test_bad_labels_are_data_errors(labels, match):
+    x, _ = make_data(24)
+    with pytest.raises(DataError, match=match):
+        tltf.rank_bases([signal_base()], (x, labels), verbose=0)
+
+
+def test_data_in_a_new_order_on_each_pass_is_refused():
+    x, y = make_data(40)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(40, seed=0).batch(8)
+    with pytest.raises(DataError, match="another order"):
+        tltf.rank_bases({"a": signal_base(), "b": signal_base()}, ds, verbose=0)
+
+
+def test_bad_arguments_are_config_errors():
+    x, y = make_data(24)
+    with pytest.raises(ConfigError, match="weights_dir"):
+        tltf.rank_bases([signal_base()], (x, y), weight_dir="w")
+    with pytest.raises(ConfigError, match="score"):
+        tltf.rank_bases([signal_base()], (x, y), score="logmee")
+    with pytest.raises(ConfigError, match="share the name"):
+        tltf.rank_bases([signal_base(), signal_base()], (x, y))
+    with pytest.raises(ConfigError, match="at least one"):
+        tltf.rank_bases([], (x, y))
+    with pytest.raises(ConfigError, match="knn"):
+        tltf.rank_bases([signal_base()], (x, y), knn=0)
