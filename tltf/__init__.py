@@ -18,6 +18,7 @@ from tltf import (
     distribute,  # strategies; the Keras multi-worker fixes
 )
 from tltf._version import __version__ as __version__
+from tltf.averaging import SoupResult, interpolate, recalibrate_bn, soup
 from tltf.bases import (
     Base,
     BlockMap,
@@ -58,6 +59,7 @@ __all__ = [
     "ProbeResult",
     "RankResult",
     "SearchSpace",
+    "SoupResult",
     "TltfError",
     "TuneResult",
     "block_summary",
@@ -71,6 +73,7 @@ __all__ = [
     "fine_tune",
     "freeze",
     "infer_block_map",
+    "interpolate",
     "list_bases",
     "load_base",
     "load_data",
@@ -83,8 +86,10 @@ __all__ = [
     "pretrain",
     "probe_blocks",
     "rank_bases",
+    "recalibrate_bn",
     "save_base",
     "set_lr_multipliers",
+    "soup",
     "tflite_predict",
     "trainable_blocks",
     "tune",

@@ -19,7 +19,10 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from tltf._checks import check_positive_int
 from tltf._io import atomic_save_model, atomic_write_json, atomic_write_text
+from tltf.averaging import SoupResult, architecture_mismatch, soup
+from tltf.errors import ConfigError, ModelError
 from tltf.info import default_loss_and_metrics, model_info
 from tltf.reports import plot_tuning
 from tltf.tuning.hypermodel import TRIAL_RECORD
@@ -62,6 +65,101 @@ class TuneResult:
     def summary(self) -> str:
         """The results table as text."""
         return format_table(self.table, self.objective)
+
+    def soup(
+        self,
+        data,
+        top: int = 5,
+        *,
+        metric: str = "auto",
+        bn: str = "auto",
+        bn_data=None,
+        steps: int | None = None,
+        batch_size: int = 32,
+        verbose: int = 1,
+    ) -> SoupResult:
+        """A greedy soup of the best trials' models (Wortsman et al. 2022).
+
+        Loads the models of the `top` best completed trials (by the search's
+        objective) from their checkpoints, each at its best epoch, as
+        `best_model` is; keeps those of the best trial's architecture (the same
+        head and cut: trials that differ in the hidden width of the head cannot
+        be averaged, and are listed in `left_out`); then runs
+        `tltf.averaging.soup` on them: from the best on `data`, each next model
+        is added to the uniform weight average only if the score on `data`
+        does not drop.
+
+        Args:
+            data: Labelled held-out data to choose on, as `tltf.evaluate` takes
+                it (e.g. the search's validation data).
+            top: int. How many of the best trials to try. Defaults to 5.
+            metric: str. "auto", "accuracy" or "loss" (see `soup`). Defaults
+                to "auto".
+            bn: str. "auto", "recalibrate" or "keep": the BatchNorm statistics
+                of each average (see `soup`). Defaults to "auto".
+            bn_data: Images for the BatchNorm recalibration. Defaults to None
+                (`data`).
+            steps: int or None. Batches of `bn_data` per recalibration.
+                Defaults to None (all).
+            batch_size: int. Defaults to 32.
+            verbose: int. 0 is silent; 1 prints the soup's table. Defaults to 1.
+
+        Returns:
+            A `tltf.averaging.SoupResult`; its ingredients are named by trial id.
+
+        Raises:
+            ConfigError: no tuner (a distributed worker's result) or no
+                completed trial.
+            ModelError: a trial's checkpoint cannot be loaded.
+
+        Example:
+
+        >>> result = tltf.tune("demo", train, val, max_trials=8)
+        >>> soup = result.soup(val, top=5)
+        >>> soup.kept, soup.score
+        """
+        top = check_positive_int(top, "top")
+        if self.tuner is None:
+            raise ConfigError(
+                "This TuneResult has no tuner (a distributed worker's result): soup "
+                "the search on the chief, or call tltf.tuning.results(tuner)."
+            )
+        trials = [
+            t
+            for t in self.tuner.oracle.get_best_trials(len(self.tuner.oracle.trials))
+            if t.status == "COMPLETED"
+        ][:top]
+        if not trials:
+            raise ConfigError("The search has no completed trial to make a soup of.")
+        models = []
+        for trial in trials:
+            try:
+                models.append(self.tuner.load_model(trial))
+            except (OSError, ValueError) as error:
+                raise ModelError(
+                    f"Could not load trial {trial.trial_id}'s checkpoint ({error}). "
+                    "Soup on the machine that ran the search, or lower top."
+                ) from None
+        names = [str(t.trial_id) for t in trials]
+        same = [architecture_mismatch(models[0], m) is None for m in models]
+        result = soup(
+            [m for m, s in zip(models, same, strict=True) if s],
+            data,
+            metric=metric,
+            bn=bn,
+            bn_data=bn_data,
+            names=[n for n, s in zip(names, same, strict=True) if s],
+            steps=steps,
+            batch_size=batch_size,
+            verbose=0,
+        )
+        result = dataclasses.replace(
+            result, left_out=tuple(n for n, s in zip(names, same, strict=True) if not s)
+        )
+        _compile_for_evaluation(result.model)  # as best_model: evaluate works
+        if verbose:
+            print(result.summary())
+        return result
 
     def __str__(self) -> str:
         return self.summary()
