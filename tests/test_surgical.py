@@ -296,3 +296,45 @@ def test_l2sp_and_auto_rgn_resume_to_the_weights_of_an_uninterrupted_run(tmp_pat
     assert history.history["stage"] == [1, 1, 2, 2, 2]
     for got, want in zip(model.variables, reference.variables, strict=True):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# -- bn="adapt" ---------------------------------------------------------------
+def test_bn_adapt_re_estimates_the_statistics_on_the_training_images_then_freezes(
+    data, capsys
+):
+    x, y = data
+    model = make_tiny_model()
+    info = model_info(model)
+    bn = info.base.get_layer("block1_bn")
+    conv = info.base.get_layer("block1_conv")
+    # AdaBN: block1's BN statistics become those of its inputs on the training
+    # images (conv output, in inference mode: the base is frozen).
+    from tltf.layers import Preprocessing
+
+    modes = [layer.mode for layer in model.layers if isinstance(layer, Preprocessing)]
+    assert modes == ["none"]  # the base sees x as it is
+    inputs = keras.Model(info.base.inputs[0], conv.output)(x).numpy()
+    tltf.fine_tune(
+        model,
+        data,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        unfreeze=2,
+        bn="adapt",
+        keep_best=False,
+        seed=0,
+    )
+    printed = capsys.readouterr().out
+    assert "bn='adapt'" in printed and "4 BatchNorm layers" in printed
+    axes = (0, 1, 2)
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), inputs.mean(axes), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), inputs.var(axes), rtol=1e-3, atol=1e-3
+    )
+    # ... and frozen through stage 2: blocks 3-4 trained, their BN did not.
+    assert tltf.trainable_blocks(model) == ["block3", "block4"]
+    assert not info.base.get_layer("block4_bn").trainable
+    with pytest.raises(ConfigError, match="adapt"):
+        tltf.FineTuneSettings(bn="adapted")

@@ -300,6 +300,7 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "lr_decay": ("schedule", "lr_decay"),
     "lr_policy": ("schedule", "lr_policy"),
     "regularize": ("schedule", "regularize"),
+    "wise": ("schedule", "wise"),
     "label_smoothing": ("schedule", "label_smoothing"),
     "class_weight": ("schedule", "class_weight"),
     "monitor": ("schedule", "monitor"),
@@ -364,6 +365,21 @@ def _learning_rate(text: str) -> float | str:
         ) from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _wise(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in [0, 1] or 'auto', got {text!r}"
+            f"{_suggest(text, 'auto')}"
+        ) from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
 
 
@@ -589,7 +605,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
             help="restore the best weights, so stage 2 never ends worse than "
             f"stage 1 (default: {'on' if D['keep_best'] else 'off'})",
         )
-    schedule.add_argument("--bn", choices=("frozen", "affine", "train"), default=S)
+    schedule.add_argument(
+        "--bn",
+        choices=("frozen", "affine", "train", "adapt"),
+        default=S,
+        help="BatchNorm policy of stage 2; adapt: frozen, after re-estimating the "
+        "BN statistics on the training images (AdaBN) (default: frozen)",
+    )
     schedule.add_argument("--lr-decay", type=_positive_float, default=S)
     schedule.add_argument(
         "--lr-policy",
@@ -605,6 +627,15 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         default=S,
         help="L2-SP: pull stage 2 toward the pretrained weights (l2sp: strength "
         "0.01; a number: that strength) (default: none)",
+    )
+    schedule.add_argument(
+        "--wise",
+        type=_wise,
+        metavar="ALPHA|auto",
+        default=S,
+        help="WiSE-FT: end at (1 - ALPHA) x stage 1 + ALPHA x the fine-tuned "
+        "weights; auto picks ALPHA on the validation data or the held-out slice "
+        "(default: none)",
     )
     schedule.add_argument("--label-smoothing", type=_fraction, default=S)
     schedule.add_argument("--class-weight", choices=("balanced",), default=S)

@@ -60,7 +60,12 @@ from tltf._io import atomic_write_text
 from tltf.errors import ConfigError, suggest
 from tltf.heads import TASKS, HeadConfig
 from tltf.regularizers import check_regularize
-from tltf.settings import LR_POLICIES, FineTuneSettings, check_unfreeze
+from tltf.settings import (
+    LR_POLICIES,
+    FineTuneSettings,
+    check_unfreeze,
+    check_wise,
+)
 from tltf.settings import defaults as settings_defaults
 
 __all__ = [
@@ -82,7 +87,7 @@ __all__ = [
 CONFIG_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
 
 _RESIZE = ("stretch", "crop", "pad")
-_BN = ("frozen", "affine", "train")
+_BN = ("frozen", "affine", "train", "adapt")
 _MODES = ("auto", "min", "max")
 _TFDS_SOURCE = re.compile(r"^tfds:(?P<name>[^\[\]]+?)(?:\[(?P<split>.*)\])?$")
 #: Integers in a config (sizes, epochs, steps, seeds, ...) stay below this bound.
@@ -577,7 +582,9 @@ class ScheduleConfig:
             at the end) and "features" a leave-one-out probe of their features.
             True picks "holdout" where it applies (see `FineTuneSettings`).
             Defaults to True.
-        bn: str. "frozen", "affine" or "train". Defaults to "frozen".
+        bn: str. "frozen", "affine", "train" or "adapt" (frozen, after the
+            BN statistics are re-estimated on the training images). Defaults to
+            "frozen".
         lr_decay: float or None. Per-block learning-rate decay. Defaults to None.
         gradual_every: int or None. Unfreeze one more block every n epochs.
             Defaults to None.
@@ -585,6 +592,8 @@ class ScheduleConfig:
             gradient norms). Defaults to "uniform".
         regularize: None, "l2sp" or `{l2sp: alpha}`: pull stage 2 toward the
             pretrained weights (L2-SP). Defaults to None.
+        wise: None, a number in [0, 1] or "auto": end at a mix of stage 1's and
+            the fine-tuned weights (WiSE-FT). Defaults to None.
         label_smoothing: float. Defaults to 0.
         class_weight: "balanced", a mapping {class index: weight} or None.
             Defaults to None.
@@ -608,6 +617,7 @@ class ScheduleConfig:
     gradual_every: int | None = FINE_TUNE_DEFAULTS["gradual_every"]
     lr_policy: Literal["uniform", "auto_rgn"] = FINE_TUNE_DEFAULTS["lr_policy"]
     regularize: str | dict | None = FINE_TUNE_DEFAULTS["regularize"]
+    wise: float | Literal["auto"] | None = FINE_TUNE_DEFAULTS["wise"]
     label_smoothing: float = FINE_TUNE_DEFAULTS["label_smoothing"]
     class_weight: str | dict | None = FINE_TUNE_DEFAULTS["class_weight"]
     optimizer: str = FINE_TUNE_DEFAULTS["optimizer"]
@@ -642,6 +652,7 @@ class ScheduleConfig:
         _at_least(self.gradual_every, 1, "schedule", "gradual_every")
         _choice(self.lr_policy, LR_POLICIES, "schedule", "lr_policy")
         check_regularize(self.regularize, "schedule.regularize")
+        check_wise(self.wise, "schedule.wise")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(
                 "Expected schedule.label_smoothing in [0, 1). Received: "

@@ -8,6 +8,10 @@ BatchNorm policies (`bn=`):
   with (and never update) the moving statistics.
 - "train": BN layers in unfrozen blocks train fully (batch statistics, moving
   averages updated). Frozen blocks keep their BN frozen.
+- "adapt": as "frozen" while training, but `fine_tune` first re-estimates every
+  BN layer's moving statistics on the target's training images (AdaBN, Li et
+  al. 2016; `tltf.recalibrate_bn`), once, before stage 1. Used as a policy of
+  `unfreeze`/`FineTuneSchedule` directly, it is "frozen".
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from tltf.bases.blockmaps import BlockMap, carries_weights
 from tltf.errors import ConfigError, suggest
 from tltf.info import ModelInfo, model_info
 
-BN_POLICIES = ("frozen", "affine", "train")
+BN_POLICIES = ("frozen", "affine", "train", "adapt")
 
 
 def check_bn_policy(bn: str) -> str:
@@ -187,7 +191,7 @@ def apply_trainable(info: ModelInfo, trainable_blocks: Iterable[str], bn: str) -
         on = info.block_map.block_of(layer.name) in chosen
         layer.trainable = on
         for bn_layer in _batchnorms(layer):
-            if bn == "frozen" or not on:
+            if bn in ("frozen", "adapt") or not on:
                 bn_layer.trainable = False
             elif bn == "affine":
                 _force_inference(bn_layer, True)

@@ -66,15 +66,15 @@ def check_regularize(value, name: str = "regularize") -> tuple[str, float] | Non
     if isinstance(value, str) and value in REGULARIZERS:
         return value, DEFAULT_L2SP
     if isinstance(value, dict) and len(value) == 1:
-        ((name, alpha),) = value.items()
+        ((method, alpha),) = value.items()
         if (
-            name in REGULARIZERS
+            method in REGULARIZERS
             and isinstance(alpha, (int, float))
             and not isinstance(alpha, bool)
             and np.isfinite(alpha)
             and alpha >= 0
         ):
-            return name, float(alpha)
+            return method, float(alpha)
     raise ConfigError(
         f"Expected {name} as None, 'l2sp' (strength 0.01) or {{'l2sp': alpha}} "
         f"with alpha >= 0. Received: {name}={value!r}"

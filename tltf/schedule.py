@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tltf import data as tltf_data
 from tltf._checks import check_choice, check_positive_int
+from tltf.averaging import batchnorm_layers, recalibrate_bn
 from tltf.cache import (
     Continuation,
     FeatureCache,
@@ -85,6 +86,7 @@ from tltf.stages import (
     raise_on_divergence,
     stage_progbar,
 )
+from tltf.wise import StageOneWeights, apply_wise
 
 # `default_loss_and_metrics`, `set_lr_multipliers`, `StageProgbarLogger`,
 # `raise_on_divergence` and `stage_progbar` moved to `info`, `optimizers` and
@@ -545,6 +547,13 @@ def fine_tune(
         rows=holdout.rows if holdout else None,
     )
     train_ds, feature_source, val_ds = prepared.train, prepared.features, prepared.val
+    if settings.wise == "auto" and val_ds is None and holdout is None:
+        raise ConfigError(
+            "wise='auto' picks the mix on validation data or on the guard's "
+            "held-out slice, and this run has neither: pass validation_data, keep "
+            "keep_best=True with (images, labels) arrays or a load_data bundle, or "
+            "set wise to a number such as 0.5."
+        )
     loud = verbose != 0
     passes = int(train_ds.cardinality())
     passes = passes if passes > 0 else None
@@ -553,6 +562,8 @@ def fine_tune(
         # One epoch's batches stand for the data wherever it is read in full
         # (head statistics, probe, class weights, keep_best).
         feature_source = feature_source.take(passes)
+    if settings.bn == "adapt":
+        _adapt_batchnorm(model, feature_source, strategy, loud)
     if fine_tune_epochs == "auto":
         fine_tune_epochs = auto_fine_tune_epochs(passes)
     if auto_unfreeze:
@@ -634,10 +645,16 @@ def fine_tune(
             guard.resume_from(resume.history)
     hand_back = holdout is not None and guard is not None
     hand_back = hand_back and _refittable(model, settings)
+    stage_one = None
+    if settings.wise is not None and fine_tune_epochs:
+        stage_one = StageOneWeights(schedule, backup_dir)
+        if resume is not None and resume.epoch:
+            stage_one.load()
     if resume is not None and resume.finished:
         history = resume.finished_history(model, schedule.bn)
         if guard is not None:
             guard.restore_saved(model)
+        _end_with_wise(model, stage_one, settings, guard, val_ds, feature_source, False)
         if hand_back:
             _hand_back(model, holdout, verbose=False)
         return history
@@ -666,7 +683,7 @@ def fine_tune(
         optimizer=optimizer,
         loss=loss,
         metrics=metrics,
-        callbacks=[*callbacks, *([guard] if guard is not None else [])],
+        callbacks=[*callbacks, *(c for c in (guard, stage_one) if c is not None)],
         fit_args=fit_args,
         resume=resume,
     )
@@ -674,9 +691,55 @@ def fine_tune(
         history = _fit_with_feature_cache(run)
     else:
         history = _fit_full_passes(run, passes)
+    _end_with_wise(model, stage_one, settings, guard, val_ds, feature_source, loud)
     if hand_back:
         _hand_back(model, holdout, verbose=loud)
     return history
+
+
+def _end_with_wise(model, stage_one, settings, guard, val_ds, images, loud) -> None:
+    """`wise=`: mixes the final weights with stage 1's (see `tltf.wise`)."""
+    if stage_one is None or stage_one.weights is None:
+        return
+    score = None
+    if val_ds is not None:
+
+        def score():
+            result = model.evaluate(val_ds, verbose=0, return_dict=True)
+            model.reset_metrics()
+            return (-result["loss"],)
+
+    elif guard is not None and guard.holdout is not None:
+        guard.set_model(model)
+        score = guard.holdout_score
+    recalibrate = None
+    if settings.bn == "train":
+
+        def recalibrate():
+            recalibrate_bn(model, images)
+
+    apply_wise(model, stage_one.weights, settings.wise, score, recalibrate, loud)
+
+
+def _adapt_batchnorm(model, images: tf.data.Dataset, strategy, loud: bool) -> None:
+    """`bn="adapt"`: the BN statistics re-estimated on the training images (AdaBN).
+
+    Deterministic (the images in a fixed order), so a resumed run's probe sees
+    the same statistics as the original run's; the checkpoint then restores them.
+    """
+    if is_distributed(strategy):
+        raise ConfigError(
+            "bn='adapt' is not supported under a distributed strategy yet. Call "
+            "tltf.recalibrate_bn(model, images) before fine_tune, then use "
+            "bn='frozen'."
+        )
+    layers = batchnorm_layers(model)
+    recalibrate_bn(model, images)
+    if loud:
+        print(
+            f"tltf: bn='adapt': the moving statistics of {len(layers)} BatchNorm "
+            "layers re-estimated on the training images (AdaBN), then frozen."
+        )
 
 
 @dataclasses.dataclass

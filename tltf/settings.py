@@ -151,6 +151,18 @@ def check_block_range(value, name: str = "unfreeze") -> tuple:
     return tuple(v if isinstance(v, str) else int(v) for v in value)
 
 
+def check_wise(value, name: str = "wise"):
+    """Validates `wise`: None, a number in [0, 1] or "auto"."""
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
+    if isinstance(value, Real) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    raise ConfigError(
+        f"Expected {name} as None, 'auto' or a number in [0, 1] (the weight of the "
+        f"fine-tuned model; 0 is stage 1's). Received: {name}={value!r}"
+    )
+
+
 def check_lr_decay(value):
     """Validates a per-block rate decay: None or a number in (0, 1]."""
     if value is not None and not (
@@ -241,7 +253,10 @@ class FineTuneSettings:
             "features" scores the leave-one-out accuracy of a ridge probe on
             the training images' features (no image held out). Measured in benchmarks/RESULTS.md ("The held-out guard").
             Defaults to True.
-        bn: str. "frozen", "affine" or "train" (see `tltf.freezing`). Defaults to
+        bn: str. "frozen", "affine", "train" or "adapt" (see
+            `tltf.freezing`). "adapt" re-estimates the base's BatchNorm
+            statistics on the training images before stage 1 (AdaBN, with
+            `tltf.recalibrate_bn`), then keeps them frozen. Defaults to
             "frozen".
         optimizer: str or Optimizer. A Keras optimizer name or instance; an
             instance keeps its own learning rate in stage 1. Stage 2 clones it.
@@ -264,6 +279,11 @@ class FineTuneSettings:
             weights to the loss, pulling them toward the weights `fine_tune`
             started from instead of toward zero; "l2sp" is alpha 0.01 (see
             `tltf.regularizers`). Defaults to None.
+        wise: None, a number in [0, 1] or "auto". WiSE-FT (Wortsman et al.
+            2022): the run ends at `(1 - wise) * stage 1 + wise * fine-tuned`,
+            every weight mixed; "auto" tries 0, 0.25, 0.5, 0.75 and 1 on the
+            validation data or the guard's held-out slice (see `tltf.wise`).
+            Defaults to None (the fine-tuned weights as they are).
         class_weight: dict, "balanced" or None. "balanced" weighs each class by
             `n_samples / (n_classes * count)` from the training labels.
             Defaults to None.
@@ -308,6 +328,7 @@ class FineTuneSettings:
     gradual_every: int | None = None
     lr_policy: str = "uniform"
     regularize: Any = None
+    wise: Any = None
     class_weight: Any = None
     augment: Any = None
     label_smoothing: float = 0.0
@@ -371,6 +392,7 @@ class FineTuneSettings:
         if isinstance(self.regularize, dict):
             set_("regularize", dict(self.regularize))
         check_regularize(self.regularize)
+        set_("wise", check_wise(self.wise))
         set_("class_weight", check_class_weight(self.class_weight))
         if not (
             self.augment is None
@@ -455,6 +477,7 @@ _FINGERPRINT = (
     "gradual_every",
     "lr_policy",
     "regularize",
+    "wise",
     "optimizer",
     "loss",
 )

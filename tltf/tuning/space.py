@@ -240,8 +240,13 @@ def _units(v):
     )
 
 
+#: BatchNorm policies a search can try: "adapt" changes stage 1's features too,
+#: which trials share, so it is not one of them.
+_SEARCHED_BN = tuple(p for p in BN_POLICIES if p != "adapt")
+
+
 def _bn(v):
-    return None if v in BN_POLICIES else f"BatchNorm policies in {BN_POLICIES}"
+    return None if v in _SEARCHED_BN else f"BatchNorm policies in {_SEARCHED_BN}"
 
 
 def _decay(v):
