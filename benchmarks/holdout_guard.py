@@ -30,16 +30,13 @@ features guard.
 
 from __future__ import annotations
 
-import tltf  # isort: skip  (first: imports TensorFlow quietly)
+import tltf  # noqa: F401  # isort: skip  (first: imports TensorFlow quietly)
 
 import argparse
 import time
 
-import keras
 import numpy as np
 import realdata
-
-from tltf import datasets
 
 ARMS = {
     "ridge start": {"head_steps": 0, "fine_tune_epochs": 0},
@@ -47,25 +44,6 @@ ARMS = {
     "features": {"keep_best": "features"},
     "holdout": {"keep_best": "holdout"},
 }
-
-
-def _split(task, x, y, k, seed):
-    """k training images per class and 30 test images per class."""
-    if task != "shapes":
-        return realdata.few_shot(x, y, k, seed, 30)
-    target = datasets.TARGET_TASK
-    train = datasets.make_images(target, per_class=k, image_size=64, seed=seed)
-    test = datasets.make_images(target, per_class=30, image_size=64, seed=seed + 104729)
-    return train, test
-
-
-def _run(name, weights_dir, n_classes, train, test, seed, settings) -> float:
-    keras.utils.set_random_seed(seed)
-    base = realdata.benchmark_base(name, 64, weights_dir)
-    model = tltf.build_model(base, n_classes)
-    tltf.fine_tune(model, train, seed=seed, verbose=0, **settings)
-    scores = model.predict(test[0].astype("float32"), batch_size=64, verbose=0)
-    return float(np.mean(scores.argmax(axis=1) == test[1]))
 
 
 def main() -> None:
@@ -81,19 +59,15 @@ def main() -> None:
     weights_dir = realdata.weights_folder(args.weights_dir, args.bases)
     scores: dict[str, list[float]] = {arm: [] for arm in ARMS}
     for task in args.tasks:
-        x = y = None
-        if task != "shapes":
-            x, y = realdata.task_data(task)
         for name in args.bases:
             for k in args.k:
                 for seed in args.seeds:
-                    train, test = _split(task, x, y, k, seed)
-                    n_classes = int(test[1].max()) + 1
+                    train, test = realdata.task_split(task, k, seed)
                     cells = []
                     for arm, settings in ARMS.items():
                         start = time.perf_counter()
-                        got = _run(
-                            name, weights_dir, n_classes, train, test, seed, settings
+                        (got,) = realdata.fine_tune_accuracy(
+                            name, weights_dir, train, [test], seed, settings
                         )
                         scores[arm].append(got)
                         cells.append(

@@ -44,8 +44,9 @@ from pathlib import Path
 import h5py
 import keras
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from tltf import datasets
 from tltf.bases.base import load_base
 
 #: The file that `keras.applications.VGG16(include_top=False)` downloads.
@@ -436,6 +437,60 @@ def benchmark_base(name: str, size: int, weights_dir):
     if name == "demo":
         return tltf.load_base("demo")
     return tltf.load_base(name, input_shape=(size, size, 3), weights_dir=weights_dir)
+
+
+def task_split(task: str, k: int, seed: int, test_per_class: int = 30, size: int = 64):
+    """k training and `test_per_class` test images per class of a benchmark task.
+
+    `task` is "shapes" (tltf's procedural `shapes_target`, near the demo base's
+    source; the test images are drawn with another seed) or a real task of
+    `TASK_LOADERS` (a stratified `few_shot` split).
+    """
+    if task == "shapes":
+        target = datasets.TARGET_TASK
+        train = datasets.make_images(target, per_class=k, image_size=size, seed=seed)
+        test = datasets.make_images(
+            target, per_class=test_per_class, image_size=size, seed=seed + 104729
+        )
+        return train, test
+    x, y = task_data(task, size)
+    return few_shot(x, y, k, seed, test_per_class)
+
+
+def fine_tune_accuracy(
+    name: str, weights_dir, train, tests, seed: int, settings: dict, size: int = 64
+) -> list[float]:
+    """`tltf.fine_tune` on a fresh benchmark base; the accuracy on each test set."""
+    keras.utils.set_random_seed(seed)
+    classes = int(max(int(np.max(t[1])) for t in tests)) + 1
+    model = tltf.build_model(benchmark_base(name, size, weights_dir), classes)
+    tltf.fine_tune(model, train, seed=seed, verbose=0, **settings)
+    out = []
+    for x, y in tests:
+        scores = model.predict(x.astype("float32"), batch_size=64, verbose=0)
+        out.append(float(np.mean(scores.argmax(axis=1) == y)))
+    return out
+
+
+def corrupt(images: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
+    """A corrupted copy of images in [0, 255], as float32: an input-level shift.
+
+    "invert" (255 - x), "noise" (Gaussian, sigma 48 of 255, clipped) or "blur"
+    (Gaussian, radius 2 px).
+    """
+    x = images.astype("float32")
+    if kind == "invert":
+        return 255.0 - x
+    if kind == "noise":
+        rng = np.random.default_rng(seed)
+        return np.clip(x + rng.normal(0, 48, x.shape), 0, 255).astype("float32")
+    if kind == "blur":
+        out = np.empty_like(x)
+        for i, image in enumerate(x.astype("uint8")):
+            blurred = Image.fromarray(image).filter(ImageFilter.GaussianBlur(2))
+            out[i] = np.asarray(blurred, dtype="float32")
+        return out
+    raise ValueError(f"Unknown corruption {kind!r}: use invert, noise or blur.")
 
 
 def few_shot(
