@@ -32,6 +32,8 @@ CELL_TIMEOUT = 180
 NOTEBOOK_LIMIT = 240
 
 KERNEL_NAME = "tltf-notebook-test"
+#: The notebook on choosing the base and the blocks (issue 15).
+CHOOSING = "05_choosing_base_and_blocks.ipynb"
 
 
 def _kernel_manager(tmp_path: Path) -> KernelManager:
@@ -76,13 +78,14 @@ def _errors(notebook) -> list[str]:
     ]
 
 
-def test_there_are_four_notebooks_in_reading_order():
+def test_there_are_five_notebooks_in_reading_order():
     names = [path.name for path in NOTEBOOKS]
-    assert names[:4] == [
+    assert names == [
         "01_quick_start.ipynb",
         "02_schedule_and_callbacks.ipynb",
         "03_tuning_unfreeze_depth.ipynb",
         "04_own_data_and_tflite.ipynb",
+        "05_choosing_base_and_blocks.ipynb",
     ]
 
 
@@ -163,9 +166,12 @@ def _calls(path: Path, function: str) -> list[ast.Call]:
 
 
 def test_notebooks_fine_tune_with_the_default_rates_and_depth():
+    """Notebooks 1 to 4 teach the defaults; notebook 5 is about changing them."""
     chosen = {"head_lr", "fine_tune_lr", "unfreeze", "fine_tune_epochs", "head_steps"}
     count = 0
     for path in NOTEBOOKS:
+        if path.name == CHOOSING:
+            continue
         for call in _calls(path, "tltf.fine_tune"):
             count += 1
             fixed = sorted({keyword.arg for keyword in call.keywords} & chosen)
@@ -184,6 +190,49 @@ def test_notebook_3_reads_the_probe_and_shows_cut_and_find():
     text = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
     for words in ("How to read it", "base_helps", "tolerance", '"find"'):
         assert words in text, words
+
+
+def _keywords(calls: list[ast.Call]) -> dict[str, list[str]]:
+    """`{keyword: [its source in each call]}` over the calls."""
+    found = {}
+    for call in calls:
+        for keyword in call.keywords:
+            found.setdefault(keyword.arg, []).append(ast.unparse(keyword.value))
+    return found
+
+
+def test_notebook_5_ranks_bases_unfreezes_a_range_interpolates_and_soups():
+    path = NOTEBOOK_DIR / CHOOSING
+    # 1. Ranking: several candidates of different kinds, and the plot.
+    ranks = _calls(path, "tltf.rank_bases")
+    assert ranks
+    assert _calls(path, "tltf.save_base")  # a saved (cut) base is a candidate
+    assert any(
+        keyword.arg == "weights" and ast.unparse(keyword.value) == "None"
+        for call in _calls(path, "tltf.load_base")
+        for keyword in call.keywords
+    ), "no randomly initialised candidate"
+    assert _calls(path, "ranking.plot")
+    # 2. A block range, bottom blocks included, and which blocks trained.
+    settings = _keywords(_calls(path, "tltf.fine_tune"))
+    cells = nbformat.read(path, as_version=4).cells
+    code = "\n".join(cell.source for cell in cells if cell.cell_type == "code")
+    text = "\n".join(cell.source for cell in cells)
+    assert '{"range": [0, 1]}' in code, "no bottom-block range is trained"
+    assert "unfreeze" in settings
+    assert _calls(path, "tltf.block_summary")
+    for words in ("auto_rgn", "unfreeze_offset", "How to read it"):
+        assert words in text, words
+    # 3. Stage 1 alone, interpolation at several alphas, wise="auto", a soup.
+    assert "0" in settings.get("fine_tune_epochs", []), "no stage-1 model"
+    assert "'auto'" in settings.get("wise", []), "no fine_tune(..., wise='auto')"
+    interpolations = _calls(path, "tltf.interpolate")
+    assert any(
+        ast.unparse(call.args[2]) == "alpha"
+        for call in interpolations
+        if len(call.args) > 2
+    ), "no interpolation over several alphas"
+    assert _calls(path, "tltf.soup")
 
 
 def test_cli_commands_quoted_in_the_notebooks_parse():
