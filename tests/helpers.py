@@ -117,6 +117,17 @@ def weights_snapshot(layer) -> dict[str, np.ndarray]:
     return {w.path: np.array(w.numpy(), copy=True) for w in layer.weights}
 
 
+def changed_keys(before: dict, after: dict) -> set[str]:
+    """The variable paths whose values differ between two `weights_snapshot`s."""
+    return {k for k in before if not np.array_equal(before[k], after[k])}
+
+
+def block_variables(info, block: str, snapshot: dict) -> set[str]:
+    """The paths in a base's `weights_snapshot` that belong to one block."""
+    layers = info.block_map[info.block_map.position(block)].layers
+    return {k for k in snapshot if k.split("/")[-2] in layers}
+
+
 def variable_values(variables) -> list[np.ndarray]:
     """Copies of the variables' values, in order."""
     return [np.array(v.numpy(), copy=True) for v in variables]

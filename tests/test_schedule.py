@@ -14,21 +14,14 @@ from tests.helpers import (
     CrashAt,
     PoisonAt,
     Recorder,
+    block_variables,
+    changed_keys,
     make_data,
     make_tiny_model,
     weights_snapshot,
 )
 from tltf.errors import ConfigError, DataError
 from tltf.model import model_info
-
-
-def _changed(before, after):
-    return {k for k in before if not np.array_equal(before[k], after[k])}
-
-
-def _block_vars(info, block, before):
-    layers = info.block_map[info.block_map.position(block)].layers
-    return {k for k in before if k.split("/")[-2] in layers}
 
 
 def test_stage1_leaves_base_bitwise_unchanged(data):
@@ -39,8 +32,8 @@ def test_stage1_leaves_base_bitwise_unchanged(data):
         weights_snapshot(model.get_layer("head_output")),
     )
     tltf.fine_tune(model, data, head_epochs=2, fine_tune_epochs=0, verbose=0)
-    assert not _changed(base_before, weights_snapshot(info.base))
-    assert _changed(head_before, weights_snapshot(model.get_layer("head_output")))
+    assert not changed_keys(base_before, weights_snapshot(info.base))
+    assert changed_keys(head_before, weights_snapshot(model.get_layer("head_output")))
 
 
 @pytest.mark.slow
@@ -58,12 +51,14 @@ def test_stage2_trains_unfrozen_blocks_only_and_bn_stats_stay(data):
         keep_best=False,  # the guard may put stage 1's weights back
         verbose=0,
     )
-    changed = _changed(before, weights_snapshot(info.base))
+    changed = changed_keys(before, weights_snapshot(info.base))
     for block in ("block3", "block4"):
-        kernels = {k for k in _block_vars(info, block, before) if k.endswith("kernel")}
+        kernels = {
+            k for k in block_variables(info, block, before) if k.endswith("kernel")
+        }
         assert kernels and kernels <= changed, block
     for block in ("block1", "block2"):
-        assert not (_block_vars(info, block, before) & changed), block
+        assert not (block_variables(info, block, before) & changed), block
     # bn="frozen": moving statistics, gamma and beta are bitwise unchanged everywhere.
     bn_vars = {k for k in before if "_bn/" in k}
     assert bn_vars and not (bn_vars & changed)
@@ -87,7 +82,7 @@ def test_bn_policies(data, bn):
         keep_best=False,
         verbose=0,
     )
-    changed = _changed(before, weights_snapshot(info.base))
+    changed = changed_keys(before, weights_snapshot(info.base))
     stats = {k for k in before if k.startswith("block4_bn") and "moving" in k}
     affine = {
         k
@@ -177,7 +172,7 @@ def test_callback_form_matches_fine_tune_form(data):
 
 
 def _mean_update(before, after, info, block):
-    keys = [k for k in _block_vars(info, block, before) if k.endswith("kernel")]
+    keys = [k for k in block_variables(info, block, before) if k.endswith("kernel")]
     return float(np.mean([np.abs(after[k] - before[k]).mean() for k in keys]))
 
 
@@ -244,13 +239,13 @@ def test_unfreeze_on_compiled_model_recompiles(data):
     before = weights_snapshot(info.base)
     tltf.unfreeze(model, blocks=1)
     model.fit(*data, epochs=1, verbose=0)
-    changed = _changed(before, weights_snapshot(info.base))
+    changed = changed_keys(before, weights_snapshot(info.base))
     assert "block4_conv/kernel" in changed
     assert "block1_conv/kernel" not in changed
     tltf.freeze(model)
     frozen = weights_snapshot(info.base)
     model.fit(*data, epochs=1, verbose=0)
-    assert not _changed(frozen, weights_snapshot(info.base))
+    assert not changed_keys(frozen, weights_snapshot(info.base))
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ import yaml
 import tltf
 from tests.helpers import (
     CrashAt,
+    block_variables,
+    changed_keys,
     make_data,
     make_tiny_base,
     make_tiny_model,
@@ -23,15 +25,6 @@ from tltf.info import model_info
 from tltf.regularizers import StartingPoint
 from tltf.schedule import FineTuneSchedule
 from tltf.tuning.space import SearchSpace, top_blocks, unfreeze_spec
-
-
-def _changed(before, after):
-    return {k for k in before if not np.array_equal(before[k], after[k])}
-
-
-def _block_vars(info, block, before):
-    layers = info.block_map[info.block_map.position(block)].layers
-    return {k for k in before if k.split("/")[-2] in layers}
 
 
 # -- range unfreezing ---------------------------------------------------------
@@ -50,12 +43,14 @@ def test_range_unfreeze_trains_exactly_those_blocks(data):
         verbose=0,
     )
     assert history.history["stage"] == [1, 2, 2]
-    changed = _changed(before, weights_snapshot(info.base))
+    changed = changed_keys(before, weights_snapshot(info.base))
     for block in ("block1", "block2"):
-        kernels = {k for k in _block_vars(info, block, before) if k.endswith("kernel")}
+        kernels = {
+            k for k in block_variables(info, block, before) if k.endswith("kernel")
+        }
         assert kernels and kernels <= changed, block
     for block in ("block3", "block4"):
-        assert not (_block_vars(info, block, before) & changed), block
+        assert not (block_variables(info, block, before) & changed), block
     bn_vars = {k for k in before if "_bn/" in k}
     assert bn_vars and not (bn_vars & changed)  # BN statistics stay protected
     assert tltf.trainable_blocks(model) == ["block1", "block2"]

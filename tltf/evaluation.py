@@ -38,9 +38,7 @@ read data the one way.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -52,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf._checks import check_choice, check_image_size, check_positive_int
-from tltf._io import atomic_write_json, atomic_write_text
+from tltf._io import atomic_write_csv, atomic_write_json
 from tltf.data import IMAGE_EXTENSIONS, DataBundle, load_data
 from tltf.data.images import (
     RESIZE_POLICIES,
@@ -515,11 +513,7 @@ def write_predictions(rows: Sequence[dict], path: str | os.PathLike) -> Path:
             if column not in columns:
                 columns.append(column)
         lines.append(flat)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(lines)
-    return atomic_write_text(path, buffer.getvalue())
+    return atomic_write_csv(path, lines, columns)
 
 
 # -- the report ------------------------------------------------------------------

@@ -38,9 +38,7 @@ method; `ProbeResult` (table, plot, CSV) is its report.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 import time
@@ -52,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf._checks import take_renamed
-from tltf._io import atomic_write_text
+from tltf._io import atomic_write_csv
 from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.cut import block_outputs, resolve_block
 from tltf.data import DataBundle
@@ -131,12 +129,7 @@ class ProbeResult:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Writes the table as CSV (atomically) and returns the path."""
-
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.table)
-        return atomic_write_text(path, buffer.getvalue())
+        return atomic_write_csv(path, self.table, COLUMNS)
 
     def __str__(self) -> str:
         width = max(len("block"), *(len(r["block"]) for r in self.table))

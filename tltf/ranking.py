@@ -52,9 +52,7 @@ plot, CSV) is their report, as `ProbeResult` is the probe's.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 import time
@@ -66,7 +64,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf._checks import check_choice, check_positive_int
-from tltf._io import atomic_write_text
+from tltf._io import atomic_write_csv
 from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.data import DataBundle
@@ -144,11 +142,7 @@ class RankResult:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Writes the table as CSV (atomically) and returns the path."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.table)
-        return atomic_write_text(path, buffer.getvalue())
+        return atomic_write_csv(path, self.table, COLUMNS)
 
     def __str__(self) -> str:
         width = max(len("candidate"), *(len(r["candidate"]) for r in self.table))
