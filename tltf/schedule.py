@@ -447,8 +447,9 @@ def fine_tune(
     `fine_tune_lr=1e-4`, `unfreeze="auto"`, `head_steps=2000`,
     `head_init="ridge"`, `keep_best=True`, `bn="frozen"`, `optimizer="adam"`,
     `loss="auto"`, `metrics="auto"`, `lr_decay=None`, `gradual_every=None`,
-    `class_weight=None`, `augment=None`, `label_smoothing=0.0`,
-    `batch_size=32`, `seed=None`, `cache_features="auto"`, `jit_compile="auto"`.
+    `lr_policy="uniform"`, `regularize=None`, `wise=None`, `class_weight=None`,
+    `augment=None`, `label_smoothing=0.0`, `batch_size=32`, `seed=None`,
+    `cache_features="auto"`, `jit_compile="auto"`.
 
     Args:
         model: keras.Model. A model built by `build_model`.
