@@ -37,32 +37,43 @@ def test_stage1_leaves_base_bitwise_unchanged(data):
 
 
 @pytest.mark.slow
-def test_stage2_trains_unfrozen_blocks_only_and_bn_stats_stay(data):
+@pytest.mark.parametrize(
+    "unfreeze, trained, frozen",
+    [
+        (2, ["block3", "block4"], ["block1", "block2"]),
+        # A range: the two bottom blocks train, the top ones stay frozen.
+        ({"range": [0, 1]}, ["block1", "block2"], ["block3", "block4"]),
+    ],
+)
+def test_stage2_trains_unfrozen_blocks_only_and_bn_stats_stay(
+    data, unfreeze, trained, frozen
+):
     model = make_tiny_model()
     info = model_info(model)
     before = weights_snapshot(info.base)
-    tltf.fine_tune(
+    history = tltf.fine_tune(
         model,
         data,
         head_epochs=1,
         fine_tune_epochs=2,
         fine_tune_lr=1e-3,
-        unfreeze=2,
+        unfreeze=unfreeze,
         keep_best=False,  # the guard may put stage 1's weights back
         verbose=0,
     )
+    assert history.history["stage"] == [1, 2, 2]
     changed = changed_keys(before, weights_snapshot(info.base))
-    for block in ("block3", "block4"):
+    for block in trained:
         kernels = {
             k for k in block_variables(info, block, before) if k.endswith("kernel")
         }
         assert kernels and kernels <= changed, block
-    for block in ("block1", "block2"):
+    for block in frozen:
         assert not (block_variables(info, block, before) & changed), block
     # bn="frozen": moving statistics, gamma and beta are bitwise unchanged everywhere.
     bn_vars = {k for k in before if "_bn/" in k}
     assert bn_vars and not (bn_vars & changed)
-    assert tltf.trainable_blocks(model) == ["block3", "block4"]
+    assert tltf.trainable_blocks(model) == trained
 
 
 @pytest.mark.slow

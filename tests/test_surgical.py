@@ -10,11 +10,7 @@ import yaml
 
 import tltf
 from tests.helpers import (
-    CrashAt,
-    block_variables,
-    changed_keys,
     make_data,
-    make_tiny_base,
     make_tiny_model,
     weights_snapshot,
 )
@@ -28,34 +24,7 @@ from tltf.tuning.space import SearchSpace, top_blocks, unfreeze_spec
 
 
 # -- range unfreezing ---------------------------------------------------------
-def test_range_unfreeze_trains_exactly_those_blocks(data):
-    model = make_tiny_model()
-    info = model_info(model)
-    before = weights_snapshot(info.base)
-    history = tltf.fine_tune(
-        model,
-        data,
-        head_epochs=1,
-        fine_tune_epochs=2,
-        fine_tune_lr=1e-2,
-        unfreeze={"range": [0, 1]},  # the two bottom blocks, the top ones frozen
-        keep_best=False,
-        verbose=0,
-    )
-    assert history.history["stage"] == [1, 2, 2]
-    changed = changed_keys(before, weights_snapshot(info.base))
-    for block in ("block1", "block2"):
-        kernels = {
-            k for k in block_variables(info, block, before) if k.endswith("kernel")
-        }
-        assert kernels and kernels <= changed, block
-    for block in ("block3", "block4"):
-        assert not (block_variables(info, block, before) & changed), block
-    bn_vars = {k for k in before if "_bn/" in k}
-    assert bn_vars and not (bn_vars & changed)  # BN statistics stay protected
-    assert tltf.trainable_blocks(model) == ["block1", "block2"]
-
-
+# (That a range trains exactly its blocks, BN statistics kept: test_schedule.py.)
 @pytest.mark.parametrize(
     "spec, expected",
     [
@@ -236,100 +205,18 @@ def test_l2sp_with_a_huge_weight_keeps_the_base_at_its_start(data, tmp_path):
     tltf.load_model(path)
 
 
-def test_l2sp_anchors_are_the_weights_fine_tune_started_from(data):
+def test_l2sp_anchors_are_the_weights_when_training_starts(data):
     schedule = FineTuneSchedule(0, unfreeze=1, regularize="l2sp", verbose=0)
     assert schedule.regularize == ("l2sp", 0.01)
     model = make_tiny_model()
-    schedule.set_model(model)
     base = model_info(model).base
-    assert set(schedule.anchors) == {v.path for v in base.weights}
+    start = weights_snapshot(base)
+    schedule.set_model(model)
+    for variable in base.weights:  # later changes do not move the anchors
+        variable.assign(variable.numpy() + 1.0)
+    assert set(schedule.anchors) == set(start)
+    for path, value in start.items():
+        np.testing.assert_array_equal(schedule.anchors[path], value)
     for bad in ("l2", {"l2sp": -1}, {"l1": 0.1}, 0.1):
         with pytest.raises(ConfigError, match="regularize"):
             tltf.FineTuneSettings(regularize=bad)
-
-
-def test_a_search_over_where_to_unfreeze_trains_those_ranges(tmp_path):
-    from tests import tuning_job
-
-    train, val = make_data(n=48, seed=0), make_data(n=24, seed=1)
-    result = tltf.tune(
-        make_tiny_base(),
-        train,
-        val,
-        search={
-            **tuning_job.FIXED_HEAD,
-            "unfreeze": 1,
-            "fine_tune_lr": 1e-4,
-            "unfreeze_offset": [0, 3],
-        },
-        tuner="grid",
-        max_trials=2,
-        head_epochs=1,
-        fine_tune_epochs=1,
-        directory=tmp_path,
-        project_name="where",
-        verbose=0,
-        seed=0,
-        batch_size=16,
-    )
-    unfrozen = sorted(row["unfrozen"] for row in result.table)
-    assert unfrozen == ["block1", "block4"]  # the top block, or the bottom one
-
-
-@pytest.mark.slow
-def test_l2sp_and_auto_rgn_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
-    """A crash in stage 2, resumed on a freshly built model: L2-SP is pulled
-    toward the same starting weights and Auto-RGN rescales the same blocks."""
-    from tests.resume_job import run
-
-    options = dict(regularize={"l2sp": 1.0}, lr_policy="auto_rgn", gradual_every=None)
-    reference, ref_history = run(tmp_path / "reference", **options)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(tmp_path / "backup", [CrashAt(3)], **options)
-    model, history = run(tmp_path / "backup", **options)
-    assert history.history == ref_history.history
-    assert history.history["stage"] == [1, 1, 2, 2, 2]
-    for got, want in zip(model.variables, reference.variables, strict=True):
-        np.testing.assert_array_equal(got.numpy(), want.numpy())
-
-
-# -- bn="adapt" ---------------------------------------------------------------
-def test_bn_adapt_re_estimates_the_statistics_on_the_training_images_then_freezes(
-    data, capsys
-):
-    x, y = data
-    model = make_tiny_model()
-    info = model_info(model)
-    bn = info.base.get_layer("block1_bn")
-    conv = info.base.get_layer("block1_conv")
-    # AdaBN: block1's BN statistics become those of its inputs on the training
-    # images (conv output, in inference mode: the base is frozen).
-    from tltf.layers import Preprocessing
-
-    modes = [layer.mode for layer in model.layers if isinstance(layer, Preprocessing)]
-    assert modes == ["none"]  # the base sees x as it is
-    inputs = keras.Model(info.base.inputs[0], conv.output)(x).numpy()
-    tltf.fine_tune(
-        model,
-        data,
-        head_epochs=1,
-        fine_tune_epochs=1,
-        unfreeze=2,
-        bn="adapt",
-        keep_best=False,
-        seed=0,
-    )
-    printed = capsys.readouterr().out
-    assert "bn='adapt'" in printed and "4 BatchNorm layers" in printed
-    axes = (0, 1, 2)
-    np.testing.assert_allclose(
-        bn.moving_mean.numpy(), inputs.mean(axes), rtol=1e-4, atol=1e-4
-    )
-    np.testing.assert_allclose(
-        bn.moving_variance.numpy(), inputs.var(axes), rtol=1e-3, atol=1e-3
-    )
-    # ... and frozen through stage 2: blocks 3-4 trained, their BN did not.
-    assert tltf.trainable_blocks(model) == ["block3", "block4"]
-    assert not info.base.get_layer("block4_bn").trainable
-    with pytest.raises(ConfigError, match="adapt"):
-        tltf.FineTuneSettings(bn="adapted")

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf import data as tltf_data
-from tltf._checks import check_choice, check_positive_int
+from tltf._checks import check_positive_int
 from tltf.averaging import batchnorm_layers, recalibrate_bn
 from tltf.cache import (
     Continuation,
@@ -72,11 +72,11 @@ from tltf.regularizers import (
 )
 from tltf.resume import Resume
 from tltf.settings import (
-    LR_POLICIES,
     FineTuneSettings,
     check_epochs,
     check_lr,
     check_lr_decay,
+    check_lr_policy,
     check_unfreeze,
     split_kwargs,
 )
@@ -210,12 +210,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
         self.gradual_start = check_epochs(gradual_start, "gradual_start")
         self.optimizer = optimizer
         self.verbose = verbose
-        self.lr_policy = check_choice(lr_policy, LR_POLICIES, "lr_policy")
-        if self.lr_policy == "auto_rgn" and self.lr_decay not in (None, 1):
-            raise ConfigError(
-                "lr_policy='auto_rgn' sets every block's rate itself; it cannot be "
-                f"combined with lr_decay={self.lr_decay!r}. Drop one of the two."
-            )
+        self.lr_policy = check_lr_policy(lr_policy, self.lr_decay)
         self.regularize = check_regularize(regularize)
         #: L2-SP's starting weights by variable path (set by `fine_tune`, or
         #: taken when `fit` starts); the last step's Auto-RGN multipliers.

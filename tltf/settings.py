@@ -172,6 +172,17 @@ def check_lr_decay(value):
     return value
 
 
+def check_lr_policy(lr_policy: str, lr_decay) -> str:
+    """Validates `lr_policy`; "auto_rgn" sets every block's rate, so no `lr_decay`."""
+    check_choice(lr_policy, LR_POLICIES, "lr_policy")
+    if lr_policy == "auto_rgn" and lr_decay not in (None, 1):
+        raise ConfigError(
+            "lr_policy='auto_rgn' sets every block's rate itself; it cannot be "
+            f"combined with lr_decay={lr_decay!r}. Drop one of the two."
+        )
+    return lr_policy
+
+
 def check_class_weight(value, name: str = "class_weight"):
     """Validates class weights as far as they can be without a model."""
     if value is None or (isinstance(value, str) and value == "balanced"):
@@ -383,12 +394,7 @@ class FineTuneSettings:
             set_(
                 "gradual_every", check_positive_int(self.gradual_every, "gradual_every")
             )
-        check_choice(self.lr_policy, LR_POLICIES, "lr_policy")
-        if self.lr_policy == "auto_rgn" and self.lr_decay not in (None, 1):
-            raise ConfigError(
-                "lr_policy='auto_rgn' sets every block's rate itself; it cannot be "
-                f"combined with lr_decay={self.lr_decay!r}. Drop one of the two."
-            )
+        check_lr_policy(self.lr_policy, self.lr_decay)
         if isinstance(self.regularize, dict):
             set_("regularize", dict(self.regularize))
         check_regularize(self.regularize)
