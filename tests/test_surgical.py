@@ -10,7 +10,9 @@ import yaml
 
 import tltf
 from tests.helpers import (
+    CrashAt,
     make_data,
+    make_tiny_base,
     make_tiny_model,
     weights_snapshot,
 )
@@ -220,3 +222,90 @@ def test_l2sp_anchors_are_the_weights_when_training_starts(data):
     for bad in ("l2", {"l2sp": -1}, {"l1": 0.1}, 0.1):
         with pytest.raises(ConfigError, match="regularize"):
             tltf.FineTuneSettings(regularize=bad)
+
+
+def test_a_search_over_where_to_unfreeze_trains_those_ranges(tmp_path):
+    from tests import tuning_job
+
+    train, val = make_data(n=48, seed=0), make_data(n=24, seed=1)
+    result = tltf.tune(
+        make_tiny_base(),
+        train,
+        val,
+        search={
+            **tuning_job.FIXED_HEAD,
+            "unfreeze": 1,
+            "fine_tune_lr": 1e-4,
+            "unfreeze_offset": [0, 3],
+        },
+        tuner="grid",
+        max_trials=2,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        directory=tmp_path,
+        project_name="where",
+        verbose=0,
+        seed=0,
+        batch_size=16,
+    )
+    unfrozen = sorted(row["unfrozen"] for row in result.table)
+    assert unfrozen == ["block1", "block4"]  # the top block, or the bottom one
+
+
+@pytest.mark.slow
+def test_l2sp_and_auto_rgn_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    """A crash in stage 2, resumed on a freshly built model: L2-SP is pulled
+    toward the same starting weights and Auto-RGN rescales the same blocks."""
+    from tests.resume_job import run
+
+    options = dict(regularize={"l2sp": 1.0}, lr_policy="auto_rgn", gradual_every=None)
+    reference, ref_history = run(tmp_path / "reference", **options)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "backup", [CrashAt(3)], **options)
+    model, history = run(tmp_path / "backup", **options)
+    assert history.history == ref_history.history
+    assert history.history["stage"] == [1, 1, 2, 2, 2]
+    for got, want in zip(model.variables, reference.variables, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# -- bn="adapt" ---------------------------------------------------------------
+def test_bn_adapt_re_estimates_the_statistics_on_the_training_images_then_freezes(
+    data, capsys
+):
+    x, y = data
+    model = make_tiny_model()
+    info = model_info(model)
+    bn = info.base.get_layer("block1_bn")
+    conv = info.base.get_layer("block1_conv")
+    # AdaBN: block1's BN statistics become those of its inputs on the training
+    # images (conv output, in inference mode: the base is frozen).
+    from tltf.layers import Preprocessing
+
+    modes = [layer.mode for layer in model.layers if isinstance(layer, Preprocessing)]
+    assert modes == ["none"]  # the base sees x as it is
+    inputs = keras.Model(info.base.inputs[0], conv.output)(x).numpy()
+    tltf.fine_tune(
+        model,
+        data,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        unfreeze=2,
+        bn="adapt",
+        keep_best=False,
+        seed=0,
+    )
+    printed = capsys.readouterr().out
+    assert "bn='adapt'" in printed and "4 BatchNorm layers" in printed
+    axes = (0, 1, 2)
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), inputs.mean(axes), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), inputs.var(axes), rtol=1e-3, atol=1e-3
+    )
+    # ... and frozen through stage 2: blocks 3-4 trained, their BN did not.
+    assert tltf.trainable_blocks(model) == ["block3", "block4"]
+    assert not info.base.get_layer("block4_bn").trainable
+    with pytest.raises(ConfigError, match="adapt"):
+        tltf.FineTuneSettings(bn="adapted")
