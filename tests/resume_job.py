@@ -62,12 +62,26 @@ AUTO = dict(
 )
 
 
+#: SETTINGS with the robust fine-tuning options (TLTF_JOB_AUTO=robust): AdaBN
+#: before stage 1, L2-SP and Auto-RGN in stage 2, and WiSE-FT's mix with the
+#: stage-1 weights kept in the backup folder.
+ROBUST = dict(
+    bn="adapt",
+    regularize={"l2sp": 1.0},
+    lr_policy="auto_rgn",
+    wise=0.5,
+    gradual_every=None,
+)
+
+
 def run(backup_dir, callbacks=(), model=None, **changes):
     """The job's `fine_tune` call (the tests call it in-process too)."""
     mode = os.environ.get("TLTF_JOB_AUTO")
     if mode in ("1", "2"):
         auto = AUTO if mode == "1" else {**AUTO, "head_steps": 0}
         changes = {**{k: None for k in SETTINGS if k not in auto}, **auto, **changes}
+    elif mode == "robust":
+        changes = {**ROBUST, **changes}
     settings = {k: v for k, v in {**SETTINGS, **changes}.items() if v is not None}
     keras.utils.set_random_seed(0)
     model = model or tltf.build_model(make_tiny_base(), num_classes=3)

@@ -27,6 +27,7 @@ from tests.resume_job import run
 from tltf.errors import ConfigError, TrainingError
 from tltf.guard import BEST_FILE
 from tltf.resume import BACKUP_FILE, backup_state
+from tltf.wise import STAGE1_FILE
 
 #: What the job's schedule gives each epoch (head_epochs=2, unfreeze=2,
 #: gradual_every=1): the stage and the trainable blocks.
@@ -87,6 +88,21 @@ def _load(out: Path):
         return [data[f"v{i}"] for i in range(n)], json.loads(
             bytes(data["history"]).decode()
         )
+
+
+def _run_with_kills(tmp_path: Path, kills) -> tuple[list[list[dict]], tuple]:
+    """The job in one fresh process per entry of `kills` (each SIGKILLs itself
+    there; None runs to the end): each process's events, and the final
+    variables and history."""
+    backup, log, out = tmp_path / "backup", tmp_path / "run.log", tmp_path / "out.npz"
+    for kill in kills:
+        proc = _spawn(backup, log, out, kill)
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == (0 if kill is None else -9), (kill, output[-3000:])
+    runs: dict[int, list[dict]] = {}
+    for event in _events(log):
+        runs.setdefault(event["pid"], []).append(event)
+    return list(runs.values()), _load(out)
 
 
 def _kill_points(rng: random.Random, count: int) -> list[str]:
@@ -427,20 +443,35 @@ def test_automatic_defaults_resume_after_sigkill_in_the_right_stage(
         assert stage_one == 0  # the ridge head: no stage-1 epochs
         kills = ("epoch:1", None)
     assert ref["stage"][stage_one:] == [2, 2, 2]
-    backup, log, out = tmp_path / "backup", tmp_path / "run.log", tmp_path / "out.npz"
-    for kill in kills:
-        proc = _spawn(backup, log, out, kill)
-        output, _ = proc.communicate(timeout=180)
-        assert proc.returncode == (0 if kill is None else -9), (kill, output[-3000:])
-    runs: dict[int, list[dict]] = {}
-    for event in _events(log):
-        runs.setdefault(event["pid"], []).append(event)
-    starts = [events[0]["epoch"] for events in runs.values()]
+    runs, (weights, history) = _run_with_kills(tmp_path, kills)
+    starts = [events[0]["epoch"] for events in runs]
     assert starts == [0, *(int(k.split(":")[1]) for k in kills[:-1])]
-    for events in runs.values():
+    for events in runs:
         for e in events:
             if e["event"] == "end":
                 assert e["stage"] == ref["stage"][e["epoch"]], e
-    weights, history = _load(out)
     assert history == ref
     _assert_same_weights(weights, ref_weights)
+
+
+@pytest.mark.slow
+def test_robust_options_resume_after_sigkill_with_the_same_anchors_and_mix(
+    tmp_path, monkeypatch
+):
+    """bn="adapt", L2-SP, Auto-RGN and WiSE-FT together, SIGKILLed in stage 2 and
+    resumed in a fresh process: the L2-SP anchors are the starting weights again
+    (not the restored ones), Auto-RGN rescales the same blocks, and the stage-1
+    weights WiSE-FT mixes in come from the backup folder: bitwise the
+    uninterrupted run's. Called once more, the finished run mixes the same way."""
+    monkeypatch.setenv("TLTF_JOB_AUTO", "robust")
+    reference_model, reference_history = run(tmp_path / "reference")
+    ref = {k: list(v) for k, v in reference_history.history.items()}
+    ref_weights = [v.numpy() for v in reference_model.variables]
+    assert ref["stage"] == STAGES
+    runs, (weights, history) = _run_with_kills(tmp_path, ("epoch:3", None))
+    assert [events[0]["epoch"] for events in runs] == [0, 3]
+    assert (tmp_path / "backup" / STAGE1_FILE).exists()
+    assert history == ref
+    _assert_same_weights(weights, ref_weights)
+    again, _ = run(tmp_path / "backup")
+    _assert_same_weights(again, ref_weights)

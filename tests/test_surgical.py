@@ -10,7 +10,6 @@ import yaml
 
 import tltf
 from tests.helpers import (
-    CrashAt,
     make_data,
     make_tiny_base,
     make_tiny_model,
@@ -250,23 +249,6 @@ def test_a_search_over_where_to_unfreeze_trains_those_ranges(tmp_path):
     )
     unfrozen = sorted(row["unfrozen"] for row in result.table)
     assert unfrozen == ["block1", "block4"]  # the top block, or the bottom one
-
-
-@pytest.mark.slow
-def test_l2sp_and_auto_rgn_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
-    """A crash in stage 2, resumed on a freshly built model: L2-SP is pulled
-    toward the same starting weights and Auto-RGN rescales the same blocks."""
-    from tests.resume_job import run
-
-    options = dict(regularize={"l2sp": 1.0}, lr_policy="auto_rgn", gradual_every=None)
-    reference, ref_history = run(tmp_path / "reference", **options)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(tmp_path / "backup", [CrashAt(3)], **options)
-    model, history = run(tmp_path / "backup", **options)
-    assert history.history == ref_history.history
-    assert history.history["stage"] == [1, 1, 2, 2, 2]
-    for got, want in zip(model.variables, reference.variables, strict=True):
-        np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 # -- bn="adapt" ---------------------------------------------------------------

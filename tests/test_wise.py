@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 import tltf
-from tests.helpers import CrashAt, make_data, make_tiny_model
+from tests.helpers import make_data, make_tiny_model
 from tltf.errors import ConfigError
-from tltf.wise import STAGE1_FILE
 
 
 class Ends(keras.callbacks.Callback):
@@ -87,23 +86,3 @@ def test_wise_auto_without_anything_to_score_on_fails_before_training(data):
     for bad in (1.5, -0.1, "best", True):
         with pytest.raises(ConfigError, match="wise"):
             tltf.FineTuneSettings(wise=bad)
-
-
-@pytest.mark.slow
-def test_wise_resumes_with_the_same_stage_one_weights(tmp_path):
-    """A crash in stage 2, resumed on a fresh model: the stored stage-1 weights
-    are mixed in, as in the uninterrupted run."""
-    from tests.resume_job import run
-
-    reference, ref_history = run(tmp_path / "reference", wise=0.5)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(tmp_path / "backup", [CrashAt(3)], wise=0.5)
-    assert (tmp_path / "backup" / STAGE1_FILE).exists()
-    model, history = run(tmp_path / "backup", wise=0.5)
-    assert history.history == ref_history.history
-    for got, want in zip(model.variables, reference.variables, strict=True):
-        np.testing.assert_array_equal(got.numpy(), want.numpy())
-    # A finished run is mixed the same way again when called once more.
-    again, _ = run(tmp_path / "backup", wise=0.5)
-    for got, want in zip(again.variables, reference.variables, strict=True):
-        np.testing.assert_array_equal(got.numpy(), want.numpy())
