@@ -476,21 +476,27 @@ def corrupt(images: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
     """A corrupted copy of images in [0, 255], as float32: an input-level shift.
 
     "invert" (255 - x), "noise" (Gaussian, sigma 48 of 255, clipped) or "blur"
-    (Gaussian, radius 2 px).
+    (Gaussian, radius 2 px). "noise:S" and "blur:R" set the sigma and the radius
+    (milder shifts: "noise:16", "blur:1").
     """
     x = images.astype("float32")
-    if kind == "invert":
+    kind, _, amount = kind.partition(":")
+    if kind == "invert" and not amount:
         return 255.0 - x
     if kind == "noise":
         rng = np.random.default_rng(seed)
-        return np.clip(x + rng.normal(0, 48, x.shape), 0, 255).astype("float32")
+        sigma = float(amount or 48)
+        return np.clip(x + rng.normal(0, sigma, x.shape), 0, 255).astype("float32")
     if kind == "blur":
+        radius = float(amount or 2)
         out = np.empty_like(x)
         for i, image in enumerate(x.astype("uint8")):
-            blurred = Image.fromarray(image).filter(ImageFilter.GaussianBlur(2))
+            blurred = Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius))
             out[i] = np.asarray(blurred, dtype="float32")
         return out
-    raise ValueError(f"Unknown corruption {kind!r}: use invert, noise or blur.")
+    raise ValueError(
+        f"Unknown corruption {kind!r}: use invert, noise[:sigma] or blur[:radius]."
+    )
 
 
 def few_shot(
