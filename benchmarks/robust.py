@@ -18,9 +18,12 @@ in-distribution). Real data from `benchmarks/realdata.py` at 64 px.
 Usage:
     .venv/bin/python benchmarks/robust.py [--bases demo vgg16] \\
         [--tasks digits fonts textures] [--k 5 10 20] [--seeds 0 1 2] [--arms ...] \\
-        [--shifts noise blur]
+        [--shifts noise blur] [--no-guard]
 
 `--shifts` takes `realdata.corrupt`'s kinds ("noise:16" for a milder noise).
+`--no-guard` turns the stage-2 guard off (`keep_best=False`) in every arm: with
+the defaults, the guard often keeps stage 1's weights at small k, and then every
+arm ends where plain `fine_tune` does.
 
 The last line gives each arm's mean accuracy on the clean and on the shifted
 tests, and the ratio of "wise auto" over "plain" on the shifted ones.
@@ -56,8 +59,16 @@ def main() -> None:
     parser.add_argument(
         "--shifts", nargs="+", default=list(SHIFTS), help="realdata.corrupt kinds"
     )
+    parser.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="keep_best=False in every arm: what stage 2 itself does",
+    )
     parser.add_argument("--weights-dir", default=None)
     args = parser.parse_args()
+    common = {"keep_best": False} if args.no_guard else {}
+    if args.no_guard and "wise auto" in args.arms:
+        parser.error("'wise auto' picks its mix on the guard's slice: drop --no-guard")
     weights_dir = realdata.weights_folder(args.weights_dir, args.bases)
     clean: dict[str, list[float]] = {arm: [] for arm in args.arms}
     shifted: dict[str, list[float]] = {arm: [] for arm in args.arms}
@@ -74,7 +85,12 @@ def main() -> None:
                     for arm in args.arms:
                         start = time.perf_counter()
                         got = realdata.fine_tune_accuracy(
-                            name, weights_dir, train, tests, seed, ARMS[arm]
+                            name,
+                            weights_dir,
+                            train,
+                            tests,
+                            seed,
+                            {**common, **ARMS[arm]},
                         )
                         clean[arm].append(got[0])
                         shifted[arm].append(float(np.mean(got[1:])))
