@@ -131,36 +131,28 @@ def test_history_plot_shows_the_metrics_not_the_epoch_column(trained):
 
 
 @pytest.mark.slow
-def test_evaluate_predict_and_export_a_run(trained, work, capsys):
+def test_evaluate_predict_and_export_a_run(trained, work, capsys, monkeypatch):
     run, _ = trained
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TLTF_HOME", str(work / "home"))
     # evaluate: the run's own validation data, per-class metrics, top-k.
-    result = _ok(_tltf("evaluate", run, "--top-k", "2", "--out", "eval", cwd=work))
-    assert "top-2 accuracy" in result.stdout and "precision" in result.stdout
+    assert main(["evaluate", str(run), "--top-k", "2", "--out", "eval"]) == 0
+    out = capsys.readouterr().out
+    assert "top-2 accuracy" in out and "precision" in out
     report = json.loads((work / "eval" / "report.json").read_text())
     assert report["top_k"] == 2 and report["num_examples"] == 6
     assert {"precision", "recall", "f1", "support"} <= set(report["per_class"][0])
     assert (work / "eval" / "confusion.png").stat().st_size > 1000
     # predict: a folder and a single file, top-2 labels and scores, CSV.
-    result = _ok(
-        _tltf(
-            "predict",
-            run,
-            "images/red",
-            "images/blue/0_0.jpg",
-            "--top-k",
-            "2",
-            "--output",
-            "preds.csv",
-            cwd=work,
-        )
-    )
+    argv = ["predict", str(run), "images/red", "images/blue/0_0.jpg", "--top-k", "2"]
+    assert main([*argv, "--output", "preds.csv"]) == 0
     with open(work / "preds.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 9
     assert list(rows[0]) == ["file", "label_1", "score_1", "label_2", "score_2"]
     assert all(r["label_1"] in IMAGE_CLASSES for r in rows)
     assert all(float(r["score_1"]) >= float(r["score_2"]) for r in rows)
-    # export: a TFLite flavour in a subprocess...
+    # export: a TFLite flavour in a subprocess (the console path)...
     _ok(_tltf("export", run, "--output", "m.tflite", cwd=work))  # float32
     from tltf.export import tflite_predict
 
