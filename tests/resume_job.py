@@ -63,9 +63,10 @@ AUTO = dict(
 
 
 #: SETTINGS with the robust fine-tuning options (TLTF_JOB_AUTO=robust): AdaBN
-#: before stage 1, L2-SP and Auto-RGN in stage 2, and WiSE-FT's mix with the
-#: stage-1 weights kept in the backup folder.
+#: before stage 1; in stage 2 a range of blocks below the top, L2-SP and
+#: Auto-RGN; and WiSE-FT's mix with the stage-1 weights kept in the backup folder.
 ROBUST = dict(
+    unfreeze={"range": [1, 2]},
     bn="adapt",
     regularize={"l2sp": 1.0},
     lr_policy="auto_rgn",

@@ -458,11 +458,12 @@ def test_automatic_defaults_resume_after_sigkill_in_the_right_stage(
 def test_robust_options_resume_after_sigkill_with_the_same_anchors_and_mix(
     tmp_path, monkeypatch
 ):
-    """bn="adapt", L2-SP, Auto-RGN and WiSE-FT together, SIGKILLed in stage 2 and
-    resumed in a fresh process: the L2-SP anchors are the starting weights again
-    (not the restored ones), Auto-RGN rescales the same blocks, and the stage-1
-    weights WiSE-FT mixes in come from the backup folder: bitwise the
-    uninterrupted run's. Called once more, the finished run mixes the same way."""
+    """A block range, bn="adapt", L2-SP, Auto-RGN and WiSE-FT together, SIGKILLed
+    in stage 2 and resumed in a fresh process: the range trains again (block2
+    and block3), the L2-SP anchors are the starting weights again (not the
+    restored ones), Auto-RGN rescales the same blocks, and the stage-1 weights
+    WiSE-FT mixes in come from the backup folder: bitwise the uninterrupted
+    run's. Called once more, the finished run mixes the same way."""
     monkeypatch.setenv("TLTF_JOB_AUTO", "robust")
     reference_model, reference_history = run(tmp_path / "reference")
     ref = {k: list(v) for k, v in reference_history.history.items()}
@@ -470,6 +471,8 @@ def test_robust_options_resume_after_sigkill_with_the_same_anchors_and_mix(
     assert ref["stage"] == STAGES
     runs, (weights, history) = _run_with_kills(tmp_path, ("epoch:3", None))
     assert [events[0]["epoch"] for events in runs] == [0, 3]
+    trainable = [e["trainable"] for e in runs[1] if e["event"] == "begin"]
+    assert trainable == [["block2", "block3"]] * 2
     assert (tmp_path / "backup" / STAGE1_FILE).exists()
     assert history == ref
     _assert_same_weights(weights, ref_weights)
