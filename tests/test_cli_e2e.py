@@ -363,7 +363,8 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
         "[tune.search_space]\nunfreeze = [1, 2]\nhead_units = 0\nhead_dropout = 0.2\n"
         "fine_tune_lr = 1e-4\n"
     )
-    assert main(["tune", "--config", "tune.toml", "--out", "runs/tune", "-q"]) == 0
+    argv = ["tune", "--config", "tune.toml", "--out", "runs/tune", "--soup", "2"]
+    assert main([*argv, "-q"]) == 0
     assert "tltf: wrote runs/tune (best: " in capsys.readouterr().out
     run = work / "runs" / "tune"
     summary = json.loads((run / "summary.json").read_text())
@@ -373,6 +374,18 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     assert (run / summary["files"]["tuning_csv"]).is_file()
     model = keras.saving.load_model(run / "best.keras", safe_mode=True)
     assert tltf.model_info(model).metadata["class_names"] == list(IMAGE_CLASSES)
+    # --soup 2: both trials share a head, so both are ingredients; the soup is
+    # never worse than the best of them on the validation data that chose it.
+    soup = summary["soup"]
+    assert summary["files"]["soup_model"] == "soup.keras"
+    assert set(soup["scores"]) == {r["trial"] for r in summary["table"]}
+    assert soup["left_out"] == [] and 1 <= len(soup["kept"]) <= 2
+    assert soup["metric"] == "accuracy"
+    assert soup["score"] >= max(soup["scores"].values())
+    souped = keras.saving.load_model(run / "soup.keras", safe_mode=True)
+    assert tltf.model_info(souped).metadata["class_names"] == list(IMAGE_CLASSES)
+    report = tltf.evaluate(souped, tltf.load_data("images", image_size=16))
+    assert report.num_examples == 24
 
 
 @pytest.mark.slow

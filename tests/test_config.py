@@ -186,6 +186,12 @@ def test_tune_config_has_a_tune_section():
     assert config.to_dict()["tune"]["search_space"] == {"fine_tune_lr": [1e-5, 1e-4]}
     with pytest.raises(ConfigError, match="'max_trials'"):
         TuneConfig.from_dict({"tune": {"max_trial": 3}})
+    assert config.tune.soup == 0  # no soup unless asked
+    assert TuneConfig.from_dict({"tune": {"soup": 4}}).tune.soup == 4
+    with pytest.raises(ConfigError, match=r"tune.*soup.*>= 0"):
+        TuneConfig.from_dict({"tune": {"soup": -1}})
+    with pytest.raises(ConfigError, match="soup"):
+        TuneConfig.from_dict({"tune": {"soup": "all"}})
 
 
 def test_overrides_merge_and_set_syntax():

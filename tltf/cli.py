@@ -224,14 +224,17 @@ examples:
 
 _TUNE_EPILOG = """\
 Takes the same data, model and schedule options as `tltf train`, plus the
-[tune] section (tuner, max_trials, objective, search_space). Writes a run
+[tune] section (tuner, max_trials, objective, search_space, soup). Writes a run
 folder with config.yaml, the trials table, the depth-vs-metric plot, the best
-model (best.keras) and summary.json.
+model (best.keras), with --soup N a greedy soup of the best N trials
+(soup.keras), and summary.json.
 
 examples:
   tltf tune --config tune.yaml --max-trials 8 --out runs/tune-flowers
   tltf tune --base mobilenet_v2 --weights none --train photos/ --val-fraction 0.2 \\
             --tuner grid --max-trials 4
+  tltf tune --base demo --train photos/ --val-fraction 0.2 --tuner random \\
+            --max-trials 6 --soup 6
 """
 
 _EVALUATE_EPILOG = """\
@@ -307,6 +310,7 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "tuner": ("tune", "tuner"),
     "max_trials": ("tune", "max_trials"),
     "objective": ("tune", "objective"),
+    "soup": ("tune", "soup"),
 }
 
 
@@ -647,6 +651,14 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         search.add_argument("--tuner", default=S, help="search algorithm")
         search.add_argument("--max-trials", type=_positive_int, default=S)
         search.add_argument("--objective", default=S, help="metric to optimise")
+        search.add_argument(
+            "--soup",
+            type=_nonnegative_int,
+            metavar="N",
+            default=S,
+            help="also write soup.keras: a greedy soup of the best N trials, "
+            "chosen on the validation data (default: 0, none)",
+        )
     run = parser.add_argument_group("run folder")
     run.add_argument(
         "--out",

@@ -722,16 +722,21 @@ class TuneSection:
         search_space: mapping. Overrides of the default search space: a
             hyperparameter name to a list of values (or a mapping the tuner
             documents). Defaults to {}.
+        soup: int. After the search, a greedy soup (`TuneResult.soup`) of the
+            best `soup` trials, chosen on the validation data, is written as
+            `soup.keras`; 0 writes none. Defaults to 0.
     """
 
     tuner: str = "bayesian"
     max_trials: int = 10
     objective: str | None = None
     search_space: dict = dataclasses.field(default_factory=dict)
+    soup: int = 0
 
     def __post_init__(self):
         _check_fields(self, "tune")
         _at_least(self.max_trials, 1, "tune", "max_trials")
+        _at_least(self.soup, 0, "tune", "soup")
 
     @classmethod
     def from_dict(cls, config: dict | None) -> TuneSection:

@@ -17,6 +17,8 @@ finished run.
       plots/history.png    learning curves, stage boundary marked
       plots/confusion.png  confusion matrix of best.keras on the validation data
       evaluation.json      per-class precision/recall/F1 and top-k accuracy
+      soup.keras           `tltf tune --soup N` only: the greedy soup of the
+                           best N trials
       summary.json         written last: what ran, how long, the results
       .tltf-run            marks the folder as a tltf run
       .tltf-lock           while a process runs in it: its host and pid
@@ -114,6 +116,8 @@ HISTORY_FILE = "history.csv"
 SUMMARY_FILE = "summary.json"
 EVALUATION_FILE = "evaluation.json"
 BEST_MODEL = "best.keras"
+#: The greedy soup of a `tltf tune` run with `[tune] soup` set.
+SOUP_MODEL = "soup.keras"
 LAST_MODEL = "last.keras"
 TENSORBOARD_DIR = "tensorboard"
 BACKUP_DIR = "backup"
@@ -1106,7 +1110,10 @@ def run_tuning(
     folder gets `config.yaml`, the tuner's
     project (`tuner/`, with the trials table `tltf_results.csv`/`.json` and the
     depth-vs-metric plot `tltf_tuning.png`), `best.keras`, `evaluation.json`
-    and `plots/confusion.png` for the best model, and `summary.json` last.
+    and `plots/confusion.png` for the best model, with `[tune] soup` set to N a
+    greedy soup of the best N trials chosen on the validation data
+    (`soup.keras`; its choice is in the summary's "soup"), and `summary.json`
+    last.
     `resume=True` continues an interrupted search (finished trials are kept).
 
     Args:
@@ -1197,6 +1204,20 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
             evaluation = _evaluate(result.best_model, data, run)
             files["evaluation"] = EVALUATION_FILE
             files["confusion_plot"] = f"{PLOTS_DIR}/confusion.png"
+    soup = None
+    if t.soup and result.best_model is not None:
+        made = result.soup(data, top=t.soup, verbose=0 if verbose == 0 else 1)
+        set_class_names(made.model, data.class_names)
+        atomic_save_model(made.model, run / SOUP_MODEL)
+        files["soup_model"] = SOUP_MODEL
+        soup = {
+            "kept": list(made.kept),
+            "left_out": list(made.left_out),
+            "metric": made.metric,
+            "score": made.score,
+            "scores": _jsonable(made.scores),
+            "recalibrated": made.recalibrated,
+        }
     return {
         "status": "finished",
         "kind": "tune",
@@ -1221,6 +1242,7 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         "best": {"hyperparameters": _jsonable(result.best_values)},
         "table": [_jsonable(r) for r in result.table],
         "evaluation": evaluation,
+        "soup": soup,
         "files": files,
     }
 
