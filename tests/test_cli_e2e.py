@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import keras
@@ -372,7 +373,12 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     assert summary["best"]["hyperparameters"]["unfreeze_blocks"] in (1, 2)
     assert (run / summary["files"]["tuning_plot"]).is_file()
     assert (run / summary["files"]["tuning_csv"]).is_file()
-    model = keras.saving.load_model(run / "best.keras", safe_mode=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = keras.saving.load_model(run / "best.keras", safe_mode=True)
+        souped = keras.saving.load_model(run / "soup.keras", safe_mode=True)
+    # Both load with their optimizer: no "Skipping variable loading" warning.
+    assert [str(w.message) for w in caught] == []
     assert tltf.model_info(model).metadata["class_names"] == list(IMAGE_CLASSES)
     # --soup 2: both trials share a head, so both are ingredients; the soup is
     # never worse than the best of them on the validation data that chose it.
@@ -382,7 +388,6 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     assert soup["left_out"] == [] and 1 <= len(soup["kept"]) <= 2
     assert soup["metric"] == "accuracy"
     assert soup["score"] >= max(soup["scores"].values())
-    souped = keras.saving.load_model(run / "soup.keras", safe_mode=True)
     assert tltf.model_info(souped).metadata["class_names"] == list(IMAGE_CLASSES)
     report = tltf.evaluate(souped, tltf.load_data("images", image_size=16))
     assert report.num_examples == 24

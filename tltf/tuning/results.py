@@ -314,10 +314,13 @@ def _compile_for_evaluation(model: keras.Model) -> None:
     """Compiles a restored best model with its task's loss and metrics.
 
     keras-tuner rebuilds it uncompiled; compiled, `evaluate` works at once. The
-    loss takes integer class labels (recompile for one-hot labels).
+    loss takes integer class labels (recompile for one-hot labels). The
+    optimizer is built too, so that a `.keras` file saved from the model loads
+    without Keras's "Skipping variable loading for optimizer" warning.
     """
     loss, metrics = default_loss_and_metrics(model_info(model))
     model.compile(optimizer="adam", loss=loss, metrics=metrics)
+    model.optimizer.build(model.trainable_variables)
 
 
 def results(tuner, export: bool = True, verbose=1) -> TuneResult:
