@@ -260,7 +260,7 @@ def test_unfreeze_on_compiled_model_recompiles(data):
 
 
 @pytest.mark.slow
-def test_resume_with_backup_and_restore_lands_in_stage2(data, tmp_path):
+def test_resume_with_backup_and_restore_lands_in_stage2(data, tmp_path, capsys):
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     model = make_tiny_model()
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -271,8 +271,11 @@ def test_resume_with_backup_and_restore_lands_in_stage2(data, tmp_path):
             fine_tune_epochs=3,
             unfreeze=2,
             callbacks=[backup, CrashAt(3)],
-            verbose=0,
+            verbose=1,
         )
+    # One line points to backup_dir, which restores stage 2's optimizer too.
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if "note:" in ln]
+    assert len(notes) == 1 and "backup_dir=" in notes[0], notes
     saved = weights_snapshot(model_info(model).base)
     fresh = make_tiny_model()
     recorder = Recorder()

@@ -597,6 +597,13 @@ def fine_tune(
         )
     callbacks = list(callbacks or [])
     _check_monitors(callbacks, metrics, val_ds is not None)
+    if loud and any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks):
+        print(
+            "tltf: note: keras.callbacks.BackupAndRestore restores the weights and "
+            "the epoch, not stage 2's optimizer (Keras warns 'Skipping variable "
+            "loading for optimizer' when a run resumes in stage 2); "
+            "fine_tune(..., backup_dir=...) resumes either stage exactly."
+        )
     resume = None
     if backup_dir is not None:
         resume = Resume.open(
