@@ -99,10 +99,15 @@ def _run_with_kills(tmp_path: Path, kills) -> tuple[list[list[dict]], tuple]:
         proc = _spawn(backup, log, out, kill)
         output, _ = proc.communicate(timeout=180)
         assert proc.returncode == (0 if kill is None else -9), (kill, output[-3000:])
+    return _events_by_process(log), _load(out)
+
+
+def _events_by_process(log: Path) -> list[list[dict]]:
+    """The logged events, one list per process, in the order the processes ran."""
     runs: dict[int, list[dict]] = {}
     for event in _events(log):
         runs.setdefault(event["pid"], []).append(event)
-    return list(runs.values()), _load(out)
+    return list(runs.values())
 
 
 def _kill_points(rng: random.Random) -> list[str]:
@@ -156,10 +161,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, ref
     kills = kills[:-1]
     context = f"TLTF_KILL_SEED={seed}, kills {kills}"
 
-    by_pid: dict[int, list[dict]] = {}
-    for event in _events(log):
-        by_pid.setdefault(event["pid"], []).append(event)
-    runs = list(by_pid.values())
+    runs = _events_by_process(log)
     assert [events[-1]["event"] for events in runs] == ["kill"] * 3 + ["done"], context
     assert sum(k.split(":")[0] in ("write", "replace") for k in kills) >= 2, context
     # Each fresh process resumed where the last checkpoint moved into place said.
