@@ -80,6 +80,24 @@ def test_demo_error_from_the_library_is_one_line(tmp_path, capsys):
     assert err.startswith("tltf: error: Run folder") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(("flags", "augment"), [([], True), (["--no-augment"], False)])
+def test_demo_augments_unless_told_not_to(flags, augment, monkeypatch):
+    import tltf.cli
+
+    calls = []
+    monkeypatch.setattr(tltf.cli, "run_demo", lambda **kwargs: calls.append(kwargs))
+    assert main(["demo", "--k", "5", *flags]) == 0
+    assert calls == [
+        {
+            "k_values": [5],
+            "seed": 0,
+            "out_dir": None,
+            "quick": False,
+            "augment": augment,
+        }
+    ]
+
+
 @pytest.mark.parametrize(
     "command", ["bases", "train", "tune", "evaluate", "predict", "export", "demo"]
 )

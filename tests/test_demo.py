@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import tltf.demo
 from tltf.demo import _check_k_values, format_table, run_demo
 from tltf.errors import ConfigError
 from tltf.pretrain import QUICK_BASE
@@ -44,17 +45,26 @@ RESULT_KEYS = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One quick demo run (k = 2) with its own TLTF_HOME."""
+    """One quick demo run (k = 2) with its own TLTF_HOME; `root / "calls"` lists
+    the keyword arguments of each `fine_tune` it made."""
     root = tmp_path_factory.mktemp("demo")
+    calls = []
+    fine_tune = tltf.demo.fine_tune
+
+    def recording(model, *args, **kwargs):
+        calls.append(kwargs)
+        return fine_tune(model, *args, **kwargs)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TLTF_HOME", str(root / "home"))
+        patch.setattr(tltf.demo, "fine_tune", recording)
         summary = run_demo(k_values=[2], out_dir=root / "run", quick=True, verbose=0)
-    return summary, root
+    return summary, root, calls
 
 
 @pytest.mark.slow
 def test_run_folder_is_complete(run):
-    summary, root = run
+    summary, root, _ = run
     out = root / "run"
     assert summary["out_dir"] == str(out)
     on_disk = json.loads((out / "summary.json").read_text())
@@ -84,17 +94,27 @@ def test_run_folder_is_complete(run):
 
 @pytest.mark.slow
 def test_demo_base_is_cached_in_tltf_home(run):
-    _, root = run
+    _, root, _ = run
     assert (root / "home" / "bases" / QUICK_BASE.name / "base.keras").is_file()
 
 
 @pytest.mark.slow
 def test_table_has_one_row_per_k(run):
-    summary, _ = run
+    summary, _, _ = run
     lines = format_table(summary["results"]).splitlines()
     assert "transfer (head only)" in lines[0] and "scratch" in lines[0]
     assert [line.split("|")[0].strip() for line in lines[2:]] == ["2"]
     assert lines[1].startswith("-")
+
+
+@pytest.mark.slow
+def test_transfer_and_scratch_train_on_the_same_augmented_images(run):
+    summary, _, calls = run
+    transfer, scratch = calls  # one k: the transfer run, then the scratch run
+    assert transfer["augment"] is True and scratch["augment"] is True
+    assert transfer["batch_size"] == scratch["batch_size"]
+    assert transfer["head_epochs"] > 0 and scratch["head_epochs"] == 0
+    assert summary["settings"]["augment"] is True
 
 
 def test_k_values_are_sorted_and_unique():
@@ -108,6 +128,7 @@ def test_k_values_are_sorted_and_unique():
         ({"k_values": (0, 5)}, "k_values"),
         ({"seed": -1}, "seed"),
         ({"head_epochs": 0, "fine_tune_epochs": 0}, "Nothing to train"),
+        ({"augment": "yes"}, "augment"),
     ],
 )
 def test_bad_arguments_fail_fast(kwargs, match, tmp_path):

@@ -89,12 +89,13 @@ _DEMO_EPILOG = """\
 The demo pretrains a small base on the procedural shapes_source task (about 4
 minutes on 2 CPU cores, once; it is cached in $TLTF_HOME/bases or
 ~/.cache/tltf/bases), then compares transfer with training from scratch on
-shapes_target with k labelled images per class (about 2.5 minutes).
+shapes_target with k labelled images per class (about 3.5 minutes).
 
 examples:
   tltf demo                           k = 5, 10, 20; writes runs/demo-<timestamp>
   tltf demo --k 5 20 --seed 1 --out runs/demo-seed1
   tltf demo --quick                   tiny sizes: a smoke test, not a result
+  tltf demo --no-augment              every run on the images as they are
 """
 
 
@@ -187,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--quick", action="store_true", help="tiny sizes, for a smoke test"
+    )
+    demo.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="train every run on the images as they are (default: random flips, "
+        "rotations, zooms, shifts and contrast, for transfer and scratch alike)",
     )
     demo.set_defaults(handler=_cmd_demo)
     return parser
@@ -1354,7 +1362,13 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(k_values=args.k, seed=args.seed, out_dir=args.out, quick=args.quick)
+    run_demo(
+        k_values=args.k,
+        seed=args.seed,
+        out_dir=args.out,
+        quick=args.quick,
+        augment=args.augment,
+    )
     return 0
 
 
