@@ -423,10 +423,10 @@ def run_demo(
     For each k, three test accuracies on `shapes_target`, from k labelled images
     per class: the pretrained demo base with a new head (stage 1, base frozen),
     the same model after fine-tuning (stage 2), and the same architecture trained
-    from scratch for the same number of epochs, all on augmented images. The
-    full demo took about 3.5 minutes on 2 CPU cores with the base tltf ships
-    (without it, the first run also pretrains the base: about 4 minutes, see
-    `tltf.pretrain.default_demo_base`).
+    from scratch for the same number of epochs, all on augmented images (by
+    default). The full demo took about 3.5 minutes on 2 CPU cores with the base
+    tltf ships (without it, the first run also pretrains the base: about 4
+    minutes, see `tltf.pretrain.default_demo_base`).
 
     Args:
         k_values: sequence of int. Labelled training images per class. Defaults
