@@ -45,14 +45,15 @@ RESULT_KEYS = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One quick demo run (k = 2) with its own TLTF_HOME; `root / "calls"` lists
-    the keyword arguments of each `fine_tune` it made."""
+    """One quick demo run (k = 2) with its own TLTF_HOME: `(summary, root,
+    calls)`, where `calls` holds the arguments of each `fine_tune` it made, as
+    `(args, kwargs)` without the model."""
     root = tmp_path_factory.mktemp("demo")
     calls = []
     fine_tune = tltf.demo.fine_tune
 
     def recording(model, *args, **kwargs):
-        calls.append(kwargs)
+        calls.append((args, kwargs))
         return fine_tune(model, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -110,7 +111,9 @@ def test_table_has_one_row_per_k(run):
 @pytest.mark.slow
 def test_transfer_and_scratch_train_on_the_same_augmented_images(run):
     summary, _, calls = run
-    transfer, scratch = calls  # one k: the transfer run, then the scratch run
+    # One k: the transfer run, then the scratch run, on the same data object.
+    (transfer_args, transfer), (scratch_args, scratch) = calls
+    assert transfer_args[0] is scratch_args[0]
     assert transfer["augment"] is True and scratch["augment"] is True
     assert transfer["batch_size"] == scratch["batch_size"]
     assert transfer["head_epochs"] > 0 and scratch["head_epochs"] == 0
