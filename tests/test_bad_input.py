@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -52,6 +53,14 @@ def test_input_below_minimum_and_wrong_channels():
         input_shape=(96, 96, 1),
     )
     check_error(gray, errors.InputShapeError, "RGB")
+
+
+def test_a_model_with_two_inputs_is_not_a_base():
+    image, extra = keras.Input((16, 16, 3)), keras.Input((4,))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image))
+    model = keras.Model([image, extra], keras.layers.Concatenate()([pooled, extra]))
+    error = raises(errors.ModelError, tltf.build_model, model, 3)
+    check_error(error, errors.ModelError, "one image input", "(None, 4)", "wrap")
 
 
 def test_labels_out_of_range_and_num_classes_mismatch():

@@ -47,7 +47,9 @@ def cut_tensor(model: keras.Model):
 
 def feature_model(model: keras.Model) -> keras.Model:
     """Images in, cached features out (preprocessing, base, head pooling)."""
-    return keras.Model(model.inputs, cut_tensor(model), name=f"{model.name}_features")
+    return keras.Model(
+        model.inputs[0], cut_tensor(model), name=f"{model.name}_features"
+    )
 
 
 def feature_extractor(model: keras.Model):

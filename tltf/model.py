@@ -214,7 +214,7 @@ def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
         outputs = block_outputs(base.model, base.block_map, positions)
     if len(positions) == 1 or any(len(t.shape) != 4 for t in outputs):
         return base, [names[-1]]
-    model = keras.Model(base.model.inputs, outputs, name=base.model.name)
+    model = keras.Model(base.model.inputs[0], outputs, name=base.model.name)
     return dataclasses.replace(base, model=model), [names[p] for p in positions]
 
 

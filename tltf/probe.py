@@ -433,7 +433,7 @@ def _extractor(
     if any(d is None for d in shape):
         shape = tuple(ds.element_spec[0].shape[1:])
     outputs = block_outputs(base.model, base.block_map, positions)
-    multi = keras.Model(base.model.inputs, outputs, name=f"{base.model.name}_probe")
+    multi = keras.Model(base.model.inputs[0], outputs, name=f"{base.model.name}_probe")
     inputs = keras.Input(shape=shape, name="image")
     x = Preprocessing(base.preprocessing, name="preprocessing")(inputs)
     maps = multi(x)
@@ -661,7 +661,8 @@ def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
     ut = u.T @ t
     u2 = u**2
     best = None
-    for l2 in _L2_GRID * s2.mean():
+    # All-zero features (a dead block) leave no eigenvalue: any scale will do.
+    for l2 in _L2_GRID * (s2.mean() if s2.size else 1.0):
         shrink = s2 / (s2 + l2)
         fitted = u @ (shrink[:, None] * ut)
         leverage = 1.0 / n + u2 @ shrink

@@ -149,6 +149,13 @@ def _custom_base(model: keras.Model, blocks, preprocessing: str | None) -> Base:
             f"Model {model.name!r} has no layers graph yet. Build it (call it on an "
             "input or give it an Input) before using it as a base."
         )
+    shapes = [tuple(t.shape) for t in getattr(model, "inputs", None) or []]
+    if shapes and (len(shapes) != 1 or len(shapes[0]) != 4):
+        raise ModelError(
+            f"A base takes one image input of shape (batch, height, width, "
+            f"channels). Model {model.name!r} has inputs of shapes {shapes}. Wrap "
+            "the image part of it in a model of its own and pass that."
+        )
     if blocks is None:
         block_map = infer_block_map(model)
     else:

@@ -174,7 +174,9 @@ def cut_base(base: Base, cut: int | str) -> tuple[Base, dict]:
     if k == len(block_map) - 1:
         return base, record
     (tensor,) = block_outputs(base.model, block_map, [k])
-    model = keras.Model(base.model.inputs, tensor, name=f"{base.model.name}_to_{name}")
+    model = keras.Model(
+        base.model.inputs[0], tensor, name=f"{base.model.name}_to_{name}"
+    )
     truncated = block_map.truncate(name)
     try:
         validate_block_map(model, truncated)
