@@ -7,6 +7,8 @@ fails, and TFDS is only asked for its list of builders and their configs
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import pytest
 import yaml
@@ -87,13 +89,19 @@ def test_offline_imagenet_error_offers_demo_and_the_cli_flag(tmp_path, monkeypat
     monkeypatch.setattr(file_utils, "get_file", _failing_download)
     monkeypatch.setattr(keras.utils, "get_file", _failing_download)
     before = folder_snapshot(tmp_path)
-    with pytest.raises(errors.WeightsError) as info:
+    with (
+        pytest.raises(errors.WeightsError) as info,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
         tltf.load_base(
             "mobilenet_v3_small",
             weights="imagenet",
             weights_dir=tmp_path,
             input_shape=(32, 32, 3),
         )
+    # Not Keras's notice that the 224 px weights load at 32 px: they are the ones.
+    assert [str(w.message) for w in caught] == []
     check_error(
         info.value,
         errors.WeightsError,

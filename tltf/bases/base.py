@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,10 @@ def _describe_weights(weights) -> str:
     return "random" if weights is None else str(weights)
 
 
+#: The start of Keras's notice that MobileNetV3 loads its 224 px weights.
+_SIZE_NOTICE = r"`input_shape` is undefined or non-square, or `rows` is not 224"
+
+
 def _application_base(
     spec: BaseSpec, weights, input_shape, weights_dir, constructor_kwargs
 ) -> Base:
@@ -123,7 +128,11 @@ def _application_base(
     kwargs = dict(include_top=False, input_shape=shape, **constructor_kwargs)
     try:
         with offline_first(resolve_weights_dir(weights_dir), spec.name):
-            model = spec.constructor(weights=None if is_file else weights, **kwargs)
+            with warnings.catch_warnings():
+                # MobileNetV3 at any size but 224 says it loads the 224 weights:
+                # without the top, those are the weights for every size.
+                warnings.filterwarnings("ignore", message=_SIZE_NOTICE)
+                model = spec.constructor(weights=None if is_file else weights, **kwargs)
     except ValueError as error:
         raise ConfigError(
             f"keras.applications.{spec.constructor_name} rejected the arguments "
