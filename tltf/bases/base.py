@@ -127,12 +127,14 @@ def _application_base(
         )
     kwargs = dict(include_top=False, input_shape=shape, **constructor_kwargs)
     try:
-        with offline_first(resolve_weights_dir(weights_dir), spec.name):
-            with warnings.catch_warnings():
-                # MobileNetV3 at any size but 224 says it loads the 224 weights:
-                # without the top, those are the weights for every size.
-                warnings.filterwarnings("ignore", message=_SIZE_NOTICE)
-                model = spec.constructor(weights=None if is_file else weights, **kwargs)
+        with (
+            offline_first(resolve_weights_dir(weights_dir), spec.name),
+            warnings.catch_warnings(),
+        ):
+            # MobileNetV3 at any size but 224 says it loads the 224 weights:
+            # without the top, those are the weights for every size.
+            warnings.filterwarnings("ignore", message=_SIZE_NOTICE)
+            model = spec.constructor(weights=None if is_file else weights, **kwargs)
     except ValueError as error:
         raise ConfigError(
             f"keras.applications.{spec.constructor_name} rejected the arguments "
