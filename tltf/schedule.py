@@ -1269,9 +1269,12 @@ def _prepare_data(
         def apply(x, *rest):
             return (layer(x, training=True), *rest)
 
-        train_ds = train_ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+        # One batch at a time: the random layers draw from one seeded state, and a
+        # parallel map would hand its draws to the batches in thread order, so a
+        # seeded run would not repeat (tests/test_newcomer_output.py).
+        train_ds = train_ds.map(apply)
         if sample is not None:
-            sample = sample.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+            sample = sample.map(apply)
     return _Prepared(
         train_ds,
         features,
