@@ -28,7 +28,6 @@ import tltf  # isort: skip  (first: imports TensorFlow quietly)
 import argparse
 import time
 
-import keras
 import numpy as np
 import realdata
 
@@ -58,25 +57,21 @@ def main() -> None:
     scores: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for task in args.tasks:
         x, y = realdata.task_data(task)
-        n = int(y.max()) + 1
         for name in args.bases:
             for k in args.k:
                 for seed in args.seeds:
                     train, test = realdata.few_shot(x, y, k, seed, 30)
                     cells = []
                     for variant in VARIANTS:
-                        keras.utils.set_random_seed(seed)
                         start = time.perf_counter()
-                        base = realdata.benchmark_base(name, 64, weights_dir)
-                        model = tltf.build_model(base, n)
-                        tltf.fine_tune(
-                            model,
+                        (accuracy,) = realdata.fine_tune_accuracy(
+                            name,
+                            weights_dir,
                             train,
-                            seed=seed,
-                            verbose=0,
-                            augment=augmentation(variant, seed),
+                            [test],
+                            seed,
+                            {"augment": augmentation(variant, seed)},
                         )
-                        accuracy = float(model.evaluate(*test, verbose=0)[1])
                         scores[variant].append(accuracy)
                         cells.append(
                             f"{variant} {accuracy:.3f} "
