@@ -279,18 +279,21 @@ def test_resume_with_backup_and_restore_lands_in_stage2(data, tmp_path, capsys):
     saved = weights_snapshot(model_info(model).base)
     fresh = make_tiny_model()
     recorder = Recorder()
-    history = tltf.fine_tune(
-        fresh,
-        data,
-        head_epochs=2,
-        fine_tune_epochs=3,
-        unfreeze=2,
-        callbacks=[
-            keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
-            recorder,
-        ],
-        verbose=0,
-    )
+    # The note's claim: Keras restores the epoch and the weights, and says that
+    # it could not restore stage 2's optimizer.
+    with pytest.warns(UserWarning, match="Skipping variable loading for optimizer"):
+        history = tltf.fine_tune(
+            fresh,
+            data,
+            head_epochs=2,
+            fine_tune_epochs=3,
+            unfreeze=2,
+            callbacks=[
+                keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
+                recorder,
+            ],
+            verbose=0,
+        )
     assert recorder.begins == [3, 4]
     assert recorder.trainable[0] == ["block3", "block4"]
     assert history.history["stage"] == [2, 2]
