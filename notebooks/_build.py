@@ -175,8 +175,8 @@ prints one `tltf:` line for each:
   its training loss stops falling (at most `head_steps=2000` steps).
 - `fine_tune_epochs="auto"`: stage 2 gets about 1,000 optimizer steps (2 to 10
   epochs), with BatchNorm statistics frozen.
-- `keep_best=True`: the model ends with the best weights among the end of stage 1
-  and each stage-2 epoch (by validation loss), so stage 2 never makes it worse.
+- `keep_best=True`: the model ends with the best weights among the epochs of
+  both stages (by validation loss), so stage 2 never makes it worse.
 
 The rates are `head_lr=1e-3` and `fine_tune_lr=1e-4`. Each choice also takes a
 number (`head_epochs=5`, `unfreeze=3`, ...), and either rate takes `"find"`, which

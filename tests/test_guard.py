@@ -167,3 +167,49 @@ def test_a_bundle_from_an_image_folder_holds_its_slice_out_too(tmp_path, capsys)
     assert "one pass over 24 train" in out
     assert "handed the 6 held-out images back" in out
     assert "refit in closed form on all 30 training images" in out
+
+
+class _Snapshots(keras.callbacks.Callback):
+    """The model's variables after every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights: list[list[np.ndarray]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([np.array(v.numpy()) for v in self.model.variables])
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_with_validation_data_the_run_ends_at_its_best_epoch_stage_1_included(
+    cache, capsys
+):
+    """A head that overfits in stage 1: the validation labels are the training
+    rule shifted by one class, so the validation loss rises as the head learns.
+    The best epoch is then an early stage-1 epoch, and the run ends with its
+    weights, not with those stage 1 ended with."""
+    x, y = make_data(48)
+    xv, yv = make_data(24, seed=1)
+    snapshots = _Snapshots()
+    history = tltf.fine_tune(
+        make_tiny_model(),
+        (x, y),
+        (xv, (yv + 1) % 3),
+        head_epochs=4,
+        head_init="random",  # the ridge start fits this data at once
+        fine_tune_epochs=2,
+        unfreeze=1,
+        cache_features=cache,
+        callbacks=[snapshots],
+        seed=0,
+        verbose=1,
+    )
+    val_loss = history.history["val_loss"]
+    best = int(np.argmin(val_loss))
+    assert history.history["stage"] == [1, 1, 1, 1, 2, 2]
+    assert best < 3, val_loss  # the setup: the best is not where stage 1 ended
+    model = snapshots.model
+    for got, want in zip(model.variables, snapshots.weights[best], strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)
+    out = capsys.readouterr().out
+    assert f"keep_best: restored the weights of epoch {best + 1}, in stage 1" in out

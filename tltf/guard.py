@@ -8,7 +8,9 @@ of the best one and restores them when the run ends.
 
 The score:
 
-- with validation data, the validation loss (lower is better);
+- with validation data, the validation loss (lower is better), after every
+  epoch of both stages: a head that starts overfitting in stage 1 is caught
+  too, and the run ends with the weights of its best epoch;
 - without it, for a classifier trained on `(images, labels)` arrays or a
   `load_data` bundle whose labels are known (not TFDS), with at least 2 images
   per class (`keep_best=True` or "holdout"): the accuracy on a
@@ -100,6 +102,9 @@ def holdout_rows(
 
 class KeepBest(keras.callbacks.Callback):
     """Keeps the best of stage 1's end and every stage-2 epoch; restores it at the end.
+
+    With validation data the candidates are every epoch of both stages, scored
+    by `val_loss`: the run ends with the weights of its best epoch.
 
     Args:
         schedule: FineTuneSchedule. The run's schedule (for the stage of an epoch).
@@ -229,6 +234,13 @@ class KeepBest(keras.callbacks.Callback):
         stage = (logs or {}).get("stage") or self.schedule.plan(epoch)[0]
         if int(stage) == 1:
             self._stage_one_logs = dict(logs or {})
+            # With validation data every stage-1 epoch is a candidate too: on a
+            # few images the head's validation loss can turn up before stage 1
+            # stops, and the run's best epoch may be one of them.
+            if self.validation:
+                score = self._score(logs)
+                if self.best_score is None or score >= self.best_score:
+                    self._keep(score, epoch)
             return
         score = self._score(logs)
         self.last_epoch, self.last_score = epoch, score
@@ -248,11 +260,16 @@ class KeepBest(keras.callbacks.Callback):
             return
         self._restore(self.model)
         if self.verbose:
-            where = (
-                "the end of stage 1 (fine-tuning did not improve on it)"
-                if self.best_epoch == -1
-                else f"epoch {self.best_epoch + 1}"
-            )
+            stage_two = self.schedule.unfreeze_at_epoch
+            if self.best_epoch in (-1, stage_two - 1):
+                where = "the end of stage 1 (fine-tuning did not improve on it)"
+            elif self.best_epoch < stage_two:
+                where = (
+                    f"epoch {self.best_epoch + 1}, in stage 1 (the validation loss "
+                    "rose after it, and fine-tuning did not bring it lower)"
+                )
+            else:
+                where = f"epoch {self.best_epoch + 1}"
             print(
                 f"tltf: keep_best: restored the weights of {where}: {name} "
                 f"{_show(self.best_score, self.validation)} against "
