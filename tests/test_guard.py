@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tltf
 import tltf.cache
-from tests.helpers import make_data, make_image_folder, make_tiny_model
+from tests.helpers import CrashAt, make_data, make_image_folder, make_tiny_model
 from tltf.errors import ConfigError
 from tltf.guard import holdout_rows
 from tltf.layers import Standardization
@@ -213,3 +213,41 @@ def test_with_validation_data_the_run_ends_at_its_best_epoch_stage_1_included(
         np.testing.assert_array_equal(got.numpy(), want)
     out = capsys.readouterr().out
     assert f"keep_best: restored the weights of epoch {best + 1}, in stage 1" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", [False, "auto"])
+def test_a_run_resumed_after_its_stage_1_best_still_ends_at_that_epoch(cache, tmp_path):
+    """The same overfitting head, interrupted after its best stage-1 epoch and
+    before stage 1 ends: the resumed run reads that epoch's weights from the
+    backup folder and ends bit for bit where an uninterrupted run does."""
+    x, y = make_data(48)
+    xv, yv = make_data(24, seed=1)
+
+    def fit(backup_dir, callbacks=()):
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()
+        history = tltf.fine_tune(
+            model,
+            (x, y),
+            (xv, (yv + 1) % 3),
+            head_epochs=4,
+            head_init="random",
+            fine_tune_epochs=2,
+            unfreeze=1,
+            cache_features=cache,
+            backup_dir=backup_dir,
+            callbacks=list(callbacks),
+            seed=0,
+            verbose=0,
+        )
+        return model, history.history
+
+    reference, ref_history = fit(tmp_path / "reference")
+    assert int(np.argmin(ref_history["val_loss"])) < 2, ref_history["val_loss"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tmp_path / "backup", [CrashAt(3)])
+    resumed, history = fit(tmp_path / "backup")
+    assert history == ref_history
+    for got, want in zip(resumed.variables, reference.variables, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
