@@ -252,7 +252,9 @@ class FineTuneSettings:
         keep_best: bool, "holdout" or "features". Score the model at the end of
             stage 1 and after each stage-2 epoch and end with the best weights;
             one line says which (see `tltf.guard`). The score: the validation
-            loss when there is validation data. Without it, True means
+            loss when there is validation data, and then every stage-1 epoch
+            is a candidate too (a head that began to overfit before stage 1
+            stopped is put back). Without it, True means
             "holdout" where it applies and "features" elsewhere:
             "holdout" keeps a stratified slice of the training images (20%,
             at least 1 per class, at most 1,000 images) out of both stages and
