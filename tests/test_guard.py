@@ -180,19 +180,16 @@ class _Snapshots(keras.callbacks.Callback):
         self.weights.append([np.array(v.numpy()) for v in self.model.variables])
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_with_validation_data_the_run_ends_at_its_best_epoch_stage_1_included(
-    cache, capsys
-):
-    """A head that overfits in stage 1: the validation labels are the training
-    rule shifted by one class, so the validation loss rises as the head learns.
-    The best epoch is then an early stage-1 epoch, and the run ends with its
-    weights, not with those stage 1 ended with."""
+def _overfitting_head(cache, callbacks=(), **kwargs):
+    """A run whose head overfits in stage 1 (4 epochs, then 2 of stage 2): the
+    validation labels are the training rule shifted by one class, so the
+    validation loss rises as the head learns. `(model, history dict)`."""
     x, y = make_data(48)
     xv, yv = make_data(24, seed=1)
-    snapshots = _Snapshots()
+    keras.utils.set_random_seed(0)
+    model = make_tiny_model()
     history = tltf.fine_tune(
-        make_tiny_model(),
+        model,
         (x, y),
         (xv, (yv + 1) % 3),
         head_epochs=4,
@@ -200,15 +197,24 @@ def test_with_validation_data_the_run_ends_at_its_best_epoch_stage_1_included(
         fine_tune_epochs=2,
         unfreeze=1,
         cache_features=cache,
-        callbacks=[snapshots],
+        callbacks=list(callbacks),
         seed=0,
-        verbose=1,
+        **kwargs,
     )
-    val_loss = history.history["val_loss"]
-    best = int(np.argmin(val_loss))
-    assert history.history["stage"] == [1, 1, 1, 1, 2, 2]
-    assert best < 3, val_loss  # the setup: the best is not where stage 1 ended
-    model = snapshots.model
+    return model, history.history
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_with_validation_data_the_run_ends_at_its_best_epoch_stage_1_included(
+    cache, capsys
+):
+    """The best epoch of the overfitting head is an early stage-1 epoch, and the
+    run ends with its weights, not with those stage 1 ended with."""
+    snapshots = _Snapshots()
+    model, history = _overfitting_head(cache, [snapshots], verbose=1)
+    best = int(np.argmin(history["val_loss"]))
+    assert history["stage"] == [1, 1, 1, 1, 2, 2]
+    assert best < 3, history["val_loss"]  # the setup: not where stage 1 ended
     for got, want in zip(model.variables, snapshots.weights[best], strict=True):
         np.testing.assert_array_equal(got.numpy(), want)
     out = capsys.readouterr().out
@@ -218,36 +224,17 @@ def test_with_validation_data_the_run_ends_at_its_best_epoch_stage_1_included(
 @pytest.mark.slow
 @pytest.mark.parametrize("cache", [False, "auto"])
 def test_a_run_resumed_after_its_stage_1_best_still_ends_at_that_epoch(cache, tmp_path):
-    """The same overfitting head, interrupted after its best stage-1 epoch and
-    before stage 1 ends: the resumed run reads that epoch's weights from the
-    backup folder and ends bit for bit where an uninterrupted run does."""
-    x, y = make_data(48)
-    xv, yv = make_data(24, seed=1)
-
-    def fit(backup_dir, callbacks=()):
-        keras.utils.set_random_seed(0)
-        model = make_tiny_model()
-        history = tltf.fine_tune(
-            model,
-            (x, y),
-            (xv, (yv + 1) % 3),
-            head_epochs=4,
-            head_init="random",
-            fine_tune_epochs=2,
-            unfreeze=1,
-            cache_features=cache,
-            backup_dir=backup_dir,
-            callbacks=list(callbacks),
-            seed=0,
-            verbose=0,
-        )
-        return model, history.history
-
-    reference, ref_history = fit(tmp_path / "reference")
+    """The overfitting head, interrupted after its best stage-1 epoch and before
+    stage 1 ends: the resumed run reads that epoch's weights from the backup
+    folder and ends bit for bit where an uninterrupted run does."""
+    reference, ref_history = _overfitting_head(
+        cache, backup_dir=tmp_path / "reference", verbose=0
+    )
     assert int(np.argmin(ref_history["val_loss"])) < 2, ref_history["val_loss"]
+    backup = tmp_path / "backup"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(tmp_path / "backup", [CrashAt(3)])
-    resumed, history = fit(tmp_path / "backup")
+        _overfitting_head(cache, [CrashAt(3)], backup_dir=backup, verbose=0)
+    resumed, history = _overfitting_head(cache, backup_dir=backup, verbose=0)
     assert history == ref_history
     for got, want in zip(resumed.variables, reference.variables, strict=True):
         np.testing.assert_array_equal(got.numpy(), want.numpy())

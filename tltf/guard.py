@@ -237,13 +237,12 @@ class KeepBest(keras.callbacks.Callback):
             # With validation data every stage-1 epoch is a candidate too: on a
             # few images the head's validation loss can turn up before stage 1
             # stops, and the run's best epoch may be one of them.
-            if self.validation:
-                score = self._score(logs)
-                if self.best_score is None or score >= self.best_score:
-                    self._keep(score, epoch)
-            return
-        score = self._score(logs)
-        self.last_epoch, self.last_score = epoch, score
+            if not self.validation:
+                return
+            score = self._score(logs)
+        else:
+            score = self._score(logs)
+            self.last_epoch, self.last_score = epoch, score
         if score is not None and (self.best_score is None or score >= self.best_score):
             self._keep(score, epoch)
 
