@@ -13,7 +13,8 @@ now), "restart" (tried, not kept: also starts stage 2 from stage 1's best epoch
 when that is not its last, LP-FT from the best probe; patched in here) and
 "stage-1 end" (the previous guard, restored here by patching
 `KeepBest.on_epoch_end`). Bases, tasks and splits as in `benchmarks/realdata.py`: k
-training images per class, then 10 validation and 20 test images per class.
+training images per class and 30 more, split by `realdata.few_shot` into 10
+validation and 20 test images per class.
 
 Usage:
     .venv/bin/python benchmarks/val_guard.py [--bases demo] \\
@@ -77,13 +78,6 @@ def stage_one_end_only():
         KeepBest.on_epoch_end = real
 
 
-def split_val(x, y):
-    """The first `VAL_PER_CLASS` images of each class, and the rest."""
-    val = np.concatenate([np.flatnonzero(y == c)[:VAL_PER_CLASS] for c in np.unique(y)])
-    rest = np.setdiff1d(np.arange(len(y)), val)
-    return (x[val], y[val]), (x[rest], y[rest])
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", nargs="+", default=["demo"])
@@ -102,7 +96,7 @@ def main(argv=None) -> None:
                 train, test = realdata.task_split(
                     task, args.k, seed, test_per_class=VAL_PER_CLASS + 20
                 )
-                val, test = split_val(*test)
+                val, test = realdata.few_shot(*test, VAL_PER_CLASS, seed, 20)
                 settings = {"validation_data": val}
                 start = time.perf_counter()
                 (new,) = realdata.fine_tune_accuracy(

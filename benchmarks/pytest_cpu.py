@@ -1,0 +1,69 @@
+"""A pytest plugin: where the test suite's CPU time goes.
+
+Each test's CPU time in its pytest process (`time.process_time()`) and in the
+child processes it waited for (`RUSAGE_CHILDREN`: the killed and resumed runs,
+the CLI subprocesses, the distributed workers; not the notebooks' kernels, which
+jupyter_client reaps outside the test) is appended to `pytest-cpu.<pid>.jsonl`
+in `$TLTF_CPU_DIR` (default: the current folder). Run as a script, it prints
+the totals by file.
+
+Usage (from the repository root):
+    TLTF_CPU_DIR=/tmp/cpu PYTHONPATH=benchmarks .venv/bin/python -m pytest -n 2 -p pytest_cpu
+    .venv/bin/python benchmarks/pytest_cpu.py /tmp/cpu
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import os
+import resource
+import sys
+import time
+
+import pytest
+
+
+def _children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    cpu, children, wall = time.process_time(), _children(), time.perf_counter()
+    yield
+    row = {
+        "id": item.nodeid,
+        "cpu": time.process_time() - cpu,
+        "children": _children() - children,
+        "wall": time.perf_counter() - wall,
+    }
+    folder = os.environ.get("TLTF_CPU_DIR", ".")
+    with open(os.path.join(folder, f"pytest-cpu.{os.getpid()}.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def summary(folder: str, top: int = 25) -> None:
+    """Prints the CPU seconds by test file, largest first."""
+    rows = []
+    for path in glob.glob(os.path.join(folder, "pytest-cpu.*.jsonl")):
+        with open(path) as f:
+            rows += [json.loads(line) for line in f]
+    by_file = collections.defaultdict(lambda: [0.0, 0.0, 0])
+    for row in rows:
+        entry = by_file[row["id"].split("::")[0]]
+        entry[0] += row["cpu"]
+        entry[1] += row["children"]
+        entry[2] += 1
+    cpu = sum(r["cpu"] for r in rows)
+    children = sum(r["children"] for r in rows)
+    print(f"{len(rows)} tests: {cpu:.0f} s in pytest, {children:.0f} s in children")
+    ranked = sorted(by_file.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))
+    for name, (own, kids, n) in ranked[:top]:
+        print(f"{own + kids:7.1f} s ({own:6.1f} + {kids:6.1f} children) {n:4d}  {name}")
+
+
+if __name__ == "__main__":
+    summary(sys.argv[1] if len(sys.argv) > 1 else ".")
