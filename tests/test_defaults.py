@@ -13,7 +13,7 @@ from tltf.cache import converged
 from tltf.errors import ConfigError
 from tltf.layers import Standardization
 from tltf.model import model_info
-from tltf.probe import probe_blocks
+from tltf.probe import probe_blocks, ridge_regression
 from tltf.schedule import prepare_head
 
 
@@ -107,6 +107,58 @@ def test_the_head_starts_from_the_ridge_classifier(capsys):
     assert prepare_head(model, features, data[1]) is None
     assert model.get_layer("head_standardize").is_set
     np.testing.assert_array_equal(model.get_layer("head_output").kernel.numpy(), out)
+
+
+def _other_task_data(task, n=48, seed=0):
+    """`make_data` images with regression targets (the bright channel plus noise)
+    or multi-label rows (the bright channel, and whether it is not channel 0)."""
+    x, y = make_data(n, seed=seed)
+    if task == "regression":
+        noise = np.random.default_rng(seed).normal(0, 0.1, n)
+        return x, (2.0 * y + 5.0 + noise).astype("float32")[:, None]
+    return x, np.stack([y == 0, y == 1, y == 2, y != 0], axis=1).astype("float32")
+
+
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_regression_and_multilabel_heads_start_from_the_ridge_fit(task, capsys):
+    x, t = _other_task_data(task)
+    units = t.shape[1]
+    losses = {}
+    for init in ("random", "ridge"):
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model(units, task=task)
+        tltf.fine_tune(
+            model,
+            (x, t),
+            head_epochs=1,
+            fine_tune_epochs=0,
+            head_init=init,
+            verbose=1,
+        )
+        losses[init] = _train_loss(model, (x, t))
+    # One epoch (2 steps) from the closed-form start is far ahead of a random one.
+    assert losses["ridge"] < 0.5 * losses["random"], losses
+    words = "ridge regression" if task == "regression" else "a ridge fit per label"
+    assert f"head starts from {words}" in capsys.readouterr().out
+    # Before any step the head is the closed-form fit on the standardised
+    # features: for regression the ridge regression itself.
+    keras.utils.set_random_seed(0)
+    model = make_tiny_model(units, task=task)
+    features = tltf.cache.feature_model(model).predict(x, verbose=0)
+    assert prepare_head(model, features, t) is not None
+    layer = model.get_layer("head_standardize")
+    z = (features - layer.mean.numpy()) * layer.scale.numpy()
+    fit = ridge_regression(z, t)
+    predictions = model.predict(x, verbose=0)
+    if task == "regression":
+        np.testing.assert_allclose(
+            predictions, z @ fit.weights + fit.prior, rtol=1e-3, atol=1e-3
+        )
+        assert np.sqrt(np.mean((predictions - t) ** 2)) < 0.5  # targets span 4
+    else:  # sigmoid outputs, one per label, calibrated on leave-one-out scores
+        assert np.all((predictions > 0.5) == (t > 0.5))
+        bce = -np.mean(t * np.log(predictions) + (1 - t) * np.log(1 - predictions))
+        assert bce < 0.3, bce
 
 
 @pytest.mark.slow
@@ -216,6 +268,17 @@ class Wreck(keras.callbacks.Callback):
                 kernel.assign(np.zeros(kernel.shape, "float32"))
 
 
+def _assert_base_is_stage_one(model, wreck) -> None:
+    """Every variable of the base equals stage 1's, bit for bit."""
+    base = model_info(model).base
+    compared = 0
+    for got, want in zip(model.variables, wreck.stage_one, strict=True):
+        if any(got is v for v in base.variables):
+            np.testing.assert_array_equal(got.numpy(), want)
+            compared += 1
+    assert compared == len(base.variables) > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head_steps", [400, 0])
 @pytest.mark.parametrize("score", ["val_loss", "features", "holdout"])
@@ -254,13 +317,51 @@ def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(
     # of the head: the base is stage 1's, bit for bit.
     assert "accuracy on 9 held-out training images" in out
     assert "handed the 9 held-out images back" in out
-    base = model_info(model).base
-    compared = 0
-    for got, want in zip(model.variables, wreck.stage_one, strict=True):
-        if any(got is v for v in base.variables):
-            np.testing.assert_array_equal(got.numpy(), want)
-            compared += 1
-    assert compared == len(base.variables) > 0
+    _assert_base_is_stage_one(model, wreck)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_the_held_out_guard_restores_stage1_of_other_tasks_too(task, capsys):
+    # Without validation data a regression run holds out a random slice (a
+    # multi-label one when asked to: by default it costs more than it saves),
+    # scores stage 2 on it (mean squared error, label accuracy), and hands it
+    # back to a closed-form refit of the head.
+    x, t = _other_task_data(task)
+    model = make_tiny_model(t.shape[1], task=task)
+    wreck = Wreck()
+    tltf.fine_tune(
+        model,
+        (x, t),
+        head_steps=400,
+        fine_tune_epochs=2,
+        unfreeze=2,
+        keep_best=True if task == "regression" else "holdout",
+        callbacks=[wreck],
+        verbose=1,
+    )
+    out = capsys.readouterr().out
+    assert "10 of 48 training images (a random slice) are held out" in out
+    assert "keep_best: restored the weights of the end of stage 1" in out
+    what = "mean squared error" if task == "regression" else "label accuracy"
+    assert f"{what} on 10 held-out training images" in out
+    assert "handed the 10 held-out images back" in out
+    _assert_base_is_stage_one(model, wreck)
+    # The refit head is the closed-form fit on all 48 images.
+    predictions = model.predict(x, verbose=0)
+    if task == "regression":
+        assert np.sqrt(np.mean((predictions - t) ** 2)) < 0.5
+    else:
+        assert np.all((predictions > 0.5) == (t > 0.5))
+        tltf.fine_tune(
+            make_tiny_model(t.shape[1], task=task),
+            (x, t),
+            head_steps=10,
+            fine_tune_epochs=1,
+            verbose=1,
+        )
+        out = capsys.readouterr().out
+        assert "held out" not in out and "keep_best" not in out
 
 
 @pytest.mark.slow

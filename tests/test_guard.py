@@ -34,6 +34,18 @@ def test_holdout_rows_are_a_stratified_reproducible_slice():
     assert holdout_rows(np.zeros(5, int), seed=0) is None
 
 
+def test_holdout_rows_of_regression_and_multilabel_are_a_random_slice():
+    targets = np.linspace(0, 1, 40, dtype="float32")
+    for task, labels in (("regression", targets), ("multilabel", np.ones((40, 3)))):
+        trained, held = holdout_rows(labels, seed=3, task=task)
+        assert len(held) == 8 and sorted([*trained, *held]) == list(range(40))
+        np.testing.assert_array_equal(holdout_rows(labels, 3, task)[1], held)
+        assert not np.array_equal(holdout_rows(labels, 4, task)[1], held)
+        # Too few rows to spare any: no slice.
+        assert holdout_rows(labels[:9], seed=3, task=task) is None
+    assert len(holdout_rows(np.zeros(20_000), seed=0, task="regression")[1]) == 1000
+
+
 class _Seen(keras.callbacks.Callback):
     """Counts stage-2 batches per epoch."""
 

@@ -11,24 +11,28 @@ The score:
 - with validation data, the validation loss (lower is better), after every
   epoch of both stages: a head that starts overfitting in stage 1 is caught
   too, and the run ends with the weights of its best epoch;
-- without it, for a classifier trained on `(images, labels)` arrays or a
-  `load_data` bundle whose labels are known (not TFDS), with at least 2 images
-  per class (`keep_best=True` or "holdout"): the accuracy on a
-  stratified slice of the training images that neither stage trains on (20%,
-  at least 1 per class, at most 1,000 images; `holdout_rows`), the slice's
-  cross-entropy breaking ties. `fine_tune` then hands the slice back: the
-  linear head is refit in closed form on every training image, with the base
-  the guard kept. On few images this is the only criterion here that sees what
-  fine-tuning does to images it has not trained on (benchmarks/RESULTS.md,
-  "The held-out guard");
+- without it, for a model trained on `(images, labels)` arrays or a
+  `load_data` bundle whose labels are known (not TFDS) (`keep_best=True` or
+  "holdout"): its score on a slice of the training images that neither stage
+  trains on (20%, at most 1,000 images; `holdout_rows`). A classifier (2 or
+  more images per class) holds out a stratified slice, at least 1 image per
+  class, and is scored by its accuracy there, the slice's cross-entropy
+  breaking ties; a regression model by its mean squared error (a random
+  slice, from 10 training images up); a multi-label model, with
+  `keep_best="holdout"` only (measured: on few images the slice costs it more
+  than the guard saves), by its label accuracy, then its cross-entropy.
+  `fine_tune` then hands the
+  slice back: the linear head is refit in closed form on every training
+  image, with the base the guard kept. On few images this is the only
+  criterion here that sees what fine-tuning does to images it has not trained
+  on (benchmarks/RESULTS.md, "The held-out guard");
 - otherwise, for a classifier (`keep_best="features"`), the leave-one-out accuracy of a ridge probe on
   the model's pooled features of the training images (one inference pass per
   epoch, no image held out; see `tltf.probe.ridge_probe`). Ties go to the later
   epoch. This measures whether stage 2 kept the features as separable as stage 1
   left them; it catches features that fine-tuning damaged, not a model that
   memorised the training set, which only held-out data can show;
-- for other tasks without validation data there is no score, and the last
-  epoch is kept.
+- otherwise there is no score, and the last epoch is kept.
 
 With `backup_dir`, the best weights are written there too (`tltf-best.npz`,
 atomically, before the epoch's checkpoint), so that a resumed run keeps the same
@@ -65,37 +69,52 @@ def class_ids(labels: np.ndarray) -> np.ndarray:
     return np.rint(labels.reshape(len(labels), -1)[:, 0]).astype(np.int64)
 
 
+#: Tasks whose held-out slice is stratified by class (others: a random slice).
+CLASSIFIERS = ("multiclass", "binary")
+#: A random slice (regression, multi-label) needs this many rows in all.
+HOLDOUT_MIN_ROWS = 10
+
+
 def holdout_rows(
-    labels: np.ndarray, seed: int | None
+    labels: np.ndarray, seed: int | None, task: str = "multiclass"
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Splits the training rows into the rows trained on and a held-out slice.
 
-    The slice is stratified: `HOLDOUT_FRACTION` of each class (rounded, at least
-    one image), scaled down to at most `HOLDOUT_MOST` images in all (never
-    below one per class, so more classes than that hold one each). It depends
-    on the labels and `seed` only, so a resumed run holds out the same images.
+    For a classifier the slice is stratified: `HOLDOUT_FRACTION` of each class
+    (rounded, at least one image), scaled down to at most `HOLDOUT_MOST` images
+    in all (never below one per class, so more classes than that hold one
+    each). For a regression or multi-label task it is `HOLDOUT_FRACTION` of the
+    rows drawn at random (at most `HOLDOUT_MOST`). It depends on the labels,
+    `seed` and `task` only, so a resumed run holds out the same images.
 
     Returns:
         `(trained_rows, slice_rows)`, both sorted, or None when some class has
-        fewer than 2 images (or there is only one class).
+        fewer than 2 images (or there is only one class); for other tasks, when
+        there are fewer than `HOLDOUT_MIN_ROWS` rows.
     """
     if not len(labels):
         return None
-    y = class_ids(labels)
-    classes, counts = np.unique(y, return_counts=True)
-    if len(classes) < 2 or counts.min() < 2:
-        return None
-    take = np.maximum(1, np.rint(HOLDOUT_FRACTION * counts)).astype(np.int64)
-    if take.sum() > HOLDOUT_MOST:
-        take = np.maximum(1, (take * HOLDOUT_MOST) // take.sum())
     rng = np.random.default_rng([0 if seed is None else int(seed), 7919])
-    held = np.concatenate(
-        [
-            rng.choice(np.flatnonzero(y == c), m, replace=False)
-            for c, m in zip(classes, take, strict=True)
-        ]
-    )
-    mask = np.zeros(len(y), dtype=bool)
+    if task not in CLASSIFIERS:
+        if len(labels) < HOLDOUT_MIN_ROWS:
+            return None
+        take = min(HOLDOUT_MOST, max(2, round(HOLDOUT_FRACTION * len(labels))))
+        held = rng.choice(len(labels), take, replace=False)
+    else:
+        y = class_ids(labels)
+        classes, counts = np.unique(y, return_counts=True)
+        if len(classes) < 2 or counts.min() < 2:
+            return None
+        take = np.maximum(1, np.rint(HOLDOUT_FRACTION * counts)).astype(np.int64)
+        if take.sum() > HOLDOUT_MOST:
+            take = np.maximum(1, (take * HOLDOUT_MOST) // take.sum())
+        held = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(y == c), m, replace=False)
+                for c, m in zip(classes, take, strict=True)
+            ]
+        )
+    mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
@@ -158,10 +177,21 @@ class KeepBest(keras.callbacks.Callback):
         if self.validation:
             return "val_loss"
         if self.holdout is not None:
-            return f"accuracy on {len(self.holdout[1]):,} held-out training images"
-        if self.train_features is not None and self.task in ("multiclass", "binary"):
+            what = {"regression": "mean squared error", "multilabel": "label accuracy"}
+            return (
+                f"{what.get(self.task, 'accuracy')} on {len(self.holdout[1]):,} "
+                "held-out training images"
+            )
+        if self.train_features is not None and self.task in CLASSIFIERS:
             return "leave-one-out accuracy of the features"
         return None
+
+    @property
+    def _lower_is_better(self) -> bool:
+        """Whether the score is a negated loss (shown without its sign)."""
+        return self.validation or (
+            self.holdout is not None and self.task == "regression"
+        )
 
     # -- scores ------------------------------------------------------------------
     def _score(self, logs) -> tuple | None:
@@ -177,13 +207,28 @@ class KeepBest(keras.callbacks.Callback):
         return self._loo_score()
 
     def holdout_score(self) -> tuple:
-        """The model's `(accuracy, mean log-likelihood)` on the held-out slice."""
+        """The model's score on the held-out slice (higher is better).
+
+        A classifier: `(accuracy, mean log-likelihood)`; multi-label: `(label
+        accuracy, mean log-likelihood per label)`; regression: `(-mean squared
+        error,)`.
+        """
         batches, y, logits = self.holdout
         scores = np.asarray(
             self.model.predict(batches, verbose=0), dtype=np.float64
         ).reshape(len(y), -1)
         if not np.all(np.isfinite(scores)):
             return (-math.inf, -math.inf)
+        if self.task == "regression":
+            error = np.mean((scores - np.reshape(y, scores.shape)) ** 2)
+            return (round(-float(error), 9),)
+        if self.task == "multilabel":
+            t = np.reshape(y, scores.shape) > 0.5
+            p = 1 / (1 + np.exp(-scores)) if logits else scores
+            p = np.clip(p, 1e-12, 1 - 1e-12)
+            accuracy = float(np.mean((p > 0.5) == t))
+            likelihood = float(np.mean(np.where(t, np.log(p), np.log(1 - p))))
+            return (round(accuracy, 9), round(likelihood, 9))
         if scores.shape[1] == 1:  # binary: one sigmoid output
             p1 = 1 / (1 + np.exp(-scores[:, 0])) if logits else scores[:, 0]
             probs = np.stack([1 - p1, p1], axis=1)
@@ -254,7 +299,7 @@ class KeepBest(keras.callbacks.Callback):
             if self.verbose:
                 print(
                     f"tltf: keep_best: kept the last epoch ({self.last_epoch + 1}): "
-                    f"best {name} ({_show(self.best_score, self.validation)})."
+                    f"best {name} ({_show(self.best_score, self._lower_is_better)})."
                 )
             return
         self._restore(self.model)
@@ -271,8 +316,8 @@ class KeepBest(keras.callbacks.Callback):
                 where = f"epoch {self.best_epoch + 1}"
             print(
                 f"tltf: keep_best: restored the weights of {where}: {name} "
-                f"{_show(self.best_score, self.validation)} against "
-                f"{_show(self.last_score, self.validation)} at the last epoch "
+                f"{_show(self.best_score, self._lower_is_better)} against "
+                f"{_show(self.last_score, self._lower_is_better)} at the last epoch "
                 f"({self.last_epoch + 1})."
             )
 
@@ -324,15 +369,17 @@ class KeepBest(keras.callbacks.Callback):
             self._restore(model)
 
 
-def _show(score: tuple | None, validation: bool) -> str:
+def _show(score: tuple | None, negated: bool) -> str:
     if score is None:
         return "n/a"
-    return f"{-score[0]:.4g}" if validation else f"{score[0]:.3f}"
+    return f"{-score[0]:.4g}" if negated else f"{score[0]:.3f}"
 
 
 __all__ = [
     "BEST_FILE",
+    "CLASSIFIERS",
     "HOLDOUT_FRACTION",
+    "HOLDOUT_MIN_ROWS",
     "HOLDOUT_MOST",
     "KeepBest",
     "class_ids",

@@ -643,9 +643,48 @@ def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
     >>> ridge_fit(z, np.array([1, 0, 1, 0]), 2).weights.shape
     (1, 2)
     """
+    y = np.asarray(y)
+
+    def score(loo, residual):
+        return (
+            float(np.mean(loo.argmax(axis=1) == y)),
+            -float(np.mean(residual**2)),
+        )
+
+    return _ridge(z, np.eye(classes)[y], score)
+
+
+def ridge_regression(z: np.ndarray, targets: np.ndarray) -> RidgeFit:
+    """Least squares on real targets, L2 strength chosen by leave-one-out error.
+
+    The regression twin of `ridge_fit`: the same eigendecomposition and grid,
+    the strength with the lowest exact leave-one-out squared error kept. Also
+    fits 0/1 targets (multi-label rows), whose scores are then probabilities
+    of a sort (see `tltf.schedule.prepare_head` for turning them into logits).
+
+    Args:
+        z: array (n, d). Standardised training features.
+        targets: array (n,) or (n, k). Real targets.
+
+    Returns:
+        A `RidgeFit`: `prior` holds the targets' means, `loo` the exact
+        leave-one-out predictions.
+
+    Example:
+
+    >>> z = np.array([[1.0], [-1.0], [0.5], [-0.5]])
+    >>> fit = ridge_regression(z, np.array([2.0, -2.0, 1.0, -1.0]))
+    >>> fit.weights.shape, fit.prior
+    ((1, 1), array([0.]))
+    """
+    t = np.asarray(targets, dtype=np.float64).reshape(len(z), -1)
+    return _ridge(z, t, lambda loo, residual: (-float(np.mean(residual**2)),))
+
+
+def _ridge(z: np.ndarray, targets: np.ndarray, score) -> RidgeFit:
+    """`ridge_fit` and `ridge_regression`: `score(loo, residual)` picks the L2."""
     z = np.asarray(z, dtype=np.float64)
     n = len(z)
-    targets = np.eye(classes)[y]
     prior = targets.mean(axis=0)
     t = targets - prior
     if n >= z.shape[1]:
@@ -668,12 +707,9 @@ def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
         leverage = 1.0 / n + u2 @ shrink
         residual = (t - fitted) / np.maximum(1.0 - leverage, 1e-6)[:, None]
         loo = t - residual + prior
-        score = (
-            float(np.mean(loo.argmax(axis=1) == y)),
-            -float(np.mean(residual**2)),
-        )
-        if best is None or score > best[0]:
-            best = (score, l2, loo)
+        value = score(loo, residual)
+        if best is None or value > best[0]:
+            best = (value, l2, loo)
     _, l2, loo = best
     weights = vecs @ ((np.sqrt(s2) / (s2 + l2))[:, None] * ut)
     return RidgeFit(weights=weights, prior=prior, loo=loo, l2=float(l2))

@@ -53,7 +53,13 @@ from tltf.freezing import (
     resolve_unfreeze,
     unfreeze_kwargs,
 )
-from tltf.guard import KeepBest, class_ids, holdout_rows
+from tltf.guard import (
+    CLASSIFIERS,
+    HOLDOUT_MIN_ROWS,
+    KeepBest,
+    class_ids,
+    holdout_rows,
+)
 from tltf.info import ModelInfo, default_loss_and_metrics, model_base, model_info
 from tltf.layers import Standardization
 from tltf.lr_finder import find_stage_lr
@@ -63,7 +69,7 @@ from tltf.optimizers import (
     set_lr_multipliers,
     set_rgn_rates,
 )
-from tltf.probe import group_weights, probe_blocks, ridge_fit
+from tltf.probe import group_weights, probe_blocks, ridge_fit, ridge_regression
 from tltf.regularizers import (
     attach_l2sp,
     check_regularize,
@@ -522,7 +528,8 @@ def fine_tune(
         trained, held = len(holdout.trained), len(holdout.held)
         print(
             f"tltf: keep_best: {held:,} of {trained + held:,} training images (a "
-            "stratified slice) are held out of both stages, to score stage 2 "
+            f"{'stratified' if info.task in CLASSIFIERS else 'random'} slice) are "
+            "held out of both stages, to score stage 2 "
             "without validation data"
             + (
                 "; at the end they are handed back."
@@ -754,7 +761,7 @@ class _Slice:
     train: Any  # what the stages train on: the arrays (with `rows`) or a bundle
     rows: np.ndarray | None  # for arrays: `trained`
     batches: tf.data.Dataset  # the held-out rows, unshuffled
-    labels: np.ndarray  # their class indices
+    labels: np.ndarray  # their class indices (classifiers) or targets
     everything: tf.data.Dataset  # every training row, unshuffled (the hand-back)
 
 
@@ -775,10 +782,13 @@ def _holdout(
     if validation is not None or (bundle and train.validation is not None):
         return None  # the validation data scores the guard
     why = labels = None
-    if info.task not in ("multiclass", "binary"):
-        why = f"it scores classifiers, and the task is {info.task!r}"
-    elif not strict and not _refittable(model, settings):
+    if not strict and not _refittable(model, settings):
         # The slice could not be handed back: it would cost the head its images.
+        return None
+    if not strict and info.task == "multilabel":
+        # Measured: on few images a multi-label head lost more to the slice and
+        # its closed-form hand-back than the guard saved (benchmarks/RESULTS.md,
+        # "Regression and multi-label").
         return None
     elif isinstance(train, tf.data.Dataset):
         why = (
@@ -797,13 +807,21 @@ def _holdout(
         labels = np.asarray(train[1])
         if not len(labels):
             return None  # `_prepare_data` says what is wrong with the data
-    rows = None if labels is None else holdout_rows(labels, settings.seed)
+    rows = None if labels is None else holdout_rows(labels, settings.seed, info.task)
     if rows is None:
-        why = why or "it needs 2 or more training images in every class"
+        why = why or (
+            "it needs 2 or more training images in every class"
+            if info.task in CLASSIFIERS
+            else f"it needs {HOLDOUT_MIN_ROWS} or more training images"
+        )
         if strict:
             raise ConfigError(f"keep_best='holdout' cannot be used: {why}.")
         return None
     trained, held = rows
+    # What the guard scores the slice against: class indices, or the targets.
+    held_labels = labels[held]
+    if info.task in CLASSIFIERS:
+        held_labels = class_ids(held_labels)
     if bundle:
         kept, out = train.subset(trained), train.subset(held)
         return _Slice(
@@ -812,7 +830,7 @@ def _holdout(
             kept,
             None,
             out.unshuffled,
-            class_ids(labels[held]),
+            held_labels,
             kept.unshuffled.concatenate(out.unshuffled),
         )
     return _Slice(
@@ -821,7 +839,7 @@ def _holdout(
         train,
         trained,
         array_batches(train, "train", batch_size, False, None, held),
-        class_ids(labels[held]),
+        held_labels,
         array_batches(train, "train", batch_size, False, None),
     )
 
@@ -978,9 +996,12 @@ def prepare_head(
        chosen by leave-one-out), its scores scaled by the temperature that
        minimises the leave-one-out cross-entropy. Stage 1 then trains on from a
        solution that is already regularised and near the optimum (on few images,
-       3 to 4 points better than from a random head after 2,000 steps). Heads
-       with hidden layers, regression and multi-label tasks, and more than
-       20,000 images or 8,192 features start as Keras initialised them.
+       3 to 4 points better than from a random head after 2,000 steps). A
+       regression head starts from ridge regression (L2 chosen by leave-one-out
+       squared error); a multi-label head from a ridge fit on the 0/1 targets,
+       each label's leave-one-out scores mapped to logits by a fitted scale and
+       offset. Heads with hidden layers, and more than 20,000 images or 8,192
+       features, start as Keras initialised them.
 
     Args:
         model: keras.Model. A model from `build_model`.
@@ -988,7 +1009,7 @@ def prepare_head(
             batches (one inference pass computes the features and labels).
         labels: array or None. Labels of `features` (class indices or one-hot
             rows). Defaults to None.
-        ridge: bool. Start the head from the ridge classifier. Defaults to True.
+        ridge: bool. Start the head from the ridge fit. Defaults to True.
 
     Returns:
         A few words on the ridge start for the stage-1 line, or None.
@@ -1053,19 +1074,21 @@ def _head_features(model, features, labels=None) -> tuple[np.ndarray, Any]:
 def _ridge_start(model, features, labels, layer) -> str | None:
     info = model_info(model)
     units = info.metadata["num_outputs"]
-    if info.task not in ("multiclass", "binary") or not _linear_head(model):
+    if not _linear_head(model):
         return None
     n, d = features.shape
     if n > 20_000 or d > 8192 or n < 2:
-        return None
-    y = class_ids(labels)
-    classes = max(2, units)
-    if y.min() < 0 or y.max() >= classes or len(np.unique(y)) < 2:
         return None
     output = model.get_layer("head_output")
     if tuple(output.kernel.shape) != (d, units):
         return None
     z = (features - layer.mean.numpy()) * layer.scale.numpy()
+    if info.task in ("regression", "multilabel"):
+        return _ridge_regression_start(output, z, labels, units, info.task)
+    y = class_ids(labels)
+    classes = max(2, units)
+    if y.min() < 0 or y.max() >= classes or len(np.unique(y)) < 2:
+        return None
     weighted = _weigh_blocks(model, info, z, y, classes, layer)
     fit = ridge_fit(z, y, classes) if weighted is None else weighted[0]
     if units == 1:  # binary: one sigmoid logit, the difference of the two scores
@@ -1082,6 +1105,58 @@ def _ridge_start(model, features, labels, layer) -> str | None:
         f"head starts from the ridge classifier (leave-one-out accuracy {accuracy:.3f})"
     )
     return words if weighted is None else f"{words}; {weighted[1]}"
+
+
+def _ridge_regression_start(output, z, labels, units: int, task: str) -> str | None:
+    """The ridge start of a regression or multi-label head (`_ridge_start`).
+
+    Regression: the head is the ridge regression itself. Multi-label: a ridge
+    fit on the 0/1 targets, its leave-one-out scores mapped to logits per label
+    by a scale and an offset (`_platt`), so a sigmoid head starts calibrated.
+    """
+    t = np.asarray(labels, dtype=np.float64).reshape(len(z), -1)
+    if t.shape[1] != units or not np.all(np.isfinite(t)):
+        return None
+    fit = ridge_regression(z, t)
+    if task == "regression":
+        output.kernel.assign(fit.weights.astype("float32"))
+        output.bias.assign(fit.prior.astype("float32"))
+        rmse = float(np.sqrt(np.mean((fit.loo - t) ** 2)))
+        return f"head starts from ridge regression (leave-one-out RMSE {rmse:.4g})"
+    scale, offset = _platt(fit.loo, t)
+    output.kernel.assign((fit.weights * scale).astype("float32"))
+    output.bias.assign((fit.prior * scale + offset).astype("float32"))
+    accuracy = float(np.mean((fit.loo > 0.5) == (t > 0.5)))
+    return (
+        "head starts from a ridge fit per label (leave-one-out label accuracy "
+        f"{accuracy:.3f})"
+    )
+
+
+def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
+    """Per column, the `(scale, offset)` that make `scale * scores + offset` logits.
+
+    Minimises the binary cross-entropy of each column (Newton's method on two
+    parameters, a small L2 keeping separable columns finite; the scale stays in
+    [0, 10**2.5], as `_temperature`'s).
+    """
+    s, t = np.asarray(scores, np.float64), np.asarray(targets, np.float64)
+    frequency = np.clip(t.mean(axis=0), 0.01, 0.99)
+    scale = np.full(s.shape[1], 4.0)
+    offset = np.log(frequency / (1 - frequency)) - scale * s.mean(axis=0)
+    l2 = 1e-3
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(scale * s + offset)))
+        w, r = p * (1 - p), p - t
+        g_a = np.mean(r * s, axis=0) + l2 * scale
+        g_b = np.mean(r, axis=0) + l2 * offset
+        h_aa = np.mean(w * s * s, axis=0) + l2
+        h_ab = np.mean(w * s, axis=0)
+        h_bb = np.mean(w, axis=0) + l2
+        det = h_aa * h_bb - h_ab**2
+        scale = np.clip(scale - (h_bb * g_a - h_ab * g_b) / det, 0.0, 10**2.5)
+        offset = offset - (h_aa * g_b - h_ab * g_a) / det
+    return scale, offset
 
 
 def _weigh_blocks(model, info, z, y, classes, layer):

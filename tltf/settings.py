@@ -245,9 +245,10 @@ class FineTuneSettings:
             head alone (no epochs) and stage 2 starts from it; measured in
             benchmarks/RESULTS.md ("A closed-form stage 1"): better on the demo
             base, not on VGG16, so not the default. Defaults to 2000.
-        head_init: str. "ridge" starts a linear classification head from the
-            closed-form ridge classifier on the standardised training features
-            (see `tltf.schedule.prepare_head`); "random" from Keras's
+        head_init: str. "ridge" starts a linear head from the closed-form
+            ridge fit on the standardised training features (a classifier, a
+            regression or one per label; see `tltf.schedule.prepare_head`);
+            "random" from Keras's
             initialisation. Defaults to "ridge".
         keep_best: bool, "holdout" or "features". Score the model at the end of
             stage 1 and after each stage-2 epoch and end with the best weights;
@@ -256,15 +257,21 @@ class FineTuneSettings:
             is a candidate too (a head that began to overfit before stage 1
             stopped is put back). Without it, True means
             "holdout" where it applies and "features" elsewhere:
-            "holdout" keeps a stratified slice of the training images (20%,
-            at least 1 per class, at most 1,000 images) out of both stages and
-            scores the model on it; at the end it is handed back: the linear
-            head is refit in closed form on every training image, on the base
-            the guard kept (needs classification on `(images, labels)`
-            arrays or a `load_data` bundle whose labels are known, 2 or more
-            images per class, and, for True, a linear ridge-started head);
+            "holdout" keeps a slice of the training images (20%, at most
+            1,000 images; stratified for a classifier, at least 1 per class)
+            out of both stages and scores the model on it (accuracy; label
+            accuracy for multi-label; mean squared error for regression); at
+            the end it is handed back: the linear head is refit in closed form
+            on every training image, on the base the guard kept (needs
+            `(images, labels)` arrays or a `load_data` bundle whose labels are
+            known, 2 or more images per class of a classifier or 10 or more
+            images for other tasks, and, for True, a linear ridge-started
+            head, and a task other than multi-label, where it was measured to
+            cost more than it saves);
             "features" scores the leave-one-out accuracy of a ridge probe on
-            the training images' features (no image held out). Measured in benchmarks/RESULTS.md ("The held-out guard").
+            the training images' features (no image held out; classifiers
+            only). Measured in benchmarks/RESULTS.md ("The held-out guard",
+            "Regression and multi-label").
             Defaults to True.
         bn: str. "frozen", "affine", "train" or "adapt" (see
             `tltf.freezing`). "adapt" re-estimates the base's BatchNorm
