@@ -55,6 +55,23 @@ def test_input_below_minimum_and_wrong_channels():
     check_error(gray, errors.InputShapeError, "RGB")
 
 
+def test_grayscale_images_on_an_rgb_base_say_how_to_convert_them():
+    # A saved base rebuilt at one channel, and one-channel images given to an
+    # RGB model: each error names the channels and the conversion.
+    gray = raises(
+        errors.InputShapeError,
+        tltf.build_model,
+        "demo",
+        3,
+        input_shape=(64, 64, 1),
+    )
+    check_error(gray, errors.InputShapeError, "3-channel", "np.repeat")
+    model = tltf.build_model("demo", 3)
+    x = np.zeros((6, 64, 64, 1), "float32")
+    error = raises(errors.DataError, tltf.fine_tune, model, (x, np.arange(6) % 3))
+    check_error(error, errors.DataError, "grayscale", "np.repeat(images, 3, axis=-1)")
+
+
 def test_a_model_with_two_inputs_is_not_a_base():
     image, extra = keras.Input((16, 16, 3)), keras.Input((4,))
     pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image))

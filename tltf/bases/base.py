@@ -364,6 +364,19 @@ def _resized(saved: keras.Model, name: str, mode: str, info: dict, input_shape) 
         )
     spec = get_spec(architecture)
     shape = _check_input_shape(spec, input_shape, None)
+    channels = saved.input_shape[-1]
+    if shape[-1] != channels:
+        raise InputShapeError(
+            f"Base {name!r} was pretrained on {channels}-channel images. Received: "
+            f"input_shape={shape}. Build the model with {channels} channels "
+            f"(input_shape={(*shape[:2], channels)}) and give it {channels}-channel "
+            "images"
+            + (
+                " (np.repeat(images, 3, axis=-1) turns grayscale into RGB)."
+                if channels == 3
+                else "."
+            )
+        )
     kwargs = info.get("constructor_kwargs", {})
     model = spec.constructor(
         weights=None, include_top=False, input_shape=shape, **kwargs

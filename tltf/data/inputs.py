@@ -256,8 +256,14 @@ def check_image_shape(ds: tf.data.Dataset, model: keras.Model, what: str) -> Non
         g is not None and w is not None and g != w
         for g, w in zip(got, want, strict=True)
     ):
+        gray = ""
+        if len(got) == 3 and got[-1] == 1 and want[-1] == 3:
+            gray = (
+                " They are grayscale and the model takes RGB: repeat the channel "
+                "(np.repeat(images, 3, axis=-1))."
+            )
         raise DataError(
-            f"{what} has images of shape {got}, but the model takes {want}. Load them "
-            f"with tltf.data.load_data(..., image_size={want[:2]}) to resize (and "
+            f"{what} has images of shape {got}, but the model takes {want}.{gray} Load "
+            f"them with tltf.data.load_data(..., image_size={want[:2]}) to resize (and "
             "convert to RGB), or build the model with a matching input_shape."
         )
