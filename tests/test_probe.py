@@ -12,7 +12,14 @@ from matplotlib.figure import Figure
 import tltf
 from tests.helpers import make_data, make_tiny_base
 from tltf.errors import BlockMapError, ConfigError, DataError
-from tltf.probe import probe_blocks, recommend, ridge_probe
+from tltf.probe import (
+    probe_blocks,
+    recommend,
+    ridge_fit,
+    ridge_probe,
+    ridge_regression,
+    sigmoid,
+)
 
 
 def _broken_base():
@@ -153,3 +160,25 @@ def test_ridge_probe_is_an_exact_linear_classifier():
         rng.normal(size=(150, 5)), y[:150], rng.normal(size=(50, 5)), y[150:], 2
     )
     assert noise_acc < 0.75
+
+
+def test_ridge_regression_picks_its_strength_by_leave_one_out_error():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(40, 5))
+    z = (z - z.mean(axis=0)) / z.std(axis=0)  # standardised, as the head's are
+    clean = z @ np.array([1.0, -2.0, 0.5, 0.0, 0.0]) + 3.0
+    fit = ridge_regression(z, clean)
+    # Noiseless targets: the weakest strength, the exact solution, LOO ~ exact.
+    np.testing.assert_allclose(fit.prior, [clean.mean()])
+    np.testing.assert_allclose(fit.weights[:, 0], [1.0, -2.0, 0.5, 0, 0], atol=1e-2)
+    np.testing.assert_allclose(fit.loo[:, 0], clean, atol=0.05)
+    noisy = ridge_regression(z, rng.normal(size=40))  # nothing to learn
+    assert noisy.l2 > 10 * fit.l2
+    # ridge_fit is the same fit on one-hot targets, picked by accuracy.
+    y = (clean > 3.0).astype(int)
+    assert ridge_fit(z, y, 2).weights.shape == (5, 2)
+
+
+def test_sigmoid_is_quiet_at_extreme_logits():
+    # RuntimeWarnings from tltf are errors in this suite (setup.cfg).
+    np.testing.assert_allclose(sigmoid([-1e4, 0.0, 1e4]), [0.0, 0.5, 1.0])

@@ -63,6 +63,7 @@ from tltf.data.images import (
 from tltf.data.sources import scan_image_files, skipped_files_text
 from tltf.errors import ConfigError, DataError, ModelError, suggest
 from tltf.info import model_info
+from tltf.probe import sigmoid
 from tltf.reports import confusion_matrix, plot_confusion_matrix
 from tltf.saving import as_model
 
@@ -154,7 +155,7 @@ def _scores(raw: np.ndarray, task: str, logits: bool) -> np.ndarray:
         shifted = raw - raw.max(axis=1, keepdims=True)
         e = np.exp(shifted)
         return e / e.sum(axis=1, keepdims=True)
-    return 1.0 / (1.0 + np.exp(-raw))
+    return sigmoid(raw)
 
 
 def _num_classes(task: str, units: int) -> int:

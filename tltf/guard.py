@@ -51,7 +51,7 @@ import numpy as np
 from tltf._io import atomic_path
 from tltf.cache import FeatureCache, feature_extractor
 from tltf.distribute import is_chief
-from tltf.probe import ridge_probe
+from tltf.probe import ridge_probe, sigmoid
 
 #: The best weights inside a backup folder.
 BEST_FILE = "tltf-best.npz"
@@ -224,13 +224,13 @@ class KeepBest(keras.callbacks.Callback):
             return (round(-float(error), 9),)
         if self.task == "multilabel":
             t = np.reshape(y, scores.shape) > 0.5
-            p = 1 / (1 + np.exp(-scores)) if logits else scores
+            p = sigmoid(scores) if logits else scores
             p = np.clip(p, 1e-12, 1 - 1e-12)
             accuracy = float(np.mean((p > 0.5) == t))
             likelihood = float(np.mean(np.where(t, np.log(p), np.log(1 - p))))
             return (round(accuracy, 9), round(likelihood, 9))
         if scores.shape[1] == 1:  # binary: one sigmoid output
-            p1 = 1 / (1 + np.exp(-scores[:, 0])) if logits else scores[:, 0]
+            p1 = sigmoid(scores[:, 0]) if logits else scores[:, 0]
             probs = np.stack([1 - p1, p1], axis=1)
         elif logits:
             shifted = np.exp(scores - scores.max(axis=1, keepdims=True))

@@ -621,6 +621,11 @@ class RidgeFit:
     l2: float
 
 
+def sigmoid(z) -> np.ndarray:
+    """The logistic function, without overflow warnings for large |z|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
 def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
     """Least squares on one-hot targets, L2 strength chosen by leave-one-out.
 

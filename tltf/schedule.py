@@ -69,7 +69,13 @@ from tltf.optimizers import (
     set_lr_multipliers,
     set_rgn_rates,
 )
-from tltf.probe import group_weights, probe_blocks, ridge_fit, ridge_regression
+from tltf.probe import (
+    group_weights,
+    probe_blocks,
+    ridge_fit,
+    ridge_regression,
+    sigmoid,
+)
 from tltf.regularizers import (
     attach_l2sp,
     check_regularize,
@@ -1146,7 +1152,7 @@ def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
     offset = np.log(frequency / (1 - frequency)) - scale * s.mean(axis=0)
     l2 = 1e-3
     for _ in range(steps):
-        p = 1 / (1 + np.exp(-(scale * s + offset)))
+        p = sigmoid(scale * s + offset)
         w, r = p * (1 - p), p - t
         g_a = np.mean(r * s, axis=0) + l2 * scale
         g_b = np.mean(r, axis=0) + l2 * offset
