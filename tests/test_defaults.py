@@ -221,6 +221,27 @@ def test_auto_cut_and_unfreeze_follow_the_probe_when_the_top_blocks_are_useless(
     assert f"unfreeze='auto' -> {len(above)} of 4 blocks" in out and "cut='auto'" in out
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_auto_cut_and_unfreeze_probe_regression_and_multilabel_by_r2(task, capsys):
+    # Not the top third of the blocks (which would be 1 of 4): the blocks above
+    # the best one, as the probe's R² says.
+    x, t = _other_task_data(task, n=60)
+    probe = probe_blocks(_useless_top(), (x, t), task=task, verbose=0)
+    assert probe.metric == "r2" and probe.cut in ("block1", "block2")
+    cut = tltf.build_model(
+        _useless_top(), t.shape[1], task=task, cut="auto", data=(x, t)
+    )
+    assert model_info(cut).block_map.names[-1] == probe.cut
+    assert "leave-one-out R² of a linear probe" in capsys.readouterr().out
+    model = make_tiny_model(t.shape[1], task=task, base=_useless_top())
+    tltf.fine_tune(model, (x, t), head_epochs=1, fine_tune_epochs=1, verbose=1)
+    above = ["block2", "block3", "block4"][["block1", "block2"].index(probe.cut) :]
+    assert tltf.trainable_blocks(model) == above
+    out = capsys.readouterr().out
+    assert f"unfreeze='auto' -> {len(above)} of 4 blocks" in out and "R²" in out
+
+
 def test_cut_auto_needs_data():
     with pytest.raises(ConfigError, match="needs the training data"):
         tltf.build_model(make_tiny_base(), 3, cut="auto")

@@ -17,6 +17,7 @@ from tltf.probe import (
     recommend,
     ridge_fit,
     ridge_probe,
+    ridge_r2_probe,
     ridge_regression,
     sigmoid,
 )
@@ -116,8 +117,52 @@ def test_probe_errors():
         probe_blocks(make_tiny_base(), data, blocks=["blok2"], verbose=0)
     with pytest.raises(ConfigError, match="every"):
         probe_blocks(make_tiny_base(), data, every=0, verbose=0)
-    with pytest.raises(DataError, match="class labels"):
+    with pytest.raises(DataError, match="task='regression'"):
         probe_blocks(make_tiny_base(), (data[0], data[1] + 0.5), verbose=0)
+    with pytest.raises(DataError, match="task='multilabel'"):
+        probe_blocks(make_tiny_base(), (data[0], np.ones((30, 2))), verbose=0)
+    with pytest.raises(DataError, match="0/1 label rows"):
+        labels = np.full((30, 2), 0.5)
+        probe_blocks(make_tiny_base(), (data[0], labels), task="multilabel", verbose=0)
+    with pytest.raises(ConfigError, match="task="):
+        probe_blocks(make_tiny_base(), data, task="ordinal", verbose=0)
+
+
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_probe_scores_regression_and_multilabel_by_r2(task, tmp_path):
+    # The bright channel as a real target, or as 0/1 labels: blocks 3 and 4 of
+    # the broken base carry nothing of it.
+    x, y = make_data(60)
+    if task == "regression":
+        targets = (2.0 * y + np.random.default_rng(0).normal(0, 0.1, 60))[:, None]
+    else:
+        targets = np.stack([y == 0, y == 1, y != 2], axis=1).astype("float32")
+    result = probe_blocks(_broken_base(), (x, targets), task=task, verbose=0)
+    assert result.metric == "r2" and result.key == "val_r2"
+    r2 = {r["block"]: r["val_r2"] for r in result.table}
+    assert max(r2["block1"], r2["block2"]) > 0.9
+    assert max(r2["block3"], r2["block4"]) < 0.05  # the training mean, no better
+    assert result.cut == result.best["block"] in ("block1", "block2")
+    assert result.reason.startswith("Leave-one-out R² of a linear probe")
+    assert "loo_r2" in str(result) and "train_r2" in str(result)
+    rows = list(csv.DictReader(result.to_csv(tmp_path / "probe.csv").open()))
+    assert float(rows[0]["val_r2"]) == result.table[0]["val_r2"]
+    assert isinstance(result.plot(), Figure)
+
+
+def test_ridge_r2_probe_scores_against_the_training_mean():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 4))
+    t = x @ np.array([1.0, -1.0, 0.0, 0.0]) + 0.1 * rng.normal(size=80)
+    val_r2, loo_r2, _ = ridge_r2_probe(x[:60], t[:60], x[60:], t[60:])
+    assert val_r2 > 0.98 and loo_r2 > 0.98
+    # Noise features explain nothing: about 0, and never much above it.
+    noise = rng.normal(size=(80, 4))
+    val_r2, loo_r2, _ = ridge_r2_probe(noise[:60], t[:60], noise[60:], t[60:])
+    assert loo_r2 < 0.1 and val_r2 < 0.1
+    # Constant features predict the training mean: R² 0 on the training targets.
+    flat = np.ones((80, 3))
+    assert ridge_r2_probe(flat[:60], t[:60], flat[60:], t[60:])[1] == pytest.approx(0)
 
 
 def _rows(acc):

@@ -149,7 +149,7 @@ def build_model(
             shape = given
         cut_record = None
         if isinstance(cut, str) and cut == "auto":
-            cut = _auto_cut(base, data, shape)
+            cut = _auto_cut(base, data, shape, task)
         elif data is not None:
             raise ConfigError(
                 "build_model(data=...) is only used with cut='auto'. Received: "
@@ -218,7 +218,7 @@ def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
     return dataclasses.replace(base, model=model), [names[p] for p in positions]
 
 
-def _auto_cut(base: Base, data, shape) -> str | None:
+def _auto_cut(base: Base, data, shape, task: str) -> str | None:
     """The cut `probe_blocks` recommends for `data` (leave-one-out), or None."""
     if data is None:
         raise ConfigError(
@@ -233,17 +233,15 @@ def _auto_cut(base: Base, data, shape) -> str | None:
         spec=base.spec,
         info=base.info,
     )
-    result = probe_blocks(probed, data, input_shape=tuple(shape), verbose=0)
-    top = result.table[-1]
+    result = probe_blocks(probed, data, input_shape=tuple(shape), task=task, verbose=0)
+    top, key = result.table[-1], result.key
     if result.cut is None:
-        why = f"the top block is as good as any: {top['val_accuracy']:.3f}"
+        why = f"the top block is as good as any: {top[key]:.3f}"
     else:
-        why = (
-            f"{result.best['block']} {result.best['val_accuracy']:.3f}, top "
-            f"{top['val_accuracy']:.3f}"
-        )
+        why = f"{result.best['block']} {result.best[key]:.3f}, top {top[key]:.3f}"
+    measure = "accuracy" if result.metric == "accuracy" else "R²"
     print(
-        f"tltf: cut='auto' -> {result.cut!r} (leave-one-out accuracy of a linear "
+        f"tltf: cut='auto' -> {result.cut!r} (leave-one-out {measure} of a linear "
         f"probe: {why})."
     )
     return result.cut

@@ -8,7 +8,9 @@ pass, fits a linear classifier on each block's pooled features, and reports the
 accuracy by depth. Without a validation set, the accuracy is the exact
 leave-one-out accuracy on the training set (robust with 60 images, where a 20 %
 split would score on a dozen), and the raw input pixels get a row of their own:
-the no-transfer baseline, so that a base that does not help shows.
+the no-transfer baseline, so that a base that does not help shows. For a
+regression or multi-label task (`task=`) the linear model is ridge regression
+on the targets, scored by R² instead of accuracy; the rest is the same.
 
 The linear classifier is a closed-form ridge (least-squares) classifier on
 standardised features: one eigendecomposition per block gives the exact
@@ -59,8 +61,12 @@ from tltf.errors import ConfigError, DataError
 from tltf.layers import Preprocessing
 from tltf.reports import new_figure, save_figure
 
-#: Columns of `ProbeResult.table`.
+#: Columns of `ProbeResult.table` (of a classification task; for regression and
+#: multi-label, "val_r2" and "train_r2" stand in for the accuracies).
 COLUMNS = ("block", "index", "features", "val_accuracy", "train_accuracy", "l2")
+
+#: The tasks `probe_blocks` scores by R² (the rest by accuracy).
+R2_TASKS = ("regression", "multilabel")
 
 #: Relative L2 strengths tried for each block (times the mean eigenvalue).
 _L2_GRID = np.logspace(-4, 2, 13)
@@ -74,7 +80,9 @@ class ProbeResult:
         table: list of dict. One row per probed block, bottom to top, with keys
             "block", "index" (0-based position in the block map), "features"
             (pooled width), "val_accuracy", "train_accuracy" (leave-one-out on
-            the training features) and "l2" (the ridge strength chosen).
+            the training features) and "l2" (the ridge strength chosen). For
+            regression and multi-label the scores are "val_r2" and "train_r2"
+            (see `metric`).
         cut: str or None. The recommended `build_model(..., cut=)`; None keeps
             the whole base.
         unfreeze: int. The recommended number of blocks to unfreeze in stage 2,
@@ -90,6 +98,10 @@ class ProbeResult:
             (index -1): the no-transfer baseline. None when not probed.
         scoring: str. "leave-one-out" (on the training set; `val_accuracy` is
             then the leave-one-out accuracy) or "validation".
+        metric: str. "accuracy" (a classifier), or "r2" (regression and
+            multi-label): the share of the targets' variance about their training
+            mean that the ridge predictions explain (for 0/1 labels, the Brier
+            skill score).
     """
 
     table: list
@@ -104,19 +116,25 @@ class ProbeResult:
     seconds: float
     pixels: dict | None = None
     scoring: str = "validation"
+    metric: str = "accuracy"
+
+    @property
+    def key(self) -> str:
+        """The table key of the score: "val_accuracy", or "val_r2"."""
+        return f"val_{self.metric}"
 
     @property
     def base_helps(self) -> bool:
         """False when a linear probe on the raw pixels ties or beats every block."""
         if self.pixels is None:
             return True
-        best = max(r["val_accuracy"] for r in self.table)
-        return self.pixels["val_accuracy"] < best - self.tolerance
+        best = max(r[self.key] for r in self.table)
+        return self.pixels[self.key] < best - self.tolerance
 
     @property
     def best(self) -> dict:
-        """The row with the best validation accuracy (the shallowest on ties)."""
-        return max(self.table, key=lambda r: (r["val_accuracy"], -r["index"]))
+        """The row with the best validation score (the shallowest on ties)."""
+        return max(self.table, key=lambda r: (r[self.key], -r["index"]))
 
     def build_kwargs(self) -> dict:
         """`{"cut": ...}` to pass to `build_model`, and `{"unfreeze": ...}` for
@@ -129,26 +147,28 @@ class ProbeResult:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Writes the table as CSV (atomically) and returns the path."""
-        return atomic_write_csv(path, self.table, COLUMNS)
+        columns = [c.replace("accuracy", self.metric) for c in COLUMNS]
+        return atomic_write_csv(path, self.table, columns)
 
     def __str__(self) -> str:
         width = max(len("block"), *(len(r["block"]) for r in self.table))
-        score = "loo_acc" if self.scoring == "leave-one-out" else "val_acc"
+        short = "acc" if self.metric == "accuracy" else "r2"
+        score = ("loo_" if self.scoring == "leave-one-out" else "val_") + short
         lines = [
             f"{'block':<{width}}  {'index':>5}  {'features':>8}  {score:>7}"
-            f"  {'train_acc':>9}"
+            f"  {'train_' + short:>9}"
         ]
         for r in ([self.pixels] if self.pixels else []) + self.table:
             mark = "  <- cut" if r["block"] == self.cut else ""
             lines.append(
                 f"{r['block']:<{width}}  {r['index']:>5}  {r['features']:>8}  "
-                f"{r['val_accuracy']:>7.3f}  {r['train_accuracy']:>9.3f}{mark}"
+                f"{r[self.key]:>7.3f}  {r['train_' + self.metric]:>9.3f}{mark}"
             )
         lines.append(f"cut={self.cut!r}, unfreeze={self.unfreeze}: {self.reason}")
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike | None = None, title: str | None = None):
-        """Plots validation (and leave-one-out train) accuracy against depth.
+        """Plots validation (and leave-one-out train) accuracy or R² against depth.
 
         The recommended cut is marked with a vertical line and the blocks to
         unfreeze are shaded.
@@ -167,20 +187,20 @@ class ProbeResult:
         ax = figure.add_subplot()
         ax.plot(
             index,
-            [r["val_accuracy"] for r in self.table],
+            [r[self.key] for r in self.table],
             "o-",
             label="leave-one-out" if self.scoring == "leave-one-out" else "validation",
         )
         ax.plot(
             index,
-            [r["train_accuracy"] for r in self.table],
+            [r["train_" + self.metric] for r in self.table],
             "s--",
             alpha=0.6,
             label="train (leave-one-out)",
         )
         if self.pixels is not None:
             ax.axhline(
-                self.pixels["val_accuracy"],
+                self.pixels[self.key],
                 color="0.4",
                 linestyle="-.",
                 label="raw pixels (no transfer)",
@@ -199,8 +219,14 @@ class ProbeResult:
         ax.set_xticks(index)
         ax.set_xticklabels([r["block"] for r in self.table], rotation=60, ha="right")
         ax.set_xlabel("block (bottom to top)")
-        ax.set_ylabel("linear-probe accuracy")
-        ax.set_ylim(0, 1.02)
+        if self.metric == "accuracy":
+            ax.set_ylabel("linear-probe accuracy")
+            ax.set_ylim(0, 1.02)
+        else:
+            ax.set_ylabel("linear-probe R² (variance explained)")
+            rows = self.table + ([self.pixels] if self.pixels else [])
+            low = min(r[k] for r in rows for k in (self.key, "train_r2"))
+            ax.set_ylim(max(-1.0, min(0.0, low - 0.05)), 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         ax.set_title(title or f"Linear probes on {self.base} ({self.num_val} val)")
@@ -223,6 +249,7 @@ def probe_blocks(
     val_fraction: float | None = None,
     seed: int = 0,
     pixels: bool = True,
+    task: str | None = None,
     verbose: int = 1,
     **base_kwargs,
 ) -> ProbeResult:
@@ -234,6 +261,8 @@ def probe_blocks(
     pass. A ridge (least-squares) linear classifier per block, with its L2
     strength chosen by exact leave-one-out on the training features, is scored on
     `validation_data`. See the module docstring for the recommendation rule.
+    For `task="regression"` or `"multilabel"` the ridge fit predicts the targets
+    (or the 0/1 labels) and is scored by R² instead of accuracy.
 
     Args:
         base: A registry name, a saved base folder, a `keras.Model` or a `Base`
@@ -241,7 +270,8 @@ def probe_blocks(
         train: Labelled training images: `(images, labels)` arrays, a tf.data
             Dataset of `(image, label)` (batched or not), or a `DataBundle`.
             Images are raw RGB in [0, 255], as for `fine_tune`. Labels are class
-            indices or one-hot rows (binary labels are two classes).
+            indices or one-hot rows (binary labels are two classes); real
+            targets for `task="regression"`, 0/1 rows for `task="multilabel"`.
         validation_data: Same forms, or None: a bundle's validation split,
             else (with `val_fraction`) a seeded share of `train` held out, else
             exact leave-one-out on `train`. Called `val` before; `val=` still
@@ -262,6 +292,10 @@ def probe_blocks(
         pixels: bool. Also probe the raw input pixels (average-pooled to at most
             32x32): the no-transfer baseline, in `ProbeResult.pixels`. Defaults
             to True.
+        task: str or None. None, "multiclass" or "binary": a classifier scored
+            by accuracy; "regression" or "multilabel": scored by R², the share
+            of the targets' variance (about their training mean) the ridge
+            predictions explain. Defaults to None.
         verbose: int. 1 prints the table and the recommendation. Defaults to 1.
         **base_kwargs: How to load the base, passed on to `tltf.load_base` (as
             for `build_model`):
@@ -295,6 +329,12 @@ def probe_blocks(
         base_kwargs, "val", "validation_data", validation_data, "probe_blocks"
     )
     check_load_kwargs(base_kwargs, probe_blocks, "probe_blocks")
+    if task not in (None, "multiclass", "binary", *R2_TASKS):
+        raise ConfigError(
+            'Expected task as None, "multiclass", "binary", "regression" or '
+            f'"multilabel". Received: task={task!r}'
+        )
+    metric = "r2" if task in R2_TASKS else "accuracy"
     loaded = load_base(base, input_shape=input_shape, **base_kwargs)
     positions = _positions(loaded.block_map, every, blocks)
     if isinstance(train, DataBundle):
@@ -323,18 +363,26 @@ def probe_blocks(
         x_train, y_train, x_val, y_val = _hold_out(x_train, y_train, val_fraction, seed)
     else:
         x_val, y_val = x_train, y_train
-    y_train, y_val, classes = _class_labels(y_train, y_val)
+    if metric == "accuracy":
+        y_train, y_val, classes = _class_labels(y_train, y_val)
+    else:
+        y_train, y_val = _targets(y_train, task), _targets(y_val, task)
 
     def row(k: int, name: str, index: int) -> dict:
-        val_acc, loo_acc, l2 = ridge_probe(
-            x_train[k], y_train, x_val[k], y_val, classes
-        )
+        if metric == "accuracy":
+            val_score, loo_score, l2 = ridge_probe(
+                x_train[k], y_train, x_val[k], y_val, classes
+            )
+        else:
+            val_score, loo_score, l2 = ridge_r2_probe(
+                x_train[k], y_train, x_val[k], y_val
+            )
         return {
             "block": name,
             "index": index,
             "features": int(x_train[k].shape[1]),
-            "val_accuracy": round(loo_acc if loo else val_acc, 6),
-            "train_accuracy": round(loo_acc, 6),
+            f"val_{metric}": round(loo_score if loo else val_score, 6),
+            f"train_{metric}": round(loo_score, 6),
             "l2": float(f"{l2:.4g}"),
         }
 
@@ -344,13 +392,14 @@ def probe_blocks(
     ]
     pixel_row = row(len(positions), "pixels", -1) if pixels else None
     cut, unfreeze, reason, tol = recommend(
-        rows, len(y_val), tolerance, "leave-one-out" if loo else "validation"
+        rows, len(y_val), tolerance, "leave-one-out" if loo else "validation", metric
     )
+    key = f"val_{metric}"
     if pixel_row is not None:
-        best = max(r["val_accuracy"] for r in rows)
-        if pixel_row["val_accuracy"] >= best - tol:
+        best = max(r[key] for r in rows)
+        if pixel_row[key] >= best - tol:
             reason += (
-                f" A linear probe on the raw pixels scores {pixel_row['val_accuracy']:.3f}"
+                f" A linear probe on the raw pixels scores {pixel_row[key]:.3f}"
                 f" against {best:.3f} for the best block: the base adds little or "
                 "nothing for this task."
             )
@@ -367,6 +416,7 @@ def probe_blocks(
         seconds=round(time.perf_counter() - start, 3),
         pixels=pixel_row,
         scoring="leave-one-out" if loo else "validation",
+        metric=metric,
     )
     if verbose:
         print(
@@ -534,15 +584,16 @@ def _class_labels(y_train: np.ndarray, y_val: np.ndarray):
             if not np.all((y == 0) | (y == 1)) or not np.all(y.sum(axis=1) == 1):
                 raise DataError(
                     f"probe_blocks needs one class per {what} example (class indices "
-                    "or one-hot rows); these look like multi-label or soft targets."
+                    "or one-hot rows); these look like multi-label or soft targets: "
+                    "pass task='multilabel' (0/1 rows) or task='regression'."
                 )
             return y.argmax(axis=1)
         y = y.reshape(len(y), -1)[:, 0] if y.ndim > 1 else y
         if not np.all(np.equal(np.mod(y, 1), 0)) or (len(y) and y.min() < 0):
             raise DataError(
                 f"probe_blocks needs class labels (integers >= 0); the {what} labels "
-                f"are not (min {y.min()}, e.g. {y[:3].tolist()}). Regression targets "
-                "cannot be probed with a classifier."
+                f"are not (min {y.min()}, e.g. {y[:3].tolist()}). For regression "
+                "targets pass task='regression'."
             )
         return y.astype(np.int64)
 
@@ -554,6 +605,73 @@ def _class_labels(y_train: np.ndarray, y_val: np.ndarray):
             f"only class {a[0]}."
         )
     return a, b, classes
+
+
+def _targets(y: np.ndarray, task: str) -> np.ndarray:
+    """Regression targets or multi-label rows as float64 (n, k), checked."""
+    t = np.asarray(y, dtype=np.float64)
+    t = t.reshape(len(t), -1)
+    if not np.all(np.isfinite(t)):
+        raise DataError(
+            "probe_blocks needs finite targets; some are NaN or infinite. Drop or "
+            "fill those examples."
+        )
+    if task == "multilabel" and not np.all((t == 0) | (t == 1)):
+        raise DataError(
+            "probe_blocks(task='multilabel') needs 0/1 label rows (one column per "
+            f"label). Received values such as {np.unique(t)[:5].tolist()}."
+        )
+    return t
+
+
+def _standardised(x_train: np.ndarray, x_val: np.ndarray):
+    """Both feature sets standardised by the training statistics, constant
+    columns dropped; None when every column is constant."""
+    x = np.asarray(x_train, dtype=np.float64)
+    v = np.asarray(x_val, dtype=np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    keep = std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0)))
+    if not keep.any():
+        return None
+    return (x[:, keep] - mean[keep]) / std[keep], (v[:, keep] - mean[keep]) / std[keep]
+
+
+def ridge_r2_probe(
+    x_train: np.ndarray,
+    t_train: np.ndarray,
+    x_val: np.ndarray,
+    t_val: np.ndarray,
+) -> tuple[float, float, float]:
+    """Fits ridge regression; returns val R², leave-one-out R², L2.
+
+    The regression twin of `ridge_probe` (see `ridge_regression`): features are
+    standardised with the training statistics, the L2 strength is the one with
+    the lowest exact leave-one-out squared error. R² is one minus the squared
+    error over that of predicting the training mean, pooled over the target
+    columns; on 0/1 labels it is the Brier skill score.
+
+    Args:
+        x_train: array (n, d). Training features.
+        t_train: array (n, k). Training targets.
+        x_val: array (m, d). Validation features.
+        t_val: array (m, k). Validation targets.
+
+    Returns:
+        `(val_r2, loo_r2, l2)`.
+    """
+    t_train = np.asarray(t_train, dtype=np.float64).reshape(len(x_train), -1)
+    t_val = np.asarray(t_val, dtype=np.float64).reshape(len(x_val), -1)
+    mean = t_train.mean(axis=0)
+
+    def r2(predictions, targets):
+        total = float(np.sum((targets - mean) ** 2))
+        return 1.0 - float(np.sum((targets - predictions) ** 2)) / max(total, 1e-300)
+
+    z = _standardised(x_train, x_val)
+    if z is None:  # Constant features: only the mean is left.
+        return r2(mean, t_val), r2(mean, t_train), math.inf
+    fit = ridge_regression(z[0], t_train)
+    return r2(z[1] @ fit.weights + fit.prior, t_val), r2(fit.loo, t_train), fit.l2
 
 
 def ridge_probe(
@@ -582,11 +700,8 @@ def ridge_probe(
     Returns:
         `(val_accuracy, loo_accuracy, l2)`.
     """
-    x = np.asarray(x_train, dtype=np.float64)
-    v = np.asarray(x_val, dtype=np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    keep = std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0)))
-    if not keep.any():  # Constant features: only the class prior is left.
+    standardised = _standardised(x_train, x_val)
+    if standardised is None:  # Constant features: only the class prior is left.
         prior = np.bincount(y_train, minlength=classes) / len(y_train)
         guess = int(np.argmax(prior))
         return (
@@ -594,8 +709,7 @@ def ridge_probe(
             float(np.mean(y_train == guess)),
             math.inf,
         )
-    z = (x[:, keep] - mean[keep]) / std[keep]
-    zv = (v[:, keep] - mean[keep]) / std[keep]
+    z, zv = standardised
     fit = ridge_fit(z, y_train, classes)
     predictions = zv @ fit.weights + fit.prior
     val_acc = float(np.mean(predictions.argmax(axis=1) == y_val))
@@ -788,28 +902,35 @@ def recommend(
     num_val: int,
     tolerance: float | None = None,
     scoring: str = "validation",
+    metric: str = "accuracy",
 ) -> tuple[str | None, int, str, float]:
-    """The cut and unfreeze depth from probe accuracies (see the module docstring).
+    """The cut and unfreeze depth from probe scores (see the module docstring).
 
     Args:
         rows: list of dict. `ProbeResult.table` rows, bottom to top; the last
             row is the base's top block.
         num_val: int. Validation examples (for the default tolerance).
-        tolerance: float or None. Accuracy differences up to this are ties.
-            Defaults to max(0.01, standard error of the peak accuracy).
-        scoring: str. What the accuracies are: "validation" or "leave-one-out"
+        tolerance: float or None. Score differences up to this are ties.
+            Defaults to max(0.01, standard error of the peak score): of a
+            proportion for accuracy, `2 sqrt(R²) (1 - R²) / sqrt(n)` for R².
+        scoring: str. What the scores are: "validation" or "leave-one-out"
             (for the wording of the reason). Defaults to "validation".
+        metric: str. "accuracy" or "r2": the rows' `val_` key. Defaults to
+            "accuracy".
 
     Returns:
         `(cut, unfreeze, reason, tolerance)`.
     """
-    acc = [r["val_accuracy"] for r in rows]
+    acc = [r[f"val_{metric}"] for r in rows]
     names = [r["block"] for r in rows]
     index = [r["index"] for r in rows]
     peak = int(np.argmax(acc))  # the first (shallowest) maximum
     if tolerance is None:
-        p = acc[peak]
-        tolerance = max(0.01, math.sqrt(p * (1 - p) / max(1, num_val)))
+        p, n = acc[peak], max(1, num_val)
+        if metric == "accuracy":
+            tolerance = max(0.01, math.sqrt(p * (1 - p) / n))
+        else:
+            tolerance = max(0.01, 2 * math.sqrt(max(p, 0.0)) * (1 - p) / math.sqrt(n))
     elif (
         isinstance(tolerance, bool)
         or not isinstance(tolerance, (int, float))
@@ -821,8 +942,9 @@ def recommend(
     tol = float(tolerance)
     last = len(rows) - 1
     measure = "Leave-one-out" if scoring == "leave-one-out" else "Val"
+    measure += " accuracy" if metric == "accuracy" else " R²"
     head = (
-        f"{measure} accuracy of a linear probe peaks at {names[peak]} "
+        f"{measure} of a linear probe peaks at {names[peak]} "
         f"({acc[peak]:.3f}); "
         f"differences up to {tol:.3f} count as ties. "
     )
@@ -844,12 +966,12 @@ def recommend(
     if knee == top:
         why_unfreeze = (
             f"No probed block below {names[top]} comes within the tolerance of the "
-            f"peak (accuracy still rises up to it), so its features transfer as they "
+            f"peak (the score still rises up to it), so its features transfer as they "
             "are: unfreeze=1 (the top block only)."
         )
     else:
         why_unfreeze = (
-            f"Accuracy is already within the tolerance of the peak at {names[knee]}; "
+            f"The score is already within the tolerance of the peak at {names[knee]}; "
             f"the {unfreeze} block(s) above it, up to {names[top]}, add nothing a "
             f"linear probe can read for this task, so adapt them: unfreeze={unfreeze}."
         )

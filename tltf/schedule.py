@@ -1224,23 +1224,19 @@ def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) ->
     """The stage-2 depth for `unfreeze="auto"`: what the linear probe recommends.
 
     The probe scores every block by leave-one-out on the training images (one
-    forward pass). Blocks above the knee of that curve are the ones to adapt; when
+    forward pass): by accuracy for a classifier, by R² for regression and
+    multi-label. Blocks above the knee of that curve are the ones to adapt; when
     the top of the model is below the best block, the blocks above the best block
-    are adapted (and a cut is suggested). Tasks other than classification cannot
-    be probed with a classifier: they unfreeze the top third of the blocks.
+    are adapted (and a cut is suggested). When the probe cannot run, the top
+    third of the blocks is unfrozen.
     """
 
     n = len(info.block_map)
     fallback = max(1, n // 3)
-    if info.task not in ("multiclass", "binary"):
-        if loud:
-            print(
-                f"tltf: unfreeze='auto' -> {fallback} of {n} blocks (a {info.task} "
-                "task cannot be probed with a classifier: the top third)."
-            )
-        return fallback
     try:
-        result = probe_blocks(model_base(model), data, batch_size=batch_size, verbose=0)
+        result = probe_blocks(
+            model_base(model), data, batch_size=batch_size, task=info.task, verbose=0
+        )
     except DataError as error:
         if loud:
             print(
@@ -1248,19 +1244,19 @@ def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) ->
                 f"not run: {error})"
             )
         return fallback
-    top = result.table[-1]
-    best = result.best
+    top, best, key = result.table[-1], result.best, result.key
+    measure = "accuracy" if result.metric == "accuracy" else "R²"
     if result.cut is None:
         blocks = result.unfreeze
         why = (
             f"the top block {top['block']} is as good as any "
-            f"(leave-one-out accuracy {top['val_accuracy']:.3f})"
+            f"(leave-one-out {measure} {top[key]:.3f})"
         )
     else:
         blocks = max(1, n - 1 - info.block_map.position(result.cut))
         why = (
-            f"{best['block']} ({best['val_accuracy']:.3f}) beats the top block "
-            f"{top['block']} ({top['val_accuracy']:.3f}), so the {blocks} block(s) "
+            f"{best['block']} ({measure} {best[key]:.3f}) beats the top block "
+            f"{top['block']} ({top[key]:.3f}), so the {blocks} block(s) "
             f"above it are adapted; build_model(..., cut='auto', data=train) "
             f"would cut there"
         )
@@ -1272,8 +1268,8 @@ def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) ->
         if not result.base_helps:
             print(
                 f"tltf: note: a linear probe on the raw pixels scores "
-                f"{result.pixels['val_accuracy']:.3f}, as well as the best block of "
-                f"{info.metadata['base']} ({best['val_accuracy']:.3f}): this base "
+                f"{result.pixels[key]:.3f}, as well as the best block of "
+                f"{info.metadata['base']} ({best[key]:.3f}): this base "
                 "adds little or nothing for this task. Try another base, or a "
                 "model trained from scratch."
             )

@@ -237,9 +237,9 @@ class FineTuneSettings:
             on the model stage 1 trained; None keeps the stage-1 optimizer's.
             Defaults to 1e-4.
         unfreeze: int (top k blocks), "all", "auto", `{"layers": n}` or
-            `{"names": regex}`. "auto" asks the linear probe (see above; tasks
-            other than classification unfreeze the top third). Defaults to
-            "auto".
+            `{"names": regex}`. "auto" asks the linear probe (see above; by
+            accuracy for a classifier, by R² for regression and multi-label).
+            Defaults to "auto".
         head_steps: int. The optimizer-step budget of `head_epochs="auto"`.
             0: none after a ridge start, so stage 1 is the closed-form ridge
             head alone (no epochs) and stage 2 starts from it; measured in
