@@ -58,19 +58,26 @@ def _fresh_base(path):
 
 def recipe(base, n_classes, train, test, head_epochs, fine_tune_epochs):
     """The keras.io recipe, verbatim in structure."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = recipe_model(base, n_classes, train, head_epochs, fine_tune_epochs, loss)
+    return model.evaluate(*test, verbose=0)[1]
+
+
+def recipe_model(base, units, train, head_epochs, fine_tune_epochs, loss, metrics=None):
+    """The keras.io recipe's model, trained: `units` linear outputs, any loss."""
+    metrics = ["accuracy"] if metrics is None else metrics
     inputs = keras.Input(base.input_shape)
     x = tltf.layers.Preprocessing(base.preprocessing)(inputs)
     base.model.trainable = False
     x = base.model(x, training=False)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(n_classes)(x)
+    outputs = keras.layers.Dense(units)(x)
     model = keras.Model(inputs, outputs)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(keras.optimizers.Adam(), loss, metrics=["accuracy"])
+    model.compile(keras.optimizers.Adam(), loss, metrics=metrics)
     model.fit(*train, batch_size=32, epochs=head_epochs, verbose=0)
     base.model.trainable = True
-    model.compile(keras.optimizers.Adam(1e-5), loss, metrics=["accuracy"])
+    model.compile(keras.optimizers.Adam(1e-5), loss, metrics=metrics)
     model.fit(
         *train,
         batch_size=32,
@@ -78,7 +85,7 @@ def recipe(base, n_classes, train, test, head_epochs, fine_tune_epochs):
         initial_epoch=head_epochs,
         verbose=0,
     )
-    return model.evaluate(*test, verbose=0)[1]
+    return model
 
 
 def with_tltf(base, n_classes, train, test, **kwargs):

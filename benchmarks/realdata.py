@@ -282,9 +282,16 @@ def font_files(chars: str = LETTERS) -> list[Path]:
 
 
 def _render_char(
-    char: str, font_path: Path, size: int, rng: np.random.Generator
+    char: str,
+    font_path: Path,
+    size: int,
+    rng: np.random.Generator,
+    rotation: float | None = None,
 ) -> np.ndarray:
-    """One character, centred with a random scale, offset, rotation and contrast."""
+    """One character, centred with a random scale, offset, rotation and contrast.
+
+    `rotation` (degrees, counter-clockwise) replaces the random one (up to 15).
+    """
     big = 2 * size  # drawn at twice the size, then downsampled: anti-aliasing
     font_size = int(round(big * rng.uniform(0.5, 0.8)))
     font = _font(str(font_path), font_size)
@@ -295,7 +302,9 @@ def _render_char(
     x = big - (left + right) / 2 + dx
     y = big - (top + bottom) / 2 + dy
     draw.text((x, y), char, font=font, fill=255)
-    mask = mask.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
+    if rotation is None:
+        rotation = rng.uniform(-15, 15)
+    mask = mask.rotate(rotation, resample=Image.BILINEAR)
     mask = mask.crop((big // 2, big // 2, big // 2 + big, big // 2 + big))
     mask = mask.resize((size, size), Image.LANCZOS)
     background, ink = rng.uniform(190, 255), rng.uniform(0, 80)
@@ -343,6 +352,59 @@ def font_chars(
     for i, label in enumerate(labels):
         font = fonts[rng.integers(len(fonts))]
         images[i] = _render_char(chars[label], font, size, rng)
+    return _to_rgb(images), labels
+
+
+def rotated_letters(
+    count: int, size: int = 64, seed: int = 0, most: float = 45.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A regression task on real glyphs: letters rotated by a known angle.
+
+    Each image is a random uppercase letter in a random font of matplotlib's,
+    drawn as in `font_chars` but rotated by an angle drawn uniformly from
+    [-`most`, `most`] degrees; the target is that angle.
+
+    Returns:
+        `(images, angles)`: float32 `(count, size, size, 3)` in [0, 255], and
+        float32 `(count,)` degrees (counter-clockwise).
+    """
+    fonts = font_files(LETTERS)
+    rng = np.random.default_rng([seed, 4243])
+    images = np.empty((count, size, size), "float32")
+    angles = rng.uniform(-most, most, size=count).astype("float32")
+    for i in range(count):
+        char = LETTERS[rng.integers(len(LETTERS))]
+        font = fonts[rng.integers(len(fonts))]
+        images[i] = _render_char(char, font, size, rng, rotation=float(angles[i]))
+    return _to_rgb(images), angles
+
+
+def digit_pairs(
+    count: int, size: int = 64, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-label task on real scans: two handwritten digits side by side.
+
+    Each image holds two of scikit-learn's digits (drawn at random, each
+    `size / 2` px, at random heights), one in each half; the labels are the
+    digits present (one or two of ten).
+
+    Returns:
+        `(images, labels)`: float32 `(count, size, size, 3)` in [0, 255], and
+        float32 `(count, 10)` multi-hot rows.
+    """
+    half = size // 2
+    scans, classes = digits(half)
+    rng = np.random.default_rng([seed, 6007])
+    images = np.zeros((count, size, size), "float32")
+    labels = np.zeros((count, 10), "float32")
+    for i in range(count):
+        for side in range(2):
+            j = rng.integers(len(scans))
+            top = rng.integers(0, size - half + 1)
+            images[i, top : top + half, side * half : (side + 1) * half] = scans[
+                j, ..., 0
+            ]
+            labels[i, classes[j]] = 1.0
     return _to_rgb(images), labels
 
 
