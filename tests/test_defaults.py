@@ -269,7 +269,13 @@ def test_the_probe_has_a_raw_pixel_row_and_fine_tune_says_when_the_base_is_usele
 
 
 class Wreck(keras.callbacks.Callback):
-    """Makes stage 2 'diverge': zeroes two blocks' kernels after each of its batches."""
+    """Makes stage 2 'diverge': zeroes blocks' kernels after each of its batches
+    (the top two by default; `every=True`: all four, so that no block's
+    features are left for a head that reads them all)."""
+
+    def __init__(self, every=False):
+        super().__init__()
+        self.names = [f"block{i}_conv" for i in ((1, 2, 3, 4) if every else (3, 4))]
 
     def on_train_begin(self, logs=None):
         # A closed-form stage 1 (no epochs) ends before training begins.
@@ -284,7 +290,7 @@ class Wreck(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.in_stage_two:
-            for name in ("block3_conv", "block4_conv"):
+            for name in self.names:
                 kernel = model_info(self.model).base.get_layer(name).kernel
                 kernel.assign(np.zeros(kernel.shape, "float32"))
 
@@ -341,6 +347,20 @@ def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(
     _assert_base_is_stage_one(model, wreck)
 
 
+def _wrecked_run(model, data, keep_best, wreck) -> None:
+    """A short verbose run whose stage 2 `wreck` makes diverge."""
+    tltf.fine_tune(
+        model,
+        data,
+        head_steps=400,
+        fine_tune_epochs=2,
+        unfreeze=2,
+        keep_best=keep_best,
+        callbacks=[wreck],
+        verbose=1,
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["regression", "multilabel"])
 def test_the_held_out_guard_restores_stage1_of_other_tasks_too(task, capsys):
@@ -350,17 +370,8 @@ def test_the_held_out_guard_restores_stage1_of_other_tasks_too(task, capsys):
     # back to a closed-form refit of the head.
     x, t = _other_task_data(task)
     model = make_tiny_model(t.shape[1], task=task)
-    wreck = Wreck()
-    tltf.fine_tune(
-        model,
-        (x, t),
-        head_steps=400,
-        fine_tune_epochs=2,
-        unfreeze=2,
-        keep_best=True if task == "regression" else "holdout",
-        callbacks=[wreck],
-        verbose=1,
-    )
+    wreck = Wreck(every=True)  # the head reads every block
+    _wrecked_run(model, (x, t), True if task == "regression" else "holdout", wreck)
     out = capsys.readouterr().out
     assert "10 of 48 training images (a random slice) are held out" in out
     assert "keep_best: restored the weights of the end of stage 1" in out
@@ -382,7 +393,9 @@ def test_the_held_out_guard_restores_stage1_of_other_tasks_too(task, capsys):
             verbose=1,
         )
         out = capsys.readouterr().out
-        assert "held out" not in out and "keep_best" not in out
+        # By default it holds nothing out; the features guard scores it.
+        assert "held out" not in out
+        assert "leave-one-out R² of the features" in out
 
 
 @pytest.mark.slow
@@ -456,3 +469,20 @@ def test_bad_auto_settings_are_config_errors():
         tltf.fine_tune(make_tiny_model(), data, keep_best="yes", verbose=0)
     with pytest.raises(ConfigError, match="pool_from"):
         make_tiny_model(head={"pool_from": "middle"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_the_features_guard_scores_other_tasks_by_r2(task, capsys):
+    # Where no slice is held out (multi-label by default; keep_best="features"
+    # on request), the guard scores the leave-one-out R² of ridge regression
+    # on the features, and the wrecked stage 2 loses to stage 1.
+    x, t = _other_task_data(task)
+    model = make_tiny_model(t.shape[1], task=task, head={"pool_from": "top"})
+    wreck = Wreck()
+    _wrecked_run(model, (x, t), "features" if task == "regression" else True, wreck)
+    out = capsys.readouterr().out
+    assert "held out" not in out
+    assert "keep_best: restored the weights of the end of stage 1" in out
+    assert "leave-one-out R² of the features" in out
+    _assert_base_is_stage_one(model, wreck)

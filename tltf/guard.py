@@ -26,13 +26,16 @@ The score:
   image, with the base the guard kept. On few images this is the only
   criterion here that sees what fine-tuning does to images it has not trained
   on (benchmarks/RESULTS.md, "The held-out guard");
-- otherwise, for a classifier (`keep_best="features"`), the leave-one-out accuracy of a ridge probe on
-  the model's pooled features of the training images (one inference pass per
-  epoch, no image held out; see `tltf.probe.ridge_probe`). Ties go to the later
+- otherwise (`keep_best="features"`), the leave-one-out accuracy of a ridge
+  probe on the model's pooled features of the training images (one inference
+  pass per epoch, no image held out; see `tltf.probe.ridge_probe`), or for
+  regression and multi-label the leave-one-out R² of ridge regression on them
+  (`tltf.probe.ridge_r2_probe`). Ties go to the later
   epoch. This measures whether stage 2 kept the features as separable as stage 1
   left them; it catches features that fine-tuning damaged, not a model that
   memorised the training set, which only held-out data can show;
-- otherwise there is no score, and the last epoch is kept.
+- otherwise (no training features to read) there is no score, and the last
+  epoch is kept.
 
 With `backup_dir`, the best weights are written there too (`tltf-best.npz`,
 atomically, before the epoch's checkpoint), so that a resumed run keeps the same
@@ -51,7 +54,7 @@ import numpy as np
 from tltf._io import atomic_path
 from tltf.cache import FeatureCache, feature_extractor
 from tltf.distribute import is_chief
-from tltf.probe import ridge_probe, sigmoid
+from tltf.probe import ridge_probe, ridge_r2_probe, sigmoid
 
 #: The best weights inside a backup folder.
 BEST_FILE = "tltf-best.npz"
@@ -182,8 +185,9 @@ class KeepBest(keras.callbacks.Callback):
                 f"{what.get(self.task, 'accuracy')} on {len(self.holdout[1]):,} "
                 "held-out training images"
             )
-        if self.train_features is not None and self.task in CLASSIFIERS:
-            return "leave-one-out accuracy of the features"
+        if self.train_features is not None:
+            what = "accuracy" if self.task in CLASSIFIERS else "R²"
+            return f"leave-one-out {what} of the features"
         return None
 
     @property
@@ -248,9 +252,12 @@ class KeepBest(keras.callbacks.Callback):
         x = np.asarray(cache.features).reshape(cache.count, -1)
         y = cache.others[0]
         cache.close()
-        y = class_ids(y)
         if not np.all(np.isfinite(x)):
             return (-math.inf, -math.inf)
+        if self.task not in CLASSIFIERS:
+            fit_r2, loo_r2, _ = ridge_r2_probe(x, y, x, y)
+            return (round(loo_r2, 9), round(fit_r2, 9))
+        y = class_ids(y)
         classes = int(max(2, y.max() + 1))
         fit_acc, loo_acc, _ = ridge_probe(x, y, x, y, classes)
         return (round(loo_acc, 9), round(fit_acc, 9))

@@ -269,8 +269,8 @@ class FineTuneSettings:
             head, and a task other than multi-label, where it was measured to
             cost more than it saves);
             "features" scores the leave-one-out accuracy of a ridge probe on
-            the training images' features (no image held out; classifiers
-            only). Measured in benchmarks/RESULTS.md ("The held-out guard",
+            the training images' features (no image held out; for regression
+            and multi-label the leave-one-out R² of ridge regression). Measured in benchmarks/RESULTS.md ("The held-out guard",
             "Regression and multi-label").
             Defaults to True.
         bn: str. "frozen", "affine", "train" or "adapt" (see
