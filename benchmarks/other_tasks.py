@@ -55,6 +55,8 @@ import numpy as np
 import realdata
 from defaults import recipe_model
 
+from tltf.probe import sigmoid
+
 COLUMNS = ("tltf defaults", "tltf before", "linear probe", "keras.io recipe", "pixels")
 #: Stands for the top third of the base's blocks (at least one).
 TOP_THIRD = "top third"
@@ -112,7 +114,7 @@ def _recipe(name, weights_dir, kind, train, test, seed):
         loss, units = keras.losses.BinaryCrossentropy(from_logits=True), 10
     model = recipe_model(base, units, train, 10, 10, loss, metrics=[])
     out = model.predict(test[0], batch_size=64, verbose=0)
-    return out if kind == "regression" else 1 / (1 + np.exp(-out))
+    return out if kind == "regression" else sigmoid(out)
 
 
 def _pixels(kind, train, test):

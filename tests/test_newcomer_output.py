@@ -285,7 +285,7 @@ def test_auto_cut_says_plainly_when_no_cut_is_needed(monkeypatch, capsys):
         table = [{"block": "block1", "val_accuracy": 0.5}]
         table.append({"block": "block4", "val_accuracy": 0.688})
         best = table[-1]
-        key, metric = "val_accuracy", "accuracy"
+        key, metric, measure = "val_accuracy", "accuracy", "accuracy"
 
     monkeypatch.setattr("tltf.model.probe_blocks", lambda *a, **k: Probed())
     tltf.build_model(make_tiny_base(), 3, weights=None, cut="auto", data=make_data(6))

@@ -239,9 +239,8 @@ def _auto_cut(base: Base, data, shape, task: str) -> str | None:
         why = f"the top block is as good as any: {top[key]:.3f}"
     else:
         why = f"{result.best['block']} {result.best[key]:.3f}, top {top[key]:.3f}"
-    measure = "accuracy" if result.metric == "accuracy" else "R²"
     print(
-        f"tltf: cut='auto' -> {result.cut!r} (leave-one-out {measure} of a linear "
+        f"tltf: cut='auto' -> {result.cut!r} (leave-one-out {result.measure} of a linear "
         f"probe: {why})."
     )
     return result.cut

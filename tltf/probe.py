@@ -68,6 +68,9 @@ COLUMNS = ("block", "index", "features", "val_accuracy", "train_accuracy", "l2")
 #: The tasks `probe_blocks` scores by R² (the rest by accuracy).
 R2_TASKS = ("regression", "multilabel")
 
+#: Each `ProbeResult.metric` in words.
+MEASURES = {"accuracy": "accuracy", "r2": "R²"}
+
 #: Relative L2 strengths tried for each block (times the mean eigenvalue).
 _L2_GRID = np.logspace(-4, 2, 13)
 
@@ -122,6 +125,11 @@ class ProbeResult:
     def key(self) -> str:
         """The table key of the score: "val_accuracy", or "val_r2"."""
         return f"val_{self.metric}"
+
+    @property
+    def measure(self) -> str:
+        """The score in words: "accuracy" or "R²"."""
+        return MEASURES[self.metric]
 
     @property
     def base_helps(self) -> bool:
@@ -942,7 +950,7 @@ def recommend(
     tol = float(tolerance)
     last = len(rows) - 1
     measure = "Leave-one-out" if scoring == "leave-one-out" else "Val"
-    measure += " accuracy" if metric == "accuracy" else " R²"
+    measure += " " + MEASURES[metric]
     head = (
         f"{measure} of a linear probe peaks at {names[peak]} "
         f"({acc[peak]:.3f}); "

@@ -1244,8 +1244,7 @@ def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) ->
                 f"not run: {error})"
             )
         return fallback
-    top, best, key = result.table[-1], result.best, result.key
-    measure = "accuracy" if result.metric == "accuracy" else "R²"
+    top, best, key, measure = result.table[-1], result.best, result.key, result.measure
     if result.cut is None:
         blocks = result.unfreeze
         why = (
