@@ -75,21 +75,36 @@ ROBUST = dict(
 )
 
 
+def _multilabel(data):
+    """`make_data` with multi-label rows: the bright channel, and whether it is
+    not channel 0."""
+    x, y = data
+    return x, np.stack([y == 0, y == 1, y == 2, y != 0], axis=1).astype("float32")
+
+
 def run(backup_dir, callbacks=(), model=None, **changes):
-    """The job's `fine_tune` call (the tests call it in-process too)."""
+    """The job's `fine_tune` call (the tests call it in-process too).
+
+    TLTF_JOB_AUTO=multilabel runs AUTO on a multi-label head (4 labels), whose
+    ridge start puts an L2 penalty on the head (`tltf.regularizers.HeadL2`).
+    """
     mode = os.environ.get("TLTF_JOB_AUTO")
-    if mode in ("1", "2"):
-        auto = AUTO if mode == "1" else {**AUTO, "head_steps": 0}
+    if mode in ("1", "2", "multilabel"):
+        auto = {**AUTO, "head_steps": 0} if mode == "2" else AUTO
         changes = {**{k: None for k in SETTINGS if k not in auto}, **auto, **changes}
     elif mode == "robust":
         changes = {**ROBUST, **changes}
     settings = {k: v for k, v in {**SETTINGS, **changes}.items() if v is not None}
     keras.utils.set_random_seed(0)
+    train, val = make_data(32), make_data(16, seed=1)
+    if mode == "multilabel":
+        train, val = _multilabel(train), _multilabel(val)
+        model = model or tltf.build_model(make_tiny_base(), 4, task="multilabel")
     model = model or tltf.build_model(make_tiny_base(), num_classes=3)
     history = tltf.fine_tune(
         model,
-        make_data(32),
-        make_data(16, seed=1),
+        train,
+        val,
         callbacks=list(callbacks),
         backup_dir=backup_dir,
         **settings,

@@ -8,12 +8,13 @@ import pytest
 
 import tltf
 import tltf.cache
-from tests.helpers import make_data, make_tiny_base, make_tiny_model
+from tests.helpers import CrashAt, make_data, make_tiny_base, make_tiny_model
 from tltf.cache import converged
 from tltf.errors import ConfigError
 from tltf.layers import Standardization
 from tltf.model import model_info
 from tltf.probe import probe_blocks, ridge_regression
+from tltf.regularizers import head_l2
 from tltf.schedule import prepare_head
 
 
@@ -159,6 +160,97 @@ def test_regression_and_multilabel_heads_start_from_the_ridge_fit(task, capsys):
         assert np.all((predictions > 0.5) == (t > 0.5))
         bce = -np.mean(t * np.log(predictions) + (1 - t) * np.log(1 - predictions))
         assert bce < 0.3, bce
+
+
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_a_ridge_started_head_trains_on_with_an_l2_penalty(task, monkeypatch, capsys):
+    """Stage 1 keeps the regularisation of the ridge start (`HeadL2`): on 24
+    images with more pooled features than images its steps would fit noise
+    ever more closely. The penalty is on the head's kernel only while
+    fine_tune trains."""
+    x, t = _other_task_data(task, n=24, seed=3)
+    rng = np.random.default_rng(3)
+    t = rng.permutation(t)  # targets unrelated to the images: nothing to learn
+    seen, results = [], {}
+    for penalty in (True, False):
+        if not penalty:
+            monkeypatch.setattr(tltf.schedule, "attach_head_l2", lambda *a: False)
+
+        class Seen(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                seen.append(head_l2(self.model))
+
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model(t.shape[1], task=task)
+        tltf.fine_tune(
+            model,
+            (x, t),
+            head_epochs=300,  # the same 900 steps with and without the penalty
+            head_lr=0.01,
+            fine_tune_epochs=0,
+            batch_size=8,
+            keep_best=False,
+            callbacks=[Seen()],
+            verbose=1 if penalty else 0,
+        )
+        kernel = model.get_layer("head_output").kernel.numpy()
+        results[penalty] = (np.linalg.norm(kernel), _train_loss(model, (x, t)))
+        if penalty:
+            n_units = 24 * t.shape[1]
+            if task == "regression":
+                strength = _ridge_strength(model, x, t) / n_units
+            else:  # scikit-learn's default C=1, per label
+                strength = 1 / (2 * n_units)
+            assert seen and all(s == pytest.approx(strength) for s in seen)
+            assert f"an L2 penalty of {strength:.3g} on its kernel" in (
+                capsys.readouterr().out
+            )
+            # Gone once fine_tune returns: not in the model, not in its config.
+            assert head_l2(model) is None
+            output = model.get_layer("head_output")
+            assert output.kernel.regularizer is None
+            assert output.get_config()["kernel_regularizer"] is None
+    # The penalised head is smaller and fits the noise less closely.
+    (norm, loss), (plain_norm, plain_loss) = results[True], results[False]
+    assert norm < 0.6 * plain_norm, results
+    assert loss > 1.5 * plain_loss, results
+
+
+def test_a_multilabel_head_starts_at_the_label_frequencies_where_features_do_not_help():
+    """Labels the features cannot predict start at their frequencies, not at
+    logits of hundreds (the calibration's Newton steps once overshot there)."""
+    x, t = _other_task_data("multilabel", n=24, seed=3)
+    t = np.random.default_rng(3).permutation(t)
+    model = make_tiny_model(4, task="multilabel")
+    features = tltf.cache.feature_model(model).predict(x, verbose=0)
+    assert prepare_head(model, features, t) is not None
+    predictions = model.predict(x, verbose=0)
+    np.testing.assert_allclose(
+        predictions, np.broadcast_to(t.mean(0), t.shape), atol=0.1
+    )
+    bce = -np.mean(t * np.log(predictions) + (1 - t) * np.log(1 - predictions))
+    frequency = t.mean(0)
+    entropy = -np.mean(
+        frequency * np.log(frequency) + (1 - frequency) * np.log(1 - frequency)
+    )
+    assert bce < entropy + 0.05, (bce, entropy)
+
+
+def _ridge_strength(model, x, t) -> float:
+    """The L2 strength the ridge start chose, from the model's head features."""
+    features = tltf.cache.feature_model(model).predict(x, verbose=0)
+    layer = model.get_layer("head_standardize")
+    z = (features - layer.mean.numpy()) * layer.scale.numpy()
+    return ridge_regression(z, t).l2
+
+
+def test_head_l2_is_detached_when_fine_tune_fails():
+    x, t = _other_task_data("multilabel", n=24)
+    model = make_tiny_model(4, task="multilabel")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tltf.fine_tune(model, (x, t), callbacks=[CrashAt(1)], verbose=0)
+    assert model.get_layer("head_standardize").is_set  # the ridge start ran
+    assert head_l2(model) is None
 
 
 @pytest.mark.slow

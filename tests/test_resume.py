@@ -425,20 +425,22 @@ def test_resume_in_stage2_reuses_the_rate_fine_tune_lr_find_found(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["1", "2"])
+@pytest.mark.parametrize("mode", ["1", "2", "multilabel"])
 def test_automatic_defaults_resume_after_sigkill_in_the_right_stage(
     tmp_path, monkeypatch, mode
 ):
     """fine_tune's automatic settings (a stage 1 that ends when its loss
     converges, or with head_steps=0 the closed-form ridge head alone; a probed
     depth; the stage-2 guard) resume bitwise too: one SIGKILL in stage 1 (when
-    it has epochs) and one in stage 2, each resumed in a fresh process."""
+    it has epochs) and one in stage 2, each resumed in a fresh process. A
+    multi-label run also resumes with the L2 penalty its ridge start put on the
+    head (kept in the backup: the resumed processes never fit the ridge)."""
     monkeypatch.setenv("TLTF_JOB_AUTO", mode)
     reference_model, reference_history = run(tmp_path / "reference")
     ref = {k: list(v) for k, v in reference_history.history.items()}
     ref_weights = [v.numpy() for v in reference_model.variables]
     stage_one = ref["stage"].count(1)
-    if mode == "1":
+    if mode in ("1", "multilabel"):
         assert stage_one >= 2
         kills = (f"epoch:{stage_one - 1}", f"epoch:{stage_one + 1}", None)
     else:
@@ -454,6 +456,9 @@ def test_automatic_defaults_resume_after_sigkill_in_the_right_stage(
                 assert e["stage"] == ref["stage"][e["epoch"]], e
     assert history == ref
     _assert_same_weights(weights, ref_weights)
+    if mode == "multilabel":
+        state = backup_state(tmp_path / "backup")
+        assert state["head_l2"] == pytest.approx(1 / (2 * 32 * 4))  # C=1, 4 labels
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Starting-point regularisation of stage 2: L2-SP.
+"""Training-time penalties: L2-SP on the base, and the head's own L2.
 
 L2-SP (Li et al. 2018, "Explicit inductive bias for transfer learning with
 convolutional networks") adds `alpha * sum((w - w0) ** 2)` over the base's
@@ -14,6 +14,13 @@ builds holds the same starting weights). The penalty is attached to the
 variables only while `fine_tune` trains (`variable.regularizer`, which Keras adds
 to the loss), and never to a layer's config: the saved model carries no trace
 of it.
+
+The head's L2 (`attach_head_l2`): a head that starts from a closed-form ridge
+fit (`tltf.schedule.prepare_head`) is trained on with an L2 penalty on its
+output kernel, so that its gradient steps keep the regularisation its start
+was chosen with instead of fitting a few dozen images ever more closely. The
+same rules apply: attached to the variable while `fine_tune` trains, never to
+the layer's config.
 """
 
 from __future__ import annotations
@@ -121,3 +128,61 @@ def detach_l2sp(variables: Iterable) -> None:
     for variable in variables:
         if isinstance(variable.regularizer, StartingPoint):
             variable.regularizer = None
+
+
+class HeadL2(keras.regularizers.Regularizer):
+    """`alpha * sum(w ** 2)` on the head's output kernel (`attach_head_l2`).
+
+    Args:
+        alpha: float. The strength, on the scale of the compiled loss.
+    """
+
+    def __init__(self, alpha: float):
+        self.alpha = float(alpha)
+
+    def __call__(self, x):
+        return ops.cast(self.alpha, x.dtype) * ops.sum(ops.square(x))
+
+    def get_config(self) -> dict:
+        raise NotImplementedError(
+            "HeadL2 is a training-time penalty of fine_tune and is never serialized."
+        )
+
+
+def _head_kernel(model: keras.Model):
+    """The output kernel of a head from `build_model`, or None."""
+    try:
+        return model.get_layer("head_output").kernel
+    except (ValueError, AttributeError):
+        return None
+
+
+def attach_head_l2(model: keras.Model, alpha: float) -> bool:
+    """Puts an L2 penalty of strength `alpha` on the head's output kernel.
+
+    Replaces an earlier `HeadL2`, never a regularizer of the user's own.
+
+    Returns:
+        Whether the penalty is on the kernel now.
+    """
+    kernel = _head_kernel(model)
+    if kernel is None or not (alpha > 0 and np.isfinite(alpha)):
+        return False
+    if kernel.regularizer is not None and not isinstance(kernel.regularizer, HeadL2):
+        return False
+    kernel.regularizer = HeadL2(alpha)
+    return True
+
+
+def head_l2(model: keras.Model) -> float | None:
+    """The strength of the head's `HeadL2`, or None when it has none."""
+    kernel = _head_kernel(model)
+    penalty = getattr(kernel, "regularizer", None)
+    return penalty.alpha if isinstance(penalty, HeadL2) else None
+
+
+def detach_head_l2(model: keras.Model) -> None:
+    """Removes the penalty `attach_head_l2` put on the head's output kernel."""
+    kernel = _head_kernel(model)
+    if kernel is not None and isinstance(kernel.regularizer, HeadL2):
+        kernel.regularizer = None

@@ -41,6 +41,7 @@ from tltf.distribute import is_chief
 from tltf.errors import ConfigError
 from tltf.freezing import apply_trainable
 from tltf.info import model_info
+from tltf.regularizers import attach_head_l2, head_l2
 
 #: The checkpoint file inside a backup folder.
 BACKUP_FILE = "tltf-backup.npz"
@@ -317,6 +318,10 @@ class Resume:
             self.unfreeze_at_epoch = int(state["unfreeze_at_epoch"])
             schedule.unfreeze_at_epoch = self.unfreeze_at_epoch
         self._optimizer_arrays = optimizer_arrays
+        if state.get("head_l2") is not None:
+            # The penalty the original run's ridge start put on the head
+            # (`tltf.regularizers.attach_head_l2`): a resumed run trains with it.
+            attach_head_l2(model, float(state["head_l2"]))
         if state.get("found_lr") is not None and self.stage == 2:
             # fine_tune_lr="find" found this rate when stage 2 began: reuse it
             # rather than sweep again on a model that stage 2 has trained.
@@ -485,6 +490,7 @@ class ResumeCallback(keras.callbacks.Callback):
                 "fingerprint": resume.fingerprint,
                 "found_lr": getattr(resume.schedule, "found_lr", None),
                 "unfreeze_at_epoch": resume.schedule.unfreeze_at_epoch,
+                "head_l2": head_l2(self.full_model),
             },
             [np.asarray(v.numpy()) for v in self.full_model.variables],
             optimizer_arrays,

@@ -77,8 +77,10 @@ from tltf.probe import (
     sigmoid,
 )
 from tltf.regularizers import (
+    attach_head_l2,
     attach_l2sp,
     check_regularize,
+    detach_head_l2,
     detach_l2sp,
     starting_points,
 )
@@ -617,100 +619,111 @@ def fine_tune(
             "loading for optimizer' when a run resumes in stage 2); "
             "fine_tune(..., backup_dir=...) resumes either stage exactly."
         )
-    resume = None
-    if backup_dir is not None:
-        resume = Resume.open(
-            backup_dir,
-            model,
-            schedule,
-            (0 if head_epochs == "auto" else head_epochs) + fine_tune_epochs,
-            settings.fingerprint(
-                fine_tune_epochs=fine_tune_epochs,
-                fine_tune_lr=schedule.fine_tune_lr,
-                optimizer=model.optimizer,
-                loss=loss if isinstance(loss, str) else type(loss).__name__,
-            ),
+    try:
+        resume = None
+        if backup_dir is not None:
+            resume = Resume.open(
+                backup_dir,
+                model,
+                schedule,
+                (0 if head_epochs == "auto" else head_epochs) + fine_tune_epochs,
+                settings.fingerprint(
+                    fine_tune_epochs=fine_tune_epochs,
+                    fine_tune_lr=schedule.fine_tune_lr,
+                    optimizer=model.optimizer,
+                    loss=loss if isinstance(loss, str) else type(loss).__name__,
+                ),
+                callbacks,
+                fit_kwargs,
+                verbose,
+            )
+        fit_args = dict(class_weight=class_weight, verbose=verbose, **fit_kwargs)
+        use_cache, reason = _use_feature_cache(
+            settings.cache_features,
+            head_epochs,
+            train_ds,
             callbacks,
             fit_kwargs,
-            verbose,
+            prepared.augmented,
+            distributed=is_distributed(strategy),
         )
-    fit_args = dict(class_weight=class_weight, verbose=verbose, **fit_kwargs)
-    use_cache, reason = _use_feature_cache(
-        settings.cache_features,
-        head_epochs,
-        train_ds,
-        callbacks,
-        fit_kwargs,
-        prepared.augmented,
-        distributed=is_distributed(strategy),
-    )
-    if reason and verbose:
-        print(f"tltf: stage 1 runs full forward passes: {reason}.")
-    guard = None
-    if keep_best and fine_tune_epochs:
-        guard = KeepBest(
-            schedule,
-            validation=val_ds,
-            train_features=None if val_ds is not None or holdout else feature_source,
-            task=info.task,
-            backup_dir=backup_dir,
-            holdout=(holdout.batches, holdout.labels, info.logits) if holdout else None,
-            verbose=loud,
-        )
-        if resume is not None and resume.epoch:
-            guard.resume_from(resume.history)
-    hand_back = holdout is not None and guard is not None
-    hand_back = hand_back and _refittable(model, settings)
-    stage_one = None
-    if settings.wise is not None and fine_tune_epochs:
-        stage_one = StageOneWeights(schedule, backup_dir)
-        if resume is not None and resume.epoch:
-            stage_one.load()
-    if resume is not None and resume.finished:
-        history = resume.finished_history(model, schedule.bn)
-        if guard is not None:
-            guard.restore_saved(model)
-        _end_with_wise(model, stage_one, settings, guard, val_ds, feature_source, False)
-        if hand_back:
-            _hand_back(model, holdout, verbose=False)
-        return history
-    if resume is not None:
-        resume.announce()
-    if head_lr == "find" and head_epochs and (resume is None or not resume.epoch):
-        model.optimizer.learning_rate.assign(
-            find_stage_lr(
-                model,
-                prepared.sample,
-                "head",
-                model.optimizer,
-                loss,
-                verbose=0 if verbose == 0 else 1,
+        if reason and verbose:
+            print(f"tltf: stage 1 runs full forward passes: {reason}.")
+        guard = None
+        if keep_best and fine_tune_epochs:
+            guard = KeepBest(
+                schedule,
+                validation=val_ds,
+                train_features=None
+                if val_ds is not None or holdout
+                else feature_source,
+                task=info.task,
+                backup_dir=backup_dir,
+                holdout=(holdout.batches, holdout.labels, info.logits)
+                if holdout
+                else None,
+                verbose=loud,
             )
+            if resume is not None and resume.epoch:
+                guard.resume_from(resume.history)
+        hand_back = holdout is not None and guard is not None
+        hand_back = hand_back and _refittable(model, settings)
+        stage_one = None
+        if settings.wise is not None and fine_tune_epochs:
+            stage_one = StageOneWeights(schedule, backup_dir)
+            if resume is not None and resume.epoch:
+                stage_one.load()
+        if resume is not None and resume.finished:
+            history = resume.finished_history(model, schedule.bn)
+            if guard is not None:
+                guard.restore_saved(model)
+            _end_with_wise(
+                model, stage_one, settings, guard, val_ds, feature_source, False
+            )
+            if hand_back:
+                _hand_back(model, holdout, verbose=False)
+            return history
+        if resume is not None:
+            resume.announce()
+        if head_lr == "find" and head_epochs and (resume is None or not resume.epoch):
+            model.optimizer.learning_rate.assign(
+                find_stage_lr(
+                    model,
+                    prepared.sample,
+                    "head",
+                    model.optimizer,
+                    loss,
+                    verbose=0 if verbose == 0 else 1,
+                )
+            )
+        run = _Run(
+            model=model,
+            schedule=schedule,
+            settings=settings,
+            prepared=prepared,
+            features=feature_source,
+            val=val_ds,
+            head_epochs=head_epochs,
+            fine_tune_epochs=fine_tune_epochs,
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            callbacks=[*callbacks, *(c for c in (guard, stage_one) if c is not None)],
+            fit_args=fit_args,
+            resume=resume,
         )
-    run = _Run(
-        model=model,
-        schedule=schedule,
-        settings=settings,
-        prepared=prepared,
-        features=feature_source,
-        val=val_ds,
-        head_epochs=head_epochs,
-        fine_tune_epochs=fine_tune_epochs,
-        optimizer=optimizer,
-        loss=loss,
-        metrics=metrics,
-        callbacks=[*callbacks, *(c for c in (guard, stage_one) if c is not None)],
-        fit_args=fit_args,
-        resume=resume,
-    )
-    if use_cache:
-        history = _fit_with_feature_cache(run)
-    else:
-        history = _fit_full_passes(run, passes)
-    _end_with_wise(model, stage_one, settings, guard, val_ds, feature_source, loud)
-    if hand_back:
-        _hand_back(model, holdout, verbose=loud)
-    return history
+        if use_cache:
+            history = _fit_with_feature_cache(run)
+        else:
+            history = _fit_full_passes(run, passes)
+        _end_with_wise(model, stage_one, settings, guard, val_ds, feature_source, loud)
+        if hand_back:
+            _hand_back(model, holdout, verbose=loud)
+        return history
+    finally:
+        # The head's L2 (`prepare_head`) is a training-time penalty: the model
+        # leaves fine_tune without it, also when a run fails or is interrupted.
+        detach_head_l2(model)
 
 
 def _end_with_wise(model, stage_one, settings, guard, val_ds, images, loud) -> None:
@@ -1008,6 +1021,10 @@ def prepare_head(
        each label's leave-one-out scores mapped to logits by a fitted scale and
        offset. Heads with hidden layers, and more than 20,000 images or 8,192
        features, start as Keras initialised them.
+    3. A ridge-started regression or multi-label head gets an L2 penalty on its
+       kernel (`tltf.regularizers.attach_head_l2`; see
+       `_ridge_regression_start` for its strength), which `fine_tune` removes
+       when it returns.
 
     Args:
         model: keras.Model. A model from `build_model`.
@@ -1028,7 +1045,13 @@ def prepare_head(
     layer.set_statistics(features)
     if not ridge or labels is None:
         return None
-    return _ridge_start(model, features, np.asarray(labels), layer)
+    start = _ridge_start(model, features, np.asarray(labels), layer)
+    if start is None:
+        return None
+    words, alpha = start
+    if alpha is not None and attach_head_l2(model, alpha):
+        words += f", trained on with an L2 penalty of {alpha:.3g} on its kernel"
+    return words
 
 
 def refit_head(model: keras.Model, features) -> str | None:
@@ -1051,7 +1074,8 @@ def refit_head(model: keras.Model, features) -> str | None:
     values, labels = _head_features(model, features)
     before = [np.array(v.numpy(), copy=True) for v in layer.weights]
     layer.set_statistics(values)
-    words = _ridge_start(model, values, np.asarray(labels), layer)
+    start = _ridge_start(model, values, np.asarray(labels), layer)
+    words = start[0] if start is not None else None
     if words is None:
         for variable, value in zip(layer.weights, before, strict=True):
             variable.assign(value)
@@ -1077,7 +1101,8 @@ def _head_features(model, features, labels=None) -> tuple[np.ndarray, Any]:
     return np.asarray(features).reshape(len(features), -1), labels
 
 
-def _ridge_start(model, features, labels, layer) -> str | None:
+def _ridge_start(model, features, labels, layer) -> tuple[str, float | None] | None:
+    """The closed-form start of a linear head: `(words, head L2 or None)`."""
     info = model_info(model)
     units = info.metadata["num_outputs"]
     if not _linear_head(model):
@@ -1110,33 +1135,47 @@ def _ridge_start(model, features, labels, layer) -> str | None:
     words = (
         f"head starts from the ridge classifier (leave-one-out accuracy {accuracy:.3f})"
     )
-    return words if weighted is None else f"{words}; {weighted[1]}"
+    return (words if weighted is None else f"{words}; {weighted[1]}"), None
 
 
-def _ridge_regression_start(output, z, labels, units: int, task: str) -> str | None:
+def _ridge_regression_start(output, z, labels, units: int, task: str):
     """The ridge start of a regression or multi-label head (`_ridge_start`).
 
     Regression: the head is the ridge regression itself. Multi-label: a ridge
     fit on the 0/1 targets, its leave-one-out scores mapped to logits per label
     by a scale and an offset (`_platt`), so a sigmoid head starts calibrated.
+
+    Also returns the L2 strength the head trains on with (`HeadL2`, on the
+    scale of Keras's losses, which average over the batch and the outputs):
+    for regression the ridge's own, chosen by leave-one-out, so that the start
+    is where the penalised mean squared error is lowest and stage 1 cannot
+    fit the images more closely than the ridge did; for multi-label one per
+    label as strong as scikit-learn's default logistic regression (C=1). The
+    ridge's strength is chosen for squared error on 0/1 targets, and it does
+    not carry over to the cross-entropy: on a base whose features barely help
+    it is hundreds of times too strong (benchmarks/RESULTS.md, "The head's
+    L2").
     """
     t = np.asarray(labels, dtype=np.float64).reshape(len(z), -1)
     if t.shape[1] != units or not np.all(np.isfinite(t)):
         return None
     fit = ridge_regression(z, t)
+    n = len(z)
     if task == "regression":
         output.kernel.assign(fit.weights.astype("float32"))
         output.bias.assign(fit.prior.astype("float32"))
         rmse = float(np.sqrt(np.mean((fit.loo - t) ** 2)))
-        return f"head starts from ridge regression (leave-one-out RMSE {rmse:.4g})"
+        words = f"head starts from ridge regression (leave-one-out RMSE {rmse:.4g})"
+        return words, fit.l2 / (n * units)
     scale, offset = _platt(fit.loo, t)
     output.kernel.assign((fit.weights * scale).astype("float32"))
     output.bias.assign((fit.prior * scale + offset).astype("float32"))
     accuracy = float(np.mean((fit.loo > 0.5) == (t > 0.5)))
-    return (
+    words = (
         "head starts from a ridge fit per label (leave-one-out label accuracy "
         f"{accuracy:.3f})"
     )
+    return words, 1.0 / (2 * n * units)
 
 
 def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
@@ -1144,13 +1183,23 @@ def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
 
     Minimises the binary cross-entropy of each column (Newton's method on two
     parameters, a small L2 keeping separable columns finite; the scale stays in
-    [0, 10**2.5], as `_temperature`'s).
+    [0, 10**2.5], as `_temperature`'s; at a bound, the offset alone is
+    stepped). Each step is halved until the loss does not rise: a full step
+    from a clipped scale once overshot the offset by hundreds (labels the
+    features cannot predict, whose scores are nearly constant).
     """
     s, t = np.asarray(scores, np.float64), np.asarray(targets, np.float64)
     frequency = np.clip(t.mean(axis=0), 0.01, 0.99)
     scale = np.full(s.shape[1], 4.0)
     offset = np.log(frequency / (1 - frequency)) - scale * s.mean(axis=0)
     l2 = 1e-3
+
+    def loss(a, b):
+        z = a * s + b
+        # The mean binary cross-entropy of logits z, without overflow.
+        bce = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+        return bce.mean(axis=0) + 0.5 * l2 * (a**2 + b**2)
+
     for _ in range(steps):
         p = sigmoid(scale * s + offset)
         w, r = p * (1 - p), p - t
@@ -1160,8 +1209,21 @@ def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
         h_ab = np.mean(w * s, axis=0)
         h_bb = np.mean(w, axis=0) + l2
         det = h_aa * h_bb - h_ab**2
-        scale = np.clip(scale - (h_bb * g_a - h_ab * g_b) / det, 0.0, 10**2.5)
-        offset = offset - (h_aa * g_b - h_ab * g_a) / det
+        step_a = (h_bb * g_a - h_ab * g_b) / det
+        step_b = (h_aa * g_b - h_ab * g_a) / det
+        # A scale held at a bound: Newton's method on the offset alone.
+        held = ((scale <= 0) & (step_a > 0)) | ((scale >= 10**2.5) & (step_a < 0))
+        step_a = np.where(held, 0.0, step_a)
+        step_b = np.where(held, g_b / h_bb, step_b)
+        before, size = loss(scale, offset), np.ones_like(scale)
+        for _ in range(30):
+            a = np.clip(scale - size * step_a, 0.0, 10**2.5)
+            b = offset - size * step_b
+            worse = loss(a, b) > before
+            if not worse.any():
+                break
+            size = np.where(worse, size / 2, size)
+        scale, offset = np.where(worse, scale, a), np.where(worse, offset, b)
     return scale, offset
 
 

@@ -247,9 +247,10 @@ class FineTuneSettings:
             base, not on VGG16, so not the default. Defaults to 2000.
         head_init: str. "ridge" starts a linear head from the closed-form
             ridge fit on the standardised training features (a classifier, a
-            regression or one per label; see `tltf.schedule.prepare_head`);
-            "random" from Keras's
-            initialisation. Defaults to "ridge".
+            regression or one per label; see `tltf.schedule.prepare_head`); a
+            ridge-started regression or multi-label head then trains with an
+            L2 penalty on its kernel (`tltf.regularizers.HeadL2`). "random"
+            from Keras's initialisation. Defaults to "ridge".
         keep_best: bool, "holdout" or "features". Score the model at the end of
             stage 1 and after each stage-2 epoch and end with the best weights;
             one line says which (see `tltf.guard`). The score: the validation
