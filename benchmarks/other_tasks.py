@@ -33,7 +33,9 @@ holdout" (`head_init="random"`, `keep_best="holdout"`: the slice without the
 ridge start and its closed-form hand-back), "ridge, holdout"
 (`keep_best="holdout"`) and "stage 1" (`fine_tune_epochs=0`: the head trained
 from the ridge start, no fine-tuning), "closed-form stage 1" (`head_steps=0`:
-stage 2 starts from the ridge head) and "500 head steps" (`head_steps=500`).
+stage 2 starts from the ridge head), "500 head steps" (`head_steps=500`) and
+"no head L2" (`head_l2=0`: the head trains without the L2 penalty of its
+ridge start, as the defaults did before it).
 
 Usage:
     .venv/bin/python benchmarks/other_tasks.py [--bases demo vgg16] \
@@ -70,6 +72,7 @@ SETTINGS = {
     "stage 1": {"fine_tune_epochs": 0},
     "closed-form stage 1": {"head_steps": 0},
     "500 head steps": {"head_steps": 500},
+    "no head L2": {"head_l2": 0},
     "random, holdout": {"head_init": "random", "keep_best": "holdout"},
 }
 TASKS = {

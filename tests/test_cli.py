@@ -191,7 +191,7 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
         *("--base", "demo", "--train", "x/", "--head-epochs", "auto"),
         *("--fine-tune-epochs", "7", "--head-lr", "find", "--fine-tune-lr", "find"),
         *("--unfreeze", "auto", "--head-steps", "300", "--no-keep-best"),
-        *("--cut", "none"),
+        *("--cut", "none", "--head-l2", "0.001"),
     ]
     printed = _printed(argv, capsys)
     assert printed["schedule"] == {
@@ -203,6 +203,7 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
         "unfreeze": "auto",
         "head_steps": 300,
         "keep_best": False,
+        "head_l2": 0.001,
     }
     assert printed["model"]["cut"] is None
     config = TrainConfig.from_dict(printed)  # what --print-config shows reads back
@@ -230,6 +231,8 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
         (["--fine-tune-epochs", "-1"], "expected an integer >= 0, got -1"),
         (["--unfreeze", "al"], "'all' or 'auto', got 'al'; did you mean 'all'?"),
         (["--head-steps", "-1"], "expected an integer >= 0"),
+        (["--head-l2", "-1"], "expected a number >= 0, got '-1'"),
+        (["--head-l2", "aut"], "or 'auto', got 'aut'; did you mean 'auto'?"),
         (["--set", "schedule.head_lr=fnd"], "Did you mean 'find'?"),
     ],
 )

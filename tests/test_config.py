@@ -357,6 +357,16 @@ def test_schedule_head_init_is_checked_and_passed_on():
         ScheduleConfig.from_dict({"head_init": "rdge"})
 
 
+def test_schedule_head_l2_is_checked_and_passed_on():
+    kwargs = ScheduleConfig.from_dict({"head_l2": 0.001}).fine_tune_kwargs()
+    assert kwargs["head_l2"] == 0.001
+    assert ScheduleConfig.from_dict({}).fine_tune_kwargs()["head_l2"] == "auto"
+    with pytest.raises(ConfigError, match="schedule.head_l2 >= 0 or 'auto'"):
+        ScheduleConfig.from_dict({"head_l2": -1.0})
+    with pytest.raises(ConfigError, match="head_l2"):
+        ScheduleConfig.from_dict({"head_l2": "sklearn"})
+
+
 def test_tune_config_searches_like_tltf_tune():
     # `tltf tune` and `tltf.tune` use the same search algorithm by default.
     import tltf

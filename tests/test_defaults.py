@@ -244,6 +244,42 @@ def _ridge_strength(model, x, t) -> float:
     return ridge_regression(z, t).l2
 
 
+@pytest.mark.parametrize(
+    "task, strength, expected",
+    [
+        ("multilabel", 0, None),  # off
+        ("multilabel", 0.01, 0.01),  # a strength of one's own
+        ("classification", "auto", None),  # "auto": none for a classifier
+        ("classification", 0.01, 0.01),
+    ],
+)
+def test_head_l2_sets_the_penalty_or_turns_it_off(task, strength, expected):
+    if task == "multilabel":
+        x, t = _other_task_data(task, n=24)
+        model = make_tiny_model(4, task=task)
+    else:
+        x, t = make_data(24)
+        model = make_tiny_model()
+    seen = []
+
+    class Seen(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(head_l2(self.model))
+
+    tltf.fine_tune(
+        model,
+        (x, t),
+        head_epochs=1,
+        fine_tune_epochs=1,
+        unfreeze=1,
+        head_l2=strength,
+        callbacks=[Seen()],
+        verbose=0,
+    )
+    assert seen == [expected, expected]  # both stages
+    assert head_l2(model) is None
+
+
 def test_head_l2_is_detached_when_fine_tune_fails():
     x, t = _other_task_data("multilabel", n=24)
     model = make_tiny_model(4, task="multilabel")

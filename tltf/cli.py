@@ -26,6 +26,7 @@ is in `runs`, `evaluation`, `export` and `demo`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -306,6 +307,7 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "unfreeze": ("schedule", "unfreeze"),
     "head_steps": ("schedule", "head_steps"),
     "head_init": ("schedule", "head_init"),
+    "head_l2": ("schedule", "head_l2"),
     "keep_best": ("schedule", "keep_best"),
     "bn": ("schedule", "bn"),
     "lr_decay": ("schedule", "lr_decay"),
@@ -377,6 +379,20 @@ def _learning_rate(text: str) -> float | str:
         ) from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _head_l2(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number >= 0 or 'auto', got {text!r}{_suggest(text, 'auto')}"
+        ) from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 
 
@@ -609,6 +625,15 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
             default=S,
             help="start a linear head from the closed-form ridge classifier, or "
             f"from Keras's initialisation (default: {D['head_init']})",
+        )
+        schedule.add_argument(
+            "--head-l2",
+            type=_head_l2,
+            metavar="STRENGTH|auto",
+            default=S,
+            help="L2 penalty on the head's kernel while training; auto: the "
+            "ridge's own for regression, scikit-learn's C=1 for multi-label, none "
+            f"for classifiers; 0: none (default: {D['head_l2']})",
         )
         schedule.add_argument(
             "--keep-best",

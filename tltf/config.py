@@ -576,6 +576,10 @@ class ScheduleConfig:
             Defaults to 2000.
         head_init: str. "ridge" (start a linear head from the closed-form ridge
             classifier) or "random". Defaults to "ridge".
+        head_l2: "auto" or a number >= 0. An L2 penalty on the head's kernel
+            while training: "auto" gives a ridge-started regression head the
+            ridge's strength and a multi-label head scikit-learn's C=1, a
+            classifier none; 0 none (see `FineTuneSettings`). Defaults to "auto".
         keep_best: bool, "holdout" or "features". Restore the best weights, so
             that stage 2 never ends worse than stage 1; without validation data
             "holdout" scores a held-out slice of the training images (handed back
@@ -611,6 +615,7 @@ class ScheduleConfig:
     unfreeze: int | str | dict = FINE_TUNE_DEFAULTS["unfreeze"]
     head_steps: int = FINE_TUNE_DEFAULTS["head_steps"]
     head_init: str = FINE_TUNE_DEFAULTS["head_init"]
+    head_l2: float | Literal["auto"] = FINE_TUNE_DEFAULTS["head_l2"]
     keep_best: bool | Literal["holdout", "features"] = FINE_TUNE_DEFAULTS["keep_best"]
     bn: str = FINE_TUNE_DEFAULTS["bn"]
     lr_decay: float | None = FINE_TUNE_DEFAULTS["lr_decay"]
@@ -637,6 +642,7 @@ class ScheduleConfig:
         _positive(self.fine_tune_lr, "schedule", "fine_tune_lr", "find")
         _at_least(self.head_steps, 0, "schedule", "head_steps")
         _choice(self.head_init, ("ridge", "random"), "schedule", "head_init")
+        _at_least(self.head_l2, 0, "schedule", "head_l2", "auto")
         check_unfreeze(self.unfreeze, "schedule.unfreeze")
         if is_int(self.unfreeze):
             _below_max_int(self.unfreeze, "schedule", "unfreeze")

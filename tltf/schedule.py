@@ -454,8 +454,9 @@ def fine_tune(
     Settings (keyword arguments; see `FineTuneSettings` for each):
     `head_epochs="auto"`, `fine_tune_epochs="auto"`, `head_lr=1e-3`,
     `fine_tune_lr=1e-4`, `unfreeze="auto"`, `head_steps=2000`,
-    `head_init="ridge"`, `keep_best=True`, `bn="frozen"`, `optimizer="adam"`,
-    `loss="auto"`, `metrics="auto"`, `lr_decay=None`, `gradual_every=None`,
+    `head_init="ridge"`, `head_l2="auto"`, `keep_best=True`, `bn="frozen"`,
+    `optimizer="adam"`, `loss="auto"`, `metrics="auto"`, `lr_decay=None`,
+    `gradual_every=None`,
     `lr_policy="uniform"`, `regularize=None`, `wise=None`, `class_weight=None`,
     `augment=None`, `label_smoothing=0.0`, `batch_size=32`, `seed=None`,
     `cache_features="auto"`, `jit_compile="auto"`.
@@ -637,6 +638,13 @@ def fine_tune(
                 fit_kwargs,
                 verbose,
             )
+        if settings.head_l2 != "auto" and settings.head_l2 > 0:
+            attach_head_l2(model, settings.head_l2)
+            if loud:
+                print(
+                    f"tltf: head_l2={settings.head_l2:g}: an L2 penalty on the "
+                    "head's kernel while it trains."
+                )
         fit_args = dict(class_weight=class_weight, verbose=verbose, **fit_kwargs)
         use_cache, reason = _use_feature_cache(
             settings.cache_features,
@@ -934,7 +942,10 @@ def _fit_full_passes(run: _Run, passes: int | None) -> keras.callbacks.History:
         head_epochs = resume.unfreeze_at_epoch  # the plan of the run it continues
     elif head_epochs:
         ridge = prepare_head(
-            model, run.features, ridge=run.settings.head_init == "ridge"
+            model,
+            run.features,
+            ridge=run.settings.head_init == "ridge",
+            head_l2=run.settings.head_l2,
         )
         if auto and ridge is not None and run.settings.head_steps == 0:
             head_epochs = 0
@@ -1004,7 +1015,7 @@ def head_plan(count: int, batch: int, head_steps: int) -> tuple[int, int]:
 
 
 def prepare_head(
-    model: keras.Model, features, labels=None, ridge: bool = True
+    model: keras.Model, features, labels=None, ridge: bool = True, head_l2="auto"
 ) -> str | None:
     """Readies the head for stage 1: feature statistics, then a closed-form start.
 
@@ -1021,10 +1032,10 @@ def prepare_head(
        each label's leave-one-out scores mapped to logits by a fitted scale and
        offset. Heads with hidden layers, and more than 20,000 images or 8,192
        features, start as Keras initialised them.
-    3. A ridge-started regression or multi-label head gets an L2 penalty on its
-       kernel (`tltf.regularizers.attach_head_l2`; see
-       `_ridge_regression_start` for its strength), which `fine_tune` removes
-       when it returns.
+    3. With `head_l2="auto"`, a ridge-started regression or multi-label head
+       gets an L2 penalty on its kernel (`tltf.regularizers.attach_head_l2`;
+       see `_ridge_regression_start` for its strength), which `fine_tune`
+       removes when it returns.
 
     Args:
         model: keras.Model. A model from `build_model`.
@@ -1033,6 +1044,8 @@ def prepare_head(
         labels: array or None. Labels of `features` (class indices or one-hot
             rows). Defaults to None.
         ridge: bool. Start the head from the ridge fit. Defaults to True.
+        head_l2: "auto" or a number. Only "auto" attaches a penalty here
+            (`fine_tune` attaches a number itself). Defaults to "auto".
 
     Returns:
         A few words on the ridge start for the stage-1 line, or None.
@@ -1049,7 +1062,7 @@ def prepare_head(
     if start is None:
         return None
     words, alpha = start
-    if alpha is not None and attach_head_l2(model, alpha):
+    if head_l2 == "auto" and alpha is not None and attach_head_l2(model, alpha):
         words += f", trained on with an L2 penalty of {alpha:.3g} on its kernel"
     return words
 
@@ -1661,6 +1674,7 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
                 train_cache.features,
                 train_cache.others[0] if train_cache.others else None,
                 ridge=run.settings.head_init == "ridge",
+                head_l2=run.settings.head_l2,
             )
         batch = train_cache.batch_sizes[0]
         steps_per_epoch = None

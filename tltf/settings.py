@@ -249,8 +249,17 @@ class FineTuneSettings:
             ridge fit on the standardised training features (a classifier, a
             regression or one per label; see `tltf.schedule.prepare_head`); a
             ridge-started regression or multi-label head then trains with an
-            L2 penalty on its kernel (`tltf.regularizers.HeadL2`). "random"
-            from Keras's initialisation. Defaults to "ridge".
+            L2 penalty on its kernel (`head_l2`). "random" from Keras's
+            initialisation. Defaults to "ridge".
+        head_l2: "auto" or a number >= 0. An L2 penalty on the head's output
+            kernel while `fine_tune` trains (`tltf.regularizers.HeadL2`, on
+            the scale of the compiled loss; never in the saved model). "auto":
+            a ridge-started regression head gets the ridge's own strength (its
+            start is then where the penalised loss is lowest), a ridge-started
+            multi-label head scikit-learn's default (C=1 per label, `1 / (2 *
+            images * labels)`), a classifier none (see benchmarks/RESULTS.md,
+            "The head's L2"). A number puts that strength on any head; 0 none.
+            Defaults to "auto".
         keep_best: bool, "holdout" or "features". Score the model at the end of
             stage 1 and after each stage-2 epoch and end with the best weights;
             one line says which (see `tltf.guard`). The score: the validation
@@ -340,6 +349,7 @@ class FineTuneSettings:
     unfreeze: int | str | dict = "auto"
     head_steps: int = 2000
     head_init: str = "ridge"
+    head_l2: Any = "auto"
     keep_best: bool | str = True
     bn: str = "frozen"
     optimizer: Any = "adam"
@@ -385,6 +395,16 @@ class FineTuneSettings:
                 f"head only). Received: head_steps={self.head_steps!r}"
             )
         check_choice(self.head_init, ("ridge", "random"), "head_init")
+        if self.head_l2 != "auto" and not (
+            isinstance(self.head_l2, Real)
+            and not isinstance(self.head_l2, bool)
+            and math.isfinite(self.head_l2)
+            and self.head_l2 >= 0
+        ):
+            raise ConfigError(
+                "Expected head_l2 as 'auto' or a number >= 0 (0: no penalty on the "
+                f"head). Received: head_l2={self.head_l2!r}"
+            )
         if not isinstance(self.keep_best, bool) and self.keep_best not in (
             "holdout",
             "features",
@@ -484,6 +504,7 @@ _FINGERPRINT = (
     "fine_tune_epochs",
     "head_steps",
     "head_init",
+    "head_l2",
     "keep_best",
     "head_lr",
     "fine_tune_lr",
