@@ -35,7 +35,7 @@ ridge start and its closed-form hand-back), "ridge, holdout"
 from the ridge start, no fine-tuning), "closed-form stage 1" (`head_steps=0`:
 stage 2 starts from the ridge head), "500 head steps" (`head_steps=500`) and
 "no head L2" (`head_l2=0`: the head trains without the L2 penalty of its
-ridge start, as the defaults did before it).
+ridge start, as the defaults did before it) and "stage 1, no head L2".
 
 Usage:
     .venv/bin/python benchmarks/other_tasks.py [--bases demo vgg16] \
@@ -73,6 +73,7 @@ SETTINGS = {
     "closed-form stage 1": {"head_steps": 0},
     "500 head steps": {"head_steps": 500},
     "no head L2": {"head_l2": 0},
+    "stage 1, no head L2": {"fine_tune_epochs": 0, "head_l2": 0},
     "random, holdout": {"head_init": "random", "keep_best": "holdout"},
 }
 TASKS = {
@@ -208,8 +209,8 @@ def main() -> None:
             )
     ratios = []
     for r in rows:
-        ours, theirs = r["tltf defaults"], r.get("keras.io recipe")
-        if theirs is not None:
+        ours, theirs = r.get("tltf defaults"), r.get("keras.io recipe")
+        if ours is not None and theirs is not None:
             ratios.append(theirs / ours if r["task"] == "angle" else ours / theirs)
     if ratios:
         print(
