@@ -258,8 +258,10 @@ class FineTuneSettings:
             start is then where the penalised loss is lowest), a ridge-started
             multi-label head scikit-learn's default (C=1 per label, `1 / (2 *
             images * labels)`), a classifier none (see benchmarks/RESULTS.md,
-            "The head's L2"). A number puts that strength on any head; 0 none.
-            Defaults to "auto".
+            "The head's L2"). "auto" comes from the ridge start, so a call
+            that starts no head (`head_epochs=0`, a resumed stage 2 excepted)
+            trains without one. A number puts that strength on any head; 0
+            none. Defaults to "auto".
         keep_best: bool, "holdout" or "features". Score the model at the end of
             stage 1 and after each stage-2 epoch and end with the best weights;
             one line says which (see `tltf.guard`). The score: the validation
