@@ -35,7 +35,9 @@ ridge start and its closed-form hand-back), "ridge, holdout"
 from the ridge start, no fine-tuning), "closed-form stage 1" (`head_steps=0`:
 stage 2 starts from the ridge head), "500 head steps" (`head_steps=500`) and
 "no head L2" (`head_l2=0`: the head trains without the L2 penalty of its
-ridge start, as the defaults did before it) and "stage 1, no head L2".
+ridge start, as the defaults did before it), "stage 1, no head L2" and
+"features guard" (`keep_best="features"`: stage 2 scored by the leave-one-out
+R² of the features of every training image, instead of a held-out slice).
 
 Usage:
     .venv/bin/python benchmarks/other_tasks.py [--bases demo vgg16] \
@@ -74,6 +76,7 @@ SETTINGS = {
     "500 head steps": {"head_steps": 500},
     "no head L2": {"head_l2": 0},
     "stage 1, no head L2": {"fine_tune_epochs": 0, "head_l2": 0},
+    "features guard": {"keep_best": "features"},
     "random, holdout": {"head_init": "random", "keep_best": "holdout"},
 }
 TASKS = {
