@@ -162,6 +162,17 @@ def test_regression_and_multilabel_heads_start_from_the_ridge_fit(task, capsys):
         assert bce < 0.3, bce
 
 
+class _PenaltySeen(keras.callbacks.Callback):
+    """Records the head's L2 strength (`head_l2`, None: no penalty) each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.strengths = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.strengths.append(head_l2(self.model))
+
+
 @pytest.mark.parametrize("task", ["regression", "multilabel"])
 def test_a_ridge_started_head_trains_on_with_an_l2_penalty(task, monkeypatch, capsys):
     """Stage 1 keeps the regularisation of the ridge start (`HeadL2`): on 24
@@ -171,15 +182,11 @@ def test_a_ridge_started_head_trains_on_with_an_l2_penalty(task, monkeypatch, ca
     x, t = _other_task_data(task, n=24, seed=3)
     rng = np.random.default_rng(3)
     t = rng.permutation(t)  # targets unrelated to the images: nothing to learn
-    seen, results = [], {}
+    results = {}
     for penalty in (True, False):
         if not penalty:
             monkeypatch.setattr(tltf.schedule, "attach_head_l2", lambda *a: False)
-
-        class Seen(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                seen.append(head_l2(self.model))
-
+        seen = _PenaltySeen()
         keras.utils.set_random_seed(0)
         model = make_tiny_model(t.shape[1], task=task)
         tltf.fine_tune(
@@ -190,7 +197,7 @@ def test_a_ridge_started_head_trains_on_with_an_l2_penalty(task, monkeypatch, ca
             fine_tune_epochs=0,
             batch_size=8,
             keep_best=False,
-            callbacks=[Seen()],
+            callbacks=[seen],
             verbose=1 if penalty else 0,
         )
         kernel = model.get_layer("head_output").kernel.numpy()
@@ -201,7 +208,8 @@ def test_a_ridge_started_head_trains_on_with_an_l2_penalty(task, monkeypatch, ca
                 strength = _ridge_strength(model, x, t) / n_units
             else:  # scikit-learn's default C=1, per label
                 strength = 1 / (2 * n_units)
-            assert seen and all(s == pytest.approx(strength) for s in seen)
+            assert seen.strengths
+            assert all(s == pytest.approx(strength) for s in seen.strengths)
             assert f"an L2 penalty of {strength:.3g} on its kernel" in (
                 capsys.readouterr().out
             )
@@ -260,12 +268,7 @@ def test_head_l2_sets_the_penalty_or_turns_it_off(task, strength, expected):
     else:
         x, t = make_data(24)
         model = make_tiny_model()
-    seen = []
-
-    class Seen(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            seen.append(head_l2(self.model))
-
+    seen = _PenaltySeen()
     tltf.fine_tune(
         model,
         (x, t),
@@ -273,10 +276,10 @@ def test_head_l2_sets_the_penalty_or_turns_it_off(task, strength, expected):
         fine_tune_epochs=1,
         unfreeze=1,
         head_l2=strength,
-        callbacks=[Seen()],
+        callbacks=[seen],
         verbose=0,
     )
-    assert seen == [expected, expected]  # both stages
+    assert seen.strengths == [expected, expected]  # both stages
     assert head_l2(model) is None
 
 

@@ -368,47 +368,28 @@ def _epochs(text: str) -> int | str:
     return value
 
 
-def _learning_rate(text: str) -> float | str:
-    if text == "find":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number > 0 or 'find', got {text!r}{_suggest(text, 'find')}"
-        ) from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+def _number_or(word: str, valid, expected: str):
+    """The type of a flag that takes `word` or a number: `valid(number)` holds."""
+
+    def parse(text: str) -> float | str:
+        if text == word:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {expected} or {word!r}, got {text!r}{_suggest(text, word)}"
+            ) from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _head_l2(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number >= 0 or 'auto', got {text!r}{_suggest(text, 'auto')}"
-        ) from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _wise(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number in [0, 1] or 'auto', got {text!r}"
-            f"{_suggest(text, 'auto')}"
-        ) from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+_learning_rate = _number_or("find", lambda v: v > 0, "a number > 0")
+_head_l2 = _number_or("auto", lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+_wise = _number_or("auto", lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def _regularize(text: str) -> str | dict:

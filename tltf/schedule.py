@@ -1166,8 +1166,7 @@ def _ridge_regression_start(output, z, labels, units: int, task: str):
     label as strong as scikit-learn's default logistic regression (C=1). The
     ridge's strength is chosen for squared error on 0/1 targets, and it does
     not carry over to the cross-entropy: on a base whose features barely help
-    it is hundreds of times too strong (benchmarks/RESULTS.md, "The head's
-    L2").
+    it is far too strong (benchmarks/RESULTS.md, "The head's L2").
     """
     t = np.asarray(labels, dtype=np.float64).reshape(len(z), -1)
     if t.shape[1] != units or not np.all(np.isfinite(t)):
