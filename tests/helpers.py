@@ -22,6 +22,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from tltf.regularizers import head_l2  # noqa: E402
+
 #: The repository root: job scripts run from it, with it on PYTHONPATH.
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,6 +175,17 @@ class PoisonAt(keras.callbacks.Callback):
         if epoch == self.epoch:
             kernel = self.model.get_layer("head_output").kernel
             kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+class PenaltySeen(keras.callbacks.Callback):
+    """Records the head's L2 strength (`head_l2`, None: no penalty) each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.strengths = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.strengths.append(head_l2(self.model))
 
 
 class CrashAt(keras.callbacks.Callback):

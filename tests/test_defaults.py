@@ -8,7 +8,13 @@ import pytest
 
 import tltf
 import tltf.cache
-from tests.helpers import CrashAt, make_data, make_tiny_base, make_tiny_model
+from tests.helpers import (
+    CrashAt,
+    PenaltySeen,
+    make_data,
+    make_tiny_base,
+    make_tiny_model,
+)
 from tltf.cache import converged
 from tltf.errors import ConfigError
 from tltf.layers import Standardization
@@ -162,17 +168,6 @@ def test_regression_and_multilabel_heads_start_from_the_ridge_fit(task, capsys):
         assert bce < 0.3, bce
 
 
-class _PenaltySeen(keras.callbacks.Callback):
-    """Records the head's L2 strength (`head_l2`, None: no penalty) each epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.strengths = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.strengths.append(head_l2(self.model))
-
-
 @pytest.mark.parametrize("task", ["regression", "multilabel"])
 def test_a_ridge_started_head_trains_on_with_an_l2_penalty(task, monkeypatch, capsys):
     """Stage 1 keeps the regularisation of the ridge start (`HeadL2`): on 24
@@ -186,7 +181,7 @@ def test_a_ridge_started_head_trains_on_with_an_l2_penalty(task, monkeypatch, ca
     for penalty in (True, False):
         if not penalty:
             monkeypatch.setattr(tltf.schedule, "attach_head_l2", lambda *a: False)
-        seen = _PenaltySeen()
+        seen = PenaltySeen()
         keras.utils.set_random_seed(0)
         model = make_tiny_model(t.shape[1], task=task)
         tltf.fine_tune(
@@ -268,7 +263,7 @@ def test_head_l2_sets_the_penalty_or_turns_it_off(task, strength, expected):
     else:
         x, t = make_data(24)
         model = make_tiny_model()
-    seen = _PenaltySeen()
+    seen = PenaltySeen()
     tltf.fine_tune(
         model,
         (x, t),

@@ -20,8 +20,9 @@ import tensorflow as tf
 
 import tltf
 from tests import tuning_job
-from tests.helpers import ROOT, free_ports, make_tiny_base
+from tests.helpers import ROOT, PenaltySeen, free_ports, make_tiny_base
 from tltf.errors import ConfigError, TrainingError
+from tltf.regularizers import head_l2
 from tltf.reports import plot_tuning
 from tltf.tuning import (
     HEADS_DIR,
@@ -32,6 +33,7 @@ from tltf.tuning import (
     results,
     tune,
 )
+from tltf.tuning.hypermodel import TRIAL_RECORD
 
 
 def _rows(result):
@@ -233,8 +235,11 @@ def test_bayesian_and_hyperband_share_stage1(tmp_path, kind):
     extra = {}
     if kind == "hyperband":
         # factor 2, max 2 stage-2 epochs: two 1-epoch trials, then the best one
-        # continues from its checkpoint to epoch 2.
-        extra = dict(fine_tune_epochs=2, tuner_kwargs={"factor": 2})
+        # continues from its checkpoint to epoch 2. Multi-label: a trial that
+        # continues another trains with its stage 1's head L2 too.
+        extra = dict(fine_tune_epochs=2, tuner_kwargs={"factor": 2}, task="multilabel")
+        (x, y), (xv, yv) = train, val
+        train, val = (x, np.eye(3)[y]), (xv, np.eye(3)[yv])
     result = tune(
         make_tiny_base(),
         train,
@@ -259,6 +264,10 @@ def test_bayesian_and_hyperband_share_stage1(tmp_path, kind):
         assert rows["2"]["stage1"] == "continued"
         assert rows["2"]["stage1_from"] in ("0", "1")
         assert rows["2"]["best_epoch"] == 3  # 1 head + 2 fine-tune epochs
+        records = [json.loads(p.read_text()) for p in tmp_path.rglob(TRIAL_RECORD)]
+        assert len(records) == 3
+        for record in records:
+            assert record["stage1"]["head_l2"] == pytest.approx(1 / (2 * 48 * 3))
     assert result.best_model is not None
 
 
@@ -291,6 +300,43 @@ def test_stage2_on_cached_frozen_blocks_matches_full_passes(blocks):
         np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(logs["val_loss"], full_logs["val_loss"], rtol=1e-5)
     assert list(logs["stage"]) == [2, 2]
+
+
+@pytest.mark.parametrize("setting", ["auto", 0.01])
+def test_a_trials_stage_2_trains_with_the_heads_l2_of_its_stage_1(setting):
+    """Under head_l2="auto" a ridge-started multi-label head trains with an L2
+    penalty, and one fine_tune call keeps it through stage 2. A trial's stage 2
+    (a call of its own) keeps stage 1's strength too, on cached frozen blocks
+    and on full passes alike (the same weights). A number applies to both."""
+    (x, y), (xv, yv) = tuning_job.data()
+    train, val = (x, np.eye(3)[y]), (xv, np.eye(3)[yv])
+    strength = 1 / (2 * len(x) * 3) if setting == "auto" else setting
+    weights = {}
+    for cache in ("auto", False):
+        hypermodel = tuning_job.hypermodel(
+            task="multilabel",
+            cache_features=cache,
+            head_l2=setting,
+            search={**tuning_job.FIXED_HEAD, "unfreeze": 1, "fine_tune_lr": 1e-3},
+            fine_tune_epochs=2,
+            head={"pool_from": "top"},  # one tensor crosses the cut
+        )
+        hp = kt.HyperParameters()
+        model = hypermodel.build(hp)
+        options = hypermodel.fit_options(hp)
+        partial = hypermodel._partial_cache(
+            model, hypermodel.trial_values(hp), options, train, val, []
+        )
+        assert bool(partial) == (cache == "auto")
+        seen = PenaltySeen()
+        FineTuneHyperModel.fit(
+            hypermodel, hp, model, train, val, callbacks=[seen], verbose=0
+        )
+        assert seen.strengths == [pytest.approx(strength)] * 2, cache
+        assert head_l2(model) is None  # a training-time penalty only
+        weights[cache] = model.get_weights()
+    for a, b in zip(weights["auto"], weights[False], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 class Fault(keras.callbacks.Callback):

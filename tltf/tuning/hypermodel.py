@@ -41,6 +41,7 @@ from tltf.heads import HeadConfig
 from tltf.info import ModelInfo, default_loss_and_metrics, model_info
 from tltf.model import build_model
 from tltf.optimizers import clone_optimizer, make_optimizer
+from tltf.regularizers import attach_head_l2, detach_head_l2, head_l2
 from tltf.schedule import FineTuneSchedule, fine_tune
 from tltf.settings import FIELDS, FIT_ARGUMENTS, FineTuneSettings, split_kwargs
 from tltf.stages import StageTag, stage_progbar
@@ -92,6 +93,19 @@ class _EpochTimes(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+
+
+class _HeadL2Seen(keras.callbacks.Callback):
+    """The strength of the head's L2 (`tltf.regularizers.head_l2`) as stage 1
+    trains: `fine_tune` removes the penalty when it returns."""
+
+    def __init__(self, model: keras.Model):
+        super().__init__()
+        self.full_model = model
+        self.strength: float | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.strength = head_l2(self.full_model)
 
 
 class FineTuneHyperModel(kt.HyperModel):
@@ -384,6 +398,9 @@ class FineTuneHyperModel(kt.HyperModel):
             elif not continued:
                 stage1 = {"mode": "none", "from": None}
             stage1_history = stage1.pop("history", None)
+            stage1["head_l2"] = self._stage2_head_l2(
+                stage1, hp, options, train, validation, context
+            )
             record["stage1"] = stage1
             timer = _EpochTimes()
             history = self._stage2(
@@ -396,6 +413,7 @@ class FineTuneHyperModel(kt.HyperModel):
                 H + stage2_start,
                 H + stage2_end,
                 verbose,
+                stage1["head_l2"],
             )
         except Exception as error:
             reason = failure_reason(error)
@@ -474,7 +492,7 @@ class FineTuneHyperModel(kt.HyperModel):
         key = self.head_key(hp, options, train, validation)
 
         def train_head() -> dict:
-            timer = _EpochTimes()
+            timer, penalty = _EpochTimes(), _HeadL2Seen(model)
             started = time.perf_counter()
             history = self._fine_tune(
                 model,
@@ -483,7 +501,7 @@ class FineTuneHyperModel(kt.HyperModel):
                 head_epochs=self.head_epochs,
                 fine_tune_epochs=0,
                 head_lr=float(values["head_lr"]),
-                callbacks=[timer],
+                callbacks=[timer, penalty],
                 verbose=verbose,
                 **_stage1_options(options),
             )
@@ -496,6 +514,7 @@ class FineTuneHyperModel(kt.HyperModel):
                 "seconds": time.perf_counter() - started,
                 "epoch_seconds": timer.seconds,
                 "history": _plain_history(history.history),
+                "head_l2": penalty.strength,
             }
 
         store = self._store(context) if self.share_stage1 else None
@@ -515,31 +534,67 @@ class FineTuneHyperModel(kt.HyperModel):
             "seconds": record.get("seconds"),
             "epoch_seconds": record.get("epoch_seconds"),
             "history": record.get("history"),
+            "head_l2": record.get("head_l2"),
         }
 
+    def _stage2_head_l2(self, stage1, hp, options, train, validation, context):
+        """The head's L2 strength for stage 2, or None.
+
+        A number for `head_l2` applies as set. Under "auto", stage 2 trains on
+        with the strength stage 1 trained with (a ridge-started regression or
+        multi-label head has one: `tltf.schedule.prepare_head`), as one
+        `fine_tune` call would; a trial that continues another (Hyperband) reads
+        it from the stage-1 store.
+        """
+        if self.settings.head_l2 != "auto":
+            return float(self.settings.head_l2) or None
+        if stage1["mode"] == "continued" and self.share_stage1:
+            store = self._store(context)
+            key = self.head_key(hp, options, train, validation)
+            found = store.record(key) if store is not None else None
+            return (found or {}).get("head_l2")
+        return stage1.get("head_l2")
+
     def _stage2(
-        self, model, values, options, train, validation, callbacks, start, end, verbose
+        self,
+        model,
+        values,
+        options,
+        train,
+        validation,
+        callbacks,
+        start,
+        end,
+        verbose,
+        penalty=None,
     ):
+        """Stage 2 of a trial; `penalty`: the head's L2 strength, or None."""
         decay = float(values["lr_decay"])
         partial = self._partial_cache(
             model, values, options, train, validation, callbacks
         )
         if partial is not None:
-            return _fit_on_frozen_features(
-                model,
-                partial,
-                train,
-                validation,
-                values,
-                make_optimizer(self.optimizer, float(values["head_lr"])),
-                callbacks,
-                start,
-                end,
-                self.batch_size,
-                self.seed,
-                verbose,
-            )
-        fit_args = {"initial_epoch": start} if start else {}
+            try:
+                if penalty:
+                    attach_head_l2(model, penalty)
+                return _fit_on_frozen_features(
+                    model,
+                    partial,
+                    train,
+                    validation,
+                    values,
+                    make_optimizer(self.optimizer, float(values["head_lr"])),
+                    callbacks,
+                    start,
+                    end,
+                    self.batch_size,
+                    self.seed,
+                    verbose,
+                )
+            finally:
+                detach_head_l2(model)
+        extra = {"initial_epoch": start} if start else {}
+        extra["head_l2"] = penalty or 0
         return self._fine_tune(
             model,
             train,
@@ -553,8 +608,7 @@ class FineTuneHyperModel(kt.HyperModel):
             lr_decay=None if decay == 1.0 else decay,
             callbacks=callbacks,
             verbose=verbose,
-            **options,
-            **fit_args,
+            **{**options, **extra},
         )
 
     def _partial_cache(self, model, values, options, train, validation, callbacks):
@@ -566,8 +620,11 @@ class FineTuneHyperModel(kt.HyperModel):
         inputs, no augmentation or other fine_tune options, no gradual
         unfreezing, and `cache_features` not False.
         """
-        # Options at their neutral value (None, 0, False) change nothing.
-        if self.cache_features is False or any(v for v in options.values()):
+        # Options at their neutral value (None, 0, False) change nothing; the
+        # head's L2 is put on the head's kernel, which the cached fit trains.
+        if self.cache_features is False or any(
+            v for k, v in options.items() if k != "head_l2"
+        ):
             return None
         if self.settings.regularize is not None or self.settings.lr_policy != "uniform":
             return None  # fine_tune applies them
