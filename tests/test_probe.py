@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from matplotlib.figure import Figure
 
 import tltf
-from tests.helpers import make_data, make_tiny_base
+from tests.helpers import check_error, make_data, make_tiny_base, raises
 from tltf.errors import BlockMapError, ConfigError, DataError
 from tltf.probe import (
     probe_blocks,
@@ -109,6 +110,34 @@ def test_probe_options_table_csv_and_plot(tmp_path, capsys):
     figure = chosen.plot(tmp_path / "probe.png")
     assert isinstance(figure, Figure) and (tmp_path / "probe.png").stat().st_size
     assert chosen.build_kwargs() == {"cut": chosen.cut, "unfreeze": chosen.unfreeze}
+
+
+def _two_tensor_base():
+    """Block 2 hands on two tensors, its own output and block 1's, as NASNet's
+    cells do: block 2 cannot be read alone."""
+    inputs = keras.Input((16, 16, 3), name="skip_input")
+    a = keras.layers.Conv2D(8, 3, padding="same", name="block1_conv")(inputs)
+    b = keras.layers.Conv2D(8, 3, padding="same", name="block2_conv")(a)
+    x = keras.layers.Concatenate(name="block3_concat")([a, b])
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="block3_conv")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="block4_conv")(x)
+    return keras.Model(inputs, x, name="skip")
+
+
+def test_blocks_that_hand_on_two_tensors_are_left_out_of_the_probe(capsys):
+    """fine_tune's defaults probe the blocks (unfreeze="auto"): on a base like
+    NASNet they probe the blocks that can be read, instead of failing. A block
+    asked for by name still fails, naming it."""
+    data = make_data(30)
+    result = probe_blocks(_two_tensor_base(), data, verbose=0)
+    assert [r["block"] for r in result.table] == ["block1", "block3", "block4"]
+    model = tltf.build_model(_two_tensor_base(), 3)
+    tltf.fine_tune(model, data, head_epochs=1, fine_tune_epochs=1, batch_size=16)
+    assert "tltf: unfreeze='auto' ->" in capsys.readouterr().out
+    error = raises(
+        BlockMapError, probe_blocks, _two_tensor_base(), data, blocks=["block2"]
+    )
+    check_error(error, BlockMapError, "block2", "2 tensors", "single tensor")
 
 
 def test_probe_errors():

@@ -285,9 +285,12 @@ def probe_blocks(
             exact leave-one-out on `train`. Called `val` before; `val=` still
             works, with a DeprecationWarning. Defaults to None.
         every: int. Probe every k-th block, counted down from the top (the top
-            block is always probed). Defaults to 1 (every block).
+            block is always probed). Defaults to 1 (every block). A block that
+            hands on more than one tensor (NASNet's cells pass on two) cannot be
+            read alone and is left out.
         blocks: sequence of block names or indices, or None. Probe exactly these
-            blocks (plus the top block, the reference). Defaults to None.
+            blocks (plus the top block, the reference); a block that hands on
+            more than one tensor is a BlockMapError. Defaults to None.
         input_shape: tuple or None. As for `build_model`. Defaults to the base's.
         batch_size: int. Batch size of the forward pass for array inputs.
             Defaults to 32.
@@ -345,6 +348,8 @@ def probe_blocks(
     metric = "r2" if task in R2_TASKS else "accuracy"
     loaded = load_base(base, input_shape=input_shape, **base_kwargs)
     positions = _positions(loaded.block_map, every, blocks)
+    if blocks is None:
+        positions = _readable(loaded, positions)
     if isinstance(train, DataBundle):
         if val is None:
             val = train.validation
@@ -452,6 +457,19 @@ def _positions(block_map, every, blocks) -> list[int]:
             f"Expected every as an integer >= 1. Received: every={every!r}"
         )
     return sorted(range(n - 1, -1, -every))
+
+
+def _readable(base: Base, positions: list[int]) -> list[int]:
+    """The positions whose block ends in one tensor, which a probe can read.
+
+    Most bases pass one tensor from block to block. NASNet's cells pass two (the
+    cell's output and the one before it), so its blocks up to the last
+    reduction cell cannot be read alone; the top block always can.
+    """
+    tensors = block_outputs(base.model, base.block_map, positions, strict=False)
+    return [
+        p for p, tensor in zip(positions, tensors, strict=True) if tensor is not None
+    ]
 
 
 def _check_fraction(value) -> None:
