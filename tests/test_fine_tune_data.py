@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tltf
 from tests.helpers import make_data, make_tiny_model
@@ -88,3 +92,44 @@ def test_array_batches_keep_the_order_of_shuffled_tensor_slices():
             np.testing.assert_array_equal(gy.numpy(), wy.numpy())
     plain = list(array_batches((x, y), "train", 8, False, None))
     np.testing.assert_array_equal(np.concatenate([b[0] for b in plain]), x)
+
+
+class _Steps(keras.callbacks.Callback):
+    """Records the steps that Keras knows at the start of each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(self.params.get("steps"))
+
+
+def test_a_dataset_of_unknown_length_is_counted_once(recwarn):
+    """A generator has no known length. fine_tune counts its batches in one pass
+    of the input pipeline, so that Keras knows each epoch's steps: no "Unknown"
+    progress, no "Your input ran out of data" warning at each stage's start, and
+    the automatic epochs count optimizer steps."""
+    x, y = make_data(40)
+
+    def generator():
+        yield from zip(x, y, strict=True)
+
+    spec = (tf.TensorSpec(x.shape[1:], x.dtype), tf.TensorSpec((), y.dtype))
+    train = tf.data.Dataset.from_generator(generator, output_signature=spec)
+    val = train.take(20)
+    assert train.cardinality() == val.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    warnings.simplefilter("always")
+    steps = _Steps()
+    tltf.fine_tune(
+        make_tiny_model(),
+        train,
+        val,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        batch_size=16,
+        callbacks=[steps],
+        verbose=0,
+    )
+    assert steps.seen == [3, 3]  # 40 images in batches of 16, in both stages
+    assert not [w for w in recwarn if "ran out of data" in str(w.message)]
