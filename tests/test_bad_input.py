@@ -80,6 +80,26 @@ def test_a_model_with_two_inputs_is_not_a_base():
     check_error(error, errors.ModelError, "one image input", "(None, 4)", "wrap")
 
 
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3)
+
+    def call(self, x):
+        return self.conv(x)
+
+
+def test_a_subclassed_model_says_how_to_wrap_it_and_the_wrapped_one_trains():
+    model = _Subclassed()
+    model(np.zeros((1, 16, 16, 3), "float32"))
+    error = raises(errors.ModelError, tltf.build_model, model, 3)
+    check_error(error, errors.ModelError, "subclassed", "keras.Model(inputs, model(")
+    inputs = keras.Input((16, 16, 3))  # the fix the message gives
+    wrapped = tltf.build_model(keras.Model(inputs, model(inputs)), 3)
+    assert tltf.model_info(wrapped).block_map.names == [model.name]
+    tltf.fine_tune(wrapped, make_data(24), head_epochs=1, fine_tune_epochs=1, verbose=0)
+
+
 def test_labels_out_of_range_and_num_classes_mismatch():
     x, y = make_data(n=32, classes=3)
     error = raises(

@@ -160,8 +160,15 @@ def _custom_base(model: keras.Model, blocks, preprocessing: str | None) -> Base:
             f"Model {model.name!r} has no layers graph yet. Build it (call it on an "
             "input or give it an Input) before using it as a base."
         )
-    shapes = [tuple(t.shape) for t in getattr(model, "inputs", None) or []]
-    if shapes and (len(shapes) != 1 or len(shapes[0]) != 4):
+    if not getattr(model, "inputs", None):
+        raise ModelError(
+            f"Model {model.name!r} is a subclassed keras.Model: it has no graph of "
+            "layers that tltf can split into blocks. Pass a functional or Sequential "
+            "model, or wrap this one as a base of one block: inputs = keras.Input("
+            "(height, width, 3)); base = keras.Model(inputs, model(inputs))."
+        )
+    shapes = [tuple(t.shape) for t in model.inputs]
+    if len(shapes) != 1 or len(shapes[0]) != 4:
         raise ModelError(
             f"A base takes one image input of shape (batch, height, width, "
             f"channels). Model {model.name!r} has inputs of shapes {shapes}. Wrap "
