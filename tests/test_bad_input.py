@@ -328,3 +328,29 @@ def test_automatic_settings_misspelt_or_without_data():
         head={"pool_from": "middle"},
     )
     check_error(pool, errors.ConfigError, "pool_from", "'auto'", "received", "middle")
+
+
+def test_model_fit_habits_get_the_fine_tune_spelling():
+    """fine_tune(model, x, y), x=/y=, epochs= and validation_split= are how
+    model.fit is called; each error names the argument and what to pass."""
+    model = make_tiny_model()
+    x, y = make_data(20)
+    error = raises(errors.DataError, tltf.fine_tune, model, x, y)
+    check_error(error, errors.DataError, "(20, 16, 16, 3)", "without labels")
+    check_error(error, errors.DataError, "(images, labels)")
+    for keywords, words in (
+        ({"x": x, "y": y}, ("x=", "fine_tune(model, (x, y))")),
+        (
+            {"train": (x, y), "epochs": 3},
+            ("epochs=", "head_epochs", "fine_tune_epochs"),
+        ),
+        (
+            {"train": (x, y), "validation_split": 0.2},
+            ("validation_split=", "load_data"),
+        ),
+    ):
+        error = raises(errors.ConfigError, tltf.fine_tune, model, **keywords)
+        check_error(error, errors.ConfigError, "model.fit", *words)
+    # The split the message gives works.
+    data = tltf.load_data((x, y), image_size=x.shape[1:3], validation_split=0.2, seed=0)
+    assert (data.num_train, data.num_validation) == (16, 4)

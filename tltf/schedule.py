@@ -426,7 +426,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
 @with_xla_errors
 def fine_tune(
     model: keras.Model,
-    train,
+    train=None,
     validation_data=None,
     settings: FineTuneSettings | None = None,
     *,
@@ -503,6 +503,11 @@ def fine_tune(
     [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
     """
     settings, fit_kwargs = split_kwargs(settings, kwargs)
+    if train is None:
+        raise ConfigError(
+            "fine_tune() needs training data: fine_tune(model, (images, labels)), a "
+            "tf.data.Dataset of (image, label) pairs or a tltf.load_data bundle."
+        )
     info = model_info(model)
     strategy = model_strategy(model, strategy)
     head_epochs, fine_tune_epochs = settings.head_epochs, settings.fine_tune_epochs

@@ -536,6 +536,20 @@ FIT_ARGUMENTS = (
 )
 
 
+#: `model.fit` arguments that `fine_tune` does not take, and what to use instead.
+FIT_INSTEAD = {
+    "epochs": "It trains two stages: head_epochs (stage 1, the head on the frozen "
+    "base) and fine_tune_epochs (stage 2), both 'auto' by default (sized in "
+    "optimizer steps).",
+    "validation_split": "Split the data first, e.g. data = tltf.load_data((x, y), "
+    "image_size=x.shape[1:3], validation_split=0.2, seed=0), then "
+    "fine_tune(model, data); or pass validation_data=(x_val, y_val).",
+    "x": "It takes the training data as one argument: fine_tune(model, (x, y)), or "
+    "a tf.data.Dataset of (image, label) pairs.",
+}
+FIT_INSTEAD["y"] = FIT_INSTEAD["x"]
+
+
 def split_kwargs(
     settings: FineTuneSettings | None, kwargs: dict[str, Any], caller: str = "fine_tune"
 ) -> tuple[FineTuneSettings, dict[str, Any]]:
@@ -555,6 +569,12 @@ def split_kwargs(
             f"settings={settings!r}. Pass single settings as keywords instead, e.g. "
             f"{caller}(model, train, head_epochs=5)."
         )
+    for name, instead in FIT_INSTEAD.items():
+        if name in kwargs:
+            raise ConfigError(
+                f"{caller}() got {name}=, an argument of model.fit that it does not "
+                f"take. {instead}"
+            )
     check_keywords(
         kwargs,
         (*FIELDS, *FIT_ARGUMENTS),

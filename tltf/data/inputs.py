@@ -110,9 +110,15 @@ def peek(data, what: str) -> tuple[np.ndarray | None, np.ndarray]:
     """
     if not isinstance(data, tf.data.Dataset):
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            alone = ""
+            if isinstance(data, np.ndarray):
+                alone = (
+                    f" of shape {data.shape}, without labels. Pass the images and "
+                    f"their labels together, as one tuple: (images, labels)"
+                )
             raise DataError(
                 f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
-                f"(images, labels) of arrays. Received: {type(data).__name__}"
+                f"(images, labels) of arrays. Received: {type(data).__name__}{alone}"
             )
         try:
             images = np.asarray(data[0])
