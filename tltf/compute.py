@@ -229,9 +229,10 @@ def rebuild(model: keras.Model, policy: str | None = None) -> keras.Model:
             model, clone_function=clone_layer, recursive=True
         )
     except (ValueError, TypeError, NotImplementedError) as error:
+        reason = " ".join(str(error).split())  # Keras's message spans lines
         raise ConfigError(
             f"Base {model.name!r} cannot be rebuilt for the strategy or dtype "
-            f"policy ({error.__class__.__name__}: {str(error)[:200]}). Build it "
+            f"policy ({error.__class__.__name__}: {reason[:200]}). Build it "
             "yourself under `strategy.scope()` (and "
             "`keras.config.set_dtype_policy(...)`) and pass that model."
         ) from None

@@ -350,9 +350,10 @@ class Resume:
         made ahead at the end of the epoch, then dropped. Creating (and dropping)
         as many as the stored run did makes the resumed epochs read the orders
         that an uninterrupted run reads, so that a resumed run of a deterministic
-        setup ends with the same weights (checked by tests/test_resume.py). With
-        an unknown length or `steps_per_epoch`, one per epoch is an approximation:
-        the orders then differ from an uninterrupted run's.
+        setup ends with the same weights (checked by tests/test_resume.py).
+        (`fine_tune` counts an input of unknown length first, so its length is
+        known.) With `steps_per_epoch` (an endless dataset), one per epoch is an
+        approximation: the orders then differ from an uninterrupted run's.
         """
         known = int(dataset.cardinality()) >= 0
         per_epoch = 2 if known and not self.steps_per_epoch else 1
