@@ -463,8 +463,8 @@ def _readable(base: Base, positions: list[int]) -> list[int]:
     """The positions whose block ends in one tensor, which a probe can read.
 
     Most bases pass one tensor from block to block. NASNet's cells pass two (the
-    cell's output and the one before it), so its blocks up to the last
-    reduction cell cannot be read alone; the top block always can.
+    cell's output and the one before it), so of NASNetMobile's 18 blocks only
+    `stem`, `cell_12` and `top` can be read alone; the top block always can.
     """
     tensors = block_outputs(base.model, base.block_map, positions, strict=False)
     return [
