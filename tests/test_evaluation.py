@@ -291,6 +291,13 @@ def test_predict_on_arrays_files_and_npz(photo_folder, tmp_path):
     np.savez(tmp_path / "x.npz", x=images, class_names=np.array(["r", "g", "b"]))
     rows = predict(model, tmp_path / "x.npz", top_k=1)
     assert [r["labels"] for r in rows] == [["b"], ["r"]]
+    # A tf.data.Dataset of images or (image, label) pairs, batched or not.
+    pairs = tf.data.Dataset.from_tensor_slices((images, np.array([2, 0])))
+    for ds in (pairs, pairs.batch(1), pairs.map(lambda x, y: x)):
+        rows = predict(model, ds, top_k=1)
+        assert [(r["index"], r["labels"]) for r in rows] == [(0, ["2"]), (1, ["0"])]
+    with pytest.raises(DataError, match="empty dataset"):
+        predict(model, pairs.take(0))
 
 
 @pytest.mark.slow

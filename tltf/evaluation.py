@@ -241,6 +241,33 @@ def _npz_images(path: Path) -> tuple[np.ndarray, list[str] | None]:
     return images, ([str(n) for n in names.tolist()] if names is not None else None)
 
 
+def _dataset_images(ds: tf.data.Dataset) -> np.ndarray:
+    """The images of a tf.data.Dataset of images or (image, label) pairs,
+    batched or not, as one array (in the dataset's order)."""
+    spec = ds.element_spec
+    if isinstance(spec, (tuple, list)) and spec:
+        ds = ds.map(lambda image, *rest: image)
+        spec = ds.element_spec
+    if not isinstance(spec, tf.TensorSpec) or spec.shape.rank not in (3, 4):
+        raise DataError(
+            "Expected a tf.data.Dataset of images or (image, label) pairs, batched "
+            f"or not. Received elements of structure {spec}."
+        )
+    if spec.shape.rank == 3:
+        ds = ds.batch(256)
+    try:
+        batches = list(ds.as_numpy_iterator())
+    except tf.errors.InvalidArgumentError:
+        raise DataError(
+            "The dataset's images differ in size, so they cannot be stacked. Resize "
+            "them in the pipeline (e.g. .map(lambda x, *y: tf.image.resize(x, (h, "
+            "w)))) or pass the image files instead."
+        ) from None
+    if not batches:
+        raise DataError("Received an empty dataset: no images to predict.")
+    return np.concatenate(batches)
+
+
 def _folder_files(root: Path) -> list[str]:
     files = []
     for file in sorted(root.rglob("*")):
@@ -261,6 +288,8 @@ def _image_source(inputs, size: tuple[int, int], resize: str, limit: int | None 
     opts = _options(size, resize)
     names = None
     files = None
+    if isinstance(inputs, tf.data.Dataset):
+        inputs = _dataset_images(inputs)
     if isinstance(inputs, (str, os.PathLike)):
         path = Path(inputs).expanduser()
         if path.is_dir():
@@ -405,9 +434,11 @@ def predict(
     Args:
         model: keras.Model, or the path of a `.keras` file.
         inputs: An array (N, H, W, C) or one image (H, W, C) of raw RGB pixels
-            in [0, 255]; an image file or a list of them; a folder of images
-            (searched recursively; unreadable files are skipped and listed); or a
-            `.npz` file with `x` (or `images`) and optionally `class_names`.
+            in [0, 255]; a tf.data.Dataset of such images or of (image, label)
+            pairs, batched or not (its labels are not used); an image file or a
+            list of them; a folder of images (searched recursively; unreadable
+            files are skipped and listed); or a `.npz` file with `x` (or
+            `images`) and optionally `class_names`.
         class_names: list of str or None. Names of the classes, in label order.
             Defaults to None: the `.npz` file's `class_names`, else "0", "1", ...
         top_k: int. How many classes per row. Defaults to 5.
