@@ -299,13 +299,16 @@ class StagePrinter(keras.callbacks.Callback):
         """\
 ## `fine_tune` with Keras callbacks
 
-- **EarlyStopping** with `start_from_epoch=head_epochs` watches stage 2 only, so a
-  flat stage 1 cannot stop the run before the base is fine-tuned;
-  `restore_best_weights=True` keeps the best epoch's weights. This is why
-  `head_epochs` is a number here: with the default, `"auto"`, stage 1 ends when
-  the head's loss has converged, so the epoch where stage 2 starts is not known
-  in advance. Everything else keeps `fine_tune`'s defaults (the rates,
-  `unfreeze="auto"`, stage-2 epochs from a step budget, `keep_best`).
+- **EarlyStopping** watches stage 2 only: with the default `head_epochs="auto"`,
+  stage 1 ends when the head's loss has converged, so the epoch where stage 2
+  starts is not known in advance, and a patience counted from epoch 1 would run
+  out in stage 1 and end the run before the base is fine-tuned. `fine_tune`
+  starts an EarlyStopping left at `start_from_epoch=0` at stage 2's first epoch
+  (a `tltf:` line says so when `verbose` is on) and sets it back afterwards; give `head_epochs` a
+  number and `start_from_epoch` yourself to choose otherwise.
+  `restore_best_weights=True` keeps the best epoch's weights. Everything here
+  keeps `fine_tune`'s defaults (the rates, `unfreeze="auto"`, stage-2 epochs
+  from a step budget, `keep_best`).
 - **ModelCheckpoint** writes the best model so far as `.keras`. tltf's
   `tltf.checkpoint.ModelCheckpoint` takes the same arguments as Keras's and writes
   atomically: a crash mid-save never leaves a truncated file in place of the last
@@ -316,10 +319,8 @@ class StagePrinter(keras.callbacks.Callback):
     (
         "code",
         """\
-head_epochs = 5  # a number, so that EarlyStopping knows where stage 2 starts
 callbacks = [
     keras.callbacks.EarlyStopping(monitor="val_loss", patience=2,
-                                  start_from_epoch=head_epochs,
                                   restore_best_weights=True),
     tltf.checkpoint.ModelCheckpoint(WORK / "best.keras", monitor="val_accuracy",
                                     save_best_only=True),
@@ -329,8 +330,7 @@ callbacks = [
 ]
 model = tltf.build_model(base, num_classes)
 history = tltf.fine_tune(
-    model, (x_train, y_train), (x_val, y_val), head_epochs=head_epochs,
-    callbacks=callbacks, seed=0, verbose=0,
+    model, (x_train, y_train), (x_val, y_val), callbacks=callbacks, seed=0, verbose=0,
 )""",
     ),
     (

@@ -136,6 +136,39 @@ def test_callbacks_see_both_stages_with_continuous_epochs(data, tmp_path):
     assert recorder.trainable == [[], [], ["block4"], ["block4"], ["block4"]]
 
 
+@pytest.mark.parametrize("augment", [False, True])  # cached stage 1, full passes
+def test_early_stopping_watches_stage_2_when_stage_1_sizes_itself(augment, capsys):
+    """An EarlyStopping left at start_from_epoch=0 would spend its patience in
+    stage 1 ("auto": the head trains until its loss converges) and end the run
+    before stage 2. tltf starts it at stage 2's first epoch, says so, and sets
+    it back when fine_tune ends. With a number of head epochs it is left alone."""
+    # "max" on a falling training loss: no epoch after the first improves.
+    stopping = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=1)
+    history = tltf.fine_tune(
+        make_tiny_model(),
+        make_data(48),
+        fine_tune_epochs=5,
+        unfreeze=1,
+        augment=augment,
+        keep_best=False,
+        callbacks=[stopping],
+    )
+    stages = history.history["stage"]
+    assert stages.count(1) > 2 and 2 <= stages.count(2) < 5, stages
+    assert "EarlyStopping watches stage 2 only" in capsys.readouterr().out
+    assert stopping.start_from_epoch == 0
+    history = tltf.fine_tune(
+        make_tiny_model(),
+        make_data(48),
+        head_epochs=4,
+        fine_tune_epochs=5,
+        keep_best=False,
+        callbacks=[stopping],
+        verbose=0,
+    )
+    assert history.history["stage"] == [1, 1]  # the user's choice: patience 1
+
+
 @pytest.mark.slow
 def test_callback_form_matches_fine_tune_form(data):
     ds = tf.data.Dataset.from_tensor_slices(data).batch(16)

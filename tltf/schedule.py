@@ -618,6 +618,9 @@ def fine_tune(
         )
     callbacks = list(callbacks or [])
     _check_monitors(callbacks, metrics, val_ds is not None)
+    patience = _StageTwoPatience.for_run(callbacks, schedule, head_epochs, loud)
+    if patience is not None and fine_tune_epochs:
+        callbacks.insert(0, patience)
     if loud and any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks):
         print(
             "tltf: note: keras.callbacks.BackupAndRestore restores the weights and "
@@ -737,6 +740,54 @@ def fine_tune(
         # The head's L2 (`prepare_head`) is a training-time penalty: the model
         # leaves fine_tune without it, also when a run fails or is interrupted.
         detach_head_l2(model)
+        if patience is not None:
+            patience.restore()
+
+
+class _StageTwoPatience(keras.callbacks.Callback):
+    """Starts the user's EarlyStopping at stage 2 when stage 1 sizes itself.
+
+    With `head_epochs="auto"` stage 1 ends when the head's training loss has
+    converged, and a head fit that closely to a few images often raises the
+    validation loss on the way: an EarlyStopping counting from epoch 1 would
+    spend its patience in stage 1 and end the run before stage 2 has trained.
+    Each EarlyStopping whose `start_from_epoch` is 0 (Keras's default) starts at
+    stage 2's first epoch instead, and is set back to 0 when `fine_tune` ends.
+    The guard (`keep_best`) still keeps stage 1's weights when they were better.
+    """
+
+    def __init__(self, stopping: list, schedule: FineTuneSchedule):
+        super().__init__()
+        self.stopping, self.schedule = stopping, schedule
+        for callback in stopping:
+            callback.start_from_epoch = 2**31  # set at stage 2's first epoch
+
+    @classmethod
+    def for_run(cls, callbacks, schedule, head_epochs, loud):
+        """The callback for a run's EarlyStopping callbacks, or None."""
+        stopping = [
+            c
+            for c in callbacks
+            if isinstance(c, keras.callbacks.EarlyStopping) and c.start_from_epoch == 0
+        ]
+        if head_epochs != "auto" or not stopping:
+            return None
+        if loud:
+            print(
+                "tltf: EarlyStopping watches stage 2 only (head_epochs='auto': stage "
+                "1 ends when the head's loss has converged). Set its start_from_epoch, "
+                "or give head_epochs a number, to choose yourself."
+            )
+        return cls(stopping, schedule)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.schedule.stage == 2:
+            for callback in self.stopping:
+                callback.start_from_epoch = min(callback.start_from_epoch, epoch)
+
+    def restore(self) -> None:
+        for callback in self.stopping:
+            callback.start_from_epoch = 0
 
 
 def _end_with_wise(model, stage_one, settings, guard, val_ds, images, loud) -> None:
