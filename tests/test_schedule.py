@@ -167,6 +167,15 @@ def test_early_stopping_watches_stage_2_when_stage_1_sizes_itself(augment, capsy
         verbose=0,
     )
     assert history.history["stage"] == [1, 1]  # the user's choice: patience 1
+    # Without stage 2 it watches stage 1, the only one.
+    history = tltf.fine_tune(
+        make_tiny_model(),
+        make_data(48),
+        fine_tune_epochs=0,
+        callbacks=[stopping],
+        verbose=0,
+    )
+    assert history.history["stage"] == [1, 1]
 
 
 @pytest.mark.slow

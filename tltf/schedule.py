@@ -618,8 +618,10 @@ def fine_tune(
         )
     callbacks = list(callbacks or [])
     _check_monitors(callbacks, metrics, val_ds is not None)
-    patience = _StageTwoPatience.for_run(callbacks, schedule, head_epochs, loud)
-    if patience is not None and fine_tune_epochs:
+    patience = _StageTwoPatience.for_run(
+        callbacks, schedule, head_epochs, fine_tune_epochs, loud
+    )
+    if patience is not None:
         callbacks.insert(0, patience)
     if loud and any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks):
         print(
@@ -763,14 +765,15 @@ class _StageTwoPatience(keras.callbacks.Callback):
             callback.start_from_epoch = 2**31  # set at stage 2's first epoch
 
     @classmethod
-    def for_run(cls, callbacks, schedule, head_epochs, loud):
-        """The callback for a run's EarlyStopping callbacks, or None."""
+    def for_run(cls, callbacks, schedule, head_epochs, fine_tune_epochs, loud):
+        """The callback for a run's EarlyStopping callbacks, or None (a run
+        without automatic stage 1 or without stage 2 leaves them alone)."""
         stopping = [
             c
             for c in callbacks
             if isinstance(c, keras.callbacks.EarlyStopping) and c.start_from_epoch == 0
         ]
-        if head_epochs != "auto" or not stopping:
+        if head_epochs != "auto" or not fine_tune_epochs or not stopping:
             return None
         if loud:
             print(
