@@ -470,7 +470,9 @@ def fine_tune(
         validation_data: Same forms as `train`, or None; defaults to the
             bundle's validation split when `train` is a DataBundle.
         settings: FineTuneSettings or None. Defaults to `FineTuneSettings()`.
-        callbacks: list or None. Keras callbacks; they see both stages.
+        callbacks: list or None. Keras callbacks; they see both stages. With
+            `head_epochs="auto"` and a stage 2, an EarlyStopping left at
+            `start_from_epoch=0` starts at stage 2's first epoch.
         verbose: Keras's `fit` verbosity. Defaults to "auto".
         backup_dir: str, PathLike or None. Makes the run resumable: a checkpoint
             (weights, optimizer state, stage, history) is written atomically there
