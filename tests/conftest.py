@@ -21,6 +21,8 @@ RUN_FIRST = (
     "test_resume.py",
     "test_readme_walkthrough.py",
     "test_tuning.py",
+    "test_soups.py",
+    "test_demo.py",
     "test_cli_e2e.py",
     "test_distribute.py",
     "test_cli_resume.py",
