@@ -136,47 +136,46 @@ def test_callbacks_see_both_stages_with_continuous_epochs(data, tmp_path):
     assert recorder.trainable == [[], [], ["block4"], ["block4"], ["block4"]]
 
 
+def _stages_with(stopping, **kwargs) -> list[int]:
+    """The stages of a fine_tune run on a tiny model with one EarlyStopping."""
+    history = tltf.fine_tune(
+        make_tiny_model(),
+        make_data(48),
+        keep_best=False,
+        callbacks=[stopping],
+        **kwargs,
+    )
+    return history.history["stage"]
+
+
+def _never_improving():
+    """An EarlyStopping that stops at the second epoch it watches: with this
+    min_delta no later epoch improves (a margin, not the loss, decides)."""
+    return keras.callbacks.EarlyStopping(monitor="loss", min_delta=1e9, patience=1)
+
+
 @pytest.mark.parametrize("augment", [False, True])  # cached stage 1, full passes
 def test_early_stopping_watches_stage_2_when_stage_1_sizes_itself(augment, capsys):
     """An EarlyStopping left at start_from_epoch=0 would spend its patience in
     stage 1 ("auto": the head trains until its loss converges) and end the run
     before stage 2. tltf starts it at stage 2's first epoch, says so, and sets
-    it back when fine_tune ends. With a number of head epochs it is left alone."""
-    # With this min_delta no epoch after the first that it watches improves: it
-    # stops the run at the second (a margin, not the loss, decides).
-    stopping = keras.callbacks.EarlyStopping(monitor="loss", min_delta=1e9, patience=1)
-    history = tltf.fine_tune(
-        make_tiny_model(),
-        make_data(48),
-        fine_tune_epochs=5,
-        unfreeze=1,
-        augment=augment,
-        keep_best=False,
-        callbacks=[stopping],
-    )
-    stages = history.history["stage"]
+    it back when fine_tune ends."""
+    stopping = _never_improving()
+    stages = _stages_with(stopping, fine_tune_epochs=5, unfreeze=1, augment=augment)
     assert stages.count(1) > 2 and stages.count(2) == 2, stages
     assert "EarlyStopping watches stage 2 only" in capsys.readouterr().out
     assert stopping.start_from_epoch == 0
-    history = tltf.fine_tune(
-        make_tiny_model(),
-        make_data(48),
-        head_epochs=4,
-        fine_tune_epochs=5,
-        keep_best=False,
-        callbacks=[stopping],
-        verbose=0,
-    )
-    assert history.history["stage"] == [1, 1]  # the user's choice: patience 1
+
+
+def test_early_stopping_is_left_alone_with_head_epochs_or_without_stage_2():
+    stopping = _never_improving()
+    # A number of head epochs: the user's choice, patience 1 in stage 1.
+    assert _stages_with(stopping, head_epochs=4, fine_tune_epochs=5, verbose=0) == [
+        1,
+        1,
+    ]
     # Without stage 2 it watches stage 1, the only one.
-    history = tltf.fine_tune(
-        make_tiny_model(),
-        make_data(48),
-        fine_tune_epochs=0,
-        callbacks=[stopping],
-        verbose=0,
-    )
-    assert history.history["stage"] == [1, 1]
+    assert _stages_with(stopping, fine_tune_epochs=0, verbose=0) == [1, 1]
 
 
 @pytest.mark.slow

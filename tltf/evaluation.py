@@ -264,7 +264,7 @@ def _dataset_images(ds: tf.data.Dataset) -> np.ndarray:
             "w)))) or pass the image files instead."
         ) from None
     if not batches:
-        raise DataError("Received an empty dataset: no images to predict.")
+        raise DataError("Received an empty dataset: no images.")
     return np.concatenate(batches)
 
 
@@ -382,8 +382,9 @@ def read_images(
     """Reads images as `load_data` does: RGB float32 in [0, 255], resized.
 
     Args:
-        inputs: An array (N, H, W, C) or one image (H, W, C); an image file or a
-            list of them; a folder (searched recursively; unreadable files are
+        inputs: An array (N, H, W, C) or one image (H, W, C); a tf.data.Dataset
+            of images or (image, label) pairs, batched or not; an image file or
+            a list of them; a folder (searched recursively; unreadable files are
             skipped and listed); or a `.npz` file with `x` (or `images`).
         image_size: int or (height, width). The output size.
         resize: str. "stretch", "crop" or "pad" (see `load_data`). Defaults to

@@ -1451,7 +1451,7 @@ def _prepare_data(
             labels = labels if rows is None else labels[rows]
     check_image_shape(train_ds, model, "train")
     if train_ds.cardinality() == tf.data.UNKNOWN_CARDINALITY:
-        train_ds, features = _known_length(train_ds, features)
+        features, train_ds = _known_length(features, train_ds)
     val_ds = None
     if validation is not None and isinstance(train, tltf_data.DataBundle):
         val_ds = validation  # checked by load_data
@@ -1461,7 +1461,7 @@ def _prepare_data(
     if val_ds is not None:
         check_image_shape(val_ds, model, "validation_data")
         if val_ds.cardinality() == tf.data.UNKNOWN_CARDINALITY:
-            val_ds, _ = _known_length(val_ds, val_ds)
+            (val_ds,) = _known_length(val_ds)
         if val_ds.cardinality() == tf.data.INFINITE_CARDINALITY:
             raise ConfigError(
                 "validation_data repeats forever (.repeat() without a count), so "
@@ -1502,9 +1502,10 @@ def _prepare_data(
     )
 
 
-def _known_length(train_ds: tf.data.Dataset, features: tf.data.Dataset):
-    """Both pipelines with their number of batches, counted in one pass of
-    `features` (the same batches as `train_ds`, in a fixed order).
+def _known_length(*datasets: tf.data.Dataset) -> tuple:
+    """The datasets with their number of batches, counted in one pass of the
+    first (the others hold the same batches: the training pipeline and the
+    fixed-order copy that one-off passes read).
 
     A tf.data input of unknown length (a generator, `.filter()`) would make
     Keras warn "Your input ran out of data; interrupting training" in each
@@ -1512,11 +1513,11 @@ def _known_length(train_ds: tf.data.Dataset, features: tf.data.Dataset):
     not count optimizer steps, and a resumed run could not replay the batch
     orders exactly. The pass reads the input pipeline only, not the model.
     """
-    count = int(features.reduce(np.int64(0), lambda n, _: n + 1))
+    count = int(datasets[0].reduce(np.int64(0), lambda n, _: n + 1))
     if count == 0:
-        return train_ds, features  # empty: reported where it is read
+        return datasets  # empty: reported where it is read
     known = tf.data.experimental.assert_cardinality(count)
-    return train_ds.apply(known), features.apply(known)
+    return tuple(dataset.apply(known) for dataset in datasets)
 
 
 def _finder_batches(train, features, batch_size: int, seed: int | None, rows=None):
