@@ -219,6 +219,39 @@ def test_a_ridge_started_head_trains_on_with_an_l2_penalty(task, monkeypatch, ca
     assert loss > 1.5 * plain_loss, results
 
 
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel"])
+def test_a_separable_task_starts_calibrated_not_saturated(task):
+    """Leave-one-out scores that separate the classes perfectly once scaled the
+    ridge start to logits of hundreds: probabilities of exactly 0 and 1, a
+    training loss near 1e-30, and no gradient left for stage 1 or stage 2.
+    Platt's targets bound the scale: a class of 8 images gets about 9/10."""
+    x, y = make_data(24, seed=3)  # 3 classes of 8 images
+    if task == "binary":
+        x, y = x[y < 2], y[y < 2]
+    labels = np.eye(3, dtype="float32")[y] if task == "multilabel" else y
+    keras.utils.set_random_seed(0)
+    model = make_tiny_model(None if task == "binary" else 3, task=task)
+    features = tltf.cache.feature_model(model).predict(x, verbose=0)
+    assert "accuracy 1.000" in prepare_head(model, features, labels)  # separable
+    p = model.predict(x, verbose=0)
+    if task == "binary":
+        right = np.where(y == 1, p[:, 0], 1 - p[:, 0])
+    elif task == "multilabel":
+        right = np.where(labels > 0.5, p, 1 - p)
+    else:
+        right = p[np.arange(len(y)), y]
+    assert right.min() > 0.8, right.min()
+    assert right.max() < 0.97, right.max()  # 1.0 before
+    assert np.mean(right) == pytest.approx(0.9, abs=0.04)
+    if task == "multiclass":  # stage 1 has a loss to lower (1e-30 before)
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model(3)
+        history = tltf.fine_tune(
+            model, (x, y), head_epochs=1, fine_tune_epochs=0, verbose=0
+        )
+        assert history.history["loss"][0] > 0.01, history.history["loss"]
+
+
 def test_a_multilabel_head_starts_at_the_label_frequencies_where_features_do_not_help():
     """Labels the features cannot predict start at their frequencies, not at
     logits of hundreds (the calibration's Newton steps once overshot there)."""

@@ -1257,11 +1257,19 @@ def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
     Minimises the binary cross-entropy of each column (Newton's method on two
     parameters, a small L2 keeping separable columns finite; the scale stays in
     [0, 10**2.5], as `_temperature`'s; at a bound, the offset alone is
-    stepped). Each step is halved until the loss does not rise: a full step
-    from a clipped scale once overshot the offset by hundreds (labels the
-    features cannot predict, whose scores are nearly constant).
+    stepped). A column whose scores separate its positives from its negatives
+    is fit to Platt's targets, as in `_temperature`: (n + 1) / (n + 2) for its
+    n positives, 1 / (m + 2) for its m negatives. Each step is halved until the
+    loss does not rise: a full step from a clipped scale once overshot the
+    offset by hundreds (labels the features cannot predict, whose scores are
+    nearly constant).
     """
     s, t = np.asarray(scores, np.float64), np.asarray(targets, np.float64)
+    positives, high = t > 0.5, s.max(initial=-np.inf, axis=0, where=t <= 0.5)
+    separable = np.all(~positives | (s > high), axis=0) & positives.any(axis=0)
+    n_pos = t.sum(axis=0)
+    platt = t * (n_pos + 1) / (n_pos + 2) + (1 - t) / (len(t) - n_pos + 2)
+    t = np.where(separable, platt, t)
     frequency = np.clip(t.mean(axis=0), 0.01, 0.99)
     scale = np.full(s.shape[1], 4.0)
     offset = np.log(frequency / (1 - frequency)) - scale * s.mean(axis=0)
@@ -1337,19 +1345,30 @@ def _weigh_blocks(model, info, z, y, classes, layer):
 
 
 def _temperature(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
-    """The scale of ridge scores that minimises their cross-entropy."""
+    """The scale of ridge scores that minimises their cross-entropy.
+
+    Where the leave-one-out scores rank every image's class first, that
+    minimum lies at an unbounded scale: the head started saturated, with
+    probabilities of exactly 0 and 1, a training loss near 1e-30 and no
+    gradient left for stage 1 or stage 2. There the targets are Platt's (1999)
+    instead of one-hot: a class of n images gets (n + 1) / (n + 2) of the
+    probability, the other classes share the rest.
+    """
+    if binary:  # one logit: the score of class 1 over class 0
+        scores = np.concatenate([np.zeros_like(scores), scores], axis=1)
+    classes = scores.shape[1]
+    targets = np.eye(classes)[y]
+    if np.all(scores.argmax(axis=1) == y):
+        counts = np.bincount(y, minlength=classes)[y]
+        true = (counts + 1.0) / (counts + 2.0)
+        targets = np.repeat(((1.0 - true) / (classes - 1))[:, None], classes, axis=1)
+        targets[np.arange(len(y)), y] = true
     best, best_loss = 1.0, math.inf
     for t in np.logspace(-1, 2.5, 36):
         z = t * scores
-        if binary:
-            z = z[:, 0]
-            loss = np.mean(
-                np.logaddexp(0.0, -z) * (y == 1) + np.logaddexp(0.0, z) * (y == 0)
-            )
-        else:
-            z = z - z.max(axis=1, keepdims=True)
-            log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-            loss = -np.mean(log_p[np.arange(len(y)), y])
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        loss = -np.mean(np.sum(targets * log_p, axis=1))
         if loss < best_loss:
             best, best_loss = float(t), loss
     return best
