@@ -14,7 +14,9 @@ Helpers for benchmarks that must not rest on tltf's synthetic data alone:
   - `font_chars`: letters rendered in the TrueType fonts that matplotlib ships
     (DejaVu, STIX, Computer Modern), 26 classes, a random font per image;
   - `texture_patches`: tiles cut from real photographs that scikit-image ships
-    (brick, grass, gravel, moon, tissue, deep field, retina), 7 classes.
+    (brick, grass, gravel, moon, tissue, deep field, retina), 7 classes;
+  - `faces`: scikit-image's `lfw_subset`, 100 faces and 100 other patches: a
+    binary task.
 - `few_shot`: a stratified split with k training images per class.
 - Baselines: `logreg_pixels` and `keras_io_recipe` (the keras.io "Transfer
   learning & fine-tuning" recipe, as in `benchmarks/defaults.py`).
@@ -477,7 +479,33 @@ def texture_patches(
 
 
 #: The real tasks of the benchmarks, by the name their `--tasks` flag takes.
-TASK_LOADERS = {"digits": digits, "fonts": font_chars, "textures": texture_patches}
+def faces(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Faces or not: scikit-image's `lfw_subset`, a real binary task.
+
+    200 grayscale 25x25 crops: 100 faces from Labeled Faces in the Wild (label
+    1) and 100 patches of other photographs (label 0), resized bilinearly to
+    `size` px on 3 identical channels.
+
+    Args:
+        size: int. Height and width of the images. Defaults to 64.
+
+    Returns:
+        `(images, labels)`: float32 `(200, size, size, 3)` in [0, 255], int64.
+    """
+    import tensorflow as tf
+
+    gray = np.load(_skimage_data_dir() / "lfw_subset.npy").astype("float32")
+    images = tf.image.resize(gray[..., None] * 255.0, (size, size)).numpy()[..., 0]
+    labels = np.repeat(np.array([1, 0], dtype="int64"), 100)
+    return _to_rgb(np.clip(images, 0.0, 255.0)).astype("float32"), labels
+
+
+TASK_LOADERS = {
+    "digits": digits,
+    "fonts": font_chars,
+    "textures": texture_patches,
+    "faces": faces,
+}
 
 
 def weights_folder(weights_dir, bases=("vgg16",)) -> Path:
@@ -490,7 +518,8 @@ def weights_folder(weights_dir, bases=("vgg16",)) -> Path:
 
 
 def task_data(name: str, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """The images and labels of a real task ("digits", "fonts" or "textures")."""
+    """The images and labels of a real task ("digits", "fonts", "textures" or
+    "faces")."""
     return TASK_LOADERS[name](size)
 
 
