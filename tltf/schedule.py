@@ -1085,9 +1085,11 @@ def prepare_head(
     2. With `ridge`, starts a linear classification head from the closed-form
        ridge classifier on the standardised features (`tltf.probe.ridge_fit`, L2
        chosen by leave-one-out), its scores scaled by the temperature that
-       minimises the leave-one-out cross-entropy. Stage 1 then trains on from a
-       solution that is already regularised and near the optimum (on few images,
-       3 to 4 points better than from a random head after 2,000 steps). A
+       minimises the leave-one-out cross-entropy (against Platt's targets where
+       those scores separate the classes: `_temperature`). Stage 1 then trains
+       on from a solution that is already regularised and near the optimum (on
+       few images, 3 to 4 points better than from a random head after 2,000
+       steps). A
        regression head starts from ridge regression (L2 chosen by leave-one-out
        squared error); a multi-label head from a ridge fit on the 0/1 targets,
        each label's leave-one-out scores mapped to logits by a fitted scale and
