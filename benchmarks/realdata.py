@@ -478,7 +478,6 @@ def texture_patches(
     return _to_rgb(np.stack(images)), np.asarray(labels, dtype="int64")
 
 
-#: The real tasks of the benchmarks, by the name their `--tasks` flag takes.
 def faces(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Faces or not: scikit-image's `lfw_subset`, a real binary task.
 
@@ -500,6 +499,7 @@ def faces(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return _to_rgb(np.clip(images, 0.0, 255.0)).astype("float32"), labels
 
 
+#: The real tasks of the benchmarks, by the name their `--tasks` flag takes.
 TASK_LOADERS = {
     "digits": digits,
     "fonts": font_chars,

@@ -1089,11 +1089,10 @@ def prepare_head(
        those scores separate the classes: `_temperature`). Stage 1 then trains
        on from a solution that is already regularised and near the optimum (on
        few images, 3 to 4 points better than from a random head after 2,000
-       steps). A
-       regression head starts from ridge regression (L2 chosen by leave-one-out
-       squared error); a multi-label head from a ridge fit on the 0/1 targets,
-       each label's leave-one-out scores mapped to logits by a fitted scale and
-       offset. Heads with hidden layers, and more than 20,000 images or 8,192
+       steps). A regression head starts from ridge regression (L2 chosen by
+       leave-one-out squared error); a multi-label head from a ridge fit on the
+       0/1 targets, each label's leave-one-out scores mapped to logits by a
+       fitted scale and offset. Heads with hidden layers, and more than 20,000 images or 8,192
        features, start as Keras initialised them.
     3. With `head_l2="auto"`, a ridge-started regression or multi-label head
        gets an L2 penalty on its kernel (`tltf.regularizers.attach_head_l2`;
@@ -1350,7 +1349,7 @@ def _temperature(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
     """The scale of ridge scores that minimises their cross-entropy.
 
     Where the leave-one-out scores rank every image's class first, that
-    minimum lies at an unbounded scale: the head started saturated, with
+    minimum lies at an unbounded scale: the head would start saturated, with
     probabilities of exactly 0 and 1, a training loss near 1e-30 and no
     gradient left for stage 1 or stage 2. There the targets are Platt's (1999)
     instead of one-hot: a class of n images gets (n + 1) / (n + 2) of the
