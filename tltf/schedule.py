@@ -1092,8 +1092,8 @@ def prepare_head(
        steps). A regression head starts from ridge regression (L2 chosen by
        leave-one-out squared error); a multi-label head from a ridge fit on the
        0/1 targets, each label's leave-one-out scores mapped to logits by a
-       fitted scale and offset. Heads with hidden layers, and more than 20,000 images or 8,192
-       features, start as Keras initialised them.
+       fitted scale and offset. Heads with hidden layers, and more than 20,000
+       images or 8,192 features, start as Keras initialised them.
     3. With `head_l2="auto"`, a ridge-started regression or multi-label head
        gets an L2 penalty on its kernel (`tltf.regularizers.attach_head_l2`;
        see `_ridge_regression_start` for its strength), which `fine_tune`
