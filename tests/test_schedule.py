@@ -178,6 +178,36 @@ def test_early_stopping_is_left_alone_with_head_epochs_or_without_stage_2():
     assert _stages_with(stopping, fine_tune_epochs=0, verbose=0) == [1, 1]
 
 
+@pytest.mark.parametrize("head_epochs", [3, "auto"])
+def test_reduce_lr_on_plateau_starts_afresh_at_stage_2(head_epochs):
+    """Stage 2's fresh optimizer is not cut for stage 1's plateau: with no epoch
+    ever improving (min_delta), patience 3 spent 2 epochs in stage 1, so the
+    rate would fall at stage 2's first epoch if the counters carried over."""
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="loss", min_delta=1e9, patience=3, factor=0.5
+    )
+    rates = []
+    after_each_epoch = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: rates.append(
+            float(plateau.model.optimizer.learning_rate.numpy())
+        )
+    )
+    history = tltf.fine_tune(
+        make_tiny_model(),
+        make_data(48),
+        head_epochs=head_epochs,
+        fine_tune_epochs=3,
+        fine_tune_lr=1e-4,
+        unfreeze=1,
+        keep_best=False,
+        callbacks=[plateau, after_each_epoch],
+        verbose=0,
+    )
+    stages = history.history["stage"]
+    assert stages.count(1) >= 2 and stages.count(2) == 3, stages
+    assert rates[-3:] == pytest.approx([1e-4] * 3)
+
+
 @pytest.mark.slow
 def test_callback_form_matches_fine_tune_form(data):
     ds = tf.data.Dataset.from_tensor_slices(data).batch(16)

@@ -472,7 +472,8 @@ def fine_tune(
         settings: FineTuneSettings or None. Defaults to `FineTuneSettings()`.
         callbacks: list or None. Keras callbacks; they see both stages. With
             `head_epochs="auto"` and a stage 2, an EarlyStopping left at
-            `start_from_epoch=0` starts at stage 2's first epoch.
+            `start_from_epoch=0` starts at stage 2's first epoch. A
+            ReduceLROnPlateau starts afresh at stage 2, as its optimizer does.
         verbose: Keras's `fit` verbosity. Defaults to "auto".
         backup_dir: str, PathLike or None. Makes the run resumable: a checkpoint
             (weights, optimizer state, stage, history) is written atomically there
@@ -620,11 +621,11 @@ def fine_tune(
         )
     callbacks = list(callbacks or [])
     _check_monitors(callbacks, metrics, val_ds is not None)
-    patience = _StageTwoPatience.for_run(
+    stage_two_start = _StageTwoStart.for_run(
         callbacks, schedule, head_epochs, fine_tune_epochs, loud
     )
-    if patience is not None:
-        callbacks.insert(0, patience)
+    if stage_two_start is not None:
+        callbacks.insert(0, stage_two_start)
     if loud and any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks):
         print(
             "tltf: note: keras.callbacks.BackupAndRestore restores the weights and "
@@ -744,51 +745,72 @@ def fine_tune(
         # The head's L2 (`prepare_head`) is a training-time penalty: the model
         # leaves fine_tune without it, also when a run fails or is interrupted.
         detach_head_l2(model)
-        if patience is not None:
-            patience.restore()
+        if stage_two_start is not None:
+            stage_two_start.restore()
 
 
-class _StageTwoPatience(keras.callbacks.Callback):
-    """Starts the user's EarlyStopping at stage 2 when stage 1 sizes itself.
+class _StageTwoStart(keras.callbacks.Callback):
+    """Starts the user's plateau-watching callbacks afresh at stage 2.
 
-    With `head_epochs="auto"` stage 1 ends when the head's training loss has
-    converged, and a head fit that closely to a few images often raises the
-    validation loss on the way: an EarlyStopping counting from epoch 1 would
-    spend its patience in stage 1 and end the run before stage 2 has trained.
-    Each EarlyStopping whose `start_from_epoch` is 0 (Keras's default) starts at
-    stage 2's first epoch instead, and is set back to 0 when `fine_tune` ends.
-    The guard (`keep_best`) still keeps stage 1's weights when they were better.
+    Stage 2 trains other weights with a fresh optimizer at the fine-tune rate,
+    so what these callbacks counted in stage 1 does not carry over:
+
+    - Each ReduceLROnPlateau forgets stage 1's best value, wait and cooldown at
+      stage 2's first epoch (as at the start of a `fit`). Otherwise a stage 1
+      whose best value stage 2 does not reach at once (a head fit closely to a
+      few images, say) would cut the fresh fine-tune rate after `patience`
+      epochs, whatever stage 2 did in them.
+    - With `head_epochs="auto"`, stage 1 ends when the head's training loss has
+      converged, and a head fit that closely often raises the validation loss on
+      the way: an EarlyStopping counting from epoch 1 would spend its patience
+      in stage 1 and end the run before stage 2 has trained. Each EarlyStopping
+      whose `start_from_epoch` is 0 (Keras's default) starts at stage 2's first
+      epoch instead, and is set back to 0 when `fine_tune` ends. The guard
+      (`keep_best`) still keeps stage 1's weights when they were better.
     """
 
-    def __init__(self, stopping: list, schedule: FineTuneSchedule):
+    def __init__(self, stopping: list, plateaus: list, schedule: FineTuneSchedule):
         super().__init__()
-        self.stopping, self.schedule = stopping, schedule
+        self.stopping, self.plateaus, self.schedule = stopping, plateaus, schedule
+        self.started = False
         for callback in stopping:
             callback.start_from_epoch = 2**31  # set at stage 2's first epoch
 
     @classmethod
     def for_run(cls, callbacks, schedule, head_epochs, fine_tune_epochs, loud):
-        """The callback for a run's EarlyStopping callbacks, or None (a run
-        without automatic stage 1 or without stage 2 leaves them alone)."""
+        """The callback for a run's EarlyStopping and ReduceLROnPlateau
+        callbacks, or None (a run without stage 2 leaves them alone, and so does
+        a run with a number of head epochs its EarlyStopping)."""
+        if not fine_tune_epochs:
+            return None
         stopping = [
             c
             for c in callbacks
             if isinstance(c, keras.callbacks.EarlyStopping) and c.start_from_epoch == 0
         ]
-        if head_epochs != "auto" or not fine_tune_epochs or not stopping:
+        if head_epochs != "auto":
+            stopping = []
+        plateaus = [
+            c for c in callbacks if isinstance(c, keras.callbacks.ReduceLROnPlateau)
+        ]
+        if not stopping and not plateaus:
             return None
-        if loud:
+        if loud and stopping:
             print(
                 "tltf: EarlyStopping watches stage 2 only (head_epochs='auto': stage "
                 "1 ends when the head's loss has converged). Set its start_from_epoch, "
                 "or give head_epochs a number, to choose yourself."
             )
-        return cls(stopping, schedule)
+        return cls(stopping, plateaus, schedule)
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.schedule.stage == 2:
-            for callback in self.stopping:
-                callback.start_from_epoch = min(callback.start_from_epoch, epoch)
+        if self.schedule.stage != 2 or self.started:
+            return
+        self.started = True
+        for callback in self.stopping:
+            callback.start_from_epoch = min(callback.start_from_epoch, epoch)
+        for callback in self.plateaus:
+            callback.on_train_begin()  # forgets best, wait and cooldown
 
     def restore(self) -> None:
         for callback in self.stopping:
