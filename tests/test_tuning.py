@@ -33,7 +33,7 @@ from tltf.tuning import (
     results,
     tune,
 )
-from tltf.tuning.hypermodel import TRIAL_RECORD
+from tltf.tuning.hypermodel import TRIAL_RECORD, _TrialContext
 
 
 def _rows(result):
@@ -337,6 +337,24 @@ def test_a_trials_stage_2_trains_with_the_heads_l2_of_its_stage_1(setting):
         weights[cache] = model.get_weights()
     for a, b in zip(weights["auto"], weights[False], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("share_stage1", [True, False])
+def test_a_continued_trial_reads_the_heads_l2_from_the_trial_it_continues(
+    tmp_path, share_stage1
+):
+    """Hyperband continues a trial from its checkpoint: no stage 1 runs, and
+    the strength comes from the continued trial's record, also when stage 1 is
+    not shared (there is no store to look it up in)."""
+    hypermodel = tuning_job.hypermodel(task="multilabel", share_stage1=share_stage1)
+    previous = tmp_path / "trial_0" / TRIAL_RECORD
+    previous.parent.mkdir()
+    previous.write_text(json.dumps({"stage1": {"mode": "trained", "head_l2": 0.25}}))
+    context = _TrialContext(trial_id="1", project_dir=str(tmp_path))
+    continued = {"mode": "continued", "from": "0"}
+    assert hypermodel._stage2_head_l2(continued, context) == 0.25
+    unknown = {"mode": "continued", "from": "7"}  # no record: no penalty
+    assert hypermodel._stage2_head_l2(unknown, context) is None
 
 
 class Fault(keras.callbacks.Callback):

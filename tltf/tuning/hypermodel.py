@@ -398,9 +398,7 @@ class FineTuneHyperModel(kt.HyperModel):
             elif not continued:
                 stage1 = {"mode": "none", "from": None}
             stage1_history = stage1.pop("history", None)
-            stage1["head_l2"] = self._stage2_head_l2(
-                stage1, hp, options, train, validation, context
-            )
+            stage1["head_l2"] = self._stage2_head_l2(stage1, context)
             record["stage1"] = stage1
             timer = _EpochTimes()
             history = self._stage2(
@@ -537,22 +535,20 @@ class FineTuneHyperModel(kt.HyperModel):
             "head_l2": record.get("head_l2"),
         }
 
-    def _stage2_head_l2(self, stage1, hp, options, train, validation, context):
+    def _stage2_head_l2(self, stage1, context):
         """The head's L2 strength for stage 2, or None.
 
         A number for `head_l2` applies as set. Under "auto", stage 2 trains on
         with the strength stage 1 trained with (a ridge-started regression or
         multi-label head has one: `tltf.schedule.prepare_head`), as one
         `fine_tune` call would; a trial that continues another (Hyperband) reads
-        it from the stage-1 store.
+        it from that trial's record, with or without `share_stage1`.
         """
         if self.settings.head_l2 != "auto":
             return float(self.settings.head_l2) or None
-        if stage1["mode"] == "continued" and self.share_stage1:
-            store = self._store(context)
-            key = self.head_key(hp, options, train, validation)
-            found = store.record(key) if store is not None else None
-            return (found or {}).get("head_l2")
+        if stage1["mode"] == "continued":
+            previous = context.read(stage1["from"]) or {}
+            return (previous.get("stage1") or {}).get("head_l2")
         return stage1.get("head_l2")
 
     def _stage2(
@@ -839,6 +835,18 @@ class _TrialContext:
     def write(self, record: dict) -> None:
         if self.trial_dir is not None:
             atomic_write_json(Path(self.trial_dir) / TRIAL_RECORD, record)
+
+    def read(self, trial_id) -> dict | None:
+        """The record of another trial of the project (one this trial continues),
+        or None where there is none."""
+        if self.project_dir is None or trial_id is None:
+            return None
+        # keras-tuner's own layout (`BaseTuner.get_trial_dir`).
+        path = Path(self.project_dir) / f"trial_{trial_id}" / TRIAL_RECORD
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
 
 def failure_reason(error: BaseException) -> str:
