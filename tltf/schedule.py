@@ -139,7 +139,9 @@ class FineTuneSchedule(keras.callbacks.Callback):
     (Keras restores the optimizer before this callback installs the stage-2 one,
     so a run resumed in stage 2 restarts its optimizer; `fine_tune(backup_dir=)`
     restores it too.) Each epoch's logs get a `stage` entry (1 or 2) that History and CSVLogger
-    record.
+    record. The other callbacks of a plain `fit` carry what they counted in stage
+    1 into stage 2 (a ReduceLROnPlateau's best value and wait, say);
+    `tltf.fine_tune` starts a ReduceLROnPlateau afresh at stage 2.
 
     Args:
         unfreeze_at_epoch: int. The first epoch (0-based) of stage 2.
