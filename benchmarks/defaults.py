@@ -111,13 +111,6 @@ def with_tltf(base, n_classes, train, test, **kwargs):
     return model.evaluate(*test, verbose=0)[1]
 
 
-def _accuracy(model, test) -> float:
-    """Test accuracy of a softmax or a binary (one sigmoid output) model."""
-    scores = model.predict(test[0], verbose=0)
-    predicted = scores[:, 0] > 0.5 if scores.shape[1] == 1 else scores.argmax(axis=1)
-    return float(np.mean(predicted == test[1]))
-
-
 #: The defaults before the real-data issue: fixed epochs, everything unfrozen.
 OLD_DEFAULTS = dict(
     head_epochs=10,
@@ -197,7 +190,7 @@ def main_real(args) -> None:
                                 build["task"] = "binary"
                             model = tltf.build_model(base(), n, **build)
                             tltf.fine_tune(model, train, seed=seed, verbose=0, **kwargs)
-                            row[name] = _accuracy(model, test)
+                            row[name] = realdata.accuracy(model, *test)
                         times[name] = time.perf_counter() - t
                     rows.append(row)
                     cells = "  ".join(

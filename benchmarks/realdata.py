@@ -556,11 +556,14 @@ def fine_tune_accuracy(
     classes = int(max(int(np.max(t[1])) for t in tests)) + 1
     model = tltf.build_model(benchmark_base(name, size, weights_dir), classes)
     tltf.fine_tune(model, train, seed=seed, verbose=0, **settings)
-    out = []
-    for x, y in tests:
-        scores = model.predict(x.astype("float32"), batch_size=64, verbose=0)
-        out.append(float(np.mean(scores.argmax(axis=1) == y)))
-    return out
+    return [accuracy(model, x, y) for x, y in tests]
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    """Test accuracy of a softmax model, or of a binary one (one sigmoid output)."""
+    scores = model.predict(x.astype("float32"), batch_size=64, verbose=0)
+    predicted = scores[:, 0] > 0.5 if scores.shape[1] == 1 else scores.argmax(axis=1)
+    return float(np.mean(predicted == y))
 
 
 def corrupt(images: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:

@@ -32,6 +32,8 @@ import keras
 import numpy as np
 import realdata
 
+from tltf.guard import holdout_rows
+
 COLUMNS = {
     "tltf defaults": {},
     "features guard": {"keep_best": "features"},
@@ -60,12 +62,6 @@ def task(spec: str, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return x[rows], np.array([relabel[int(c)] for c in y[rows]], dtype="int64")
 
 
-def accuracy(model, test, binary: bool) -> float:
-    scores = model.predict(test[0], batch_size=64, verbose=0)
-    predicted = (scores[:, 0] > 0.5) if binary else scores.argmax(axis=1)
-    return float(np.mean(predicted == test[1]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", nargs="+", default=["demo"])
@@ -86,6 +82,7 @@ def main() -> None:
         x, y = task(spec)
         classes = int(y.max()) + 1
         binary = classes == 2
+        kind = "binary" if binary else "multiclass"
         for base in args.bases:
             for k in args.k:
                 for seed in args.seeds:
@@ -96,14 +93,14 @@ def main() -> None:
                         model = tltf.build_model(
                             realdata.benchmark_base(base, 64, weights_dir),
                             None if binary else classes,
-                            task="binary" if binary else "multiclass",
+                            task=kind,
                         )
                         tltf.fine_tune(
                             model, train, seed=seed, verbose=0, **COLUMNS[name]
                         )
-                        row[name] = accuracy(model, test, binary)
+                        row[name] = realdata.accuracy(model, *test)
                     rows.append(row)
-                    held = classes * max(1, round(0.2 * k))
+                    held = len(holdout_rows(train[1], seed, kind)[1])
                     cells = "  ".join(f"{c}: {a:.3f}" for c, a in row.items())
                     print(
                         f"{spec:15s} {base:6s} k={k:<3d} seed {seed}  slice {held:2d}  "
