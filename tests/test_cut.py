@@ -56,6 +56,7 @@ def test_fine_tune_on_a_cut_model_then_save_and_load(tmp_path, data):
         fine_tune_epochs=1,
         fine_tune_lr=1e-3,
         unfreeze=1,
+        keep_best=False,  # what stage 2 trains, whether or not the guard keeps it
         verbose=0,
     )
     assert history.history["stage"] == [1, 2]

@@ -11,7 +11,7 @@ import tltf
 import tltf.cache
 from tests.helpers import CrashAt, make_data, make_image_folder, make_tiny_model
 from tltf.errors import ConfigError
-from tltf.guard import holdout_rows
+from tltf.guard import KeepBest, holdout_rows
 from tltf.layers import Standardization
 
 
@@ -127,6 +127,49 @@ def test_the_slice_is_handed_back_to_a_closed_form_head(capsys):
         atol=1e-5,
     )
     assert np.mean(model.predict(x, verbose=0).argmax(axis=1) == y) > 0.9
+
+
+class _Plan:
+    """A schedule whose stage 2 starts at epoch 0 (what KeepBest asks of one)."""
+
+    unfreeze_at_epoch = 0
+
+    def plan(self, epoch):
+        return 2, []
+
+
+@pytest.mark.parametrize(
+    "accuracies, kept",
+    [
+        ([1.0, 1.0, 1.0, 1.0], -1),  # ties: stage 1
+        ([0.5, 0.5, 0.5, 0.5], -1),
+        ([0.5, 1.0, 1.0, 1.0], 0),  # the first epoch that is more accurate
+        ([0.5, 0.5, 1.0, 1.0], 1),
+    ],
+)
+def test_on_the_slice_a_later_epoch_must_be_more_accurate(
+    accuracies, kept, monkeypatch, capsys
+):
+    """Stage 1's end (candidate -1), then 3 stage-2 epochs, each fitting the
+    slice more closely (a higher likelihood): only a higher accuracy replaces
+    the best."""
+    scores = iter(zip(accuracies, [-0.5, -0.3, -0.2, -0.1], strict=True))
+    monkeypatch.setattr(KeepBest, "holdout_score", lambda self: next(scores))
+    model = make_tiny_model()
+    marker = model.get_layer("head_output").bias
+    guard = KeepBest(_Plan(), None, holdout=(None, np.zeros(2), True))
+    guard.set_model(model)
+    guard.on_epoch_begin(0)  # stage 1's end
+    for epoch in range(3):
+        marker.assign(np.full(marker.shape, epoch, "float32"))
+        guard.on_epoch_end(epoch, {"stage": 2})
+    guard.on_train_end()
+    assert guard.best_epoch == kept
+    want = 0.0 if kept == -1 else float(kept)  # the stage-1 bias starts at 0
+    np.testing.assert_array_equal(marker.numpy(), np.full(marker.shape, want))
+    out = capsys.readouterr().out
+    if kept == -1:
+        assert "restored the weights of the end of stage 1" in out
 
 
 def test_the_features_guard_and_validation_data_hold_nothing_out(capsys):
