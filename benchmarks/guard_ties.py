@@ -38,7 +38,6 @@ import tltf  # isort: skip  (first: imports TensorFlow quietly)
 import argparse
 import time
 
-import keras
 import numpy as np
 import realdata
 import small_slices
@@ -93,20 +92,9 @@ class Candidates:
 
 def run(base, spec, x, y, k, seed, weights_dir, test_per_class) -> dict:
     """One split: the test accuracy of each rule's candidate and of the probe."""
-    classes = int(y.max()) + 1
-    binary = classes == 2
-    kind = "binary" if binary else "multiclass"
+    kind = small_slices.task_kind(y)
     train, test = realdata.few_shot(x, y, k, seed, test_per_class)
-
-    def model():
-        keras.utils.set_random_seed(seed)
-        return tltf.build_model(
-            realdata.benchmark_base(base, 64, weights_dir),
-            None if binary else classes,
-            task=kind,
-        )
-
-    tuned = model()
+    tuned = small_slices.seeded_model(base, y, seed, weights_dir)
     with Candidates() as seen:
         tltf.fine_tune(tuned, train, seed=seed, verbose=0)
     final = realdata.accuracy(tuned, *test)
@@ -123,7 +111,7 @@ def run(base, spec, x, y, k, seed, weights_dir, test_per_class) -> dict:
             f"fine_tune kept a model scoring {final:.4f}; the rule now picks "
             f"candidate {now}, scoring {tests[now]:.4f}"
         )
-    probe = model()
+    probe = small_slices.seeded_model(base, y, seed, weights_dir)
     tltf.fine_tune(probe, train, seed=seed, verbose=0, fine_tune_epochs=0)
     return {
         "slice": len(holdout_rows(train[1], seed, kind)[1]),

@@ -62,6 +62,21 @@ def task(spec: str, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return x[rows], np.array([relabel[int(c)] for c in y[rows]], dtype="int64")
 
 
+def task_kind(y: np.ndarray) -> str:
+    """ "binary" for labels of two classes (a one-sigmoid head), else "multiclass"."""
+    return "binary" if int(y.max()) == 1 else "multiclass"
+
+
+def seeded_model(base: str, y: np.ndarray, seed: int, weights_dir):
+    """A fresh model for labels `y` on a benchmark base, after seeding Keras."""
+    keras.utils.set_random_seed(seed)
+    kind = task_kind(y)
+    classes = None if kind == "binary" else int(y.max()) + 1
+    return tltf.build_model(
+        realdata.benchmark_base(base, 64, weights_dir), classes, task=kind
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", nargs="+", default=["demo"])
@@ -80,21 +95,14 @@ def main() -> None:
     rows = []
     for spec in args.tasks:
         x, y = task(spec)
-        classes = int(y.max()) + 1
-        binary = classes == 2
-        kind = "binary" if binary else "multiclass"
+        kind = task_kind(y)
         for base in args.bases:
             for k in args.k:
                 for seed in args.seeds:
                     train, test = realdata.few_shot(x, y, k, seed, args.test)
                     row, started = {}, time.perf_counter()
                     for name in args.columns:
-                        keras.utils.set_random_seed(seed)
-                        model = tltf.build_model(
-                            realdata.benchmark_base(base, 64, weights_dir),
-                            None if binary else classes,
-                            task=kind,
-                        )
+                        model = seeded_model(base, y, seed, weights_dir)
                         tltf.fine_tune(
                             model, train, seed=seed, verbose=0, **COLUMNS[name]
                         )
