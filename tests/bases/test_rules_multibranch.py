@@ -88,8 +88,13 @@ def _params(cases: list[tuple[str, Constructor, int, int]]) -> list[object]:
 
 
 def build(ctor: Constructor, size: int) -> keras.Model:
-    """Builds a randomly initialised headless base at ``size`` x ``size``."""
-    return ctor(weights=None, include_top=False, input_shape=(size, size, 3))
+    """Builds the layer graph of a headless base at ``size`` x ``size``.
+
+    The rules read the graph alone, so the variables are declared but never
+    created (see test_registry.py).
+    """
+    with keras.StatelessScope(initialize_variables=False):
+        return ctor(weights=None, include_top=False, input_shape=(size, size, 3))
 
 
 def feeders(layer: keras.Layer) -> list[keras.Layer]:
