@@ -136,6 +136,78 @@ def test_callbacks_see_both_stages_with_continuous_epochs(data, tmp_path):
     assert recorder.trainable == [[], [], ["block4"], ["block4"], ["block4"]]
 
 
+class _LogsScore(keras.callbacks.Callback):
+    """Adds an entry of its own to each epoch's logs, as a user's callback that
+    computes, say, a validation F1 does."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_score"] = float(epoch)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_what_a_callback_adds_to_the_logs_reaches_the_later_ones_and_the_history(
+    data, cache, tmp_path
+):
+    """As in Keras's own fit: an entry a user's callback logs is in the
+    history (with the stage-1 feature cache too) and in the backup's, and a
+    callback after it may monitor it (no ConfigError before training: nothing
+    compiled logs it)."""
+
+    def run(stop):
+        return tltf.fine_tune(
+            make_tiny_model(),
+            data,
+            data,
+            head_epochs=2,
+            fine_tune_epochs=2,
+            callbacks=[_LogsScore(), stop],
+            cache_features=cache,
+            backup_dir=tmp_path / "backup",
+            verbose=0,
+        )
+
+    stop = keras.callbacks.EarlyStopping(monitor="val_score", mode="max", patience=0)
+    history = run(stop)
+    assert history.history["val_score"] == [0.0, 1.0, 2.0, 3.0]
+    assert history.history["stage"] == [1, 1, 2, 2]
+    assert stop.best == 3.0 and stop.stopped_epoch == 0  # it watched, never stopped
+    # The finished run, called again, returns the history its backup recorded.
+    again = run(keras.callbacks.EarlyStopping(monitor="val_score", mode="max"))
+    assert again.history["val_score"] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_monitor_nothing_logs_by_the_end_of_epoch_1_is_a_config_error(data):
+    """With a user's callback before it, a monitor is checked against the first
+    epoch's logs instead of before training, and the error names what was
+    logged; after it (or with no such callback), before training."""
+    stop = keras.callbacks.EarlyStopping(monitor="val_scor", mode="max")
+    recorder = Recorder()
+    with pytest.raises(ConfigError) as info:
+        tltf.fine_tune(
+            make_tiny_model(),
+            data,
+            data,
+            head_epochs=2,
+            fine_tune_epochs=1,
+            callbacks=[_LogsScore(), recorder, stop],
+            verbose=0,
+        )
+    message = str(info.value)
+    for words in ("'val_scor'", "end of the first epoch", "'val_score'", "before"):
+        assert words in message, message
+    assert recorder.begins == [0]  # raised at the end of epoch 0
+    recorder = Recorder()
+    with pytest.raises(ConfigError, match="does not log"):
+        tltf.fine_tune(
+            make_tiny_model(),
+            data,
+            data,
+            callbacks=[stop, _LogsScore(), recorder],
+            verbose=0,
+        )
+    assert recorder.begins == []
+
+
 def _stages_with(stopping, **kwargs) -> list[int]:
     """The stages of a fine_tune run on a tiny model with one EarlyStopping."""
     history = tltf.fine_tune(

@@ -356,6 +356,9 @@ class Continuation(keras.callbacks.Callback):
     `on_train_end` (at the last), and the epoch numbers the fits pass on. A
     `stop_training` set by them (EarlyStopping, say) stops the running fit.
 
+    Put a History last among `callbacks`, as Keras's fit does: it then records
+    what the others add to the epoch's logs.
+
     Args:
         callbacks: list. The user's callbacks (a History may be among them).
         model: keras.Model. The full model the callbacks should see.
@@ -394,7 +397,13 @@ class Continuation(keras.callbacks.Callback):
         self.callbacks.on_epoch_begin(epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.callbacks.on_epoch_end(epoch, logs)
+        # The outer fit's own dict, already made plain by its CallbackList (which
+        # would pass a copy): what the wrapped callbacks add to it reaches the
+        # callbacks after this one (a resume checkpoint's history), as within one
+        # Keras CallbackList.
+        logs = {} if logs is None else logs
+        for callback in self.callbacks.callbacks:
+            callback.on_epoch_end(epoch, logs)
         self._sync_stop()
 
     def on_train_batch_begin(self, batch, logs=None):

@@ -1624,32 +1624,94 @@ def _metric_names(metrics) -> list[str] | None:
     return names
 
 
-def _check_monitors(callbacks, metrics, validation: bool) -> None:
+def _check_monitors(callbacks: list, metrics, validation: bool) -> None:
     """Checks the `monitor` of callbacks (EarlyStopping, ModelCheckpoint, ...).
 
-    Keras raises (or warns, and the callback does nothing) only after epoch 1.
+    Keras only warns after epoch 1, and the callback then does nothing. A
+    monitor that neither the loss nor a compiled metric logs is a ConfigError
+    here, before training; unless a callback of the user's own comes before it
+    in `callbacks` (one that may add its own entries to the epoch's logs, such
+    as a validation F1 it computes): then a `_MonitorLogged` check goes in just
+    before the monitoring callback and raises the same error at the end of the
+    first epoch if the entry is not there.
     """
     names = _metric_names(metrics)
     if names is None:
         return
     logged = ["loss", *names]
     valid = logged + [f"val_{n}" for n in logged] if validation else logged
-    for callback in callbacks:
+    for i, callback in enumerate(list(callbacks)):
         monitor = getattr(callback, "monitor", None)
         if not isinstance(monitor, str) or monitor in valid:
             continue
         if not getattr(callback, "save_best_only", True):
             continue  # a ModelCheckpoint that saves every epoch ignores it
-        where = type(callback).__name__
-        if monitor.removeprefix("val_") in logged and not validation:
-            raise ConfigError(
-                f"{where}(monitor={monitor!r}) needs validation data: pass "
-                f"validation_data=, or monitor {monitor.removeprefix('val_')!r}."
+        error = _MonitorError(type(callback).__name__, monitor, logged, validation)
+        writers = [c for c in callbacks[:i] if _may_log(c)]
+        if not writers:
+            raise error.of(valid)
+        callbacks.insert(callbacks.index(callback), _MonitorLogged(callback, error))
+
+
+def _may_log(callback) -> bool:
+    """Whether a callback may add entries to the epoch's logs: one of the user's
+    own classes, or a LambdaCallback (Keras's other callbacks and tltf's own add
+    none that a monitor could watch)."""
+    if isinstance(callback, keras.callbacks.LambdaCallback):
+        return True
+    return not type(callback).__module__.startswith(("keras.", "tltf."))
+
+
+@dataclasses.dataclass
+class _MonitorError:
+    """The ConfigError of a callback that monitors an entry nothing logs."""
+
+    where: str  # the callback's class name
+    monitor: str
+    logged: list  # what the loss and the compiled metrics log
+    validation: bool
+
+    def of(self, valid: list, epoch_logs: bool = False) -> ConfigError:
+        """The error, given the names that are logged (`epoch_logs`: read from
+        the first epoch's logs, not from the compiled metrics)."""
+        bare = self.monitor.removeprefix("val_")
+        if bare in self.logged and not self.validation:
+            return ConfigError(
+                f"{self.where}(monitor={self.monitor!r}) needs validation data: "
+                f"pass validation_data=, or monitor {bare!r}."
             )
-        raise ConfigError(
-            f"{where} monitors {monitor!r}, which this model does not log. Expected "
-            f"one of {valid}.{suggest(monitor, valid)}"
+        if epoch_logs:
+            return ConfigError(
+                f"{self.where} monitors {self.monitor!r}, which was not in the "
+                f"logs at the end of the first epoch: they held {valid}. Add it "
+                f"to the logs from a callback listed before {self.where}, or "
+                f"monitor one of those.{suggest(self.monitor, valid)}"
+            )
+        return ConfigError(
+            f"{self.where} monitors {self.monitor!r}, which this model does not "
+            f"log. Expected one of {valid}.{suggest(self.monitor, valid)}"
         )
+
+
+class _MonitorLogged(keras.callbacks.Callback):
+    """Raises at the end of the first epoch if `watcher.monitor` was not logged.
+
+    It runs just before the watcher, after the user's callbacks that come
+    before it (`_check_monitors`), so it sees the entries they added.
+    """
+
+    def __init__(self, watcher, error: _MonitorError):
+        super().__init__()
+        self.watcher, self.error, self.checked = watcher, error, False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.checked:
+            return
+        self.checked = True
+        logs = logs or {}
+        if self.watcher.monitor not in logs:
+            names = [name for name in logs if name != "stage"]
+            raise self.error.of(names, epoch_logs=True)
 
 
 def _steps_of_endless(steps_per_epoch) -> int:
@@ -1780,7 +1842,9 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
         schedule.unfreeze_at_epoch = head_epochs
     backup = [resume.callback(model, cached_epochs=10**9)] if resume else []
     history = keras.callbacks.History()
-    continuation = Continuation([history, *callbacks], model, 0)
+    # Last, as in Keras's own fit: it records what the user's callbacks add to
+    # the logs too (a validation F1 of their own, say).
+    continuation = Continuation([*callbacks, history], model, 0)
     continuation.last = fine_tune_epochs == 0
     if start < schedule.unfreeze_at_epoch or (auto and not resumed_plan):
         split = FrozenSplit(model)

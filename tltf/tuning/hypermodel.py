@@ -738,7 +738,7 @@ def _fit_on_frozen_features(
     train_ds, _ = train_batches((feats, y), batch_size, seed)
     val_ds = tf.data.Dataset.from_tensor_slices((feats_val, yv)).batch(batch_size)
     history = keras.callbacks.History()
-    continuation = Continuation([history, *callbacks], model, end)
+    continuation = Continuation([*callbacks, history], model, end)  # as in fit
     continuation.last = True
     fit_part(
         split.trainable,
