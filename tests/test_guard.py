@@ -92,6 +92,50 @@ def test_neither_stage_trains_on_the_slice(cache, capsys):
     assert "handed the 9 held-out images back" in out
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_stage_2_is_skipped_when_stage_1_classifies_the_whole_slice(
+    cache, tmp_path, monkeypatch, capsys
+):
+    """A stage-2 epoch would have to be more accurate on the slice to be kept:
+    when stage 1 classifies all of it, the run ends after stage 1, with the
+    model the full run would have restored (bitwise), and its backup counts as
+    finished."""
+    x, y = make_data(48)
+
+    def run(**kwargs):
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()  # its ridge start classifies every image
+        history = tltf.fine_tune(
+            model,
+            (x, y),
+            head_epochs=2,
+            fine_tune_epochs=2,
+            unfreeze=1,
+            cache_features=cache,
+            seed=0,
+            verbose=1,
+            **kwargs,
+        )
+        return model, history.history["stage"], capsys.readouterr().out
+
+    skipped, stages, out = run(backup_dir=tmp_path / "backup")
+    assert stages == [1, 1]
+    assert "classifies all 9 held-out training images correctly" in out
+    assert "stage 2 was skipped" in out and "stage 2 from" not in out
+    assert "handed the 9 held-out images back" in out
+    _, again, out = run(backup_dir=tmp_path / "backup")  # finished: nothing trains
+    assert again == [1, 1] and "holds a finished run" in out
+    with monkeypatch.context() as patch:  # stage 2 runs, and is thrown away
+        patch.setattr(KeepBest, "_end_if_nothing_to_gain", lambda self: None)
+        full, stages, out = run()
+    assert stages == [1, 1, 2, 2]
+    assert "restored the weights of the end of stage 1" in out
+    for a, b in zip(skipped.variables, full.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    _, stages, _ = run(keep_best=False)
+    assert stages == [1, 1, 2, 2]
+
+
 class _ZeroHead(keras.callbacks.Callback):
     """Zeroes the head's output layer when stage 1 ends: it then scores chance."""
 

@@ -279,6 +279,7 @@ def test_fine_tune_finds_both_rates(capsys):
         head_lr="find",
         fine_tune_lr="find",
         unfreeze=2,
+        keep_best=False,  # stage 2 runs however well stage 1 did
         seed=0,
         verbose=2,
     )

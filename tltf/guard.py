@@ -18,7 +18,9 @@ The score:
   more images per class) holds out a stratified slice, at least 1 image per
   class, and is scored by its accuracy there: a stage-2 epoch replaces the
   best so far only with a higher accuracy (ties keep the earlier epoch, and
-  stage 1 over stage 2); a regression model by its mean squared error (a random
+  stage 1 over stage 2), so when stage 1 already classifies the whole slice
+  correctly the run ends after stage 1 (`stop_training`, as EarlyStopping
+  does: no stage-2 epoch could be kept); a regression model by its mean squared error (a random
   slice, from 10 training images up); a multi-label model, with
   `keep_best="holdout"` only (measured: on few images the slice costs it more
   than the guard saves), by its label accuracy, then its cross-entropy.
@@ -175,6 +177,8 @@ class KeepBest(keras.callbacks.Callback):
         self.last_score: tuple | None = None
         self._stage_one_logs: dict | None = None
         self._extract = None
+        #: Whether the run ended after stage 1: stage 2 could not have been kept.
+        self.ended_after_stage_one = False
 
     @property
     def criterion(self) -> str | None:
@@ -292,6 +296,8 @@ class KeepBest(keras.callbacks.Callback):
             # few images the head's validation loss can turn up before stage 1
             # stops, and the run's best epoch may be one of them.
             if not self.validation:
+                if epoch + 1 == self.schedule.unfreeze_at_epoch:
+                    self._end_if_nothing_to_gain()
                 return
             score = self._score(logs)
         else:
@@ -300,7 +306,33 @@ class KeepBest(keras.callbacks.Callback):
         if score is not None and self._improves(score):
             self._keep(score, epoch)
 
+    def _end_if_nothing_to_gain(self) -> None:
+        """At the end of stage 1: ends the run there when no stage-2 epoch could
+        be kept.
+
+        On a classifier's held-out slice a stage-2 epoch replaces stage 1 only
+        with a higher accuracy, so when stage 1 already classifies every image
+        of the slice correctly, stage 2 could only be trained and thrown away.
+        The run then stops (`stop_training`, as EarlyStopping does) with stage
+        1's weights kept; the model `fine_tune` returns is the same.
+        """
+        if self.holdout is None or self.task not in CLASSIFIERS:
+            return
+        score = self.holdout_score()
+        if score[0] < 1.0:
+            return
+        self._keep(score, -1)
+        self.model.stop_training = True
+        self.ended_after_stage_one = True
+
     def on_train_end(self, logs=None):
+        if self.ended_after_stage_one and self.verbose:
+            print(
+                f"tltf: keep_best: stage 1 classifies all {len(self.holdout[1]):,} "
+                "held-out training images correctly, and a stage-2 epoch is kept "
+                "only if it is more accurate there: stage 2 was skipped "
+                "(keep_best=False, or validation data, runs it)."
+            )
         if self.last_epoch is None or self.best_score is None:
             return
         name = self.criterion

@@ -272,7 +272,8 @@ class FineTuneSettings:
             "holdout" keeps a slice of the training images (20%, at most
             1,000 images; stratified for a classifier, at least 1 per class)
             out of both stages and scores the model on it (accuracy, where a
-            later epoch must score higher to be kept; label accuracy for
+            later epoch must score higher to be kept, so that stage 2 is
+            skipped when stage 1 classifies the whole slice; label accuracy for
             multi-label; mean squared error for regression); at
             the end it is handed back: the linear head is refit in closed form
             on every training image, on the base the guard kept (needs
