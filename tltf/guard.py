@@ -272,7 +272,8 @@ class KeepBest(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self.best_score is not None or self.schedule.plan(epoch)[0] != 2:
             return
-        # The weights now are those stage 1 ended with: the first candidate.
+        # The weights now are those stage 1 ended with: the first candidate
+        # (unless `_end_if_nothing_to_gain` scored them already).
         logs = self._stage_one_logs
         if self.validation and logs is None:
             if self.validation_data is None:
@@ -307,8 +308,8 @@ class KeepBest(keras.callbacks.Callback):
             self._keep(score, epoch)
 
     def _end_if_nothing_to_gain(self) -> None:
-        """At the end of stage 1: ends the run there when no stage-2 epoch could
-        be kept.
+        """At the end of stage 1: scores it on the slice (the first candidate),
+        and ends the run there when no stage-2 epoch could be kept.
 
         On a classifier's held-out slice a stage-2 epoch replaces stage 1 only
         with a higher accuracy, so when stage 1 already classifies every image
@@ -319,11 +320,10 @@ class KeepBest(keras.callbacks.Callback):
         if self.holdout is None or self.task not in CLASSIFIERS:
             return
         score = self.holdout_score()
-        if score[0] < 1.0:
-            return
-        self._keep(score, -1)
-        self.model.stop_training = True
-        self.ended_after_stage_one = True
+        self._keep(score, -1)  # stage 1's end: the first candidate
+        if score[0] >= 1.0:
+            self.model.stop_training = True
+            self.ended_after_stage_one = True
 
     def on_train_end(self, logs=None):
         if self.ended_after_stage_one and self.verbose:
