@@ -1640,14 +1640,15 @@ def _check_monitors(callbacks: list, metrics, validation: bool) -> None:
         return
     logged = ["loss", *names]
     valid = logged + [f"val_{n}" for n in logged] if validation else logged
-    for i, callback in enumerate(list(callbacks)):
+    given = list(callbacks)  # the user's order, without the checks put in below
+    for i, callback in enumerate(given):
         monitor = getattr(callback, "monitor", None)
         if not isinstance(monitor, str) or monitor in valid:
             continue
         if not getattr(callback, "save_best_only", True):
             continue  # a ModelCheckpoint that saves every epoch ignores it
         error = _MonitorError(type(callback).__name__, monitor, logged, validation)
-        writers = [c for c in callbacks[:i] if _may_log(c)]
+        writers = [c for c in given[:i] if _may_log(c)]
         if not writers:
             raise error.of(valid)
         callbacks.insert(callbacks.index(callback), _MonitorLogged(callback, error))
