@@ -17,8 +17,8 @@ from tests.helpers import make_data, make_tiny_base  # noqa: E402
 #: The modules with the longest tests, longest first. They are collected first and
 #: each worker takes one test at a time (`--maxschedchunk=1` in setup.cfg), so
 #: that the long tests spread over both workers and the short tests fill the end.
-#: xdist's default chunks would hand the first ~100 tests (all of these modules)
-#: to one worker, which then ran alone for the last 3 minutes of the suite.
+#: xdist's default chunks would hand the first 104 tests (nearly all of these
+#: modules) to one worker, which then ran alone for the last 3 minutes of the suite.
 RUN_FIRST = (
     "test_notebooks.py",
     "test_resume.py",
