@@ -15,7 +15,7 @@ from tests.helpers import (
     make_tiny_base,
     make_tiny_model,
 )
-from tltf.cache import converged
+from tltf.cache import MIN_FALL_NATS, converged, is_cross_entropy
 from tltf.errors import ConfigError
 from tltf.layers import Standardization
 from tltf.model import model_info
@@ -91,6 +91,27 @@ def test_auto_stage1_stops_once_the_loss_has_converged():
     assert 3 <= head < 20, history.history["loss"]
     assert stages == [1] * head + [2]
     assert converged(history.history["loss"][:head], 0.01)
+
+
+@pytest.mark.slow
+def test_auto_stage1_stops_once_a_cross_entropy_falls_by_under_a_millinat():
+    assert converged([0.02, 0.006, 0.003, 0.0025, 0.002], 0.01, min_fall=1e-3)
+    assert not converged([0.02, 0.006, 0.003, 0.0025, 0.002], 0.01)
+    assert is_cross_entropy("sparse_categorical_crossentropy")
+    assert is_cross_entropy(keras.losses.BinaryCrossentropy(from_logits=True))
+    assert not is_cross_entropy(keras.losses.MeanSquaredError())
+    # Separable images: from the ridge start every training image already has its
+    # label, and the loss goes on falling toward 0 by more than 1% an epoch (for
+    # 12 epochs of 100 steps here without the absolute floor). Once it falls by
+    # under a millinat an epoch, stage 1 has converged: 6 epochs here.
+    history = tltf.fine_tune(
+        make_tiny_model(), make_data(48), fine_tune_epochs=0, seed=0, verbose=0
+    )
+    losses = history.history["loss"]
+    assert 3 <= len(losses) <= 8, losses
+    assert losses[-1] < 0.01, losses
+    assert converged(losses, 0.01, min_fall=MIN_FALL_NATS)
+    assert not converged(losses, 0.01), losses  # 1% alone would have run on
 
 
 @pytest.mark.slow

@@ -312,24 +312,45 @@ class FeatureCache:
             self.path = None
 
 
-def converged(losses, tolerance: float, patience: int = 2) -> bool:
+#: The smallest fall of a cross-entropy loss (nats per example) over one
+#: stage-1 epoch that counts as progress. Below it the head already gives each
+#: training image its label with probability ~0.999: on separable features (few
+#: images, hundreds of features) the loss then goes on halving toward 0, more
+#: than 1% an epoch, while only the scale of the logits grows.
+MIN_FALL_NATS = 1e-3
+
+
+def converged(
+    losses, tolerance: float, patience: int = 2, min_fall: float = 0.0
+) -> bool:
     """Whether a loss curve has flattened out.
 
     True when each of the last `patience` losses is less than `tolerance` (a
-    fraction) below the best loss before it.
+    fraction of it), or less than `min_fall` (an absolute amount), below the best
+    loss before it.
 
     Example:
 
     >>> converged([1.0, 0.5, 0.3, 0.299, 0.2985], 0.01)
+    True
+    >>> converged([0.02, 0.006, 0.003, 0.0025, 0.002], 0.01, min_fall=1e-3)
     True
     """
     if len(losses) <= patience:
         return False
     for i in range(len(losses) - patience, len(losses)):
         best = min(losses[:i])
-        if not math.isfinite(best) or losses[i] < best * (1 - tolerance):
+        fall = max(best * tolerance, min_fall)
+        if not math.isfinite(best) or losses[i] < best - fall:
             return False
     return True
+
+
+def is_cross_entropy(loss) -> bool:
+    """Whether `loss` (a Keras loss object or name) is a cross-entropy, whose
+    unit, nats per example, makes `MIN_FALL_NATS` meaningful."""
+    name = loss if isinstance(loss, str) else type(loss).__name__
+    return "crossentropy" in name.replace("_", "").lower()
 
 
 def _to_disk(features: list[np.ndarray], directory) -> tuple[np.ndarray, Path]:
@@ -439,6 +460,9 @@ class StageOneEnd(StageTag):
         tolerance: float or None. Converged: the epoch's training loss is less
             than this fraction below the best loss of the epochs before it, twice
             in a row. None stops after `head_epochs` only. Defaults to None.
+        min_fall: float. With `tolerance`, a fall of less than this absolute
+            amount counts as converged too (`MIN_FALL_NATS` for cross-entropy
+            losses). Defaults to 0.
             With validation data it also stops once the validation loss has not
             fallen for two epochs: on a few images the training loss goes on
             falling long after the head has stopped generalising better.
@@ -448,12 +472,19 @@ class StageOneEnd(StageTag):
     """
 
     def __init__(
-        self, head_epochs: int, schedule=None, tolerance=None, losses=(), val_losses=()
+        self,
+        head_epochs: int,
+        schedule=None,
+        tolerance=None,
+        losses=(),
+        val_losses=(),
+        min_fall: float = 0.0,
     ):
         super().__init__(stage=1)
         self.head_epochs = head_epochs
         self.schedule = schedule
         self.tolerance = tolerance
+        self.min_fall = min_fall
         self.losses = [float(v) for v in losses]
         self.val_losses = [float(v) for v in val_losses]
         self.converged_at: int | None = None
@@ -470,7 +501,7 @@ class StageOneEnd(StageTag):
             self.val_losses.append(float(val_loss))
         done = epoch + 1 >= self.head_epochs
         if self.tolerance is not None:
-            if converged(self.losses, self.tolerance):
+            if converged(self.losses, self.tolerance, min_fall=self.min_fall):
                 self.converged_at, done = epoch, True
             elif self.val_losses and converged(self.val_losses, 0.0):
                 self.converged_at, done = epoch, True

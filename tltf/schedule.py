@@ -29,12 +29,14 @@ from tltf import data as tltf_data
 from tltf._checks import check_positive_int
 from tltf.averaging import batchnorm_layers, recalibrate_bn
 from tltf.cache import (
+    MIN_FALL_NATS,
     Continuation,
     FeatureCache,
     FrozenSplit,
     StageOneEnd,
     build_metrics,
     fit_part,
+    is_cross_entropy,
 )
 from tltf.compute import with_xla_errors
 from tltf.data.inputs import (
@@ -1972,6 +1974,7 @@ def _fit_stage_one(run, split, caches, steps_per_epoch, start, continuation, bac
             tolerance=0.01,
             losses=done.get("loss", [])[:start],
             val_losses=done.get("val_loss", [])[:start],
+            min_fall=MIN_FALL_NATS if is_cross_entropy(run.loss) else 0.0,
         )
     else:
         train_features = train_cache.dataset(batch, shuffle=True, seed=seed)
@@ -2005,7 +2008,9 @@ def _fit_stage_one(run, split, caches, steps_per_epoch, start, continuation, bac
             f"{end.losses[-1]:.4g})."
         )
     else:
+        fall = f"1% or {end.min_fall:g}" if end.min_fall else "1%"
         print(
             f"tltf: stage 1 converged after {end.converged_at + 1} epochs "
-            f"({steps:,} steps; training loss {end.losses[-1]:.4g})."
+            f"({steps:,} steps; training loss {end.losses[-1]:.4g}, falling by less "
+            f"than {fall} an epoch)."
         )

@@ -222,9 +222,10 @@ class FineTuneSettings:
     Attributes:
         head_epochs: int or "auto". Stage-1 epochs. "auto": with the feature
             cache, epochs of `max(one pass, head_steps / 20)` steps until the
-            training loss improves by less than 1% twice in a row, the
-            validation loss (if any) has not fallen for two epochs, or
-            `head_steps` steps have run; without the cache, enough epochs for
+            training loss improves by less than 1% (or, for a cross-entropy,
+            0.001: `tltf.cache.MIN_FALL_NATS`) twice in a row, the validation
+            loss (if any) has not fallen for two epochs, or `head_steps` steps
+            have run; without the cache, enough epochs for
             `head_steps` steps, 2 to 10. Defaults to "auto".
         fine_tune_epochs: int or "auto". Stage-2 epochs. "auto": enough epochs
             for about 1,000 optimizer steps, 2 to 10 (10 for a few hundred
