@@ -99,6 +99,7 @@ def test_auto_stage1_stops_once_a_cross_entropy_falls_by_under_a_millinat():
     assert not converged([0.02, 0.006, 0.003, 0.0025, 0.002], 0.01)
     assert is_cross_entropy("sparse_categorical_crossentropy")
     assert is_cross_entropy(keras.losses.BinaryCrossentropy(from_logits=True))
+    assert is_cross_entropy(keras.losses.sparse_categorical_crossentropy)
     assert not is_cross_entropy(keras.losses.MeanSquaredError())
     # Separable images: from the ridge start every training image already has its
     # label, and the loss goes on falling toward 0 by more than 1% an epoch (for

@@ -347,9 +347,12 @@ def converged(
 
 
 def is_cross_entropy(loss) -> bool:
-    """Whether `loss` (a Keras loss object or name) is a cross-entropy, whose
-    unit, nats per example, makes `MIN_FALL_NATS` meaningful."""
-    name = loss if isinstance(loss, str) else type(loss).__name__
+    """Whether `loss` (a Keras loss object, function or name) is a cross-entropy,
+    whose unit, nats per example, makes `MIN_FALL_NATS` meaningful."""
+    if isinstance(loss, str):
+        name = loss
+    else:  # a function's own name, else the class of a loss object
+        name = getattr(loss, "__name__", type(loss).__name__)
     return "crossentropy" in name.replace("_", "").lower()
 
 
