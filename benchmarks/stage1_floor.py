@@ -6,7 +6,8 @@ twice in a row, or, for a cross-entropy, by less than
 twice per split in one process: with the floor ("floor", what `fine_tune`
 does) and without it ("1% only": `tltf.schedule.MIN_FALL_NATS` set to 0, the
 rule before the floor). Which runs first alternates from split to split. It
-prints, per run, the test accuracy, stage 1's epochs and seconds, and the
+prints, per run, the test accuracy, stage 1's epochs, the seconds from the call
+to stage 1's last epoch (the probe and the feature cache included), and the
 seconds of the whole `fine_tune`.
 
 Usage:

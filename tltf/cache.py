@@ -463,15 +463,15 @@ class StageOneEnd(StageTag):
         tolerance: float or None. Converged: the epoch's training loss is less
             than this fraction below the best loss of the epochs before it, twice
             in a row. None stops after `head_epochs` only. Defaults to None.
-        min_fall: float. With `tolerance`, a fall of less than this absolute
-            amount counts as converged too (`MIN_FALL_NATS` for cross-entropy
-            losses). Defaults to 0.
             With validation data it also stops once the validation loss has not
             fallen for two epochs: on a few images the training loss goes on
             falling long after the head has stopped generalising better.
         losses: list of float. Training losses of the stage-1 epochs a resumed
             run has already done. Defaults to ().
         val_losses: list of float. Their validation losses. Defaults to ().
+        min_fall: float. With `tolerance`, a fall of less than this absolute
+            amount counts as converged too (`MIN_FALL_NATS` for cross-entropy
+            losses). Defaults to 0.
     """
 
     def __init__(
