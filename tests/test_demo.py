@@ -43,12 +43,10 @@ RESULT_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One quick demo run (k = 2) with its own TLTF_HOME: `(summary, root,
-    calls)`, where `calls` holds the arguments of each `fine_tune` it made, as
-    `(args, kwargs)` without the model."""
-    root = tmp_path_factory.mktemp("demo")
+def _quick_run(root):
+    """One quick demo run (k = 2) with its own TLTF_HOME under `root`: the
+    summary, and the arguments of each `fine_tune` it made, as `(args, kwargs)`
+    without the model."""
     calls = []
     fine_tune = tltf.demo.fine_tune
 
@@ -60,13 +58,15 @@ def run(tmp_path_factory):
         patch.setenv("TLTF_HOME", str(root / "home"))
         patch.setattr(tltf.demo, "fine_tune", recording)
         summary = run_demo(k_values=[2], out_dir=root / "run", quick=True, verbose=0)
-    return summary, root, calls
+    return summary, calls
 
 
+# One test for the one run (about 15 s of training): under xdist, tests sharing
+# a module fixture can land on both workers, and each would train it again.
 @pytest.mark.slow
-def test_run_folder_is_complete(run):
-    summary, root, _ = run
-    out = root / "run"
+def test_quick_run_writes_a_complete_folder(tmp_path):
+    summary, calls = _quick_run(tmp_path)
+    out = tmp_path / "run"
     assert summary["out_dir"] == str(out)
     on_disk = json.loads((out / "summary.json").read_text())
     assert set(on_disk) == SUMMARY_KEYS
@@ -90,28 +90,18 @@ def test_run_folder_is_complete(run):
     matrix = on_disk["confusion"]["matrix"]
     assert len(matrix) == 12 and sum(map(sum, matrix)) == on_disk["test_images"]
     assert on_disk["base"]["architecture"] == "mobilenet"
-    assert sorted(p.name for p in root.iterdir()) == ["home", "run"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "run"]  # no temp
 
+    # The quick base was pretrained into the run's TLTF_HOME, and stays there.
+    assert (tmp_path / "home" / "bases" / QUICK_BASE.name / "base.keras").is_file()
 
-@pytest.mark.slow
-def test_demo_base_is_cached_in_tltf_home(run):
-    _, root, _ = run
-    assert (root / "home" / "bases" / QUICK_BASE.name / "base.keras").is_file()
-
-
-@pytest.mark.slow
-def test_table_has_one_row_per_k(run):
-    summary, _, _ = run
+    # The printed table: one row per k.
     lines = format_table(summary["results"]).splitlines()
     assert "transfer (head only)" in lines[0] and "scratch" in lines[0]
     assert [line.split("|")[0].strip() for line in lines[2:]] == ["2"]
     assert lines[1].startswith("-")
 
-
-@pytest.mark.slow
-def test_transfer_and_scratch_train_on_the_same_augmented_images(run):
-    summary, _, calls = run
-    # One k: the transfer run, then the scratch run, on the same data object.
+    # One k: the transfer run, then the scratch run, on the same augmented data.
     (transfer_args, transfer), (scratch_args, scratch) = calls
     assert transfer_args[0] is scratch_args[0]
     assert transfer["augment"] is True and scratch["augment"] is True
