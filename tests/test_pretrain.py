@@ -28,11 +28,26 @@ TINY = dict(images=64, image_size=32, epochs=1, batch_size=32, alpha=0.25)
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """A MobileNet (alpha 0.25) pretrained for one epoch on 64 images at 32 px."""
+    """A MobileNet (alpha 0.25) pretrained for one epoch on 64 images at 32 px.
+
+    `TRACES` gets the number of times its training step was traced.
+    """
     path = tmp_path_factory.mktemp("pretrain") / "tiny-base"
     keras.backend.clear_session()
-    base = pretrain("mobilenet", **TINY, bn_momentum=0.8, save_to=path, verbose=0)
+    train_step = keras.Model.train_step
+
+    def counting(self, data):  # Keras runs it in Python only while tracing
+        TRACES.append(1)
+        return train_step(self, data)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras.Model, "train_step", counting)
+        base = pretrain("mobilenet", **TINY, bn_momentum=0.8, save_to=path, verbose=0)
     return base, path
+
+
+#: Filled by the `pretrained` fixture.
+TRACES = []
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +78,13 @@ def test_saved_base_folder_and_info(pretrained):
     assert 0.0 <= info["val_accuracy"] <= 1.0
     assert record["input_shape"] == [32, 32, 3]
     assert not any(p.name.startswith(".") for p in path.parent.iterdir())  # atomic
+
+
+@pytest.mark.slow
+def test_pretraining_traces_its_training_step_once(pretrained):
+    # The metrics and the optimizer are built before `fit` (tltf.cache), not
+    # inside the first trace, which TensorFlow would then trace again.
+    assert len(TRACES) == 1
 
 
 @pytest.mark.slow

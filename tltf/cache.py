@@ -77,23 +77,65 @@ def _compiled(part: keras.Model):
 def build_metrics(model: keras.Model, labels) -> None:
     """Builds a model's compiled metrics without a training step.
 
-    Keras callbacks with `mode="auto"` (EarlyStopping, ModelCheckpoint) find the
-    direction of a monitored metric such as "val_accuracy" in `model.metrics`,
-    which lists compiled metrics only once a training step of that model has
-    built them. A cached stage 1 trains the head sub-model, not the full model
-    the callbacks see, so its metrics are built here from one label and a dummy
-    prediction (then reset).
+    For two reasons:
+
+    - Keras callbacks with `mode="auto"` (EarlyStopping, ModelCheckpoint) find
+      the direction of a monitored metric such as "val_accuracy" in
+      `model.metrics`, which lists compiled metrics only once a training step of
+      that model has built them. A cached stage 1 trains the head sub-model, not
+      the full model the callbacks see.
+    - Keras 3's TensorFlow trainer creates the metrics' variables while it
+      traces the first step (unless the model was made under a distribution
+      strategy), and a `tf.function` that creates variables is traced twice:
+      each first `fit` or `evaluate` of a compiled model traced the whole
+      forward (and backward) pass twice. On 2 cores, a one-epoch stage 2 of the
+      demo base took 6.7 to 6.9 s that way and 3.7 to 5.1 s traced once
+      (`benchmarks/first_epoch.py`; `build_optimizer` does the optimizer's part).
+
+    They are built from one dummy label and prediction, then reset.
 
     Args:
-        model: keras.Model. The compiled full model.
-        labels: array or None. Training labels (class indices or one-hot rows),
-            as the model is trained on; None does nothing.
+        model: keras.Model. A compiled model.
+        labels: array, None, or the `tf.data.Dataset` of `(x, y)` batches about
+            to be passed to `fit` or `evaluate` (only its element spec is read).
+            Labels are class indices or one-hot rows, as the model is trained
+            on; None does nothing.
     """
+    if isinstance(labels, tf.data.Dataset):
+        spec = labels.element_spec
+        if (
+            getattr(model, "_distribute_strategy", None) is not None  # Keras does it
+            or not isinstance(spec, tuple)
+            or len(spec) < 2
+            or not isinstance(spec[1], tf.TensorSpec)
+            or spec[1].shape.rank is None
+        ):
+            return
+        dims = [1 if d is None else d for d in spec[1].shape.as_list()]
+        labels = np.zeros(dims, spec[1].dtype.as_numpy_dtype)
     if labels is None or not len(labels) or not isinstance(model.output_shape, tuple):
         return
     y_pred = np.zeros((1, *model.output_shape[1:]), "float32")
     model.compute_metrics(None, np.asarray(labels[:1]), y_pred)
     model.reset_metrics()
+
+
+def build_optimizer(model: keras.Model) -> None:
+    """Builds the model's optimizer on its trainable variables, before a trace.
+
+    Keras builds an unbuilt optimizer at the first training step, on the same
+    variables in the same order; built there, inside the traced step, its
+    variables make TensorFlow trace the whole step a second time (see
+    `build_metrics`). Call it once the variables that train are set.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or optimizer.built:
+        return
+    strategy = (
+        getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    )
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)
 
 
 def head_model(model: keras.Model) -> keras.Model:
@@ -214,6 +256,8 @@ def fit_part(
         steps_per_execution=steps_per_execution,
         jit_compile=jit_compile,
     )
+    build_metrics(part, data)
+    build_optimizer(part)
     return part.fit(data, shuffle=False, callbacks=callbacks, **fit_kwargs)
 
 

@@ -38,6 +38,7 @@ from tltf import datasets
 from tltf._version import __version__
 from tltf.bases.base import Base, load_base, load_saved_base, save_base
 from tltf.bases.registry import get_spec
+from tltf.cache import build_metrics, build_optimizer
 from tltf.errors import ConfigError, ModelError
 from tltf.model import build_model
 
@@ -317,6 +318,8 @@ def pretrain(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    build_metrics(model, y_train)  # traced once, not twice (tltf.cache)
+    build_optimizer(model)
     if verbose:
         print(
             f"tltf: pretraining {config.name}: {spec.name} "

@@ -35,6 +35,7 @@ from tltf.cache import (
     FrozenSplit,
     StageOneEnd,
     build_metrics,
+    build_optimizer,
     fit_part,
     is_cross_entropy,
 )
@@ -320,6 +321,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
         model, info = self.model, self._info
         if stage == 1:
             apply_trainable(info, [], "frozen")
+            build_optimizer(model)
         else:
             if self.stage != 2:
                 self._install_stage2_optimizer()
@@ -1043,6 +1045,7 @@ def _fit_full_passes(run: _Run, passes: int | None) -> keras.callbacks.History:
     if resume is not None:
         resume.skip_passes(run.prepared.train, resume.train_passes)
         fit_args["initial_epoch"], own = resume.epoch, [resume.callback(model)]
+    build_metrics(model, run.prepared.train)
     history = model.fit(
         run.prepared.train,
         validation_data=run.val,
@@ -1922,6 +1925,7 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
         continuation.last = True
         if resume is not None:
             resume.skip_passes(train_ds, resume.train_passes)
+        build_metrics(model, train_ds)
         model.fit(
             train_ds,
             validation_data=val_ds,

@@ -1,0 +1,70 @@
+"""Each stage's training step is traced once (tltf.cache.build_metrics and
+build_optimizer): Keras would build the compiled metrics and the optimizer inside
+the first trace, and TensorFlow would then trace the whole step again."""
+
+from __future__ import annotations
+
+import keras
+import pytest
+
+import tltf
+from tests.helpers import make_data, make_tiny_model
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """Counts of `train_step` and `test_step` calls: Keras calls them in
+    Python only while it traces its training and evaluation functions."""
+    counts = {"train": 0, "test": 0}
+    train_step, test_step = keras.Model.train_step, keras.Model.test_step
+
+    def counting_train_step(self, data):
+        counts["train"] += 1
+        return train_step(self, data)
+
+    def counting_test_step(self, data):
+        counts["test"] += 1
+        return test_step(self, data)
+
+    monkeypatch.setattr(keras.Model, "train_step", counting_train_step)
+    monkeypatch.setattr(keras.Model, "test_step", counting_test_step)
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("settings", "train_traces"),
+    [
+        # Stage 2 alone: the full model's step, from its first epoch.
+        ({"head_epochs": 0, "fine_tune_epochs": 2, "keep_best": False}, 1),
+        # Both stages through the base (no feature cache): one step per stage.
+        ({"cache_features": False, "head_epochs": 2, "fine_tune_epochs": 2}, 2),
+        # Stage 1 on cached features (the head sub-model), then stage 2.
+        ({"cache_features": True, "head_epochs": 2, "fine_tune_epochs": 2}, 2),
+        # A closed-form head (no stage-1 epochs), which the stage-2 guard
+        # evaluates on the validation data before stage 2.
+        (
+            {
+                "cache_features": False,
+                "head_epochs": "auto",
+                "head_steps": 0,
+                "fine_tune_epochs": 2,
+            },
+            1,
+        ),
+    ],
+    ids=["stage2-only", "uncached", "cached", "closed-form"],
+)
+def test_each_stage_traces_its_training_step_once(traces, settings, train_traces):
+    history = tltf.fine_tune(
+        make_tiny_model(),
+        make_data(24),
+        make_data(12, seed=1),
+        unfreeze=1,
+        seed=0,
+        verbose=0,
+        **settings,
+    )
+    assert history.history["stage"][-1] == 2
+    assert traces["train"] == train_traces
+    # One evaluation step per model evaluated (the head sub-model is a second).
+    assert traces["test"] == (2 if settings.get("cache_features") is True else 1)
