@@ -68,3 +68,31 @@ def test_each_stage_traces_its_training_step_once(traces, settings, train_traces
     assert traces["train"] == train_traces
     # One evaluation step per model evaluated (the head sub-model is a second).
     assert traces["test"] == (2 if settings.get("cache_features") is True else 1)
+
+
+class _NoSingleRows(keras.metrics.Mean):
+    """A user metric that refuses a batch of one row (a graph batch is fine)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if y_true.shape[0] == 1:
+            raise ValueError("no single rows")
+        return super().update_state(keras.ops.mean(y_pred), sample_weight)
+
+
+def test_a_metric_that_refuses_the_dummy_batch_is_left_to_keras():
+    model = make_tiny_model()
+    history = tltf.fine_tune(
+        model,
+        make_data(24),
+        make_data(12, seed=1),
+        head_epochs=0,
+        fine_tune_epochs=1,
+        unfreeze=1,
+        keep_best=False,
+        metrics=[_NoSingleRows(name="rows")],
+        seed=0,
+        verbose=0,
+    )
+    # It trained and reported the metric: the shortcut's failure was dropped.
+    assert history.history["stage"] == [2]
+    assert "val_rows" in history.history
