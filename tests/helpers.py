@@ -247,3 +247,20 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def count_traces(patch) -> dict:
+    """Counts `keras.Model.train_step` and `test_step` calls from now on, under
+    `patch` (a pytest MonkeyPatch): Keras calls them in Python only while it
+    traces its training and evaluation functions. Returns the live counts,
+    `{"train": n, "test": n}`."""
+    counts = {"train": 0, "test": 0}
+    for kind in counts:
+        step = getattr(keras.Model, f"{kind}_step")
+
+        def counting(self, data, step=step, kind=kind):
+            counts[kind] += 1
+            return step(self, data)
+
+        patch.setattr(keras.Model, f"{kind}_step", counting)
+    return counts

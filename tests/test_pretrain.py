@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tltf
+from tests.helpers import count_traces
 from tltf import datasets
 from tltf.bases.base import BASE_INFO_FILE, BASE_MODEL_FILE, load_saved_base
 from tltf.errors import ConfigError, UnknownBaseError
@@ -34,20 +35,15 @@ def pretrained(tmp_path_factory):
     """
     path = tmp_path_factory.mktemp("pretrain") / "tiny-base"
     keras.backend.clear_session()
-    train_step = keras.Model.train_step
-
-    def counting(self, data):  # Keras runs it in Python only while tracing
-        TRACES.append(1)
-        return train_step(self, data)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(keras.Model, "train_step", counting)
+        counts = count_traces(patch)
         base = pretrain("mobilenet", **TINY, bn_momentum=0.8, save_to=path, verbose=0)
+    TRACES.update(counts)
     return base, path
 
 
-#: Filled by the `pretrained` fixture.
-TRACES = []
+#: Filled by the `pretrained` fixture (`tests.helpers.count_traces`).
+TRACES = {}
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +80,7 @@ def test_saved_base_folder_and_info(pretrained):
 def test_pretraining_traces_its_training_step_once(pretrained):
     # The metrics and the optimizer are built before `fit` (tltf.cache), not
     # inside the first trace, which TensorFlow would then trace again.
-    assert len(TRACES) == 1
+    assert TRACES["train"] == 1
 
 
 @pytest.mark.slow

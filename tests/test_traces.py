@@ -8,27 +8,12 @@ import keras
 import pytest
 
 import tltf
-from tests.helpers import make_data, make_tiny_model
+from tests.helpers import count_traces, make_data, make_tiny_model
 
 
 @pytest.fixture
 def traces(monkeypatch):
-    """Counts of `train_step` and `test_step` calls: Keras calls them in
-    Python only while it traces its training and evaluation functions."""
-    counts = {"train": 0, "test": 0}
-    train_step, test_step = keras.Model.train_step, keras.Model.test_step
-
-    def counting_train_step(self, data):
-        counts["train"] += 1
-        return train_step(self, data)
-
-    def counting_test_step(self, data):
-        counts["test"] += 1
-        return test_step(self, data)
-
-    monkeypatch.setattr(keras.Model, "train_step", counting_train_step)
-    monkeypatch.setattr(keras.Model, "test_step", counting_test_step)
-    return counts
+    return count_traces(monkeypatch)
 
 
 @pytest.mark.parametrize(
