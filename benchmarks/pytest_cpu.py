@@ -6,9 +6,10 @@ the CLI subprocesses, the distributed workers; not the notebooks' kernels, which
 jupyter_client reaps outside the test) is appended to `pytest-cpu.<pid>.jsonl`
 in `$TLTF_CPU_DIR` (default: the current folder), with the test's xdist worker,
 its start and end (`time.time()`), and the seconds its process spent in the
-garbage collector's full (generation 2) passes. Run as a script, it prints the
-totals by file, then per worker: tests, the second its last test ended (from the
-first start of the run) and its time in full collections.
+garbage collector's full (generation 2) passes, and its process's peak resident
+memory so far. Run as a script, it prints the totals by file, then per worker:
+tests, the second its last test ended (from the first start of the run), its time
+in full collections and its peak memory.
 
 Usage (from the repository root):
     TLTF_CPU_DIR=/tmp/cpu PYTHONPATH=benchmarks .venv/bin/python -m pytest -n 2 -p pytest_cpu
@@ -62,6 +63,7 @@ def pytest_runtest_protocol(item, nextitem):
         "start": start,
         "end": time.time(),
         "gc_full": _full["seconds"] - full,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     folder = os.environ.get("TLTF_CPU_DIR", ".")
     with open(os.path.join(folder, f"pytest-cpu.{os.getpid()}.jsonl"), "a") as f:
@@ -91,9 +93,10 @@ def summary(folder: str, top: int = 25) -> None:
         mine = [r for r in rows if r["worker"] == worker]
         last = max(r["end"] for r in mine) - first
         full = sum(r["gc_full"] for r in mine)
+        peak = max(r.get("max_rss_mb", 0.0) for r in mine)
         print(
             f"{worker}: {len(mine)} tests, last ended at {last:.1f} s, "
-            f"{full:.1f} s in full collections"
+            f"{full:.1f} s in full collections, peak memory {peak:.0f} MB"
         )
 
 

@@ -45,6 +45,16 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
+#: Every this many tests, what outlives a full collection is frozen as well. Traced
+#: graphs outlive the models that made them (a plain Keras compile-and-fit loop
+#: keeps 22 `FuncGraph`s per model here), so the objects the collector walks grew
+#: to ~800,000 per worker and each automatic full collection took 0.5 to 0.8 s:
+#: 66 s of the workers' time in one suite, 24 s with this (benchmarks/RESULTS.md,
+#: "Test suite"). Peak memory per worker stayed at 1.6 to 1.9 GB.
+FREEZE_EVERY = 10
+_since_freeze = [0]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)
@@ -52,6 +62,11 @@ def _seed():
     # Without a gc.collect() per test (~0.3 s each, most of a quick test's time);
     # Python's own collector still frees old models.
     keras.backend.clear_session(free_memory=False)
+    _since_freeze[0] += 1
+    if _since_freeze[0] == FREEZE_EVERY:
+        _since_freeze[0] = 0
+        gc.collect()
+        gc.freeze()
 
 
 @pytest.fixture
