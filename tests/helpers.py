@@ -250,11 +250,11 @@ def free_ports(n: int) -> list[int]:
 
 
 def count_traces(patch) -> dict:
-    """Counts `keras.Model.train_step` and `test_step` calls from now on, under
-    `patch` (a pytest MonkeyPatch): Keras calls them in Python only while it
-    traces its training and evaluation functions. Returns the live counts,
-    `{"train": n, "test": n}`."""
-    counts = {"train": 0, "test": 0}
+    """Counts `keras.Model.train_step`, `test_step` and `predict_step` calls from
+    now on, under `patch` (a pytest MonkeyPatch): Keras calls them in Python only
+    while it traces its training, evaluation and prediction functions. Returns
+    the live counts, `{"train": n, "test": n, "predict": n}`."""
+    counts = {"train": 0, "test": 0, "predict": 0}
     for kind in counts:
         step = getattr(keras.Model, f"{kind}_step")
 

@@ -8,7 +8,13 @@ import pytest
 
 import tltf
 from tests import tuning_job
-from tests.helpers import check_error, make_data, make_tiny_model, raises
+from tests.helpers import (
+    check_error,
+    count_traces,
+    make_data,
+    make_tiny_model,
+    raises,
+)
 from tltf.averaging import batchnorm_layers
 from tltf.errors import ConfigError, ModelError
 from tltf.tuning import TuneResult, tune
@@ -107,6 +113,26 @@ def test_soup_keeps_an_ingredient_when_the_score_does_not_drop(trained_weights):
     by_loss = tltf.soup([worse, a, same], val, metric="loss", verbose=0)
     assert by_loss.metric == "loss" and by_loss.kept == ("1", "2")
     assert by_loss.score <= min(by_loss.scores.values())
+
+
+def test_soup_traces_one_prediction_step_for_all_its_ingredients(
+    trained_weights, monkeypatch
+):
+    """One model, its weights set in turn, scores the ingredients and the averages:
+    as many prediction traces for four ingredients as for one evaluation (each
+    model of its own traced its own: 10 traces before)."""
+    val = make_data(48, seed=1)
+    models = [_model(trained_weights, noise=0.3, seed=s) for s in range(4)]
+    alone = count_traces(monkeypatch)
+    tltf.evaluate(_model(trained_weights), val)
+    one = alone["predict"]
+    counts = count_traces(monkeypatch)
+    result = tltf.soup(models, val, bn="keep", verbose=0)
+    assert len(result.tried) == 3
+    assert one >= 1 and counts["predict"] == one
+    # The ingredients' own scores are those of the models themselves.
+    for name, model in zip("0123", models, strict=True):
+        assert result.scores[name] == _accuracy(model, val)
 
 
 def test_soup_recalibrates_batchnorm_when_the_ingredients_statistics_differ(

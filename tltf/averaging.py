@@ -642,10 +642,15 @@ def soup(
     names = [str(n) for n in names]
     _check_same_architecture(models, [f"model {n!r}" for n in names])
 
-    measured = {
-        n: _score(m, data, metric, batch_size)
-        for n, m in zip(names, models, strict=True)
-    }
+    weights = [m.get_weights() for m in models]
+    # One model scores every ingredient and every average, its weights set for
+    # each: its prediction step is traced once, not once per ingredient.
+    workspace = _rebuild(models[0]) if len(models) > 1 else models[0]
+    measured = {}
+    for name, values in zip(names, weights, strict=True):
+        if workspace is not models[0]:
+            workspace.set_weights(values)
+        measured[name] = _score(workspace, data, metric, batch_size)
     if metric == "auto":
         metric = "loss" if measured[names[0]][0] is None else "accuracy"
     higher = metric == "accuracy"
@@ -658,7 +663,6 @@ def soup(
         return (-accuracy, loss) if higher else (loss,)
 
     order = sorted(range(len(models)), key=lambda i: rank(names[i]))
-    weights = [m.get_weights() for m in models]
     statistics = _bn_statistics(models[0])
     recalibrate = bn == "recalibrate" or (
         bn == "auto"
@@ -674,7 +678,6 @@ def soup(
     kept, total = [best], [np.asarray(w, np.float64) for w in weights[best]]
     current = value(measured[names[best]])
     chosen = weights[best]
-    workspace = _rebuild(models[best]) if len(models) > 1 else None
     tried = []
     for i in order[1:]:
         count = len(kept) + 1
