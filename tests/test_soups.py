@@ -119,8 +119,8 @@ def test_soup_traces_one_prediction_step_for_all_its_ingredients(
     trained_weights, monkeypatch
 ):
     """One model, its weights set in turn, scores the ingredients and the averages:
-    as many prediction traces for four ingredients as for one evaluation (each
-    model of its own traced its own: 10 traces before)."""
+    as many prediction traces for four ingredients as for one evaluation (10
+    before, when each ingredient's model and the averaging model traced their own)."""
     val = make_data(48, seed=1)
     models = [_model(trained_weights, noise=0.3, seed=s) for s in range(4)]
     alone = count_traces(monkeypatch)
