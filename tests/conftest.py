@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,7 +53,7 @@ def pytest_collection_finish(session):
 #: 66 s of the workers' time in one suite, 24 s with this (benchmarks/RESULTS.md,
 #: "Test suite"). Peak memory per worker stayed at 1.6 to 1.9 GB.
 FREEZE_EVERY = 10
-_since_freeze = [0]
+_finished = itertools.count(1)
 
 
 @pytest.fixture(autouse=True)
@@ -62,9 +63,7 @@ def _seed():
     # Without a gc.collect() per test (~0.3 s each, most of a quick test's time);
     # Python's own collector still frees old models.
     keras.backend.clear_session(free_memory=False)
-    _since_freeze[0] += 1
-    if _since_freeze[0] == FREEZE_EVERY:
-        _since_freeze[0] = 0
+    if next(_finished) % FREEZE_EVERY == 0:
         gc.collect()
         gc.freeze()
 
