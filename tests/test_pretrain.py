@@ -19,6 +19,7 @@ from tltf.pretrain import (
     DEMO_BASE,
     QUICK_BASE,
     demo_base_path,
+    near_chance_note,
     pretrain,
     set_bn_momentum,
     store_dir,
@@ -77,6 +78,29 @@ def test_saved_base_folder_and_info(pretrained):
 
 
 @pytest.mark.slow
+def test_pretraining_trains_the_whole_base(pretrained):
+    # A frozen base would leave every BatchNorm layer as it was built: its
+    # moving statistics at 0 and 1 (BatchNorm runs in inference mode), its scale
+    # at 1 and its offset at 0 (no gradient). All of them move when it trains.
+    base, _ = pretrained
+    norms = [
+        layer
+        for layer in base.model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(norms) == 27
+    for layer in norms:
+        for weight, built in [
+            (layer.moving_mean, 0.0),
+            (layer.moving_variance, 1.0),
+            (layer.gamma, 1.0),
+            (layer.beta, 0.0),
+        ]:
+            value = keras.ops.convert_to_numpy(weight)
+            assert not np.all(value == built), f"{layer.name}: {weight.name}"
+
+
+@pytest.mark.slow
 def test_pretraining_traces_its_training_step_once(pretrained):
     # The metrics and the optimizer are built before `fit` (tltf.cache), not
     # inside the first trace, which TensorFlow would then trace again.
@@ -108,6 +132,13 @@ def test_saved_base_keeps_bn_momentum(pretrained):
         if isinstance(layer, keras.layers.BatchNormalization)
     }
     assert momenta == {0.8}
+
+
+def test_a_base_near_chance_gets_a_note():
+    note = near_chance_note(0.073, 16)
+    assert "near chance (0.062 on 16 classes)" in note and "epochs=" in note
+    assert near_chance_note(0.125, 16) is None  # twice chance
+    assert near_chance_note(0.84, 16) is None
 
 
 def test_store_respects_tltf_home(tmp_path, monkeypatch):

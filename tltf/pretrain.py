@@ -40,6 +40,7 @@ from tltf.bases.base import Base, load_base, load_saved_base, save_base
 from tltf.bases.registry import get_spec
 from tltf.cache import build_metrics, build_optimizer
 from tltf.errors import ConfigError, ModelError
+from tltf.heads import HeadConfig
 from tltf.model import build_model
 
 #: Environment variable naming tltf's home folder (the store is `<home>/bases`).
@@ -47,6 +48,9 @@ HOME_ENV = "TLTF_HOME"
 
 #: Share of `images` generated again, with another seed, as the validation set.
 VALIDATION_FRACTION = 0.1
+
+#: Below this multiple of chance accuracy, `pretrain` says the base learned little.
+NEAR_CHANCE = 2.0
 
 #: Offset between the training seed and the validation seed of a task.
 _VALIDATION_SEED_OFFSET = 7919
@@ -116,6 +120,18 @@ QUICK_BASE = PretrainConfig(
     image_size=32,
     epochs=1,
     constructor_kwargs=(("alpha", 0.25),),
+)
+
+
+#: The head trained with the base, then discarded: the top block, average pooling
+#: and one softmax layer, spelled out so that `build_model`'s default head (which
+#: reads several blocks through another model) never changes what is trained.
+PRETRAIN_HEAD = HeadConfig(
+    pooling="avg",
+    hidden_units=(),
+    dropout=0.0,
+    standardize=False,
+    pool_from="top",
 )
 
 
@@ -308,10 +324,8 @@ def pretrain(
         **constructor_kwargs,
     )
     set_bn_momentum(base.model, bn_momentum)
-    model = build_model(
-        base, classes, head={"dropout": 0.0}, name=f"pretrain_{spec.name}"
-    )
-    base.model.trainable = True
+    model = build_model(base, classes, head=PRETRAIN_HEAD, name=f"pretrain_{spec.name}")
+    base.model.trainable = True  # build_model froze it
     steps = epochs * math.ceil(images / batch_size)
     model.compile(
         optimizer=keras.optimizers.Adam(warmup_cosine(learning_rate, steps)),
@@ -373,9 +387,25 @@ def pretrain(
             f"tltf: pretrained in {seconds:.0f} s: train accuracy {train_accuracy:.3f}, "
             f"val accuracy {val_accuracy:.3f}; saved to {path}"
         )
+        note = near_chance_note(val_accuracy, classes)
+        if note:
+            print(note)
     base.model.trainable = False
     base.info = {"min_size": base.min_size, **base.info, **info, "path": str(path)}
     return base
+
+
+def near_chance_note(val_accuracy: float, classes: int) -> str | None:
+    """The line `pretrain` prints when its base learned little, else None."""
+    chance = 1.0 / classes
+    if val_accuracy >= NEAR_CHANCE * chance:
+        return None
+    return (
+        f"tltf: note: the val accuracy {val_accuracy:.3f} is near chance ({chance:.3f} "
+        f"on {classes} classes), so this base may transfer no better than random "
+        "weights. Train longer (epochs=, images=) or at another learning_rate=; "
+        "the defaults are MobileNetV3Small's recipe."
+    )
 
 
 def _format_kwargs(kwargs: dict) -> str:
