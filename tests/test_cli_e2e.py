@@ -84,6 +84,8 @@ def test_train_writes_a_complete_run_folder(trained):
     run, result = trained
     assert "tltf: wrote runs/first" in result.stdout
     assert "Epoch 1/2" in result.stdout  # Keras progress
+    # Piped, one line per epoch: no progress bars, no terminal control codes.
+    assert "\x1b[" not in result.stdout and "━" not in result.stdout
     assert "tltf: stage 2 from epoch 2" in result.stdout
     for name in (
         "config.yaml",

@@ -862,7 +862,14 @@ def _print_config(config) -> None:
 
 
 def _verbose(args: argparse.Namespace):
-    return 0 if getattr(args, "quiet", False) else "auto"
+    """Keras's verbosity: progress bars on a terminal, one line per epoch in a log.
+
+    Piped or redirected (a log file, CI, a notebook's `!tltf`), progress bars
+    would print every update as a line of control characters.
+    """
+    if getattr(args, "quiet", False):
+        return 0
+    return "auto" if sys.stdout.isatty() else 2
 
 
 def _run(args: argparse.Namespace, config_class, run_function) -> dict | None:
