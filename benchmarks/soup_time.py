@@ -39,7 +39,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    data = tltf.datasets.make_images("shapes_target", per_class=10, image_size=64, seed=1)
+    data = tltf.datasets.make_images(
+        "shapes_target", per_class=10, image_size=64, seed=1
+    )
     models = []
     for seed in range(args.models):
         keras.utils.set_random_seed(seed)
