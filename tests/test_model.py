@@ -219,3 +219,18 @@ def test_auto_head_skips_blocks_that_end_in_two_tensors():
     assert model_info(model).metadata["head_blocks"] == ["block1", "block3", "block4"]
     with pytest.raises(tltf.errors.BlockMapError, match="block2"):
         tltf.build_model(base, 3, head={"pool_from": ["block2"]})
+
+
+@pytest.mark.parametrize("build", [{}, {"cut": "block3"}], ids=["every_block", "cut"])
+def test_the_users_base_reads_frozen_and_thaws(build):
+    # The head reads the blocks through another model over the same layers (a
+    # multi-output or cut one). The user's own base says it is frozen too, so
+    # the keras.io step `base.trainable = True` thaws every layer the model uses.
+    base = tltf.load_base(make_tiny_base(widths=(4, 4, 8, 8)))
+    model = tltf.build_model(base, 3, **build)
+    head = len(model.trainable_weights)
+    assert model_info(model).metadata["head_blocks"][:2] == ["block1", "block2"]
+    assert base.model.trainable is False
+    base.model.trainable = True
+    assert len(model.trainable_weights) > head
+    assert tltf.trainable_blocks(model)

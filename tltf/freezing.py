@@ -198,9 +198,13 @@ def apply_trainable(info: ModelInfo, trainable_blocks: Iterable[str], bn: str) -
 
 
 def trainable_blocks(model: keras.Model) -> list[str]:
-    """The blocks of the model's base that have trainable weights, bottom to top."""
+    """The blocks of the model's base that have trainable weights, bottom to top.
+
+    Read from what `fit` trains, the model's trainable weights: a layer thawed
+    through another model over the same layers counts, as Keras trains it.
+    """
     info = model_info(model)
-    trainable = {id(v) for v in info.base.trainable_weights}
+    trainable = {id(v) for v in model.trainable_weights}
     out = []
     for block in info.block_map:
         for name in block.layers:

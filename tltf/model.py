@@ -135,6 +135,7 @@ def build_model(
             base, input_shape=input_shape, block_map=block_map, **base_kwargs
         )
         base = rebuild_base(base, strategy, policy)
+        loaded = base
         shape = base.input_shape
         if input_shape is not None and base.spec is None:
             given = tuple(input_shape)
@@ -179,6 +180,9 @@ def build_model(
         outputs = build_head(x, task, units, head)
         model = keras.Model(inputs, outputs, name=name or f"tltf_{base.name}")
         base.model.trainable = False
+        # The head may read a cut or multi-output model over the same layers: the
+        # base as loaded says it is frozen too, so `trainable = True` thaws it.
+        loaded.model.trainable = False
         return model
 
 
