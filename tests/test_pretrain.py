@@ -178,6 +178,21 @@ def test_bad_arguments_fail_before_training(kwargs, error, match, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_a_folder_it_did_not_write_is_refused_before_training(tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("generated training data for a refused folder")
+
+    monkeypatch.setattr(datasets, "make_images", no_data)
+    with pytest.raises(ConfigError, match="tltf did not write"):
+        pretrain("mobilenet", **TINY, save_to=mine, verbose=0)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "keep"
+
+
 def test_set_bn_momentum_counts_nested_layers():
     inner = keras.Sequential(
         [keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(2)]

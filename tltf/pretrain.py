@@ -36,7 +36,13 @@ import numpy as np
 
 from tltf import datasets
 from tltf._version import __version__
-from tltf.bases.base import Base, load_base, load_saved_base, save_base
+from tltf.bases.base import (
+    Base,
+    check_base_path,
+    load_base,
+    load_saved_base,
+    save_base,
+)
 from tltf.bases.registry import get_spec
 from tltf.cache import build_metrics, build_optimizer
 from tltf.errors import ConfigError, ModelError
@@ -263,7 +269,9 @@ def pretrain(
         `tltf.build_model(path, num_classes)` and `tltf.load_base(path)` accept.
 
     Raises:
-        ConfigError: for an unknown architecture or task, or an invalid number.
+        ConfigError: for an unknown architecture or task, an invalid number, or a
+            `save_to` that holds a file or a folder tltf did not write (all
+            checked before training).
 
     Example:
 
@@ -306,6 +314,7 @@ def pretrain(
     path = (
         Path(save_to).expanduser() if save_to is not None else store_dir() / config.name
     )
+    check_base_path(path)  # minutes of training must not end in a refusal
 
     classes = datasets.num_classes(task)
     val_images = max(classes, round(images * VALIDATION_FRACTION))

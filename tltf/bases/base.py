@@ -12,7 +12,7 @@ from typing import Any
 import keras
 
 from tltf._checks import check_keywords, named_arguments, take_renamed
-from tltf._io import atomic_dir
+from tltf._io import atomic_dir, check_replaceable
 from tltf.bases.blockmaps import BlockMap, infer_block_map, validate_block_map
 from tltf.bases.registry import (
     BaseSpec,
@@ -314,6 +314,20 @@ def save_base(base: Base, path: str | os.PathLike, info: dict | None = None) -> 
         }
         (tmp / BASE_INFO_FILE).write_text(json.dumps(record, indent=2))
     return path
+
+
+def check_base_path(path: str | os.PathLike) -> None:
+    """Raises now, before any training, unless `save_base` may write to `path`.
+
+    Raises:
+        ConfigError: `path` holds a file or a folder that is not a saved base.
+    """
+    check_replaceable(
+        Path(path).expanduser(),
+        marker=BASE_MARKER,
+        recognise=_is_saved_base,
+        what="saved base",
+    )
 
 
 def _is_saved_base(folder: Path) -> bool:
