@@ -524,9 +524,10 @@ def task_data(name: str, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
 
 
 def benchmark_base(name: str, size: int, weights_dir):
-    """A fresh copy of a benchmark base: "demo" (shipped) or a registry name."""
-    if name == "demo":
-        return tltf.load_base("demo")
+    """A fresh copy of a benchmark base: "demo" (shipped), the folder of a saved
+    base (`tltf.pretrain`'s) or a registry name."""
+    if name == "demo" or Path(name).is_dir():
+        return tltf.load_base(name)
     return tltf.load_base(name, input_shape=(size, size, 3), weights_dir=weights_dir)
 
 
