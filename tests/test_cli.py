@@ -65,6 +65,11 @@ def test_bad_subcommand_exits_2(capsys):
         (["bases", "--filter", "nothing*"], 2, "tltf: error: No base matches"),
         (["demo", "--k", "0"], 2, "expected an integer >= 1"),
         (["demo", "--seed", "x"], 2, "expected an integer"),
+        (["pretrain", "mobilenet_v9"], 2, "tltf: error: Unknown base 'mobilenet_v9'"),
+        (["pretrain", "--task", "shapes"], 2, "invalid choice: 'shapes'"),
+        (["pretrain", "--epochs", "0"], 2, "expected an integer >= 1"),
+        (["pretrain", "--learning-rate", "-1"], 2, "learning_rate"),
+        (["pretrain", "--arg", "alpha"], 2, "Expected --arg KEY=VALUE"),
     ],
 )
 def test_errors_exit_2(argv, status, text, capsys):
@@ -99,7 +104,8 @@ def test_demo_augments_unless_told_not_to(flags, augment, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "command", ["bases", "train", "tune", "evaluate", "predict", "export", "demo"]
+    "command",
+    ["bases", "train", "tune", "evaluate", "predict", "export", "demo", "pretrain"],
 )
 def test_help_has_examples(command, capsys):
     assert main([command, "--help"]) == 0
@@ -295,3 +301,59 @@ def test_a_fixed_unfreeze_must_fit_below_an_auto_cut():
     for unfreeze in (2, "auto", "all", {"layers": 9}):
         config = TrainConfig.from_dict({"schedule": {"unfreeze": unfreeze}})
         _check_unfreeze_below_cut(config, model)
+
+
+@pytest.mark.slow
+def test_pretrain_writes_a_base_that_train_takes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TLTF_HOME", str(tmp_path / "home"))
+    out = tmp_path / "bases" / "tiny"
+    argv = ["pretrain", "mobilenet", "--arg", "alpha=0.25", "--images", "64"]
+    argv += ["--image-size", "32", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"--base {out}" in printed.splitlines()[-1]
+    assert "2/2 - " in printed and "━" not in printed  # piped: one line an epoch
+    train = ["train", "--base", str(out), "--train", "photos/", "--print-config"]
+    assert main(train) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["base"] == str(out) and printed["model"]["weights"] is None
+    base = tltf.load_base(str(out))
+    assert base.info["constructor_kwargs"] == {"alpha": 0.25}
+    assert base.info["images"] == 64 and base.input_shape == (32, 32, 3)
+
+
+def test_pretrain_refuses_a_folder_it_did_not_write(tmp_path, capsys, monkeypatch):
+    from tltf import datasets
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("generated training data for a refused folder")
+
+    monkeypatch.setattr(datasets, "make_images", no_data)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["pretrain", "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "tltf did not write" in err and err.count("\n") == 1
+    assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_bases_lists_the_bases_pretrained_into_the_store(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.setenv("TLTF_HOME", str(tmp_path / "home"))
+    store = tmp_path / "home" / "bases"
+    info = {"task": "shapes_source", "val_accuracy": 0.8433}
+    for name, record in [("mobilenet-64px-a", {"info": info}), ("vgg16-b", {})]:
+        (store / name).mkdir(parents=True)
+        (store / name / "base.json").write_text(json.dumps(record))
+    (store / "mobilenet-interrupted").mkdir()  # no base.json: skipped
+    assert main(["bases", "--filter", "mobilenet*"]) == 0
+    out = capsys.readouterr().out
+    assert f"Pretrained in the base store ({store})" in out
+    assert (
+        f"{store / 'mobilenet-64px-a'}  (on shapes_source, val accuracy 0.8433)" in out
+    )
+    assert "vgg16-b" not in out and "interrupted" not in out
+    assert main(["bases", "--filter", "resnet50"]) == 0
+    assert "base store" not in capsys.readouterr().out

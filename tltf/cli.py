@@ -31,7 +31,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tltf import runs
+from tltf import datasets, runs
 from tltf._version import __version__
 from tltf.bases.base import BASE_INFO_FILE, load_base
 from tltf.bases.registry import (
@@ -56,6 +56,7 @@ from tltf.errors import ConfigError, DataError, ModelError, TltfError, suggest
 from tltf.evaluation import evaluate, predict, write_predictions
 from tltf.export import export_model
 from tltf.model import load_model
+from tltf.pretrain import DEMO_BASE, pretrain, store_dir, stored_bases
 from tltf.ranking import rank_bases
 from tltf.runs import (
     BEST_MODEL,
@@ -77,6 +78,7 @@ EXIT_ERROR = 2
 _BASES_EPILOG = """\
 "demo" is the base shipped with tltf: MobileNetV3Small @64 px pretrained on
 tltf's procedural shapes_source. It needs no download (tltf train --base demo).
+Bases that tltf pretrain wrote into the base store are listed last.
 
 examples:
   tltf bases                          every registry name, and demo
@@ -198,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rotations, zooms, shifts and contrast, for transfer and scratch alike)",
     )
     demo.set_defaults(handler=_cmd_demo)
+    _add_pretrain_command(commands)
     return parser
 
 
@@ -1195,6 +1198,22 @@ def _cmd_bases(args: argparse.Namespace) -> int:
         print("  ".join(cells).rstrip())
     for base in shipped:
         print(f"\n{base.name}: {base.description}.")
+    stored = [
+        (path, info)
+        for path, info in stored_bases()
+        if fnmatch.fnmatch(path.name, args.filter.lower())
+    ]
+    if stored:
+        print(
+            f"\nPretrained in the base store ({store_dir()}); pass the folder as --base:"
+        )
+        for path, info in stored:
+            about = ", ".join(
+                f"{label} {info[key]}"
+                for key, label in [("task", "on"), ("val_accuracy", "val accuracy")]
+                if key in info
+            )
+            print(f"  {path}" + (f"  ({about})" if about else ""))
     return 0
 
 
@@ -1371,6 +1390,119 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         files.append(Path(args.plot).expanduser())
     if files:
         print(f"tltf: wrote {' and '.join(str(f) for f in files)}")
+    return 0
+
+
+# -- pretrain --------------------------------------------------------------------
+_PRETRAIN_EPILOG = """\
+Trains a registry architecture from scratch on one of tltf's procedural tasks
+(no download) and saves it as a base folder, which --base takes in tltf train,
+tune and rank. The defaults are the demo base's recipe, measured on
+MobileNetV3Small (about 3 to 4.5 minutes on 2 CPU cores); a bigger architecture
+learns slower, and a base that ends near chance gets a note. The folder is
+written in one step at the end; an existing folder that is not a saved base is
+refused before training.
+
+examples:
+  tltf pretrain mobilenet_v3_small --out bases/shapes
+  tltf train --base bases/shapes --train photos/ --out runs/photos
+  tltf pretrain mobilenet --arg alpha=0.5 --image-size 48 --epochs 8 --out bases/small
+  tltf pretrain efficientnet_b0 --out bases/effb0    # 0.55 val accuracy, 7 minutes
+"""
+
+
+def _add_pretrain_command(commands) -> None:
+    parser = commands.add_parser(
+        "pretrain",
+        help="pretrain a base from scratch on a procedural task",
+        description="Pretrains a registry architecture from scratch on a "
+        "procedural task and saves it as a base folder.",
+        epilog=_PRETRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "architecture",
+        nargs="?",
+        default=DEMO_BASE.architecture,
+        help=f"a registry name from `tltf bases` (default: {DEMO_BASE.architecture})",
+    )
+    parser.add_argument(
+        "--task",
+        default=DEMO_BASE.task,
+        choices=list(datasets.TASKS),
+        help=f"the procedural source task (default: {DEMO_BASE.task})",
+    )
+    for flag, kind, default, about in [
+        ("--images", _positive_int, DEMO_BASE.images, "training images"),
+        ("--image-size", _positive_int, DEMO_BASE.image_size, "input size in px"),
+        ("--epochs", _positive_int, DEMO_BASE.epochs, "training epochs"),
+        ("--batch-size", _positive_int, DEMO_BASE.batch_size, "batch size"),
+        ("--learning-rate", float, DEMO_BASE.learning_rate, "peak learning rate"),
+        ("--bn-momentum", float, DEMO_BASE.bn_momentum, "BatchNorm momentum"),
+        ("--seed", _nonnegative_int, DEMO_BASE.seed, "seed"),
+    ]:
+        parser.add_argument(
+            flag, type=kind, default=default, help=f"{about} (default: {default})"
+        )
+    parser.add_argument(
+        "--arg",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a Keras constructor argument (value in YAML syntax), e.g. "
+        "--arg alpha=0.5; repeatable",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="the base folder to write (default: the base store, "
+        "$TLTF_HOME/bases or ~/.cache/tltf/bases, under a name that spells out "
+        "the recipe)",
+    )
+    _add_verbosity(parser)
+    parser.set_defaults(handler=_cmd_pretrain)
+
+
+def _constructor_args(items: list[str]) -> dict:
+    """`--arg KEY=VALUE` flags as keyword arguments (values in YAML syntax)."""
+    import yaml
+
+    kwargs = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(
+                f"Expected --arg KEY=VALUE, e.g. --arg alpha=0.5. Received: {item!r}"
+            )
+        try:
+            kwargs[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            kwargs[key] = raw
+    return kwargs
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    verbose = _verbose(args)
+    base = pretrain(
+        args.architecture,
+        task=args.task,
+        images=args.images,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        bn_momentum=args.bn_momentum,
+        seed=args.seed,
+        save_to=args.out,
+        verbose=1 if verbose == "auto" else verbose,
+        **_constructor_args(args.arg),
+    )
+    print(
+        f"tltf: wrote {base.info['path']} (val accuracy "
+        f"{base.info['val_accuracy']:.3f}); use it with --base {base.info['path']}"
+    )
     return 0
 
 

@@ -37,6 +37,7 @@ import numpy as np
 from tltf import datasets
 from tltf._version import __version__
 from tltf.bases.base import (
+    BASE_INFO_FILE,
     Base,
     check_base_path,
     load_base,
@@ -151,6 +152,23 @@ def store_dir() -> Path:
     home = os.environ.get(HOME_ENV)
     root = Path(home).expanduser() if home else Path("~/.cache/tltf").expanduser()
     return root / "bases"
+
+
+def stored_bases() -> list[tuple[Path, dict]]:
+    """The saved bases in the store (`store_dir`), by name: (folder, their info).
+
+    A folder without a readable `base.json` (an interrupted write, a stray
+    folder) is skipped.
+    """
+    found = []
+    folder = store_dir()
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        try:
+            record = json.loads((path / BASE_INFO_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        found.append((path, record.get("info", {})))
+    return found
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -347,7 +365,8 @@ def pretrain(
         print(
             f"tltf: pretraining {config.name}: {spec.name} "
             f"{_format_kwargs(constructor_kwargs)}from scratch on {task} "
-            f"({images} images, {classes} classes, {image_size} px), {epochs} epochs."
+            f"({images} images, {classes} classes, {image_size} px), {epochs} "
+            f"epoch{'s' if epochs != 1 else ''}."
         )
     start = time.perf_counter()
     history = model.fit(
@@ -412,8 +431,8 @@ def near_chance_note(val_accuracy: float, classes: int) -> str | None:
     return (
         f"tltf: note: the val accuracy {val_accuracy:.3f} is near chance ({chance:.3f} "
         f"on {classes} classes), so this base may transfer no better than random "
-        "weights. Train longer (epochs=, images=) or at another learning_rate=; "
-        "the defaults are MobileNetV3Small's recipe."
+        "weights. Train longer (more epochs or images) or at another learning "
+        "rate; the defaults are MobileNetV3Small's recipe."
     )
 
 
