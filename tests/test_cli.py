@@ -70,6 +70,7 @@ def test_bad_subcommand_exits_2(capsys):
         (["pretrain", "--epochs", "0"], 2, "expected an integer >= 1"),
         (["pretrain", "--learning-rate", "-1"], 2, "learning_rate"),
         (["pretrain", "--arg", "alpha"], 2, "Expected --arg KEY=VALUE"),
+        (["pretrain", "mobilenet", "--arg", "alphaa=0.5"], 2, "Did you mean 'alpha'"),
     ],
 )
 def test_errors_exit_2(argv, status, text, capsys):

@@ -157,6 +157,14 @@ def test_probe_blocks_takes_validation_data_and_still_its_old_name(data):
         ({"num_classes": 1}, ConfigError, "num_classes to be an integer >= 2"),
         ({"task": "classification"}, ConfigError, "Unknown task"),
         ({"weights": "/nonexistent/w.h5"}, tltf.TltfError, "does not exist"),
+        # Another constructor's argument, and a value Keras rejects with TypeError.
+        (
+            {"base": "resnet50", "alpha": 0.5},
+            ConfigError,
+            "ResNet50\\(\\) got an unexpected argument 'alpha'. 'resnet50' takes "
+            "input_tensor, pooling",
+        ),
+        ({"alpha": [1]}, ConfigError, "MobileNetV2 rejected the arguments"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

@@ -168,9 +168,16 @@ def test_recipe_names_differ():
         ({"bn_momentum": 1.0}, ConfigError, "bn_momentum"),
         ({"epochs": 0}, ConfigError, "epochs"),
         ({"learning_rate": -1.0}, ConfigError, "learning_rate"),
+        ({"depth": 2}, ConfigError, "unexpected argument 'depth'"),
     ],
 )
-def test_bad_arguments_fail_before_training(kwargs, error, match, tmp_path):
+def test_bad_arguments_fail_before_training(
+    kwargs, error, match, tmp_path, monkeypatch
+):
+    def no_data(*args, **kwargs):
+        raise AssertionError("generated training data for bad arguments")
+
+    monkeypatch.setattr(datasets, "make_images", no_data)
     with pytest.raises(error, match=match):
         pretrain(
             **{"architecture": "mobilenet", **kwargs}, save_to=tmp_path / "b", verbose=0

@@ -40,6 +40,7 @@ from tltf.bases.base import (
     BASE_INFO_FILE,
     Base,
     check_base_path,
+    check_constructor_kwargs,
     load_base,
     load_saved_base,
     save_base,
@@ -300,6 +301,7 @@ def pretrain(
     >>> model = tltf.build_model(base.info["path"], num_classes=12)
     """
     spec = get_spec(architecture)
+    check_constructor_kwargs(spec, constructor_kwargs)
     if task not in datasets.TASKS:
         raise ConfigError(
             f"Unknown task {task!r}. Expected one of {list(datasets.TASKS)}."

@@ -115,6 +115,26 @@ def _describe_weights(weights) -> str:
 _SIZE_NOTICE = r"`input_shape` is undefined or non-square, or `rows` is not 224"
 
 
+def check_constructor_kwargs(spec: BaseSpec, kwargs: dict) -> None:
+    """Rejects a keyword that the registry base's Keras constructor does not take.
+
+    Raises:
+        ConfigError: naming the closest argument and every one it takes.
+    """
+    takes = [
+        name
+        for name in named_arguments(spec.constructor)
+        if name not in ("include_top", "input_shape", "weights")
+    ]
+    check_keywords(
+        kwargs,
+        takes,
+        f"keras.applications.{spec.constructor_name}",
+        f"{spec.name!r} takes {', '.join(takes)} (tltf sets include_top, "
+        "input_shape and weights itself).",
+    )
+
+
 def _application_base(
     spec: BaseSpec, weights, input_shape, weights_dir, constructor_kwargs
 ) -> Base:
@@ -125,6 +145,7 @@ def _application_base(
             "Expected weights='imagenet', None, or the path of a weights file. "
             f"Received: weights={weights!r}"
         )
+    check_constructor_kwargs(spec, constructor_kwargs)
     kwargs = dict(include_top=False, input_shape=shape, **constructor_kwargs)
     try:
         with (
@@ -135,10 +156,11 @@ def _application_base(
             # without the top, those are the weights for every size.
             warnings.filterwarnings("ignore", message=_SIZE_NOTICE)
             model = spec.constructor(weights=None if is_file else weights, **kwargs)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         raise ConfigError(
             f"keras.applications.{spec.constructor_name} rejected the arguments "
-            f"{kwargs | {'weights': weights}}: {error}"
+            f"{kwargs | {'weights': weights}}: {error} Check the values against "
+            f"its documentation (`help(keras.applications.{spec.constructor_name})`)."
         ) from None
     if is_file:
         load_weights_file(model, weights, f"{spec.name} at {shape}")
