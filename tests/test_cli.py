@@ -358,3 +358,18 @@ def test_bases_lists_the_bases_pretrained_into_the_store(tmp_path, capsys, monke
     assert "vgg16-b" not in out and "interrupted" not in out
     assert main(["bases", "--filter", "resnet50"]) == 0
     assert "base store" not in capsys.readouterr().out
+
+
+def test_train_on_a_folder_of_one_class_names_it(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "photos" / "cats"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    out = tmp_path / "runs" / "one"
+    argv = ["train", "--base", "demo", "--train", str(folder.parent), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "has one class (cats); a classifier needs at least 2" in err
+    assert err.count("\n") == 1 and not out.exists()

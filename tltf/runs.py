@@ -77,7 +77,7 @@ from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.checkpoint import ModelCheckpoint
 from tltf.config import TrainConfig, TuneConfig, dump_config, load_config_file
 from tltf.data import load_data
-from tltf.errors import ConfigError, DiskFullError, ModelError, TltfError
+from tltf.errors import ConfigError, DataError, DiskFullError, ModelError, TltfError
 from tltf.evaluation import evaluate
 from tltf.freezing import trainable_blocks
 from tltf.locks import LockFile
@@ -765,6 +765,13 @@ def build_run_model(config: TrainConfig, data, image_size: tuple[int, int]):
     """`tltf.build_model` for a config's `[model]` section and the loaded data."""
     m = config.model
     num_classes = m.num_classes or data.num_classes
+    if m.task == "multiclass" and num_classes == 1:
+        names = f" ({', '.join(data.class_names)})" if data.class_names else ""
+        raise DataError(
+            f"The training data {config.data.train!r} has one class{names}; a "
+            "classifier needs at least 2. Give a folder with one subfolder per "
+            "class (or labels of 2 classes or more)."
+        )
     if m.task == "binary":
         num_classes = None
     model = build_model(
