@@ -368,8 +368,9 @@ def test_train_on_a_folder_of_one_class_names_it(tmp_path, capsys):
     for i in range(4):
         Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(folder / f"{i}.png")
     out = tmp_path / "runs" / "one"
-    argv = ["train", "--base", "demo", "--train", str(folder.parent), "--out", str(out)]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "has one class (cats); a classifier needs at least 2" in err
-    assert err.count("\n") == 1 and not out.exists()
+    data = ["--base", "demo", "--train", str(folder.parent), "--out", str(out)]
+    for argv in [["train", *data], ["tune", *data, "--val-fraction", "0.25"]]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "has one class (cats); a classifier needs at least 2" in err
+        assert err.count("\n") == 1 and not out.exists()

@@ -761,17 +761,27 @@ def load_run_data(config: TrainConfig, image_size: tuple[int, int]):
     )
 
 
-def build_run_model(config: TrainConfig, data, image_size: tuple[int, int]):
-    """`tltf.build_model` for a config's `[model]` section and the loaded data."""
-    m = config.model
-    num_classes = m.num_classes or data.num_classes
-    if m.task == "multiclass" and num_classes == 1:
+def _run_classes(config: TrainConfig, data) -> int:
+    """The run's class count: the config's, else the training data's (2 or more).
+
+    Raises:
+        DataError: multi-class training data of one class, named.
+    """
+    num_classes = config.model.num_classes or data.num_classes
+    if config.model.task == "multiclass" and num_classes == 1:
         names = f" ({', '.join(data.class_names)})" if data.class_names else ""
         raise DataError(
             f"The training data {config.data.train!r} has one class{names}; a "
             "classifier needs at least 2. Give a folder with one subfolder per "
             "class (or labels of 2 classes or more)."
         )
+    return num_classes
+
+
+def build_run_model(config: TrainConfig, data, image_size: tuple[int, int]):
+    """`tltf.build_model` for a config's `[model]` section and the loaded data."""
+    m = config.model
+    num_classes = _run_classes(config, data)
     if m.task == "binary":
         num_classes = None
     model = build_model(
@@ -1180,7 +1190,7 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         m.base,
         data,
         None,
-        num_classes=None if m.task == "binary" else (m.num_classes or data.num_classes),
+        num_classes=None if m.task == "binary" else _run_classes(config, data),
         task=m.task,
         input_shape=(*image_size, 3),
         weights=m.weights,
