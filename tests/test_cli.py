@@ -345,7 +345,11 @@ def test_bases_lists_the_bases_pretrained_into_the_store(tmp_path, capsys, monke
     monkeypatch.setenv("TLTF_HOME", str(tmp_path / "home"))
     store = tmp_path / "home" / "bases"
     info = {"task": "shapes_source", "val_accuracy": 0.8433}
-    for name, record in [("mobilenet-64px-a", {"info": info}), ("vgg16-b", {})]:
+    for name, record in [
+        ("mobilenet-64px-a", {"info": info}),
+        ("mobilenet-odd", ["not", "a", "record"]),  # listed, without details
+        ("vgg16-b", {}),
+    ]:
         (store / name).mkdir(parents=True)
         (store / name / "base.json").write_text(json.dumps(record))
     (store / "mobilenet-interrupted").mkdir()  # no base.json: skipped
@@ -355,6 +359,7 @@ def test_bases_lists_the_bases_pretrained_into_the_store(tmp_path, capsys, monke
     assert (
         f"{store / 'mobilenet-64px-a'}  (on shapes_source, val accuracy 0.8433)" in out
     )
+    assert f"  {store / 'mobilenet-odd'}\n" in out
     assert "vgg16-b" not in out and "interrupted" not in out
     assert main(["bases", "--filter", "resnet50"]) == 0
     assert "base store" not in capsys.readouterr().out

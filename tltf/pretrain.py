@@ -168,7 +168,8 @@ def stored_bases() -> list[tuple[Path, dict]]:
             record = json.loads((path / BASE_INFO_FILE).read_text())
         except (OSError, ValueError):
             continue
-        found.append((path, record.get("info", {})))
+        info = record.get("info") if isinstance(record, dict) else None
+        found.append((path, info if isinstance(info, dict) else {}))
     return found
 
 
