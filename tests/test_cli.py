@@ -229,7 +229,7 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
             "tltf: error: Unknown base 'demoo'. Did you mean 'demo'?",
         ),
         (["--base", "qqqqqq"], "tltf: error: Unknown base 'qqqqqq'. Try 'demo'"),
-        (["--base", "no/such/folder"], "is not a folder"),
+        (["--base", "no/such/folder"], "does not exist"),
         (["--base", "demo", "--weights", "w.h5"], "'demo' is a saved base"),
         (["--head-lr", "fnd"], "expected a number > 0 or 'find', got 'fnd'; did you"),
         (["--head-lr", "0"], "expected a number > 0, got '0'"),

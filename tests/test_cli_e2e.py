@@ -31,7 +31,7 @@ from tests.helpers import (
     make_tiny_base,
 )
 from tltf.cli import main
-from tltf.runs import HistoryCSV, read_history
+from tltf.runs import HistoryCSV, default_image_size, read_history
 
 
 def _tltf(*args, cwd):
@@ -424,3 +424,31 @@ def test_train_on_the_shipped_base_with_the_defaults(work, capsys, monkeypatch):
     assert (
         "(val_loss still improving): train longer, e.g. --fine-tune-epochs 2" in out
     ) is last
+
+
+@pytest.mark.slow
+def test_a_runs_best_keras_is_the_base_of_the_next_run(
+    trained, work, capsys, monkeypatch
+):
+    # Sequential transfer on the command line: the first run's fine-tuned base.
+    run, _ = trained
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TLTF_HOME", str(work / "home"))
+    best = str(run.relative_to(work) / "best.keras")
+    argv = ["train", "--config", "train.yaml", "--base", best]
+    assert main([*argv, "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["base"] == best and printed["model"]["weights"] is None
+    assert default_image_size(best) == (16, 16)  # read from the file's config
+    argv += ["--head-epochs", "1", "--fine-tune-epochs", "0", "--out", "runs/next"]
+    assert main(argv) == 0
+    first = tltf.model_info(keras.models.load_model(work / best)).base
+    second = tltf.model_info(tltf.load_model(work / "runs" / "next" / "best.keras"))
+    assert second.metadata["base"] == "tiny"
+    assert second.metadata["base_info"]["fine_tuned"] is True
+    # The frozen base of the second run holds the first run's fine-tuned weights.
+    for a, b in zip(first.weights, second.base.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    (work / "notes.txt").write_text("not a model")
+    err = cli_error([*argv[:4], "notes.txt", "--print-config"], capsys)
+    assert "neither a folder nor a .keras file" in err

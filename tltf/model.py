@@ -61,7 +61,8 @@ def build_model(
 
     Args:
         base: A registry name (see `list_bases()`), a saved base folder, a
-            `keras.Model` or a `Base` (see `load_base`).
+            `keras.Model`, a model that `build_model` built (its base, as a copy:
+            sequential transfer) or a `Base` (see `load_base`).
         num_classes: int or None. Classes for "multiclass" and "multilabel";
             outputs for "regression" (defaults to 1); None, 1 or 2 for "binary".
         input_shape: tuple or None. `(height, width, channels)` of the images the

@@ -56,6 +56,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,7 +73,7 @@ from tltf._io import (
     sweep_tmp_files,
 )
 from tltf._version import __version__
-from tltf.bases.base import BASE_INFO_FILE
+from tltf.bases.base import BASE_INFO_FILE, is_model_file
 from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.checkpoint import ModelCheckpoint
 from tltf.config import TrainConfig, TuneConfig, dump_config, load_config_file
@@ -653,25 +654,32 @@ def _cell(value):
 
 # -- training ----------------------------------------------------------------------------------
 def saved_base_folder(base: str) -> Path | None:
-    """The folder of a saved base (a shipped name such as "demo", or a path).
+    """Where a base with its own weights lives: a saved base's folder (a shipped
+    name such as "demo", or a path), or a model's `.keras` file.
 
     Returns None for a registry name, after checking it.
 
     Raises:
         UnknownBaseError: an unknown name (with suggestions).
-        ModelError: a path that is not a folder.
+        ModelError: a path that is neither a folder nor a `.keras` file.
     """
     shipped = shipped_base_path(base)  # as load_base: shipped names come first
     if shipped is not None:
         return shipped
     path = Path(base).expanduser()
-    if path.is_dir():
+    if path.is_dir() or is_model_file(path):
         return path
     if os.sep in base or path.exists():
+        what = (
+            "is neither a folder nor a .keras file"
+            if path.exists()
+            else ("does not exist")
+        )
         raise ModelError(
-            f"Base {base!r} is not a folder. Pass a registry name (`tltf bases`), "
-            "'demo' (the base shipped with tltf) or the folder of a saved base "
-            "(tltf.save_base, tltf.pretrain)."
+            f"Base {base!r} {what}. Pass a registry "
+            "name (`tltf bases`), 'demo' (the base shipped with tltf), the folder "
+            "of a saved base (tltf.save_base, tltf pretrain) or a model's .keras "
+            "file (a run's best.keras: its fine-tuned base)."
         )
     get_spec(base)  # an unknown name raises, with suggestions
     return None
@@ -684,9 +692,15 @@ def default_image_size(base: str) -> tuple[int, int] | None:
         spec = get_spec(base)
         return spec.default_size, spec.default_size
     try:
-        shape = json.loads((folder / BASE_INFO_FILE).read_text())["input_shape"]
+        if folder.is_file():  # a .keras file: its first input layer's shape
+            with zipfile.ZipFile(folder) as archive:
+                config = json.loads(archive.read("config.json"))
+            layer = config["config"]["layers"][0]["config"]
+            shape = layer["batch_shape"][1:]
+        else:
+            shape = json.loads((folder / BASE_INFO_FILE).read_text())["input_shape"]
         return int(shape[0]), int(shape[1])
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile):
         return None
 
 

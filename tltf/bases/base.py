@@ -22,7 +22,7 @@ from tltf.bases.registry import (
 )
 from tltf.bases.weights import load_weights_file, offline_first, resolve_weights_dir
 from tltf.errors import ConfigError, InputShapeError, ModelError
-from tltf.layers import PREPROCESSING_MODES
+from tltf.layers import PREPROCESSING_MODES, Preprocessing
 from tltf.saving import load_model
 
 #: File names inside a saved base folder (see `save_base`).
@@ -174,9 +174,54 @@ def _application_base(
     return Base(model, spec.name, block_map, spec.preprocessing, spec, info)
 
 
+def is_model_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a `.keras` file: a model whose base `load_base` takes."""
+    path = Path(path).expanduser()
+    return path.suffix == ".keras" and path.is_file()
+
+
+def _tltf_preprocessing(model: keras.Model) -> Preprocessing | None:
+    """The preprocessing layer of a model that `build_model` built, else None."""
+    for layer in model.layers:
+        if isinstance(layer, Preprocessing) and "base_layer" in layer.metadata:
+            return layer
+    return None
+
+
+def _fine_tuned_base(model: keras.Model, pre: Preprocessing) -> Base:
+    """The base inside a model that tltf built (and maybe fine-tuned), as a copy.
+
+    The copy ends at the base's top block (the head's last input; a cut model's
+    base ends at its cut) and has its own weights: training a model built on it
+    leaves `model` as it is.
+    """
+    metadata = pre.metadata
+    inner = model.get_layer(metadata["base_layer"])
+    top = inner.outputs[-1]  # one output per block the head reads, the top last
+    features = keras.Model(inner.inputs[0], top, name=metadata["base_layer"])
+    copy = keras.models.clone_model(features)
+    copy.set_weights(features.get_weights())
+    block_map = BlockMap.from_config(metadata["blocks"])
+    validate_block_map(copy, block_map)
+    info = {
+        **{k: v for k, v in metadata.get("base_info", {}).items() if k != "path"},
+        "weights": f"fine-tuned in model {model.name!r}",
+        "fine_tuned": True,
+    }
+    return Base(copy, metadata["base"], block_map, pre.mode, None, info)
+
+
 def _custom_base(model: keras.Model, blocks, preprocessing: str | None) -> Base:
     if not isinstance(model, keras.Model):
         raise ConfigError(f"Expected a keras.Model. Received: {type(model).__name__}")
+    pre = _tltf_preprocessing(model) if getattr(model, "layers", None) else None
+    if pre is not None:
+        if blocks is not None or preprocessing is not None:
+            raise ConfigError(
+                f"Model {model.name!r} was built by tltf: its base brings its own "
+                "block map and preprocessing. Drop block_map= and preprocessing=."
+            )
+        return _fine_tuned_base(model, pre)
     if not model.built or not model.layers:
         raise ModelError(
             f"Model {model.name!r} has no layers graph yet. Build it (call it on an "
@@ -195,6 +240,13 @@ def _custom_base(model: keras.Model, blocks, preprocessing: str | None) -> Base:
             f"A base takes one image input of shape (batch, height, width, "
             f"channels). Model {model.name!r} has inputs of shapes {shapes}. Wrap "
             "the image part of it in a model of its own and pass that."
+        )
+    if len(model.outputs) != 1:
+        raise ModelError(
+            f"A base has one output, its top feature map. Model {model.name!r} has "
+            f"{len(model.outputs)}. Pass the part that ends at the features you "
+            "want, e.g. keras.Model(model.inputs, model.outputs[-1]); for the base "
+            "of a model that tltf built, pass that model: tltf.load_base(model)."
         )
     if blocks is None:
         block_map = infer_block_map(model)
@@ -228,7 +280,11 @@ def load_base(
         base: A registry name (`"mobilenet_v2"`, see `list_bases()`), the short
             name of a base shipped with tltf (`"demo"`, see `SHIPPED_BASES`; a
             folder of that name is `"./demo"`), the folder of a base saved by
-            `save_base` or `tltf.pretrain`, a `keras.Model`, or a `Base`.
+            `save_base` or `tltf.pretrain`, a `keras.Model` with one image input
+            and one output, a model that `build_model` built (its base as it is
+            now, fine-tuned or not: a copy with its own weights, block map and
+            preprocessing), the `.keras` file of either kind of model (loaded
+            with `safe_mode=True`, e.g. a run's `best.keras`), or a `Base`.
         weights: "imagenet" (Keras's download and cache), None (random), or the
             path of a weights file for the architecture. Ignored for saved and
             shipped bases and models. Defaults to "imagenet".
@@ -270,6 +326,8 @@ def load_base(
     if isinstance(base, os.PathLike) or (
         isinstance(base, str) and (os.sep in base or Path(base).exists())
     ):
+        if is_model_file(base):
+            return _custom_base(load_model(base), block_map, preprocessing)
         return load_saved_base(base, input_shape=input_shape)
     spec = get_spec(base)
     return _application_base(
