@@ -712,7 +712,7 @@ def resolve_base(config: TrainConfig) -> TrainConfig:
 
     Raises:
         UnknownBaseError: an unknown registry name (with suggestions).
-        ModelError: a base path that is not a folder.
+        ModelError: a base path that is neither a folder nor a .keras file.
         ConfigError: a weights file given for a saved base, which ignores it.
     """
     m = config.model
