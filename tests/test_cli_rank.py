@@ -62,3 +62,31 @@ def test_rank_names_an_unknown_base_and_exits_2(tmp_path, capsys):
     assert status == 2
     assert err.startswith("tltf: error:") and "'vgg16'" in err
     keras.backend.clear_session()
+
+
+def test_rank_builds_at_the_candidates_own_size(tmp_path, capsys):
+    from tltf.cli import _rank_image_size
+
+    small = tltf.save_base(tltf.load_base(make_tiny_base()), tmp_path / "small")
+    big = tltf.load_base(make_tiny_base(input_shape=(32, 32, 3)))
+    big = tltf.save_base(big, tmp_path / "big")
+    assert _rank_image_size([str(small)]) == 16
+    assert _rank_image_size(["demo"]) == 64  # not 224: it was pretrained at 64
+    assert _rank_image_size(["inception_v3"]) == 299
+    assert _rank_image_size(["vgg16", "resnet50"]) == 224
+    assert capsys.readouterr().out == ""
+    assert _rank_image_size(["demo", "vgg16"]) == 224
+    assert _rank_image_size([str(small), str(big)]) == 224
+    notes = capsys.readouterr().out.splitlines()
+    assert notes == [
+        "tltf: note: demo was saved at 64 px and is ranked at 224 px with the "
+        "others; --image-size 64 ranks it at its own size.",
+        f"tltf: note: {small} was saved at 16 px and is ranked at 224 px with the "
+        "others; --image-size 16 ranks it at its own size.",
+        f"tltf: note: {big} was saved at 32 px and is ranked at 224 px with the "
+        "others; --image-size 32 ranks it at its own size.",
+    ]
+    images = tmp_path / "images"
+    make_image_folder(images, per_class=4)
+    assert main(["rank", "--data", str(images), "--bases", str(small)]) == 0
+    assert f"best by logme: {small}" in capsys.readouterr().out

@@ -64,11 +64,13 @@ from tltf.runs import (
     LAST_MODEL,
     RunFolder,
     class_names_of,
+    default_image_size,
     default_run_dir,
     find_run,
     load_run_data,
     resolve_base,
     resolve_image_size,
+    saved_base_folder,
     still_improving_hint,
 )
 
@@ -1318,9 +1320,10 @@ def _add_rank_command(commands) -> None:
     rank.add_argument(
         "--image-size",
         type=_positive_int,
-        default=224,
+        default=None,
         help="images are resized to this size; registry bases are built at it "
-        "(default: 224)",
+        "(default: the candidates' own size when they share one, such as 64 for "
+        "demo, else 224)",
     )
     rank.add_argument(
         "--score",
@@ -1346,6 +1349,35 @@ def _add_rank_command(commands) -> None:
     rank.set_defaults(handler=_cmd_rank)
 
 
+#: `tltf rank`'s image size when its candidates have no one size of their own.
+RANK_IMAGE_SIZE = 224
+
+
+def _rank_image_size(bases: list[str]) -> int:
+    """The candidates' own input size when they share one, else `RANK_IMAGE_SIZE`.
+
+    A base saved at another size is rebuilt at this one (a registry
+    architecture) or gets resized images: a note says which, and how to rank at
+    its own size.
+    """
+    own = {}
+    for base in bases:
+        size = default_image_size(base)  # an unknown name raises, with suggestions
+        if size is not None and size[0] == size[1]:
+            own[base] = size[0]
+    sizes = set(own.values())
+    if len(sizes) == 1 and len(own) == len(bases):
+        return sizes.pop()
+    for base, size in own.items():
+        if size != RANK_IMAGE_SIZE and saved_base_folder(base) is not None:
+            print(
+                f"tltf: note: {base} was saved at {size} px and is ranked at "
+                f"{RANK_IMAGE_SIZE} px with the others; --image-size {size} ranks it "
+                "at its own size."
+            )
+    return RANK_IMAGE_SIZE
+
+
 def _cmd_rank(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -1358,7 +1390,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         )
     data = load_data(
         source,
-        image_size=args.image_size,
+        image_size=args.image_size or _rank_image_size(args.bases),
         batch_size=args.batch_size,
         shuffle=False,
         cache=False,
