@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 import yaml
+from PIL import Image
 
 import tltf
+from tltf import datasets
 from tltf.bases.registry import SHIPPED_BASES
 from tltf.cli import main
 from tltf.config import TrainConfig
@@ -324,8 +327,6 @@ def test_pretrain_writes_a_base_that_train_takes(tmp_path, capsys, monkeypatch):
 
 
 def test_pretrain_refuses_a_folder_it_did_not_write(tmp_path, capsys, monkeypatch):
-    from tltf import datasets
-
     def no_data(*args, **kwargs):
         raise AssertionError("generated training data for a refused folder")
 
@@ -340,8 +341,6 @@ def test_pretrain_refuses_a_folder_it_did_not_write(tmp_path, capsys, monkeypatc
 
 
 def test_bases_lists_the_bases_pretrained_into_the_store(tmp_path, capsys, monkeypatch):
-    import json
-
     monkeypatch.setenv("TLTF_HOME", str(tmp_path / "home"))
     store = tmp_path / "home" / "bases"
     info = {"task": "shapes_source", "val_accuracy": 0.8433}
@@ -366,8 +365,6 @@ def test_bases_lists_the_bases_pretrained_into_the_store(tmp_path, capsys, monke
 
 
 def test_train_on_a_folder_of_one_class_names_it(tmp_path, capsys):
-    from PIL import Image
-
     folder = tmp_path / "photos" / "cats"
     folder.mkdir(parents=True)
     for i in range(4):
