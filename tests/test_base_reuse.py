@@ -12,13 +12,16 @@ from tltf.errors import ConfigError, ModelError
 from tltf.model import model_info
 
 
-def _features(model, x):
-    """What the base of a tltf model outputs at its top, for images `x`."""
-    inner = model_info(model).base
+def _assert_same_features(base, model, x):
+    """`base` outputs what the top of `model`'s base outputs, on images `x`."""
     pre = model.get_layer("preprocessing")(x)
-    outputs = inner(pre, training=False)
-    return keras.ops.convert_to_numpy(
-        outputs[-1] if isinstance(outputs, list) else outputs
+    outputs = model_info(model).base(pre, training=False)
+    expected = outputs[-1] if isinstance(outputs, list) else outputs
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(base.model(pre, training=False)),
+        keras.ops.convert_to_numpy(expected),
+        rtol=1e-6,
+        atol=1e-6,
     )
 
 
@@ -38,13 +41,7 @@ def test_the_base_of_a_fine_tuned_model_is_a_copy_of_its_weights(fine_tuned):
     assert base.name == "tiny" and base.preprocessing == "tf"
     assert base.block_map == model_info(model).block_map
     assert base.info["fine_tuned"] is True and "path" not in base.info
-    pre = model.get_layer("preprocessing")(x[:8])
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(base.model(pre, training=False)),
-        _features(model, x[:8]),
-        rtol=1e-6,
-        atol=1e-6,
-    )
+    _assert_same_features(base, model, x[:8])
     # Its own weights: training a model built on it leaves the first one as it was.
     before = variable_values(model.weights)
     second = tltf.build_model(base, 2)
@@ -72,13 +69,7 @@ def test_build_model_takes_a_tltf_model_and_save_base_keeps_it(fine_tuned, tmp_p
     assert model_info(second).metadata["base"] == "tiny"
     path = tltf.save_base(tltf.load_base(model), tmp_path / "tiny-finetuned")
     loaded = tltf.load_base(path)
-    pre = model.get_layer("preprocessing")(x[:8])
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(loaded.model(pre, training=False)),
-        _features(model, x[:8]),
-        rtol=1e-6,
-        atol=1e-6,
-    )
+    _assert_same_features(loaded, model, x[:8])
     with pytest.raises(ConfigError, match="brings its own block map"):
         tltf.load_base(model, preprocessing="caffe")
 
