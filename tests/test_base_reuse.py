@@ -90,3 +90,24 @@ def test_a_model_with_several_outputs_is_refused_with_the_fix():
     assert len(inner.outputs) > 1
     with pytest.raises(ModelError, match=r"tltf.load_base\(model\)"):
         tltf.build_model(inner, 3)
+
+
+class _NoConfig(keras.layers.Layer):
+    """A layer Keras cannot rebuild: its constructor needs an argument."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def call(self, x):
+        return x * self.scale
+
+
+def test_a_base_that_cannot_be_copied_says_how_to_share_it():
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, name="block1_conv")(inputs)
+    x = _NoConfig(2.0)(x)
+    model = tltf.build_model(keras.Model(inputs, x, name="odd"), 3)
+    with pytest.raises(ModelError, match="Could not copy the base of model") as info:
+        tltf.load_base(model)
+    assert "\n" not in str(info.value) and "preprocessing='none'" in str(info.value)

@@ -199,7 +199,17 @@ def _fine_tuned_base(model: keras.Model, pre: Preprocessing) -> Base:
     inner = model.get_layer(metadata["base_layer"])
     top = inner.outputs[-1]  # one output per block the head reads, the top last
     features = keras.Model(inner.inputs[0], top, name=metadata["base_layer"])
-    copy = keras.models.clone_model(features)
+    try:
+        copy = keras.models.clone_model(features)
+    except (TypeError, ValueError, NotImplementedError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        raise ModelError(
+            f"Could not copy the base of model {model.name!r} ({reason}). Its layers "
+            "must rebuild from their config (`get_config`). Or share its weights: "
+            "info = tltf.model_info(model); tltf.build_model(keras.Model("
+            "info.base.inputs, info.base.outputs[-1]), num_classes, "
+            f"block_map=info.block_map, preprocessing={pre.mode!r})."
+        ) from None
     copy.set_weights(features.get_weights())
     block_map = BlockMap.from_config(metadata["blocks"])
     validate_block_map(copy, block_map)
