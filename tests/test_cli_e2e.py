@@ -449,6 +449,8 @@ def test_a_runs_best_keras_is_the_base_of_the_next_run(
     # The frozen base of the second run holds the first run's fine-tuned weights.
     for a, b in zip(first.weights, second.base.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    err = cli_error([*argv[:4], str(run.relative_to(work)), "--print-config"], capsys)
+    assert f"pass '{best}' to build on that model's fine-tuned base" in err
     (work / "notes.txt").write_text("not a model")
     err = cli_error([*argv[:4], "notes.txt", "--print-config"], capsys)
     assert "neither a folder nor a .keras file" in err

@@ -73,7 +73,7 @@ from tltf._io import (
     sweep_tmp_files,
 )
 from tltf._version import __version__
-from tltf.bases.base import BASE_INFO_FILE, is_model_file
+from tltf.bases.base import BASE_INFO_FILE, check_saved_base, is_model_file
 from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.checkpoint import ModelCheckpoint
 from tltf.config import TrainConfig, TuneConfig, dump_config, load_config_file
@@ -667,7 +667,10 @@ def saved_base_folder(base: str) -> Path | None:
     if shipped is not None:
         return shipped
     path = Path(base).expanduser()
-    if path.is_dir() or is_model_file(path):
+    if path.is_dir():
+        check_saved_base(path)  # a run folder, say, fails here, with the fix
+        return path
+    if is_model_file(path):
         return path
     if os.sep in base or path.exists():
         what = (

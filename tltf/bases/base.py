@@ -426,6 +426,29 @@ def _is_saved_base(folder: Path) -> bool:
     return BASE_INFO_FILE in names and names <= {BASE_MODEL_FILE, BASE_INFO_FILE}
 
 
+def check_saved_base(path: str | os.PathLike) -> None:
+    """Raises unless `path` is a folder that `save_base` wrote.
+
+    Raises:
+        ModelError: naming what is missing; for a run folder, its `best.keras`.
+    """
+    path = Path(path).expanduser()
+    if (path / BASE_MODEL_FILE).is_file() and (path / BASE_INFO_FILE).is_file():
+        return
+    best = path / "best.keras"  # a run folder's model (tltf.runs.BEST_MODEL)
+    hint = (
+        f" It holds {best.name}, as a run folder does: pass {str(best)!r} to "
+        "build on that model's fine-tuned base."
+        if best.is_file()
+        else ""
+    )
+    raise ModelError(
+        f"{str(path)!r} is not a saved tltf base: expected {BASE_MODEL_FILE} and "
+        f"{BASE_INFO_FILE} inside it. Save one with `tltf.save_base` or "
+        "`tltf.pretrain`, or pass a registry name (see `tltf.list_bases()`)." + hint
+    )
+
+
 def load_saved_base(path: str | os.PathLike, input_shape: tuple | None = None) -> Base:
     """Loads a base folder written by `save_base` (always with `safe_mode=True`).
 
@@ -440,13 +463,8 @@ def load_saved_base(path: str | os.PathLike, input_shape: tuple | None = None) -
         The `Base`.
     """
     path = Path(path).expanduser()
+    check_saved_base(path)
     model_file, info_file = path / BASE_MODEL_FILE, path / BASE_INFO_FILE
-    if not (model_file.is_file() and info_file.is_file()):
-        raise ModelError(
-            f"{str(path)!r} is not a saved tltf base: expected {BASE_MODEL_FILE} and "
-            f"{BASE_INFO_FILE} inside it. Save one with `tltf.save_base` or "
-            "`tltf.pretrain`, or pass a registry name (see `tltf.list_bases()`)."
-        )
     model = load_model(model_file)
     try:
         record = json.loads(info_file.read_text())
