@@ -72,6 +72,8 @@ def test_build_model_takes_a_tltf_model_and_save_base_keeps_it(fine_tuned, tmp_p
     _assert_same_features(loaded, model, x[:8])
     with pytest.raises(ConfigError, match="brings its own block map"):
         tltf.load_base(model, preprocessing="caffe")
+    with pytest.raises(ModelError, match="No such model file: .*best.keras"):
+        tltf.build_model(str(tmp_path / "runs" / "best.keras"), 3)
 
 
 @pytest.mark.parametrize("head", ["top", "auto"])

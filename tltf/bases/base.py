@@ -338,6 +338,11 @@ def load_base(
     ):
         if is_model_file(base):
             return _custom_base(load_model(base), block_map, preprocessing)
+        if Path(base).suffix == ".keras" and not Path(base).expanduser().exists():
+            raise ModelError(
+                f"No such model file: {os.fspath(base)!r}. Check the path (a run's "
+                "model is <run folder>/best.keras)."
+            )
         return load_saved_base(base, input_shape=input_shape)
     spec = get_spec(base)
     return _application_base(
