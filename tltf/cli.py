@@ -1430,7 +1430,7 @@ _PRETRAIN_EPILOG = """\
 Trains a registry architecture from scratch on one of tltf's procedural tasks
 (no download) and saves it as a base folder, which --base takes in tltf train,
 tune and rank. The defaults are the demo base's recipe, measured on
-MobileNetV3Small (about 3 to 4.5 minutes on 2 CPU cores); a bigger architecture
+MobileNetV3Small (2.8 to 4.5 minutes on 2 CPU cores); a bigger architecture
 learns slower, and a base that ends near chance gets a note. The folder is
 written in one step at the end; an existing folder that is not a saved base is
 refused before training.
