@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 from tltf import datasets, runs
 from tltf._version import __version__
-from tltf.bases.base import BASE_INFO_FILE, load_base
+from tltf.bases.base import load_base, read_base_record
 from tltf.bases.registry import (
     REGISTRY,
     SHIPPED_BASES,
@@ -49,6 +49,7 @@ from tltf.config import (
     merge,
     parse_assignment,
     parse_source,
+    parse_value,
 )
 from tltf.data import load_data
 from tltf.demo import run_demo
@@ -1221,12 +1222,7 @@ def _cmd_bases(args: argparse.Namespace) -> int:
 
 def _shipped_record(base) -> dict:
     """The `base.json` of a shipped base ({} when this install lacks it)."""
-    import json
-
-    try:
-        return json.loads((base.path / BASE_INFO_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_base_record(base.path) or {}
 
 
 def _shipped_sizes(base) -> tuple[str, int | str, int | str]:
@@ -1498,8 +1494,6 @@ def _add_pretrain_command(commands) -> None:
 
 def _constructor_args(items: list[str]) -> dict:
     """`--arg KEY=VALUE` flags as keyword arguments (values in YAML syntax)."""
-    import yaml
-
     kwargs = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -1508,10 +1502,7 @@ def _constructor_args(items: list[str]) -> dict:
             raise ConfigError(
                 f"Expected --arg KEY=VALUE, e.g. --arg alpha=0.5. Received: {item!r}"
             )
-        try:
-            kwargs[key] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            kwargs[key] = raw
+        kwargs[key] = parse_value(raw, f"--arg {item!r}")
     return kwargs
 
 

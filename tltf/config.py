@@ -1031,6 +1031,17 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def parse_value(raw: str, source: str) -> Any:
+    """A command-line value in YAML syntax (`0.3`, `[8]`, `null`); text that is
+    not YAML stays a string, and an empty value is None. `source` names it."""
+    if not raw.strip():
+        return None
+    try:
+        return _read_yaml(raw, source)
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_assignment(text: str) -> dict[str, Any]:
     """Turns `section.key=value` (value in YAML syntax) into a nested dict.
 
@@ -1046,10 +1057,7 @@ def parse_assignment(text: str) -> dict[str, Any]:
             f"Expected --set SECTION.KEY=VALUE, e.g. --set model.head.dropout=0.3. "
             f"Received: {text!r}"
         )
-    try:
-        value = _read_yaml(raw, f"--set {text!r}") if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    value = parse_value(raw, f"--set {text!r}")
     out: dict[str, Any] = {}
     node = out
     for part in parts[:-1]:

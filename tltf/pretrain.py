@@ -37,12 +37,12 @@ import numpy as np
 from tltf import datasets
 from tltf._version import __version__
 from tltf.bases.base import (
-    BASE_INFO_FILE,
     Base,
     check_base_path,
     check_constructor_kwargs,
     load_base,
     load_saved_base,
+    read_base_record,
     save_base,
 )
 from tltf.bases.registry import get_spec
@@ -158,18 +158,16 @@ def store_dir() -> Path:
 def stored_bases() -> list[tuple[Path, dict]]:
     """The saved bases in the store (`store_dir`), by name: (folder, their info).
 
-    A folder without a readable `base.json` (an interrupted write, a stray
-    folder) is skipped.
+    A folder without a readable `base.json` record (an interrupted write, a
+    stray folder) is skipped.
     """
     found = []
     folder = store_dir()
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        try:
-            record = json.loads((path / BASE_INFO_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        info = record.get("info") if isinstance(record, dict) else None
-        found.append((path, info if isinstance(info, dict) else {}))
+        record = read_base_record(path)
+        if record is not None:
+            info = record.get("info")
+            found.append((path, info if isinstance(info, dict) else {}))
     return found
 
 

@@ -73,7 +73,7 @@ from tltf._io import (
     sweep_tmp_files,
 )
 from tltf._version import __version__
-from tltf.bases.base import BASE_INFO_FILE, check_saved_base, is_model_file
+from tltf.bases.base import check_saved_base, is_model_file, read_base_record
 from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.checkpoint import ModelCheckpoint
 from tltf.config import TrainConfig, TuneConfig, dump_config, load_config_file
@@ -676,7 +676,7 @@ def saved_base_folder(base: str) -> Path | None:
         what = (
             "is neither a folder nor a .keras file"
             if path.exists()
-            else ("does not exist")
+            else "does not exist"
         )
         raise ModelError(
             f"Base {base!r} {what}. Pass a registry "
@@ -701,7 +701,7 @@ def default_image_size(base: str) -> tuple[int, int] | None:
             layer = config["config"]["layers"][0]["config"]
             shape = layer["batch_shape"][1:]
         else:
-            shape = json.loads((folder / BASE_INFO_FILE).read_text())["input_shape"]
+            shape = (read_base_record(folder) or {})["input_shape"]
         return int(shape[0]), int(shape[1])
     except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile):
         return None

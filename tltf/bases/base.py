@@ -431,6 +431,17 @@ def _is_saved_base(folder: Path) -> bool:
     return BASE_INFO_FILE in names and names <= {BASE_MODEL_FILE, BASE_INFO_FILE}
 
 
+def read_base_record(folder: str | os.PathLike) -> dict | None:
+    """The `base.json` record of a saved base folder, for listings: None when it
+    cannot be read as JSON, {} when it holds JSON that is not an object
+    (`load_saved_base` reports what is wrong)."""
+    try:
+        record = json.loads((Path(folder) / BASE_INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else {}
+
+
 def check_saved_base(path: str | os.PathLike) -> None:
     """Raises unless `path` is a folder that `save_base` wrote.
 
