@@ -43,6 +43,13 @@ def make_tiny_base(input_shape=(16, 16, 3), widths=(8, 8, 16, 16), name="tiny"):
     return keras.Model(inputs, x, name=name)
 
 
+#: `make_data`'s classes are a bright colour channel, which the raw pixels show
+#: at a glance: a head that reads them (`HeadConfig.pixels`) classifies every
+#: image from its ridge start, and a stage 2 has nothing left to do. Tests of
+#: stage 2's mechanics build their head without the pixel group.
+NO_PIXELS = {"pixels": 0}
+
+
 def make_tiny_model(num_classes=3, base=None, **kwargs):
     """`tltf.build_model` on `base` (default: a new tiny base); kwargs go to it."""
     base = make_tiny_base() if base is None else base

@@ -113,7 +113,7 @@ def test_interpolated_model_saves_and_loads_in_safe_mode(tmp_path):
 def test_interpolate_names_the_first_weight_that_differs():
     a, b = _two_models(num_classes=(3, 5))
     error = raises(ModelError, tltf.interpolate, a, b, 0.5)
-    check_error(error, ModelError, "head_output/kernel", "(48, 3)", "(48, 5)")
+    check_error(error, ModelError, "head_output/kernel", "(240, 3)", "(240, 5)")
     # A base with other widths: the first conv differs.
     keras.utils.set_random_seed(0)
     c = make_tiny_model(base=make_tiny_base(widths=(4, 8, 16, 16)))

@@ -24,14 +24,15 @@ def test_head_and_feature_models_compose_to_the_model(data):
         head_model(model)(feature_model(model)(x)), model(x), rtol=1e-5, atol=1e-6
     )
     cache = FeatureCache(model, tf.data.Dataset.from_tensor_slices(data).batch(16))
-    # The head pools every block (8 + 8 + 16 + 16 channels): HeadConfig.pool_from.
-    assert cache.count == 64 and cache.features.shape == (64, 48)
+    # The head pools every block (8 + 8 + 16 + 16 channels: HeadConfig.pool_from)
+    # and reads the raw pixels (16 px pooled to 8 x 8, RGB: HeadConfig.pixels).
+    assert cache.count == 64 and cache.features.shape == (64, 48 + 192)
 
 
 def test_frozen_splits_compose_to_the_model_and_share_its_layers(data):
     # The one split that the stage-1 cache, the LR finder and the tuner's
     # cached stage 2 train through.
-    model = make_tiny_model(head={"dropout": 0.0, "pool_from": "top"})
+    model = make_tiny_model(head={"dropout": 0.0, "pool_from": "top", "pixels": 0})
     x = data[0][:5]
     for k in (0, 1, 2):
         split = FrozenSplit(model, k)
@@ -49,6 +50,8 @@ def test_frozen_splits_compose_to_the_model_and_share_its_layers(data):
         FrozenSplit(model, len(tltf.model_info(model).block_map))
     with pytest.raises(ValueError, match="several blocks"):
         FrozenSplit(_model(), 1)
+    with pytest.raises(ValueError, match="raw pixels"):
+        FrozenSplit(make_tiny_model(head={"pool_from": "top"}), 1)
 
 
 @pytest.mark.slow
@@ -141,7 +144,7 @@ def test_large_feature_sets_go_to_disk(data, tmp_path, monkeypatch):
     assert list(tmp_path.glob("features-*.npy"))
     np.testing.assert_array_equal(np.asarray(on_disk.features), in_memory.features)
     batch = next(iter(on_disk.dataset(16, shuffle=False)))
-    assert batch[0].shape == (16, 48)
+    assert batch[0].shape == (16, 48 + 192)
     on_disk.close()
     assert not list(tmp_path.glob("features-*.npy"))
 

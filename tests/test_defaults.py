@@ -9,6 +9,7 @@ import pytest
 import tltf
 import tltf.cache
 from tests.helpers import (
+    NO_PIXELS,
     CrashAt,
     PenaltySeen,
     make_data,
@@ -395,7 +396,7 @@ def test_auto_cut_and_unfreeze_follow_the_probe_when_the_top_blocks_are_useless(
     assert model_info(cut).block_map.names == kept
     assert f"cut='auto' -> {probe.cut!r}" in capsys.readouterr().out
     # On the whole base, unfreeze="auto" adapts the blocks above the best one.
-    model = make_tiny_model(base=_useless_top(), head={"pool_from": "top"})
+    model = make_tiny_model(base=_useless_top(), head={"pool_from": "top", **NO_PIXELS})
     tltf.fine_tune(model, data, head_epochs=1, fine_tune_epochs=1, verbose=1)
     above = ["block2", "block3", "block4"][len(kept) - 1 :]
     assert tltf.trainable_blocks(model) == above
@@ -501,7 +502,7 @@ def test_keep_best_restores_stage1_when_stage2_is_made_to_diverge(
     # the training images (the default) or the leave-one-out accuracy of the
     # features.
     data = make_data(48)
-    model = make_tiny_model(head={"pool_from": "top"})
+    model = make_tiny_model(head={"pool_from": "top", **NO_PIXELS})
     wreck = Wreck()
     tltf.fine_tune(
         model,
@@ -630,7 +631,7 @@ def test_head_steps_0_leaves_the_closed_form_head_alone(cache, capsys):
 
 def test_keep_best_false_keeps_the_wrecked_weights():
     data = make_data(48)
-    model = make_tiny_model(head={"pool_from": "top"})
+    model = make_tiny_model(head={"pool_from": "top", **NO_PIXELS})
     wreck = Wreck()
     tltf.fine_tune(
         model,

@@ -9,7 +9,13 @@ import tensorflow as tf
 
 import tltf
 import tltf.cache
-from tests.helpers import CrashAt, make_data, make_image_folder, make_tiny_model
+from tests.helpers import (
+    NO_PIXELS,
+    CrashAt,
+    make_data,
+    make_image_folder,
+    make_tiny_model,
+)
 from tltf.errors import ConfigError
 from tltf.guard import KeepBest, holdout_rows
 from tltf.layers import Standardization
@@ -67,7 +73,7 @@ def _standardization(model):
 @pytest.mark.parametrize("cache", [True, False])
 def test_neither_stage_trains_on_the_slice(cache, capsys):
     x, y = make_data(48)
-    model = make_tiny_model(head={"pool_from": "top"})
+    model = make_tiny_model(head={"pool_from": "top", **NO_PIXELS})
     seen = _Seen()
     tltf.fine_tune(
         model,
@@ -147,7 +153,7 @@ class _ZeroHead(keras.callbacks.Callback):
 
 def test_the_slice_is_handed_back_to_a_closed_form_head(capsys):
     x, y = make_data(48)
-    model = make_tiny_model(head={"pool_from": "top"})
+    model = make_tiny_model(head={"pool_from": "top", **NO_PIXELS})
     tltf.fine_tune(
         model,
         (x, y),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 import tltf
 from tests.helpers import make_tiny_base
-from tltf.heads import HeadConfig
+from tltf.heads import HeadConfig, pixel_columns
 from tltf.probe import group_weights, ridge_fit
 from tltf.schedule import prepare_head
 
@@ -45,7 +46,7 @@ def test_prepare_head_scales_each_block_by_its_weight():
         make_tiny_base(),
         3,
         weights=None,
-        head=HeadConfig(pool_from=("block2", "block4")),
+        head=HeadConfig(pool_from=("block2", "block4"), pixels=0),
     )
     widths = [int(t.shape[-1]) for t in model.get_layer("head_pool").input]
     assert widths == [8, 16]
@@ -63,7 +64,7 @@ def test_prepare_head_scales_each_block_by_its_weight():
 
 def test_a_head_on_one_block_is_not_weighted():
     model = tltf.build_model(
-        make_tiny_base(), 3, weights=None, head=HeadConfig(pool_from="top")
+        make_tiny_base(), 3, weights=None, head=HeadConfig(pool_from="top", pixels=0)
     )
     z, y = _features(informative=16, noise=0, shift=3.0)
     note = prepare_head(model, z, y)
@@ -79,7 +80,7 @@ def test_blocks_that_help_alike_keep_equal_weights():
         make_tiny_base(),
         3,
         weights=None,
-        head=HeadConfig(pool_from=("block2", "block4")),
+        head=HeadConfig(pool_from=("block2", "block4"), pixels=0),
     )
     z, y = _features(informative=8, noise=0, shift=3.0)
     features = np.hstack([z, z, z[:, ::-1]])  # 8 + 16 columns, the same signal
@@ -89,3 +90,80 @@ def test_blocks_that_help_alike_keep_equal_weights():
     np.testing.assert_allclose(
         layer.scale.numpy(), 1.0 / (features.std(axis=0) + layer.epsilon), rtol=1e-4
     )
+
+
+def _pixel_model(pool_from=("block2", "block4")):
+    model = tltf.build_model(
+        make_tiny_base(), 3, weights=None, head=HeadConfig(pool_from=pool_from)
+    )
+    assert pixel_columns(model) == slice(24, 24 + 192)
+    return model
+
+
+def test_the_raw_pixels_start_muted():
+    # A model fit directly (no fine_tune) never reads the raw-pixel group.
+    layer = _pixel_model().get_layer("head_standardize")
+    np.testing.assert_array_equal(layer.scale.numpy()[24:], 0.0)
+    np.testing.assert_array_equal(layer.scale.numpy()[:24], 1.0)
+
+
+def test_pixels_that_score_like_the_blocks_are_read_and_weighed():
+    model = _pixel_model()
+    z, y = _features(informative=8, noise=16, shift=2.0)
+    noise = np.random.default_rng(1).normal(size=(len(y), 192))
+    pixels = np.tile(z[:, :8], 24) + 0.5 * noise  # block2's signal, less clean
+    features = np.hstack([z, 100.0 + 50.0 * pixels])
+    note = prepare_head(model, features, y)
+    assert "the raw pixels read too" in note
+    layer = model.get_layer("head_standardize")
+    scale = layer.scale.numpy()
+    assert np.all(scale[24:] > 0.5 / (features[:, 24:].std(axis=0) + layer.epsilon))
+    assert np.any(model.get_layer("head_output").kernel.numpy()[24:] != 0)
+
+
+def test_pixels_that_do_not_help_stay_muted():
+    # The pixel group scores at chance: its columns stay scaled by 0 and the
+    # head's kernel rows for them start at 0, so no gradient ever moves them.
+    model = _pixel_model()
+    z, y = _features(informative=8, noise=16, shift=2.0)
+    noise = np.random.default_rng(2).normal(size=(len(y), 192))
+    note = prepare_head(model, np.hstack([z, noise]), y)
+    assert "raw pixels" not in note
+    np.testing.assert_array_equal(
+        model.get_layer("head_standardize").scale.numpy()[24:], 0.0
+    )
+    np.testing.assert_array_equal(model.get_layer("head_output").kernel.numpy()[24:], 0)
+
+
+def _colour_images(n, seed):
+    """16-px images whose class (0..2) is the one bright colour channel."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.uniform(0, 120, size=(n, 16, 16, 3)).astype("float32")
+    x[np.arange(n), :, :, y] += 120.0
+    return x, y
+
+
+def _blind_base():
+    """The tiny base with every kernel at zero: its blocks see nothing."""
+    base = make_tiny_base()
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            layer.kernel.assign(np.zeros(layer.kernel.shape, "float32"))
+    return base
+
+
+def test_fine_tune_reads_the_pixels_where_the_base_is_blind():
+    # The logistic-regression-on-pixels baseline: a base that adds nothing must
+    # not leave the model below it. Without the pixel group (pixels=0) the same
+    # run is at chance.
+    train, (x_test, y_test) = _colour_images(30, 0), _colour_images(60, 1)
+    accuracy = {}
+    for side in (8, 0):
+        keras.utils.set_random_seed(0)
+        model = tltf.build_model(_blind_base(), 3, head={"pixels": side})
+        tltf.fine_tune(model, train, fine_tune_epochs=0, verbose=0)
+        predicted = model.predict(x_test, verbose=0).argmax(axis=1)
+        accuracy[side] = float(np.mean(predicted == y_test))
+    assert accuracy[8] >= 0.95
+    assert accuracy[0] <= 0.5

@@ -81,7 +81,8 @@ def test_head_options_and_logits():
     )
     names = [layer.name for layer in model.layers]
     # pool_from="auto" (the default) reads every block of the tiny base: each is
-    # pooled both ways, then all eight are concatenated.
+    # pooled both ways, then all eight are concatenated, with the raw pixels
+    # (16 px average-pooled to 8 x 8, RGB) last.
     assert model_info(model).metadata["head_blocks"] == [
         "block1",
         "block2",
@@ -91,13 +92,17 @@ def test_head_options_and_logits():
     assert {"head_avg_pool_0", "head_max_pool_3", "head_dense_1", "head_bn_1"} <= set(
         names
     )
-    assert model.get_layer("head_pool").output.shape[-1] == 2 * (8 + 8 + 16 + 16)
+    assert model.get_layer("head_pool").output.shape[-1] == 2 * (8 + 8 + 16 + 16) + 192
+    assert model_info(model).metadata["head_pixels"] == 8
     assert model.get_layer("head_output").activation.__name__ == "linear"
     top = tltf.build_model(
-        make_tiny_base(), 3, head={"pooling": "avgmax", "pool_from": "top"}
+        make_tiny_base(),
+        3,
+        head={"pooling": "avgmax", "pool_from": "top", "pixels": 0},
     )
     assert {"head_avg_pool", "head_max_pool"} <= {layer.name for layer in top.layers}
     assert top.get_layer("head_pool").output.shape[-1] == 2 * 16
+    assert model_info(top).metadata["head_pixels"] == 0
     with pytest.raises(ConfigError, match="Did you mean 'hidden_units'"):
         tltf.build_model(make_tiny_base(), 3, head={"hidden_unit": [8]})
 
@@ -211,7 +216,7 @@ def test_auto_head_reads_every_block_within_a_channel_budget(monkeypatch):
     assert heads.pool_positions(4, "auto", widths=[8, None, 8, 16]) == [0, 2, 3]
     model = tltf.build_model(make_tiny_base(widths=(8, 8, 16, 16)), 3)
     assert model_info(model).metadata["head_blocks"] == ["block1", "block2", "block4"]
-    assert model.get_layer("head_pool").output.shape[-1] == 8 + 8 + 16
+    assert model.get_layer("head_pool").output.shape[-1] == 8 + 8 + 16 + 8 * 8 * 3
 
 
 def test_auto_head_skips_blocks_that_end_in_two_tensors():

@@ -9,6 +9,7 @@ import pytest
 import tltf
 from tests import tuning_job
 from tests.helpers import (
+    NO_PIXELS,
     check_error,
     count_traces,
     make_data,
@@ -24,7 +25,7 @@ from tltf.tuning import TuneResult, tune
 def trained_weights():
     """The weights of a tiny model whose head trained on `make_data` (stage 1)."""
     keras.utils.set_random_seed(0)
-    model = make_tiny_model()
+    model = make_tiny_model(head=NO_PIXELS)
     tltf.fine_tune(
         model,
         make_data(96),
@@ -40,7 +41,7 @@ def _model(weights, noise=0.0, seed=0, bn_shift=0.0, roll=0):
     """A tiny model with `weights`: Gaussian noise on every trainable weight, the
     head's classes rolled by `roll` (a wrong head), BN means shifted."""
     keras.utils.set_random_seed(0)
-    model = make_tiny_model()
+    model = make_tiny_model(head=NO_PIXELS)
     model.set_weights(weights)
     rng = np.random.default_rng(seed)
     for variable in model.trainable_weights:
@@ -168,7 +169,7 @@ def test_soup_rejects_ingredients_of_another_architecture(trained_weights):
     val = make_data(16, seed=1)
     a = _model(trained_weights)
     keras.utils.set_random_seed(0)
-    other = make_tiny_model(num_classes=3, head={"hidden_units": (4,)})
+    other = make_tiny_model(num_classes=3, head={"hidden_units": (4,), **NO_PIXELS})
     error = raises(ModelError, tltf.soup, [a, a, other], val, verbose=0)
     check_error(error, ModelError, "model '0'", "model '2'", "weight 27")
     for kwargs, word in (

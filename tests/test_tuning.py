@@ -283,8 +283,9 @@ def test_stage2_on_cached_frozen_blocks_matches_full_passes(blocks):
             cache_features=cache,
             search={**tuning_job.FIXED_HEAD, "unfreeze": blocks, "fine_tune_lr": 1e-3},
             fine_tune_epochs=2,
-            # A head on the top block only: one tensor crosses the cut.
-            head={"pool_from": "top"},
+            # A head on the top block only, no raw pixels: one tensor crosses
+            # the cut.
+            head={"pool_from": "top", "pixels": 0},
         )
         hp = kt.HyperParameters()
         model = hypermodel.build(hp)
@@ -319,7 +320,7 @@ def test_a_trials_stage_2_trains_with_the_heads_l2_of_its_stage_1(setting):
             head_l2=setting,
             search={**tuning_job.FIXED_HEAD, "unfreeze": 1, "fine_tune_lr": 1e-3},
             fine_tune_epochs=2,
-            head={"pool_from": "top"},  # one tensor crosses the cut
+            head={"pool_from": "top", "pixels": 0},  # one tensor crosses the cut
         )
         hp = kt.HyperParameters()
         model = hypermodel.build(hp)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tltf
-from tests.helpers import make_data, make_tiny_model
+from tests.helpers import NO_PIXELS, make_data, make_tiny_model
 from tltf.errors import ConfigError
 
 
@@ -53,7 +53,7 @@ def test_wise_mixes_stage_one_and_the_fine_tuned_weights(data, alpha):
 
 def test_wise_auto_keeps_the_mix_with_the_best_validation_loss(capsys):
     train, val = make_data(48, seed=0), make_data(24, seed=1)
-    model = make_tiny_model()
+    model = make_tiny_model(head=NO_PIXELS)
     tltf.fine_tune(
         model,
         train,

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf.errors import DataError
+from tltf.heads import pixel_columns
 from tltf.info import model_info
 from tltf.stages import StageTag
 
@@ -172,8 +173,8 @@ class FrozenSplit:
 
     Raises:
         ValueError: when the base cannot be cut there: no frozen block left, a
-            head that reads several blocks, a block with several outputs, or
-            layers that lie on neither side of the cut.
+            head that reads several blocks or the raw pixels, a block with
+            several outputs, or layers that lie on neither side of the cut.
     """
 
     def __init__(self, model: keras.Model, k: int = 0):
@@ -189,6 +190,8 @@ class FrozenSplit:
             raise ValueError("nothing frozen to cache")
         if len(base.outputs) != 1:
             raise ValueError("a head that reads several blocks (HeadConfig.pool_from)")
+        if pixel_columns(model) is not None:
+            raise ValueError("a head that reads the raw pixels (HeadConfig.pixels)")
         last = block_map[len(block_map) - k - 1].layers[-1]
         cut = base.get_layer(last).output
         if isinstance(cut, (list, tuple)):

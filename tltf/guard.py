@@ -57,6 +57,7 @@ import numpy as np
 from tltf._io import atomic_path
 from tltf.cache import FeatureCache, feature_extractor
 from tltf.distribute import is_chief
+from tltf.heads import without_muted_pixels
 from tltf.probe import ridge_probe, ridge_r2_probe, sigmoid
 
 #: The best weights inside a backup folder.
@@ -256,6 +257,7 @@ class KeepBest(keras.callbacks.Callback):
             self._extract = feature_extractor(self.model)
         cache = FeatureCache(self.model, self.train_features, extractor=self._extract)
         x = np.asarray(cache.features).reshape(cache.count, -1)
+        x = without_muted_pixels(self.model, x)
         y = cache.others[0]
         cache.close()
         if not np.all(np.isfinite(x)):

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import keras
+import numpy as np
 
 from tltf.errors import ConfigError, suggest
 from tltf.layers import Standardization
@@ -13,6 +14,11 @@ from tltf.layers import Standardization
 TASKS = ("multiclass", "binary", "multilabel", "regression")
 POOLINGS = ("avg", "max", "avgmax")
 POOL_FROM = ("auto", "top")
+
+#: A classification head reads its raw-pixel group (`HeadConfig.pixels`) where a
+#: linear probe on the pixels alone scores at least this share of the best
+#: block's leave-one-out accuracy (benchmarks/RESULTS.md, "The raw-pixel group").
+PIXEL_GROUP_RATIO = 0.75
 
 #: Channels that `pool_from="auto"` reads at most below the top block: every block
 #: of a small base (VGG16: 960, MobileNetV2: 1,504), an even spread of a wide one.
@@ -47,11 +53,22 @@ class HeadConfig:
             names or indices (the top block is always added). Blocks that cannot
             be read (no single output tensor) are left out of "auto".
             Defaults to "auto".
+        pixels: int. Side of a group of the raw input pixels, average-pooled to
+            `pixels` x `pixels`, that the head reads beside the blocks (needs
+            `standardize` and an image input). It starts muted: its columns of
+            `head_standardize` are scaled by 0, so a model the user fits
+            directly never reads it. The ridge start of a classification head
+            (`fine_tune`) turns it on where a linear probe on it alone scores at
+            least `PIXEL_GROUP_RATIO` of the best block's leave-one-out
+            accuracy, and weighs it like a block: where the base adds little
+            (scikit-learn's 8x8 digits on a base pretrained on shapes), the head
+            then keeps what logistic regression on the pixels has. 0 leaves the
+            group out. Defaults to 8.
 
     Example:
 
     >>> HeadConfig.from_dict({"pooling": "avgmax", "hidden_units": [256]})
-    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout=0.2, logits=False, standardize=True, pool_from='auto')
+    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout=0.2, logits=False, standardize=True, pool_from='auto', pixels=8)
     """
 
     pooling: str = "avg"
@@ -62,6 +79,7 @@ class HeadConfig:
     logits: bool = False
     standardize: bool = True
     pool_from: str | tuple[str | int, ...] = "auto"
+    pixels: int = 8
 
     def __post_init__(self):
         object.__setattr__(
@@ -83,6 +101,15 @@ class HeadConfig:
             raise ConfigError(
                 f"Expected head pool_from in {POOL_FROM} or a list of block names or "
                 f"indices. Received: pool_from={self.pool_from!r}"
+            )
+        if (
+            isinstance(self.pixels, bool)
+            or not isinstance(self.pixels, int)
+            or self.pixels < 0
+        ):
+            raise ConfigError(
+                "Expected head pixels to be an int >= 0 (0 leaves the raw-pixel "
+                f"group out). Received: pixels={self.pixels!r}"
             )
         if self.pooling not in POOLINGS:
             raise ConfigError(
@@ -212,12 +239,78 @@ def _pool(x, pooling: str, suffix: str):
     return keras.layers.GlobalAveragePooling2D(name=f"head_pool{suffix}")(x)
 
 
-def build_head(features, task: str, units: int, config: HeadConfig):
+def pixel_group(images, side: int):
+    """Raw input pixels average-pooled to at most `side` x `side`, flattened.
+
+    Standard Keras layers only (`head_pixels_scale`, `head_pixels_pool`,
+    `head_pixels`), so a model with the group saves and loads with
+    `safe_mode=True`. The pixels are scaled from [0, 255] to [0, 1], within the
+    range of the blocks' activations, so that an int8 export quantises the
+    concatenated features as finely as without them. Padding "same" leaves the
+    padded border out of each average, so any input size works.
+    """
+    height, width = images.shape[1], images.shape[2]
+    pool = (max(1, -(-height // side)), max(1, -(-width // side)))
+    x = keras.layers.Rescaling(1 / 255, name="head_pixels_scale")(images)
+    x = keras.layers.AveragePooling2D(pool, padding="same", name="head_pixels_pool")(x)
+    return keras.layers.Flatten(name="head_pixels")(x)
+
+
+def pixel_columns(model: keras.Model) -> slice | None:
+    """The raw-pixel group's columns among the head's features, or None.
+
+    The group is the last input of `head_pool` (`build_head`), so its columns
+    are the last ones of the features the head standardises.
+    """
+    names = {layer.name for layer in model.layers}
+    if "head_pixels" not in names or "head_pool" not in names:
+        return None
+    width = int(model.get_layer("head_pixels").output.shape[-1])
+    total = int(model.get_layer("head_pool").output.shape[-1])
+    return slice(total - width, total)
+
+
+def without_muted_pixels(model: keras.Model, features):
+    """Rows of the head's features without the raw-pixel columns while muted.
+
+    What the head reads: a guard or probe that scores the features the way the
+    head sees them leaves out pixels the ridge start did not turn on.
+    """
+    columns = pixel_columns(model)
+    if columns is None:
+        return features
+    scale = model.get_layer("head_standardize").scale.numpy()[columns]
+    if np.any(scale):
+        return features
+    return np.delete(features, np.arange(columns.start, columns.stop), axis=1)
+
+
+def set_pixel_scale(layer: Standardization, width: int, scale) -> None:
+    """Sets the scale of the last `width` columns of `layer` (0 mutes them)."""
+    values = layer.scale.numpy().copy()
+    values[len(values) - width :] = scale
+    layer.scale.assign(values)
+
+
+def reads_pixels(config: HeadConfig, images) -> bool:
+    """Whether a head of `config` on these model inputs gets a raw-pixel group."""
+    return bool(
+        config.pixels
+        and config.standardize
+        and images is not None
+        and len(images.shape) == 4
+        and images.shape[1] is not None
+        and images.shape[2] is not None
+    )
+
+
+def build_head(features, task: str, units: int, config: HeadConfig, images=None):
     """Adds the head's layers to a symbolic feature tensor (or several).
 
     Every layer is a standard Keras layer named `head_*`; the output layer computes
     in float32 even under a mixed-precision policy. Several feature maps (the
-    blocks of `pool_from`) are each pooled, then concatenated as `head_pool`.
+    blocks of `pool_from`) are each pooled, then concatenated as `head_pool`,
+    the raw-pixel group last (`HeadConfig.pixels`).
 
     Args:
         features: KerasTensor or list of them. The base output(s), rank 4 (a
@@ -225,12 +318,17 @@ def build_head(features, task: str, units: int, config: HeadConfig):
         task: str. One of `TASKS`.
         units: int. Output units (see `output_units`).
         config: HeadConfig. The head's layout.
+        images: KerasTensor or None. The model's raw image input, for the
+            raw-pixel group. Defaults to None (no group).
 
     Returns:
         The output KerasTensor.
     """
     maps = list(features) if isinstance(features, (list, tuple)) else [features]
-    if len(maps) == 1:
+    pixels = (
+        [pixel_group(images, config.pixels)] if reads_pixels(config, images) else []
+    )
+    if len(maps) == 1 and not pixels:
         x = maps[0]
         if len(x.shape) == 4:
             x = _pool(x, config.pooling, "")
@@ -243,9 +341,12 @@ def build_head(features, task: str, units: int, config: HeadConfig):
         for i, tensor in enumerate(maps):
             out = _pool(tensor, config.pooling, f"_{i}")
             pooled.extend(out if isinstance(out, list) else [out])
-        x = keras.layers.Concatenate(name="head_pool")(pooled)
+        x = keras.layers.Concatenate(name="head_pool")(pooled + pixels)
     if config.standardize:
-        x = Standardization(name="head_standardize")(x)
+        layer = Standardization(name="head_standardize")
+        x = layer(x)
+        if pixels:
+            set_pixel_scale(layer, int(pixels[0].shape[-1]), 0.0)
     for i, width in enumerate(config.hidden_units, start=1):
         if config.dropout:
             x = keras.layers.Dropout(config.dropout, name=f"head_dropout_{i}")(x)

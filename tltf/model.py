@@ -18,7 +18,13 @@ from tltf.bases.cut import block_outputs, cut_base, resolve_block
 from tltf.compute import policy_scope, rebuild_base, resolve_policy
 from tltf.distribute import resolve_strategy
 from tltf.errors import BlockMapError, ConfigError, InputShapeError
-from tltf.heads import HeadConfig, build_head, output_units, pool_positions
+from tltf.heads import (
+    HeadConfig,
+    build_head,
+    output_units,
+    pool_positions,
+    reads_pixels,
+)
 from tltf.info import ModelInfo, model_base, model_info
 from tltf.layers import Preprocessing
 from tltf.probe import probe_blocks
@@ -174,11 +180,12 @@ def build_model(
         base, pooled = _multi_output(base, head)
         metadata["head_blocks"] = pooled
         inputs = keras.Input(shape=shape, name="image")
+        metadata["head_pixels"] = head.pixels if reads_pixels(head, inputs) else 0
         x = Preprocessing(base.preprocessing, metadata=metadata, name="preprocessing")(
             inputs
         )
         x = base.model(x)
-        outputs = build_head(x, task, units, head)
+        outputs = build_head(x, task, units, head, images=inputs)
         model = keras.Model(inputs, outputs, name=name or f"tltf_{base.name}")
         base.model.trainable = False
         # The head may read a cut or multi-output model over the same layers: the

@@ -140,6 +140,7 @@ PRETRAIN_HEAD = HeadConfig(
     dropout=0.0,
     standardize=False,
     pool_from="top",
+    pixels=0,
 )
 
 

@@ -884,7 +884,31 @@ class GroupWeights:
     fit: RidgeFit
 
 
-def group_weights(z: np.ndarray, y: np.ndarray, classes: int, widths) -> GroupWeights:
+def group_accuracy(z: np.ndarray, y: np.ndarray, classes: int, widths) -> np.ndarray:
+    """Each group's own leave-one-out accuracy (one `ridge_fit` per group).
+
+    Args:
+        z: array (n, d). Standardised features.
+        y: array (n,). Class indices.
+        classes: int. Number of classes.
+        widths: list of int. The widths of the groups, in column order; they
+            sum to d.
+
+    Returns:
+        An array (groups,) of accuracies.
+    """
+    edges = np.cumsum([0, *widths])
+    return np.array(
+        [
+            np.mean(ridge_fit(z[:, a:b], y, classes).loo.argmax(axis=1) == y)
+            for a, b in zip(edges[:-1], edges[1:], strict=True)
+        ]
+    )
+
+
+def group_weights(
+    z: np.ndarray, y: np.ndarray, classes: int, widths, accuracy=None
+) -> GroupWeights:
     """Weights for groups of feature columns (a head's blocks), by leave-one-out.
 
     One ridge classifier (`ridge_fit`) per group scores how well the group alone
@@ -901,17 +925,15 @@ def group_weights(z: np.ndarray, y: np.ndarray, classes: int, widths) -> GroupWe
         classes: int. Number of classes.
         widths: list of int. The widths of the groups, in column order; they
             sum to d.
+        accuracy: array or None. Each group's own accuracy, when the caller
+            has it from `group_accuracy` already. Defaults to None.
 
     Returns:
         A `GroupWeights`.
     """
-    edges = np.cumsum([0, *widths])
-    accuracy = np.array(
-        [
-            np.mean(ridge_fit(z[:, a:b], y, classes).loo.argmax(axis=1) == y)
-            for a, b in zip(edges[:-1], edges[1:], strict=True)
-        ]
-    )
+    if accuracy is None:
+        accuracy = group_accuracy(z, y, classes, widths)
+    accuracy = np.asarray(accuracy, dtype=np.float64)
     ratio = accuracy / max(float(accuracy.max()), 1e-12)
     best = None
     for power in GROUP_WEIGHT_POWERS:

@@ -63,6 +63,7 @@ from tltf.guard import (
     class_ids,
     holdout_rows,
 )
+from tltf.heads import PIXEL_GROUP_RATIO, pixel_columns, set_pixel_scale
 from tltf.info import ModelInfo, default_loss_and_metrics, model_base, model_info
 from tltf.layers import Standardization
 from tltf.lr_finder import find_stage_lr
@@ -73,6 +74,7 @@ from tltf.optimizers import (
     set_rgn_rates,
 )
 from tltf.probe import (
+    group_accuracy,
     group_weights,
     probe_blocks,
     ridge_fit,
@@ -1146,7 +1148,7 @@ def prepare_head(
     if layer is None or layer.is_set:
         return None
     features, labels = _head_features(model, features, labels)
-    layer.set_statistics(features)
+    _set_statistics(model, layer, features)
     if not ridge or labels is None:
         return None
     start = _ridge_start(model, features, np.asarray(labels), layer)
@@ -1177,13 +1179,22 @@ def refit_head(model: keras.Model, features) -> str | None:
         return None
     values, labels = _head_features(model, features)
     before = [np.array(v.numpy(), copy=True) for v in layer.weights]
-    layer.set_statistics(values)
+    _set_statistics(model, layer, values)
     start = _ridge_start(model, values, np.asarray(labels), layer)
     words = start[0] if start is not None else None
     if words is None:
         for variable, value in zip(layer.weights, before, strict=True):
             variable.assign(value)
     return words
+
+
+def _set_statistics(model, layer: Standardization, features) -> None:
+    """Sets the head's feature statistics, the raw-pixel group muted again (the
+    ridge start of a classification head decides whether to read it)."""
+    layer.set_statistics(features)
+    pixels = pixel_columns(model)
+    if pixels is not None:
+        set_pixel_scale(layer, pixels.stop - pixels.start, 0.0)
 
 
 def _standardization(model: keras.Model) -> Standardization | None:
@@ -1224,7 +1235,7 @@ def _ridge_start(model, features, labels, layer) -> tuple[str, float | None] | N
     classes = max(2, units)
     if y.min() < 0 or y.max() >= classes or len(np.unique(y)) < 2:
         return None
-    weighted = _weigh_blocks(model, info, z, y, classes, layer)
+    weighted = _weigh_blocks(model, info, features, z, y, classes, layer)
     fit = ridge_fit(z, y, classes) if weighted is None else weighted[0]
     if units == 1:  # binary: one sigmoid logit, the difference of the two scores
         weights = (fit.weights[:, 1] - fit.weights[:, 0])[:, None]
@@ -1338,40 +1349,72 @@ def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
     return scale, offset
 
 
-def _weigh_blocks(model, info, z, y, classes, layer):
+def _weigh_blocks(model, info, features, z, y, classes, layer):
     """Scales each block's standardised features by `probe.group_weights`.
 
     The weights go into the `Standardization` layer's scale, so the saved model,
-    its backups and a resumed run all keep them. Returns the ridge classifier on
-    the weighted features and a few words for the stage-1 line, or None for a
-    head that reads one block.
+    its backups and a resumed run all keep them. The raw-pixel group
+    (`HeadConfig.pixels`), muted until here, is turned on and weighed like a
+    block where a linear probe on it scores at least `PIXEL_GROUP_RATIO` of the
+    best block's leave-one-out accuracy. Returns the ridge classifier on the
+    weighted features (`z`, updated in place for the pixels) and a few words for
+    the stage-1 line, or None for a head that reads one block and no pixels.
     """
     blocks = list(info.metadata.get("head_blocks") or [])
-    if len(blocks) < 2:
+    pooled = model.get_layer("head_pool").input
+    if not blocks or not isinstance(pooled, (list, tuple)):
         return None
-    pooled = model.get_layer("head_pool").input  # the concatenation of every block
     widths = [int(t.shape[-1]) for t in pooled]
-    if len(widths) % len(blocks) or sum(widths) != z.shape[1]:
+    pixels = pixel_columns(model)
+    if pixels is not None:
+        widths = widths[:-1]
+    end = z.shape[1] if pixels is None else pixels.start
+    if len(widths) % len(blocks) or sum(widths) != end:
         return None
     per = len(widths) // len(blocks)  # "avgmax" pools each block twice
     widths = [sum(widths[i : i + per]) for i in range(0, len(widths), per)]
-    chosen = group_weights(z, y, classes, widths)
-    best = int(np.argmax(chosen.accuracy))
+    accuracy = group_accuracy(z[:, : sum(widths)], y, classes, widths)
+    best = int(np.argmax(accuracy))
+    pixel_words = ""
+    if pixels is not None:
+        values = features[:, pixels]
+        scale = 1.0 / (values.std(axis=0) + layer.epsilon)
+        on = (values - values.mean(axis=0)) * scale
+        alone = group_accuracy(on, y, classes, [on.shape[1]])[0]
+        if alone >= PIXEL_GROUP_RATIO * accuracy[best]:
+            set_pixel_scale(layer, on.shape[1], scale)
+            z[:, pixels] = on
+            widths, accuracy = [*widths, on.shape[1]], np.append(accuracy, alone)
+            pixel_words = (
+                f"; the raw pixels read too (leave-one-out {alone:.3f}: "
+                f"{alone / max(accuracy[best], 1e-12):.2f} of the best block's)"
+            )
+    if len(widths) < 2:
+        return None
+    used = z[:, : sum(widths)]
+    chosen = group_weights(used, y, classes, widths, accuracy=accuracy)
+    fit = chosen.fit
+    if used.shape[1] < z.shape[1]:  # the muted pixels: zero rows of the kernel
+        rows = np.zeros((z.shape[1] - used.shape[1], fit.weights.shape[1]))
+        fit = dataclasses.replace(fit, weights=np.concatenate([fit.weights, rows]))
+    name = blocks[best]
     if chosen.power == 0:
         note = (
             f"its {len(blocks)} blocks at equal weight (leave-one-out; best block "
-            f"{blocks[best]} {chosen.accuracy[best]:.3f})"
+            f"{name} {chosen.accuracy[best]:.3f})"
         )
-        return chosen.fit, note
+        return fit, note + pixel_words
     columns = np.repeat(chosen.weights, widths)
-    layer.scale.assign((layer.scale.numpy() * columns).astype("float32"))
-    kept = int(np.sum(chosen.weights >= 0.5))
+    scale = layer.scale.numpy()
+    scale[: len(columns)] *= columns
+    layer.scale.assign(scale.astype("float32"))
+    kept = int(np.sum(chosen.weights[: len(blocks)] >= 0.5))
     note = (
         f"its {len(blocks)} blocks weighted by their own leave-one-out accuracy "
-        f"(best {blocks[best]} {chosen.accuracy[best]:.3f}; {kept} of "
+        f"(best {name} {chosen.accuracy[best]:.3f}; {kept} of "
         f"{len(blocks)} keep half their weight or more)"
     )
-    return chosen.fit, note
+    return fit, note + pixel_words
 
 
 def _temperature(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
