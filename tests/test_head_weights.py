@@ -153,7 +153,7 @@ def _blind_base():
     return base
 
 
-def test_fine_tune_reads_the_pixels_where_the_base_is_blind():
+def test_fine_tune_reads_the_pixels_where_the_base_is_blind(tmp_path):
     # The logistic-regression-on-pixels baseline: a base that adds nothing must
     # not leave the model below it. Without the pixel group (pixels=0) the same
     # run is at chance.
@@ -165,5 +165,14 @@ def test_fine_tune_reads_the_pixels_where_the_base_is_blind():
         tltf.fine_tune(model, train, fine_tune_epochs=0, verbose=0)
         predicted = model.predict(x_test, verbose=0).argmax(axis=1)
         accuracy[side] = float(np.mean(predicted == y_test))
+        if side:  # the group's scale is a weight: a saved model reads it too
+            model.save(tmp_path / "pixels.keras")
+            loaded = keras.models.load_model(tmp_path / "pixels.keras", safe_mode=True)
+            np.testing.assert_allclose(
+                loaded.predict(x_test, verbose=0),
+                model.predict(x_test, verbose=0),
+                rtol=1e-5,
+                atol=1e-6,
+            )
     assert accuracy[8] >= 0.95
     assert accuracy[0] <= 0.5

@@ -1361,11 +1361,13 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
     the stage-1 line, or None for a head that reads one block and no pixels.
     """
     blocks = list(info.metadata.get("head_blocks") or [])
+    pixels = pixel_columns(model)
+    if len(blocks) < (1 if pixels is not None else 2):
+        return None
     pooled = model.get_layer("head_pool").input
-    if not blocks or not isinstance(pooled, (list, tuple)):
+    if not isinstance(pooled, (list, tuple)):
         return None
     widths = [int(t.shape[-1]) for t in pooled]
-    pixels = pixel_columns(model)
     if pixels is not None:
         widths = widths[:-1]
     end = z.shape[1] if pixels is None else pixels.start
