@@ -201,6 +201,8 @@ def test_yaml_indentation_error_names_the_real_line(tmp_path):
         ("data.seed=-1", ["data.seed", ">= 0"]),
         ("model.input_shape=[32,32,1]", ["3 channels", "[32, 32, 3]", "rgb"]),
         ("schedule.monitor=val_acc", ["schedule.monitor", "'val_accuracy'?"]),
+        ("model.head.pixels=-8", ["head pixels", ">= 0", "-8"]),
+        ("model.head.pixels=yes", ["head pixels", "int"]),
         (
             "model.task=regression --set schedule.monitor=val_accuracy",
             ["schedule.monitor", "val_mae"],
