@@ -328,6 +328,15 @@ def test_automatic_settings_misspelt_or_without_data():
         head={"pool_from": "middle"},
     )
     check_error(pool, errors.ConfigError, "pool_from", "'auto'", "received", "middle")
+    for bad in (-8, 2.5, True):
+        pixels = raises(
+            errors.ConfigError,
+            tltf.build_model,
+            make_tiny_base(),
+            3,
+            head={"pixels": bad},
+        )
+        check_error(pixels, errors.ConfigError, "head pixels", ">= 0", repr(bad))
 
 
 def test_model_fit_habits_get_the_fine_tune_spelling():
