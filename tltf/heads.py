@@ -1,4 +1,4 @@
-"""The head builder: pooling, optional hidden layers, dropout and the task output."""
+"""The head builder: pooling, the raw-pixel group, hidden layers, dropout, the output."""
 
 from __future__ import annotations
 

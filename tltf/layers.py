@@ -86,7 +86,9 @@ class Standardization(keras.layers.Layer):
     of unit scale whatever the base: BatchNorm-free bases such as VGG emit pooled
     activations in the hundreds, which a head trained with Adam at 1e-3 barely
     moves. `fine_tune` sets the statistics once, from the training features of the
-    frozen base (`set_statistics`); until then the layer is the identity. They are
+    frozen base (`set_statistics`); until then the layer is the identity (except
+    on the head's raw-pixel columns, which `build_head` mutes with a scale of 0:
+    `tltf.heads.HeadConfig.pixels`). They are
     non-trainable weights, so they are saved in `.keras` files and backups, and a
     model that already has them keeps them.
 
