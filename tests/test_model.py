@@ -9,6 +9,7 @@ import pytest
 import tltf
 from tests.helpers import make_lambda_model, make_tiny_base
 from tltf.errors import ConfigError, InputShapeError, ModelError, UnknownBaseError
+from tltf.heads import pixel_columns
 from tltf.model import model_info
 
 
@@ -93,7 +94,7 @@ def test_head_options_and_logits():
         names
     )
     assert model.get_layer("head_pool").output.shape[-1] == 2 * (8 + 8 + 16 + 16) + 192
-    assert model_info(model).metadata["head_pixels"] == 8
+    assert pixel_columns(model) == slice(2 * (8 + 8 + 16 + 16), 288)
     assert model.get_layer("head_output").activation.__name__ == "linear"
     top = tltf.build_model(
         make_tiny_base(),
@@ -102,7 +103,7 @@ def test_head_options_and_logits():
     )
     assert {"head_avg_pool", "head_max_pool"} <= {layer.name for layer in top.layers}
     assert top.get_layer("head_pool").output.shape[-1] == 2 * 16
-    assert model_info(top).metadata["head_pixels"] == 0
+    assert pixel_columns(top) is None
     with pytest.raises(ConfigError, match="Did you mean 'hidden_units'"):
         tltf.build_model(make_tiny_base(), 3, head={"hidden_unit": [8]})
 

@@ -292,7 +292,7 @@ def set_pixel_scale(layer: Standardization, width: int, scale) -> None:
     layer.scale.assign(values)
 
 
-def reads_pixels(config: HeadConfig, images) -> bool:
+def _reads_pixels(config: HeadConfig, images) -> bool:
     """Whether a head of `config` on these model inputs gets a raw-pixel group."""
     return bool(
         config.pixels
@@ -326,7 +326,7 @@ def build_head(features, task: str, units: int, config: HeadConfig, images=None)
     """
     maps = list(features) if isinstance(features, (list, tuple)) else [features]
     pixels = (
-        [pixel_group(images, config.pixels)] if reads_pixels(config, images) else []
+        [pixel_group(images, config.pixels)] if _reads_pixels(config, images) else []
     )
     if len(maps) == 1 and not pixels:
         x = maps[0]

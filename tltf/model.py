@@ -18,13 +18,7 @@ from tltf.bases.cut import block_outputs, cut_base, resolve_block
 from tltf.compute import policy_scope, rebuild_base, resolve_policy
 from tltf.distribute import resolve_strategy
 from tltf.errors import BlockMapError, ConfigError, InputShapeError
-from tltf.heads import (
-    HeadConfig,
-    build_head,
-    output_units,
-    pool_positions,
-    reads_pixels,
-)
+from tltf.heads import HeadConfig, build_head, output_units, pool_positions
 from tltf.info import ModelInfo, model_base, model_info
 from tltf.layers import Preprocessing
 from tltf.probe import probe_blocks
@@ -180,7 +174,6 @@ def build_model(
         base, pooled = _multi_output(base, head)
         metadata["head_blocks"] = pooled
         inputs = keras.Input(shape=shape, name="image")
-        metadata["head_pixels"] = head.pixels if reads_pixels(head, inputs) else 0
         x = Preprocessing(base.preprocessing, metadata=metadata, name="preprocessing")(
             inputs
         )
