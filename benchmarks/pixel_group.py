@@ -74,7 +74,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--weights-dir", default=None)
+    parser.add_argument(
+        "--pixels",
+        type=int,
+        default=None,
+        help="side of the group's pooled image (default: HeadConfig's)",
+    )
     args = parser.parse_args()
+    head = {} if args.pixels is None else {"pixels": args.pixels}
     weights_dir = realdata.weights_folder(args.weights_dir, args.bases)
     rows, ratios = [], {}
     for name in args.bases:
@@ -87,7 +94,7 @@ def main() -> None:
                     plain = tltf.build_model(base, classes, head={"pixels": 0})
                     none, _ = _ridge_head(plain, _features(plain, x), y, xt, yt)
                     base = realdata.benchmark_base(name, 64, weights_dir)
-                    model = tltf.build_model(base, classes)
+                    model = tltf.build_model(base, classes, head=head)
                     widths = model_widths(model)
                     features = _features(model, x)
                     mean = features.mean(axis=0)

