@@ -30,8 +30,10 @@ from tests.helpers import (
     make_image_folder,
     make_tiny_base,
 )
+from tltf import runs
 from tltf.cli import main
 from tltf.runs import HistoryCSV, default_image_size, read_history
+from tltf.schedule import fine_tune
 
 
 def _tltf(*args, cwd):
@@ -424,6 +426,46 @@ def test_train_on_the_shipped_base_with_the_defaults(work, capsys, monkeypatch):
     assert (
         "(val_loss still improving): train longer, e.g. --fine-tune-epochs 2" in out
     ) is last
+
+
+@pytest.mark.slow
+def test_without_validation_data_best_keras_is_the_model_fine_tune_ends_with(
+    work, capsys, monkeypatch
+):
+    # Without validation data the guard holds a slice of the training images
+    # out, keeps its best epoch, and refits the head on every image. That model
+    # is best.keras, not the epoch with the lowest training loss (before: often
+    # a stage-2 epoch the guard had refused, and never the refit head).
+    monkeypatch.chdir(work)
+    ended = {}
+
+    def spy(model, *args, **kwargs):
+        history = fine_tune(model, *args, **kwargs)
+        ended["weights"] = [np.array(w, copy=True) for w in model.get_weights()]
+        return history
+
+    monkeypatch.setattr(runs, "fine_tune", spy)
+    argv = ["train", "--config", "train.yaml", "--set", "data.val_fraction=null"]
+    argv += ["--fine-tune-epochs", "2", "--out", "runs/noval"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no validation data, so best.keras is the model fine_tune ends with" in out
+    assert "keep_best: handed the" in out
+    assert "(best.keras: the model fine_tune ended with)" in out
+    run = work / "runs" / "noval"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best"] == {
+        "monitor": None,
+        "mode": None,
+        "value": None,
+        "epoch": None,
+    }
+    assert summary["still_improving"] is False
+    best = tltf.load_model(run / "best.keras").get_weights()
+    for saved, kept in zip(best, ended["weights"], strict=True):
+        np.testing.assert_array_equal(saved, kept)
+    last = tltf.load_model(run / "last.keras").get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(best, last, strict=True))
 
 
 @pytest.mark.slow

@@ -910,6 +910,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         text += (
             f" (best {best['monitor']} {best['value']:.4g} at epoch {best['epoch']})"
         )
+    elif best["monitor"] is None:
+        text += " (best.keras: the model fine_tune ended with)"
     print(text)
     hint = still_improving_hint(summary)
     if hint:

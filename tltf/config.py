@@ -604,7 +604,8 @@ class ScheduleConfig:
         optimizer: str. A Keras optimizer name. Defaults to "adam".
         monitor: str. The metric that picks `best.keras`, one that the run logs
             (`LOGGED_METRICS` of `model.task`, with or without `val_`). Defaults
-            to "val_loss" ("loss" when there is no validation data).
+            to "val_loss". Without validation data a validation metric picks
+            nothing: `best.keras` is then the model `fine_tune` ends with.
         mode: str. "min", "max" or "auto" for `monitor`. Defaults to "auto".
     """
 

@@ -103,7 +103,7 @@ def plot_history(
     metrics: Sequence[str] | None = None,
     title: str | None = None,
     path: str | os.PathLike | None = None,
-    monitor: str | None = None,
+    monitor: str | None | bool = None,
     mode: str = "auto",
     best_label: str = "best",
 ) -> Figure:
@@ -118,8 +118,8 @@ def plot_history(
             Defaults to "loss" plus the first other metric found.
         title: str or None. The figure title.
         path: str or None. Also write the figure to this PNG file.
-        monitor: str or None. The metric whose best epoch is marked. Defaults to
-            "val_loss" when logged, else "loss".
+        monitor: str, None or False. The metric whose best epoch is marked;
+            False marks none. Defaults to "val_loss" when logged, else "loss".
         mode: str. "min", "max" or "auto" for `monitor` (see `best_epoch`).
             Defaults to "auto".
         best_label: str. The legend's word for the best epoch. Defaults to
@@ -145,8 +145,8 @@ def plot_history(
         metrics = ["loss", *others[:1]]
     if monitor is None:
         monitor = "val_loss" if "val_loss" in logs else "loss"
-    best = best_epoch(logs, monitor, mode)
-    extreme = "lowest" if resolve_mode(monitor, mode) == "min" else "highest"
+    best = None if monitor is False else best_epoch(logs, monitor, mode)
+    extreme = "lowest" if resolve_mode(monitor or "loss", mode) == "min" else "highest"
     epochs = np.arange(1, len(logs.get("loss", [])) + 1)
     boundary = stage_boundary(logs.get("stage", []))
     figure = new_figure(path, figsize=(5 * len(metrics), 3.6))

@@ -618,7 +618,7 @@ def plot_run_history(
     path: str | os.PathLike | None = None,
     *,
     base: str | None = None,
-    monitor: str | None = None,
+    monitor: str | None | bool = None,
     mode: str = "auto",
 ):
     """`tltf.plot_history` of a `read_history` dict (its epoch column dropped).
@@ -629,8 +629,10 @@ def plot_run_history(
             (`base_label`) and the two stages, when `base` is given.
         path: str or None. Also write the figure to this PNG file.
         base: str or None. The config's `model.base` (a name or a path).
-        monitor: str or None. The metric that picked `best.keras`; its best
-            epoch is marked. Defaults to "val_loss" when logged, else "loss".
+        monitor: str, None or False. The metric that picked `best.keras`; its
+            best epoch is marked. False marks none (a run without validation
+            data, whose `best.keras` is the model `fine_tune` ended with).
+            Defaults to "val_loss" when logged, else "loss".
         mode: str. "min", "max" or "auto" for `monitor`. Defaults to "auto".
 
     Returns:
@@ -836,14 +838,28 @@ def _check_unfreeze_below_cut(config: TrainConfig, model: keras.Model) -> None:
     )
 
 
-def _monitor(config: TrainConfig, has_validation: bool) -> tuple[str, str]:
+def _monitor(config: TrainConfig, has_validation: bool) -> tuple[str | None, str]:
+    """The metric that picks `best.keras`, and its mode.
+
+    None when a validation metric is asked for and there is no validation data:
+    `best.keras` is then the model `fine_tune` ends with. That is what
+    `keep_best` kept, judged on a held-out slice of the training images and
+    refit on all of them. An epoch picked by the training loss would be the
+    most overfit one, often a stage-2 epoch the guard refused.
+    """
     monitor = config.schedule.monitor
     if monitor.startswith("val_") and not has_validation:
-        print(
-            f"tltf: note: no validation data, so best.keras is picked by "
-            f"{monitor.removeprefix('val_')!r} instead of {monitor!r}."
+        kept = (
+            "its last epoch (keep_best is off)"
+            if config.schedule.keep_best is False
+            else "the weights keep_best kept"
         )
-        monitor = monitor.removeprefix("val_")
+        print(
+            f"tltf: note: no validation data, so best.keras is the model fine_tune "
+            f"ends with ({kept}), not an epoch picked by {monitor!r}. Pass --val or "
+            "--val-fraction 0.2 to pick it by validation."
+        )
+        return None, config.schedule.mode
     mode = config.schedule.mode
     if mode == "auto":
         mode = "min" if "loss" in monitor or "error" in monitor else "max"
@@ -945,20 +961,22 @@ def _complete(run: RunFolder, work, command) -> dict:
 
 
 def _callbacks(run: RunFolder, config, monitor, mode, history_so_far):
+    callbacks = [
+        HistoryCSV(run / HISTORY_FILE, append=run.resume),
+        keras.callbacks.TensorBoard(
+            log_dir=str(run / TENSORBOARD_DIR), write_graph=False, profile_batch=0
+        ),
+        ModelCheckpoint(run / LAST_MODEL, monitor="loss", save_best_only=False),
+    ]
+    if monitor is None:  # best.keras is written when fine_tune returns
+        return callbacks
     best = _best_so_far(history_so_far, monitor, mode)
     best_checkpoint = ModelCheckpoint(
         run / BEST_MODEL, monitor=monitor, mode=mode, save_best_only=True
     )
     if best is not None and hasattr(best_checkpoint, "best"):
         best_checkpoint.best = best  # a resumed run keeps its best model
-    return [
-        HistoryCSV(run / HISTORY_FILE, append=run.resume),
-        keras.callbacks.TensorBoard(
-            log_dir=str(run / TENSORBOARD_DIR), write_graph=False, profile_batch=0
-        ),
-        best_checkpoint,
-        ModelCheckpoint(run / LAST_MODEL, monitor=monitor, save_best_only=False),
-    ]
+    return [*callbacks, best_checkpoint]
 
 
 def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
@@ -979,6 +997,8 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
         backup_dir=run / BACKUP_DIR,
         verbose=verbose,
     )
+    if monitor is None:
+        atomic_save_model(model, run / BEST_MODEL)
     history = read_history(run / HISTORY_FILE)
     if not (run / BEST_MODEL).is_file():
         raise ModelError(
@@ -998,7 +1018,7 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
         history,
         base=config.model.base,
         path=run / PLOTS_DIR / "history.png",
-        monitor=monitor,
+        monitor=False if monitor is None else monitor,
         mode=mode,
     )
     files["history_plot"] = f"{PLOTS_DIR}/history.png"
@@ -1007,7 +1027,7 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
         evaluation = _evaluate(best_model, data, run)
         files["evaluation"] = EVALUATION_FILE
         files["confusion_plot"] = f"{PLOTS_DIR}/confusion.png"
-    best = _best_so_far(history, monitor, mode)
+    best = _best_so_far(history, monitor, mode) if monitor is not None else None
     values = history.get(monitor, [])
     best_epoch = history["epoch"][values.index(best)] if best is not None else None
     last = {k: v[-1] for k, v in history.items() if k not in ("epoch",) and v}
@@ -1042,7 +1062,12 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
             "resolved": _metadata(model).get("cut"),
         },
         "unfreeze": _resolved_unfreeze(config, model),
-        "best": {"monitor": monitor, "mode": mode, "value": best, "epoch": best_epoch},
+        "best": {
+            "monitor": monitor,
+            "mode": mode if monitor is not None else None,
+            "value": best,
+            "epoch": best_epoch,
+        },
         "still_improving": best_epoch is not None and best_epoch == epochs[-1],
         "last": last,
         "evaluation": evaluation,
