@@ -162,6 +162,15 @@ def test_history_marks_the_best_epoch_in_every_panel_and_legend():
         assert any("best" in label and "epoch 3" in label for label in labels)
 
 
+def test_history_without_validation_marks_no_epoch():
+    # The lowest training loss is the most overfit epoch, not the model that
+    # fine_tune returns: without val_loss nothing is marked, unless asked.
+    logs = {k: v for k, v in LOGS.items() if not k.startswith("val_")}
+    for figure in (tltf.plot_history(logs), plot_run_history({"epoch": [], **logs})):
+        assert not any(_best_markers(ax) for ax in figure.axes)
+    assert _best_markers(tltf.plot_history(logs, monitor="loss").axes[0])
+
+
 def test_run_history_marks_the_epoch_best_keras_holds():
     history = {"epoch": [1, 2, 3, 4, 5], **LOGS}
     figure = plot_run_history(history, monitor="val_accuracy", mode="max")

@@ -119,7 +119,10 @@ def plot_history(
         title: str or None. The figure title.
         path: str or None. Also write the figure to this PNG file.
         monitor: str, None or False. The metric whose best epoch is marked;
-            False marks none. Defaults to "val_loss" when logged, else "loss".
+            False marks none. Defaults to "val_loss" when logged, else none:
+            without validation data the lowest training loss marks the most
+            overfit epoch, not the model `fine_tune` returns (`keep_best`
+            judged it on a held-out slice).
         mode: str. "min", "max" or "auto" for `monitor` (see `best_epoch`).
             Defaults to "auto".
         best_label: str. The legend's word for the best epoch. Defaults to
@@ -144,7 +147,7 @@ def plot_history(
         ]
         metrics = ["loss", *others[:1]]
     if monitor is None:
-        monitor = "val_loss" if "val_loss" in logs else "loss"
+        monitor = "val_loss" if "val_loss" in logs else False
     best = None if monitor is False else best_epoch(logs, monitor, mode)
     extreme = "lowest" if resolve_mode(monitor or "loss", mode) == "min" else "highest"
     epochs = np.arange(1, len(logs.get("loss", [])) + 1)

@@ -632,7 +632,7 @@ def plot_run_history(
         monitor: str, None or False. The metric that picked `best.keras`; its
             best epoch is marked. False marks none (a run without validation
             data, whose `best.keras` is the model `fine_tune` ended with).
-            Defaults to "val_loss" when logged, else "loss".
+            Defaults to "val_loss" when logged, else none.
         mode: str. "min", "max" or "auto" for `monitor`. Defaults to "auto".
 
     Returns:
