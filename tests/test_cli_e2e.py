@@ -469,6 +469,34 @@ def test_without_validation_data_best_keras_is_the_model_fine_tune_ends_with(
 
 
 @pytest.mark.slow
+def test_with_wise_best_keras_holds_the_mix_fine_tune_ends_with(
+    work, capsys, monkeypatch
+):
+    # WiSE-FT mixes the weights after the last epoch: the best epoch's
+    # checkpoint alone would leave the mix out of best.keras.
+    monkeypatch.chdir(work)
+    ended = {}
+
+    def spy(model, *args, **kwargs):
+        history = fine_tune(model, *args, **kwargs)
+        ended["weights"] = [np.array(w, copy=True) for w in model.get_weights()]
+        return history
+
+    monkeypatch.setattr(runs, "fine_tune", spy)
+    argv = ["train", "--config", "train.yaml", "--wise", "0.5", "--out", "runs/wise"]
+    assert main(argv) == 0
+    assert "best.keras holds its WiSE-FT mix with stage 1 (wise=0.5)" in (
+        capsys.readouterr().out
+    )
+    run = work / "runs" / "wise"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["wise"] == 0.5 and summary["best"]["monitor"] == "val_loss"
+    best = tltf.load_model(run / "best.keras").get_weights()
+    for saved, kept in zip(best, ended["weights"], strict=True):
+        np.testing.assert_array_equal(saved, kept)
+
+
+@pytest.mark.slow
 def test_a_runs_best_keras_is_the_base_of_the_next_run(
     trained, work, capsys, monkeypatch
 ):

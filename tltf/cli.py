@@ -912,6 +912,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     elif best["monitor"] is None:
         text += " (best.keras: the model fine_tune ended with)"
+    if summary.get("wise") is not None:
+        text += (
+            f"; best.keras holds its WiSE-FT mix with stage 1 (wise={summary['wise']})"
+        )
     print(text)
     hint = still_improving_hint(summary)
     if hint:

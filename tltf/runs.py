@@ -997,7 +997,9 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
         backup_dir=run / BACKUP_DIR,
         verbose=verbose,
     )
-    if monitor is None:
+    if monitor is None or config.schedule.wise is not None:
+        # The model fine_tune ends with is no epoch's: keep_best's pick with
+        # the head refit on every image, or WiSE-FT's mix with stage 1.
         atomic_save_model(model, run / BEST_MODEL)
     history = read_history(run / HISTORY_FILE)
     if not (run / BEST_MODEL).is_file():
@@ -1062,6 +1064,7 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
             "resolved": _metadata(model).get("cut"),
         },
         "unfreeze": _resolved_unfreeze(config, model),
+        "wise": config.schedule.wise,
         "best": {
             "monitor": monitor,
             "mode": mode if monitor is not None else None,
