@@ -428,23 +428,37 @@ def test_train_on_the_shipped_base_with_the_defaults(work, capsys, monkeypatch):
     ) is last
 
 
+@pytest.fixture
+def ended(monkeypatch):
+    """The weights of the model `tltf train`'s `fine_tune` call ends with."""
+    weights = {}
+
+    def spy(model, *args, **kwargs):
+        history = fine_tune(model, *args, **kwargs)
+        weights["weights"] = [np.array(w, copy=True) for w in model.get_weights()]
+        return history
+
+    monkeypatch.setattr(runs, "fine_tune", spy)
+    return weights
+
+
+def _assert_weights(path, expected):
+    """The weights of the model file at `path`, checked equal to `expected`."""
+    weights = tltf.load_model(path).get_weights()
+    for saved, kept in zip(weights, expected, strict=True):
+        np.testing.assert_array_equal(saved, kept)
+    return weights
+
+
 @pytest.mark.slow
 def test_without_validation_data_best_keras_is_the_model_fine_tune_ends_with(
-    work, capsys, monkeypatch
+    work, capsys, monkeypatch, ended
 ):
     # Without validation data the guard holds a slice of the training images
     # out, keeps its best epoch, and refits the head on every image. That model
     # is best.keras, not the epoch with the lowest training loss (before: often
     # a stage-2 epoch the guard had refused, and never the refit head).
     monkeypatch.chdir(work)
-    ended = {}
-
-    def spy(model, *args, **kwargs):
-        history = fine_tune(model, *args, **kwargs)
-        ended["weights"] = [np.array(w, copy=True) for w in model.get_weights()]
-        return history
-
-    monkeypatch.setattr(runs, "fine_tune", spy)
     argv = ["train", "--config", "train.yaml", "--set", "data.val_fraction=null"]
     argv += ["--fine-tune-epochs", "2", "--out", "runs/noval"]
     assert main(argv) == 0
@@ -461,28 +475,18 @@ def test_without_validation_data_best_keras_is_the_model_fine_tune_ends_with(
         "epoch": None,
     }
     assert summary["still_improving"] is False
-    best = tltf.load_model(run / "best.keras").get_weights()
-    for saved, kept in zip(best, ended["weights"], strict=True):
-        np.testing.assert_array_equal(saved, kept)
+    best = _assert_weights(run / "best.keras", ended["weights"])
     last = tltf.load_model(run / "last.keras").get_weights()
     assert any(not np.array_equal(a, b) for a, b in zip(best, last, strict=True))
 
 
 @pytest.mark.slow
 def test_with_wise_best_keras_holds_the_mix_fine_tune_ends_with(
-    work, capsys, monkeypatch
+    work, capsys, monkeypatch, ended
 ):
     # WiSE-FT mixes the weights after the last epoch: the best epoch's
     # checkpoint alone would leave the mix out of best.keras.
     monkeypatch.chdir(work)
-    ended = {}
-
-    def spy(model, *args, **kwargs):
-        history = fine_tune(model, *args, **kwargs)
-        ended["weights"] = [np.array(w, copy=True) for w in model.get_weights()]
-        return history
-
-    monkeypatch.setattr(runs, "fine_tune", spy)
     argv = ["train", "--config", "train.yaml", "--wise", "0.5", "--out", "runs/wise"]
     assert main(argv) == 0
     assert "best.keras holds its WiSE-FT mix with stage 1 (wise=0.5)" in (
@@ -491,9 +495,7 @@ def test_with_wise_best_keras_holds_the_mix_fine_tune_ends_with(
     run = work / "runs" / "wise"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["wise"] == 0.5 and summary["best"]["monitor"] == "val_loss"
-    best = tltf.load_model(run / "best.keras").get_weights()
-    for saved, kept in zip(best, ended["weights"], strict=True):
-        np.testing.assert_array_equal(saved, kept)
+    _assert_weights(run / "best.keras", ended["weights"])
 
 
 @pytest.mark.slow

@@ -149,7 +149,6 @@ def plot_history(
     if monitor is None:
         monitor = "val_loss" if "val_loss" in logs else False
     best = None if monitor is False else best_epoch(logs, monitor, mode)
-    extreme = "lowest" if resolve_mode(monitor or "loss", mode) == "min" else "highest"
     epochs = np.arange(1, len(logs.get("loss", [])) + 1)
     boundary = stage_boundary(logs.get("stage", []))
     figure = new_figure(path, figsize=(5 * len(metrics), 3.6))
@@ -173,6 +172,8 @@ def plot_history(
             label = f"{best_label}: epoch {best}"
             ax.axvline(best, color="tab:green", linewidth=1, alpha=0.7, label=label)
             if monitor in (metric, f"val_{metric}"):
+                min_mode = resolve_mode(monitor, mode) == "min"
+                extreme = "lowest" if min_mode else "highest"
                 ax.plot(
                     best,
                     logs[monitor][best - 1],
