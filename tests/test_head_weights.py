@@ -41,6 +41,19 @@ def test_group_weights_are_equal_for_equally_good_groups():
     assert np.allclose(chosen.weights, 1.0)
 
 
+def test_group_weights_balance_the_widths():
+    # Two equally good groups, 8 and 32 columns wide: each is scaled by one over
+    # the square root of its width, so both bring the same total variance.
+    z, y = _features(noise=0, shift=3.0)
+    wide = np.hstack([z, z[:, ::-1], z, z[:, ::-1]])
+    chosen = group_weights(np.hstack([z, wide]), y, 3, [8, 32])
+    assert chosen.power == 0
+    np.testing.assert_allclose(chosen.weights, [1.0, 0.5])
+    balanced = np.hstack([z, wide]) * np.repeat(chosen.weights, [8, 32])
+    variance = [balanced[:, :8].var(axis=0).sum(), balanced[:, 8:].var(axis=0).sum()]
+    np.testing.assert_allclose(variance[0], variance[1], rtol=1e-6)
+
+
 def test_prepare_head_scales_each_block_by_its_weight():
     model = tltf.build_model(
         make_tiny_base(),
@@ -85,10 +98,17 @@ def test_blocks_that_help_alike_keep_equal_weights():
     z, y = _features(informative=8, noise=0, shift=3.0)
     features = np.hstack([z, z, z[:, ::-1]])  # 8 + 16 columns, the same signal
     note = prepare_head(model, features, y)
-    assert "its 2 blocks at equal weight" in note
+    assert (
+        "its 2 blocks at equal weight, each scaled to the same total variance" in note
+    )
     layer = model.get_layer("head_standardize")
+    # Equal weight per block: the 16-column block's columns at 1 / sqrt(2) of
+    # the 8-column block's, so both bring the same variance.
+    balance = np.repeat([1.0, np.sqrt(0.5)], [8, 16])
     np.testing.assert_allclose(
-        layer.scale.numpy(), 1.0 / (features.std(axis=0) + layer.epsilon), rtol=1e-4
+        layer.scale.numpy(),
+        balance / (features.std(axis=0) + layer.epsilon),
+        rtol=1e-4,
     )
 
 
@@ -117,7 +137,11 @@ def test_pixels_that_score_like_the_blocks_are_read_and_weighed():
     assert "the raw pixels read too" in note
     layer = model.get_layer("head_standardize")
     scale = layer.scale.numpy()
-    assert np.all(scale[24:] > 0.5 / (features[:, 24:].std(axis=0) + layer.epsilon))
+    # Weighed like a block: its 192 columns balanced against block2's 8 (one
+    # over the square root of the widths), and at least half of that kept.
+    balance = np.sqrt(8 / 192)
+    unweighted = 1.0 / (features[:, 24:].std(axis=0) + layer.epsilon)
+    assert np.all(scale[24:] > 0.5 * balance * unweighted)
     assert np.any(model.get_layer("head_output").kernel.numpy()[24:] != 0)
 
 

@@ -861,9 +861,9 @@ def _ridge(z: np.ndarray, targets: np.ndarray, score) -> RidgeFit:
 
 
 #: The powers `group_weights` chooses among by leave-one-out accuracy. A group's
-#: weight is its own accuracy over the best group's, to the power: 0 keeps equal
-#: weights; at 4, a group at 90 % of the best keeps 66 % of its scale and one at
-#: chance level on ten classes almost none.
+#: weight is its own accuracy over the best group's, to the power (times its
+#: width balance): 0 leaves the accuracy out; at 4, a group at 90 % of the best
+#: keeps 66 % of its scale and one at chance level on ten classes almost none.
 GROUP_WEIGHT_POWERS = (0, 1, 2, 4, 8)
 
 
@@ -872,7 +872,8 @@ class GroupWeights:
     """Weights for groups of feature columns (see `group_weights`).
 
     Attributes:
-        weights: np.ndarray (groups,). The best group's weight is 1.0.
+        weights: np.ndarray (groups,). The scale of each group's columns, the
+            width balance included; the best group's weight is 1.0.
         accuracy: np.ndarray (groups,). Each group's own leave-one-out accuracy.
         power: float. The power chosen from `GROUP_WEIGHT_POWERS`.
         fit: RidgeFit. The ridge classifier on the weighted features.
@@ -907,17 +908,26 @@ def group_accuracy(z: np.ndarray, y: np.ndarray, classes: int, widths) -> np.nda
 
 
 def group_weights(
-    z: np.ndarray, y: np.ndarray, classes: int, widths, accuracy=None
+    z: np.ndarray, y: np.ndarray, classes: int, widths, accuracy=None, balance=True
 ) -> GroupWeights:
     """Weights for groups of feature columns (a head's blocks), by leave-one-out.
 
-    One ridge classifier (`ridge_fit`) per group scores how well the group alone
-    predicts the labels, by exact leave-one-out accuracy on the training examples.
-    A group's weight is its accuracy over the best group's, to a power chosen from
-    `GROUP_WEIGHT_POWERS` by the leave-one-out accuracy of the ridge classifier on
-    all the weighted features (ties go to the lower power; 0 is equal weights).
-    On cross-domain data one low block often carries the task, and equal weights
-    across every block dilute it; where every block helps, the choice stays near 0.
+    Two factors make a group's weight:
+
+    - **Width balance.** Each group's columns are scaled by one over the square
+      root of its width (its number of columns), so that every group brings the
+      same total variance, whatever its width: the ridge then weighs each block
+      alike, where a 1,024-column top block would otherwise drown a 128-column
+      low one (on standardised columns a group's variance grows with its width;
+      multiple-kernel learning's unit-trace kernels).
+    - **Accuracy.** One ridge classifier (`ridge_fit`) per group scores how well
+      the group alone predicts the labels, by exact leave-one-out accuracy on
+      the training examples. The group's accuracy over the best group's is
+      raised to a power chosen from `GROUP_WEIGHT_POWERS` by the leave-one-out
+      accuracy of the ridge classifier on all the weighted features (ties go
+      to the lower power; 0 leaves the accuracy out). On cross-domain data one
+      low block often carries the task, and equal weights across every block
+      dilute it; where every block helps, the choice stays near 0.
 
     Args:
         z: array (n, d). Standardised features.
@@ -927,6 +937,9 @@ def group_weights(
             sum to d.
         accuracy: array or None. Each group's own accuracy, when the caller
             has it from `group_accuracy` already. Defaults to None.
+        balance: bool. Balance the widths; False weighs by accuracy alone (the
+            head before 2026-12-05, for `benchmarks/width_balance.py`).
+            Defaults to True.
 
     Returns:
         A `GroupWeights`.
@@ -934,10 +947,13 @@ def group_weights(
     if accuracy is None:
         accuracy = group_accuracy(z, y, classes, widths)
     accuracy = np.asarray(accuracy, dtype=np.float64)
-    ratio = accuracy / max(float(accuracy.max()), 1e-12)
+    top = int(np.argmax(accuracy))
+    ratio = accuracy / max(float(accuracy[top]), 1e-12)
+    widths = np.asarray(widths, dtype=np.int64)
+    factor = np.sqrt(widths[top] / widths) if balance else np.ones(len(widths))
     best = None
     for power in GROUP_WEIGHT_POWERS:
-        weights = ratio**power
+        weights = ratio**power * factor
         fit = ridge_fit(z * np.repeat(weights, widths), y, classes)
         score = float(np.mean(fit.loo.argmax(axis=1) == y))
         if best is None or score > best[0]:

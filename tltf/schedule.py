@@ -1350,7 +1350,8 @@ def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
 
 
 def _weigh_blocks(model, info, features, z, y, classes, layer):
-    """Scales each block's standardised features by `probe.group_weights`.
+    """Scales each block's standardised features by `probe.group_weights`
+    (each block's accuracy weight times its width balance).
 
     The weights go into the `Standardization` layer's scale, so the saved model,
     its backups and a resumed run all keep them. The raw-pixel group
@@ -1400,17 +1401,19 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
         rows = np.zeros((z.shape[1] - used.shape[1], fit.weights.shape[1]))
         fit = dataclasses.replace(fit, weights=np.concatenate([fit.weights, rows]))
     name = blocks[best]
-    if chosen.power == 0:
-        note = (
-            f"its {len(blocks)} blocks at equal weight (leave-one-out; best block "
-            f"{name} {chosen.accuracy[best]:.3f})"
-        )
-        return fit, note + pixel_words
     columns = np.repeat(chosen.weights, widths)
     scale = layer.scale.numpy()
     scale[: len(columns)] *= columns
     layer.scale.assign(scale.astype("float32"))
-    kept = int(np.sum(chosen.weights[: len(blocks)] >= 0.5))
+    if chosen.power == 0:
+        note = (
+            f"its {len(blocks)} blocks at equal weight, each scaled to the same "
+            f"total variance (leave-one-out; best block {name} "
+            f"{chosen.accuracy[best]:.3f})"
+        )
+        return fit, note + pixel_words
+    share = (chosen.accuracy / chosen.accuracy.max()) ** chosen.power
+    kept = int(np.sum(share[: len(blocks)] >= 0.5))
     note = (
         f"its {len(blocks)} blocks weighted by their own leave-one-out accuracy "
         f"(best {name} {chosen.accuracy[best]:.3f}; {kept} of "
