@@ -6,7 +6,9 @@ leave-one-out accuracy, to a power chosen by leave-one-out
 (`tltf.probe.group_weights`; power 0 is equal weights). This script runs
 `build_model` + `fine_tune` with every default twice on the same split, in one
 process: once as shipped, and once with `tltf.probe.GROUP_WEIGHT_POWERS = (0,)`,
-which keeps every block at equal weight and changes nothing else.
+which keeps every block at equal weight and changes nothing else. (Since
+2026-12-05 each block is also balanced for its width in both runs: see
+`benchmarks/width_balance.py`; the figures in RESULTS.md predate that.)
 
 Real data and weights as in `benchmarks/realdata.py`: sklearn's digits, letters
 rendered from matplotlib's fonts and texture patches from scikit-image, at 64 px;
