@@ -5,10 +5,10 @@ head reads, and the raw-pixel group where the gate turns it on) by
 `tltf.probe.group_weights`. Since 2026-12-05 each group's columns are also
 scaled by one over the square root of its width, so that every group brings the
 same total variance to the ridge: on standardised columns a group's variance
-grows with its width, and VGG16's two top blocks (1,024 columns each, pooled
-twice) otherwise drown its 128-column first block. This script runs each split
-twice in one process, with the balance (as shipped) and without it
-(`group_weights(..., balance=False)`, the head before), and changes nothing else:
+grows with its width, and VGG16's two top blocks (512 columns each) otherwise
+drown its 64-column first block. This script runs each split twice in one
+process, with the balance (as shipped) and without it (`group_weights(...,
+balance=False)`, the head before), and changes nothing else:
 
 - `--head closed` (the default): the closed-form head alone (`prepare_head`, no
   gradient step: the head stage 1 starts from and the one the guard's hand-back

@@ -916,10 +916,11 @@ def group_weights(
 
     - **Width balance.** Each group's columns are scaled by one over the square
       root of its width (its number of columns), so that every group brings the
-      same total variance, whatever its width: the ridge then weighs each block
-      alike, where a 1,024-column top block would otherwise drown a 128-column
-      low one (on standardised columns a group's variance grows with its width;
-      multiple-kernel learning's unit-trace kernels).
+      same total variance, whatever its width (on standardised columns a
+      group's variance grows with its width; these are multiple-kernel
+      learning's unit-trace kernels). The ridge then weighs each block alike,
+      where VGG16's two 512-column top blocks would otherwise drown its
+      64-column first one.
     - **Accuracy.** One ridge classifier (`ridge_fit`) per group scores how well
       the group alone predicts the labels, by exact leave-one-out accuracy on
       the training examples. The group's accuracy over the best group's is

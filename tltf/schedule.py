@@ -1412,7 +1412,7 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
             f"{chosen.accuracy[best]:.3f})"
         )
         return fit, note + pixel_words
-    share = (chosen.accuracy / chosen.accuracy.max()) ** chosen.power
+    share = (chosen.accuracy / max(chosen.accuracy.max(), 1e-12)) ** chosen.power
     kept = int(np.sum(share[: len(blocks)] >= 0.5))
     note = (
         f"its {len(blocks)} blocks weighted by their own leave-one-out accuracy "
