@@ -40,6 +40,7 @@ import numpy as np
 import realdata
 
 import tltf.schedule
+from tltf.cache import feature_model
 from tltf.probe import group_weights
 from tltf.schedule import prepare_head
 
@@ -54,8 +55,8 @@ def _accuracy(head, name, weights_dir, train, test, seed, balance) -> float:
             realdata.benchmark_base(name, 64, weights_dir), classes
         )
         if head == "closed":
-            pool = keras.Model(model.inputs, model.get_layer("head_pool").output)
-            features = pool.predict(train[0].astype("float32"), verbose=0)
+            part = feature_model(model)  # the head's input: what stage 1 caches
+            features = part.predict(train[0].astype("float32"), verbose=0)
             prepare_head(model, features, train[1])
         else:
             tltf.fine_tune(model, train, seed=seed, verbose=0)
