@@ -187,12 +187,18 @@ runs the learning-rate finder first (notebook 3).""",
         """\
 history = tltf.fine_tune(model, (x_train, y_train), (x_val, y_val), seed=0, verbose=2)
 stages = history.history["stage"]
-print(f"stage 1: {stages.count(1)} epochs, stage 2: {stages.count(2)} epochs")""",
+print(f"stage 1: {stages.count(1)} epochs, stage 2: {stages.count(2)} epochs")
+print("the model holds", history.kept)""",
     ),
     (
         "md",
         """\
-The learning curves; the dotted line marks where stage 2 starts. tltf's plot
+`history.kept` says which epoch's weights the model holds (`keep_best` kept
+them), its stage, which blocks stage 2 had trained by then (none when the head
+alone won) and why; `history.kept.blocks` is that tuple of block names.
+
+The learning curves; the dotted line marks where stage 2 starts, and the green
+line the kept epoch. tltf's plot
 functions return the matplotlib figure (`fig = tltf.plot_history(history)`, then
 `fig.savefig("history.png")`); the `;` at the end of the cell keeps Jupyter from
 showing it a second time.""",

@@ -436,6 +436,7 @@ def ended(monkeypatch):
     def spy(model, *args, **kwargs):
         history = fine_tune(model, *args, **kwargs)
         weights["weights"] = [np.array(w, copy=True) for w in model.get_weights()]
+        weights["kept"] = history.kept
         return history
 
     monkeypatch.setattr(runs, "fine_tune", spy)
@@ -465,9 +466,20 @@ def test_without_validation_data_best_keras_is_the_model_fine_tune_ends_with(
     out = capsys.readouterr().out
     assert "no validation data, so best.keras is the model fine_tune ends with" in out
     assert "keep_best: handed the" in out
-    assert "(best.keras: the model fine_tune ended with)" in out
+    kept = ended["kept"]
+    assert (
+        "(best.keras: the model fine_tune ended with, kept at epoch "
+        f"{kept.epoch}, stage {kept.stage})"
+    ) in out
     run = work / "runs" / "noval"
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["kept"] == {
+        "epoch": kept.epoch,
+        "stage": kept.stage,
+        "blocks": list(kept.blocks),
+        "note": kept.note,
+    }
+    assert "held-out slice included" in summary["kept"]["note"]
     assert summary["best"] == {
         "monitor": None,
         "mode": None,

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -20,6 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 import tltf  # noqa: E402
 from tltf import demo  # noqa: E402
 from tltf.evaluation import _classification_report  # noqa: E402
+from tltf.guard import Kept  # noqa: E402
 from tltf.lr_finder import LRFinderResult  # noqa: E402
 from tltf.probe import ProbeResult  # noqa: E402
 from tltf.reports import base_label  # noqa: E402
@@ -178,6 +180,36 @@ def test_run_history_marks_the_epoch_best_keras_holds():
     labels = [m.get_label() for m in _best_markers(acc_ax)]
     assert any("best.keras" in label and "epoch 4" in label for label in labels)
     assert all(m.get_xdata()[0] == 4 for m in _best_markers(loss_ax))
+
+
+def _marked(ax, word):
+    return [line for line in ax.get_lines() if line.get_label().startswith(word)]
+
+
+def test_history_marks_the_epoch_fine_tune_kept():
+    # The History fine_tune returns says which epoch's weights the model holds
+    # (`history.kept`): that epoch is marked, with or without validation data,
+    # even where another epoch has the lowest val_loss (epoch 3 here).
+    history = keras.callbacks.History()
+    history.history = dict(LOGS)
+    history.kept = Kept(epoch=2, stage=1, blocks=(), note="test")
+    figure = tltf.plot_history(history)
+    for ax in figure.axes:
+        (marker,) = _marked(ax, "kept")
+        assert list(marker.get_xdata()) == [2, 2]
+        assert marker.get_label() == "kept: epoch 2"
+        assert not _best_markers(ax)
+    # Given a monitor, its best epoch is marked instead.
+    assert _best_markers(tltf.plot_history(history, monitor="val_loss").axes[0])
+    # Epoch 0 (no epoch ran) marks nothing.
+    history.kept = Kept(epoch=0, stage=1, blocks=(), note="test")
+    assert not any(_marked(ax, "kept") for ax in tltf.plot_history(history).axes)
+    # A run folder without validation data: best.keras is the kept epoch.
+    logs = {k: v for k, v in LOGS.items() if not k.startswith("val_")}
+    figure = plot_run_history({"epoch": [1, 2, 3, 4, 5], **logs}, kept=4)
+    assert [m.get_label() for m in _marked(figure.axes[0], "best.keras")] == [
+        "best.keras: epoch 4"
+    ]
 
 
 # -- tuning plot: depths are discrete --------------------------------------------

@@ -122,24 +122,34 @@ def test_stage_2_is_skipped_when_stage_1_classifies_the_whole_slice(
             verbose=1,
             **kwargs,
         )
-        return model, history.history["stage"], capsys.readouterr().out
+        return model, history, capsys.readouterr().out
 
-    skipped, stages, out = run(backup_dir=tmp_path / "backup")
-    assert stages == [1, 1]
+    skipped, history, out = run(backup_dir=tmp_path / "backup")
+    assert history.history["stage"] == [1, 1]
     assert "classifies all 9 held-out training images correctly" in out
     assert "stage 2 was skipped" in out and "stage 2 from" not in out
     assert "handed the 9 held-out images back" in out
+    # history.kept: stage 1's last epoch, the base as loaded, and why.
+    kept = history.kept
+    assert (kept.epoch, kept.stage, kept.blocks) == (2, 1, ())
+    assert "stage 2 was skipped" in kept.note and "refit" in kept.note
     _, again, out = run(backup_dir=tmp_path / "backup")  # finished: nothing trains
-    assert again == [1, 1] and "holds a finished run" in out
+    assert again.history["stage"] == [1, 1] and "holds a finished run" in out
+    assert (again.kept.epoch, again.kept.stage) == (2, 1)
     with monkeypatch.context() as patch:  # stage 2 runs, and is thrown away
         patch.setattr(KeepBest, "_end_if_nothing_to_gain", lambda self: None)
-        full, stages, out = run()
-    assert stages == [1, 1, 2, 2]
+        full, history, out = run()
+    assert history.history["stage"] == [1, 1, 2, 2]
     assert "restored the weights of the end of stage 1" in out
+    assert (history.kept.epoch, history.kept.blocks) == (2, ())
     for a, b in zip(skipped.variables, full.variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    _, stages, _ = run(keep_best=False)
-    assert stages == [1, 1, 2, 2]
+    trained, history, _ = run(keep_best=False)
+    assert history.history["stage"] == [1, 1, 2, 2]
+    top = tltf.block_summary(trained)[-1]["block"]
+    kept = history.kept
+    assert (kept.epoch, kept.stage, kept.blocks) == (4, 2, (top,))
+    assert "keep_best=False" in kept.note
 
 
 class _ZeroHead(keras.callbacks.Callback):
@@ -306,7 +316,7 @@ def _overfitting_head(cache, callbacks=(), **kwargs):
         seed=0,
         **kwargs,
     )
-    return model, history.history
+    return model, history
 
 
 @pytest.mark.parametrize("cache", [True, False])
@@ -314,16 +324,22 @@ def test_with_validation_data_the_run_ends_at_its_best_epoch_stage_1_included(
     cache, capsys
 ):
     """The best epoch of the overfitting head is an early stage-1 epoch, and the
-    run ends with its weights, not with those stage 1 ended with."""
+    run ends with its weights, not with those stage 1 ended with; `history.kept`
+    names it."""
     snapshots = _Snapshots()
-    model, history = _overfitting_head(cache, [snapshots], verbose=1)
+    model, returned = _overfitting_head(cache, [snapshots], verbose=1)
+    history = returned.history
     best = int(np.argmin(history["val_loss"]))
     assert history["stage"] == [1, 1, 1, 1, 2, 2]
     assert best < 3, history["val_loss"]  # the setup: not where stage 1 ended
     for got, want in zip(model.variables, snapshots.weights[best], strict=True):
         np.testing.assert_array_equal(got.numpy(), want)
     out = capsys.readouterr().out
-    assert f"keep_best: restored the weights of epoch {best + 1}, in stage 1" in out
+    note = f"restored the weights of epoch {best + 1}, in stage 1"
+    assert f"keep_best: {note}" in out
+    kept = returned.kept
+    assert (kept.epoch, kept.stage, kept.blocks) == (best + 1, 1, ())
+    assert kept.note.startswith(note) and "val_loss" in kept.note
 
 
 @pytest.mark.slow
@@ -335,11 +351,48 @@ def test_a_run_resumed_after_its_stage_1_best_still_ends_at_that_epoch(cache, tm
     reference, ref_history = _overfitting_head(
         cache, backup_dir=tmp_path / "reference", verbose=0
     )
+    ref_history = ref_history.history
     assert int(np.argmin(ref_history["val_loss"])) < 2, ref_history["val_loss"]
     backup = tmp_path / "backup"
     with pytest.raises(RuntimeError, match="simulated crash"):
         _overfitting_head(cache, [CrashAt(3)], backup_dir=backup, verbose=0)
     resumed, history = _overfitting_head(cache, backup_dir=backup, verbose=0)
-    assert history == ref_history
+    assert history.history == ref_history
     for got, want in zip(resumed.variables, reference.variables, strict=True):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_kept_names_the_blocks_stage_2_had_trained_by_the_kept_epoch():
+    """With gradual unfreezing, an early stage-2 epoch had trained fewer blocks
+    than the run's end: `history.kept.blocks` are the kept epoch's."""
+    from tltf.schedule import FineTuneSchedule, _kept
+
+    model = make_tiny_model()
+    top, below = [row["block"] for row in tltf.block_summary(model)][-1:-3:-1]
+    schedule = FineTuneSchedule(unfreeze_at_epoch=2, unfreeze=2, gradual_every=1)
+    schedule.set_model(model)
+    history = keras.callbacks.History()
+    history.history = {"loss": [1.0] * 5, "stage": [1, 1, 2, 2, 2]}
+
+    class Guard:  # a guard that kept `epoch`
+        def __init__(self, epoch):
+            self.kept_epoch = epoch
+
+        def describe(self):
+            return f"kept epoch {self.kept_epoch}."
+
+    def kept(epoch):
+        return _kept(history, model, schedule, Guard(epoch), None, False)
+
+    assert kept(3).blocks == (top,)
+    assert kept(4).blocks == kept(5).blocks == (below, top)
+    assert (kept(2).stage, kept(2).blocks) == (1, ())
+    assert str(kept(3)) == f"epoch 3 (stage 2, blocks {top} fine-tuned): kept epoch 3."
+    mixed = _kept(history, model, schedule, Guard(5), 0.5, False)
+    assert "0.5 x stage 1's + 0.5 x these" in mixed.note
+    assert _kept(history, model, schedule, Guard(5), 0.0, False).blocks == ()
+    # No epoch ran (a closed-form head, no stage 2): epoch 0.
+    history.history = {}
+    none = _kept(history, model, schedule, None, None, False)
+    assert (none.epoch, none.stage, none.blocks) == (0, 1, ())
+    assert "no epoch ran" in none.note

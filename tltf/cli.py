@@ -911,7 +911,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f" (best {best['monitor']} {best['value']:.4g} at epoch {best['epoch']})"
         )
     elif best["monitor"] is None:
-        text += " (best.keras: the model fine_tune ended with)"
+        kept = summary["kept"]
+        text += (
+            " (best.keras: the model fine_tune ended with, kept at epoch "
+            f"{kept['epoch']}, stage {kept['stage']})"
+        )
     if summary.get("wise") is not None:
         text += (
             f"; best.keras holds its WiSE-FT mix with stage 1 (wise={summary['wise']})"

@@ -47,6 +47,7 @@ choice as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -126,6 +127,39 @@ def holdout_rows(
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """What the model `fine_tune` returns holds: which epoch's weights, and why.
+
+    `fine_tune` sets it on the History it returns, as `history.kept`, and
+    `tltf.plot_history` marks its epoch.
+
+    Attributes:
+        epoch: int. The 1-based epoch whose weights the model holds, numbered
+            as the History numbers its epochs (0: no epoch ran, the head
+            stage 1 started from).
+        stage: int. That epoch's stage: 1 (the base as it was loaded) or 2.
+        blocks: tuple of str. The base's blocks, bottom to top, that stage 2
+            had trained by that epoch; empty when the model holds stage 1's
+            weights.
+        note: str. Why, in words: keep_best's choice, the hand-back of its
+            held-out slice, WiSE-FT's mix.
+    """
+
+    epoch: int
+    stage: int
+    blocks: tuple[str, ...]
+    note: str
+
+    def __str__(self) -> str:
+        trained = (
+            f"blocks {', '.join(self.blocks)} fine-tuned"
+            if self.blocks
+            else "the base as loaded"
+        )
+        return f"epoch {self.epoch} (stage {self.stage}, {trained}): {self.note}"
+
+
 class KeepBest(keras.callbacks.Callback):
     """Keeps the best of stage 1's end and every stage-2 epoch; restores it at the end.
 
@@ -180,6 +214,7 @@ class KeepBest(keras.callbacks.Callback):
         self._extract = None
         #: Whether the run ended after stage 1: stage 2 could not have been kept.
         self.ended_after_stage_one = False
+        self._restored_saved = False
 
     @property
     def criterion(self) -> str | None:
@@ -327,42 +362,74 @@ class KeepBest(keras.callbacks.Callback):
             self.model.stop_training = True
             self.ended_after_stage_one = True
 
-    def on_train_end(self, logs=None):
-        if self.ended_after_stage_one and self.verbose:
-            print(
-                f"tltf: keep_best: stage 1 classifies all {len(self.holdout[1]):,} "
-                "held-out training images correctly, and a stage-2 epoch is kept "
-                "only if it is more accurate there: stage 2 was skipped "
-                "(keep_best=False, or validation data, runs it)."
+    @property
+    def kept_epoch(self) -> int | None:
+        """The 1-based epoch whose weights the run ends with; None when unscored.
+
+        Stage 1's end counts as its last epoch (0 when stage 1 ran no epochs: a
+        closed-form head).
+        """
+        if not self._decided:
+            return None
+        if self.best_epoch == -1:
+            return self.schedule.unfreeze_at_epoch
+        return self.best_epoch + 1
+
+    @property
+    def _decided(self) -> bool:
+        """Whether the guard chose the weights the run ends with.
+
+        It did once a stage-2 epoch was scored, when it ended the run after stage
+        1, or when it restored a finished run's best weights; not when stage 2
+        never started (the run was stopped in stage 1).
+        """
+        if self.best_score is None or self.best_epoch is None:
+            return False
+        return (
+            self.last_epoch is not None
+            or self.ended_after_stage_one
+            or self._restored_saved
+        )
+
+    def describe(self) -> str | None:
+        """What the run ends with and why, in one line (without the `tltf:` prefix)."""
+        if self.ended_after_stage_one:
+            return (
+                f"stage 1 classifies all {len(self.holdout[1]):,} held-out training "
+                "images correctly, and a stage-2 epoch is kept only if it is more "
+                "accurate there: stage 2 was skipped (keep_best=False, or "
+                "validation data, runs it)."
             )
-        if self.last_epoch is None or self.best_score is None:
-            return
-        name = self.criterion
+        if not self._decided:
+            return None
+        name, best = self.criterion, _show(self.best_score, self._lower_is_better)
+        if self.last_epoch is None:  # a finished run, resumed (`restore_saved`)
+            return f"the weights of epoch {self.kept_epoch}: best {name} ({best})."
         if self.best_epoch == self.last_epoch:
-            if self.verbose:
-                print(
-                    f"tltf: keep_best: kept the last epoch ({self.last_epoch + 1}): "
-                    f"best {name} ({_show(self.best_score, self._lower_is_better)})."
-                )
-            return
-        self._restore(self.model)
-        if self.verbose:
-            stage_two = self.schedule.unfreeze_at_epoch
-            if self.best_epoch in (-1, stage_two - 1):
-                where = "the end of stage 1 (fine-tuning did not improve on it)"
-            elif self.best_epoch < stage_two:
-                where = (
-                    f"epoch {self.best_epoch + 1}, in stage 1 (the validation loss "
-                    "rose after it, and fine-tuning did not bring it lower)"
-                )
-            else:
-                where = f"epoch {self.best_epoch + 1}"
-            print(
-                f"tltf: keep_best: restored the weights of {where}: {name} "
-                f"{_show(self.best_score, self._lower_is_better)} against "
-                f"{_show(self.last_score, self._lower_is_better)} at the last epoch "
-                f"({self.last_epoch + 1})."
+            return f"kept the last epoch ({self.last_epoch + 1}): best {name} ({best})."
+        stage_two = self.schedule.unfreeze_at_epoch
+        if self.best_epoch in (-1, stage_two - 1):
+            where = "the end of stage 1 (fine-tuning did not improve on it)"
+        elif self.best_epoch < stage_two:
+            where = (
+                f"epoch {self.best_epoch + 1}, in stage 1 (the validation loss "
+                "rose after it, and fine-tuning did not bring it lower)"
             )
+        else:
+            where = f"epoch {self.best_epoch + 1}"
+        return (
+            f"restored the weights of {where}: {name} {best} against "
+            f"{_show(self.last_score, self._lower_is_better)} at the last epoch "
+            f"({self.last_epoch + 1})."
+        )
+
+    def on_train_end(self, logs=None):
+        note = self.describe()
+        if note is not None and self.verbose:
+            print(f"tltf: keep_best: {note}")
+        restore = self.last_epoch is not None and self.best_score is not None
+        if restore and self.best_epoch != self.last_epoch:
+            self._restore(self.model)
 
     def _improves(self, score: tuple) -> bool:
         """Whether `score` replaces the best so far.
@@ -427,6 +494,7 @@ class KeepBest(keras.callbacks.Callback):
         """For a finished resumable run: puts back the best weights it kept."""
         if self.best_weights is not None:
             self._restore(model)
+            self._restored_saved = True
 
 
 def _show(score: tuple | None, negated: bool) -> str:
@@ -442,6 +510,7 @@ __all__ = [
     "HOLDOUT_MIN_ROWS",
     "HOLDOUT_MOST",
     "KeepBest",
+    "Kept",
     "class_ids",
     "holdout_rows",
 ]

@@ -106,11 +106,14 @@ def plot_history(
     monitor: str | None | bool = None,
     mode: str = "auto",
     best_label: str = "best",
+    kept: int | None = None,
 ) -> Figure:
     """Plots learning curves of a `fine_tune` History, marking the stage boundary.
 
-    The best epoch by `monitor` is marked in every panel (a vertical line, and a
-    star on the `monitor` curve), with the epoch in the legend.
+    The epoch whose weights `fine_tune` returned (`history.kept`) is marked in
+    every panel: a vertical line, with the epoch in the legend. Given a
+    `monitor`, or for a History without `kept`, the best epoch by `monitor` is
+    marked instead (and a star on the `monitor` curve).
 
     Args:
         history: A `keras.callbacks.History` or its `.history` dict.
@@ -119,14 +122,19 @@ def plot_history(
         title: str or None. The figure title.
         path: str or None. Also write the figure to this PNG file.
         monitor: str, None or False. The metric whose best epoch is marked;
-            False marks none. Defaults to "val_loss" when logged, else none:
-            without validation data the lowest training loss marks the most
-            overfit epoch, not the model `fine_tune` returns (`keep_best`
-            judged it on a held-out slice).
+            False marks none. Defaults to the kept epoch (`kept`) where known,
+            else "val_loss" when logged, else none: without validation data
+            the lowest training loss marks the most overfit epoch, not the
+            model `fine_tune` returns (`keep_best` judged it on a held-out
+            slice).
         mode: str. "min", "max" or "auto" for `monitor` (see `best_epoch`).
             Defaults to "auto".
-        best_label: str. The legend's word for the best epoch. Defaults to
-            "best".
+        best_label: str. The legend's word for the marked epoch. Defaults to
+            "best" ("kept" for the kept epoch).
+        kept: int or None. The 1-based epoch whose weights the model holds,
+            marked when `monitor` is None. Defaults to `history.kept.epoch`
+            for the History `fine_tune` returned (none marked for 0: no
+            epoch ran).
 
     Returns:
         The matplotlib Figure: pyplot's current figure (so `plt.savefig` works
@@ -135,7 +143,7 @@ def plot_history(
     Example:
 
     >>> history = tltf.fine_tune(model, train_ds, val_ds)
-    >>> figure = tltf.plot_history(history)
+    >>> figure = tltf.plot_history(history)  # marks history.kept.epoch
     >>> figure.savefig("history.png")
     """
     logs = getattr(history, "history", history)
@@ -146,9 +154,16 @@ def plot_history(
             if not k.startswith("val_") and k not in ("loss", "stage", "learning_rate")
         ]
         metrics = ["loss", *others[:1]]
-    if monitor is None:
-        monitor = "val_loss" if "val_loss" in logs else False
-    best = None if monitor is False else best_epoch(logs, monitor, mode)
+    if kept is None and monitor is None and hasattr(history, "kept"):
+        kept = history.kept.epoch
+    if kept is not None and monitor is None and best_label == "best":
+        best_label = "kept"
+    if kept is not None and monitor is None:
+        best, monitor = (kept or None), False
+    else:
+        if monitor is None:
+            monitor = "val_loss" if "val_loss" in logs else False
+        best = None if monitor is False else best_epoch(logs, monitor, mode)
     epochs = np.arange(1, len(logs.get("loss", [])) + 1)
     boundary = stage_boundary(logs.get("stage", []))
     figure = new_figure(path, figsize=(5 * len(metrics), 3.6))

@@ -620,6 +620,7 @@ def plot_run_history(
     base: str | None = None,
     monitor: str | None | bool = None,
     mode: str = "auto",
+    kept: int | None = None,
 ):
     """`tltf.plot_history` of a `read_history` dict (its epoch column dropped).
 
@@ -630,10 +631,12 @@ def plot_run_history(
         path: str or None. Also write the figure to this PNG file.
         base: str or None. The config's `model.base` (a name or a path).
         monitor: str, None or False. The metric that picked `best.keras`; its
-            best epoch is marked. False marks none (a run without validation
-            data, whose `best.keras` is the model `fine_tune` ended with).
-            Defaults to "val_loss" when logged, else none.
+            best epoch is marked. None with `kept`: a run without validation
+            data, whose `best.keras` is the model `fine_tune` ended with.
+            False marks none. Defaults to "val_loss" when logged, else none.
         mode: str. "min", "max" or "auto" for `monitor`. Defaults to "auto".
+        kept: int or None. The epoch whose weights `fine_tune` kept
+            (`history.kept.epoch`), marked when `monitor` is None.
 
     Returns:
         The matplotlib Figure.
@@ -642,7 +645,13 @@ def plot_run_history(
         title = f"{base_label(base)}: stage 1 head, stage 2 fine-tuning"
     logs = {k: v for k, v in history.items() if k != "epoch"}
     return plot_history(
-        logs, title=title, path=path, monitor=monitor, mode=mode, best_label=BEST_MODEL
+        logs,
+        title=title,
+        path=path,
+        monitor=monitor,
+        mode=mode,
+        best_label=BEST_MODEL,
+        kept=kept,
     )
 
 
@@ -988,7 +997,7 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
     settings = config.schedule.settings(
         augment=True if config.data.augment else None, seed=config.data.seed
     )
-    fine_tune(
+    kept = fine_tune(
         model,
         data,
         None,
@@ -996,7 +1005,7 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
         callbacks=callbacks,
         backup_dir=run / BACKUP_DIR,
         verbose=verbose,
-    )
+    ).kept
     if monitor is None or config.schedule.wise is not None:
         # The model fine_tune ends with is no epoch's: keep_best's pick with
         # the head refit on every image, or WiSE-FT's mix with stage 1.
@@ -1020,8 +1029,9 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
         history,
         base=config.model.base,
         path=run / PLOTS_DIR / "history.png",
-        monitor=False if monitor is None else monitor,
+        monitor=monitor,
         mode=mode,
+        kept=kept.epoch if monitor is None else None,
     )
     files["history_plot"] = f"{PLOTS_DIR}/history.png"
     evaluation = None
@@ -1070,6 +1080,12 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
             "mode": mode if monitor is not None else None,
             "value": best,
             "epoch": best_epoch,
+        },
+        "kept": {
+            "epoch": kept.epoch,
+            "stage": kept.stage,
+            "blocks": list(kept.blocks),
+            "note": kept.note,
         },
         "still_improving": best_epoch is not None and best_epoch == epochs[-1],
         "last": last,

@@ -60,6 +60,7 @@ from tltf.guard import (
     CLASSIFIERS,
     HOLDOUT_MIN_ROWS,
     KeepBest,
+    Kept,
     class_ids,
     holdout_rows,
 )
@@ -503,7 +504,9 @@ def fine_tune(
 
     Returns:
         The `keras.callbacks.History` of both stages; `history.history["stage"]`
-        gives each epoch's stage.
+        gives each epoch's stage, and `history.kept` (a `tltf.guard.Kept`) says
+        what the returned model holds: the epoch whose weights `keep_best`
+        kept, its stage, the blocks stage 2 had trained by then, and why.
 
     Example:
 
@@ -512,6 +515,8 @@ def fine_tune(
     tltf: unfreeze='auto' -> 2 of 7 blocks: ...
     >>> history.history["stage"]
     [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+    >>> history.kept.epoch, history.kept.blocks
+    (15, ('block6', 'top'))
     """
     settings, fit_kwargs = split_kwargs(settings, kwargs)
     if train is None:
@@ -706,11 +711,11 @@ def fine_tune(
             history = resume.finished_history(model, schedule.bn)
             if guard is not None:
                 guard.restore_saved(model)
-            _end_with_wise(
+            alpha = _end_with_wise(
                 model, stage_one, settings, guard, val_ds, feature_source, False
             )
-            if hand_back:
-                _hand_back(model, holdout, verbose=False)
+            refit = hand_back and _hand_back(model, holdout, verbose=False)
+            history.kept = _kept(history, model, schedule, guard, alpha, refit)
             return history
         if resume is not None:
             resume.announce()
@@ -745,9 +750,11 @@ def fine_tune(
             history = _fit_with_feature_cache(run)
         else:
             history = _fit_full_passes(run, passes)
-        _end_with_wise(model, stage_one, settings, guard, val_ds, feature_source, loud)
-        if hand_back:
-            _hand_back(model, holdout, verbose=loud)
+        alpha = _end_with_wise(
+            model, stage_one, settings, guard, val_ds, feature_source, loud
+        )
+        refit = hand_back and _hand_back(model, holdout, verbose=loud)
+        history.kept = _kept(history, model, schedule, guard, alpha, refit)
         return history
     finally:
         # The head's L2 (`prepare_head`) is a training-time penalty: the model
@@ -825,10 +832,14 @@ class _StageTwoStart(keras.callbacks.Callback):
             callback.start_from_epoch = 0
 
 
-def _end_with_wise(model, stage_one, settings, guard, val_ds, images, loud) -> None:
-    """`wise=`: mixes the final weights with stage 1's (see `tltf.wise`)."""
+def _end_with_wise(model, stage_one, settings, guard, val_ds, images, loud):
+    """`wise=`: mixes the final weights with stage 1's (see `tltf.wise`).
+
+    Returns:
+        The fine-tuned weights' share, or None when nothing was mixed.
+    """
     if stage_one is None or stage_one.weights is None:
-        return
+        return None
     score = None
     if val_ds is not None:
 
@@ -846,7 +857,10 @@ def _end_with_wise(model, stage_one, settings, guard, val_ds, images, loud) -> N
         def recalibrate():
             recalibrate_bn(model, images)
 
-    apply_wise(model, stage_one.weights, settings.wise, score, recalibrate, loud)
+    alpha, _ = apply_wise(
+        model, stage_one.weights, settings.wise, score, recalibrate, loud
+    )
+    return alpha
 
 
 def _adapt_batchnorm(model, images: tf.data.Dataset, strategy, loud: bool) -> None:
@@ -972,7 +986,7 @@ def _refittable(model: keras.Model, settings: FineTuneSettings) -> bool:
     )
 
 
-def _hand_back(model, holdout: _Slice, verbose) -> None:
+def _hand_back(model, holdout: _Slice, verbose) -> bool:
     """Hands the held-out slice back: the head is refit on every training image.
 
     The guard kept the best weights by their score on the slice. The linear
@@ -983,10 +997,13 @@ def _hand_back(model, holdout: _Slice, verbose) -> None:
     head trained by gradient beats the ridge head. Choosing between the two
     heads on the slice does not work: the kept weights are the best of several
     epochs on it, so their score there is biased upwards.
+
+    Returns:
+        Whether the head was refit.
     """
     ridge = refit_head(model, holdout.everything)
     if not verbose:
-        return
+        return ridge is not None
     trained, held = len(holdout.trained), len(holdout.held)
     if ridge is None:
         print(
@@ -994,12 +1011,57 @@ def _hand_back(model, holdout: _Slice, verbose) -> None:
             "the closed-form fit does not apply to these features (at most 20,000 "
             "images and 8,192 features)."
         )
-        return
+        return False
     print(
         f"tltf: keep_best: handed the {held:,} held-out images back: the head was "
         f"refit in closed form on all {trained + held:,} training images: "
         f"{ridge.removeprefix('head starts from ')}."
     )
+    return True
+
+
+def _kept(history, model, schedule, guard, alpha, refit: bool) -> Kept:
+    """What the model `fine_tune` returns holds (`history.kept`).
+
+    Args:
+        history: keras.callbacks.History. The run's History, both stages.
+        model: keras.Model. The model.
+        schedule: FineTuneSchedule. The run's schedule (stage 2's blocks).
+        guard: KeepBest or None. The run's guard.
+        alpha: float or None. WiSE-FT's share of the fine-tuned weights.
+        refit: bool. Whether keep_best's hand-back refit the head.
+    """
+    stages = [int(s) for s in history.history.get("stage", [])]
+    epoch = guard.kept_epoch if guard is not None else None
+    note = guard.describe() if epoch is not None else None
+    if epoch is None:
+        epoch = len(stages)
+        if not epoch:
+            note = "no epoch ran: the head that stage 1 started from."
+        elif 2 not in stages:
+            note = "the last epoch's weights; stage 2 did not run."
+        elif guard is None:
+            note = "the last epoch's weights (keep_best=False)."
+        else:
+            note = "the last epoch's weights: keep_best had no score to choose by."
+    stage = stages[epoch - 1] if epoch else 1
+    if stage == 2 and alpha != 0:
+        if schedule.model is None:  # a finished run, resumed: nothing was fit
+            schedule.set_model(model)
+        blocks = tuple(schedule.plan(epoch - 1)[1])
+    else:
+        blocks = ()
+    if alpha is not None and stage == 2:  # stage 1's weights mix to themselves
+        note += (
+            f" Then mixed with stage 1's weights (WiSE-FT): {1 - alpha:g} x stage "
+            f"1's + {alpha:g} x these."
+        )
+    if refit:
+        note += (
+            " Then the head was refit in closed form on every training image, the "
+            "held-out slice included."
+        )
+    return Kept(epoch=epoch, stage=stage, blocks=blocks, note=note)
 
 
 @dataclasses.dataclass
