@@ -37,10 +37,10 @@ import tltf  # isort: skip  (first: imports TensorFlow quietly)
 
 import argparse
 
-import keras
 import numpy as np
 import realdata
 
+from tltf.cache import feature_model
 from tltf.heads import pixel_columns
 from tltf.probe import group_accuracy, group_weights
 from tltf.schedule import prepare_head
@@ -48,7 +48,7 @@ from tltf.schedule import prepare_head
 
 def _features(model, images) -> np.ndarray:
     """The head's input features (every block pooled, the raw pixels last)."""
-    part = keras.Model(model.inputs, model.get_layer("head_pool").output)
+    part = feature_model(model)  # what stage 1 caches
     return part.predict(images, batch_size=64, verbose=0)
 
 
