@@ -1044,10 +1044,12 @@ def _kept(history, model, schedule, guard, alpha, refit: bool) -> Kept:
             note = "the last epoch's weights (keep_best=False)."
         else:
             note = "the last epoch's weights: keep_best had no score to choose by."
-    stage = stages[epoch - 1] if epoch else 1
+    if schedule.model is None:  # a finished run, resumed: nothing was fit
+        schedule.set_model(model)
+    stage = 1 if not epoch else schedule.plan(epoch - 1)[0]
+    if 0 < epoch <= len(stages):
+        stage = stages[epoch - 1]  # what ran, where the History has it
     if stage == 2 and alpha != 0:
-        if schedule.model is None:  # a finished run, resumed: nothing was fit
-            schedule.set_model(model)
         blocks = tuple(schedule.plan(epoch - 1)[1])
     else:
         blocks = ()
