@@ -1049,10 +1049,8 @@ def _kept(history, model, schedule, guard, alpha, refit: bool) -> Kept:
     stage = 1 if not epoch else schedule.plan(epoch - 1)[0]
     if 0 < epoch <= len(stages):
         stage = stages[epoch - 1]  # what ran, where the History has it
-    if stage == 2 and alpha != 0:
-        blocks = tuple(schedule.plan(epoch - 1)[1])
-    else:
-        blocks = ()
+    trained = stage == 2 and alpha != 0  # a WiSE-FT share of 0 is stage 1's
+    blocks = tuple(schedule.plan(epoch - 1)[1]) if trained else ()
     if alpha is not None and stage == 2:  # stage 1's weights mix to themselves
         note += (
             f" Then mixed with stage 1's weights (WiSE-FT): {1 - alpha:g} x stage "
