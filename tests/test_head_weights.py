@@ -200,3 +200,17 @@ def test_fine_tune_reads_the_pixels_where_the_base_is_blind(tmp_path):
             )
     assert accuracy[8] >= 0.95
     assert accuracy[0] <= 0.5
+
+
+def test_pixels_beside_blocks_that_score_zero_are_reported_plainly():
+    # Constant block features on balanced classes score 0 by leave-one-out
+    # (leaving an image out makes its class the minority); the stage-1 line
+    # then says so, not a ratio to 0.
+    model = _pixel_model()
+    _, y = _features(informative=8, noise=16, shift=2.0)
+    signal = np.eye(3)[y].repeat(64, axis=1)  # 192 columns that name the class
+    noise = np.random.default_rng(3).normal(size=signal.shape)
+    features = np.hstack([np.zeros((len(y), 24)), 100.0 + 50.0 * (signal + noise)])
+    note = prepare_head(model, features, y)
+    assert "the raw pixels read too" in note and "the blocks score 0" in note
+    assert "of the best block's" not in note

@@ -1450,9 +1450,13 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
             set_pixel_scale(layer, on.shape[1], scale)
             z[:, pixels] = on
             widths, accuracy = [*widths, on.shape[1]], np.append(accuracy, alone)
+            against = (
+                f"{alone / accuracy[best]:.2f} of the best block's"
+                if accuracy[best] > 0
+                else "the blocks score 0"
+            )
             pixel_words = (
-                f"; the raw pixels read too (leave-one-out {alone:.3f}: "
-                f"{alone / max(accuracy[best], 1e-12):.2f} of the best block's)"
+                f"; the raw pixels read too (leave-one-out {alone:.3f}: {against})"
             )
     if len(widths) < 2:
         return None
@@ -1469,7 +1473,7 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
     layer.scale.assign(scale.astype("float32"))
     if chosen.power == 0:
         note = (
-            f"its {len(blocks)} blocks at equal weight, each scaled to the same "
+            f"its {_blocks(len(blocks))} at equal weight, each scaled to the same "
             f"total variance (leave-one-out; best block {name} "
             f"{chosen.accuracy[best]:.3f})"
         )
@@ -1477,11 +1481,15 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
     share = (chosen.accuracy / max(chosen.accuracy.max(), 1e-12)) ** chosen.power
     kept = int(np.sum(share[: len(blocks)] >= 0.5))
     note = (
-        f"its {len(blocks)} blocks weighted by their own leave-one-out accuracy "
+        f"its {_blocks(len(blocks))} weighted by their own leave-one-out accuracy "
         f"(best {name} {chosen.accuracy[best]:.3f}; {kept} of "
         f"{len(blocks)} keep half their weight or more)"
     )
     return fit, note + pixel_words
+
+
+def _blocks(count: int) -> str:
+    return f"{count} block" if count == 1 else f"{count} blocks"
 
 
 def _temperature(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
