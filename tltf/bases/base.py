@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from tltf._checks import check_keywords, named_arguments, take_renamed
 from tltf._io import atomic_dir, check_replaceable
 from tltf.bases.blockmaps import BlockMap, infer_block_map, validate_block_map
 from tltf.bases.registry import (
+    REGISTRY,
     BaseSpec,
     constructor_arguments,
     get_spec,
@@ -221,6 +223,121 @@ def _fine_tuned_base(model: keras.Model, pre: Preprocessing) -> Base:
     return Base(copy, metadata["base"], block_map, pre.mode, None, info)
 
 
+def _producer(tensor):
+    """The layer that made `tensor` in a functional graph, or None."""
+    history = getattr(tensor, "_keras_history", None)
+    return getattr(history, "operation", None)
+
+
+def _one_input(layer):
+    """The one input tensor of a layer called once, or None."""
+    try:
+        tensor = layer.input
+    except (AttributeError, ValueError):
+        return None
+    return None if isinstance(tensor, (list, tuple, dict)) else tensor
+
+
+def _gives_scores(layer) -> bool:
+    """Whether `layer` ends in a softmax or sigmoid: class scores."""
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) in ("softmax", "sigmoid")
+
+
+def _classifier_top(model: keras.Model):
+    """The classification top a model ends in, or None.
+
+    A top is what `include_top=True` adds to a Keras Applications model and what
+    a trained classifier ends in: a last Dense with a softmax or sigmoid (or any
+    Dense named "predictions"), or a softmax or sigmoid Activation after a
+    Dense or 1x1 Conv2D classifier and an optional Flatten or Reshape (MobileNet
+    and MobileNetV3). A Dropout right before the classifier goes with it.
+
+    Returns:
+        `(classifier, features)`: the classifier layer and the tensor it reads
+        (before that Dropout), where the base without its top ends; None when
+        the model ends in anything else.
+    """
+    last = _producer(model.outputs[0])
+    classifier = None
+    if isinstance(last, keras.layers.Dense) and (
+        _gives_scores(last) or last.name.lower() == "predictions"
+    ):
+        classifier = last
+    elif isinstance(last, keras.layers.Activation) and _gives_scores(last):
+        inner = _producer(_one_input(last))
+        while isinstance(inner, (keras.layers.Flatten, keras.layers.Reshape)):
+            inner = _producer(_one_input(inner))
+        pointwise = isinstance(inner, keras.layers.Conv2D) and tuple(
+            inner.kernel_size
+        ) == (1, 1)
+        if isinstance(inner, keras.layers.Dense) or pointwise:
+            classifier = inner
+    features = _one_input(classifier) if classifier is not None else None
+    if features is None:
+        return None
+    if isinstance(_producer(features), keras.layers.Dropout):
+        features = _one_input(_producer(features))
+    if features is None or any(features is t for t in model.inputs):
+        return None
+    return classifier, features
+
+
+def _without_top(model: keras.Model) -> keras.Model:
+    """`model` without its classification top (`classifier_top`), with a note."""
+    top = _classifier_top(model)
+    if top is None:
+        return model
+    classifier, features = top
+    headless = keras.Model(model.inputs, features, name=model.name)
+    end = _producer(features)
+    print(
+        f"tltf: note: {model.name!r} ends in a classifier ({classifier.name!r}, "
+        f"{classifier.__class__.__name__} with {_units(classifier)} outputs): the "
+        f"base ends before it, at {end.name!r} {tuple(features.shape[1:])}, and "
+        "tltf adds its own head. (A Keras Applications model built with "
+        "include_top=False has no classifier; pass block_map= to keep it.)"
+    )
+    return headless
+
+
+def _units(layer) -> int | None:
+    return getattr(layer, "units", None) or getattr(layer, "filters", None)
+
+
+#: Registry entries by their name without "_" (the key `_applications_entry` makes).
+_BY_KEY = {name.replace("_", ""): spec for name, spec in REGISTRY.items()}
+
+
+def _applications_entry(model: keras.Model) -> tuple[BaseSpec, BlockMap] | None:
+    """The registry entry and block map of a Keras Applications model, or None.
+
+    A model that a Keras Applications constructor (or tltf's RegNet port)
+    built is recognised by the name the constructor gives it
+    (`mobilenetv2_1.00_224`, `efficientnetv2-b0`, `MobileNetV3Small`, `resnet50`,
+    ...), and only if the entry's block map fits it: a model of another
+    architecture that happens to carry such a name is not.
+    """
+    key = re.sub(
+        r"_\d+(\.\d+)?_\d+$", "", model.name.lower()
+    )  # MobileNet's alpha, size
+    spec = _BY_KEY.get(key.replace("_", "").replace("-", ""))
+    if spec is None:
+        return None
+    try:
+        block_map = spec.block_map(model)
+        validate_block_map(model, block_map)
+    except Exception:  # any rule that does not fit: not that architecture
+        return None
+    return spec, block_map
+
+
+def _preprocessing_words(mode: str) -> str:
+    if mode == "none":
+        return "'none': the model normalises its inputs itself"
+    return repr(mode)
+
+
 def _custom_base(model: keras.Model, blocks, preprocessing: str | None) -> Base:
     if not isinstance(model, keras.Model):
         raise ConfigError(f"Expected a keras.Model. Received: {type(model).__name__}")
@@ -258,14 +375,29 @@ def _custom_base(model: keras.Model, blocks, preprocessing: str | None) -> Base:
             "want, e.g. keras.Model(model.inputs, model.outputs[-1]); for the base "
             "of a model that tltf built, pass that model: tltf.load_base(model)."
         )
+    entry = None
     if blocks is None:
-        block_map = infer_block_map(model)
+        model = _without_top(model)
+        entry = _applications_entry(model)
+        block_map = entry[1] if entry else infer_block_map(model)
     else:
         block_map = (
             blocks if isinstance(blocks, BlockMap) else BlockMap.from_config(blocks)
         )
         validate_block_map(model, block_map)
     mode = preprocessing or "none"
+    if entry is not None:
+        spec = entry[0]
+        mode = preprocessing or spec.preprocessing
+        where = "tltf.bases.regnet" if spec.family == "regnet" else "keras.applications"
+        print(
+            f"tltf: note: {model.name!r} is {where}."
+            f"{spec.constructor_name}: tltf uses its block map ({len(block_map)} "
+            f"blocks) and its preprocessing ({_preprocessing_words(mode)}), so it "
+            "takes raw pixels in [0, 255], as registry bases do"
+            + ("" if preprocessing else " (preprocessing= sets another)")
+            + "."
+        )
     if mode not in PREPROCESSING_MODES:
         raise ConfigError(
             f"Expected preprocessing in {PREPROCESSING_MODES}. "
@@ -304,11 +436,16 @@ def load_base(
             weights file before any download. Defaults to `$TLTF_WEIGHTS_DIR`.
         block_map: For a keras.Model: an explicit block map, as a `BlockMap`, a
             `{block: [layer names]}` dict or `[[block, [layers]], ...]`, bottom to
-            top. Called `blocks` before; `blocks=` still works, with a
+            top. Without it, a model that ends in a classifier loses that top
+            (tltf's head replaces it), and a Keras Applications model gets the
+            registry's block map. Called `blocks` before; `blocks=` still works, with a
             DeprecationWarning. Defaults to None (inferred; see
             `infer_block_map`).
         preprocessing: str or None. For a keras.Model: the preprocessing mode it
-            expects ("tf", "caffe", "torch" or "none"). Defaults to "none".
+            expects ("tf", "caffe", "torch" or "none"). Defaults to its
+            family's for a Keras Applications model (recognised by the name its
+            constructor gives it, if the registry's block map fits it), else
+            "none".
         **constructor_kwargs: Extra arguments of the Keras constructor, such as
             `alpha=0.35` for MobileNetV2.
 
