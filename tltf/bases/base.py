@@ -284,7 +284,7 @@ def _classifier_top(model: keras.Model):
 
 
 def _without_top(model: keras.Model) -> keras.Model:
-    """`model` without its classification top (`classifier_top`), with a note."""
+    """`model` without its classification top (`_classifier_top`), with a note."""
     top = _classifier_top(model)
     if top is None:
         return model
@@ -296,7 +296,7 @@ def _without_top(model: keras.Model) -> keras.Model:
         f"{classifier.__class__.__name__} with {_units(classifier)} outputs): the "
         f"base ends before it, at {end.name!r} {tuple(features.shape[1:])}, and "
         "tltf adds its own head. (A Keras Applications model built with "
-        "include_top=False has no classifier; pass block_map= to keep it.)"
+        "include_top=False has no classifier; with block_map= the base keeps it.)"
     )
     return headless
 
@@ -307,6 +307,8 @@ def _units(layer) -> int | None:
 
 #: Registry entries by their name without "_" (the key `_applications_entry` makes).
 _BY_KEY = {name.replace("_", ""): spec for name, spec in REGISTRY.items()}
+#: The end of MobileNet's and MobileNetV2's model names: "_{alpha}_{size}".
+_ALPHA_AND_SIZE = re.compile(r"_\d+(\.\d+)?_\d+$")
 
 
 def _applications_entry(model: keras.Model) -> tuple[BaseSpec, BlockMap] | None:
@@ -318,9 +320,7 @@ def _applications_entry(model: keras.Model) -> tuple[BaseSpec, BlockMap] | None:
     ...), and only if the entry's block map fits it: a model of another
     architecture that happens to carry such a name is not.
     """
-    key = re.sub(
-        r"_\d+(\.\d+)?_\d+$", "", model.name.lower()
-    )  # MobileNet's alpha, size
+    key = _ALPHA_AND_SIZE.sub("", model.name.lower())
     spec = _BY_KEY.get(key.replace("_", "").replace("-", ""))
     if spec is None:
         return None
