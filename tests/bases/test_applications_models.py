@@ -75,10 +75,12 @@ def test_a_classifier_top_is_replaced_by_tltfs_head(last, tmp_path, capsys):
     model = tltf.build_model(_classifier(last), 3)
     out = capsys.readouterr().out
     assert "ends in a classifier" in out and f"{last.name!r}" in out
-    assert "at 'pool' (8,)" in out  # the Dropout before the classifier goes too
+    # The Dropout and the pooling before the classifier go too: the base ends
+    # at the feature map, where include_top=False would end it.
+    assert "at 'conv1' (14, 14, 8)" in out
     base = tltf.load_base(model)
-    assert base.model.output.shape == (None, 8)
-    assert {"scores", "predictions", "drop"}.isdisjoint(
+    assert base.model.output.shape == (None, 14, 14, 8)
+    assert {"scores", "predictions", "drop", "pool"}.isdisjoint(
         layer.name for layer in base.model.layers
     )
     assert model.output.shape == (None, 3)
@@ -90,6 +92,9 @@ def test_what_is_not_a_classifier_top_stays(capsys):
     embedding = _classifier(keras.layers.Dense(16, name="embedding"), dropout=False)
     assert _classifier_top(embedding) is None
     assert tltf.load_base(embedding).model.output.shape == (None, 16)
+    # Weighted layers before a classifier stay: VGG's fully connected ones.
+    vgg = keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=5)
+    assert _classifier_top(vgg)[1] is vgg.get_layer("fc2").output
     # An explicit block map keeps the model whole, top included.
     scores = _classifier(keras.layers.Dense(5, activation="softmax", name="scores"))
     blocks = {"conv": ["conv1"], "top": ["scores"]}

@@ -244,6 +244,16 @@ def _gives_scores(layer) -> bool:
     return getattr(activation, "__name__", None) in ("softmax", "sigmoid")
 
 
+#: Weightless layers between a classifier and the feature map it classifies:
+#: they go with the top, so the base ends where `include_top=False` ends it.
+_BEFORE_CLASSIFIER = (
+    keras.layers.Dropout,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.Flatten,
+)
+
+
 def _classifier_top(model: keras.Model):
     """The classification top a model ends in, or None.
 
@@ -251,12 +261,14 @@ def _classifier_top(model: keras.Model):
     a trained classifier ends in: a last Dense with a softmax or sigmoid (or any
     Dense named "predictions"), or a softmax or sigmoid Activation after a
     Dense or 1x1 Conv2D classifier and an optional Flatten or Reshape (MobileNet
-    and MobileNetV3). A Dropout right before the classifier goes with it.
+    and MobileNetV3). The Dropout, global pooling and Flatten layers right
+    before the classifier go with it, so an Applications model's base ends
+    where `include_top=False` ends it (VGG's fully connected layers, which
+    carry weights, stay).
 
     Returns:
-        `(classifier, features)`: the classifier layer and the tensor it reads
-        (before that Dropout), where the base without its top ends; None when
-        the model ends in anything else.
+        `(classifier, features)`: the classifier layer and the tensor the base
+        without its top ends at; None when the model ends in anything else.
     """
     last = _producer(model.outputs[0])
     classifier = None
@@ -276,7 +288,7 @@ def _classifier_top(model: keras.Model):
     features = _one_input(classifier) if classifier is not None else None
     if features is None:
         return None
-    if isinstance(_producer(features), keras.layers.Dropout):
+    while isinstance(_producer(features), _BEFORE_CLASSIFIER):
         features = _one_input(_producer(features))
     if features is None or any(features is t for t in model.inputs):
         return None
