@@ -129,7 +129,7 @@ def test_stage_2_is_skipped_when_stage_1_classifies_the_whole_slice(
     assert "classifies all 9 held-out training images correctly" in out
     assert "stage 2 was skipped" in out and "stage 2 from" not in out
     assert "handed the 9 held-out images back" in out
-    # history.kept: stage 1's last epoch, the base as loaded, and why.
+    # history.kept: stage 1's last epoch, the base frozen, and why.
     kept = history.kept
     assert (kept.epoch, kept.stage, kept.blocks) == (2, 1, ())
     assert "stage 2 was skipped" in kept.note and "refit" in kept.note

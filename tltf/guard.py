@@ -138,7 +138,7 @@ class Kept:
         epoch: int. The 1-based epoch whose weights the model holds, numbered
             as the History numbers its epochs (0: no epoch ran, the head
             stage 1 started from).
-        stage: int. That epoch's stage: 1 (the base as it was loaded) or 2.
+        stage: int. That epoch's stage: 1 (the base frozen) or 2.
         blocks: tuple of str. The base's blocks, bottom to top, that stage 2
             had trained by that epoch; empty when the model holds stage 1's
             weights.
@@ -155,7 +155,7 @@ class Kept:
         trained = (
             f"blocks {', '.join(self.blocks)} fine-tuned"
             if self.blocks
-            else "the base as loaded"
+            else "base frozen"
         )
         return f"epoch {self.epoch} (stage {self.stage}, {trained}): {self.note}"
 
