@@ -15,9 +15,14 @@ each split, in one process:
 - "object, no preprocessing": the same object with `preprocessing="none"`, as
   before (VGG16's inferred block map is the registry's: block1 to block5).
 
+`--base FOLDER` takes a base that `tltf.pretrain` saved instead of VGG16 (for
+example `tltf.pretrain("mobilenet_v2", save_to=FOLDER)`, whose weights expect
+the "tf" preprocessing, inputs in [-1, 1]): "registry" is then that folder and
+"object" the Keras model in its `base.keras`.
+
 Usage:
     .venv/bin/python benchmarks/applications_object.py [--tasks textures fonts mnist] \
-        [--k 10] [--seeds 0] [--test 20] [--weights-dir DIR]
+        [--k 10] [--seeds 0] [--test 20] [--weights-dir DIR] [--base vgg16|FOLDER]
 
 The last line prints the mean test accuracy of "object" over "object, no
 preprocessing".
@@ -37,16 +42,19 @@ import realdata
 NOTOP = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
-def _accuracy(how: str, weights_dir, train, test, seed: int) -> float:
+def _accuracy(how: str, name: str, weights_dir, train, test, seed: int) -> float:
     keras.utils.set_random_seed(seed)
     if how == "registry":
-        base, kwargs = realdata.benchmark_base("vgg16", 64, weights_dir), {}
+        base, kwargs = realdata.benchmark_base(name, 64, weights_dir), {}
     else:
-        base = keras.applications.VGG16(
-            include_top=False,
-            weights=str(Path(weights_dir) / NOTOP),
-            input_shape=(64, 64, 3),
-        )
+        if name == "vgg16":
+            base = keras.applications.VGG16(
+                include_top=False,
+                weights=str(Path(weights_dir) / NOTOP),
+                input_shape=(64, 64, 3),
+            )
+        else:  # a saved base folder: its Keras model, as a user would pass it
+            base = keras.saving.load_model(Path(name) / "base.keras", safe_mode=True)
         kwargs = {"preprocessing": "none"} if how == "before" else {}
     classes = int(max(train[1].max(), test[1].max())) + 1
     model = tltf.build_model(base, classes, **kwargs)
@@ -61,14 +69,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--test", type=int, default=20, help="test images per class")
     parser.add_argument("--weights-dir", default=None)
+    parser.add_argument(
+        "--base",
+        default="vgg16",
+        help='"vgg16" (real weights) or the folder of a base tltf.pretrain saved',
+    )
     args = parser.parse_args()
-    weights_dir = realdata.weights_folder(args.weights_dir, ["vgg16"])
+    weights_dir = realdata.weights_folder(args.weights_dir, [args.base])
     rows = []
     for task in args.tasks:
         for seed in args.seeds:
             train, test = realdata.task_split(task, args.k, seed, args.test)
             row = [
-                _accuracy(how, weights_dir, train, test, seed)
+                _accuracy(how, args.base, weights_dir, train, test, seed)
                 for how in ("registry", "object", "before")
             ]
             rows.append(row)

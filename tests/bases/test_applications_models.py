@@ -38,10 +38,13 @@ def test_an_applications_model_gets_its_registry_block_map_and_preprocessing(cap
     b.set_weights(a.get_weights())
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(b.predict(x, verbose=0), a.predict(x, verbose=0))
-    # An explicit preprocessing is kept.
+    # An explicit preprocessing is kept, and the note says whose it is.
     mine = tltf.load_base(_mobilenet_v2(include_top=False), preprocessing="none")
     assert mine.preprocessing == "none"
     assert mine.block_map.names == registry.block_map.names
+    assert "preprocessing='none' as passed (its family's is 'tf')" in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_model_named_like_an_application_but_built_otherwise_is_not_one(capsys):

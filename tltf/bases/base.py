@@ -402,13 +402,20 @@ def _custom_base(model: keras.Model, blocks, preprocessing: str | None) -> Base:
         spec = entry[0]
         mode = preprocessing or spec.preprocessing
         where = "tltf.bases.regnet" if spec.family == "regnet" else "keras.applications"
+        if mode == spec.preprocessing:
+            words = (
+                f"its preprocessing ({_preprocessing_words(mode)}), so it takes raw "
+                "pixels in [0, 255], as registry bases do"
+                + ("" if preprocessing else " (preprocessing= sets another)")
+            )
+        else:
+            words = (
+                f"preprocessing={mode!r} as passed (its family's is "
+                f"{spec.preprocessing!r})"
+            )
         print(
-            f"tltf: note: {model.name!r} is {where}."
-            f"{spec.constructor_name}: tltf uses its block map ({len(block_map)} "
-            f"blocks) and its preprocessing ({_preprocessing_words(mode)}), so it "
-            "takes raw pixels in [0, 255], as registry bases do"
-            + ("" if preprocessing else " (preprocessing= sets another)")
-            + "."
+            f"tltf: note: {model.name!r} is {where}.{spec.constructor_name}: tltf "
+            f"uses its block map ({len(block_map)} blocks) and {words}."
         )
     if mode not in PREPROCESSING_MODES:
         raise ConfigError(
