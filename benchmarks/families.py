@@ -24,6 +24,12 @@ Usage:
 
 Each row prints both wall times and test accuracies; the last line prints the
 mean over the families of tltf's seconds over the recipe's.
+
+`--tops` instead builds each family with `include_top=True` and passes it to
+`tltf.load_base` as a keras.Model: each row says where the base ends (the
+classifier and the pooling before it cut off) and whether its preprocessing
+and block map are the registry's; the last line counts the families whose
+block map is the registry's, name for name.
 """
 
 from __future__ import annotations
@@ -67,13 +73,47 @@ def _resized(data, size: int):
     ), labels
 
 
+def check_tops(names) -> None:
+    """Each family built with `include_top=True`, passed as a keras.Model: the
+    layer its base ends at, and whether its preprocessing and block map are the
+    registry's (no training)."""
+    same = 0
+    for name in names:
+        spec = get_spec(name)
+        size = max(64, spec.min_size)
+        shape = (size, size, 3)
+        full = spec.constructor(include_top=True, weights=None, input_shape=shape)
+        base = tltf.load_base(full)
+        registry = tltf.load_base(name, weights=None, input_shape=shape)
+        blocks = base.block_map.names == registry.block_map.names
+        same += blocks
+        print(
+            f"{name:20s} base ends at {base.model.layers[-1].name} "
+            f"{tuple(base.model.output.shape[1:])}; preprocessing "
+            f"{base.preprocessing!r} (registry {registry.preprocessing!r}); "
+            f"{len(base.block_map.names)} blocks (registry "
+            f"{len(registry.block_map.names)}), same names: {blocks}",
+            flush=True,
+        )
+        keras.backend.clear_session()
+    print(f"{same} of {len(names)} families: the registry's block map, name for name")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", nargs="+", default=list(FAMILIES))
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test", type=int, default=20, help="test images per class")
+    parser.add_argument(
+        "--tops",
+        action="store_true",
+        help="only check each family built with include_top=True (no training)",
+    )
     args = parser.parse_args()
+    if args.tops:
+        check_tops(args.bases)
+        return
     train, test = realdata.task_split("digits", args.k, args.seed, args.test)
     classes = int(train[1].max()) + 1
     rows = []

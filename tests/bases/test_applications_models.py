@@ -66,15 +66,16 @@ def _classifier(last, dropout=True, name="classifier"):
 
 
 @pytest.mark.parametrize(
-    "last",
+    "top",
     [
-        keras.layers.Dense(5, activation="softmax", name="scores"),
-        keras.layers.Dense(1, activation="sigmoid", name="scores"),
-        keras.layers.Dense(5, name="predictions"),  # classifier_activation=None
+        {"units": 5, "activation": "softmax", "name": "scores"},
+        {"units": 1, "activation": "sigmoid", "name": "scores"},
+        {"units": 5, "name": "predictions"},  # classifier_activation=None
     ],
     ids=["softmax", "sigmoid", "predictions"],
 )
-def test_a_classifier_top_is_replaced_by_tltfs_head(last, tmp_path, capsys):
+def test_a_classifier_top_is_replaced_by_tltfs_head(top, tmp_path, capsys):
+    last = keras.layers.Dense(**top)  # a new layer for every run of the test
     model = tltf.build_model(_classifier(last), 3)
     out = capsys.readouterr().out
     assert "ends in a classifier" in out and f"{last.name!r}" in out
