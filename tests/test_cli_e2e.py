@@ -537,4 +537,4 @@ def test_a_runs_best_keras_is_the_base_of_the_next_run(
     assert f"pass '{best}' to build on that model's fine-tuned base" in err
     (work / "notes.txt").write_text("not a model")
     err = cli_error([*argv[:4], "notes.txt", "--print-config"], capsys)
-    assert "neither a folder nor a .keras file" in err
+    assert "neither a folder nor a model file (.keras, .h5)" in err

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 from tltf import datasets, runs
 from tltf._version import __version__
-from tltf.bases.base import load_base, read_base_record
+from tltf.bases.base import is_model_file, load_base, read_base_record
 from tltf.bases.registry import (
     REGISTRY,
     SHIPPED_BASES,
@@ -1403,8 +1403,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         **kwargs,
     )
     candidates = [
-        load_model(b) if Path(b).suffix == ".keras" and Path(b).is_file() else b
-        for b in args.bases
+        load_model(b, compile=False) if is_model_file(b) else b for b in args.bases
     ]
     if any(not isinstance(c, str) for c in candidates):
         candidates = dict(zip(args.bases, candidates, strict=True))

@@ -59,6 +59,7 @@ from tltf.data.images import (
     decode_file,
     image_shape_error,
     prepare_image,
+    to_gray,
 )
 from tltf.data.sources import scan_image_files, skipped_files_text
 from tltf.errors import ConfigError, DataError, ModelError, suggest
@@ -193,6 +194,11 @@ def _input_size(model: keras.Model, image_size) -> tuple[int, int]:
             "image_size=(height, width) to choose the size images are resized to."
         )
     return int(shape[1]), int(shape[2])
+
+
+def _takes_gray(model: keras.Model) -> bool:
+    """Whether the model's image input has one channel (tltf reads images as RGB)."""
+    return model.input_shape[-1] == 1
 
 
 def _check_top_k(top_k) -> int:
@@ -468,6 +474,8 @@ def predict(
     task, logits, units = _model_task(model, task)
     size = _input_size(model, image_size)
     ds, ids, key, source_names = _image_source(inputs, size, resize)
+    if _takes_gray(model):
+        ds = ds.map(to_gray)
     names = _class_names(class_names, task, units, source_names)
     raw = model.predict(ds.batch(batch_size), verbose=0)
     scores = _scores(raw, task, logits)
@@ -962,7 +970,9 @@ def evaluate(
         ds, source_names = bundle.train, bundle.class_names
     names = _class_names(class_names, task, units, source_names)
     labels, outputs = [], []
+    gray = _takes_gray(model)
     for images, y in ds:
+        images = to_gray(images) if gray and images.shape[-1] == 3 else images
         outputs.append(np.asarray(model.predict_on_batch(images)))
         labels.append(y.numpy())
     if not labels:

@@ -25,6 +25,11 @@ _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 
 
+#: ITU-R BT.601 luma weights: the gray value of an RGB pixel. They sum to 1, so a
+#: gray image repeated to three channels turns back into itself.
+LUMA = (0.299, 0.587, 0.114)
+
+
 @keras.saving.register_keras_serializable(package="tltf")
 class Preprocessing(keras.layers.Layer):
     """Applies a base's `preprocess_input` to raw RGB images in [0, 255].
@@ -37,6 +42,9 @@ class Preprocessing(keras.layers.Layer):
         mode: str. One of "tf", "caffe", "torch" or "none". Defaults to "none".
         metadata: dict or None. tltf's JSON-serializable model metadata. Defaults
             to None.
+        grayscale: bool. Whether to turn the RGB images into one gray channel
+            (`LUMA`) first, for a base that takes grayscale images. Defaults to
+            False.
         **kwargs: Standard `keras.layers.Layer` arguments.
 
     Example:
@@ -46,8 +54,15 @@ class Preprocessing(keras.layers.Layer):
     1.0
     """
 
-    def __init__(self, mode: str = "none", metadata: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        mode: str = "none",
+        metadata: dict | None = None,
+        grayscale: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.grayscale = bool(grayscale)
         if mode not in PREPROCESSING_MODES:
             raise ConfigError(
                 f"Expected preprocessing mode in {PREPROCESSING_MODES}. "
@@ -58,6 +73,9 @@ class Preprocessing(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
+        if self.grayscale:
+            luma = ops.convert_to_tensor(LUMA, dtype=x.dtype)
+            x = ops.sum(x * luma, axis=-1, keepdims=True)
         if self.mode == "tf":
             return x / 127.5 - 1.0
         if self.mode == "caffe":
@@ -70,11 +88,15 @@ class Preprocessing(keras.layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
+        if self.grayscale:
+            return (*input_shape[:-1], 1)
         return input_shape
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"mode": self.mode, "metadata": copy.deepcopy(self.metadata)})
+        if self.grayscale:  # older files have no such key: RGB, as before
+            config["grayscale"] = True
         return config
 
 

@@ -138,10 +138,13 @@ def build_model(
         base = rebuild_base(base, strategy, policy)
         loaded = base
         shape = base.input_shape
+        grayscale = False
         if input_shape is not None and base.spec is None:
             given = tuple(input_shape)
+            grayscale = _rgb_for_gray(shape, given, base)
             if len(given) != len(shape) or any(
-                b not in (None, g) for b, g in zip(shape, given, strict=False)
+                b not in (None, g)
+                for b, g in zip(shape[:-1] if grayscale else shape, given, strict=False)
             ):
                 raise InputShapeError(
                     f"Base {base.name!r} takes inputs of shape {shape}. Received: "
@@ -174,9 +177,12 @@ def build_model(
         base, pooled = _multi_output(base, head)
         metadata["head_blocks"] = pooled
         inputs = keras.Input(shape=shape, name="image")
-        x = Preprocessing(base.preprocessing, metadata=metadata, name="preprocessing")(
-            inputs
-        )
+        x = Preprocessing(
+            base.preprocessing,
+            metadata=metadata,
+            grayscale=grayscale,
+            name="preprocessing",
+        )(inputs)
         x = base.model(x)
         outputs = build_head(x, task, units, head, images=inputs)
         model = keras.Model(inputs, outputs, name=name or f"tltf_{base.name}")
@@ -185,6 +191,29 @@ def build_model(
         # base as loaded says it is frozen too, so `trainable = True` thaws it.
         loaded.model.trainable = False
         return model
+
+
+def _rgb_for_gray(shape: tuple, given: tuple, base: Base) -> bool:
+    """Whether RGB images (`given`) go into a base that takes gray ones (`shape`).
+
+    The model then converts them to one gray channel before its preprocessing,
+    and says so in one line.
+    """
+    if not (len(shape) == len(given) == 3 and shape[-1] == 1 and given[-1] == 3):
+        return False
+    if base.preprocessing in ("caffe", "torch"):
+        raise ConfigError(
+            f"Base {base.name!r} takes 1-channel (grayscale) images, but "
+            f"preprocessing={base.preprocessing!r} normalises three RGB channels. "
+            "Pass preprocessing='tf' (scale to [-1, 1]) or 'none', as the base "
+            "was trained."
+        )
+    print(
+        f"tltf: note: base {base.name!r} takes grayscale images: the model takes "
+        "RGB images and turns them into one gray channel (ITU-R BT.601 luma) "
+        "before its preprocessing."
+    )
+    return True
 
 
 def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:

@@ -506,12 +506,19 @@ def _extractor(
     most 32x32 and flattened: the no-transfer baseline.
     """
     shape = tuple(base.input_shape)
+    given = tuple(ds.element_spec[0].shape[1:])
     if any(d is None for d in shape):
-        shape = tuple(ds.element_spec[0].shape[1:])
+        shape = given
+    # RGB images for a grayscale base: converted as build_model's model does.
+    grayscale = shape[-1] == 1 and len(given) == 3 and given[-1] == 3
+    if grayscale:
+        shape = (*shape[:-1], 3)
     outputs = block_outputs(base.model, base.block_map, positions)
     multi = keras.Model(base.model.inputs[0], outputs, name=f"{base.model.name}_probe")
     inputs = keras.Input(shape=shape, name="image")
-    x = Preprocessing(base.preprocessing, name="preprocessing")(inputs)
+    x = Preprocessing(base.preprocessing, grayscale=grayscale, name="preprocessing")(
+        inputs
+    )
     maps = multi(x)
     maps = maps if isinstance(maps, (list, tuple)) else [maps]
     pooled = []

@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tltf._io import atomic_path
+from tltf.saving import MODEL_SUFFIXES
 
 
 def new_figure(path: str | os.PathLike | None = None, **kwargs) -> Figure:
@@ -50,7 +51,8 @@ def base_label(base: str | os.PathLike) -> str:
     'flowers_base'
     """
     name = Path(base).name if ("/" in str(base) or os.sep in str(base)) else base
-    return str(name).removesuffix(".keras")
+    stem, suffix = os.path.splitext(str(name))
+    return stem if suffix.lower() in MODEL_SUFFIXES else str(name)
 
 
 def resolve_mode(monitor: str, mode: str = "auto") -> str:

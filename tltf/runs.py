@@ -62,6 +62,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import h5py  # a dependency of Keras
 import keras
 
 from tltf._io import (
@@ -85,6 +86,7 @@ from tltf.locks import LockFile
 from tltf.model import build_model, load_model, model_info
 from tltf.reports import base_label, plot_history
 from tltf.resume import BACKUP_FILE
+from tltf.saving import LEGACY_SUFFIXES
 from tltf.schedule import fine_tune
 from tltf.tuning import tune
 
@@ -672,7 +674,7 @@ def saved_base_folder(base: str) -> Path | None:
 
     Raises:
         UnknownBaseError: an unknown name (with suggestions).
-        ModelError: a path that is neither a folder nor a `.keras` file.
+        ModelError: a path that is neither a folder nor a model file (`.keras`, `.h5`).
     """
     shipped = shipped_base_path(base)  # as load_base: shipped names come first
     if shipped is not None:
@@ -685,7 +687,7 @@ def saved_base_folder(base: str) -> Path | None:
         return path
     if os.sep in base or path.exists():
         what = (
-            "is neither a folder nor a .keras file"
+            "is neither a folder nor a model file (.keras, .h5)"
             if path.exists()
             else "does not exist"
         )
@@ -693,10 +695,20 @@ def saved_base_folder(base: str) -> Path | None:
             f"Base {base!r} {what}. Pass a registry "
             "name (`tltf bases`), 'demo' (the base shipped with tltf), the folder "
             "of a saved base (tltf.save_base, tltf pretrain) or a model's .keras "
-            "file (a run's best.keras: its fine-tuned base)."
+            "file (a run's best.keras: its fine-tuned base) or Keras 2 .h5 file."
         )
     get_spec(base)  # an unknown name raises, with suggestions
     return None
+
+
+def _model_file_config(path: Path) -> dict:
+    """The model config stored in a `.keras` archive or a legacy HDF5 file."""
+    if path.suffix.lower() in LEGACY_SUFFIXES:
+        with h5py.File(path, "r") as stored:
+            config = stored.attrs["model_config"]
+        return json.loads(config.decode() if isinstance(config, bytes) else config)
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("config.json"))
 
 
 def default_image_size(base: str) -> tuple[int, int] | None:
@@ -706,11 +718,9 @@ def default_image_size(base: str) -> tuple[int, int] | None:
         spec = get_spec(base)
         return spec.default_size, spec.default_size
     try:
-        if folder.is_file():  # a .keras file: its first input layer's shape
-            with zipfile.ZipFile(folder) as archive:
-                config = json.loads(archive.read("config.json"))
-            layer = config["config"]["layers"][0]["config"]
-            shape = layer["batch_shape"][1:]
+        if folder.is_file():  # a model file: its first input layer's shape
+            layer = _model_file_config(folder)["config"]["layers"][0]["config"]
+            shape = (layer.get("batch_shape") or layer["batch_input_shape"])[1:]
         else:
             shape = (read_base_record(folder) or {})["input_shape"]
         return int(shape[0]), int(shape[1])
@@ -726,7 +736,7 @@ def resolve_base(config: TrainConfig) -> TrainConfig:
 
     Raises:
         UnknownBaseError: an unknown registry name (with suggestions).
-        ModelError: a base path that is neither a folder nor a .keras file.
+        ModelError: a base path that is neither a folder nor a model file.
         ConfigError: a weights file given for a saved base, which ignores it.
     """
     m = config.model

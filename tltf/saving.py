@@ -1,4 +1,4 @@
-"""Loading `.keras` models safely: `load_model` and `as_model`.
+"""Loading `.keras` (and legacy `.h5`) models safely: `load_model` and `as_model`.
 
 It sits below `model` and `bases` so that both can load files without importing
 each other.
@@ -19,6 +19,11 @@ from keras.src.saving.serialization_lib import SafeModeScope
 
 from tltf.errors import ConfigError, ModelError
 
+#: The suffixes of the model files `load_model` reads: Keras 3's `.keras`
+#: archive and the legacy HDF5 file of Keras 2 (`model.save("m.h5")`).
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+LEGACY_SUFFIXES = (".h5", ".hdf5")
+
 
 def as_model(model: keras.Model | str | os.PathLike) -> keras.Model:
     """A keras.Model as given, or loaded (safely) from the path of a `.keras` file."""
@@ -35,6 +40,9 @@ def as_model(model: keras.Model | str | os.PathLike) -> keras.Model:
 def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
     """Loads a `.keras` model, always with `safe_mode=True`.
 
+    A legacy HDF5 model (`.h5` or `.hdf5`, as Keras 2 saved them) loads too, also
+    in safe mode, and uncompiled unless `compile=True` is passed: a Keras 2
+    training config names optimizer arguments (`lr`) that Keras 3 rejects.
     tltf's layers are registered on import, so no `custom_objects` are needed.
     Safe mode is forced for the whole load, also when Keras's global switch for
     unsafe deserialization is on, so no code stored in the file (a Lambda layer's
@@ -43,7 +51,7 @@ def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
     the file is left untouched.
 
     Args:
-        path: str or PathLike. The `.keras` file.
+        path: str or PathLike. The `.keras` (or `.h5`, `.hdf5`) file.
         **kwargs: Passed to `keras.saving.load_model`, except `safe_mode`.
 
     Returns:
@@ -63,6 +71,8 @@ def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
             f"{str(path)!r} is not a valid .keras file (it is truncated or not a "
             "zip archive). Re-export it, or use the run's last good checkpoint."
         )
+    if path.suffix.lower() in LEGACY_SUFFIXES:
+        kwargs.setdefault("compile", False)
     try:
         with SafeModeScope(True):
             return keras.saving.load_model(path, safe_mode=True, **kwargs)

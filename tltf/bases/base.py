@@ -25,7 +25,7 @@ from tltf.bases.registry import (
 from tltf.bases.weights import load_weights_file, offline_first, resolve_weights_dir
 from tltf.errors import ConfigError, InputShapeError, ModelError
 from tltf.layers import PREPROCESSING_MODES, Preprocessing
-from tltf.saving import load_model
+from tltf.saving import MODEL_SUFFIXES, load_model
 
 #: File names inside a saved base folder (see `save_base`).
 BASE_MODEL_FILE = "base.keras"
@@ -177,9 +177,10 @@ def _application_base(
 
 
 def is_model_file(path: str | os.PathLike) -> bool:
-    """Whether `path` is a `.keras` file: a model whose base `load_base` takes."""
+    """Whether `path` is a model file (`.keras`, or a legacy `.h5`/`.hdf5`): a
+    model whose base `load_base` takes."""
     path = Path(path).expanduser()
-    return path.suffix == ".keras" and path.is_file()
+    return path.suffix.lower() in MODEL_SUFFIXES and path.is_file()
 
 
 def _tltf_preprocessing(model: keras.Model) -> Preprocessing | None:
@@ -246,12 +247,8 @@ def _gives_scores(layer) -> bool:
 
 #: Weightless layers between a classifier and the feature map it classifies:
 #: they go with the top, so the base ends where `include_top=False` ends it.
-_BEFORE_CLASSIFIER = (
-    keras.layers.Dropout,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.Flatten,
-)
+_GLOBAL_POOLING = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+_BEFORE_CLASSIFIER = (keras.layers.Dropout, *_GLOBAL_POOLING, keras.layers.Flatten)
 
 
 def _classifier_top(model: keras.Model):
@@ -261,7 +258,9 @@ def _classifier_top(model: keras.Model):
     a trained classifier ends in: a last Dense with a softmax or sigmoid (or any
     Dense named "predictions"), or a softmax or sigmoid Activation after a
     Dense or 1x1 Conv2D classifier and an optional Flatten or Reshape (MobileNet
-    and MobileNetV3). The Dropout, global pooling and Flatten layers right
+    and MobileNetV3), or after a Conv2D of any kernel size whose class maps a
+    global pooling averages (an all-convolutional top, as in Network in Network
+    or a mini-Xception). The Dropout, global pooling and Flatten layers right
     before the classifier go with it, so an Applications model's base ends
     where `include_top=False` ends it (VGG's fully connected layers, which
     carry weights, stay).
@@ -280,10 +279,17 @@ def _classifier_top(model: keras.Model):
         inner = _producer(_one_input(last))
         while isinstance(inner, (keras.layers.Flatten, keras.layers.Reshape)):
             inner = _producer(_one_input(inner))
+        pooled = isinstance(inner, _GLOBAL_POOLING)
+        if pooled:  # an all-convolutional top: class maps, pooled, then scores
+            inner = _producer(_one_input(inner))
         pointwise = isinstance(inner, keras.layers.Conv2D) and tuple(
             inner.kernel_size
         ) == (1, 1)
-        if isinstance(inner, keras.layers.Dense) or pointwise:
+        if (
+            isinstance(inner, keras.layers.Dense)
+            or pointwise
+            or (pooled and isinstance(inner, keras.layers.Conv2D))
+        ):
             classifier = inner
     features = _one_input(classifier) if classifier is not None else None
     if features is None:
@@ -445,7 +451,8 @@ def load_base(
             and one output, a model that `build_model` built (its base as it is
             now, fine-tuned or not: a copy with its own weights, block map and
             preprocessing), the `.keras` file of either kind of model (loaded
-            with `safe_mode=True`, e.g. a run's `best.keras`), or a `Base`.
+            with `safe_mode=True`, e.g. a run's `best.keras`; a Keras 2 `.h5` or
+            `.hdf5` file loads the same way), or a `Base`.
         weights: "imagenet" (Keras's download and cache), None (random), or the
             path of a weights file for the architecture. Ignored for saved and
             shipped bases and models. Defaults to "imagenet".
@@ -493,8 +500,13 @@ def load_base(
         isinstance(base, str) and (os.sep in base or Path(base).exists())
     ):
         if is_model_file(base):
-            return _custom_base(load_model(base), block_map, preprocessing)
-        if Path(base).suffix == ".keras" and not Path(base).expanduser().exists():
+            return _custom_base(
+                load_model(base, compile=False), block_map, preprocessing
+            )
+        if (
+            Path(base).suffix.lower() in MODEL_SUFFIXES
+            and not Path(base).expanduser().exists()
+        ):
             raise ModelError(
                 f"No such model file: {os.fspath(base)!r}. Check the path (a run's "
                 "model is <run folder>/best.keras)."

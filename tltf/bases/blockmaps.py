@@ -232,6 +232,59 @@ def _is_auto_name(layer: keras.layers.Layer) -> bool:
     return base == auto or base.replace("_", "") == auto.replace("_", "")
 
 
+def _graph_nodes(model: keras.Model) -> list:
+    """The call nodes of `model`'s own graph, in `model.operations` order (the
+    topological order `infer_block_map` walks `model.layers` in).
+
+    Walks back from the outputs through each tensor's `_keras_history`, so nodes
+    from other graphs a layer was called in are left out.
+    """
+    nodes, seen, stack = [], set(), [t for t in model.outputs]
+    while stack:
+        history = getattr(stack.pop(), "_keras_history", None)
+        if history is None:
+            continue
+        node = history.operation._inbound_nodes[history.node_index]
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        stack.extend(node.input_tensors)
+    order = getattr(model, "operations", None) or model.layers  # Sequential: layers
+    rank = {id(op): i for i, op in enumerate(order)}
+    return sorted(nodes, key=lambda node: rank.get(id(node.operation), -1))
+
+
+def cut_layers(model: keras.Model) -> set[str]:
+    """The layers that every path from the input to the output runs through.
+
+    A layer is a cut when the one tensor it reads is the only tensor still
+    needed at that point of the graph, as at the first layer after a residual
+    unit's `Add`. Inside a unit, the shortcut is still alive, so no layer there
+    is a cut. In a plain chain every layer is. Empty for a model whose graph
+    cannot be read (a subclassed model).
+    """
+    try:
+        nodes = _graph_nodes(model)
+    except (AttributeError, IndexError, TypeError):
+        return set()
+    last_use: dict[int, int] = {}
+    for i, node in enumerate(nodes):
+        for tensor in node.input_tensors:
+            last_use[id(tensor)] = i
+    for tensor in model.outputs:
+        last_use[id(tensor)] = len(nodes)
+    alive = {id(t) for t in model.inputs}
+    cuts = set()
+    for i, node in enumerate(nodes):
+        alive = {t for t in alive if last_use.get(t, -1) >= i}
+        inputs = {id(t) for t in node.input_tensors}
+        if len(inputs) == 1 and alive == inputs:
+            cuts.add(node.operation.name)
+        alive |= {id(t) for t in node.outputs}
+    return cuts
+
+
 def infer_block_map(model: keras.Model) -> BlockMap:
     """Infers a block map for a model that tltf has no rule for.
 
@@ -243,9 +296,12 @@ def infer_block_map(model: keras.Model) -> BlockMap:
        (`conv2d_3`, `batch_normalization_1`) give no key.
     2. Consecutive layers with the same key form one block.
     3. A layer without a key joins the current block if it carries no weights
-       (activations, adds, pooling), or if it is a normalization layer that
-       directly follows its input's block; otherwise it starts a block of its own,
-       named after the layer.
+       (activations, adds, pooling), if it is a normalization layer that
+       directly follows its input's block, or if a shortcut runs past it (it is
+       not a cut of the graph, see `cut_layers`: a residual unit's second
+       convolution or its projection). Otherwise it starts a block of its own,
+       named after the layer. So a residual unit with Keras's default layer
+       names is one block, as in the registry's maps.
 
     The result is validated (coverage and order, see `validate_block_map`). When
     names carry no structure, pass `block_map=` explicitly.
@@ -267,6 +323,7 @@ def infer_block_map(model: keras.Model) -> BlockMap:
         blocks.append((unique, [layer_name]))
 
     current_key = None
+    cuts = cut_layers(model)
     for layer in model.layers:
         if _is_input(layer):
             continue
@@ -286,7 +343,8 @@ def infer_block_map(model: keras.Model) -> BlockMap:
                 keras.layers.GroupNormalization,
             ),
         )
-        if blocks and (not carries_weights(layer) or is_norm):
+        inside = cuts and layer.name not in cuts
+        if blocks and (not carries_weights(layer) or is_norm or inside):
             blocks[-1][1].append(layer.name)
         else:
             start(layer.name, layer.name)

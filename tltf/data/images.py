@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf.errors import DataError
+from tltf.layers import LUMA
 
 #: How images are brought to `image_size`.
 RESIZE_POLICIES: tuple[str, ...] = ("stretch", "crop", "pad")
@@ -50,6 +51,14 @@ def to_rgb(image: tf.Tensor) -> tf.Tensor:
     with tf.control_dependencies([check]):
         index = tf.where(channels == 1, tf.zeros(3, tf.int32), tf.range(3))
     return tf.ensure_shape(tf.gather(image, index, axis=-1), [None, None, 3])
+
+
+def to_gray(images: tf.Tensor) -> tf.Tensor:
+    """RGB images (..., 3) as one gray channel (..., 1), float32: the conversion
+    of a grayscale `tltf.layers.Preprocessing`, for models whose input takes
+    one channel."""
+    luma = tf.constant(LUMA, tf.float32)
+    return tf.reduce_sum(tf.cast(images, tf.float32) * luma, axis=-1, keepdims=True)
 
 
 def _central_crop_to_aspect(image: tf.Tensor, height: int, width: int) -> tf.Tensor:

@@ -268,6 +268,12 @@ def check_image_shape(ds: tf.data.Dataset, model: keras.Model, what: str) -> Non
                 " They are grayscale and the model takes RGB: repeat the channel "
                 "(np.repeat(images, 3, axis=-1))."
             )
+        elif len(got) == len(want) == 3 and got[-1] == 3 and want[-1] == 1:
+            gray = (
+                " They are RGB and the model takes grayscale: build it with "
+                f"input_shape={(*want[:2], 3)} (it then converts RGB itself), or "
+                "pass gray images (images.mean(axis=-1, keepdims=True))."
+            )
         raise DataError(
             f"{what} has images of shape {got}, but the model takes {want}.{gray} Load "
             f"them with tltf.data.load_data(..., image_size={want[:2]}) to resize (and "

