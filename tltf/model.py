@@ -151,6 +151,12 @@ def build_model(
                     f"input_shape={given}. Resize the images, or build the base for "
                     "that shape."
                 )
+            if grayscale:
+                print(
+                    f"tltf: note: base {base.name!r} takes grayscale images: the "
+                    "model takes RGB images and turns them into one gray channel "
+                    "(ITU-R BT.601 luma) before its preprocessing."
+                )
             shape = given
         cut_record = None
         if isinstance(cut, str) and cut == "auto":
@@ -196,8 +202,7 @@ def build_model(
 def _rgb_for_gray(shape: tuple, given: tuple, base: Base) -> bool:
     """Whether RGB images (`given`) go into a base that takes gray ones (`shape`).
 
-    The model then converts them to one gray channel before its preprocessing,
-    and says so in one line.
+    The model then converts them to one gray channel before its preprocessing.
     """
     if not (len(shape) == len(given) == 3 and shape[-1] == 1 and given[-1] == 3):
         return False
@@ -208,11 +213,6 @@ def _rgb_for_gray(shape: tuple, given: tuple, base: Base) -> bool:
             "Pass preprocessing='tf' (scale to [-1, 1]) or 'none', as the base "
             "was trained."
         )
-    print(
-        f"tltf: note: base {base.name!r} takes grayscale images: the model takes "
-        "RGB images and turns them into one gray channel (ITU-R BT.601 luma) "
-        "before its preprocessing."
-    )
     return True
 
 
