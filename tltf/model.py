@@ -216,14 +216,21 @@ def _rgb_for_gray(shape: tuple, given: tuple, base: Base) -> bool:
     return True
 
 
+#: The ranks of block outputs a head reads beside others: (batch, h, w, c) maps,
+#: pooled, and (batch, features) vectors, as they are.
+_READABLE = (2, 4)
+
+
 def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
     """The base with one output per block the head reads (`head.pool_from`).
 
     Returns the base unchanged, with its top block only, for `pool_from="top"`,
-    for bases that output vectors and when no block below the top can be read.
+    for bases whose output is neither a feature map nor a vector, and when no
+    block below the top can be read. A base that ends in a vector (an embedding,
+    logits, VGG's fully connected layers) has its feature maps below read too.
     """
     names = base.block_map.names
-    if head.pool_from == "top" or len(base.model.output_shape) != 4:
+    if head.pool_from == "top" or len(base.model.output_shape) not in _READABLE:
         return base, [names[-1]]
     if head.pool_from == "auto":
         # One walk of the graph finds every block's output; unreadable ones are None.
@@ -234,7 +241,7 @@ def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
         except BlockMapError:
             return base, [names[-1]]
         widths = [
-            int(t.shape[-1]) if t is not None and len(t.shape) == 4 else None
+            int(t.shape[-1]) if t is not None and len(t.shape) in _READABLE else None
             for t in tensors
         ]
         positions = pool_positions(len(names), "auto", widths=widths)
@@ -246,7 +253,7 @@ def _multi_output(base: Base, head: HeadConfig) -> tuple[Base, list[str]]:
             lambda b: resolve_block(base.block_map, b, "pool_from"),
         )
         outputs = block_outputs(base.model, base.block_map, positions)
-    if len(positions) == 1 or any(len(t.shape) != 4 for t in outputs):
+    if len(positions) == 1 or any(len(t.shape) not in _READABLE for t in outputs):
         return base, [names[-1]]
     model = keras.Model(base.model.inputs[0], outputs, name=base.model.name)
     return dataclasses.replace(base, model=model), [names[p] for p in positions]

@@ -181,3 +181,22 @@ def test_tltf_train_on_a_grayscale_h5_base(tmp_path, monkeypatch, capsys):
     best = tltf.load_model(tmp_path / "runs/gray/best.keras")
     assert best.input_shape == (None, 16, 16, 3)
     assert main(["evaluate", "runs/gray", "--data", "images"]) == 0
+
+
+def test_a_base_that_ends_in_a_vector_has_its_feature_maps_read_too():
+    """Logits or an embedding at the end (no classifier top to cut off): the head
+    reads the pooled blocks below as well, as for a base that ends in a map.
+    Before, it read the vector alone: the 7 logits of an emotion model."""
+    model, _ = mini_xception()
+    logits = keras.Model(model.inputs, model.layers[-2].output)  # no softmax
+    base = tltf.load_base(logits)
+    assert base.model.output.shape == (None, 7)  # not a classifier top: kept
+    built = tltf.build_model(base, 3, preprocessing="tf")
+    read = built.get_layer("preprocessing").metadata["head_blocks"]
+    assert read[-1] == base.block_map.names[-1] and len(read) > 1
+    widths = [int(t.shape[-1]) for t in built.get_layer("head_pool").input]
+    assert widths[-2] == 7  # the logits, as they are; the raw pixels last
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (12, 16, 16, 1)).astype("float32")
+    tltf.fine_tune(built, (images, np.arange(12) % 3), fine_tune_epochs=0, verbose=0)
+    assert built.get_layer("preprocessing").metadata["head_blocks"] == read
