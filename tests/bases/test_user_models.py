@@ -18,6 +18,7 @@ import pytest
 import tltf
 from tests.helpers import make_image_folder
 from tltf.bases.blockmaps import cut_layers, infer_block_map
+from tltf.bases.cut import block_outputs
 from tltf.cli import main
 from tltf.errors import ConfigError, ModelError
 
@@ -71,6 +72,43 @@ def test_a_residual_unit_with_default_names_is_one_block():
         weighted = [n for n in unit.layers if model.get_layer(n).weights]
         assert weighted[0] in cuts
         assert cuts.isdisjoint(weighted[1:])
+
+
+def keras_io_xception(units=3):
+    """keras.io's "Image classification from scratch" model, smaller: a
+    Rescaling first, pre-activation residual units (each begins with a ReLU
+    that a shortcut runs past) and a linear Dense at the end."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Activation("relu")(x)
+    previous = x
+    for size in (8, 16):
+        x = keras.layers.Activation("relu")(x)
+        x = keras.layers.SeparableConv2D(size, 3, padding="same")(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        residual = keras.layers.Conv2D(size, 1, strides=2, padding="same")(previous)
+        x = previous = keras.layers.add([x, residual])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(units)(x))
+
+
+def test_pre_activation_units_are_blocks_whose_outputs_can_be_read():
+    model = keras_io_xception()
+    block_map = infer_block_map(model)
+    stem, *units, top = block_map
+    assert (
+        len(units) == 2 and type(model.get_layer(top.layers[-1])) is keras.layers.Dense
+    )
+    assert type(model.get_layer(stem.layers[0])) is keras.layers.Rescaling
+    for unit, add in zip(units, _names(model, keras.layers.Add), strict=True):
+        # The unit's opening ReLU is its own, not the block's below.
+        assert type(model.get_layer(unit.layers[0])) is keras.layers.Activation
+        assert add in unit.layers
+    # Every block ends in one tensor, so the head can read each of them.
+    assert None not in block_outputs(model, block_map, range(4), strict=False)
 
 
 def test_a_plain_chain_is_cut_at_every_layer():

@@ -297,11 +297,14 @@ def infer_block_map(model: keras.Model) -> BlockMap:
     2. Consecutive layers with the same key form one block.
     3. A layer without a key joins the current block if it carries no weights
        (activations, adds, pooling), if it is a normalization layer that
-       directly follows its input's block, or if a shortcut runs past it (it is
-       not a cut of the graph, see `cut_layers`: a residual unit's second
+       directly follows its input's block, or if a shortcut runs past it and
+       past every layer since the block's last weighted one (no cut of the
+       graph lies between them, see `cut_layers`: a residual unit's second
        convolution or its projection). Otherwise it starts a block of its own,
        named after the layer. So a residual unit with Keras's default layer
-       names is one block, as in the registry's maps.
+       names is one block, as in the registry's maps, also when it begins with
+       a weightless layer (a pre-activation ReLU). Weightless layers before the
+       first block (a `Rescaling`) join it.
 
     The result is validated (coverage and order, see `validate_block_map`). When
     names carry no structure, pass `block_map=` explicitly.
@@ -324,6 +327,11 @@ def infer_block_map(model: keras.Model) -> BlockMap:
 
     current_key = None
     cuts = cut_layers(model)
+    # Where the current block's trailing weightless layers were last cut: the
+    # next block begins there (a residual unit's pre-activation ReLU is its
+    # own). None: no cut since the block's last weighted layer.
+    cut_at: int | None = None
+    leading: list[str] = []  # weightless layers before the first block
     for layer in model.layers:
         if _is_input(layer):
             continue
@@ -333,7 +341,7 @@ def infer_block_map(model: keras.Model) -> BlockMap:
                 blocks[-1][1].append(layer.name)
             else:
                 start(key, layer.name)
-            current_key = key
+            current_key, cut_at = key, None
             continue
         is_norm = isinstance(
             layer,
@@ -343,12 +351,31 @@ def infer_block_map(model: keras.Model) -> BlockMap:
                 keras.layers.GroupNormalization,
             ),
         )
-        inside = cuts and layer.name not in cuts
-        if blocks and (not carries_weights(layer) or is_norm or inside):
-            blocks[-1][1].append(layer.name)
+        is_cut = not cuts or layer.name in cuts  # unreadable graph: names only
+        if not carries_weights(layer) or is_norm:
+            if not blocks and not carries_weights(layer):
+                leading.append(layer.name)
+                continue
+            if not blocks:
+                start(layer.name, layer.name)
+            else:
+                if is_cut and not is_norm:
+                    cut_at = len(blocks[-1][1])
+                blocks[-1][1].append(layer.name)
+            continue
+        if blocks and not is_cut and cut_at is None:
+            blocks[-1][1].append(layer.name)  # a shortcut runs past it
         else:
+            moved = []
+            if blocks and not is_cut and cut_at is not None:
+                moved = blocks[-1][1][cut_at:]
+                del blocks[-1][1][cut_at:]
             start(layer.name, layer.name)
+            blocks[-1][1][:0] = moved
             current_key = None
+        cut_at = None
+    if leading and blocks:  # a Rescaling or Normalization first joins block 1
+        blocks[0] = (blocks[0][0], leading + blocks[0][1])
     block_map = BlockMap(Block(name, tuple(layers)) for name, layers in blocks)
     validate_block_map(model, block_map)
     return block_map
