@@ -11,7 +11,7 @@ import tltf
 from tests.helpers import make_data
 from tltf.errors import ConfigError, DataError, ModelError
 from tltf.export import _calibration_images, export_model, tflite_predict
-from tltf.layers import Preprocessing
+from tltf.layers import PREPROCESSING_MODES, Preprocessing
 
 SIZE = 24
 
@@ -164,25 +164,38 @@ def test_tflite_predict_fixed_batch_and_uint8_io(tmp_path):
 
 @pytest.mark.slow
 def test_preprocessing_layer_converts_in_every_mode(tmp_path, capfd):
-    """All four modes side by side in one model: converted once per flavour."""
+    """Every mode side by side in one model, and the grayscale conversion:
+    converted once per flavour."""
     inputs = keras.Input((6, 6, 3), name="image")
-    modes = ("tf", "caffe", "torch", "none")
-    outputs = [Preprocessing(mode)(inputs) for mode in modes]
+    layers = [Preprocessing(mode) for mode in PREPROCESSING_MODES]
+    layers.append(Preprocessing("tf", grayscale=True))  # one channel out
+    outputs = [layer(inputs) for layer in layers]
     model = keras.Model(inputs, keras.layers.Concatenate()(outputs))
     images = np.random.default_rng(1).uniform(0, 255, (8, 6, 6, 3)).astype("float32")
     expected = model.predict(images, verbose=0)
     path = export_model(model, tmp_path / "f32.tflite")
     got = tflite_predict(path, images)
-    for i, mode in enumerate(modes):  # Exact in float32, mode by mode.
-        part = slice(3 * i, 3 * i + 3)
+    start = 0
+    for layer, output in zip(layers, outputs, strict=True):  # Exact in float32.
+        part = slice(start, start + output.shape[-1])
+        start = part.stop
         np.testing.assert_allclose(
-            got[..., part], expected[..., part], atol=1e-4, err_msg=mode
+            got[..., part], expected[..., part], atol=1e-4, err_msg=layer.mode
         )
-    path = export_model(
-        model, tmp_path / "int8.tflite", quantize="int8", representative_data=images
-    )
-    step = (expected.max() - expected.min()) / 255  # One int8 step of the output.
-    np.testing.assert_allclose(tflite_predict(path, images), expected, atol=2 * step)
+    assert start == 3 * len(PREPROCESSING_MODES) + 1
+    # Full int8, one model per group: "unit" and "torch" side by side share
+    # x / 255, which the converter then quantizes for one of them only.
+    unit = PREPROCESSING_MODES.index("unit")
+    for group in (outputs[:unit] + outputs[unit + 1 :], outputs[unit : unit + 1]):
+        joined = keras.layers.Concatenate()(group) if len(group) > 1 else group[0]
+        part = keras.Model(inputs, joined)
+        expected = part.predict(images, verbose=0)
+        path = export_model(
+            part, tmp_path / "int8.tflite", quantize="int8", representative_data=images
+        )
+        step = (expected.max() - expected.min()) / 255  # One int8 step of it.
+        got = tflite_predict(path, images)
+        np.testing.assert_allclose(got, expected, atol=2 * step)
     # Quiet: the converter's and interpreter's C++ INFO lines are dropped.
     captured = capfd.readouterr()
     assert "fully_quantize" not in captured.err and "INFO:" not in captured.err

@@ -56,6 +56,7 @@ from tltf.demo import run_demo
 from tltf.errors import ConfigError, DataError, ModelError, TltfError, suggest
 from tltf.evaluation import evaluate, predict, write_predictions
 from tltf.export import export_model
+from tltf.layers import PREPROCESSING_MODES
 from tltf.model import load_model
 from tltf.pretrain import DEMO_BASE, pretrain, store_dir, stored_bases
 from tltf.ranking import rank_bases
@@ -296,6 +297,7 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "task": ("model", "task"),
     "num_classes": ("model", "num_classes"),
     "cut": ("model", "cut"),
+    "preprocessing": ("model", "preprocessing"),
     "train": ("data", "train"),
     "train_split": ("data", "train_split"),
     "val": ("data", "val"),
@@ -486,7 +488,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         "--base",
         default=S,
         help="registry name (`tltf bases`), demo (the base shipped with tltf, "
-        "offline) or a saved base folder",
+        "offline), a saved base folder or a model file (.keras, .h5)",
     )
     model.add_argument(
         "--weights",
@@ -504,6 +506,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         help="the task (default: multiclass)",
     )
     model.add_argument("--num-classes", type=_positive_int, default=S)
+    model.add_argument(
+        "--preprocessing",
+        choices=PREPROCESSING_MODES,
+        default=S,
+        help="the preprocessing the base expects, e.g. tf ([-1, 1]) or unit "
+        "([0, 1]) for a model file (default: the base's own; none for a model file)",
+    )
     if not tune:
         model.add_argument(
             "--cut",

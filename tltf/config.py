@@ -59,6 +59,7 @@ from tltf._checks import is_int
 from tltf._io import atomic_write_text
 from tltf.errors import ConfigError, suggest
 from tltf.heads import TASKS, HeadConfig
+from tltf.layers import PREPROCESSING_MODES
 from tltf.regularizers import check_regularize
 from tltf.settings import (
     LR_POLICIES,
@@ -308,6 +309,11 @@ class ModelConfig:
             the block with the linear probe on the training data; see
             `build_model(cut=)`. Defaults to None (the whole base); a
             `TrainConfig` defaults to "auto" (a run has the data to probe).
+        preprocessing: str or None. The preprocessing mode the base expects
+            (`tltf.layers.PREPROCESSING_MODES`: "tf", "caffe", "torch", "unit"
+            or "none"), e.g. "tf" for a model file trained on inputs in
+            [-1, 1]. Defaults to None: the base's own (a registry family's, a
+            saved base's, "none" for a model file).
     """
 
     base: str | None = None
@@ -318,10 +324,13 @@ class ModelConfig:
     task: str = "multiclass"
     num_classes: int | None = None
     cut: int | str | None = None
+    preprocessing: str | None = None
 
     def __post_init__(self):
         _check_fields(self, "model")
         _choice(self.task, TASKS, "model", "task")
+        if self.preprocessing is not None:
+            _choice(self.preprocessing, PREPROCESSING_MODES, "model", "preprocessing")
         if self.input_shape is not None and (
             len(self.input_shape) != 3 or min(self.input_shape) < 1
         ):

@@ -26,7 +26,8 @@ TFLite models with int8 or uint8 input/output (made elsewhere): it quantizes and
 dequantizes with the model's own parameters.
 
 The `Preprocessing` layer tltf puts into every model is plain TF ops and converts
-in every mode ("tf", "caffe", "torch", "none"), in float32 and in full int8.
+in every mode (`tltf.layers.PREPROCESSING_MODES`), with or without its grayscale
+conversion, in float32 and in full int8.
 
 Example:
 

@@ -17,8 +17,10 @@ from tltf.errors import ConfigError
 #: Preprocessing modes of `keras.applications.*.preprocess_input`.
 #: "tf": scale to [-1, 1]; "caffe": RGB->BGR and subtract the ImageNet mean;
 #: "torch": scale to [0, 1] and normalise by the ImageNet mean and std;
-#: "none": the base normalises inputs itself (EfficientNet, ConvNeXt, ...).
-PREPROCESSING_MODES = ("tf", "caffe", "torch", "none")
+#: "unit": scale to [0, 1] (x / 255), as a model trained on such inputs expects
+#: (not a Keras Applications mode); "none": the base normalises inputs itself
+#: (EfficientNet, ConvNeXt, ...).
+PREPROCESSING_MODES = ("tf", "caffe", "torch", "unit", "none")
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -39,7 +41,7 @@ class Preprocessing(keras.layers.Layer):
     its blocks in any model it built, also after a save and load.
 
     Args:
-        mode: str. One of "tf", "caffe", "torch" or "none". Defaults to "none".
+        mode: str. One of `PREPROCESSING_MODES`. Defaults to "none".
         metadata: dict or None. tltf's JSON-serializable model metadata. Defaults
             to None.
         grayscale: bool. Whether to turn the RGB images into one gray channel
@@ -81,6 +83,8 @@ class Preprocessing(keras.layers.Layer):
         if self.mode == "caffe":
             x = ops.flip(x, axis=-1)
             return x - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+        if self.mode == "unit":
+            return x / 255.0
         if self.mode == "torch":
             mean = ops.convert_to_tensor(_TORCH_MEAN, dtype=x.dtype)
             std = ops.convert_to_tensor(_TORCH_STD, dtype=x.dtype)

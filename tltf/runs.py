@@ -833,6 +833,7 @@ def build_run_model(config: TrainConfig, data, image_size: tuple[int, int]):
         cut=m.cut,
         # cut="auto" probes the blocks on the run's training data.
         **({"data": data} if m.cut == "auto" else {}),
+        **({"preprocessing": m.preprocessing} if m.preprocessing else {}),
     )
     if m.cut == "auto":
         _check_unfreeze_below_cut(config, model)
@@ -1255,8 +1256,10 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         "class_weight": s.fine_tune_kwargs()["class_weight"],
         "gradual_every": s.gradual_every,
     }
-    if m.weights_dir:
-        extra["base_kwargs"] = {"weights_dir": m.weights_dir}
+    base_kwargs = {"weights_dir": m.weights_dir, "preprocessing": m.preprocessing}
+    base_kwargs = {k: v for k, v in base_kwargs.items() if v}
+    if base_kwargs:
+        extra["base_kwargs"] = base_kwargs
     result = tune(
         m.base,
         data,

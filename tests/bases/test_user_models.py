@@ -211,13 +211,18 @@ def test_tltf_train_on_a_grayscale_h5_base(tmp_path, monkeypatch, capsys):
     make_image_folder(tmp_path / "images", per_class=6)
     monkeypatch.chdir(tmp_path)
     argv = ["train", "--base", "gray.h5", "--train", "images", "--head-steps", "5"]
-    argv += ["--fine-tune-epochs", "1", "--out", "runs/gray", "-q"]
+    argv += ["--fine-tune-epochs", "1", "--preprocessing", "tf"]
+    argv += ["--out", "runs/gray", "-q"]
     assert main(argv) == 0  # cut: auto, the default, probes RGB images too
     assert "takes grayscale images" in capsys.readouterr().out
     summary = json.loads((tmp_path / "runs/gray/summary.json").read_text())
     assert summary["image_size"] == [16, 16]  # read from the .h5 file
     best = tltf.load_model(tmp_path / "runs/gray/best.keras")
     assert best.input_shape == (None, 16, 16, 3)
+    layer = best.get_layer("preprocessing")
+    assert layer.grayscale and layer.mode == "tf"  # --preprocessing, recorded
+    config = (tmp_path / "runs/gray/config.yaml").read_text()
+    assert "preprocessing: tf" in config
     assert main(["evaluate", "runs/gray", "--data", "images"]) == 0
 
 
@@ -238,3 +243,25 @@ def test_a_base_that_ends_in_a_vector_has_its_feature_maps_read_too():
     images = rng.uniform(0, 255, (12, 16, 16, 1)).astype("float32")
     tltf.fine_tune(built, (images, np.arange(12) % 3), fine_tune_epochs=0, verbose=0)
     assert built.get_layer("preprocessing").metadata["head_blocks"] == read
+
+
+def test_preprocessing_overrides_any_base_and_says_so(capsys):
+    """Before, `preprocessing=` was silently ignored for registry and saved
+    bases. "unit" scales to [0, 1], for a model trained on x / 255."""
+    registry = tltf.load_base(
+        "mobilenet_v2", weights=None, input_shape=(32, 32, 3), preprocessing="unit"
+    )
+    assert registry.preprocessing == "unit"
+    assert "gets preprocessing='unit' as passed (its family's is 'tf')" in (
+        capsys.readouterr().out
+    )
+    assert tltf.load_base("demo", preprocessing="tf").preprocessing == "tf"
+    assert "(the shipped base's is 'none')" in capsys.readouterr().out
+    assert tltf.load_base("demo", preprocessing="none").preprocessing == "none"
+    assert capsys.readouterr().out == ""  # its own mode: nothing to say
+    layer = tltf.layers.Preprocessing("unit")
+    assert float(layer(np.full((1, 2, 2, 3), 255.0))[0, 0, 0, 0]) == 1.0
+    with pytest.raises(ConfigError, match="Did you mean 'unit'"):
+        tltf.config.ModelConfig(preprocessing="units")
+    with pytest.raises(ConfigError, match="Expected preprocessing in"):
+        tltf.load_base("demo", preprocessing="imagenet")

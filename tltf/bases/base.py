@@ -423,11 +423,7 @@ def _custom_base(model: keras.Model, blocks, preprocessing: str | None) -> Base:
             f"tltf: note: {model.name!r} is {where}.{spec.constructor_name}: tltf "
             f"uses its block map ({len(block_map)} blocks) and {words}."
         )
-    if mode not in PREPROCESSING_MODES:
-        raise ConfigError(
-            f"Expected preprocessing in {PREPROCESSING_MODES}. "
-            f"Received: preprocessing={preprocessing!r}"
-        )
+    _check_mode(mode)
     return Base(model, model.name, block_map, mode, None, {"weights": "user model"})
 
 
@@ -467,11 +463,14 @@ def load_base(
             registry's block map. Called `blocks` before; `blocks=` still works, with a
             DeprecationWarning. Defaults to None (inferred; see
             `infer_block_map`).
-        preprocessing: str or None. For a keras.Model: the preprocessing mode it
-            expects ("tf", "caffe", "torch" or "none"). Defaults to its
-            family's for a Keras Applications model (recognised by the name its
-            constructor gives it, if the registry's block map fits it), else
-            "none".
+        preprocessing: str or None. The preprocessing mode the base expects,
+            one of `PREPROCESSING_MODES`: "tf" ([-1, 1]), "caffe", "torch",
+            "unit" ([0, 1]: x / 255, for a model trained on such inputs) or
+            "none". Defaults to None: a registry base's family's, a saved
+            base's own, a Keras Applications model's family's (recognised by
+            the name its constructor gives it, if the registry's block map fits
+            it), else "none". A mode that differs from the base's own is said
+            in one `tltf: note:` line.
         **constructor_kwargs: Extra arguments of the Keras constructor, such as
             `alpha=0.35` for MobileNetV2.
 
@@ -490,12 +489,13 @@ def load_base(
         constructor_kwargs, "blocks", "block_map", block_map, "load_base"
     )
     if isinstance(base, Base):
-        return base
+        return _with_preprocessing(base, preprocessing, "the Base's")
     if isinstance(base, keras.Model):
         return _custom_base(base, block_map, preprocessing)
     shipped = shipped_base_path(base)
     if shipped is not None:
-        return load_saved_base(shipped, input_shape=input_shape)
+        saved = load_saved_base(shipped, input_shape=input_shape)
+        return _with_preprocessing(saved, preprocessing, "the shipped base's")
     if isinstance(base, os.PathLike) or (
         isinstance(base, str) and (os.sep in base or Path(base).exists())
     ):
@@ -511,11 +511,33 @@ def load_base(
                 f"No such model file: {os.fspath(base)!r}. Check the path (a run's "
                 "model is <run folder>/best.keras)."
             )
-        return load_saved_base(base, input_shape=input_shape)
+        saved = load_saved_base(base, input_shape=input_shape)
+        return _with_preprocessing(saved, preprocessing, "the saved base's")
     spec = get_spec(base)
-    return _application_base(
+    loaded = _application_base(
         spec, weights, input_shape, weights_dir, constructor_kwargs
     )
+    return _with_preprocessing(loaded, preprocessing, "its family's")
+
+
+def _with_preprocessing(base: Base, preprocessing: str | None, whose: str) -> Base:
+    """`base` with `preprocessing` instead of its own mode, said in one line."""
+    if preprocessing is None or preprocessing == base.preprocessing:
+        return base
+    _check_mode(preprocessing)
+    print(
+        f"tltf: note: base {base.name!r} gets preprocessing={preprocessing!r} as "
+        f"passed ({whose} is {base.preprocessing!r})."
+    )
+    return dataclasses.replace(base, preprocessing=preprocessing)
+
+
+def _check_mode(preprocessing) -> None:
+    if preprocessing not in PREPROCESSING_MODES:
+        raise ConfigError(
+            f"Expected preprocessing in {PREPROCESSING_MODES}. "
+            f"Received: preprocessing={preprocessing!r}"
+        )
 
 
 #: The `load_base` keywords that `build_model` and `probe_blocks` take through
