@@ -20,7 +20,7 @@ from tests.helpers import make_image_folder
 from tltf.bases.blockmaps import cut_layers, infer_block_map
 from tltf.bases.cut import block_outputs
 from tltf.cli import main
-from tltf.errors import ConfigError, ModelError
+from tltf.errors import BlockMapError, ConfigError, ModelError
 
 
 def _module(x, filters):
@@ -265,3 +265,21 @@ def test_preprocessing_overrides_any_base_and_says_so(capsys):
         tltf.config.ModelConfig(preprocessing="units")
     with pytest.raises(ConfigError, match="Expected preprocessing in"):
         tltf.load_base("demo", preprocessing="imagenet")
+
+
+def test_a_block_map_passed_replaces_a_registry_or_saved_bases_own(capsys):
+    """Before, `block_map=` was silently ignored for these bases."""
+    own = tltf.load_base("mobilenet_v2", weights=None, input_shape=(32, 32, 3))
+    layers = [
+        [name for block in part for name in block.layers]
+        for part in (own.block_map[:9], own.block_map[9:])
+    ]
+    coarse = {"low": layers[0], "high": layers[1]}
+    base = tltf.load_base(
+        "mobilenet_v2", weights=None, input_shape=(32, 32, 3), block_map=coarse
+    )
+    assert base.block_map.names == ["low", "high"]
+    out = capsys.readouterr().out
+    assert "uses the block map passed (2 blocks) instead of the registry's (18)" in out
+    with pytest.raises(BlockMapError, match="weight-carrying layers in no block"):
+        tltf.load_base("demo", block_map={"low": layers[0][:3]})

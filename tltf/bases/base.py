@@ -456,11 +456,13 @@ def load_base(
             base's ImageNet size.
         weights_dir: str or None. An offline folder searched for the ImageNet
             weights file before any download. Defaults to `$TLTF_WEIGHTS_DIR`.
-        block_map: For a keras.Model: an explicit block map, as a `BlockMap`, a
+        block_map: An explicit block map, as a `BlockMap`, a
             `{block: [layer names]}` dict or `[[block, [layers]], ...]`, bottom to
-            top. Without it, a model that ends in a classifier loses that top
-            (tltf's head replaces it), and a Keras Applications model gets the
-            registry's block map. Called `blocks` before; `blocks=` still works, with a
+            top. For a registry name, a saved base or a `Base` it replaces the
+            base's own map (one `tltf: note:` line says so). For a keras.Model
+            it keeps the model whole; without it, a model that ends in a
+            classifier loses that top (tltf's head replaces it), and a Keras
+            Applications model gets the registry's block map. Called `blocks` before; `blocks=` still works, with a
             DeprecationWarning. Defaults to None (inferred; see
             `infer_block_map`).
         preprocessing: str or None. The preprocessing mode the base expects,
@@ -489,12 +491,14 @@ def load_base(
         constructor_kwargs, "blocks", "block_map", block_map, "load_base"
     )
     if isinstance(base, Base):
+        base = _with_block_map(base, block_map, "the Base's")
         return _with_preprocessing(base, preprocessing, "the Base's")
     if isinstance(base, keras.Model):
         return _custom_base(base, block_map, preprocessing)
     shipped = shipped_base_path(base)
     if shipped is not None:
         saved = load_saved_base(shipped, input_shape=input_shape)
+        saved = _with_block_map(saved, block_map, "the shipped base's")
         return _with_preprocessing(saved, preprocessing, "the shipped base's")
     if isinstance(base, os.PathLike) or (
         isinstance(base, str) and (os.sep in base or Path(base).exists())
@@ -512,12 +516,29 @@ def load_base(
                 "model is <run folder>/best.keras)."
             )
         saved = load_saved_base(base, input_shape=input_shape)
+        saved = _with_block_map(saved, block_map, "the saved base's")
         return _with_preprocessing(saved, preprocessing, "the saved base's")
     spec = get_spec(base)
     loaded = _application_base(
         spec, weights, input_shape, weights_dir, constructor_kwargs
     )
+    loaded = _with_block_map(loaded, block_map, "the registry's")
     return _with_preprocessing(loaded, preprocessing, "its family's")
+
+
+def _with_block_map(base: Base, blocks, whose: str) -> Base:
+    """`base` with the block map passed instead of its own, said in one line."""
+    if blocks is None:
+        return base
+    block_map = blocks if isinstance(blocks, BlockMap) else BlockMap.from_config(blocks)
+    validate_block_map(base.model, block_map)
+    if block_map == base.block_map:
+        return base
+    print(
+        f"tltf: note: base {base.name!r} uses the block map passed "
+        f"({len(block_map)} blocks) instead of {whose} ({len(base.block_map)})."
+    )
+    return dataclasses.replace(base, block_map=block_map)
 
 
 def _with_preprocessing(base: Base, preprocessing: str | None, whose: str) -> Base:
