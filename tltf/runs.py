@@ -695,7 +695,7 @@ def saved_base_folder(base: str) -> Path | None:
             f"Base {base!r} {what}. Pass a registry "
             "name (`tltf bases`), 'demo' (the base shipped with tltf), the folder "
             "of a saved base (tltf.save_base, tltf pretrain) or a model's .keras "
-            "file (a run's best.keras: its fine-tuned base) or Keras 2 .h5 file."
+            "or Keras 2 .h5 file (a run's best.keras: its fine-tuned base)."
         )
     get_spec(base)  # an unknown name raises, with suggestions
     return None
