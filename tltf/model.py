@@ -20,7 +20,7 @@ from tltf.distribute import resolve_strategy
 from tltf.errors import BlockMapError, ConfigError, InputShapeError
 from tltf.heads import HeadConfig, build_head, output_units, pool_positions
 from tltf.info import ModelInfo, model_base, model_info
-from tltf.layers import Preprocessing
+from tltf.layers import Preprocessing, rgb_into_gray
 from tltf.probe import probe_blocks
 from tltf.saving import as_model, load_model
 
@@ -204,7 +204,7 @@ def _rgb_for_gray(shape: tuple, given: tuple, base: Base) -> bool:
 
     The model then converts them to one gray channel before its preprocessing.
     """
-    if not (len(shape) == len(given) == 3 and shape[-1] == 1 and given[-1] == 3):
+    if not rgb_into_gray(shape, given):
         return False
     if base.preprocessing in ("caffe", "torch"):
         raise ConfigError(

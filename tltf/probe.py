@@ -58,7 +58,7 @@ from tltf.bases.cut import block_outputs, resolve_block
 from tltf.data import DataBundle
 from tltf.data.inputs import as_dataset
 from tltf.errors import ConfigError, DataError
-from tltf.layers import Preprocessing
+from tltf.layers import Preprocessing, rgb_into_gray
 from tltf.reports import new_figure, save_figure
 
 #: Columns of `ProbeResult.table` (of a classification task; for regression and
@@ -510,7 +510,7 @@ def _extractor(
     if any(d is None for d in shape):
         shape = given
     # RGB images for a grayscale base: converted as build_model's model does.
-    grayscale = shape[-1] == 1 and len(given) == 3 and given[-1] == 3
+    grayscale = rgb_into_gray(shape, given)
     if grayscale:
         shape = (*shape[:-1], 3)
     outputs = block_outputs(base.model, base.block_map, positions)

@@ -490,40 +490,41 @@ def load_base(
     block_map = take_renamed(
         constructor_kwargs, "blocks", "block_map", block_map, "load_base"
     )
-    if isinstance(base, Base):
-        base = _with_block_map(base, block_map, "the Base's")
-        return _with_preprocessing(base, preprocessing, "the Base's")
     if isinstance(base, keras.Model):
         return _custom_base(base, block_map, preprocessing)
+    if isinstance(base, (str, os.PathLike)) and is_model_file(base):
+        return _custom_base(load_model(base, compile=False), block_map, preprocessing)
+    loaded, whose = _loaded_base(
+        base, weights, input_shape, weights_dir, **constructor_kwargs
+    )
+    loaded = _with_block_map(loaded, block_map, whose)
+    # A registry base's mode is its family's, whichever way it came.
+    family = "its family's" if loaded.spec is not None else whose
+    return _with_preprocessing(loaded, preprocessing, family)
+
+
+def _loaded_base(base, weights, input_shape, weights_dir, **constructor_kwargs):
+    """A `Base` as given, a shipped or saved base, or a registry base, and the
+    words for its own settings (which `block_map=` and `preprocessing=` replace)."""
+    if isinstance(base, Base):
+        return base, "the Base's"
     shipped = shipped_base_path(base)
     if shipped is not None:
-        saved = load_saved_base(shipped, input_shape=input_shape)
-        saved = _with_block_map(saved, block_map, "the shipped base's")
-        return _with_preprocessing(saved, preprocessing, "the shipped base's")
+        return load_saved_base(shipped, input_shape=input_shape), "the shipped base's"
     if isinstance(base, os.PathLike) or (
         isinstance(base, str) and (os.sep in base or Path(base).exists())
     ):
-        if is_model_file(base):
-            return _custom_base(
-                load_model(base, compile=False), block_map, preprocessing
-            )
-        if (
-            Path(base).suffix.lower() in MODEL_SUFFIXES
-            and not Path(base).expanduser().exists()
-        ):
+        if Path(base).suffix.lower() in MODEL_SUFFIXES:  # is_model_file was False
             raise ModelError(
                 f"No such model file: {os.fspath(base)!r}. Check the path (a run's "
                 "model is <run folder>/best.keras)."
             )
-        saved = load_saved_base(base, input_shape=input_shape)
-        saved = _with_block_map(saved, block_map, "the saved base's")
-        return _with_preprocessing(saved, preprocessing, "the saved base's")
+        return load_saved_base(base, input_shape=input_shape), "the saved base's"
     spec = get_spec(base)
     loaded = _application_base(
         spec, weights, input_shape, weights_dir, constructor_kwargs
     )
-    loaded = _with_block_map(loaded, block_map, "the registry's")
-    return _with_preprocessing(loaded, preprocessing, "its family's")
+    return loaded, "the registry's"
 
 
 def _with_block_map(base: Base, blocks, whose: str) -> Base:
