@@ -46,6 +46,10 @@ class DataError(TltfError, ValueError):
     """Training data is empty or inconsistent with the model."""
 
 
+class LeaveOneOutError(DataError):
+    """Leave-one-out cannot score: every class has one training example."""
+
+
 class TrainingError(TltfError, RuntimeError):
     """Training diverged (a NaN or infinite loss)."""
 

@@ -14,9 +14,9 @@ The score:
 - without it, for a model trained on `(images, labels)` arrays or a
   `load_data` bundle whose labels are known (not TFDS) (`keep_best=True` or
   "holdout"): its score on a slice of the training images that neither stage
-  trains on (20%, at most 1,000 images; `holdout_rows`). A classifier (2 or
-  more images per class) holds out a stratified slice, at least 1 image per
-  class, and is scored by its accuracy there: a stage-2 epoch replaces the
+  trains on (20%, at most 1,000 images; `holdout_rows`). A classifier holds
+  out a stratified slice, at least 1 image of each class that keeps 2 or more
+  to train on (a class of 1 or 2 images gives none), and is scored by its accuracy there: a stage-2 epoch replaces the
   best so far only with a higher accuracy (ties keep the earlier epoch, and
   stage 1 over stage 2), so when stage 1 already classifies the whole slice
   correctly the run ends after stage 1 (`stop_training`, as EarlyStopping
@@ -59,7 +59,7 @@ from tltf._io import atomic_path
 from tltf.cache import FeatureCache, feature_extractor
 from tltf.distribute import is_chief
 from tltf.heads import without_muted_pixels
-from tltf.probe import ridge_probe, ridge_r2_probe, sigmoid
+from tltf.probe import ridge_probe, ridge_r2_probe, scorable, sigmoid
 
 #: The best weights inside a backup folder.
 BEST_FILE = "tltf-best.npz"
@@ -67,6 +67,11 @@ BEST_FILE = "tltf-best.npz"
 #: The held-out slice: this share of each class, at least one image per class,
 #: at most this many images in all.
 HOLDOUT_FRACTION, HOLDOUT_MOST = 0.2, 1000
+#: A class gives the slice images only when it keeps this many to train on:
+#: leave-one-out, which chooses the head's start, its block weights and the
+#: depth of stage 2, scores nothing in a class of one image
+#: (benchmarks/RESULTS.md, "One image per class").
+HOLDOUT_KEEPS = 2
 
 
 def class_ids(labels: np.ndarray) -> np.ndarray:
@@ -89,16 +94,17 @@ def holdout_rows(
     """Splits the training rows into the rows trained on and a held-out slice.
 
     For a classifier the slice is stratified: `HOLDOUT_FRACTION` of each class
-    (rounded, at least one image), scaled down to at most `HOLDOUT_MOST` images
-    in all (never below one per class, so more classes than that hold one
-    each). For a regression or multi-label task it is `HOLDOUT_FRACTION` of the
+    that keeps `HOLDOUT_KEEPS` images or more to train on (rounded, at least
+    one image; a class of 1 or 2 images gives none), scaled down to at most
+    `HOLDOUT_MOST` images in all (never below one per class, so more classes
+    than that hold one each). For a regression or multi-label task it is `HOLDOUT_FRACTION` of the
     rows drawn at random (at most `HOLDOUT_MOST`). It depends on the labels,
     `seed` and `task` only, so a resumed run holds out the same images.
 
     Returns:
-        `(trained_rows, slice_rows)`, both sorted, or None when some class has
-        fewer than 2 images (or there is only one class); for other tasks, when
-        there are fewer than `HOLDOUT_MIN_ROWS` rows.
+        `(trained_rows, slice_rows)`, both sorted, or None when fewer than 2
+        classes could give the slice images (a slice of one class would favour
+        it); for other tasks, when there are fewer than `HOLDOUT_MIN_ROWS` rows.
     """
     if not len(labels):
         return None
@@ -111,11 +117,15 @@ def holdout_rows(
     else:
         y = class_ids(labels)
         classes, counts = np.unique(y, return_counts=True)
-        if len(classes) < 2 or counts.min() < 2:
+        gives = counts > HOLDOUT_KEEPS
+        if np.sum(gives) < 2:
             return None
         take = np.maximum(1, np.rint(HOLDOUT_FRACTION * counts)).astype(np.int64)
+        take = np.where(gives, take, 0)
         if take.sum() > HOLDOUT_MOST:
-            take = np.maximum(1, (take * HOLDOUT_MOST) // take.sum())
+            take = np.where(
+                gives, np.maximum(1, (take * HOLDOUT_MOST) // take.sum()), 0
+            )
         held = np.concatenate(
             [
                 rng.choice(np.flatnonzero(y == c), m, replace=False)
@@ -215,6 +225,9 @@ class KeepBest(keras.callbacks.Callback):
         #: Whether the run ended after stage 1: stage 2 could not have been kept.
         self.ended_after_stage_one = False
         self._restored_saved = False
+        #: Whether every class has one training image, so that leave-one-out
+        #: could not score an epoch (the run then ends at its last epoch).
+        self.unscorable = False
 
     @property
     def criterion(self) -> str | None:
@@ -287,7 +300,9 @@ class KeepBest(keras.callbacks.Callback):
         picked = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
         return (round(accuracy, 9), round(float(np.mean(np.log(picked))), 9))
 
-    def _loo_score(self) -> tuple:
+    def _loo_score(self) -> tuple | None:
+        if self.unscorable:
+            return None
         if self._extract is None:
             self._extract = feature_extractor(self.model)
         cache = FeatureCache(self.model, self.train_features, extractor=self._extract)
@@ -301,6 +316,9 @@ class KeepBest(keras.callbacks.Callback):
             fit_r2, loo_r2, _ = ridge_r2_probe(x, y, x, y)
             return (round(loo_r2, 9), round(fit_r2, 9))
         y = class_ids(y)
+        if not scorable(y).any():
+            self.unscorable = True
+            return None
         classes = int(max(2, y.max() + 1))
         fit_acc, loo_acc, _ = ridge_probe(x, y, x, y, classes)
         return (round(loo_acc, 9), round(fit_acc, 9))
@@ -399,6 +417,12 @@ class KeepBest(keras.callbacks.Callback):
                 "images correctly, and a stage-2 epoch is kept only if it is more "
                 "accurate there: stage 2 was skipped (keep_best=False, or "
                 "validation data, runs it)."
+            )
+        if self.unscorable:
+            return (
+                "every class has one training image, so leave-one-out could not "
+                "score stage 2's epochs: the run ends at its last epoch. "
+                "validation_data, or 2 or more images of some class, lets it choose."
             )
         if not self._decided:
             return None

@@ -17,7 +17,7 @@ from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.cut import block_outputs, cut_base, resolve_block
 from tltf.compute import policy_scope, rebuild_base, resolve_policy
 from tltf.distribute import resolve_strategy
-from tltf.errors import BlockMapError, ConfigError, InputShapeError
+from tltf.errors import BlockMapError, ConfigError, InputShapeError, LeaveOneOutError
 from tltf.heads import HeadConfig, build_head, output_units, pool_positions
 from tltf.info import ModelInfo, model_base, model_info
 from tltf.layers import Preprocessing, rgb_into_gray
@@ -274,7 +274,16 @@ def _auto_cut(base: Base, data, shape, task: str) -> str | None:
         spec=base.spec,
         info=base.info,
     )
-    result = probe_blocks(probed, data, input_shape=tuple(shape), task=task, verbose=0)
+    try:
+        result = probe_blocks(
+            probed, data, input_shape=tuple(shape), task=task, verbose=0
+        )
+    except LeaveOneOutError:
+        print(
+            "tltf: cut='auto' -> None (the whole base): every class has one "
+            "training image, so leave-one-out cannot score the blocks."
+        )
+        return None
     top, key = result.table[-1], result.key
     if result.cut is None:
         why = f"the top block is as good as any: {top[key]:.3f}"

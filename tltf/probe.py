@@ -57,7 +57,7 @@ from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.cut import block_outputs, resolve_block
 from tltf.data import DataBundle
 from tltf.data.inputs import as_dataset
-from tltf.errors import ConfigError, DataError
+from tltf.errors import ConfigError, DataError, LeaveOneOutError
 from tltf.layers import Preprocessing, rgb_into_gray
 from tltf.reports import new_figure, save_figure
 
@@ -378,6 +378,13 @@ def probe_blocks(
         x_val, y_val = x_train, y_train
     if metric == "accuracy":
         y_train, y_val, classes = _class_labels(y_train, y_val)
+        if loo and not scorable(y_train).any():
+            raise LeaveOneOutError(
+                f"Every class has one training image ({len(y_train)} images), so "
+                "leave-one-out cannot score a linear probe: an image left out "
+                "leaves its class with none. Pass validation_data=, or label 2 or "
+                "more images of some class."
+            )
     else:
         y_train, y_val = _targets(y_train, task), _targets(y_val, task)
 
@@ -746,8 +753,35 @@ def ridge_probe(
     fit = ridge_fit(z, y_train, classes)
     predictions = zv @ fit.weights + fit.prior
     val_acc = float(np.mean(predictions.argmax(axis=1) == y_val))
-    loo_acc = float(np.mean(fit.loo.argmax(axis=1) == y_train))
-    return val_acc, loo_acc, fit.l2
+    return val_acc, loo_accuracy(fit.loo, y_train), fit.l2
+
+
+def scorable(y: np.ndarray) -> np.ndarray:
+    """The training examples that leave-one-out can score: those whose class
+    has another example (left out, an only example leaves its class with none,
+    so no classifier could name it).
+
+    Args:
+        y: array (n,). Class indices.
+
+    Returns:
+        A boolean array (n,).
+    """
+    y = np.asarray(y, dtype=np.int64)
+    return np.bincount(y)[y] >= 2
+
+
+def loo_accuracy(scores: np.ndarray, y: np.ndarray) -> float:
+    """Leave-one-out accuracy over the examples `scorable` keeps; 0.0 if none.
+
+    Args:
+        scores: array (n, classes). Leave-one-out class scores.
+        y: array (n,). Class indices.
+    """
+    keep = scorable(y)
+    if not keep.any():
+        return 0.0
+    return float(np.mean(scores[keep].argmax(axis=1) == np.asarray(y)[keep]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -798,10 +832,7 @@ def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
     y = np.asarray(y)
 
     def score(loo, residual):
-        return (
-            float(np.mean(loo.argmax(axis=1) == y)),
-            -float(np.mean(residual**2)),
-        )
+        return (loo_accuracy(loo, y), -float(np.mean(residual**2)))
 
     return _ridge(z, np.eye(classes)[y], score)
 
@@ -908,7 +939,7 @@ def group_accuracy(z: np.ndarray, y: np.ndarray, classes: int, widths) -> np.nda
     edges = np.cumsum([0, *widths])
     return np.array(
         [
-            np.mean(ridge_fit(z[:, a:b], y, classes).loo.argmax(axis=1) == y)
+            loo_accuracy(ridge_fit(z[:, a:b], y, classes).loo, y)
             for a, b in zip(edges[:-1], edges[1:], strict=True)
         ]
     )
@@ -963,7 +994,7 @@ def group_weights(
     for power in GROUP_WEIGHT_POWERS:
         weights = ratio**power * factor
         fit = ridge_fit(z * np.repeat(weights, widths), y, classes)
-        score = float(np.mean(fit.loo.argmax(axis=1) == y))
+        score = loo_accuracy(fit.loo, y)
         if best is None or score > best[0]:
             best = (score, GroupWeights(weights, accuracy, float(power), fit))
     return best[1]

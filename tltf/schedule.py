@@ -49,7 +49,7 @@ from tltf.data.inputs import (
     train_batches,
 )
 from tltf.distribute import is_distributed, model_strategy, optimizer_in_scope
-from tltf.errors import ConfigError, DataError, suggest
+from tltf.errors import ConfigError, DataError, LeaveOneOutError, suggest
 from tltf.freezing import (
     apply_trainable,
     check_bn_policy,
@@ -77,9 +77,11 @@ from tltf.optimizers import (
 from tltf.probe import (
     group_accuracy,
     group_weights,
+    loo_accuracy,
     probe_blocks,
     ridge_fit,
     ridge_regression,
+    scorable,
     sigmoid,
 )
 from tltf.regularizers import (
@@ -600,11 +602,13 @@ def fine_tune(
     if fine_tune_epochs == "auto":
         fine_tune_epochs = auto_fine_tune_epochs(passes)
     if auto_unfreeze:
-        schedule.set_unfreeze(
+        depth = (
             _auto_unfreeze(model, info, feature_source, batch_size, loud)
             if fine_tune_epochs
             else 0
         )
+        schedule.set_unfreeze(depth)
+        fine_tune_epochs = fine_tune_epochs if depth else 0
     schedule.fine_tune_epochs = fine_tune_epochs
     if isinstance(class_weight, str):
         class_weight = _balanced_weights(class_weight, info, prepared)
@@ -942,7 +946,8 @@ def _holdout(
     rows = None if labels is None else holdout_rows(labels, settings.seed, info.task)
     if rows is None:
         why = why or (
-            "it needs 2 or more training images in every class"
+            "it needs 3 or more training images in 2 or more classes, so that "
+            "each class it takes from keeps 2 for leave-one-out"
             if info.task in CLASSIFIERS
             else f"it needs {HOLDOUT_MIN_ROWS} or more training images"
         )
@@ -1305,13 +1310,20 @@ def _ridge_start(model, features, labels, layer) -> tuple[str, float | None] | N
         loo = fit.loo[:, 1:] - fit.loo[:, :1]
     else:
         weights, bias, loo = fit.weights, fit.prior, fit.loo
+    if scorable(y).any():
+        words = (
+            "head starts from the ridge classifier (leave-one-out accuracy "
+            f"{loo_accuracy(fit.loo, y):.3f})"
+        )
+    else:  # leave-one-out scores nothing: the scale comes from the fit's own scores
+        loo = z @ weights + bias
+        words = (
+            "head starts from the ridge classifier (no leave-one-out score: every "
+            "class has one image)"
+        )
     temperature = _temperature(loo, y, units == 1)
     output.kernel.assign((temperature * weights).astype("float32"))
     output.bias.assign((temperature * bias).astype("float32"))
-    accuracy = float(np.mean(fit.loo.argmax(axis=1) == y))
-    words = (
-        f"head starts from the ridge classifier (leave-one-out accuracy {accuracy:.3f})"
-    )
     return (words if weighted is None else f"{words}; {weighted[1]}"), None
 
 
@@ -1440,13 +1452,16 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
     widths = [sum(widths[i : i + per]) for i in range(0, len(widths), per)]
     accuracy = group_accuracy(z[:, : sum(widths)], y, classes, widths)
     best = int(np.argmax(accuracy))
+    scored = bool(scorable(y).any())
     pixel_words = ""
     if pixels is not None:
         values = features[:, pixels]
         scale = 1.0 / (values.std(axis=0) + layer.epsilon)
         on = (values - values.mean(axis=0)) * scale
         alone = group_accuracy(on, y, classes, [on.shape[1]])[0]
-        if alone >= PIXEL_GROUP_RATIO * accuracy[best]:
+        # With one image per class nothing scores the pixels: they stay muted
+        # (measured: benchmarks/RESULTS.md, "One image per class").
+        if scored and alone >= PIXEL_GROUP_RATIO * accuracy[best]:
             set_pixel_scale(layer, on.shape[1], scale)
             z[:, pixels] = on
             widths, accuracy = [*widths, on.shape[1]], np.append(accuracy, alone)
@@ -1472,10 +1487,14 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
     scale[: len(columns)] *= columns
     layer.scale.assign(scale.astype("float32"))
     if chosen.power == 0:
+        why = (
+            f"leave-one-out; best block {name} {chosen.accuracy[best]:.3f}"
+            if scored
+            else "every class has one image: nothing to weigh them or the raw pixels by"
+        )
         note = (
             f"its {_blocks(len(blocks))} at equal weight, each scaled to the same "
-            f"total variance (leave-one-out; best block {name} "
-            f"{chosen.accuracy[best]:.3f})"
+            f"total variance ({why})"
         )
         return fit, note + pixel_words
     share = (chosen.accuracy / max(chosen.accuracy.max(), 1e-12)) ** chosen.power
@@ -1530,7 +1549,8 @@ def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) ->
     multi-label. Blocks above the knee of that curve are the ones to adapt; when
     the top of the model is below the best block, the blocks above the best block
     are adapted (and a cut is suggested). When the probe cannot run, the top
-    third of the blocks is unfrozen.
+    third of the blocks is unfrozen; when it cannot score because every class
+    has one training image, 0: stage 2 is skipped.
     """
 
     n = len(info.block_map)
@@ -1539,6 +1559,15 @@ def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) ->
         result = probe_blocks(
             model_base(model), data, batch_size=batch_size, task=info.task, verbose=0
         )
+    except LeaveOneOutError:
+        if loud:
+            print(
+                "tltf: unfreeze='auto' -> stage 2 skipped: every class has one "
+                "training image, so nothing can score what fine-tuning would "
+                "change (measured: it gains nothing there; benchmarks/RESULTS.md, "
+                '"One image per class"). Set unfreeze to fine-tune anyway.'
+            )
+        return 0
     except DataError as error:
         if loud:
             print(
