@@ -14,9 +14,9 @@ The score:
 - without it, for a model trained on `(images, labels)` arrays or a
   `load_data` bundle whose labels are known (not TFDS) (`keep_best=True` or
   "holdout"): its score on a slice of the training images that neither stage
-  trains on (20%, at most 1,000 images; `holdout_rows`). A classifier holds
-  out a stratified slice, at least 1 image of each class that keeps 2 or more
-  to train on (a class of 1 or 2 images gives none), and is scored by its accuracy there: a stage-2 epoch replaces the
+  trains on (20%, at most 1,000 images; `holdout_rows`). A classifier (2 or
+  more images per class) holds out a stratified slice, at least 1 image per
+  class, and is scored by its accuracy there: a stage-2 epoch replaces the
   best so far only with a higher accuracy (ties keep the earlier epoch, and
   stage 1 over stage 2), so when stage 1 already classifies the whole slice
   correctly the run ends after stage 1 (`stop_training`, as EarlyStopping
@@ -67,11 +67,6 @@ BEST_FILE = "tltf-best.npz"
 #: The held-out slice: this share of each class, at least one image per class,
 #: at most this many images in all.
 HOLDOUT_FRACTION, HOLDOUT_MOST = 0.2, 1000
-#: A class gives the slice images only when it keeps this many to train on:
-#: leave-one-out, which chooses the head's start, its block weights and the
-#: depth of stage 2, scores nothing in a class of one image
-#: (benchmarks/RESULTS.md, "One image per class").
-HOLDOUT_KEEPS = 2
 
 
 def class_ids(labels: np.ndarray) -> np.ndarray:
@@ -94,17 +89,16 @@ def holdout_rows(
     """Splits the training rows into the rows trained on and a held-out slice.
 
     For a classifier the slice is stratified: `HOLDOUT_FRACTION` of each class
-    that keeps `HOLDOUT_KEEPS` images or more to train on (rounded, at least
-    one image; a class of 1 or 2 images gives none), scaled down to at most
-    `HOLDOUT_MOST` images in all (never below one per class, so more classes
-    than that hold one each). For a regression or multi-label task it is `HOLDOUT_FRACTION` of the
+    (rounded, at least one image), scaled down to at most `HOLDOUT_MOST` images
+    in all (never below one per class, so more classes than that hold one
+    each). For a regression or multi-label task it is `HOLDOUT_FRACTION` of the
     rows drawn at random (at most `HOLDOUT_MOST`). It depends on the labels,
     `seed` and `task` only, so a resumed run holds out the same images.
 
     Returns:
-        `(trained_rows, slice_rows)`, both sorted, or None when fewer than 2
-        classes could give the slice images (a slice of one class would favour
-        it); for other tasks, when there are fewer than `HOLDOUT_MIN_ROWS` rows.
+        `(trained_rows, slice_rows)`, both sorted, or None when some class has
+        fewer than 2 images (or there is only one class); for other tasks, when
+        there are fewer than `HOLDOUT_MIN_ROWS` rows.
     """
     if not len(labels):
         return None
@@ -117,15 +111,11 @@ def holdout_rows(
     else:
         y = class_ids(labels)
         classes, counts = np.unique(y, return_counts=True)
-        gives = counts > HOLDOUT_KEEPS
-        if np.sum(gives) < 2:
+        if len(classes) < 2 or counts.min() < 2:
             return None
         take = np.maximum(1, np.rint(HOLDOUT_FRACTION * counts)).astype(np.int64)
-        take = np.where(gives, take, 0)
         if take.sum() > HOLDOUT_MOST:
-            take = np.where(
-                gives, np.maximum(1, (take * HOLDOUT_MOST) // take.sum()), 0
-            )
+            take = np.maximum(1, (take * HOLDOUT_MOST) // take.sum())
         held = np.concatenate(
             [
                 rng.choice(np.flatnonzero(y == c), m, replace=False)

@@ -603,7 +603,9 @@ def fine_tune(
         fine_tune_epochs = auto_fine_tune_epochs(passes)
     if auto_unfreeze:
         depth = (
-            _auto_unfreeze(model, info, feature_source, batch_size, loud)
+            _auto_unfreeze(
+                model, info, feature_source, batch_size, loud, holdout is not None
+            )
             if fine_tune_epochs
             else 0
         )
@@ -946,8 +948,7 @@ def _holdout(
     rows = None if labels is None else holdout_rows(labels, settings.seed, info.task)
     if rows is None:
         why = why or (
-            "it needs 3 or more training images in 2 or more classes, so that "
-            "each class it takes from keeps 2 for leave-one-out"
+            "it needs 2 or more training images in every class"
             if info.task in CLASSIFIERS
             else f"it needs {HOLDOUT_MIN_ROWS} or more training images"
         )
@@ -1541,7 +1542,9 @@ def _temperature(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
     return best
 
 
-def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) -> int:
+def _auto_unfreeze(
+    model, info: ModelInfo, data, batch_size: int, loud: bool, held_out: bool
+) -> int:
     """The stage-2 depth for `unfreeze="auto"`: what the linear probe recommends.
 
     The probe scores every block by leave-one-out on the training images (one
@@ -1549,8 +1552,12 @@ def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) ->
     multi-label. Blocks above the knee of that curve are the ones to adapt; when
     the top of the model is below the best block, the blocks above the best block
     are adapted (and a cut is suggested). When the probe cannot run, the top
-    third of the blocks is unfrozen; when it cannot score because every class
-    has one training image, 0: stage 2 is skipped.
+    third of the blocks is unfrozen. When it cannot score because every class
+    has one training image: with a held-out slice (`held_out`: two images per
+    class, one held out), every block above the first, as the probe's all-tied
+    table gave before 2026-12-05 and as measured best there
+    (benchmarks/RESULTS.md, "One image per class"), with the slice to judge
+    stage 2; without one, 0: stage 2 is skipped.
     """
 
     n = len(info.block_map)
@@ -1560,6 +1567,15 @@ def _auto_unfreeze(model, info: ModelInfo, data, batch_size: int, loud: bool) ->
             model_base(model), data, batch_size=batch_size, task=info.task, verbose=0
         )
     except LeaveOneOutError:
+        if held_out:  # two images per class, one held out: the slice judges
+            if loud:
+                print(
+                    f"tltf: unfreeze='auto' -> {n - 1} of {n} blocks: the images "
+                    "left to train on have one per class, so the probe cannot "
+                    "score a depth; every block above the first is unfrozen, and "
+                    "keep_best's held-out slice judges stage 2."
+                )
+            return max(1, n - 1)
         if loud:
             print(
                 "tltf: unfreeze='auto' -> stage 2 skipped: every class has one "

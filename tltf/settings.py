@@ -271,8 +271,7 @@ class FineTuneSettings:
             stopped is put back). Without it, True means
             "holdout" where it applies and "features" elsewhere:
             "holdout" keeps a slice of the training images (20%, at most
-            1,000 images; stratified for a classifier, at least 1 of each
-            class that keeps 2 or more to train on)
+            1,000 images; stratified for a classifier, at least 1 per class)
             out of both stages and scores the model on it (accuracy, where a
             later epoch must score higher to be kept, so that stage 2 is
             skipped when stage 1 classifies the whole slice; label accuracy for
@@ -280,8 +279,7 @@ class FineTuneSettings:
             the end it is handed back: the linear head is refit in closed form
             on every training image, on the base the guard kept (needs
             `(images, labels)` arrays or a `load_data` bundle whose labels are
-            known, 3 or more images in 2 or more classes of a classifier
-            (leave-one-out needs 2 left in a class) or 10 or more
+            known, 2 or more images per class of a classifier or 10 or more
             images for other tasks, and, for True, a linear ridge-started
             head, and a task other than multi-label, where it was measured to
             cost more than it saves);
