@@ -9,7 +9,9 @@ on the same splits:
 - "tltf": the defaults (stage 1 alone, pixels muted);
 - "pixels on": the same, with the pixel group read as if it had been scored
   (`tltf.schedule.scorable` patched to call every image scorable, so the gate
-  compares 0 with 0 and reads the pixels, as the code before did);
+  compares 0 with 0 and reads the pixels, as the code before did; the ridge
+  start then also takes its temperature from the leave-one-out scores, as
+  before);
 - "stage 2": the defaults with `unfreeze` set to the top third of the blocks
   (the probe's fallback), so stage 2 runs (unguarded: nothing scores it);
 - "stage 2, pixels on": both.
