@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import keras
+import numpy as np
 
 import tltf
 from tests.helpers import make_image_folder, make_tiny_base
@@ -90,3 +91,63 @@ def test_rank_builds_at_the_candidates_own_size(tmp_path, capsys):
     make_image_folder(images, per_class=4)
     assert main(["rank", "--data", str(images), "--bases", str(small)]) == 0
     assert f"best by logme: {small}" in capsys.readouterr().out
+
+
+def relu_base(size=16):
+    """A model file's base whose features vanish on inputs in [0, 1]: ReLU(x - 1)
+    of each channel. On raw pixels it carries the bright channel: the label."""
+    inputs = keras.Input((size, size, 3), name="relu_input")
+    x = keras.layers.Conv2D(3, 1, name="block1_conv")(inputs)
+    x = keras.layers.Conv2D(3, 1, activation="relu", name="block2_conv")(x)
+    model = keras.Model(inputs, x, name="relu")
+    model.get_layer("block1_conv").set_weights(
+        [np.eye(3, dtype="float32")[None, None], np.zeros(3, "float32")]
+    )
+    model.get_layer("block2_conv").set_weights(
+        [np.eye(3, dtype="float32")[None, None], -np.ones(3, "float32")]
+    )
+    return model
+
+
+def test_rank_preprocessing_reaches_the_model_files_it_names(tmp_path, capsys):
+    images = tmp_path / "images"
+    make_image_folder(images, per_class=6)
+    raw, unit = tmp_path / "raw.keras", tmp_path / "unit.keras"
+    relu_base().save(raw)
+    relu_base().save(unit)
+    out = tmp_path / "rank.csv"
+    args = ["rank", "--data", str(images), "--bases", str(raw), str(unit)]
+    args += ["--image-size", "16", "--knn", "3", "--out", str(out), "--quiet"]
+    assert main([*args, "--preprocessing", f"{unit}=unit"]) == 0
+    with open(out) as f:
+        knn = {r["candidate"]: float(r["knn"]) for r in csv.DictReader(f)}
+    # Raw pixels keep the bright channel; in [0, 1] every feature is ReLU(<= 0).
+    assert knn[str(raw)] == 1.0 and knn[str(unit)] < 0.7
+    # A bare mode applies to every model file.
+    assert main([*args, "--preprocessing", "unit"]) == 0
+    with open(out) as f:
+        assert all(float(r["knn"]) < 0.7 for r in csv.DictReader(f))
+    capsys.readouterr()
+
+
+def test_rank_preprocessing_refuses_what_it_would_ignore(tmp_path, capsys):
+    images = tmp_path / "images"
+    make_image_folder(images, per_class=2)
+    saved = tltf.save_base(tltf.load_base(make_tiny_base()), tmp_path / "tiny")
+    file = tmp_path / "relu.keras"
+    relu_base().save(file)
+    args = ["rank", "--data", str(images), "--image-size", "16", "--bases"]
+    cases = {
+        ("tf",): "none of --bases is one",
+        ("tff",): "Did you mean 'tf'",
+        (f"{saved}=tf",): f"tltf.load_base({str(saved)!r}, preprocessing='tf')",
+        ("other.keras=tf",): "other.keras is not one of --bases",
+    }
+    for given, message in cases.items():
+        status = main([*args, str(saved), "--preprocessing", *given])
+        err = capsys.readouterr().err
+        assert status == 2, given
+        assert err.startswith("tltf: error: --preprocessing") and message in err
+    # With a model file among the candidates, the bare mode is fine.
+    status = main([*args, str(saved), str(file), "--preprocessing", "tf", "--quiet"])
+    assert status == 0, capsys.readouterr().err

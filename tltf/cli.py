@@ -1309,6 +1309,7 @@ examples:
   tltf rank --data photos/ --bases demo vgg16 mobilenet_v3_small
   tltf rank --data train.npz --bases vgg16 bases/mine --weights-dir weights/ \\
       --out rank.csv --plot rank.png
+  tltf rank --data faces/ --bases emotion.h5 vgg16 --preprocessing emotion.h5=tf
 """
 
 
@@ -1356,6 +1357,16 @@ def _add_rank_command(commands) -> None:
     rank.add_argument("--knn", type=_positive_int, default=5, help="k (default: 5)")
     rank.add_argument("--batch-size", type=_positive_int, default=32)
     rank.add_argument("--weights-dir", metavar="DIR", help="offline weights folder")
+    rank.add_argument(
+        "--preprocessing",
+        metavar="[BASE=]MODE",
+        nargs="+",
+        default=[],
+        help="the preprocessing a model-file candidate (.keras, .h5) expects: "
+        f"one of {', '.join(PREPROCESSING_MODES)}, e.g. tf ([-1, 1]). MODE alone "
+        "applies to every model file; BASE=MODE to that one (default: none, the "
+        "raw [0, 255] pixels; registry and saved bases use their own)",
+    )
     rank.add_argument("--out", metavar="FILE", help="write the table as CSV")
     rank.add_argument("--plot", metavar="FILE", help="write the plot as PNG")
     rank.add_argument(
@@ -1393,6 +1404,58 @@ def _rank_image_size(bases: list[str]) -> int:
     return RANK_IMAGE_SIZE
 
 
+def _rank_preprocessing(given: list[str], bases: list[str]) -> dict[str, str]:
+    """`{model file: mode}` from `tltf rank --preprocessing [BASE=]MODE ...`.
+
+    A bare MODE applies to every model-file candidate; BASE=MODE to that one
+    (a later entry wins). Registry and saved bases carry their own
+    preprocessing, so naming one is an error, as is a MODE with no model file
+    to apply to: both would otherwise be ignored without a word.
+    """
+    files = [b for b in bases if is_model_file(b)]
+    modes: dict[str, str] = {}
+    for entry in given:
+        name, _, mode = entry.rpartition("=")
+        if mode not in PREPROCESSING_MODES:
+            raise ConfigError(
+                f"--preprocessing {entry!r}: expected MODE or BASE=MODE with MODE "
+                f"one of {', '.join(PREPROCESSING_MODES)}."
+                + suggest(mode, PREPROCESSING_MODES)
+            )
+        if not name:
+            if not files:
+                raise ConfigError(
+                    f"--preprocessing {mode} applies to model-file candidates "
+                    "(.keras, .h5), and none of --bases is one: registry and saved "
+                    "bases use their own preprocessing. Drop --preprocessing."
+                )
+            modes.update(dict.fromkeys(files, mode))
+        elif name in files:
+            modes[name] = mode
+        elif name in bases:
+            raise ConfigError(
+                f"--preprocessing {entry!r}: {name} is not a model file, and a "
+                "registry or saved base uses its own preprocessing. To rank it "
+                "with another, call tltf.rank_bases with "
+                f"tltf.load_base({name!r}, preprocessing={mode!r})."
+            )
+        else:
+            raise ConfigError(
+                f"--preprocessing {entry!r}: {name} is not one of --bases "
+                f"({', '.join(bases)}). Write BASE=MODE with BASE as given there."
+                + suggest(name, bases)
+            )
+    return modes
+
+
+def _rank_model_file(path: str, preprocessing: str | None):
+    """A model-file candidate: the model, or a Base with `preprocessing`."""
+    model = load_model(path, compile=False)
+    if preprocessing is None:
+        return model
+    return load_base(model, preprocessing=preprocessing)
+
+
 def _cmd_rank(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -1411,8 +1474,9 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         cache=False,
         **kwargs,
     )
+    modes = _rank_preprocessing(args.preprocessing, args.bases)
     candidates = [
-        load_model(b, compile=False) if is_model_file(b) else b for b in args.bases
+        _rank_model_file(b, modes.get(b)) if is_model_file(b) else b for b in args.bases
     ]
     if any(not isinstance(c, str) for c in candidates):
         candidates = dict(zip(args.bases, candidates, strict=True))
