@@ -163,7 +163,7 @@ def main_real(args) -> None:
     import realdata
 
     weights_dir = realdata.weights_folder(args.weights_dir)
-    size = 64
+    size = args.size
     columns = args.columns or list(REAL_COLUMNS)
     unknown = sorted(set(columns) - set(REAL_COLUMNS))
     if unknown or columns[0] != REAL_COLUMNS[0]:
@@ -267,6 +267,9 @@ def main() -> None:
         "--test", type=int, default=40, help="test images per class (0: all the rest)"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--size", type=int, default=64, help="with --real: the image side, px"
+    )
     parser.add_argument("--tasks", nargs="+", default=None)
     parser.add_argument(
         "--columns",
