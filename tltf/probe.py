@@ -771,17 +771,26 @@ def scorable(y: np.ndarray) -> np.ndarray:
     return np.bincount(y)[y] >= 2
 
 
-def loo_accuracy(scores: np.ndarray, y: np.ndarray) -> float:
+def loo_accuracy(
+    scores: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+) -> float:
     """Leave-one-out accuracy over the examples `scorable` keeps; 0.0 if none.
 
     Args:
         scores: array (n, classes). Leave-one-out class scores.
         y: array (n,). Class indices.
+        sample_weight: array (n,) or None. Each example's weight (a class
+            weight, say): the accuracy is then the weighted share of correct
+            examples. Defaults to None (every example counts once).
     """
     keep = scorable(y)
     if not keep.any():
         return 0.0
-    return float(np.mean(scores[keep].argmax(axis=1) == np.asarray(y)[keep]))
+    correct = scores[keep].argmax(axis=1) == np.asarray(y)[keep]
+    if sample_weight is None:
+        return float(np.mean(correct))
+    weight = np.asarray(sample_weight, dtype=np.float64)[keep]
+    return float(weight @ correct / weight.sum()) if weight.sum() > 0 else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -790,7 +799,9 @@ class RidgeFit:
 
     Attributes:
         weights: np.ndarray (d, classes). Class scores are `z @ weights + prior`.
-        prior: np.ndarray (classes,). The class frequencies.
+        prior: np.ndarray (classes,). The intercept: the class frequencies
+            (fit with `sample_weight`: the weighted frequencies, less the
+            weighted mean row's scores).
         loo: np.ndarray (n, classes). The exact leave-one-out class scores of
             the training examples.
         l2: float. The L2 strength chosen.
@@ -807,7 +818,12 @@ def sigmoid(z) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
 
 
-def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
+def ridge_fit(
+    z: np.ndarray,
+    y: np.ndarray,
+    classes: int,
+    sample_weight: np.ndarray | None = None,
+) -> RidgeFit:
     """Least squares on one-hot targets, L2 strength chosen by leave-one-out.
 
     `z` should be standardised (no intercept is fitted beyond the class prior).
@@ -815,10 +831,18 @@ def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
     exact leave-one-out scores for every strength of the grid; the one with the
     best leave-one-out accuracy (ties: lower squared error) is kept.
 
+    With `sample_weight`, each example's squared error counts that many times
+    (weighted least squares, an intercept fitted at the weighted means), the
+    leave-one-out scores are still exact, and the strength is chosen by the
+    weighted accuracy: a class weight of 3 counts each of that class's images
+    as 3, as `class_weight` does in Keras's loss.
+
     Args:
         z: array (n, d). Standardised training features.
         y: array (n,). Class indices.
         classes: int. Number of classes.
+        sample_weight: array (n,) or None. Weights >= 0, not all 0. Defaults
+            to None (every example counts once).
 
     Returns:
         A `RidgeFit`.
@@ -830,11 +854,27 @@ def ridge_fit(z: np.ndarray, y: np.ndarray, classes: int) -> RidgeFit:
     (1, 2)
     """
     y = np.asarray(y)
+    w = None if sample_weight is None else _unit_mean(sample_weight, len(y))
 
     def score(loo, residual):
-        return (loo_accuracy(loo, y), -float(np.mean(residual**2)))
+        squared = np.sum(residual**2, axis=1)
+        mean = float(np.mean(squared if w is None else w * squared))
+        return (loo_accuracy(loo, y, w), -mean)
 
-    return _ridge(z, np.eye(classes)[y], score)
+    return _ridge(z, np.eye(classes)[y], score, w)
+
+
+def _unit_mean(sample_weight, n: int) -> np.ndarray:
+    """Example weights scaled to a mean of 1, with a floor that keeps a weight
+    of 0 from dividing by 0 in the leave-one-out residuals."""
+    w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+        raise ValueError(
+            f"Expected sample_weight as {n} finite weights >= 0, not all 0. "
+            f"Received: shape {w.shape}"
+        )
+    w = w * (n / w.sum())
+    return np.maximum(w, 1e-12)
 
 
 def ridge_regression(z: np.ndarray, targets: np.ndarray) -> RidgeFit:
@@ -864,12 +904,26 @@ def ridge_regression(z: np.ndarray, targets: np.ndarray) -> RidgeFit:
     return _ridge(z, t, lambda loo, residual: (-float(np.mean(residual**2)),))
 
 
-def _ridge(z: np.ndarray, targets: np.ndarray, score) -> RidgeFit:
-    """`ridge_fit` and `ridge_regression`: `score(loo, residual)` picks the L2."""
+def _ridge(z: np.ndarray, targets: np.ndarray, score, w=None) -> RidgeFit:
+    """`ridge_fit` and `ridge_regression`: `score(loo, residual)` picks the L2.
+
+    `w`: example weights of mean 1 (`_unit_mean`), or None. Weighted, the
+    problem is centred at the weighted means and each row scaled by the square
+    root of its weight: an unweighted ridge, whose leave-one-out residuals are
+    mapped back by that root (the intercept's leverage is then `w / n`).
+    """
     z = np.asarray(z, dtype=np.float64)
     n = len(z)
-    prior = targets.mean(axis=0)
-    t = targets - prior
+    root, center = None, None
+    if w is not None:
+        root = np.sqrt(w)[:, None]
+        center = w @ z / n
+        z = (z - center) * root
+        prior = w @ targets / n
+        t = (targets - prior) * root
+    else:
+        prior = targets.mean(axis=0)
+        t = targets - prior
     if n >= z.shape[1]:
         s2, vecs = np.linalg.eigh(z.T @ z)
         good = s2 > 1e-10 * max(s2.max(), 1e-300)
@@ -887,14 +941,20 @@ def _ridge(z: np.ndarray, targets: np.ndarray, score) -> RidgeFit:
     for l2 in _L2_GRID * (s2.mean() if s2.size else 1.0):
         shrink = s2 / (s2 + l2)
         fitted = u @ (shrink[:, None] * ut)
-        leverage = 1.0 / n + u2 @ shrink
+        leverage = (1.0 if w is None else w) / n + u2 @ shrink
         residual = (t - fitted) / np.maximum(1.0 - leverage, 1e-6)[:, None]
-        loo = t - residual + prior
+        if root is not None:  # back from the rows scaled by their weight's root
+            residual = residual / root
+            loo = t / root - residual + prior
+        else:
+            loo = t - residual + prior
         value = score(loo, residual)
         if best is None or value > best[0]:
             best = (value, l2, loo)
     _, l2, loo = best
     weights = vecs @ ((np.sqrt(s2) / (s2 + l2))[:, None] * ut)
+    if center is not None:  # scores are z @ weights + prior on uncentred rows
+        prior = prior - center @ weights
     return RidgeFit(weights=weights, prior=prior, loo=loo, l2=float(l2))
 
 
@@ -923,7 +983,9 @@ class GroupWeights:
     fit: RidgeFit
 
 
-def group_accuracy(z: np.ndarray, y: np.ndarray, classes: int, widths) -> np.ndarray:
+def group_accuracy(
+    z: np.ndarray, y: np.ndarray, classes: int, widths, sample_weight=None
+) -> np.ndarray:
     """Each group's own leave-one-out accuracy (one `ridge_fit` per group).
 
     Args:
@@ -932,6 +994,8 @@ def group_accuracy(z: np.ndarray, y: np.ndarray, classes: int, widths) -> np.nda
         classes: int. Number of classes.
         widths: list of int. The widths of the groups, in column order; they
             sum to d.
+        sample_weight: array (n,) or None. Example weights (`ridge_fit`); the
+            accuracies are then weighted. Defaults to None.
 
     Returns:
         An array (groups,) of accuracies.
@@ -939,14 +1003,22 @@ def group_accuracy(z: np.ndarray, y: np.ndarray, classes: int, widths) -> np.nda
     edges = np.cumsum([0, *widths])
     return np.array(
         [
-            loo_accuracy(ridge_fit(z[:, a:b], y, classes).loo, y)
+            loo_accuracy(
+                ridge_fit(z[:, a:b], y, classes, sample_weight).loo, y, sample_weight
+            )
             for a, b in zip(edges[:-1], edges[1:], strict=True)
         ]
     )
 
 
 def group_weights(
-    z: np.ndarray, y: np.ndarray, classes: int, widths, accuracy=None, balance=True
+    z: np.ndarray,
+    y: np.ndarray,
+    classes: int,
+    widths,
+    accuracy=None,
+    balance=True,
+    sample_weight=None,
 ) -> GroupWeights:
     """Weights for groups of feature columns (a head's blocks), by leave-one-out.
 
@@ -979,12 +1051,14 @@ def group_weights(
         balance: bool. Balance the widths; False weighs by accuracy alone (the
             head before 2026-12-05, for `benchmarks/width_balance.py`).
             Defaults to True.
+        sample_weight: array (n,) or None. Example weights: every fit and
+            accuracy is weighted (`ridge_fit`). Defaults to None.
 
     Returns:
         A `GroupWeights`.
     """
     if accuracy is None:
-        accuracy = group_accuracy(z, y, classes, widths)
+        accuracy = group_accuracy(z, y, classes, widths, sample_weight)
     accuracy = np.asarray(accuracy, dtype=np.float64)
     top = int(np.argmax(accuracy))
     ratio = accuracy / max(float(accuracy[top]), 1e-12)
@@ -993,8 +1067,8 @@ def group_weights(
     best = None
     for power in GROUP_WEIGHT_POWERS:
         weights = ratio**power * factor
-        fit = ridge_fit(z * np.repeat(weights, widths), y, classes)
-        score = loo_accuracy(fit.loo, y)
+        fit = ridge_fit(z * np.repeat(weights, widths), y, classes, sample_weight)
+        score = loo_accuracy(fit.loo, y, sample_weight)
         if best is None or score > best[0]:
             best = (score, GroupWeights(weights, accuracy, float(power), fit))
     return best[1]

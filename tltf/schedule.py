@@ -720,7 +720,7 @@ def fine_tune(
             alpha = _end_with_wise(
                 model, stage_one, settings, guard, val_ds, feature_source, False
             )
-            refit = hand_back and _hand_back(model, holdout, verbose=False)
+            refit = hand_back and _hand_back(model, holdout, class_weight, False)
             history.kept = _kept(history, model, schedule, guard, alpha, refit)
             return history
         if resume is not None:
@@ -759,7 +759,7 @@ def fine_tune(
         alpha = _end_with_wise(
             model, stage_one, settings, guard, val_ds, feature_source, loud
         )
-        refit = hand_back and _hand_back(model, holdout, verbose=loud)
+        refit = hand_back and _hand_back(model, holdout, class_weight, loud)
         history.kept = _kept(history, model, schedule, guard, alpha, refit)
         return history
     finally:
@@ -992,7 +992,7 @@ def _refittable(model: keras.Model, settings: FineTuneSettings) -> bool:
     )
 
 
-def _hand_back(model, holdout: _Slice, verbose) -> bool:
+def _hand_back(model, holdout: _Slice, class_weight, verbose) -> bool:
     """Hands the held-out slice back: the head is refit on every training image.
 
     The guard kept the best weights by their score on the slice. The linear
@@ -1002,12 +1002,13 @@ def _hand_back(model, holdout: _Slice, verbose) -> bool:
     good on real tasks, 2 points worse near the base's source domain, where a
     head trained by gradient beats the ridge head. Choosing between the two
     heads on the slice does not work: the kept weights are the best of several
-    epochs on it, so their score there is biased upwards.
+    epochs on it, so their score there is biased upwards. The refit weighs
+    each image by `class_weight` (a dict or None), as training did.
 
     Returns:
         Whether the head was refit.
     """
-    ridge = refit_head(model, holdout.everything)
+    ridge = refit_head(model, holdout.everything, class_weight)
     if not verbose:
         return ridge is not None
     trained, held = len(holdout.trained), len(holdout.held)
@@ -1105,6 +1106,7 @@ def _fit_full_passes(run: _Run, passes: int | None) -> keras.callbacks.History:
             run.features,
             ridge=run.settings.head_init == "ridge",
             head_l2=run.settings.head_l2,
+            class_weight=run.fit_args.get("class_weight"),
         )
         if auto and ridge is not None and run.settings.head_steps == 0:
             head_epochs = 0
@@ -1175,7 +1177,12 @@ def head_plan(count: int, batch: int, head_steps: int) -> tuple[int, int]:
 
 
 def prepare_head(
-    model: keras.Model, features, labels=None, ridge: bool = True, head_l2="auto"
+    model: keras.Model,
+    features,
+    labels=None,
+    ridge: bool = True,
+    head_l2="auto",
+    class_weight: dict | None = None,
 ) -> str | None:
     """Readies the head for stage 1: feature statistics, then a closed-form start.
 
@@ -1207,6 +1214,9 @@ def prepare_head(
         ridge: bool. Start the head from the ridge fit. Defaults to True.
         head_l2: "auto" or a number. Only "auto" attaches a penalty here
             (`fine_tune` attaches a number itself). Defaults to "auto".
+        class_weight: dict or None. `{class index: weight}`, as Keras's `fit`
+            takes it: a classification head's ridge start weighs each image by
+            its class's weight, as stage 1's loss does. Defaults to None.
 
     Returns:
         A few words on the ridge start for the stage-1 line, or None.
@@ -1219,7 +1229,7 @@ def prepare_head(
     _set_statistics(model, layer, features)
     if not ridge or labels is None:
         return None
-    start = _ridge_start(model, features, np.asarray(labels), layer)
+    start = _ridge_start(model, features, np.asarray(labels), layer, class_weight)
     if start is None:
         return None
     words, alpha = start
@@ -1228,7 +1238,9 @@ def prepare_head(
     return words
 
 
-def refit_head(model: keras.Model, features) -> str | None:
+def refit_head(
+    model: keras.Model, features, class_weight: dict | None = None
+) -> str | None:
     """Refits a ridge-started head in closed form on the model's features now.
 
     Like `prepare_head`, but on a model that has been trained: the feature
@@ -1238,6 +1250,8 @@ def refit_head(model: keras.Model, features) -> str | None:
     Args:
         model: keras.Model. A model from `build_model`.
         features: The unshuffled `(image, label)` batches to fit on.
+        class_weight: dict or None. `{class index: weight}`: each image counts
+            by its class's weight (`prepare_head`). Defaults to None.
 
     Returns:
         A few words on the fit, or None when the head was left unchanged.
@@ -1248,7 +1262,7 @@ def refit_head(model: keras.Model, features) -> str | None:
     values, labels = _head_features(model, features)
     before = [np.array(v.numpy(), copy=True) for v in layer.weights]
     _set_statistics(model, layer, values)
-    start = _ridge_start(model, values, np.asarray(labels), layer)
+    start = _ridge_start(model, values, np.asarray(labels), layer, class_weight)
     words = start[0] if start is not None else None
     if words is None:
         for variable, value in zip(layer.weights, before, strict=True):
@@ -1284,8 +1298,15 @@ def _head_features(model, features, labels=None) -> tuple[np.ndarray, Any]:
     return np.asarray(features).reshape(len(features), -1), labels
 
 
-def _ridge_start(model, features, labels, layer) -> tuple[str, float | None] | None:
-    """The closed-form start of a linear head: `(words, head L2 or None)`."""
+def _ridge_start(
+    model, features, labels, layer, class_weight=None
+) -> tuple[str, float | None] | None:
+    """The closed-form start of a linear head: `(words, head L2 or None)`.
+
+    `class_weight` (`{class index: weight}`) weighs a classifier's images by
+    their class in every fit, score and temperature below; regression and
+    multi-label heads take no class weights.
+    """
     info = model_info(model)
     units = info.metadata["num_outputs"]
     if not _linear_head(model):
@@ -1303,8 +1324,10 @@ def _ridge_start(model, features, labels, layer) -> tuple[str, float | None] | N
     classes = max(2, units)
     if y.min() < 0 or y.max() >= classes or len(np.unique(y)) < 2:
         return None
-    weighted = _weigh_blocks(model, info, features, z, y, classes, layer)
-    fit = ridge_fit(z, y, classes) if weighted is None else weighted[0]
+    w = _class_weights_of(y, class_weight)
+    weighted_words = "class-weighted " if w is not None else ""
+    weighted = _weigh_blocks(model, info, features, z, y, classes, layer, w)
+    fit = ridge_fit(z, y, classes, w) if weighted is None else weighted[0]
     if units == 1:  # binary: one sigmoid logit, the difference of the two scores
         weights = (fit.weights[:, 1] - fit.weights[:, 0])[:, None]
         bias = np.array([fit.prior[1] - fit.prior[0]])
@@ -1313,16 +1336,16 @@ def _ridge_start(model, features, labels, layer) -> tuple[str, float | None] | N
         weights, bias, loo = fit.weights, fit.prior, fit.loo
     if scorable(y).any():
         words = (
-            "head starts from the ridge classifier (leave-one-out accuracy "
-            f"{loo_accuracy(fit.loo, y):.3f})"
+            f"head starts from the ridge classifier ({weighted_words}leave-one-out "
+            f"accuracy {loo_accuracy(fit.loo, y, w):.3f})"
         )
     else:  # leave-one-out scores nothing: the scale comes from the fit's own scores
         loo = z @ weights + bias
         words = (
-            "head starts from the ridge classifier (no leave-one-out score: every "
-            "class has one image)"
+            f"head starts from the {weighted_words}ridge classifier (no "
+            "leave-one-out score: every class has one image)"
         )
-    temperature = _temperature(loo, y, units == 1)
+    temperature = _temperature(loo, y, units == 1, w)
     output.kernel.assign((temperature * weights).astype("float32"))
     output.bias.assign((temperature * bias).astype("float32"))
     return (words if weighted is None else f"{words}; {weighted[1]}"), None
@@ -1424,7 +1447,18 @@ def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
     return scale, offset
 
 
-def _weigh_blocks(model, info, features, z, y, classes, layer):
+def _class_weights_of(y: np.ndarray, class_weight: dict | None) -> np.ndarray | None:
+    """Each image's weight from `{class index: weight}` (missing classes: 1),
+    or None when there are no class weights or all of them are equal."""
+    if not class_weight:
+        return None
+    w = np.array([float(class_weight.get(int(c), 1.0)) for c in y])
+    if np.all(w == w[0]) or w.sum() <= 0:
+        return None  # equal weights change nothing; all zero leaves nothing to fit
+    return w
+
+
+def _weigh_blocks(model, info, features, z, y, classes, layer, w=None):
     """Scales each block's standardised features by `probe.group_weights`
     (each block's accuracy weight times its width balance).
 
@@ -1435,6 +1469,7 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
     best block's leave-one-out accuracy. Returns the ridge classifier on the
     weighted features (`z`, updated in place for the pixels) and a few words for
     the stage-1 line, or None for a head that reads one block and no pixels.
+    `w`: each image's weight in every fit and accuracy, or None.
     """
     blocks = list(info.metadata.get("head_blocks") or [])
     pixels = pixel_columns(model)
@@ -1451,7 +1486,7 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
         return None
     per = len(widths) // len(blocks)  # "avgmax" pools each block twice
     widths = [sum(widths[i : i + per]) for i in range(0, len(widths), per)]
-    accuracy = group_accuracy(z[:, : sum(widths)], y, classes, widths)
+    accuracy = group_accuracy(z[:, : sum(widths)], y, classes, widths, w)
     best = int(np.argmax(accuracy))
     scored = bool(scorable(y).any())
     pixel_words = ""
@@ -1459,7 +1494,7 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
         values = features[:, pixels]
         scale = 1.0 / (values.std(axis=0) + layer.epsilon)
         on = (values - values.mean(axis=0)) * scale
-        alone = group_accuracy(on, y, classes, [on.shape[1]])[0]
+        alone = group_accuracy(on, y, classes, [on.shape[1]], w)[0]
         # With one image per class nothing scores the pixels: they stay muted
         # (measured: benchmarks/RESULTS.md, "One image per class").
         if scored and alone >= PIXEL_GROUP_RATIO * accuracy[best]:
@@ -1477,7 +1512,7 @@ def _weigh_blocks(model, info, features, z, y, classes, layer):
     if len(widths) < 2:
         return None
     used = z[:, : sum(widths)]
-    chosen = group_weights(used, y, classes, widths, accuracy=accuracy)
+    chosen = group_weights(used, y, classes, widths, accuracy=accuracy, sample_weight=w)
     fit = chosen.fit
     if used.shape[1] < z.shape[1]:  # the muted pixels: zero rows of the kernel
         rows = np.zeros((z.shape[1] - used.shape[1], fit.weights.shape[1]))
@@ -1512,7 +1547,9 @@ def _blocks(count: int) -> str:
     return f"{count} block" if count == 1 else f"{count} blocks"
 
 
-def _temperature(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
+def _temperature(
+    scores: np.ndarray, y: np.ndarray, binary: bool, w: np.ndarray | None = None
+) -> float:
     """The scale of ridge scores that minimises their cross-entropy.
 
     Where the leave-one-out scores rank every image's class first, that
@@ -1520,7 +1557,8 @@ def _temperature(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
     probabilities of exactly 0 and 1, a training loss near 1e-30 and no
     gradient left for stage 1 or stage 2. There the targets are Platt's (1999)
     instead of one-hot: a class of n images gets (n + 1) / (n + 2) of the
-    probability, the other classes share the rest.
+    probability, the other classes share the rest. `w` weighs each image's
+    cross-entropy (class weights), or None.
     """
     if binary:  # one logit: the score of class 1 over class 0
         scores = np.concatenate([np.zeros_like(scores), scores], axis=1)
@@ -1536,7 +1574,7 @@ def _temperature(scores: np.ndarray, y: np.ndarray, binary: bool) -> float:
         z = t * scores
         z = z - z.max(axis=1, keepdims=True)
         log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        loss = -np.mean(np.sum(targets * log_p, axis=1))
+        loss = -np.average(np.sum(targets * log_p, axis=1), weights=w)
         if loss < best_loss:
             best, best_loss = float(t), loss
     return best
@@ -2034,6 +2072,7 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
                 train_cache.others[0] if train_cache.others else None,
                 ridge=run.settings.head_init == "ridge",
                 head_l2=run.settings.head_l2,
+                class_weight=run.fit_args.get("class_weight"),
             )
         batch = train_cache.batch_sizes[0]
         steps_per_epoch = None
