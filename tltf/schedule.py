@@ -1183,6 +1183,7 @@ def prepare_head(
     ridge: bool = True,
     head_l2="auto",
     class_weight: dict | None = None,
+    sample_weight=None,
 ) -> str | None:
     """Readies the head for stage 1: feature statistics, then a closed-form start.
 
@@ -1217,6 +1218,10 @@ def prepare_head(
         class_weight: dict or None. `{class index: weight}`, as Keras's `fit`
             takes it: a classification head's ridge start weighs each image by
             its class's weight, as stage 1's loss does. Defaults to None.
+        sample_weight: array or None. Each image's weight, for array
+            `features`; batches of `(image, label, sample_weight)` carry their
+            own. A classification head's ridge start weighs the images by them,
+            as stage 1's loss does. Defaults to None.
 
     Returns:
         A few words on the ridge start for the stage-1 line, or None.
@@ -1225,11 +1230,14 @@ def prepare_head(
     layer = _standardization(model)
     if layer is None or layer.is_set:
         return None
-    features, labels = _head_features(model, features, labels)
+    features, labels, weights = _head_features(model, features, labels)
     _set_statistics(model, layer, features)
     if not ridge or labels is None:
         return None
-    start = _ridge_start(model, features, np.asarray(labels), layer, class_weight)
+    weights = weights if sample_weight is None else sample_weight
+    start = _ridge_start(
+        model, features, np.asarray(labels), layer, class_weight, weights
+    )
     if start is None:
         return None
     words, alpha = start
@@ -1259,10 +1267,12 @@ def refit_head(
     layer = _standardization(model)
     if layer is None or not layer.is_set:
         return None
-    values, labels = _head_features(model, features)
+    values, labels, weights = _head_features(model, features)
     before = [np.array(v.numpy(), copy=True) for v in layer.weights]
     _set_statistics(model, layer, values)
-    start = _ridge_start(model, values, np.asarray(labels), layer, class_weight)
+    start = _ridge_start(
+        model, values, np.asarray(labels), layer, class_weight, weights
+    )
     words = start[0] if start is not None else None
     if words is None:
         for variable, value in zip(layer.weights, before, strict=True):
@@ -1289,23 +1299,27 @@ def _linear_head(model: keras.Model) -> bool:
     return not any(la.name.startswith("head_dense_") for la in model.layers)
 
 
-def _head_features(model, features, labels=None) -> tuple[np.ndarray, Any]:
-    """The head's input features as rows (one inference pass over batches)."""
+def _head_features(model, features, labels=None) -> tuple[np.ndarray, Any, Any]:
+    """`(features as rows, labels, sample weights or None)`: one inference pass
+    over batches of `(image, label[, sample_weight])`, or the arrays given."""
+    weights = None
     if isinstance(features, tf.data.Dataset):
         cache = FeatureCache(model, features)
         features, labels = cache.features, cache.others[0]
+        weights = cache.others[1] if len(cache.others) > 1 else None
         cache.close()
-    return np.asarray(features).reshape(len(features), -1), labels
+    return np.asarray(features).reshape(len(features), -1), labels, weights
 
 
 def _ridge_start(
-    model, features, labels, layer, class_weight=None
+    model, features, labels, layer, class_weight=None, sample_weight=None
 ) -> tuple[str, float | None] | None:
     """The closed-form start of a linear head: `(words, head L2 or None)`.
 
-    `class_weight` (`{class index: weight}`) weighs a classifier's images by
-    their class in every fit, score and temperature below; regression and
-    multi-label heads take no class weights.
+    `class_weight` (`{class index: weight}`) and `sample_weight` (one per
+    image; Keras takes one or the other) weigh a classifier's images in every
+    fit, score and temperature below; regression and multi-label heads are
+    fit unweighted.
     """
     info = model_info(model)
     units = info.metadata["num_outputs"]
@@ -1325,7 +1339,15 @@ def _ridge_start(
     if y.min() < 0 or y.max() >= classes or len(np.unique(y)) < 2:
         return None
     w = _class_weights_of(y, class_weight)
-    weighted_words = "class-weighted " if w is not None else ""
+    kind = "class" if w is not None else "sample"
+    if sample_weight is not None:
+        s = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+        w = s if w is None else w * s
+        if len(w) != len(y) or not np.all(np.isfinite(w)) or w.min() < 0:
+            w = None  # weights the ridge cannot take: Keras's loss has the say
+        elif np.all(w == w[0]) or w.sum() <= 0:
+            w = None  # equal weights change nothing; all 0 leaves nothing to fit
+    weighted_words = f"{kind}-weighted " if w is not None else ""
     weighted = _weigh_blocks(model, info, features, z, y, classes, layer, w)
     fit = ridge_fit(z, y, classes, w) if weighted is None else weighted[0]
     if units == 1:  # binary: one sigmoid logit, the difference of the two scores
@@ -2073,6 +2095,9 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
                 ridge=run.settings.head_init == "ridge",
                 head_l2=run.settings.head_l2,
                 class_weight=run.fit_args.get("class_weight"),
+                sample_weight=train_cache.others[1]
+                if len(train_cache.others) > 1
+                else None,
             )
         batch = train_cache.batch_sizes[0]
         steps_per_epoch = None
