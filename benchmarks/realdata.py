@@ -705,6 +705,7 @@ def logreg_pixels(
     train: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
     Cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0),
+    class_weight: str | None = None,
 ) -> float:
     """Multinomial logistic regression on raw pixels: test accuracy.
 
@@ -722,6 +723,8 @@ def logreg_pixels(
         test: `(images, labels)`. The test set.
         Cs: tuple of float. Candidate values of C. Defaults to
             (0.01, 0.1, 1, 10).
+        class_weight: scikit-learn's `class_weight` ("balanced" or None).
+            Defaults to None.
 
     Returns:
         The test accuracy.
@@ -746,12 +749,16 @@ def logreg_pixels(
             cv = StratifiedKFold(folds, shuffle=True, random_state=0)
             scores = [
                 cross_val_score(
-                    LogisticRegression(C=C, max_iter=2000), x_train, y_train, cv=cv
+                    LogisticRegression(C=C, max_iter=2000, class_weight=class_weight),
+                    x_train,
+                    y_train,
+                    cv=cv,
                 ).mean()
                 for C in Cs
             ]
             best = Cs[int(np.argmax(scores))]
-        model = LogisticRegression(C=best, max_iter=2000).fit(x_train, y_train)
+        model = LogisticRegression(C=best, max_iter=2000, class_weight=class_weight)
+        model.fit(x_train, y_train)
         return float(model.score(x_test, y_test))
 
 
