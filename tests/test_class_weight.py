@@ -126,3 +126,26 @@ def test_sample_weights_in_the_data_reach_the_ridge_start(capsys):
     # Measured: 0.293 with equal weights, 0.631 with the minority's x6.
     assert minority["minority x6"] > minority["equal"] + 0.1, minority
     assert "sample-weighted leave-one-out accuracy" in capsys.readouterr().out
+
+
+def test_imbalanced_classes_get_a_note_that_names_class_weight(capsys):
+    x, y = _imbalanced()
+    cases = {
+        (None, "imbalanced"): True,
+        ("balanced", "imbalanced"): False,
+        (None, "balanced"): False,
+    }
+    for (weights, kind), noted in cases.items():
+        data = (x, y) if kind == "imbalanced" else _imbalanced(8, 8)
+        tltf.fine_tune(
+            make_tiny_model(),
+            data,
+            class_weight=weights,
+            head_steps=0,
+            fine_tune_epochs=0,
+            verbose=1,
+        )
+        printed = capsys.readouterr().out
+        assert ("tltf: note: the classes are imbalanced" in printed) == noted, printed
+        if noted:
+            assert "pass class_weight='balanced' (tltf train: --class-weight" in printed

@@ -616,6 +616,8 @@ def fine_tune(
         class_weight = _balanced_weights(class_weight, info, prepared)
     elif class_weight is not None:
         _check_class_weight(class_weight, info)
+    elif loud and info.task in CLASSIFIERS:
+        _note_imbalance(prepared, max(2, info.metadata["num_outputs"]))
     auto_loss, auto_metrics = default_loss_and_metrics(
         info, prepared.one_hot, settings.label_smoothing
     )
@@ -1987,6 +1989,33 @@ def _check_class_weight(weights, info: ModelInfo) -> None:
                 f"Expected class_weight values to be finite numbers >= 0. Received: "
                 f"class {key}: {value!r}."
             )
+
+
+#: `fine_tune` notes imbalanced classes (without `class_weight`) from this ratio
+#: of the largest class's training images to the smallest's.
+IMBALANCE_RATIO = 3
+
+
+def _note_imbalance(prepared: _Prepared, classes: int) -> None:
+    """One line where the largest class has `IMBALANCE_RATIO` times the images
+    of the smallest: the model then favours the large classes, which is right
+    for test data drawn like the training data and wrong where every class
+    matters alike (measured: benchmarks/RESULTS.md, "Imbalanced classes")."""
+    counts = prepared.counts
+    if counts is None and prepared.labels is not None:
+        counts = np.bincount(class_ids(prepared.labels), minlength=classes)
+    if counts is None:
+        return  # a tf.data input: its labels are not read for a note
+    present = np.asarray(counts)[np.asarray(counts) > 0]
+    if len(present) < 2 or present.max() < IMBALANCE_RATIO * present.min():
+        return
+    print(
+        f"tltf: note: the classes are imbalanced ({present.max():,} training "
+        f"images in the largest, {present.min():,} in the smallest): the model "
+        "will favour the large ones, as the training data does. If every class "
+        "matters alike (say, the test set is balanced), pass "
+        "class_weight='balanced' (tltf train: --class-weight balanced)."
+    )
 
 
 def _balanced_weights(setting: str, info, prepared: _Prepared) -> dict[int, float]:
