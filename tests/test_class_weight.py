@@ -147,5 +147,6 @@ def test_imbalanced_classes_get_a_note_that_names_class_weight(capsys):
         )
         printed = capsys.readouterr().out
         assert ("tltf: note: the classes are imbalanced" in printed) == noted, printed
-        if noted:
+        if noted:  # all the images, the guard's held-out slice included
+            assert "(24 training images in the largest, 4 in the smallest)" in printed
             assert "pass class_weight='balanced' (tltf train: --class-weight" in printed

@@ -857,9 +857,9 @@ def ridge_fit(
     w = None if sample_weight is None else _unit_mean(sample_weight, len(y))
 
     def score(loo, residual):
-        squared = np.sum(residual**2, axis=1)
-        mean = float(np.mean(squared if w is None else w * squared))
-        return (loo_accuracy(loo, y, w), -mean)
+        if w is None:
+            return (loo_accuracy(loo, y), -float(np.mean(residual**2)))
+        return (loo_accuracy(loo, y, w), -float(np.mean(w[:, None] * residual**2)))
 
     return _ridge(z, np.eye(classes)[y], score, w)
 

@@ -617,7 +617,7 @@ def fine_tune(
     elif class_weight is not None:
         _check_class_weight(class_weight, info)
     elif loud and info.task in CLASSIFIERS:
-        _note_imbalance(prepared, max(2, info.metadata["num_outputs"]))
+        _note_imbalance(train, max(2, info.metadata["num_outputs"]))
     auto_loss, auto_metrics = default_loss_and_metrics(
         info, prepared.one_hot, settings.label_smoothing
     )
@@ -1996,16 +1996,24 @@ def _check_class_weight(weights, info: ModelInfo) -> None:
 IMBALANCE_RATIO = 3
 
 
-def _note_imbalance(prepared: _Prepared, classes: int) -> None:
+def _note_imbalance(train, classes: int) -> None:
     """One line where the largest class has `IMBALANCE_RATIO` times the images
     of the smallest: the model then favours the large classes, which is right
     for test data drawn like the training data and wrong where every class
-    matters alike (measured: benchmarks/RESULTS.md, "Imbalanced classes")."""
-    counts = prepared.counts
-    if counts is None and prepared.labels is not None:
-        counts = np.bincount(class_ids(prepared.labels), minlength=classes)
+    matters alike (measured: benchmarks/RESULTS.md, "Imbalanced classes").
+
+    `train` is `fine_tune`'s (checked) training data, before any slice is held
+    out: a bundle's counts, or the labels of arrays. A tf.data input's labels
+    are not read for a note.
+    """
+    if isinstance(train, tltf_data.DataBundle):
+        counts = train.counts
+    elif isinstance(train, (tuple, list)) and len(train) >= 2:
+        counts = np.bincount(class_ids(np.asarray(train[1])), minlength=classes)
+    else:
+        return
     if counts is None:
-        return  # a tf.data input: its labels are not read for a note
+        return
     present = np.asarray(counts)[np.asarray(counts) > 0]
     if len(present) < 2 or present.max() < IMBALANCE_RATIO * present.min():
         return
