@@ -50,7 +50,10 @@ def test_weighted_ridge_and_its_leave_one_out_scores_are_exact():
             z[keep], t[keep], unit[keep], fit.l2 / unit[keep].sum()
         )
         np.testing.assert_allclose(fit.loo[i], z[i] @ kernel + bias, atol=1e-8)
-    assert 0.0 <= loo_accuracy(fit.loo, y, w) <= 1.0
+    # The weighted accuracy: each correct image counts by its weight.
+    correct = fit.loo.argmax(axis=1) == y
+    assert 0 < correct.sum() < n
+    np.testing.assert_allclose(loo_accuracy(fit.loo, y, w), w @ correct / w.sum())
 
 
 def test_equal_weights_give_the_unweighted_fit():
