@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 import tltf
-from tests.helpers import make_image_folder, make_tiny_base
+from tests.helpers import make_image_folder, make_tiny_base, make_tiny_model
 from tests.test_ranking import constant_base, signal_base
 from tltf.cli import main
 
@@ -148,6 +148,13 @@ def test_rank_preprocessing_refuses_what_it_would_ignore(tmp_path, capsys):
         err = capsys.readouterr().err
         assert status == 2, given
         assert err.startswith("tltf: error: --preprocessing") and message in err
+    # A model tltf built keeps the preprocessing its base was built with.
+    built = tmp_path / "built.keras"
+    make_tiny_model().save(built)
+    status = main([*args, str(built), "--preprocessing", "tf"])
+    err = capsys.readouterr().err
+    assert status == 2 and f"--preprocessing tf for {built}: " in err
+    assert "was built by tltf" in err
     # With a model file among the candidates, the bare mode is fine.
     status = main([*args, str(saved), str(file), "--preprocessing", "tf", "--quiet"])
     assert status == 0, capsys.readouterr().err

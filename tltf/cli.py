@@ -1364,8 +1364,10 @@ def _add_rank_command(commands) -> None:
         default=[],
         help="the preprocessing a model-file candidate (.keras, .h5) expects: "
         f"one of {', '.join(PREPROCESSING_MODES)}, e.g. tf ([-1, 1]). MODE alone "
-        "applies to every model file; BASE=MODE to that one (default: none, the "
-        "raw [0, 255] pixels; registry and saved bases use their own)",
+        "applies to every model file; BASE=MODE to that one (default: the "
+        "model's own where tltf built it or it is a Keras Applications "
+        "architecture, else none: the raw [0, 255] pixels; registry and saved "
+        "bases use their own)",
     )
     rank.add_argument("--out", metavar="FILE", help="write the table as CSV")
     rank.add_argument("--plot", metavar="FILE", help="write the plot as PNG")
@@ -1453,12 +1455,18 @@ def _rank_model_file(path: str, preprocessing: str | None):
     model = load_model(path, compile=False)
     if preprocessing is None:
         return model
-    return load_base(model, preprocessing=preprocessing)
+    try:
+        return load_base(model, preprocessing=preprocessing)
+    except ConfigError as error:  # e.g. a model tltf built: it has its own
+        raise ConfigError(
+            f"--preprocessing {preprocessing} for {path}: {error}"
+        ) from None
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    modes = _rank_preprocessing(args.preprocessing, args.bases)  # before any data
     source, split = parse_source(args.data)
     kwargs = {"split": split or "train"} if source.startswith("tfds:") else {}
     if split is not None and not source.startswith("tfds:"):
@@ -1474,7 +1482,6 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         cache=False,
         **kwargs,
     )
-    modes = _rank_preprocessing(args.preprocessing, args.bases)
     candidates = [
         _rank_model_file(b, modes.get(b)) if is_model_file(b) else b for b in args.bases
     ]
