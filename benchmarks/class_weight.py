@@ -10,7 +10,7 @@ accuracy is the balanced accuracy. Columns, on the same split:
   the closed-form fits (the head's ridge start and the refit on every image
   that ends a run without validation data);
 - "balanced before": the same, with the closed-form fits unweighted, as before
-  that change (`tltf.schedule._class_weights_of` patched to return None: the
+  that change (`tltf.schedule._row_weights` patched to return None: the
   weights then reach only the gradient steps, and the final refit drops them);
 - "logreg pixels": logistic regression on the raw pixels (scikit-learn,
   `class_weight="balanced"`: `realdata.logreg_pixels`).
@@ -68,8 +68,8 @@ def _tltf(base_name, weights_dir, train, test, seed, column):
     unweighted = column == "balanced before"
     with mock.patch.object(
         tltf.schedule,
-        "_class_weights_of",
-        (lambda y, w: None) if unweighted else tltf.schedule._class_weights_of,
+        "_row_weights",
+        (lambda *_: None) if unweighted else tltf.schedule._row_weights,
     ):
         tltf.fine_tune(model, train, class_weight=weights, seed=seed, verbose=0)
     predicted = np.argmax(model.predict(test[0], verbose=0), axis=-1)

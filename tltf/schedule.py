@@ -1340,15 +1340,8 @@ def _ridge_start(
     classes = max(2, units)
     if y.min() < 0 or y.max() >= classes or len(np.unique(y)) < 2:
         return None
-    w = _class_weights_of(y, class_weight)
-    kind = "class" if w is not None else "sample"
-    if sample_weight is not None:
-        s = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
-        w = s if w is None else w * s
-        if len(w) != len(y) or not np.all(np.isfinite(w)) or w.min() < 0:
-            w = None  # weights the ridge cannot take: Keras's loss has the say
-        elif np.all(w == w[0]) or w.sum() <= 0:
-            w = None  # equal weights change nothing; all 0 leaves nothing to fit
+    w = _row_weights(y, class_weight, sample_weight)
+    kind = "class" if class_weight else "sample"
     weighted_words = f"{kind}-weighted " if w is not None else ""
     weighted = _weigh_blocks(model, info, features, z, y, classes, layer, w)
     fit = ridge_fit(z, y, classes, w) if weighted is None else weighted[0]
@@ -1471,15 +1464,23 @@ def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
     return scale, offset
 
 
-def _class_weights_of(y: np.ndarray, class_weight: dict | None) -> np.ndarray | None:
-    """Each image's weight from `{class index: weight}` (missing classes: 1),
-    or None when there are no class weights or all of them are equal."""
-    if not class_weight:
+def _row_weights(y: np.ndarray, class_weight, sample_weight) -> np.ndarray | None:
+    """Each image's weight in the closed-form fits: its class's weight in
+    `class_weight` (`{class index: weight}`, missing classes 1) times its
+    `sample_weight`. None where they change nothing (all equal) or where the
+    ridge cannot take them (not one per image, not finite, negative, all 0):
+    Keras's loss still has the say."""
+    w = np.ones(len(y))
+    if class_weight:
+        w *= np.array([float(class_weight.get(int(c), 1.0)) for c in y])
+    if sample_weight is not None:
+        s = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+        if s.shape != w.shape:
+            return None
+        w *= s
+    if not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
         return None
-    w = np.array([float(class_weight.get(int(c), 1.0)) for c in y])
-    if np.all(w == w[0]) or w.sum() <= 0:
-        return None  # equal weights change nothing; all zero leaves nothing to fit
-    return w
+    return None if np.all(w == w[0]) else w
 
 
 def _weigh_blocks(model, info, features, z, y, classes, layer, w=None):
