@@ -631,7 +631,8 @@ def fine_tune(
             optimizer = clone_optimizer(optimizer, head_rate)
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, head_rate)
-    loss = auto_loss if isinstance(loss, str) and loss == "auto" else loss
+    own_loss = not (isinstance(loss, str) and loss == "auto")
+    loss = loss if own_loss else auto_loss
     metrics = (
         auto_metrics if isinstance(metrics, str) and metrics == "auto" else metrics
     )
@@ -710,6 +711,19 @@ def fine_tune(
                 guard.resume_from(resume.history)
         hand_back = holdout is not None and guard is not None
         hand_back = hand_back and _refittable(model, settings)
+        retrain = (
+            _HeadRetrain.for_run(
+                settings,
+                own_loss,
+                loss,
+                optimizer,
+                info,
+                prepared.one_hot,
+                is_distributed(strategy),
+            )
+            if hand_back
+            else None
+        )
         stage_one = None
         if settings.wise is not None and fine_tune_epochs:
             stage_one = StageOneWeights(schedule, backup_dir)
@@ -722,7 +736,11 @@ def fine_tune(
             alpha = _end_with_wise(
                 model, stage_one, settings, guard, val_ds, feature_source, False
             )
-            refit = hand_back and _hand_back(model, holdout, class_weight, False)
+            refit = (
+                _hand_back(model, holdout, class_weight, False, retrain)
+                if hand_back
+                else None
+            )
             history.kept = _kept(history, model, schedule, guard, alpha, refit)
             return history
         if resume is not None:
@@ -761,7 +779,11 @@ def fine_tune(
         alpha = _end_with_wise(
             model, stage_one, settings, guard, val_ds, feature_source, loud
         )
-        refit = hand_back and _hand_back(model, holdout, class_weight, loud)
+        refit = (
+            _hand_back(model, holdout, class_weight, loud, retrain)
+            if hand_back
+            else None
+        )
         history.kept = _kept(history, model, schedule, guard, alpha, refit)
         return history
     finally:
@@ -994,7 +1016,56 @@ def _refittable(model: keras.Model, settings: FineTuneSettings) -> bool:
     )
 
 
-def _hand_back(model, holdout: _Slice, class_weight, verbose) -> bool:
+@dataclasses.dataclass(frozen=True)
+class _HeadRetrain:
+    """How `_hand_back` trains the refit head on: as stage 1 trained it.
+
+    Only where the run chose the head's training itself (`for_run`): its own
+    `loss`, a `label_smoothing` or an explicit `head_l2`. The closed-form fit
+    alone would put least squares and a fitted temperature in their place.
+    """
+
+    why: str  # the run's choices, for the lines it prints: "label_smoothing=0.1"
+    loss: Any
+    optimizer: Any  # stage 1's: a fresh copy of it trains the head on
+    head_steps: int
+    seed: int | None
+    classes: int | None  # integer labels become one-hot rows of this many
+    distributed: bool  # then the head keeps the closed-form fit (no cache)
+
+    @classmethod
+    def for_run(
+        cls, settings, own_loss, loss, optimizer, info, one_hot, distributed
+    ) -> _HeadRetrain | None:
+        """None where the closed-form fit is what stage 1 started from anyway:
+        the default loss, no smoothing, `head_l2="auto"`; or `head_steps=0`."""
+        chosen = []
+        if own_loss:
+            name = loss if isinstance(loss, str) else None
+            name = name or getattr(loss, "name", None) or getattr(loss, "__name__", "")
+            chosen.append(f"loss={name or type(loss).__name__}")
+        if settings.label_smoothing:
+            chosen.append(f"label_smoothing={settings.label_smoothing:g}")
+        if settings.head_l2 != "auto":
+            chosen.append(f"head_l2={settings.head_l2:g}")
+        if not chosen or settings.head_steps == 0:
+            return None
+        return cls(
+            ", ".join(chosen),
+            loss,
+            optimizer,
+            settings.head_steps,
+            settings.seed,
+            info.metadata["num_outputs"]
+            if one_hot and info.task == "multiclass"
+            else None,
+            distributed,
+        )
+
+
+def _hand_back(
+    model, holdout: _Slice, class_weight, verbose, retrain: _HeadRetrain | None
+) -> str | None:
     """Hands the held-out slice back: the head is refit on every training image.
 
     The guard kept the best weights by their score on the slice. The linear
@@ -1005,14 +1076,45 @@ def _hand_back(model, holdout: _Slice, class_weight, verbose) -> bool:
     head trained by gradient beats the ridge head. Choosing between the two
     heads on the slice does not work: the kept weights are the best of several
     epochs on it, so their score there is biased upwards. The refit weighs
-    each image by `class_weight` (a dict or None), as training did.
+    each image by `class_weight` (a dict or None), as training did. With
+    `retrain`, the head then trains on from the refit with the run's own loss,
+    smoothing or head L2, as stage 1 did (`_retrain_head`).
 
     Returns:
-        Whether the head was refit.
+        What was done, for `history.kept`'s note, or None when the head was not
+        refit.
     """
-    ridge = refit_head(model, holdout.everything, class_weight)
+    train_on = retrain is not None and not retrain.distributed
+    split = FrozenSplit(model) if train_on else None
+    cache = FeatureCache(
+        model, holdout.everything, extractor=split.extract() if split else None
+    )
+    try:
+        ridge = refit_head(
+            model,
+            cache.features,
+            class_weight,
+            cache.others[0],
+            cache.others[1] if len(cache.others) > 1 else None,
+        )
+        steps = None
+        if ridge is not None and train_on:
+            steps = _retrain_head(model, split, cache, retrain, class_weight)
+    finally:
+        cache.close()
+    done = None
+    if ridge is not None:
+        done = "refit in closed form on every training image, the held-out slice "
+        done += "included"
+        if steps is not None:
+            done += f", then trained on with {retrain.why} for {steps:,} steps"
+        elif retrain is not None:
+            done += (
+                f" (not trained on with {retrain.why}: under a distribution "
+                "strategy the head keeps the closed-form fit)"
+            )
     if not verbose:
-        return ridge is not None
+        return done
     trained, held = len(holdout.trained), len(holdout.held)
     if ridge is None:
         print(
@@ -1020,16 +1122,62 @@ def _hand_back(model, holdout: _Slice, class_weight, verbose) -> bool:
             "the closed-form fit does not apply to these features (at most 20,000 "
             "images and 8,192 features)."
         )
-        return False
-    print(
+        return None
+    line = (
         f"tltf: keep_best: handed the {held:,} held-out images back: the head was "
         f"refit in closed form on all {trained + held:,} training images: "
-        f"{ridge.removeprefix('head starts from ')}."
+        f"{ridge.removeprefix('head starts from ')}"
     )
-    return True
+    if steps is not None:
+        line += (
+            f"; then trained on with {retrain.why} for {steps:,} steps, as stage 1 was"
+        )
+    elif retrain is not None:
+        line += (
+            f"; it is not trained on with {retrain.why}: under a distribution "
+            "strategy the head keeps the closed-form fit"
+        )
+    print(line + ".")
+    return done
 
 
-def _kept(history, model, schedule, guard, alpha, refit: bool) -> Kept:
+def _retrain_head(model, split, cache, retrain: _HeadRetrain, class_weight) -> int:
+    """Trains the head on the cached features of every image, as stage 1 did:
+    from where it is, with a fresh copy of stage 1's optimizer, up to
+    `head_steps` steps, until the loss converges (`StageOneEnd`).
+
+    Returns:
+        The optimizer steps it took.
+    """
+    labels = cache.others[0]
+    if retrain.classes and labels.ndim == 1:
+        # As `_prepare_data` makes them for a smoothed loss.
+        cache.others[0] = np.eye(retrain.classes, dtype="float32")[labels]
+    batch = cache.batch_sizes[0]
+    per_epoch, most = head_plan(cache.count, batch, retrain.head_steps)
+    end = StageOneEnd(
+        most,
+        tolerance=0.01,
+        min_fall=MIN_FALL_NATS if is_cross_entropy(retrain.loss) else 0.0,
+    )
+    fit_part(
+        split.trainable,
+        cache.stream(batch, (most + 1) * per_epoch, retrain.seed),
+        optimizer=clone_optimizer(retrain.optimizer),
+        loss=retrain.loss,
+        metrics=None,
+        jit_compile=model.jit_compile,
+        steps_per_execution=_per_call(per_epoch, True),
+        callbacks=[end],
+        epochs=most,
+        steps_per_epoch=per_epoch,
+        class_weight=class_weight,
+        verbose=0,
+    )
+    return len(end.losses) * per_epoch
+
+
+def _kept(history, model, schedule, guard, alpha, refit: str | None) -> Kept:
     """What the model `fine_tune` returns holds (`history.kept`).
 
     Args:
@@ -1038,7 +1186,7 @@ def _kept(history, model, schedule, guard, alpha, refit: bool) -> Kept:
         schedule: FineTuneSchedule. The run's schedule (stage 2's blocks).
         guard: KeepBest or None. The run's guard.
         alpha: float or None. WiSE-FT's share of the fine-tuned weights.
-        refit: bool. Whether keep_best's hand-back refit the head.
+        refit: str or None. What keep_best's hand-back did to the head, or None.
     """
     stages = [int(s) for s in history.history.get("stage", [])]
     epoch = guard.kept_epoch if guard is not None else None
@@ -1066,10 +1214,7 @@ def _kept(history, model, schedule, guard, alpha, refit: bool) -> Kept:
             f"1's + {alpha:g} x these."
         )
     if refit:
-        note += (
-            " Then the head was refit in closed form on every training image, the "
-            "held-out slice included."
-        )
+        note += f" Then the head was {refit}."
     return Kept(epoch=epoch, stage=stage, blocks=blocks, note=note)
 
 
@@ -1249,7 +1394,11 @@ def prepare_head(
 
 
 def refit_head(
-    model: keras.Model, features, class_weight: dict | None = None
+    model: keras.Model,
+    features,
+    class_weight: dict | None = None,
+    labels=None,
+    sample_weight=None,
 ) -> str | None:
     """Refits a ridge-started head in closed form on the model's features now.
 
@@ -1259,9 +1408,13 @@ def refit_head(
 
     Args:
         model: keras.Model. A model from `build_model`.
-        features: The unshuffled `(image, label)` batches to fit on.
+        features: The unshuffled `(image, label)` batches to fit on, or an
+            array of the head's input features (with `labels`).
         class_weight: dict or None. `{class index: weight}`: each image counts
             by its class's weight (`prepare_head`). Defaults to None.
+        labels: array or None. The labels of array `features`. Defaults to None.
+        sample_weight: array or None. Each image's weight, for array
+            `features` (`prepare_head`). Defaults to None.
 
     Returns:
         A few words on the fit, or None when the head was left unchanged.
@@ -1269,7 +1422,8 @@ def refit_head(
     layer = _standardization(model)
     if layer is None or not layer.is_set:
         return None
-    values, labels, weights = _head_features(model, features)
+    values, labels, weights = _head_features(model, features, labels)
+    weights = weights if sample_weight is None else sample_weight
     before = [np.array(v.numpy(), copy=True) for v in layer.weights]
     _set_statistics(model, layer, values)
     start = _ridge_start(
@@ -2210,6 +2364,19 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
     return resume.merge(history) if resume is not None else history
 
 
+def _per_call(per_epoch: int, fixed_steps: bool) -> int:
+    """`steps_per_execution` of a fit on cached features.
+
+    At most one epoch per call: Keras's progress bar counts executions past
+    the end of a shorter epoch ("32/3"). With a fixed `steps_per_epoch`, a
+    divisor of it: Keras counts whole executions against the dataset's length.
+    """
+    per_call = min(32, per_epoch)
+    if fixed_steps:
+        per_call = max(d for d in range(1, per_call + 1) if per_epoch % d == 0)
+    return per_call
+
+
 def _fit_stage_one(run, split, caches, steps_per_epoch, start, continuation, backup):
     """Stage 1 of `_fit_with_feature_cache`: the head side of `split` on the cache.
 
@@ -2224,12 +2391,7 @@ def _fit_stage_one(run, split, caches, steps_per_epoch, start, continuation, bac
     # that Python overhead does not dominate. Epoch-level callbacks see no
     # difference.
     per_epoch = steps_per_epoch or math.ceil(train_cache.count / batch)
-    # At most one epoch per call: Keras's progress bar counts executions past
-    # the end of a shorter epoch ("32/3"). With steps_per_epoch, a divisor of
-    # it: Keras counts whole executions against the dataset's length.
-    per_call = min(32, per_epoch)
-    if steps_per_epoch:
-        per_call = max(d for d in range(1, per_call + 1) if per_epoch % d == 0)
+    per_call = _per_call(per_epoch, bool(steps_per_epoch))
     build_metrics(model, train_cache.others[0] if train_cache.others else None)
     if auto:
         # One epoch more than stage 1 runs: Keras reads ahead of the last one.

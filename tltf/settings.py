@@ -277,7 +277,9 @@ class FineTuneSettings:
             skipped when stage 1 classifies the whole slice; label accuracy for
             multi-label; mean squared error for regression); at
             the end it is handed back: the linear head is refit in closed form
-            on every training image, on the base the guard kept (needs
+            on every training image, on the base the guard kept, and trained
+            on from there as stage 1 trained it where the run set its own
+            `loss`, `label_smoothing` or a numeric `head_l2` (needs
             `(images, labels)` arrays or a `load_data` bundle whose labels are
             known, 2 or more images per class of a classifier or 10 or more
             images for other tasks, and, for True, a linear ridge-started
