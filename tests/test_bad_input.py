@@ -363,3 +363,59 @@ def test_model_fit_habits_get_the_fine_tune_spelling():
     # The split the message gives works.
     data = tltf.load_data((x, y), image_size=x.shape[1:3], validation_split=0.2, seed=0)
     assert (data.num_train, data.num_validation) == (16, 4)
+
+
+def test_a_loss_for_the_other_kind_of_labels_is_named_before_training():
+    """A Keras categorical loss on class indices (or a sparse one on one-hot
+    rows) used to fail inside a traced training step, with a TensorFlow
+    `InvalidArgumentError` ("Incompatible shapes") after the probe had run."""
+    x, y = make_data(20)
+    one_hot = keras.utils.to_categorical(y, 3)
+    cases = (
+        ({"loss": "categorical_focal_crossentropy"}, y, ("one-hot", "to_categorical")),
+        ({"loss": keras.losses.CategoricalHinge()}, y, ("one-hot", "(3 columns)")),
+        (
+            {"loss": "sparse_categorical_crossentropy"},
+            one_hot,
+            ("class indices", "argmax"),
+        ),
+        ({"loss": "categorical_crosentropy"}, one_hot, ("Unknown loss", "Did you")),
+        (
+            {"loss": "categorical_crossentropy", "label_smoothing": 0.1},
+            one_hot,
+            ("label_smoothing=0.1", "CategoricalCrossentropy(label_smoothing=0.1)"),
+        ),
+        ({"loss": 3}, y, ("Expected loss as", "Received: loss=3")),
+    )
+    for kwargs, labels, words in cases:
+        model = make_tiny_model()
+        before = [w.copy() for w in model.get_weights()]
+        error = raises(
+            errors.ConfigError, tltf.fine_tune, model, (x, labels), verbose=0, **kwargs
+        )
+        check_error(error, errors.ConfigError, *words)
+        for a, b in zip(model.get_weights(), before, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_loss_that_fits_the_labels_trains():
+    x, y = make_data(20)
+    one_hot = keras.utils.to_categorical(y, 3)
+
+    def own(y_true, y_pred):  # a function of the user's own: theirs to check
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+    for loss, labels in (
+        ("sparse_categorical_crossentropy", y),
+        (keras.losses.CategoricalFocalCrossentropy(), one_hot),
+        (own, y),
+    ):
+        history = tltf.fine_tune(
+            make_tiny_model(),
+            (x, labels),
+            loss=loss,
+            head_epochs=1,
+            fine_tune_epochs=0,
+            verbose=0,
+        )
+        assert len(history.history["loss"]) == 1

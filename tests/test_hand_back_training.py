@@ -92,8 +92,7 @@ def test_the_defaults_and_a_closed_form_head_keep_the_closed_form_refit(capsys):
     assert "handed the 12 held-out images back" in printed
     assert "trained on with" not in printed
     assert history.kept.note.endswith(
-        "refit in closed form on every training image, the held-out slice "
-        "included."
+        "refit in closed form on every training image, the held-out slice included."
     )
     # head_steps=0 asks for the closed-form head: the hand-back stays one too.
     smoothed, history, printed = _fit(capsys, label_smoothing=0.3, head_steps=0)

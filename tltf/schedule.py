@@ -582,6 +582,7 @@ def fine_tune(
         rows=holdout.rows if holdout else None,
     )
     train_ds, feature_source, val_ds = prepared.train, prepared.features, prepared.val
+    _check_loss(loss, settings.label_smoothing, info, prepared.one_hot)
     if settings.wise == "auto" and val_ds is None and holdout is None:
         raise ConfigError(
             "wise='auto' picks the mix on validation data or on the guard's "
@@ -2098,6 +2099,63 @@ class _MonitorLogged(keras.callbacks.Callback):
         if self.watcher.monitor not in logs:
             names = [name for name in logs if name != "stage"]
             raise self.error.of(names, epoch_logs=True)
+
+
+def _check_loss(loss, smoothing: float, info: ModelInfo, one_hot: bool) -> None:
+    """A loss of the user's own, checked against the labels before anything runs.
+
+    Keras's own losses tell one-hot labels (categorical) from class indices
+    (sparse) by name; given the other kind, Keras fails inside a traced
+    training step (an `InvalidArgumentError` from a TensorFlow kernel, or a
+    rank error). A function or `Loss` of the user's own is theirs to check.
+    """
+    if isinstance(loss, str) and loss == "auto":
+        return
+    resolved = loss
+    if isinstance(loss, str):
+        try:
+            resolved = keras.losses.get(loss)
+        except ValueError:
+            names = [n for n in dir(keras.losses) if n.islower() and n[0] != "_"]
+            raise ConfigError(
+                f"Unknown loss {loss!r}. Pass 'auto' (the task's own loss), a Keras "
+                "loss name such as 'sparse_categorical_crossentropy', a "
+                f"keras.losses.Loss, or a function (y_true, y_pred).{suggest(loss, names)}"
+            ) from None
+    if not callable(resolved):
+        raise ConfigError(
+            "Expected loss as 'auto', a Keras loss name, a keras.losses.Loss or a "
+            f"function (y_true, y_pred). Received: loss={loss!r}"
+        )
+    name = loss if isinstance(loss, str) else None
+    name = name or getattr(loss, "name", None) or getattr(loss, "__name__", None)
+    name = name or type(loss).__name__
+    if smoothing:
+        raise ConfigError(
+            f"label_smoothing={smoothing:g} smooths the task's own loss "
+            f"(loss='auto'), and loss={name!r} is one of yours, which tltf does not "
+            "change. Give the smoothing to your loss, e.g. keras.losses."
+            f"CategoricalCrossentropy(label_smoothing={smoothing:g}), and leave "
+            "label_smoothing at 0."
+        )
+    module = getattr(resolved, "__module__", "") or ""
+    if info.task != "multiclass" or not module.startswith("keras"):
+        return
+    classes = info.metadata["num_outputs"]
+    sparse = "sparse" in str(name).lower()
+    if not one_hot and not sparse:
+        raise ConfigError(
+            f"loss={name!r} expects one-hot labels ({classes} columns), and these "
+            "labels are class indices. Pass keras.utils.to_categorical(labels, "
+            f"{classes}) as the labels, or a loss for class indices such as "
+            "'sparse_categorical_crossentropy' (or loss='auto')."
+        )
+    if one_hot and sparse:
+        raise ConfigError(
+            f"loss={name!r} expects class indices, and these labels are one-hot "
+            "rows. Pass labels.argmax(axis=1) as the labels, or "
+            "'categorical_crossentropy' (or loss='auto')."
+        )
 
 
 def _steps_of_endless(steps_per_epoch) -> int:

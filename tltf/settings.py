@@ -298,7 +298,10 @@ class FineTuneSettings:
         optimizer: str or Optimizer. A Keras optimizer name or instance; an
             instance keeps its own learning rate in stage 1. Stage 2 clones it.
             Defaults to "adam".
-        loss: A Keras loss, or "auto" for the task's. Defaults to "auto".
+        loss: A Keras loss, or "auto" for the task's. Keras's own losses are
+            checked against the labels before anything runs (a categorical
+            loss needs one-hot labels, a sparse one class indices). Defaults
+            to "auto".
         metrics: A list of Keras metrics, or "auto" for the task's. Defaults to
             "auto".
         lr_decay: float or None. Discriminative rates per block (see
@@ -327,7 +330,8 @@ class FineTuneSettings:
         augment: None, True or a Keras layer. Augmentation applied to training
             images only (in the tf.data pipeline, so the saved model stays
             clean); True uses `tltf.data.augmentation()`. Defaults to None.
-        label_smoothing: float. Label smoothing of the classification loss.
+        label_smoothing: float. Label smoothing of the task's own loss
+            (`loss="auto"`; a loss of your own takes its own smoothing).
             Defaults to 0.
         batch_size: int. Batch size for array inputs. Defaults to 32.
         seed: int or None. Seeds what `fine_tune` draws itself: the shuffling of
