@@ -396,6 +396,18 @@ def test_a_loss_for_the_other_kind_of_labels_is_named_before_training():
         check_error(error, errors.ConfigError, *words)
         for a, b in zip(model.get_weights(), before, strict=True):
             np.testing.assert_array_equal(a, b)
+    # A binary model has one sigmoid output: a categorical cross-entropy of one
+    # column is 0 whatever it predicts, so before, nothing trained, silently.
+    binary = make_tiny_model(2, task="binary")
+    error = raises(
+        errors.ConfigError,
+        tltf.fine_tune,
+        binary,
+        (x, (y > 0).astype("int32")),
+        loss="categorical_crossentropy",
+        verbose=0,
+    )
+    check_error(error, errors.ConfigError, "one sigmoid output", "binary_crossentropy")
 
 
 def test_a_loss_that_fits_the_labels_trains():

@@ -2139,7 +2139,17 @@ def _check_loss(loss, smoothing: float, info: ModelInfo, one_hot: bool) -> None:
             "label_smoothing at 0."
         )
     module = getattr(resolved, "__module__", "") or ""
-    if info.task != "multiclass" or not module.startswith("keras"):
+    if not module.startswith("keras"):
+        return
+    if info.task == "binary" and "categorical" in str(name).lower():
+        raise ConfigError(
+            f"loss={name!r} needs one output per class, and this binary model has "
+            "one sigmoid output (a categorical cross-entropy of one column is 0 "
+            "whatever the model predicts, so nothing would train). Use "
+            "'binary_crossentropy' (or loss='auto'), or build the model with "
+            "task='multiclass' for a softmax over both classes."
+        )
+    if info.task != "multiclass":
         return
     classes = info.metadata["num_outputs"]
     sparse = "sparse" in str(name).lower()
