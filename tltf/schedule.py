@@ -1040,11 +1040,7 @@ class _HeadRetrain:
     ) -> _HeadRetrain | None:
         """None where the closed-form fit is what stage 1 started from anyway:
         the default loss, no smoothing, `head_l2="auto"`; or `head_steps=0`."""
-        chosen = []
-        if own_loss:
-            name = loss if isinstance(loss, str) else None
-            name = name or getattr(loss, "name", None) or getattr(loss, "__name__", "")
-            chosen.append(f"loss={name or type(loss).__name__}")
+        chosen = [f"loss={_loss_name(loss)}"] if own_loss else []
         if settings.label_smoothing:
             chosen.append(f"label_smoothing={settings.label_smoothing:g}")
         if settings.head_l2 != "auto":
@@ -1151,9 +1147,9 @@ def _retrain_head(model, split, cache, retrain: _HeadRetrain, class_weight) -> i
         The optimizer steps it took.
     """
     labels = cache.others[0]
-    if retrain.classes and labels.ndim == 1:
-        # As `_prepare_data` makes them for a smoothed loss.
-        cache.others[0] = np.eye(retrain.classes, dtype="float32")[labels]
+    if retrain.classes and labels.shape[1:] != (retrain.classes,):
+        # Class indices become one-hot rows, as `_prepare_data` made them.
+        cache.others[0] = np.eye(retrain.classes, dtype="float32")[class_ids(labels)]
     batch = cache.batch_sizes[0]
     per_epoch, most = head_plan(cache.count, batch, retrain.head_steps)
     end = StageOneEnd(
@@ -2101,6 +2097,17 @@ class _MonitorLogged(keras.callbacks.Callback):
             raise self.error.of(names, epoch_logs=True)
 
 
+def _loss_name(loss) -> str:
+    """A loss as the user named it: its name, its `name`, or its function's."""
+    if isinstance(loss, str):
+        return loss
+    return (
+        getattr(loss, "name", None)
+        or getattr(loss, "__name__", None)
+        or type(loss).__name__
+    )
+
+
 def _check_loss(loss, smoothing: float, info: ModelInfo, one_hot: bool) -> None:
     """A loss of the user's own, checked against the labels before anything runs.
 
@@ -2127,9 +2134,7 @@ def _check_loss(loss, smoothing: float, info: ModelInfo, one_hot: bool) -> None:
             "Expected loss as 'auto', a Keras loss name, a keras.losses.Loss or a "
             f"function (y_true, y_pred). Received: loss={loss!r}"
         )
-    name = loss if isinstance(loss, str) else None
-    name = name or getattr(loss, "name", None) or getattr(loss, "__name__", None)
-    name = name or type(loss).__name__
+    name = _loss_name(loss)
     if smoothing:
         raise ConfigError(
             f"label_smoothing={smoothing:g} smooths the task's own loss "
