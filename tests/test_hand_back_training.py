@@ -16,18 +16,18 @@ import pytest
 import tensorflow as tf
 
 import tltf
-from tests.helpers import make_data, make_tiny_base, make_tiny_model
+from tests.helpers import CrashAt, make_data, make_tiny_base, make_tiny_model
 from tltf.schedule import refit_head
 
 pytestmark = pytest.mark.slow
 
 
-def _fit(capsys=None, **kwargs):
+def _fit(capsys=None, data=None, **kwargs):
     """A tiny run without validation data (so its slice is handed back), and
     what it printed."""
     keras.utils.set_random_seed(0)
     model = make_tiny_model()
-    x, y = make_data(n=60, seed=0)
+    x, y = make_data(n=60, seed=0) if data is None else data
     if kwargs.get("loss") not in (None, "auto"):
         y = keras.utils.to_categorical(y, 3)
     history = tltf.fine_tune(model, (x, y), seed=0, verbose=1, **kwargs)
@@ -110,6 +110,29 @@ def test_a_finished_run_resumed_returns_the_same_trained_head(tmp_path, capsys):
     assert "holds a finished run" in printed
     assert "then trained on with label_smoothing=0.3" in history.kept.note
     for a, b in zip(model.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_resumed_in_stage_2_trains_the_head_on_at_the_rate_found(
+    tmp_path, capsys
+):
+    """head_lr="find" sweeps once, before stage 1; a run resumed in stage 2 does
+    not sweep again, and its hand-back trains the head on at the rate the sweep
+    found (kept in the backup), as the run it continues would have."""
+    # Classes that one channel's brightness tells apart barely: stage 1 does
+    # not classify the whole slice, so stage 2 runs.
+    x, y = make_data(n=60, seed=0)
+    x[np.arange(60), :, :, y % 3] -= 96.0
+    kwargs = dict(label_smoothing=0.3, head_lr="find", data=(x, y))
+    whole, history, _ = _fit(capsys, backup_dir=tmp_path / "whole", **kwargs)
+    stages = history.history["stage"]
+    assert 2 in stages, stages
+    crash = stages.index(2) + 1  # the second stage-2 epoch
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(capsys, backup_dir=tmp_path / "b", callbacks=[CrashAt(crash)], **kwargs)
+    resumed, history, printed = _fit(capsys, backup_dir=tmp_path / "b", **kwargs)
+    assert "resum" in printed.lower() and "then trained on with" in printed
+    for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -326,6 +326,10 @@ class Resume:
             # fine_tune_lr="find" found this rate when stage 2 began: reuse it
             # rather than sweep again on a model that stage 2 has trained.
             schedule.restore_found_lr(float(state["found_lr"]))
+        if state.get("found_head_lr") is not None:
+            # head_lr="find" found this rate before stage 1: the hand-back's
+            # head training uses it too (`tltf.schedule._retrain_head`).
+            schedule.found_head_lr = float(state["found_head_lr"])
         self.initial_epoch = self.epoch
         self._stored_history = {k: list(v) for k, v in self.history.items()}
         return self
@@ -490,6 +494,7 @@ class ResumeCallback(keras.callbacks.Callback):
                 "history": resume.history,
                 "fingerprint": resume.fingerprint,
                 "found_lr": getattr(resume.schedule, "found_lr", None),
+                "found_head_lr": getattr(resume.schedule, "found_head_lr", None),
                 "unfreeze_at_epoch": resume.schedule.unfreeze_at_epoch,
                 "head_l2": head_l2(self.full_model),
             },

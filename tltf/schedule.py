@@ -223,6 +223,8 @@ class FineTuneSchedule(keras.callbacks.Callback):
         )
         self.lr_finder_data = lr_finder_data
         self.found_lr: float | None = None  # what fine_tune_lr="find" found
+        # What head_lr="find" found (fine_tune; a resumed run's, from its backup).
+        self.found_head_lr: float | None = None
         self._restored_lr: float | None = None  # found_lr of a resumed run
         self.bn = check_bn_policy(bn)
         self.lr_decay = check_lr_decay(lr_decay)
@@ -738,7 +740,7 @@ def fine_tune(
                 model, stage_one, settings, guard, val_ds, feature_source, False
             )
             refit = (
-                _hand_back(model, holdout, class_weight, False, retrain)
+                _hand_back(model, holdout, class_weight, False, retrain, schedule)
                 if hand_back
                 else None
             )
@@ -747,7 +749,7 @@ def fine_tune(
         if resume is not None:
             resume.announce()
         if head_lr == "find" and head_epochs and (resume is None or not resume.epoch):
-            model.optimizer.learning_rate.assign(
+            schedule.found_head_lr = float(
                 find_stage_lr(
                     model,
                     prepared.sample,
@@ -757,6 +759,7 @@ def fine_tune(
                     verbose=0 if verbose == 0 else 1,
                 )
             )
+            model.optimizer.learning_rate.assign(schedule.found_head_lr)
         run = _Run(
             model=model,
             schedule=schedule,
@@ -781,7 +784,7 @@ def fine_tune(
             model, stage_one, settings, guard, val_ds, feature_source, loud
         )
         refit = (
-            _hand_back(model, holdout, class_weight, loud, retrain)
+            _hand_back(model, holdout, class_weight, loud, retrain, schedule)
             if hand_back
             else None
         )
@@ -1028,7 +1031,7 @@ class _HeadRetrain:
 
     why: str  # the run's choices, for the lines it prints: "label_smoothing=0.1"
     loss: Any
-    optimizer: Any  # stage 1's: a fresh copy of it trains the head on
+    optimizer: Any  # stage 1's: a fresh copy of it trains the head on (`found_rate`)
     head_steps: int
     seed: int | None
     classes: int | None  # integer labels become one-hot rows of this many
@@ -1061,7 +1064,12 @@ class _HeadRetrain:
 
 
 def _hand_back(
-    model, holdout: _Slice, class_weight, verbose, retrain: _HeadRetrain | None
+    model,
+    holdout: _Slice,
+    class_weight,
+    verbose,
+    retrain: _HeadRetrain | None,
+    schedule: FineTuneSchedule,
 ) -> str | None:
     """Hands the held-out slice back: the head is refit on every training image.
 
@@ -1096,7 +1104,9 @@ def _hand_back(
         )
         steps = None
         if ridge is not None and train_on:
-            steps = _retrain_head(model, split, cache, retrain, class_weight)
+            steps = _retrain_head(
+                model, split, cache, retrain, class_weight, schedule.found_head_lr
+            )
     finally:
         cache.close()
     done = None
@@ -1138,10 +1148,14 @@ def _hand_back(
     return done
 
 
-def _retrain_head(model, split, cache, retrain: _HeadRetrain, class_weight) -> int:
+def _retrain_head(
+    model, split, cache, retrain: _HeadRetrain, class_weight, found_rate=None
+) -> int:
     """Trains the head on the cached features of every image, as stage 1 did:
-    from where it is, with a fresh copy of stage 1's optimizer, up to
-    `head_steps` steps, until the loss converges (`StageOneEnd`).
+    from where it is, with a fresh copy of stage 1's optimizer (at the rate
+    `head_lr="find"` found, where it found one: a run resumed in stage 2 did not
+    sweep again), up to `head_steps` steps, until the loss converges
+    (`StageOneEnd`).
 
     Returns:
         The optimizer steps it took.
@@ -1160,7 +1174,7 @@ def _retrain_head(model, split, cache, retrain: _HeadRetrain, class_weight) -> i
     fit_part(
         split.trainable,
         cache.stream(batch, (most + 1) * per_epoch, retrain.seed),
-        optimizer=clone_optimizer(retrain.optimizer),
+        optimizer=clone_optimizer(retrain.optimizer, found_rate),
         loss=retrain.loss,
         metrics=None,
         jit_compile=model.jit_compile,
