@@ -410,6 +410,33 @@ def test_a_loss_for_the_other_kind_of_labels_is_named_before_training():
     check_error(error, errors.ConfigError, "one sigmoid output", "binary_crossentropy")
 
 
+def test_a_misspelt_loss_is_named_before_any_data_is_read():
+    import tensorflow as tf
+
+    def unread():  # a pipeline that fails the moment anything reads it
+        raise AssertionError("the data was read")
+        yield
+
+    data = tf.data.Dataset.from_generator(
+        unread,
+        output_signature=(
+            tf.TensorSpec((None, 16, 16, 3), tf.float32),
+            tf.TensorSpec((None,), tf.int32),
+        ),
+    )
+    for kwargs, words in (
+        ({"loss": "sparse_categorical_crosentropy"}, ("Unknown loss", "Did you")),
+        (
+            {"loss": "categorical_crossentropy", "label_smoothing": 0.1},
+            ("label_smoothing=0.1", "one of yours"),
+        ),
+    ):
+        error = raises(
+            errors.ConfigError, tltf.fine_tune, make_tiny_model(), data, **kwargs
+        )
+        check_error(error, errors.ConfigError, *words)
+
+
 def test_a_loss_that_fits_the_labels_trains():
     x, y = make_data(20)
     one_hot = keras.utils.to_categorical(y, 3)

@@ -530,6 +530,7 @@ def fine_tune(
         )
     info = model_info(model)
     strategy = model_strategy(model, strategy)
+    loss_to_check = _check_loss(settings.loss, settings.label_smoothing, info)
     head_epochs, fine_tune_epochs = settings.head_epochs, settings.fine_tune_epochs
     head_lr, fine_tune_lr = settings.head_lr, settings.fine_tune_lr
     unfreeze, keep_best = settings.unfreeze, settings.keep_best
@@ -584,7 +585,7 @@ def fine_tune(
         rows=holdout.rows if holdout else None,
     )
     train_ds, feature_source, val_ds = prepared.train, prepared.features, prepared.val
-    _check_loss(loss, settings.label_smoothing, info, prepared.one_hot)
+    _check_label_kind(loss_to_check, info, prepared.one_hot)
     if settings.wise == "auto" and val_ds is None and holdout is None:
         raise ConfigError(
             "wise='auto' picks the mix on validation data or on the guard's "
@@ -2122,16 +2123,16 @@ def _loss_name(loss) -> str:
     )
 
 
-def _check_loss(loss, smoothing: float, info: ModelInfo, one_hot: bool) -> None:
-    """A loss of the user's own, checked against the labels before anything runs.
+def _check_loss(loss, smoothing: float, info: ModelInfo) -> str | None:
+    """A loss of the user's own, checked before any data is read.
 
-    Keras's own losses tell one-hot labels (categorical) from class indices
-    (sparse) by name; given the other kind, Keras fails inside a traced
-    training step (an `InvalidArgumentError` from a TensorFlow kernel, or a
-    rank error). A function or `Loss` of the user's own is theirs to check.
+    Returns:
+        The name of a Keras loss to check against the labels once their kind
+        is known (`_check_label_kind`), or None: "auto", or a function or
+        `Loss` of the user's own, which is theirs to check.
     """
     if isinstance(loss, str) and loss == "auto":
-        return
+        return None
     resolved = loss
     if isinstance(loss, str):
         try:
@@ -2159,7 +2160,7 @@ def _check_loss(loss, smoothing: float, info: ModelInfo, one_hot: bool) -> None:
         )
     module = getattr(resolved, "__module__", "") or ""
     if not module.startswith("keras"):
-        return
+        return None
     if info.task == "binary" and "categorical" in str(name).lower():
         raise ConfigError(
             f"loss={name!r} needs one output per class, and this binary model has "
@@ -2168,10 +2169,21 @@ def _check_loss(loss, smoothing: float, info: ModelInfo, one_hot: bool) -> None:
             "'binary_crossentropy' (or loss='auto'), or build the model with "
             "task='multiclass' for a softmax over both classes."
         )
-    if info.task != "multiclass":
+    return str(name) if info.task == "multiclass" else None
+
+
+def _check_label_kind(name: str | None, info: ModelInfo, one_hot: bool) -> None:
+    """A Keras loss (`_check_loss`) against the kind of labels, before training.
+
+    Keras's own losses tell one-hot labels (categorical) from class indices
+    (sparse) by name; given the other kind, Keras fails inside a traced
+    training step (an `InvalidArgumentError` from a TensorFlow kernel, or a
+    rank error).
+    """
+    if name is None:
         return
     classes = info.metadata["num_outputs"]
-    sparse = "sparse" in str(name).lower()
+    sparse = "sparse" in name.lower()
     if not one_hot and not sparse:
         raise ConfigError(
             f"loss={name!r} expects one-hot labels ({classes} columns), and these "
