@@ -425,6 +425,16 @@ def _skimage_data_dir() -> Path:
     return _package_dir("skimage", SKIMAGE_REQUIREMENT) / "data"
 
 
+def _tiles(image: Image.Image, tile: int) -> list[Image.Image]:
+    """The non-overlapping `tile` x `tile` squares of an image, row by row."""
+    width, height = image.size
+    return [
+        image.crop((x, y, x + tile, y + tile))
+        for y in range(0, height - tile + 1, tile)
+        for x in range(0, width - tile + 1, tile)
+    ]
+
+
 def texture_patches(
     size: int = 64,
     tile: int = 48,
@@ -460,14 +470,7 @@ def texture_patches(
         image = Image.open(folder / file).convert("L")
         if box is not None:
             image = image.crop(box)
-        width, height = image.size
-        tiles.append(
-            [
-                image.crop((x, y, x + tile, y + tile))
-                for y in range(0, height - tile + 1, tile)
-                for x in range(0, width - tile + 1, tile)
-            ]
-        )
+        tiles.append(_tiles(image, tile))
     count = min(len(t) for t in tiles)
     per_class = count if per_class is None else per_class
     if per_class > count:
@@ -517,14 +520,10 @@ def photo_patches(size: int = 64, tile: int = 48) -> tuple[np.ndarray, np.ndarra
     folder = _skimage_data_dir()
     images, labels = [], []
     for label, file in enumerate(PHOTOS):
-        photo = Image.open(folder / file).convert("RGB")
-        width, height = photo.size
-        for y in range(0, height - tile + 1, tile):
-            for x in range(0, width - tile + 1, tile):
-                square = photo.crop((x, y, x + tile, y + tile))
-                resized = square.resize((size, size), Image.BICUBIC)
-                images.append(np.asarray(resized, dtype="float32"))
-                labels.append(label)
+        for square in _tiles(Image.open(folder / file).convert("RGB"), tile):
+            resized = square.resize((size, size), Image.BICUBIC)
+            images.append(np.asarray(resized, dtype="float32"))
+            labels.append(label)
     return np.stack(images), np.asarray(labels, dtype="int64")
 
 

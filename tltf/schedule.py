@@ -1110,17 +1110,20 @@ def _hand_back(
             )
     finally:
         cache.close()
+    then = ""  # what the head's training added, in the note and the line
+    if steps is not None:
+        then = (
+            f"; then trained on with {retrain.why} for {steps:,} steps, as stage 1 was"
+        )
+    elif retrain is not None:
+        then = (
+            f"; it is not trained on with {retrain.why}: under a distribution "
+            "strategy the head keeps the closed-form fit"
+        )
     done = None
     if ridge is not None:
         done = "refit in closed form on every training image, the held-out slice "
-        done += "included"
-        if steps is not None:
-            done += f", then trained on with {retrain.why} for {steps:,} steps"
-        elif retrain is not None:
-            done += (
-                f" (not trained on with {retrain.why}: under a distribution "
-                "strategy the head keeps the closed-form fit)"
-            )
+        done += f"included{then}"
     if not verbose:
         return done
     trained, held = len(holdout.trained), len(holdout.held)
@@ -1131,21 +1134,11 @@ def _hand_back(
             "images and 8,192 features)."
         )
         return None
-    line = (
+    print(
         f"tltf: keep_best: handed the {held:,} held-out images back: the head was "
         f"refit in closed form on all {trained + held:,} training images: "
-        f"{ridge.removeprefix('head starts from ')}"
+        f"{ridge.removeprefix('head starts from ')}{then}."
     )
-    if steps is not None:
-        line += (
-            f"; then trained on with {retrain.why} for {steps:,} steps, as stage 1 was"
-        )
-    elif retrain is not None:
-        line += (
-            f"; it is not trained on with {retrain.why}: under a distribution "
-            "strategy the head keeps the closed-form fit"
-        )
-    print(line + ".")
     return done
 
 
