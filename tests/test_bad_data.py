@@ -197,6 +197,18 @@ def test_nan_pixels_in_validation_data_and_in_a_dataset():
     error = _fine_tune_error(
         errors.DataError, make_tiny_model(), ds, callbacks=[_NoTraining()]
     )
+    # Read whole into memory for the guard's slice, in the dataset's order.
+    check_error(
+        error, errors.DataError, "train", "of the 12 read from the dataset", "index 3"
+    )
+    # Where it is not read (the features guard), its first batches are checked.
+    error = _fine_tune_error(
+        errors.DataError,
+        make_tiny_model(),
+        ds,
+        keep_best="features",
+        callbacks=[_NoTraining()],
+    )
     check_error(error, errors.DataError, "train", "of the first 8 read", "NaN")
 
 

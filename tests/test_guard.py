@@ -251,7 +251,9 @@ def test_the_features_guard_and_validation_data_hold_nothing_out(capsys):
 
 def test_holdout_where_it_cannot_apply_is_a_config_error():
     x, y = make_data(48)
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    # With sample weights it is not read into memory (tests/test_guard_tfdata.py).
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, np.ones(48, "float32")))
+    dataset = dataset.batch(8)
     lonely = (x[:7], np.array([0, 0, 0, 1, 1, 1, 2]))
     for data, words in ((dataset, "validation_data"), (lonely, "2 or more")):
         with pytest.raises(ConfigError, match="keep_best='holdout'") as error:

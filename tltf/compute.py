@@ -28,6 +28,7 @@ import re
 import keras
 import tensorflow as tf
 
+from tltf.data.inputs import pipeline_errors
 from tltf.distribute import in_scope, is_distributed
 from tltf.errors import ConfigError, TrainingError
 
@@ -141,15 +142,13 @@ def xla_errors(jit_compile):
         ) from error
 
 
-def with_xla_errors(function):
-    """Decorates a training function: `xla_errors` around it, for its `jit_compile`.
-
-    The function takes `jit_compile` as a keyword argument.
-    """
+def with_training_errors(function):
+    """Decorates a training function with `xla_errors` (for its `jit_compile`
+    keyword argument) and `pipeline_errors`."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        with xla_errors(kwargs.get("jit_compile", "auto")):
+        with xla_errors(kwargs.get("jit_compile", "auto")), pipeline_errors():
             return function(*args, **kwargs)
 
     return wrapper

@@ -61,6 +61,7 @@ from tltf.data.images import (
     prepare_image,
     to_gray,
 )
+from tltf.data.inputs import pipeline_error_text, pipeline_errors
 from tltf.data.sources import scan_image_files, skipped_files_text
 from tltf.errors import ConfigError, DataError, ModelError, suggest
 from tltf.info import model_info
@@ -263,7 +264,11 @@ def _dataset_images(ds: tf.data.Dataset) -> np.ndarray:
         ds = ds.batch(256)
     try:
         batches = list(ds.as_numpy_iterator())
-    except tf.errors.InvalidArgumentError:
+    except tf.errors.OpError as error:
+        if "Cannot batch tensors with different shapes" not in str(error):
+            raise DataError(
+                f"Could not read the dataset: {pipeline_error_text(error)}"
+            ) from None
         raise DataError(
             "The dataset's images differ in size, so they cannot be stacked. Resize "
             "them in the pipeline (e.g. .map(lambda x, *y: tf.image.resize(x, (h, "
@@ -416,6 +421,7 @@ def read_images(
 
 
 # -- predict ---------------------------------------------------------------------
+@pipeline_errors()
 def predict(
     model,
     inputs,
@@ -894,6 +900,7 @@ def _regression_report(y, values, names) -> EvaluationReport:
 
 
 # -- evaluate --------------------------------------------------------------------
+@pipeline_errors()
 def evaluate(
     model,
     data,

@@ -11,9 +11,11 @@ The score:
 - with validation data, the validation loss (lower is better), after every
   epoch of both stages: a head that starts overfitting in stage 1 is caught
   too, and the run ends with the weights of its best epoch;
-- without it, for a model trained on `(images, labels)` arrays or a
-  `load_data` bundle whose labels are known (not TFDS) (`keep_best=True` or
-  "holdout"): its score on a slice of the training images that neither stage
+- without it, for a model trained on `(images, labels)` arrays, a
+  `load_data` bundle whose labels are known (not TFDS) or a `tf.data.Dataset`
+  that is read into memory for it (up to `HOLDOUT_READ_BYTES`, and only if it
+  gives the same images every pass: a random augmentation in the pipeline
+  would be frozen into one draw) (`keep_best=True` or "holdout"): its score on a slice of the training images that neither stage
   trains on (20%, at most 1,000 images; `holdout_rows`). A classifier (2 or
   more images per class) holds out a stratified slice, at least 1 image per
   class, and is scored by its accuracy there: a stage-2 epoch replaces the
@@ -81,6 +83,10 @@ def class_ids(labels: np.ndarray) -> np.ndarray:
 CLASSIFIERS = ("multiclass", "binary")
 #: A random slice (regression, multi-label) needs this many rows in all.
 HOLDOUT_MIN_ROWS = 10
+#: A `tf.data.Dataset` is read into memory, so that a slice can be held out of
+#: it, when its images and labels take at most this many bytes (1 GiB: 1,783
+#: images at 224 x 224 px in float32). Set it to 0 to never read one.
+HOLDOUT_READ_BYTES = 2**30
 
 
 def holdout_rows(

@@ -56,7 +56,12 @@ import tensorflow as tf
 from tltf._checks import check_keywords, named_arguments
 from tltf.cache import FrozenSplit
 from tltf.data import DataBundle
-from tltf.data.inputs import as_dataset, check_image_shape, check_labels
+from tltf.data.inputs import (
+    as_dataset,
+    check_image_shape,
+    check_labels,
+    pipeline_errors,
+)
 from tltf.errors import ConfigError, DataError, TrainingError
 from tltf.freezing import (
     apply_trainable,
@@ -226,6 +231,7 @@ class LRSweep:
 SWEEP_FIELDS = tuple(f.name for f in dataclasses.fields(LRSweep))
 
 
+@pipeline_errors()
 def find_lr(
     model: keras.Model,
     train,

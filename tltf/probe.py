@@ -56,7 +56,7 @@ from tltf._io import atomic_write_csv
 from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.cut import block_outputs, resolve_block
 from tltf.data import DataBundle
-from tltf.data.inputs import as_dataset
+from tltf.data.inputs import as_dataset, pipeline_errors
 from tltf.errors import ConfigError, DataError, LeaveOneOutError
 from tltf.layers import Preprocessing, rgb_into_gray
 from tltf.reports import new_figure, save_figure
@@ -244,6 +244,7 @@ class ProbeResult:
         return figure
 
 
+@pipeline_errors()
 def probe_blocks(
     base: str | os.PathLike | keras.Model | Base,
     train,

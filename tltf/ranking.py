@@ -68,7 +68,7 @@ from tltf._io import atomic_write_csv
 from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.data import DataBundle
-from tltf.data.inputs import as_dataset, peek
+from tltf.data.inputs import as_dataset, peek, pipeline_errors
 from tltf.errors import ConfigError, DataError, InputShapeError, ModelError, TltfError
 from tltf.probe import block_features, ridge_probe
 from tltf.reports import new_figure, save_figure
@@ -234,6 +234,7 @@ class RankResult:
         return figure
 
 
+@pipeline_errors()
 def rank_bases(
     candidates,
     data,

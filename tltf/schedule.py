@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from numbers import Real
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf import data as tltf_data
+from tltf import guard as tltf_guard
 from tltf._checks import check_positive_int
 from tltf.averaging import batchnorm_layers, recalibrate_bn
 from tltf.cache import (
@@ -39,13 +41,17 @@ from tltf.cache import (
     fit_part,
     is_cross_entropy,
 )
-from tltf.compute import with_xla_errors
+from tltf.compute import with_training_errors
+from tltf.data.images import check_pixel_values
 from tltf.data.inputs import (
     array_batches,
     as_dataset,
     check_data,
     check_image_shape,
+    check_label_values,
     check_labels,
+    pipeline_errors,
+    read_dataset,
     train_batches,
 )
 from tltf.distribute import is_distributed, model_strategy, optimizer_in_scope
@@ -436,7 +442,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
         )
 
 
-@with_xla_errors
+@with_training_errors
 def fine_tune(
     model: keras.Model,
     train=None,
@@ -558,11 +564,14 @@ def fine_tune(
         schedule.anchors = starting_points(info.base.weights)
     # Resolve the unfreeze request now, so a bad one fails before any training.
     resolve_unfreeze(info.block_map, info.base, **schedule._unfreeze_kwargs)
-    holdout = _holdout(settings, model, info, train, validation_data, batch_size)
+    holdout = _holdout(
+        settings, model, info, train, validation_data, batch_size, verbose != 0
+    )
     if holdout and verbose != 0:
         trained, held = len(holdout.trained), len(holdout.held)
         print(
-            f"tltf: keep_best: {held:,} of {trained + held:,} training images (a "
+            f"tltf: keep_best: {holdout.read}{held:,} of {trained + held:,} "
+            f"training images (a "
             f"{'stratified' if info.task in CLASSIFIERS else 'random'} slice) are "
             "held out of both stages, to score stage 2 "
             "without validation data"
@@ -583,6 +592,7 @@ def fine_tune(
         settings.augment,
         settings.label_smoothing,
         rows=holdout.rows if holdout else None,
+        checked=bool(holdout and holdout.read),
     )
     train_ds, feature_source, val_ds = prepared.train, prepared.features, prepared.val
     _check_label_kind(loss_to_check, info, prepared.one_hot)
@@ -590,8 +600,9 @@ def fine_tune(
         raise ConfigError(
             "wise='auto' picks the mix on validation data or on the guard's "
             "held-out slice, and this run has neither: pass validation_data, keep "
-            "keep_best=True with (images, labels) arrays or a load_data bundle, or "
-            "set wise to a number such as 0.5."
+            "keep_best=True with (images, labels) arrays, a load_data bundle or a "
+            "tf.data input that fits in memory, or set wise to a number such as "
+            "0.5."
         )
     loud = verbose != 0
     passes = int(train_ds.cardinality())
@@ -930,17 +941,26 @@ class _Slice:
     batches: tf.data.Dataset  # the held-out rows, unshuffled
     labels: np.ndarray  # their class indices (classifiers) or targets
     everything: tf.data.Dataset  # every training row, unshuffled (the hand-back)
+    read: str = ""  # how a tf.data input became the arrays held out of, if it did
 
 
 def _holdout(
-    settings: FineTuneSettings, model, info: ModelInfo, train, validation, batch_size
+    settings: FineTuneSettings,
+    model,
+    info: ModelInfo,
+    train,
+    validation,
+    batch_size,
+    loud: bool,
 ) -> _Slice | None:
     """The guard's held-out slice, or None.
 
     `keep_best=True` holds a slice out wherever it can (see `tltf.guard`):
-    `(images, labels)` arrays, and bundles from `load_data` whose labels are
-    known without a pass (image folders, `.npz`, arrays); `keep_best="holdout"`
-    raises a ConfigError where it cannot.
+    `(images, labels)` arrays, bundles from `load_data` whose labels are known
+    without a pass (image folders, `.npz`, arrays), and a `tf.data.Dataset` that
+    `read_dataset` can read into memory (up to `HOLDOUT_READ_BYTES`, the same
+    images every pass; the slice then comes from those arrays);
+    `keep_best="holdout"` raises a ConfigError where it cannot.
     """
     if settings.keep_best not in (True, "holdout") or settings.fine_tune_epochs == 0:
         return None
@@ -948,7 +968,6 @@ def _holdout(
     bundle = isinstance(train, tltf_data.DataBundle)
     if validation is not None or (bundle and train.validation is not None):
         return None  # the validation data scores the guard
-    why = labels = None
     if not strict and not _refittable(model, settings):
         # The slice could not be handed back: it would cost the head its images.
         return None
@@ -957,11 +976,40 @@ def _holdout(
         # its closed-form hand-back than the guard saved (benchmarks/RESULTS.md,
         # "Regression and multi-label").
         return None
-    elif isinstance(train, tf.data.Dataset):
-        why = (
-            "it needs data whose rows it can hold out; pass validation_data for a "
-            "tf.data.Dataset"
+    why = labels = None
+    read = ""
+    if isinstance(train, tf.data.Dataset):
+        limit, start = tltf_guard.HOLDOUT_READ_BYTES, time.perf_counter()
+
+        def check(images, labels):
+            scope = f" (of the {len(images):,} read from the dataset, in its order)"
+            check_pixel_values(images, "train", scope)
+            check_label_values(labels, info, "train")
+
+        arrays, cannot = (
+            read_dataset(train, "train", limit, check)
+            if limit
+            else (None, "tltf.guard.HOLDOUT_READ_BYTES is 0")
         )
+        if arrays is None:
+            why = (
+                "the guard reads a tf.data.Dataset into memory to hold images "
+                f"out of it, and this one cannot be read: {cannot}. Pass "
+                "validation_data"
+            )
+            if loud and not strict:
+                print(
+                    f"tltf: keep_best: no training images are held out: {why} "
+                    "to score stage 2 on images it does not train on (now: the "
+                    "leave-one-out accuracy of the training images' features)."
+                )
+        else:
+            train = arrays
+            size = (arrays[0].nbytes + arrays[1].nbytes) / 2**20
+            read = (
+                f"the tf.data input was read into memory ({size:,.1f} MiB, "
+                f"{time.perf_counter() - start:.1f}s); "
+            )
     elif bundle and train.labels is None:
         why = (
             "its labels are not known without a pass (a TFDS bundle); pass "
@@ -969,7 +1017,7 @@ def _holdout(
         )
     elif bundle:
         labels = train.labels
-    else:
+    if not bundle and not isinstance(train, tf.data.Dataset):
         check_labels(train, info, "train")
         labels = np.asarray(train[1])
         if not len(labels):
@@ -1008,6 +1056,7 @@ def _holdout(
         array_batches(train, "train", batch_size, False, None, held),
         held_labels,
         array_batches(train, "train", batch_size, False, None),
+        read,
     )
 
 
@@ -1398,6 +1447,7 @@ def prepare_head(
     return words
 
 
+@pipeline_errors()
 def refit_head(
     model: keras.Model,
     features,
@@ -1858,12 +1908,22 @@ class _Prepared:
 
 
 def _prepare_data(
-    model, info, train, validation, batch_size, seed, augment, smoothing, rows=None
+    model,
+    info,
+    train,
+    validation,
+    batch_size,
+    seed,
+    augment,
+    smoothing,
+    rows=None,
+    checked=False,
 ):
     """Turns fine_tune's inputs into batched datasets, checked against the model.
 
     `rows` (arrays only): the rows both stages train on (the guard holds the
-    others out).
+    others out). `checked`: the arrays' pixels were checked as they were read
+    from a dataset (`_holdout`).
     """
     labels = counts = None
     if isinstance(train, tltf_data.DataBundle):
@@ -1876,7 +1936,7 @@ def _prepare_data(
         one_hot = _check_bundle(train, info)
     else:
         # Labels and pixels are checked before anything reads the data.
-        one_hot = check_data(train, info, "train")
+        one_hot = (check_labels if checked else check_data)(train, info, "train")
         # The feature cache reads the unshuffled data once; the cached features are
         # then reshuffled every epoch with `seed`, in the order this pipeline has.
         train_ds, features = train_batches(train, batch_size, seed, rows)

@@ -8,6 +8,10 @@ any training starts, so a bad label is reported the same way everywhere.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import re
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -98,6 +102,135 @@ def as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str
     )
 
 
+def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
+    """A small, finite dataset of `(image, label)` as `(images, labels)` arrays.
+
+    Returns `(arrays, None)`, or `(None, why)` where it cannot be read into
+    memory as it is: it yields sample weights, repeats forever, holds more than
+    `max_bytes` of images and labels, mixes image shapes, or gives other images
+    when read again (a random augmentation in the pipeline: the arrays would
+    freeze one draw of it). Reading it twice costs two passes, only over data
+    that fits in `max_bytes`. The arrays are in a fixed order (see below);
+    `check(images, labels)`, if given, sees them in the order read, so that
+    its messages' indices are the dataset's.
+    """
+    spec = pair_spec(data, what)
+    if len(spec) == 3:
+        return None, "it yields sample weights"
+    if data.cardinality() == tf.data.INFINITE_CARDINALITY:
+        return None, "it repeats forever"
+    if spec[0].shape.rank is None:
+        return None, "its images have no known rank"
+    batched = spec[0].shape.rank == 4
+    known = int(data.cardinality())
+    xs, ys, size = [], [], 0
+    # A failing element raises TensorFlow's error: `pipeline_errors` names it.
+    for x, y in data.as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+        size += x.nbytes + y.nbytes
+        # A known count of batches tells the size from the first one.
+        guess = size * known if known > 0 and len(xs) == 1 else size
+        if guess > max_bytes:
+            return None, f"it holds more than {max_bytes / 2**20:,.0f} MiB"
+    join = np.concatenate if batched else np.stack
+    if not xs:
+        return None, "it is empty"
+    if len({x.shape[batched:] for x in xs}) != 1:
+        return None, "its images differ in shape"
+    images, labels = join(xs), join(ys)
+    del xs, ys  # one copy of the data in memory, not two
+    if check is not None:
+        check(images, labels)
+    digests = _digests(images, labels)
+    again = sorted(d for x, y in data.as_numpy_iterator() for d in _digests(x, y))
+    order = sorted(range(len(digests)), key=digests.__getitem__)
+    if again != [digests[i] for i in order]:
+        return None, (
+            "it gives other images each time it is read (a random augmentation "
+            "in the pipeline)"
+        )
+    # In the order of their digests: the same arrays whatever order the
+    # pipeline shuffles them into, so a seed holds out the same images.
+    return (images[order], labels[order]), None
+
+
+def _digests(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
+    """A digest of every (image, label) row of a batch, or of one image."""
+    if images.ndim == 3:
+        images, labels = images[None], np.reshape(labels, (1, -1))
+    labels = np.reshape(labels, (len(images), -1))
+    return [
+        hashlib.blake2b(image.tobytes() + label.tobytes(), digest_size=16).digest()
+        for image, label in zip(images, labels, strict=True)
+    ]
+
+
+def _pipeline_failure(error: tf.errors.OpError) -> str | None:
+    """What failed inside a tf.data pipeline, or None for another error."""
+    message = str(error)
+    if not any(
+        marker in message
+        for marker in (
+            "user-defined function passed to",
+            "[Op:IteratorGetNext]",
+            "[[IteratorGetNext]]",
+            "Iterator::",
+        )
+    ):
+        return None
+    return pipeline_error_text(error)
+
+
+def pipeline_error_text(error: tf.errors.OpError) -> str:
+    """TensorFlow's error in a sentence: its cause and op, without the graph
+    function's name or the node lists around them."""
+    message = str(error)
+    # Eager reads put the cause on the first line, `fit`'s graph on a later one.
+    cause = re.search(r"Iterator::\S+: ([^\n]+)", message)
+    lines = [
+        re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line).strip()
+        for line in message.splitlines()
+    ]
+    first = next(
+        (
+            line
+            for line in lines
+            if line
+            and not line.startswith(("Graph execution error", "Detected at", "<", "["))
+        ),
+        "",
+    )
+    what = (cause.group(1) if cause else first).strip()[:300].rstrip(".")
+    node = re.search(r"\{\{node ([^}]+)\}\}", message)
+    if node and node.group(1) != "IteratorGetNext":
+        what += f" (op {node.group(1)})"
+    return what
+
+
+@contextlib.contextmanager
+def pipeline_errors():
+    """Turns an error raised while a tf.data input is read into a DataError.
+
+    A map function that fails on one element (an unreadable file, a bad shape)
+    otherwise surfaces as TensorFlow's `InvalidArgumentError` from deep inside
+    the feature cache or `fit`, after any training before it.
+    """
+    try:
+        yield
+    except tf.errors.OpError as error:
+        what = _pipeline_failure(error)
+        if what is None:
+            raise
+        raise DataError(
+            f"Reading a tf.data input failed inside its pipeline: {what}. Fix "
+            "the element or the function that fails; to drop the elements that "
+            "fail instead, end the pipeline with `.ignore_errors()`, or read "
+            "image folders with tltf.load_data, which skips and lists the "
+            "files it cannot read."
+        ) from None
+
+
 #: How many batches of a tf.data.Dataset are read (with `take`, so the dataset
 #: itself is not consumed) to check its labels and pixels before training.
 PEEK_BATCHES = 2
@@ -134,8 +267,7 @@ def peek(data, what: str) -> tuple[np.ndarray | None, np.ndarray]:
         elements = [element[:2] for element in first.as_numpy_iterator()]
     except tf.errors.OpError as error:
         raise DataError(
-            f"Could not read the first batches of {what}: "
-            f"{error.message.splitlines()[0]}"
+            f"Could not read the first batches of {what}: {pipeline_error_text(error)}"
         ) from None
     if not elements:
         return None, np.zeros((0,), np.int32)

@@ -23,6 +23,7 @@ from tltf.data.images import (
     image_shape_error,
     prepare_image,
 )
+from tltf.data.inputs import pipeline_error_text
 from tltf.data.labels import (
     MAX_LISTED,
     check_dataset_spec,
@@ -420,7 +421,7 @@ def _dataset_source(ds: tf.data.Dataset, opts: ImageOptions, num_classes, what: 
         raw_labels, channels = read_labels(ds, batched, what, unknown_channels)
     except tf.errors.OpError as error:
         raise DataError(
-            f"Could not read the {what} dataset: {error.message.splitlines()[0]}"
+            f"Could not read the {what} dataset: {pipeline_error_text(error)}"
         ) from None
     if not channels <= {1, 3, 4}:
         raise DataError(
