@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tltf  # noqa: E402,I001  (first: imports TensorFlow quietly)
 
+import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import socket  # noqa: E402
 import traceback  # noqa: E402
@@ -76,6 +77,37 @@ def make_data(n=64, size=16, classes=3, seed=0):
     x = rng.integers(0, 120, size=(n, size, size, 3)).astype("float32")
     x[np.arange(n), :, :, y % 3] += 100.0
     return x, y.astype("int32")
+
+
+@contextlib.contextmanager
+def mock_tf_flowers(data_dir: Path, num_examples: int):
+    """tf_flowers mocked offline (`tfds.testing.mock_data`), with metadata of a
+    20-example train split; every split read yields `num_examples` random
+    examples. Yields the `tensorflow_datasets` module."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import naming
+    from tensorflow_datasets.core import splits as splits_lib
+
+    info = tfds.builder("tf_flowers", data_dir=str(data_dir)).info
+    template = naming.ShardedFileTemplate(
+        data_dir=info.data_dir,
+        dataset_name="tf_flowers",
+        split="train",
+        filetype_suffix="tfrecord",
+    )
+    info.set_splits(
+        splits_lib.SplitDict(
+            [splits_lib.SplitInfo("train", [20], 0, filename_template=template)]
+        )
+    )
+    tf.io.gfile.makedirs(info.data_dir)
+    info.write_to_directory(info.data_dir)
+    policy = tfds.testing.MockPolicy.USE_FILES
+    with tfds.testing.mock_data(
+        num_examples=num_examples, policy=policy, data_dir=str(data_dir)
+    ):
+        yield tfds
 
 
 #: The classes of `make_image_folder`, in the order tltf sorts them.

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests.helpers import mock_tf_flowers
 from tltf import data as tdata
 from tltf.errors import ConfigError, DataError
 
@@ -50,27 +51,7 @@ def folder(tmp_path):
 @pytest.fixture
 def tfds_mock(tmp_path):
     """tf_flowers mocked offline: metadata with a 20-example train split."""
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.core import naming
-    from tensorflow_datasets.core import splits as splits_lib
-
-    data_dir = tmp_path / "tfds"
-    info = tfds.builder("tf_flowers", data_dir=str(data_dir)).info
-    template = naming.ShardedFileTemplate(
-        data_dir=info.data_dir,
-        dataset_name="tf_flowers",
-        split="train",
-        filetype_suffix="tfrecord",
-    )
-    info.set_splits(
-        splits_lib.SplitDict(
-            [splits_lib.SplitInfo("train", [20], 0, filename_template=template)]
-        )
-    )
-    tf.io.gfile.makedirs(info.data_dir)
-    info.write_to_directory(info.data_dir)
-    policy = tfds.testing.MockPolicy.USE_FILES
-    with tfds.testing.mock_data(num_examples=10, policy=policy, data_dir=str(data_dir)):
+    with mock_tf_flowers(tmp_path / "tfds", num_examples=10) as tfds:
         yield tfds
 
 

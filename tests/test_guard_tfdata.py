@@ -18,7 +18,13 @@ from PIL import Image
 
 import tltf
 import tltf.guard
-from tests.helpers import NO_PIXELS, make_data, make_image_folder, make_tiny_model
+from tests.helpers import (
+    NO_PIXELS,
+    make_data,
+    make_image_folder,
+    make_tiny_model,
+    mock_tf_flowers,
+)
 from tltf.data.inputs import read_dataset
 from tltf.errors import ConfigError, DataError
 from tltf.info import model_base
@@ -188,3 +194,24 @@ def test_the_other_entry_points_name_an_element_they_cannot_read(call):
     assert "Could not read" in message or "failed inside its pipeline" in message
     assert "Unknown image file format" in message and "(op DecodePng)" in message
     assert "function_node" not in message and "differ in size" not in message
+
+
+def test_a_tfds_bundle_without_validation_is_read_and_held_out_of(tmp_path, capsys):
+    with mock_tf_flowers(tmp_path / "tfds", num_examples=60):
+        data = tltf.load_data("tfds:tf_flowers", image_size=16, batch_size=8)
+        assert data.labels is None and data.validation is None
+        model = make_tiny_model(num_classes=5, head=NO_PIXELS)
+        tltf.fine_tune(model, data, verbose=1, **RUN)
+    out = capsys.readouterr().out
+    assert "the TFDS bundle was read into memory" in out
+    assert "13 of 60 training images (a stratified slice) are held out" in out
+    assert "handed the 13 held-out images back" in out
+
+
+def test_an_imbalanced_tf_data_input_read_into_memory_gets_the_note(capsys):
+    x, y = make_data(48)
+    y = np.where(np.arange(48) < 36, 0, y).astype("int32")  # 40 + 4 + 4
+    tltf.fine_tune(make_tiny_model(), _shuffled(x, y), verbose=1, **RUN)
+    out = capsys.readouterr().out
+    assert "read into memory" in out
+    assert "the classes are imbalanced (40 training images in the largest, 4 " in out

@@ -11,12 +11,14 @@ The score:
 - with validation data, the validation loss (lower is better), after every
   epoch of both stages: a head that starts overfitting in stage 1 is caught
   too, and the run ends with the weights of its best epoch;
-- without it, for a model trained on `(images, labels)` arrays, a
-  `load_data` bundle whose labels are known (not TFDS) or a `tf.data.Dataset`
-  that is read into memory for it (up to `HOLDOUT_READ_BYTES`, and only if it
-  gives the same images every pass: a random augmentation in the pipeline
-  would be frozen into one draw) (`keep_best=True` or "holdout"): its score on a slice of the training images that neither stage
-  trains on (20%, at most 1,000 images; `holdout_rows`). A classifier (2 or
+- without it (`keep_best=True` or "holdout"), for a model trained on
+  `(images, labels)` arrays, a `load_data` bundle or a `tf.data.Dataset`: its
+  score on a slice of the training images that neither stage trains on. A
+  dataset, or a TFDS bundle, whose labels are not known without a pass is
+  read into memory for that, up to `HOLDOUT_READ_BYTES` and only if it gives
+  the same images every pass (a random augmentation in the pipeline would be
+  frozen into one draw). The slice: 20%, at most 1,000 images
+  (`holdout_rows`). A classifier (2 or
   more images per class) holds out a stratified slice, at least 1 image per
   class, and is scored by its accuracy there: a stage-2 epoch replaces the
   best so far only with a higher accuracy (ties keep the earlier epoch, and

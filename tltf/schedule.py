@@ -632,7 +632,9 @@ def fine_tune(
     elif class_weight is not None:
         _check_class_weight(class_weight, info)
     elif loud and info.task in CLASSIFIERS:
-        _note_imbalance(train, max(2, info.metadata["num_outputs"]))
+        # A tf.data input read into memory for the slice has its labels known.
+        known = holdout.train if holdout and holdout.read else train
+        _note_imbalance(known, max(2, info.metadata["num_outputs"]))
     auto_loss, auto_metrics = default_loss_and_metrics(
         info, prepared.one_hot, settings.label_smoothing
     )
@@ -957,9 +959,10 @@ def _holdout(
 
     `keep_best=True` holds a slice out wherever it can (see `tltf.guard`):
     `(images, labels)` arrays, bundles from `load_data` whose labels are known
-    without a pass (image folders, `.npz`, arrays), and a `tf.data.Dataset` that
-    `read_dataset` can read into memory (up to `HOLDOUT_READ_BYTES`, the same
-    images every pass; the slice then comes from those arrays);
+    without a pass (image folders, `.npz`, arrays), and a `tf.data.Dataset` or
+    a TFDS bundle that `read_dataset` can read into memory (up to
+    `HOLDOUT_READ_BYTES`, the same images every pass; the slice then comes from
+    those arrays);
     `keep_best="holdout"` raises a ConfigError where it cannot.
     """
     if settings.keep_best not in (True, "holdout") or settings.fine_tune_epochs == 0:
@@ -978,43 +981,9 @@ def _holdout(
         return None
     why = labels = None
     read = ""
-    if isinstance(train, tf.data.Dataset):
-        limit, start = tltf_guard.HOLDOUT_READ_BYTES, time.perf_counter()
-
-        def check(images, labels):
-            scope = f" (of the {len(images):,} read from the dataset, in its order)"
-            check_pixel_values(images, "train", scope)
-            check_label_values(labels, info, "train")
-
-        arrays, cannot = (
-            read_dataset(train, "train", limit, check)
-            if limit
-            else (None, "tltf.guard.HOLDOUT_READ_BYTES is 0")
-        )
-        if arrays is None:
-            why = (
-                "the guard reads a tf.data.Dataset into memory to hold images "
-                f"out of it, and this one cannot be read: {cannot}. Pass "
-                "validation_data"
-            )
-            if loud and not strict:
-                print(
-                    f"tltf: keep_best: no training images are held out: {why} "
-                    "to score stage 2 on images it does not train on (now: the "
-                    "leave-one-out accuracy of the training images' features)."
-                )
-        else:
-            train = arrays
-            size = (arrays[0].nbytes + arrays[1].nbytes) / 2**20
-            read = (
-                f"the tf.data input was read into memory ({size:,.1f} MiB, "
-                f"{time.perf_counter() - start:.1f}s); "
-            )
-    elif bundle and train.labels is None:
-        why = (
-            "its labels are not known without a pass (a TFDS bundle); pass "
-            "validation data"
-        )
+    if isinstance(train, tf.data.Dataset) or (bundle and train.labels is None):
+        arrays, read, why = _read_into_memory(train, info, loud and not strict)
+        train, bundle = (train, bundle) if arrays is None else (arrays, False)
     elif bundle:
         labels = train.labels
     if not bundle and not isinstance(train, tf.data.Dataset):
@@ -1058,6 +1027,46 @@ def _holdout(
         array_batches(train, "train", batch_size, False, None),
         read,
     )
+
+
+def _read_into_memory(train, info: ModelInfo, loud: bool):
+    """A tf.data input (or a TFDS bundle's fixed-order pipeline) as arrays, for
+    the guard to hold a slice out of: `(arrays, note, None)`, or `(None, "",
+    why)` where `read_dataset` cannot read it (one line says so when `loud`).
+    """
+    kind = "tf.data input" if isinstance(train, tf.data.Dataset) else "TFDS bundle"
+    if kind == "TFDS bundle":
+        train = train.unshuffled if train.unshuffled is not None else train.train
+    limit, start = tltf_guard.HOLDOUT_READ_BYTES, time.perf_counter()
+
+    def check(images, labels):
+        scope = f" (of the {len(images):,} read from the dataset, in its order)"
+        check_pixel_values(images, "train", scope)
+        check_label_values(labels, info, "train")
+
+    arrays, cannot = (
+        read_dataset(train, "train", limit, check)
+        if limit
+        else (None, "tltf.guard.HOLDOUT_READ_BYTES is 0")
+    )
+    if arrays is None:
+        why = (
+            f"the guard reads a {kind} into memory to hold images out of it, and "
+            f"this one cannot be read: {cannot}. Pass validation_data"
+        )
+        if loud:
+            print(
+                f"tltf: keep_best: no training images are held out: {why} to "
+                "score stage 2 on images it does not train on (now: the "
+                "leave-one-out accuracy of the training images' features)."
+            )
+        return None, "", why
+    size = (arrays[0].nbytes + arrays[1].nbytes) / 2**20
+    note = (
+        f"the {kind} was read into memory ({size:,.1f} MiB, "
+        f"{time.perf_counter() - start:.1f}s); "
+    )
+    return arrays, note, None
 
 
 def _refittable(model: keras.Model, settings: FineTuneSettings) -> bool:
@@ -2310,8 +2319,9 @@ def _note_imbalance(train, classes: int) -> None:
     matters alike (measured: benchmarks/RESULTS.md, "Imbalanced classes").
 
     `train` is `fine_tune`'s (checked) training data, before any slice is held
-    out: a bundle's counts, or the labels of arrays. A tf.data input's labels
-    are not read for a note.
+    out: a bundle's counts, or the labels of arrays (also of a tf.data input
+    that the guard read into memory). Other tf.data inputs' labels are not read
+    for a note.
     """
     if isinstance(train, tltf_data.DataBundle):
         counts = train.counts

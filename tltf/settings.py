@@ -280,10 +280,11 @@ class FineTuneSettings:
             on every training image, on the base the guard kept, and trained
             on from there as stage 1 trained it where the run set its own
             `loss`, `label_smoothing` or a numeric `head_l2` (needs
-            `(images, labels)` arrays, a `load_data` bundle whose labels are
-            known or a `tf.data.Dataset` that fits in
-            `tltf.guard.HOLDOUT_READ_BYTES` (1 GiB) and gives the same
-            images every pass, which is then read into memory; 2 or more images per class of a classifier or 10 or more
+            `(images, labels)` arrays, a `load_data` bundle or a
+            `tf.data.Dataset`; a dataset or a TFDS bundle is read into memory
+            for it, where it fits in `tltf.guard.HOLDOUT_READ_BYTES` (1 GiB)
+            and gives the same images every pass; 2 or more images per class
+            of a classifier or 10 or more
             images for other tasks, and, for True, a linear ridge-started
             head, and a task other than multi-label, where it was measured to
             cost more than it saves);
