@@ -115,15 +115,23 @@ def _weighted(x, y):
     return tf.data.Dataset.from_tensor_slices((x, y, np.ones(len(y), "float32")))
 
 
+def _sharded_by_the_user(x, y):
+    options = tf.data.Options()
+    off = tf.data.experimental.AutoShardPolicy.OFF
+    options.experimental_distribute.auto_shard_policy = off
+    return _shuffled(x, y).with_options(options)
+
+
 @pytest.mark.parametrize(
     "make, limit, why",
     [
         (_augmented, 2**30, "it gives other images each time it is read"),
         (_weighted, 2**30, "it yields sample weights"),
+        (_sharded_by_the_user, 2**30, "it shards itself across workers"),
         (lambda x, y: _shuffled(x, y).repeat(2), 10_000, "it holds more than"),
         (_shuffled, 0, "tltf.guard.HOLDOUT_READ_BYTES is 0"),
     ],
-    ids=["augmented", "weighted", "too-big", "turned-off"],
+    ids=["augmented", "weighted", "sharded", "too-big", "turned-off"],
 )
 def test_a_tf_data_input_that_cannot_be_read_keeps_the_features_guard(
     make, limit, why, monkeypatch, capsys

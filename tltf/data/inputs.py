@@ -106,7 +106,8 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
     """A small, finite dataset of `(image, label)` as `(images, labels)` arrays.
 
     Returns `(arrays, None)`, or `(None, why)` where it cannot be read into
-    memory as it is: it yields sample weights, repeats forever, holds more than
+    memory as it is: it yields sample weights, repeats forever, shards itself
+    across workers (`auto_shard_policy` OFF), holds more than
     `max_bytes` of images and labels, mixes image shapes, or gives other images
     when read again (a random augmentation in the pipeline: the arrays would
     freeze one draw of it). Reading it twice costs two passes, only over data
@@ -119,6 +120,11 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
         return None, "it yields sample weights"
     if data.cardinality() == tf.data.INFINITE_CARDINALITY:
         return None, "it repeats forever"
+    off = tf.data.experimental.AutoShardPolicy.OFF
+    if data.options().experimental_distribute.auto_shard_policy == off:
+        # Each worker's pipeline gives its own shard; as arrays, Keras would
+        # shard them again.
+        return None, "it shards itself across workers (auto_shard_policy OFF)"
     if spec[0].shape.rank is None:
         return None, "its images have no known rank"
     batched = spec[0].shape.rank == 4
