@@ -485,7 +485,10 @@ def fine_tune(
         train: A tf.data.Dataset of (image, label) batches, `(images, labels)`
             arrays (batched by `batch_size` and shuffled), or a
             `tltf.data.DataBundle` from `tltf.data.load_data` (tfds, image
-            folders, .npz; resized for the model).
+            folders, .npz; resized for the model). Without validation data,
+            a dataset (or TFDS bundle) of up to 1 GiB that gives the same
+            images every pass is read into memory once, so that the guard
+            can hold a slice out of it (`keep_best`); one line says so.
         validation_data: Same forms as `train`, or None; defaults to the
             bundle's validation split when `train` is a DataBundle.
         settings: FineTuneSettings or None. Defaults to `FineTuneSettings()`.
