@@ -223,3 +223,18 @@ def test_an_imbalanced_tf_data_input_read_into_memory_gets_the_note(capsys):
     out = capsys.readouterr().out
     assert "read into memory" in out
     assert "the classes are imbalanced (40 training images in the largest, 4 " in out
+
+
+@pytest.mark.parametrize("keep_best", [True, "features"])
+def test_images_of_their_own_sizes_unbatched_are_a_data_error(keep_best):
+    # What `tfds.load(..., as_supervised=True)` gives before any resizing.
+    def images():
+        rng = np.random.default_rng(0)
+        for i in range(24):
+            size = 16 + (i % 2) * 4
+            yield rng.integers(0, 255, (size, size, 3)).astype("float32"), i % 3
+
+    spec = (tf.TensorSpec((None, None, 3), tf.float32), tf.TensorSpec((), tf.int64))
+    dataset = tf.data.Dataset.from_generator(images, output_signature=spec)
+    with pytest.raises(DataError, match="differ in size, so they cannot be batched"):
+        tltf.fine_tune(make_tiny_model(), dataset, keep_best=keep_best, verbose=0)

@@ -142,7 +142,11 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
     join = np.concatenate if batched else np.stack
     if not xs:
         return None, "it is empty"
-    if len({x.shape[batched:] for x in xs}) != 1:
+    shapes = sorted({x.shape[batched:] for x in xs})
+    if len(shapes) > 1 and not batched:  # they could not be batched
+        more = ", among others" if len(shapes) > 2 else ""
+        raise _sizes_differ(f"shapes {shapes[0]} and {shapes[1]}{more}")
+    if len(shapes) > 1:
         return None, "its images differ in shape"
     images, labels = join(xs), join(ys)
     del xs, ys  # one copy of the data in memory, not two
@@ -214,6 +218,16 @@ def pipeline_error_text(error: tf.errors.OpError) -> str:
     return what
 
 
+def _sizes_differ(detail: str) -> DataError:
+    return DataError(
+        f"The images of a tf.data input differ in size, so they cannot be "
+        f"batched ({detail}). Resize them in the pipeline to the model's input, "
+        "e.g. ds.map(lambda x, y: (tf.image.resize(x, (h, w)), y)), before "
+        ".batch(); or read them with tltf.load_data(..., image_size=...), which "
+        "resizes."
+    )
+
+
 @contextlib.contextmanager
 def pipeline_errors():
     """Turns an error raised while a tf.data input is read into a DataError.
@@ -225,6 +239,14 @@ def pipeline_errors():
     try:
         yield
     except tf.errors.OpError as error:
+        sizes = re.search(
+            r"Cannot batch tensors with different shapes in component \d+\. "
+            r"(First element had shape \[[^\]]*\] and element \d+ had shape "
+            r"\[[^\]]*\])",
+            str(error),
+        )
+        if sizes:  # `tfds.load` gives each image at its own size
+            raise _sizes_differ(sizes.group(1).lower()) from None
         what = _pipeline_failure(error)
         if what is None:
             raise
