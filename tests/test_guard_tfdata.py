@@ -20,6 +20,7 @@ import tltf
 import tltf.guard
 from tests.helpers import (
     NO_PIXELS,
+    CrashAt,
     make_data,
     make_image_folder,
     make_tiny_model,
@@ -238,3 +239,25 @@ def test_images_of_their_own_sizes_unbatched_are_a_data_error(keep_best):
     dataset = tf.data.Dataset.from_generator(images, output_signature=spec)
     with pytest.raises(DataError, match="differ in size, so they cannot be batched"):
         tltf.fine_tune(make_tiny_model(), dataset, keep_best=keep_best, verbose=0)
+
+
+def test_a_killed_run_on_a_reshuffled_dataset_resumes_to_the_same_weights(tmp_path):
+    # Each call gets the data in another order, and the run is killed in stage
+    # 1 and resumed from its backup. (That the slice does not depend on the
+    # order: test_read_dataset_gives_the_same_arrays_whatever_the_order.)
+    x, y = make_data(48)
+    settings = {**RUN, "head_epochs": 3}
+
+    def run(shuffle_seed, **kwargs):
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model(head=NO_PIXELS)
+        data = _shuffled(x, y, seed=shuffle_seed)
+        tltf.fine_tune(model, data, verbose=0, **settings, **kwargs)
+        return model
+
+    reference = run(1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(2, callbacks=[CrashAt(2)], backup_dir=tmp_path / "backup")
+    resumed = run(3, backup_dir=tmp_path / "backup")
+    for a, b in zip(_weights(reference), _weights(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
