@@ -1,9 +1,11 @@
 """The guard's held-out slice for a `tf.data.Dataset` input, and its errors.
 
 Without validation data the guard holds a slice of the training images out of
-both stages and hands it back at the end. A `tf.data.Dataset` that fits in
-`tltf.guard.HOLDOUT_READ_BYTES` and gives the same images every pass is read
-into memory for that; any other keeps the features guard and says why.
+both stages and hands it back at the end. A `tf.data.Dataset` (or a TFDS
+bundle) that fits in `tltf.guard.HOLDOUT_READ_BYTES` and gives the same images
+every pass is read into memory for that; any other keeps the features guard and
+says why. An element that a pipeline cannot read, or images of their own sizes,
+are a DataError wherever tltf reads them.
 """
 
 from __future__ import annotations
