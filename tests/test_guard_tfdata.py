@@ -128,7 +128,7 @@ def _sharded_by_the_user(x, y):
 @pytest.mark.parametrize(
     "make, limit, why",
     [
-        (_augmented, 2**30, "it gives other images each time it is read"),
+        (_augmented, 2**30, "pipeline? fine_tune(augment=your_layers) applies it"),
         (_weighted, 2**30, "it yields sample weights"),
         (_sharded_by_the_user, 2**30, "it shards itself across workers"),
         (lambda x, y: _shuffled(x, y).repeat(2), 10_000, "it holds more than"),

@@ -158,7 +158,8 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
     if again != [digests[i] for i in order]:
         return None, (
             "it gives other images each time it is read (a random augmentation "
-            "in the pipeline)"
+            "in the pipeline? fine_tune(augment=your_layers) applies it to the "
+            "images trained on, after the slice is held out)"
         )
     # In the order of their digests: the same arrays whatever order the
     # pipeline shuffles them into, so a seed holds out the same images.
