@@ -129,33 +129,27 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
         return None, "its images have no known rank"
     batched = spec[0].shape.rank == 4
     known = int(data.cardinality())
-    xs, ys, size = [], [], 0
+    rows = _Rows(known if known > 0 else None, max_bytes)
     # A failing element raises TensorFlow's error: `pipeline_errors` names it.
     for x, y in data.as_numpy_iterator():
-        xs.append(x)
-        ys.append(y)
-        size += x.nbytes + y.nbytes
-        # A known count of batches tells the size from the first one.
-        guess = size * known if known > 0 and len(xs) == 1 else size
-        if guess > max_bytes:
-            return None, f"it holds more than {max_bytes / 2**20:,.0f} MiB"
-    join = np.concatenate if batched else np.stack
-    if not xs:
+        x, y = (x, y) if batched else (x[None], np.reshape(y, (1, *np.shape(y))))
+        if not rows.add(x, y):
+            if rows.over:
+                return None, f"it holds more than {max_bytes / 2**20:,.4g} MiB"
+            if not batched:  # they could not be batched
+                shapes = f"{rows.images.shape[1:]} and {x.shape[1:]}"
+                raise _sizes_differ(f"shapes {shapes}")
+            return None, "its images differ in shape"
+    if rows.count == 0:
         return None, "it is empty"
-    shapes = sorted({x.shape[batched:] for x in xs})
-    if len(shapes) > 1 and not batched:  # they could not be batched
-        more = ", among others" if len(shapes) > 2 else ""
-        raise _sizes_differ(f"shapes {shapes[0]} and {shapes[1]}{more}")
-    if len(shapes) > 1:
-        return None, "its images differ in shape"
-    images, labels = join(xs), join(ys)
-    del xs, ys  # one copy of the data in memory, not two
+    images, labels = rows.images[: rows.count], rows.labels[: rows.count]
     if check is not None:
         check(images, labels)
-    digests = _digests(images, labels)
     again = sorted(d for x, y in data.as_numpy_iterator() for d in _digests(x, y))
-    order = sorted(range(len(digests)), key=digests.__getitem__)
-    if again != [digests[i] for i in order]:
+    order = np.array(
+        sorted(range(rows.count), key=rows.digests.__getitem__), dtype=np.int64
+    )
+    if again != [rows.digests[i] for i in order]:
         return None, (
             "it gives other images each time it is read (a random augmentation "
             "in the pipeline? fine_tune(augment=your_layers) applies it to the "
@@ -163,18 +157,81 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
         )
     # In the order of their digests: the same arrays whatever order the
     # pipeline shuffles them into, so a seed holds out the same images.
-    return (images[order], labels[order]), None
+    _permute_rows(images, order)
+    return (images, labels[order]), None
+
+
+class _Rows:
+    """The rows `read_dataset` reads: one array grown in place (or allocated
+    once, where the count of batches is known), with a digest of every row."""
+
+    def __init__(self, batches: int | None, max_bytes: int):
+        self.batches, self.max_bytes = batches, max_bytes
+        self.images = self.labels = None
+        self.count, self.digests, self.over = 0, [], False
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> bool:
+        """Appends a batch; False where it is over the limit or of another shape."""
+        if self.images is None:
+            rows = len(x) * (self.batches or 1)
+            if rows * (x[0].nbytes + y[:1].nbytes) > self.max_bytes:
+                self.over = True
+                return False
+            self.images = np.empty((rows, *x.shape[1:]), x.dtype)
+            self.labels = np.empty((rows, *y.shape[1:]), y.dtype)
+        elif (
+            x.shape[1:] != self.images.shape[1:] or y.shape[1:] != self.labels.shape[1:]
+        ):
+            return False
+        end = self.count + len(x)
+        if end > len(self.images):  # unknown count, or a longer batch: grow
+            if end * (x[0].nbytes + y[:1].nbytes) > self.max_bytes:
+                self.over = True
+                return False
+            size = min(max(end, 2 * len(self.images)), self.max_bytes // x[0].nbytes)
+            self.images = _grown(self.images, max(size, end))
+            self.labels = _grown(self.labels, max(size, end))
+        self.images[self.count : end], self.labels[self.count : end] = x, y
+        self.digests.extend(_digests(x, y))
+        self.count = end
+        return True
+
+
+def _grown(array: np.ndarray, rows: int) -> np.ndarray:
+    grown = np.empty((rows, *array.shape[1:]), array.dtype)
+    grown[: len(array)] = array
+    return grown
+
+
+def _permute_rows(array: np.ndarray, order: np.ndarray) -> None:
+    """`array[:] = array[order]` in place, a row at a time (no second copy)."""
+    done = np.zeros(len(order), dtype=bool)
+    for start in range(len(order)):
+        if done[start] or order[start] == start:
+            continue
+        saved, i = array[start].copy(), start
+        while True:
+            done[i] = True
+            j = order[i]
+            if j == start:
+                array[i] = saved
+                break
+            array[i] = array[j]
+            i = j
 
 
 def _digests(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
     """A digest of every (image, label) row of a batch, or of one image."""
     if images.ndim == 3:
         images, labels = images[None], np.reshape(labels, (1, -1))
-    labels = np.reshape(labels, (len(images), -1))
-    return [
-        hashlib.blake2b(image.tobytes() + label.tobytes(), digest_size=16).digest()
-        for image, label in zip(images, labels, strict=True)
-    ]
+    images = np.ascontiguousarray(images)
+    labels = np.ascontiguousarray(np.reshape(labels, (len(images), -1)))
+    digests = []
+    for image, label in zip(images, labels, strict=True):
+        digest = hashlib.blake2b(image.data, digest_size=16)
+        digest.update(label.data)
+        digests.append(digest.digest())
+    return digests
 
 
 def _pipeline_failure(error: tf.errors.OpError) -> str | None:
