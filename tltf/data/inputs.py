@@ -142,7 +142,7 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
             return None, "its images differ in shape"
     if rows.count == 0:
         return None, "it is empty"
-    images, labels = rows.images[: rows.count], rows.labels[: rows.count]
+    images, labels = rows.trimmed()
     if check is not None:
         check(images, labels)
     again = sorted(d for x, y in data.as_numpy_iterator() for d in _digests(x, y))
@@ -169,6 +169,13 @@ class _Rows:
         self.batches, self.max_bytes = batches, max_bytes
         self.images = self.labels = None
         self.count, self.digests, self.over = 0, [], False
+
+    def trimmed(self) -> tuple[np.ndarray, np.ndarray]:
+        """The arrays, cut to the rows read (in place: no copy is kept)."""
+        for array in (self.images, self.labels):
+            if len(array) > self.count:  # grown ahead, or a short last batch
+                array.resize((self.count, *array.shape[1:]), refcheck=False)
+        return self.images, self.labels
 
     def add(self, x: np.ndarray, y: np.ndarray) -> bool:
         """Appends a batch; False where it is over the limit or of another shape."""
