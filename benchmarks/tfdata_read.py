@@ -52,11 +52,11 @@ def main() -> None:
         pass
     plain = time.perf_counter() - start
     start = time.perf_counter()
-    arrays, why = read_dataset(dataset, "train", 2**30)
+    data, why = read_dataset(dataset, "train", 2**30)
     read = time.perf_counter() - start
-    if arrays is None:
+    if data is None:
         raise SystemExit(f"not read: {why}")
-    size = (arrays[0].nbytes + arrays[1].nbytes) / 2**20
+    size = (data.images.nbytes + data.labels.nbytes) / 2**20
     print(f"{args.images} images at {args.size} px: {size:,.0f} MiB")
     print(f"one plain pass: {plain:.2f} s")
     print(f"read_dataset (two passes, digests, sorted): {read:.2f} s")

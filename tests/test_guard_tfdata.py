@@ -58,33 +58,39 @@ def test_read_dataset_gives_the_same_arrays_whatever_the_order():
     filtered = _shuffled(x, y, seed=2).filter(lambda images, labels: True)
     assert filtered.cardinality() == tf.data.UNKNOWN_CARDINALITY
     third, _ = read_dataset(filtered, "train", 2**30)
-    for a, b, c in zip(first, second, third, strict=True):
+    for name in ("images", "labels"):
+        a, b, c = (getattr(read, name) for read in (first, second, third))
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+    assert (first.batch_size, second.batch_size, third.batch_size) == (8, None, 8)
     assert read_dataset(filtered, "train", 100_000) == (
         None,
         "it holds more than 0.09537 MiB",
     )
     # Every row is one of the inputs', with its own label.
-    assert sorted(map(tuple, first[0].reshape(40, -1)[:, :4].tolist())) == sorted(
+    assert sorted(map(tuple, first.images.reshape(40, -1)[:, :4].tolist())) == sorted(
         map(tuple, x.reshape(40, -1)[:, :4].tolist())
     )
     lookup = {row.tobytes(): label for row, label in zip(x, y, strict=True)}
-    assert [lookup[row.tobytes()] for row in first[0]] == first[1].tolist()
+    assert [lookup[row.tobytes()] for row in first.images] == first.labels.tolist()
 
 
 def test_a_tf_data_input_trains_the_model_its_arrays_train(capsys):
     x, y = make_data(48)
     dataset = _shuffled(x, y)
-    arrays, _ = read_dataset(dataset, "train", 2**30)
+    read, _ = read_dataset(dataset, "train", 2**30)
     keras.utils.set_random_seed(0)
     from_arrays = make_tiny_model(head=NO_PIXELS)
-    tltf.fine_tune(from_arrays, arrays, verbose=0, **RUN)
+    # The dataset's batches are of 8: the arrays' run is given that size.
+    tltf.fine_tune(
+        from_arrays, (read.images, read.labels), batch_size=8, verbose=0, **RUN
+    )
     keras.utils.set_random_seed(0)
     from_dataset = make_tiny_model(head=NO_PIXELS)
     tltf.fine_tune(from_dataset, dataset, verbose=1, **RUN)
     out = capsys.readouterr().out
     assert "the tf.data input was read into memory (0.1 MiB" in out
+    assert "in its batches of 8)" in out
     assert "9 of 48 training images (a stratified slice) are held out" in out
     assert "handed the 9 held-out images back" in out
     for a, b in zip(_weights(from_arrays), _weights(from_dataset), strict=True):
@@ -272,3 +278,42 @@ def test_a_killed_run_on_a_reshuffled_dataset_resumes_to_the_same_weights(tmp_pa
     resumed = run(3, backup_dir=tmp_path / "backup")
     for a, b in zip(_weights(reference), _weights(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+class _Steps(keras.callbacks.Callback):
+    """The batches of every epoch, as the fit counts them."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps: list[int] = []
+        self.batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps.append(self.batches)
+
+
+@pytest.mark.parametrize("batch", [8, 5])
+def test_a_dataset_read_into_memory_trains_in_its_own_batches(batch):
+    # 48 images, 9 held out: 39 trained on, in batches of `batch`, not of
+    # fine_tune's batch_size (32), which sizes only what it batches itself.
+    # (Without the feature cache, whose head fits take batches of their own.)
+    x, y = make_data(48)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    steps = _Steps()
+    tltf.fine_tune(
+        make_tiny_model(),
+        dataset,
+        head_epochs=2,
+        fine_tune_epochs=1,
+        unfreeze=1,
+        cache_features=False,
+        callbacks=[steps],
+        verbose=0,
+    )
+    assert steps.steps[:2] == [-(-39 // batch)] * 2

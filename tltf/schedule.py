@@ -570,6 +570,8 @@ def fine_tune(
     holdout = _holdout(
         settings, model, info, train, validation_data, batch_size, verbose != 0
     )
+    if holdout:
+        batch_size = holdout.batch_size  # a dataset read keeps its batches
     if holdout and verbose != 0:
         trained, held = len(holdout.trained), len(holdout.held)
         print(
@@ -946,7 +948,8 @@ class _Slice:
     batches: tf.data.Dataset  # the held-out rows, unshuffled
     labels: np.ndarray  # their class indices (classifiers) or targets
     everything: tf.data.Dataset  # every training row, unshuffled (the hand-back)
-    read: str = ""  # how a tf.data input became the arrays held out of, if it did
+    read: str  # how a tf.data input became the arrays held out of, if it did
+    batch_size: int  # the batches to train in (a dataset read: its own)
 
 
 def _holdout(
@@ -985,8 +988,11 @@ def _holdout(
     why = labels = None
     read = ""
     if isinstance(train, tf.data.Dataset) or (bundle and train.labels is None):
-        arrays, read, why = _read_into_memory(train, info, loud and not strict)
-        train, bundle = (train, bundle) if arrays is None else (arrays, False)
+        data, read, why = _read_into_memory(train, info, loud and not strict)
+        if data is not None:
+            train, bundle = (data.images, data.labels), False
+            # Its batches as the user made them (a bundle's: load_data's).
+            batch_size = data.batch_size or batch_size
     elif bundle:
         labels = train.labels
     if not bundle and not isinstance(train, tf.data.Dataset):
@@ -1019,6 +1025,8 @@ def _holdout(
             out.unshuffled,
             held_labels,
             kept.unshuffled.concatenate(out.unshuffled),
+            "",
+            batch_size,
         )
     return _Slice(
         trained,
@@ -1029,13 +1037,15 @@ def _holdout(
         held_labels,
         array_batches(train, "train", batch_size, False, None),
         read,
+        batch_size,
     )
 
 
 def _read_into_memory(train, info: ModelInfo, loud: bool):
-    """A tf.data input (or a TFDS bundle's fixed-order pipeline) as arrays, for
-    the guard to hold a slice out of: `(arrays, note, None)`, or `(None, "",
-    why)` where `read_dataset` cannot read it (one line says so when `loud`).
+    """A tf.data input (or a TFDS bundle's fixed-order pipeline) read into
+    memory for the guard to hold a slice out of: `(ReadData, note, None)`, or
+    `(None, "", why)` where `read_dataset` cannot read it (one line says so
+    when `loud`).
     """
     kind = "tf.data input" if isinstance(train, tf.data.Dataset) else "TFDS bundle"
     if kind == "TFDS bundle":
@@ -1047,12 +1057,12 @@ def _read_into_memory(train, info: ModelInfo, loud: bool):
         check_pixel_values(images, "train", scope)
         check_label_values(labels, info, "train")
 
-    arrays, cannot = (
+    read, cannot = (
         read_dataset(train, "train", limit, check)
         if limit
         else (None, "tltf.guard.HOLDOUT_READ_BYTES is 0")
     )
-    if arrays is None:
+    if read is None:
         why = (
             f"the guard reads a {kind} into memory to hold images out of it, and "
             f"this one cannot be read: {cannot}. Pass validation_data"
@@ -1064,12 +1074,13 @@ def _read_into_memory(train, info: ModelInfo, loud: bool):
                 "leave-one-out accuracy of the training images' features)."
             )
         return None, "", why
-    size = (arrays[0].nbytes + arrays[1].nbytes) / 2**20
+    size = (read.images.nbytes + read.labels.nbytes) / 2**20
+    batches = f", in its batches of {read.batch_size}" if read.batch_size else ""
     note = (
         f"the {kind} was read into memory ({size:,.1f} MiB, "
-        f"{time.perf_counter() - start:.1f}s); "
+        f"{time.perf_counter() - start:.1f}s{batches}); "
     )
-    return arrays, note, None
+    return read, note, None
 
 
 def _refittable(model: keras.Model, settings: FineTuneSettings) -> bool:

@@ -336,7 +336,9 @@ class FineTuneSettings:
         label_smoothing: float. Label smoothing of the task's own loss
             (`loss="auto"`; a loss of your own takes its own smoothing).
             Defaults to 0.
-        batch_size: int. Batch size for array inputs. Defaults to 32.
+        batch_size: int. Batch size for array inputs (and unbatched
+            datasets). A batched dataset keeps its own batches, also where
+            it is read into memory for the guard. Defaults to 32.
         seed: int or None. Seeds what `fine_tune` draws itself: the shuffling of
             array inputs, the cached features' reshuffling, `augment=True`'s
             layer and the LR finder's batches. Not the head's initial weights

@@ -9,6 +9,7 @@ any training starts, so a bad label is reported the same way everywhere.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import re
 
@@ -102,10 +103,19 @@ def as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str
     )
 
 
-def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
-    """A small, finite dataset of `(image, label)` as `(images, labels)` arrays.
+@dataclasses.dataclass
+class ReadData:
+    """A dataset read into memory by `read_dataset`."""
 
-    Returns `(arrays, None)`, or `(None, why)` where it cannot be read into
+    images: np.ndarray
+    labels: np.ndarray
+    batch_size: int | None  # the size of the dataset's own batches; None: unbatched
+
+
+def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
+    """A small, finite dataset of `(image, label)` as a `ReadData` of arrays.
+
+    Returns `(ReadData, None)`, or `(None, why)` where it cannot be read into
     memory as it is: it yields sample weights, repeats forever, shards itself
     across workers (`auto_shard_policy` OFF), holds more than
     `max_bytes` of images and labels, mixes image shapes, or gives other images
@@ -158,7 +168,7 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
     # In the order of their digests: the same arrays whatever order the
     # pipeline shuffles them into, so a seed holds out the same images.
     _permute_rows(images, order)
-    return (images, labels[order]), None
+    return ReadData(images, labels[order], rows.first if batched else None), None
 
 
 class _Rows:
@@ -169,6 +179,7 @@ class _Rows:
         self.batches, self.max_bytes = batches, max_bytes
         self.images = self.labels = None
         self.count, self.digests, self.over = 0, [], False
+        self.first = 0  # the first batch's size
 
     def trimmed(self) -> tuple[np.ndarray, np.ndarray]:
         """The arrays, cut to the rows read (in place: no copy is kept)."""
@@ -180,6 +191,7 @@ class _Rows:
     def add(self, x: np.ndarray, y: np.ndarray) -> bool:
         """Appends a batch; False where it is over the limit or of another shape."""
         if self.images is None:
+            self.first = len(x)
             rows = len(x) * (self.batches or 1)
             if rows * (x[0].nbytes + y[:1].nbytes) > self.max_bytes:
                 self.over = True
