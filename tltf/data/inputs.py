@@ -118,9 +118,11 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
     Returns `(ReadData, None)`, or `(None, why)` where it cannot be read into
     memory as it is: it yields sample weights, repeats forever, shards itself
     across workers (`auto_shard_policy` OFF), holds more than
-    `max_bytes` of images and labels, mixes image shapes, or gives other images
-    when read again (a random augmentation in the pipeline: the arrays would
-    freeze one draw of it). Reading it twice costs two passes, only over data
+    `max_bytes` of images and labels, has batches of images of several
+    shapes, or gives other images when read again (a random augmentation in
+    the pipeline: the arrays would freeze one draw of it). Unbatched images
+    of several shapes could not be batched at all: a DataError says to resize
+    them. Reading it twice costs two passes, only over data
     that fits in `max_bytes`. The arrays are in a fixed order (see below);
     `check(images, labels)`, if given, sees them in the order read, so that
     its messages' indices are the dataset's.
