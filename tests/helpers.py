@@ -239,6 +239,20 @@ class CrashAt(keras.callbacks.Callback):
             raise RuntimeError("simulated crash")
 
 
+class BatchesPerEpoch(keras.callbacks.Callback):
+    """Counts the batches of every epoch (`batches`, one count an epoch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.append(0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches[-1] += 1
+
+
 # -- errors -----------------------------------------------------------------------
 def raises(error_type, fn, *args, **kwargs) -> BaseException:
     """The error that `fn(*args, **kwargs)` raises; fails unless it is error_type."""

@@ -11,6 +11,7 @@ import tltf
 import tltf.cache
 from tests.helpers import (
     NO_PIXELS,
+    BatchesPerEpoch,
     CrashAt,
     make_data,
     make_image_folder,
@@ -52,20 +53,6 @@ def test_holdout_rows_of_regression_and_multilabel_are_a_random_slice():
     assert len(holdout_rows(np.zeros(20_000), seed=0, task="regression")[1]) == 1000
 
 
-class _Seen(keras.callbacks.Callback):
-    """Counts stage-2 batches per epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.batches: list[int] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.batches.append(0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches[-1] += 1
-
-
 def _standardization(model):
     return next(la for la in model.layers if isinstance(la, Standardization))
 
@@ -74,7 +61,7 @@ def _standardization(model):
 def test_neither_stage_trains_on_the_slice(cache, capsys):
     x, y = make_data(48)
     model = make_tiny_model(head={"pool_from": "top", **NO_PIXELS})
-    seen = _Seen()
+    seen = BatchesPerEpoch()
     tltf.fine_tune(
         model,
         (x, y),

@@ -22,6 +22,7 @@ import tltf
 import tltf.guard
 from tests.helpers import (
     NO_PIXELS,
+    BatchesPerEpoch,
     CrashAt,
     make_data,
     make_image_folder,
@@ -281,24 +282,6 @@ def test_a_killed_run_on_a_reshuffled_dataset_resumes_to_the_same_weights(tmp_pa
         np.testing.assert_array_equal(a, b)
 
 
-class _Steps(keras.callbacks.Callback):
-    """The batches of every epoch, as the fit counts them."""
-
-    def __init__(self):
-        super().__init__()
-        self.steps: list[int] = []
-        self.batches = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.batches = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.steps.append(self.batches)
-
-
 @pytest.mark.parametrize("batch", [8, 5])
 def test_a_dataset_read_into_memory_trains_in_its_own_batches(batch):
     # 48 images, 9 held out: 39 trained on, in batches of `batch`, not of
@@ -306,7 +289,7 @@ def test_a_dataset_read_into_memory_trains_in_its_own_batches(batch):
     # (Without the feature cache, whose head fits take batches of their own.)
     x, y = make_data(48)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
-    steps = _Steps()
+    steps = BatchesPerEpoch()
     tltf.fine_tune(
         make_tiny_model(),
         dataset,
@@ -317,4 +300,4 @@ def test_a_dataset_read_into_memory_trains_in_its_own_batches(batch):
         callbacks=[steps],
         verbose=0,
     )
-    assert steps.steps[:2] == [-(-39 // batch)] * 2
+    assert steps.batches[:2] == [-(-39 // batch)] * 2
