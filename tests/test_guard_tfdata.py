@@ -91,7 +91,9 @@ def test_a_tf_data_input_trains_the_model_its_arrays_train(capsys):
     tltf.fine_tune(from_dataset, dataset, verbose=1, **RUN)
     out = capsys.readouterr().out
     assert "the tf.data input was read into memory (0.1 MiB" in out
-    assert "in its batches of 8)" in out
+    assert (
+        "trained on as arrays are (reshuffled every epoch, in its batches of 8)" in out
+    )
     assert "9 of 48 training images (a stratified slice) are held out" in out
     assert "handed the 9 held-out images back" in out
     for a, b in zip(_weights(from_arrays), _weights(from_dataset), strict=True):

@@ -1076,9 +1076,11 @@ def _read_into_memory(train, info: ModelInfo, loud: bool):
         return None, "", why
     size = (read.images.nbytes + read.labels.nbytes) / 2**20
     batches = f", in its batches of {read.batch_size}" if read.batch_size else ""
+    # As arrays, it is reshuffled every epoch and its last batch may be short.
     note = (
         f"the {kind} was read into memory ({size:,.1f} MiB, "
-        f"{time.perf_counter() - start:.1f}s{batches}); "
+        f"{time.perf_counter() - start:.1f}s) and is trained on as arrays are "
+        f"(reshuffled every epoch{batches}); "
     )
     return read, note, None
 
