@@ -192,26 +192,28 @@ class _Rows:
 
     def add(self, x: np.ndarray, y: np.ndarray) -> bool:
         """Appends a batch; False where it is over the limit or of another shape."""
+        row, end = x[0].nbytes + y[:1].nbytes, self.count + len(x)
+        need = end  # the rows the arrays must hold
         if self.images is None:
             self.first = len(x)
-            rows = len(x) * (self.batches or 1)
-            if rows * (x[0].nbytes + y[:1].nbytes) > self.max_bytes:
-                self.over = True
-                return False
-            self.images = np.empty((rows, *x.shape[1:]), x.dtype)
-            self.labels = np.empty((rows, *y.shape[1:]), y.dtype)
+            # A known count of batches sizes the arrays from the first one.
+            need = max(end, len(x) * (self.batches or 1))
         elif (
             x.shape[1:] != self.images.shape[1:] or y.shape[1:] != self.labels.shape[1:]
         ):
             return False
-        end = self.count + len(x)
-        if end > len(self.images):  # unknown count, or a longer batch: grow
-            if end * (x[0].nbytes + y[:1].nbytes) > self.max_bytes:
-                self.over = True
-                return False
-            size = min(max(end, 2 * len(self.images)), self.max_bytes // x[0].nbytes)
-            self.images = _grown(self.images, max(size, end))
-            self.labels = _grown(self.labels, max(size, end))
+        if need * row > self.max_bytes:
+            self.over = True
+            return False
+        if self.images is None:
+            self.images = np.empty((need, *x.shape[1:]), x.dtype)
+            self.labels = np.empty((need, *y.shape[1:]), y.dtype)
+        elif end > len(self.images):  # unknown count, or a longer batch: grow
+            rows = min(max(end, 2 * len(self.images)), self.max_bytes // row)
+            self.images, self.labels = (
+                _grown(self.images, rows),
+                _grown(self.labels, rows),
+            )
         self.images[self.count : end], self.labels[self.count : end] = x, y
         self.digests.extend(_digests(x, y))
         self.count = end
