@@ -133,10 +133,6 @@ def _augmented(x, y):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(8).map(jitter)
 
 
-def _weighted(x, y):
-    return tf.data.Dataset.from_tensor_slices((x, y, np.ones(len(y), "float32")))
-
-
 def _sharded_by_the_user(x, y):
     options = tf.data.Options()
     off = tf.data.experimental.AutoShardPolicy.OFF
@@ -148,12 +144,11 @@ def _sharded_by_the_user(x, y):
     "make, limit, why",
     [
         (_augmented, 2**30, "pipeline? fine_tune(augment=your_layers) applies it"),
-        (_weighted, 2**30, "it yields sample weights"),
         (_sharded_by_the_user, 2**30, "it shards itself across workers"),
         (lambda x, y: _shuffled(x, y).repeat(2), 10_000, "it holds more than"),
         (_shuffled, 0, "tltf.guard.HOLDOUT_READ_BYTES is 0"),
     ],
-    ids=["augmented", "weighted", "sharded", "too-big", "turned-off"],
+    ids=["augmented", "sharded", "too-big", "turned-off"],
 )
 def test_a_tf_data_input_that_cannot_be_read_keeps_the_features_guard(
     make, limit, why, monkeypatch, capsys

@@ -283,7 +283,8 @@ class FeatureCache:
         directory: str or None. Where to keep features that do not fit in
             memory (`MEMORY_LIMIT_BYTES`). Defaults to a temporary folder.
         labels: array or None. The labels in dataset order, when known (array
-            inputs); saves a pass over the data.
+            inputs); sample weights, if the batches carry them, are still kept
+            from the batches.
         extractor: callable or None. From `feature_extractor(model)`; share one
             between the caches of a model to trace once. Defaults to a new one.
     """
@@ -302,17 +303,18 @@ class FeatureCache:
         # datasets) that keeps each batch's labels and sample weights with its
         # features: a dataset that reshuffles on every pass (a DataBundle's
         # train, a user's `.shuffle()`) would misalign two separate passes.
-        # Known labels (array inputs, read in order) are used as they are.
+        # Known labels (array inputs, read in order) are used as they are; the
+        # sample weights still come from the batches.
         known = labels is not None and len(labels)
         dtype = extractor.input_signature[0].dtype
         rest, features, self.batch_sizes = [], [], []
         for images, *others in dataset:
             features.append(extractor(tf.cast(images, dtype)).numpy())
             self.batch_sizes.append(len(features[-1]))
-            if not known:
-                rest.append([np.asarray(o) for o in others])
-        if known:
-            rest = [[np.asarray(labels)]]
+            rest.append([np.asarray(o) for o in others[1 if known else 0 :]])
+        if known:  # one part of all the labels (and of all the weights)
+            weights = [np.concatenate(parts) for parts in zip(*rest, strict=True)]
+            rest = [[np.asarray(labels), *weights]]
         self.seconds = time.perf_counter() - start
         if not features:
             raise DataError("The dataset is empty: no batch to compute features from.")

@@ -20,7 +20,8 @@ The score:
   frozen into one draw). The slice: 20%, at most 1,000 images
   (`holdout_rows`). A classifier (2 or
   more images per class) holds out a stratified slice, at least 1 image per
-  class, and is scored by its accuracy there: a stage-2 epoch replaces the
+  class, and is scored by its accuracy there (each image counted by its
+  sample weight, where the data has them): a stage-2 epoch replaces the
   best so far only with a higher accuracy (ties keep the earlier epoch, and
   stage 1 over stage 2), so when stage 1 already classifies the whole slice
   correctly the run ends after stage 1 (`stop_training`, as EarlyStopping
@@ -185,11 +186,13 @@ class KeepBest(keras.callbacks.Callback):
         task: str. The model's task. Defaults to "multiclass".
         backup_dir: str, PathLike or None. Where to keep the best weights of a
             resumable run. Defaults to None.
-        holdout: tuple or None. `(batches, class_ids, logits)`: the held-out
-            slice as unshuffled `(image, label)` batches, its class indices, and
-            whether the model outputs logits. Scores the model by its accuracy
-            on the slice; a later epoch must be more accurate to be kept.
-            Defaults to None.
+        holdout: tuple or None. `(batches, class_ids, logits[, weights])`:
+            the held-out slice as unshuffled `(image, label)` batches, its class
+            indices (or targets), whether the model outputs logits, and its
+            sample weights (None or absent: every image counts alike). Scores
+            the model by its accuracy on the slice, each image weighed by its
+            sample weight as Keras weighs its metrics; a later epoch must be
+            more accurate to be kept. Defaults to None.
         verbose: bool. Print one line saying what was kept and why. Defaults to
             True.
     """
@@ -268,23 +271,30 @@ class KeepBest(keras.callbacks.Callback):
 
         A classifier: `(accuracy, mean log-likelihood)`; multi-label: `(label
         accuracy, mean log-likelihood per label)`; regression: `(-mean squared
-        error,)`.
+        error,)`. Each image counts by its sample weight, where the slice has
+        them.
         """
-        batches, y, logits = self.holdout
+        batches, y, logits, *weights = self.holdout
+        w = weights[0] if weights else None
         scores = np.asarray(
             self.model.predict(batches, verbose=0), dtype=np.float64
         ).reshape(len(y), -1)
         if not np.all(np.isfinite(scores)):
             return (-math.inf, -math.inf)
+
+        def mean(values):  # over the images; per label first for multi-label
+            values = values.reshape(len(y), -1).mean(axis=1)
+            return float(np.average(values, weights=w))
+
         if self.task == "regression":
-            error = np.mean((scores - np.reshape(y, scores.shape)) ** 2)
-            return (round(-float(error), 9),)
+            error = mean((scores - np.reshape(y, scores.shape)) ** 2)
+            return (round(-error, 9),)
         if self.task == "multilabel":
             t = np.reshape(y, scores.shape) > 0.5
             p = sigmoid(scores) if logits else scores
             p = np.clip(p, 1e-12, 1 - 1e-12)
-            accuracy = float(np.mean((p > 0.5) == t))
-            likelihood = float(np.mean(np.where(t, np.log(p), np.log(1 - p))))
+            accuracy = mean((p > 0.5) == t)
+            likelihood = mean(np.where(t, np.log(p), np.log(1 - p)))
             return (round(accuracy, 9), round(likelihood, 9))
         if scores.shape[1] == 1:  # binary: one sigmoid output
             p1 = sigmoid(scores[:, 0]) if logits else scores[:, 0]
@@ -294,9 +304,9 @@ class KeepBest(keras.callbacks.Callback):
             probs = shifted / shifted.sum(axis=1, keepdims=True)
         else:
             probs = scores
-        accuracy = float(np.mean(probs.argmax(axis=1) == y))
+        accuracy = mean(probs.argmax(axis=1) == y)
         picked = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
-        return (round(accuracy, 9), round(float(np.mean(np.log(picked))), 9))
+        return (round(accuracy, 9), round(mean(np.log(picked)), 9))
 
     def _loo_score(self) -> tuple | None:
         if self.unscorable:

@@ -54,6 +54,7 @@ from tltf.data.inputs import (
     read_dataset,
     train_batches,
 )
+from tltf.data.labels import check_sample_weights
 from tltf.distribute import is_distributed, model_strategy, optimizer_in_scope
 from tltf.errors import ConfigError, DataError, LeaveOneOutError, suggest
 from tltf.freezing import (
@@ -482,8 +483,12 @@ def fine_tune(
 
     Args:
         model: keras.Model. A model built by `build_model`.
-        train: A tf.data.Dataset of (image, label) batches, `(images, labels)`
-            arrays (batched by `batch_size` and shuffled), or a
+        train: A tf.data.Dataset of (image, label) batches (or of (image,
+            label, sample_weight)), `(images, labels)` arrays (batched by
+            `batch_size` and shuffled) or `(images, labels, sample_weights)`
+            arrays (each image's weight, as Keras's `fit` takes
+            `sample_weight`: in both stages' loss, the closed-form fits and the
+            guard's slice; one finite number >= 0 per image), or a
             `tltf.data.DataBundle` from `tltf.data.load_data` (tfds, image
             folders, .npz; resized for the model). Without validation data,
             a dataset (or TFDS bundle) of up to 1 GiB that gives the same
@@ -724,7 +729,7 @@ def fine_tune(
                 else feature_source,
                 task=info.task,
                 backup_dir=backup_dir,
-                holdout=(holdout.batches, holdout.labels, info.logits)
+                holdout=(holdout.batches, holdout.labels, info.logits, holdout.weights)
                 if holdout
                 else None,
                 verbose=loud,
@@ -950,6 +955,7 @@ class _Slice:
     everything: tf.data.Dataset  # every training row, unshuffled (the hand-back)
     read: str  # how a tf.data input became the arrays held out of, if it did
     batch_size: int  # the batches to train in (a dataset read: its own)
+    weights: np.ndarray | None = None  # the held-out rows' sample weights
 
 
 def _holdout(
@@ -990,7 +996,7 @@ def _holdout(
     if isinstance(train, tf.data.Dataset) or (bundle and train.labels is None):
         data, read, why = _read_into_memory(train, info, loud and not strict)
         if data is not None:
-            train, bundle = (data.images, data.labels), False
+            train, bundle = data.arrays, False
             # Its batches as the user made them (a bundle's: load_data's).
             batch_size = data.batch_size or batch_size
     elif bundle:
@@ -1028,6 +1034,11 @@ def _holdout(
             "",
             batch_size,
         )
+    weights = None
+    if len(train) == 3:
+        weights = check_sample_weights(train[2], len(labels), "train")[held]
+        # A slice of images that all weigh 0 is scored with each image alike.
+        weights = weights if weights.any() else None
     return _Slice(
         trained,
         held,
@@ -1038,6 +1049,7 @@ def _holdout(
         array_batches(train, "train", batch_size, False, None),
         read,
         batch_size,
+        weights,
     )
 
 
@@ -1074,7 +1086,7 @@ def _read_into_memory(train, info: ModelInfo, loud: bool):
                 "leave-one-out accuracy of the training images' features)."
             )
         return None, "", why
-    size = (read.images.nbytes + read.labels.nbytes) / 2**20
+    size = sum(a.nbytes for a in read.arrays) / 2**20
     batches = f", in its batches of {read.batch_size}" if read.batch_size else ""
     # As arrays, it is reshuffled every epoch and its last batch may be short.
     note = (

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf.data.images import check_pixel_values
-from tltf.data.labels import check_one_label_per_image
+from tltf.data.labels import check_one_label_per_image, check_sample_weights
 from tltf.errors import DataError
 from tltf.info import ModelInfo
 
@@ -40,7 +40,8 @@ def train_batches(data, batch_size: int, seed: int | None, rows=None):
 def array_batches(
     data, what: str, batch_size: int, shuffle: bool, seed: int | None, subset=None
 ) -> tf.data.Dataset:
-    """`(images, labels)` arrays as checked, batched, prefetched batches.
+    """`(images, labels[, sample_weights])` arrays as checked, batched,
+    prefetched batches.
 
     The pipeline shuffles and batches indices, and each batch gathers its rows
     from the arrays. `from_tensor_slices` would first copy the arrays into
@@ -49,25 +50,27 @@ def array_batches(
     that of `from_tensor_slices((x, y)).shuffle(n, seed).batch(b)`: shuffling
     depends on the seed and the count only, not on the elements. `subset`, an
     array of row indices, takes only those rows (in that order) without copying
-    the arrays.
+    the arrays. With sample weights, the batches are `(images, labels,
+    weights)`, as Keras's `fit` takes them.
     """
-    x, y = np.asarray(data[0]), np.asarray(data[1])
-    check_one_label_per_image(x, y, what, " Pass at least one batch.")
-    x_dtype, y_dtype = tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)
+    arrays = [np.asarray(data[0]), np.asarray(data[1])]
+    check_one_label_per_image(*arrays, what, " Pass at least one batch.")
+    if len(data) == 3:
+        arrays.append(check_sample_weights(data[2], len(arrays[0]), what))
+    dtypes = [tf.as_dtype(a.dtype) for a in arrays]
 
     def gather(index):
-        return x[index], y[index]
+        return tuple(a[index] for a in arrays)
 
     def rows(index):
-        images, labels = tf.numpy_function(
-            gather, [index], [x_dtype, y_dtype], stateful=False
-        )
-        images.set_shape((None, *x.shape[1:]))
-        labels.set_shape((None, *y.shape[1:]))
-        return images, labels
+        parts = tf.numpy_function(gather, [index], dtypes, stateful=False)
+        for part, array in zip(parts, arrays, strict=True):
+            part.set_shape((None, *array.shape[1:]))
+        return tuple(parts)
 
+    count = len(arrays[0])
     if subset is None:
-        ds, count = tf.data.Dataset.range(len(x)), len(x)
+        ds = tf.data.Dataset.range(count)
     else:
         subset = np.asarray(subset, dtype=np.int64)
         ds, count = tf.data.Dataset.from_tensor_slices(subset), len(subset)
@@ -88,18 +91,28 @@ def pair_spec(data: tf.data.Dataset, what: str) -> tuple:
     return spec
 
 
+#: The tuples of arrays that training inputs take, in words.
+ARRAYS = "(images, labels) or (images, labels, sample_weights)"
+
+
+def is_arrays(data) -> bool:
+    """Whether `data` is a tuple of arrays: `(images, labels[, sample_weights])`."""
+    return isinstance(data, (tuple, list)) and len(data) in (2, 3)
+
+
 def as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str):
-    """Turns `(images, labels)` arrays or a tf.data.Dataset into batches."""
+    """Turns `(images, labels[, sample_weights])` arrays or a tf.data.Dataset
+    into batches."""
     if isinstance(data, tf.data.Dataset):
         spec = pair_spec(data, what)
         if len(spec[0].shape) == 3:
             data = data.batch(batch_size)
         return data.prefetch(tf.data.AUTOTUNE)
-    if isinstance(data, (tuple, list)) and len(data) == 2:
+    if is_arrays(data):
         return array_batches(data, what, batch_size, shuffle, seed)
     raise DataError(
         f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
-        f"(images, labels) of arrays. Received: {type(data).__name__}"
+        f"{ARRAYS} of arrays. Received: {type(data).__name__}"
     )
 
 
@@ -110,26 +123,33 @@ class ReadData:
     images: np.ndarray
     labels: np.ndarray
     batch_size: int | None  # the size of the dataset's own batches; None: unbatched
+    weights: np.ndarray | None = None  # its sample weights, where it yields them
+
+    @property
+    def arrays(self) -> tuple:
+        """`(images, labels)`, or `(images, labels, sample_weights)`."""
+        extra = () if self.weights is None else (self.weights,)
+        return (self.images, self.labels, *extra)
 
 
 def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
-    """A small, finite dataset of `(image, label)` as a `ReadData` of arrays.
+    """A small, finite dataset of `(image, label[, sample_weight])` as a
+    `ReadData` of arrays.
 
     Returns `(ReadData, None)`, or `(None, why)` where it cannot be read into
-    memory as it is: it yields sample weights, repeats forever, shards itself
+    memory as it is: it repeats forever, shards itself
     across workers (`auto_shard_policy` OFF), holds more than
-    `max_bytes` of images and labels, has batches of images of several
-    shapes, or gives other images when read again (a random augmentation in
-    the pipeline: the arrays would freeze one draw of it). Unbatched images
-    of several shapes could not be batched at all: a DataError says to resize
-    them. Reading it twice costs two passes, only over data
-    that fits in `max_bytes`. The arrays are in a fixed order (see below);
-    `check(images, labels)`, if given, sees them in the order read, so that
-    its messages' indices are the dataset's.
+    `max_bytes` of images, labels and weights, has batches of images of several
+    shapes, or gives other images (or weights) when read again (a random
+    augmentation in the pipeline: the arrays would freeze one draw of it).
+    Unbatched images of several shapes could not be batched at all: a
+    DataError says to resize them. Sample weights are read as one number per
+    image and checked (`check_sample_weights`). Reading it twice costs two
+    passes, only over data that fits in `max_bytes`. The arrays are in a fixed
+    order (see below); `check(images, labels)`, if given, sees them in the
+    order read, so that its messages' indices are the dataset's.
     """
     spec = pair_spec(data, what)
-    if len(spec) == 3:
-        return None, "it yields sample weights"
     if data.cardinality() == tf.data.INFINITE_CARDINALITY:
         return None, "it repeats forever"
     off = tf.data.experimental.AutoShardPolicy.OFF
@@ -143,79 +163,105 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
     known = int(data.cardinality())
     rows = _Rows(known if known > 0 else None, max_bytes)
     # A failing element raises TensorFlow's error: `pipeline_errors` names it.
-    for x, y in data.as_numpy_iterator():
-        x, y = (x, y) if batched else (x[None], np.reshape(y, (1, *np.shape(y))))
-        if not rows.add(x, y):
+    for element in data.as_numpy_iterator():
+        element = _rows_of(element, batched)
+        if not rows.add(element):
             if rows.over:
                 return None, f"it holds more than {max_bytes / 2**20:,.4g} MiB"
             if not batched:  # they could not be batched
-                shapes = f"{rows.images.shape[1:]} and {x.shape[1:]}"
+                shapes = f"{rows.arrays[0].shape[1:]} and {element[0].shape[1:]}"
                 raise _sizes_differ(f"shapes {shapes}")
             return None, "its images differ in shape"
     if rows.count == 0:
         return None, "it is empty"
-    images, labels = rows.trimmed()
+    arrays = rows.trimmed()
+    images, labels = arrays[:2]
+    weights = None
+    if len(arrays) == 3:
+        weights = check_sample_weights(arrays[2], rows.count, what)
     if check is not None:
         check(images, labels)
-    again = sorted(d for x, y in data.as_numpy_iterator() for d in _digests(x, y))
+    again = sorted(
+        d
+        for element in data.as_numpy_iterator()
+        for d in _digests(_rows_of(element, batched))
+    )
     order = np.array(
         sorted(range(rows.count), key=rows.digests.__getitem__), dtype=np.int64
     )
     if again != [rows.digests[i] for i in order]:
+        changed = "images or sample weights" if len(spec) == 3 else "images"
         return None, (
-            "it gives other images each time it is read (a random augmentation "
-            "in the pipeline? fine_tune(augment=your_layers) applies it to the "
-            "images trained on, after the slice is held out)"
+            f"it gives other {changed} each time it is read (a random "
+            "augmentation in the pipeline? fine_tune(augment=your_layers) applies "
+            "it to the images trained on, after the slice is held out)"
         )
     # In the order of their digests: the same arrays whatever order the
     # pipeline shuffles them into, so a seed holds out the same images.
     _permute_rows(images, order)
-    return ReadData(images, labels[order], rows.first if batched else None), None
+    return ReadData(
+        images,
+        labels[order],
+        rows.first if batched else None,
+        None if weights is None else weights[order],
+    ), None
+
+
+def _rows_of(element: tuple, batched: bool) -> tuple:
+    """A dataset's element as rows: a batch as it is, one example as a batch of
+    one. A sample weight per image becomes one number per row."""
+    if not batched:
+        element = tuple(np.reshape(a, (1, *np.shape(a))) for a in element)
+    if len(element) == 3:
+        w = element[2]
+        count = len(element[0])
+        w = np.reshape(w, (count,)) if np.size(w) == count else w
+        element = (*element[:2], w)
+    return element
 
 
 class _Rows:
-    """The rows `read_dataset` reads: one array grown in place (or allocated
-    once, where the count of batches is known), with a digest of every row."""
+    """The rows `read_dataset` reads: `(images, labels[, weights])` arrays grown
+    in place (or allocated once, where the count of batches is known), with a
+    digest of every row."""
 
     def __init__(self, batches: int | None, max_bytes: int):
         self.batches, self.max_bytes = batches, max_bytes
-        self.images = self.labels = None
+        self.arrays = None
         self.count, self.digests, self.over = 0, [], False
         self.first = 0  # the first batch's size
 
-    def trimmed(self) -> tuple[np.ndarray, np.ndarray]:
+    def trimmed(self) -> tuple[np.ndarray, ...]:
         """The arrays, cut to the rows read (in place: no copy is kept)."""
-        for array in (self.images, self.labels):
+        for array in self.arrays:
             if len(array) > self.count:  # grown ahead, or a short last batch
                 array.resize((self.count, *array.shape[1:]), refcheck=False)
-        return self.images, self.labels
+        return tuple(self.arrays)
 
-    def add(self, x: np.ndarray, y: np.ndarray) -> bool:
+    def add(self, parts: tuple) -> bool:
         """Appends a batch; False where it is over the limit or of another shape."""
-        row, end = x[0].nbytes + y[:1].nbytes, self.count + len(x)
+        count = len(parts[0])
+        row, end = sum(p[:1].nbytes for p in parts), self.count + count
         need = end  # the rows the arrays must hold
-        if self.images is None:
-            self.first = len(x)
+        if self.arrays is None:
+            self.first = count
             # A known count of batches sizes the arrays from the first one.
-            need = max(end, len(x) * (self.batches or 1))
-        elif (
-            x.shape[1:] != self.images.shape[1:] or y.shape[1:] != self.labels.shape[1:]
+            need = max(end, count * (self.batches or 1))
+        elif any(
+            p.shape[1:] != a.shape[1:] for p, a in zip(parts, self.arrays, strict=True)
         ):
             return False
         if need * row > self.max_bytes:
             self.over = True
             return False
-        if self.images is None:
-            self.images = np.empty((need, *x.shape[1:]), x.dtype)
-            self.labels = np.empty((need, *y.shape[1:]), y.dtype)
-        elif end > len(self.images):  # unknown count, or a longer batch: grow
-            rows = min(max(end, 2 * len(self.images)), self.max_bytes // row)
-            self.images, self.labels = (
-                _grown(self.images, rows),
-                _grown(self.labels, rows),
-            )
-        self.images[self.count : end], self.labels[self.count : end] = x, y
-        self.digests.extend(_digests(x, y))
+        if self.arrays is None:
+            self.arrays = [np.empty((need, *p.shape[1:]), p.dtype) for p in parts]
+        elif end > len(self.arrays[0]):  # unknown count, or a longer batch: grow
+            rows = min(max(end, 2 * len(self.arrays[0])), self.max_bytes // row)
+            self.arrays = [_grown(a, rows) for a in self.arrays]
+        for array, part in zip(self.arrays, parts, strict=True):
+            array[self.count : end] = part
+        self.digests.extend(_digests(parts))
         self.count = end
         return True
 
@@ -243,16 +289,14 @@ def _permute_rows(array: np.ndarray, order: np.ndarray) -> None:
             i = j
 
 
-def _digests(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
-    """A digest of every (image, label) row of a batch, or of one image."""
-    if images.ndim == 3:
-        images, labels = images[None], np.reshape(labels, (1, -1))
-    images = np.ascontiguousarray(images)
-    labels = np.ascontiguousarray(np.reshape(labels, (len(images), -1)))
+def _digests(parts: tuple) -> list[bytes]:
+    """A digest of every row of a batch: its image, label (and weight)."""
+    parts = [np.ascontiguousarray(np.reshape(p, (len(parts[0]), -1))) for p in parts]
     digests = []
-    for image, label in zip(images, labels, strict=True):
-        digest = hashlib.blake2b(image.data, digest_size=16)
-        digest.update(label.data)
+    for row in zip(*parts, strict=True):
+        digest = hashlib.blake2b(row[0].data, digest_size=16)
+        for more in row[1:]:
+            digest.update(more.data)
         digests.append(digest.digest())
     return digests
 
@@ -351,7 +395,7 @@ def peek(data, what: str) -> tuple[np.ndarray | None, np.ndarray]:
     Images are None when a dataset's first images differ in shape.
     """
     if not isinstance(data, tf.data.Dataset):
-        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        if not is_arrays(data):
             alone = ""
             if isinstance(data, np.ndarray):
                 alone = (
@@ -360,7 +404,7 @@ def peek(data, what: str) -> tuple[np.ndarray | None, np.ndarray]:
                 )
             raise DataError(
                 f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
-                f"(images, labels) of arrays. Received: {type(data).__name__}{alone}"
+                f"{ARRAYS} of arrays. Received: {type(data).__name__}{alone}"
             )
         try:
             images = np.asarray(data[0])

@@ -1,6 +1,7 @@
 """Labels: checked and cleaned for a task, counted, split for validation, read
 from a dataset, and weighed (`class_weights`); the checks of an `(image, label)`
-dataset's element spec and of arrays' one label per image.
+dataset's element spec, of arrays' one label per image and of their sample
+weights.
 """
 
 from __future__ import annotations
@@ -34,6 +35,37 @@ def check_one_label_per_image(x, y, what: str, fix: str = "") -> None:
             f"{what} has {len(x)} images but {len(y)} labels; expected one label "
             "per image."
         )
+
+
+def check_sample_weights(weights, count: int, what: str) -> np.ndarray:
+    """`(images, labels, sample_weights)`'s weights as a float32 array of
+    `count`, checked: one finite number >= 0 per image, not all 0."""
+    try:
+        w = np.asarray(weights, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"Expected {what}'s sample weights as numbers, one per image. "
+            f"Received: {type(weights).__name__}."
+        ) from None
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.shape != (count,):
+        raise DataError(
+            f"Expected {what}'s sample weights as one number per image, an array "
+            f"of shape ({count},). Received shape {w.shape}."
+        )
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        raise DataError(
+            f"Expected {what}'s sample weights to be finite numbers >= 0. Received "
+            f"{float(w[bad][0]):g} at index {int(np.flatnonzero(bad)[0])}."
+        )
+    if not w.any():
+        raise DataError(
+            f"{what}'s sample weights are all 0, so nothing would be learned. Give "
+            "the images that count a weight above 0."
+        )
+    return w
 
 
 def numeric_labels(y: np.ndarray, what: str) -> np.ndarray:
@@ -224,8 +256,8 @@ def _dict_hint(spec) -> str:
         )
     if isinstance(spec, tuple) and len(spec) == 3:
         return (
-            " Sample weights are not supported here; drop them with "
-            "ds.map(lambda x, y, w: (x, y)) and use class weights in fit."
+            " Sample weights are not read here (fine_tune takes them); drop "
+            "them with ds.map(lambda x, y, w: (x, y))."
         )
     return " Map it to (image, label) pairs first with ds.map(...)."
 

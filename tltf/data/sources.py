@@ -476,6 +476,12 @@ def source_kind(source) -> str:
         return "dataset"
     if isinstance(source, (tuple, list)) and len(source) == 2:
         return "arrays"
+    if isinstance(source, (tuple, list)) and len(source) == 3:
+        raise DataError(
+            "Received (images, labels, sample_weights) as a data source, whose "
+            "bundles and reports do not weigh images. Pass (images, labels) here; "
+            "fine_tune takes (images, labels, sample_weights) itself."
+        )
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if text.startswith("tfds:"):

@@ -917,15 +917,17 @@ def _data_fingerprint(data) -> str:
     if isinstance(data, tf.data.Dataset):
         digest.update(repr(data.element_spec).encode())
         digest.update(str(int(data.cardinality())).encode())
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
+    elif isinstance(data, (tuple, list)) and len(data) in (2, 3):
         x, y = np.asarray(data[0]), np.asarray(data[1])
         digest.update(f"{x.shape}{x.dtype}{y.shape}{y.dtype}".encode())
         digest.update(np.ascontiguousarray(y).tobytes())
         step = max(1, len(x) // 64)
         digest.update(np.ascontiguousarray(x[::step]).tobytes())
+        if len(data) == 3:  # sample weights
+            digest.update(np.ascontiguousarray(np.asarray(data[2])).tobytes())
     else:
         raise DataError(
-            "Expected data as (images, labels) arrays, a tf.data.Dataset or a "
-            f"DataBundle. Received: {type(data).__name__}"
+            "Expected data as (images, labels[, sample_weights]) arrays, a "
+            f"tf.data.Dataset or a DataBundle. Received: {type(data).__name__}"
         )
     return digest.hexdigest()[:16]

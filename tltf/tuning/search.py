@@ -346,7 +346,7 @@ def _infer_num_classes(train, task):
         return train.num_classes
     if task in ("binary", "regression"):
         return None
-    if isinstance(train, (tuple, list)) and len(train) == 2:
+    if isinstance(train, (tuple, list)) and len(train) in (2, 3):
         y = np.asarray(train[1])
         if task == "multilabel" or (y.ndim == 2 and y.shape[1] > 1):
             return int(y.shape[1])
