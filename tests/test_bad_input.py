@@ -366,14 +366,13 @@ def test_model_fit_habits_get_the_fine_tune_spelling():
 
 
 def test_a_loss_for_the_other_kind_of_labels_is_named_before_training():
-    """A Keras categorical loss on class indices (or a sparse one on one-hot
-    rows) used to fail inside a traced training step, with a TensorFlow
-    `InvalidArgumentError` ("Incompatible shapes") after the probe had run."""
+    """A sparse Keras loss on one-hot rows used to fail inside a traced training
+    step, with a TensorFlow `InvalidArgumentError` ("Incompatible shapes")
+    after the probe had run (a categorical loss on class indices too: those
+    now become one-hot rows, `test_a_categorical_loss_takes_class_indices`)."""
     x, y = make_data(20)
     one_hot = keras.utils.to_categorical(y, 3)
     cases = (
-        ({"loss": "categorical_focal_crossentropy"}, y, ("one-hot", "to_categorical")),
-        ({"loss": keras.losses.CategoricalHinge()}, y, ("one-hot", "(3 columns)")),
         (
             {"loss": "sparse_categorical_crossentropy"},
             one_hot,
@@ -458,3 +457,39 @@ def test_a_loss_that_fits_the_labels_trains():
             verbose=0,
         )
         assert len(history.history["loss"]) == 1
+
+
+@pytest.mark.parametrize(
+    "loss",
+    ["categorical_focal_crossentropy", keras.losses.CategoricalHinge()],
+    ids=["name", "object"],
+)
+def test_a_categorical_loss_takes_class_indices(loss):
+    """Class indices become one-hot rows for a Keras loss that takes them, as
+    for label smoothing: the model trains as on `to_categorical` labels (with
+    sample weights, and validation data, turned likewise). Before, a
+    ConfigError asked for `to_categorical`, which a `tltf train` config could
+    not give."""
+    x, y = make_data(30)
+    w = np.linspace(0.5, 2.0, 30)
+    xv, yv = make_data(12, seed=1)
+    trained = []
+    for to_labels in (lambda t: t, lambda t: keras.utils.to_categorical(t, 3)):
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()
+        history = tltf.fine_tune(
+            model,
+            (x, to_labels(y), w),
+            validation_data=(xv, to_labels(yv)),
+            loss=loss,
+            head_epochs=1,
+            fine_tune_epochs=1,
+            unfreeze=1,
+            seed=0,
+            verbose=0,
+        )
+        trained.append((model.get_weights(), history.history["val_loss"]))
+    (indices, val_a), (one_hot, val_b) = trained
+    for a, b in zip(indices, one_hot, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert val_a == val_b

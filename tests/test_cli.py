@@ -202,6 +202,7 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
         *("--fine-tune-epochs", "7", "--head-lr", "find", "--fine-tune-lr", "find"),
         *("--unfreeze", "auto", "--head-steps", "300", "--no-keep-best"),
         *("--cut", "none", "--head-l2", "0.001"),
+        *("--loss", "categorical_focal_crossentropy"),
     ]
     printed = _printed(argv, capsys)
     assert printed["schedule"] == {
@@ -214,6 +215,7 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
         "head_steps": 300,
         "keep_best": False,
         "head_l2": 0.001,
+        "loss": "categorical_focal_crossentropy",
     }
     assert printed["model"]["cut"] is None
     config = TrainConfig.from_dict(printed)  # what --print-config shows reads back
@@ -244,6 +246,19 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
         (["--head-l2", "-1"], "expected a number >= 0, got '-1'"),
         (["--head-l2", "aut"], "or 'auto', got 'aut'; did you mean 'auto'?"),
         (["--set", "schedule.head_lr=fnd"], "Did you mean 'find'?"),
+        (
+            ["--loss", "categorical_focal_crosentropy"],
+            "Unknown loss 'categorical_focal_crosentropy' in schedule.loss. Pass "
+            "'auto' (the task's own loss) or a Keras loss name such as "
+            "'sparse_categorical_crossentropy'. Did you mean "
+            "'categorical_focal_crossentropy'",
+        ),
+        (
+            ["--loss", "categorical_crossentropy", "--label-smoothing", "0.1"],
+            "schedule.label_smoothing=0.1 smooths the task's own loss (loss: auto), "
+            "and schedule.loss is 'categorical_crossentropy'. Leave label_smoothing "
+            "at 0 with a loss of your own.",
+        ),
     ],
 )
 def test_print_config_rejects_bad_bases_and_values(argv, text, capsys):

@@ -369,7 +369,18 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
         "fine_tune_lr = 1e-4\n"
     )
     argv = ["tune", "--config", "tune.toml", "--out", "runs/tune", "--soup", "2"]
+    # A loss of the user's own reaches every trial's fine_tune (class indices
+    # become one-hot rows there).
+    argv += ["--loss", "categorical_focal_crossentropy"]
+    losses = []
+
+    def spy(model, train, validation, settings, **kwargs):
+        losses.append(kwargs.get("loss", settings.loss))
+        return fine_tune(model, train, validation, settings, **kwargs)
+
+    monkeypatch.setattr(tltf.tuning.hypermodel, "fine_tune", spy)
     assert main([*argv, "-q"]) == 0
+    assert losses and set(losses) == {"categorical_focal_crossentropy"}
     assert "tltf: wrote runs/tune (best: " in capsys.readouterr().out
     run = work / "runs" / "tune"
     summary = json.loads((run / "summary.json").read_text())

@@ -174,6 +174,10 @@ def test_schedule_maps_to_fine_tune_arguments():
     assert kwargs["unfreeze"] == {"layers": 20}
     assert kwargs["class_weight"] == {0: 1.0, 1: 3.0}
     assert set(kwargs) >= {"head_epochs", "fine_tune_lr", "bn", "label_smoothing"}
+    assert kwargs["loss"] == "auto"
+    focal = ScheduleConfig.from_dict({"loss": "categorical_focal_crossentropy"})
+    assert focal.fine_tune_kwargs()["loss"] == "categorical_focal_crossentropy"
+    assert focal.settings().loss == "categorical_focal_crossentropy"
     with pytest.raises(ConfigError, match="one key"):
         ScheduleConfig(unfreeze={"layers": 2, "names": "x"})
 

@@ -323,6 +323,7 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "regularize": ("schedule", "regularize"),
     "wise": ("schedule", "wise"),
     "label_smoothing": ("schedule", "label_smoothing"),
+    "loss": ("schedule", "loss"),
     "class_weight": ("schedule", "class_weight"),
     "monitor": ("schedule", "monitor"),
     "tuner": ("tune", "tuner"),
@@ -671,6 +672,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         "(default: none)",
     )
     schedule.add_argument("--label-smoothing", type=_fraction, default=S)
+    schedule.add_argument(
+        "--loss",
+        metavar="NAME|auto",
+        default=S,
+        help="a Keras loss name, e.g. categorical_focal_crossentropy; auto: the "
+        "task's own (default: auto)",
+    )
     schedule.add_argument("--class-weight", choices=("balanced",), default=S)
     schedule.add_argument(
         "--monitor", default=S, help="metric that picks best.keras (default: val_loss)"

@@ -66,6 +66,7 @@ from tltf.settings import (
     FineTuneSettings,
     check_unfreeze,
     check_wise,
+    resolve_loss,
 )
 from tltf.settings import defaults as settings_defaults
 
@@ -611,6 +612,9 @@ class ScheduleConfig:
         class_weight: "balanced", a mapping {class index: weight} or None.
             Defaults to None.
         optimizer: str. A Keras optimizer name. Defaults to "adam".
+        loss: str. "auto" (the task's own loss) or a Keras loss name, such as
+            "categorical_focal_crossentropy" (class indices become one-hot
+            rows for a loss that takes them). Defaults to "auto".
         monitor: str. The metric that picks `best.keras`, one that the run logs
             (`LOGGED_METRICS` of `model.task`, with or without `val_`). Defaults
             to "val_loss". Without validation data a validation metric picks
@@ -636,6 +640,7 @@ class ScheduleConfig:
     label_smoothing: float = FINE_TUNE_DEFAULTS["label_smoothing"]
     class_weight: str | dict | None = FINE_TUNE_DEFAULTS["class_weight"]
     optimizer: str = FINE_TUNE_DEFAULTS["optimizer"]
+    loss: str = FINE_TUNE_DEFAULTS["loss"]
     monitor: str = "val_loss"
     mode: str = "auto"
 
@@ -689,6 +694,13 @@ class ScheduleConfig:
                 ) from None
             object.__setattr__(self, "class_weight", weights)
         _choice(self.mode, _MODES, "schedule", "mode")
+        resolve_loss(self.loss, "schedule.loss")
+        if self.loss != "auto" and self.label_smoothing:
+            raise ConfigError(
+                f"schedule.label_smoothing={self.label_smoothing:g} smooths the "
+                f"task's own loss (loss: auto), and schedule.loss is "
+                f"{self.loss!r}. Leave label_smoothing at 0 with a loss of your own."
+            )
 
     @classmethod
     def from_dict(cls, config: dict | None) -> ScheduleConfig:

@@ -1194,8 +1194,9 @@ def run_tuning(
     The `[tune]` section picks the tuner, the number of trials, the objective and
     the search-space overrides (`tltf.tuning.SearchSpace` entries); the
     `[schedule]` section gives the epochs of every trial ("auto" keeps the
-    tuner's defaults), the optimizer, `label_smoothing`, `class_weight` and
-    `gradual_every` (what to unfreeze and the learning rates are searched). The
+    tuner's defaults), the optimizer, `label_smoothing`, `class_weight`,
+    `gradual_every` and `loss` (what to unfreeze and the learning rates are
+    searched). The
     folder gets `config.yaml`, the tuner's
     project (`tuner/`, with the trials table `tltf_results.csv`/`.json` and the
     depth-vs-metric plot `tltf_tuning.png`), `best.keras`, `evaluation.json`
@@ -1256,6 +1257,8 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         "class_weight": s.fine_tune_kwargs()["class_weight"],
         "gradual_every": s.gradual_every,
     }
+    if s.loss != "auto":
+        extra["loss"] = s.loss
     base_kwargs = {"weights_dir": m.weights_dir, "preprocessing": m.preprocessing}
     base_kwargs = {k: v for k, v in base_kwargs.items() if v}
     if base_kwargs:

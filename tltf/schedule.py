@@ -107,6 +107,7 @@ from tltf.settings import (
     check_lr_decay,
     check_lr_policy,
     check_unfreeze,
+    resolve_loss,
     split_kwargs,
 )
 from tltf.stages import (
@@ -600,7 +601,9 @@ def fine_tune(
         batch_size,
         seed,
         settings.augment,
-        settings.label_smoothing,
+        # Smoothing, and a Keras loss for one-hot rows, take class indices as
+        # one-hot rows.
+        bool(settings.label_smoothing) or _wants_one_hot(loss_to_check),
         rows=holdout.rows if holdout else None,
         checked=bool(holdout and holdout.read),
     )
@@ -1952,7 +1955,7 @@ def _prepare_data(
     batch_size,
     seed,
     augment,
-    smoothing,
+    to_one_hot,
     rows=None,
     checked=False,
 ):
@@ -2001,7 +2004,7 @@ def _prepare_data(
             )
     n = info.metadata["num_outputs"]
     sample = _finder_batches(train, features, batch_size, seed, rows)
-    if smoothing and info.task == "multiclass" and not one_hot:
+    if to_one_hot and info.task == "multiclass" and not one_hot:
         sample = tltf_data.one_hot(sample, n) if sample is not None else None
         train_ds, features = (
             tltf_data.one_hot(train_ds, n),
@@ -2223,17 +2226,7 @@ def _check_loss(loss, smoothing: float, info: ModelInfo) -> str | None:
     """
     if isinstance(loss, str) and loss == "auto":
         return None
-    resolved = loss
-    if isinstance(loss, str):
-        try:
-            resolved = keras.losses.get(loss)
-        except ValueError:
-            names = [n for n in dir(keras.losses) if n.islower() and n[0] != "_"]
-            raise ConfigError(
-                f"Unknown loss {loss!r}. Pass 'auto' (the task's own loss), a Keras "
-                "loss name such as 'sparse_categorical_crossentropy', a "
-                f"keras.losses.Loss, or a function (y_true, y_pred).{suggest(loss, names)}"
-            ) from None
+    resolved = resolve_loss(loss)
     if not callable(resolved):
         raise ConfigError(
             "Expected loss as 'auto', a Keras loss name, a keras.losses.Loss or a "
@@ -2262,25 +2255,26 @@ def _check_loss(loss, smoothing: float, info: ModelInfo) -> str | None:
     return str(name) if info.task == "multiclass" else None
 
 
+def _wants_one_hot(name: str | None) -> bool:
+    """Whether a multiclass model's Keras loss (`_check_loss`'s name) takes
+    one-hot rows: every Keras loss but the sparse ones. `fine_tune` turns class
+    indices into one-hot rows for it, as for label smoothing (Keras would fail
+    inside a traced training step, with a TensorFlow `InvalidArgumentError`)."""
+    return name is not None and "sparse" not in name.lower()
+
+
 def _check_label_kind(name: str | None, info: ModelInfo, one_hot: bool) -> None:
     """A Keras loss (`_check_loss`) against the kind of labels, before training.
 
     Keras's own losses tell one-hot labels (categorical) from class indices
     (sparse) by name; given the other kind, Keras fails inside a traced
     training step (an `InvalidArgumentError` from a TensorFlow kernel, or a
-    rank error).
+    rank error). Class indices became one-hot rows for a categorical loss
+    (`_wants_one_hot`); one-hot rows for a sparse loss are an error.
     """
     if name is None:
         return
-    classes = info.metadata["num_outputs"]
     sparse = "sparse" in name.lower()
-    if not one_hot and not sparse:
-        raise ConfigError(
-            f"loss={name!r} expects one-hot labels ({classes} columns), and these "
-            "labels are class indices. Pass keras.utils.to_categorical(labels, "
-            f"{classes}) as the labels, or a loss for class indices such as "
-            "'sparse_categorical_crossentropy' (or loss='auto')."
-        )
     if one_hot and sparse:
         raise ConfigError(
             f"loss={name!r} expects class indices, and these labels are one-hot "

@@ -195,6 +195,29 @@ def check_class_weight(value, name: str = "class_weight"):
     return dict(value)
 
 
+def resolve_loss(loss, name: str = "loss"):
+    """A loss given by name, as Keras resolves it; anything else as it is.
+
+    Raises:
+        ConfigError: A name that is not a Keras loss, with the closest ones.
+    """
+    if not isinstance(loss, str) or loss == "auto":
+        return loss
+    try:
+        return keras.losses.get(loss)
+    except ValueError:
+        names = [n for n in dir(keras.losses) if n.islower() and n[0] != "_"]
+        # In code a Loss or a function will do; in a config file, a name.
+        where, other = " in " + name, ""
+        if name == "loss":
+            where, other = "", ", a keras.losses.Loss, or a function (y_true, y_pred)"
+        raise ConfigError(
+            f"Unknown loss {loss!r}{where}. Pass 'auto' (the task's own loss) or a "
+            f"Keras loss name such as 'sparse_categorical_crossentropy'{other}."
+            f"{suggest(loss, names)}"
+        ) from None
+
+
 def check_fraction(value, name: str) -> float:
     """A number in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
@@ -302,9 +325,10 @@ class FineTuneSettings:
             instance keeps its own learning rate in stage 1. Stage 2 clones it.
             Defaults to "adam".
         loss: A Keras loss, or "auto" for the task's. Keras's own losses are
-            checked against the labels before anything runs (a categorical
-            loss needs one-hot labels, a sparse one class indices). Defaults
-            to "auto".
+            checked against the labels before anything runs: for a categorical
+            loss, class indices become one-hot rows (as for
+            `label_smoothing`); one-hot rows for a sparse loss are a
+            ConfigError. Defaults to "auto".
         metrics: A list of Keras metrics, or "auto" for the task's. Defaults to
             "auto".
         lr_decay: float or None. Discriminative rates per block (see

@@ -154,7 +154,8 @@ def one_hot(ds: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
     for them needs one-hot validation labels too.
 
     Args:
-        ds: tf.data.Dataset. Batches of (images, labels).
+        ds: tf.data.Dataset. Batches of (images, labels) or (images, labels,
+            sample_weights).
         num_classes: int. Number of classes.
 
     Returns:
@@ -164,8 +165,12 @@ def one_hot(ds: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
 
     >>> val = tltf.data.one_hot(data.validation, data.num_classes)
     """
-    fn = _mix_inputs(ds, num_classes, "one_hot")
-    return ds.map(lambda x, y: (x, fn(y)), num_parallel_calls=_AUTOTUNE)
+    spec = ds.element_spec
+    weighted = isinstance(spec, tuple) and len(spec) == 3
+    # Sample weights, where the batches carry them, pass unchanged.
+    pairs = ds.map(lambda x, y, w: (x, y)) if weighted else ds
+    fn = _mix_inputs(pairs, num_classes, "one_hot")
+    return ds.map(lambda x, y, *w: (x, fn(y), *w), num_parallel_calls=_AUTOTUNE)
 
 
 def mixup(
