@@ -340,8 +340,9 @@ def test_automatic_settings_misspelt_or_without_data():
 
 
 def test_model_fit_habits_get_the_fine_tune_spelling():
-    """fine_tune(model, x, y), x=/y=, epochs= and validation_split= are how
-    model.fit is called; each error names the argument and what to pass."""
+    """fine_tune(model, x, y), x=/y=, epochs=, validation_split= and
+    sample_weight= are how model.fit is called; each error names the argument
+    and what to pass."""
     model = make_tiny_model()
     x, y = make_data(20)
     error = raises(errors.DataError, tltf.fine_tune, model, x, y)
@@ -356,6 +357,10 @@ def test_model_fit_habits_get_the_fine_tune_spelling():
         (
             {"train": (x, y), "validation_split": 0.2},
             ("validation_split=", "load_data"),
+        ),
+        (
+            {"train": (x, y), "sample_weight": np.ones(20)},
+            ("sample_weight=", "fine_tune(model, (x, y, sample_weight))"),
         ),
     ):
         error = raises(errors.ConfigError, tltf.fine_tune, model, **keywords)

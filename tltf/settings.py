@@ -584,6 +584,8 @@ FIT_INSTEAD = {
     "fine_tune(model, data); or pass validation_data=(x_val, y_val).",
     "x": "It takes the training data as one argument: fine_tune(model, (x, y)), or "
     "a tf.data.Dataset of (image, label) pairs.",
+    "sample_weight": "The weights go with the data: fine_tune(model, (x, y, "
+    "sample_weight)), or a tf.data.Dataset of (image, label, weight).",
 }
 FIT_INSTEAD["y"] = FIT_INSTEAD["x"]
 
