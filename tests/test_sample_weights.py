@@ -217,3 +217,17 @@ def test_tune_takes_weighted_arrays(tmp_path, capsys):
     )
     assert result.best_model.output_shape == (None, 3)
     assert "sample-weighted leave-one-out accuracy" in capsys.readouterr().out
+
+
+def test_the_skip_line_counts_only_the_images_that_weigh(capsys):
+    # Stage 1 gets every held-out image of weight above 0 right (class 2 weighs
+    # 0 and is never predicted): stage 2 is skipped, and the line does not
+    # claim the 2 images of class 2 held out.
+    x, y = make_data(32)
+    tltf.fine_tune(make_tiny_model(), (x, y, (y != 2).astype("float32")), **RUN)
+    out = capsys.readouterr().out
+    assert "6 of 32 training images (a stratified slice) are held out" in out
+    assert (
+        "stage 1 classifies all 4 held-out training images of a sample weight "
+        "above 0 correctly" in out
+    )

@@ -420,11 +420,18 @@ class KeepBest(keras.callbacks.Callback):
     def describe(self) -> str | None:
         """What the run ends with and why, in one line (without the `tltf:` prefix)."""
         if self.ended_after_stage_one:
+            weights = self.holdout[3] if len(self.holdout) > 3 else None
+            images = f"all {len(self.holdout[1]):,} held-out training images"
+            if weights is not None and not np.all(weights > 0):
+                # Images of weight 0 do not count: they may be wrong.
+                images = (
+                    f"all {int(np.sum(weights > 0)):,} held-out training images of "
+                    "a sample weight above 0"
+                )
             return (
-                f"stage 1 classifies all {len(self.holdout[1]):,} held-out training "
-                "images correctly, and a stage-2 epoch is kept only if it is more "
-                "accurate there: stage 2 was skipped (keep_best=False, or "
-                "validation data, runs it)."
+                f"stage 1 classifies {images} correctly, and a stage-2 epoch is "
+                "kept only if it is more accurate there: stage 2 was skipped "
+                "(keep_best=False, or validation data, runs it)."
             )
         if self.unscorable:
             return (

@@ -480,7 +480,9 @@ def source_kind(source) -> str:
         raise DataError(
             "Received (images, labels, sample_weights) as a data source, whose "
             "bundles and reports do not weigh images. Pass (images, labels) here; "
-            "fine_tune takes (images, labels, sample_weights) itself."
+            "fine_tune takes (images, labels, sample_weights) itself, and Keras's "
+            "model.evaluate(images, labels, sample_weight=...) gives a weighted "
+            "loss and accuracy."
         )
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
