@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import tltf
 from tests import tuning_job
-from tests.helpers import ROOT, PenaltySeen, free_ports, make_tiny_base
+from tests.helpers import ROOT, PenaltySeen, free_ports, make_data, make_tiny_base
 from tltf.errors import ConfigError, TrainingError
 from tltf.regularizers import head_l2
 from tltf.reports import plot_tuning
@@ -544,3 +544,17 @@ def test_distributed_chief_and_two_workers_run_each_trial_once(tmp_path):
     assert not list((project / HEADS_DIR).glob("*.lock"))
     assert (project / "best_model.keras").stat().st_size > 0
     assert f"chief: {trials} rows" in outputs["chief"]
+
+
+def test_tuning_without_validation_data_gives_the_split_to_make(tmp_path):
+    images, labels = make_data(24)
+    with pytest.raises(ConfigError) as error:
+        tltf.tune(make_tiny_base(), (images, labels), directory=tmp_path)
+    message = str(error.value)
+    assert "Tuning needs validation data: trials are compared on it" in message
+    assert "validation_split=0.2, seed=0), and pass data" in message
+    # The split it gives is a bundle with its validation split.
+    data = tltf.load_data(
+        (images, labels), image_size=images.shape[1:3], validation_split=0.2, seed=0
+    )
+    assert data.validation is not None and data.num_validation == 5

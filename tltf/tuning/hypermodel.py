@@ -799,7 +799,10 @@ def split_data_args(args, kwargs):
     if validation is None:
         raise ConfigError(
             "Tuning needs validation data: trials are compared on it. Pass "
-            "validation_data (or a DataBundle with a validation split)."
+            "validation_data, or split the training data first, e.g. data = "
+            "tltf.load_data((images, labels), image_size=images.shape[1:3], "
+            "validation_split=0.2, seed=0), and pass data: a DataBundle brings "
+            "its validation split."
         )
     return train, validation
 
