@@ -231,3 +231,11 @@ def test_the_skip_line_counts_only_the_images_that_weigh(capsys):
         "stage 1 classifies all 4 held-out training images of a sample weight "
         "above 0 correctly" in out
     )
+
+
+def test_probe_blocks_says_it_does_not_weigh(capsys):
+    x, y = make_data(24)
+    tltf.probe_blocks(make_tiny_model(), (x, y, np.ones(24)))
+    assert "the sample weights are not used here" in capsys.readouterr().out
+    tltf.probe_blocks(make_tiny_model(), (x, y))
+    assert "sample weights" not in capsys.readouterr().out

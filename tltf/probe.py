@@ -360,6 +360,12 @@ def probe_blocks(
     if val_fraction is not None:
         _check_fraction(val_fraction)
     train_ds = _batches(train, batch_size, "train")
+    spec = train_ds.element_spec
+    if verbose and isinstance(spec, tuple) and len(spec) == 3:
+        print(
+            "tltf: note: probe_blocks scores every image alike: the sample "
+            "weights are not used here (fine_tune weighs its fits by them)."
+        )
     extractor = _extractor(loaded, positions, train_ds, pixels)
 
     @tf.function(reduce_retracing=True)
