@@ -239,3 +239,22 @@ def test_probe_blocks_says_it_does_not_weigh(capsys):
     assert "the sample weights are not used here" in capsys.readouterr().out
     tltf.probe_blocks(make_tiny_model(), (x, y))
     assert "sample weights" not in capsys.readouterr().out
+
+
+def test_the_features_guard_weighs_its_leave_one_out(monkeypatch):
+    # keep_best="features" (also a weighted dataset too big to read): the
+    # leave-one-out accuracy of the features counts each image by its weight.
+    # A quarter of the labels are wrong and weigh 0: weighed, the score sees
+    # only the right ones.
+    x, y = make_data(48)
+    wrong = np.arange(48) % 4 == 0
+    noisy = np.where(wrong, (y + 1) % 3, y)
+    w = (~wrong).astype("float32")
+    model = make_tiny_model()
+    scores = {}
+    for name, data in (("alike", (x, noisy)), ("weighed", (x, noisy, w))):
+        batches = tf.data.Dataset.from_tensor_slices(data).batch(8)
+        guard = KeepBest(None, validation=None, train_features=batches)
+        guard.set_model(model)
+        scores[name] = guard._loo_score()[0]
+    assert scores["alike"] <= 0.8 < 0.95 <= scores["weighed"]

@@ -36,7 +36,8 @@ The score:
   on (benchmarks/RESULTS.md, "The held-out guard");
 - otherwise (`keep_best="features"`), the leave-one-out accuracy of a ridge
   probe on the model's pooled features of the training images (one inference
-  pass per epoch, no image held out; see `tltf.probe.ridge_probe`), or for
+  pass per epoch, no image held out; see `tltf.probe.ridge_probe`; each image
+  counted by its sample weight, where the data has them), or for
   regression and multi-label the leave-one-out R² of ridge regression on them
   (`tltf.probe.ridge_r2_probe`). Ties go to the later
   epoch. This measures whether stage 2 kept the features as separable as stage 1
@@ -317,6 +318,7 @@ class KeepBest(keras.callbacks.Callback):
         x = np.asarray(cache.features).reshape(cache.count, -1)
         x = without_muted_pixels(self.model, x)
         y = cache.others[0]
+        w = cache.others[1] if len(cache.others) > 1 else None  # sample weights
         cache.close()
         if not np.all(np.isfinite(x)):
             return (-math.inf, -math.inf)
@@ -328,7 +330,10 @@ class KeepBest(keras.callbacks.Callback):
             self.unscorable = True
             return None
         classes = int(max(2, y.max() + 1))
-        fit_acc, loo_acc, _ = ridge_probe(x, y, x, y, classes)
+        if w is not None:
+            w = np.asarray(w, dtype=np.float64).reshape(len(y), -1)[:, 0]
+            w = w if w.sum() > 0 else None
+        fit_acc, loo_acc, _ = ridge_probe(x, y, x, y, classes, w, w)
         return (round(loo_acc, 9), round(fit_acc, 9))
 
     # -- Keras hooks ---------------------------------------------------------------

@@ -727,6 +727,8 @@ def ridge_probe(
     x_val: np.ndarray,
     y_val: np.ndarray,
     classes: int,
+    sample_weight: np.ndarray | None = None,
+    val_weight: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """Fits a ridge linear classifier; returns val accuracy, LOO accuracy, L2.
 
@@ -743,24 +745,29 @@ def ridge_probe(
         x_val: array (m, d). Validation features.
         y_val: array (m,). Validation class indices.
         classes: int. Number of classes.
+        sample_weight: array (n,) or None. Each training example's weight in
+            the fit and the leave-one-out accuracy (`ridge_fit`). Defaults to
+            None.
+        val_weight: array (m,) or None. Each validation example's weight in
+            the validation accuracy. Defaults to None.
 
     Returns:
         `(val_accuracy, loo_accuracy, l2)`.
     """
     standardised = _standardised(x_train, x_val)
     if standardised is None:  # Constant features: only the class prior is left.
-        prior = np.bincount(y_train, minlength=classes) / len(y_train)
+        prior = np.bincount(y_train, weights=sample_weight, minlength=classes)
         guess = int(np.argmax(prior))
         return (
-            float(np.mean(y_val == guess)),
-            float(np.mean(y_train == guess)),
+            float(np.average(y_val == guess, weights=val_weight)),
+            float(np.average(y_train == guess, weights=sample_weight)),
             math.inf,
         )
     z, zv = standardised
-    fit = ridge_fit(z, y_train, classes)
+    fit = ridge_fit(z, y_train, classes, sample_weight)
     predictions = zv @ fit.weights + fit.prior
-    val_acc = float(np.mean(predictions.argmax(axis=1) == y_val))
-    return val_acc, loo_accuracy(fit.loo, y_train), fit.l2
+    val_acc = float(np.average(predictions.argmax(axis=1) == y_val, weights=val_weight))
+    return val_acc, loo_accuracy(fit.loo, y_train, sample_weight), fit.l2
 
 
 def scorable(y: np.ndarray) -> np.ndarray:
