@@ -14,7 +14,9 @@ tuned: a user's guess). The arms, all with tltf's defaults:
 - "weighted tf.data": the same as a reshuffled, batched `tf.data.Dataset` of
   `(image, label, weight)` (read into memory for the guard's slice);
 - "unweighted": the same images and labels, every image alike;
-- "clean only": the k careful images per class alone.
+- "clean only": the k careful images per class alone;
+- "weighted probe" (only when `--arms` names it): the weighted arrays with
+  `fine_tune_epochs=0`, stage 1's head alone (no guard, no hand-back).
 
 Real data and weights as in `benchmarks/realdata.py`.
 
@@ -38,7 +40,9 @@ import numpy as np
 import realdata
 import tensorflow as tf
 
-ARMS = ("weighted", "weighted tf.data", "unweighted", "clean only")
+ARMS = ("weighted", "weighted tf.data", "unweighted", "clean only", "weighted probe")
+#: The arms run unless `--arms` names others.
+DEFAULT_ARMS = ARMS[:4]
 
 
 def two_sources(train, k: int, noise: float, weight: float, seed: int):
@@ -56,7 +60,7 @@ def two_sources(train, k: int, noise: float, weight: float, seed: int):
     return (x, noisy, w), careful
 
 
-def run(name, weights_dir, data, test, seed: int, dataset: bool) -> float:
+def run(name, weights_dir, data, test, seed: int, dataset: bool, settings) -> float:
     keras.utils.set_random_seed(seed)
     classes = int(np.max(test[1])) + 1
     model = tltf.build_model(realdata.benchmark_base(name, 64, weights_dir), classes)
@@ -67,7 +71,7 @@ def run(name, weights_dir, data, test, seed: int, dataset: bool) -> float:
             .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
             .batch(32)
         )
-    tltf.fine_tune(model, data, seed=seed, verbose=0)
+    tltf.fine_tune(model, data, seed=seed, verbose=0, **settings)
     return realdata.accuracy(model, *test)
 
 
@@ -81,7 +85,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--noise", type=float, default=0.6)
     parser.add_argument("--weight", type=float, default=0.25)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
     parser.add_argument("--weights-dir", default=None)
     args = parser.parse_args()
     weights_dir = realdata.weights_folder(args.weights_dir, args.bases)
@@ -96,16 +100,17 @@ def main() -> None:
                     train, args.k, args.noise, args.weight, seed
                 )
                 inputs = {
-                    "weighted": ((x, y, w), False),
-                    "weighted tf.data": ((x, y, w), True),
-                    "unweighted": ((x, y), False),
-                    "clean only": ((x[careful], y[careful]), False),
+                    "weighted": ((x, y, w), False, {}),
+                    "weighted tf.data": ((x, y, w), True, {}),
+                    "unweighted": ((x, y), False, {}),
+                    "clean only": ((x[careful], y[careful]), False, {}),
+                    "weighted probe": ((x, y, w), False, {"fine_tune_epochs": 0}),
                 }
                 cells = []
                 for arm in args.arms:
-                    data, dataset = inputs[arm]
+                    data, dataset, settings = inputs[arm]
                     start = time.perf_counter()
-                    got = run(name, weights_dir, data, test, seed, dataset)
+                    got = run(name, weights_dir, data, test, seed, dataset, settings)
                     scores[arm].append(got)
                     cells.append(f"{got:.3f} ({time.perf_counter() - start:.0f}s)")
                 print(
