@@ -259,3 +259,15 @@ def test_the_features_guard_weighs_its_leave_one_out(monkeypatch):
         guard.set_model(model)
         scores[name] = guard._loo_score()[0]
     assert scores["alike"] <= 0.8 < 0.95 <= scores["weighed"]
+
+
+def test_a_dataset_with_one_weight_a_batch_is_a_data_error():
+    x, y = make_data(24)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(8)
+        .map(lambda images, labels: (images, labels, 2.0))
+    )
+    error = raises(DataError, tltf.fine_tune, make_tiny_model(), dataset, **RUN)
+    assert "Expected train's sample weights as one number per image" in str(error)
+    assert "shape () for a batch of 8 images" in str(error)

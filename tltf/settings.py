@@ -208,13 +208,17 @@ def resolve_loss(loss, name: str = "loss"):
     except ValueError:
         names = [n for n in dir(keras.losses) if n.islower() and n[0] != "_"]
         # In code a Loss or a function will do; in a config file, a name.
-        where, other = " in " + name, ""
+        example = "a Keras loss name such as 'sparse_categorical_crossentropy'"
         if name == "loss":
-            where, other = "", ", a keras.losses.Loss, or a function (y_true, y_pred)"
+            fix = (
+                f"Pass 'auto' (the task's own loss), {example}, a "
+                "keras.losses.Loss, or a function (y_true, y_pred)."
+            )
+        else:
+            fix = f"Pass 'auto' (the task's own loss) or {example}."
+        where = "" if name == "loss" else f" in {name}"
         raise ConfigError(
-            f"Unknown loss {loss!r}{where}. Pass 'auto' (the task's own loss) or a "
-            f"Keras loss name such as 'sparse_categorical_crossentropy'{other}."
-            f"{suggest(loss, names)}"
+            f"Unknown loss {loss!r}{where}. {fix}{suggest(loss, names)}"
         ) from None
 
 

@@ -164,7 +164,7 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
     rows = _Rows(known if known > 0 else None, max_bytes)
     # A failing element raises TensorFlow's error: `pipeline_errors` names it.
     for element in data.as_numpy_iterator():
-        element = _rows_of(element, batched)
+        element = _rows_of(element, batched, what)
         if not rows.add(element):
             if rows.over:
                 return None, f"it holds more than {max_bytes / 2**20:,.4g} MiB"
@@ -184,7 +184,7 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
     again = sorted(
         d
         for element in data.as_numpy_iterator()
-        for d in _digests(_rows_of(element, batched))
+        for d in _digests(_rows_of(element, batched, what))
     )
     order = np.array(
         sorted(range(rows.count), key=rows.digests.__getitem__), dtype=np.int64
@@ -207,16 +207,20 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
     ), None
 
 
-def _rows_of(element: tuple, batched: bool) -> tuple:
+def _rows_of(element: tuple, batched: bool, what: str) -> tuple:
     """A dataset's element as rows: a batch as it is, one example as a batch of
-    one. A sample weight per image becomes one number per row."""
+    one. The sample weights, where it has them, as one number per row."""
     if not batched:
         element = tuple(np.reshape(a, (1, *np.shape(a))) for a in element)
     if len(element) == 3:
-        w = element[2]
         count = len(element[0])
-        w = np.reshape(w, (count,)) if np.size(w) == count else w
-        element = (*element[:2], w)
+        if np.size(element[2]) != count:
+            raise DataError(
+                f"Expected {what}'s sample weights as one number per image. "
+                f"Received weights of shape {np.shape(element[2])} for a batch of "
+                f"{count} images."
+            )
+        element = (*element[:2], np.reshape(element[2], (count,)))
     return element
 
 
