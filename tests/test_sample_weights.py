@@ -15,7 +15,6 @@ import pytest
 import tensorflow as tf
 
 import tltf
-import tltf.guard
 from tests.helpers import (
     NO_PIXELS,
     make_data,
