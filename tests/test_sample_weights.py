@@ -270,3 +270,30 @@ def test_a_dataset_with_one_weight_a_batch_is_a_data_error():
     error = raises(DataError, tltf.fine_tune, make_tiny_model(), dataset, **RUN)
     assert "Expected train's sample weights as one number per image" in str(error)
     assert "shape () for a batch of 8 images" in str(error)
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_class_weight_with_sample_weights_multiplies_them(keep_best):
+    # Keras's fit takes one or the other ("You cannot `class_weight` and
+    # `sample_weight` at the same time"): fine_tune gives each image their
+    # product, in every fit, as if the user had multiplied them. (With the
+    # guard, stage 2 is skipped here and the slice handed back; without it,
+    # stage 2 trains.) Class 2 has no class weight: 1.
+    x, y = make_data(30)
+    w = _sample_weights(30)
+    class_weight = {0: 2.0, 1: 0.5}
+    product = w * np.array([class_weight.get(c, 1.0) for c in y], "float32")
+    trained = []
+    for data, kwargs in (
+        ((x, y, w), {"class_weight": class_weight}),
+        ((x, y, product), {}),
+    ):
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model(head=NO_PIXELS)
+        history = tltf.fine_tune(
+            model, data, keep_best=keep_best, verbose=0, **RUN, **kwargs
+        )
+        trained.append(_weights(model))
+    assert (2 in history.history["stage"]) is not keep_best
+    for a, b in zip(*trained, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -54,7 +54,7 @@ from tltf.data.inputs import (
     read_dataset,
     train_batches,
 )
-from tltf.data.labels import check_sample_weights
+from tltf.data.labels import check_sample_weights, fold_class_weights
 from tltf.distribute import is_distributed, model_strategy, optimizer_in_scope
 from tltf.errors import ConfigError, DataError, LeaveOneOutError, suggest
 from tltf.freezing import (
@@ -648,6 +648,17 @@ def fine_tune(
         # A tf.data input read into memory for the slice has its labels known.
         known = holdout.train if holdout and holdout.read else train
         _note_imbalance(known, max(2, info.metadata["num_outputs"]))
+    if class_weight and len(prepared.train.element_spec) == 3:
+        # Keras takes class_weight or sample weights, not both: each image's
+        # weight becomes their product, as in the closed-form fits.
+        prepared, feature_source = _fold_class_weights(
+            prepared,
+            feature_source,
+            holdout,
+            class_weight,
+            max(2, info.metadata["num_outputs"]),
+        )
+        class_weight = None
     auto_loss, auto_metrics = default_loss_and_metrics(
         info, prepared.one_hot, settings.label_smoothing
     )
@@ -1932,6 +1943,25 @@ def _auto_unfreeze(
                 "model trained from scratch."
             )
     return blocks
+
+
+def _fold_class_weights(prepared, feature_source, holdout, class_weight, classes):
+    """`class_weight` multiplied into the sample weights of every training
+    pipeline (`tltf.data.labels.fold_class_weights`): the stages' batches, the
+    feature cache's, the LR finder's and the hand-back's."""
+
+    def fold(ds):
+        return None if ds is None else fold_class_weights(ds, class_weight, classes)
+
+    prepared = dataclasses.replace(
+        prepared,
+        train=fold(prepared.train),
+        features=fold(prepared.features),
+        sample=fold(prepared.sample),
+    )
+    if holdout is not None:
+        holdout.everything = fold(holdout.everything)
+    return prepared, fold(feature_source)
 
 
 @dataclasses.dataclass

@@ -356,7 +356,8 @@ class FineTuneSettings:
             validation data or the guard's held-out slice (see `tltf.wise`).
             Defaults to None (the fine-tuned weights as they are).
         class_weight: dict, "balanced" or None. "balanced" weighs each class by
-            `n_samples / (n_classes * count)` from the training labels.
+            `n_samples / (n_classes * count)` from the training labels. With
+            sample weights in the data too, each image weighs their product.
             Defaults to None.
         augment: None, True or a Keras layer. Augmentation applied to training
             images only (in the tf.data pipeline, so the saved model stays

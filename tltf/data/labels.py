@@ -68,6 +68,42 @@ def check_sample_weights(weights, count: int, what: str) -> np.ndarray:
     return w
 
 
+def fold_class_weights(
+    ds: tf.data.Dataset, class_weight: dict, classes: int
+) -> tf.data.Dataset:
+    """Batches of `(images, labels, weights)` with each weight multiplied by its
+    image's class weight (`{class index: weight}` for `classes` classes,
+    missing classes 1).
+
+    Keras's `fit` takes `class_weight` or sample weights, not both ("You cannot
+    `class_weight` and `sample_weight` at the same time"); `fine_tune` folds
+    the one into the other, as its closed-form fits multiply them. A class
+    is a label's index (class indices, one-hot rows, or one 0/1 column).
+    """
+    size = max([classes, 2, *(int(k) + 1 for k in class_weight)])
+    table = np.ones(size, dtype=np.float32)
+    for key, value in class_weight.items():
+        table[int(key)] = float(value)
+    last = len(table) - 1
+    table = tf.constant(table)
+
+    def fold(images, labels, weights):
+        y = labels
+        if y.shape.rank == 2 and y.shape[-1] != 1:
+            ids = tf.argmax(y, axis=-1, output_type=tf.int32)
+        else:
+            ids = tf.cast(tf.round(tf.reshape(tf.cast(y, tf.float32), [-1])), tf.int32)
+        ids = tf.clip_by_value(ids, 0, last)
+        scale = tf.gather(table, ids)
+        return (
+            images,
+            labels,
+            tf.cast(weights, tf.float32) * tf.reshape(scale, tf.shape(weights)),
+        )
+
+    return ds.map(fold, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def numeric_labels(y: np.ndarray, what: str) -> np.ndarray:
     if y.dtype == bool:
         return y.astype(np.int32)
