@@ -297,3 +297,23 @@ def test_class_weight_with_sample_weights_multiplies_them(keep_best):
     assert (2 in history.history["stage"]) is not keep_best
     for a, b in zip(*trained, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_balanced_class_weight_counts_a_weighted_dataset(keep_best):
+    # "balanced" counts the classes of the dataset's labels: read into memory
+    # for the guard, or counted in a pass of the pipeline (keep_best=False).
+    # Before, the pass refused a dataset that yields sample weights.
+    x, y = make_data(24)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, np.ones(24, "float32")))
+    history = tltf.fine_tune(
+        make_tiny_model(),
+        dataset.batch(8),
+        class_weight="balanced",
+        keep_best=keep_best,
+        verbose=0,
+        **RUN,
+    )
+    assert history.history["stage"][0] == 1
+    labels = tltf.data.dataset_labels(dataset)
+    np.testing.assert_array_equal(labels, y)

@@ -337,7 +337,8 @@ def dataset_labels(ds: tf.data.Dataset) -> np.ndarray:
 
     Args:
         ds: tf.data.Dataset. A finite dataset of `(image, label)` pairs or
-            batches of them.
+            batches of them (or of `(image, label, sample_weight)`: the
+            weights are not read).
 
     Returns:
         A NumPy array with one label per example (first axis).
@@ -348,6 +349,9 @@ def dataset_labels(ds: tf.data.Dataset) -> np.ndarray:
     >>> np.bincount(y)
     array([12, 11, 14])
     """
+    spec = ds.element_spec
+    if isinstance(spec, tuple) and len(spec) == 3:
+        ds = ds.map(lambda x, y, w: (x, y))
     rank, label = check_dataset_spec(ds, "the dataset")
     return read_labels(ds, batched=rank == 4, what="the dataset")[0]
 
