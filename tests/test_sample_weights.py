@@ -196,8 +196,8 @@ def test_a_data_source_with_sample_weights_says_where_they_go(tmp_path):
 
 def test_tune_takes_weighted_arrays(tmp_path, capsys):
     # The classes are inferred from the labels; each trial fine-tunes on the
-    # weighted arrays (stage 2 too: its cached frozen-block path, which takes
-    # (images, labels) only, steps aside for them).
+    # weighted arrays (stage 2 on cached frozen blocks weighs them too:
+    # tests/test_tuning.py).
     x, y = make_data(32)
     w = (y != 2).astype("float32")
     result = tltf.tune(

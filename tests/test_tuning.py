@@ -558,3 +558,38 @@ def test_tuning_without_validation_data_gives_the_split_to_make(tmp_path):
         (images, labels), image_size=images.shape[1:3], validation_split=0.2, seed=0
     )
     assert data.validation is not None and data.num_validation == 5
+
+
+@pytest.mark.slow
+def test_stage2_on_cached_frozen_blocks_weighs_the_images():
+    """Weighted arrays keep the cached stage 2: the same weights and
+    validation loss as full forward passes, and not those of the unweighted
+    run."""
+    (x, y), (xv, yv) = tuning_job.data()
+    w = np.random.default_rng(0).uniform(0.2, 3.0, len(y)).astype("float32")
+    wv = np.random.default_rng(1).uniform(0.2, 3.0, len(yv)).astype("float32")
+    results = {}
+    for name, cache, train, val in (
+        ("cached", "auto", (x, y, w), (xv, yv, wv)),
+        ("full", False, (x, y, w), (xv, yv, wv)),
+        ("alike", "auto", (x, y), (xv, yv)),
+    ):
+        hypermodel = tuning_job.hypermodel(
+            cache_features=cache,
+            search={**tuning_job.FIXED_HEAD, "unfreeze": 2, "fine_tune_lr": 1e-3},
+            fine_tune_epochs=2,
+            head={"pool_from": "top", "pixels": 0},
+        )
+        hp = kt.HyperParameters()
+        model = hypermodel.build(hp)
+        if cache == "auto":
+            assert hypermodel._partial_cache(
+                model, hypermodel.trial_values(hp), {}, train, val, []
+            )
+        history = FineTuneHyperModel.fit(hypermodel, hp, model, train, val, verbose=0)
+        results[name] = (model.get_weights(), history.history["val_loss"])
+    (cached, logs), (full, full_logs) = results["cached"], results["full"]
+    for a, b in zip(cached, full, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(logs, full_logs, rtol=1e-5)
+    assert not np.allclose(logs, results["alike"][1], rtol=1e-3)

@@ -34,7 +34,7 @@ from tltf._io import atomic_write_json
 from tltf.bases.base import Base, load_base
 from tltf.cache import Continuation, FrozenSplit, fit_part
 from tltf.data import DataBundle
-from tltf.data.inputs import check_labels, train_batches
+from tltf.data.inputs import as_dataset, check_labels, train_batches
 from tltf.errors import ConfigError, DataError, TltfError
 from tltf.freezing import resolve_unfreeze, unfreeze_kwargs
 from tltf.heads import HeadConfig
@@ -625,9 +625,10 @@ class FineTuneHyperModel(kt.HyperModel):
         if self.settings.regularize is not None or self.settings.lr_policy != "uniform":
             return None  # fine_tune applies them
         if not all(
-            isinstance(d, (tuple, list)) and len(d) == 2 for d in (train, validation)
+            isinstance(d, (tuple, list)) and len(d) in (2, 3)
+            for d in (train, validation)
         ):
-            return None
+            return None  # arrays, with or without sample weights
         if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks):
             return None
         k = top_blocks(values)
@@ -734,9 +735,12 @@ def _fit_on_frozen_features(
             f"tltf: stage 2 trains on the output of the {len(info.block_map) - top_blocks(values)}"
             f" frozen blocks, computed once ({seconds:.1f}s)."
         )
-    # The same batches as fine_tune's pipeline: one shuffle of the slices.
-    train_ds, _ = train_batches((feats, y), batch_size, seed)
-    val_ds = tf.data.Dataset.from_tensor_slices((feats_val, yv)).batch(batch_size)
+    # The same batches as fine_tune's pipeline: one shuffle of the slices,
+    # with the sample weights where the arrays have them.
+    train_ds, _ = train_batches((feats, y, *train[2:]), batch_size, seed)
+    val_ds = as_dataset(
+        (feats_val, yv, *validation[2:]), batch_size, False, None, "validation_data"
+    )
     history = keras.callbacks.History()
     continuation = Continuation([*callbacks, history], model, end)  # as in fit
     continuation.last = True
