@@ -271,32 +271,35 @@ def test_bayesian_and_hyperband_share_stage1(tmp_path, kind):
     assert result.best_model is not None
 
 
+def _stage2_trial(cache, blocks, train, val):
+    """One trial of a fixed head outside a tuner (no trial, no store: stage 1
+    then stage 2): the model's weights and the History's logs. With
+    `cache="auto"`, stage 2 must read cached frozen-block features."""
+    hypermodel = tuning_job.hypermodel(
+        cache_features=cache,
+        search={**tuning_job.FIXED_HEAD, "unfreeze": blocks, "fine_tune_lr": 1e-3},
+        fine_tune_epochs=2,
+        # A head on the top block only, no raw pixels: one tensor crosses the cut.
+        head={"pool_from": "top", "pixels": 0},
+    )
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    if cache == "auto":
+        assert hypermodel._partial_cache(
+            model, hypermodel.trial_values(hp), {}, train, val, []
+        )
+    history = FineTuneHyperModel.fit(hypermodel, hp, model, train, val, verbose=0)
+    return model.get_weights(), history.history
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("blocks", [0, 2])
 def test_stage2_on_cached_frozen_blocks_matches_full_passes(blocks):
     """Below the unfrozen blocks, stage 2 reads features computed once: same
     weights, same History as full forward passes (cache_features=False)."""
     train, val = tuning_job.data()
-    results = {}
-    for cache in ("auto", False):
-        hypermodel = tuning_job.hypermodel(
-            cache_features=cache,
-            search={**tuning_job.FIXED_HEAD, "unfreeze": blocks, "fine_tune_lr": 1e-3},
-            fine_tune_epochs=2,
-            # A head on the top block only, no raw pixels: one tensor crosses
-            # the cut.
-            head={"pool_from": "top", "pixels": 0},
-        )
-        hp = kt.HyperParameters()
-        model = hypermodel.build(hp)
-        if cache == "auto":
-            assert hypermodel._partial_cache(
-                model, hypermodel.trial_values(hp), {}, train, val, []
-            )
-        # Outside a tuner: no trial, no store; stage 1 then stage 2.
-        history = FineTuneHyperModel.fit(hypermodel, hp, model, train, val, verbose=0)
-        results[cache] = (model.get_weights(), history.history)
-    (cached, logs), (full, full_logs) = results["auto"], results[False]
+    cached, logs = _stage2_trial("auto", blocks, train, val)
+    full, full_logs = _stage2_trial(False, blocks, train, val)
     for a, b in zip(cached, full, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(logs["val_loss"], full_logs["val_loss"], rtol=1e-5)
@@ -568,28 +571,10 @@ def test_stage2_on_cached_frozen_blocks_weighs_the_images():
     (x, y), (xv, yv) = tuning_job.data()
     w = np.random.default_rng(0).uniform(0.2, 3.0, len(y)).astype("float32")
     wv = np.random.default_rng(1).uniform(0.2, 3.0, len(yv)).astype("float32")
-    results = {}
-    for name, cache, train, val in (
-        ("cached", "auto", (x, y, w), (xv, yv, wv)),
-        ("full", False, (x, y, w), (xv, yv, wv)),
-        ("alike", "auto", (x, y), (xv, yv)),
-    ):
-        hypermodel = tuning_job.hypermodel(
-            cache_features=cache,
-            search={**tuning_job.FIXED_HEAD, "unfreeze": 2, "fine_tune_lr": 1e-3},
-            fine_tune_epochs=2,
-            head={"pool_from": "top", "pixels": 0},
-        )
-        hp = kt.HyperParameters()
-        model = hypermodel.build(hp)
-        if cache == "auto":
-            assert hypermodel._partial_cache(
-                model, hypermodel.trial_values(hp), {}, train, val, []
-            )
-        history = FineTuneHyperModel.fit(hypermodel, hp, model, train, val, verbose=0)
-        results[name] = (model.get_weights(), history.history["val_loss"])
-    (cached, logs), (full, full_logs) = results["cached"], results["full"]
+    cached, logs = _stage2_trial("auto", 2, (x, y, w), (xv, yv, wv))
+    full, full_logs = _stage2_trial(False, 2, (x, y, w), (xv, yv, wv))
+    _, alike = _stage2_trial("auto", 2, (x, y), (xv, yv))
     for a, b in zip(cached, full, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
-    np.testing.assert_allclose(logs, full_logs, rtol=1e-5)
-    assert not np.allclose(logs, results["alike"][1], rtol=1e-3)
+    np.testing.assert_allclose(logs["val_loss"], full_logs["val_loss"], rtol=1e-5)
+    assert not np.allclose(logs["val_loss"], alike["val_loss"], rtol=1e-3)
