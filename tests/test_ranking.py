@@ -208,6 +208,16 @@ def test_arrays_datasets_and_bundles_give_the_same_scores():
         assert arrays[score] == pytest.approx(from_bundle[score], abs=1e-5)
 
 
+def test_sample_weights_are_named_as_not_used(capsys):
+    x, y = make_data(36)
+    candidates = {"signal": signal_base()}
+    alike = tltf.rank_bases(candidates, (x, y), verbose=0).table[0]
+    assert "sample weights" not in capsys.readouterr().out
+    weighed = tltf.rank_bases(candidates, (x, y, np.arange(36) % 2)).table[0]
+    assert "rank_bases scores every image alike" in capsys.readouterr().out
+    assert weighed["logme"] == alike["logme"]
+
+
 def test_regression_targets_score_logme_and_knn_only():
     x, y = make_data(40)
     target = x[..., 0].mean(axis=(1, 2)) / 255.0  # the red channel's brightness

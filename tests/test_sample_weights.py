@@ -25,6 +25,8 @@ from tests.helpers import (
 from tltf.data.inputs import read_dataset
 from tltf.errors import DataError
 from tltf.guard import KeepBest, holdout_rows
+from tltf.probe import ridge_r2_probe, ridge_regression
+from tltf.schedule import prepare_head
 
 RUN = {"head_epochs": 1, "fine_tune_epochs": 2, "unfreeze": 1, "seed": 0}
 
@@ -233,12 +235,143 @@ def test_the_skip_line_counts_only_the_images_that_weigh(capsys):
     )
 
 
-def test_probe_blocks_says_it_does_not_weigh(capsys):
+def _wrong_at_weight_0(n, classes=3):
+    """`make_data(n)` with every fourth label wrong (in every class), those
+    images at weight 0."""
+    x, y = make_data(n)
+    wrong = np.arange(n) % 4 == 0
+    noisy = np.where(wrong, (y + 1) % classes, y)
+    return x, noisy, (~wrong).astype("float32")
+
+
+def test_probe_blocks_weighs_each_image_as_fine_tune_does(capsys):
+    # An image of weight 0 counts for nothing: not in the features'
+    # statistics, the ridge fits, the leave-one-out scores or the tolerance.
+    # The weighted probe is the probe of the other images alone (its L2 is on
+    # the scale of weights of mean 1 over all 36 images: 36 / 27 times).
+    x, y, w = _wrong_at_weight_0(36)
+    base, keep = make_tiny_base(), w > 0
+    weighed = tltf.probe_blocks(base, (x, y, w))
+    assert "each image counted by its sample weight" in capsys.readouterr().out
+    alone = tltf.probe_blocks(base, (x[keep], y[keep]), verbose=0)
+    alike = tltf.probe_blocks(base, (x, y), verbose=0)
+    assert weighed.weighted and not alone.weighted
+    for row, other in zip(
+        [weighed.pixels, *weighed.table], [alone.pixels, *alone.table], strict=True
+    ):
+        assert row["val_accuracy"] == pytest.approx(other["val_accuracy"], abs=1e-6)
+        assert row["l2"] == pytest.approx(other["l2"] * 36 / 27, rel=1e-3)
+    assert weighed.tolerance == pytest.approx(alone.tolerance)
+    assert (weighed.cut, weighed.unfreeze) == (alone.cut, alone.unfreeze)
+    # Unweighted, the 9 wrong labels count against every block.
+    assert max(q["val_accuracy"] for q in alike.table) <= 0.8
+    assert max(q["val_accuracy"] for q in weighed.table) == 1.0
+
+
+def test_auto_cut_and_unfreeze_probe_with_the_weights(monkeypatch):
+    seen = []
+
+    def spy(*args, **kwargs):
+        result = tltf.probe.probe_blocks(*args, **kwargs)
+        seen.append(result.weighted)
+        return result
+
+    monkeypatch.setattr(tltf.model, "probe_blocks", spy)
+    monkeypatch.setattr(tltf.schedule, "probe_blocks", spy)
+    x, y, w = _wrong_at_weight_0(24)
+    model = tltf.build_model(make_tiny_base(), 3, cut="auto", data=(x, y, w))
+    tltf.fine_tune(
+        model, (x, y, w), unfreeze="auto", head_epochs=1, fine_tune_epochs=1, verbose=0
+    )
+    assert seen == [True, True]
+
+
+def test_probe_blocks_weighs_a_validation_set_and_refuses_a_weight_a_batch():
+    x, y, w = _wrong_at_weight_0(36)
+    base = make_tiny_base()
+    train, val = (x[:24], y[:24], w[:24]), (x[24:], y[24:], w[24:])
+    weighed = tltf.probe_blocks(base, train, val, verbose=0)
+    keep = w[24:] > 0
+    alone = tltf.probe_blocks(base, train, (x[24:][keep], y[24:][keep]), verbose=0)
+    assert [r["val_accuracy"] for r in weighed.table] == pytest.approx(
+        [r["val_accuracy"] for r in alone.table], abs=1e-6
+    )
+    batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    scalar = batched.map(lambda images, labels: (images, labels, 2.0))
+    error = raises(DataError, tltf.probe_blocks, base, scalar, verbose=0)
+    assert "Expected train's sample weights as one number per image" in str(error)
+
+
+def test_weighted_ridge_regression_is_the_fit_without_the_images_of_weight_0():
+    # Regression and multi-label heads start from `ridge_regression` and are
+    # scored by `ridge_r2_probe`: with an outlier of weight 0, both match the
+    # fit and the R² without it; unweighted, the outlier pulls the fit.
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(40, 5))
+    t = z @ rng.normal(size=(5, 2)) + rng.normal(0, 0.1, (40, 2))
+    t_out, w = t.copy(), np.ones(40)
+    t_out[7], w[7] = 1e3, 0.0
+    keep = w > 0
+    z -= z[keep].mean(axis=0)  # standardised features, as the callers pass
+    weighed = ridge_regression(z, t_out, w)
+    alone = ridge_regression(z[keep], t[keep])
+    np.testing.assert_allclose(weighed.weights, alone.weights, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(weighed.prior, alone.prior, atol=1e-6)
+    assert weighed.l2 == pytest.approx(alone.l2 * 40 / 39)  # weights of mean 1
+    assert np.abs(ridge_regression(z, t_out).weights - alone.weights).max() > 1
+    r2 = ridge_r2_probe(z, t_out, z, t_out, w, w)
+    r2_alone = ridge_r2_probe(z[keep], t[keep], z[keep], t[keep])
+    assert r2[:2] == pytest.approx(r2_alone[:2], abs=1e-9)  # fit R², leave-one-out R²
+    assert r2[1] > 0.99 > 0.5 > ridge_r2_probe(z, t_out, z, t_out)[1]
+
+
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_regression_and_multilabel_heads_start_from_the_weighted_fit(task):
+    # A quarter of the targets are wrong (far off, or every label flipped) and
+    # weigh 0: the head's closed-form start fits the other images as if the
+    # wrong ones were absent, and the unweighted start does not.
+    x, y = make_data(48)
+    wrong = np.arange(48) % 4 == 0
+    if task == "regression":
+        t = (2.0 * y + 5.0)[:, None].astype("float32")
+        bad = np.where(wrong[:, None], 60.0, t)
+    else:
+        t = np.stack([y == 0, y == 1, y == 2, y != 0], axis=1).astype("float32")
+        bad = np.where(wrong[:, None], 1 - t, t)
+    w = (~wrong).astype("float32")
+    errors, lines = {}, {}
+    for name, weights in (("weighed", w), ("alike", np.ones(48, "float32"))):
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model(t.shape[1], task=task)
+        features = tltf.cache.feature_model(model).predict(x, verbose=0)
+        lines[name] = prepare_head(model, features, bad, sample_weight=weights)
+        p = model.predict(x[~wrong], verbose=0)
+        errors[name] = (
+            np.sqrt(np.mean((p - t[~wrong]) ** 2))
+            if task == "regression"
+            else np.mean((p > 0.5) != (t[~wrong] > 0.5))
+        )
+    assert "sample-weighted ridge" in lines["weighed"]
+    assert "sample-weighted" not in lines["alike"]  # equal weights: no weighing
+    if task == "regression":
+        assert errors["weighed"] < 0.5 < 5 < errors["alike"], errors
+    else:
+        assert errors["weighed"] < 0.01 < 0.05 < errors["alike"], errors
+
+
+def test_a_regression_heads_l2_grows_with_the_weights_as_keras_loss_does():
+    # All weights 4 fit the same ridge, and Keras's weighted loss is 4 times
+    # the mean squared error: the head's L2 is 4 times the unweighted one.
     x, y = make_data(24)
-    tltf.probe_blocks(make_tiny_model(), (x, y, np.ones(24)))
-    assert "the sample weights are not used here" in capsys.readouterr().out
-    tltf.probe_blocks(make_tiny_model(), (x, y))
-    assert "sample weights" not in capsys.readouterr().out
+    t = (2.0 * y + 5.0)[:, None].astype("float32")
+    strengths = []
+    for weights in (None, np.full(24, 4.0)):
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model(1, task="regression")
+        features = tltf.cache.feature_model(model).predict(x, verbose=0)
+        line = prepare_head(model, features, t, sample_weight=weights)
+        strengths.append(float(line.split("an L2 penalty of ")[1].split()[0]))
+    assert strengths[1] == pytest.approx(4 * strengths[0], rel=2e-3)
 
 
 def test_the_features_guard_weighs_its_leave_one_out(monkeypatch):
@@ -258,6 +391,25 @@ def test_the_features_guard_weighs_its_leave_one_out(monkeypatch):
         guard.set_model(model)
         scores[name] = guard._loo_score()[0]
     assert scores["alike"] <= 0.8 < 0.95 <= scores["weighed"]
+
+
+def test_the_features_guard_weighs_a_regression_heads_r2(monkeypatch):
+    # The regression twin: a quarter of the targets far off at weight 0. The
+    # leave-one-out R² of the features, weighed, sees only the others.
+    x, y = make_data(48)
+    t = (2.0 * y + 5.0)[:, None].astype("float32")
+    wrong = np.arange(48) % 4 == 0
+    bad = np.where(wrong[:, None], 60.0, t)
+    model = make_tiny_model(1, task="regression")
+    scores = {}
+    for name, data in (("alike", (x, bad)), ("weighed", (x, bad, (~wrong) * 1.0))):
+        batches = tf.data.Dataset.from_tensor_slices(data).batch(8)
+        guard = KeepBest(
+            None, validation=None, train_features=batches, task="regression"
+        )
+        guard.set_model(model)
+        scores[name] = guard._loo_score()[0]
+    assert scores["alike"] < 0.5 < 0.9 < scores["weighed"], scores
 
 
 def test_a_dataset_with_one_weight_a_batch_is_a_data_error():

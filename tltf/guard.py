@@ -322,17 +322,17 @@ class KeepBest(keras.callbacks.Callback):
         cache.close()
         if not np.all(np.isfinite(x)):
             return (-math.inf, -math.inf)
+        if w is not None:
+            w = np.asarray(w, dtype=np.float64).reshape(len(y), -1)[:, 0]
+            w = w if w.sum() > 0 else None
         if self.task not in CLASSIFIERS:
-            fit_r2, loo_r2, _ = ridge_r2_probe(x, y, x, y)
+            fit_r2, loo_r2, _ = ridge_r2_probe(x, y, x, y, w, w)
             return (round(loo_r2, 9), round(fit_r2, 9))
         y = class_ids(y)
         if not scorable(y).any():
             self.unscorable = True
             return None
         classes = int(max(2, y.max() + 1))
-        if w is not None:
-            w = np.asarray(w, dtype=np.float64).reshape(len(y), -1)[:, 0]
-            w = w if w.sum() > 0 else None
         fit_acc, loo_acc, _ = ridge_probe(x, y, x, y, classes, w, w)
         return (round(loo_acc, 9), round(fit_acc, 9))
 

@@ -56,7 +56,8 @@ from tltf._io import atomic_write_csv
 from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.cut import block_outputs, resolve_block
 from tltf.data import DataBundle
-from tltf.data.inputs import as_dataset, pipeline_errors
+from tltf.data.inputs import as_dataset, batch_weights, pipeline_errors
+from tltf.data.labels import check_sample_weights
 from tltf.errors import ConfigError, DataError, LeaveOneOutError
 from tltf.layers import Preprocessing, rgb_into_gray
 from tltf.reports import new_figure, save_figure
@@ -105,6 +106,9 @@ class ProbeResult:
             multi-label): the share of the targets' variance about their training
             mean that the ridge predictions explain (for 0/1 labels, the Brier
             skill score).
+        weighted: bool. Whether the data carried sample weights: then every
+            fit and score counts each image by its weight, and `num_val`
+            scales the default tolerance as their effective count.
     """
 
     table: list
@@ -120,6 +124,7 @@ class ProbeResult:
     pixels: dict | None = None
     scoring: str = "validation"
     metric: str = "accuracy"
+    weighted: bool = False
 
     @property
     def key(self) -> str:
@@ -360,12 +365,6 @@ def probe_blocks(
     if val_fraction is not None:
         _check_fraction(val_fraction)
     train_ds = _batches(train, batch_size, "train")
-    spec = train_ds.element_spec
-    if verbose and isinstance(spec, tuple) and len(spec) == 3:
-        print(
-            "tltf: note: probe_blocks scores every image alike: the sample "
-            "weights are not used here (fine_tune weighs its fits by them)."
-        )
     extractor = _extractor(loaded, positions, train_ds, pixels)
 
     @tf.function(reduce_retracing=True)
@@ -373,16 +372,21 @@ def probe_blocks(
         return extractor(images, training=False)
 
     outputs = len(positions) + bool(pixels)
-    x_train, y_train = _features(run, train_ds, outputs)
+    x_train, y_train, w_train = _features(run, train_ds, outputs, "train")
     loo = val is None and val_fraction is None
     if val is not None:
-        x_val, y_val = _features(
-            run, _batches(val, batch_size, "validation_data"), outputs
+        x_val, y_val, w_val = _features(
+            run,
+            _batches(val, batch_size, "validation_data"),
+            outputs,
+            "validation_data",
         )
     elif not loo:
-        x_train, y_train, x_val, y_val = _hold_out(x_train, y_train, val_fraction, seed)
+        x_train, y_train, x_val, y_val, w_train, w_val = _hold_out(
+            x_train, y_train, w_train, val_fraction, seed
+        )
     else:
-        x_val, y_val = x_train, y_train
+        x_val, y_val, w_val = x_train, y_train, w_train
     if metric == "accuracy":
         y_train, y_val, classes = _class_labels(y_train, y_val)
         if loo and not scorable(y_train).any():
@@ -398,11 +402,11 @@ def probe_blocks(
     def row(k: int, name: str, index: int) -> dict:
         if metric == "accuracy":
             val_score, loo_score, l2 = ridge_probe(
-                x_train[k], y_train, x_val[k], y_val, classes
+                x_train[k], y_train, x_val[k], y_val, classes, w_train, w_val
             )
         else:
             val_score, loo_score, l2 = ridge_r2_probe(
-                x_train[k], y_train, x_val[k], y_val
+                x_train[k], y_train, x_val[k], y_val, w_train, w_val
             )
         return {
             "block": name,
@@ -419,7 +423,11 @@ def probe_blocks(
     ]
     pixel_row = row(len(positions), "pixels", -1) if pixels else None
     cut, unfreeze, reason, tol = recommend(
-        rows, len(y_val), tolerance, "leave-one-out" if loo else "validation", metric
+        rows,
+        effective_count(w_val, len(y_val)),
+        tolerance,
+        "leave-one-out" if loo else "validation",
+        metric,
     )
     key = f"val_{metric}"
     if pixel_row is not None:
@@ -444,11 +452,15 @@ def probe_blocks(
         pixels=pixel_row,
         scoring="leave-one-out" if loo else "validation",
         metric=metric,
+        weighted=w_train is not None or w_val is not None,
     )
     if verbose:
+        weighted = (
+            ", each image counted by its sample weight" if result.weighted else ""
+        )
         print(
             f"tltf: probed {len(rows)} blocks of {loaded.name} in "
-            f"{result.seconds:.1f}s (one forward pass)."
+            f"{result.seconds:.1f}s (one forward pass{weighted})."
         )
         print(result)
     return result
@@ -562,10 +574,11 @@ def _pixels(images):
     return keras.layers.Flatten(name="pixels")(x)
 
 
-def _features(run, ds: tf.data.Dataset, count: int):
-    """One inference pass: pooled features per probed block, and the labels."""
+def _features(run, ds: tf.data.Dataset, count: int, what: str = "data"):
+    """One inference pass: pooled features per probed block, the labels, and
+    the sample weights (checked, one per image) or None."""
     parts: list[list[np.ndarray]] = [[] for _ in range(count)]
-    labels = []
+    labels, weights = [], []
     for batch in ds:
         images, y = batch[0], batch[1]
         outs = run(images)
@@ -573,9 +586,15 @@ def _features(run, ds: tf.data.Dataset, count: int):
         for part, out in zip(parts, outs, strict=True):
             part.append(np.asarray(out, dtype=np.float32))
         labels.append(np.asarray(y))
+        if len(batch) > 2:
+            weights.append(batch_weights(np.asarray(batch[2]), len(labels[-1]), what))
     if not labels:
         raise DataError("The data is empty: no batch to probe. Pass labelled images.")
-    return [np.concatenate(p) for p in parts], np.concatenate(labels)
+    labels = np.concatenate(labels)
+    checked = None
+    if weights:
+        checked = check_sample_weights(np.concatenate(weights), len(labels), what)
+    return [np.concatenate(p) for p in parts], labels, checked
 
 
 def block_features(
@@ -606,10 +625,11 @@ def block_features(
     def run(images):
         return extractor(images, training=False)
 
-    return _features(run, ds, len(positions))
+    features, labels, _ = _features(run, ds, len(positions))
+    return features, labels
 
 
-def _hold_out(x, y, fraction: float, seed: int):
+def _hold_out(x, y, w, fraction: float, seed: int):
     n = len(y)
     n_val = max(1, int(round(n * fraction)))
     if n - n_val < 2:
@@ -619,7 +639,13 @@ def _hold_out(x, y, fraction: float, seed: int):
         )
     order = np.random.default_rng(seed).permutation(n)
     val, train = order[:n_val], order[n_val:]
-    return [f[train] for f in x], y[train], [f[val] for f in x], y[val]
+    if w is not None and not (w[train].any() and w[val].any()):
+        raise DataError(
+            "The held-out share of the data, or the rest, has only images of "
+            "sample weight 0: pass validation_data= or weigh more images."
+        )
+    split = (None, None) if w is None else (w[train], w[val])
+    return [f[train] for f in x], y[train], [f[val] for f in x], y[val], *split
 
 
 def _class_labels(y_train: np.ndarray, y_val: np.ndarray):
@@ -671,12 +697,14 @@ def _targets(y: np.ndarray, task: str) -> np.ndarray:
     return t
 
 
-def _standardised(x_train: np.ndarray, x_val: np.ndarray):
-    """Both feature sets standardised by the training statistics, constant
-    columns dropped; None when every column is constant."""
+def _standardised(x_train: np.ndarray, x_val: np.ndarray, weight=None):
+    """Both feature sets standardised by the training statistics (weighted by
+    `weight`, one per training row, where given), constant columns dropped;
+    None when every column is constant."""
     x = np.asarray(x_train, dtype=np.float64)
     v = np.asarray(x_val, dtype=np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
+    mean = np.average(x, axis=0, weights=weight)
+    std = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=weight))
     keep = std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0)))
     if not keep.any():
         return None
@@ -688,6 +716,8 @@ def ridge_r2_probe(
     t_train: np.ndarray,
     x_val: np.ndarray,
     t_val: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    val_weight: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """Fits ridge regression; returns val R², leave-one-out R², L2.
 
@@ -702,23 +732,38 @@ def ridge_r2_probe(
         t_train: array (n, k). Training targets.
         x_val: array (m, d). Validation features.
         t_val: array (m, k). Validation targets.
+        sample_weight: array (n,) or None. Each training example's weight in
+            the statistics, the fit and the leave-one-out R² (with weights, R²
+            compares weighted squared errors). Defaults to None.
+        val_weight: array (m,) or None. Each validation example's weight in
+            the validation R². Defaults to None.
 
     Returns:
         `(val_r2, loo_r2, l2)`.
     """
     t_train = np.asarray(t_train, dtype=np.float64).reshape(len(x_train), -1)
     t_val = np.asarray(t_val, dtype=np.float64).reshape(len(x_val), -1)
-    mean = t_train.mean(axis=0)
+    mean = np.average(t_train, axis=0, weights=sample_weight)
 
-    def r2(predictions, targets):
-        total = float(np.sum((targets - mean) ** 2))
-        return 1.0 - float(np.sum((targets - predictions) ** 2)) / max(total, 1e-300)
+    def r2(predictions, targets, weight):
+        w = np.ones(len(targets)) if weight is None else np.asarray(weight, float)
+        total = float(w @ np.sum((targets - mean) ** 2, axis=1))
+        error = float(w @ np.sum((targets - predictions) ** 2, axis=1))
+        return 1.0 - error / max(total, 1e-300)
 
-    z = _standardised(x_train, x_val)
+    z = _standardised(x_train, x_val, sample_weight)
     if z is None:  # Constant features: only the mean is left.
-        return r2(mean, t_val), r2(mean, t_train), math.inf
-    fit = ridge_regression(z[0], t_train)
-    return r2(z[1] @ fit.weights + fit.prior, t_val), r2(fit.loo, t_train), fit.l2
+        return (
+            r2(mean, t_val, val_weight),
+            r2(mean, t_train, sample_weight),
+            math.inf,
+        )
+    fit = ridge_regression(z[0], t_train, sample_weight)
+    return (
+        r2(z[1] @ fit.weights + fit.prior, t_val, val_weight),
+        r2(fit.loo, t_train, sample_weight),
+        fit.l2,
+    )
 
 
 def ridge_probe(
@@ -732,12 +777,12 @@ def ridge_probe(
 ) -> tuple[float, float, float]:
     """Fits a ridge linear classifier; returns val accuracy, LOO accuracy, L2.
 
-    Features are standardised with the training statistics; targets are one-hot
-    rows. One eigendecomposition gives, for every L2 strength of the grid, the
-    exact leave-one-out predictions on the training set (via the diagonal of the
-    hat matrix); the strength with the best leave-one-out accuracy (ties: lower
-    leave-one-out squared error) is used for the validation predictions (see
-    `ridge_fit`).
+    Features are standardised with the (weighted) training statistics;
+    targets are one-hot rows. One eigendecomposition gives, for every L2
+    strength of the grid, the exact leave-one-out predictions on the training
+    set (via the diagonal of the hat matrix); the strength with the best
+    leave-one-out accuracy (ties: lower leave-one-out squared error) is used
+    for the validation predictions (see `ridge_fit`).
 
     Args:
         x_train: array (n, d). Training features.
@@ -754,7 +799,7 @@ def ridge_probe(
     Returns:
         `(val_accuracy, loo_accuracy, l2)`.
     """
-    standardised = _standardised(x_train, x_val)
+    standardised = _standardised(x_train, x_val, sample_weight)
     if standardised is None:  # Constant features: only the class prior is left.
         prior = np.bincount(y_train, weights=sample_weight, minlength=classes)
         guess = int(np.argmax(prior))
@@ -879,19 +924,20 @@ def ridge_fit(
 
 
 def _unit_mean(sample_weight, n: int) -> np.ndarray:
-    """Example weights scaled to a mean of 1, with a floor that keeps a weight
-    of 0 from dividing by 0 in the leave-one-out residuals."""
+    """Example weights scaled to a mean of 1 (a weight of 0 stays exactly 0,
+    so that the scores ignore it; `_ridge` floors it where it divides)."""
     w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
     if w.shape != (n,) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
         raise ValueError(
             f"Expected sample_weight as {n} finite weights >= 0, not all 0. "
             f"Received: shape {w.shape}"
         )
-    w = w * (n / w.sum())
-    return np.maximum(w, 1e-12)
+    return w * (n / w.sum())
 
 
-def ridge_regression(z: np.ndarray, targets: np.ndarray) -> RidgeFit:
+def ridge_regression(
+    z: np.ndarray, targets: np.ndarray, sample_weight: np.ndarray | None = None
+) -> RidgeFit:
     """Least squares on real targets, L2 strength chosen by leave-one-out error.
 
     The regression twin of `ridge_fit`: the same eigendecomposition and grid,
@@ -902,10 +948,14 @@ def ridge_regression(z: np.ndarray, targets: np.ndarray) -> RidgeFit:
     Args:
         z: array (n, d). Standardised training features.
         targets: array (n,) or (n, k). Real targets.
+        sample_weight: array (n,) or None. Weights >= 0, not all 0: each
+            example's squared error counts that many times, in the fit and in
+            the leave-one-out error that picks the L2 strength (as in
+            `ridge_fit`). Defaults to None.
 
     Returns:
-        A `RidgeFit`: `prior` holds the targets' means, `loo` the exact
-        leave-one-out predictions.
+        A `RidgeFit`: `prior` holds the targets' (weighted) means, `loo` the
+        exact leave-one-out predictions.
 
     Example:
 
@@ -915,7 +965,21 @@ def ridge_regression(z: np.ndarray, targets: np.ndarray) -> RidgeFit:
     ((1, 1), array([0.]))
     """
     t = np.asarray(targets, dtype=np.float64).reshape(len(z), -1)
-    return _ridge(z, t, lambda loo, residual: (-float(np.mean(residual**2)),))
+    w = None if sample_weight is None else _unit_mean(sample_weight, len(t))
+
+    def score(loo, residual):
+        return (-float(np.average(np.mean(residual**2, axis=1), weights=w)),)
+
+    return _ridge(z, t, score, w)
+
+
+def effective_count(sample_weight: np.ndarray | None, n: int) -> float:
+    """How many equally weighted examples `sample_weight` is worth (Kish's
+    effective sample size, `sum(w)**2 / sum(w**2)`); `n` without weights."""
+    if sample_weight is None:
+        return n
+    w = np.asarray(sample_weight, dtype=np.float64)
+    return float(w.sum() ** 2 / max(float(w @ w), 1e-300))
 
 
 def _ridge(z: np.ndarray, targets: np.ndarray, score, w=None) -> RidgeFit:
@@ -930,7 +994,8 @@ def _ridge(z: np.ndarray, targets: np.ndarray, score, w=None) -> RidgeFit:
     n = len(z)
     root, center = None, None
     if w is not None:
-        root = np.sqrt(w)[:, None]
+        # The floor keeps a weight of 0 from dividing by 0 in the residuals.
+        root = np.sqrt(np.maximum(w, 1e-12))[:, None]
         center = w @ z / n
         z = (z - center) * root
         prior = w @ targets / n
@@ -1100,7 +1165,9 @@ def recommend(
     Args:
         rows: list of dict. `ProbeResult.table` rows, bottom to top; the last
             row is the base's top block.
-        num_val: int. Validation examples (for the default tolerance).
+        num_val: int or float. Validation examples (for the default
+            tolerance); with sample weights, their effective count
+            (`effective_count`).
         tolerance: float or None. Score differences up to this are ties.
             Defaults to max(0.01, standard error of the peak score): of a
             proportion for accuracy, `2 sqrt(R²) (1 - R²) / sqrt(n)` for R².

@@ -321,6 +321,12 @@ def rank_bases(
             )
         data = data.unshuffled if data.unshuffled is not None else data.train
     ds = as_dataset(data, batch_size, False, None, "data")
+    if verbose and len(ds.element_spec) == 3:
+        print(
+            "tltf: note: rank_bases scores every image alike: LogME and the "
+            "linear probe here do not take the sample weights (fine_tune and "
+            "probe_blocks do)."
+        )
     image_shape = tuple(ds.element_spec[0].shape[1:])
     if input_shape is None:
         if len(image_shape) != 3 or any(d is None for d in image_shape):

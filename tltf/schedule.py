@@ -1580,8 +1580,8 @@ def _ridge_start(
 
     `class_weight` (`{class index: weight}`) and `sample_weight` (one per
     image; Keras takes one or the other) weigh a classifier's images in every
-    fit, score and temperature below; regression and multi-label heads are
-    fit unweighted.
+    fit, score and temperature below; `sample_weight` weighs a regression or
+    multi-label head's fit the same way.
     """
     info = model_info(model)
     units = info.metadata["num_outputs"]
@@ -1595,7 +1595,12 @@ def _ridge_start(
         return None
     z = (features - layer.mean.numpy()) * layer.scale.numpy()
     if info.task in ("regression", "multilabel"):
-        return _ridge_regression_start(output, z, labels, units, info.task)
+        w = _row_weights(np.zeros(n), None, sample_weight)
+        # Keras's loss weighs each image by its weight as given, the ridge by
+        # its share: the head's L2 keeps to Keras's scale (all weights 2 double
+        # the loss, so the penalty doubles too).
+        scale = 1.0 if sample_weight is None else float(np.mean(sample_weight))
+        return _ridge_regression_start(output, z, labels, units, info.task, w, scale)
     y = class_ids(labels)
     classes = max(2, units)
     if y.min() < 0 or y.max() >= classes or len(np.unique(y)) < 2:
@@ -1628,8 +1633,14 @@ def _ridge_start(
     return (words if weighted is None else f"{words}; {weighted[1]}"), None
 
 
-def _ridge_regression_start(output, z, labels, units: int, task: str):
+def _ridge_regression_start(
+    output, z, labels, units: int, task: str, w=None, loss_scale: float = 1.0
+):
     """The ridge start of a regression or multi-label head (`_ridge_start`).
+
+    `w`: each image's weight in the fit and its scores, or None (equal
+    weights). `loss_scale`: the mean sample weight, by which Keras's weighted
+    loss grows, and the regression L2 with it.
 
     Regression: the head is the ridge regression itself. Multi-label: a ridge
     fit on the 0/1 targets, its leave-one-out scores mapped to logits per label
@@ -1648,26 +1659,34 @@ def _ridge_regression_start(output, z, labels, units: int, task: str):
     t = np.asarray(labels, dtype=np.float64).reshape(len(z), -1)
     if t.shape[1] != units or not np.all(np.isfinite(t)):
         return None
-    fit = ridge_regression(z, t)
+    fit = ridge_regression(z, t, w)
     n = len(z)
+    weighted = "" if w is None else "sample-weighted "
+
+    def mean(values):  # over the images (and the outputs), by their weights
+        return float(np.average(np.mean(values, axis=1), weights=w))
+
     if task == "regression":
         output.kernel.assign(fit.weights.astype("float32"))
         output.bias.assign(fit.prior.astype("float32"))
-        rmse = float(np.sqrt(np.mean((fit.loo - t) ** 2)))
-        words = f"head starts from ridge regression (leave-one-out RMSE {rmse:.4g})"
-        return words, fit.l2 / (n * units)
-    scale, offset = _platt(fit.loo, t)
+        rmse = float(np.sqrt(mean((fit.loo - t) ** 2)))
+        words = (
+            f"head starts from {weighted}ridge regression (leave-one-out RMSE "
+            f"{rmse:.4g})"
+        )
+        return words, fit.l2 * loss_scale / (n * units)
+    scale, offset = _platt(fit.loo, t, w)
     output.kernel.assign((fit.weights * scale).astype("float32"))
     output.bias.assign((fit.prior * scale + offset).astype("float32"))
-    accuracy = float(np.mean((fit.loo > 0.5) == (t > 0.5)))
+    accuracy = mean((fit.loo > 0.5) == (t > 0.5))
     words = (
-        "head starts from a ridge fit per label (leave-one-out label accuracy "
-        f"{accuracy:.3f})"
+        f"head starts from a {weighted}ridge fit per label (leave-one-out label "
+        f"accuracy {accuracy:.3f})"
     )
     return words, 1.0 / (2 * n * units)
 
 
-def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
+def _platt(scores: np.ndarray, targets: np.ndarray, w=None, steps: int = 50):
     """Per column, the `(scale, offset)` that make `scale * scores + offset` logits.
 
     Minimises the binary cross-entropy of each column (Newton's method on two
@@ -1679,32 +1698,41 @@ def _platt(scores: np.ndarray, targets: np.ndarray, steps: int = 50):
     loss does not rise: a full step from a clipped scale once overshot the
     offset by hundreds (labels the features cannot predict, whose scores are
     nearly constant).
+
+    `w`: each row's weight in the means (and, where 0, in the separability
+    and the counts), or None.
     """
     s, t = np.asarray(scores, np.float64), np.asarray(targets, np.float64)
-    positives, high = t > 0.5, s.max(initial=-np.inf, axis=0, where=t <= 0.5)
+    counted = (np.ones(len(s), bool) if w is None else np.asarray(w) > 0)[:, None]
+    positives = (t > 0.5) & counted
+    high = s.max(initial=-np.inf, axis=0, where=(t <= 0.5) & counted)
     separable = np.all(~positives | (s > high), axis=0) & positives.any(axis=0)
-    n_pos = t.sum(axis=0)
-    platt = t * (n_pos + 1) / (n_pos + 2) + (1 - t) / (len(t) - n_pos + 2)
+    n_pos = positives.sum(axis=0)
+    platt = t * (n_pos + 1) / (n_pos + 2) + (1 - t) / (counted.sum() - n_pos + 2)
     t = np.where(separable, platt, t)
-    frequency = np.clip(t.mean(axis=0), 0.01, 0.99)
+
+    def mean(values):  # over the rows, by their weights
+        return np.average(values, axis=0, weights=w)
+
+    frequency = np.clip(mean(t), 0.01, 0.99)
     scale = np.full(s.shape[1], 4.0)
-    offset = np.log(frequency / (1 - frequency)) - scale * s.mean(axis=0)
+    offset = np.log(frequency / (1 - frequency)) - scale * mean(s)
     l2 = 1e-3
 
     def loss(a, b):
         z = a * s + b
         # The mean binary cross-entropy of logits z, without overflow.
         bce = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
-        return bce.mean(axis=0) + 0.5 * l2 * (a**2 + b**2)
+        return mean(bce) + 0.5 * l2 * (a**2 + b**2)
 
     for _ in range(steps):
         p = sigmoid(scale * s + offset)
-        w, r = p * (1 - p), p - t
-        g_a = np.mean(r * s, axis=0) + l2 * scale
-        g_b = np.mean(r, axis=0) + l2 * offset
-        h_aa = np.mean(w * s * s, axis=0) + l2
-        h_ab = np.mean(w * s, axis=0)
-        h_bb = np.mean(w, axis=0) + l2
+        v, r = p * (1 - p), p - t
+        g_a = mean(r * s) + l2 * scale
+        g_b = mean(r) + l2 * offset
+        h_aa = mean(v * s * s) + l2
+        h_ab = mean(v * s)
+        h_bb = mean(v) + l2
         det = h_aa * h_bb - h_ab**2
         step_a = (h_bb * g_a - h_ab * g_b) / det
         step_b = (h_aa * g_b - h_ab * g_a) / det

@@ -213,15 +213,23 @@ def _rows_of(element: tuple, batched: bool, what: str) -> tuple:
     if not batched:
         element = tuple(np.reshape(a, (1, *np.shape(a))) for a in element)
     if len(element) == 3:
-        count = len(element[0])
-        if np.size(element[2]) != count:
-            raise DataError(
-                f"Expected {what}'s sample weights as one number per image. "
-                f"Received weights of shape {np.shape(element[2])} for a batch of "
-                f"{count} images."
-            )
-        element = (*element[:2], np.reshape(element[2], (count,)))
+        element = (*element[:2], batch_weights(element[2], len(element[0]), what))
     return element
+
+
+def batch_weights(weights, count: int, what: str) -> np.ndarray:
+    """A batch's sample weights as one number per image (`count` images).
+
+    Raises:
+        DataError: When they are not one per image (one per batch, say).
+    """
+    if np.size(weights) != count:
+        raise DataError(
+            f"Expected {what}'s sample weights as one number per image. "
+            f"Received weights of shape {np.shape(weights)} for a batch of "
+            f"{count} images."
+        )
+    return np.reshape(weights, (count,))
 
 
 class _Rows:
