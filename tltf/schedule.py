@@ -1599,7 +1599,10 @@ def _ridge_start(
         # Keras's loss weighs each image by its weight as given, the ridge by
         # its share: the head's L2 keeps to Keras's scale (all weights 2 double
         # the loss, so the penalty doubles too).
-        scale = 1.0 if sample_weight is None else float(np.mean(sample_weight))
+        scale = 1.0
+        if sample_weight is not None:  # unread datasets' weights are unchecked
+            mean = float(np.mean(np.asarray(sample_weight, dtype=np.float64)))
+            scale = mean if np.isfinite(mean) and mean > 0 else 1.0
         return _ridge_regression_start(output, z, labels, units, info.task, w, scale)
     y = class_ids(labels)
     classes = max(2, units)
