@@ -302,6 +302,23 @@ def test_probe_blocks_weighs_a_validation_set_and_refuses_a_weight_a_batch():
     assert "Expected train's sample weights as one number per image" in str(error)
 
 
+def test_a_held_out_share_of_weight_0_is_a_data_error():
+    # With one image of weight above 0, the share val_fraction holds out, or
+    # the rest, weighs nothing: named, not a ZeroDivisionError from NumPy.
+    x, y = make_data(24)
+    w = np.zeros(24, "float32")
+    w[0] = 1.0
+    error = raises(
+        DataError,
+        tltf.probe_blocks,
+        make_tiny_base(),
+        (x, y, w),
+        val_fraction=0.5,
+        verbose=0,
+    )
+    assert "only images of sample weight 0" in str(error)
+
+
 def test_weighted_ridge_regression_is_the_fit_without_the_images_of_weight_0():
     # Regression and multi-label heads start from `ridge_regression` and are
     # scored by `ridge_r2_probe`: with an outlier of weight 0, both match the

@@ -36,10 +36,10 @@ The score:
   on (benchmarks/RESULTS.md, "The held-out guard");
 - otherwise (`keep_best="features"`), the leave-one-out accuracy of a ridge
   probe on the model's pooled features of the training images (one inference
-  pass per epoch, no image held out; see `tltf.probe.ridge_probe`; each image
-  counted by its sample weight, where the data has them), or for
+  pass per epoch, no image held out; see `tltf.probe.ridge_probe`), or for
   regression and multi-label the leave-one-out R² of ridge regression on them
-  (`tltf.probe.ridge_r2_probe`). Ties go to the later
+  (`tltf.probe.ridge_r2_probe`); each image counted by its sample weight,
+  where the data has them. Ties go to the later
   epoch. This measures whether stage 2 kept the features as separable as stage 1
   left them; it catches features that fine-tuning damaged, not a model that
   memorised the training set, which only held-out data can show;
