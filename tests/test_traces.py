@@ -8,7 +8,7 @@ import keras
 import pytest
 
 import tltf
-from tests.helpers import count_traces, make_data, make_tiny_model
+from tests.helpers import count_traces, make_data, make_tiny_base, make_tiny_model
 
 
 @pytest.fixture
@@ -81,3 +81,42 @@ def test_a_metric_that_refuses_the_dummy_batch_is_left_to_keras():
     # It trained and reported the metric: the shortcut's failure was dropped.
     assert history.history["stage"] == [2]
     assert "val_rows" in history.history
+
+
+@pytest.fixture
+def model_calls(monkeypatch):
+    """Calls of `tltf.layers.Preprocessing`, the first layer of every model and
+    extractor tltf builds: in a compiled function, one per trace."""
+    calls = []
+    call = tltf.layers.Preprocessing.call
+
+    def counting(self, inputs):
+        calls.append(self.name)
+        return call(self, inputs)
+
+    monkeypatch.setattr(tltf.layers.Preprocessing, "call", counting)
+    return calls
+
+
+# 40 images in batches of 32: a smaller last batch, which a `reduce_retracing`
+# function traces again (a whole model's training step in a stage-2 sweep).
+def test_the_probe_traces_its_extractor_once(model_calls):
+    base = tltf.load_base(make_tiny_base(), preprocessing="tf")
+    tltf.probe_blocks(base, make_data(40), make_data(20, seed=1), verbose=0)
+    assert len(model_calls) == 1
+
+
+def test_a_stage_2_sweep_traces_its_training_step_once(model_calls):
+    model = make_tiny_model()
+    model_calls.clear()
+    tltf.find_lr(
+        model, make_data(40), stage="fine_tune", unfreeze=1, steps=12, verbose=0
+    )
+    assert len(model_calls) == 1
+
+
+def test_recalibrate_bn_traces_the_model_once(model_calls):
+    model = make_tiny_model()
+    model_calls.clear()
+    tltf.recalibrate_bn(model, make_data(40))
+    assert len(model_calls) == 1

@@ -428,7 +428,8 @@ def recalibrate_bn(
         for bn in layers:
             object.__setattr__(bn, "call", _recording_call(bn, found))
 
-        @tf.function(reduce_retracing=True)
+        # The batch size left open: one trace for every batch, the last too.
+        @tf.function(input_signature=[tf.TensorSpec((None, *want), dtype)])
         def batch_moments(images):
             found.clear()
             model(images, training=False)

@@ -61,11 +61,17 @@ def feature_extractor(model: keras.Model):
     `predict` traces again for the last, smaller batch and for every new model).
     Pass it to each `FeatureCache` of the same model.
     """
-    return _compiled(feature_model(model))
+    return inference_function(feature_model(model))
 
 
-def _compiled(part: keras.Model):
-    """`part` in inference mode as one tf.function, batch size left open."""
+def inference_function(part: keras.Model):
+    """`part` in inference mode as one tf.function, batch size left open.
+
+    One trace serves every batch, the last, smaller one included (a
+    `reduce_retracing` function traces twice: once for the first batch size,
+    once more, relaxed, for the next). Callers cast the images to
+    `input_signature[0].dtype`.
+    """
     spec = tf.TensorSpec((None, *part.input_shape[1:]), part.inputs[0].dtype)
 
     @tf.function(input_signature=[spec], reduce_retracing=True)
@@ -225,7 +231,7 @@ class FrozenSplit:
         split.
         """
         if self._extract is None:
-            self._extract = _compiled(self.extractor)
+            self._extract = inference_function(self.extractor)
         return self._extract
 
     def features(self, images: np.ndarray, batch_size: int) -> np.ndarray:

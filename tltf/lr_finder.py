@@ -578,7 +578,6 @@ class _Sweep:
         opt = self._opt = _make_optimizer(self.optimizer, 1e-3)
         opt.build(variables)
 
-        @tf.function(reduce_retracing=True)
         def train_step(images, labels, *weights):
             with tf.GradientTape() as tape:
                 predictions = network(images, training=True)
@@ -589,9 +588,24 @@ class _Sweep:
             opt.apply_gradients(zip(grads, variables, strict=True))
             return value
 
-        self._step, self._iterator = train_step, self.batches()
+        self._train_step, self._step, self._spec = train_step, None, None
+        self._iterator = self.batches()
         self.lrs, self.losses, self.smoothed = [], [], []
         self._average, self._best, self.stopped = 0.0, math.inf, False
+
+    def _step_for(self, batch):
+        """The compiled training step for `batch`, traced once for any batch size.
+
+        A `reduce_retracing` function traces twice on data whose last batch is
+        smaller: a whole model's training step, over a second, in every stage-2
+        sweep. The batch size is left open in the signature instead; the other
+        dimensions are the batch's own, so a batch of another shape traces anew.
+        """
+        spec = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in batch]
+        if spec != self._spec:
+            self._spec = spec
+            self._step = tf.function(self._train_step, input_signature=spec)
+        return self._step
 
     def run(self, rates) -> None:
         """Trains one batch at each rate, until the loss diverges."""
@@ -600,7 +614,8 @@ class _Sweep:
             if self.stopped:
                 return
             self._opt.learning_rate.assign(float(rate))
-            value = float(self._step(*next(self._iterator)))
+            batch = next(self._iterator)
+            value = float(self._step_for(batch)(*batch))
             self.lrs.append(float(rate))
             self.losses.append(value)
             if not math.isfinite(value):

@@ -55,6 +55,7 @@ from tltf._checks import take_renamed
 from tltf._io import atomic_write_csv
 from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.cut import block_outputs, resolve_block
+from tltf.cache import inference_function
 from tltf.data import DataBundle
 from tltf.data.inputs import as_dataset, batch_weights, pipeline_errors
 from tltf.data.labels import check_sample_weights
@@ -367,9 +368,7 @@ def probe_blocks(
     train_ds = _batches(train, batch_size, "train")
     extractor = _extractor(loaded, positions, train_ds, pixels)
 
-    @tf.function(reduce_retracing=True)
-    def run(images):
-        return extractor(images, training=False)
+    run = inference_function(extractor)
 
     outputs = len(positions) + bool(pixels)
     x_train, y_train, w_train = _features(run, train_ds, outputs, "train")
@@ -579,9 +578,10 @@ def _features(run, ds: tf.data.Dataset, count: int, what: str = "data"):
     the sample weights (checked, one per image) or None."""
     parts: list[list[np.ndarray]] = [[] for _ in range(count)]
     labels, weights = [], []
+    dtype = run.input_signature[0].dtype
     for batch in ds:
         images, y = batch[0], batch[1]
-        outs = run(images)
+        outs = run(tf.cast(images, dtype))
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for part, out in zip(parts, outs, strict=True):
             part.append(np.asarray(out, dtype=np.float32))
@@ -621,9 +621,7 @@ def block_features(
     ds = _batches(data, batch_size, "data")
     extractor = _extractor(base, positions, ds)
 
-    @tf.function(reduce_retracing=True)
-    def run(images):
-        return extractor(images, training=False)
+    run = inference_function(extractor)
 
     features, labels, _ = _features(run, ds, len(positions))
     return features, labels
