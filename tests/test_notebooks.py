@@ -125,7 +125,13 @@ def test_notebook_runs_offline_on_a_kernel(path, tmp_path):
         resources={"metadata": {"path": str(workdir)}},
     )
     start = time.perf_counter()
-    client.execute()  # raises CellExecutionError on the first failing cell
+    try:
+        client.execute()  # raises CellExecutionError on the first failing cell
+    finally:
+        # A client given its kernel manager does not own the kernel, and leaves
+        # it running: a Python process holding TensorFlow (about 1 GB) until
+        # the suite ends, for each notebook.
+        client.km.shutdown_kernel(now=True)
     seconds = time.perf_counter() - start
     assert _errors(notebook) == []
     assert seconds < NOTEBOOK_LIMIT, f"{path.name} took {seconds:.0f} s"
