@@ -601,7 +601,9 @@ class _Sweep:
         sweep. The batch size is left open in the signature instead; the other
         dimensions are the batch's own, so a batch of another shape traces anew.
         """
-        spec = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in batch]
+        spec = tf.nest.map_structure(
+            lambda t: tf.TensorSpec((None, *t.shape[1:]), t.dtype), list(batch)
+        )
         if spec != self._spec:
             self._spec = spec
             self._step = tf.function(self._train_step, input_signature=spec)
