@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import tltf
-from tests.helpers import make_data, make_tiny_model
+from tests.helpers import make_tiny_model
 from tltf.data import class_weights
 from tltf.probe import loo_accuracy, ridge_fit
 from tltf.schedule import refit_head
@@ -153,36 +153,3 @@ def test_imbalanced_classes_get_a_note_that_names_class_weight(capsys):
         if noted:  # all the images, the guard's held-out slice included
             assert "(24 training images in the largest, 4 in the smallest)" in printed
             assert "pass class_weight='balanced' (tltf train: --class-weight" in printed
-
-
-def test_the_probe_behind_unfreeze_auto_weighs_the_classes(monkeypatch):
-    """The depth is scored with each image weighed as the stages weigh it: its
-    class weight, times its sample weight where the data has one."""
-    seen = []
-
-    def spy(base, data, **kwargs):
-        weighed = len(data.element_spec) == 3
-        seen.append(np.concatenate([batch[2] for batch in data]) if weighed else None)
-        return tltf.probe.probe_blocks(base, data, **kwargs)
-
-    monkeypatch.setattr(tltf.schedule, "probe_blocks", spy)
-    x, y = make_data(24)
-    sample = np.linspace(0.5, 2.0, 24).astype("float32")
-    weights = {0: 3.0, 1: 1.0, 2: 0.5}
-    for data, expected in [
-        ((x, y), np.array([weights[c] for c in y])),
-        ((x, y, sample), sample * np.array([weights[c] for c in y])),
-    ]:
-        tltf.fine_tune(
-            make_tiny_model(),
-            data,
-            class_weight=weights,
-            unfreeze="auto",
-            head_epochs=1,
-            fine_tune_epochs=1,
-            keep_best=False,
-            verbose=0,
-        )
-        got = seen.pop()
-        assert got is not None, "the probe saw no weights"
-        np.testing.assert_allclose(got, expected, rtol=1e-6)

@@ -629,19 +629,10 @@ def fine_tune(
         _adapt_batchnorm(model, feature_source, strategy, loud)
     if fine_tune_epochs == "auto":
         fine_tune_epochs = auto_fine_tune_epochs(passes)
-    if isinstance(class_weight, str):
-        class_weight = _balanced_weights(class_weight, info, prepared)
-    elif class_weight is not None:
-        _check_class_weight(class_weight, info)
     if auto_unfreeze:
         depth = (
             _auto_unfreeze(
-                model,
-                info,
-                _class_weighted(feature_source, class_weight, info),
-                batch_size,
-                loud,
-                holdout is not None,
+                model, info, feature_source, batch_size, loud, holdout is not None
             )
             if fine_tune_epochs
             else 0
@@ -649,7 +640,11 @@ def fine_tune(
         schedule.set_unfreeze(depth)
         fine_tune_epochs = fine_tune_epochs if depth else 0
     schedule.fine_tune_epochs = fine_tune_epochs
-    if class_weight is None and loud and info.task in CLASSIFIERS:
+    if isinstance(class_weight, str):
+        class_weight = _balanced_weights(class_weight, info, prepared)
+    elif class_weight is not None:
+        _check_class_weight(class_weight, info)
+    elif loud and info.task in CLASSIFIERS:
         # A tf.data input read into memory for the slice has its labels known.
         known = holdout.train if holdout and holdout.read else train
         _note_imbalance(known, max(2, info.metadata["num_outputs"]))
@@ -1979,21 +1974,6 @@ def _auto_unfreeze(
                 "model trained from scratch."
             )
     return blocks
-
-
-def _class_weighted(ds: tf.data.Dataset, class_weight, info) -> tf.data.Dataset:
-    """`ds` with each image weighed by its class weight (times its sample
-    weight, if it has one), for the probe behind `unfreeze="auto"`: it then
-    scores the depths as the head's ridge start and the stages weigh the images.
-    `ds` itself without class weights."""
-    if not class_weight:
-        return ds
-    if len(ds.element_spec) == 2:
-        ds = ds.map(
-            lambda images, labels: (images, labels, tf.ones(tf.shape(labels)[:1])),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    return fold_class_weights(ds, class_weight, max(2, info.metadata["num_outputs"]))
 
 
 def _fold_class_weights(prepared, feature_source, holdout, class_weight, classes):
