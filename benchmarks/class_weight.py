@@ -12,10 +12,6 @@ accuracy is the balanced accuracy. Columns, on the same split:
 - "balanced before": the same, with the closed-form fits unweighted, as before
   that change (`tltf.schedule._row_weights` patched to return None: the
   weights then reach only the gradient steps, and the final refit drops them);
-- with `--before probe`, "balanced before" is instead the run with every
-  class weight in place except in the linear probe that picks
-  `unfreeze="auto"`'s depth (`tltf.schedule._class_weighted` patched to
-  pass the data through), as before 2026-12-06;
 - "logreg pixels": logistic regression on the raw pixels (scikit-learn,
   `class_weight="balanced"`: `realdata.logreg_pixels`).
 
@@ -26,7 +22,7 @@ recall of the minority classes. Real data and weights as in
 Usage:
     .venv/bin/python benchmarks/class_weight.py [--bases vgg16 demo] \
         [--tasks digits fonts textures mnist] [--major 20] [--minor 4] \
-        [--seeds 0 1 2] [--weights-dir W] [--before closed-form|probe]
+        [--seeds 0 1 2] [--weights-dir W]
 
 The last line prints the mean accuracy of "balanced" over "balanced before".
 """
@@ -63,24 +59,18 @@ def imbalanced_split(x, y, major: int, minor: int, test: int, seed: int):
     return (x[train], y[train]), (x[held], y[held])
 
 
-#: What "balanced before" leaves unweighted (`--before`): the function patched,
-#: and what it is patched with.
-BEFORE = {
-    "closed-form": ("_row_weights", lambda *_: None),
-    "probe": ("_class_weighted", lambda ds, *_: ds),
-}
-
-
-def _tltf(base_name, weights_dir, train, test, seed, column, before="closed-form"):
+def _tltf(base_name, weights_dir, train, test, seed, column):
     keras.utils.set_random_seed(seed)
     classes = int(test[1].max()) + 1
     base = realdata.benchmark_base(base_name, 64, weights_dir)
     model = tltf.build_model(base, classes)
     weights = None if column == "none" else "balanced"
-    name, patched = BEFORE[before]
-    if column != "balanced before":
-        patched = getattr(tltf.schedule, name)
-    with mock.patch.object(tltf.schedule, name, patched):
+    unweighted = column == "balanced before"
+    with mock.patch.object(
+        tltf.schedule,
+        "_row_weights",
+        (lambda *_: None) if unweighted else tltf.schedule._row_weights,
+    ):
         tltf.fine_tune(model, train, class_weight=weights, seed=seed, verbose=0)
     predicted = np.argmax(model.predict(test[0], verbose=0), axis=-1)
     minority = test[1] >= classes // 2
@@ -101,7 +91,6 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--weights-dir", default=None)
-    parser.add_argument("--before", choices=sorted(BEFORE), default="closed-form")
     args = parser.parse_args()
     weights_dir = realdata.weights_folder(args.weights_dir)
     rows = []
@@ -114,7 +103,7 @@ def main() -> None:
                 )
                 start = time.perf_counter()
                 row = {
-                    c: _tltf(base_name, weights_dir, train, test, seed, c, args.before)
+                    c: _tltf(base_name, weights_dir, train, test, seed, c)
                     for c in COLUMNS
                 }
                 row["logreg pixels"] = (
