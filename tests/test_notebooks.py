@@ -133,6 +133,7 @@ def test_notebook_runs_offline_on_a_kernel(path, tmp_path):
         # the suite ends, for each notebook.
         client.km.shutdown_kernel(now=True)
     seconds = time.perf_counter() - start
+    assert not client.km.is_alive()
     assert _errors(notebook) == []
     assert seconds < NOTEBOOK_LIMIT, f"{path.name} took {seconds:.0f} s"
     # The run used the base shipped with tltf (nothing pretrained into the fresh

@@ -1,6 +1,8 @@
 """Each stage's training step is traced once (tltf.cache.build_metrics and
 build_optimizer): Keras would build the compiled metrics and the optimizer inside
-the first trace, and TensorFlow would then trace the whole step again."""
+the first trace, and TensorFlow would then trace the whole step again. The probe,
+a stage-2 LR sweep and `recalibrate_bn` trace their model once too, whatever the
+size of the last batch."""
 
 from __future__ import annotations
 
