@@ -1595,7 +1595,7 @@ def _ridge_start(
         return None
     z = (features - layer.mean.numpy()) * layer.scale.numpy()
     if info.task in ("regression", "multilabel"):
-        w = _row_weights(np.zeros(n), None, sample_weight)
+        w = _row_weights(n, sample_weight)
         # Keras's loss weighs each image by its weight as given, the ridge by
         # its share: the head's L2 keeps to Keras's scale (all weights 2 double
         # the loss, so the penalty doubles too).
@@ -1608,7 +1608,7 @@ def _ridge_start(
     classes = max(2, units)
     if y.min() < 0 or y.max() >= classes or len(np.unique(y)) < 2:
         return None
-    w = _row_weights(y, class_weight, sample_weight)
+    w = _row_weights(len(y), sample_weight, class_weight, y)
     kind = "class" if class_weight else "sample"
     weighted_words = f"{kind}-weighted " if w is not None else ""
     weighted = _weigh_blocks(model, info, features, z, y, classes, layer, w)
@@ -1755,13 +1755,13 @@ def _platt(scores: np.ndarray, targets: np.ndarray, w=None, steps: int = 50):
     return scale, offset
 
 
-def _row_weights(y: np.ndarray, class_weight, sample_weight) -> np.ndarray | None:
-    """Each image's weight in the closed-form fits: its class's weight in
-    `class_weight` (`{class index: weight}`, missing classes 1) times its
-    `sample_weight`. None where they change nothing (all equal) or where the
-    ridge cannot take them (not one per image, not finite, negative, all 0):
-    Keras's loss still has the say."""
-    w = np.ones(len(y))
+def _row_weights(n: int, sample_weight, class_weight=None, y=None) -> np.ndarray | None:
+    """Each of `n` images' weight in the closed-form fits: its class's weight
+    in `class_weight` (`{class index: weight}`, missing classes 1; `y` the
+    class ids) times its `sample_weight`. None where they change nothing (all
+    equal) or where the ridge cannot take them (not one per image, not finite,
+    negative, all 0): Keras's loss still has the say."""
+    w = np.ones(n)
     if class_weight:
         w *= np.array([float(class_weight.get(int(c), 1.0)) for c in y])
     if sample_weight is not None:
