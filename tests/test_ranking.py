@@ -291,3 +291,16 @@ def test_bad_arguments_are_config_errors():
         tltf.rank_bases([], (x, y))
     with pytest.raises(ConfigError, match="knn"):
         tltf.rank_bases([signal_base()], (x, y), knn=0)
+
+
+def test_the_printed_table_shows_no_nan_agreement():
+    """With one candidate there is nothing to agree on: no agreement line. With a
+    score tied over every candidate, its tau is undefined (NaN in `agreement`,
+    as scipy gives) and the printed table says so instead of printing "+nan"."""
+    x, y = make_data(30)
+    one = tltf.rank_bases({"signal": signal_base()}, (x, y), verbose=0)
+    assert "agreement" not in str(one) and "nan" not in str(one)
+    two = tltf.rank_bases({"a": signal_base(), "b": signal_base()}, (x, y), verbose=0)
+    assert math.isnan(two.agreement["knn~ridge"])  # both score 1.0 on each
+    assert "knn~ridge n/a (a score is tied)" in str(two)
+    assert "nan" not in str(two)

@@ -171,8 +171,11 @@ class RankResult:
             f"best by {self.score}: {self.best['candidate']} ({what}; kNN k="
             f"{self.knn}; {self.seconds:.1f}s in all)"
         )
-        if self.agreement:
-            taus = ", ".join(f"{k} {v:+.2f}" for k, v in self.agreement.items())
+        if self.agreement and len(self.table) > 1:
+            taus = ", ".join(
+                f"{k} {v:+.2f}" if math.isfinite(v) else f"{k} n/a (a score is tied)"
+                for k, v in self.agreement.items()
+            )
             lines.append(f"agreement of the rankings (Kendall tau): {taus}")
         return "\n".join(lines)
 
