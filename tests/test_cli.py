@@ -190,6 +190,21 @@ def _printed(argv, capsys) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
+def test_the_training_data_can_come_first_without_train(capsys):
+    """`tltf train photos/ --base demo`, as a first try reads: the same as
+    --train; given both ways, it is a usage error that names them."""
+    assert _printed(["photos/", "--base", "demo"], capsys)["data"]["train"] == "photos/"
+    assert main(["tune", "photos/", "--base", "demo", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["train"] == "photos/"
+    argv = ["train", "photos/", "--base", "demo", "--train", "other/"]
+    assert main([*argv, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "tltf: error: the training data is given twice: 'photos/' and --train "
+        "'other/'; give it once.\n"
+    )
+
+
 def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
     printed = _printed(["--base", "demo", "--train", "x/"], capsys)
     assert printed["model"]["cut"] == "auto"  # train's default

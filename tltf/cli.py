@@ -223,7 +223,8 @@ find and --fine-tune-lr find run the learning-rate finder. Give numbers to fix
 them. A run whose best epoch is its last says so, with how to train longer.
 
 examples:
-  tltf train --base demo --train photos/ --val-fraction 0.2    offline, no download
+  tltf train photos/ --base demo                   offline, no download
+  tltf train --base demo --train photos/ --val-fraction 0.2
   tltf train --base mobilenet_v2 --weights none --train photos/ --val-fraction 0.2
   tltf train --base demo --train photos/ --head-lr find --fine-tune-lr find
   tltf train --base demo --train photos/ --head-epochs 5 --fine-tune-epochs 10 \\
@@ -525,6 +526,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
             "training data; none: the whole base (default: auto)",
         )
     data = parser.add_argument_group("data (the [data] section)")
+    data.add_argument(
+        "source",
+        nargs="?",
+        metavar="SRC",
+        default=S,
+        help="the training data, as --train (`tltf train photos/ --base demo`)",
+    )
     data.add_argument(
         "--train",
         metavar="SRC",
@@ -840,6 +848,13 @@ def _add_run_commands(commands) -> None:
 
 # -- train and tune ---------------------------------------------------------------
 def _config_overrides(args: argparse.Namespace) -> dict:
+    if hasattr(args, "source"):  # `tltf train photos/`: the same as --train
+        if hasattr(args, "train"):
+            raise _config_error(
+                f"the training data is given twice: {args.source!r} and --train "
+                f"{args.train!r}; give it once."
+            )
+        args.train = args.source
     overrides: dict = {}
     for dest, (section, key) in _CONFIG_FLAGS.items():
         if hasattr(args, dest):
