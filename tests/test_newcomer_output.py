@@ -173,6 +173,15 @@ def test_evaluate_quiet_still_prints_the_report(tuned_model_file, capsys):
     out = capsys.readouterr().out
     assert "Evaluation of 9 examples" in out and "precision" in out
     assert "tltf: wrote" in out
+    # The data given first, in place of --data (`tltf evaluate RUN photos/`).
+    argv = ["evaluate", str(tuned_model_file), str(folder / "test.npz")]
+    assert main([*argv, "-q", "--out", str(folder / "eval2")]) == 0
+    assert "Evaluation of 9 examples" in capsys.readouterr().out
+    assert main([*argv, "--data", "other/"]) == 2
+    assert capsys.readouterr().err == (
+        f"tltf: error: the labelled data is given twice: {str(folder / 'test.npz')!r}"
+        " and --data 'other/'; give it once.\n"
+    )
 
 
 @pytest.mark.slow

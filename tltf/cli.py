@@ -262,6 +262,7 @@ recall, F1, top-k accuracy) and confusion.png to --out, and prints the report.
 examples:
   tltf evaluate runs/flowers                 the run's validation data
   tltf evaluate runs/flowers --data test_photos/ --top-k 3
+  tltf evaluate runs/flowers test_photos/    the same data, given first
   tltf evaluate model.keras --data "tfds:tf_flowers[train[80%:]]" --out eval/
 """
 
@@ -767,6 +768,9 @@ def _add_run_commands(commands) -> None:
     )
     evaluate.add_argument("model", metavar="MODEL", help=".keras file or run folder")
     evaluate.add_argument(
+        "source", nargs="?", metavar="SRC", help="the labelled data, as --data"
+    )
+    evaluate.add_argument(
         "--data", metavar="SRC", help="tfds:NAME[SPLIT], a folder or a .npz file"
     )
     evaluate.add_argument("--split", metavar="SPLIT", help="TFDS split (default: test)")
@@ -847,14 +851,23 @@ def _add_run_commands(commands) -> None:
 
 
 # -- train and tune ---------------------------------------------------------------
+def _source_first(args: argparse.Namespace, flag: str, what: str) -> None:
+    """`tltf train photos/` or `tltf evaluate RUN photos/`: data given first, in
+    place of its flag (`--train`, `--data`). Given both ways, a usage error."""
+    source = getattr(args, "source", None)
+    if source is None:
+        return
+    given = getattr(args, flag, None)
+    if given is not None:
+        raise _config_error(
+            f"the {what} is given twice: {source!r} and --{flag} {given!r}; give "
+            "it once."
+        )
+    setattr(args, flag, source)
+
+
 def _config_overrides(args: argparse.Namespace) -> dict:
-    if hasattr(args, "source"):  # `tltf train photos/`: the same as --train
-        if hasattr(args, "train"):
-            raise _config_error(
-                f"the training data is given twice: {args.source!r} and --train "
-                f"{args.train!r}; give it once."
-            )
-        args.train = args.source
+    _source_first(args, "train", "training data")  # `tltf train photos/`
     overrides: dict = {}
     for dest, (section, key) in _CONFIG_FLAGS.items():
         if hasattr(args, dest):
@@ -1081,6 +1094,7 @@ def _labelled_data(args, model, run_dir):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    _source_first(args, "data", "labelled data")  # `tltf evaluate RUN photos/`
     model, run_dir = _load_cli_model(args.model, compile=False)
     data, names = _labelled_data(args, model, run_dir)
     report = evaluate(model, data, class_names=names, top_k=args.top_k)
