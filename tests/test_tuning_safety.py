@@ -243,3 +243,49 @@ def test_a_search_whose_every_trial_failed_raises_with_the_first_reason(tmp_path
     assert [r["status"] for r in rows] == ["FAILED", "FAILED"]
     assert not (project / "best_model.keras").exists()
     assert not (project / PROJECT_LOCK).exists()  # released on the error too
+
+
+@pytest.mark.slow
+def test_a_keras_tuner_search_takes_kerass_x_y_form(tmp_path):
+    """`tuner.search(x, y, validation_data=...)`, as keras-tuner's guides write it,
+    trains the trial that `search((x, y), (x_val, y_val))` trains; a form no trial
+    could run on (validation_split=, images without labels) stops the search at
+    once with one message, as a keras-tuner FatalError, instead of failing every
+    trial with a traceback."""
+    (x, y), val = tuning_job.data()
+    scores = {}
+    for form, args, kwargs in [
+        ("tltf", ((x, y), val), {}),
+        ("keras", (x, y), {"validation_data": val}),
+        ("keywords", (), {"x": x, "y": y, "validation_data": val}),
+    ]:
+        tuner = kt.RandomSearch(
+            tuning_job.hypermodel(),
+            objective="val_accuracy",
+            max_trials=1,
+            directory=tmp_path,
+            project_name=form,
+        )
+        tuner.search(*args, verbose=0, **kwargs)
+        (trial,) = tuner.oracle.trials.values()
+        assert trial.status == "COMPLETED", (form, trial.message)
+        scores[form] = trial.score
+    assert scores["keras"] == scores["tltf"] == scores["keywords"]
+
+    for args, kwargs, words in [
+        ((x, y), {"validation_split": 0.2}, ["validation_split=", "load_data"]),
+        ((x,), {"validation_data": val}, ["without their labels", "(x, y)"]),
+    ]:
+        tuner = kt.RandomSearch(
+            tuning_job.hypermodel(),
+            objective="val_accuracy",
+            max_trials=3,
+            directory=tmp_path,
+            project_name="bad",
+            overwrite=True,
+        )
+        with pytest.raises(ConfigError) as info:
+            tuner.search(*args, verbose=0, **kwargs)
+        assert isinstance(info.value, kt.errors.FatalError)
+        check_error(info.value, ConfigError, *words)
+        assert len(tuner.oracle.trials) == 1  # stopped at the first trial

@@ -357,9 +357,11 @@ class FineTuneHyperModel(kt.HyperModel):
         Args:
             hp: The trial's HyperParameters.
             model: The model from `build`.
-            *args: `train` and optionally `validation_data` (as for `fine_tune`).
-            **kwargs: `validation_data`, `callbacks`, `verbose`, and Hyperband's
-                `epochs` / `initial_epoch` (counted in stage-2 epochs).
+            *args: `train` and optionally `validation_data` (as for `fine_tune`),
+                or Keras's `x, y` (see `split_data_args`).
+            **kwargs: `validation_data`, `callbacks`, `verbose`, Keras's `x`, `y`
+                and `sample_weight`, and Hyperband's `epochs` / `initial_epoch`
+                (counted in stage-2 epochs).
 
         Returns:
             The History of the trial's stage-2 epochs.
@@ -370,10 +372,11 @@ class FineTuneHyperModel(kt.HyperModel):
         stage2_end = kwargs.pop("epochs", self.fine_tune_epochs)
         stage2_start = kwargs.pop("initial_epoch", 0)
         if kwargs:
-            raise ConfigError(
+            raise SearchArgumentError(
                 f"Unexpected search arguments {sorted(kwargs)}: FineTuneHyperModel.fit "
-                "takes train, validation_data, callbacks, verbose (and Hyperband's "
-                "epochs/initial_epoch). Pass fine_tune arguments to the hypermodel."
+                "takes train (or x, y, sample_weight), validation_data, callbacks, "
+                "verbose (and Hyperband's epochs/initial_epoch). Pass fine_tune "
+                "arguments to the hypermodel."
             )
         context = _TrialContext.find(callbacks)
         values = self.trial_values(hp)
@@ -784,16 +787,78 @@ def _stage1_options(options: dict) -> dict:
     return {k: v for k, v in options.items() if k not in STAGE2_OPTIONS}
 
 
+class SearchArgumentError(ConfigError, kt.errors.FatalValueError):
+    """Data or arguments that `tuner.search` cannot run any trial on.
+
+    A keras-tuner `FatalError` too: the search stops at once with this message,
+    instead of recording every trial as failed with the same traceback.
+    """
+
+
+def _is_array(value) -> bool:
+    """An array of images or labels (NumPy, a tensor), not a tuple of them."""
+    return (
+        not isinstance(value, (tuple, list, dict, tf.data.Dataset, DataBundle))
+        and hasattr(value, "shape")
+        and hasattr(value, "dtype")
+    )
+
+
 def split_data_args(args, kwargs):
+    """(train, validation) from the arguments of `tuner.search`.
+
+    tltf's form, as `fine_tune` takes its data: `search(train, validation)` or
+    `search(train, validation_data=...)`, each `(images, labels[, weights])`, a
+    `tf.data.Dataset` or a `DataBundle` (one with a validation split needs no
+    second). Keras's form too, as keras-tuner's guides write it: `search(x, y,
+    validation_data=(x_val, y_val))`, with `x=`, `y=` and `sample_weight=` as
+    keywords or not.
+
+    Raises:
+        SearchArgumentError: data that no trial could train on.
+    """
     args = list(args)
-    if "x" in kwargs:
-        args.insert(0, kwargs.pop("x"))
+    if "validation_split" in kwargs:
+        raise SearchArgumentError(
+            "validation_split= is not taken: every trial is compared on the same "
+            "validation data, which tltf does not split off by itself. Split the "
+            "data first, e.g. data = tltf.load_data((x, y), image_size="
+            "x.shape[1:3], validation_split=0.2, seed=0), and search on data (a "
+            "DataBundle brings its validation split); or pass "
+            "validation_data=(x_val, y_val)."
+        )
+    keras_form = {k: kwargs.pop(k) for k in ("x", "y", "sample_weight") if k in kwargs}
+    if "x" in keras_form:
+        args.insert(0, keras_form["x"])
+    if "y" in keras_form:
+        args.insert(1, keras_form["y"])
     if not args:
-        raise ConfigError("Expected training data: tuner.search(train, validation).")
+        raise SearchArgumentError(
+            "Expected training data: tuner.search(train, validation_data=...), "
+            "with train as (images, labels), or tuner.search(x, y, "
+            "validation_data=...)."
+        )
+    if _is_array(args[0]):  # Keras's form: search(x, y, ...)
+        if len(args) < 2 or not _is_array(args[1]):
+            raise SearchArgumentError(
+                f"Received images (an array of shape {tuple(args[0].shape)}) "
+                "without their labels. Pass the training data as one argument, "
+                "(x, y), as fine_tune takes it, or as tuner.search(x, y, "
+                "validation_data=(x_val, y_val))."
+            )
+        weights = keras_form.get("sample_weight")
+        train = (args[0], args[1], *([] if weights is None else [weights]))
+        args = [train, *args[2:]]
+    elif "sample_weight" in keras_form:
+        raise SearchArgumentError(
+            "sample_weight= goes with arrays: tuner.search(x, y, sample_weight="
+            "w, ...); otherwise the weights go with the data, as (x, y, w) or a "
+            "tf.data.Dataset of (image, label, weight)."
+        )
     train = args[0]
     validation = kwargs.pop("validation_data", args[1] if len(args) > 1 else None)
     if len(args) > 2:
-        raise ConfigError(
+        raise SearchArgumentError(
             "Expected tuner.search(train, validation_data=...); received "
             f"{len(args)} positional arguments."
         )
@@ -801,7 +866,7 @@ def split_data_args(args, kwargs):
     if validation is None and isinstance(train, DataBundle):
         validation = train.validation
     if validation is None:
-        raise ConfigError(
+        raise SearchArgumentError(
             "Tuning needs validation data: trials are compared on it. Pass "
             "validation_data, or split the training data first, e.g. data = "
             "tltf.load_data((images, labels), image_size=images.shape[1:3], "
