@@ -354,3 +354,16 @@ def test_report_is_a_frozen_dataclass():
     assert isinstance(report, EvaluationReport)
     with pytest.raises(AttributeError):
         report.task = "binary"
+
+
+def test_evaluate_takes_kerass_x_y_form():
+    """`evaluate(model, x, y)`, as Keras's `model.evaluate(x, y)`: the report of
+    `evaluate(model, (x, y))`. Labels with data that is not an array of images
+    are a ConfigError that names both forms."""
+    model = _pixel_model(4, "softmax")
+    x = _images(LOGITS)
+    assert (
+        evaluate(model, x, LABELS).to_dict() == evaluate(model, (x, LABELS)).to_dict()
+    )
+    with pytest.raises(ConfigError, match=r"evaluate\(model, \(x, y\)\)"):
+        evaluate(model, (x, LABELS), LABELS)

@@ -904,6 +904,7 @@ def _regression_report(y, values, names) -> EvaluationReport:
 def evaluate(
     model,
     data,
+    y=None,
     *,
     class_names: Sequence[str] | None = None,
     top_k: int = 5,
@@ -921,6 +922,9 @@ def evaluate(
             subfolders, a `.npz` file, `"tfds:NAME"`, `(images, labels)` arrays, a
             `tf.data.Dataset` of `(image, label)`), read in order, unshuffled and
             resized to the model's input size.
+        y: array or None. The labels, with the images as `data`: Keras's form,
+            `evaluate(model, x, y)`, the same as `evaluate(model, (x, y))`.
+            Defaults to None.
         class_names: list of str or None. Class names in label order. Defaults
             to None: the data's class names, else "0", "1", ...
         top_k: int. The k of top-k accuracy, reported only for multiclass
@@ -948,6 +952,15 @@ def evaluate(
     >>> report.to_json("evaluation.json")
     """
 
+    if y is not None:  # Keras's form: evaluate(model, x, y)
+        if not (hasattr(data, "shape") and hasattr(data, "dtype")):
+            raise ConfigError(
+                f"evaluate() got labels (y) with data that is not an array of "
+                f"images: {type(data).__name__}. Pass evaluate(model, x, y) with "
+                "arrays, or the data alone: evaluate(model, (x, y)), a folder, a "
+                "DataBundle or a tf.data.Dataset of (image, label)."
+            )
+        data = (data, y)
     model = _as_model(model)
     top_k = _check_top_k(top_k)
     task, logits, units = _model_task(model, task)
