@@ -289,3 +289,8 @@ def test_a_keras_tuner_search_takes_kerass_x_y_form(tmp_path):
         assert isinstance(info.value, kt.errors.FatalError)
         check_error(info.value, ConfigError, *words)
         assert len(tuner.oracle.trials) == 1  # stopped at the first trial
+    # tltf.tune takes its data as fine_tune does, and says so before any trial.
+    with pytest.raises(ConfigError) as info:
+        tune(make_tiny_base(), x, y, directory=tmp_path, project_name="x", verbose=0)
+    check_error(info.value, ConfigError, "tltf.tune(base, (x, y), (x_val, y_val))")
+    assert not (tmp_path / "x").exists()

@@ -804,7 +804,7 @@ def _is_array(value) -> bool:
     )
 
 
-def split_data_args(args, kwargs):
+def split_data_args(args, kwargs, caller: str = "tuner.search"):
     """(train, validation) from the arguments of `tuner.search`.
 
     tltf's form, as `fine_tune` takes its data: `search(train, validation)` or
@@ -812,7 +812,8 @@ def split_data_args(args, kwargs):
     `tf.data.Dataset` or a `DataBundle` (one with a validation split needs no
     second). Keras's form too, as keras-tuner's guides write it: `search(x, y,
     validation_data=(x_val, y_val))`, with `x=`, `y=` and `sample_weight=` as
-    keywords or not.
+    keywords or not. `caller` names the call in messages: "tltf.tune" takes
+    tltf's form only.
 
     Raises:
         SearchArgumentError: data that no trial could train on.
@@ -837,6 +838,12 @@ def split_data_args(args, kwargs):
             "Expected training data: tuner.search(train, validation_data=...), "
             "with train as (images, labels), or tuner.search(x, y, "
             "validation_data=...)."
+        )
+    if _is_array(args[0]) and caller == "tltf.tune":
+        raise SearchArgumentError(
+            f"Received images (an array of shape {tuple(args[0].shape)}) as the "
+            "training data. Pass the images and their labels as one argument: "
+            "tltf.tune(base, (x, y), (x_val, y_val))."
         )
     if _is_array(args[0]):  # Keras's form: search(x, y, ...)
         if len(args) < 2 or not _is_array(args[1]):

@@ -198,7 +198,7 @@ def tune(
         f"model.fit arguments {', '.join(FIT_ARGUMENTS)}.",
     )
     options = {k: kwargs.pop(k, v) for k, v in SEARCH_OPTIONS.items()}
-    split_data_args((train,), {"validation_data": validation_data})
+    split_data_args((train,), {"validation_data": validation_data}, "tltf.tune")
     hypermodel, kt_tuner = None, None
     if isinstance(tuner, kt.Tuner):
         kt_tuner = tuner
