@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 import tltf
@@ -27,6 +28,7 @@ from tests.helpers import (
     check_error,
     cli_error,
     folder_snapshot,
+    make_data,
     make_image_folder,
     make_plain_model,
     make_tiny_base,
@@ -422,3 +424,97 @@ def test_a_full_disk_reported_by_tensorflow_names_the_run_folder(
         run_training(_config(work), tmp_path / "run", verbose=0)
     check_error(info.value, DiskFullError, "disk is full", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # no epoch finished: nothing kept
+
+
+# -- files a user names: predictions, reports, tables, figures, exports ------------
+def _user_files(folder: Path) -> dict[str, Path]:
+    """Files of the user's own, at the paths tltf's writers are given below."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        name: folder / name
+        for name in (
+            "mine.csv",
+            "mine.json",
+            "photo.png",
+            "notes.png",
+            "mine.keras",
+            "mine.tflite",
+        )
+    }
+    for name in ("mine.csv", "mine.json", "notes.png", "mine.keras", "mine.tflite"):
+        files[name].write_text("my precious\n")
+    files["mine.json"].write_text('{"mine": 1}\n')
+    Image.new("RGB", (4, 4), "red").save(files["photo.png"])
+    return files
+
+
+@pytest.mark.slow
+def test_no_writer_replaces_a_file_it_did_not_write(tmp_path, capsys):
+    """Predictions, a report, a probe or ranking table, a figure and a model
+    export each refuse a path that holds a file of the user's (or a folder), and
+    leave it as it was; each replaces what it wrote there itself."""
+    from tltf.evaluation import evaluate, predict, write_predictions
+
+    files = _user_files(tmp_path / "user")
+    before = folder_snapshot(tmp_path / "user")
+    keras.utils.set_random_seed(0)
+    model = tltf.build_model(make_tiny_base(), 3)
+    x, y = make_data(12)
+    rows = predict(model, x, top_k=2)
+    report = evaluate(model, (x, y))
+    probe = tltf.probe_blocks(model, (x, y), verbose=0)
+    ranking = tltf.rank_bases({"tiny": make_tiny_base()}, (x, y), verbose=0)
+    writers = {
+        "predictions file": [
+            lambda p: write_predictions(rows, p),
+            ["mine.csv", "mine.json"],
+            ["ours.csv", "ours.json"],
+        ],
+        "evaluation report": [report.to_json, ["mine.json", "mine.csv"], ["r.json"]],
+        "probe table": [probe.to_csv, ["mine.csv"], ["p.csv"]],
+        "ranking table": [ranking.to_csv, ["mine.csv"], ["k.csv"]],
+        "figure": [
+            lambda p: report.plot_confusion(p),
+            ["photo.png", "notes.png"],
+            ["c.png"],
+        ],
+        ".keras model file": [
+            lambda p: export_model(model, p),
+            ["mine.keras"],
+            ["m.keras"],
+        ],
+        "TFLite model file": [
+            lambda p: export_model(model, p),
+            ["mine.tflite"],
+            ["m.tflite"],
+        ],
+    }
+    for what, (write, theirs, ours) in writers.items():
+        for name in theirs:
+            with pytest.raises(ConfigError) as info:
+                write(files[name])
+            check_error(info.value, ConfigError, what, "tltf never replaces it")
+        for name in ours:  # written twice: the second replaces the first
+            for _ in range(2):
+                write(tmp_path / "ours" / name)
+        folder = tmp_path / "folders" / ours[0]  # a folder at the path
+        folder.mkdir(parents=True)
+        with pytest.raises(ConfigError, match="an existing folder"):
+            write(folder)
+    # The command line: the same refusal, as one line and exit status 2.
+    np.savez(tmp_path / "images.npz", x=x, y=y)
+    model_file, images = tmp_path / "ours" / "m.keras", tmp_path / "images.npz"
+    argv = ["predict", model_file, images, "--output", files["mine.csv"]]
+    assert "tltf never replaces it" in cli_error(argv, capsys)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "confusion.png").write_text("my precious\n")
+    argv = ["evaluate", model_file, images, "--out", tmp_path / "eval"]
+    assert "confusion.png" in cli_error(argv, capsys)
+    assert (tmp_path / "eval" / "confusion.png").read_text() == "my precious\n"
+    assert not (tmp_path / "eval" / "report.json").exists()  # refused up front
+    argv = ["rank", "--bases", model_file, "--data", images]
+    assert "ranking table" in cli_error([*argv, "--out", files["mine.csv"]], capsys)
+    assert folder_snapshot(tmp_path / "user") == before
+    assert "my precious" in files["mine.csv"].read_text()

@@ -165,6 +165,74 @@ def check_replaceable(
     )
 
 
+def check_file_replaceable(
+    path: str | os.PathLike, recognise: Callable[[Path], bool], what: str
+) -> None:
+    """Raises unless a file that tltf writes at a path a user names may go there.
+
+    Nothing of the user's may be lost: `path` may be absent, or a file that
+    `recognise` accepts as one of the kind tltf writes there (its predictions,
+    report, table, figure or model export), as `check_replaceable` accepts a
+    bare SavedModel folder. A folder is never replaced by a file.
+
+    Args:
+        path: str or PathLike. The destination file.
+        recognise: callable. `recognise(file) -> bool`; it must not raise.
+        what: str. What tltf writes there, for the message, e.g. "predictions
+            file".
+
+    Raises:
+        ConfigError: `path` is a folder, or a file that tltf did not write.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_file() and recognise(path):
+        return
+    kind = "folder" if path.is_dir() else "file"
+    raise ConfigError(
+        f"Expected {str(path)!r} to be a new path or a {what} that tltf wrote. "
+        f"Received: an existing {kind} that tltf did not write; tltf never replaces "
+        f"it. Choose another path, or move {str(path)!r} away first."
+    )
+
+
+def _head(path: Path, size: int = 65536) -> bytes:
+    """The first `size` bytes of a file (b"" when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def csv_header(path: Path) -> list[str]:
+    """The first line of a CSV file as its column names ([] if unreadable)."""
+    first = _head(path).split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    try:
+        return next(csv.reader([first.rstrip("\r")]), [])
+    except csv.Error:
+        return []
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_matplotlib_png(path: Path) -> bool:
+    """A PNG that Matplotlib wrote (its tEXt chunk names it): a figure.
+
+    Every figure tltf writes is one; a photo or a drawing of the user's, as a
+    rule, is not.
+    """
+    head = _head(path, 4096)
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"Matplotlib" in head
+
+
 @contextlib.contextmanager
 def atomic_dir(
     path: str | os.PathLike,

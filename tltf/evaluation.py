@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,13 @@ import numpy as np
 import tensorflow as tf
 
 from tltf._checks import check_choice, check_image_size, check_positive_int
-from tltf._io import atomic_write_csv, atomic_write_json
+from tltf._io import (
+    atomic_write_csv,
+    atomic_write_json,
+    check_file_replaceable,
+    csv_header,
+    read_json,
+)
 from tltf.data import IMAGE_EXTENSIONS, DataBundle, load_data
 from tltf.data.images import (
     RESIZE_POLICIES,
@@ -504,6 +511,32 @@ def predict(
 
 
 _SINGULAR = {"labels": "label", "scores": "score", "values": "value"}
+#: The columns of a predictions CSV (`write_predictions`).
+_PREDICTION_COLUMN = re.compile(r"(file|index|predicted|(label|score|value)_\d+)")
+
+
+def is_predictions_file(path: Path) -> bool:
+    """A CSV or JSON file of predictions as `write_predictions` writes them."""
+    if path.suffix.lower() == ".json":
+        rows = read_json(path)
+        return isinstance(rows, list) and (
+            not rows
+            or (isinstance(rows[0], dict) and ("file" in rows[0] or "index" in rows[0]))
+        )
+    header = csv_header(path)
+    return (
+        bool(header)
+        and header[0] in ("file", "index")
+        and all(_PREDICTION_COLUMN.fullmatch(c) for c in header)
+    )
+
+
+def is_report_file(path: Path) -> bool:
+    """An evaluation report as `EvaluationReport.to_json` writes it."""
+    report = read_json(path)
+    return isinstance(report, dict) and {"task", "num_examples", "per_class"} <= set(
+        report
+    )
 
 
 def write_predictions(rows: Sequence[dict], path: str | os.PathLike) -> Path:
@@ -527,13 +560,14 @@ def write_predictions(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     """
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
-    if suffix == ".json":
-        return atomic_write_json(path, list(rows))
-    if suffix != ".csv":
+    if suffix not in (".csv", ".json"):
         raise ConfigError(
             "Expected a predictions path ending in .csv or .json. Received: "
             f"path={str(path)!r}"
         )
+    check_file_replaceable(path, is_predictions_file, "predictions file")
+    if suffix == ".json":
+        return atomic_write_json(path, list(rows))
     columns: list[str] = []
     lines = []
     for row in rows:
@@ -640,7 +674,12 @@ class EvaluationReport:
         }
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        """Writes `to_dict()` as JSON, atomically; returns the path."""
+        """Writes `to_dict()` as JSON, atomically; returns the path.
+
+        An existing file is replaced only if it is such a report: tltf never
+        replaces a file it did not write (a ConfigError names it).
+        """
+        check_file_replaceable(path, is_report_file, "evaluation report")
         return atomic_write_json(path, self.to_dict())
 
     def plot_confusion(

@@ -46,6 +46,7 @@ import os
 import re
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,7 +54,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tltf._io import atomic_dir, atomic_save_model, atomic_write_bytes
+from tltf._io import (
+    atomic_dir,
+    atomic_save_model,
+    atomic_write_bytes,
+    check_file_replaceable,
+)
 from tltf.data import DataBundle, load_data
 from tltf.errors import ConfigError, DataError, ModelError, suggest
 from tltf.evaluation import read_images
@@ -227,7 +233,9 @@ def export_model(
     file, a SavedModel through a temporary folder that is renamed when complete
     (an existing export at `path` is replaced only then). A SavedModel replaces
     only a SavedModel export tltf wrote (its folder holds `.tltf-savedmodel`, or
-    only a SavedModel) or an empty folder: never a file or another folder.
+    only a SavedModel) or an empty folder: never a file or another folder. A
+    `.keras` or `.tflite` file replaces only a model file of its format (an
+    earlier export), never another file or a folder.
 
     TFLite models keep float32 input and output in every flavour (see the module
     docstring): feed raw RGB pixels in [0, 255], get probabilities back.
@@ -258,7 +266,9 @@ def export_model(
     Raises:
         ConfigError: A bad format or quantization, a missing
             `representative_data` for "int8", a `.keras` format with another
-            suffix, or a SavedModel path holding something tltf did not write.
+            suffix, or a path holding something tltf did not write (a `.keras`
+            or `.tflite` path may hold a model file of that format, which is
+            replaced; a SavedModel path, a SavedModel export).
         ModelError: The model cannot be converted.
         DiskFullError: The disk is full.
 
@@ -296,6 +306,7 @@ def export_model(
                 "Expected a path ending in .keras for format='keras'. Received: "
                 f"path={str(path)!r}. Use e.g. {str(path.with_suffix('.keras'))!r}."
             )
+        check_file_replaceable(path, _is_keras_file, ".keras model file")
         return atomic_save_model(model, path)
     if fmt == "savedmodel":
         if path.suffix.lower() in (".keras", ".tflite", ".h5"):
@@ -312,8 +323,28 @@ def export_model(
         ) as tmp:
             _save_savedmodel(model, tmp)
         return path
+    check_file_replaceable(path, _is_tflite_file, "TFLite model file")
     content = _convert_tflite(model, flavour, representative_data, num_calibration)
+    check_file_replaceable(path, _is_tflite_file, "TFLite model file")
     return atomic_write_bytes(path, content)
+
+
+def _is_keras_file(path: Path) -> bool:
+    """A Keras v3 model archive (`.keras`): a zip holding config.json."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "config.json" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _is_tflite_file(path: Path) -> bool:
+    """A TFLite flatbuffer: its file identifier, "TFL3", at bytes 4 to 8."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)[4:8] == b"TFL3"
+    except OSError:
+        return False
 
 
 def is_savedmodel_folder(folder: Path) -> bool:

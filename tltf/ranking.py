@@ -64,7 +64,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf._checks import check_choice, check_positive_int
-from tltf._io import atomic_write_csv
+from tltf._io import atomic_write_csv, check_file_replaceable, csv_header
 from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.data import DataBundle
@@ -142,6 +142,7 @@ class RankResult:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Writes the table as CSV (atomically) and returns the path."""
+        check_file_replaceable(path, is_ranking_table, "ranking table")
         return atomic_write_csv(path, self.table, COLUMNS)
 
     def __str__(self) -> str:
@@ -782,6 +783,11 @@ def _add_ranks(rows: list[dict]) -> None:
                 if value is None
                 else 1 + sum(r[name] is not None and r[name] > value for r in rows)
             )
+
+
+def is_ranking_table(path: Path) -> bool:
+    """A CSV file as `RankResult.to_csv` writes it (its first column)."""
+    return csv_header(path)[:1] == [COLUMNS[0]]
 
 
 def _agreement(rows: list[dict]) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from tltf._io import atomic_path
+from tltf._io import atomic_path, check_file_replaceable, is_matplotlib_png
 from tltf.saving import MODEL_SUFFIXES
 
 
@@ -85,8 +85,13 @@ def best_epoch(logs: dict, monitor: str, mode: str = "auto") -> int | None:
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Writes a figure as PNG atomically (temporary file, then `os.replace`)."""
+    """Writes a figure as PNG atomically (temporary file, then `os.replace`).
+
+    An existing file is replaced only if it is a figure (a PNG that Matplotlib
+    wrote): tltf never replaces a file it did not write (a ConfigError names it).
+    """
     path = Path(path)
+    check_file_replaceable(path, is_matplotlib_png, "figure (a PNG)")
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return path
