@@ -32,7 +32,6 @@ import sys
 from collections.abc import Sequence
 
 from tltf import datasets, runs
-from tltf._io import check_file_replaceable, is_matplotlib_png
 from tltf._version import __version__
 from tltf.bases.base import is_model_file, load_base, read_base_record
 from tltf.bases.registry import (
@@ -56,9 +55,9 @@ from tltf.data import load_data
 from tltf.demo import run_demo
 from tltf.errors import ConfigError, DataError, ModelError, TltfError, suggest
 from tltf.evaluation import (
+    check_predictions_path,
+    check_report_path,
     evaluate,
-    is_predictions_file,
-    is_report_file,
     predict,
     write_predictions,
 )
@@ -66,7 +65,8 @@ from tltf.export import export_model
 from tltf.layers import PREPROCESSING_MODES
 from tltf.model import load_model
 from tltf.pretrain import DEMO_BASE, pretrain, store_dir, stored_bases
-from tltf.ranking import is_ranking_table, rank_bases
+from tltf.ranking import check_table_path, rank_bases
+from tltf.reports import check_figure_path
 from tltf.runs import (
     BEST_MODEL,
     CONFIG_FILE,
@@ -1103,16 +1103,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     _source_first(args, "data", "labelled data")  # `tltf evaluate RUN photos/`
     if args.out:  # refused before the model is read, and before anything is written
-        check_file_replaceable(
-            Path(args.out).expanduser() / "report.json",
-            is_report_file,
-            "evaluation report",
-        )
-        check_file_replaceable(
-            Path(args.out).expanduser() / "confusion.png",
-            is_matplotlib_png,
-            "figure (a PNG)",
-        )
+        check_report_path(Path(args.out).expanduser() / "report.json")
+        check_figure_path(Path(args.out).expanduser() / "confusion.png")
     model, run_dir = _load_cli_model(args.model, compile=False)
     data, names = _labelled_data(args, model, run_dir)
     report = evaluate(model, data, class_names=names, top_k=args.top_k)
@@ -1134,7 +1126,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     if args.output:  # refused before the model is read
-        check_file_replaceable(args.output, is_predictions_file, "predictions file")
+        check_predictions_path(os.path.expanduser(args.output))
     model, _ = _load_cli_model(args.model, compile=False)
     names = class_names_of(model)
     rows = []
@@ -1525,13 +1517,9 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
     modes = _rank_preprocessing(args.preprocessing, args.bases)  # before any data
     if args.out:  # refused before any base is read
-        check_file_replaceable(
-            Path(args.out).expanduser(), is_ranking_table, "ranking table"
-        )
+        check_table_path(Path(args.out).expanduser())
     if args.plot:
-        check_file_replaceable(
-            Path(args.plot).expanduser(), is_matplotlib_png, "figure (a PNG)"
-        )
+        check_figure_path(Path(args.plot).expanduser())
     source, split = parse_source(args.data)
     kwargs = {"split": split or "train"} if source.startswith("tfds:") else {}
     if split is not None and not source.startswith("tfds:"):

@@ -515,7 +515,19 @@ _SINGULAR = {"labels": "label", "scores": "score", "values": "value"}
 _PREDICTION_COLUMN = re.compile(r"(file|index|predicted|(label|score|value)_\d+)")
 
 
-def is_predictions_file(path: Path) -> bool:
+def check_predictions_path(path: str | os.PathLike) -> None:
+    """Raises (a ConfigError) unless predictions may be written at `path`: a new
+    path, or a predictions file that tltf wrote (`write_predictions`)."""
+    check_file_replaceable(path, _is_predictions_file, "predictions file")
+
+
+def check_report_path(path: str | os.PathLike) -> None:
+    """Raises (a ConfigError) unless a report may be written at `path`: a new
+    path, or an evaluation report that tltf wrote (`EvaluationReport.to_json`)."""
+    check_file_replaceable(path, _is_report_file, "evaluation report")
+
+
+def _is_predictions_file(path: Path) -> bool:
     """A CSV or JSON file of predictions as `write_predictions` writes them."""
     if path.suffix.lower() == ".json":
         rows = read_json(path)
@@ -531,7 +543,7 @@ def is_predictions_file(path: Path) -> bool:
     )
 
 
-def is_report_file(path: Path) -> bool:
+def _is_report_file(path: Path) -> bool:
     """An evaluation report as `EvaluationReport.to_json` writes it."""
     report = read_json(path)
     return isinstance(report, dict) and {"task", "num_examples", "per_class"} <= set(
@@ -548,10 +560,15 @@ def write_predictions(rows: Sequence[dict], path: str | os.PathLike) -> Path:
 
     Args:
         rows: list of dict. The output of `predict`.
-        path: str or PathLike. A `.csv` or `.json` file.
+        path: str or PathLike. A `.csv` or `.json` file. An existing file is
+            replaced only if it holds predictions as this function writes them.
 
     Returns:
         The path written.
+
+    Raises:
+        ConfigError: Another suffix, or a file at `path` that tltf did not write
+            (tltf never replaces it).
 
     Example:
 
@@ -565,7 +582,7 @@ def write_predictions(rows: Sequence[dict], path: str | os.PathLike) -> Path:
             "Expected a predictions path ending in .csv or .json. Received: "
             f"path={str(path)!r}"
         )
-    check_file_replaceable(path, is_predictions_file, "predictions file")
+    check_predictions_path(path)
     if suffix == ".json":
         return atomic_write_json(path, list(rows))
     columns: list[str] = []
@@ -679,7 +696,7 @@ class EvaluationReport:
         An existing file is replaced only if it is such a report: tltf never
         replaces a file it did not write (a ConfigError names it).
         """
-        check_file_replaceable(path, is_report_file, "evaluation report")
+        check_report_path(path)
         return atomic_write_json(path, self.to_dict())
 
     def plot_confusion(

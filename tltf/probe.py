@@ -160,7 +160,11 @@ class ProbeResult:
         return dataclasses.asdict(self)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        """Writes the table as CSV (atomically) and returns the path."""
+        """Writes the table as CSV (atomically) and returns the path.
+
+        An existing file is replaced only if it is such a table: tltf never
+        replaces a file it did not write (a ConfigError names it).
+        """
         columns = [c.replace("accuracy", self.metric) for c in COLUMNS]
         check_file_replaceable(
             path, lambda old: csv_header(old)[:1] == [COLUMNS[0]], "probe table"

@@ -141,8 +141,12 @@ class RankResult:
         return dataclasses.asdict(self)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        """Writes the table as CSV (atomically) and returns the path."""
-        check_file_replaceable(path, is_ranking_table, "ranking table")
+        """Writes the table as CSV (atomically) and returns the path.
+
+        An existing file is replaced only if it is such a table: tltf never
+        replaces a file it did not write (a ConfigError names it).
+        """
+        check_table_path(path)
         return atomic_write_csv(path, self.table, COLUMNS)
 
     def __str__(self) -> str:
@@ -785,9 +789,12 @@ def _add_ranks(rows: list[dict]) -> None:
             )
 
 
-def is_ranking_table(path: Path) -> bool:
-    """A CSV file as `RankResult.to_csv` writes it (its first column)."""
-    return csv_header(path)[:1] == [COLUMNS[0]]
+def check_table_path(path: str | os.PathLike) -> None:
+    """Raises (a ConfigError) unless a ranking table may be written at `path`: a
+    new path, or a CSV file that `RankResult.to_csv` wrote (its first column)."""
+    check_file_replaceable(
+        path, lambda old: csv_header(old)[:1] == [COLUMNS[0]], "ranking table"
+    )
 
 
 def _agreement(rows: list[dict]) -> dict:

@@ -84,6 +84,12 @@ def best_epoch(logs: dict, monitor: str, mode: str = "auto") -> int | None:
     return int(np.argmin(masked) if mode == "min" else np.argmax(masked)) + 1
 
 
+def check_figure_path(path: str | os.PathLike) -> None:
+    """Raises (a ConfigError) unless a figure may be written at `path`: a new
+    path, or a figure (a PNG that Matplotlib wrote, as every figure of tltf's)."""
+    check_file_replaceable(path, is_matplotlib_png, "figure (a PNG)")
+
+
 def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Writes a figure as PNG atomically (temporary file, then `os.replace`).
 
@@ -91,7 +97,7 @@ def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 110) -> Path
     wrote): tltf never replaces a file it did not write (a ConfigError names it).
     """
     path = Path(path)
-    check_file_replaceable(path, is_matplotlib_png, "figure (a PNG)")
+    check_figure_path(path)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return path
