@@ -348,6 +348,10 @@ def test_model_fit_habits_get_the_fine_tune_spelling():
     error = raises(errors.DataError, tltf.fine_tune, model, x, y)
     check_error(error, errors.DataError, "(20, 16, 16, 3)", "without labels")
     check_error(error, errors.DataError, "(images, labels)")
+    # The learning-rate finder and the probe read their data as fine_tune does.
+    for function in (tltf.find_lr, tltf.probe_blocks):
+        error = raises(errors.DataError, function, model, x)
+        check_error(error, errors.DataError, "(20, 16, 16, 3)", "without labels")
     for keywords, words in (
         ({"x": x, "y": y}, ("x=", "fine_tune(model, (x, y))")),
         (

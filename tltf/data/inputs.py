@@ -110,9 +110,21 @@ def as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str
         return data.prefetch(tf.data.AUTOTUNE)
     if is_arrays(data):
         return array_batches(data, what, batch_size, shuffle, seed)
-    raise DataError(
+    raise not_data_error(data, what)
+
+
+def not_data_error(data, what: str) -> DataError:
+    """The error for `data` that is neither a tf.data.Dataset nor a tuple of
+    arrays; an array alone (images without their labels) says so."""
+    alone = ""
+    if isinstance(data, np.ndarray):
+        alone = (
+            f" of shape {data.shape}, without labels. Pass the images and "
+            "their labels together, as one tuple: (images, labels)"
+        )
+    return DataError(
         f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
-        f"{ARRAYS} of arrays. Received: {type(data).__name__}"
+        f"{ARRAYS} of arrays. Received: {type(data).__name__}{alone}"
     )
 
 
@@ -408,16 +420,7 @@ def peek(data, what: str) -> tuple[np.ndarray | None, np.ndarray]:
     """
     if not isinstance(data, tf.data.Dataset):
         if not is_arrays(data):
-            alone = ""
-            if isinstance(data, np.ndarray):
-                alone = (
-                    f" of shape {data.shape}, without labels. Pass the images and "
-                    f"their labels together, as one tuple: (images, labels)"
-                )
-            raise DataError(
-                f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
-                f"{ARRAYS} of arrays. Received: {type(data).__name__}{alone}"
-            )
+            raise not_data_error(data, what)
         try:
             images = np.asarray(data[0])
         except ValueError:  # images of different shapes
