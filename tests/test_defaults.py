@@ -80,7 +80,7 @@ def test_auto_stage1_stops_once_the_loss_has_converged():
         model,
         (x, y),
         head_epochs="auto",
-        head_steps=20000,
+        head_steps=4000,
         fine_tune_epochs=1,
         unfreeze=1,
         head_init="random",
@@ -89,7 +89,7 @@ def test_auto_stage1_stops_once_the_loss_has_converged():
     )
     stages = history.history["stage"]
     head = stages.count(1)
-    # 20,000 steps would be 20 epochs of 1,000; it stopped well before.
+    # 4,000 steps would be 20 epochs of 200; it stopped before (13 epochs).
     assert 3 <= head < 20, history.history["loss"]
     assert stages == [1] * head + [2]
     assert converged(history.history["loss"][:head], 0.01)
