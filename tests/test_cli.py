@@ -117,6 +117,16 @@ def test_help_has_examples(command, capsys):
     assert "examples:" in out and f"tltf {command}" in out
 
 
+def test_tltf_alone_lists_the_commands(capsys):
+    """`tltf` with no command shows what it can do (the help), not only argparse's
+    "the following arguments are required"; the status is a usage error's."""
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    for command in ("bases", "train", "tune", "evaluate", "predict", "export"):
+        assert f"    {command} " in out, command
+    assert "tltf <command> --help" in out
+
+
 @pytest.mark.slow
 def test_bases_shows_one_entry(capsys):
     assert main(["bases", "EfficientNetB0"]) == 0

@@ -1702,6 +1702,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     0
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # `tltf` alone: what it can do, as `git` shows it
+        parser.print_help()
+        return EXIT_ERROR
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version, or a usage error (status 2).
