@@ -293,4 +293,7 @@ def test_a_keras_tuner_search_takes_kerass_x_y_form(tmp_path):
     with pytest.raises(ConfigError) as info:
         tune(make_tiny_base(), x, y, directory=tmp_path, project_name="x", verbose=0)
     check_error(info.value, ConfigError, "tltf.tune(base, (x, y), (x_val, y_val))")
+    with pytest.raises(ConfigError) as info:  # not "Did you mean validation_steps"
+        tune(make_tiny_base(), (x, y), validation_split=0.2, directory=tmp_path)
+    check_error(info.value, ConfigError, "validation_split=", "load_data")
     assert not (tmp_path / "x").exists()

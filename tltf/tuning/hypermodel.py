@@ -824,7 +824,7 @@ def split_data_args(args, kwargs, caller: str = "tuner.search"):
             "validation_split= is not taken: every trial is compared on the same "
             "validation data, which tltf does not split off by itself. Split the "
             "data first, e.g. data = tltf.load_data((x, y), image_size="
-            "x.shape[1:3], validation_split=0.2, seed=0), and search on data (a "
+            "x.shape[1:3], validation_split=0.2, seed=0), and pass data (a "
             "DataBundle brings its validation split); or pass "
             "validation_data=(x_val, y_val)."
         )

@@ -189,6 +189,14 @@ def tune(
     from keras_tuner.src.distribute import utils as dist_utils
 
     # Fail before any tuner or folder exists.
+    split_data_args(
+        (train,),
+        {
+            "validation_data": validation_data,
+            **{k: v for k, v in kwargs.items() if k == "validation_split"},
+        },
+        "tltf.tune",
+    )
     check_keywords(
         kwargs,
         (*named_arguments(tune), *SEARCH_OPTIONS, *HYPERMODEL_ARGUMENTS),
@@ -198,7 +206,6 @@ def tune(
         f"model.fit arguments {', '.join(FIT_ARGUMENTS)}.",
     )
     options = {k: kwargs.pop(k, v) for k, v in SEARCH_OPTIONS.items()}
-    split_data_args((train,), {"validation_data": validation_data}, "tltf.tune")
     hypermodel, kt_tuner = None, None
     if isinstance(tuner, kt.Tuner):
         kt_tuner = tuner
