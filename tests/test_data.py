@@ -223,6 +223,26 @@ def test_arrays_channels_become_rgb(shape):
         np.testing.assert_array_equal(images[..., 0], images[..., 2])
 
 
+def test_arrays_and_fixed_size_datasets_keep_their_own_size(folder):
+    """image_size=None is the images' own size for arrays and for a dataset whose
+    images have a fixed size; sources whose sizes are only known once read (an
+    image folder, images of several sizes) name image_size and how to give it."""
+    x = np.random.default_rng(0).integers(0, 256, (12, 8, 6, 3), dtype=np.uint8)
+    y = np.arange(12) % 3
+    for source in (
+        (x, y),
+        tf.data.Dataset.from_tensor_slices((x, y)),
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(5),
+    ):
+        data = tdata.load_data(source, validation_split=0.25, shuffle=False)
+        assert data.image_size == (8, 6)
+        assert data.num_train == 9 and data.num_validation == 3
+    ragged = ([x[0], x[1], x[2][:4]], y[:3])
+    for source in (folder, ragged):
+        with pytest.raises(ConfigError, match=r"needs image_size .*input_shape\[1:3\]"):
+            tdata.load_data(source)
+
+
 @pytest.mark.slow
 def test_tf_data_inputs_batched_unbatched_and_one_hot():
     x = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)

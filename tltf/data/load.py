@@ -8,6 +8,7 @@ from numbers import Real
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from tltf._checks import (
     check_choice,
@@ -49,10 +50,41 @@ def _check_fraction(value) -> float | None:
     return float(value)
 
 
+def _own_size(source) -> tuple[int, int]:
+    """The images' own (height, width): `load_data`'s `image_size=None`."""
+    shape = None
+    if isinstance(source, tf.data.Dataset):
+        spec = source.element_spec
+        spec = spec[0] if isinstance(spec, (tuple, list)) and spec else spec
+        dims = list(getattr(spec, "shape", []) or [])
+        shape = dims[-3:-1] if len(dims) >= 3 else None
+    elif isinstance(source, (tuple, list)) and len(source) in (2, 3):
+        images = getattr(source[0], "shape", None)
+        if images is None:
+            try:
+                images = np.asarray(source[0]).shape
+            except ValueError:  # images of different sizes
+                images = None
+        dims = list(images or [])
+        shape = dims[1:3] if len(dims) >= 3 else None
+    if shape and all(isinstance(d, int) and d > 0 for d in shape):
+        return int(shape[0]), int(shape[1])
+    kind = source_kind(source)
+    why = (
+        "its images are not all one size"
+        if kind == "arrays"
+        else "the size of its images is not known before they are read"
+    )
+    raise ConfigError(
+        f"load_data needs image_size for {_KIND_NAMES.get(kind, kind)}: {why}. Pass image_size=224, say, or the model's "
+        "own, image_size=model.input_shape[1:3]."
+    )
+
+
 def load_data(
     source,
     *,
-    image_size: tuple[int, int] | int,
+    image_size: tuple[int, int] | int | None = None,
     batch_size: int = 32,
     split: str | None = None,
     validation_split: float | None = None,
@@ -93,7 +125,10 @@ def load_data(
             (read once up front to check and count its labels; with
             validation_split it must yield its elements in the same order on
             every pass).
-        image_size: int or (height, width). The size of every output image.
+        image_size: int, (height, width) or None. The size of every output
+            image. Defaults to None: the images' own size, for arrays and for a
+            tf.data.Dataset whose images have a fixed size; an image folder, a
+            .npz file and TFDS need it (a ConfigError says so).
         batch_size: int. Examples per batch. Defaults to 32.
         split: str or None. The TFDS split of the training data, e.g. "train" or
             "train[:80%]". Defaults to None ("train").
@@ -155,6 +190,8 @@ def load_data(
     )
     cache = options.get("cache", EXTRA_OPTIONS["cache"])
     data_dir = options.get("data_dir", EXTRA_OPTIONS["data_dir"])
+    if image_size is None:
+        image_size = _own_size(source)
     opts = ImageOptions(
         size=check_image_size(image_size),
         batch_size=check_positive_int(batch_size, "batch_size"),

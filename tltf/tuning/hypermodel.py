@@ -823,8 +823,8 @@ def split_data_args(args, kwargs, caller: str = "tuner.search"):
         raise SearchArgumentError(
             "validation_split= is not taken: every trial is compared on the same "
             "validation data, which tltf does not split off by itself. Split the "
-            "data first, e.g. data = tltf.load_data((x, y), image_size="
-            "x.shape[1:3], validation_split=0.2, seed=0), and pass data (a "
+            "data first, e.g. data = tltf.load_data((x, y), "
+            "validation_split=0.2, seed=0), and pass data (a "
             "DataBundle brings its validation split); or pass "
             "validation_data=(x_val, y_val)."
         )
@@ -876,8 +876,8 @@ def split_data_args(args, kwargs, caller: str = "tuner.search"):
         raise SearchArgumentError(
             "Tuning needs validation data: trials are compared on it. Pass "
             "validation_data, or split the training data first, e.g. data = "
-            "tltf.load_data((images, labels), image_size=images.shape[1:3], "
-            "validation_split=0.2, seed=0), and pass data: a DataBundle brings "
+            "tltf.load_data((images, labels), validation_split=0.2, seed=0), "
+            "and pass data: a DataBundle brings "
             "its validation split."
         )
     return train, validation
