@@ -125,6 +125,16 @@ def sweep_tmp_files(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _not_replaceable(path: Path, what: str) -> ConfigError:
+    """The error for a path that holds something of the user's."""
+    kind = "folder" if path.is_dir() else "file"
+    return ConfigError(
+        f"Expected {str(path)!r} to be a new path or a {what} that tltf wrote. "
+        f"Received: an existing {kind} that tltf did not write; tltf never replaces "
+        f"it. Choose another path, or move {str(path)!r} away first."
+    )
+
+
 def check_replaceable(
     path: str | os.PathLike,
     marker: str | None = None,
@@ -157,12 +167,7 @@ def check_replaceable(
         or (recognise is not None and recognise(path))
     ):
         return
-    kind = "folder" if path.is_dir() else "file"
-    raise ConfigError(
-        f"Expected {str(path)!r} to be a new path or a {what} that tltf wrote. "
-        f"Received: an existing {kind} that tltf did not write; tltf never replaces "
-        f"it. Choose another path, or move {str(path)!r} away first."
-    )
+    raise _not_replaceable(path, what)
 
 
 def check_file_replaceable(
@@ -189,12 +194,7 @@ def check_file_replaceable(
         return
     if path.is_file() and recognise(path):
         return
-    kind = "folder" if path.is_dir() else "file"
-    raise ConfigError(
-        f"Expected {str(path)!r} to be a new path or a {what} that tltf wrote. "
-        f"Received: an existing {kind} that tltf did not write; tltf never replaces "
-        f"it. Choose another path, or move {str(path)!r} away first."
-    )
+    raise _not_replaceable(path, what)
 
 
 def _head(path: Path, size: int = 65536) -> bytes:

@@ -76,8 +76,9 @@ def _own_size(source) -> tuple[int, int]:
         else "the size of its images is not known before they are read"
     )
     raise ConfigError(
-        f"load_data needs image_size for {_KIND_NAMES.get(kind, kind)}: {why}. Pass image_size=224, say, or the model's "
-        "own, image_size=model.input_shape[1:3]."
+        f"load_data needs image_size for {_KIND_NAMES.get(kind, kind)}: {why}. "
+        "Pass image_size=224, say, or the model's own, "
+        "image_size=model.input_shape[1:3]."
     )
 
 
