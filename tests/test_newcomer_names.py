@@ -106,7 +106,7 @@ def test_offline_imagenet_error_offers_demo_and_the_cli_flag(tmp_path, monkeypat
         info.value,
         errors.WeightsError,
         "weights=None",
-        "--weights none",
+        "--weights none` in tltf train and tune",  # tltf rank has no --weights
         "--base demo",
         'build_model("demo"',
     )

@@ -63,7 +63,7 @@ def offline_first(weights_dir: Path | None, what: str) -> Iterator[None]:
                 f"offline, download that URL elsewhere and place the file at "
                 f"{place}/{name}, or pass `weights_dir=` / set ${WEIGHTS_DIR_ENV} to "
                 "the folder holding it. For random weights, pass weights=None "
-                f"(`--weights none` on the command line). {OFFLINE_BASE_HINT}"
+                f"(`--weights none` in tltf train and tune). {OFFLINE_BASE_HINT}"
             ) from None
 
     file_utils.get_file = get_file
