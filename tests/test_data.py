@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.helpers import mock_tf_flowers
+from tests.helpers import IMAGE_CLASSES, make_image_folder, mock_tf_flowers
 from tltf import data as tdata
 from tltf.errors import ConfigError, DataError
 
@@ -221,6 +221,23 @@ def test_arrays_channels_become_rgb(shape):
     assert images.shape == (4, 6, 5, 3) and labels.tolist() == [0, 1, 0, 1]
     if len(shape) == 3 or shape[-1] == 1:
         np.testing.assert_array_equal(images[..., 0], images[..., 2])
+
+
+def test_a_keras_image_dataset_brings_its_class_names(tmp_path):
+    """keras.utils.image_dataset_from_directory names its classes on the dataset
+    (`ds.class_names`): load_data keeps them, so a report says "red", not "2".
+    Names that do not fit the labels, or a dataset mapped since (which drops the
+    attribute), give none."""
+    import keras
+
+    make_image_folder(tmp_path / "images", per_class=2)
+    ds = keras.utils.image_dataset_from_directory(
+        tmp_path / "images", image_size=(20, 20), shuffle=False, verbose=False
+    )
+    assert tdata.load_data(ds).class_names == list(IMAGE_CLASSES)
+    assert tdata.load_data(ds.map(lambda x, y: (x, y))).class_names is None
+    ds.class_names = ["one name"]
+    assert tdata.load_data(ds).class_names is None
 
 
 def test_arrays_and_fixed_size_datasets_keep_their_own_size(folder):

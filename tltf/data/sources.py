@@ -414,6 +414,8 @@ def _folder_source(
 
 
 def _dataset_source(ds: tf.data.Dataset, opts: ImageOptions, num_classes, what: str):
+    # Keras's image_dataset_from_directory names its classes on the dataset.
+    names = getattr(ds, "class_names", None)
     rank, label_spec = check_dataset_spec(ds, f"the {what} dataset")
     batched = rank == 4
     unknown_channels = rank > 2 and ds.element_spec[0].shape[-1] is None
@@ -460,11 +462,17 @@ def _dataset_source(ds: tf.data.Dataset, opts: ImageOptions, num_classes, what: 
         chosen = ds.enumerate().filter(lambda i, _: mask[i]).map(lambda _, e: e)
         return chosen.apply(tf.data.experimental.assert_cardinality(len(indices)))
 
+    named = (
+        isinstance(names, (list, tuple))
+        and len(names) == num_classes
+        and all(isinstance(name, str) for name in names)
+    )
     return Source(
         make=make,
         prepare=lambda x, y: (prepare_image(x, opts, uint8), clean_label(y)),
         labels=labels,
         num_classes=num_classes,
+        class_names=list(names) if named else None,
         uint8=uint8,
         bytes_per_raw=opts.size[0] * opts.size[1] * 3 * 4,
         size=n,
