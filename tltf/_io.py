@@ -215,6 +215,12 @@ def csv_header(path: Path) -> list[str]:
         return []
 
 
+def csv_table(first_column: str) -> Callable[[Path], bool]:
+    """Recognises a CSV table tltf writes by its first column (`block`,
+    `candidate`): the `recognise` of `check_file_replaceable` for it."""
+    return lambda path: csv_header(path)[:1] == [first_column]
+
+
 def read_json(path: Path) -> Any:
     """A JSON file's content, or None when it is not JSON."""
     try:

@@ -68,7 +68,7 @@ from tltf.data.images import (
     prepare_image,
     to_gray,
 )
-from tltf.data.inputs import pipeline_error_text, pipeline_errors
+from tltf.data.inputs import is_array, pipeline_error_text, pipeline_errors
 from tltf.data.sources import scan_image_files, skipped_files_text
 from tltf.errors import ConfigError, DataError, ModelError, suggest
 from tltf.info import model_info
@@ -1009,7 +1009,7 @@ def evaluate(
     """
 
     if y is not None:  # Keras's form: evaluate(model, x, y)
-        if not (hasattr(data, "shape") and hasattr(data, "dtype")):
+        if not is_array(data):
             raise ConfigError(
                 f"evaluate() got labels (y) with data that is not an array of "
                 f"images: {type(data).__name__}. Pass evaluate(model, x, y) with "

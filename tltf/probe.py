@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf._checks import take_renamed
-from tltf._io import atomic_write_csv, check_file_replaceable, csv_header
+from tltf._io import atomic_write_csv, check_file_replaceable, csv_table
 from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.cut import block_outputs, resolve_block
 from tltf.cache import inference_function
@@ -166,9 +166,7 @@ class ProbeResult:
         replaces a file it did not write (a ConfigError names it).
         """
         columns = [c.replace("accuracy", self.metric) for c in COLUMNS]
-        check_file_replaceable(
-            path, lambda old: csv_header(old)[:1] == [COLUMNS[0]], "probe table"
-        )
+        check_file_replaceable(path, csv_table(COLUMNS[0]), "probe table")
         return atomic_write_csv(path, self.table, columns)
 
     def __str__(self) -> str:

@@ -64,7 +64,7 @@ import numpy as np
 import tensorflow as tf
 
 from tltf._checks import check_choice, check_positive_int
-from tltf._io import atomic_write_csv, check_file_replaceable, csv_header
+from tltf._io import atomic_write_csv, check_file_replaceable, csv_table
 from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.data import DataBundle
@@ -792,9 +792,7 @@ def _add_ranks(rows: list[dict]) -> None:
 def check_table_path(path: str | os.PathLike) -> None:
     """Raises (a ConfigError) unless a ranking table may be written at `path`: a
     new path, or a CSV file that `RankResult.to_csv` wrote (its first column)."""
-    check_file_replaceable(
-        path, lambda old: csv_header(old)[:1] == [COLUMNS[0]], "ranking table"
-    )
+    check_file_replaceable(path, csv_table(COLUMNS[0]), "ranking table")
 
 
 def _agreement(rows: list[dict]) -> dict:

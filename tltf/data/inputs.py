@@ -100,6 +100,15 @@ def is_arrays(data) -> bool:
     return isinstance(data, (tuple, list)) and len(data) in (2, 3)
 
 
+def is_array(value) -> bool:
+    """Whether `value` is one array (NumPy, a tensor), as Keras's `x` or `y`."""
+    return (
+        not isinstance(value, (tuple, list, dict, tf.data.Dataset))
+        and hasattr(value, "shape")
+        and hasattr(value, "dtype")
+    )
+
+
 def as_dataset(data, batch_size: int, shuffle: bool, seed: int | None, what: str):
     """Turns `(images, labels[, sample_weights])` arrays or a tf.data.Dataset
     into batches."""

@@ -19,6 +19,7 @@ from tltf._checks import (
 )
 from tltf.data.bundle import DataBundle
 from tltf.data.images import RESIZE_POLICIES, ImageOptions
+from tltf.data.inputs import is_arrays, pair_spec
 from tltf.data.labels import TASKS, label_counts, split_indices, validation_coverage
 from tltf.data.pipeline import pipeline, pipelines
 from tltf.data.sources import read_source, source_kind
@@ -54,11 +55,9 @@ def _own_size(source) -> tuple[int, int]:
     """The images' own (height, width): `load_data`'s `image_size=None`."""
     shape = None
     if isinstance(source, tf.data.Dataset):
-        spec = source.element_spec
-        spec = spec[0] if isinstance(spec, (tuple, list)) and spec else spec
-        dims = list(getattr(spec, "shape", []) or [])
+        dims = list(pair_spec(source, "the dataset")[0].shape)
         shape = dims[-3:-1] if len(dims) >= 3 else None
-    elif isinstance(source, (tuple, list)) and len(source) in (2, 3):
+    elif is_arrays(source):
         images = getattr(source[0], "shape", None)
         if images is None:
             try:

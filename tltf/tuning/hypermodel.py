@@ -34,7 +34,7 @@ from tltf._io import atomic_write_json
 from tltf.bases.base import Base, load_base
 from tltf.cache import Continuation, FrozenSplit, fit_part
 from tltf.data import DataBundle
-from tltf.data.inputs import as_dataset, check_labels, train_batches
+from tltf.data.inputs import as_dataset, check_labels, is_array, train_batches
 from tltf.errors import ConfigError, DataError, TltfError
 from tltf.freezing import resolve_unfreeze, unfreeze_kwargs
 from tltf.heads import HeadConfig
@@ -795,15 +795,6 @@ class SearchArgumentError(ConfigError, kt.errors.FatalValueError):
     """
 
 
-def _is_array(value) -> bool:
-    """An array of images or labels (NumPy, a tensor), not a tuple of them."""
-    return (
-        not isinstance(value, (tuple, list, dict, tf.data.Dataset, DataBundle))
-        and hasattr(value, "shape")
-        and hasattr(value, "dtype")
-    )
-
-
 def split_data_args(args, kwargs, caller: str = "tuner.search"):
     """(train, validation) from the arguments of `tuner.search`.
 
@@ -839,14 +830,14 @@ def split_data_args(args, kwargs, caller: str = "tuner.search"):
             "with train as (images, labels), or tuner.search(x, y, "
             "validation_data=...)."
         )
-    if _is_array(args[0]) and caller == "tltf.tune":
+    if is_array(args[0]) and caller == "tltf.tune":
         raise SearchArgumentError(
             f"Received images (an array of shape {tuple(args[0].shape)}) as the "
             "training data. Pass the images and their labels as one argument: "
             "tltf.tune(base, (x, y), (x_val, y_val))."
         )
-    if _is_array(args[0]):  # Keras's form: search(x, y, ...)
-        if len(args) < 2 or not _is_array(args[1]):
+    if is_array(args[0]):  # Keras's form: search(x, y, ...)
+        if len(args) < 2 or not is_array(args[1]):
             raise SearchArgumentError(
                 f"Received images (an array of shape {tuple(args[0].shape)}) "
                 "without their labels. Pass the training data as one argument, "
