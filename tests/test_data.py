@@ -168,6 +168,40 @@ def test_folder_validation_folder(folder, tmp_path):
         tdata.load_data(folder, image_size=8, validation=val)
 
 
+def test_folder_class_names_label_subfolders_by_name(folder, tmp_path):
+    """class_names= labels a folder by name: a test folder with some classes."""
+    test = tmp_path / "test"
+    (test / "dogs").mkdir(parents=True)
+    Image.fromarray(_rgb(8, 8, 9)).save(test / "dogs" / "z.png")
+    data = tdata.load_data(test, image_size=8, class_names=["ants", "cats", "dogs"])
+    assert data.class_names == ["ants", "cats", "dogs"] and data.num_classes == 3
+    assert _all(data.train)[1].tolist() == [2]  # "dogs" is class 2, not 0
+    with pytest.raises(DataError, match=r"\['dogs'\].*not among the classes"):
+        tdata.load_data(test, image_size=8, class_names=["ants", "cats"])
+
+
+def test_class_names_name_arrays_and_must_match_a_sources_own(tmp_path):
+    x = np.zeros((4, 8, 8, 3), np.uint8)
+    data = tdata.load_data((x, np.array([0, 1, 0, 1])), class_names=["a", "b", "c"])
+    assert data.class_names == ["a", "b", "c"] and data.num_classes == 3
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x, y=np.array([0, 1, 0, 1]), class_names=np.array(["a", "b"]))
+    assert tdata.load_data(path, image_size=8, class_names=["a", "b"]).num_classes
+    with pytest.raises(DataError, match=r"classes \['a', 'b'\].*would not line up"):
+        tdata.load_data(path, image_size=8, class_names=["b", "a"])
+    for bad, message in (
+        ("ab", "list of str"),
+        (["a", "a"], "twice"),
+        (["a", ""], "non-empty"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            tdata.load_data((x, np.array([0, 1, 0, 1])), class_names=bad)
+    with pytest.raises(ConfigError, match="2 names but num_classes=3"):
+        tdata.load_data(
+            (x, np.array([0, 1, 0, 1])), class_names=["a", "b"], num_classes=3
+        )
+
+
 @pytest.mark.parametrize(
     "layout, message",
     [

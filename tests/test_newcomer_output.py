@@ -24,7 +24,7 @@ from tests.helpers import check_error, folder_snapshot, make_data, make_tiny_bas
 from tltf import errors
 from tltf.cli import main
 from tltf.evaluation import evaluate
-from tltf.runs import set_class_names
+from tltf.info import set_class_names
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

@@ -62,6 +62,7 @@ from tltf.evaluation import (
     write_predictions,
 )
 from tltf.export import export_model
+from tltf.info import class_names_of
 from tltf.layers import PREPROCESSING_MODES
 from tltf.model import load_model
 from tltf.pretrain import DEMO_BASE, pretrain, store_dir, stored_bases
@@ -72,7 +73,6 @@ from tltf.runs import (
     CONFIG_FILE,
     LAST_MODEL,
     RunFolder,
-    class_names_of,
     default_image_size,
     default_run_dir,
     find_run,
@@ -1068,16 +1068,9 @@ def _labelled_data(args, model, run_dir):
             f"--split {split!r} selects a TFDS split, but --data {args.data!r} is not "
             "tfds:NAME."
         )
-    folder = Path(source).expanduser()
-    if names and folder.is_dir():
-        subfolders = sorted(
-            d.name
-            for d in folder.iterdir()
-            if d.is_dir() and not d.name.startswith(".")
-        )
-        if subfolders == list(names):
-            # The model's classes: a test class folder without images is kept.
-            kwargs["num_classes"] = len(names)
+    if names and Path(source).expanduser().is_dir():
+        # Subfolders labelled by the model's classes: a test folder may hold some.
+        kwargs["class_names"] = names
     data = load_data(
         source,
         image_size=size,

@@ -28,7 +28,7 @@ Example:
 >>> report = evaluate(model, data)            # a DataBundle: its validation set
 >>> report.print()
 >>> report.plot_confusion("confusion.png")
->>> rows = predict(model, "new_photos/", class_names=data.class_names, top_k=3)
+>>> rows = predict(model, "new_photos/", top_k=3)  # the classes fine_tune recorded
 >>> write_predictions(rows, "predictions.csv")
 
 Why about 950 lines: evaluation and prediction share the reading of images and
@@ -69,9 +69,9 @@ from tltf.data.images import (
     to_gray,
 )
 from tltf.data.inputs import is_array, pipeline_error_text, pipeline_errors
-from tltf.data.sources import scan_image_files, skipped_files_text
+from tltf.data.sources import scan_image_files, skipped_files_text, source_kind
 from tltf.errors import ConfigError, DataError, ModelError, suggest
-from tltf.info import model_info
+from tltf.info import class_names_of, model_info
 from tltf.probe import sigmoid
 from tltf.reports import confusion_matrix, plot_confusion_matrix
 from tltf.saving import as_model
@@ -184,6 +184,17 @@ def _class_names(names, task: str, units: int, source_names=None) -> list[str]:
             f"({units} output unit{'s' if units != 1 else ''}). Received "
             f"{len(names)}: {names[:_MAX_LISTED]}."
         )
+    return names
+
+
+def _recorded_names(model: keras.Model, task: str, units: int) -> list[str] | None:
+    """The class names the model was trained on (see `set_class_names`), or None.
+
+    None too when they do not fit the output (a `task=` override).
+    """
+    names = class_names_of(model)
+    if names is None or len(names) != _num_classes(task, units):
+        return None
     return names
 
 
@@ -460,7 +471,8 @@ def predict(
             files are skipped and listed); or a `.npz` file with `x` (or
             `images`) and optionally `class_names`.
         class_names: list of str or None. Names of the classes, in label order.
-            Defaults to None: the `.npz` file's `class_names`, else "0", "1", ...
+            Defaults to None: the names the model was trained on (recorded by
+            `fine_tune`), else the `.npz` file's `class_names`, else "0", "1", ...
         top_k: int. How many classes per row. Defaults to 5.
         batch_size: int. Images per model call. Defaults to 32.
         task: str or None. Overrides the task ("multiclass", "binary",
@@ -489,7 +501,9 @@ def predict(
     ds, ids, key, source_names = _image_source(inputs, size, resize)
     if _takes_gray(model):
         ds = ds.map(to_gray)
-    names = _class_names(class_names, task, units, source_names)
+    names = _class_names(
+        class_names, task, units, _recorded_names(model, task, units) or source_names
+    )
     raw = model.predict(ds.batch(batch_size), verbose=0)
     scores = _scores(raw, task, logits)
     rows: list[dict[str, Any]] = []
@@ -982,7 +996,11 @@ def evaluate(
             `evaluate(model, x, y)`, the same as `evaluate(model, (x, y))`.
             Defaults to None.
         class_names: list of str or None. Class names in label order. Defaults
-            to None: the data's class names, else "0", "1", ...
+            to None: the names the model was trained on (recorded by
+            `fine_tune`), else the data's, else "0", "1", ... When the model
+            records its classes, a folder's subfolders are labelled by them (a
+            test folder may hold some of the classes), and data whose own class
+            names differ is a DataError.
         top_k: int. The k of top-k accuracy, reported only for multiclass
             models with more than `top_k` classes (with k classes or fewer it is
             always 1). Defaults to 5.
@@ -1021,6 +1039,7 @@ def evaluate(
     top_k = _check_top_k(top_k)
     task, logits, units = _model_task(model, task)
     size = _input_size(model, None)
+    trained_on = _recorded_names(model, task, units)
     if isinstance(data, DataBundle):
         ds = data.validation if data.validation is not None else data.train
         source_names = data.class_names
@@ -1039,12 +1058,24 @@ def evaluate(
             task=task,
             # The model's classes: a test class folder without images is kept.
             num_classes=_num_classes(task, units),
+            # A folder's subfolders are labelled by the model's class names: a
+            # test folder may hold some of the classes.
+            class_names=(
+                trained_on if trained_on and source_kind(data) == "folder" else None
+            ),
             shuffle=False,
             cache=False,
             resize=resize,
         )
         ds, source_names = bundle.train, bundle.class_names
-    names = _class_names(class_names, task, units, source_names)
+    if trained_on and source_names and list(source_names) != trained_on:
+        raise DataError(
+            f"The data has the classes {list(source_names)}, but the model was "
+            f"trained on {trained_on}, so the labels would not line up. Give the "
+            "data the model's classes in the same order (load_data(..., "
+            "class_names=tltf.model_info(model).class_names))."
+        )
+    names = _class_names(class_names, task, units, trained_on or source_names)
     labels, outputs = [], []
     gray = _takes_gray(model)
     for images, y in ds:

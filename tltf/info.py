@@ -1,5 +1,9 @@
 """What tltf knows about a model it built: `ModelInfo`, `model_info`, `model_base`.
 
+It also records the class names a model was trained on (`set_class_names`), so
+that `predict` and `evaluate` name the classes and line up a test folder's
+subfolders with them, in the session that trained it and after `.keras` loads.
+
 The metadata lives in the model's `Preprocessing` layer, so this reads a freshly
 built model and one loaded from `.keras` alike. It sits low in the package:
 freezing, caching, the LR finder and the schedule all read a model through it.
@@ -13,7 +17,7 @@ import keras
 
 from tltf.bases.base import Base
 from tltf.bases.blockmaps import BlockMap
-from tltf.errors import ModelError
+from tltf.errors import DataError, ModelError
 from tltf.layers import Preprocessing
 
 
@@ -42,7 +46,8 @@ class ModelInfo:
             block the head reads (`HeadConfig.pool_from`), the top block's last.
         block_map: BlockMap. The base's blocks, bottom to top.
         head_layers: tuple of keras layers. The layers after the base.
-        metadata: dict. The raw metadata (base name, task, head config).
+        metadata: dict. The raw metadata (base name, task, head config, and the
+            class names once `fine_tune` or `set_class_names` recorded them).
     """
 
     base: keras.Model
@@ -59,6 +64,18 @@ class ModelInfo:
     def logits(self) -> bool:
         """Whether the model outputs logits."""
         return bool(self.metadata.get("head", {}).get("logits", False))
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names the model was trained on, in label order, or None.
+
+        `fine_tune` records them from data with names (an image folder, a
+        `DataBundle`, a `.npz` file's `class_names`, a dataset from
+        `keras.utils.image_dataset_from_directory`); they are saved with the
+        model.
+        """
+        names = self.metadata.get("class_names")
+        return [str(n) for n in names] if names else None
 
 
 def model_info(model: keras.Model) -> ModelInfo:
@@ -100,6 +117,54 @@ def model_info(model: keras.Model) -> ModelInfo:
         and not isinstance(layer, keras.layers.InputLayer)
     )
     return ModelInfo(base, BlockMap.from_config(meta["blocks"]), head, meta)
+
+
+# -- class names ---------------------------------------------------------------
+def set_class_names(model: keras.Model, names) -> None:
+    """Records class names in the model's tltf metadata (saved with it).
+
+    None records nothing.
+    """
+    if names is None:
+        return
+    model_info(model).metadata["class_names"] = [str(n) for n in names]
+
+
+def record_class_names(model: keras.Model, names) -> None:
+    """Records the training data's class names, when there is one per output.
+
+    `fine_tune` calls it with its data's names: a DataBundle's, or a dataset's
+    that carries them (Keras's `image_dataset_from_directory`). None, and names
+    that do not fit the outputs (or a regression), record nothing.
+
+    Raises:
+        DataError: The model already records other names. Its outputs mean
+            those classes, and the new labels would not line up.
+    """
+    info = model_info(model)
+    if not names or info.task == "regression":
+        return
+    names = [str(n) for n in names]
+    outputs = 2 if info.task == "binary" else info.metadata["num_outputs"]
+    if len(names) != outputs:
+        return
+    if info.class_names is not None and info.class_names != names:
+        raise DataError(
+            f"The model was trained on the classes {info.class_names}, but the "
+            f"training data has the classes {names}, so the labels would not line "
+            "up. Give the data the model's classes in the same order "
+            "(load_data(..., class_names=tltf.model_info(model).class_names)), or "
+            "build a new model for the new classes."
+        )
+    info.metadata["class_names"] = names
+
+
+def class_names_of(model: keras.Model) -> list[str] | None:
+    """The class names recorded in a model, or None (also for a model not tltf's)."""
+    try:
+        return model_info(model).class_names
+    except ModelError:
+        return None
 
 
 # -- fine_tune -----------------------------------------------------------------

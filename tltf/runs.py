@@ -82,6 +82,7 @@ from tltf.data import load_data
 from tltf.errors import ConfigError, DataError, DiskFullError, ModelError, TltfError
 from tltf.evaluation import evaluate
 from tltf.freezing import trainable_blocks
+from tltf.info import set_class_names
 from tltf.locks import LockFile
 from tltf.model import build_model, load_model, model_info
 from tltf.reports import base_label, plot_history
@@ -98,7 +99,6 @@ __all__ = [
     "SUMMARY_FILE",
     "HistoryCSV",
     "RunFolder",
-    "class_names_of",
     "default_run_dir",
     "find_run",
     "is_run_folder",
@@ -107,7 +107,6 @@ __all__ = [
     "plot_run_history",
     "read_history",
     "resolve_base",
-    "set_class_names",
     "still_improving_hint",
     "run_training",
     "run_tuning",
@@ -496,29 +495,6 @@ def _in_use_message(folder: Path, holder: dict) -> str:
         f"to finish, or choose another --out. If no such process is running, "
         f"delete {str(lock)!r}."
     )
-
-
-# -- class names in the model ---------------------------------------------------------
-def set_class_names(model: keras.Model, names: Sequence[str] | None) -> None:
-    """Records class names in the model's tltf metadata (saved with it)."""
-    if names is None:
-        return
-    info = model_info(model)
-    layer = next(
-        layer
-        for layer in model.layers
-        if getattr(layer, "metadata", None) is info.metadata
-    )
-    layer.metadata["class_names"] = [str(n) for n in names]
-
-
-def class_names_of(model: keras.Model) -> list[str] | None:
-    """The class names recorded by `set_class_names`, or None."""
-    try:
-        names = model_info(model).metadata.get("class_names")
-    except Exception:  # not a tltf model
-        return None
-    return list(names) if names else None
 
 
 # -- history -------------------------------------------------------------------------------

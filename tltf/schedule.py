@@ -72,7 +72,13 @@ from tltf.guard import (
     holdout_rows,
 )
 from tltf.heads import PIXEL_GROUP_RATIO, pixel_columns, set_pixel_scale
-from tltf.info import ModelInfo, default_loss_and_metrics, model_base, model_info
+from tltf.info import (
+    ModelInfo,
+    default_loss_and_metrics,
+    model_base,
+    model_info,
+    record_class_names,
+)
 from tltf.layers import Standardization
 from tltf.lr_finder import find_stage_lr
 from tltf.optimizers import (
@@ -609,6 +615,7 @@ def fine_tune(
     )
     train_ds, feature_source, val_ds = prepared.train, prepared.features, prepared.val
     _check_label_kind(loss_to_check, info, prepared.one_hot)
+    record_class_names(model, getattr(train, "class_names", None))
     if settings.wise == "auto" and val_ds is None and holdout is None:
         raise ConfigError(
             "wise='auto' picks the mix on validation data or on the guard's "

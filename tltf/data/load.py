@@ -4,6 +4,8 @@ splits off validation, and returns the `DataBundle` of their pipelines.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from numbers import Real
 from typing import Any
 
@@ -51,6 +53,48 @@ def _check_fraction(value) -> float | None:
     return float(value)
 
 
+def _check_class_names(names, num_classes: int | None) -> list[str]:
+    """`class_names=` as a list of distinct, non-empty strings."""
+    if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
+        raise ConfigError(
+            "Expected class_names as a list of str, one per class in label order. "
+            f"Received: class_names={names!r}."
+        )
+    names = list(names)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(
+            "Expected class_names as a non-empty list of non-empty str. Received: "
+            f"class_names={names!r}."
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"class_names names a class twice: {repeated}. Give each class once."
+        )
+    if num_classes is not None and num_classes != len(names):
+        raise ConfigError(
+            f"class_names has {len(names)} names but num_classes={num_classes}. "
+            "Give one name per class, or leave num_classes out."
+        )
+    return names
+
+
+def _check_same_names(own, names: list[str], source) -> None:
+    """A source's own class names must be `class_names=` (else labels mislead)."""
+    if own is not None and list(own) != names:
+        raise DataError(
+            f"{_shown(source)} has the classes {list(own)}, but class_names= gives "
+            f"{names}. The labels would not line up: give the data the same "
+            "classes in the same order, or leave class_names out."
+        )
+
+
+def _shown(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"The data {os.fspath(source)!r}"
+    return "The data"
+
+
 def _own_size(source) -> tuple[int, int]:
     """The images' own (height, width): `load_data`'s `image_size=None`."""
     shape = None
@@ -92,6 +136,7 @@ def load_data(
     seed: int | None = 0,
     task: str = "multiclass",
     num_classes: int | None = None,
+    class_names=None,
     resize: str = "stretch",
     shuffle: bool = True,
     strict: bool = False,
@@ -149,6 +194,14 @@ def load_data(
         num_classes: int or None. Number of classes; labels must lie in
             [0, num_classes). Defaults to None: the number of class names, or the
             largest label + 1.
+        class_names: list of str or None. The classes, in label order, e.g. a
+            trained model's (`tltf.model_info(model).class_names`). An image
+            folder's subfolders are then labelled by name: a subfolder not
+            among them is a DataError, and a class without a subfolder is kept,
+            empty (a test folder with some of the classes). Other sources are
+            named by it; one whose own class names differ is a DataError.
+            Defaults to None: the source's own names (sorted subfolder names,
+            a .npz file's `class_names`, TFDS's label names).
         resize: str. "stretch" (resize, ignoring the aspect ratio), "crop"
             (central crop to the target aspect ratio, then resize) or "pad" (resize
             keeping the aspect ratio, then pad with black). Defaults to "stretch".
@@ -209,6 +262,9 @@ def load_data(
         )
     if num_classes is not None:
         check_positive_int(num_classes, "num_classes")
+    if class_names is not None:
+        class_names = _check_class_names(class_names, num_classes)
+        num_classes = len(class_names)
     kind = source_kind(source)
     if kind != "tfds" and validation is not None:
         source_kind(validation)  # a missing path fails before the training data
@@ -218,10 +274,19 @@ def load_data(
             f"split={split!r}. Use validation_split= or validation= instead."
         )
     if kind == "tfds":
-        return load_tfds(
+        bundle = load_tfds(
             source, split, fraction, validation, opts, num_classes, data_dir
         )
-    train, val_arrays = read_source(source, kind, opts, num_classes, "train", strict)
+        if class_names is None:
+            return bundle
+        _check_same_names(bundle.class_names, class_names, source)
+        return dataclasses.replace(bundle, class_names=class_names)
+    train, val_arrays = read_source(
+        source, kind, opts, num_classes, "train", strict, class_names
+    )
+    if class_names is not None:
+        _check_same_names(train.class_names, class_names, source)
+        train.class_names = class_names
     train_idx = val_idx = None
     val_source = None
     if fraction is not None:

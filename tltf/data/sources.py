@@ -159,10 +159,16 @@ def _list_folder(root: Path, what: str, class_names: list[str] | None):
     else:
         unknown = [d for d in subdirs if d not in class_names]
         if unknown:
+            if what == "validation":
+                raise DataError(
+                    f"validation folder {str(root)!r} has class subfolders "
+                    f"{unknown} that are not among the training classes "
+                    f"{class_names}. Use the same class subfolders in both folders."
+                )
             raise DataError(
-                f"{what} folder {str(root)!r} has class subfolders {unknown} that "
-                f"are not among the training classes {class_names}. Use the same "
-                "class subfolders in both folders."
+                f"Folder {str(root)!r} has class subfolders {unknown} that are not "
+                f"among the classes {class_names}, so they have no label. Rename or "
+                "remove them."
             )
     paths, labels, others = [], [], []
     for index, name in enumerate(class_names):
