@@ -274,22 +274,28 @@ def test_a_keras_image_dataset_brings_its_class_names(tmp_path):
     assert tdata.load_data(ds).class_names is None
 
 
-def test_arrays_and_fixed_size_datasets_keep_their_own_size(folder):
-    """image_size=None is the images' own size for arrays and for a dataset whose
-    images have a fixed size; sources whose sizes are only known once read (an
-    image folder, images of several sizes) name image_size and how to give it."""
+def test_arrays_and_fixed_size_datasets_keep_their_own_size(folder, tmp_path):
+    """image_size=None is the images' own size for arrays, a .npz file (read from
+    its header) and a dataset whose images have a fixed size; sources whose sizes
+    are only known once read (an image folder, images of several sizes) name
+    image_size and how to give it."""
     x = np.random.default_rng(0).integers(0, 256, (12, 8, 6, 3), dtype=np.uint8)
     y = np.arange(12) % 3
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    np.savez_compressed(tmp_path / "named.npz", images=x, labels=y)
     for source in (
         (x, y),
         tf.data.Dataset.from_tensor_slices((x, y)),
         tf.data.Dataset.from_tensor_slices((x, y)).batch(5),
+        tmp_path / "xy.npz",
+        str(tmp_path / "named.npz"),
     ):
         data = tdata.load_data(source, validation_split=0.25, shuffle=False)
         assert data.image_size == (8, 6)
         assert data.num_train == 9 and data.num_validation == 3
     ragged = ([x[0], x[1], x[2][:4]], y[:3])
-    for source in (folder, ragged):
+    (tmp_path / "notes.npz").write_text("not a zip")
+    for source in (folder, ragged, tmp_path / "notes.npz"):
         with pytest.raises(ConfigError, match=r"needs image_size .*input_shape\[1:3\]"):
             tdata.load_data(source)
 

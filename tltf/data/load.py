@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +97,31 @@ def _shown(source) -> str:
     return "The data"
 
 
+def _npz_image_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape of a .npz file's images, from the array's header alone.
+
+    None when the file is not a readable .npz of `x` or `images` (reading it
+    then says what is wrong).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            member = next(
+                (f"{k}.npy" for k in ("x", "images") if f"{k}.npy" in names), None
+            )
+            if member is None:
+                return None
+            with archive.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, _ = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, _ = np.lib.format.read_array_header_2_0(f)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    return tuple(shape)
+
+
 def _own_size(source) -> tuple[int, int]:
     """The images' own (height, width): `load_data`'s `image_size=None`."""
     shape = None
@@ -110,14 +137,17 @@ def _own_size(source) -> tuple[int, int]:
                 images = None
         dims = list(images or [])
         shape = dims[1:3] if len(dims) >= 3 else None
+    elif isinstance(source, (str, os.PathLike)) and source_kind(source) == "npz":
+        dims = _npz_image_shape(Path(os.fspath(source)).expanduser())
+        shape = dims[1:3] if dims and len(dims) >= 3 else None
     if shape and all(isinstance(d, int) and d > 0 for d in shape):
         return int(shape[0]), int(shape[1])
     kind = source_kind(source)
-    why = (
-        "its images are not all one size"
-        if kind == "arrays"
-        else "the size of its images is not known before they are read"
-    )
+    why = {
+        "arrays": "its images are not all one size",
+        "npz": "it has no array x or images to read the size from (save it with "
+        "np.savez(path, x=images, y=labels))",
+    }.get(kind, "the size of its images is not known before they are read")
     raise ConfigError(
         f"load_data needs image_size for {_KIND_NAMES.get(kind, kind)}: {why}. "
         "Pass image_size=224, say, or the model's own, "
@@ -171,9 +201,9 @@ def load_data(
             validation_split it must yield its elements in the same order on
             every pass).
         image_size: int, (height, width) or None. The size of every output
-            image. Defaults to None: the images' own size, for arrays and for a
-            tf.data.Dataset whose images have a fixed size; an image folder, a
-            .npz file and TFDS need it (a ConfigError says so).
+            image. Defaults to None: the images' own size, for arrays, a .npz
+            file and a tf.data.Dataset whose images have a fixed size; an image
+            folder and TFDS need it (a ConfigError says so).
         batch_size: int. Examples per batch. Defaults to 32.
         split: str or None. The TFDS split of the training data, e.g. "train" or
             "train[:80%]". Defaults to None ("train").
