@@ -8,7 +8,13 @@ import pytest
 import tensorflow as tf
 
 import tltf
-from tests.helpers import Recorder, make_tiny_model
+from tests.helpers import (
+    Recorder,
+    block_variables,
+    changed_keys,
+    make_tiny_model,
+    weights_snapshot,
+)
 from tltf.cache import FeatureCache, FrozenSplit, feature_model, head_model
 
 
@@ -48,10 +54,36 @@ def test_frozen_splits_compose_to_the_model_and_share_its_layers(data):
     )
     with pytest.raises(ValueError, match="nothing frozen"):
         FrozenSplit(model, len(tltf.model_info(model).block_map))
-    with pytest.raises(ValueError, match="several blocks"):
-        FrozenSplit(_model(), 1)
-    with pytest.raises(ValueError, match="raw pixels"):
-        FrozenSplit(make_tiny_model(head={"pool_from": "top"}), 1)
+
+
+@pytest.mark.parametrize(
+    "head, frozen_at_k1",
+    [
+        ({}, 4),  # the 3 lower blocks' pooled features, the pixels
+        ({"pixels": 0}, 3),
+        ({"pool_from": "top"}, 1),  # the pixels alone
+        ({"pooling": "avgmax"}, 7),  # an average and a max of each lower block
+    ],
+    ids=["every-block-and-pixels", "every-block", "top-and-pixels", "avgmax"],
+)
+def test_splits_of_heads_that_read_the_frozen_blocks_compose_to_the_model(
+    data, head, frozen_at_k1
+):
+    """A head that reads several blocks or the raw pixels is cut at its pooling:
+    the frozen part also gives the pooled features the top blocks cannot change."""
+    model = make_tiny_model(head={"dropout": 0.0, **head})
+    x = data[0][:5]
+    for k in (1, 2, 3):
+        split = FrozenSplit(model, k)
+        features = split.features(x, 2)
+        assert isinstance(features, tuple) and len(features) == len(split.shapes) > 1
+        assert [f.shape[1:] for f in features] == list(split.shapes)
+        assert split.shapes[0] == split.cut_shape
+        np.testing.assert_array_equal(split.trainable(list(features)), model(x))
+        mine = {id(w) for w in model.weights}
+        assert {id(w) for w in split.trainable.weights} <= mine
+    # Each block's pooled features sit on one side of the cut.
+    assert len(FrozenSplit(model, 1).shapes) == 1 + frozen_at_k1
 
 
 @pytest.mark.slow
@@ -178,3 +210,93 @@ def test_automatic_stage_one_stops_when_the_validation_loss_stops_falling():
     # A resumed run that already had the best epoch stops at the same point.
     resumed = StageOneEnd(20, tolerance=0.01, losses=train[:2], val_losses=val[:2])
     assert run(resumed, train[2:], val[2:]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["no-guard", "validation", "held-out-slice"])
+def test_stage_two_on_the_frozen_blocks_output_is_stage_two_on_full_passes(
+    data, setting, monkeypatch, capsys
+):
+    """Stage 2 after a cached stage 1 computes the frozen blocks once. It trains
+    the same weights, in the same batches, as full passes would, with the
+    default head (every block, the raw pixels, dropout), and leaves the frozen
+    blocks (their BatchNorm statistics included) bitwise as they were."""
+    x, y = data
+    if setting == "held-out-slice":
+        # Labels the colours do not give: stage 1 misses some held-out images,
+        # so the guard does not skip stage 2.
+        y = np.random.default_rng(1).permutation(y)
+    kwargs = {"head_epochs": 2, "fine_tune_epochs": 3, "unfreeze": 2, "seed": 3}
+    if setting == "no-guard":
+        kwargs["keep_best"] = False
+    validation = (x[:16], y[:16]) if setting == "validation" else None
+    runs = []
+    for cached in (True, False):
+        if not cached:
+            monkeypatch.setattr(tltf.schedule, "_stage_two_split", lambda run: None)
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()
+        info = tltf.model_info(model)
+        before = weights_snapshot(info.base)
+        history = tltf.fine_tune(model, (x, y), validation, verbose=1, **kwargs)
+        printed = capsys.readouterr().out
+        assert ("the 2 frozen blocks below run once" in printed) == cached
+        changed = changed_keys(before, weights_snapshot(info.base))
+        frozen = block_variables(info, "block1", before) | block_variables(
+            info, "block2", before
+        )
+        assert frozen and not changed & frozen  # BN moving statistics included
+        if setting != "held-out-slice":  # (there the guard may restore stage 1)
+            assert changed & block_variables(info, "block4", before)
+        runs.append((model, history.history))
+    (model, cached_logs), (plain, plain_logs) = runs
+    assert cached_logs["stage"] == plain_logs["stage"] == [1, 1, 2, 2, 2]
+    for key in plain_logs:
+        np.testing.assert_allclose(cached_logs[key], plain_logs[key], rtol=1e-5)
+    for a, b in zip(model.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"gradual_every": 1}, {"lr_decay": 0.5}, {"regularize": "l2sp"}, "memory"],
+    ids=["gradual", "lr-decay", "l2sp", "over-the-memory-limit"],
+)
+def test_stage_two_runs_full_passes_where_its_cache_would_not_hold(
+    data, setting, monkeypatch, capsys
+):
+    """What changes over stage 2, or hooks beyond the trained layers, keeps full
+    passes; so do features over the memory limit."""
+    import tltf.cache
+
+    if setting == "memory":
+        monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", 1000)
+        setting = {}
+    tltf.fine_tune(
+        make_tiny_model(),
+        data,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        unfreeze=2,
+        keep_best=False,
+        verbose=1,
+        **setting,
+    )
+    printed = capsys.readouterr().out
+    assert "tltf: stage 2 from epoch 2" in printed
+    assert "run once" not in printed
+
+
+def test_the_shipped_bases_splits_compose_to_the_model():
+    """MobileNetV3's activations are layers its block map does not list: which
+    of the base's outputs lie above the cut is read from the graph."""
+    x, _ = tltf.datasets.make_images("shapes_target", per_class=1, image_size=64)
+    model = tltf.build_model("demo", 12)
+    expected = model.predict(x, verbose=0)
+    for k in (1, 5, 12):
+        split = FrozenSplit(model, k)
+        features = split.features(x, 8)
+        assert len(features) == len(split.shapes) > 1
+        np.testing.assert_allclose(
+            split.trainable(list(features)), expected, rtol=1e-4, atol=1e-6
+        )

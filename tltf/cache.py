@@ -168,9 +168,17 @@ class FrozenSplit:
 
     `extractor` maps images to the frozen part's output and `trainable` maps that
     output to the predictions; both share the model's layers, so training
-    `trainable` trains the model. Three things train this way: the stage-1
-    feature cache (`fine_tune`, k=0), the LR finder's head sweep (k=0) and the
-    tuner's stage 2 on the blocks below the unfrozen ones (k>0).
+    `trainable` trains the model. Four things train this way: the stage-1
+    feature cache (`fine_tune`, k=0), the LR finder's head sweep (k=0), and
+    stage 2 on the blocks below the unfrozen ones (k>0: `fine_tune` and the
+    tuner).
+
+    With k > 0 and a head that reads several blocks (`HeadConfig.pool_from`) or
+    the raw pixels (`HeadConfig.pixels`), the frozen part has several outputs:
+    the cut (the input of the top `k` blocks), then the head's pooled features
+    of every block below the cut and its raw-pixel group, which stage 2 cannot
+    change. `trainable` then takes them all, in that order (`cut_shape` is the
+    first's shape, `shapes` all of them).
 
     Args:
         model: keras.Model. A model from `build_model`.
@@ -179,8 +187,9 @@ class FrozenSplit:
 
     Raises:
         ValueError: when the base cannot be cut there: no frozen block left, a
-            head that reads several blocks or the raw pixels, a block with
-            several outputs, or layers that lie on neither side of the cut.
+            block with several outputs, or layers that lie on neither side of
+            the cut (a top block that reads a tensor from below the cut other
+            than the cut itself).
     """
 
     def __init__(self, model: keras.Model, k: int = 0):
@@ -189,20 +198,24 @@ class FrozenSplit:
         if k == 0:
             self.extractor, self.trainable = feature_model(model), head_model(model)
             self.cut_shape = tuple(cut_tensor(model).shape[1:])
+            self.shapes = (self.cut_shape,)
             return
         info = model_info(model)
         base, block_map = info.base, info.block_map
         if not 0 < k < len(block_map):
             raise ValueError("nothing frozen to cache")
-        if len(base.outputs) != 1:
-            raise ValueError("a head that reads several blocks (HeadConfig.pool_from)")
-        if pixel_columns(model) is not None:
-            raise ValueError("a head that reads the raw pixels (HeadConfig.pixels)")
         last = block_map[len(block_map) - k - 1].layers[-1]
         cut = base.get_layer(last).output
         if isinstance(cut, (list, tuple)):
             raise ValueError("a block with several outputs")
-        rest_of_base = keras.Model(cut, base.outputs[0], name=f"{base.name}_top{k}")
+        # The base's outputs that the top blocks compute: those the cut does not
+        # depend on (the others, the cut's own among them, are frozen).
+        below = _upstream(cut)
+        live = [i for i, t in enumerate(base.outputs) if id(t) not in below]
+        tops = [base.outputs[i] for i in live]
+        rest_of_base = keras.Model(
+            cut, tops[0] if len(tops) == 1 else tops, name=f"{base.name}_top{k}"
+        )
         bottom = keras.Model(base.inputs[0], cut, name=f"{base.name}_bottom{k}")
         # Every layer of the base must be on exactly one side of the cut.
         names = {layer.name for layer in base.layers}
@@ -213,15 +226,55 @@ class FrozenSplit:
             raise ValueError("layers outside both parts")
         images = keras.Input(model.input_shape[1:], name="image")
         pre = model.get_layer("preprocessing")
-        self.extractor = keras.Model(images, bottom(pre(images)), name="frozen_part")
         self.cut_shape = tuple(cut.shape[1:])
         features = keras.Input(self.cut_shape, name="frozen_features")
-        # The head after the base, as a model on the base's output (shared layers).
-        base_out = base._inbound_nodes[0].output_tensors[0]
-        head = keras.Model(base_out, model.outputs[0], name="head_part")
-        self.trainable = keras.Model(
-            features, head(rest_of_base(features)), name="trainable_part"
-        )
+        base_outs = list(base._inbound_nodes[0].output_tensors)
+        if len(base_outs) == 1 and pixel_columns(model) is None:
+            # The head after the base, as a model on the base's output.
+            head = keras.Model(base_outs[0], model.outputs[0], name="head_part")
+            self.extractor = keras.Model(
+                images, bottom(pre(images)), name="frozen_part"
+            )
+            self.trainable = keras.Model(
+                features, head(rest_of_base(features)), name="trainable_part"
+            )
+            self.shapes = (self.cut_shape,)
+            return
+        # The head reads several blocks or the pixels: it is cut at its pooling,
+        # into the pooled features the top blocks change and those they do not.
+        pooled = list(model.get_layer("head_pool").input)
+        live_outs = {id(base_outs[i]) for i in live}
+        sources = [_source(t, base_outs) for t in pooled]
+        frozen = [
+            t
+            for t, src in zip(pooled, sources, strict=True)
+            if id(src) not in live_outs
+        ]
+        outputs = [bottom(pre(images))]
+        if frozen:
+            constant = keras.Model(model.inputs[0], frozen, name="frozen_pooled")
+            outputs += list(constant(images))
+        inputs = [features] + [
+            keras.Input(tuple(t.shape[1:]), name=f"frozen_pooled_{i}")
+            for i, t in enumerate(frozen)
+        ]
+        if len(inputs) == 1:
+            outputs, inputs = outputs[0], inputs[0]
+        self.extractor = keras.Model(images, outputs, name="frozen_part")
+        maps = rest_of_base(features)
+        maps = maps if isinstance(maps, (list, tuple)) else [maps]
+        by_output = dict(zip((id(base_outs[i]) for i in live), maps, strict=True))
+        constants = iter(inputs[1:] if frozen else [])
+        pieces = []
+        for t, src in zip(pooled, sources, strict=True):
+            if id(src) in live_outs:
+                pool = keras.Model(src, t, name=f"pool_{len(pieces)}")
+                pieces.append(pool(by_output[id(src)]))
+            else:
+                pieces.append(next(constants))
+        after = keras.Model(pooled, model.outputs[0], name="head_part")
+        self.trainable = keras.Model(inputs, after(pieces), name="trainable_part")
+        self.shapes = tuple(tuple(t.shape[1:]) for t in [cut, *frozen])
 
     def extract(self):
         """A compiled function from image batches to the frozen part's output.
@@ -234,16 +287,57 @@ class FrozenSplit:
             self._extract = inference_function(self.extractor)
         return self._extract
 
-    def features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-        """The frozen part's output for an array of images, in order."""
+    def features(self, images: np.ndarray, batch_size: int):
+        """The frozen part's output for an array of images, in order: one array,
+        or a tuple of them when the frozen part has several outputs."""
         extract = self.extract()
         dtype = extract.input_signature[0].dtype
-        return np.concatenate(
-            [
-                extract(tf.cast(images[i : i + batch_size], dtype)).numpy()
-                for i in range(0, len(images), batch_size)
-            ]
+        parts = [
+            extract(tf.cast(images[i : i + batch_size], dtype))
+            for i in range(0, len(images), batch_size)
+        ]
+        if len(self.shapes) == 1:
+            return np.concatenate([p.numpy() for p in parts])
+        return tuple(
+            np.concatenate([p[j].numpy() for p in parts])
+            for j in range(len(self.shapes))
         )
+
+    def bytes_per_image(self) -> int:
+        """Bytes of cached float32 features per image."""
+        return 4 * sum(math.prod(shape) for shape in self.shapes)
+
+
+def _upstream(tensor, stop=()) -> dict:
+    """The symbolic tensors `tensor` is computed from, itself included, by id;
+    the walk does not go past the tensors in `stop`."""
+    stop = {id(t) for t in stop}
+    found, stack = {}, [tensor]
+    while stack:
+        t = stack.pop()
+        if id(t) in found:
+            continue
+        found[id(t)] = t
+        history = getattr(t, "_keras_history", None)
+        if id(t) in stop or history is None or history[0] is None:
+            continue
+        op, node_index, _ = history
+        stack.extend(op._inbound_nodes[node_index].input_tensors)
+    return found
+
+
+def _source(tensor, outputs: list):
+    """Which of `outputs` (tensors of the model's graph) `tensor` is computed
+    from, or None (the raw-pixel group: from the images alone).
+
+    Raises:
+        ValueError: `tensor` reads several of them.
+    """
+    reached = _upstream(tensor, stop=outputs)
+    found = [t for t in outputs if id(t) in reached]
+    if len(found) > 1:
+        raise ValueError("a pooled feature that reads several blocks")
+    return found[0] if found else None
 
 
 def fit_part(
@@ -313,25 +407,35 @@ class FeatureCache:
         # sample weights still come from the batches.
         known = labels is not None and len(labels)
         dtype = extractor.input_signature[0].dtype
-        rest, features, self.batch_sizes = [], [], []
+        rest, batches, self.batch_sizes = [], [], []
         for images, *others in dataset:
-            features.append(extractor(tf.cast(images, dtype)).numpy())
-            self.batch_sizes.append(len(features[-1]))
+            out = extractor(tf.cast(images, dtype))
+            out = out if isinstance(out, (list, tuple)) else [out]
+            batches.append([o.numpy() for o in out])
+            self.batch_sizes.append(len(batches[-1][0]))
             rest.append([np.asarray(o) for o in others[1 if known else 0 :]])
         if known:  # one part of all the labels (and of all the weights)
             weights = [np.concatenate(parts) for parts in zip(*rest, strict=True)]
             rest = [[np.asarray(labels), *weights]]
         self.seconds = time.perf_counter() - start
-        if not features:
+        if not batches:
             raise DataError("The dataset is empty: no batch to compute features from.")
-        nbytes = sum(f.nbytes for f in features)
-        self.path: Path | None = None
-        if nbytes > MEMORY_LIMIT_BYTES:
-            self.features, self.path = _to_disk(features, directory)
-        else:
-            self.features = np.concatenate(features)
+        self.paths: list[Path] = []
+        columns = []
+        for parts in zip(*batches, strict=True):  # one column per extractor output
+            if sum(f.nbytes for f in parts) > MEMORY_LIMIT_BYTES:
+                column, path = _to_disk(list(parts), directory)
+                self.paths.append(path)
+            else:
+                column = np.concatenate(parts)
+            columns.append(column)
+        #: The features: one array, or a tuple of arrays for an extractor with
+        #: several outputs (a `FrozenSplit` of k > 0 whose head reads the
+        #: frozen blocks too).
+        self.features = columns[0] if len(columns) == 1 else tuple(columns)
+        self.columns = columns
         self.others = [np.concatenate(parts) for parts in zip(*rest, strict=True)]
-        self.count = len(self.features)
+        self.count = len(columns[0])
 
     def dataset(self, batch_size: int, shuffle: bool, seed: int | None = None):
         """The cached features as batches of (features, label[, sample_weight])."""
@@ -353,7 +457,8 @@ class FeatureCache:
         order = np.concatenate(
             [rng.permutation(self.count) for _ in range(-(-need // self.count))]
         )[start * batch_size : need]
-        columns = (self.features, *self.others)
+        columns = (*self.columns, *self.others)
+        width = len(self.columns)
 
         def gather(index):
             return tuple(c[index] for c in columns)
@@ -364,16 +469,17 @@ class FeatureCache:
             )
             for tensor, column in zip(out, columns, strict=True):
                 tensor.set_shape((None, *column.shape[1:]))
-            return tuple(out)
+            features = out[0] if width == 1 else tuple(out[:width])
+            return (features, *out[width:])
 
         ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(rows)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def close(self) -> None:
         """Deletes the on-disk features, if any."""
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-            self.path = None
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+        self.paths = []
 
 
 #: The smallest fall of a cross-entropy loss (nats per example) over one

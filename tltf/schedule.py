@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf import cache as tltf_cache
 from tltf import data as tltf_data
 from tltf import guard as tltf_guard
 from tltf._checks import check_positive_int
@@ -118,6 +119,7 @@ from tltf.settings import (
 )
 from tltf.stages import (
     StageProgbarLogger,
+    StageTag,
     check_loss,
     raise_on_divergence,
     stage_progbar,
@@ -338,7 +340,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
         check_loss(self.model, self.stage, self._epoch, batch, logs)
 
     # -- transitions ---------------------------------------------------------
-    def _enter(self, stage: int, blocks: list[str], epoch: int) -> None:
+    def _enter(self, stage: int, blocks: list[str], epoch: int, extra="") -> None:
         model, info = self.model, self._info
         if stage == 1:
             apply_trainable(info, [], "frozen")
@@ -350,7 +352,7 @@ class FineTuneSchedule(keras.callbacks.Callback):
         model.make_train_function(force=True)
         self.stage, self.unfrozen = stage, list(blocks)
         if self.verbose:
-            self._print_summary(epoch)
+            self._print_summary(epoch, extra)
 
     def _install_stage2_optimizer(self) -> None:
         """Builds a fresh stage-2 optimizer on every variable stage 2 will train."""
@@ -2592,7 +2594,13 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
     continuation.epochs = total
     for callback in backup:
         callback.cached_epochs = schedule.unfreeze_at_epoch
-    if fine_tune_epochs and not model.stop_training:
+    split = (
+        _stage_two_split(run) if fine_tune_epochs and not model.stop_training else None
+    )
+    if split is not None:
+        continuation.last = True
+        _fit_stage_two_cached(run, split, continuation, backup, start, total)
+    elif fine_tune_epochs and not model.stop_training:
         continuation.last = True
         if resume is not None:
             resume.skip_passes(train_ds, resume.train_passes)
@@ -2614,6 +2622,126 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
         history.history["stage"] = [int(s) for s in history.history["stage"]]
     model.history = history
     return resume.merge(history) if resume is not None else history
+
+
+def _stage_two_split(run: _Run) -> FrozenSplit | None:
+    """The split for stage 2 on the frozen blocks' output, computed once, or None.
+
+    Stage 2 trains the top blocks and the head; the blocks below them are
+    frozen, and their BatchNorm layers, not trainable, run on their moving
+    statistics under every `bn` policy. Their output (and the head's pooled
+    features of them, and its raw-pixel group) is the same every epoch, so a
+    stage 2 after a cached stage 1 computes it once. Full passes remain for
+    what changes over stage 2 (gradual unfreezing) or hooks into the optimizer
+    or the loss beyond the trained layers (`lr_decay`, Auto-RGN, L2-SP), for a
+    model whose unfrozen blocks reach its bottom, a base that cannot be cut
+    (`FrozenSplit`), and features over `MEMORY_LIMIT_BYTES`.
+    """
+    schedule = run.schedule
+    schedule.set_model(run.model)  # resolves what stage 2 unfreezes
+    if (
+        schedule.gradual_every
+        or schedule.lr_decay not in (None, 1)
+        or schedule.lr_policy != "uniform"
+        or schedule.regularize is not None
+        or not schedule._target
+    ):
+        return None
+    info = model_info(run.model)
+    n = len(info.block_map)
+    k = n - info.block_map.position(schedule._target[0])
+    if not 0 < k < n:
+        return None
+    try:
+        split = FrozenSplit(run.model, k)
+    except (ValueError, KeyError, IndexError, AttributeError):
+        return None  # a base whose blocks do not chain through one tensor
+    batches = [int(run.prepared.train.cardinality())]
+    if run.val is not None:
+        batches.append(int(run.val.cardinality()))
+    if min(batches) < 0:
+        return None  # a length still unknown: not read to count it
+    batch = _batch_size(run.prepared.train)
+    if split.bytes_per_image() * sum(batches) * batch > tltf_cache.MEMORY_LIMIT_BYTES:
+        return None
+    return split
+
+
+def _batch_size(ds: tf.data.Dataset) -> int:
+    """A batched dataset's batch size (an upper bound for its last batch)."""
+    first = ds.element_spec[0]
+    first = tf.nest.flatten(first)[0]
+    size = first.shape[0]
+    return int(size) if size is not None else 32
+
+
+def _fit_stage_two_cached(run, split, continuation, backup, start, total) -> None:
+    """Stage 2 on `split`'s frozen part, computed once (`_stage_two_split`).
+
+    The schedule installs the stage-2 optimizer and trainability on the full
+    model, as at any stage change; the fit runs on the trainable part (the
+    same layers and variables), on the training data in the order a full
+    pass would take (one seeded shuffle of the fixed-order copy). User
+    callbacks, the guard and a resume checkpoint see the full model through
+    the `Continuation`, with the same epochs and logs.
+    """
+    model, schedule, resume = run.model, run.schedule, run.resume
+    first = max(schedule.unfreeze_at_epoch, start)
+    tick = time.perf_counter()
+    extract = split.extract()
+    labels = None if run.prepared.one_hot else run.prepared.labels
+    train_cache = FeatureCache(model, run.features, labels=labels, extractor=extract)
+    val_cache = (
+        FeatureCache(model, run.val, extractor=extract) if run.val is not None else None
+    )
+    seconds = time.perf_counter() - tick
+    try:
+        schedule.set_params({"epochs": total, "verbose": run.fit_args.get("verbose")})
+        schedule.on_train_begin()
+        frozen = len(model_info(model).block_map) - split.k
+        n_val = val_cache.count if val_cache else 0
+        # The optimizer, the trainable blocks and the summary, as at any stage
+        # change.
+        schedule._enter(
+            2,
+            schedule.plan(first)[1],
+            first,
+            f"; the {frozen} frozen blocks below run once, over "
+            f"{train_cache.count:,} train + {n_val:,} validation images "
+            f"({seconds:.1f}s)",
+        )
+        batch = train_cache.batch_sizes[0]
+        train_features = train_cache.dataset(
+            batch, shuffle=True, seed=run.settings.seed
+        )
+        if resume is not None:
+            resume.skip_passes(train_features, resume.train_passes)
+        build_metrics(model, run.prepared.train)
+        fit_part(
+            split.trainable,
+            train_features,
+            optimizer=model.optimizer,
+            loss=run.loss,
+            metrics=run.metrics,
+            jit_compile=model.jit_compile,
+            callbacks=[
+                StageTag(2, model),
+                continuation,
+                *backup,
+                *stage_progbar(run.callbacks),
+            ],
+            validation_data=val_cache.dataset(batch, shuffle=False)
+            if val_cache
+            else None,
+            epochs=total,
+            initial_epoch=first,
+            **run.fit_args,
+        )
+    finally:
+        train_cache.close()
+        if val_cache is not None:
+            val_cache.close()
+        schedule.on_train_end()
 
 
 def _per_call(per_epoch: int, fixed_steps: bool) -> int:

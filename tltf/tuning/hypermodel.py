@@ -654,9 +654,11 @@ class FineTuneHyperModel(kt.HyperModel):
         except (ValueError, KeyError, IndexError, AttributeError):
             return None  # a base whose blocks do not chain through one tensor
 
+        if len(split.shapes) > 1:
+            return None  # a head that reads several blocks or the pixels
         images = len(train[0]) + len(validation[0])
         if (
-            4 * math.prod(split.cut_shape) * images > cache.MEMORY_LIMIT_BYTES
+            split.bytes_per_image() * images > cache.MEMORY_LIMIT_BYTES
         ):  # read now: users may set it
             return None
         return split

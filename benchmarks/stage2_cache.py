@@ -1,0 +1,148 @@
+"""Stage 2 on the frozen blocks' output, computed once, against full passes.
+
+`fine_tune`'s stage 2 trains the top blocks and the head; the blocks below are
+frozen and deterministic, so after a cached stage 1 it computes their output
+once (`tltf.cache.FrozenSplit(model, k)`, with the head's pooled features of
+the frozen blocks and its raw-pixel group) and trains the rest on it. Until
+2026-12-06 that held for the tuner's trials only: a default `fine_tune` head
+reads every block and the raw pixels, which the split refused, so each stage-2
+step ran the whole base forward. The baseline here is that: the same call, with
+`tltf.schedule._stage_two_split` put back to "no split" in this process.
+
+The data (`--task`): scikit-learn's digits (real, 8 px upscaled to 64 px), or
+tltf's procedural `shapes_target` (near the demo base's source, where its
+defaults fine-tune), `--k` images per class for training and the rest of 1,797
+digits, or 30 shapes per class, for the test; the defaults of `fine_tune` (the
+held-out guard, `unfreeze="auto"`, ...). Bases: `vgg16` (Keras's ImageNet file in `--weights-dir`, see
+`benchmarks/realdata.py`; random weights without it, which time the same) and
+the shipped demo base. The two sides alternate (tltf, baseline, ...) after one
+uncounted warm-up run of each; each run builds its model anew. Both sides
+train on the same batches, so their test accuracies should agree.
+
+Usage:
+    .venv/bin/python benchmarks/stage2_cache.py [--bases vgg16 demo] [--k 10]
+        [--task digits|shapes_target] [--repeats 2] [--weights-dir W]
+
+The last line prints the baseline's time over tltf's, summed over the bases
+(medians of `fine_tune`'s wall time).
+"""
+
+from __future__ import annotations
+
+import tltf  # isort: skip  (first: imports TensorFlow quietly)
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import tltf.schedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import realdata  # noqa: E402
+
+
+@contextlib.contextmanager
+def baseline():
+    """Stage 2 as it was: full forward passes of the whole model."""
+    saved = tltf.schedule._stage_two_split
+    tltf.schedule._stage_two_split = lambda run: None
+    try:
+        yield
+    finally:
+        tltf.schedule._stage_two_split = saved
+
+
+def sample(x, y, k: int, seed: int):
+    """`k` training images per class and the rest as the test set."""
+    rng = np.random.default_rng(seed)
+    train = np.concatenate(
+        [rng.choice(np.flatnonzero(y == c), k, replace=False) for c in np.unique(y)]
+    )
+    test = np.setdiff1d(np.arange(len(y)), train)
+    return (x[train], y[train]), (x[test], y[test])
+
+
+def load(task: str, k: int, seed: int):
+    """(train, test) arrays of `task` at 64 px."""
+    if task == "digits":
+        x, y = realdata.digits(64)
+        return sample(x, y, k, seed)
+    from tltf import datasets
+
+    x, y = datasets.make_images(task, per_class=k + 30, image_size=64, seed=seed)
+    return sample(x, y, k, seed)
+
+
+def run(base: str, weights_dir, train, test) -> tuple[float, float, str]:
+    """Seconds of one default `fine_tune`, its test accuracy, its stage-2 line."""
+    keras.utils.set_random_seed(0)
+    kwargs = {}
+    if base == "vgg16":
+        kwargs = {"weights_dir": weights_dir} if weights_dir else {"weights": None}
+    classes = int(np.max(train[1])) + 1
+    model = tltf.build_model(base, classes, input_shape=(64, 64, 3), **kwargs)
+    out = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        tltf.fine_tune(model, train, verbose=1)
+    seconds = time.perf_counter() - start
+    accuracy = tltf.evaluate(model, *test).accuracy
+    line = next(
+        (s for s in out.getvalue().splitlines() if s.startswith("tltf: stage 2")),
+        "(no stage 2)",
+    )
+    return seconds, accuracy, line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bases", nargs="+", default=["vgg16", "demo"])
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--task", default="digits", choices=["digits", "shapes_target"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--weights-dir", default=None)
+    args = parser.parse_args()
+    train, test = load(args.task, args.k, args.seed)
+    totals = {"tltf": 0.0, "baseline": 0.0}
+    for base in args.bases:
+        times = {"tltf": [], "baseline": []}
+        for i in range(args.repeats + 1):  # the first of each side: warm-up
+            for side in ("tltf", "baseline"):
+                context = baseline() if side == "baseline" else contextlib.nullcontext()
+                with context:
+                    seconds, accuracy, line = run(base, args.weights_dir, train, test)
+                if i:
+                    times[side].append(seconds)
+                print(
+                    f"{base} {side:8s} run {i}: {seconds:6.1f}s, test accuracy "
+                    f"{accuracy:.3f}{' (warm-up)' if not i else ''}",
+                    flush=True,
+                )
+                if i == 0:
+                    print(f"  {line[:200]}", flush=True)
+        medians = {side: statistics.median(v) for side, v in times.items()}
+        for side, value in medians.items():
+            totals[side] += value
+        print(
+            f"{base}: median fine_tune seconds, full passes / frozen blocks once: "
+            f"{medians['baseline']:.1f} / {medians['tltf']:.1f} = "
+            f"{medians['baseline'] / medians['tltf']:.2f}x",
+            flush=True,
+        )
+    print(
+        f"fine_tune seconds (medians, summed over {', '.join(args.bases)}), full "
+        f"passes / frozen blocks once: {totals['baseline']:.1f} / "
+        f"{totals['tltf']:.1f} = {totals['baseline'] / totals['tltf']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
