@@ -271,7 +271,11 @@ def test_bayesian_and_hyperband_share_stage1(tmp_path, kind):
     assert result.best_model is not None
 
 
-def _stage2_trial(cache, blocks, train, val):
+#: A head on the top block only, no raw pixels: one tensor crosses the cut.
+TOP_ONLY = {"pool_from": "top", "pixels": 0}
+
+
+def _stage2_trial(cache, blocks, train, val, head=TOP_ONLY):
     """One trial of a fixed head outside a tuner (no trial, no store: stage 1
     then stage 2): the model's weights and the History's logs. With
     `cache="auto"`, stage 2 must read cached frozen-block features."""
@@ -279,8 +283,7 @@ def _stage2_trial(cache, blocks, train, val):
         cache_features=cache,
         search={**tuning_job.FIXED_HEAD, "unfreeze": blocks, "fine_tune_lr": 1e-3},
         fine_tune_epochs=2,
-        # A head on the top block only, no raw pixels: one tensor crosses the cut.
-        head={"pool_from": "top", "pixels": 0},
+        head=head,
     )
     hp = kt.HyperParameters()
     model = hypermodel.build(hp)
@@ -293,13 +296,19 @@ def _stage2_trial(cache, blocks, train, val):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("blocks", [0, 2])
-def test_stage2_on_cached_frozen_blocks_matches_full_passes(blocks):
+@pytest.mark.parametrize(
+    "blocks, head",
+    [(0, TOP_ONLY), (2, TOP_ONLY), (2, {})],
+    ids=["head-only", "two-blocks", "two-blocks-default-head"],
+)
+def test_stage2_on_cached_frozen_blocks_matches_full_passes(blocks, head):
     """Below the unfrozen blocks, stage 2 reads features computed once: same
-    weights, same History as full forward passes (cache_features=False)."""
+    weights, same History as full forward passes (cache_features=False). The
+    default head reads the frozen blocks and the raw pixels too: they are
+    computed once with the cut."""
     train, val = tuning_job.data()
-    cached, logs = _stage2_trial("auto", blocks, train, val)
-    full, full_logs = _stage2_trial(False, blocks, train, val)
+    cached, logs = _stage2_trial("auto", blocks, train, val, head)
+    full, full_logs = _stage2_trial(False, blocks, train, val, head)
     for a, b in zip(cached, full, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(logs["val_loss"], full_logs["val_loss"], rtol=1e-5)

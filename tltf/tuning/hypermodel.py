@@ -34,7 +34,7 @@ from tltf._io import atomic_write_json
 from tltf.bases.base import Base, load_base
 from tltf.cache import Continuation, FrozenSplit, fit_part
 from tltf.data import DataBundle
-from tltf.data.inputs import as_dataset, check_labels, is_array, train_batches
+from tltf.data.inputs import check_labels, is_array
 from tltf.errors import ConfigError, DataError, TltfError
 from tltf.freezing import resolve_unfreeze, unfreeze_kwargs
 from tltf.heads import HeadConfig
@@ -654,8 +654,6 @@ class FineTuneHyperModel(kt.HyperModel):
         except (ValueError, KeyError, IndexError, AttributeError):
             return None  # a base whose blocks do not chain through one tensor
 
-        if len(split.shapes) > 1:
-            return None  # a head that reads several blocks or the pixels
         images = len(train[0]) + len(validation[0])
         if (
             split.bytes_per_image() * images > cache.MEMORY_LIMIT_BYTES
@@ -751,11 +749,17 @@ def _fit_on_frozen_features(
             f"tltf: stage 2 trains on the output of the {len(info.block_map) - top_blocks(values)}"
             f" frozen blocks, computed once ({seconds:.1f}s)."
         )
-    # The same batches as fine_tune's pipeline: one shuffle of the slices,
-    # with the sample weights where the arrays have them.
-    train_ds, _ = train_batches((feats, y, *train[2:]), batch_size, seed)
-    val_ds = as_dataset(
-        (feats_val, yv, *validation[2:]), batch_size, False, None, "validation_data"
+    # The same batches as fine_tune's pipeline (`array_batches`: the order of
+    # one seeded shuffle of the slices), with the sample weights where the
+    # arrays have them. The features are one array, or a tuple of them for a
+    # head that reads the frozen blocks or the pixels too.
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((feats, y, *train[2:]))
+        .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+    )
+    val_ds = tf.data.Dataset.from_tensor_slices((feats_val, yv, *validation[2:])).batch(
+        batch_size
     )
     history = keras.callbacks.History()
     continuation = Continuation([*callbacks, history], model, end)  # as in fit
