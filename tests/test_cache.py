@@ -241,6 +241,8 @@ def test_stage_two_on_the_frozen_blocks_output_is_stage_two_on_full_passes(
         history = tltf.fine_tune(model, (x, y), validation, verbose=1, **kwargs)
         printed = capsys.readouterr().out
         assert ("the 2 frozen blocks below run once" in printed) == cached
+        # The guard scores its slice through the cached part: the same scores.
+        kept = [line for line in printed.splitlines() if "keep_best: " in line]
         changed = changed_keys(before, weights_snapshot(info.base))
         frozen = block_variables(info, "block1", before) | block_variables(
             info, "block2", before
@@ -248,8 +250,9 @@ def test_stage_two_on_the_frozen_blocks_output_is_stage_two_on_full_passes(
         assert frozen and not changed & frozen  # BN moving statistics included
         if setting != "held-out-slice":  # (there the guard may restore stage 1)
             assert changed & block_variables(info, "block4", before)
-        runs.append((model, history.history))
-    (model, cached_logs), (plain, plain_logs) = runs
+        runs.append((model, history.history, kept))
+    (model, cached_logs, cached_kept), (plain, plain_logs, plain_kept) = runs
+    assert cached_kept == plain_kept
     assert cached_logs["stage"] == plain_logs["stage"] == [1, 1, 2, 2, 2]
     for key in plain_logs:
         np.testing.assert_allclose(cached_logs[key], plain_logs[key], rtol=1e-5)

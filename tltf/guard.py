@@ -214,6 +214,10 @@ class KeepBest(keras.callbacks.Callback):
         self.validation_data = None if isinstance(validation, bool) else validation
         self.train_features = train_features
         self.holdout = holdout
+        #: Set while a stage trains part of the model on cached features (see
+        #: `schedule._fit_stage_two_cached`): the model's outputs on the slice,
+        #: in order, from its cached frozen part. None: `model.predict`.
+        self.holdout_predict = None
         self.task = task
         self.path = Path(backup_dir).expanduser() / BEST_FILE if backup_dir else None
         self.verbose = verbose
@@ -277,9 +281,12 @@ class KeepBest(keras.callbacks.Callback):
         """
         batches, y, logits, *weights = self.holdout
         w = weights[0] if weights else None
-        scores = np.asarray(
-            self.model.predict(batches, verbose=0), dtype=np.float64
-        ).reshape(len(y), -1)
+        raw = (
+            self.holdout_predict()
+            if self.holdout_predict is not None
+            else self.model.predict(batches, verbose=0)
+        )
+        scores = np.asarray(raw, dtype=np.float64).reshape(len(y), -1)
         if not np.all(np.isfinite(scores)):
             return (-math.inf, -math.inf)
 

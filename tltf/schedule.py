@@ -2694,12 +2694,20 @@ def _fit_stage_two_cached(run, split, continuation, backup, start, total) -> Non
     val_cache = (
         FeatureCache(model, run.val, extractor=extract) if run.val is not None else None
     )
+    guard = next((c for c in run.callbacks if isinstance(c, KeepBest)), None)
+    held = None
+    if guard is not None and guard.holdout is not None:
+        # The guard scores its held-out slice every epoch: through the part too.
+        held = FeatureCache(model, guard.holdout[0], extractor=extract)
+        held_batches = held.dataset(held.batch_sizes[0], shuffle=False)
+        guard.holdout_predict = lambda: split.trainable.predict(held_batches, verbose=0)
     seconds = time.perf_counter() - tick
     try:
         schedule.set_params({"epochs": total, "verbose": run.fit_args.get("verbose")})
         schedule.on_train_begin()
         frozen = len(model_info(model).block_map) - split.k
         n_val = val_cache.count if val_cache else 0
+        n_held = f" + {held.count:,} held-out" if held is not None else ""
         # The optimizer, the trainable blocks and the summary, as at any stage
         # change.
         schedule._enter(
@@ -2707,7 +2715,7 @@ def _fit_stage_two_cached(run, split, continuation, backup, start, total) -> Non
             schedule.plan(first)[1],
             first,
             f"; the {frozen} frozen blocks below run once, over "
-            f"{train_cache.count:,} train + {n_val:,} validation images "
+            f"{train_cache.count:,} train + {n_val:,} validation{n_held} images "
             f"({seconds:.1f}s)",
         )
         batch = train_cache.batch_sizes[0]
@@ -2738,9 +2746,11 @@ def _fit_stage_two_cached(run, split, continuation, backup, start, total) -> Non
             **run.fit_args,
         )
     finally:
-        train_cache.close()
-        if val_cache is not None:
-            val_cache.close()
+        for part in (train_cache, val_cache, held):
+            if part is not None:
+                part.close()
+        if guard is not None:
+            guard.holdout_predict = None
         schedule.on_train_end()
 
 
