@@ -2656,23 +2656,23 @@ def _stage_two_split(run: _Run) -> FrozenSplit | None:
         split = FrozenSplit(run.model, k)
     except (ValueError, KeyError, IndexError, AttributeError):
         return None  # a base whose blocks do not chain through one tensor
-    batches = [int(run.prepared.train.cardinality())]
+    images = _images_at_most(run.features)
     if run.val is not None:
-        batches.append(int(run.val.cardinality()))
-    if min(batches) < 0:
-        return None  # a length still unknown: not read to count it
-    batch = _batch_size(run.prepared.train)
-    if split.bytes_per_image() * sum(batches) * batch > tltf_cache.MEMORY_LIMIT_BYTES:
+        images += _images_at_most(run.val)
+    if split.bytes_per_image() * images > tltf_cache.MEMORY_LIMIT_BYTES:
         return None
     return split
 
 
-def _batch_size(ds: tf.data.Dataset) -> int:
-    """A batched dataset's batch size (an upper bound for its last batch)."""
-    first = ds.element_spec[0]
-    first = tf.nest.flatten(first)[0]
-    size = first.shape[0]
-    return int(size) if size is not None else 32
+def _images_at_most(ds: tf.data.Dataset) -> int:
+    """An upper bound of a finite batched dataset's images: its batches times its
+    batch size (the static one, else the first batch's; reads an unshuffled
+    pipeline's first batch at most)."""
+    size = tf.nest.flatten(ds.element_spec[0])[0].shape[0]
+    if size is None:
+        first = next(iter(ds.take(1)))[0]
+        size = tf.nest.flatten(first)[0].shape[0]
+    return max(int(ds.cardinality()), 0) * int(size)
 
 
 def _fit_stage_two_cached(run, split, continuation, backup, start, total) -> None:
