@@ -53,6 +53,26 @@ def test_rank_end_to_end_on_an_image_folder(tmp_path, capsys):
     assert plot.stat().st_size > 0
 
 
+def test_rank_writes_the_others_when_a_candidate_cannot_run_and_exits_1(
+    tmp_path, capsys
+):
+    images = tmp_path / "images"
+    make_image_folder(images, per_class=4)
+    signal = tltf.save_base(tltf.load_base(signal_base()), tmp_path / "signal")
+    out = tmp_path / "rank.csv"
+    argv = ["rank", "--data", str(images), "--bases", str(signal), "inception_v3"]
+    status = main([*argv, "--image-size", "16", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 1
+    with open(out) as f:
+        assert [r["candidate"] for r in csv.DictReader(f)] == [str(signal)]
+    assert "tltf: error: not ranked: rank_bases: candidate 'inception_v3'" in (
+        captured.err
+    )
+    assert "75x75" in captured.err
+    keras.backend.clear_session()
+
+
 def test_rank_names_an_unknown_base_and_exits_2(tmp_path, capsys):
     images = tmp_path / "images"
     make_image_folder(images, per_class=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import keras
@@ -13,7 +14,7 @@ from matplotlib.figure import Figure
 
 import tltf
 from tests.helpers import make_data
-from tltf.errors import ConfigError, DataError, ModelError
+from tltf.errors import ConfigError, DataError, InputShapeError, ModelError
 from tltf.ranking import (
     COLUMNS,
     kendall_tau,
@@ -251,11 +252,32 @@ def test_an_unknown_base_fails_before_any_forward_pass():
     assert reads == []
 
 
-def test_a_candidate_that_fails_to_load_is_named(tmp_path):
+def test_a_missing_candidate_path_fails_before_any_forward_pass(tmp_path, capsys):
     x, y = make_data(24)
     missing = str(tmp_path / "no_such_base")
-    with pytest.raises(ModelError, match="candidate '.*no_such_base'"):
-        tltf.rank_bases([signal_base(), missing], (x, y), verbose=0)
+    with pytest.raises(ModelError, match="candidate '.*no_such_base' does not exist"):
+        tltf.rank_bases([signal_base(), missing], (x, y), verbose=1)
+    assert "ranked" not in capsys.readouterr().out
+
+
+def test_a_candidate_that_cannot_run_is_left_out_and_named(capsys):
+    """One candidate's failure (here an input below InceptionV3's minimum; as
+    well weights not found offline) costs the others nothing: they are ranked,
+    and the failure is named in `failed`, the printed table and one line."""
+    x, y = make_data(48)
+    candidates = {"signal": signal_base(), "inception": "inception_v3"}
+    result = tltf.rank_bases(candidates, (x, y), verbose=1)
+    assert result.ranking == ["signal"] and list(result.failed) == ["inception"]
+    assert "at least 75x75" in result.failed["inception"]
+    assert "tltf: not ranked: rank_bases: candidate 'inception'" in (
+        capsys.readouterr().out
+    )
+    assert "not ranked: rank_bases: candidate 'inception'" in str(result)
+    assert json.loads(json.dumps(result.to_dict()))["failed"] == result.failed
+    # When no candidate runs, the error names each.
+    candidates = {"inception": "inception_v3", "xception": "xception"}
+    with pytest.raises(InputShapeError, match="'inception'.*and: .*'xception'"):
+        tltf.rank_bases(candidates, (x, y), verbose=0)
 
 
 @pytest.mark.parametrize(

@@ -1553,6 +1553,10 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         files.append(Path(args.plot).expanduser())
     if files:
         print(f"tltf: wrote {' and '.join(str(f) for f in files)}")
+    if result.failed:  # the others are ranked and written; the exit status says so
+        for message in result.failed.values():
+            print(f"tltf: error: not ranked: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -69,7 +69,14 @@ from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.data import DataBundle
 from tltf.data.inputs import as_dataset, peek, pipeline_errors
-from tltf.errors import ConfigError, DataError, InputShapeError, ModelError, TltfError
+from tltf.errors import (
+    ConfigError,
+    DataError,
+    InputShapeError,
+    ModelError,
+    TltfError,
+    WeightsError,
+)
 from tltf.probe import block_features, ridge_probe
 from tltf.reports import new_figure, save_figure
 
@@ -115,6 +122,10 @@ class RankResult:
         num_classes: int or None. Classes (None for regression).
         knn: int. The k of the kNN score.
         seconds: float. Wall time of the whole ranking.
+        failed: dict. `{candidate: error message}` for the candidates that
+            could not be loaded or run on the data (weights not found offline,
+            an input below the base's minimum, ...): the others are ranked
+            without them. Empty when every candidate ran.
     """
 
     table: list
@@ -125,6 +136,7 @@ class RankResult:
     num_classes: int | None
     knn: int
     seconds: float
+    failed: dict = dataclasses.field(default_factory=dict)
 
     @property
     def best(self) -> dict:
@@ -182,6 +194,8 @@ class RankResult:
                 for k, v in self.agreement.items()
             )
             lines.append(f"agreement of the rankings (Kendall tau): {taus}")
+        for message in self.failed.values():  # each names its candidate
+            lines.append(f"not ranked: {message}")
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike | None = None, title: str | None = None):
@@ -293,14 +307,18 @@ def rank_bases(
             `weights`, `weights_dir`, and the like.
 
     Returns:
-        A `RankResult`.
+        A `RankResult`. A candidate that cannot be loaded (its weights not found
+        offline, an input below its minimum size) or run on the data is left
+        out of the table, named in `failed` with its error and in one printed
+        line; the others are ranked as usual.
 
     Raises:
         ConfigError: for an unknown base name (naming the closest ones) or a
             bad argument, before any forward pass.
         DataError: for fewer than 2 classes, fewer than 2 examples per class on
             average, or data whose order changes between passes.
-        ModelError: a candidate could not be loaded or run (the error names it).
+        WeightsError, InputShapeError or ModelError: when no candidate could be
+            loaded and run (each error names its candidate).
 
     Example:
 
@@ -350,21 +368,28 @@ def rank_bases(
         _check_name(name, candidate)
 
     rows, labels, kind, classes = [], None, None, None
+    failed: dict[str, TltfError] = {}
     for name, candidate in named.items():
         tick = time.perf_counter()
-        base = _load(name, candidate, input_shape, load_kwargs)
-        n = len(base.block_map)
-        positions = sorted(range(n - 1, -1, -every)) if every else [n - 1]
         try:
-            features, y = block_features(
-                base, positions, _resized(ds, base, image_shape), batch_size
+            base, positions, features, y = _forward(
+                name,
+                candidate,
+                (input_shape, image_shape),
+                load_kwargs,
+                ds,
+                every,
+                batch_size,
             )
-        except (tf.errors.OpError, ValueError) as error:
-            if isinstance(error, TltfError):
+        except (WeightsError, InputShapeError, ModelError) as error:
+            # One candidate's problem: the others are still ranked (keras-tuner
+            # keeps going past a failed trial the same way).
+            if len(named) == 1:
                 raise
-            raise ModelError(
-                f"rank_bases: candidate {name!r} failed on the data: {error}"
-            ) from None
+            failed[name] = error
+            if verbose:
+                print(f"tltf: not ranked: {error}", flush=True)
+            continue
         forward = time.perf_counter() - tick
         if labels is None:
             labels = y
@@ -391,6 +416,12 @@ def rank_bases(
             )
         del base, features
 
+    if not rows:  # every candidate failed: the first error, the others named
+        first = next(iter(failed.values()))
+        if len(failed) > 1:
+            others = "; ".join(str(e) for e in list(failed.values())[1:])
+            raise type(first)(f"{first} (and: {others})") from None
+        raise first
     if kind == "regression" and score == "ridge":
         raise ConfigError(
             "score='ridge' ranks by the ridge probe, a classifier: it is not "
@@ -407,6 +438,7 @@ def rank_bases(
         num_classes=classes,
         knn=knn,
         seconds=round(time.perf_counter() - start, 3),
+        failed={name: str(error) for name, error in failed.items()},
     )
     if verbose:
         print(result)
@@ -460,8 +492,34 @@ def _check_name(name: str, candidate) -> None:
     if not isinstance(candidate, str) or shipped_base_path(candidate) is not None:
         return
     if os.sep in candidate or Path(candidate).exists():
+        if not Path(candidate).expanduser().exists():
+            raise ModelError(
+                f"rank_bases: candidate {candidate!r} does not exist. Pass a "
+                "registry name (see tltf.list_bases()), 'demo', a saved base "
+                "folder or a model file."
+            )
         return
     get_spec(candidate)  # UnknownBaseError (a ConfigError) with the closest names
+
+
+def _forward(name, candidate, shapes, load_kwargs, ds, every, batch_size):
+    """Loads a candidate and runs it over the data once: `(base, positions,
+    pooled features of those blocks, labels)`. Errors name the candidate."""
+    input_shape, image_shape = shapes
+    base = _load(name, candidate, input_shape, load_kwargs)
+    n = len(base.block_map)
+    positions = sorted(range(n - 1, -1, -every)) if every else [n - 1]
+    try:
+        features, y = block_features(
+            base, positions, _resized(ds, base, image_shape), batch_size
+        )
+    except (tf.errors.OpError, ValueError) as error:
+        if isinstance(error, TltfError):
+            raise
+        raise ModelError(
+            f"rank_bases: candidate {name!r} failed on the data: {error}"
+        ) from None
+    return base, positions, features, y
 
 
 def _load(name: str, candidate, input_shape, load_kwargs) -> Base:
