@@ -13,7 +13,6 @@ import tltf
 from tests.helpers import (
     IMAGE_CLASSES,
     make_image_folder,
-    make_tiny_base,
     make_tiny_model,
 )
 from tltf.errors import DataError
@@ -85,21 +84,30 @@ def test_arrays_record_nothing_and_keep_the_numbers():
 
 @pytest.mark.slow
 def test_tunes_best_model_names_the_classes(tmp_path):
-    """keras-tuner rebuilds the best model from a checkpoint; it keeps the names."""
+    """keras-tuner rebuilds the best model from a checkpoint; it keeps the names.
+    One hypermodel searched on data of other classes names those."""
+    from tests import tuning_job
+
     root = tmp_path / "photos"
     make_image_folder(root, per_class=4)
-    data = tltf.load_data(root, image_size=16, validation_split=0.25)
-    result = tltf.tune(
-        make_tiny_base(),
-        data,
-        tuner="grid",
-        max_trials=1,
-        search={"unfreeze": [1], "head_units": 0, "head_dropout": 0.0},
-        head_epochs=1,
-        fine_tune_epochs=1,
-        directory=tmp_path,
-        verbose=0,
+    hypermodel = tuning_job.hypermodel(
+        search={"unfreeze": [1], "head_units": 0, "head_dropout": 0.0}
     )
-    assert tltf.model_info(result.best_model).class_names == list(IMAGE_CLASSES)
-    saved = tltf.load_model(result.paths["model"])
-    assert tltf.model_info(saved).class_names == list(IMAGE_CLASSES)
+    renamed = tmp_path / "renamed"
+    for name in IMAGE_CLASSES:
+        shutil.copytree(root / name, renamed / f"{name}_2")
+    for folder, names in ((root, IMAGE_CLASSES), (renamed, None)):
+        data = tltf.load_data(folder, image_size=16, validation_split=0.25)
+        names = list(names or data.class_names)
+        result = tltf.tune(
+            hypermodel,
+            data,
+            tuner="grid",
+            max_trials=1,
+            directory=tmp_path / f"search-{folder.name}",
+            verbose=0,
+        )
+        assert tltf.model_info(result.best_model).class_names == names
+        saved = tltf.load_model(result.paths["model"])
+        assert tltf.model_info(saved).class_names == names
+    assert names == [f"{n}_2" for n in IMAGE_CLASSES]

@@ -38,12 +38,7 @@ from tltf.data.inputs import check_labels, is_array
 from tltf.errors import ConfigError, DataError, TltfError
 from tltf.freezing import resolve_unfreeze, unfreeze_kwargs
 from tltf.heads import HeadConfig
-from tltf.info import (
-    ModelInfo,
-    default_loss_and_metrics,
-    model_info,
-    record_class_names,
-)
+from tltf.info import ModelInfo, default_loss_and_metrics, model_info
 from tltf.model import build_model
 from tltf.optimizers import clone_optimizer, make_optimizer
 from tltf.regularizers import attach_head_l2, detach_head_l2, head_l2
@@ -283,7 +278,9 @@ class FineTuneHyperModel(kt.HyperModel):
             base, weights=weights, input_shape=input_shape, **base_kwargs
         )
         self._input_shape = input_shape
-        self._class_names = None  # of the data the last trial trained on
+        #: The class names of the data the last trial trained on (a DataBundle's
+        #: or a Keras directory dataset's), or None.
+        self.class_names = None
         self._base_weights = [np.array(w) for w in self._base.model.get_weights()]
         digest = hashlib.sha1()
         for w in self._base_weights:
@@ -346,9 +343,6 @@ class FineTuneHyperModel(kt.HyperModel):
             task=self.task,
             input_shape=self._input_shape,
         )
-        # The names of the data a trial trained on: the best model that
-        # keras-tuner rebuilds from a checkpoint names its classes.
-        record_class_names(model, self._class_names)
         if self.build_hook is not None:
             model = self.build_hook(hp, model) or model
         return model
@@ -376,8 +370,8 @@ class FineTuneHyperModel(kt.HyperModel):
             The History of the trial's stage-2 epochs.
         """
         train, validation = split_data_args(args, kwargs)
-        self._class_names = getattr(train, "class_names", None)
-        record_class_names(model, self._class_names)
+        # `tuning.results` names the best model's classes with them.
+        self.class_names = getattr(train, "class_names", None)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         verbose = kwargs.pop("verbose", "auto")
         stage2_end = kwargs.pop("epochs", self.fine_tune_epochs)

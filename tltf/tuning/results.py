@@ -8,6 +8,7 @@ the best model into the project folder.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -23,7 +24,7 @@ from tltf._checks import check_positive_int
 from tltf._io import atomic_save_model, atomic_write_json, atomic_write_text
 from tltf.averaging import SoupResult, architecture_mismatch, soup
 from tltf.errors import ConfigError, ModelError
-from tltf.info import default_loss_and_metrics, model_info
+from tltf.info import default_loss_and_metrics, model_info, record_class_names
 from tltf.reports import plot_tuning
 from tltf.tuning.hypermodel import TRIAL_RECORD
 from tltf.tuning.space import HP_NAMES
@@ -348,6 +349,13 @@ def results(tuner, export: bool = True, verbose=1) -> TuneResult:
         try:
             best_model = tuner.load_model(best_trial)
             _compile_for_evaluation(best_model)
+            # keras-tuner rebuilds the model from a checkpoint of its weights:
+            # the class names of the data the trials trained on name its
+            # classes again (see `fine_tune`).
+            with contextlib.suppress(ModelError):  # a build_hook's own model
+                record_class_names(
+                    best_model, getattr(tuner.hypermodel, "class_names", None)
+                )
         except (OSError, ValueError) as error:
             # E.g. a worker's checkpoint on a disk the chief cannot see.
             print(
