@@ -250,10 +250,31 @@ class FrozenSplit:
             for t, src in zip(pooled, sources, strict=True)
             if id(src) not in live_outs
         ]
-        outputs = [bottom(pre(images))]
-        if frozen:
-            constant = keras.Model(model.inputs[0], frozen, name="frozen_pooled")
-            outputs += list(constant(images))
+        # One pass of the bottom blocks gives the cut and the frozen blocks the
+        # head pools; the raw-pixel group reads the images.
+        index = {id(t): i for i, t in enumerate(base_outs)}
+        read = sorted(
+            {
+                index[id(src)]
+                for src in sources
+                if src is not None and id(src) not in live_outs
+            }
+        )
+        bottom_maps = keras.Model(
+            base.inputs[0],
+            [cut, *(base.outputs[i] for i in read)],
+            name=f"{base.name}_bottom{k}_maps",
+        )
+        cut_out, *maps_out = bottom_maps(pre(images))
+        frozen_maps = {id(base_outs[i]): m for i, m in zip(read, maps_out, strict=True)}
+        outputs = [cut_out]
+        for i, (t, src) in enumerate(zip(pooled, sources, strict=True)):
+            if id(src) in live_outs:
+                continue
+            head_side = keras.Model(
+                model.inputs[0] if src is None else src, t, name=f"frozen_pooled_{i}"
+            )
+            outputs.append(head_side(images if src is None else frozen_maps[id(src)]))
         inputs = [features] + [
             keras.Input(tuple(t.shape[1:]), name=f"frozen_pooled_{i}")
             for i, t in enumerate(frozen)
