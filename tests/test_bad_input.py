@@ -340,9 +340,9 @@ def test_automatic_settings_misspelt_or_without_data():
 
 
 def test_model_fit_habits_get_the_fine_tune_spelling():
-    """fine_tune(model, x, y), x=/y=, epochs=, validation_split= and
-    sample_weight= are how model.fit is called; each error names the argument
-    and what to pass."""
+    """fine_tune(model, x, y), x=/y=, epochs= and sample_weight= are how
+    model.fit is called; each error names the argument and what to pass
+    (validation_split= is taken: tests/test_validation_split.py)."""
     model = make_tiny_model()
     x, y = make_data(20)
     error = raises(errors.DataError, tltf.fine_tune, model, x, y)
@@ -357,10 +357,6 @@ def test_model_fit_habits_get_the_fine_tune_spelling():
         (
             {"train": (x, y), "epochs": 3},
             ("epochs=", "head_epochs", "fine_tune_epochs"),
-        ),
-        (
-            {"train": (x, y), "validation_split": 0.2},
-            ("validation_split=", "load_data"),
         ),
         (
             {"train": (x, y), "sample_weight": np.ones(20)},

@@ -85,9 +85,7 @@ def test_splits_of_heads_that_read_the_frozen_blocks_compose_to_the_model(
     # Each block's pooled features sit on one side of the cut.
     assert len(FrozenSplit(model, 1).shapes) == 1 + frozen_at_k1
     # The frozen part runs the blocks below the cut, once, and none above it.
-    layers = [
-        layer.name for layer in FrozenSplit(model, 1).extractor._flatten_layers()
-    ]
+    layers = [layer.name for layer in FrozenSplit(model, 1).extractor._flatten_layers()]
     assert layers.count("block3_conv") == 1 and "block4_conv" not in layers
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import keras_tuner as kt
 import pytest
+import tensorflow as tf
 
 from tests import tuning_job
 from tests.helpers import ROOT, check_error, folder_snapshot, make_data, make_tiny_base
+from tltf.data.inputs import split_validation
 from tltf.errors import ConfigError, TrainingError
 from tltf.locks import LockFile
 from tltf.tuning import (
@@ -248,16 +250,23 @@ def test_a_search_whose_every_trial_failed_raises_with_the_first_reason(tmp_path
 @pytest.mark.slow
 def test_a_keras_tuner_search_takes_kerass_x_y_form(tmp_path):
     """`tuner.search(x, y, validation_data=...)`, as keras-tuner's guides write it,
-    trains the trial that `search((x, y), (x_val, y_val))` trains; a form no trial
-    could run on (validation_split=, images without labels) stops the search at
-    once with one message, as a keras-tuner FatalError, instead of failing every
-    trial with a traceback."""
+    trains the trial that `search((x, y), (x_val, y_val))` trains, and
+    `search(x, y, validation_split=0.25)`, as TensorFlow's keras-tuner tutorial
+    writes it, the trial on the split that `fine_tune` makes; a form no trial
+    could run on (validation_split= with a dataset, images without labels)
+    stops the search at once with one message, as a keras-tuner FatalError,
+    instead of failing every trial with a traceback."""
     (x, y), val = tuning_job.data()
+    part, rest = split_validation(
+        (x, y), 0.25, task="multiclass", seed=tuning_job.hypermodel().seed, caller="t"
+    )
     scores = {}
     for form, args, kwargs in [
         ("tltf", ((x, y), val), {}),
         ("keras", (x, y), {"validation_data": val}),
         ("keywords", (), {"x": x, "y": y, "validation_data": val}),
+        ("split", (x, y), {"validation_split": 0.25}),
+        ("split by hand", (part,), {"validation_data": rest}),
     ]:
         tuner = kt.RandomSearch(
             tuning_job.hypermodel(),
@@ -271,9 +280,11 @@ def test_a_keras_tuner_search_takes_kerass_x_y_form(tmp_path):
         assert trial.status == "COMPLETED", (form, trial.message)
         scores[form] = trial.score
     assert scores["keras"] == scores["tltf"] == scores["keywords"]
+    assert scores["split"] == scores["split by hand"]
 
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
     for args, kwargs, words in [
-        ((x, y), {"validation_split": 0.2}, ["validation_split=", "load_data"]),
+        ((dataset,), {"validation_split": 0.2}, ["validation_split=", "load_data"]),
         ((x,), {"validation_data": val}, ["without their labels", "(x, y)"]),
     ]:
         tuner = kt.RandomSearch(
@@ -293,7 +304,23 @@ def test_a_keras_tuner_search_takes_kerass_x_y_form(tmp_path):
     with pytest.raises(ConfigError) as info:
         tune(make_tiny_base(), x, y, directory=tmp_path, project_name="x", verbose=0)
     check_error(info.value, ConfigError, "tltf.tune(base, (x, y), (x_val, y_val))")
-    with pytest.raises(ConfigError) as info:  # not "Did you mean validation_steps"
-        tune(make_tiny_base(), (x, y), validation_split=0.2, directory=tmp_path)
-    check_error(info.value, ConfigError, "validation_split=", "load_data")
+    with pytest.raises(ConfigError) as info:
+        tune(make_tiny_base(), (x, y), val, validation_split=0.2, directory=tmp_path)
+    check_error(info.value, ConfigError, "both validation_data and validation_split")
     assert not (tmp_path / "x").exists()
+    # tltf.tune splits once, as tuner.search does: the same trial.
+    tuned = {}
+    for name, data in [("tune split", ((x, y), None)), ("tune by hand", (part, rest))]:
+        result = tune(
+            tuning_job.hypermodel(),
+            *data,
+            tuner="random",
+            max_trials=1,
+            objective="val_accuracy",
+            directory=tmp_path,
+            project_name=name.replace(" ", "_"),
+            verbose=0,
+            **({"validation_split": 0.25} if data[1] is None else {}),
+        )
+        tuned[name] = result.table[0]["score"]
+    assert tuned["tune split"] == tuned["tune by hand"] == scores["split"]

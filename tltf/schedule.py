@@ -53,6 +53,7 @@ from tltf.data.inputs import (
     check_labels,
     pipeline_errors,
     read_dataset,
+    split_validation,
     train_batches,
 )
 from tltf.data.labels import check_sample_weights, fold_class_weights
@@ -525,9 +526,14 @@ def fine_tune(
             stages run under its scope; the stage-1 feature cache is off under a
             distributed strategy. Defaults to None.
         **kwargs: Fields of `FineTuneSettings` (above), and the `model.fit`
-            arguments `steps_per_epoch`, `validation_steps`, `validation_freq`
-            and `initial_epoch`. Any other name is a ConfigError that suggests
-            the closest one.
+            arguments `steps_per_epoch`, `validation_steps`, `validation_freq`,
+            `initial_epoch` and `validation_split`. Any other name is a
+            ConfigError that suggests the closest one. `validation_split=0.2`
+            takes a fifth of `(images, labels[, sample_weights])` arrays as the
+            validation data, as Keras's `fit` does, but by `load_data`'s split:
+            seeded (`seed`, or 0) and stratified by class, not the last rows
+            (see `tltf.data.inputs.split_validation`). Those images do not train,
+            and `keep_best` scores stage 2 on them.
 
     Returns:
         The `keras.callbacks.History` of both stages; `history.history["stage"]`
@@ -545,6 +551,7 @@ def fine_tune(
     >>> history.kept.epoch, history.kept.blocks
     (15, ('block6', 'top'))
     """
+    validation_split = kwargs.pop("validation_split", None)
     settings, fit_kwargs = split_kwargs(settings, kwargs)
     if train is None:
         raise ConfigError(
@@ -552,6 +559,10 @@ def fine_tune(
             "tf.data.Dataset of (image, label) pairs or a tltf.load_data bundle."
         )
     info = model_info(model)
+    if validation_split is not None:
+        train, validation_data = _split_off_validation(
+            train, validation_data, validation_split, info, settings.seed, verbose != 0
+        )
     strategy = model_strategy(model, strategy)
     loss_to_check = _check_loss(settings.loss, settings.label_smoothing, info)
     head_epochs, fine_tune_epochs = settings.head_epochs, settings.fine_tune_epochs
@@ -1983,6 +1994,27 @@ def _auto_unfreeze(
                 "model trained from scratch."
             )
     return blocks
+
+
+def _split_off_validation(train, validation_data, fraction, info, seed, loud: bool):
+    """`(train, validation_data)` for `fine_tune(..., validation_split=)`."""
+    if validation_data is not None:
+        raise ConfigError(
+            "fine_tune() got both validation_data and validation_split; pass one. "
+            f"Received: validation_split={fraction!r}."
+        )
+    train, validation = split_validation(
+        train, fraction, task=info.task, seed=seed, caller="fine_tune"
+    )
+    if loud:
+        held, count = len(validation[0]), len(train[0]) + len(validation[0])
+        how = "stratified" if info.task in CLASSIFIERS else "random"
+        print(
+            f"tltf: validation_split={fraction:g}: {held:,} of {count:,} training "
+            f"images (a {how} slice, seed {0 if seed is None else seed}) are the "
+            "validation data; they do not train."
+        )
+    return train, validation
 
 
 def _fold_class_weights(prepared, feature_source, holdout, class_weight, classes):

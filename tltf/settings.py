@@ -584,9 +584,6 @@ FIT_INSTEAD = {
     "epochs": "It trains two stages: head_epochs (stage 1, the head on the frozen "
     "base) and fine_tune_epochs (stage 2), both 'auto' by default (sized in "
     "optimizer steps).",
-    "validation_split": "Split the data first, e.g. data = tltf.load_data((x, y), "
-    "validation_split=0.2, seed=0), then "
-    "fine_tune(model, data); or pass validation_data=(x_val, y_val).",
     "x": "It takes the training data as one argument: fine_tune(model, (x, y)), or "
     "a tf.data.Dataset of (image, label) pairs.",
     "sample_weight": "The weights go with the data: fine_tune(model, (x, y, "

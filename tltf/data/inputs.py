@@ -17,9 +17,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf.data.bundle import DataBundle
 from tltf.data.images import check_pixel_values
-from tltf.data.labels import check_one_label_per_image, check_sample_weights
-from tltf.errors import DataError
+from tltf.data.labels import (
+    check_fraction,
+    check_one_label_per_image,
+    check_sample_weights,
+    split_indices,
+)
+from tltf.errors import ConfigError, DataError
 from tltf.info import ModelInfo
 
 
@@ -135,6 +141,56 @@ def not_data_error(data, what: str) -> DataError:
         f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
         f"{ARRAYS} of arrays. Received: {type(data).__name__}{alone}"
     )
+
+
+def split_validation(
+    data, validation_split, *, task: str, seed: int | None, caller: str
+):
+    """`(train, validation)`: Keras's `validation_split` of training arrays.
+
+    `validation_split` of the rows of `(images, labels[, sample_weights])`
+    arrays become the validation data, as `model.fit(x, y,
+    validation_split=0.2)` takes them, by the split that `load_data(...,
+    validation_split=)` makes: seeded (`seed` None: 0) and stratified by class
+    for "multiclass" and "binary" (one-hot rows by their class), where Keras
+    takes the last rows, which leaves classes out of one side when the rows are
+    sorted by class. The same arrays always split the same way, so every trial
+    of a search compares on the same images. Returns `(train, validation)`
+    tuples of NumPy arrays, with each image's sample weight in its side.
+
+    Raises:
+        ConfigError: `validation_split` is not a fraction, or `data` is not
+            arrays (a dataset or a `DataBundle`: the error says how to split it).
+        DataError: the images and labels differ in number, or a side would be
+            empty.
+    """
+    fraction = check_fraction(validation_split)
+    if isinstance(data, DataBundle):
+        raise ConfigError(
+            f"{caller}() got validation_split= with a DataBundle. Split when "
+            "loading: tltf.load_data(source, validation_split=0.2, seed=0) "
+            "gives a bundle with its validation split, which is used."
+        )
+    if not is_arrays(data):
+        kind = type(data).__name__
+        raise ConfigError(
+            f"{caller}() got validation_split= with {kind} training data: it "
+            f"splits {ARRAYS} arrays, as in Keras's fit. Split the data first, "
+            "e.g. data = tltf.load_data(dataset, validation_split=0.2, seed=0) "
+            "(a tf.data.Dataset that yields the same order every pass), or "
+            "pass validation_data."
+        )
+    arrays = [np.asarray(part) for part in data]
+    check_one_label_per_image(arrays[0], arrays[1], "train", "")
+    if len(arrays) == 3:
+        arrays[2] = check_sample_weights(arrays[2], len(arrays[0]), "train")
+    labels = arrays[1]
+    if task in ("multiclass", "binary"):
+        if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot rows
+            labels = labels.argmax(axis=1)
+        labels = labels.reshape(len(labels), -1)[:, 0]
+    train, val = split_indices(labels, task, fraction, 0 if seed is None else seed)
+    return tuple(a[train] for a in arrays), tuple(a[val] for a in arrays)
 
 
 @dataclasses.dataclass

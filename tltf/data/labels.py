@@ -7,6 +7,7 @@ weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -215,6 +216,18 @@ def label_counts(y: np.ndarray, task: str, num_classes: int) -> np.ndarray:
     return np.bincount(y, minlength=num_classes).astype(np.int64)
 
 
+def check_fraction(value) -> float | None:
+    """`validation_split` as a float strictly between 0 and 1, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < 1:
+        raise ConfigError(
+            "Expected validation_split to be a fraction strictly between 0 and 1, "
+            f"e.g. 0.2. Received: validation_split={value!r}"
+        )
+    return float(value)
+
+
 def split_indices(
     labels: np.ndarray, task: str, fraction: float, seed: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -241,7 +254,7 @@ def split_indices(
         raise DataError(
             f"validation_split={fraction} of {n} examples leaves an empty "
             f"{'validation' if len(val) == 0 else 'training'} set. Use more data or "
-            "another fraction, or pass validation= explicitly."
+            "another fraction, or pass the validation data yourself."
         )
     return np.sort(train), np.sort(val)
 

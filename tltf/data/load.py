@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import zipfile
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,13 @@ from tltf._checks import (
 from tltf.data.bundle import DataBundle
 from tltf.data.images import RESIZE_POLICIES, ImageOptions
 from tltf.data.inputs import is_arrays, pair_spec
-from tltf.data.labels import TASKS, label_counts, split_indices, validation_coverage
+from tltf.data.labels import (
+    TASKS,
+    check_fraction,
+    label_counts,
+    split_indices,
+    validation_coverage,
+)
 from tltf.data.pipeline import pipeline, pipelines
 from tltf.data.sources import read_source, source_kind
 from tltf.data.tfds import load_tfds
@@ -42,17 +47,6 @@ _KIND_NAMES = {
 #: The rarely needed `load_data` keywords (through `**options`), with their
 #: defaults.
 EXTRA_OPTIONS: dict[str, Any] = {"cache": True, "data_dir": None}
-
-
-def _check_fraction(value) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < 1:
-        raise ConfigError(
-            "Expected validation_split to be a fraction strictly between 0 and 1, "
-            f"e.g. 0.2. Received: validation_split={value!r}"
-        )
-    return float(value)
 
 
 def _check_class_names(names, num_classes: int | None) -> list[str]:
@@ -284,7 +278,7 @@ def load_data(
         cache=bool(cache),
         task=check_choice(task, TASKS, "task"),
     )
-    fraction = _check_fraction(validation_split)
+    fraction = check_fraction(validation_split)
     if fraction is not None and validation is not None:
         raise ConfigError(
             "Pass either validation_split or validation, not both. Received: "

@@ -34,7 +34,7 @@ from tltf._io import atomic_write_json
 from tltf.bases.base import Base, load_base
 from tltf.cache import Continuation, FrozenSplit, fit_part
 from tltf.data import DataBundle
-from tltf.data.inputs import check_labels, is_array
+from tltf.data.inputs import check_labels, is_array, split_validation
 from tltf.errors import ConfigError, DataError, TltfError
 from tltf.freezing import resolve_unfreeze, unfreeze_kwargs
 from tltf.heads import HeadConfig
@@ -369,7 +369,9 @@ class FineTuneHyperModel(kt.HyperModel):
         Returns:
             The History of the trial's stage-2 epochs.
         """
-        train, validation = split_data_args(args, kwargs)
+        train, validation = split_data_args(
+            args, kwargs, task=self.task, seed=self.seed
+        )
         # `tuning.results` names the best model's classes with them.
         self.class_names = getattr(train, "class_names", None)
         callbacks = list(kwargs.pop("callbacks", None) or [])
@@ -806,7 +808,14 @@ class SearchArgumentError(ConfigError, kt.errors.FatalValueError):
     """
 
 
-def split_data_args(args, kwargs, caller: str = "tuner.search"):
+def split_data_args(
+    args,
+    kwargs,
+    caller: str = "tuner.search",
+    *,
+    task: str = "multiclass",
+    seed: int | None = None,
+):
     """(train, validation) from the arguments of `tuner.search`.
 
     tltf's form, as `fine_tune` takes its data: `search(train, validation)` or
@@ -814,22 +823,17 @@ def split_data_args(args, kwargs, caller: str = "tuner.search"):
     `tf.data.Dataset` or a `DataBundle` (one with a validation split needs no
     second). Keras's form too, as keras-tuner's guides write it: `search(x, y,
     validation_data=(x_val, y_val))`, with `x=`, `y=` and `sample_weight=` as
-    keywords or not. `caller` names the call in messages: "tltf.tune" takes
-    tltf's form only.
+    keywords or not. `validation_split=0.2` with arrays, as in TensorFlow's
+    keras-tuner tutorial, takes the validation data from the training arrays
+    by `tltf.data.inputs.split_validation` (seeded by `seed`, or 0; stratified
+    by class for a `task` with classes): every trial gets the same split.
+    `caller` names the call in messages: "tltf.tune" takes tltf's form only.
 
     Raises:
         SearchArgumentError: data that no trial could train on.
     """
     args = list(args)
-    if "validation_split" in kwargs:
-        raise SearchArgumentError(
-            "validation_split= is not taken: every trial is compared on the same "
-            "validation data, which tltf does not split off by itself. Split the "
-            "data first, e.g. data = tltf.load_data((x, y), "
-            "validation_split=0.2, seed=0), and pass data (a "
-            "DataBundle brings its validation split); or pass "
-            "validation_data=(x_val, y_val)."
-        )
+    fraction = kwargs.pop("validation_split", None)
     keras_form = {k: kwargs.pop(k) for k in ("x", "y", "sample_weight") if k in kwargs}
     if "x" in keras_form:
         args.insert(0, keras_form["x"])
@@ -872,12 +876,25 @@ def split_data_args(args, kwargs, caller: str = "tuner.search"):
             f"{len(args)} positional arguments."
         )
 
+    if fraction is not None:
+        if validation is not None:
+            raise SearchArgumentError(
+                f"{caller}() got both validation_data and validation_split; pass "
+                f"one. Received: validation_split={fraction!r}."
+            )
+        try:
+            train, validation = split_validation(
+                train, fraction, task=task, seed=seed, caller=caller
+            )
+        except TltfError as error:
+            raise SearchArgumentError(str(error)) from None
     if validation is None and isinstance(train, DataBundle):
         validation = train.validation
     if validation is None:
         raise SearchArgumentError(
             "Tuning needs validation data: trials are compared on it. Pass "
-            "validation_data, or split the training data first, e.g. data = "
+            "validation_data, or validation_split=0.2 with arrays, or split "
+            "the training data first, e.g. data = "
             "tltf.load_data((images, labels), validation_split=0.2, seed=0), "
             "and pass data: a DataBundle brings "
             "its validation split."

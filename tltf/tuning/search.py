@@ -89,6 +89,7 @@ def tune(
     overwrite: bool = False,
     callbacks: list | None = None,
     verbose=1,
+    validation_split: float | None = None,
     **kwargs,
 ) -> TuneResult:
     """Searches what to unfreeze (and how) with keras-tuner, sharing stage 1.
@@ -122,7 +123,8 @@ def tune(
             must be left out, or at their defaults); or None when `tuner` is a
             keras-tuner instance.
         train: Training data, as for `fine_tune` (arrays, tf.data, DataBundle).
-        validation_data: Validation data. Required (or a DataBundle with one).
+        validation_data: Validation data. Required (or a DataBundle with one,
+            or `validation_split`).
         search: SearchSpace or dict. See `SearchSpace`. Defaults to its defaults.
         tuner: "bayesian", "random", "hyperband", "grid" or a `kt.Tuner`.
             Defaults to "bayesian".
@@ -136,6 +138,10 @@ def tune(
         callbacks: list or None. Keras callbacks for every trial's stage 2
             (deep-copied per trial, as keras-tuner does).
         verbose: int. 0 is silent. Defaults to 1.
+        validation_split: float or None. With `(images, labels)` arrays and no
+            `validation_data`: this fraction of them is the validation data of
+            every trial, as `fine_tune(..., validation_split=)` splits (seeded
+            by `seed`, or 0; stratified by class). Defaults to None.
         **kwargs: Any other name is a ConfigError naming the closest argument,
             raised before anything is built or written. The search's options:
 
@@ -188,14 +194,22 @@ def tune(
     """
     from keras_tuner.src.distribute import utils as dist_utils
 
-    # Fail before any tuner or folder exists.
-    split_data_args(
+    # Fail before any tuner or folder exists. A split is made here, once.
+    given = tuner.hypermodel if isinstance(tuner, kt.Tuner) else base
+    own = isinstance(given, FineTuneHyperModel)
+    train, validation_data = split_data_args(
         (train,),
         {
             "validation_data": validation_data,
-            **{k: v for k, v in kwargs.items() if k == "validation_split"},
+            **(
+                {}
+                if validation_split is None
+                else {"validation_split": validation_split}
+            ),
         },
         "tltf.tune",
+        task=given.task if own else kwargs.get("task", "multiclass"),
+        seed=given.seed if own else kwargs.get("seed"),
     )
     check_keywords(
         kwargs,
