@@ -306,3 +306,49 @@ def test_the_shipped_bases_splits_compose_to_the_model():
         np.testing.assert_allclose(
             split.trainable(list(features)), expected, rtol=1e-4, atol=1e-6
         )
+
+
+def _residual_model():
+    """A base whose blocks end in an `x + y` operation after their last layer,
+    as Keras's ConvNeXt blocks do (`inputs + layer(x)`): the block's output is
+    not its last layer's."""
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="stem_conv")(inputs)
+    blocks = {"stem": ["stem_conv"]}
+    for i in range(3):
+        y = keras.layers.Conv2D(8, 3, padding="same", name=f"b{i}_conv")(x)
+        y = keras.layers.BatchNormalization(name=f"b{i}_bn")(y)
+        y = keras.layers.Activation("linear", name=f"b{i}_identity")(y)
+        x = x + y  # an operation, not a layer
+        blocks[f"b{i}"] = [f"b{i}_conv", f"b{i}_bn", f"b{i}_identity"]
+    base = tltf.load_base(keras.Model(inputs, x, name="residual"), block_map=blocks)
+    keras.utils.set_random_seed(0)
+    return tltf.build_model(base, 3, head={"dropout": 0.0})
+
+
+def test_splits_of_a_base_whose_blocks_end_in_an_operation_compose_to_the_model(
+    data, capsys
+):
+    """The cut is the block's output found in the graph. Before, it was the
+    block's last layer's output, short of the residual add, and every split of
+    such a base (ConvNeXt's) was refused, so its stage 2 ran full passes.
+    Splits built one after the other still find every block: a split's calls
+    of the top blocks are not the base's graph."""
+    from tltf.bases.cut import block_outputs
+
+    model = _residual_model()
+    info = tltf.model_info(model)
+    x = data[0][:5]
+    expected = model(x)
+    for k in (1, 2, 3):
+        split = FrozenSplit(model, k)
+        np.testing.assert_array_equal(
+            split.trainable(list(split.features(x, 2))), expected
+        )
+    positions = range(len(info.block_map))
+    assert None not in block_outputs(info.base, info.block_map, positions, strict=False)
+    # fine_tune's stage 2 on such a base computes the frozen blocks once.
+    tltf.fine_tune(
+        model, data, head_epochs=1, fine_tune_epochs=1, unfreeze=2, keep_best=False
+    )
+    assert "the 2 frozen blocks below run once" in capsys.readouterr().out

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tltf.bases.cut import block_outputs
 from tltf.errors import DataError
 from tltf.heads import pixel_columns
 from tltf.info import model_info
@@ -204,9 +205,10 @@ class FrozenSplit:
         base, block_map = info.base, info.block_map
         if not 0 < k < len(block_map):
             raise ValueError("nothing frozen to cache")
-        last = block_map[len(block_map) - k - 1].layers[-1]
-        cut = base.get_layer(last).output
-        if isinstance(cut, (list, tuple)):
+        # The block's output tensor, found in the graph: its last layer's
+        # output is not it where an operation follows (ConvNeXt's residual add).
+        (cut,) = block_outputs(base, block_map, [len(block_map) - k - 1], strict=False)
+        if cut is None:
             raise ValueError("a block with several outputs")
         # The base's outputs that the top blocks compute: those the cut does not
         # depend on (the others, the cut's own among them, are frozen).

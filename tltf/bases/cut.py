@@ -67,10 +67,11 @@ def _graph_ranks(model: keras.Model, block_map: BlockMap) -> dict[int, int]:
     rank = {name: i for i, name in enumerate(block_map.names)}
     block_of = {layer: b.name for b in block_map for layer in b.layers}
     layer_ids = {id(layer) for layer in model.layers}
+    nodes = _own_nodes(model)
     reach: dict[int, int] = {}
     for op in getattr(model, "operations", model.layers):
         upstream = max(
-            (reach.get(id(t._keras_history.operation), -1) for t in _inputs(op)),
+            (reach.get(id(t._keras_history.operation), -1) for t in _inputs(op, nodes)),
             default=-1,
         )
         own = rank.get(block_of.get(op.name, "")) if id(op) in layer_ids else None
@@ -78,10 +79,24 @@ def _graph_ranks(model: keras.Model, block_map: BlockMap) -> dict[int, int]:
     return reach
 
 
-def _inputs(op) -> list:
-    """The symbolic tensors an operation was called on, over all its calls."""
+def _own_nodes(model: keras.Model) -> set | None:
+    """The keys of the nodes of `model`'s own graph, or None where Keras keeps
+    none (a Sequential model keeps them in its functional form)."""
+    graph = getattr(model, "_functional", None) or model
+    nodes = getattr(graph, "_nodes", None)
+    return nodes if isinstance(nodes, set) else None
+
+
+def _inputs(op, nodes=None) -> list:
+    """The symbolic tensors an operation was called on, over all its calls in
+    the model whose graph's node keys are `nodes` (Keras's `Functional._nodes`;
+    None: every call). A layer's calls in other models built on it (a
+    `tltf.cache.FrozenSplit` calls the base's top blocks on its own input) are
+    not the model's."""
     tensors = []
-    for node in op._inbound_nodes:
+    for index, node in enumerate(op._inbound_nodes):
+        if nodes is not None and f"{id(op)}_ib-{index}" not in nodes:
+            continue
         for tensor in node.input_tensors:
             history = getattr(tensor, "_keras_history", None)
             if history is not None and history.operation is not None:
@@ -115,6 +130,7 @@ def block_outputs(
         BlockMapError: when a block does not end in exactly one tensor (`strict`).
     """
     reach = _graph_ranks(model, block_map)
+    nodes = _own_nodes(model)
     ops = list(getattr(model, "operations", model.layers))
     outputs = []
     last = len(block_map) - 1
@@ -128,7 +144,7 @@ def block_outputs(
         for op in ops:
             if reach[id(op)] <= k:
                 continue
-            for tensor in _inputs(op):
+            for tensor in _inputs(op, nodes):
                 if reach.get(id(tensor._keras_history.operation), -1) <= k:
                     crossing.setdefault(id(tensor), tensor)
         found = list(crossing.values())
