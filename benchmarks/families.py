@@ -25,6 +25,10 @@ Usage:
 Each row prints both wall times and test accuracies; the last line prints the
 mean over the families of tltf's seconds over the recipe's.
 
+`--splits` instead checks, for every family and every k, that stage 2's cached
+split (`tltf.cache.FrozenSplit(model, k)`) computes what the model computes, or
+is refused (full passes); the last line counts the cuts that split.
+
 `--tops` instead builds each family with `include_top=True` and passes it to
 `tltf.load_base` as a keras.Model: each row says where the base ends (the
 classifier and the pooling before it cut off) and whether its preprocessing
@@ -99,6 +103,44 @@ def check_tops(names) -> None:
     print(f"{same} of {len(names)} families: the registry's block map, name for name")
 
 
+def check_splits(names) -> None:
+    """Each family's `tltf.cache.FrozenSplit(model, k)` for every k: the
+    largest difference between the split's output (frozen part, then
+    trainable part) and the model's, or "-" where the split is refused and
+    stage 2 runs full passes (no training)."""
+    from tltf.cache import FrozenSplit
+
+    rng = np.random.default_rng(0)
+    cut = 0
+    for name in names:
+        size = max(64, get_spec(name).min_size)
+        keras.utils.set_random_seed(0)
+        model = tltf.build_model(name, 5, input_shape=(size, size, 3), weights=None)
+        x = rng.uniform(0, 255, (3, size, size, 3)).astype("float32")
+        expected = model.predict(x, verbose=0)
+        cells, worst, n = [], 0.0, len(tltf.model_info(model).block_map)
+        for k in range(1, n):
+            try:
+                split = FrozenSplit(model, k)
+            except (ValueError, KeyError, IndexError, AttributeError):
+                cells.append("-")
+                continue
+            features = split.features(x, 3)
+            features = list(features) if isinstance(features, tuple) else features
+            out = np.asarray(split.trainable(features, training=False))
+            worst = max(worst, float(np.max(np.abs(out - expected))))
+            cells.append("ok")
+        cut += cells.count("ok")
+        print(
+            f"{name:20s} {cells.count('ok'):2d} of {n - 1:2d} cuts split, largest "
+            f"difference {worst:.0e}; refused at k = "
+            f"{[k for k, c in enumerate(cells, 1) if c == '-'] or 'none'}",
+            flush=True,
+        )
+        keras.backend.clear_session()
+    print(f"{cut} cuts split over {len(names)} families")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", nargs="+", default=list(FAMILIES))
@@ -110,7 +152,15 @@ def main() -> None:
         action="store_true",
         help="only check each family built with include_top=True (no training)",
     )
+    parser.add_argument(
+        "--splits",
+        action="store_true",
+        help="only check that each family's stage-2 splits compose to the model",
+    )
     args = parser.parse_args()
+    if args.splits:
+        check_splits(args.bases)
+        return
     if args.tops:
         check_tops(args.bases)
         return

@@ -352,3 +352,52 @@ def test_splits_of_a_base_whose_blocks_end_in_an_operation_compose_to_the_model(
         model, data, head_epochs=1, fine_tune_epochs=1, unfreeze=2, keep_best=False
     )
     assert "the 2 frozen blocks below run once" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["defaults", "weighted-and-smoothed"])
+def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
+    data, setting, monkeypatch, capsys
+):
+    """After stage 2 on cached frozen blocks, the guard's hand-back reads every
+    training image's head features from those blocks' cached output through
+    the top blocks alone, not from a pass of the whole model: the same head as
+    from a full pass (refit in closed form, and trained on with the run's own
+    smoothing), with one pass over the images fewer."""
+    import tltf.cache
+    import tltf.schedule
+
+    x, y = data
+    y = np.random.default_rng(1).permutation(y)  # stage 1 misses some of the slice
+    train = (x, y)
+    kwargs = {"head_epochs": 2, "fine_tune_epochs": 2, "unfreeze": 2, "seed": 3}
+    if setting == "weighted-and-smoothed":
+        train = (x, y, np.random.default_rng(2).uniform(0.5, 2.0, len(y)))
+        kwargs["label_smoothing"] = 0.1
+    passes = []
+    init = tltf.cache.FeatureCache.__init__
+
+    def counted(self, model, dataset, *args, **kw):
+        passes.append(1)
+        init(self, model, dataset, *args, **kw)
+
+    monkeypatch.setattr(tltf.cache.FeatureCache, "__init__", counted)
+    runs = []
+    for reuse in (True, False):
+        if not reuse:
+            monkeypatch.setattr(tltf.schedule, "_stage_two_features", lambda *a: None)
+        passes.clear()
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()
+        history = tltf.fine_tune(model, train, verbose=1, **kwargs)
+        printed = capsys.readouterr().out
+        assert "the 2 frozen blocks below run once" in printed
+        assert "handed the 12 held-out images back" in printed
+        runs.append((model, len(passes), history.kept.note))
+    (model, reused_passes, note), (plain, plain_passes, plain_note) = runs
+    # Stage 1's cache, stage 2's (its training rows and the held-out slice),
+    # and without the reuse the hand-back's pass over every image.
+    assert (reused_passes, plain_passes) == (3, 4)
+    assert note == plain_note
+    for a, b in zip(model.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

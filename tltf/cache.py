@@ -196,6 +196,7 @@ class FrozenSplit:
     def __init__(self, model: keras.Model, k: int = 0):
         self.k = k
         self._extract = None
+        self._to_features = None
         if k == 0:
             self.extractor, self.trainable = feature_model(model), head_model(model)
             self.cut_shape = tuple(cut_tensor(model).shape[1:])
@@ -231,16 +232,23 @@ class FrozenSplit:
         self.cut_shape = tuple(cut.shape[1:])
         features = keras.Input(self.cut_shape, name="frozen_features")
         base_outs = list(base._inbound_nodes[0].output_tensors)
+        cached = cut_tensor(model)  # what the stage-1 cache holds
         if len(base_outs) == 1 and pixel_columns(model) is None:
             # The head after the base, as a model on the base's output.
             head = keras.Model(base_outs[0], model.outputs[0], name="head_part")
             self.extractor = keras.Model(
                 images, bottom(pre(images)), name="frozen_part"
             )
-            self.trainable = keras.Model(
-                features, head(rest_of_base(features)), name="trainable_part"
-            )
+            top = rest_of_base(features)
+            self.trainable = keras.Model(features, head(top), name="trainable_part")
             self.shapes = (self.cut_shape,)
+            self._to_features = lambda: keras.Model(
+                features,
+                top
+                if cached is base_outs[0]
+                else keras.Model(base_outs[0], cached, name="head_pooling")(top),
+                name="to_head_features",
+            )
             return
         # The head reads several blocks or the pixels: it is cut at its pooling,
         # into the pooled features the top blocks change and those they do not.
@@ -298,6 +306,27 @@ class FrozenSplit:
         after = keras.Model(pooled, model.outputs[0], name="head_part")
         self.trainable = keras.Model(inputs, after(pieces), name="trainable_part")
         self.shapes = tuple(tuple(t.shape[1:]) for t in [cut, *frozen])
+        self._to_features = lambda: keras.Model(
+            inputs,
+            keras.Model(pooled, cached, name="head_pooling")(pieces),
+            name="to_head_features",
+        )
+
+    def head_features(self, columns, batch_size: int) -> np.ndarray:
+        """What the stage-1 cache holds for each image (`feature_model`: the
+        head's pooled features), from the frozen part's output (`columns`, as
+        `features` gives it, or a `FeatureCache`'s columns): only the top `k`
+        blocks run. With k = 0 the columns are those features already.
+        """
+        columns = list(columns) if isinstance(columns, (list, tuple)) else [columns]
+        if self._to_features is None:
+            return np.asarray(columns[0])
+        part = self._to_features()
+        return part.predict(
+            columns if len(columns) > 1 else columns[0],
+            batch_size=batch_size,
+            verbose=0,
+        )
 
     def extract(self):
         """A compiled function from image batches to the frozen part's output.
@@ -459,6 +488,18 @@ class FeatureCache:
         self.columns = columns
         self.others = [np.concatenate(parts) for parts in zip(*rest, strict=True)]
         self.count = len(columns[0])
+
+    @classmethod
+    def from_arrays(cls, features: np.ndarray, others: list, batch_size: int):
+        """A cache of features computed elsewhere (no pass): `features` and
+        `others` (labels, then sample weights) row for row, read in batches of
+        `batch_size`."""
+        cache = cls.__new__(cls)
+        cache.features, cache.columns = features, [features]
+        cache.others, cache.count = [np.asarray(o) for o in others], len(features)
+        cache.batch_sizes = [min(batch_size, cache.count)]
+        cache.paths, cache.seconds = [], 0.0
+        return cache
 
     def dataset(self, batch_size: int, shuffle: bool, seed: int | None = None):
         """The cached features as batches of (features, label[, sample_weight])."""

@@ -833,19 +833,25 @@ def fine_tune(
             callbacks=[*callbacks, *(c for c in (guard, stage_one) if c is not None)],
             fit_args=fit_args,
             resume=resume,
+            hand_back=hand_back,
         )
-        if use_cache:
-            history = _fit_with_feature_cache(run)
-        else:
-            history = _fit_full_passes(run, passes)
-        alpha = _end_with_wise(
-            model, stage_one, settings, guard, val_ds, feature_source, loud
-        )
-        refit = (
-            _hand_back(model, holdout, class_weight, loud, retrain, schedule)
-            if hand_back
-            else None
-        )
+        try:
+            if use_cache:
+                history = _fit_with_feature_cache(run)
+            else:
+                history = _fit_full_passes(run, passes)
+            alpha = _end_with_wise(
+                model, stage_one, settings, guard, val_ds, feature_source, loud
+            )
+            refit = (
+                _hand_back(
+                    model, holdout, class_weight, loud, retrain, schedule, run.stage_two
+                )
+                if hand_back
+                else None
+            )
+        finally:
+            run.close()
         history.kept = _kept(history, model, schedule, guard, alpha, refit)
         return history
     finally:
@@ -1191,6 +1197,7 @@ def _hand_back(
     verbose,
     retrain: _HeadRetrain | None,
     schedule: FineTuneSchedule,
+    stage_two: tuple | None = None,
 ) -> str | None:
     """Hands the held-out slice back: the head is refit on every training image.
 
@@ -1204,7 +1211,10 @@ def _hand_back(
     epochs on it, so their score there is biased upwards. The refit weighs
     each image by `class_weight` (a dict or None), as training did. With
     `retrain`, the head then trains on from the refit with the run's own loss,
-    smoothing or head L2, as stage 1 did (`_retrain_head`).
+    smoothing or head L2, as stage 1 did (`_retrain_head`). After stage 2 on
+    cached frozen blocks (`stage_two`, see `_stage_two_features`), the head's
+    features come from their cached output through the top blocks alone;
+    otherwise from a pass of the model over every training image.
 
     Returns:
         What was done, for `history.kept`'s note, or None when the head was not
@@ -1212,7 +1222,7 @@ def _hand_back(
     """
     train_on = retrain is not None and not retrain.distributed
     split = FrozenSplit(model) if train_on else None
-    cache = FeatureCache(
+    cache = _stage_two_features(holdout, stage_two) or FeatureCache(
         model, holdout.everything, extractor=split.extract() if split else None
     )
     try:
@@ -1260,6 +1270,36 @@ def _hand_back(
         f"{ridge.removeprefix('head starts from ')}{then}."
     )
     return done
+
+
+def _stage_two_features(holdout: _Slice, stage_two) -> FeatureCache | None:
+    """Every training image's head features, from stage 2's cached frozen
+    blocks, in the order of `holdout.everything`; or None.
+
+    Stage 2 (`_fit_stage_two_cached`) computed the output of the frozen blocks
+    for the rows it trained on and for the held-out slice. Those blocks have
+    not changed since (the guard, WiSE-FT and the hand-back change only what
+    stage 2 trained), so the head's features of every image need the top
+    blocks alone, not a pass of the whole model. For arrays (a dataset read
+    into memory included), whose labels and weights are at hand; None for a
+    bundle, or when stage 2 did not run on cached blocks.
+    """
+    if stage_two is None or holdout.rows is None:
+        return None
+    split, trained, held = stage_two
+    if trained.count != len(holdout.trained) or held.count != len(holdout.held):
+        return None
+    parts = [
+        split.head_features(cache.columns, holdout.batch_size)
+        for cache in (trained, held)
+    ]
+    features = np.empty((trained.count + held.count, *parts[0].shape[1:]), "float32")
+    features[holdout.trained], features[holdout.held] = parts
+    data = holdout.train
+    others = [np.asarray(data[1])]
+    if len(data) == 3:
+        others.append(check_sample_weights(data[2], len(features), "train"))
+    return FeatureCache.from_arrays(features, others, holdout.batch_size)
 
 
 def _retrain_head(
@@ -1361,6 +1401,17 @@ class _Run:
     callbacks: list  # the user's, then tltf's own (the guard)
     fit_args: dict
     resume: Resume | None
+    #: Keep stage 2's cached frozen-block output for the guard's hand-back.
+    hand_back: bool = False
+    #: What stage 2 on cached frozen blocks kept for the hand-back: the split,
+    #: and its caches of the training rows and of the held-out slice.
+    stage_two: tuple | None = None
+
+    def close(self) -> None:
+        """Frees what stage 2 kept for the hand-back."""
+        for cache in self.stage_two[1:] if self.stage_two else ():
+            cache.close()
+        self.stage_two = None
 
 
 def _fit_full_passes(run: _Run, passes: int | None) -> keras.callbacks.History:
@@ -2778,9 +2829,16 @@ def _fit_stage_two_cached(run, split, continuation, backup, start, total) -> Non
             **run.fit_args,
         )
     finally:
-        for part in (train_cache, val_cache, held):
-            if part is not None:
-                part.close()
+        if run.hand_back and held is not None:
+            # The hand-back reads every training image's head features: from
+            # these, only the top blocks run (`_stage_two_features`).
+            run.stage_two = (split, train_cache, held)
+        else:
+            for part in (train_cache, held):
+                if part is not None:
+                    part.close()
+        if val_cache is not None:
+            val_cache.close()
         if guard is not None:
             guard.holdout_predict = None
         schedule.on_train_end()
