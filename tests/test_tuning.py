@@ -315,6 +315,48 @@ def test_stage2_on_cached_frozen_blocks_matches_full_passes(blocks, head):
     assert list(logs["stage"]) == [2, 2]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["bundle", "dataset"])
+def test_a_trials_stage_2_on_datasets_reads_the_frozen_blocks_once(form, capsys):
+    """A `load_data` bundle, or a `tf.data` input of known length, gets the
+    cached stage 2 too (until 2026-12-06, arrays only): the frozen blocks,
+    BatchNorm statistics included, stay bitwise as they were, and the
+    validation loss it logs last is the model's own on the validation data
+    (the cached features are the model's, each with its image's label)."""
+    (x, y), (xv, yv) = tuning_job.data()
+    if form == "bundle":
+        train = tltf.load_data((x, y), validation=(xv, yv), batch_size=16, seed=0)
+        val = train.validation
+    else:
+        train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(48, seed=0)
+        val = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(16)
+    hypermodel = tuning_job.hypermodel(
+        search={**tuning_job.FIXED_HEAD, "unfreeze": 2, "fine_tune_lr": 1e-3},
+        fine_tune_epochs=2,
+    )
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    assert hypermodel._partial_cache(
+        model, hypermodel.trial_values(hp), {}, train, val, []
+    )
+    info = tltf.model_info(model)
+    frozen = [
+        info.base.get_layer(name)
+        for block in info.block_map
+        if block.name in ("block1", "block2")
+        for name in block.layers
+    ]
+    before = [w.numpy().copy() for layer in frozen for w in layer.weights]
+    history = FineTuneHyperModel.fit(hypermodel, hp, model, train, val, verbose=1)
+    assert "frozen blocks, computed once" in capsys.readouterr().out
+    after = [w.numpy() for layer in frozen for w in layer.weights]
+    assert before and len(before) == len(after)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert list(history.history["stage"]) == [2, 2]
+    loss = model.evaluate(xv, yv, verbose=0)[0]
+    np.testing.assert_allclose(history.history["val_loss"][-1], loss, rtol=1e-5)
+
+
 @pytest.mark.parametrize("setting", ["auto", 0.01])
 def test_a_trials_stage_2_trains_with_the_heads_l2_of_its_stage_1(setting):
     """Under head_l2="auto" a ridge-started multi-label head trains with an L2

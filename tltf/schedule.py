@@ -51,6 +51,7 @@ from tltf.data.inputs import (
     check_image_shape,
     check_label_values,
     check_labels,
+    images_at_most,
     pipeline_errors,
     read_dataset,
     split_validation,
@@ -2739,23 +2740,12 @@ def _stage_two_split(run: _Run) -> FrozenSplit | None:
         split = FrozenSplit(run.model, k)
     except (ValueError, KeyError, IndexError, AttributeError):
         return None  # a base whose blocks do not chain through one tensor
-    images = _images_at_most(run.features)
+    images = images_at_most(run.features)
     if run.val is not None:
-        images += _images_at_most(run.val)
+        images += images_at_most(run.val)
     if split.bytes_per_image() * images > tltf_cache.MEMORY_LIMIT_BYTES:
         return None
     return split
-
-
-def _images_at_most(ds: tf.data.Dataset) -> int:
-    """An upper bound of a finite batched dataset's images: its batches times its
-    batch size (the static one, else the first batch's; reads an unshuffled
-    pipeline's first batch at most)."""
-    size = tf.nest.flatten(ds.element_spec[0])[0].shape[0]
-    if size is None:
-        first = next(iter(ds.take(1)))[0]
-        size = tf.nest.flatten(first)[0].shape[0]
-    return max(int(ds.cardinality()), 0) * int(size)
 
 
 def _fit_stage_two_cached(run, split, continuation, backup, start, total) -> None:

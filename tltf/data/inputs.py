@@ -85,6 +85,20 @@ def array_batches(
     return ds.batch(batch_size).map(rows).prefetch(tf.data.AUTOTUNE)
 
 
+def images_at_most(ds: tf.data.Dataset) -> int:
+    """An upper bound of a finite dataset's images: its batches times its batch
+    size (the static one, else the first batch's; reads an unshuffled
+    pipeline's first batch at most); its elements, unbatched."""
+    shape = tf.nest.flatten(ds.element_spec[0])[0].shape
+    if len(shape) != 4:  # single images
+        return max(int(ds.cardinality()), 0)
+    size = shape[0]
+    if size is None:
+        first = next(iter(ds.take(1)))[0]
+        size = tf.nest.flatten(first)[0].shape[0]
+    return max(int(ds.cardinality()), 0) * int(size)
+
+
 def pair_spec(data: tf.data.Dataset, what: str) -> tuple:
     """A dataset's element spec, checked to be `(image, label[, weight])`."""
     spec = data.element_spec

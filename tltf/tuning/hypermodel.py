@@ -32,9 +32,17 @@ from tltf import cache
 from tltf._checks import check_keywords, is_int, named_arguments
 from tltf._io import atomic_write_json
 from tltf.bases.base import Base, load_base
-from tltf.cache import Continuation, FrozenSplit, fit_part
+from tltf.cache import Continuation, FeatureCache, FrozenSplit, fit_part
 from tltf.data import DataBundle
-from tltf.data.inputs import check_labels, is_array, split_validation
+from tltf.data.inputs import (
+    as_dataset,
+    check_image_shape,
+    check_labels,
+    images_at_most,
+    is_array,
+    is_arrays,
+    split_validation,
+)
 from tltf.errors import ConfigError, DataError, TltfError
 from tltf.freezing import resolve_unfreeze, unfreeze_kwargs
 from tltf.heads import HeadConfig
@@ -622,9 +630,10 @@ class FineTuneHyperModel(kt.HyperModel):
 
         Blocks below the unfrozen ones are frozen and deterministic in stage 2
         (their BatchNorm runs on frozen statistics under every policy), so their
-        output can be computed once per trial. Used for the plain case: array
-        inputs, no augmentation or other fine_tune options, no gradual
-        unfreezing, and `cache_features` not False.
+        output can be computed once per trial. Used for the plain case: arrays,
+        a `load_data` bundle or a finite `tf.data.Dataset` of known length, no
+        augmentation or other fine_tune options, no gradual unfreezing, and
+        `cache_features` not False.
         """
         # Options at their neutral value (None, 0, False) change nothing; the
         # head's L2 is put on the head's kernel, which the cached fit trains.
@@ -634,11 +643,10 @@ class FineTuneHyperModel(kt.HyperModel):
             return None
         if self.settings.regularize is not None or self.settings.lr_policy != "uniform":
             return None  # fine_tune applies them
-        if not all(
-            isinstance(d, (tuple, list)) and len(d) in (2, 3)
-            for d in (train, validation)
-        ):
-            return None  # arrays, with or without sample weights
+        counts = [_images_in(train, True), _images_in(validation, False)]
+        if None in counts:
+            return None  # a dataset of unknown length, or a bundle without a
+            # fixed-order copy
         if any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks):
             return None
         k = top_blocks(values)
@@ -650,9 +658,8 @@ class FineTuneHyperModel(kt.HyperModel):
         except (ValueError, KeyError, IndexError, AttributeError):
             return None  # a base whose blocks do not chain through one tensor
 
-        images = len(train[0]) + len(validation[0])
         if (
-            split.bytes_per_image() * images > cache.MEMORY_LIMIT_BYTES
+            split.bytes_per_image() * sum(counts) > cache.MEMORY_LIMIT_BYTES
         ):  # read now: users may set it
             return None
         return split
@@ -713,14 +720,21 @@ def _fit_on_frozen_features(
 
     info = model_info(model)
     decay = float(values["lr_decay"])
-    x, y = np.asarray(train[0]), np.asarray(train[1])
-    xv, yv = np.asarray(validation[0]), np.asarray(validation[1])
-    if x.shape[1:] != tuple(model.input_shape[1:]):
-        raise DataError(
-            f"train has images of shape {x.shape[1:]}, but the model takes "
-            f"{tuple(model.input_shape[1:])}. Load them with tltf.data.load_data("
-            "..., image_size=...) to resize."
-        )
+    arrays = is_arrays(train) and is_arrays(validation)
+    if arrays:
+        x, y = np.asarray(train[0]), np.asarray(train[1])
+        xv, yv = np.asarray(validation[0]), np.asarray(validation[1])
+        if x.shape[1:] != tuple(model.input_shape[1:]):
+            raise DataError(
+                f"train has images of shape {x.shape[1:]}, but the model takes "
+                f"{tuple(model.input_shape[1:])}. Load them with tltf.data.load_data("
+                "..., image_size=...) to resize."
+            )
+    else:  # datasets: read once, in a fixed order where the data has one
+        train = _fixed_order(train, batch_size, "train")
+        validation = _fixed_order(validation, batch_size, "validation_data")
+        check_image_shape(train, model, "train")
+        check_image_shape(validation, model, "validation_data")
     one_hot = check_labels(train, info, "train")
     check_labels(validation, info, "validation_data")
     loss, metrics = default_loss_and_metrics(info, one_hot)
@@ -736,8 +750,14 @@ def _fit_on_frozen_features(
     schedule.set_model(model)
     schedule.set_params({"epochs": end})
     started = time.perf_counter()
-    feats = split.features(x, batch_size)
-    feats_val = split.features(xv, batch_size)
+    if arrays:
+        feats = split.features(x, batch_size)
+        feats_val = split.features(xv, batch_size)
+    else:
+        caches = [
+            FeatureCache(model, data, extractor=split.extract())
+            for data in (train, validation)
+        ]
     seconds = time.perf_counter() - started
     schedule._enter(2, schedule.plan(start)[1], start)  # optimizer, trainability
     if verbose:
@@ -749,14 +769,19 @@ def _fit_on_frozen_features(
     # one seeded shuffle of the slices), with the sample weights where the
     # arrays have them. The features are one array, or a tuple of them for a
     # head that reads the frozen blocks or the pixels too.
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((feats, y, *train[2:]))
-        .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-    )
-    val_ds = tf.data.Dataset.from_tensor_slices((feats_val, yv, *validation[2:])).batch(
-        batch_size
-    )
+    if arrays:
+        train_ds = (
+            tf.data.Dataset.from_tensor_slices((feats, y, *train[2:]))
+            .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+        )
+        val_ds = tf.data.Dataset.from_tensor_slices(
+            (feats_val, yv, *validation[2:])
+        ).batch(batch_size)
+    else:  # a dataset's own batches (a bundle's: load_data's batch_size)
+        batch = caches[0].batch_sizes[0]
+        train_ds = caches[0].dataset(batch, shuffle=True, seed=seed)
+        val_ds = caches[1].dataset(caches[1].batch_sizes[0], shuffle=False)
     history = keras.callbacks.History()
     continuation = Continuation([*callbacks, history], model, end)  # as in fit
     continuation.last = True
@@ -774,6 +799,29 @@ def _fit_on_frozen_features(
     )
     model.history = history
     return history
+
+
+def _images_in(data, training: bool) -> int | None:
+    """How many images a trial's cached stage 2 would hold for `data`, or None
+    where it cannot be cached: arrays, a training bundle with a fixed-order
+    copy, a finite `tf.data.Dataset` of known length (at most its batches
+    times its batch size)."""
+    if is_arrays(data):
+        return len(data[0])
+    if isinstance(data, DataBundle):
+        usable = training and data.unshuffled is not None
+        return data.num_train if usable else None
+    if isinstance(data, tf.data.Dataset) and int(data.cardinality()) >= 0:
+        return images_at_most(data)
+    return None
+
+
+def _fixed_order(data, batch_size: int, what: str) -> tf.data.Dataset:
+    """A bundle's fixed-order copy, or a dataset as batches (read once: the
+    cache keeps each image's label with its features)."""
+    if isinstance(data, DataBundle):
+        return data.unshuffled
+    return as_dataset(data, batch_size, False, None, what)
 
 
 def _trial_settings(settings, kwargs) -> tuple[FineTuneSettings, dict]:
