@@ -43,17 +43,14 @@ from tltf.tuning import FineTuneHyperModel, tune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realdata  # noqa: E402
+import stage2_cache  # noqa: E402
 
 
-@contextlib.contextmanager
 def baseline():
     """A trial's stage 2 as it was for bundles: full forward passes."""
-    saved = FineTuneHyperModel._partial_cache
-    FineTuneHyperModel._partial_cache = lambda self, *args: None
-    try:
-        yield
-    finally:
-        FineTuneHyperModel._partial_cache = saved
+    return stage2_cache.patched(
+        FineTuneHyperModel, "_partial_cache", lambda self, *args: None
+    )
 
 
 def bundle(k: int, seed: int = 0):
