@@ -355,7 +355,9 @@ def test_splits_of_a_base_whose_blocks_end_in_an_operation_compose_to_the_model(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting", ["defaults", "weighted-and-smoothed"])
+@pytest.mark.parametrize(
+    "setting", ["defaults", "weighted-and-smoothed", "weighted-and-class-weighted"]
+)
 def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     data, setting, monkeypatch, capsys
 ):
@@ -363,7 +365,8 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     training image's head features from those blocks' cached output through
     the top blocks alone, not from a pass of the whole model: the same head as
     from a full pass (refit in closed form, and trained on with the run's own
-    smoothing), with one pass over the images fewer."""
+    smoothing), with one pass over the images fewer. Sample weights that
+    `class_weight` is folded into keep the pass, whose batches carry them."""
     import tltf.cache
     import tltf.schedule
 
@@ -371,9 +374,12 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     y = np.random.default_rng(1).permutation(y)  # stage 1 misses some of the slice
     train = (x, y)
     kwargs = {"head_epochs": 2, "fine_tune_epochs": 2, "unfreeze": 2, "seed": 3}
-    if setting == "weighted-and-smoothed":
+    if setting != "defaults":
         train = (x, y, np.random.default_rng(2).uniform(0.5, 2.0, len(y)))
+    if setting == "weighted-and-smoothed":
         kwargs["label_smoothing"] = 0.1
+    if setting == "weighted-and-class-weighted":
+        kwargs["class_weight"] = {0: 1.0, 1: 3.0, 2: 0.5}
     passes = []
     init = tltf.cache.FeatureCache.__init__
 
@@ -397,7 +403,8 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     (model, reused_passes, note), (plain, plain_passes, plain_note) = runs
     # Stage 1's cache, stage 2's (its training rows and the held-out slice),
     # and without the reuse the hand-back's pass over every image.
-    assert (reused_passes, plain_passes) == (3, 4)
+    folded = setting == "weighted-and-class-weighted"
+    assert (reused_passes, plain_passes) == (4 if folded else 3, 4)
     assert note == plain_note
     for a, b in zip(model.get_weights(), plain.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -997,6 +997,8 @@ class _Slice:
     read: str  # how a tf.data input became the arrays held out of, if it did
     batch_size: int  # the batches to train in (a dataset read: its own)
     weights: np.ndarray | None = None  # the held-out rows' sample weights
+    #: `class_weight` is multiplied into `everything`'s sample weights.
+    folded: bool = False
 
 
 def _holdout(
@@ -1283,9 +1285,11 @@ def _stage_two_features(holdout: _Slice, stage_two) -> FeatureCache | None:
     stage 2 trained), so the head's features of every image need the top
     blocks alone, not a pass of the whole model. For arrays (a dataset read
     into memory included), whose labels and weights are at hand; None for a
-    bundle, or when stage 2 did not run on cached blocks.
+    bundle, for sample weights that `class_weight` was folded into (the
+    weights are then those of `everything`'s batches), or when stage 2 did not
+    run on cached blocks.
     """
-    if stage_two is None or holdout.rows is None:
+    if stage_two is None or holdout.rows is None or holdout.folded:
         return None
     split, trained, held = stage_two
     if trained.count != len(holdout.trained) or held.count != len(holdout.held):
@@ -2084,7 +2088,7 @@ def _fold_class_weights(prepared, feature_source, holdout, class_weight, classes
         sample=fold(prepared.sample),
     )
     if holdout is not None:
-        holdout.everything = fold(holdout.everything)
+        holdout.everything, holdout.folded = fold(holdout.everything), True
     return prepared, fold(feature_source)
 
 
