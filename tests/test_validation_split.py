@@ -55,7 +55,15 @@ def test_bad_splits_name_the_problem_and_the_fix():
     bundle = tltf.load_data((x, y), image_size=16)
     for data, fraction, error_type, words in [
         ((x, y), 1.0, ConfigError, ["validation_split", "between 0 and 1"]),
-        (dataset, 0.2, ConfigError, ["Dataset", "load_data(dataset, validation_split"]),
+        (
+            dataset,
+            0.2,
+            ConfigError,
+            [
+                "with a tf.data.Dataset as training",
+                "load_data(dataset, validation_split",
+            ],
+        ),
         (
             bundle,
             0.2,

@@ -186,7 +186,11 @@ def split_validation(
             "gives a bundle with its validation split, which is used."
         )
     if not is_arrays(data):
-        kind = type(data).__name__
+        kind = (
+            "a tf.data.Dataset as"
+            if isinstance(data, tf.data.Dataset)
+            else type(data).__name__
+        )
         raise ConfigError(
             f"{caller}() got validation_split= with {kind} training data: it "
             f"splits {ARRAYS} arrays, as in Keras's fit. Split the data first, "
