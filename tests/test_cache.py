@@ -356,7 +356,8 @@ def test_splits_of_a_base_whose_blocks_end_in_an_operation_compose_to_the_model(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "setting", ["defaults", "weighted-and-smoothed", "weighted-and-class-weighted"]
+    "setting",
+    ["defaults", "weighted-and-smoothed", "weighted-and-class-weighted", "bundle"],
 )
 def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     data, setting, monkeypatch, capsys
@@ -365,8 +366,9 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     training image's head features from those blocks' cached output through
     the top blocks alone, not from a pass of the whole model: the same head as
     from a full pass (refit in closed form, and trained on with the run's own
-    smoothing), with one pass over the images fewer. Sample weights that
-    `class_weight` is folded into keep the pass, whose batches carry them."""
+    smoothing), with one pass over the images fewer, for arrays and for a
+    `load_data` bundle. Sample weights that `class_weight` is folded into keep
+    the pass, whose batches carry them."""
     import tltf.cache
     import tltf.schedule
 
@@ -380,6 +382,9 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
         kwargs["label_smoothing"] = 0.1
     if setting == "weighted-and-class-weighted":
         kwargs["class_weight"] = {0: 1.0, 1: 3.0, 2: 0.5}
+    if setting == "bundle":  # its own batches, its labels from the bundle
+        train = tltf.load_data((x, y), batch_size=16, seed=0)
+        kwargs["label_smoothing"] = 0.1
     passes = []
     init = tltf.cache.FeatureCache.__init__
 

@@ -999,6 +999,8 @@ class _Slice:
     weights: np.ndarray | None = None  # the held-out rows' sample weights
     #: `class_weight` is multiplied into `everything`'s sample weights.
     folded: bool = False
+    #: A bundle's labels in `everything`'s order (arrays have theirs in `train`).
+    everything_labels: np.ndarray | None = None
 
 
 def _holdout(
@@ -1076,6 +1078,7 @@ def _holdout(
             kept.unshuffled.concatenate(out.unshuffled),
             "",
             batch_size,
+            everything_labels=np.concatenate([labels[trained], labels[held]]),
         )
     weights = None
     if len(train) == 3:
@@ -1283,13 +1286,13 @@ def _stage_two_features(holdout: _Slice, stage_two) -> FeatureCache | None:
     for the rows it trained on and for the held-out slice. Those blocks have
     not changed since (the guard, WiSE-FT and the hand-back change only what
     stage 2 trained), so the head's features of every image need the top
-    blocks alone, not a pass of the whole model. For arrays (a dataset read
-    into memory included), whose labels and weights are at hand; None for a
-    bundle, for sample weights that `class_weight` was folded into (the
-    weights are then those of `everything`'s batches), or when stage 2 did not
-    run on cached blocks.
+    blocks alone, not a pass of the whole model. The labels and sample
+    weights are those of the arrays (a dataset read into memory included), or
+    a bundle's labels. None for sample weights that `class_weight` was folded
+    into (they are `everything`'s batches' own), or when stage 2 did not run
+    on cached blocks.
     """
-    if stage_two is None or holdout.rows is None or holdout.folded:
+    if stage_two is None or holdout.folded:
         return None
     split, trained, held = stage_two
     if trained.count != len(holdout.trained) or held.count != len(holdout.held):
@@ -1298,6 +1301,14 @@ def _stage_two_features(holdout: _Slice, stage_two) -> FeatureCache | None:
         split.head_features(cache.columns, holdout.batch_size)
         for cache in (trained, held)
     ]
+    if holdout.rows is None:  # a bundle: its kept rows, then the held-out ones
+        if holdout.everything_labels is None:
+            return None
+        features = np.concatenate(parts).astype("float32", copy=False)
+        # In the bundle's own batches, as `everything` gives them.
+        return FeatureCache.from_arrays(
+            features, [holdout.everything_labels], trained.batch_sizes[0]
+        )
     features = np.empty((trained.count + held.count, *parts[0].shape[1:]), "float32")
     features[holdout.trained], features[holdout.held] = parts
     data = holdout.train
