@@ -356,8 +356,7 @@ def test_splits_of_a_base_whose_blocks_end_in_an_operation_compose_to_the_model(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "setting",
-    ["defaults", "weighted-and-smoothed", "weighted-and-class-weighted", "bundle"],
+    "setting", ["weighted-and-smoothed", "weighted-and-class-weighted", "bundle"]
 )
 def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     data, setting, monkeypatch, capsys
@@ -368,16 +367,15 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     from a full pass (refit in closed form, and trained on with the run's own
     smoothing), with one pass over the images fewer, for arrays and for a
     `load_data` bundle. Sample weights that `class_weight` is folded into keep
-    the pass, whose batches carry them."""
+    the pass, whose batches carry them. (The defaults take this path in
+    `test_stage_two_on_the_frozen_blocks_output_is_stage_two_on_full_passes`.)"""
     import tltf.cache
     import tltf.schedule
 
     x, y = data
     y = np.random.default_rng(1).permutation(y)  # stage 1 misses some of the slice
-    train = (x, y)
     kwargs = {"head_epochs": 2, "fine_tune_epochs": 2, "unfreeze": 2, "seed": 3}
-    if setting != "defaults":
-        train = (x, y, np.random.default_rng(2).uniform(0.5, 2.0, len(y)))
+    train = (x, y, np.random.default_rng(2).uniform(0.5, 2.0, len(y)))
     if setting == "weighted-and-smoothed":
         kwargs["label_smoothing"] = 0.1
     if setting == "weighted-and-class-weighted":
