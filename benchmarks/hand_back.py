@@ -15,8 +15,9 @@ Usage:
     .venv/bin/python benchmarks/hand_back.py [--bases vgg16 demo] [--k 10]
         [--task digits|shapes_target] [--repeats 2] [--weights-dir W]
 
-The last line prints the baseline's time over tltf's, summed over the bases
-(medians of `fine_tune`'s wall time).
+Each run's line gives the hand-back's own seconds too. The last line prints
+the baseline's time over tltf's, summed over the bases (medians of
+`fine_tune`'s wall time).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import tltf  # isort: skip  (first: imports TensorFlow quietly)
 
 import sys
+import time
 from pathlib import Path
 
 import tltf.schedule
@@ -39,10 +41,31 @@ def baseline():
     )
 
 
+#: Seconds of the last run's hand-back (`tltf.schedule._hand_back`).
+_last = {"seconds": 0.0}
+
+
+def _timed(hand_back):
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return hand_back(*args, **kwargs)
+        finally:
+            _last["seconds"] = time.perf_counter() - start
+
+    return timed
+
+
 def main() -> None:
-    stage2_cache.main(
-        baseline, __doc__, "hand-back by a full pass / from stage 2's cache"
-    )
+    with stage2_cache.patched(
+        tltf.schedule, "_hand_back", _timed(tltf.schedule._hand_back)
+    ):
+        stage2_cache.main(
+            baseline,
+            __doc__,
+            "hand-back by a full pass / from stage 2's cache",
+            lambda: f" (hand-back {_last['seconds']:.2f}s)",
+        )
 
 
 if __name__ == "__main__":

@@ -114,10 +114,11 @@ def main(
     baseline=baseline,
     doc: str = __doc__,
     sides: str = "full passes / frozen blocks once",
+    detail=lambda: "",
 ) -> None:
     """Runs the comparison: `baseline` (a context manager) against tltf as it
-    is; `benchmarks/hand_back.py` passes its own, its docstring and the words
-    for its two sides."""
+    is; `benchmarks/hand_back.py` passes its own, its docstring, the words
+    for its two sides and `detail`, which adds to each run's line."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--bases", nargs="+", default=["vgg16", "demo"])
     parser.add_argument("--k", type=int, default=10)
@@ -139,7 +140,7 @@ def main(
                     times[side].append(seconds)
                 print(
                     f"{base} {side:8s} run {i}: {seconds:6.1f}s, test accuracy "
-                    f"{accuracy:.3f}{' (warm-up)' if not i else ''}",
+                    f"{accuracy:.3f}{detail()}{' (warm-up)' if not i else ''}",
                     flush=True,
                 )
                 if i == 0:

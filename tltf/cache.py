@@ -71,13 +71,14 @@ def inference_function(part: keras.Model):
     One trace serves every batch, the last, smaller one included (a
     `reduce_retracing` function traces twice: once for the first batch size,
     once more, relaxed, for the next). Callers cast the images to
-    `input_signature[0].dtype`.
+    `input_signature[0].dtype`. A part with several inputs takes them as
+    positional arguments, in `part.inputs` order.
     """
-    spec = tf.TensorSpec((None, *part.input_shape[1:]), part.inputs[0].dtype)
+    specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in part.inputs]
 
-    @tf.function(input_signature=[spec], reduce_retracing=True)
-    def extract(images):
-        return part(images, training=False)
+    @tf.function(input_signature=specs, reduce_retracing=True)
+    def extract(*inputs):
+        return part(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
 
     return extract
 
@@ -195,7 +196,7 @@ class FrozenSplit:
 
     def __init__(self, model: keras.Model, k: int = 0):
         self.k = k
-        self._extract = None
+        self._extract = self._head_features = None
         self._to_features = None
         if k == 0:
             self.extractor, self.trainable = feature_model(model), head_model(model)
@@ -316,16 +317,20 @@ class FrozenSplit:
         """What the stage-1 cache holds for each image (`feature_model`: the
         head's pooled features), from the frozen part's output (`columns`, as
         `features` gives it, or a `FeatureCache`'s columns): only the top `k`
-        blocks run. With k = 0 the columns are those features already.
+        blocks run, as one `inference_function` built once per split. With
+        k = 0 the columns are those features already.
         """
         columns = list(columns) if isinstance(columns, (list, tuple)) else [columns]
         if self._to_features is None:
             return np.asarray(columns[0])
-        part = self._to_features()
-        return part.predict(
-            columns if len(columns) > 1 else columns[0],
-            batch_size=batch_size,
-            verbose=0,
+        if self._head_features is None:
+            self._head_features = inference_function(self._to_features())
+        run = self._head_features
+        return np.concatenate(
+            [
+                run(*(c[i : i + batch_size] for c in columns)).numpy()
+                for i in range(0, len(columns[0]), batch_size)
+            ]
         )
 
     def extract(self):

@@ -1297,20 +1297,23 @@ def _stage_two_features(holdout: _Slice, stage_two) -> FeatureCache | None:
     split, trained, held = stage_two
     if trained.count != len(holdout.trained) or held.count != len(holdout.held):
         return None
-    parts = [
-        split.head_features(cache.columns, holdout.batch_size)
-        for cache in (trained, held)
+    if holdout.rows is None and holdout.everything_labels is None:
+        return None
+    # The training rows, then the held-out ones: one pass of the top blocks.
+    columns = [
+        np.concatenate(pair) for pair in zip(trained.columns, held.columns, strict=True)
     ]
-    if holdout.rows is None:  # a bundle: its kept rows, then the held-out ones
-        if holdout.everything_labels is None:
-            return None
-        features = np.concatenate(parts).astype("float32", copy=False)
+    features = split.head_features(columns, holdout.batch_size).astype(
+        "float32", copy=False
+    )
+    if holdout.rows is None:  # a bundle: `everything` is in that order too
         # In the bundle's own batches, as `everything` gives them.
         return FeatureCache.from_arrays(
             features, [holdout.everything_labels], trained.batch_sizes[0]
         )
-    features = np.empty((trained.count + held.count, *parts[0].shape[1:]), "float32")
-    features[holdout.trained], features[holdout.held] = parts
+    rows = np.empty_like(features)  # into `everything`'s order: the arrays'
+    rows[np.concatenate([holdout.trained, holdout.held])] = features
+    features = rows
     data = holdout.train
     others = [np.asarray(data[1])]
     if len(data) == 3:
