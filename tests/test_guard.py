@@ -91,8 +91,8 @@ def test_stage_2_is_skipped_when_stage_1_classifies_the_whole_slice(
 ):
     """A stage-2 epoch would have to be more accurate on the slice to be kept:
     when stage 1 classifies all of it, the run ends after stage 1, with the
-    model the full run would have restored (bitwise), and its backup counts as
-    finished."""
+    model the full run would have restored (bitwise without the cache, to 1e-6
+    with it), and its backup counts as finished."""
     x, y = make_data(48)
 
     def run(**kwargs):
@@ -130,7 +130,14 @@ def test_stage_2_is_skipped_when_stage_1_classifies_the_whole_slice(
     assert "restored the weights of the end of stage 1" in out
     assert (history.kept.epoch, history.kept.blocks) == (2, ())
     for a, b in zip(skipped.variables, full.variables, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        if cache:
+            # After a cached stage 2, the hand-back reads the features through
+            # the split, not the whole model: the same sums in another order,
+            # equal to the last bit on some CPUs only (one weight in 240 moved
+            # by 3e-8 on an AMD EPYC).
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
     trained, history, _ = run(keep_best=False)
     assert history.history["stage"] == [1, 1, 2, 2]
     top = tltf.block_summary(trained)[-1]["block"]
