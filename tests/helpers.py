@@ -13,7 +13,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tltf  # noqa: E402,I001  (first: imports TensorFlow quietly)
 
+import ast  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 import socket  # noqa: E402
 import traceback  # noqa: E402
@@ -317,3 +319,42 @@ def count_traces(patch) -> dict:
 
         patch.setattr(keras.Model, f"{kind}_step", counting)
     return counts
+
+
+# -- the suite's scheduling (tests/conftest.py) ------------------------------------
+@functools.cache
+def module_fixture_users(path: str) -> frozenset[str]:
+    """The tests in the module at `path` (relative to the root) that request,
+    themselves or through its other fixtures, a module-scoped fixture of it."""
+    try:
+        tree = ast.parse((ROOT / path).read_text())
+    except (OSError, SyntaxError):
+        return frozenset()
+    functions = [f for f in tree.body if isinstance(f, ast.FunctionDef)]
+
+    def module_scoped(function):
+        return any(
+            isinstance(call, ast.Call)
+            and any(
+                k.arg == "scope" and getattr(k.value, "value", None) == "module"
+                for k in call.keywords
+            )
+            for call in function.decorator_list
+        )
+
+    shared = {f.name for f in functions if module_scoped(f)}
+    fixtures = {f.name: f for f in functions if not f.name.startswith("test")}
+    while True:  # fixtures that request a shared one share it too
+        more = {
+            name
+            for name, f in fixtures.items()
+            if {a.arg for a in f.args.args} & shared
+        }
+        if more <= shared:
+            break
+        shared |= more
+    return frozenset(
+        f.name
+        for f in functions
+        if f.name.startswith("test") and {a.arg for a in f.args.args} & shared
+    )
