@@ -287,6 +287,22 @@ def test_the_documented_seed_recipe_repeats_a_run(augment):
         np.testing.assert_array_equal(a, b)
 
 
+def test_kerass_global_seed_alone_repeats_a_run_with_the_defaults():
+    """Without `seed=`, `keras.utils.set_random_seed` repeats a default run, as
+    it repeats a Keras `fit`: stage 1 draws its batches of cached features from
+    TensorFlow's global seed (they came from fresh entropy: the same call
+    converged after 3, 4 or 10 epochs)."""
+    x, y = make_data(48)
+    weights = []
+    for _ in range(2):
+        keras.utils.set_random_seed(0)
+        model = tltf.build_model(make_tiny_base(), 3)
+        tltf.fine_tune(model, (x, y), fine_tune_epochs=0, verbose=0)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_auto_cut_says_plainly_when_no_cut_is_needed(monkeypatch, capsys):
     # The line read "top 0.688, top 0.688" when the best block was the top one.
     class Probed:

@@ -519,8 +519,12 @@ class FeatureCache:
         Each pass is a fresh permutation (from `seed`); batches may straddle two
         passes, so every batch has `batch_size` rows. Step `start` onwards is
         returned: a resumed run reads exactly the batches an uninterrupted one
-        reads from there, whatever the pass boundaries.
+        reads from there, whatever the pass boundaries. With `seed` None the
+        permutations follow TensorFlow's global seed, as a `tf.data` shuffle
+        without a seed does: `keras.utils.set_random_seed` repeats them.
         """
+        if seed is None:
+            seed = int(tf.random.uniform((), maxval=2**31 - 1, dtype=tf.int64))
         rng = np.random.default_rng(seed)
         need = steps * batch_size
         order = np.concatenate(

@@ -373,7 +373,8 @@ class FineTuneSettings:
             layer and the LR finder's batches. Not the head's initial weights
             or dropout: call `keras.utils.set_random_seed` before `build_model`
             for those (see docs/resume.md, "What a seed fixes"). Defaults to
-            None.
+            None: those draws follow the global random state, as Keras's `fit`
+            shuffling does (`keras.utils.set_random_seed` fixes them too).
         cache_features: bool or "auto". Stage 1 computes the frozen base's
             features once and trains the head on them (see `tltf.cache`); the
             History, callbacks and final model are the same as without it.
