@@ -367,3 +367,106 @@ def test_evaluate_takes_kerass_x_y_form():
     )
     with pytest.raises(ConfigError, match=r"evaluate\(model, \(x, y\)\)"):
         evaluate(model, (x, LABELS), LABELS)
+
+
+# -- sample weights ---------------------------------------------------------------
+#: One case per task: a model, its images and labels, as the tests above build them.
+WEIGHED_TASKS = {
+    "multiclass": lambda: (_pixel_model(4, "softmax"), _images(LOGITS), LABELS),
+    "binary": lambda: (
+        _pixel_model(1, "sigmoid"),
+        _images([[2.0], [-1.0], [0.5], [-3.0], [1.0], [0.2], [-0.4], [1.5]]),
+        np.array([1, 1, 0, 0, 1, 0, 1, 1]),
+    ),
+    "multilabel": lambda: (
+        _pixel_model(3, "sigmoid"),
+        _images([[1, -1, 1], [1, 1, -1], [-1, -1, -1], [1, -1, -1]] * 2),
+        np.array([[1, 0, 1], [1, 0, 0], [0, 1, 0], [1, 0, 0]] * 2),
+    ),
+    "regression": lambda: (
+        _pixel_model(1, None),
+        _images([[1.0], [2.0], [4.0], [3.0], [0.0], [2.5], [1.0], [5.0]]),
+        np.array([1.5, 2.0, 3.0, 3.0, 0.5, 2.0, 2.0, 4.0]),
+    ),
+}
+
+
+@pytest.mark.parametrize("task", list(WEIGHED_TASKS))
+def test_integer_weights_report_what_repeated_images_report(task, capsys):
+    """A weight of n counts an image n times, as scikit-learn's sample_weight
+    does: every metric, support and confusion count equals the unweighted
+    report of the data with each image repeated n times (0: left out)."""
+    model, x, y = WEIGHED_TASKS[task]()
+    w = np.array([1, 2, 0, 3, 1, 1, 2, 4], "float32")[: len(x)]
+    weighted = evaluate(model, (x, y, w), top_k=2)
+    repeated = evaluate(
+        model,
+        (np.repeat(x, w.astype(int), axis=0), np.repeat(y, w.astype(int), axis=0)),
+        top_k=2,
+    )
+    assert weighted.num_examples == len(x) and weighted.total_weight == w.sum()
+    assert repeated.total_weight is None
+    assert weighted.metrics == pytest.approx(repeated.metrics)
+    for ours, theirs in zip(weighted.per_class, repeated.per_class, strict=True):
+        assert ours == pytest.approx(theirs)
+    assert weighted.averages.keys() == repeated.averages.keys()
+    for key, row in weighted.averages.items():
+        assert row == pytest.approx(repeated.averages[key])
+    if task in ("multiclass", "binary"):
+        np.testing.assert_allclose(weighted.confusion, repeated.confusion)
+        assert weighted.plot_confusion() is not None
+    text = str(weighted)
+    assert f"Evaluation of {len(x)} examples" in text
+    assert f"weighted (total weight {w.sum():g})" in text
+    assert weighted.to_dict()["total_weight"] == w.sum()
+
+
+def test_sample_weights_in_every_form_give_one_report():
+    """`(x, y, w)`, Keras's `evaluate(model, x, y, sample_weight=w)`, and a
+    tf.data.Dataset of (image, label, weight), batched or not, give the same
+    report; weights of 1 give the unweighted one, and fractional weights are
+    printed as sums."""
+    model, x, y = WEIGHED_TASKS["multiclass"]()
+    w = np.array([0.5, 2, 1, 1.5, 0.25, 1, 3, 1], "float32")
+    report = evaluate(model, (x, y, w), class_names=NAMES).to_dict()
+    assert report["per_class"][0]["support"] == pytest.approx(3.5)  # ant: 0.5+2+1
+    for form in (
+        evaluate(model, x, y, sample_weight=w, class_names=NAMES),
+        evaluate(model, (x, y), sample_weight=w, class_names=NAMES),
+        evaluate(
+            model, tf.data.Dataset.from_tensor_slices((x, y, w)), class_names=NAMES
+        ),
+        evaluate(
+            model,
+            tf.data.Dataset.from_tensor_slices((x, y, w)).batch(3),
+            class_names=NAMES,
+        ),
+    ):
+        assert form.to_dict() == report
+    ones = evaluate(model, (x, y, np.ones(8)), class_names=NAMES).to_dict()
+    plain = evaluate(model, (x, y), class_names=NAMES).to_dict()
+    assert ones.pop("total_weight") == 8 and plain.pop("total_weight") is None
+    assert ones == plain
+    text = str(evaluate(model, (x, y, w), class_names=NAMES))
+    assert "3.5" in text  # ant's support, and a confusion count
+    assert "2.5" in text.split("confusion matrix")[1]  # ant predicted ant: 0.5+2
+
+
+def test_bad_sample_weights_are_named(monkeypatch):
+    model, x, y = WEIGHED_TASKS["multiclass"]()
+    weighted = tf.data.Dataset.from_tensor_slices((x, y, np.ones(8, "float32")))
+    with pytest.raises(DataError, match="it repeats forever.*arrays"):
+        evaluate(model, weighted.repeat())
+    monkeypatch.setattr(tltf.evaluation, "WEIGHTED_DATASET_BYTES", 100)
+    with pytest.raises(DataError, match="more than .* MiB.*arrays"):
+        evaluate(model, weighted)
+    with pytest.raises(ConfigError, match="sample weights twice"):
+        evaluate(model, (x, y, np.ones(8)), sample_weight=np.ones(8))
+    with pytest.raises(ConfigError, match=r"sample_weight= with \(images, labels\)"):
+        evaluate(
+            model, tf.data.Dataset.from_tensor_slices((x, y)), sample_weight=np.ones(8)
+        )
+    with pytest.raises(DataError, match="sample weights"):
+        evaluate(model, (x, y, -np.ones(8)))
+    with pytest.raises(DataError, match="one number per image"):
+        evaluate(model, x, y, sample_weight=np.ones(5))

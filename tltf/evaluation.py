@@ -68,12 +68,18 @@ from tltf.data.images import (
     prepare_image,
     to_gray,
 )
-from tltf.data.inputs import is_array, pipeline_error_text, pipeline_errors
+from tltf.data.inputs import (
+    is_array,
+    pipeline_error_text,
+    pipeline_errors,
+    read_dataset,
+)
+from tltf.data.labels import check_sample_weights
 from tltf.data.sources import scan_image_files, skipped_files_text, source_kind
 from tltf.errors import ConfigError, DataError, ModelError, suggest
 from tltf.info import class_names_of, model_info
 from tltf.probe import sigmoid
-from tltf.reports import confusion_matrix, plot_confusion_matrix
+from tltf.reports import confusion_matrix, plot_confusion_counts
 from tltf.saving import as_model
 
 __all__ = [
@@ -660,6 +666,9 @@ class EvaluationReport:
         y_true: np.ndarray. The labels (class indices, multi-hot rows, targets).
         y_pred: np.ndarray. The predictions, same form.
         scores: np.ndarray. The probabilities (or regression values).
+        total_weight: float or None. The sum of the sample weights, when the
+            report weighs its examples (`evaluate(..., sample_weight=)`); None
+            when every example counts once.
     """
 
     task: str
@@ -673,6 +682,7 @@ class EvaluationReport:
     y_true: np.ndarray | None = dataclasses.field(default=None, repr=False)
     y_pred: np.ndarray | None = dataclasses.field(default=None, repr=False)
     scores: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    total_weight: float | None = None
 
     @property
     def accuracy(self) -> float | None:
@@ -702,6 +712,7 @@ class EvaluationReport:
             "confusion_matrix": (
                 None if self.confusion is None else self.confusion.tolist()
             ),
+            "total_weight": self.total_weight,
         }
 
     def to_json(self, path: str | os.PathLike) -> Path:
@@ -737,14 +748,8 @@ class EvaluationReport:
         """
         if self.confusion is None:
             return None
-
-        return plot_confusion_matrix(
-            self.y_true,
-            self.y_pred,
-            self.class_names,
-            title=title,
-            path=path,
-            data=data,
+        return plot_confusion_counts(
+            self.confusion, self.class_names, title=title, path=path, data=data
         )
 
     def print(self) -> None:
@@ -759,6 +764,8 @@ class EvaluationReport:
             else f"{n_names} {'labels' if self.task == 'multilabel' else 'classes'}"
         )
         lines = [f"Evaluation of {self.num_examples} examples ({self.task}, {what})"]
+        if self.total_weight is not None:
+            lines[0] += f", weighted (total weight {self.total_weight:.6g})"
         labels = {
             "accuracy": "accuracy"
             if self.task != "multilabel"
@@ -796,7 +803,7 @@ class EvaluationReport:
         def row_line(name, row):
             return (
                 f"{name:<{width}}{_fmt(row['precision']):>10}{_fmt(row['recall']):>10}"
-                f"{_fmt(row['f1']):>10}{row['support']:>10}"
+                f"{_fmt(row['f1']):>10}{_count(row['support']):>10}"
             )
 
         for row in self.per_class:
@@ -817,7 +824,7 @@ def _confusion_lines(names: Sequence[str], matrix: np.ndarray, width: int) -> li
     starts with its number, so no two columns can read the same.
     """
     longest = max(len(n) for n in names)
-    count = max(len(str(int(v))) for v in matrix.ravel())
+    count = max(len(_count(v)) for v in matrix.ravel())
     cell = max(5, count + 1, longest + 1)
     title = "confusion matrix (rows: true, columns: predicted"
     if longest <= _MAX_HEADER and width + cell * len(names) <= _MAX_WIDTH:
@@ -832,8 +839,13 @@ def _confusion_lines(names: Sequence[str], matrix: np.ndarray, width: int) -> li
         title += ", numbered as the rows)"
     lines = [title, " " * len(labels[0]) + "".join(f"{h:>{cell}}" for h in heads)]
     for label, counts in zip(labels, matrix, strict=True):
-        lines.append(label + "".join(f"{int(c):>{cell}}" for c in counts))
+        lines.append(label + "".join(f"{_count(c):>{cell}}" for c in counts))
     return lines
+
+
+def _count(value) -> str:
+    """A count, or a sum of sample weights (`:.4g`)."""
+    return str(int(value)) if float(value).is_integer() else f"{float(value):.4g}"
 
 
 # -- metrics ---------------------------------------------------------------------
@@ -843,7 +855,8 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _prf(tp, fp, fn, names, key="class"):
-    """Per-class rows and macro/weighted averages from true/false counts.
+    """Per-class rows and macro/weighted averages from true/false counts (sums
+    of sample weights, for a weighted report: each support is then one too).
 
     A precision, recall or F1 whose denominator is zero counts as 0 (as
     scikit-learn's default `zero_division`).
@@ -852,66 +865,93 @@ def _prf(tp, fp, fn, names, key="class"):
     precision = _safe_div(tp, tp + fp)
     recall = _safe_div(tp, tp + fn)
     f1 = _safe_div(2 * precision * recall, precision + recall)
-    support = (tp + fn).astype(np.int64)
+    support = tp + fn
     rows = [
         {
             key: name,
             "precision": float(p),
             "recall": float(r),
             "f1": float(f),
-            "support": int(s),
+            "support": _number(s),
         }
         for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
     ]
-    total = int(support.sum())
+    total = support.sum()
     weights = support / total if total else np.zeros_like(precision)
     averages = {
         "macro": {
             "precision": float(precision.mean()),
             "recall": float(recall.mean()),
             "f1": float(f1.mean()),
-            "support": total,
+            "support": _number(total),
         },
         "weighted": {
             "precision": float((precision * weights).sum()),
             "recall": float((recall * weights).sum()),
             "f1": float((f1 * weights).sum()),
-            "support": total,
+            "support": _number(total),
         },
     }
     return rows, averages
 
 
-def _classification_report(y, scores, task, names, top_k) -> EvaluationReport:
+def _number(value) -> int | float:
+    """A count as an int; a sum of sample weights as a float."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def _mean(values, w) -> float:
+    """The mean of `values` (one per example), each weighed by `w` if given."""
+    values = np.asarray(values, np.float64)
+    return float(values.mean() if w is None else (values * w).sum() / w.sum())
+
+
+def _classification_report(y, scores, task, names, top_k, w=None) -> EvaluationReport:
+    """The report of a classifier; `w`, if given, weighs each example (every
+    mean and count becomes a weighted one, as scikit-learn's `sample_weight`)."""
     eps = 1e-7
     n = len(y)
+    total = None if w is None else float(w.sum())
     if task == "multilabel":
         y = np.asarray(y, np.int64)
         pred = (scores >= _THRESHOLD).astype(np.int64)
-        tp = (pred & y).sum(axis=0)
-        fp = (pred & (1 - y)).sum(axis=0)
-        fn = ((1 - pred) & y).sum(axis=0)
+        rows_w = np.ones((n, 1)) if w is None else np.asarray(w, np.float64)[:, None]
+        tp = ((pred & y) * rows_w).sum(axis=0)
+        fp = ((pred & (1 - y)) * rows_w).sum(axis=0)
+        fn = (((1 - pred) & y) * rows_w).sum(axis=0)
         rows, averages = _prf(tp, fp, fn, names, key="class")
         micro_rows, _ = _prf([tp.sum()], [fp.sum()], [fn.sum()], ["micro"])
         micro = {k: v for k, v in micro_rows[0].items() if k != "class"}
         averages = {"micro": micro, **averages}
         p = np.clip(scores, eps, 1 - eps)
-        loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axis=1)
         metrics = {
-            "accuracy": float(np.mean((pred == y).all(axis=1))),
-            "label_accuracy": float(np.mean(pred == y)),
-            "loss": float(loss),
+            "accuracy": _mean((pred == y).all(axis=1), w),
+            "label_accuracy": _mean((pred == y).mean(axis=1), w),
+            "loss": _mean(loss, w),
         }
         return EvaluationReport(
-            task, n, names, metrics, None, rows, averages, None, y, pred, scores
+            task,
+            n,
+            names,
+            metrics,
+            None,
+            rows,
+            averages,
+            None,
+            y,
+            pred,
+            scores,
+            total_weight=total,
         )
     y = np.asarray(y, np.int64).reshape(-1)
     k = len(names)
     if task == "binary":
         p1 = np.clip(scores[:, 0], eps, 1 - eps)
         pred = (scores[:, 0] >= _THRESHOLD).astype(np.int64)
-        loss = -np.mean(y * np.log(p1) + (1 - y) * np.log(1 - p1))
-        metrics = {"accuracy": float(np.mean(pred == y)), "loss": float(loss)}
+        loss = -(y * np.log(p1) + (1 - y) * np.log(1 - p1))
+        metrics = {"accuracy": _mean(pred == y, w), "loss": _mean(loss, w)}
         used_k = None
     else:
         pred = scores.argmax(axis=1)
@@ -921,19 +961,30 @@ def _classification_report(y, scores, task, names, top_k) -> EvaluationReport:
         true_score = scores[np.arange(n), y]
         higher = (scores > true_score[:, None]).sum(axis=1)
         p_true = np.clip(true_score, eps, 1.0)
-        metrics = {"accuracy": float(np.mean(pred == y))}
+        metrics = {"accuracy": _mean(pred == y, w)}
         if used_k is not None:
-            metrics["top_k_accuracy"] = float(np.mean(higher < used_k))
-        metrics["loss"] = float(-np.mean(np.log(p_true)))
-    matrix = confusion_matrix(y, pred, k)
+            metrics["top_k_accuracy"] = _mean(higher < used_k, w)
+        metrics["loss"] = _mean(-np.log(p_true), w)
+    matrix = confusion_matrix(y, pred, k, w)
     tp = np.diag(matrix)
     rows, averages = _prf(tp, matrix.sum(axis=0) - tp, matrix.sum(axis=1) - tp, names)
     return EvaluationReport(
-        task, n, names, metrics, used_k, rows, averages, matrix, y, pred, scores
+        task,
+        n,
+        names,
+        metrics,
+        used_k,
+        rows,
+        averages,
+        matrix,
+        y,
+        pred,
+        scores,
+        total_weight=total,
     )
 
 
-def _regression_report(y, values, names) -> EvaluationReport:
+def _regression_report(y, values, names, w=None) -> EvaluationReport:
     y = np.asarray(y, np.float64).reshape(len(y), -1)
     values = np.asarray(values, np.float64).reshape(len(values), -1)
     if y.shape != values.shape:
@@ -941,16 +992,22 @@ def _regression_report(y, values, names) -> EvaluationReport:
             f"Expected regression targets of shape {values.shape} (one per model "
             f"output). Received targets of shape {y.shape}."
         )
+    share = (
+        np.full((len(y), 1), 1 / len(y))
+        if w is None
+        else (np.asarray(w, np.float64) / np.sum(w))[:, None]
+    )
     err = values - y
-    mse = (err**2).mean(axis=0)
-    var = ((y - y.mean(axis=0)) ** 2).mean(axis=0)
+    mse = (share * err**2).sum(axis=0)
+    mae = (share * np.abs(err)).sum(axis=0)
+    var = (share * (y - (share * y).sum(axis=0)) ** 2).sum(axis=0)
     r2 = np.where(var > 0, 1 - _safe_div(mse, var), np.nan)
     if len(names) != y.shape[1]:
         names = [str(i) for i in range(y.shape[1])]
     rows = [
         {
             "output": name,
-            "mae": float(np.abs(err[:, i]).mean()),
+            "mae": float(mae[i]),
             "rmse": float(np.sqrt(mse[i])),
             "r2": float(r2[i]),
         }
@@ -959,13 +1016,24 @@ def _regression_report(y, values, names) -> EvaluationReport:
     total_var = var.mean()
     metrics = {
         "loss": float(mse.mean()),
-        "mae": float(np.abs(err).mean()),
+        "mae": float(mae.mean()),
         "rmse": float(np.sqrt(mse.mean())),
         "mse": float(mse.mean()),
         "r2": float(1 - mse.mean() / total_var) if total_var > 0 else float("nan"),
     }
     return EvaluationReport(
-        "regression", len(y), names, metrics, None, rows, {}, None, y, values, values
+        "regression",
+        len(y),
+        names,
+        metrics,
+        None,
+        rows,
+        {},
+        None,
+        y,
+        values,
+        values,
+        total_weight=None if w is None else float(np.sum(w)),
     )
 
 
@@ -976,6 +1044,7 @@ def evaluate(
     data,
     y=None,
     *,
+    sample_weight=None,
     class_names: Sequence[str] | None = None,
     top_k: int = 5,
     batch_size: int = 32,
@@ -984,6 +1053,13 @@ def evaluate(
     resize: str = "stretch",
 ) -> EvaluationReport:
     """Evaluates a model on labelled data: accuracy, per-class metrics, confusion.
+
+    With sample weights (`(images, labels, weights)`, `sample_weight=`, or a
+    `tf.data.Dataset` of `(image, label, weight)`), every metric is a weighted
+    one, as scikit-learn's `sample_weight` makes it: each mean is
+    `sum(w * value) / sum(w)` (the loss too: Keras's `evaluate` divides by the
+    number of examples instead), and each count in the confusion matrix and
+    each support is a sum of weights.
 
     Args:
         model: keras.Model, or the path of a `.keras` file.
@@ -995,6 +1071,12 @@ def evaluate(
         y: array or None. The labels, with the images as `data`: Keras's form,
             `evaluate(model, x, y)`, the same as `evaluate(model, (x, y))`.
             Defaults to None.
+        sample_weight: array or None. One weight (a number >= 0) per image,
+            with arrays: `evaluate(model, x, y, sample_weight=w)`, as Keras
+            takes it, the same as `evaluate(model, (x, y, w))`. Defaults to
+            None: every image counts once. A weighted `tf.data.Dataset` brings
+            its own, and is read into memory first (up to
+            `WEIGHTED_DATASET_BYTES`).
         class_names: list of str or None. Class names in label order. Defaults
             to None: the names the model was trained on (recorded by
             `fine_tune`), else the data's, else "0", "1", ... When the model
@@ -1035,6 +1117,7 @@ def evaluate(
                 "DataBundle or a tf.data.Dataset of (image, label)."
             )
         data = (data, y)
+    data, weights = _weights_of(data, sample_weight)
     model = _as_model(model)
     top_k = _check_top_k(top_k)
     task, logits, units = _model_task(model, task)
@@ -1085,9 +1168,56 @@ def evaluate(
     if not labels:
         raise DataError("The evaluation data is empty: it yields no examples.")
     y = np.concatenate(labels)
+    if weights is not None:  # the rows of arrays, in order
+        weights = check_sample_weights(weights, len(y), "the evaluation data")
     scores = _scores(np.concatenate(outputs), task, logits)
     if task == "regression":
-        return _regression_report(y, scores, names)
+        return _regression_report(y, scores, names, weights)
     if task in ("multiclass", "binary") and y.ndim == 2 and y.shape[1] > 1:
         y = y.argmax(axis=1)  # One-hot labels (e.g. a bundle after mixup's one_hot).
-    return _classification_report(y, scores, task, names, top_k)
+    return _classification_report(y, scores, task, names, top_k, weights)
+
+
+#: The most bytes of images, labels and weights that `evaluate` reads into
+#: memory from a weighted `tf.data.Dataset` (1 GiB: ~5,000 images at 224 px).
+WEIGHTED_DATASET_BYTES = 2**30
+
+
+def _weights_of(data, sample_weight):
+    """`(data, weights)`: the data as `load_data` takes it, without its sample
+    weights, and those weights (or None)."""
+    arrays = isinstance(data, (tuple, list)) and len(data) in (2, 3)
+    if arrays and len(data) == 3:
+        if sample_weight is not None:
+            raise ConfigError(
+                "evaluate() got sample weights twice: in (images, labels, "
+                "weights) and as sample_weight=. Pass one."
+            )
+        return tuple(data[:2]), data[2]
+    if sample_weight is None:
+        if isinstance(data, tf.data.Dataset) and _has_weights(data):
+            read, why = read_dataset(
+                data, "the evaluation data", WEIGHTED_DATASET_BYTES, in_order=True
+            )
+            if read is None:
+                raise DataError(
+                    "evaluate() reads a dataset of (image, label, weight) into "
+                    f"memory, and this one cannot be: {why}. Pass (images, "
+                    "labels, weights) arrays, in parts if they are large, or the "
+                    "dataset without its weights."
+                )
+            return (read.images, read.labels), read.weights
+        return data, None
+    if not (arrays and is_array(data[0])):
+        raise ConfigError(
+            "evaluate() takes sample_weight= with (images, labels) arrays: "
+            "evaluate(model, x, y, sample_weight=w). Received it with "
+            f"{type(data).__name__} data; a tf.data.Dataset brings its weights "
+            "as (image, label, weight) elements."
+        )
+    return data, sample_weight
+
+
+def _has_weights(data: tf.data.Dataset) -> bool:
+    spec = data.element_spec
+    return isinstance(spec, tuple) and len(spec) == 3

@@ -221,10 +221,13 @@ def plot_history(
     return figure
 
 
-def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """Counts of (true, predicted) label pairs, shape (num_classes, num_classes)."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+def confusion_matrix(y_true, y_pred, num_classes: int, weights=None) -> np.ndarray:
+    """Counts of (true, predicted) label pairs, shape (num_classes, num_classes);
+    with `weights` (one per example), the sums of their weights instead."""
+    dtype = np.int64 if weights is None else np.float64
+    matrix = np.zeros((num_classes, num_classes), dtype=dtype)
+    add = 1 if weights is None else np.asarray(weights, np.float64)
+    np.add.at(matrix, (np.asarray(y_true, int), np.asarray(y_pred, int)), add)
     return matrix
 
 
@@ -268,7 +271,8 @@ def plot_confusion_counts(
     """Plots a confusion matrix from its counts; see `plot_confusion_matrix`.
 
     Args:
-        matrix: Counts, shape (classes, classes) (rows: true, columns: predicted).
+        matrix: Counts, shape (classes, classes) (rows: true, columns:
+            predicted), or sums of sample weights (floats).
         class_names: Names of the classes, in label order.
         title: str or None. The title's first line. Defaults to "Confusion
             matrix".
@@ -282,8 +286,11 @@ def plot_confusion_counts(
     """
     matrix = np.asarray(matrix)
     n = len(class_names)
-    total = int(matrix.sum())
-    stats = f"n={total}, accuracy {np.trace(matrix) / max(total, 1):.3f}"
+    total = matrix.sum()
+    counted = np.issubdtype(matrix.dtype, np.integer)
+    stats = (
+        f"n={int(total)}" if counted else f"total weight {total:.4g}"
+    ) + f", accuracy {np.trace(matrix) / (total or 1):.3f}"
     size = max(4.0, 0.45 * n + 2)
     figure = new_figure(path, figsize=figsize or (size, size))
     ax = figure.add_subplot(1, 1, 1)
@@ -298,7 +305,7 @@ def plot_confusion_counts(
             ax.text(
                 j,
                 i,
-                str(count),
+                str(count) if counted else f"{count:.3g}",
                 ha="center",
                 va="center",
                 fontsize=7,

@@ -227,7 +227,9 @@ class ReadData:
         return (self.images, self.labels, *extra)
 
 
-def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
+def read_dataset(
+    data: tf.data.Dataset, what: str, max_bytes: int, check=None, in_order=False
+):
     """A small, finite dataset of `(image, label[, sample_weight])` as a
     `ReadData` of arrays.
 
@@ -242,7 +244,9 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
     image and checked (`check_sample_weights`). Reading it twice costs two
     passes, only over data that fits in `max_bytes`. The arrays are in a fixed
     order (see below); `check(images, labels)`, if given, sees them in the
-    order read, so that its messages' indices are the dataset's.
+    order read, so that its messages' indices are the dataset's. With
+    `in_order`, the arrays keep the order of this one pass, and the dataset is
+    not read again.
     """
     spec = pair_spec(data, what)
     if data.cardinality() == tf.data.INFINITE_CARDINALITY:
@@ -276,6 +280,8 @@ def read_dataset(data: tf.data.Dataset, what: str, max_bytes: int, check=None):
         weights = check_sample_weights(arrays[2], rows.count, what)
     if check is not None:
         check(images, labels)
+    if in_order:
+        return ReadData(images, labels, rows.first if batched else None, weights), None
     again = sorted(
         d
         for element in data.as_numpy_iterator()

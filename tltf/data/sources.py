@@ -493,10 +493,8 @@ def source_kind(source) -> str:
     if isinstance(source, (tuple, list)) and len(source) == 3:
         raise DataError(
             "Received (images, labels, sample_weights) as a data source, whose "
-            "bundles and reports do not weigh images. Pass (images, labels) here; "
-            "fine_tune takes (images, labels, sample_weights) itself, and Keras's "
-            "model.evaluate(images, labels, sample_weight=...) gives a weighted "
-            "loss and accuracy."
+            "bundles do not weigh images. Pass (images, labels) here; fine_tune "
+            "and evaluate take (images, labels, sample_weights) themselves."
         )
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
