@@ -186,14 +186,13 @@ def test_bad_sample_weights_are_data_errors_before_anything_trains(
 
 def test_a_data_source_with_sample_weights_says_where_they_go(tmp_path):
     x, y = make_data(12)
-    model = make_tiny_model()
-    for call in (
-        lambda: tltf.data.load_data((x, y, np.ones(12)), image_size=16),
-        lambda: tltf.evaluate(model, (x, y, np.ones(12))),
-    ):
-        error = raises(DataError, call)
-        assert "Pass (images, labels) here" in str(error)
-        assert "fine_tune takes (images, labels, sample_weights)" in str(error)
+    error = raises(
+        DataError, lambda: tltf.data.load_data((x, y, np.ones(12)), image_size=16)
+    )
+    assert "Pass (images, labels) here" in str(error)
+    assert "fine_tune and evaluate take (images, labels, sample_weights)" in str(error)
+    # evaluate weighs them (tests/test_evaluation.py).
+    assert tltf.evaluate(make_tiny_model(), (x, y, np.ones(12))).total_weight == 12
 
 
 def test_tune_takes_weighted_arrays(tmp_path, capsys):
