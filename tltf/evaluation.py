@@ -22,6 +22,9 @@ What each task reports:
 | "multilabel" | sigmoid units, threshold 0.5 | subset (exact-match) and per-label accuracy, per-label P/R/F1, micro/macro/weighted averages; no confusion matrix |
 | "regression" | linear units | MSE (the loss), MAE, RMSE and R², overall and per output |
 
+With sample weights (`evaluate(model, x, y, sample_weight=w)`), every one of
+them is weighted, as scikit-learn's `sample_weight` weighs it.
+
 Example:
 
 >>> from tltf.evaluation import evaluate, predict, write_predictions
@@ -31,7 +34,7 @@ Example:
 >>> rows = predict(model, "new_photos/", top_k=3)  # the classes fine_tune recorded
 >>> write_predictions(rows, "predictions.csv")
 
-Why about 950 lines: evaluation and prediction share the reading of images and
+Why about 1,200 lines: evaluation and prediction share the reading of images and
 folders, the class names and the report; they are kept together so that both
 read data the one way.
 """
@@ -657,12 +660,14 @@ class EvaluationReport:
         top_k: int or None. The k of "top_k_accuracy" (None when it is not
             reported).
         per_class: list of dict. Per class (or label): "class", "precision",
-            "recall", "f1", "support". For regression, per output: "output",
-            "mae", "rmse", "r2".
+            "recall", "f1", "support" (its examples; the sum of their weights in
+            a weighted report). For regression, per output: "output", "mae",
+            "rmse", "r2".
         averages: dict. "macro" and "weighted" (multilabel also "micro")
             precision, recall, f1 and support.
         confusion: np.ndarray or None. Counts (rows: true class, columns:
-            predicted), None for multilabel and regression.
+            predicted; sums of weights in a weighted report), None for
+            multilabel and regression.
         y_true: np.ndarray. The labels (class indices, multi-hot rows, targets).
         y_pred: np.ndarray. The predictions, same form.
         scores: np.ndarray. The probabilities (or regression values).
