@@ -1123,6 +1123,8 @@ def evaluate(
             )
         data = (data, y)
     data, weights = _weights_of(data, sample_weight)
+    if weights is not None:  # one per row of the arrays, checked before a pass
+        weights = check_sample_weights(weights, len(data[0]), "the evaluation data")
     model = _as_model(model)
     top_k = _check_top_k(top_k)
     task, logits, units = _model_task(model, task)
@@ -1173,8 +1175,6 @@ def evaluate(
     if not labels:
         raise DataError("The evaluation data is empty: it yields no examples.")
     y = np.concatenate(labels)
-    if weights is not None:  # the rows of arrays, in order
-        weights = check_sample_weights(weights, len(y), "the evaluation data")
     scores = _scores(np.concatenate(outputs), task, logits)
     if task == "regression":
         return _regression_report(y, scores, names, weights)
