@@ -51,7 +51,10 @@ def pytest_xdist_make_scheduler(config, log):
     """
     if config.getvalue("dist") != "load":
         return None
-    from xdist.scheduler import LoadScopeScheduling
+    try:  # the scheduler `--dist loadscope` runs; xdist's own `load` without it
+        from xdist.scheduler import LoadScopeScheduling
+    except ImportError:
+        return None
 
     class SharedFixtureScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid):
