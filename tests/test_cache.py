@@ -265,6 +265,62 @@ def test_stage_two_on_the_frozen_blocks_output_is_stage_two_on_full_passes(
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("validation", [True, False], ids=["validation", "held-out"])
+def test_stage_one_reads_its_features_from_stage_twos_pass(
+    data, validation, monkeypatch, capsys
+):
+    """Where stage 2 runs on the frozen blocks' output, stage 1's head features
+    come from that output through the top blocks, so the bottom blocks run once
+    over the training (and validation) images for both stages: one pass fewer
+    than a stage 1 of its own, with the same run to float rounding."""
+    import tltf.cache
+    import tltf.schedule
+
+    x, y = data
+    y = np.random.default_rng(1).permutation(y)  # stage 1 leaves work for stage 2
+    validation_data = (x[:16], y[:16]) if validation else None
+    passes = []
+    init = tltf.cache.FeatureCache.__init__
+
+    def counted(self, model, dataset, *args, **kw):
+        passes.append(1)
+        init(self, model, dataset, *args, **kw)
+
+    monkeypatch.setattr(tltf.cache.FeatureCache, "__init__", counted)
+    runs = []
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(tltf.schedule, "_shared_pass", lambda *a: None)
+        passes.clear()
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()
+        history = tltf.fine_tune(
+            model,
+            (x, y),
+            validation_data,
+            head_epochs=2,
+            fine_tune_epochs=2,
+            unfreeze=2,
+            seed=3,
+            verbose=1,
+        )
+        printed = capsys.readouterr().out
+        assert ("stage 2 reuses the output of the 2 frozen blocks" in printed) == shared
+        assert ("run once, in stage 1's pass" in printed) == shared
+        assert history.history["stage"] == [1, 1, 2, 2]
+        runs.append((model, len(passes), history.history))
+    (model, shared_passes, logs), (plain, plain_passes, plain_logs) = runs
+    # Stage 1's train (and validation) pass, then stage 2's again, and the
+    # guard's held-out slice.
+    expected = (2, 4) if validation else (2, 3)
+    assert (shared_passes, plain_passes) == expected
+    for key in plain_logs:
+        np.testing.assert_allclose(logs[key], plain_logs[key], rtol=1e-5, atol=1e-6)
+    for a, b in zip(model.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "setting",
     [{"gradual_every": 1}, {"lr_decay": 0.5}, {"regularize": "l2sp"}, "memory"],
@@ -406,10 +462,10 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
         assert "handed the 12 held-out images back" in printed
         runs.append((model, len(passes), history.kept.note))
     (model, reused_passes, note), (plain, plain_passes, plain_note) = runs
-    # Stage 1's cache, stage 2's (its training rows and the held-out slice),
+    # The training rows' pass that both stages read, the held-out slice's,
     # and without the reuse the hand-back's pass over every image.
     folded = setting == "weighted-and-class-weighted"
-    assert (reused_passes, plain_passes) == (4 if folded else 3, 4)
+    assert (reused_passes, plain_passes) == (3 if folded else 2, 3)
     assert note == plain_note
     for a, b in zip(model.get_weights(), plain.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -2623,17 +2623,22 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
     # the logs too (a validation F1 of their own, say).
     continuation = Continuation([*callbacks, history], model, 0)
     continuation.last = fine_tune_epochs == 0
+    shared = None  # stage 2's split and caches, when stage 1 reads them too
     if start < schedule.unfreeze_at_epoch or (auto and not resumed_plan):
         split = FrozenSplit(model)
-        extractor = split.extract()
-        train_cache = FeatureCache(
-            model, run.features, labels=labels, extractor=extractor
-        )
-        val_cache = (
-            FeatureCache(model, val_ds, extractor=extractor)
-            if val_ds is not None
-            else None
-        )
+        shared = _shared_pass(run, labels)
+        if shared is not None:
+            train_cache, val_cache = shared.head_caches()
+        else:
+            extractor = split.extract()
+            train_cache = FeatureCache(
+                model, run.features, labels=labels, extractor=extractor
+            )
+            val_cache = (
+                FeatureCache(model, val_ds, extractor=extractor)
+                if val_ds is not None
+                else None
+            )
         ridge = None
         if start == 0:
             ridge = prepare_head(
@@ -2664,7 +2669,13 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
             schedule.stage = 1
             cached = (
                 f"cached base features in one pass over {train_cache.count:,} "
-                f"train + {n_val:,} validation images ({seconds:.1f}s)"
+                f"train + {n_val:,} validation images ({seconds:.1f}s"
+                + (
+                    f"; stage 2 reuses the output of the {shared.frozen} frozen "
+                    "blocks below the ones it unfreezes)"
+                    if shared is not None
+                    else ")"
+                )
             )
             if auto and not stage_one:
                 print(_closed_form_line(ridge, cached.replace("cached base ", "")))
@@ -2688,6 +2699,10 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
                     continuation,
                     backup,
                 )
+        except BaseException:
+            if shared is not None:
+                shared.close()
+            raise
         finally:
             train_cache.close()
             if val_cache is not None:
@@ -2696,12 +2711,17 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
     continuation.epochs = total
     for callback in backup:
         callback.cached_epochs = schedule.unfreeze_at_epoch
+    stage_two = bool(fine_tune_epochs) and not model.stop_training
+    if shared is not None and not stage_two:
+        shared.close()
     split = (
-        _stage_two_split(run) if fine_tune_epochs and not model.stop_training else None
+        (shared.split if shared is not None else _stage_two_split(run))
+        if stage_two
+        else None
     )
     if split is not None:
         continuation.last = True
-        _fit_stage_two_cached(run, split, continuation, backup, start, total)
+        _fit_stage_two_cached(run, split, continuation, backup, start, total, shared)
     elif fine_tune_epochs and not model.stop_training:
         continuation.last = True
         if resume is not None:
@@ -2740,14 +2760,15 @@ def _stage_two_split(run: _Run) -> FrozenSplit | None:
     (`FrozenSplit`), and features over `MEMORY_LIMIT_BYTES`.
     """
     schedule = run.schedule
-    schedule.set_model(run.model)  # resolves what stage 2 unfreezes
     if (
         schedule.gradual_every
         or schedule.lr_decay not in (None, 1)
         or schedule.lr_policy != "uniform"
         or schedule.regularize is not None
-        or not schedule._target
     ):
+        return None
+    schedule.set_model(run.model)  # resolves what stage 2 unfreezes
+    if not schedule._target:
         return None
     info = model_info(run.model)
     n = len(info.block_map)
@@ -2766,8 +2787,70 @@ def _stage_two_split(run: _Run) -> FrozenSplit | None:
     return split
 
 
-def _fit_stage_two_cached(run, split, continuation, backup, start, total) -> None:
-    """Stage 2 on `split`'s frozen part, computed once (`_stage_two_split`).
+class _SharedPass:
+    """Stage 2's frozen-part caches, computed before stage 1 and read by both.
+
+    Stage 1's head features are the top blocks' (frozen then, in inference
+    mode) output on the frozen part's: `FrozenSplit.head_features` computes
+    them from these caches by running the top `k` blocks alone. So one pass of
+    the bottom blocks over the training and validation images serves both
+    stages, where stage 1 ran the whole base over them and stage 2 the bottom
+    blocks again.
+    """
+
+    def __init__(self, split: FrozenSplit, train: FeatureCache, val, frozen: int):
+        self.split, self.train, self.val, self.frozen = split, train, val, frozen
+
+    def head_caches(self) -> tuple[FeatureCache, FeatureCache | None]:
+        """Stage 1's caches (the head's pooled features), from these."""
+        tick = time.perf_counter()
+        caches = []
+        for part in (self.train, self.val):
+            if part is None:
+                caches.append(None)
+                continue
+            batch = part.batch_sizes[0]
+            features = self.split.head_features(part.columns, batch)
+            cache = FeatureCache.from_arrays(features, part.others, batch)
+            cache.seconds = part.seconds
+            caches.append(cache)
+        caches[0].seconds += time.perf_counter() - tick
+        return caches[0], caches[1]
+
+    def close(self) -> None:
+        for part in (self.train, self.val):
+            if part is not None:
+                part.close()
+
+
+def _shared_pass(run: _Run, labels) -> _SharedPass | None:
+    """Stage 2's caches, computed now for both stages (`_SharedPass`), or None:
+    where stage 2 would not run on them (`_stage_two_split`) or not at all."""
+    if not run.fine_tune_epochs:
+        return None
+    split = _stage_two_split(run)
+    if split is None:
+        return None
+    extract = split.extract()
+    train = FeatureCache(run.model, run.features, labels=labels, extractor=extract)
+    try:
+        val = (
+            FeatureCache(run.model, run.val, extractor=extract)
+            if run.val is not None
+            else None
+        )
+    except BaseException:
+        train.close()
+        raise
+    frozen = len(model_info(run.model).block_map) - split.k
+    return _SharedPass(split, train, val, frozen)
+
+
+def _fit_stage_two_cached(
+    run, split, continuation, backup, start, total, shared=None
+) -> None:
+    """Stage 2 on `split`'s frozen part, computed once (`_stage_two_split`), or
+    read from stage 1's pass (`shared`).
 
     The schedule installs the stage-2 optimizer and trainability on the full
     model, as at any stage change; the fit runs on the trainable part (the
@@ -2780,11 +2863,18 @@ def _fit_stage_two_cached(run, split, continuation, backup, start, total) -> Non
     first = max(schedule.unfreeze_at_epoch, start)
     tick = time.perf_counter()
     extract = split.extract()
-    labels = None if run.prepared.one_hot else run.prepared.labels
-    train_cache = FeatureCache(model, run.features, labels=labels, extractor=extract)
-    val_cache = (
-        FeatureCache(model, run.val, extractor=extract) if run.val is not None else None
-    )
+    if shared is not None:
+        train_cache, val_cache = shared.train, shared.val
+    else:
+        labels = None if run.prepared.one_hot else run.prepared.labels
+        train_cache = FeatureCache(
+            model, run.features, labels=labels, extractor=extract
+        )
+        val_cache = (
+            FeatureCache(model, run.val, extractor=extract)
+            if run.val is not None
+            else None
+        )
     guard = next((c for c in run.callbacks if isinstance(c, KeepBest)), None)
     held = None
     if guard is not None and guard.holdout is not None:
@@ -2799,15 +2889,21 @@ def _fit_stage_two_cached(run, split, continuation, backup, start, total) -> Non
         frozen = len(model_info(model).block_map) - split.k
         n_val = val_cache.count if val_cache else 0
         n_held = f" + {held.count:,} held-out" if held is not None else ""
+        where = (
+            f"in stage 1's pass over {train_cache.count:,} train + {n_val:,} "
+            "validation images"
+            + (f", and over {held.count:,} held-out ({seconds:.1f}s)" if held else "")
+            if shared is not None
+            else f"over {train_cache.count:,} train + {n_val:,} validation{n_held} "
+            f"images ({seconds:.1f}s)"
+        )
         # The optimizer, the trainable blocks and the summary, as at any stage
         # change.
         schedule._enter(
             2,
             schedule.plan(first)[1],
             first,
-            f"; the {frozen} frozen blocks below run once, over "
-            f"{train_cache.count:,} train + {n_val:,} validation{n_held} images "
-            f"({seconds:.1f}s)",
+            f"; the {frozen} frozen blocks below run once, {where}",
         )
         batch = train_cache.batch_sizes[0]
         train_features = train_cache.dataset(
