@@ -357,6 +357,58 @@ def test_a_trials_stage_2_on_datasets_reads_the_frozen_blocks_once(form, capsys)
     np.testing.assert_allclose(history.history["val_loss"][-1], loss, rtol=1e-5)
 
 
+def _nudge(hp, model):
+    """A build hook: with `nudge` 1, block1's kernel (frozen in stage 2) is
+    scaled by 1.01."""
+    if hp.Choice("nudge", [0, 1]):
+        layer = tltf.model_info(model).base.get_layer("block1_conv")
+        layer.kernel.assign(layer.kernel * 1.01)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["arrays", "bundle"])
+def test_trials_that_unfreeze_the_same_blocks_read_one_frozen_output(form, capsys):
+    """The second trial to unfreeze the same top blocks on the same data reads
+    the frozen blocks' output the first computed: the same weights as a trial
+    that computes it itself, bit for bit. A trial whose frozen blocks differ (a
+    build hook that changes a frozen layer) computes its own."""
+    (x, y), (xv, yv) = tuning_job.data()
+    train, val = (x, y), (xv, yv)
+    if form == "bundle":
+        train = tltf.load_data((x, y), validation=(xv, yv), batch_size=16, seed=0)
+        val = train.validation
+
+    def trial(hypermodel, rate, nudge=0):
+        hp = kt.HyperParameters()
+        hp.Fixed("fine_tune_lr", rate)
+        hp.Fixed("nudge", nudge)
+        model = hypermodel.build(hp)
+        FineTuneHyperModel.fit(hypermodel, hp, model, train, val, verbose=1)
+        printed = capsys.readouterr().out
+        reused = "computed by an earlier trial" in printed
+        assert reused or "frozen blocks, computed once" in printed
+        return model.get_weights(), reused
+
+    def searched():
+        return tuning_job.hypermodel(
+            search={**tuning_job.FIXED_HEAD, "unfreeze": 2},
+            build_hook=_nudge,
+            fine_tune_epochs=1,
+        )
+
+    shared = searched()
+    _, reused = trial(shared, 1e-3)
+    assert not reused
+    second, reused = trial(shared, 3e-4)
+    assert reused
+    alone, _ = trial(searched(), 3e-4)
+    assert all(np.array_equal(a, b) for a, b in zip(second, alone, strict=True))
+    if form == "arrays":
+        _, reused = trial(shared, 3e-4, nudge=1)
+        assert not reused  # its first batch differs: computed again
+
+
 @pytest.mark.parametrize("setting", ["auto", 0.01])
 def test_a_trials_stage_2_trains_with_the_heads_l2_of_its_stage_1(setting):
     """Under head_l2="auto" a ridge-started multi-label head trains with an L2

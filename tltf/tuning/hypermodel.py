@@ -295,6 +295,8 @@ class FineTuneHyperModel(kt.HyperModel):
             digest.update(np.ascontiguousarray(w).tobytes())
         self._base_digest = digest.hexdigest()[:16]
         self._data_keys: dict[int, str] = {}
+        #: Trials' frozen-block outputs, for the next trials' stage 2.
+        self._frozen = FrozenOutputs()
         self.n_blocks = len(self._base.block_map)
         # Validate the search space against the base now, not in trial 1.
         self.search.declare(kt.HyperParameters(), self.n_blocks)
@@ -604,6 +606,10 @@ class FineTuneHyperModel(kt.HyperModel):
                     self.batch_size,
                     self.seed,
                     verbose,
+                    frozen=self._frozen,
+                    key=FrozenOutputs.key(
+                        partial, (train, validation), self.batch_size
+                    ),
                 )
             finally:
                 detach_head_l2(model)
@@ -709,8 +715,14 @@ def _fit_on_frozen_features(
     batch_size,
     seed,
     verbose,
+    frozen=None,
+    key=None,
 ):
     """Stage 2 with the frozen blocks' output computed once (`cache.FrozenSplit`).
+
+    With `frozen` (a `FrozenOutputs`) and its `key`, that output is kept for
+    the next trials and read from an earlier trial's where the key and a check
+    of the first batch match.
 
     The schedule installs the stage-2 optimizer and trainability on the full
     model as usual; the fit runs on the trainable part (same layers, same
@@ -720,6 +732,7 @@ def _fit_on_frozen_features(
 
     info = model_info(model)
     decay = float(values["lr_decay"])
+    data = (train, validation)  # as the trial got them (the store's key)
     arrays = is_arrays(train) and is_arrays(validation)
     if arrays:
         x, y = np.asarray(train[0]), np.asarray(train[1])
@@ -750,20 +763,37 @@ def _fit_on_frozen_features(
     schedule.set_model(model)
     schedule.set_params({"epochs": end})
     started = time.perf_counter()
-    if arrays:
-        feats = split.features(x, batch_size)
-        feats_val = split.features(xv, batch_size)
-    else:
-        caches = [
+
+    def compute():
+        if arrays:
+            return split.features(x, batch_size), split.features(xv, batch_size)
+        return [
             FeatureCache(model, data, extractor=split.extract())
             for data in (train, validation)
         ]
+
+    first = x[:batch_size] if arrays else next(iter(train))[0]
+    outputs, reused = (
+        frozen.obtain(key, split, first, compute, data)
+        if frozen is not None
+        else (compute(), False)
+    )
+    if arrays:
+        feats, feats_val = outputs
+    else:
+        caches = outputs
     seconds = time.perf_counter() - started
     schedule._enter(2, schedule.plan(start)[1], start)  # optimizer, trainability
     if verbose:
+        frozen_blocks = len(info.block_map) - top_blocks(values)
         print(
-            f"tltf: stage 2 trains on the output of the {len(info.block_map) - top_blocks(values)}"
-            f" frozen blocks, computed once ({seconds:.1f}s)."
+            f"tltf: stage 2 trains on the output of the {frozen_blocks} frozen "
+            + (
+                f"blocks, computed by an earlier trial (checked on {len(first)} "
+                f"images, {seconds:.1f}s)."
+                if reused
+                else f"blocks, computed once ({seconds:.1f}s)."
+            )
         )
     # The same batches as fine_tune's pipeline (`array_batches`: the order of
     # one seeded shuffle of the slices), with the sample weights where the
@@ -799,6 +829,87 @@ def _fit_on_frozen_features(
     )
     model.history = history
     return history
+
+
+class FrozenOutputs:
+    """The frozen blocks' output of trials' cached stage 2s, kept across trials.
+
+    Trials that unfreeze the same top blocks of the same base, on the same
+    data, compute the same output below them: every trial starts from the
+    base's original weights, and the frozen blocks run in inference mode. The
+    first such trial computes it; the others read it. An entry is read only
+    where its key matches (the depth, the shapes, the same data objects, the
+    batch size and a digest of the frozen part's weights; as for the shared
+    stage 1, arrays changed in place between trials are not seen) and the
+    trial's own frozen part gives the first batch bit for bit (a `build_hook`
+    that changes a layer fails that check). Entries hold at most
+    `cache.MEMORY_LIMIT_BYTES` in all; the oldest go first.
+    """
+
+    def __init__(self):
+        self._entries: dict[tuple, tuple[Any, int, tuple]] = {}
+
+    @staticmethod
+    def key(split: FrozenSplit, data: tuple, batch_size: int) -> tuple:
+        """The key of `split`'s output on `data` (the trial's training and
+        validation data: the same objects, which the entry keeps alive)."""
+        digest = hashlib.sha1()
+        for weight in split.extractor.weights:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)))
+        return (split.k, split.shapes, *map(id, data), batch_size, digest.hexdigest())
+
+    def obtain(self, key, split: FrozenSplit, first, compute, data) -> tuple[Any, bool]:
+        """`(outputs, reused)`: an earlier trial's outputs, or `compute()`'s."""
+        entry = self._entries.get(key)
+        if entry is not None and _same_rows(split, first, entry[0]):
+            return entry[0], True
+        outputs = compute()
+        size = _nbytes(outputs)
+        self._entries.pop(key, None)
+        while (
+            self._entries
+            and size + sum(e[1] for e in self._entries.values())
+            > cache.MEMORY_LIMIT_BYTES
+        ):
+            del self._entries[next(iter(self._entries))]
+        if size <= cache.MEMORY_LIMIT_BYTES and not _on_disk(outputs):
+            self._entries[key] = (outputs, size, data)
+        return outputs, False
+
+
+def _columns(outputs) -> list[np.ndarray]:
+    """The training features' columns of a trial's cached outputs."""
+    if isinstance(outputs, list):  # FeatureCaches: (train, validation)
+        return list(outputs[0].columns)
+    train = outputs[0]
+    return list(train) if isinstance(train, tuple) else [train]
+
+
+def _nbytes(outputs) -> int:
+    if isinstance(outputs, list):
+        return sum(c.nbytes for part in outputs for c in part.columns)
+    return sum(
+        c.nbytes
+        for part in outputs
+        for c in (part if isinstance(part, tuple) else (part,))
+    )
+
+
+def _on_disk(outputs) -> bool:
+    return isinstance(outputs, list) and any(part.paths for part in outputs)
+
+
+def _same_rows(split: FrozenSplit, first, outputs) -> bool:
+    """Whether `split`'s frozen part gives `first` (the first batch of images)
+    the rows that `outputs` begin with, bit for bit."""
+    extract = split.extract()
+    got = extract(tf.cast(first, extract.input_signature[0].dtype))
+    got = got if isinstance(got, (list, tuple)) else [got]
+    kept = _columns(outputs)
+    return len(got) == len(kept) and all(
+        np.array_equal(np.asarray(g), k[: len(first)])
+        for g, k in zip(got, kept, strict=True)
+    )
 
 
 def _images_in(data, training: bool) -> int | None:

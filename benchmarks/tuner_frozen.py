@@ -1,0 +1,126 @@
+"""A search over rates at one depth: trials reading one frozen blocks' output,
+against each trial computing its own.
+
+Since 2026-12-06 trials that unfreeze the same top blocks on the same data
+share the frozen blocks' output (`tltf.tuning.hypermodel.FrozenOutputs`): the
+first computes it, the next read it after a check of the first batch. The
+baseline is the same `tltf.tune` call with `FrozenOutputs.obtain` put back to
+"compute it every trial" in this process. The sides alternate after one
+uncounted warm-up of each, each in a new project folder.
+
+The search: `tuner="grid"` over `fine_tune_lr` in `--rates` at
+`unfreeze=--depth` (fixed head), `head_epochs=5`, `fine_tune_epochs=5`, on
+scikit-learn's digits at 64 px, `--k` images per class for training and 10
+per class for validation, as a `load_data` bundle (as in
+`benchmarks/tuner_datasets.py`). Base: VGG16 from Keras's ImageNet file in
+`--weights-dir` (see `benchmarks/realdata.py`).
+
+Usage:
+    .venv/bin/python benchmarks/tuner_frozen.py --weights-dir W [--k 10]
+        [--depth 1] [--rates 1e-4 3e-4 1e-3] [--repeats 1]
+
+The last line prints the baseline's time over tltf's (medians of the search's
+wall time) and the best validation accuracy of each side.
+"""
+
+from __future__ import annotations
+
+import tltf  # noqa: F401  # isort: skip  (first: imports TensorFlow quietly)
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+
+from tltf.tuning import tune
+from tltf.tuning.hypermodel import FrozenOutputs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stage2_cache  # noqa: E402
+import tuner_datasets  # noqa: E402
+
+
+def baseline():
+    """Every trial computes the frozen blocks' output itself."""
+
+    def compute(self, key, split, first, compute, data):
+        return compute(), False
+
+    return stage2_cache.patched(FrozenOutputs, "obtain", compute)
+
+
+def search(weights_dir, data, depth, rates, folder) -> tuple[float, float]:
+    """Seconds of one search and its best validation accuracy."""
+    keras.utils.set_random_seed(0)
+    start = time.perf_counter()
+    result = tune(
+        "vgg16",
+        data,
+        tuner="grid",
+        max_trials=len(rates),
+        search={
+            "unfreeze": depth,
+            "head_units": 0,
+            "head_dropout": 0.2,
+            "fine_tune_lr": list(rates),
+        },
+        head_epochs=5,
+        fine_tune_epochs=5,
+        seed=0,
+        directory=folder,
+        verbose=0,
+        input_shape=(64, 64, 3),
+        base_kwargs={"weights_dir": weights_dir} if weights_dir else {},
+        **({} if weights_dir else {"weights": None}),
+    )
+    seconds = time.perf_counter() - start
+    best = max(r["score"] for r in result.table if r["score"] is not None)
+    return seconds, best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--depth", type=int, default=1)
+    parser.add_argument("--rates", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--weights-dir", default=None)
+    args = parser.parse_args()
+    data = tuner_datasets.bundle(args.k)
+    times = {"tltf": [], "baseline": []}
+    best = {}
+    with tempfile.TemporaryDirectory() as root:
+        for i in range(args.repeats + 1):  # the first of each side: warm-up
+            for side in ("tltf", "baseline"):
+                context = baseline() if side == "baseline" else contextlib.nullcontext()
+                with context:
+                    seconds, best[side] = search(
+                        args.weights_dir,
+                        data,
+                        args.depth,
+                        args.rates,
+                        f"{root}/{side}{i}",
+                    )
+                if i:
+                    times[side].append(seconds)
+                print(
+                    f"{side:8s} run {i}: {seconds:6.1f}s, best val accuracy "
+                    f"{best[side]:.3f}{' (warm-up)' if not i else ''}",
+                    flush=True,
+                )
+    medians = {side: statistics.median(v) for side, v in times.items()}
+    print(
+        f"search seconds (medians), each trial its own frozen output / shared: "
+        f"{medians['baseline']:.1f} / {medians['tltf']:.1f} = "
+        f"{medians['baseline'] / medians['tltf']:.2f}x (best val accuracy "
+        f"{best['baseline']:.3f} / {best['tltf']:.3f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
