@@ -96,6 +96,28 @@ def search(base: str, weights_dir, data, depths, folder) -> tuple[float, float]:
     return seconds, best
 
 
+def alternate(run, baseline, repeats: int) -> tuple[dict, dict]:
+    """`run(folder)` (seconds, best score) on each side, tltf then `baseline`
+    (a context manager), after one uncounted warm-up of each, each in a new
+    folder: the counted seconds and the last best score of each side."""
+    times = {"tltf": [], "baseline": []}
+    best = {}
+    with tempfile.TemporaryDirectory() as root:
+        for i in range(repeats + 1):  # the first of each side: warm-up
+            for side in ("tltf", "baseline"):
+                context = baseline() if side == "baseline" else contextlib.nullcontext()
+                with context:
+                    seconds, best[side] = run(f"{root}/{side}{i}")
+                if i:
+                    times[side].append(seconds)
+                print(
+                    f"{side:8s} run {i}: {seconds:6.1f}s, best val accuracy "
+                    f"{best[side]:.3f}{' (warm-up)' if not i else ''}",
+                    flush=True,
+                )
+    return times, best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="vgg16")
@@ -105,27 +127,11 @@ def main() -> None:
     parser.add_argument("--weights-dir", default=None)
     args = parser.parse_args()
     data = bundle(args.k)
-    times = {"tltf": [], "baseline": []}
-    best = {}
-    with tempfile.TemporaryDirectory() as root:
-        for i in range(args.repeats + 1):  # the first of each side: warm-up
-            for side in ("tltf", "baseline"):
-                context = baseline() if side == "baseline" else contextlib.nullcontext()
-                with context:
-                    seconds, best[side] = search(
-                        args.base,
-                        args.weights_dir,
-                        data,
-                        args.depths,
-                        f"{root}/{side}{i}",
-                    )
-                if i:
-                    times[side].append(seconds)
-                print(
-                    f"{side:8s} run {i}: {seconds:6.1f}s, best val accuracy "
-                    f"{best[side]:.3f}{' (warm-up)' if not i else ''}",
-                    flush=True,
-                )
+    times, best = alternate(
+        lambda folder: search(args.base, args.weights_dir, data, args.depths, folder),
+        baseline,
+        args.repeats,
+    )
     medians = {side: statistics.median(v) for side, v in times.items()}
     print(
         f"{args.base}, {len(args.depths)} trials on a bundle: median search seconds, "

@@ -28,10 +28,8 @@ from __future__ import annotations
 import tltf  # noqa: F401  # isort: skip  (first: imports TensorFlow quietly)
 
 import argparse
-import contextlib
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -92,27 +90,11 @@ def main() -> None:
     parser.add_argument("--weights-dir", default=None)
     args = parser.parse_args()
     data = tuner_datasets.bundle(args.k)
-    times = {"tltf": [], "baseline": []}
-    best = {}
-    with tempfile.TemporaryDirectory() as root:
-        for i in range(args.repeats + 1):  # the first of each side: warm-up
-            for side in ("tltf", "baseline"):
-                context = baseline() if side == "baseline" else contextlib.nullcontext()
-                with context:
-                    seconds, best[side] = search(
-                        args.weights_dir,
-                        data,
-                        args.depth,
-                        args.rates,
-                        f"{root}/{side}{i}",
-                    )
-                if i:
-                    times[side].append(seconds)
-                print(
-                    f"{side:8s} run {i}: {seconds:6.1f}s, best val accuracy "
-                    f"{best[side]:.3f}{' (warm-up)' if not i else ''}",
-                    flush=True,
-                )
+    times, best = tuner_datasets.alternate(
+        lambda folder: search(args.weights_dir, data, args.depth, args.rates, folder),
+        baseline,
+        args.repeats,
+    )
     medians = {side: statistics.median(v) for side, v in times.items()}
     print(
         f"search seconds (medians), each trial its own frozen output / shared: "

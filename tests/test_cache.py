@@ -265,6 +265,22 @@ def test_stage_two_on_the_frozen_blocks_output_is_stage_two_on_full_passes(
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _count_passes(monkeypatch) -> list:
+    """A list that gets an entry for each `FeatureCache` built (one pass over
+    images) from now on."""
+    import tltf.cache
+
+    passes = []
+    init = tltf.cache.FeatureCache.__init__
+
+    def counted(self, model, dataset, *args, **kw):
+        passes.append(1)
+        init(self, model, dataset, *args, **kw)
+
+    monkeypatch.setattr(tltf.cache.FeatureCache, "__init__", counted)
+    return passes
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("validation", [True, False], ids=["validation", "held-out"])
 def test_stage_one_reads_its_features_from_stage_twos_pass(
@@ -274,20 +290,12 @@ def test_stage_one_reads_its_features_from_stage_twos_pass(
     come from that output through the top blocks, so the bottom blocks run once
     over the training (and validation) images for both stages: one pass fewer
     than a stage 1 of its own, with the same run to float rounding."""
-    import tltf.cache
     import tltf.schedule
 
     x, y = data
     y = np.random.default_rng(1).permutation(y)  # stage 1 leaves work for stage 2
     validation_data = (x[:16], y[:16]) if validation else None
-    passes = []
-    init = tltf.cache.FeatureCache.__init__
-
-    def counted(self, model, dataset, *args, **kw):
-        passes.append(1)
-        init(self, model, dataset, *args, **kw)
-
-    monkeypatch.setattr(tltf.cache.FeatureCache, "__init__", counted)
+    passes = _count_passes(monkeypatch)
     runs = []
     for shared in (True, False):
         if not shared:
@@ -427,7 +435,6 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     `load_data` bundle. Sample weights that `class_weight` is folded into keep
     the pass, whose batches carry them. (The defaults take this path in
     `test_stage_two_on_the_frozen_blocks_output_is_stage_two_on_full_passes`.)"""
-    import tltf.cache
     import tltf.schedule
 
     x, y = data
@@ -441,14 +448,7 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     if setting == "bundle":  # its own batches, its labels from the bundle
         train = tltf.load_data((x, y), batch_size=16, seed=0)
         kwargs["label_smoothing"] = 0.1
-    passes = []
-    init = tltf.cache.FeatureCache.__init__
-
-    def counted(self, model, dataset, *args, **kw):
-        passes.append(1)
-        init(self, model, dataset, *args, **kw)
-
-    monkeypatch.setattr(tltf.cache.FeatureCache, "__init__", counted)
+    passes = _count_passes(monkeypatch)
     runs = []
     for reuse in (True, False):
         if not reuse:
