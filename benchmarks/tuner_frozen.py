@@ -46,7 +46,7 @@ import tuner_datasets  # noqa: E402
 def baseline():
     """Every trial computes the frozen blocks' output itself."""
 
-    def compute(self, key, split, first, compute, data):
+    def compute(self, key, split, first_batch, compute, data):
         return compute(), False
 
     return stage2_cache.patched(FrozenOutputs, "obtain", compute)

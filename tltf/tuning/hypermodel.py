@@ -732,7 +732,7 @@ def _fit_on_frozen_features(
 
     info = model_info(model)
     decay = float(values["lr_decay"])
-    data = (train, validation)  # as the trial got them (the store's key)
+    given = (train, validation)  # as the trial got them (the store keeps them)
     arrays = is_arrays(train) and is_arrays(validation)
     if arrays:
         x, y = np.asarray(train[0]), np.asarray(train[1])
@@ -772,9 +772,11 @@ def _fit_on_frozen_features(
             for data in (train, validation)
         ]
 
-    first = x[:batch_size] if arrays else next(iter(train))[0]
+    def first_batch():
+        return x[:batch_size] if arrays else next(iter(train))[0]
+
     outputs, reused = (
-        frozen.obtain(key, split, first, compute, data)
+        frozen.obtain(key, split, first_batch, compute, given)
         if frozen is not None
         else (compute(), False)
     )
@@ -789,8 +791,8 @@ def _fit_on_frozen_features(
         print(
             f"tltf: stage 2 trains on the output of the {frozen_blocks} frozen "
             + (
-                f"blocks, computed by an earlier trial (checked on {len(first)} "
-                f"images, {seconds:.1f}s)."
+                "blocks, computed by an earlier trial (checked on the first "
+                f"batch, {seconds:.1f}s)."
                 if reused
                 else f"blocks, computed once ({seconds:.1f}s)."
             )
@@ -858,10 +860,12 @@ class FrozenOutputs:
             digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)))
         return (split.k, split.shapes, *map(id, data), batch_size, digest.hexdigest())
 
-    def obtain(self, key, split: FrozenSplit, first, compute, data) -> tuple[Any, bool]:
-        """`(outputs, reused)`: an earlier trial's outputs, or `compute()`'s."""
+    def obtain(self, key, split, first_batch, compute, data) -> tuple[Any, bool]:
+        """`(outputs, reused)`: an earlier trial's outputs, where its entry
+        begins with what `split` gives `first_batch()` (the first batch of
+        images), or `compute()`'s, kept with `data` for the next trials."""
         entry = self._entries.get(key)
-        if entry is not None and _same_rows(split, first, entry[0]):
+        if entry is not None and _same_rows(split, first_batch(), entry[0]):
             return entry[0], True
         outputs = compute()
         size = _nbytes(outputs)
