@@ -63,25 +63,31 @@ def bundle(k: int, seed: int = 0):
     return tltf.load_data((x[train], y[train]), validation=(x[val], y[val]), seed=seed)
 
 
-def search(base: str, weights_dir, data, depths, folder) -> tuple[float, float]:
-    """Seconds of one search and its best validation accuracy."""
+def search(
+    base: str, weights_dir, data, folder, unfreeze, fine_tune_lr=1e-4
+) -> tuple[float, float]:
+    """Seconds of one grid search and its best validation accuracy: over
+    `unfreeze` and `fine_tune_lr` (each a value or a list of them), the head
+    fixed."""
     keras.utils.set_random_seed(0)
     kwargs = {"weights": None}
     if base == "demo":
         kwargs = {}
     elif weights_dir:
         kwargs = {"base_kwargs": {"weights_dir": weights_dir}}
+    trials = len(unfreeze) if isinstance(unfreeze, list) else 1
+    trials *= len(fine_tune_lr) if isinstance(fine_tune_lr, list) else 1
     start = time.perf_counter()
     result = tune(
         base,
         data,
         tuner="grid",
-        max_trials=len(depths),
+        max_trials=trials,
         search={
-            "unfreeze": list(depths),
+            "unfreeze": unfreeze,
             "head_units": 0,
             "head_dropout": 0.2,
-            "fine_tune_lr": 1e-4,
+            "fine_tune_lr": fine_tune_lr,
         },
         head_epochs=5,
         fine_tune_epochs=5,
@@ -128,7 +134,9 @@ def main() -> None:
     args = parser.parse_args()
     data = bundle(args.k)
     times, best = alternate(
-        lambda folder: search(args.base, args.weights_dir, data, args.depths, folder),
+        lambda folder: search(
+            args.base, args.weights_dir, data, folder, list(args.depths)
+        ),
         baseline,
         args.repeats,
     )

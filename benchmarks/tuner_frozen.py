@@ -30,12 +30,8 @@ import tltf  # noqa: F401  # isort: skip  (first: imports TensorFlow quietly)
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import keras
-
-from tltf.tuning import tune
 from tltf.tuning.hypermodel import FrozenOutputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,35 +48,6 @@ def baseline():
     return stage2_cache.patched(FrozenOutputs, "obtain", compute)
 
 
-def search(weights_dir, data, depth, rates, folder) -> tuple[float, float]:
-    """Seconds of one search and its best validation accuracy."""
-    keras.utils.set_random_seed(0)
-    start = time.perf_counter()
-    result = tune(
-        "vgg16",
-        data,
-        tuner="grid",
-        max_trials=len(rates),
-        search={
-            "unfreeze": depth,
-            "head_units": 0,
-            "head_dropout": 0.2,
-            "fine_tune_lr": list(rates),
-        },
-        head_epochs=5,
-        fine_tune_epochs=5,
-        seed=0,
-        directory=folder,
-        verbose=0,
-        input_shape=(64, 64, 3),
-        base_kwargs={"weights_dir": weights_dir} if weights_dir else {},
-        **({} if weights_dir else {"weights": None}),
-    )
-    seconds = time.perf_counter() - start
-    best = max(r["score"] for r in result.table if r["score"] is not None)
-    return seconds, best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=10)
@@ -91,7 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     data = tuner_datasets.bundle(args.k)
     times, best = tuner_datasets.alternate(
-        lambda folder: search(args.weights_dir, data, args.depth, args.rates, folder),
+        lambda folder: tuner_datasets.search(
+            "vgg16", args.weights_dir, data, folder, args.depth, list(args.rates)
+        ),
         baseline,
         args.repeats,
     )
