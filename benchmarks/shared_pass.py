@@ -75,9 +75,9 @@ def main() -> None:
             _timed(tltf.cache.FeatureCache.__init__, counts=True),
         ),
         stage2_cache.patched(
-            tltf.schedule._SharedPass,
+            tltf.schedule._FrozenPass,
             "head_caches",
-            _timed(tltf.schedule._SharedPass.head_caches, counts=False),
+            _timed(tltf.schedule._FrozenPass.head_caches, counts=False),
         ),
     ):
         stage2_cache.main(

@@ -2626,7 +2626,7 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
     shared = None  # stage 2's split and caches, when stage 1 reads them too
     if start < schedule.unfreeze_at_epoch or (auto and not resumed_plan):
         split = FrozenSplit(model)
-        shared = _shared_pass(run, labels)
+        shared = _shared_pass(run)
         if shared is not None:
             train_cache, val_cache = shared.head_caches()
         else:
@@ -2787,8 +2787,9 @@ def _stage_two_split(run: _Run) -> FrozenSplit | None:
     return split
 
 
-class _SharedPass:
-    """Stage 2's frozen-part caches, computed before stage 1 and read by both.
+class _FrozenPass:
+    """Stage 2's frozen-part caches (`_frozen_pass`); computed before stage 1
+    (`_shared_pass`), both stages read them.
 
     Stage 1's head features are the top blocks' (frozen then, in inference
     mode) output on the frozen part's: `FrozenSplit.head_features` computes
@@ -2823,14 +2824,10 @@ class _SharedPass:
                 part.close()
 
 
-def _shared_pass(run: _Run, labels) -> _SharedPass | None:
-    """Stage 2's caches, computed now for both stages (`_SharedPass`), or None:
-    where stage 2 would not run on them (`_stage_two_split`) or not at all."""
-    if not run.fine_tune_epochs:
-        return None
-    split = _stage_two_split(run)
-    if split is None:
-        return None
+def _frozen_pass(run: _Run, split: FrozenSplit) -> _FrozenPass:
+    """One pass of `split`'s frozen part over the training and validation
+    images (the training labels taken as known where they are)."""
+    labels = None if run.prepared.one_hot else run.prepared.labels
     extract = split.extract()
     train = FeatureCache(run.model, run.features, labels=labels, extractor=extract)
     try:
@@ -2843,7 +2840,16 @@ def _shared_pass(run: _Run, labels) -> _SharedPass | None:
         train.close()
         raise
     frozen = len(model_info(run.model).block_map) - split.k
-    return _SharedPass(split, train, val, frozen)
+    return _FrozenPass(split, train, val, frozen)
+
+
+def _shared_pass(run: _Run) -> _FrozenPass | None:
+    """Stage 2's caches, computed now for both stages (`_FrozenPass`), or None:
+    where stage 2 would not run on them (`_stage_two_split`) or not at all."""
+    if not run.fine_tune_epochs:
+        return None
+    split = _stage_two_split(run)
+    return None if split is None else _frozen_pass(run, split)
 
 
 def _fit_stage_two_cached(
@@ -2863,18 +2869,8 @@ def _fit_stage_two_cached(
     first = max(schedule.unfreeze_at_epoch, start)
     tick = time.perf_counter()
     extract = split.extract()
-    if shared is not None:
-        train_cache, val_cache = shared.train, shared.val
-    else:
-        labels = None if run.prepared.one_hot else run.prepared.labels
-        train_cache = FeatureCache(
-            model, run.features, labels=labels, extractor=extract
-        )
-        val_cache = (
-            FeatureCache(model, run.val, extractor=extract)
-            if run.val is not None
-            else None
-        )
+    frozen_pass = shared or _frozen_pass(run, split)
+    train_cache, val_cache = frozen_pass.train, frozen_pass.val
     guard = next((c for c in run.callbacks if isinstance(c, KeepBest)), None)
     held = None
     if guard is not None and guard.holdout is not None:
@@ -2886,7 +2882,7 @@ def _fit_stage_two_cached(
     try:
         schedule.set_params({"epochs": total, "verbose": run.fit_args.get("verbose")})
         schedule.on_train_begin()
-        frozen = len(model_info(model).block_map) - split.k
+        frozen = frozen_pass.frozen
         n_val = val_cache.count if val_cache else 0
         n_held = f" + {held.count:,} held-out" if held is not None else ""
         where = (
