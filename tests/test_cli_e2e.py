@@ -2,8 +2,9 @@
 
 One `tltf train` in a subprocess (a generated image folder, a tiny saved base)
 feeds the other commands. Subprocesses prove what a user sees (exit status, no
-traceback); everything else calls `tltf.cli.main` in-process, to keep the ~5 s
-TensorFlow import per subprocess to a handful.
+traceback); everything else calls `tltf.cli.main` in-process. The subprocesses
+start with tltf imported (tests/processes.py), except the one whose whole
+output, import included, is checked.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 from PIL import Image
 
 import tltf
+from tests import processes
 from tests.helpers import (
     IMAGE_CLASSES,
     TRAIN_CONFIG,
@@ -36,15 +38,16 @@ from tltf.runs import HistoryCSV, default_image_size, read_history
 from tltf.schedule import fine_tune
 
 
-def _tltf(*args, cwd):
+def _tltf(*args, cwd, fresh=False):
+    """`python -m tltf.cli ...` in a new process: one started with tltf imported
+    (tests/processes.py), or with `fresh=True` a new interpreter, whose output
+    includes what importing tltf prints."""
     env = {**os.environ, "TLTF_HOME": str(cwd / "home")}
+    args = [sys.executable, "-m", "tltf.cli", *map(str, args)]
+    if not fresh:
+        return processes.run(args, env=env, cwd=cwd, timeout=300)
     return subprocess.run(
-        [sys.executable, "-m", "tltf.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
+        args, capture_output=True, text=True, env=env, cwd=cwd, timeout=300
     )
 
 
@@ -203,7 +206,9 @@ def test_evaluate_predict_and_export_a_run(trained, work, capsys, monkeypatch):
 @pytest.mark.slow
 def test_bad_config_exits_2_without_traceback(work):
     (work / "typo.yaml").write_text("schedule:\n  head_epoch: 3\n")
-    result = _tltf("train", "--config", "typo.yaml", "--out", "runs/typo", cwd=work)
+    result = _tltf(
+        "train", "--config", "typo.yaml", "--out", "runs/typo", cwd=work, fresh=True
+    )
     assert result.returncode == 2
     assert result.stderr.startswith(
         "tltf: error: Unknown key 'head_epoch' in the [schedule] section. Did you "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -20,6 +19,7 @@ import h5py
 import pytest
 
 import tltf
+from tests import processes
 from tests.helpers import ROOT, make_image_folder, make_tiny_base
 from tltf.cli import main
 
@@ -56,12 +56,10 @@ def work(tmp_path_factory):
 
 def _train(work: Path, out: str, kill: str = "-", resume: bool = False):
     config = ["--resume"] if resume else ["--config", str(work / "train.yaml")]
-    return subprocess.run(
+    return processes.run(  # a new process, started with tltf imported
         [sys.executable, "-m", "tests.cli_job", kill, "train", *config, "--out", out],
         cwd=work,
         env={**os.environ, "PYTHONPATH": str(ROOT), "TLTF_HOME": str(work / "home")},
-        capture_output=True,
-        text=True,
         timeout=300,
     )
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -20,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import tltf
+from tests import processes
 from tests.helpers import ROOT, free_ports, make_data, make_tiny_base
 from tltf import compute, distribute
 from tltf.errors import ConfigError, TrainingError
@@ -99,17 +98,14 @@ def _env(**extra) -> dict:
     return env
 
 
-def _run_all(commands: list[tuple[list[str], dict]], tmp_path: Path) -> None:
-    """Runs processes side by side; kills them all on a failure or the timeout."""
-    procs, logs = [], []
-    for i, (cmd, env) in enumerate(commands):
-        log = open(tmp_path / f"proc{i}.log", "w+")  # noqa: SIM115
-        logs.append(log)
-        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=log))
+def _run_all(commands: list[tuple[list[str], dict]]) -> None:
+    """Runs processes side by side (each started with tltf imported:
+    tests/processes.py); kills them all on a failure or the timeout."""
+    procs = [processes.python(cmd, cwd=ROOT, env=env) for cmd, env in commands]
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while any(p.poll() is None for p in procs):
-            if time.monotonic() > deadline or any(p.returncode for p in procs):
+            if time.monotonic() > deadline or any(p.poll() for p in procs):
                 break
             time.sleep(0.2)
     finally:
@@ -121,12 +117,9 @@ def _run_all(commands: list[tuple[list[str], dict]], tmp_path: Path) -> None:
     if failed:
         tails = []
         for i in failed:
-            logs[i].seek(0)
             tails.append(f"--- process {i} (rc {procs[i].returncode}):\n")
-            tails.append(logs[i].read()[-3000:])
+            tails.append(procs[i].communicate()[0][-3000:])
         pytest.fail("subprocess failed or timed out:\n" + "".join(tails))
-    for log in logs:
-        log.close()
 
 
 @pytest.mark.slow
@@ -142,7 +135,7 @@ def test_multi_worker_fine_tune_gives_identical_weights(tmp_path):
         )
         out = str(tmp_path / f"worker{index}")
         commands.append(([sys.executable, str(script), out], _env(TF_CONFIG=tf_config)))
-    _run_all(commands, tmp_path)
+    _run_all(commands)
 
     reports = [json.loads((tmp_path / f"worker{i}.json").read_text()) for i in (0, 1)]
     arrays = [np.load(tmp_path / f"worker{i}.npz") for i in (0, 1)]
@@ -212,7 +205,7 @@ def test_mirrored_two_logical_cpus(tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED)
     out = tmp_path / "mirrored.json"
-    _run_all([([sys.executable, str(script), str(out)], _env())], tmp_path)
+    _run_all([([sys.executable, str(script), str(out)], _env())])
     report = json.loads(out.read_text())
     assert report["replicas"] == 2
     assert report["stage"] == [1, 2]

@@ -3,7 +3,8 @@
 The walkthrough is the bash block between `<!-- walkthrough -->` and
 `<!-- /walkthrough -->` in README.md. It holds only comments, Python
 here-documents (`python - <<'EOF'` ... `EOF`) and `tltf` commands, so that the
-test can run it step by step in one fresh Python process, in an empty folder with
+test can run it step by step in one new Python process (started with tltf
+imported: tests/processes.py), in an empty folder with
 an empty tltf store: the Python steps as written, and each `tltf` command through
 `tltf.cli.main` (the console script's function), which must return 0. Two changes
 make it fit a test: `tltf train` gets a short schedule (`SHORT_SCHEDULE`), and the
@@ -17,12 +18,12 @@ import csv
 import json
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests import processes
 from tltf.cli import build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -148,12 +149,10 @@ def test_walkthrough_runs_in_an_empty_folder(tmp_path):
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "MPLBACKEND": "Agg",
     }
-    done = subprocess.run(
+    done = processes.run(  # a new process, started with tltf imported
         [sys.executable, "-c", RUNNER, str(tmp_path / "steps.json")],
         cwd=work,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     output = done.stdout + done.stderr

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 import tltf
+from tests import processes
 from tests.helpers import (
     ROOT,
     CrashAt,
@@ -37,13 +37,11 @@ TRAINABLE = [[], [], ["block4"], ["block3", "block4"], ["block3", "block4"]]
 
 
 def _spawn(backup, log, out, kill=None):
+    """The job in a new process (started with tltf imported: tests/processes.py)."""
     args = [sys.executable, "-m", "tests.resume_job", str(backup), str(log), str(out)]
-    return subprocess.Popen(
+    return processes.python(
         [*args, kill] if kill else args,
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
     )
 

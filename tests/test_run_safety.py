@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import tltf
+from tests import processes
 from tests.helpers import (
     TRAIN_CONFIG,
     check_error,
@@ -194,14 +195,12 @@ time.sleep(120)
 def test_a_second_process_cannot_take_or_delete_a_locked_run(tmp_path):
     out = tmp_path / "run"
     late = RunFolder(out)  # checked before the other process began
-    holder = subprocess.Popen(
+    holder = processes.python(  # a new process, started with tltf imported
         [sys.executable, "-c", textwrap.dedent(HOLDER), str(out)],
-        stdout=subprocess.PIPE,
-        text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        holder.wait_for("locked", timeout=120)
         before = folder_snapshot(out)
         with pytest.raises(ConfigError) as info:
             late.begin()

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 import tltf
-from tests import tuning_job
+from tests import processes, tuning_job
 from tests.helpers import ROOT, PenaltySeen, free_ports, make_data, make_tiny_base
 from tltf.errors import ConfigError, TrainingError
 from tltf.regularizers import head_l2
@@ -609,7 +608,7 @@ def test_distributed_chief_and_two_workers_run_each_trial_once(tmp_path):
     }
     try:
         for name in ("chief", "tuner0", "tuner1"):
-            procs[name] = subprocess.Popen(
+            procs[name] = processes.python(  # started with tltf imported
                 [
                     sys.executable,
                     "-m",
@@ -620,10 +619,7 @@ def test_distributed_chief_and_two_workers_run_each_trial_once(tmp_path):
                 ],
                 cwd=ROOT,
                 env={**base_env, "KERASTUNER_TUNER_ID": name},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
+                new_session=True,
             )
         outputs = {}
         deadline = time.monotonic() + 240

@@ -15,7 +15,7 @@ import keras_tuner as kt
 import pytest
 import tensorflow as tf
 
-from tests import tuning_job
+from tests import processes, tuning_job
 from tests.helpers import ROOT, check_error, folder_snapshot, make_data, make_tiny_base
 from tltf.data.inputs import split_validation
 from tltf.errors import ConfigError, TrainingError
@@ -117,22 +117,14 @@ def test_lock_file_staleness_rules(tmp_path):
 @pytest.mark.slow
 def test_a_second_search_on_a_project_fails_fast_and_a_dead_ones_locks_go(tmp_path):
     project = tmp_path / "p"
-    holder = subprocess.Popen(
+    holder = processes.python(  # a new process, started with tltf imported
         [sys.executable, "-c", HOLDER, str(project)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        new_session=True,
     )
     try:
-        output = []
-        for line in holder.stdout:
-            output.append(line)
-            if line.strip() == "locked":
-                break
-        assert holder.poll() is None, "".join(output)
+        holder.wait_for("locked", timeout=120)
         before = folder_snapshot(project)
         start = time.monotonic()
         with pytest.raises(ConfigError) as info:
