@@ -1,24 +1,25 @@
 """Python child processes that start with tltf already imported.
 
 Many tests run tltf in a child process: a run SIGKILLed and resumed, the
-command line end to end, a chief and its workers. `import tltf` takes about 6 s
-on 2 cores (TensorFlow and Keras), and a plain `subprocess` child pays it every
-time: about a quarter of the suite's time went to importing.
+command line end to end, the notebooks' Jupyter kernels, a chief and its
+workers. `import tltf` takes about 6 s on 2 cores (TensorFlow and Keras), and
+each of the suite's ~35 children paid it.
 
 `python(args, ...)` runs `[sys.executable, "-m", module, ...]`,
 `[sys.executable, "-c", code, ...]` or `[sys.executable, script, ...]` in a
-child forked from multiprocessing's
-forkserver. The forkserver is a fresh interpreter, started once per pytest
-worker, that has imported tltf and nothing else: it has run no TensorFlow op,
-built no model and read no data. Each child is a new process, with its own pid,
-working folder, environment and output, that a SIGKILL ends as it ends any
-process. What these tests check (that a new process resumes from files alone,
-that a second process finds a lock) holds in it as in a plain one.
+child forked from multiprocessing's forkserver. The forkserver is a fresh
+interpreter, started once per pytest worker, that has imported tltf and
+nothing else: it has run no TensorFlow op, built no model and read no data.
+Each child is a new process, with its own pid, working folder, environment and
+output, that a SIGKILL ends as it ends any process. What these tests check
+(that a new process resumes from files alone, that a second process finds a
+lock, that a notebook runs top to bottom on a kernel) holds in it as in a
+plain one.
 
 What differs from `python -m ...`: the modules are imported before the child's
 environment is set, so variables read at import time (TensorFlow's log level)
 come from the pytest worker. Tests of import-time behaviour (quiet start-up
-logs, what `import tltf` loads, the installed console script) keep
+logs, what `import tltf` loads, a bad config's single line of output) keep
 `subprocess` and a fresh interpreter.
 """
 
@@ -68,6 +69,7 @@ def _child(args, cwd, env, stdout_path, stderr_path, new_session):
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    tempfile.tempdir = None  # read from TMPDIR again, as a new interpreter does
     for fd, path in ((1, stdout_path), (2, stderr_path)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_APPEND), fd)
     flag, target, rest = args[0], args[1] if len(args) > 1 else None, args[2:]
@@ -127,6 +129,7 @@ class Process:
         )
         self._process.start()
         self.pid = self._process.pid
+        self.stdin = self.stdout = self.stderr = None  # as a Popen with files
 
     @property
     def returncode(self):
@@ -143,6 +146,12 @@ class Process:
 
     def kill(self):
         self._process.kill()
+
+    def terminate(self):
+        self._process.terminate()
+
+    def send_signal(self, signum):
+        os.kill(self.pid, signum)
 
     def wait_for(self, line: str, timeout: float) -> str:
         """The output so far, once it holds `line` as a whole line; raises

@@ -14,13 +14,17 @@ import importlib.util
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import nbformat
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
+from jupyter_client.provisioning import LocalProvisioner
 from nbclient import NotebookClient
+
+from tests import processes
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -62,11 +66,30 @@ def _kernel_manager(tmp_path: Path) -> KernelManager:
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
-    return KernelManager(
+    manager = KernelManager(
         kernel_name=KERNEL_NAME,
         kernel_spec_manager=specs,
         connection_file=str(tmp_path / "connection.json"),
+        kernel_id=str(uuid.uuid4()),
     )
+    manager.provisioner = _Provisioner(
+        kernel_id=manager.kernel_id, kernel_spec=manager.kernel_spec, parent=manager
+    )
+    return manager
+
+
+class _Provisioner(LocalProvisioner):
+    """Jupyter's own provisioner, whose kernel process starts with tltf imported
+    (tests/processes.py): a new process running ipykernel, as Jupyter starts it,
+    without the 5 s import in each notebook's first cell."""
+
+    async def launch_kernel(self, cmd, **kwargs):
+        self.process = processes.python(
+            cmd, cwd=kwargs.get("cwd"), env=kwargs.get("env"), new_session=True
+        )
+        self.pid = self.pgid = self.process.pid
+        self.cwd = kwargs.get("cwd")
+        return self.connection_info
 
 
 def _errors(notebook) -> list[str]:
