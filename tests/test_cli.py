@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,6 +11,7 @@ import yaml
 from PIL import Image
 
 import tltf
+from tests import processes
 from tltf import datasets
 from tltf.bases.registry import SHIPPED_BASES
 from tltf.cli import main
@@ -21,13 +21,12 @@ from tltf.runs import resolve_base, still_improving_hint
 
 
 def _tltf(*args, tmp_path):
+    """`python -m tltf.cli ...` in a new process, started with tltf imported
+    (tests/processes.py; a fresh interpreter's output is checked in
+    tests/test_cli_e2e.py)."""
     env = {**os.environ, "TLTF_HOME": str(tmp_path / "home")}
-    return subprocess.run(
-        [sys.executable, "-m", "tltf.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    return processes.run(
+        [sys.executable, "-m", "tltf.cli", *args], env=env, timeout=120
     )
 
 
