@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import keras
 import numpy as np
 import pytest
@@ -12,10 +14,13 @@ from tests.helpers import (
     Recorder,
     block_variables,
     changed_keys,
+    check_error,
     make_tiny_model,
+    raises,
     weights_snapshot,
 )
 from tltf.cache import FeatureCache, FrozenSplit, feature_model, head_model
+from tltf.errors import DataError
 
 
 def _model():
@@ -175,15 +180,65 @@ def test_large_feature_sets_go_to_disk(data, tmp_path, monkeypatch):
     model = _model()
     ds = tf.data.Dataset.from_tensor_slices(data).batch(16)
     in_memory = FeatureCache(model, ds)
-    monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", 0)
-    on_disk = FeatureCache(model, ds, directory=tmp_path)
+    # The limit at two batches' features: the third batch starts the file.
+    limit = 2 * 16 * in_memory.features.shape[1] * in_memory.features.itemsize
+    monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", limit)
+    extract = tltf.cache.feature_extractor(model)
+    on_file = []  # the file's size when each batch is computed
+
+    def watching(images):
+        on_file.append(sum(f.stat().st_size for f in tmp_path.glob("features-*")))
+        return extract(images)
+
+    watching.input_signature = extract.input_signature
+    on_disk = FeatureCache(model, ds, directory=tmp_path, extractor=watching)
     assert isinstance(on_disk.features, np.memmap)
-    assert list(tmp_path.glob("features-*.npy"))
+    assert list(tmp_path.glob("features-*.bin"))
+    # Written while the pass ran, batch by batch, not after it: the pass held
+    # at most the limit (and one batch) in memory.
+    assert on_file == [0, 0, 0, 3 * limit // 2]
     np.testing.assert_array_equal(np.asarray(on_disk.features), in_memory.features)
     batch = next(iter(on_disk.dataset(16, shuffle=False)))
     assert batch[0].shape == (16, 48 + 192)
     on_disk.close()
-    assert not list(tmp_path.glob("features-*.npy"))
+    assert not list(tmp_path.glob("features-*"))
+
+
+def test_a_pass_that_fails_deletes_its_file_and_a_full_disk_is_named(
+    data, tmp_path, monkeypatch
+):
+    import tltf.cache
+
+    model = _model()
+    ds = tf.data.Dataset.from_tensor_slices(data).batch(16)
+    monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", 0)
+    extract = tltf.cache.feature_extractor(model)
+    calls = []
+
+    def failing(images):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("a bad batch")
+        return extract(images)
+
+    failing.input_signature = extract.input_signature
+    with pytest.raises(ValueError, match="a bad batch"):
+        FeatureCache(model, ds, directory=tmp_path, extractor=failing)
+    assert list(tmp_path.iterdir()) == []  # the half-written file is gone
+
+    class Full:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: Full())
+    error = raises(DataError, FeatureCache, model, ds, directory=tmp_path)
+    check_error(
+        error, DataError, "No space left on device", "TMPDIR", "cache_features=False"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_automatic_stage_one_stops_when_the_validation_loss_stops_falling():

@@ -438,7 +438,9 @@ class FeatureCache:
         dataset: tf.data.Dataset. Batches of (image, label) or (image, label,
             sample_weight); it must be finite.
         directory: str or None. Where to keep features that do not fit in
-            memory (`MEMORY_LIMIT_BYTES`). Defaults to a temporary folder.
+            memory (`MEMORY_LIMIT_BYTES`): past the limit, each batch's
+            features go to a file there as they are computed. Defaults to a
+            temporary folder.
         labels: array or None. The labels in dataset order, when known (array
             inputs); sample weights, if the batches carry them, are still kept
             from the batches.
@@ -462,30 +464,35 @@ class FeatureCache:
         # train, a user's `.shuffle()`) would misalign two separate passes.
         # Known labels (array inputs, read in order) are used as they are; the
         # sample weights still come from the batches.
+        # Each extractor output (column) stays in memory up to
+        # MEMORY_LIMIT_BYTES; past it, it goes to a file batch by batch, so
+        # that the pass never holds more than the limit and one batch of it.
         known = labels is not None and len(labels)
         dtype = extractor.input_signature[0].dtype
-        rest, batches, self.batch_sizes = [], [], []
-        for images, *others in dataset:
-            out = extractor(tf.cast(images, dtype))
-            out = out if isinstance(out, (list, tuple)) else [out]
-            batches.append([o.numpy() for o in out])
-            self.batch_sizes.append(len(batches[-1][0]))
-            rest.append([np.asarray(o) for o in others[1 if known else 0 :]])
+        rest, spills, self.batch_sizes = [], None, []
+        try:
+            for images, *others in dataset:
+                out = extractor(tf.cast(images, dtype))
+                out = out if isinstance(out, (list, tuple)) else [out]
+                spills = spills or [_Spill(directory) for _ in out]
+                for spill, part in zip(spills, out, strict=True):
+                    spill.add(part.numpy())
+                self.batch_sizes.append(len(out[0]))
+                rest.append([np.asarray(o) for o in others[1 if known else 0 :]])
+            if not spills:
+                raise DataError(
+                    "The dataset is empty: no batch to compute features from."
+                )
+            columns = [spill.finish() for spill in spills]
+        except BaseException:
+            for spill in spills or []:
+                spill.discard()
+            raise
         if known:  # one part of all the labels (and of all the weights)
             weights = [np.concatenate(parts) for parts in zip(*rest, strict=True)]
             rest = [[np.asarray(labels), *weights]]
         self.seconds = time.perf_counter() - start
-        if not batches:
-            raise DataError("The dataset is empty: no batch to compute features from.")
-        self.paths: list[Path] = []
-        columns = []
-        for parts in zip(*batches, strict=True):  # one column per extractor output
-            if sum(f.nbytes for f in parts) > MEMORY_LIMIT_BYTES:
-                column, path = _to_disk(list(parts), directory)
-                self.paths.append(path)
-            else:
-                column = np.concatenate(parts)
-            columns.append(column)
+        self.paths: list[Path] = [s.path for s in spills if s.path is not None]
         #: The features: one array, or a tuple of arrays for an extractor with
         #: several outputs (a `FrozenSplit` of k > 0 whose head reads the
         #: frozen blocks too).
@@ -599,20 +606,53 @@ def is_cross_entropy(loss) -> bool:
     return "crossentropy" in name.replace("_", "").lower()
 
 
-def _to_disk(features: list[np.ndarray], directory) -> tuple[np.ndarray, Path]:
-    directory = Path(directory or tempfile.gettempdir())
-    directory.mkdir(parents=True, exist_ok=True)
-    shape = (sum(len(f) for f in features), *features[0].shape[1:])
-    path = directory / f"features-{os.getpid()}-{time.time_ns()}.npy"
-    out = np.lib.format.open_memmap(
-        path, mode="w+", dtype=features[0].dtype, shape=shape
-    )
-    i = 0
-    for f in features:
-        out[i : i + len(f)] = f
-        i += len(f)
-    out.flush()
-    return out, path
+class _Spill:
+    """One column of a `FeatureCache`'s pass: its batches in memory while they
+    hold at most `MEMORY_LIMIT_BYTES`, then in a file (raw rows, appended as
+    they come), read back as a memory map."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory or tempfile.gettempdir())
+        self.parts, self.rows, self.bytes = [], 0, 0
+        self.path, self.file = None, None
+
+    def add(self, part: np.ndarray) -> None:
+        self.rows += len(part)
+        self.bytes += part.nbytes
+        self.dtype, self.row_shape = part.dtype, part.shape[1:]
+        if self.file is None and self.bytes <= MEMORY_LIMIT_BYTES:
+            self.parts.append(part)
+            return
+        if self.file is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.path = self.directory / f"features-{os.getpid()}-{time.time_ns()}.bin"
+            self.file = open(self.path, "wb")  # noqa: SIM115 (closed in finish)
+        try:
+            for held in [*self.parts, part]:
+                self.file.write(np.ascontiguousarray(held).data)
+        except OSError as error:
+            raise DataError(
+                f"Could not write the features to {self.path} ({error.strerror}; "
+                f"{self.bytes:,} bytes so far, over the {MEMORY_LIMIT_BYTES:,} "
+                "kept in memory). Free space there, set TMPDIR to a folder on a "
+                "larger disk, or pass cache_features=False to train on full "
+                "passes instead."
+            ) from error
+        self.parts = []
+
+    def finish(self) -> np.ndarray:
+        """The column: one array, or a memory map of the file."""
+        if self.file is None:
+            return np.concatenate(self.parts)
+        self.file.close()
+        shape = (self.rows, *self.row_shape)
+        return np.memmap(self.path, dtype=self.dtype, mode="r+", shape=shape)
+
+    def discard(self) -> None:
+        """Closes and deletes the file, if any (a pass that failed)."""
+        if self.file is not None:
+            self.file.close()
+            self.path.unlink(missing_ok=True)
 
 
 class Continuation(keras.callbacks.Callback):
