@@ -1,11 +1,14 @@
-"""Peak memory of a feature pass over the memory limit: written as it goes, or held.
+"""Peak memory of features over the memory limit: a pass and one epoch read back.
 
 `tltf.cache.FeatureCache` keeps each extractor output in memory up to
 `tltf.cache.MEMORY_LIMIT_BYTES` (2 GiB) and puts larger ones on disk. Until
-2026-12-06 it computed every batch first, held them all, then wrote the file:
-the pass held all the features however large. Now each batch past the limit
-goes to the file as it is computed. The baseline is the old way, written out
-here: hold every batch's features, then copy them into a memory-mapped file.
+2026-12-06 it computed every batch first, held them all, then wrote the file,
+and `FeatureCache.dataset` handed the memory-mapped file to
+`tf.data.Dataset.from_tensor_slices`, which copies it into TensorFlow whole.
+Now each batch past the limit goes to the file as it is computed, and an epoch
+reads the file a batch at a time. The baseline is the old way, written out
+here: hold every batch's features, copy them into a memory-mapped file, and
+read one shuffled epoch through `from_tensor_slices`.
 
 The features are a stand-in extractor's (each 16 x 16 x 3 image tiled to
 `--width` floats): the model does not matter, only the bytes the pass keeps.
@@ -46,7 +49,9 @@ def peak_mib() -> float:
 
 
 def held_then_written(dataset, extract, folder: Path) -> np.ndarray:
-    """The old pass: every batch held, then copied into a file."""
+    """The old pass: every batch held, then copied into a file; then one
+    shuffled epoch read through `from_tensor_slices`, as the old
+    `FeatureCache.dataset` did."""
     parts = [extract(images).numpy() for images, _ in dataset]
     shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
     out = np.lib.format.open_memmap(
@@ -57,6 +62,9 @@ def held_then_written(dataset, extract, folder: Path) -> np.ndarray:
         out[i : i + len(part)] = part
         i += len(part)
     out.flush()
+    epoch = tf.data.Dataset.from_tensor_slices(out).shuffle(len(out), seed=0)
+    for _ in epoch.batch(256):
+        pass
     return out
 
 
@@ -92,6 +100,8 @@ def main() -> None:
         )
         tltf_extra, tltf_s = peak_mib() - before, time.perf_counter() - start
         assert isinstance(cache.features, np.memmap)
+        for _ in cache.dataset(256, shuffle=True, seed=0):  # one epoch
+            pass
         first = np.array(cache.features[:4])
         cache.close()
         del cache

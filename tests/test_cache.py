@@ -200,6 +200,23 @@ def test_large_feature_sets_go_to_disk(data, tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(on_disk.features), in_memory.features)
     batch = next(iter(on_disk.dataset(16, shuffle=False)))
     assert batch[0].shape == (16, 48 + 192)
+    # Read a batch at a time: the same batches as from memory, shuffled or not,
+    # and the file never handed to TensorFlow whole.
+    slices = tf.data.Dataset.from_tensor_slices
+
+    def no_memmap(tensors):
+        assert not any(isinstance(t, np.memmap) for t in tf.nest.flatten(tensors))
+        return slices(tensors)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tf.data.Dataset, "from_tensor_slices", no_memmap)
+        read = {s: list(on_disk.dataset(24, s, seed=3)) for s in (False, True)}
+    for shuffle, batches in read.items():
+        expected = list(in_memory.dataset(24, shuffle, seed=3))
+        assert len(batches) == len(expected) == 3
+        for got, want in zip(batches, expected, strict=True):
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
     on_disk.close()
     assert not list(tmp_path.glob("features-*"))
 

@@ -514,11 +514,38 @@ class FeatureCache:
         return cache
 
     def dataset(self, batch_size: int, shuffle: bool, seed: int | None = None):
-        """The cached features as batches of (features, label[, sample_weight])."""
-        ds = tf.data.Dataset.from_tensor_slices((self.features, *self.others))
+        """The cached features as batches of (features, label[, sample_weight]).
+
+        Features on disk are read a batch at a time (the same batches, in the
+        same order), never copied into TensorFlow whole.
+        """
+        if self.paths:
+            ds = tf.data.Dataset.range(self.count)
+        else:
+            ds = tf.data.Dataset.from_tensor_slices((self.features, *self.others))
         if shuffle:
             ds = ds.shuffle(self.count, seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size)
+        if self.paths:
+            ds = ds.map(self._rows)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def _rows(self, index):
+        """The batch of rows at `index` (a vector of row numbers), read from
+        the arrays (or files) by NumPy: (features, label[, sample_weight])."""
+        columns = (*self.columns, *self.others)
+        width = len(self.columns)
+
+        def gather(index):
+            return tuple(c[index] for c in columns)
+
+        out = tf.numpy_function(
+            gather, [index], [tf.as_dtype(c.dtype) for c in columns], stateful=False
+        )
+        for tensor, column in zip(out, columns, strict=True):
+            tensor.set_shape((None, *column.shape[1:]))
+        features = out[0] if width == 1 else tuple(out[:width])
+        return (features, *out[width:])
 
     def stream(self, batch_size: int, steps: int, seed: int | None, start: int = 0):
         """`steps` full batches that run through the cache pass after pass.
@@ -537,23 +564,8 @@ class FeatureCache:
         order = np.concatenate(
             [rng.permutation(self.count) for _ in range(-(-need // self.count))]
         )[start * batch_size : need]
-        columns = (*self.columns, *self.others)
-        width = len(self.columns)
-
-        def gather(index):
-            return tuple(c[index] for c in columns)
-
-        def rows(index):
-            out = tf.numpy_function(
-                gather, [index], [tf.as_dtype(c.dtype) for c in columns], stateful=False
-            )
-            for tensor, column in zip(out, columns, strict=True):
-                tensor.set_shape((None, *column.shape[1:]))
-            features = out[0] if width == 1 else tuple(out[:width])
-            return (features, *out[width:])
-
-        ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(rows)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        return ds.map(self._rows).prefetch(tf.data.AUTOTUNE)
 
     def close(self) -> None:
         """Deletes the on-disk features, if any."""
