@@ -36,6 +36,7 @@ import tempfile
 import time
 import traceback
 import warnings
+import weakref
 from pathlib import Path
 
 #: What the forkserver imports once, for every child.
@@ -111,6 +112,9 @@ class Process:
             raise ValueError(f"python() runs {sys.executable}, not {args[:1]}")
         self.args = list(args)
         folder = Path(tempfile.mkdtemp(prefix="tltf-child-"))
+        # The output files go with this object (a child that is killed and
+        # never read, a notebook's kernel), or at exit.
+        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
         self._stdout = folder / "stdout"
         self._stderr = self._stdout if merge_output else folder / "stderr"
         for path in {self._stdout, self._stderr}:
@@ -175,7 +179,6 @@ class Process:
             if self._stderr != self._stdout:
                 err = self._stderr.read_text(errors="replace")
             self._output = (out, err)
-            shutil.rmtree(self._stdout.parent)
         return self._output
 
 

@@ -3,6 +3,7 @@ arguments, folder, environment, output, exit status, signals."""
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 
@@ -58,7 +59,7 @@ def test_a_childs_exit_status_is_pythons(code, status, stderr):
 
 
 @pytest.mark.slow
-def test_a_sigkilled_child_reports_minus_9_and_its_output_so_far():
+def test_a_sigkilled_child_reports_minus_9_and_its_output_so_far_then_cleans_up():
     child = processes.python(
         [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
         new_session=True,
@@ -68,3 +69,8 @@ def test_a_sigkilled_child_reports_minus_9_and_its_output_so_far():
     child.send_signal(signal.SIGKILL)
     assert child.wait(timeout=60) == -signal.SIGKILL
     assert child.communicate() == ("up\n", None)
+    # Its output files go with it, read or not.
+    folder = child._stdout.parent
+    del child
+    gc.collect()
+    assert not folder.exists()
