@@ -250,12 +250,17 @@ def test_a_pass_that_fails_deletes_its_file_and_a_full_disk_is_named(
         def close(self):
             pass
 
-    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: Full())
-    error = raises(DataError, FeatureCache, model, ds, directory=tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr("builtins.open", lambda *args, **kwargs: Full())
+        error = raises(DataError, FeatureCache, model, ds, directory=tmp_path)
     check_error(
         error, DataError, "No space left on device", "TMPDIR", "cache_features=False"
     )
     assert list(tmp_path.iterdir()) == []
+    # A folder that cannot be made (a file stands in its way) is named too.
+    (tmp_path / "taken").write_text("")
+    error = raises(DataError, FeatureCache, model, ds, directory=tmp_path / "taken")
+    check_error(error, DataError, str(tmp_path / "taken"), "TMPDIR")
 
 
 def test_automatic_stage_one_stops_when_the_validation_loss_stops_falling():

@@ -635,20 +635,21 @@ class _Spill:
         if self.file is None and self.bytes <= MEMORY_LIMIT_BYTES:
             self.parts.append(part)
             return
-        if self.file is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self.path = self.directory / f"features-{os.getpid()}-{time.time_ns()}.bin"
-            self.file = open(self.path, "wb")  # noqa: SIM115 (closed in finish)
         try:
+            if self.file is None:
+                name = f"features-{os.getpid()}-{time.time_ns()}.bin"
+                self.path = self.directory / name
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self.file = open(self.path, "wb")  # noqa: SIM115 (closed in finish)
             for held in [*self.parts, part]:
                 self.file.write(np.ascontiguousarray(held).data)
         except OSError as error:
             raise DataError(
-                f"Could not write the features to {self.path} ({error.strerror}; "
-                f"{self.bytes:,} bytes so far, over the {MEMORY_LIMIT_BYTES:,} "
-                "kept in memory). Free space there, set TMPDIR to a folder on a "
-                "larger disk, or pass cache_features=False to train on full "
-                "passes instead."
+                f"Could not write the features to {self.path} "
+                f"({error.strerror or error}; {self.bytes:,} bytes so far, over "
+                f"the {MEMORY_LIMIT_BYTES:,} kept in memory). Free space there, "
+                "set TMPDIR to a writable folder on a larger disk, or pass "
+                "cache_features=False to train on full passes instead."
             ) from error
         self.parts = []
 
