@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import tempfile
 
 import keras
 import numpy as np
@@ -15,6 +16,7 @@ from tests.helpers import (
     block_variables,
     changed_keys,
     check_error,
+    make_data,
     make_tiny_model,
     raises,
     weights_snapshot,
@@ -219,6 +221,44 @@ def test_large_feature_sets_go_to_disk(data, tmp_path, monkeypatch):
                 np.testing.assert_array_equal(g, w)
     on_disk.close()
     assert not list(tmp_path.glob("features-*"))
+
+
+@pytest.mark.slow
+def test_a_run_whose_features_are_all_on_disk_trains_the_same_model(
+    tmp_path, monkeypatch
+):
+    """With the memory limit at 0, every feature cache of a default run (the
+    training and validation features, read by `stream` and by `dataset`) is
+    a file; the run ends with the weights and History of the run in memory,
+    and leaves no file behind."""
+    import tltf.cache
+
+    train, val = make_data(64), make_data(24, seed=1)
+
+    def run():
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()
+        history = tltf.fine_tune(model, train, val, seed=0, verbose=0)
+        return model.get_weights(), history.history
+
+    in_memory = run()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", 0)
+    files = []
+    spill = tltf.cache._Spill.finish
+
+    def finish(self):
+        files.append(self.path)
+        return spill(self)
+
+    monkeypatch.setattr(tltf.cache._Spill, "finish", finish)
+    weights, history = run()
+    assert len(files) >= 2 and all(path is not None for path in files)
+    assert history == in_memory[1]
+    for got, want in zip(weights, in_memory[0], strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_pass_that_fails_deletes_its_file_and_a_full_disk_is_named(
