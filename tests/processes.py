@@ -182,13 +182,10 @@ class Process:
         return self._output
 
 
-def python(args, cwd=None, env=None, merge_output=True, new_session=False) -> Process:
-    """Starts `args` (`[sys.executable, ...]`, as `subprocess.Popen` would)
-    in a child with tltf imported; its output goes to stdout, or apart with
-    `merge_output=False`."""
-    return Process(
-        args, cwd=cwd, env=env, merge_output=merge_output, new_session=new_session
-    )
+#: `python([sys.executable, ...], cwd=, env=, merge_output=, new_session=)`
+#: starts the child as `subprocess.Popen` would, with tltf imported; its output
+#: goes to stdout, or apart with `merge_output=False`.
+python = Process
 
 
 def run(args, cwd=None, env=None, timeout=None) -> subprocess.CompletedProcess:
