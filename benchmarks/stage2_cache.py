@@ -143,8 +143,10 @@ def main(
                     f"{accuracy:.3f}{detail()}{' (warm-up)' if not i else ''}",
                     flush=True,
                 )
-                if i == 0:
-                    print(f"  {line[:200]}", flush=True)
+                if i == 0:  # its start and its end, where it is long
+                    long = len(line) > 300
+                    shown = line[:150] + " ... " + line[-150:] if long else line
+                    print(f"  {shown}", flush=True)
         medians = {side: statistics.median(v) for side, v in times.items()}
         for side, value in medians.items():
             totals[side] += value

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import errno
+import os
+import signal
+import sys
 import tempfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import tltf
+from tests import processes
 from tests.helpers import (
     Recorder,
     block_variables,
@@ -185,20 +190,23 @@ def test_large_feature_sets_go_to_disk(data, tmp_path, monkeypatch):
     # The limit at two batches' features: the third batch starts the file.
     limit = 2 * 16 * in_memory.features.shape[1] * in_memory.features.itemsize
     monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", limit)
-    extract = tltf.cache.feature_extractor(model)
-    on_file = []  # the file's size when each batch is computed
+    on_file = []  # the file's size when each batch comes
+    add = tltf.cache._Spill.add
 
-    def watching(images):
-        on_file.append(sum(f.stat().st_size for f in tmp_path.glob("features-*")))
-        return extract(images)
+    def watching(self, part):
+        on_file.append(os.fstat(self.file.fileno()).st_size if self.file else 0)
+        return add(self, part)
 
-    watching.input_signature = extract.input_signature
-    on_disk = FeatureCache(model, ds, directory=tmp_path, extractor=watching)
-    assert isinstance(on_disk.features, np.memmap)
-    assert list(tmp_path.glob("features-*.bin"))
+    monkeypatch.setattr(tltf.cache._Spill, "add", watching)
+    on_disk = FeatureCache(model, ds, directory=tmp_path)
+    assert isinstance(on_disk.features, np.memmap) and on_disk.paths
+    assert on_disk.disk_bytes == 4 * limit // 2
     # Written while the pass ran, batch by batch, not after it: the pass held
     # at most the limit (and one batch) in memory.
     assert on_file == [0, 0, 0, 3 * limit // 2]
+    # Nameless in its folder from the start, so that no end of the process
+    # (a SIGKILL included) leaves it behind.
+    assert not list(tmp_path.glob("features-*"))
     np.testing.assert_array_equal(np.asarray(on_disk.features), in_memory.features)
     batch = next(iter(on_disk.dataset(16, shuffle=False)))
     assert batch[0].shape == (16, 48 + 192)
@@ -261,6 +269,114 @@ def test_a_run_whose_features_are_all_on_disk_trains_the_same_model(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("setting", ["held-out-slice", "validation"])
+def test_stage_two_reads_frozen_output_over_the_limit_from_disk(
+    data, setting, tmp_path, monkeypatch, capsys
+):
+    """Without a GPU or TPU, the frozen blocks' output over the memory limit
+    goes to a file that stage 1, stage 2, the guard's slice and the hand-back
+    read a batch at a time: the run ends with the weights and History of the
+    run in memory and deletes its files. With an accelerator, or without room
+    on disk, stage 2 runs full passes, as before."""
+    import shutil
+
+    import tltf.cache
+
+    x, y = data
+    y = np.random.default_rng(1).permutation(y)  # the guard keeps stage 2 going
+    validation = (x[:16], y[:16]) if setting == "validation" else None
+    kwargs = {"head_epochs": 2, "fine_tune_epochs": 2, "unfreeze": 2, "seed": 3}
+
+    def run():
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()
+        history = tltf.fine_tune(model, (x, y), validation, verbose=1, **kwargs)
+        return model.get_weights(), history.history, capsys.readouterr().out
+
+    in_memory = run()
+    assert "read back from" not in in_memory[2]
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", 0)
+    monkeypatch.setattr(tltf.cache, "has_accelerator", lambda: False)
+    spilled, joined = [], []
+    finish, getitem = tltf.cache._Spill.finish, tltf.cache.Joined.__getitem__
+
+    def spy_finish(self):
+        spilled.append(len(self.row_shape))
+        return finish(self)
+
+    def spy_getitem(self, rows):
+        joined.append({type(a) for a in self.arrays})
+        return getitem(self, rows)
+
+    monkeypatch.setattr(tltf.cache._Spill, "finish", spy_finish)
+    monkeypatch.setattr(tltf.cache.Joined, "__getitem__", spy_getitem)
+    weights, history, printed = run()
+    assert "run once, in stage 1's pass" in printed
+    assert f"is read back from {tmp_path}" in printed
+    assert 3 in spilled  # a frozen block's output: (height, width, channels) a row
+    if setting == "held-out-slice":  # the hand-back: memory maps, never joined
+        assert "handed the 12 held-out images back" in printed
+        assert joined and all(kinds == {np.memmap} for kinds in joined)
+    assert history == in_memory[1]
+    for got, want in zip(weights, in_memory[0], strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert list(tmp_path.glob("features-*")) == []
+
+    class Full:  # a disk with 1 KiB free
+        free = 1024
+
+    for accelerator, usage in ((True, shutil.disk_usage), (False, lambda _: Full)):
+        monkeypatch.setattr(tltf.cache, "has_accelerator", lambda a=accelerator: a)
+        monkeypatch.setattr(shutil, "disk_usage", usage)
+        assert "run once" not in run()[2]
+
+
+#: A run whose stage 2 reads the frozen blocks' output from disk, held at the
+#: start of stage 2 until it is killed.
+_HELD_IN_STAGE_2 = """
+import time
+import keras
+import tltf, tltf.cache
+from tests.helpers import make_data, make_tiny_model
+
+class Hold(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            print("in stage 2", flush=True)
+            time.sleep(300)
+
+tltf.cache.MEMORY_LIMIT_BYTES = 0
+tltf.cache.has_accelerator = lambda: False
+tltf.fine_tune(make_tiny_model(), make_data(), head_epochs=2, fine_tune_epochs=2,
+               unfreeze=2, keep_best=False, callbacks=[Hold()], verbose=0)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/map_files"), reason="Linux only")
+def test_a_killed_run_leaves_no_features_on_disk(tmp_path):
+    """Features on disk have no name in their folder while the run reads them,
+    so a SIGKILL, which runs no cleanup, leaves no file behind."""
+    child = processes.python(
+        [sys.executable, "-c", _HELD_IN_STAGE_2],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "TMPDIR": str(tmp_path), "CUDA_VISIBLE_DEVICES": "-1"},
+    )
+    try:
+        child.wait_for("in stage 2", timeout=120)
+        maps = Path(f"/proc/{child.pid}/maps").read_text()
+        mapped = {line.split()[-2] for line in maps.splitlines() if "features-" in line}
+        assert mapped and all(path.startswith(str(tmp_path)) for path in mapped)
+        assert not list(tmp_path.glob("features-*"))
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert not list(tmp_path.glob("features-*"))
+
+
 def test_a_pass_that_fails_deletes_its_file_and_a_full_disk_is_named(
     data, tmp_path, monkeypatch
 ):
@@ -283,15 +399,19 @@ def test_a_pass_that_fails_deletes_its_file_and_a_full_disk_is_named(
         FeatureCache(model, ds, directory=tmp_path, extractor=failing)
     assert list(tmp_path.iterdir()) == []  # the half-written file is gone
 
-    class Full:
+    class Full:  # a file that opens, on a disk with no room for it
+        def __init__(self, *args, **kwargs):
+            self.file = real_open(*args, **kwargs)
+
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         def close(self):
-            pass
+            self.file.close()
 
+    real_open = open
     with monkeypatch.context() as patch:
-        patch.setattr("builtins.open", lambda *args, **kwargs: Full())
+        patch.setattr("builtins.open", Full)
         error = raises(DataError, FeatureCache, model, ds, directory=tmp_path)
     check_error(
         error, DataError, "No space left on device", "TMPDIR", "cache_features=False"
@@ -448,19 +568,16 @@ def test_stage_one_reads_its_features_from_stage_twos_pass(
 
 @pytest.mark.parametrize(
     "setting",
-    [{"gradual_every": 1}, {"lr_decay": 0.5}, {"regularize": "l2sp"}, "memory"],
-    ids=["gradual", "lr-decay", "l2sp", "over-the-memory-limit"],
+    [{"gradual_every": 1}, {"lr_decay": 0.5}, {"regularize": "l2sp"}],
+    ids=["gradual", "lr-decay", "l2sp"],
 )
 def test_stage_two_runs_full_passes_where_its_cache_would_not_hold(
-    data, setting, monkeypatch, capsys
+    data, setting, capsys
 ):
     """What changes over stage 2, or hooks beyond the trained layers, keeps full
-    passes; so do features over the memory limit."""
-    import tltf.cache
-
-    if setting == "memory":
-        monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", 1000)
-        setting = {}
+    passes (frozen output over the memory limit with an accelerator or without
+    the room on disk: test_stage_two_reads_frozen_output_over_the_limit_from_disk).
+    """
     tltf.fine_tune(
         make_tiny_model(),
         data,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,71 @@ from tltf.stages import StageTag
 
 #: Above this many bytes of features, the cache goes to disk (memory-mapped).
 MEMORY_LIMIT_BYTES = 2 * 1024**3
+
+#: Stage 2's frozen-block output over `MEMORY_LIMIT_BYTES` goes to a file only
+#: where at least this many times its size is free on the disk.
+DISK_HEADROOM = 2
+
+
+def has_accelerator() -> bool:
+    """Whether TensorFlow sees a GPU or a TPU."""
+    return any(tf.config.list_physical_devices(kind) for kind in ("GPU", "TPU"))
+
+
+def frozen_output_on_disk(nbytes: int, directory=None) -> bool:
+    """Whether stage 2 reads `nbytes` of frozen-block output (over
+    `MEMORY_LIMIT_BYTES`) from a file rather than recompute it every epoch.
+
+    Yes on a machine without an accelerator, where the frozen blocks are most
+    of an epoch's time and reading their output back costs a fraction of it
+    (benchmarks/stage2_disk.py), and where `directory` (the temporary folder
+    by default) has `DISK_HEADROOM` times `nbytes` free. With a GPU or TPU the
+    blocks run fast enough that disk reads may not win, and nobody has
+    measured it there: full passes, as before.
+    """
+    if has_accelerator():
+        return False
+    try:
+        free = shutil.disk_usage(directory or tempfile.gettempdir()).free
+    except OSError:
+        return False
+    return free >= DISK_HEADROOM * nbytes
+
+
+class Joined:
+    """Arrays end to end, read in row slices as one array, never copied whole
+    (memory maps of features on disk included).
+
+    Example:
+
+    >>> Joined(np.arange(3), np.arange(3, 5))[2:4].tolist()
+    [2, 3]
+    """
+
+    def __init__(self, *arrays):
+        self.arrays = arrays
+        self.ends = np.cumsum([len(a) for a in arrays])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise IndexError("Joined takes row slices with a step of 1")
+        parts, begin = [], 0
+        for array, end in zip(self.arrays, self.ends, strict=True):
+            lo, hi = max(start, begin), min(stop, end)
+            if lo < hi:
+                parts.append(array[lo - begin : hi - begin])
+            begin = end
+        if not parts:
+            return self.arrays[0][:0]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def __array__(self, dtype=None, copy=None):
+        joined = np.concatenate(self.arrays)
+        return joined if dtype is None else joined.astype(dtype)
 
 
 def cut_tensor(model: keras.Model):
@@ -493,6 +559,8 @@ class FeatureCache:
             rest = [[np.asarray(labels), *weights]]
         self.seconds = time.perf_counter() - start
         self.paths: list[Path] = [s.path for s in spills if s.path is not None]
+        #: Bytes of features on disk (`MEMORY_LIMIT_BYTES`), 0 if none.
+        self.disk_bytes = sum(s.bytes for s in spills if s.path is not None)
         #: The features: one array, or a tuple of arrays for an extractor with
         #: several outputs (a `FrozenSplit` of k > 0 whose head reads the
         #: frozen blocks too).
@@ -510,7 +578,7 @@ class FeatureCache:
         cache.features, cache.columns = features, [features]
         cache.others, cache.count = [np.asarray(o) for o in others], len(features)
         cache.batch_sizes = [min(batch_size, cache.count)]
-        cache.paths, cache.seconds = [], 0.0
+        cache.paths, cache.seconds, cache.disk_bytes = [], 0.0, 0
         return cache
 
     def dataset(self, batch_size: int, shuffle: bool, seed: int | None = None):
@@ -621,7 +689,8 @@ def is_cross_entropy(loss) -> bool:
 class _Spill:
     """One column of a `FeatureCache`'s pass: its batches in memory while they
     hold at most `MEMORY_LIMIT_BYTES`, then in a file (raw rows, appended as
-    they come), read back as a memory map."""
+    they come), read back as a memory map. On POSIX systems the file loses its
+    name as soon as it is opened, so that no end of the process leaves it."""
 
     def __init__(self, directory):
         self.directory = Path(directory or tempfile.gettempdir())
@@ -640,7 +709,12 @@ class _Spill:
                 name = f"features-{os.getpid()}-{time.time_ns()}.bin"
                 self.path = self.directory / name
                 self.directory.mkdir(parents=True, exist_ok=True)
-                self.file = open(self.path, "wb")  # noqa: SIM115 (closed in finish)
+                self.file = open(self.path, "w+b")  # noqa: SIM115 (closed in finish)
+                if os.name == "posix":
+                    # Nameless from here on: its space comes back when the
+                    # cache's memory map goes, or when the process ends,
+                    # however it ends (a SIGKILL leaves no file behind).
+                    self.path.unlink()
             for held in [*self.parts, part]:
                 self.file.write(np.ascontiguousarray(held).data)
         except OSError as error:
@@ -657,9 +731,11 @@ class _Spill:
         """The column: one array, or a memory map of the file."""
         if self.file is None:
             return np.concatenate(self.parts)
-        self.file.close()
+        self.file.flush()
         shape = (self.rows, *self.row_shape)
-        return np.memmap(self.path, dtype=self.dtype, mode="r+", shape=shape)
+        column = np.memmap(self.file, dtype=self.dtype, mode="r+", shape=shape)
+        self.file.close()  # the map keeps its own descriptor
+        return column
 
     def discard(self) -> None:
         """Closes and deletes the file, if any (a pass that failed)."""

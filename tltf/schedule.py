@@ -1299,9 +1299,11 @@ def _stage_two_features(holdout: _Slice, stage_two) -> FeatureCache | None:
         return None
     if holdout.rows is None and holdout.everything_labels is None:
         return None
-    # The training rows, then the held-out ones: one pass of the top blocks.
+    # The training rows, then the held-out ones: one pass of the top blocks
+    # (over the output on disk too, a batch at a time).
     columns = [
-        np.concatenate(pair) for pair in zip(trained.columns, held.columns, strict=True)
+        tltf_cache.Joined(*pair)
+        for pair in zip(trained.columns, held.columns, strict=True)
     ]
     features = split.head_features(columns, holdout.batch_size).astype(
         "float32", copy=False
@@ -2757,7 +2759,9 @@ def _stage_two_split(run: _Run) -> FrozenSplit | None:
     what changes over stage 2 (gradual unfreezing) or hooks into the optimizer
     or the loss beyond the trained layers (`lr_decay`, Auto-RGN, L2-SP), for a
     model whose unfrozen blocks reach its bottom, a base that cannot be cut
-    (`FrozenSplit`), and features over `MEMORY_LIMIT_BYTES`.
+    (`FrozenSplit`), and output over `MEMORY_LIMIT_BYTES` that does not go to
+    a file (`cache.frozen_output_on_disk`: with a GPU or TPU, or without the
+    room on disk).
     """
     schedule = run.schedule
     if (
@@ -2782,7 +2786,10 @@ def _stage_two_split(run: _Run) -> FrozenSplit | None:
     images = images_at_most(run.features)
     if run.val is not None:
         images += images_at_most(run.val)
-    if split.bytes_per_image() * images > tltf_cache.MEMORY_LIMIT_BYTES:
+    size = split.bytes_per_image() * images
+    if size > tltf_cache.MEMORY_LIMIT_BYTES and not (
+        tltf_cache.frozen_output_on_disk(size)
+    ):
         return None
     return split
 
@@ -2893,6 +2900,14 @@ def _fit_stage_two_cached(
             else f"over {train_cache.count:,} train + {n_val:,} validation{n_held} "
             f"images ({seconds:.1f}s)"
         )
+        parts = [part for part in (train_cache, val_cache, held) if part is not None]
+        files = [path for part in parts for path in part.paths]
+        if files:  # over MEMORY_LIMIT_BYTES: `cache.frozen_output_on_disk`
+            size = sum(part.disk_bytes for part in parts)
+            where += (
+                f"; their output, {size / 2**20:,.1f} MiB, is read back from "
+                f"{files[0].parent}"
+            )
         # The optimizer, the trainable blocks and the summary, as at any stage
         # change.
         schedule._enter(
