@@ -323,6 +323,8 @@ def test_stage_two_reads_frozen_output_over_the_limit_from_disk(
     for got, want in zip(weights, in_memory[0], strict=True):
         np.testing.assert_array_equal(got, want)
     assert list(tmp_path.glob("features-*")) == []
+    if setting == "validation":
+        return  # the choice below does not depend on the data
 
     class Full:  # a disk with 1 KiB free
         free = 1024

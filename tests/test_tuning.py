@@ -408,6 +408,46 @@ def test_trials_that_unfreeze_the_same_blocks_read_one_frozen_output(form, capsy
         assert not reused
 
 
+@pytest.mark.slow
+def test_a_trials_frozen_output_over_the_limit_is_read_from_disk_for_datasets(
+    tmp_path, monkeypatch, capsys
+):
+    """Past the memory limit, without a GPU or TPU, a bundle's trial reads the
+    frozen blocks' output back from a file: the weights of a trial that holds
+    it in memory, bit for bit, and no file left. Arrays, whose output a trial
+    computes in memory, run full passes there."""
+    import tempfile
+
+    import tltf.cache
+
+    (x, y), (xv, yv) = tuning_job.data()
+    bundle = tltf.load_data((x, y), validation=(xv, yv), batch_size=16, seed=0)
+
+    def trial(train, val):  # a hypermodel of its own: nothing shared
+        hp = kt.HyperParameters()
+        hp.Fixed("fine_tune_lr", 1e-3)
+        hypermodel = tuning_job.hypermodel(
+            search={**tuning_job.FIXED_HEAD, "unfreeze": 2}, fine_tune_epochs=2
+        )
+        model = hypermodel.build(hp)
+        FineTuneHyperModel.fit(hypermodel, hp, model, train, val, verbose=1)
+        return model.get_weights(), capsys.readouterr().out
+
+    in_memory, printed = trial(bundle, bundle.validation)
+    assert "frozen blocks, computed once" in printed and "disk" not in printed
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", 0)
+    monkeypatch.setattr(tltf.cache, "has_accelerator", lambda: False)
+    on_disk, printed = trial(bundle, bundle.validation)
+    assert "computed once" in printed and "it is read back from disk" in printed
+    for got, want in zip(on_disk, in_memory, strict=True):
+        np.testing.assert_array_equal(got, want)
+    _, printed = trial((x, y), (xv, yv))
+    assert "stage 2" in printed and "computed once" not in printed
+    assert not list(tmp_path.glob("features-*"))
+
+
 @pytest.mark.parametrize("setting", ["auto", 0.01])
 def test_a_trials_stage_2_trains_with_the_heads_l2_of_its_stage_1(setting):
     """Under head_l2="auto" a ridge-started multi-label head trains with an L2

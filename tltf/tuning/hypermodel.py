@@ -638,8 +638,9 @@ class FineTuneHyperModel(kt.HyperModel):
         (their BatchNorm runs on frozen statistics under every policy), so their
         output can be computed once per trial. Used for the plain case: arrays,
         a `load_data` bundle or a finite `tf.data.Dataset` of known length, no
-        augmentation or other fine_tune options, no gradual unfreezing, and
-        `cache_features` not False.
+        augmentation or other fine_tune options, no gradual unfreezing,
+        `cache_features` not False, and output within `cache.MEMORY_LIMIT_BYTES`
+        or, for datasets, past it on disk (`cache.frozen_output_on_disk`).
         """
         # Options at their neutral value (None, 0, False) change nothing; the
         # head's L2 is put on the head's kernel, which the cached fit trains.
@@ -664,9 +665,13 @@ class FineTuneHyperModel(kt.HyperModel):
         except (ValueError, KeyError, IndexError, AttributeError):
             return None  # a base whose blocks do not chain through one tensor
 
-        if (
-            split.bytes_per_image() * sum(counts) > cache.MEMORY_LIMIT_BYTES
-        ):  # read now: users may set it
+        size = split.bytes_per_image() * sum(counts)
+        if size > cache.MEMORY_LIMIT_BYTES and (  # read now: users may set it
+            # Arrays' output is computed in memory (`FrozenSplit.features`);
+            # datasets' goes to a file past the limit, where that pays.
+            (is_arrays(train) and is_arrays(validation))
+            or not cache.frozen_output_on_disk(size)
+        ):
             return None
         return split
 
@@ -794,7 +799,8 @@ def _fit_on_frozen_features(
                 "blocks, computed by an earlier trial (checked on the first "
                 f"batch, {seconds:.1f}s)."
                 if reused
-                else f"blocks, computed once ({seconds:.1f}s)."
+                else f"blocks, computed once ({seconds:.1f}s)"
+                + ("; it is read back from disk." if _on_disk(outputs) else ".")
             )
         )
     # The same batches as fine_tune's pipeline (`array_batches`: the order of
