@@ -5,7 +5,8 @@ to stderr before absl logging is initialised, so `TF_CPP_MIN_LOG_LEVEL` cannot h
 them. tltf imports TensorFlow and Keras once with the stderr file descriptor
 captured, then replays every captured line except those INFO lines. Errors and
 warnings still reach the user. Set `TLTF_VERBOSE_TF=1` (or TF_CPP_MIN_LOG_LEVEL=0)
-to see everything.
+to see everything. Where TensorFlow was imported first, its import-time lines
+are out before tltf runs, but its device discovery is still captured.
 """
 
 import logging
@@ -22,10 +23,14 @@ _INFO_LINE = re.compile(
 
 
 def _import_quietly() -> None:
-    if "tensorflow" in sys.modules or os.environ.get("TLTF_VERBOSE_TF") == "1":
+    if os.environ.get("TLTF_VERBOSE_TF") == "1":
         return
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         return
+    # Imported before tltf (`import keras` first, as the keras.io recipe does),
+    # TensorFlow has written its import-time lines already; its device
+    # discovery ("failed call to cuInit") waits for the first op, unless it
+    # has run: it runs here, captured. (A second discovery writes nothing.)
     try:
         sys.stderr.flush()
         saved = os.dup(2)
