@@ -445,7 +445,7 @@ def test_a_trials_frozen_output_over_the_limit_is_read_from_disk_for_datasets(
         np.testing.assert_array_equal(got, want)
     _, printed = trial((x, y), (xv, yv))
     assert "stage 2" in printed and "computed once" not in printed
-    assert not list(tmp_path.glob("features-*"))
+    assert not list(tmp_path.glob("features-*"))  # where files keep names
 
 
 @pytest.mark.parametrize("setting", ["auto", 0.01])

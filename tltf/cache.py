@@ -94,10 +94,6 @@ class Joined:
             return self.arrays[0][:0]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def __array__(self, dtype=None, copy=None):
-        joined = np.concatenate(self.arrays)
-        return joined if dtype is None else joined.astype(dtype)
-
 
 def cut_tensor(model: keras.Model):
     """Where the cache cuts the model: after the head's pooling, else the base.
