@@ -526,6 +526,50 @@ def _count_passes(monkeypatch) -> list:
 
 
 @pytest.mark.slow
+def test_the_guard_scores_stage_ones_end_through_the_top_blocks(data, monkeypatch):
+    """With a held-out slice and stage 2 on the frozen blocks' output, the slice
+    goes through the frozen blocks once, in the pass before stage 1, and the
+    guard scores stage 1's end and every stage-2 epoch through the top blocks on
+    that output: the whole model never runs over the slice. Each score is the
+    whole model's on the slice."""
+    from tltf.guard import KeepBest
+
+    x, y = data
+    y = np.random.default_rng(1).permutation(y)  # the guard keeps stage 2 going
+    predicted, compared, checking = [], [], [False]
+    predict, score = keras.Model.predict, KeepBest.holdout_score
+
+    def spy_predict(self, *args, **kwargs):
+        if not checking[0]:
+            predicted.append(self)
+        return predict(self, *args, **kwargs)
+
+    def checked_score(self):
+        result = score(self)
+        through, self.holdout_predict = self.holdout_predict, None
+        checking[0] = True
+        try:
+            compared.append((through is not None, result, score(self)))
+        finally:
+            checking[0], self.holdout_predict = False, through
+        return result
+
+    monkeypatch.setattr(keras.Model, "predict", spy_predict)
+    monkeypatch.setattr(KeepBest, "holdout_score", checked_score)
+    keras.utils.set_random_seed(0)
+    model = make_tiny_model()
+    history = tltf.fine_tune(
+        model, (x, y), head_epochs=2, fine_tune_epochs=2, unfreeze=2, seed=3, verbose=0
+    )
+    assert history.history["stage"] == [1, 1, 2, 2]
+    assert model not in predicted
+    # Stage 1's end, then each stage-2 epoch: all through the top blocks.
+    assert [through for through, _, _ in compared] == [True] * 3
+    for _, got, whole in compared:
+        np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("validation", [True, False], ids=["validation", "held-out"])
 def test_stage_one_reads_its_features_from_stage_twos_pass(
     data, validation, monkeypatch, capsys

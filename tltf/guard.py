@@ -214,9 +214,10 @@ class KeepBest(keras.callbacks.Callback):
         self.validation_data = None if isinstance(validation, bool) else validation
         self.train_features = train_features
         self.holdout = holdout
-        #: Set while a stage trains part of the model on cached features (see
-        #: `schedule._fit_stage_two_cached`): the model's outputs on the slice,
-        #: in order, from its cached frozen part. None: `model.predict`.
+        #: Set while the slice's frozen-block output is cached (see
+        #: `schedule._score_held_out_through`: from stage 1 where it shares
+        #: stage 2's pass, and through stage 2): the model's outputs on the
+        #: slice, in order, through the top part alone. None: `model.predict`.
         self.holdout_predict = None
         self.task = task
         self.path = Path(backup_dir).expanduser() / BEST_FILE if backup_dir else None

@@ -2626,11 +2626,14 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
     continuation = Continuation([*callbacks, history], model, 0)
     continuation.last = fine_tune_epochs == 0
     shared = None  # stage 2's split and caches, when stage 1 reads them too
+    guard = _keep_best(run)
     if start < schedule.unfreeze_at_epoch or (auto and not resumed_plan):
         split = FrozenSplit(model)
         shared = _shared_pass(run)
         if shared is not None:
             train_cache, val_cache = shared.head_caches()
+            if guard is not None:  # stage 1's end is scored on the slice too
+                _score_held_out_through(shared, guard)
         else:
             extractor = split.extract()
             train_cache = FeatureCache(
@@ -2704,6 +2707,8 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
         except BaseException:
             if shared is not None:
                 shared.close()
+                if guard is not None:
+                    guard.holdout_predict = None
             raise
         finally:
             train_cache.close()
@@ -2716,6 +2721,8 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
     stage_two = bool(fine_tune_epochs) and not model.stop_training
     if shared is not None and not stage_two:
         shared.close()
+        if guard is not None:
+            guard.holdout_predict = None
     split = (
         (shared.split if shared is not None else _stage_two_split(run))
         if stage_two
@@ -2803,11 +2810,16 @@ class _FrozenPass:
     them from these caches by running the top `k` blocks alone. So one pass of
     the bottom blocks over the training and validation images serves both
     stages, where stage 1 ran the whole base over them and stage 2 the bottom
-    blocks again.
+    blocks again. `held` is the guard's held-out slice's (None without one):
+    the guard scores stage 1's end and every stage-2 epoch through the top
+    blocks on it (`_score_held_out_through`).
     """
 
-    def __init__(self, split: FrozenSplit, train: FeatureCache, val, frozen: int):
+    def __init__(
+        self, split: FrozenSplit, train: FeatureCache, val, frozen: int, held=None
+    ):
         self.split, self.train, self.val, self.frozen = split, train, val, frozen
+        self.held = held
 
     def head_caches(self) -> tuple[FeatureCache, FeatureCache | None]:
         """Stage 1's caches (the head's pooled features), from these."""
@@ -2826,28 +2838,49 @@ class _FrozenPass:
         return caches[0], caches[1]
 
     def close(self) -> None:
-        for part in (self.train, self.val):
+        for part in (self.train, self.val, self.held):
             if part is not None:
                 part.close()
 
 
+def _keep_best(run: _Run) -> KeepBest | None:
+    """The run's guard (`keep_best`), or None."""
+    return next((c for c in run.callbacks if isinstance(c, KeepBest)), None)
+
+
 def _frozen_pass(run: _Run, split: FrozenSplit) -> _FrozenPass:
     """One pass of `split`'s frozen part over the training and validation
-    images (the training labels taken as known where they are)."""
+    images (the training labels taken as known where they are), and over the
+    guard's held-out slice where it has one."""
     labels = None if run.prepared.one_hot else run.prepared.labels
     extract = split.extract()
+    guard = _keep_best(run)
+    holdout = guard.holdout if guard is not None else None
     train = FeatureCache(run.model, run.features, labels=labels, extractor=extract)
+    val = held = None
     try:
-        val = (
-            FeatureCache(run.model, run.val, extractor=extract)
-            if run.val is not None
-            else None
-        )
+        if run.val is not None:
+            val = FeatureCache(run.model, run.val, extractor=extract)
+        if holdout is not None:
+            held = FeatureCache(run.model, holdout[0], extractor=extract)
     except BaseException:
-        train.close()
+        for part in (train, val):
+            if part is not None:
+                part.close()
         raise
     frozen = len(model_info(run.model).block_map) - split.k
-    return _FrozenPass(split, train, val, frozen)
+    return _FrozenPass(split, train, val, frozen, held)
+
+
+def _score_held_out_through(frozen_pass: _FrozenPass, guard: KeepBest) -> None:
+    """Has the guard score its held-out slice through `frozen_pass`'s top part,
+    on the frozen blocks' output already computed, instead of `model.predict`
+    through the whole base: the same outputs, to float rounding."""
+    held, trainable = frozen_pass.held, frozen_pass.split.trainable
+    if held is None:
+        return
+    batches = held.dataset(held.batch_sizes[0], shuffle=False)
+    guard.holdout_predict = lambda: trainable.predict(batches, verbose=0)
 
 
 def _shared_pass(run: _Run) -> _FrozenPass | None:
@@ -2875,17 +2908,15 @@ def _fit_stage_two_cached(
     model, schedule, resume = run.model, run.schedule, run.resume
     first = max(schedule.unfreeze_at_epoch, start)
     tick = time.perf_counter()
-    extract = split.extract()
     frozen_pass = shared or _frozen_pass(run, split)
-    train_cache, val_cache = frozen_pass.train, frozen_pass.val
-    guard = next((c for c in run.callbacks if isinstance(c, KeepBest)), None)
-    held = None
-    if guard is not None and guard.holdout is not None:
-        # The guard scores its held-out slice every epoch: through the part too.
-        held = FeatureCache(model, guard.holdout[0], extractor=extract)
-        held_batches = held.dataset(held.batch_sizes[0], shuffle=False)
-        guard.holdout_predict = lambda: split.trainable.predict(held_batches, verbose=0)
-    seconds = time.perf_counter() - tick
+    train_cache, val_cache, held = frozen_pass.train, frozen_pass.val, frozen_pass.held
+    guard = _keep_best(run)
+    if guard is not None:  # it scores its held-out slice every epoch
+        _score_held_out_through(frozen_pass, guard)
+    if shared is None:
+        seconds = time.perf_counter() - tick
+    else:  # the slice's pass ran with stage 1's
+        seconds = held.seconds if held is not None else 0.0
     try:
         schedule.set_params({"epochs": total, "verbose": run.fit_args.get("verbose")})
         schedule.on_train_begin()
