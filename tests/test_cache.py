@@ -617,6 +617,76 @@ def test_stage_one_reads_its_features_from_stage_twos_pass(
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_the_hand_back_after_a_run_that_ended_in_stage_1_runs_only_the_top_blocks(
+    data, monkeypatch, capsys
+):
+    """When the guard ends the run after stage 1 (stage 1 already classifies
+    the whole held-out slice), the hand-back reads every training image's head
+    features from the frozen output of the pass before stage 1, through the top
+    blocks alone: the same head as from a pass of the whole model over every
+    image, and one pass fewer."""
+    import tltf.schedule
+
+    kwargs = {"head_epochs": 2, "fine_tune_epochs": 2, "unfreeze": 2, "seed": 3}
+    kwargs["label_smoothing"] = 0.1  # the head is trained on after the refit
+    passes = _count_passes(monkeypatch)
+    runs = []
+    for reuse in (True, False):
+        if not reuse:
+            monkeypatch.setattr(
+                tltf.schedule, "_frozen_output_features", lambda *a: None
+            )
+        passes.clear()
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()
+        history = tltf.fine_tune(model, data, verbose=1, **kwargs)
+        printed = capsys.readouterr().out
+        assert "stage 2 reuses the output of the 2 frozen blocks" in printed
+        assert "handed the 12 held-out images back" in printed
+        assert history.history["stage"] == [1, 1]  # the guard ended it there
+        runs.append((model, len(passes), history.kept.note))
+    (model, reused_passes, note), (plain, plain_passes, plain_note) = runs
+    # The training rows' and the slice's passes, and without the reuse the
+    # hand-back's pass over every image.
+    assert (reused_passes, plain_passes) == (2, 3)
+    assert note == plain_note
+    for a, b in zip(model.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_memory_estimate_for_stage_two_counts_the_held_out_slice(
+    data, monkeypatch, capsys
+):
+    """The held-out slice's frozen output lives through both stages with the
+    training images': where the two together pass the memory limit and cannot
+    go to a file, stage 2 runs full passes."""
+    import tltf.cache
+    import tltf.schedule
+
+    x, y = data
+    y = np.random.default_rng(1).permutation(y)  # the guard keeps stage 2 going
+    per_image = FrozenSplit(make_tiny_model(), 2).bytes_per_image()
+    bounds, at_most = [], tltf.schedule.images_at_most
+
+    def spy(ds):  # the training images' bound: batches times batch size
+        bounds.append(at_most(ds))
+        return bounds[-1]
+
+    monkeypatch.setattr(tltf.schedule, "images_at_most", spy)
+    monkeypatch.setattr(tltf.cache, "frozen_output_on_disk", lambda size: False)
+    kwargs = {"head_epochs": 1, "fine_tune_epochs": 1, "unfreeze": 2}
+    tltf.fine_tune(make_tiny_model(), (x, y), **kwargs)
+    trained, held = bounds[0], 12  # 12 of 64 images: the guard's slice
+    capsys.readouterr()
+    for images, once in ((trained + held, True), (trained + held - 1, False)):
+        monkeypatch.setattr(tltf.cache, "MEMORY_LIMIT_BYTES", per_image * images)
+        tltf.fine_tune(make_tiny_model(), (x, y), **kwargs)
+        printed = capsys.readouterr().out
+        assert "handed the 12 held-out images back" in printed
+        assert ("the 2 frozen blocks below run once" in printed) == once
+
+
 @pytest.mark.parametrize(
     "setting",
     [{"gradual_every": 1}, {"lr_decay": 0.5}, {"regularize": "l2sp"}],
@@ -737,7 +807,9 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     runs = []
     for reuse in (True, False):
         if not reuse:
-            monkeypatch.setattr(tltf.schedule, "_stage_two_features", lambda *a: None)
+            monkeypatch.setattr(
+                tltf.schedule, "_frozen_output_features", lambda *a: None
+            )
         passes.clear()
         keras.utils.set_random_seed(0)
         model = make_tiny_model()

@@ -846,7 +846,13 @@ def fine_tune(
             )
             refit = (
                 _hand_back(
-                    model, holdout, class_weight, loud, retrain, schedule, run.stage_two
+                    model,
+                    holdout,
+                    class_weight,
+                    loud,
+                    retrain,
+                    schedule,
+                    run.frozen_output,
                 )
                 if hand_back
                 else None
@@ -1203,7 +1209,7 @@ def _hand_back(
     verbose,
     retrain: _HeadRetrain | None,
     schedule: FineTuneSchedule,
-    stage_two: tuple | None = None,
+    frozen_output: tuple | None = None,
 ) -> str | None:
     """Hands the held-out slice back: the head is refit on every training image.
 
@@ -1217,10 +1223,10 @@ def _hand_back(
     epochs on it, so their score there is biased upwards. The refit weighs
     each image by `class_weight` (a dict or None), as training did. With
     `retrain`, the head then trains on from the refit with the run's own loss,
-    smoothing or head L2, as stage 1 did (`_retrain_head`). After stage 2 on
-    cached frozen blocks (`stage_two`, see `_stage_two_features`), the head's
-    features come from their cached output through the top blocks alone;
-    otherwise from a pass of the model over every training image.
+    smoothing or head L2, as stage 1 did (`_retrain_head`). Where the frozen
+    blocks' output was cached (`frozen_output`, see `_frozen_output_features`),
+    the head's features come from it through the top blocks alone; otherwise
+    from a pass of the model over every training image.
 
     Returns:
         What was done, for `history.kept`'s note, or None when the head was not
@@ -1228,7 +1234,7 @@ def _hand_back(
     """
     train_on = retrain is not None and not retrain.distributed
     split = FrozenSplit(model) if train_on else None
-    cache = _stage_two_features(holdout, stage_two) or FeatureCache(
+    cache = _frozen_output_features(holdout, frozen_output) or FeatureCache(
         model, holdout.everything, extractor=split.extract() if split else None
     )
     try:
@@ -1278,23 +1284,24 @@ def _hand_back(
     return done
 
 
-def _stage_two_features(holdout: _Slice, stage_two) -> FeatureCache | None:
-    """Every training image's head features, from stage 2's cached frozen
-    blocks, in the order of `holdout.everything`; or None.
+def _frozen_output_features(holdout: _Slice, frozen_output) -> FeatureCache | None:
+    """Every training image's head features, from the frozen blocks' cached
+    output, in the order of `holdout.everything`; or None.
 
-    Stage 2 (`_fit_stage_two_cached`) computed the output of the frozen blocks
-    for the rows it trained on and for the held-out slice. Those blocks have
-    not changed since (the guard, WiSE-FT and the hand-back change only what
-    stage 2 trained), so the head's features of every image need the top
-    blocks alone, not a pass of the whole model. The labels and sample
+    The pass before stage 1 (`_frozen_pass`) computed the output of the
+    blocks stage 2 keeps frozen, for the rows the run trained on and for the
+    held-out slice; `frozen_output` holds them after stage 2 on them
+    (`_fit_stage_two_cached`), or after stage 1 where the run ended there.
+    Those blocks have not changed since (the guard, WiSE-FT and the hand-back
+    change only what stage 2 trained), so the head's features of every image
+    need the top blocks alone, not a pass of the whole model. The labels and sample
     weights are those of the arrays (a dataset read into memory included), or
     a bundle's labels. None for sample weights that `class_weight` was folded
-    into (they are `everything`'s batches' own), or when stage 2 did not run
-    on cached blocks.
+    into (they are `everything`'s batches' own), or without that output.
     """
-    if stage_two is None or holdout.folded:
+    if frozen_output is None or holdout.folded:
         return None
-    split, trained, held = stage_two
+    split, trained, held = frozen_output
     if trained.count != len(holdout.trained) or held.count != len(holdout.held):
         return None
     if holdout.rows is None and holdout.everything_labels is None:
@@ -1424,15 +1431,17 @@ class _Run:
     resume: Resume | None
     #: Keep stage 2's cached frozen-block output for the guard's hand-back.
     hand_back: bool = False
-    #: What stage 2 on cached frozen blocks kept for the hand-back: the split,
-    #: and its caches of the training rows and of the held-out slice.
-    stage_two: tuple | None = None
+    #: What the frozen blocks' pass (`_FrozenPass`) kept for the hand-back:
+    #: the split, and its caches of the training rows and of the held-out
+    #: slice. Kept after stage 2 on them, or after stage 1 where the run ended
+    #: there.
+    frozen_output: tuple | None = None
 
     def close(self) -> None:
-        """Frees what stage 2 kept for the hand-back."""
-        for cache in self.stage_two[1:] if self.stage_two else ():
+        """Frees what the frozen blocks' pass kept for the hand-back."""
+        for cache in self.frozen_output[1:] if self.frozen_output else ():
             cache.close()
-        self.stage_two = None
+        self.frozen_output = None
 
 
 def _fit_full_passes(run: _Run, passes: int | None) -> keras.callbacks.History:
@@ -2720,9 +2729,15 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
         callback.cached_epochs = schedule.unfreeze_at_epoch
     stage_two = bool(fine_tune_epochs) and not model.stop_training
     if shared is not None and not stage_two:
-        shared.close()
         if guard is not None:
             guard.holdout_predict = None
+        if run.hand_back and shared.held is not None:
+            # The run ends after stage 1 (the guard ended it, or a callback):
+            # the hand-back reads every training image's head features from
+            # the frozen output, through the top blocks alone.
+            run.frozen_output = (shared.split, shared.train, shared.held)
+            shared.train = shared.held = None
+        shared.close()
     split = (
         (shared.split if shared is not None else _stage_two_split(run))
         if stage_two
@@ -2766,7 +2781,8 @@ def _stage_two_split(run: _Run) -> FrozenSplit | None:
     what changes over stage 2 (gradual unfreezing) or hooks into the optimizer
     or the loss beyond the trained layers (`lr_decay`, Auto-RGN, L2-SP), for a
     model whose unfrozen blocks reach its bottom, a base that cannot be cut
-    (`FrozenSplit`), and output over `MEMORY_LIMIT_BYTES` that does not go to
+    (`FrozenSplit`), and output (of the training and validation images and
+    the guard's held-out slice) over `MEMORY_LIMIT_BYTES` that does not go to
     a file (`cache.frozen_output_on_disk`: with a GPU or TPU, or without the
     room on disk).
     """
@@ -2793,6 +2809,9 @@ def _stage_two_split(run: _Run) -> FrozenSplit | None:
     images = images_at_most(run.features)
     if run.val is not None:
         images += images_at_most(run.val)
+    guard = _keep_best(run)
+    if guard is not None and guard.holdout is not None:
+        images += len(guard.holdout[1])  # the slice's output lives as long
     size = split.bytes_per_image() * images
     if size > tltf_cache.MEMORY_LIMIT_BYTES and not (
         tltf_cache.frozen_output_on_disk(size)
@@ -2977,8 +2996,8 @@ def _fit_stage_two_cached(
     finally:
         if run.hand_back and held is not None:
             # The hand-back reads every training image's head features: from
-            # these, only the top blocks run (`_stage_two_features`).
-            run.stage_two = (split, train_cache, held)
+            # these, only the top blocks run (`_frozen_output_features`).
+            run.frozen_output = (split, train_cache, held)
         else:
             for part in (train_cache, held):
                 if part is not None:
