@@ -15,7 +15,7 @@ train on the same batches, so their test accuracies should agree.
 
 Usage:
     .venv/bin/python benchmarks/hand_back.py [--bases vgg16 demo] [--k 10]
-        [--task digits|shapes_target] [--repeats 2] [--weights-dir W]
+        [--task digits|faces|...|shapes_target] [--repeats 2] [--weights-dir W]
 
 Each run's line gives the hand-back's own seconds too, and says where the
 guard ended the run after stage 1. The last line prints

@@ -16,7 +16,7 @@ sides train the same weights, so their test accuracies agree.
 
 Usage:
     .venv/bin/python benchmarks/held_out_score.py [--bases vgg16 demo] [--k 10]
-        [--task digits|shapes_target] [--repeats 2] [--weights-dir W]
+        [--task digits|faces|...|shapes_target] [--repeats 2] [--weights-dir W]
 
 Each run's line gives the seconds the guard spent scoring its slice and how
 many of its scores ran the whole model. The last line prints the baseline's

@@ -15,7 +15,7 @@ another graph).
 
 Usage:
     .venv/bin/python benchmarks/shared_pass.py [--bases vgg16 demo] [--k 10]
-        [--task digits|shapes_target] [--repeats 2] [--weights-dir W]
+        [--task digits|faces|...|shapes_target] [--repeats 2] [--weights-dir W]
 
 Each run's line gives its number of passes over images (`FeatureCache`s built:
 the training rows, the guard's held-out slice, and any validation data) and

@@ -9,10 +9,11 @@ reads every block and the raw pixels, which the split refused, so each stage-2
 step ran the whole base forward. The baseline here is that: the same call, with
 `tltf.schedule._stage_two_split` put back to "no split" in this process.
 
-The data (`--task`): scikit-learn's digits (real, 8 px upscaled to 64 px), or
+The data (`--task`): scikit-learn's digits (real, 8 px upscaled to 64 px),
+another real task of `realdata.TASK_LOADERS` (faces, fonts, textures, ...), or
 tltf's procedural `shapes_target` (near the demo base's source, where its
-defaults fine-tune), `--k` images per class for training and the rest of 1,797
-digits, or 30 shapes per class, for the test; the defaults of `fine_tune` (the
+defaults fine-tune), `--k` images per class for training and the rest of the
+task's images (of 1,797 digits, say), or 30 shapes per class, for the test; the defaults of `fine_tune` (the
 held-out guard, `unfreeze="auto"`, ...). Bases: `vgg16` (Keras's ImageNet file in `--weights-dir`, see
 `benchmarks/realdata.py`; random weights without it, which time the same) and
 the shipped demo base; any other registry name runs with random weights
@@ -23,7 +24,7 @@ train on the same batches, so their test accuracies should agree.
 
 Usage:
     .venv/bin/python benchmarks/stage2_cache.py [--bases vgg16 demo] [--k 10]
-        [--task digits|shapes_target] [--repeats 2] [--weights-dir W]
+        [--task digits|faces|...|shapes_target] [--repeats 2] [--weights-dir W]
 
 The last line prints the baseline's time over tltf's, summed over the bases
 (medians of `fine_tune`'s wall time).
@@ -77,9 +78,10 @@ def sample(x, y, k: int, seed: int):
 
 
 def load(task: str, k: int, seed: int):
-    """(train, test) arrays of `task` at 64 px."""
-    if task == "digits":
-        x, y = realdata.digits(64)
+    """(train, test) arrays of `task` at 64 px: a real task of
+    `realdata.TASK_LOADERS`, or one of tltf's procedural ones."""
+    if task in realdata.TASK_LOADERS:
+        x, y = realdata.task_data(task, 64)
         return sample(x, y, k, seed)
     from tltf import datasets
 
@@ -122,7 +124,9 @@ def main(
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--bases", nargs="+", default=["vgg16", "demo"])
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--task", default="digits", choices=["digits", "shapes_target"])
+    parser.add_argument(
+        "--task", default="digits", choices=[*realdata.TASK_LOADERS, "shapes_target"]
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--weights-dir", default=None)
