@@ -525,6 +525,27 @@ def _count_passes(monkeypatch) -> list:
     return passes
 
 
+def _with_and_without_the_reuse(monkeypatch, capsys, train, kwargs) -> list:
+    """Two seeded runs of the tiny model on `train`: the hand-back reading the
+    frozen blocks' cached output, then by a pass of the whole model. Each as
+    `(model, passes over images, history, what it printed)`."""
+    import tltf.schedule
+
+    passes = _count_passes(monkeypatch)
+    runs = []
+    for reuse in (True, False):
+        if not reuse:
+            monkeypatch.setattr(
+                tltf.schedule, "_frozen_output_features", lambda *a: None
+            )
+        passes.clear()
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()
+        history = tltf.fine_tune(model, train, verbose=1, **kwargs)
+        runs.append((model, len(passes), history, capsys.readouterr().out))
+    return runs
+
+
 @pytest.mark.slow
 def test_the_guard_scores_stage_ones_end_through_the_top_blocks(data, monkeypatch):
     """With a held-out slice and stage 2 on the frozen blocks' output, the slice
@@ -626,31 +647,18 @@ def test_the_hand_back_after_a_run_that_ended_in_stage_1_runs_only_the_top_block
     features from the frozen output of the pass before stage 1, through the top
     blocks alone: the same head as from a pass of the whole model over every
     image, and one pass fewer."""
-    import tltf.schedule
-
     kwargs = {"head_epochs": 2, "fine_tune_epochs": 2, "unfreeze": 2, "seed": 3}
     kwargs["label_smoothing"] = 0.1  # the head is trained on after the refit
-    passes = _count_passes(monkeypatch)
-    runs = []
-    for reuse in (True, False):
-        if not reuse:
-            monkeypatch.setattr(
-                tltf.schedule, "_frozen_output_features", lambda *a: None
-            )
-        passes.clear()
-        keras.utils.set_random_seed(0)
-        model = make_tiny_model()
-        history = tltf.fine_tune(model, data, verbose=1, **kwargs)
-        printed = capsys.readouterr().out
+    runs = _with_and_without_the_reuse(monkeypatch, capsys, data, kwargs)
+    for _, _, history, printed in runs:
         assert "stage 2 reuses the output of the 2 frozen blocks" in printed
         assert "handed the 12 held-out images back" in printed
         assert history.history["stage"] == [1, 1]  # the guard ended it there
-        runs.append((model, len(passes), history.kept.note))
-    (model, reused_passes, note), (plain, plain_passes, plain_note) = runs
+    (model, reused_passes, reused, _), (plain, plain_passes, full, _) = runs
     # The training rows' and the slice's passes, and without the reuse the
     # hand-back's pass over every image.
     assert (reused_passes, plain_passes) == (2, 3)
-    assert note == plain_note
+    assert reused.kept.note == full.kept.note
     for a, b in zip(model.get_weights(), plain.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -790,8 +798,6 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     `load_data` bundle. Sample weights that `class_weight` is folded into keep
     the pass, whose batches carry them. (The defaults take this path in
     `test_stage_two_on_the_frozen_blocks_output_is_stage_two_on_full_passes`.)"""
-    import tltf.schedule
-
     x, y = data
     y = np.random.default_rng(1).permutation(y)  # stage 1 misses some of the slice
     kwargs = {"head_epochs": 2, "fine_tune_epochs": 2, "unfreeze": 2, "seed": 3}
@@ -803,26 +809,15 @@ def test_the_hand_back_after_a_cached_stage_2_runs_only_the_top_blocks(
     if setting == "bundle":  # its own batches, its labels from the bundle
         train = tltf.load_data((x, y), batch_size=16, seed=0)
         kwargs["label_smoothing"] = 0.1
-    passes = _count_passes(monkeypatch)
-    runs = []
-    for reuse in (True, False):
-        if not reuse:
-            monkeypatch.setattr(
-                tltf.schedule, "_frozen_output_features", lambda *a: None
-            )
-        passes.clear()
-        keras.utils.set_random_seed(0)
-        model = make_tiny_model()
-        history = tltf.fine_tune(model, train, verbose=1, **kwargs)
-        printed = capsys.readouterr().out
+    runs = _with_and_without_the_reuse(monkeypatch, capsys, train, kwargs)
+    for _, _, _, printed in runs:
         assert "the 2 frozen blocks below run once" in printed
         assert "handed the 12 held-out images back" in printed
-        runs.append((model, len(passes), history.kept.note))
-    (model, reused_passes, note), (plain, plain_passes, plain_note) = runs
+    (model, reused_passes, reused, _), (plain, plain_passes, full, _) = runs
     # The training rows' pass that both stages read, the held-out slice's,
     # and without the reuse the hand-back's pass over every image.
     folded = setting == "weighted-and-class-weighted"
     assert (reused_passes, plain_passes) == (3 if folded else 2, 3)
-    assert note == plain_note
+    assert reused.kept.note == full.kept.note
     for a, b in zip(model.get_weights(), plain.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1294,9 +1294,9 @@ def _frozen_output_features(holdout: _Slice, frozen_output) -> FeatureCache | No
     (`_fit_stage_two_cached`), or after stage 1 where the run ended there.
     Those blocks have not changed since (the guard, WiSE-FT and the hand-back
     change only what stage 2 trained), so the head's features of every image
-    need the top blocks alone, not a pass of the whole model. The labels and sample
-    weights are those of the arrays (a dataset read into memory included), or
-    a bundle's labels. None for sample weights that `class_weight` was folded
+    need the top blocks alone, not a pass of the whole model. The labels and
+    sample weights are those of the arrays (a dataset read into memory
+    included), or a bundle's labels. None for sample weights that `class_weight` was folded
     into (they are `everything`'s batches' own), or without that output.
     """
     if frozen_output is None or holdout.folded:
@@ -1429,7 +1429,7 @@ class _Run:
     callbacks: list  # the user's, then tltf's own (the guard)
     fit_args: dict
     resume: Resume | None
-    #: Keep stage 2's cached frozen-block output for the guard's hand-back.
+    #: Keep the frozen blocks' cached output for the guard's hand-back.
     hand_back: bool = False
     #: What the frozen blocks' pass (`_FrozenPass`) kept for the hand-back:
     #: the split, and its caches of the training rows and of the held-out
