@@ -13,13 +13,14 @@ The data (`--task`): scikit-learn's digits (real, 8 px upscaled to 64 px),
 another real task of `realdata.TASK_LOADERS` (faces, fonts, textures, ...), or
 tltf's procedural `shapes_target` (near the demo base's source, where its
 defaults fine-tune), `--k` images per class for training and the rest of the
-task's images (of 1,797 digits, say), or 30 shapes per class, for the test; the defaults of `fine_tune` (the
-held-out guard, `unfreeze="auto"`, ...). Bases: `vgg16` (Keras's ImageNet file in `--weights-dir`, see
+task's images (of 1,797 digits, say), or 30 shapes per class, for the test;
+the defaults of `fine_tune` (the held-out guard, `unfreeze="auto"`, ...).
+Bases: `vgg16` (Keras's ImageNet file in `--weights-dir`, see
 `benchmarks/realdata.py`; random weights without it, which time the same) and
 the shipped demo base; any other registry name runs with random weights
 (`convnext_tiny`, whose blocks end in a residual add: its stage 2 ran full
-passes until 2026-12-06). The two sides alternate (tltf, baseline, ...) after one
-uncounted warm-up run of each; each run builds its model anew. Both sides
+passes until 2026-12-06). The two sides alternate (tltf, baseline, ...) after
+one uncounted warm-up run of each; each run builds its model anew. Both sides
 train on the same batches, so their test accuracies should agree.
 
 Usage:
