@@ -1296,8 +1296,9 @@ def _frozen_output_features(holdout: _Slice, frozen_output) -> FeatureCache | No
     change only what stage 2 trained), so the head's features of every image
     need the top blocks alone, not a pass of the whole model. The labels and
     sample weights are those of the arrays (a dataset read into memory
-    included), or a bundle's labels. None for sample weights that `class_weight` was folded
-    into (they are `everything`'s batches' own), or without that output.
+    included), or a bundle's labels. None for sample weights that
+    `class_weight` was folded into (they are `everything`'s batches' own), or
+    without that output.
     """
     if frozen_output is None or holdout.folded:
         return None
