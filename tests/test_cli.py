@@ -248,6 +248,8 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
         ["--base", "demo", "--train", "x/", "--set", "schedule.head_lr=find"], capsys
     )
     assert printed["schedule"]["head_lr"] == "find"
+    argv = ["--base", "demo", "--train", "x/", "--fine-tune-patience", "3"]
+    assert _printed(argv, capsys)["schedule"]["fine_tune_patience"] == 3
 
 
 @pytest.mark.parametrize(
@@ -269,6 +271,12 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
         (["--head-steps", "-1"], "expected an integer >= 0"),
         (["--head-l2", "-1"], "expected a number >= 0, got '-1'"),
         (["--head-l2", "aut"], "or 'auto', got 'aut'; did you mean 'auto'?"),
+        (["--fine-tune-patience", "0"], "expected an integer >= 1, got 0"),
+        (
+            ["--fine-tune-patience", "2", "--no-keep-best"],
+            "schedule.fine_tune_patience=2 counts the stage-2 epochs that keep_best "
+            "did not keep, and schedule.keep_best is false",
+        ),
         (["--set", "schedule.head_lr=fnd"], "Did you mean 'find'?"),
         (
             ["--loss", "categorical_focal_crosentropy"],

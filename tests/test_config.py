@@ -371,6 +371,18 @@ def test_schedule_head_l2_is_checked_and_passed_on():
         ScheduleConfig.from_dict({"head_l2": "sklearn"})
 
 
+def test_schedule_fine_tune_patience_is_checked_and_passed_on():
+    kwargs = ScheduleConfig.from_dict({"fine_tune_patience": 3}).fine_tune_kwargs()
+    assert kwargs["fine_tune_patience"] == 3
+    assert ScheduleConfig.from_dict({}).fine_tune_kwargs()["fine_tune_patience"] is None
+    with pytest.raises(ConfigError, match="schedule.fine_tune_patience >= 1"):
+        ScheduleConfig.from_dict({"fine_tune_patience": 0})
+    with pytest.raises(ConfigError, match="fine_tune_patience to be an integer"):
+        ScheduleConfig.from_dict({"fine_tune_patience": 2.5})
+    with pytest.raises(ConfigError, match="schedule.keep_best is false"):
+        ScheduleConfig.from_dict({"fine_tune_patience": 2, "keep_best": False})
+
+
 def test_tune_config_searches_like_tltf_tune():
     # `tltf tune` and `tltf.tune` use the same search algorithm by default.
     import tltf

@@ -392,3 +392,133 @@ def test_kept_names_the_blocks_stage_2_had_trained_by_the_kept_epoch():
     none = _kept(history, model, schedule, None, None, False)
     assert (none.epoch, none.stage, none.blocks) == (0, 1, ())
     assert "no epoch ran" in none.note
+
+
+class _Epoch(keras.callbacks.Callback):
+    """Records the epoch running (`now`), for a scripted guard score."""
+
+    now = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        _Epoch.now = epoch
+
+
+def _scripted_slice(monkeypatch, accuracies):
+    """The slice's accuracy at the end of each epoch, by 0-based epoch (stage
+    1's end is scored at its last epoch's end)."""
+    monkeypatch.setattr(
+        KeepBest, "holdout_score", lambda self: (accuracies[_Epoch.now], 0.0)
+    )
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_fine_tune_patience_ends_stage_2_with_the_model_a_full_run_keeps(
+    cache, tmp_path, monkeypatch, capsys
+):
+    """Stage 1 ends at epoch 2 (index 1); stage 2's first epoch is kept, the
+    next ones are not. With patience 2 the run stops after 2 epochs that were
+    not kept, with the weights and note of a run that trains all 6 stage-2
+    epochs; a crash in between resumes to the same stop, and the finished
+    backup is not trained again."""
+    _scripted_slice(monkeypatch, [0.2, 0.5, 0.75, 0.75, 0.75, 0.75, 0.75, 0.75])
+    x, y = make_data(48)
+
+    def run(callbacks=(), **kwargs):
+        keras.utils.set_random_seed(0)
+        model = make_tiny_model()
+        history = tltf.fine_tune(
+            model,
+            (x, y),
+            head_epochs=2,
+            fine_tune_epochs=6,
+            unfreeze=1,
+            cache_features=cache,
+            callbacks=[_Epoch(), *callbacks],
+            seed=0,
+            verbose=1,
+            **kwargs,
+        )
+        return model, history, capsys.readouterr().out
+
+    full, history, out = run()
+    assert history.history["stage"] == [1, 1, 2, 2, 2, 2, 2, 2]
+    assert history.kept.epoch == 3 and "stopped" not in out
+    short, history, out = run(fine_tune_patience=2)
+    assert history.history["stage"] == [1, 1, 2, 2, 2]
+    kept = history.kept
+    assert (kept.epoch, kept.stage) == (3, 2)
+    note = "restored the weights of epoch 3: accuracy on 9 held-out training images"
+    stop = "Stage 2 stopped after epoch 5: 2 epochs in a row without a better score"
+    assert note in out and stop in out
+    assert kept.note.startswith(note) and stop in kept.note
+    assert "handed the 9 held-out images back" in out
+    for a, b in zip(short.variables, full.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run([CrashAt(4)], fine_tune_patience=2, backup_dir=backup)
+    resumed, again, out = run(fine_tune_patience=2, backup_dir=backup)
+    assert again.history["stage"] == [1, 1, 2, 2, 2]
+    assert again.history["loss"] == history.history["loss"]
+    assert stop in out
+    for a, b in zip(resumed.variables, short.variables, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    _, finished, out = run(fine_tune_patience=2, backup_dir=backup)
+    assert "holds a finished run" in out
+    assert finished.history["stage"] == [1, 1, 2, 2, 2] and finished.kept.epoch == 3
+
+
+def test_patience_counts_stage_2_epochs_that_were_scored():
+    """With validation data the best epoch may be in stage 1; stage 2 still gets
+    its `patience` epochs. An epoch without a validation score
+    (`validation_freq`) does not count, and the run's last epoch is no stop."""
+
+    class Plan:
+        unfreeze_at_epoch = 2
+
+        def plan(self, epoch):
+            return (1 if epoch < 2 else 2), []
+
+    def guard_after(val_losses, epochs=10):
+        guard = KeepBest(Plan(), True, patience=2, verbose=False)
+        guard.set_model(make_tiny_model())
+        guard.set_params({"epochs": epochs})
+        guard.model.stop_training = False
+        for epoch, loss in enumerate(val_losses):
+            logs = {"stage": Plan().plan(epoch)[0], "loss": 1.0}
+            if loss is not None:
+                logs["val_loss"] = loss
+            guard.on_epoch_end(epoch, logs)
+            if guard.model.stop_training:
+                return epoch
+        return None
+
+    # The best is stage 1's first epoch: stage 2 stops after its second.
+    assert guard_after([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) == 3
+    # Unscored epochs (None) do not count; the kept epoch 3 restarts it.
+    assert guard_after([0.9, 0.8, 0.7, None, 0.1, None, 0.2, 0.3, 0.4]) == 7
+    # Two stage-2 epochs without a better score, but the second is the last.
+    assert guard_after([0.1, 0.2, 0.3, 0.4], epochs=4) is None
+    # A stop says so.
+    guard = KeepBest(Plan(), True, patience=1, verbose=False)
+    guard.set_model(make_tiny_model())
+    guard.set_params({"epochs": 10})
+    for epoch, loss in enumerate([0.5, 0.4, 0.3, 0.35]):
+        guard.on_epoch_end(epoch, {"stage": 1 + (epoch >= 2), "val_loss": loss})
+    assert guard.model.stop_training and guard.stopped_epoch == 3
+    assert guard.describe() == (
+        "restored the weights of epoch 3: val_loss 0.3 against 0.35 at the last "
+        "epoch (4). Stage 2 stopped after epoch 4: 1 epoch in a row without a "
+        "better score (fine_tune_patience=1)."
+    )
+
+
+def test_fine_tune_patience_needs_the_guard():
+    with pytest.raises(ConfigError, match="keep_best is False"):
+        tltf.FineTuneSettings(fine_tune_patience=2, keep_best=False)
+    for bad in (0, 2.5, "3", True):
+        with pytest.raises(ConfigError, match="fine_tune_patience as an int >= 1"):
+            tltf.FineTuneSettings(fine_tune_patience=bad)
+    assert tltf.FineTuneSettings(fine_tune_patience=None).fine_tune_patience is None
+    assert tltf.FineTuneSettings(fine_tune_patience=2).fine_tune_patience == 2

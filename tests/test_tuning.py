@@ -69,6 +69,15 @@ def test_search_space_rejects_bad_entries_with_the_fix():
         FineTuneHyperModel(make_tiny_base(), 3, search={"unfreeze": (0, 9)})
     with pytest.raises(ConfigError, match="set by the hypermodel"):
         FineTuneHyperModel(make_tiny_base(), 3, unfreeze=2)
+    # The trials run without the guard that patience counts with.
+    patience = "the tuner's trials run without keep_best"
+    with pytest.raises(ConfigError, match=patience):
+        FineTuneHyperModel(make_tiny_base(), 3, fine_tune_patience=2)
+    with pytest.raises(ConfigError, match=patience):
+        settings = tltf.FineTuneSettings(fine_tune_patience=2)
+        FineTuneHyperModel(make_tiny_base(), 3, settings=settings)
+    both = FineTuneHyperModel(make_tiny_base(), 3, fine_tune_patience=2, keep_best=True)
+    assert both.fine_tune_kwargs == {"fine_tune_patience": 2, "keep_best": True}
     with pytest.raises(ConfigError, match="validation"):
         train, _ = tuning_job.data()
         tune(make_tiny_base(), train, None, tuner="random", verbose=0)

@@ -326,6 +326,7 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "head_init": ("schedule", "head_init"),
     "head_l2": ("schedule", "head_l2"),
     "keep_best": ("schedule", "keep_best"),
+    "fine_tune_patience": ("schedule", "fine_tune_patience"),
     "bn": ("schedule", "bn"),
     "lr_decay": ("schedule", "lr_decay"),
     "lr_policy": ("schedule", "lr_policy"),
@@ -654,6 +655,14 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
             default=S,
             help="restore the best weights, so stage 2 never ends worse than "
             f"stage 1 (default: {'on' if D['keep_best'] else 'off'})",
+        )
+        schedule.add_argument(
+            "--fine-tune-patience",
+            type=_positive_int,
+            metavar="N",
+            default=S,
+            help="end stage 2 once N epochs in a row were not kept by --keep-best "
+            "(default: every stage-2 epoch runs)",
         )
     schedule.add_argument(
         "--bn",

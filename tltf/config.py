@@ -596,6 +596,10 @@ class ScheduleConfig:
             at the end) and "features" a leave-one-out probe of their features.
             True picks "holdout" where it applies (see `FineTuneSettings`).
             Defaults to True.
+        fine_tune_patience: int or None. End stage 2 once this many stage-2
+            epochs in a row were not kept by `keep_best` (the run still ends
+            with the best weights). Needs `keep_best`. Defaults to None (every
+            stage-2 epoch runs).
         bn: str. "frozen", "affine", "train" or "adapt" (frozen, after the
             BN statistics are re-estimated on the training images). Defaults to
             "frozen".
@@ -631,6 +635,7 @@ class ScheduleConfig:
     head_init: str = FINE_TUNE_DEFAULTS["head_init"]
     head_l2: float | Literal["auto"] = FINE_TUNE_DEFAULTS["head_l2"]
     keep_best: bool | Literal["holdout", "features"] = FINE_TUNE_DEFAULTS["keep_best"]
+    fine_tune_patience: int | None = FINE_TUNE_DEFAULTS["fine_tune_patience"]
     bn: str = FINE_TUNE_DEFAULTS["bn"]
     lr_decay: float | None = FINE_TUNE_DEFAULTS["lr_decay"]
     gradual_every: int | None = FINE_TUNE_DEFAULTS["gradual_every"]
@@ -658,6 +663,13 @@ class ScheduleConfig:
         _at_least(self.head_steps, 0, "schedule", "head_steps")
         _choice(self.head_init, ("ridge", "random"), "schedule", "head_init")
         _at_least(self.head_l2, 0, "schedule", "head_l2", "auto")
+        _at_least(self.fine_tune_patience, 1, "schedule", "fine_tune_patience")
+        if self.fine_tune_patience is not None and self.keep_best is False:
+            raise ConfigError(
+                f"schedule.fine_tune_patience={self.fine_tune_patience} counts the "
+                "stage-2 epochs that keep_best did not keep, and schedule.keep_best "
+                "is false. Set keep_best: true, or remove fine_tune_patience."
+            )
         check_unfreeze(self.unfreeze, "schedule.unfreeze")
         if is_int(self.unfreeze):
             _below_max_int(self.unfreeze, "schedule", "unfreeze")

@@ -46,6 +46,10 @@ The score:
 - otherwise (no training features to read) there is no score, and the last
   epoch is kept.
 
+With `fine_tune_patience` (`patience` here), stage 2 ends once that many
+stage-2 epochs in a row were not kept, as Keras's `EarlyStopping` with
+`restore_best_weights=True` would; the run still ends with the best weights.
+
 With `backup_dir`, the best weights are written there too (`tltf-best.npz`,
 atomically, before the epoch's checkpoint), so that a resumed run keeps the same
 choice as an uninterrupted one.
@@ -196,6 +200,10 @@ class KeepBest(keras.callbacks.Callback):
             more accurate to be kept. Defaults to None.
         verbose: bool. Print one line saying what was kept and why. Defaults to
             True.
+        patience: int or None. Stop the run (`stop_training`) once this many
+            stage-2 epochs in a row were not kept, counted from stage 1's end
+            or the last epoch kept, whichever is later. Defaults to None: every
+            epoch runs.
     """
 
     def __init__(
@@ -207,6 +215,7 @@ class KeepBest(keras.callbacks.Callback):
         backup_dir=None,
         holdout=None,
         verbose: bool = True,
+        patience: int | None = None,
     ):
         super().__init__()
         self.schedule = schedule
@@ -222,6 +231,10 @@ class KeepBest(keras.callbacks.Callback):
         self.task = task
         self.path = Path(backup_dir).expanduser() / BEST_FILE if backup_dir else None
         self.verbose = verbose
+        self.patience = patience
+        #: The 0-based epoch after which `patience` stopped the run, or None.
+        self.stopped_epoch: int | None = None
+        self._scored_epochs: list[int] = []  # the stage-2 epochs scored
         self.best_score: tuple | None = None
         self.best_epoch: int | None = None  # -1: the end of stage 1
         self.best_weights: list[np.ndarray] | None = None
@@ -382,6 +395,32 @@ class KeepBest(keras.callbacks.Callback):
             self.last_epoch, self.last_score = epoch, score
         if score is not None and self._improves(score):
             self._keep(score, epoch)
+        if int(stage) == 2 and score is not None and self._scored(logs):
+            self._scored_epochs.append(epoch)
+            self._stop_if_out_of_patience(epoch)
+
+    def _scored(self, logs) -> bool:
+        """Whether the epoch had a score of its own: with validation data, one
+        that validated (`validation_freq` can skip epochs, which then do not
+        count toward `patience`, as in Keras's EarlyStopping)."""
+        return not self.validation or (logs or {}).get("val_loss") is not None
+
+    def _stop_if_out_of_patience(self, epoch: int) -> None:
+        """Ends the run once `patience` stage-2 epochs in a row were not kept.
+
+        The count starts at stage 1's end (the first candidate) or at the last
+        epoch kept, whichever is later: with validation data the best epoch may
+        be one of stage 1's, and stage 2 still gets its `patience` epochs. The
+        run's last epoch is not a stop (it ends there anyway).
+        """
+        if not self.patience or self.best_epoch is None:
+            return
+        since = max(self.best_epoch, self.schedule.unfreeze_at_epoch - 1)
+        waited = sum(1 for e in self._scored_epochs if e > since)
+        last = self.params.get("epochs") if self.params else None
+        if waited >= self.patience and (last is None or epoch + 1 < last):
+            self.model.stop_training = True
+            self.stopped_epoch = epoch
 
     def _end_if_nothing_to_gain(self) -> None:
         """At the end of stage 1: scores it on the slice (the first candidate),
@@ -432,6 +471,17 @@ class KeepBest(keras.callbacks.Callback):
 
     def describe(self) -> str | None:
         """What the run ends with and why, in one line (without the `tltf:` prefix)."""
+        note = self._describe_kept()
+        if note is None or self.stopped_epoch is None:
+            return note
+        return (
+            f"{note} Stage 2 stopped after epoch {self.stopped_epoch + 1}: "
+            f"{self.patience} epoch{'s' if self.patience != 1 else ''} in a row "
+            "without a better score "
+            f"(fine_tune_patience={self.patience})."
+        )
+
+    def _describe_kept(self) -> str | None:
         if self.ended_after_stage_one:
             weights = self.holdout[3] if len(self.holdout) > 3 else None
             images = f"all {len(self.holdout[1]):,} held-out training images"
@@ -536,6 +586,14 @@ class KeepBest(keras.callbacks.Callback):
         """Picks up where a resumed run left off: its stored best and stage 1."""
         self.load()
         stages = list(history.get("stage", []))
+        self._scored_epochs = [
+            epoch
+            for epoch, stage in enumerate(stages)
+            if int(stage) == 2
+            and self._scored(
+                {k: v[epoch] for k, v in history.items() if len(v) > epoch}
+            )
+        ]
         last = max((i for i, s in enumerate(stages) if int(s) == 1), default=None)
         if last is not None:
             self._stage_one_logs = {

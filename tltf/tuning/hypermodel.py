@@ -962,6 +962,14 @@ def _trial_settings(settings, kwargs) -> tuple[FineTuneSettings, dict]:
                 f"it with search={{{key!r}: {changed[key]!r}}} instead."
             )
     defaults = {k: v for k, v in TUNER_DEFAULTS.items() if k not in changed}
+    patience = kwargs.get("fine_tune_patience", changed.get("fine_tune_patience"))
+    if patience is not None and "keep_best" in defaults and "keep_best" not in kwargs:
+        raise ConfigError(
+            f"fine_tune_patience={patience!r} counts the stage-2 epochs that "
+            "keep_best did not keep, and the tuner's trials run without keep_best "
+            "(keras-tuner scores a trial by its best epoch). Pass keep_best=True "
+            "too, or a keras.callbacks.EarlyStopping to search(callbacks=...)."
+        )
     return split_kwargs(given.replace(**defaults), kwargs, caller="FineTuneHyperModel")
 
 
