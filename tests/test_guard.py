@@ -514,6 +514,32 @@ def test_patience_counts_stage_2_epochs_that_were_scored():
     )
 
 
+def test_a_resumed_guard_reads_validation_logs_of_the_epochs_that_validated():
+    """With `validation_freq=2`, Keras logs `val_loss` on epochs 2 and 4 only (of
+    5): a resumed guard lays them on those epochs, for stage 1's end (epoch 2)
+    and for the stage-2 epochs `patience` counts (epoch 4)."""
+
+    class Plan:
+        unfreeze_at_epoch = 2
+
+        def plan(self, epoch):
+            return (1 if epoch < 2 else 2), []
+
+    history = {
+        "stage": [1, 1, 2, 2, 2],
+        "loss": [0.9, 0.8, 0.7, 0.6, 0.5],
+        "val_loss": [0.3, 0.4],  # epochs 2 and 4 (1-based)
+    }
+    guard = KeepBest(Plan(), True, patience=2, validation_freq=2, verbose=False)
+    guard.resume_from(history)
+    assert guard._stage_one_logs == {"stage": 1, "loss": 0.8, "val_loss": 0.3}
+    assert guard._scored_epochs == [3]
+    # A list names the validated epochs (1-based), as Keras takes it.
+    listed = KeepBest(Plan(), True, validation_freq=[2, 5], verbose=False)
+    logs = listed._epoch_logs(history, 5)
+    assert [log.get("val_loss") for log in logs] == [None, 0.3, None, None, 0.4]
+
+
 def test_fine_tune_patience_needs_the_guard():
     with pytest.raises(ConfigError, match="keep_best is False"):
         tltf.FineTuneSettings(fine_tune_patience=2, keep_best=False)

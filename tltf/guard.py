@@ -204,6 +204,9 @@ class KeepBest(keras.callbacks.Callback):
             stage-2 epochs in a row were not kept, counted from stage 1's end
             or the last epoch kept, whichever is later. Defaults to None: every
             epoch runs.
+        validation_freq: int or list. The fit's `validation_freq`: which
+            epochs of a resumed run's history have validation logs. Defaults
+            to 1.
     """
 
     def __init__(
@@ -216,6 +219,7 @@ class KeepBest(keras.callbacks.Callback):
         holdout=None,
         verbose: bool = True,
         patience: int | None = None,
+        validation_freq=1,
     ):
         super().__init__()
         self.schedule = schedule
@@ -232,6 +236,7 @@ class KeepBest(keras.callbacks.Callback):
         self.path = Path(backup_dir).expanduser() / BEST_FILE if backup_dir else None
         self.verbose = verbose
         self.patience = patience
+        self.validation_freq = validation_freq
         #: The 0-based epoch after which `patience` stopped the run, or None.
         self.stopped_epoch: int | None = None
         self._scored_epochs: list[int] = []  # the stage-2 epochs scored
@@ -586,19 +591,40 @@ class KeepBest(keras.callbacks.Callback):
         """Picks up where a resumed run left off: its stored best and stage 1."""
         self.load()
         stages = list(history.get("stage", []))
+        logs = self._epoch_logs(history, len(stages))
         self._scored_epochs = [
             epoch
             for epoch, stage in enumerate(stages)
-            if int(stage) == 2
-            and self._scored(
-                {k: v[epoch] for k, v in history.items() if len(v) > epoch}
-            )
+            if int(stage) == 2 and self._scored(logs[epoch])
         ]
         last = max((i for i, s in enumerate(stages) if int(s) == 1), default=None)
         if last is not None:
-            self._stage_one_logs = {
-                k: v[last] for k, v in history.items() if len(v) > last
-            }
+            self._stage_one_logs = logs[last]
+
+    def _epoch_logs(self, history: dict, epochs: int) -> list[dict]:
+        """A stored history as each epoch's logs.
+
+        Keras logs the `val_` metrics only on the epochs that validated
+        (`validation_freq`), so with it those lists are shorter than the
+        others: they are laid on the epochs Keras's rule picks.
+        """
+        freq = self.validation_freq
+        validated = [
+            e
+            for e in range(epochs)
+            if ((e + 1) in freq if isinstance(freq, list) else (e + 1) % freq == 0)
+        ]
+        logs: list[dict] = [{} for _ in range(epochs)]
+        for key, values in history.items():
+            if len(values) == epochs:
+                rows = range(epochs)
+            elif len(values) == len(validated):
+                rows = validated
+            else:
+                continue  # not one value per epoch, nor per validation
+            for epoch, value in zip(rows, values, strict=True):
+                logs[epoch][key] = value
+        return logs
 
     def restore_saved(self, model: keras.Model) -> None:
         """For a finished resumable run: puts back the best weights it kept."""

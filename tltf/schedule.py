@@ -486,8 +486,8 @@ def fine_tune(
     `head_epochs="auto"`, `fine_tune_epochs="auto"`, `head_lr=1e-3`,
     `fine_tune_lr=1e-4`, `unfreeze="auto"`, `head_steps=2000`,
     `head_init="ridge"`, `head_l2="auto"`, `keep_best=True`,
-    `fine_tune_patience=None`, `bn="frozen"`, `optimizer="adam"`, `loss="auto"`, `metrics="auto"`, `lr_decay=None`,
-    `gradual_every=None`,
+    `fine_tune_patience=None`, `bn="frozen"`, `optimizer="adam"`,
+    `loss="auto"`, `metrics="auto"`, `lr_decay=None`, `gradual_every=None`,
     `lr_policy="uniform"`, `regularize=None`, `wise=None`, `class_weight=None`,
     `augment=None`, `label_smoothing=0.0`, `batch_size=32`, `seed=None`,
     `cache_features="auto"`, `jit_compile="auto"`.
@@ -769,6 +769,7 @@ def fine_tune(
                 else None,
                 verbose=loud,
                 patience=settings.fine_tune_patience,
+                validation_freq=fit_kwargs.get("validation_freq", 1),
             )
             if resume is not None and resume.epoch:
                 guard.resume_from(resume.history)
