@@ -152,6 +152,12 @@ def test_misspelt_monitor_names_the_logged_metrics():
         errors.ConfigError, make_tiny_model(), (x, y), callbacks=[best]
     )
     check_error(error, errors.ConfigError, "val_loss", "validation_data", "'loss'")
+    assert "fine_tune_patience" not in str(error)  # a checkpoint does not stop
+    stop = keras.callbacks.EarlyStopping(patience=3)
+    error = _fine_tune_error(
+        errors.ConfigError, make_tiny_model(), (x, y), callbacks=[stop]
+    )
+    check_error(error, errors.ConfigError, "val_loss", "'loss'", "fine_tune_patience=N")
 
 
 @pytest.mark.slow

@@ -2353,9 +2353,15 @@ class _MonitorError:
         the first epoch's logs, not from the compiled metrics)."""
         bare = self.monitor.removeprefix("val_")
         if bare in self.logged and not self.validation:
+            stop = (
+                " To end stage 2 on keep_best's score of held-out training "
+                "images instead, pass fine_tune_patience=N."
+                if self.where == "EarlyStopping"
+                else ""
+            )
             return ConfigError(
                 f"{self.where}(monitor={self.monitor!r}) needs validation data: "
-                f"pass validation_data=, or monitor {bare!r}."
+                f"pass validation_data=, or monitor {bare!r}.{stop}"
             )
         if epoch_logs:
             return ConfigError(
