@@ -423,3 +423,13 @@ def test_train_on_a_folder_of_one_class_names_it(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "has one class (cats); a classifier needs at least 2" in err
         assert err.count("\n") == 1 and not out.exists()
+
+
+def test_tune_refuses_a_rate_the_search_space_would_replace(capsys):
+    argv = ["tune", "--base", "demo", "--train", "x/", "--fine-tune-lr", "1e-5"]
+    assert main([*argv, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "schedule.fine_tune_lr=1e-05 (--fine-tune-lr) is not used by tltf tune" in err
+    )
+    assert "tune.search_space.fine_tune_lr" in err and "Traceback" not in err

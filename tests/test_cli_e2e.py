@@ -369,7 +369,7 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     (work / "tune.toml").write_text(
         '[model]\nbase = "base"\n[data]\ntrain = "images"\nval_fraction = 0.25\n'
         "image_size = 16\nbatch_size = 8\n[schedule]\nhead_epochs = 1\n"
-        'fine_tune_epochs = 1\n[tune]\ntuner = "grid"\nmax_trials = 2\n'
+        'fine_tune_epochs = 1\nhead_l2 = 0.001\n[tune]\ntuner = "grid"\nmax_trials = 2\n'
         "[tune.search_space]\nunfreeze = [1, 2]\nhead_units = 0\nhead_dropout = 0.2\n"
         "fine_tune_lr = 1e-4\n"
     )
@@ -377,15 +377,17 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     # A loss of the user's own reaches every trial's fine_tune (class indices
     # become one-hot rows there).
     argv += ["--loss", "categorical_focal_crossentropy"]
-    losses = []
+    losses, head_l2 = [], []
 
     def spy(model, train, validation, settings, **kwargs):
         losses.append(kwargs.get("loss", settings.loss))
+        head_l2.append(kwargs.get("head_l2", settings.head_l2))
         return fine_tune(model, train, validation, settings, **kwargs)
 
     monkeypatch.setattr(tltf.tuning.hypermodel, "fine_tune", spy)
     assert main([*argv, "-q"]) == 0
     assert losses and set(losses) == {"categorical_focal_crossentropy"}
+    assert set(head_l2) == {0.001}  # and the other [schedule] keys
     assert "tltf: wrote runs/tune (best: " in capsys.readouterr().out
     run = work / "runs" / "tune"
     summary = json.loads((run / "summary.json").read_text())

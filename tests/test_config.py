@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 
 import pytest
 import yaml
@@ -369,6 +370,51 @@ def test_schedule_head_l2_is_checked_and_passed_on():
         ScheduleConfig.from_dict({"head_l2": -1.0})
     with pytest.raises(ConfigError, match="head_l2"):
         ScheduleConfig.from_dict({"head_l2": "sklearn"})
+
+
+@pytest.mark.parametrize(
+    ("schedule", "fix"),
+    [
+        ({"fine_tune_lr": 1e-5}, "set tune.search_space.fine_tune_lr to 1e-05"),
+        ({"unfreeze": 2}, "set tune.search_space.unfreeze to 2"),
+        ({"bn": "affine"}, "tune.search_space.bn"),
+        ({"monitor": "val_accuracy"}, "tune.objective (--objective)"),
+    ],
+)
+def test_tune_refuses_schedule_keys_it_would_not_use(schedule, fix):
+    """The search space sets these (and tune.objective picks the best trial):
+    a value in [schedule] would be dropped without a word."""
+    key = next(iter(schedule))
+    with pytest.raises(
+        ConfigError, match=f"schedule.{key}=.* is not used by tltf tune"
+    ):
+        TuneConfig.from_dict({"schedule": schedule})
+    with pytest.raises(ConfigError, match=re.escape(fix)):
+        TuneConfig.from_dict({"schedule": schedule})
+    TrainConfig.from_dict({"schedule": schedule})  # tltf train takes them
+
+
+def test_tune_passes_the_other_schedule_keys_to_every_trial():
+    from tltf.runs import _trial_schedule
+
+    assert _trial_schedule(TuneConfig().schedule) == {}
+    schedule = TuneConfig.from_dict(
+        {
+            "schedule": {
+                "head_l2": 0.01,
+                "regularize": "l2sp",
+                "fine_tune_patience": 3,
+                "label_smoothing": 0.1,  # passed on by name, as before
+                "head_epochs": 2,  # the tuner's epochs (`_tune_epochs`)
+            }
+        }
+    ).schedule
+    assert _trial_schedule(schedule) == {
+        "head_l2": 0.01,
+        "regularize": "l2sp",
+        "fine_tune_patience": 3,
+        "keep_best": True,  # the guard that patience counts with
+    }
 
 
 def test_schedule_fine_tune_patience_is_checked_and_passed_on():

@@ -892,11 +892,22 @@ class TrainConfig:
         return self
 
 
+#: `[schedule]` keys that `tltf tune` takes from the search space instead.
+TUNE_SEARCHED = ("head_lr", "fine_tune_lr", "unfreeze", "bn", "lr_decay")
+#: `[schedule]` keys that pick `tltf train`'s `best.keras` (`tune.objective`
+#: picks the tuner's).
+TRAIN_ONLY = ("monitor", "mode")
+
+
 @dataclasses.dataclass(frozen=True)
 class TuneConfig(TrainConfig):
     """A `tltf tune` configuration: the `train` sections plus `tune`.
 
-    `model.cut` defaults to None: the tuner builds whole bases.
+    `model.cut` defaults to None: the tuner builds whole bases. A `[schedule]`
+    key that the search space sets (`TUNE_SEARCHED`), or that picks `tltf
+    train`'s best epoch (`monitor`, `mode`), is a ConfigError when set away
+    from its default: the run would not use it. Every other key reaches each
+    trial's `fine_tune` (see `tltf.runs.run_tuning`).
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -904,6 +915,23 @@ class TuneConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        defaults = ScheduleConfig()
+        for key in (*TUNE_SEARCHED, *TRAIN_ONLY):
+            value = getattr(self.schedule, key)
+            if value == getattr(defaults, key):
+                continue
+            flag = f"--{key.replace('_', '-')}"
+            fix = (
+                f"Every trial takes {key} from the search space: set "
+                f"tune.search_space.{key} to {value!r} (one value fixes it), or "
+                "a list of values to search."
+                if key in TUNE_SEARCHED
+                else "tltf tune picks its best trial by tune.objective "
+                "(--objective): set that instead."
+            )
+            raise ConfigError(
+                f"schedule.{key}={value!r} ({flag}) is not used by tltf tune. {fix}"
+            )
         objective = self.tune.objective
         if objective is not None and objective != "auto":
             _check_metric(objective, self.model.task, "tune", "objective")

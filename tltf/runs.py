@@ -77,7 +77,14 @@ from tltf._version import __version__
 from tltf.bases.base import check_saved_base, is_model_file, read_base_record
 from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.checkpoint import ModelCheckpoint
-from tltf.config import TrainConfig, TuneConfig, dump_config, load_config_file
+from tltf.config import (
+    TUNE_SEARCHED,
+    ScheduleConfig,
+    TrainConfig,
+    TuneConfig,
+    dump_config,
+    load_config_file,
+)
 from tltf.data import load_data
 from tltf.errors import ConfigError, DataError, DiskFullError, ModelError, TltfError
 from tltf.evaluation import evaluate
@@ -1170,9 +1177,10 @@ def run_tuning(
     The `[tune]` section picks the tuner, the number of trials, the objective and
     the search-space overrides (`tltf.tuning.SearchSpace` entries); the
     `[schedule]` section gives the epochs of every trial ("auto" keeps the
-    tuner's defaults), the optimizer, `label_smoothing`, `class_weight`,
-    `gradual_every` and `loss` (what to unfreeze and the learning rates are
-    searched). The
+    tuner's defaults), and every other key set away from its default reaches
+    each trial's `fine_tune` (`head_l2`, `regularize`, `fine_tune_patience`
+    with the guard it needs, ...); what to unfreeze, the learning rates, `bn`
+    and `lr_decay` are searched, and `TuneConfig` refuses them there. The
     folder gets `config.yaml`, the tuner's
     project (`tuner/`, with the trials table `tltf_results.csv`/`.json` and the
     depth-vs-metric plot `tltf_tuning.png`), `best.keras`, `evaluation.json`
@@ -1232,6 +1240,7 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         "label_smoothing": s.label_smoothing,
         "class_weight": s.fine_tune_kwargs()["class_weight"],
         "gradual_every": s.gradual_every,
+        **_trial_schedule(s),
     }
     if s.loss != "auto":
         extra["loss"] = s.loss
@@ -1315,6 +1324,32 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         "soup": soup,
         "files": files,
     }
+
+
+def _trial_schedule(schedule) -> dict[str, Any]:
+    """The `[schedule]` keys set away from their defaults that every trial's
+    `fine_tune` takes as they are (`TuneConfig` refuses those the search space
+    sets). A patience brings the guard it counts with (`keep_best`, which the
+    tuner's trials otherwise run without)."""
+    kwargs, defaults = schedule.fine_tune_kwargs(), ScheduleConfig().fine_tune_kwargs()
+    skip = {
+        *TUNE_SEARCHED,
+        "head_epochs",
+        "fine_tune_epochs",
+        "optimizer",
+        "label_smoothing",
+        "class_weight",
+        "gradual_every",
+        "loss",
+    }
+    out = {
+        key: value
+        for key, value in kwargs.items()
+        if key not in skip and value != defaults[key]
+    }
+    if schedule.fine_tune_patience is not None:
+        out["keep_best"] = schedule.keep_best
+    return out
 
 
 def _tune_epochs(schedule) -> dict[str, int]:
