@@ -433,3 +433,13 @@ def test_tune_refuses_a_rate_the_search_space_would_replace(capsys):
         "schedule.fine_tune_lr=1e-05 (--fine-tune-lr) is not used by tltf tune" in err
     )
     assert "tune.search_space.fine_tune_lr" in err and "Traceback" not in err
+
+
+def test_tune_help_offers_no_flag_the_search_space_replaces(capsys):
+    searched = ("--head-lr", "--fine-tune-lr", "--unfreeze", "--bn", "--lr-decay")
+    for command, shown in (("train", True), ("tune", False)):
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        for flag in (*searched, "--monitor"):
+            assert (f"{flag} " in text) is shown, (command, flag)
+    assert "--objective" in text  # tune's own

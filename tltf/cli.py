@@ -248,7 +248,9 @@ examples:
 
 _TUNE_EPILOG = """\
 Takes the same data, model and schedule options as `tltf train`, plus the
-[tune] section (tuner, max_trials, objective, search_space, soup). Writes a run
+[tune] section (tuner, max_trials, objective, search_space, soup); the rates,
+unfreeze, bn and lr_decay come from search_space, and the best trial is picked
+by objective. Writes a run
 folder with config.yaml, the trials table, the depth-vs-metric plot, the best
 model (best.keras), with --soup N a greedy soup of the best N trials
 (soup.keras), and summary.json.
@@ -583,6 +585,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
     )
 
     schedule = parser.add_argument_group("schedule (the [schedule] section)")
+
+    def searched(text: str) -> str:
+        # `tltf tune` takes these from tune.search_space (and picks its best
+        # trial by --objective): `TuneConfig` refuses them with that fix, and
+        # its --help does not offer them.
+        return argparse.SUPPRESS if tune else text
+
     schedule.add_argument(
         "--head-epochs",
         type=_epochs,
@@ -604,25 +613,32 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         type=_learning_rate,
         metavar="LR|find",
         default=S,
-        help="stage-1 learning rate; find: run the LR finder first "
-        f"(default: {_show(D['head_lr'])})",
+        help=searched(
+            "stage-1 learning rate; find: run the LR finder first "
+            f"(default: {_show(D['head_lr'])})"
+        ),
     )
     schedule.add_argument(
         "--fine-tune-lr",
         type=_learning_rate,
         metavar="LR|find",
         default=S,
-        help="stage-2 learning rate; find: run the LR finder when stage 2 starts "
-        f"(default: {_show(D['fine_tune_lr'])})",
+        help=searched(
+            "stage-2 learning rate; find: run the LR finder when stage 2 starts "
+            f"(default: {_show(D['fine_tune_lr'])})"
+        ),
     )
     schedule.add_argument(
         "--unfreeze",
         type=_unfreeze,
         metavar="K|all|auto|A..B",
         default=S,
-        help="top blocks to unfreeze in stage 2; auto: the depth the linear probe "
-        "recommends; A..B: the blocks from A to B, both included (names or 0-based "
-        f"positions, e.g. 0..1 for the two bottom blocks) (default: {D['unfreeze']})",
+        help=searched(
+            "top blocks to unfreeze in stage 2; auto: the depth the linear probe "
+            "recommends; A..B: the blocks from A to B, both included (names or "
+            "0-based positions, e.g. 0..1 for the two bottom blocks) (default: "
+            f"{D['unfreeze']})"
+        ),
     )
     if not tune:
         schedule.add_argument(
@@ -668,10 +684,17 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         "--bn",
         choices=("frozen", "affine", "train", "adapt"),
         default=S,
-        help="BatchNorm policy of stage 2; adapt: frozen, after re-estimating the "
-        "BN statistics on the training images (AdaBN) (default: frozen)",
+        help=searched(
+            "BatchNorm policy of stage 2; adapt: frozen, after re-estimating the "
+            "BN statistics on the training images (AdaBN) (default: frozen)"
+        ),
     )
-    schedule.add_argument("--lr-decay", type=_positive_float, default=S)
+    schedule.add_argument(
+        "--lr-decay",
+        type=_positive_float,
+        default=S,
+        help=searched("per-block stage-2 rate decay, e.g. 0.7 (default: none)"),
+    )
     schedule.add_argument(
         "--lr-policy",
         choices=("uniform", "auto_rgn"),
@@ -706,7 +729,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
     )
     schedule.add_argument("--class-weight", choices=("balanced",), default=S)
     schedule.add_argument(
-        "--monitor", default=S, help="metric that picks best.keras (default: val_loss)"
+        "--monitor",
+        default=S,
+        help=searched("metric that picks best.keras (default: val_loss)"),
     )
     if tune:
         search = parser.add_argument_group("tuning (the [tune] section)")
