@@ -398,11 +398,17 @@ def test_tune_passes_the_other_schedule_keys_to_every_trial():
     from tltf.runs import _trial_schedule
 
     assert _trial_schedule(TuneConfig().schedule) == {}
+    assert _trial_schedule(TuneConfig.from_dict({}).schedule) == {}
+    # The trials run without the guard unless asked, as the tuner's do.
+    assert TuneConfig().schedule.keep_best is False
+    assert TuneConfig.from_dict({}).to_dict()["schedule"]["keep_best"] is False
+    assert TrainConfig.from_dict({}).schedule.keep_best is True
     schedule = TuneConfig.from_dict(
         {
             "schedule": {
                 "head_l2": 0.01,
                 "regularize": "l2sp",
+                "keep_best": True,
                 "fine_tune_patience": 3,
                 "label_smoothing": 0.1,  # passed on by name, as before
                 "head_epochs": 2,  # the tuner's epochs (`_tune_epochs`)
@@ -412,9 +418,12 @@ def test_tune_passes_the_other_schedule_keys_to_every_trial():
     assert _trial_schedule(schedule) == {
         "head_l2": 0.01,
         "regularize": "l2sp",
+        "keep_best": True,
         "fine_tune_patience": 3,
-        "keep_best": True,  # the guard that patience counts with
     }
+    # Patience counts the guard's epochs: without keep_best it is an error.
+    with pytest.raises(ConfigError, match="schedule.keep_best is false"):
+        TuneConfig.from_dict({"schedule": {"fine_tune_patience": 3}})
 
 
 def test_schedule_fine_tune_patience_is_checked_and_passed_on():

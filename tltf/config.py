@@ -892,6 +892,9 @@ class TrainConfig:
         return self
 
 
+#: `tltf tune`'s defaults that differ from the sections' own: its trials run
+#: without the guard (`tltf.tuning.hypermodel.TUNER_DEFAULTS`).
+_TUNE_DEFAULTS: dict[str, dict[str, Any]] = {"schedule": {"keep_best": False}}
 #: `[schedule]` keys that `tltf tune` takes from the search space instead.
 TUNE_SEARCHED = ("head_lr", "fine_tune_lr", "unfreeze", "bn", "lr_decay")
 #: `[schedule]` keys that pick `tltf train`'s `best.keras` (`tune.objective`
@@ -903,14 +906,20 @@ TRAIN_ONLY = ("monitor", "mode")
 class TuneConfig(TrainConfig):
     """A `tltf tune` configuration: the `train` sections plus `tune`.
 
-    `model.cut` defaults to None: the tuner builds whole bases. A `[schedule]`
-    key that the search space sets (`TUNE_SEARCHED`), or that picks `tltf
+    `model.cut` defaults to None: the tuner builds whole bases.
+    `schedule.keep_best` defaults to false, as the tuner's trials run (keras-tuner
+    scores a trial by its best epoch); `keep_best: true` gives every trial the
+    guard, which `fine_tune_patience` needs. A `[schedule]` key that the search
+    space sets (`TUNE_SEARCHED`), or that picks `tltf
     train`'s best epoch (`monitor`, `mode`), is a ConfigError when set away
     from its default: the run would not use it. Every other key reaches each
     trial's `fine_tune` (see `tltf.runs.run_tuning`).
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = dataclasses.field(
+        default_factory=lambda: ScheduleConfig(**_TUNE_DEFAULTS["schedule"])
+    )
     tune: TuneSection = dataclasses.field(default_factory=TuneSection)
 
     def __post_init__(self):
@@ -943,8 +952,8 @@ class TuneConfig(TrainConfig):
 
     @classmethod
     def defaults(cls) -> dict[str, dict[str, Any]]:
-        """Values that differ from the sections' own defaults (none)."""
-        return {}
+        """Values that differ from the sections' own defaults, by section."""
+        return {name: dict(values) for name, values in _TUNE_DEFAULTS.items()}
 
 
 def _plain(value):

@@ -79,7 +79,6 @@ from tltf.bases.registry import get_spec, shipped_base_path
 from tltf.checkpoint import ModelCheckpoint
 from tltf.config import (
     TUNE_SEARCHED,
-    ScheduleConfig,
     TrainConfig,
     TuneConfig,
     dump_config,
@@ -1178,8 +1177,8 @@ def run_tuning(
     the search-space overrides (`tltf.tuning.SearchSpace` entries); the
     `[schedule]` section gives the epochs of every trial ("auto" keeps the
     tuner's defaults), and every other key set away from its default reaches
-    each trial's `fine_tune` (`head_l2`, `regularize`, `fine_tune_patience`
-    with the guard it needs, ...); what to unfreeze, the learning rates, `bn`
+    each trial's `fine_tune` (`head_l2`, `regularize`, `keep_best: true`,
+    `fine_tune_patience`, ...); what to unfreeze, the learning rates, `bn`
     and `lr_decay` are searched, and `TuneConfig` refuses them there. The
     folder gets `config.yaml`, the tuner's
     project (`tuner/`, with the trials table `tltf_results.csv`/`.json` and the
@@ -1327,11 +1326,11 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
 
 
 def _trial_schedule(schedule) -> dict[str, Any]:
-    """The `[schedule]` keys set away from their defaults that every trial's
-    `fine_tune` takes as they are (`TuneConfig` refuses those the search space
-    sets). A patience brings the guard it counts with (`keep_best`, which the
-    tuner's trials otherwise run without)."""
-    kwargs, defaults = schedule.fine_tune_kwargs(), ScheduleConfig().fine_tune_kwargs()
+    """The `[schedule]` keys set away from `TuneConfig`'s defaults that every
+    trial's `fine_tune` takes as they are (`TuneConfig` refuses those the
+    search space sets)."""
+    kwargs = schedule.fine_tune_kwargs()
+    defaults = TuneConfig().schedule.fine_tune_kwargs()
     skip = {
         *TUNE_SEARCHED,
         "head_epochs",
@@ -1342,14 +1341,11 @@ def _trial_schedule(schedule) -> dict[str, Any]:
         "gradual_every",
         "loss",
     }
-    out = {
+    return {
         key: value
         for key, value in kwargs.items()
         if key not in skip and value != defaults[key]
     }
-    if schedule.fine_tune_patience is not None:
-        out["keep_best"] = schedule.keep_best
-    return out
 
 
 def _tune_epochs(schedule) -> dict[str, int]:
