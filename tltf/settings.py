@@ -327,8 +327,8 @@ class FineTuneSettings:
             run ends with the best weights, as always, and the `keep_best` line
             says where it stopped. It needs `keep_best`. Measured in
             benchmarks/RESULTS.md ("Stage 2 ended by patience"): on VGG16 at
-            k = 10, patience 3 halved the run with the same model in 9 of 9
-            runs; on the demo base it stopped 3 of 18 runs before an epoch the
+            k = 10, patience 3 took 0.51x to 0.63x the time with the same model
+            in 9 of 9 runs; on the demo base it stopped 3 of 18 runs before an epoch the
             guard would have kept (0.2 to 1.3 points lower). Defaults to None:
             every stage-2 epoch runs.
         bn: str. "frozen", "affine", "train" or "adapt" (see
