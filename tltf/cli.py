@@ -250,10 +250,9 @@ _TUNE_EPILOG = """\
 Takes the same data, model and schedule options as `tltf train`, plus the
 [tune] section (tuner, max_trials, objective, search_space, soup); the rates,
 unfreeze, bn and lr_decay come from search_space, and the best trial is picked
-by objective. Writes a run
-folder with config.yaml, the trials table, the depth-vs-metric plot, the best
-model (best.keras), with --soup N a greedy soup of the best N trials
-(soup.keras), and summary.json.
+by objective. Writes a run folder with config.yaml, the trials table, the
+depth-vs-metric plot, the best model (best.keras), with --soup N a greedy soup
+of the best N trials (soup.keras), and summary.json.
 
 examples:
   tltf tune --config tune.yaml --max-trials 8 --out runs/tune-flowers
