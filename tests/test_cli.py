@@ -443,3 +443,18 @@ def test_tune_help_offers_no_flag_the_search_space_replaces(capsys):
         for flag in (*searched, "--monitor"):
             assert (f"{flag} " in text) is shown, (command, flag)
     assert "--objective" in text  # tune's own
+
+
+def test_tune_takes_the_guard_patience_and_head_flags(capsys):
+    """They reach every trial (`runs._trial_schedule`); the trials run without
+    the guard unless --keep-best asks for it."""
+    argv = ["tune", "--base", "demo", "--train", "x/", "--val-fraction", "0.2"]
+    assert main([*argv, "--print-config"]) == 0
+    assert "keep_best: false" in capsys.readouterr().out
+    flags = ["--keep-best", "--fine-tune-patience", "2", "--head-l2", "0.01"]
+    assert main([*argv, *flags, "--head-init", "random", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "keep_best: true" in out and "fine_tune_patience: 2" in out
+    assert "head_l2: 0.01" in out and "head_init: random" in out
+    assert main([*argv, "--fine-tune-patience", "2", "--print-config"]) == 2
+    assert "Set keep_best: true (--keep-best)" in capsys.readouterr().err

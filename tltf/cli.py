@@ -648,37 +648,39 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
             help="stage-1 step budget of --head-epochs auto; 0: the closed-form "
             f"ridge head alone (default: {D['head_steps']})",
         )
-        schedule.add_argument(
-            "--head-init",
-            choices=("ridge", "random"),
-            default=S,
-            help="start a linear head from the closed-form ridge classifier, or "
-            f"from Keras's initialisation (default: {D['head_init']})",
-        )
-        schedule.add_argument(
-            "--head-l2",
-            type=_head_l2,
-            metavar="STRENGTH|auto",
-            default=S,
-            help="L2 penalty on the head's kernel while training; auto: the "
-            "ridge's own for regression, scikit-learn's C=1 for multi-label, none "
-            f"for classifiers; 0: none (default: {D['head_l2']})",
-        )
-        schedule.add_argument(
-            "--keep-best",
-            action=argparse.BooleanOptionalAction,
-            default=S,
-            help="restore the best weights, so stage 2 never ends worse than "
-            f"stage 1 (default: {'on' if D['keep_best'] else 'off'})",
-        )
-        schedule.add_argument(
-            "--fine-tune-patience",
-            type=_positive_int,
-            metavar="N",
-            default=S,
-            help="end stage 2 once N epochs in a row were not kept by --keep-best "
-            "(default: every stage-2 epoch runs)",
-        )
+    schedule.add_argument(
+        "--head-init",
+        choices=("ridge", "random"),
+        default=S,
+        help="start a linear head from the closed-form ridge classifier, or "
+        f"from Keras's initialisation (default: {D['head_init']})",
+    )
+    schedule.add_argument(
+        "--head-l2",
+        type=_head_l2,
+        metavar="STRENGTH|auto",
+        default=S,
+        help="L2 penalty on the head's kernel while training; auto: the "
+        "ridge's own for regression, scikit-learn's C=1 for multi-label, none "
+        f"for classifiers; 0: none (default: {D['head_l2']})",
+    )
+    keep_best = TuneConfig().schedule.keep_best if tune else D["keep_best"]
+    schedule.add_argument(
+        "--keep-best",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="restore the best weights, so stage 2 never ends worse than "
+        f"stage 1 (default: {'on' if keep_best else 'off'}"
+        + (", as keras-tuner scores a trial by its best epoch)" if tune else ")"),
+    )
+    schedule.add_argument(
+        "--fine-tune-patience",
+        type=_positive_int,
+        metavar="N",
+        default=S,
+        help="end stage 2 once N epochs in a row were not kept by --keep-best "
+        "(default: every stage-2 epoch runs)",
+    )
     schedule.add_argument(
         "--bn",
         choices=("frozen", "affine", "train", "adapt"),

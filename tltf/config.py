@@ -668,7 +668,8 @@ class ScheduleConfig:
             raise ConfigError(
                 f"schedule.fine_tune_patience={self.fine_tune_patience} counts the "
                 "stage-2 epochs that keep_best did not keep, and schedule.keep_best "
-                "is false. Set keep_best: true, or remove fine_tune_patience."
+                "is false. Set keep_best: true (--keep-best), or remove "
+                "fine_tune_patience."
             )
         check_unfreeze(self.unfreeze, "schedule.unfreeze")
         if is_int(self.unfreeze):
