@@ -379,6 +379,7 @@ def test_schedule_head_l2_is_checked_and_passed_on():
         ({"unfreeze": 2}, "set tune.search_space.unfreeze to 2"),
         ({"bn": "affine"}, "tune.search_space.bn"),
         ({"monitor": "val_accuracy"}, "tune.objective (--objective)"),
+        ({"head_steps": 500}, "not a step budget: set head_epochs instead"),
     ],
 )
 def test_tune_refuses_schedule_keys_it_would_not_use(schedule, fix):

@@ -899,8 +899,9 @@ _TUNE_DEFAULTS: dict[str, dict[str, Any]] = {"schedule": {"keep_best": False}}
 #: `[schedule]` keys that `tltf tune` takes from the search space instead.
 TUNE_SEARCHED = ("head_lr", "fine_tune_lr", "unfreeze", "bn", "lr_decay")
 #: `[schedule]` keys that pick `tltf train`'s `best.keras` (`tune.objective`
-#: picks the tuner's).
-TRAIN_ONLY = ("monitor", "mode")
+#: picks the tuner's), and the step budget of `head_epochs: auto`, which the
+#: tuner's trials never run (their stage 1 has fixed epochs, 5 unless set).
+TRAIN_ONLY = ("monitor", "mode", "head_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -931,14 +932,22 @@ class TuneConfig(TrainConfig):
             if value == getattr(defaults, key):
                 continue
             flag = f"--{key.replace('_', '-')}"
-            fix = (
-                f"Every trial takes {key} from the search space: set "
-                f"tune.search_space.{key} to {value!r} (one value fixes it), or "
-                "a list of values to search."
-                if key in TUNE_SEARCHED
-                else "tltf tune picks its best trial by tune.objective "
-                "(--objective): set that instead."
-            )
+            if key in TUNE_SEARCHED:
+                fix = (
+                    f"Every trial takes {key} from the search space: set "
+                    f"tune.search_space.{key} to {value!r} (one value fixes it), "
+                    "or a list of values to search."
+                )
+            elif key == "head_steps":
+                fix = (
+                    "Every trial's stage 1 runs schedule.head_epochs epochs (5 "
+                    "unless set), not a step budget: set head_epochs instead."
+                )
+            else:
+                fix = (
+                    "tltf tune picks its best trial by tune.objective "
+                    "(--objective): set that instead."
+                )
             raise ConfigError(
                 f"schedule.{key}={value!r} ({flag}) is not used by tltf tune. {fix}"
             )
