@@ -912,10 +912,11 @@ class TuneConfig(TrainConfig):
     `schedule.keep_best` defaults to false, as the tuner's trials run (keras-tuner
     scores a trial by its best epoch); `keep_best: true` gives every trial the
     guard, which `fine_tune_patience` needs. A `[schedule]` key that the search
-    space sets (`TUNE_SEARCHED`), or that picks `tltf
-    train`'s best epoch (`monitor`, `mode`), is a ConfigError when set away
-    from its default: the run would not use it. Every other key reaches each
-    trial's `fine_tune` (see `tltf.runs.run_tuning`).
+    space sets (`TUNE_SEARCHED`), or that only `tltf train` reads
+    (`TRAIN_ONLY`: `monitor` and `mode`, which pick its best epoch, and
+    `head_steps`, the step budget of its stage 1), is a ConfigError when set
+    away from its default: the run would not use it. Every other key reaches
+    each trial's `fine_tune` (see `tltf.runs.run_tuning`).
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
