@@ -358,3 +358,23 @@ def module_fixture_users(path: str) -> frozenset[str]:
         for f in functions
         if f.name.startswith("test") and {a.arg for a in f.args.args} & shared
     )
+
+
+def count_probe_reads(monkeypatch) -> list:
+    """The batch sizes that `tltf.probe_blocks`' forward pass reads, appended as
+    it reads them (its `inference_function` wrapped)."""
+    seen = []
+    real = tltf.probe.inference_function
+
+    def counting(model):
+        run = real(model)
+
+        def counted(images):
+            seen.append(int(images.shape[0]))
+            return run(images)
+
+        counted.input_signature = run.input_signature
+        return counted
+
+    monkeypatch.setattr(tltf.probe, "inference_function", counting)
+    return seen

@@ -5,13 +5,18 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tltf
 import tltf.cache
+import tltf.model
+import tltf.probe
+import tltf.schedule
 from tests.helpers import (
     NO_PIXELS,
     CrashAt,
     PenaltySeen,
+    count_probe_reads,
     make_data,
     make_tiny_base,
     make_tiny_model,
@@ -432,6 +437,57 @@ def test_auto_cut_and_unfreeze_probe_regression_and_multilabel_by_r2(task, capsy
     assert tltf.trainable_blocks(model) == above
     out = capsys.readouterr().out
     assert f"unfreeze='auto' -> {len(above)} of 4 blocks" in out and "R²" in out
+
+
+@pytest.mark.slow
+def test_auto_cut_and_unfreeze_probe_a_sample_of_a_large_training_set(
+    monkeypatch, capsys
+):
+    # PROBE_IMAGES (2,000) made 40, so that 96 images are a large training set.
+    monkeypatch.setattr(tltf.schedule, "PROBE_IMAGES", 40)
+    monkeypatch.setattr(tltf.model, "PROBE_IMAGES", 40)
+    probed = count_probe_reads(monkeypatch)
+    data = make_data(96)
+    tltf.build_model(_useless_top(), 3, cut="auto", data=data)
+    # 20 of each class of 32 (PROBE_PER_CLASS): more than 40 / 96 of them.
+    assert sum(probed) == 60
+    assert "on a seeded sample of 60 of 96 training images" in capsys.readouterr().out
+    depths = []
+    for _ in range(2):  # seeded: the same sample and depth each time
+        probed.clear()
+        model = make_tiny_model(base=_useless_top())
+        tltf.fine_tune(model, data, head_epochs=1, fine_tune_epochs=1, verbose=1)
+        out = capsys.readouterr().out
+        # The guard holds 18 of the 96 out; the probe reads 60 of the other 78.
+        assert sum(probed) == 60
+        assert "(probe of a seeded sample of 60 of 78 training images: " in out
+        depths.append(out.split("unfreeze='auto' -> ")[1].split(" blocks:")[0])
+    assert depths[0] == depths[1] in ("2 of 4", "3 of 4")  # above block1 or 2
+    # A tf.data input, not read for a slice (keep_best=False): its labels are
+    # not known before a pass, so each image is drawn with chance 40 / 96.
+    probed.clear()
+    dataset = tf.data.Dataset.from_tensor_slices(data).batch(16)
+    tltf.fine_tune(
+        make_tiny_model(base=_useless_top()),
+        dataset,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        keep_best=False,
+        verbose=1,
+    )
+    assert 20 <= sum(probed) <= 60
+    assert f"sample of {sum(probed)} of 96 training images" in capsys.readouterr().out
+    # At most PROBE_IMAGES training images: all of them, and no sample named.
+    monkeypatch.setattr(tltf.schedule, "PROBE_IMAGES", 78)
+    probed.clear()
+    tltf.fine_tune(
+        make_tiny_model(base=_useless_top()),
+        data,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        verbose=1,
+    )
+    assert sum(probed) == 78 and "sample" not in capsys.readouterr().out
 
 
 def test_cut_auto_needs_data():

@@ -11,15 +11,25 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import tltf
-from tests.helpers import check_error, make_data, make_tiny_base, raises
+from tests.helpers import (
+    check_error,
+    count_probe_reads,
+    make_data,
+    make_tiny_base,
+    raises,
+)
 from tltf.errors import BlockMapError, ConfigError, DataError
 from tltf.probe import (
+    PROBE_PER_CLASS,
     probe_blocks,
+    probe_sample,
     recommend,
     ridge_fit,
     ridge_probe,
     ridge_r2_probe,
     ridge_regression,
+    sample_rows,
+    sample_training_data,
     sigmoid,
 )
 
@@ -256,3 +266,70 @@ def test_ridge_regression_picks_its_strength_by_leave_one_out_error():
 def test_sigmoid_is_quiet_at_extreme_logits():
     # RuntimeWarnings from tltf are errors in this suite (setup.cfg).
     np.testing.assert_allclose(sigmoid([-1e4, 0.0, 1e4]), [0.0, 0.5, 1.0])
+
+
+def test_sample_rows_is_a_seeded_stratified_sample_with_a_floor_per_class():
+    # 1,000 of class 0, 400 of class 1, 8 of class 2: a sample of ~200.
+    labels = np.repeat([0, 1, 2], [1000, 400, 8])
+    rows = sample_rows(labels, 200, seed=3)
+    counts = np.bincount(labels[rows], minlength=3)
+    assert counts.tolist() == [143, 57, 8]  # each share rounded up; all 8 of 2
+    assert np.all(np.diff(rows) > 0)  # sorted, no repeats
+    assert np.array_equal(rows, sample_rows(labels, 200, seed=3))
+    assert not np.array_equal(rows, sample_rows(labels, 200, seed=4))
+    # One-hot rows are classes too; a class below the floor's share keeps
+    # PROBE_PER_CLASS images.
+    one_hot = np.eye(3)[labels]
+    assert np.array_equal(rows, sample_rows(one_hot, 200, seed=3))
+    small = np.bincount(labels[sample_rows(labels, 40, seed=0)], minlength=3)
+    assert small.tolist() == [29, PROBE_PER_CLASS, 8]
+    # Regression and multi-label: exactly max_images rows; few rows: no sample.
+    assert len(sample_rows(np.random.rand(500), 100, 0, "regression")) == 100
+    assert sample_rows(labels, len(labels), seed=0) is None
+    # A floor that would keep every row takes no sample either.
+    assert sample_rows(np.arange(60) % 30, 50, seed=0) is None
+
+
+@pytest.mark.slow
+def test_a_sample_of_the_training_data_is_all_the_probe_reads(monkeypatch):
+    x, y = make_data(150)
+    base = make_tiny_base()
+    seen = count_probe_reads(monkeypatch)
+    train, validation, total = sample_training_data((x, y), 60, seed=1)
+    assert validation is None and total == 150
+    result = probe_blocks(base, train, verbose=0)
+    rows = sample_rows(y, 60, seed=1)
+    assert sum(seen) == len(rows) == result.num_train == 60
+    # The table is the probe of exactly those rows.
+    seen.clear()
+    direct = probe_blocks(base, (x[rows], y[rows]), verbose=0)
+    assert sum(seen) == 60
+    assert result.table == direct.table
+    # No more images than max_images: the data as it was, and no sample.
+    assert sample_training_data((x[:50], y[:50]), 60, seed=1)[2] is None
+
+
+@pytest.mark.slow
+def test_datasets_and_bundles_are_sampled_too():
+    x, y = make_data(150)
+    base = make_tiny_base()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    # A dataset's labels are not known before a pass: each row is drawn with
+    # the same chance, repeatably by seed.
+    first, _, total = sample_training_data(ds, 60, seed=2)
+    again, _, _ = sample_training_data(ds, 60, seed=2)
+    labels = [np.concatenate([b[1].numpy() for b in d]) for d in (first, again)]
+    assert total == 150 and 30 <= len(labels[0]) <= 90
+    assert np.array_equal(labels[0], labels[1])
+    # A bundle of arrays knows its labels: the stratified sample, in the order
+    # of its unshuffled batches, and its validation split scores the probe.
+    bundle = tltf.load_data((x, y), image_size=16, validation_split=0.2, seed=0)
+    train, validation, total = sample_training_data(bundle, 60, seed=2)
+    assert validation is bundle.validation and total == bundle.num_train == 120
+    from_bundle = probe_blocks(base, train, validation, verbose=0)
+    assert from_bundle.num_train == 60 and from_bundle.scoring == "validation"
+    # The batches of probe_sample keep the rows' order and batch size.
+    sampled, total = probe_sample(ds, 60, 2, 16, labels=y)
+    read = np.concatenate([b[1].numpy() for b in sampled])
+    assert total == 150 and np.array_equal(read, y[sample_rows(y, 60, 2)])
+    assert [len(b[0]) for b in sampled] == [16, 16, 16, 12]

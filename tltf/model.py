@@ -21,7 +21,7 @@ from tltf.errors import BlockMapError, ConfigError, InputShapeError, LeaveOneOut
 from tltf.heads import HeadConfig, build_head, output_units, pool_positions
 from tltf.info import ModelInfo, model_base, model_info
 from tltf.layers import Preprocessing, rgb_into_gray
-from tltf.probe import probe_blocks
+from tltf.probe import PROBE_IMAGES, probe_blocks, sample_training_data
 from tltf.saving import as_model, load_model
 
 __all__ = [
@@ -79,7 +79,8 @@ def build_model(
             `FineTuneSchedule` count blocks below the cut only. Helps when the
             target task is far from the source; `tltf.probe_blocks` recommends
             a cut. "auto" probes every block on `data` (`tltf.probe_blocks`,
-            leave-one-out on the training images) and cuts where the probe
+            leave-one-out on the training images, a seeded sample of
+            `tltf.probe.PROBE_IMAGES` of a larger set) and cuts where the probe
             recommends, or nowhere. Defaults to None (the whole base).
         data: The training data, for `cut="auto"`: any form `fine_tune` takes
             (arrays, a tf.data.Dataset of (image, label), a `DataBundle`).
@@ -275,8 +276,11 @@ def _auto_cut(base: Base, data, shape, task: str) -> str | None:
         info=base.info,
     )
     try:
+        train, validation, sampled_from = sample_training_data(
+            data, PROBE_IMAGES, seed=0, task=task
+        )
         result = probe_blocks(
-            probed, data, input_shape=tuple(shape), task=task, verbose=0
+            probed, train, validation, input_shape=tuple(shape), task=task, verbose=0
         )
     except LeaveOneOutError:
         print(
@@ -289,9 +293,15 @@ def _auto_cut(base: Base, data, shape, task: str) -> str | None:
         why = f"the top block is as good as any: {top[key]:.3f}"
     else:
         why = f"{result.best['block']} {result.best[key]:.3f}, top {top[key]:.3f}"
+    sample = (
+        f", on a seeded sample of {result.num_train:,} of {sampled_from:,} "
+        "training images"
+        if sampled_from
+        else ""
+    )
     print(
         f"tltf: cut='auto' -> {result.cut!r} (leave-one-out {result.measure} of a linear "
-        f"probe: {why})."
+        f"probe: {why}{sample})."
     )
     return result.cut
 

@@ -76,6 +76,18 @@ MEASURES = {"accuracy": "accuracy", "r2": "R²"}
 #: Relative L2 strengths tried for each block (times the mean eigenvalue).
 _L2_GRID = np.logspace(-4, 2, 13)
 
+#: The most training images that `fine_tune(unfreeze="auto")` and
+#: `build_model(cut="auto")` probe (`sample_training_data`): a seeded sample of
+#: a larger training set, so that choosing the depth costs one
+#: forward pass over at most this many images rather than a second pass over
+#: all of them (the feature cache reads them all anyway). Every benchmark of the
+#: defaults on small data has fewer images, so none of them changes; see
+#: benchmarks/RESULTS.md, "The probe reads a sample of a large training set".
+PROBE_IMAGES = 2_000
+#: ...but at least this many images of each class (all of a smaller class), so
+#: that a task of many classes keeps some of each in the sample.
+PROBE_PER_CLASS = 20
+
 
 @dataclasses.dataclass(frozen=True)
 class ProbeResult:
@@ -511,6 +523,127 @@ def _check_fraction(value) -> None:
         raise ConfigError(
             f"Expected val_fraction in (0, 1). Received: val_fraction={value!r}"
         )
+
+
+def sample_rows(
+    labels, max_images: int, seed: int, task: str | None = None
+) -> np.ndarray | None:
+    """Sorted indices of a seeded sample of about `max_images` of `labels`' rows,
+    or None when there are not more rows than that.
+
+    For a classifier (`task` not in `R2_TASKS`) the sample is stratified: each
+    class keeps its share of `max_images`, rounded up, and at least
+    `PROBE_PER_CLASS` images (all of a smaller class). Labels are class indices
+    or one-hot rows. For regression and multi-label, `max_images` rows at random.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n <= max_images:
+        return None
+    rng = np.random.default_rng(seed)
+    if task in R2_TASKS:
+        return np.sort(rng.choice(n, max_images, replace=False))
+    classes = (
+        labels.argmax(axis=1)
+        if labels.ndim == 2 and labels.shape[1] > 1
+        else labels.reshape(n)
+    )
+    _, inverse = np.unique(classes, return_inverse=True)
+    share = max_images / n
+    keep = []
+    for c in range(int(inverse.max()) + 1):
+        rows = np.flatnonzero(inverse == c)
+        count = min(len(rows), max(PROBE_PER_CLASS, math.ceil(len(rows) * share)))
+        keep.append(rng.choice(rows, count, replace=False))
+    rows = np.sort(np.concatenate(keep))
+    return None if len(rows) == n else rows
+
+
+def probe_sample(
+    ds: tf.data.Dataset,
+    max_images: int,
+    seed: int,
+    batch_size: int,
+    labels=None,
+    total: int | None = None,
+    task: str | None = None,
+) -> tuple[tf.data.Dataset, int | None]:
+    """The batches of a sample of `ds`'s rows, and how many rows it was drawn
+    from: `(dataset, total)`, or `(ds, None)` when `ds` holds at most
+    `max_images` rows.
+
+    `ds` yields batches in a fixed order; `labels` (or None) are its rows'
+    labels in that order. With labels, the sample is `sample_rows`'. Without,
+    each row is kept with chance `max_images / total`, by a draw seeded with
+    `seed` and the row's position, so that a run repeats it; `total` (or a
+    count of `ds`'s rows, one pass of its input pipeline, not of any model)
+    is the number of rows. The rows keep their order and are batched by
+    `batch_size`.
+    """
+    if labels is not None:
+        rows = sample_rows(labels, max_images, seed, task)
+        if rows is None:
+            return ds, None
+        total = len(labels)
+        mask = np.zeros(total, dtype=bool)
+        mask[rows] = True
+        chosen = tf.constant(mask)
+
+        def keep(index, _):
+            return tf.gather(chosen, index)
+
+    else:
+        if total is None:
+            total = int(
+                ds.reduce(
+                    np.int64(0),
+                    lambda n, batch: n + tf.shape(batch[0], out_type=tf.int64)[0],
+                )
+            )
+        if total <= max_images:
+            return ds, None
+        chance = max_images / total
+
+        def keep(index, _):
+            pair = tf.stack([tf.constant(seed, tf.int64), index])
+            return tf.random.stateless_uniform((), seed=pair) < chance
+
+    sampled = (
+        ds.unbatch().enumerate().filter(keep).map(lambda _, row: row).batch(batch_size)
+    )
+    return sampled.prefetch(tf.data.AUTOTUNE), total
+
+
+def sample_training_data(
+    train, max_images: int, seed: int, batch_size: int = 32, task: str | None = None
+) -> tuple:
+    """`(train, validation, total)` for `probe_blocks`: a seeded sample of at
+    most about `max_images` of `train`'s images (`probe_sample`), the validation
+    split of a `DataBundle` (else None), and the number of images the sample was
+    drawn from (None, with `train` unchanged, when there are not more).
+
+    The labels of arrays, image folders and `.npz` bundles are known without a
+    pass, so a classifier's sample is stratified (`sample_rows`); the images
+    of a `tf.data` input or a TFDS bundle are drawn one by one.
+    """
+    validation = None
+    if isinstance(train, DataBundle):
+        validation = train.validation
+        labels, total = train.labels, train.num_train
+        if train.unshuffled is not None:  # the order `labels` has
+            data = train.unshuffled
+        else:
+            data, labels = train.train, None  # a shuffled order: drawn one by one
+    else:
+        data = _batches(train, batch_size, "train")
+        arrays = isinstance(train, (tuple, list))
+        labels, total = (np.asarray(train[1]), None) if arrays else (None, None)
+    sampled, total = probe_sample(
+        data, max_images, seed, batch_size, labels, total, task
+    )
+    if total is None:
+        return train, validation, None
+    return sampled, validation, total
 
 
 def _batches(data, batch_size: int, what: str) -> tf.data.Dataset:

@@ -91,10 +91,12 @@ from tltf.optimizers import (
     set_rgn_rates,
 )
 from tltf.probe import (
+    PROBE_IMAGES,
     group_accuracy,
     group_weights,
     loo_accuracy,
     probe_blocks,
+    probe_sample,
     ridge_fit,
     ridge_regression,
     scorable,
@@ -653,7 +655,14 @@ def fine_tune(
     if auto_unfreeze:
         depth = (
             _auto_unfreeze(
-                model, info, feature_source, batch_size, loud, holdout is not None
+                model,
+                info,
+                feature_source,
+                batch_size,
+                loud,
+                holdout is not None,
+                _row_labels(prepared, holdout.train if holdout else train),
+                seed,
             )
             if fine_tune_epochs
             else 0
@@ -2000,27 +2009,57 @@ def _temperature(
     return best
 
 
+def _row_labels(prepared, train) -> tuple:
+    """`(labels, total)` of the rows `prepared.features` reads, in its order,
+    where they are known without a pass (else None), for `probe_sample`."""
+    if prepared.labels is not None:
+        return prepared.labels, len(prepared.labels)
+    if isinstance(train, tltf_data.DataBundle):
+        ordered = train.unshuffled is not None and train.labels is not None
+        return (train.labels if ordered else None), train.num_train
+    return None, None
+
+
 def _auto_unfreeze(
-    model, info: ModelInfo, data, batch_size: int, loud: bool, held_out: bool
+    model,
+    info: ModelInfo,
+    data,
+    batch_size: int,
+    loud: bool,
+    held_out: bool,
+    rows: tuple = (None, None),
+    seed: int | None = None,
 ) -> int:
     """The stage-2 depth for `unfreeze="auto"`: what the linear probe recommends.
 
     The probe scores every block by leave-one-out on the training images (one
     forward pass): by accuracy for a classifier, by R² for regression and
-    multi-label. Blocks above the knee of that curve are the ones to adapt; when
-    the top of the model is below the best block, the blocks above the best block
-    are adapted (and a cut is suggested). When the probe cannot run, the top
-    third of the blocks is unfrozen. When it cannot score because every class
-    has one training image: with a held-out slice (`held_out`: two images per
-    class, one held out), every block above the first, as the probe's all-tied
-    table gave before 2026-12-05 and as measured best there
-    (benchmarks/RESULTS.md, "One image per class"), with the slice to judge
-    stage 2; without one, 0: stage 2 is skipped.
+    multi-label. Of a training set larger than `PROBE_IMAGES` it reads a
+    sample, seeded by `seed` (`probe_sample`; `rows` are the labels in `data`'s
+    order and their number, where known). Blocks above the knee of that curve
+    are the ones to adapt; when the top of the model is below the best block,
+    the blocks above the best block are adapted (and a cut is suggested).
+    When the probe cannot run, the top third of the blocks is unfrozen. When it
+    cannot score because every class has one training image: with a held-out
+    slice (`held_out`: two images per class, one held out), every block above
+    the first, as the probe's all-tied table gave before 2026-12-05 and as
+    measured best there (benchmarks/RESULTS.md, "One image per class"), with
+    the slice to judge stage 2; without one, 0: stage 2 is skipped.
     """
 
     n = len(info.block_map)
     fallback = max(1, n // 3)
+    labels, total = rows
     try:
+        data, sampled_from = probe_sample(
+            data,
+            PROBE_IMAGES,
+            0 if seed is None else seed,
+            batch_size,
+            labels,
+            total,
+            info.task,
+        )
         result = probe_blocks(
             model_base(model), data, batch_size=batch_size, task=info.task, verbose=0
         )
@@ -2064,10 +2103,16 @@ def _auto_unfreeze(
             f"above it are adapted; build_model(..., cut='auto', data=train) "
             f"would cut there"
         )
+    sampled = (
+        f" of a seeded sample of {result.num_train:,} of {sampled_from:,} training "
+        "images"
+        if sampled_from
+        else ""
+    )
     if loud:
         print(
             f"tltf: unfreeze='auto' -> {blocks} of {n} blocks: {why} "
-            f"(probe: {result.seconds:.1f}s)."
+            f"(probe{sampled}: {result.seconds:.1f}s)."
         )
         if not result.base_helps:
             print(
