@@ -326,6 +326,8 @@ def test_datasets_and_bundles_are_sampled_too():
     bundle = tltf.load_data((x, y), image_size=16, validation_split=0.2, seed=0)
     train, validation, total = sample_training_data(bundle, 60, seed=2)
     assert validation is bundle.validation and total == bundle.num_train == 120
+    read = np.concatenate([b[1].numpy() for b in train])
+    assert np.array_equal(read, bundle.labels[sample_rows(bundle.labels, 60, 2)])
     from_bundle = probe_blocks(base, train, validation, verbose=0)
     assert from_bundle.num_train == 60 and from_bundle.scoring == "validation"
     # The batches of probe_sample keep the rows' order and batch size.
