@@ -150,8 +150,8 @@ plt.show()""",
 ## Build the model
 
 `build_model` puts the base's preprocessing into the model (it takes raw RGB in
-[0, 255]), freezes the base and adds a head (global average pooling, dropout,
-softmax). `block_summary` shows what is trainable.""",
+[0, 255]), freezes the base and adds a head (the blocks average-pooled and
+standardised, softmax). `block_summary` shows what is trainable.""",
     ),
     (
         "code",
@@ -543,7 +543,7 @@ lr.plot();""",
 
 A grid over a few depths, including the probe's recommendation, with the other
 choices fixed at `fine_tune`'s and `build_model`'s defaults (rates 1e-3 and
-1e-4, dropout 0.2, no hidden layer). 0 blocks means the head only. All trials
+1e-4, no dropout, no hidden layer). 0 blocks means the head only. All trials
 share the same head settings, so stage 1 trains once and the other trials reuse
 it (column `stage 1`). Each trial's score is its best `val_accuracy` over stage
 2; to keep the notebook short, each trial runs 3 stage-2 epochs (`tune`'s
@@ -559,7 +559,7 @@ depths = sorted({0, probe.unfreeze, 6})
 result = tltf.tune(
     base, (x_train, y_train), (x_val, y_val), num_classes=num_classes,
     search={"unfreeze": depths, "fine_tune_lr": 1e-4, "head_lr": 1e-3,
-            "head_dropout": 0.2, "head_units": 0},
+            "head_dropout": 0.0, "head_units": 0},
     tuner="grid", max_trials=len(depths),
     head_epochs=5, fine_tune_epochs=3,
     directory=WORK, project_name="unfreeze_depth", seed=0, verbose=0,

@@ -270,7 +270,7 @@ def test_the_documented_seed_recipe_repeats_a_run(augment):
     for _ in range(2):
         keras.utils.set_random_seed(0)
         base = make_tiny_base(input_shape=(48, 48, 3))
-        model = tltf.build_model(base, 3, weights=None)  # dropout 0.2
+        model = tltf.build_model(base, 3, weights=None, head={"dropout": 0.2})
         tltf.fine_tune(
             model,
             (x, y),

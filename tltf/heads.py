@@ -38,7 +38,12 @@ class HeadConfig:
         batchnorm: bool. BatchNormalization after each hidden Dense. Defaults to
             False.
         dropout: float. Dropout rate before each Dense (hidden and output).
-            Defaults to 0.2.
+            Defaults to 0.0: `fine_tune` starts a linear head from the ridge
+            classifier, whose leave-one-out L2 is its regulariser, and dropout's
+            noise on those weights undid that start on many images (on 4,800
+            texture images the first stage-1 epoch's loss rose from 0.58 to
+            15.9; benchmarks/RESULTS.md, "The head's dropout"). Set it for a
+            head with hidden layers, which starts from random weights.
         logits: bool. For "multiclass" and "binary", output logits instead of
             probabilities. Defaults to False.
         standardize: bool. Standardise the pooled features (a `Standardization`
@@ -68,14 +73,14 @@ class HeadConfig:
     Example:
 
     >>> HeadConfig.from_dict({"pooling": "avgmax", "hidden_units": [256]})
-    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout=0.2, logits=False, standardize=True, pool_from='auto', pixels=8)
+    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout=0.0, logits=False, standardize=True, pool_from='auto', pixels=8)
     """
 
     pooling: str = "avg"
     hidden_units: tuple[int, ...] = ()
     activation: str = "relu"
     batchnorm: bool = False
-    dropout: float = 0.2
+    dropout: float = 0.0
     logits: bool = False
     standardize: bool = True
     pool_from: str | tuple[str | int, ...] = "auto"

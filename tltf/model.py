@@ -68,7 +68,8 @@ def build_model(
         input_shape: tuple or None. `(height, width, channels)` of the images the
             model takes, raw RGB in [0, 255]. Defaults to the base's own size.
         head: HeadConfig, dict or None. The head's layout. Defaults to
-            `HeadConfig()`: average pooling, dropout 0.2, the output layer.
+            `HeadConfig()`: the base's blocks average-pooled and
+            standardised, then the output layer (no hidden layer, no dropout).
         task: str. "multiclass", "binary", "multilabel" or "regression".
             Defaults to "multiclass".
         name: str or None. The model's name. Defaults to "tltf_<base>".

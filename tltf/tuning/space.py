@@ -65,7 +65,8 @@ class SearchSpace:
             list or a `(low, high)` range. Defaults to "all".
         fine_tune_lr: Stage-2 learning rate. Defaults to `(1e-6, 1e-3)` (log).
         head_lr: Stage-1 learning rate. Defaults to 1e-3.
-        head_dropout: Head dropout. Defaults to `[0.2, 0.5]`.
+        head_dropout: Head dropout. Defaults to `[0.0, 0.2]`: the head's
+            default and the rate the keras.io recipe uses.
         head_units: Width of one hidden Dense layer in the head; 0 means none.
             Defaults to `[0, 256]`.
         bn: BatchNorm policy in stage 2, see `tltf.freezing`. Defaults to
@@ -92,7 +93,7 @@ class SearchSpace:
     unfreeze: Any = "all"
     fine_tune_lr: Any = (1e-6, 1e-3)
     head_lr: Any = 1e-3
-    head_dropout: Any = _Choice((0.2, 0.5))
+    head_dropout: Any = _Choice((0.0, 0.2))
     head_units: Any = _Choice((0, 256))
     bn: Any = "frozen"
     lr_decay: Any = None
