@@ -1,19 +1,22 @@
 """The head's dropout under a ridge-started stage 1.
 
-The default head is a ridge-started linear layer behind Dropout(0.2). The ridge
-fit chooses its L2 strength by leave-one-out on the features without dropout;
-stage 1 then trains the head with dropout on. On many images the strength it
+The default head is a ridge-started linear layer; until the forty-third
+session it sat behind Dropout(0.2), and now it has none. The ridge fit chooses
+its L2 strength by leave-one-out on the features without dropout; with dropout
+on, stage 1 trained the head under noise. On many images the strength it
 chooses is small and the weights large, and dropout's noise on them is large:
 on 4,800 procedural texture images, the first stage-1 epoch's training loss
 at a learning rate of 1e-7 was 15.91 where the ridge start's was 0.58
 (`--diagnose`). This benchmark runs the defaults twice
-per split in one process, with the head's dropout at 0.2 and at 0.0, and
-prints both test accuracies. Which runs first alternates from split to split.
+per split in one process, with the head's dropout at 0.2 (the old default)
+and at 0.0 (the default), and prints both test accuracies. Which runs first
+alternates from split to split.
 
 Usage:
     .venv/bin/python benchmarks/head_dropout.py [--bases demo vgg16] \
         [--tasks digits fonts textures] [--k 5 10 20] [--seeds 0 1] \
-        [--test 30] [--val 0] [--weights-dir DIR]
+        [--test 30] [--val 0] [--variants 0.2 0.0] [--diagnose] [--verbose] \
+        [--weights-dir DIR]
 
 `--tasks` takes the real tasks of `benchmarks/realdata.py` and
 "procedural:NAME" for tltf's procedural tasks (`tltf.datasets`). `--val N`
@@ -21,7 +24,10 @@ passes N images a class as `validation_data`: the guard then scores the
 validation loss, and nothing is handed back to a closed-form refit. The last
 line prints both mean test accuracies and their ratio (dropout 0.0 over 0.2).
 `--diagnose` prints, per split and dropout, stage 1 alone against its ridge
-start instead (`diagnose`).
+start instead (`diagnose`). `--variants` adds the two fixes tried before
+dropping the dropout (`VARIANTS`): "floor", a ridge start whose L2 is at least
+the penalty Dropout(0.2) implies for a linear layer (Wager et al. 2013), and
+"stage2", dropout off in stage 1 and on in stage 2.
 """
 
 from __future__ import annotations
@@ -29,13 +35,83 @@ from __future__ import annotations
 import tltf  # isort: skip  (first: imports TensorFlow quietly)
 
 import argparse
+import contextlib
 import time
 
 import keras
 import numpy as np
 import realdata
 
-RATES = (0.2, 0.0)
+import tltf.probe
+import tltf.schedule
+
+
+@contextlib.contextmanager
+def floored_l2(rate: float = 0.2):
+    """Every ridge fit's L2 at least the penalty dropout at `rate` implies for a
+    linear layer on these features, `rate / (1 - rate)` times their summed
+    squares per column (averaged over the columns that are not all 0): the
+    ridge grid keeps the strengths above it and the floor itself. Unweighted
+    images only (`tltf.probe._ridge` scales weighted rows first)."""
+    ridge, grid = tltf.probe._ridge, tltf.probe._L2_GRID
+
+    def floored(z, targets, score, w=None):
+        z64 = np.asarray(z, dtype=np.float64)
+        squares = np.sum(z64**2, axis=0)
+        floor = rate / (1 - rate) * float(squares[squares > 1e-12].mean())
+        gram = z64.T @ z64 if len(z64) >= z64.shape[1] else z64 @ z64.T
+        s2 = np.linalg.eigvalsh(gram)
+        scale = float(s2[s2 > 1e-10 * max(s2.max(), 1e-300)].mean())
+        tltf.probe._L2_GRID = np.unique(
+            np.append(grid[grid * scale > floor], floor / scale)
+        )
+        try:
+            return ridge(z, targets, score, w)
+        finally:
+            tltf.probe._L2_GRID = grid
+
+    tltf.probe._ridge = floored
+    try:
+        yield
+    finally:
+        tltf.probe._ridge = ridge
+
+
+@contextlib.contextmanager
+def no_dropout_in_stage_one():
+    """The head's dropout layers at rate 0 while stage 1 trains on the cached
+    features, back at their rate for stage 2 (traced afterwards)."""
+    fit = tltf.schedule._fit_stage_one
+
+    def without(run, *args, **kwargs):
+        layers = [
+            la
+            for la in run.model.layers
+            if isinstance(la, keras.layers.Dropout) and la.name.startswith("head_")
+        ]
+        rates = [la.rate for la in layers]
+        for layer in layers:
+            layer.rate = 0.0
+        try:
+            return fit(run, *args, **kwargs)
+        finally:
+            for layer, rate in zip(layers, rates, strict=True):
+                layer.rate = rate
+
+    tltf.schedule._fit_stage_one = without
+    try:
+        yield
+    finally:
+        tltf.schedule._fit_stage_one = fit
+
+
+#: name: (the head's dropout, the context it runs in, its label).
+VARIANTS = {
+    "0.2": (0.2, contextlib.nullcontext, "dropout 0.2"),
+    "0.0": (0.0, contextlib.nullcontext, "dropout 0.0"),
+    "floor": (0.2, floored_l2, "dropout 0.2, L2 floor"),
+    "stage2": (0.2, no_dropout_in_stage_one, "dropout 0.2 in stage 2 only"),
+}
 
 
 def split(task: str, k: int, seed: int, test: int, val: int):
@@ -62,8 +138,9 @@ def split(task: str, k: int, seed: int, test: int, val: int):
     return train, tested, held
 
 
-def run(base: str, data, seed: int, weights_dir, rate: float):
+def run(base: str, data, seed: int, weights_dir, variant: str, verbose: int = 0):
     train, test, validation = data
+    rate, context, _ = VARIANTS[variant]
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     classes = int(np.max(test[1])) + 1
@@ -71,17 +148,19 @@ def run(base: str, data, seed: int, weights_dir, rate: float):
         realdata.benchmark_base(base, 64, weights_dir), classes, head={"dropout": rate}
     )
     started = time.perf_counter()
-    tltf.fine_tune(model, train, validation, seed=seed, verbose=0)
+    with context():
+        tltf.fine_tune(model, train, validation, seed=seed, verbose=verbose)
     return realdata.accuracy(model, *test), time.perf_counter() - started
 
 
-def diagnose(base: str, data, seed: int, weights_dir) -> str:
+def diagnose(base: str, data, seed: int, weights_dir, variants) -> str:
     """Stage 1 against its ridge start: the closed-form head's training loss,
     the first stage-1 epoch's loss at a rate too small to move the weights, and
-    the test accuracy of stage 1 alone at the default rate, for each dropout."""
+    the test accuracy of stage 1 alone at the default rate, for each variant."""
     (x, y), test, _ = data
     cells = []
-    for rate in RATES:
+    for variant in variants:
+        rate, context, label = VARIANTS[variant]
         runs = {
             "closed form": {"head_steps": 0},
             "lr 1e-7": {"head_lr": 1e-7, "head_epochs": 1},
@@ -97,15 +176,16 @@ def diagnose(base: str, data, seed: int, weights_dir) -> str:
                 classes,
                 head={"dropout": rate},
             )
-            history = tltf.fine_tune(
-                model,
-                (x, y),
-                fine_tune_epochs=0,
-                keep_best=False,
-                seed=seed,
-                verbose=0,
-                **kwargs,
-            )
+            with context():
+                history = tltf.fine_tune(
+                    model,
+                    (x, y),
+                    fine_tune_epochs=0,
+                    keep_best=False,
+                    seed=seed,
+                    verbose=0,
+                    **kwargs,
+                )
             if name == "closed form":
                 p = model.predict(x, verbose=0)
                 ce = -np.mean(np.log(p[np.arange(len(y)), y] + 1e-12))
@@ -114,7 +194,7 @@ def diagnose(base: str, data, seed: int, weights_dir) -> str:
                 out.append(f"epoch-1 loss at lr 1e-7 {history.history['loss'][0]:.2f}")
             else:
                 out.append(f"stage 1 test {realdata.accuracy(model, *test):.3f}")
-        cells.append(f"dropout {rate}: " + ", ".join(out))
+        cells.append(f"{label}: " + ", ".join(out))
     return "  ".join(cells)
 
 
@@ -136,10 +216,24 @@ def main() -> None:
         action="store_true",
         help="instead: stage 1 alone against the closed-form head (`diagnose`)",
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=["0.2", "0.0"],
+        help="what to compare (`VARIANTS`); the last line's ratio is 0.0 over 0.2 "
+        "where both run, else the last over the first",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print fine_tune's lines (verbose=2): what the guard kept, and why",
+    )
     parser.add_argument("--weights-dir", default=None)
     args = parser.parse_args()
     weights_dir = realdata.weights_folder(args.weights_dir, args.bases)
-    scores = {rate: [] for rate in RATES}
+    variants = args.variants
+    scores = {variant: [] for variant in variants}
     i = 0
     for base in args.bases:
         for task in args.tasks:
@@ -147,17 +241,20 @@ def main() -> None:
                 for seed in args.seeds:
                     data = split(task, k, seed, args.test, args.val)
                     if args.diagnose:
-                        line = diagnose(base, data, seed, weights_dir)
+                        line = diagnose(base, data, seed, weights_dir, variants)
                         print(f"{base:6s} {task:9s} k={k:<3d} seed {seed}: {line}")
                         continue
-                    order = RATES if i % 2 == 0 else RATES[::-1]
+                    order = variants if i % 2 == 0 else variants[::-1]
                     i += 1
-                    row = {r: run(base, data, seed, weights_dir, r) for r in order}
-                    for rate in RATES:
-                        scores[rate].append(row[rate][0])
+                    row = {
+                        v: run(base, data, seed, weights_dir, v, 2 * args.verbose)
+                        for v in order
+                    }
+                    for variant in variants:
+                        scores[variant].append(row[variant][0])
                     cells = "  ".join(
-                        f"dropout {r}: test {row[r][0]:.3f} ({row[r][1]:.1f}s)"
-                        for r in RATES
+                        f"{VARIANTS[v][2]}: test {row[v][0]:.3f} ({row[v][1]:.1f}s)"
+                        for v in variants
                     )
                     print(
                         f"{base:6s} {task:9s} k={k:<3d} seed {seed}: {cells}",
@@ -165,11 +262,19 @@ def main() -> None:
                     )
     if args.diagnose:
         return
-    mean = {rate: float(np.mean(scores[rate])) for rate in RATES}
+    mean = {v: float(np.mean(scores[v])) for v in variants}
+    top, bottom = (
+        ("0.0", "0.2")
+        if {"0.0", "0.2"} <= set(variants)
+        else (
+            variants[-1],
+            variants[0],
+        )
+    )
+    means = ", ".join(f"{VARIANTS[v][2]} {mean[v]:.4f}" for v in variants)
     print(
-        f"mean test accuracy over {len(scores[RATES[0]])} runs: dropout 0.2 "
-        f"{mean[0.2]:.4f}, dropout 0.0 {mean[0.0]:.4f}; 0.0 / 0.2 = "
-        f"{mean[0.0] / mean[0.2]:.3f}x"
+        f"mean test accuracy over {len(scores[variants[0]])} runs: {means}; "
+        f"{top} / {bottom} = {mean[top] / mean[bottom]:.3f}x"
     )
 
 
