@@ -22,7 +22,7 @@ Usage:
 "procedural:NAME" for tltf's procedural tasks (`tltf.datasets`). `--val N`
 passes N images a class as `validation_data`: the guard then scores the
 validation loss, and nothing is handed back to a closed-form refit. The last
-line prints both mean test accuracies and their ratio (dropout 0.0 over 0.2).
+line prints each variant's mean test accuracy and the ratio of 0.0 over 0.2.
 `--diagnose` prints, per split and dropout, stage 1 alone against its ridge
 start instead (`diagnose`). `--variants` adds the two fixes tried before
 dropping the dropout (`VARIANTS`): "floor", a ridge start whose L2 is at least
@@ -80,7 +80,8 @@ def floored_l2(rate: float = 0.2):
 @contextlib.contextmanager
 def no_dropout_in_stage_one():
     """The head's dropout layers at rate 0 while stage 1 trains on the cached
-    features, back at their rate for stage 2 (traced afterwards)."""
+    features, back at their rate for stage 2 (traced afterwards). Only the
+    cached stage 1 (`_fit_stage_one`), the path of every run here."""
     fit = tltf.schedule._fit_stage_one
 
     def without(run, *args, **kwargs):
