@@ -16,7 +16,7 @@ Usage:
     .venv/bin/python benchmarks/head_dropout.py [--bases demo vgg16] \
         [--tasks digits fonts textures] [--k 5 10 20] [--seeds 0 1] \
         [--test 30] [--val 0] [--variants 0.2 0.0] [--diagnose] [--verbose] \
-        [--weights-dir DIR]
+        [--hidden 256] [--weights-dir DIR]
 
 `--tasks` takes the real tasks of `benchmarks/realdata.py` and
 "procedural:NAME" for tltf's procedural tasks (`tltf.datasets`). `--val N`
@@ -139,14 +139,18 @@ def split(task: str, k: int, seed: int, test: int, val: int):
     return train, tested, held
 
 
-def run(base: str, data, seed: int, weights_dir, variant: str, verbose: int = 0):
+def run(
+    base: str, data, seed: int, weights_dir, variant: str, verbose: int = 0, hidden=()
+):
     train, test, validation = data
     rate, context, _ = VARIANTS[variant]
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     classes = int(np.max(test[1])) + 1
     model = tltf.build_model(
-        realdata.benchmark_base(base, 64, weights_dir), classes, head={"dropout": rate}
+        realdata.benchmark_base(base, 64, weights_dir),
+        classes,
+        head={"dropout": rate, "hidden_units": hidden},
     )
     started = time.perf_counter()
     with context():
@@ -230,6 +234,14 @@ def main() -> None:
         action="store_true",
         help="print fine_tune's lines (verbose=2): what the guard kept, and why",
     )
+    parser.add_argument(
+        "--hidden",
+        nargs="*",
+        type=int,
+        default=[],
+        help="the head's hidden layers (`hidden_units`), which start from random "
+        "weights: no ridge start, no closed-form hand-back (default: none)",
+    )
     parser.add_argument("--weights-dir", default=None)
     args = parser.parse_args()
     weights_dir = realdata.weights_folder(args.weights_dir, args.bases)
@@ -248,7 +260,15 @@ def main() -> None:
                     order = variants if i % 2 == 0 else variants[::-1]
                     i += 1
                     row = {
-                        v: run(base, data, seed, weights_dir, v, 2 * args.verbose)
+                        v: run(
+                            base,
+                            data,
+                            seed,
+                            weights_dir,
+                            v,
+                            2 * args.verbose,
+                            tuple(args.hidden),
+                        )
                         for v in order
                     }
                     for variant in variants:

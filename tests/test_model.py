@@ -9,7 +9,7 @@ import pytest
 import tltf
 from tests.helpers import make_lambda_model, make_tiny_base
 from tltf.errors import ConfigError, InputShapeError, ModelError, UnknownBaseError
-from tltf.heads import pixel_columns
+from tltf.heads import HIDDEN_DROPOUT, HeadConfig, pixel_columns
 from tltf.model import model_info
 
 
@@ -106,6 +106,30 @@ def test_head_options_and_logits():
     assert pixel_columns(top) is None
     with pytest.raises(ConfigError, match="Did you mean 'hidden_units'"):
         tltf.build_model(make_tiny_base(), 3, head={"hidden_unit": [8]})
+
+
+def test_auto_dropout_is_none_for_a_linear_head_and_0_2_with_hidden_layers():
+    """`dropout="auto"` (the default): a linear head, which `fine_tune` starts
+    from the ridge classifier, has no dropout; a head with hidden layers, which
+    starts from random weights, has HIDDEN_DROPOUT before each Dense. A number
+    is taken as given; anything else is refused with the accepted values."""
+
+    def rates(head):
+        model = tltf.build_model(make_tiny_base(), 3, head=head)
+        return {
+            la.name: la.rate
+            for la in model.layers
+            if isinstance(la, keras.layers.Dropout)
+        }
+
+    assert HeadConfig().dropout == "auto" and HIDDEN_DROPOUT == 0.2
+    assert rates(None) == {}
+    assert rates({"hidden_units": [8]}) == {"head_dropout_1": 0.2, "head_dropout": 0.2}
+    assert rates({"hidden_units": [8], "dropout": 0.0}) == {}
+    assert rates({"dropout": 0.3}) == {"head_dropout": 0.3}
+    for bad in ("some", None, True, 1.0):
+        with pytest.raises(ConfigError, match=r'\[0, 1\), or "auto"'):
+            HeadConfig(dropout=bad)
 
 
 def test_mixed_precision_output_stays_float32():

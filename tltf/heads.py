@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 import keras
@@ -24,6 +25,12 @@ PIXEL_GROUP_RATIO = 0.75
 #: of a small base (VGG16: 960, MobileNetV2: 1,504), an even spread of a wide one.
 AUTO_POOL_CHANNELS = 4096
 
+#: The dropout rate `dropout="auto"` gives a head with hidden layers, before each
+#: Dense: such a head starts from random weights, and on small real tasks 0.2
+#: scored 2.0 to 2.9 points above none (benchmarks/RESULTS.md, "The head
+#: without dropout by default"). A linear head gets none.
+HIDDEN_DROPOUT = 0.2
+
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
@@ -37,13 +44,15 @@ class HeadConfig:
         activation: str. Activation of the hidden layers. Defaults to "relu".
         batchnorm: bool. BatchNormalization after each hidden Dense. Defaults to
             False.
-        dropout: float. Dropout rate before each Dense (hidden and output).
-            Defaults to 0.0: `fine_tune` starts a linear head from the ridge
-            classifier, whose leave-one-out L2 is its regulariser, and dropout's
-            noise on those weights undid that start on many images (on 4,800
-            texture images the first stage-1 epoch's loss rose from 0.58 to
-            15.9; benchmarks/RESULTS.md, "The head's dropout"). Set it for a
-            head with hidden layers, which starts from random weights.
+        dropout: float or "auto". Dropout rate before each Dense (hidden and
+            output). "auto": none for a linear head, `HIDDEN_DROPOUT` (0.2)
+            for a head with hidden layers (`dropout_rate`). `fine_tune` starts
+            a linear head from the ridge classifier, whose leave-one-out L2 is
+            its regulariser, and dropout's noise on those weights undid that
+            start on many images (on 4,800 texture images the first stage-1
+            epoch's loss rose from 0.58 to 15.9; benchmarks/RESULTS.md, "The
+            head's dropout"); hidden layers start from random weights.
+            Defaults to "auto".
         logits: bool. For "multiclass" and "binary", output logits instead of
             probabilities. Defaults to False.
         standardize: bool. Standardise the pooled features (a `Standardization`
@@ -73,14 +82,14 @@ class HeadConfig:
     Example:
 
     >>> HeadConfig.from_dict({"pooling": "avgmax", "hidden_units": [256]})
-    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout=0.0, logits=False, standardize=True, pool_from='auto', pixels=8)
+    HeadConfig(pooling='avgmax', hidden_units=(256,), activation='relu', batchnorm=False, dropout='auto', logits=False, standardize=True, pool_from='auto', pixels=8)
     """
 
     pooling: str = "avg"
     hidden_units: tuple[int, ...] = ()
     activation: str = "relu"
     batchnorm: bool = False
-    dropout: float = 0.0
+    dropout: float | str = "auto"
     logits: bool = False
     standardize: bool = True
     pool_from: str | tuple[str | int, ...] = "auto"
@@ -125,10 +134,24 @@ class HeadConfig:
                 "Expected positive hidden_units. "
                 f"Received: hidden_units={self.hidden_units}"
             )
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if self.dropout != "auto" and not (
+            isinstance(self.dropout, numbers.Real)
+            and not isinstance(self.dropout, bool)
+            and 0.0 <= self.dropout < 1.0
+        ):
             raise ConfigError(
-                f"Expected head dropout in [0, 1). Received: dropout={self.dropout}"
+                'Expected head dropout in [0, 1), or "auto" (none for a linear '
+                f"head, {HIDDEN_DROPOUT} with hidden layers). Received: "
+                f"dropout={self.dropout!r}"
             )
+
+    @property
+    def dropout_rate(self) -> float:
+        """The rate before each Dense: `dropout`, with "auto" resolved (0.0 for
+        a linear head, `HIDDEN_DROPOUT` for one with hidden layers)."""
+        if self.dropout == "auto":
+            return HIDDEN_DROPOUT if self.hidden_units else 0.0
+        return float(self.dropout)
 
     @classmethod
     def from_dict(cls, config: dict[str, Any] | None) -> HeadConfig:
@@ -353,16 +376,16 @@ def build_head(features, task: str, units: int, config: HeadConfig, images=None)
         if pixels:
             set_pixel_scale(layer, int(pixels[0].shape[-1]), 0.0)
     for i, width in enumerate(config.hidden_units, start=1):
-        if config.dropout:
-            x = keras.layers.Dropout(config.dropout, name=f"head_dropout_{i}")(x)
+        if config.dropout_rate:
+            x = keras.layers.Dropout(config.dropout_rate, name=f"head_dropout_{i}")(x)
         x = keras.layers.Dense(
             width, use_bias=not config.batchnorm, name=f"head_dense_{i}"
         )(x)
         if config.batchnorm:
             x = keras.layers.BatchNormalization(name=f"head_bn_{i}")(x)
         x = keras.layers.Activation(config.activation, name=f"head_act_{i}")(x)
-    if config.dropout:
-        x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
+    if config.dropout_rate:
+        x = keras.layers.Dropout(config.dropout_rate, name="head_dropout")(x)
     return keras.layers.Dense(
         units,
         activation=output_activation(task, config.logits),
