@@ -65,8 +65,9 @@ class SearchSpace:
             list or a `(low, high)` range. Defaults to "all".
         fine_tune_lr: Stage-2 learning rate. Defaults to `(1e-6, 1e-3)` (log).
         head_lr: Stage-1 learning rate. Defaults to 1e-3.
-        head_dropout: Head dropout. Defaults to `[0.0, 0.2]`: the head's
-            default and the rate the keras.io recipe uses.
+        head_dropout: Head dropout. Defaults to `[0.0, 0.2]`: the rates that
+            `HeadConfig(dropout="auto")` gives a linear head and a head with
+            hidden layers.
         head_units: Width of one hidden Dense layer in the head; 0 means none.
             Defaults to `[0, 256]`.
         bn: BatchNorm policy in stage 2, see `tltf.freezing`. Defaults to
