@@ -139,19 +139,24 @@ def split(task: str, k: int, seed: int, test: int, val: int):
     return train, tested, held
 
 
+def fresh_model(base: str, weights_dir, seed: int, test, head: dict):
+    """A new model on `base` with `head`, Keras seeded with `seed` first, for
+    the classes of the `(images, labels)` test split."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    classes = int(np.max(test[1])) + 1
+    return tltf.build_model(
+        realdata.benchmark_base(base, 64, weights_dir), classes, head=head
+    )
+
+
 def run(
     base: str, data, seed: int, weights_dir, variant: str, verbose: int = 0, hidden=()
 ):
     train, test, validation = data
     rate, context, _ = VARIANTS[variant]
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(seed)
-    classes = int(np.max(test[1])) + 1
-    model = tltf.build_model(
-        realdata.benchmark_base(base, 64, weights_dir),
-        classes,
-        head={"dropout": rate, "hidden_units": hidden},
-    )
+    head = {"dropout": rate, "hidden_units": hidden}
+    model = fresh_model(base, weights_dir, seed, test, head)
     started = time.perf_counter()
     with context():
         tltf.fine_tune(model, train, validation, seed=seed, verbose=verbose)
@@ -173,14 +178,7 @@ def diagnose(base: str, data, seed: int, weights_dir, variants) -> str:
         }
         out = []
         for name, kwargs in runs.items():
-            keras.backend.clear_session()
-            keras.utils.set_random_seed(seed)
-            classes = int(np.max(test[1])) + 1
-            model = tltf.build_model(
-                realdata.benchmark_base(base, 64, weights_dir),
-                classes,
-                head={"dropout": rate},
-            )
+            model = fresh_model(base, weights_dir, seed, test, {"dropout": rate})
             with context():
                 history = tltf.fine_tune(
                     model,
