@@ -48,7 +48,7 @@ SIZE = 64
 TEST_PER_CLASS = 30
 
 
-def _candidates(folder: Path, weights_dir, seed: int) -> dict:
+def make_candidates(folder: Path, weights_dir, seed: int) -> dict:
     """`{name: candidate}`: registry and shipped names, and saved-base folders."""
     vgg = tltf.load_base("vgg16", input_shape=(SIZE, SIZE, 3), weights_dir=weights_dir)
     demo = tltf.load_base("demo")
@@ -97,7 +97,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="tltf_rank_"))
     runs = []  # one dict per (task, seed)
     for seed in args.seeds:
-        candidates = _candidates(folder / f"seed{seed}", weights_dir, seed)
+        candidates = make_candidates(folder / f"seed{seed}", weights_dir, seed)
         for task in args.tasks:
             x, y = realdata.task_data(task, SIZE)
             train, test = realdata.few_shot(x, y, args.k, seed, TEST_PER_CLASS)

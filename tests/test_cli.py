@@ -70,6 +70,7 @@ def test_bad_subcommand_exits_2(capsys):
         (["pretrain", "mobilenet_v9"], 2, "tltf: error: Unknown base 'mobilenet_v9'"),
         (["pretrain", "--task", "shapes"], 2, "invalid choice: 'shapes'"),
         (["pretrain", "--epochs", "0"], 2, "expected an integer >= 1"),
+        (["rank", "--max-images", "some"], 2, "expected an integer >= 1 or 'all'"),
         (["pretrain", "--learning-rate", "-1"], 2, "learning_rate"),
         (["pretrain", "--arg", "alpha"], 2, "Expected --arg KEY=VALUE"),
         (["pretrain", "mobilenet", "--arg", "alphaa=0.5"], 2, "Did you mean 'alpha'"),

@@ -53,6 +53,19 @@ def test_rank_end_to_end_on_an_image_folder(tmp_path, capsys):
     assert plot.stat().st_size > 0
 
 
+def test_rank_scores_a_sample_of_a_large_folder_unless_told_all(tmp_path, capsys):
+    images = tmp_path / "images"
+    make_image_folder(images, per_class=30, formats=("png",))
+    signal = tltf.save_base(tltf.load_base(signal_base()), tmp_path / "signal")
+    argv = ["rank", "--data", str(images), "--bases", str(signal)]
+    argv += ["--image-size", "16", "--quiet"]
+    assert main([*argv, "--max-images", "60"]) == 0
+    assert "a seeded sample of 60 of 90 examples" in capsys.readouterr().out
+    assert main([*argv, "--max-images", "all"]) == 0
+    printed = capsys.readouterr().out
+    assert "(90 examples, 3 classes" in printed and "seeded sample" not in printed
+
+
 def test_rank_writes_the_others_when_a_candidate_cannot_run_and_exits_1(
     tmp_path, capsys
 ):

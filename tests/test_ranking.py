@@ -15,8 +15,10 @@ from matplotlib.figure import Figure
 import tltf
 from tests.helpers import make_data
 from tltf.errors import ConfigError, DataError, InputShapeError, ModelError
+from tltf.probe import sample_rows
 from tltf.ranking import (
     COLUMNS,
+    _neighbours,
     kendall_tau,
     knn_accuracy,
     knn_r2,
@@ -109,6 +111,50 @@ def test_knn_leave_one_out_on_a_constructed_case():
     assert knn_accuracy(features, labels, 9) == pytest.approx(0.0)
     # Regression: the same neighbours averaged.
     assert knn_r2(features, features[:, 0], 1) == pytest.approx(1.0)
+
+
+def test_neighbours_match_a_full_stable_sort_ties_included():
+    """The partial sort picks what a stable sort of every similarity picks:
+    equal similarities (duplicate rows) go to the lower index first."""
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n, k = int(rng.integers(3, 80)), int(rng.integers(1, 6))
+        k = min(k, n - 1)
+        f = rng.normal(size=(n, 4))
+        if trial % 2:  # duplicates: many equal similarities
+            f = np.round(f[rng.integers(0, n // 3 + 1, n)])
+        g = f - f.mean(axis=0)
+        g /= np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+        similarity = g @ g.T
+        np.fill_diagonal(similarity, -np.inf)
+        expected = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+        indices, values = _neighbours(f, k)
+        np.testing.assert_array_equal(indices, expected)
+        np.testing.assert_allclose(
+            values, np.take_along_axis(similarity, expected, 1), atol=1e-12
+        )
+
+
+def test_knn_holds_a_block_of_similarities_at_a_time(monkeypatch):
+    """kNN never holds the whole n x n similarity matrix: on 2,000 examples
+    (32 MB of float64 similarities) it peaks at a few MB with blocks of 200k
+    entries, and scores exactly what one block of everything scores."""
+    import tracemalloc
+
+    from tltf import ranking
+
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(2000, 8)), rng.integers(0, 5, 2000)
+    whole = knn_accuracy(features, labels, 5)
+    monkeypatch.setattr(ranking, "_SIMILARITY_BLOCK", 200_000)
+    tracemalloc.start()
+    try:
+        blocked = knn_accuracy(features, labels, 5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert blocked == whole
+    assert peak < 12e6  # one block: 100 rows x 2,000 similarities, and their sort
 
 
 def test_kendall_tau_b():
@@ -207,6 +253,72 @@ def test_arrays_datasets_and_bundles_give_the_same_scores():
     for score in ("logme", "knn", "ridge"):
         assert arrays[score] == pytest.approx(from_ds[score], abs=1e-5)
         assert arrays[score] == pytest.approx(from_bundle[score], abs=1e-5)
+
+
+def random_base(size=16, seed=0):
+    """A base of random convolutions: features that vary with every image."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3), name="random_input")
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="block1_conv")(inputs)
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="block2_conv")(x)
+    return keras.Model(inputs, x, name="random")
+
+
+def test_a_large_set_is_ranked_on_a_seeded_stratified_sample(capsys):
+    """Of more than `max_images` examples, every candidate scores the same
+    seeded sample, stratified by class: the scores are those of ranking that
+    sample's arrays by hand, and the table says what it scored."""
+    x, y = make_data(240)
+    candidates = {"signal": signal_base(), "random": random_base()}
+    sampled = tltf.rank_bases(candidates, (x, y), max_images=90, seed=3)
+    printed = capsys.readouterr().out
+    rows = sample_rows(y, 90, 3)
+    assert len(rows) == 90 and np.bincount(y[rows]).tolist() == [30, 30, 30]
+    by_hand = tltf.rank_bases(
+        candidates, (x[rows], y[rows]), max_images=None, verbose=0
+    )
+    assert (sampled.num_examples, sampled.sampled_from) == (90, 240)
+    assert by_hand.sampled_from is None
+    assert sampled.ranking == by_hand.ranking
+    for got, want in zip(sampled.table, by_hand.table, strict=True):
+        for score in ("logme", "knn", "ridge"):
+            assert got[score] == pytest.approx(want[score], abs=1e-6)
+    assert "a seeded sample of 90 of 240 examples (max_images=None scores all)" in (
+        printed
+    )
+    # Every example, and another seed: other scores.
+    every = tltf.rank_bases(candidates, (x, y), max_images=None, verbose=0)
+    other = tltf.rank_bases(candidates, (x, y), max_images=90, seed=4, verbose=0)
+    assert every.num_examples == 240 and every.sampled_from is None
+    for run in (every, other):
+        assert run.table[1]["logme"] != pytest.approx(sampled.table[1]["logme"])
+    # A bundle of the same arrays draws the same sample.
+    bundle = tltf.load_data((x, y), image_size=16, shuffle=False)
+    from_bundle = tltf.rank_bases(candidates, bundle, max_images=90, seed=3, verbose=0)
+    assert from_bundle.sampled_from == 240
+    for got, want in zip(from_bundle.table, sampled.table, strict=True):
+        assert got["logme"] == pytest.approx(want["logme"], abs=1e-5)
+
+
+def test_a_dataset_is_sampled_one_by_one_and_read_once_for_all_candidates():
+    """A `tf.data` input's labels are not known without a pass: one pass of the
+    pipeline counts its rows, the first candidate's pass draws the sample, and
+    the second candidate reads that sample from memory."""
+    x, y = make_data(240)
+    reads = []
+
+    def images():
+        for i in range(len(x)):
+            reads.append(i)
+            yield x[i], y[i]
+
+    spec = (tf.TensorSpec((16, 16, 3), tf.float32), tf.TensorSpec((), tf.int32))
+    ds = tf.data.Dataset.from_generator(images, output_signature=spec).batch(16)
+    candidates = {"signal": signal_base(), "random": random_base()}
+    result = tltf.rank_bases(candidates, ds, max_images=90, verbose=0)
+    assert result.sampled_from == 240 and 50 <= result.num_examples <= 130
+    assert len(result.table) == 2 and not result.failed
+    assert len(reads) == 2 * 240  # the count, and the first candidate's pass
 
 
 def test_sample_weights_are_named_as_not_used(capsys):
@@ -313,6 +425,10 @@ def test_bad_arguments_are_config_errors():
         tltf.rank_bases([], (x, y))
     with pytest.raises(ConfigError, match="knn"):
         tltf.rank_bases([signal_base()], (x, y), knn=0)
+    with pytest.raises(ConfigError, match="max_images"):
+        tltf.rank_bases([signal_base()], (x, y), max_images=0)
+    with pytest.raises(ConfigError, match="seed"):
+        tltf.rank_bases([signal_base()], (x, y), seed="0")
 
 
 def test_the_printed_table_shows_no_nan_agreement():

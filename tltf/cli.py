@@ -66,6 +66,7 @@ from tltf.info import class_names_of
 from tltf.layers import PREPROCESSING_MODES
 from tltf.model import load_model
 from tltf.pretrain import DEMO_BASE, pretrain, store_dir, stored_bases
+from tltf.probe import PROBE_IMAGES
 from tltf.ranking import check_table_path, rank_bases
 from tltf.reports import check_figure_path
 from tltf.runs import (
@@ -121,6 +122,18 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def _image_count(text: str) -> int | None:
+    """`--max-images`: an integer >= 1, or "all" (None)."""
+    if text == "all":
+        return None
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 1 or 'all', got {text!r}"
+        ) from None
 
 
 def _nonnegative_int(text: str) -> int:
@@ -1378,7 +1391,8 @@ def _block_stats(name: str) -> tuple[list[str], int]:
 # -- rank ------------------------------------------------------------------------
 _RANK_EPILOG = """\
 Each base runs once, frozen, over the labelled images; LogME, a kNN and a ridge
-probe (leave-one-out) score its features. No training: seconds per base. A
+probe (leave-one-out) score its features, on a seeded sample of at most
+about 2,000 of the images (--max-images). No training: seconds per base. A
 base is a registry name, demo, or a saved base folder (or a .keras file of a
 base model). See docs/ranking.md.
 
@@ -1432,6 +1446,14 @@ def _add_rank_command(commands) -> None:
         "then the best block's) (default: the top block only)",
     )
     rank.add_argument("--knn", type=_positive_int, default=5, help="k (default: 5)")
+    rank.add_argument(
+        "--max-images",
+        type=_image_count,
+        default=PROBE_IMAGES,
+        metavar="N",
+        help="score a seeded sample of at most about N images, stratified by "
+        f"class, or 'all' (default: {PROBE_IMAGES})",
+    )
     rank.add_argument("--batch-size", type=_positive_int, default=32)
     rank.add_argument("--weights-dir", metavar="DIR", help="offline weights folder")
     rank.add_argument(
@@ -1575,6 +1597,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         every=args.every,
         knn=args.knn,
         batch_size=args.batch_size,
+        max_images=args.max_images,
         verbose=0 if args.quiet else 1,
         **({"weights_dir": args.weights_dir} if args.weights_dir else {}),
     )

@@ -34,7 +34,12 @@ Transferability Metrics evaluations?") find that these estimates often rank
 bases differently, so `RankResult` reports all of them and how much their
 rankings agree: Kendall's tau-b between each pair of scores.
 
-Sizes. Every candidate sees the same images. A registry name, or a saved base
+Sizes. Every candidate sees the same images: all of them, or of more than
+`max_images` (default `tltf.probe.PROBE_IMAGES`, 2,000) a seeded sample,
+stratified by class where the labels are known without a pass, so that ranking
+60,000 images costs a pass over 2,000 per base. The kNN score computes its
+similarities a block of rows at a time (`_SIMILARITY_BLOCK`), so that its memory
+grows with the examples, not with their square. A registry name, or a saved base
 of a registry architecture (such as the shipped "demo" base), is built at
 `input_shape`, which defaults to the data's image shape, as
 `build_model(..., input_shape=)` builds it. A base whose input size is fixed
@@ -77,7 +82,13 @@ from tltf.errors import (
     TltfError,
     WeightsError,
 )
-from tltf.probe import block_features, ridge_probe
+from tltf.probe import (
+    PROBE_IMAGES,
+    block_features,
+    probe_sample,
+    ridge_probe,
+    sample_rows,
+)
 from tltf.reports import new_figure, save_figure
 
 #: The scores `rank_bases` computes, in table order.
@@ -126,6 +137,9 @@ class RankResult:
             could not be loaded or run on the data (weights not found offline,
             an input below the base's minimum, ...): the others are ranked
             without them. Empty when every candidate ran.
+        sampled_from: int or None. The number of examples that the scored
+            `num_examples` were sampled from (`rank_bases(max_images=)`), or
+            None when every example was scored.
     """
 
     table: list
@@ -137,6 +151,7 @@ class RankResult:
     knn: int
     seconds: float
     failed: dict = dataclasses.field(default_factory=dict)
+    sampled_from: int | None = None
 
     @property
     def best(self) -> dict:
@@ -179,10 +194,16 @@ class RankResult:
                 f"{r['candidate']:<{width}}{cells}  {r['block']!s:<{block}}  "
                 f"{r['features']:>8}  {r['seconds']:>7.1f}"
             )
+        examples = f"{self.num_examples} examples"
+        if self.sampled_from is not None:
+            examples = (
+                f"a seeded sample of {self.num_examples} of {self.sampled_from} "
+                "examples (max_images=None scores all)"
+            )
         what = (
-            f"{self.num_examples} examples, {self.num_classes} classes"
+            f"{examples}, {self.num_classes} classes"
             if self.task == "classification"
-            else f"{self.num_examples} examples, regression"
+            else f"{examples}, regression"
         )
         lines.append(
             f"best by {self.score}: {self.best['candidate']} ({what}; kNN k="
@@ -267,6 +288,8 @@ def rank_bases(
     input_shape: tuple | None = None,
     batch_size: int = 32,
     task: str = "auto",
+    max_images: int | None = PROBE_IMAGES,
+    seed: int = 0,
     verbose: int = 1,
     **load_kwargs,
 ) -> RankResult:
@@ -301,6 +324,15 @@ def rank_bases(
             "regression" (float targets) or "auto" (regression for a
             "regression" `DataBundle` or labels that are not all integers).
             Defaults to "auto".
+        max_images: int or None. Score a seeded sample of at most about this
+            many images when `data` holds more, the same images for every
+            candidate: stratified by class where the labels are known without
+            a pass (arrays, image folders, `.npz` files; at least
+            `tltf.probe.PROBE_PER_CLASS` of each class), else drawn one by one
+            (a `tf.data` input or a TFDS bundle, whose sample is then held in
+            memory after the first candidate's pass). None scores every image.
+            Defaults to `tltf.probe.PROBE_IMAGES` (2,000).
+        seed: int. The seed of that sample. Defaults to 0.
         verbose: int. 1 prints a line per candidate and the table. Defaults
             to 1.
         **load_kwargs: Options of `load_base` used for every candidate:
@@ -337,6 +369,11 @@ def rank_bases(
     batch_size = check_positive_int(batch_size, "batch_size")
     if every is not None:
         every = check_positive_int(every, "every")
+    if max_images is not None:
+        max_images = check_positive_int(max_images, "max_images")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"Expected seed as an integer. Received: seed={seed!r}")
+    bundle = data if isinstance(data, DataBundle) else None
     if isinstance(data, DataBundle):
         if task == "auto" and data.task == "regression":
             task = "regression"
@@ -366,6 +403,7 @@ def rank_bases(
         _targets(peek(data, "data")[1], task)  # bad labels fail before any pass
     for name, candidate in named.items():
         _check_name(name, candidate)
+    ds, total = _sample(ds, data, bundle, task, max_images, seed, batch_size)
 
     rows, labels, kind, classes = [], None, None, None
     failed: dict[str, TltfError] = {}
@@ -439,10 +477,48 @@ def rank_bases(
         knn=knn,
         seconds=round(time.perf_counter() - start, 3),
         failed={name: str(error) for name, error in failed.items()},
+        sampled_from=total,
     )
     if verbose:
         print(result)
     return result
+
+
+def _sample(ds, data, bundle, task, max_images, seed, batch_size):
+    """`(batches, total)`: the batches that every candidate reads, a seeded
+    sample of at most about `max_images` of `ds`'s rows when it has more, and
+    the number of rows it was drawn from (None, with `ds` itself, when not).
+
+    Known labels (arrays, or a bundle's) give a stratified sample
+    (`tltf.probe.sample_rows`) that only those rows are read for. Otherwise each
+    row is kept by a seeded draw (`tltf.probe.probe_sample`: a first pass of the
+    input pipeline counts the rows), and the sample is cached in memory by the
+    first candidate's pass, so that the others read it from there.
+    """
+    if max_images is None:
+        return ds, None
+    labels, total = None, bundle.num_train if bundle is not None else None
+    if bundle is not None and bundle.unshuffled is not None:
+        labels = bundle.labels
+    elif isinstance(data, (tuple, list)):
+        labels = np.asarray(data[1])
+    if labels is None:
+        sampled, total = probe_sample(ds, max_images, seed, batch_size, None, total)
+        return (ds, None) if total is None else (sampled.cache(), total)
+    kind = _targets(labels, task)[0]
+    rows = sample_rows(
+        labels, max_images, seed, "regression" if kind == "regression" else None
+    )
+    if rows is None:
+        return ds, None
+    if bundle is None:
+        subset = tuple(np.asarray(part)[rows] for part in data)
+        return as_dataset(subset, batch_size, False, None, "data"), len(labels)
+    try:
+        return bundle.subset(rows).unshuffled, len(labels)
+    except DataError:  # a bundle that cannot select rows: read them all, keep some
+        sampled, total = probe_sample(ds, max_images, seed, batch_size, labels, None)
+        return sampled.cache(), total
 
 
 # -- candidates ----------------------------------------------------------------
@@ -760,15 +836,52 @@ def _evidence(svd, y, alpha: float, beta: float):
     return evidence, gamma, m2, r2
 
 
-def _cosine(features) -> np.ndarray:
-    """The cosine similarities of the centred features, self-similarity -inf."""
+#: How many similarities `_neighbours` holds at a time (about 128 MiB of float64):
+#: the examples' similarities to all others are computed a block of rows at a
+#: time, so that memory grows with the examples, not with their square.
+_SIMILARITY_BLOCK = 16 * 2**20
+
+
+def _neighbours(features, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's `k` most similar *other* examples: `(indices, similarities)`,
+    both (n, k), most similar first (ties: the lower index first).
+
+    Cosine similarity of the centred features. The (n, n) matrix is never held
+    whole: it is computed `_SIMILARITY_BLOCK` entries at a time.
+    """
     f = np.asarray(features, dtype=np.float64)
-    f = f - f.mean(axis=0)
-    norms = np.linalg.norm(f, axis=1, keepdims=True)
-    f = f / np.maximum(norms, 1e-12)
-    similarity = f @ f.T
-    np.fill_diagonal(similarity, -np.inf)
-    return similarity
+    f = f.reshape(len(f), -1) - f.reshape(len(f), -1).mean(axis=0)
+    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    n = len(f)
+    indices = np.empty((n, k), dtype=np.int64)
+    similarities = np.empty((n, k))
+    rows = max(1, _SIMILARITY_BLOCK // max(n, 1))
+    for start in range(0, n, rows):
+        block = f[start : start + rows] @ f.T
+        local = np.arange(len(block))
+        block[local, start + local] = -np.inf  # not its own neighbour
+        chosen = _top_k(block, k)
+        indices[start : start + rows] = chosen
+        similarities[start : start + rows] = np.take_along_axis(block, chosen, 1)
+    return indices, similarities
+
+
+def _top_k(similarity: np.ndarray, k: int) -> np.ndarray:
+    """The column indices of each row's `k` largest values, largest first; of
+    equal values the lower index first (as a stable sort), found by a partial
+    sort."""
+    chosen = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(similarity, chosen, 1)
+    # A value equal to a row's k-th largest may have been left out in favour of
+    # a higher index: such rows (duplicate images, say) are sorted in full.
+    kth = values.min(axis=1, keepdims=True)
+    tied = (similarity == kth).sum(axis=1) > (values == kth).sum(axis=1)
+    order = np.lexsort((chosen, -values), axis=1)
+    chosen = np.take_along_axis(chosen, order, 1)
+    if tied.any():
+        full = np.argsort(-similarity[tied], axis=1, kind="stable")[:, :k]
+        chosen[tied] = full
+    return chosen
 
 
 def knn_accuracy(features, labels, k: int = 5) -> float:
@@ -796,16 +909,13 @@ def knn_accuracy(features, labels, k: int = 5) -> float:
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     k = min(k, n - 1)
-    similarity = _cosine(features)
-    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    nearest, similarity = _neighbours(features, k)
     classes = int(labels.max()) + 1
     votes = np.zeros((n, classes))
     weight = np.zeros((n, classes))
     rows = np.repeat(np.arange(n), k)
     np.add.at(votes, (rows, labels[nearest].ravel()), 1.0)
-    np.add.at(
-        weight, (rows, labels[nearest].ravel()), similarity[rows, nearest.ravel()]
-    )
+    np.add.at(weight, (rows, labels[nearest].ravel()), similarity.ravel())
     # Votes first; the summed similarity (in [-k, k]) breaks ties only.
     predicted = np.argmax(votes * (4.0 * k + 1.0) + weight, axis=1)
     return float(np.mean(predicted == labels))
@@ -828,7 +938,7 @@ def knn_r2(features, targets, k: int = 5) -> float:
     """
     y = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
     k = min(k, len(y) - 1)
-    nearest = np.argsort(-_cosine(features), axis=1, kind="stable")[:, :k]
+    nearest, _ = _neighbours(features, k)
     predicted = y[nearest].mean(axis=1)
     total = float(np.sum((y - y.mean(axis=0)) ** 2))
     return 1.0 - float(np.sum((y - predicted) ** 2)) / max(total, 1e-300)
