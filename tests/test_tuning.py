@@ -726,3 +726,92 @@ def test_stage2_on_cached_frozen_blocks_weighs_the_images():
         np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(logs["val_loss"], full_logs["val_loss"], rtol=1e-5)
     assert not np.allclose(logs["val_loss"], alike["val_loss"], rtol=1e-3)
+
+
+def test_refit_trains_the_best_values_with_fine_tunes_own_epochs_and_guard(
+    tmp_path, monkeypatch
+):
+    """`TuneResult.refit` builds a fresh model with the best trial's values and
+    runs one `fine_tune` on the data it is given: the searched depth and rate,
+    the user's own settings, and fine_tune's defaults for what only the tuner
+    set (keep_best=False becomes the guard; epochs the user set stay)."""
+    from tltf.tuning import hypermodel as hypermodel_module
+    from tltf.tuning.results import TuneResult
+
+    train, val = tuning_job.data()
+    search = {**tuning_job.FIXED_HEAD, "unfreeze": [1, 2], "fine_tune_lr": [1e-4, 3e-4]}
+    result = tune(
+        tuning_job.hypermodel(search=search, label_smoothing=0.1),
+        train,
+        val,
+        tuner="random",
+        max_trials=2,
+        directory=tmp_path,
+        verbose=0,
+        seed=0,
+    )
+    best = result.best_values
+    runs = []
+    real = hypermodel_module.fine_tune
+
+    def seen(model, data, validation, settings, **kwargs):
+        runs.append((data, validation, settings, kwargs))
+        return real(model, data, validation, settings, **kwargs)
+
+    monkeypatch.setattr(hypermodel_module, "fine_tune", seen)
+    everything = tuple(np.concatenate(pair) for pair in zip(train, val, strict=True))
+    model = result.refit(everything, verbose=0)
+    (data, validation, settings, kwargs) = runs[0]
+    assert len(runs) == 1 and data is everything and validation is None
+    assert kwargs["unfreeze"] == best["unfreeze_blocks"]
+    assert kwargs["fine_tune_lr"] == best["fine_tune_lr"]
+    assert kwargs["label_smoothing"] == 0.1  # the user's setting
+    assert settings.keep_best is True  # the trials ran without the guard
+    assert (settings.head_epochs, settings.fine_tune_epochs) == (1, 1)  # set
+    # A fresh model of the best architecture, trained on all the images.
+    assert model is not result.best_model
+    assert model.get_layer("head_output").kernel.shape[-1] == 3
+    untrained = tuning_job.hypermodel(search=search).build(result.best_hyperparameters)
+    assert not np.array_equal(
+        model.get_layer("head_output").kernel.numpy(),
+        untrained.get_layer("head_output").kernel.numpy(),
+    )
+    # Epochs that the user left to the tuner go back to fine_tune's "auto".
+    plain = FineTuneHyperModel(make_tiny_base(), num_classes=3, search=search)
+    assert plain.tuner_set_fields == ("head_epochs", "fine_tune_epochs", "keep_best")
+    with pytest.raises(ConfigError, match="no tuner"):
+        TuneResult(None, None, [], "val_accuracy").refit(everything)
+
+
+def test_a_search_on_few_validation_images_says_how_noisy_its_best_score_is(
+    tmp_path, capsys
+):
+    from tltf.tuning.results import TuneResult
+    from tltf.tuning.search import few_validation_note
+
+    train, val = tuning_job.data()  # 24 validation images
+    tune(
+        tuning_job.hypermodel(),
+        train,
+        val,
+        tuner="random",
+        max_trials=1,
+        directory=tmp_path,
+        verbose=1,
+        seed=0,
+    )
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("tltf: note: the trials were compared on 24 validation")
+    assert "result.refit(" in line
+
+    def note(score, count, objective="val_accuracy"):
+        rows = [{"score": score}, {"score": None}]
+        result = TuneResult(None, None, rows, objective)
+        labels = np.zeros(count)
+        return few_validation_note(result, train, (labels, labels))
+
+    # Wilson's 95% interval: +-0.116 for 0.857 on 35 images, +-0.069 at 1.0 on
+    # 24 (not 0), +-0.025 for 0.8 on 1,000 images (no note).
+    assert "+-0.116" in note(0.857, 35) and "+-0.069" in note(1.0, 24)
+    assert note(0.8, 1000) is None
+    assert note(0.857, 35, objective="val_loss") is None

@@ -174,9 +174,8 @@ class FineTuneHyperModel(kt.HyperModel):
 
             - head_epochs: int. Stage-1 epochs. Defaults to 5. Fixed numbers,
               not `fine_tune`'s "auto": trials are compared epoch for epoch, so
-              every trial must run the same epochs (the search's best trial can
-              then be trained again with `fine_tune`'s defaults, or with more
-              epochs).
+              every trial must run the same epochs (`refit` then trains the
+              best trial's values again with `fine_tune`'s defaults).
             - fine_tune_epochs: int. Stage-2 epochs (Hyperband sets them per
               trial). Defaults to 5.
             - optimizer: str or Optimizer. Defaults to "adam".
@@ -241,6 +240,9 @@ class FineTuneHyperModel(kt.HyperModel):
         )
         # Every trial runs these settings, with its searched values replaced.
         self.settings, fit_args = _trial_settings(settings, kwargs)
+        #: The fields only the tuner's defaults set (`TUNER_DEFAULTS`): `refit`
+        #: puts them back at fine_tune's defaults.
+        self.tuner_set_fields = tuner_set_fields(settings, kwargs)
         if "initial_epoch" in fit_args:
             raise ConfigError(
                 "initial_epoch is set by the tuner for each trial. Remove it from "
@@ -363,6 +365,44 @@ class FineTuneHyperModel(kt.HyperModel):
         if self.fit_hook is not None:
             options.update(self.fit_hook(hp) or {})
         return options
+
+    def refit(
+        self, hp: kt.HyperParameters, train, validation_data=None, **kwargs
+    ) -> keras.Model:
+        """Trains the configuration `hp` once more, as one `fine_tune` run.
+
+        A fresh model (`build`) is fine-tuned on `train` with `hp`'s searched
+        values (depth, rates, BatchNorm policy, LR decay; the head's units and
+        dropout through `build`), your settings and `fit_hook`'s arguments, and
+        `fine_tune`'s own defaults for what only the tuner set: "auto" epochs
+        (a converged stage 1, stage 2 sized in steps) and `keep_best=True` (the
+        stage-2 guard) in place of the trials' fixed 5 + 5 epochs. `kwargs`
+        change any `fine_tune` argument (`callbacks`, `verbose`,
+        `backup_dir`, ...).
+
+        Returns:
+            The fine-tuned model.
+        """
+        values = self.trial_values(hp)
+        model = self.build(hp)
+        defaults = FineTuneSettings()
+        settings = self.settings.replace(
+            **{k: getattr(defaults, k) for k in self.tuner_set_fields}
+        )
+        decay = float(values["lr_decay"])
+        run = {
+            **self.fit_options(hp),
+            "head_lr": float(values["head_lr"]),
+            "fine_tune_lr": float(values["fine_tune_lr"]),
+            "unfreeze": unfreeze_spec(values, self.n_blocks),
+            "bn": values["bn"],
+            "lr_decay": None if decay == 1.0 else decay,
+        }
+        if not isinstance(self.optimizer, str):
+            run["optimizer"] = clone_optimizer(self.optimizer)
+        run.update(kwargs)
+        fine_tune(model, train, validation_data, settings, **run)
+        return model
 
     def fit(self, hp, model, *args, **kwargs):
         """Runs the trial: stage 1 (shared per head key), then stage 2.
@@ -950,7 +990,8 @@ def _trial_settings(settings, kwargs) -> tuple[FineTuneSettings, dict]:
 
     The tuner's defaults (`TUNER_DEFAULTS`) replace the fields that `settings`
     leaves at their `FineTuneSettings` defaults; the keywords (`kwargs`) then
-    change single fields.
+    change single fields (`tuner_set_fields` names those that the tuner's
+    defaults alone set).
     """
     given, _ = split_kwargs(settings, {}, caller="FineTuneHyperModel")
     changed = given.changed() if settings is not None else {}
@@ -971,6 +1012,13 @@ def _trial_settings(settings, kwargs) -> tuple[FineTuneSettings, dict]:
             "too, or a keras.callbacks.EarlyStopping to search(callbacks=...)."
         )
     return split_kwargs(given.replace(**defaults), kwargs, caller="FineTuneHyperModel")
+
+
+def tuner_set_fields(settings, kwargs) -> tuple[str, ...]:
+    """The `TUNER_DEFAULTS` fields that neither `settings` nor `kwargs` set."""
+    given, _ = split_kwargs(settings, {}, caller="FineTuneHyperModel")
+    changed = given.changed() if settings is not None else {}
+    return tuple(k for k in TUNER_DEFAULTS if k not in changed and k not in kwargs)
 
 
 def _stage1_options(options: dict) -> dict:

@@ -9,6 +9,7 @@ a row), and the chief of keras-tuner's distributed mode (`serve_chief`).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import time
@@ -314,7 +315,56 @@ def _search(kt_tuner, train, fit_kwargs, export, verbose) -> TuneResult:
             return TuneResult(None, None, table, objective_name(kt_tuner), kt_tuner)
     result = results(kt_tuner, export=export, verbose=verbose)
     _raise_if_all_failed(result.table, kt_tuner.project_dir, export)
+    if verbose:
+        note = few_validation_note(result, train, fit_kwargs.get("validation_data"))
+        if note:
+            print(note)
     return result
+
+
+#: `tune` notes a best validation accuracy whose 95% interval is this wide or
+#: wider (each side): on about 250 images or fewer at an accuracy near 0.8.
+NOISY_ACCURACY = 0.05
+
+
+def few_validation_note(result: TuneResult, train, validation) -> str | None:
+    """One line when the trials were compared on too few validation images to
+    tell their accuracies apart, or None.
+
+    The best trial's validation accuracy `p` on `m` images is a binomial
+    proportion: its 95% interval (Wilson's, which stays wide at p = 1) is
+    `z / (1 + z^2 / m) * sqrt(p (1 - p) / m + z^2 / (4 m^2))` on each side,
+    z = 1.96. The line is printed from `NOISY_ACCURACY` up.
+    """
+    if result.objective != "val_accuracy":
+        return None
+    scores = [r["score"] for r in result.table if r.get("score") is not None]
+    if isinstance(validation, (tuple, list)) and len(validation) >= 2:
+        count = len(validation[1])
+    elif validation is None and isinstance(train, DataBundle):
+        count = train.num_validation
+    else:
+        count = None
+    if not scores or not count:
+        return None
+    best = max(scores)
+    z = 1.96
+    half = (
+        z
+        / (1 + z * z / count)
+        * math.sqrt(best * (1 - best) / count + z * z / (4 * count * count))
+    )
+    if half < NOISY_ACCURACY:
+        return None
+    return (
+        f"tltf: note: the trials were compared on {count} validation images, where "
+        f"the best val_accuracy ({best:.3f}) is uncertain by about +-{half:.3f} "
+        "(95%): trials closer than that may differ by chance. With this few, "
+        "train with fine_tune's defaults on every image (tltf train), or the best "
+        "values with result.refit(all the labelled images): on 20 images per "
+        "class the search's best model scored 5.7 points below the defaults "
+        "(benchmarks/tune_small.py)."
+    )
 
 
 def _clear_project(project: Path) -> None:
