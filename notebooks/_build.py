@@ -593,7 +593,13 @@ print(f"best: {result.best_values['unfreeze_blocks']} blocks, val accuracy {accu
 To search more (learning rates, head width and dropout, BatchNorm policy), widen
 `search`, e.g. `{"unfreeze": (0, 8), "fine_tune_lr": (1e-5, 1e-3)}` with
 `tuner="bayesian"`. With a small validation set, differences of a few points are
-noise: the probe's standard-error tolerance is a good guide.""",
+noise: the probe's standard-error tolerance is a good guide, and `tune` prints a
+note when its validation set is too small to tell the trials apart (with
+`verbose=1`). The best model trained on the training images alone, for the
+trials' fixed epochs: `result.refit((x_all, y_all))` trains the best values once
+more on every labelled image with `fine_tune`'s defaults. On 20 images per
+class of three real tasks, `fine_tune`'s defaults scored 0.843 on average, the
+refit 0.823 and the search's own best model 0.787 (docs/tuning.md).""",
     ),
 ]
 
