@@ -429,6 +429,8 @@ def test_bad_arguments_are_config_errors():
         tltf.rank_bases([signal_base()], (x, y), max_images=0)
     with pytest.raises(ConfigError, match="seed"):
         tltf.rank_bases([signal_base()], (x, y), seed="0")
+    with pytest.raises(ConfigError, match="seed"):
+        tltf.rank_bases([signal_base()], (x, y), seed=-1)
 
 
 def test_the_printed_table_shows_no_nan_agreement():

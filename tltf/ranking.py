@@ -68,7 +68,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tltf._checks import check_choice, check_positive_int
+from tltf._checks import check_choice, check_positive_int, is_int
 from tltf._io import atomic_write_csv, check_file_replaceable, csv_table
 from tltf.bases.base import Base, check_load_kwargs, load_base
 from tltf.bases.registry import get_spec, shipped_base_path
@@ -371,8 +371,8 @@ def rank_bases(
         every = check_positive_int(every, "every")
     if max_images is not None:
         max_images = check_positive_int(max_images, "max_images")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"Expected seed as an integer. Received: seed={seed!r}")
+    if not is_int(seed) or seed < 0:
+        raise ConfigError(f"Expected seed as an integer >= 0. Received: seed={seed!r}")
     bundle = data if isinstance(data, DataBundle) else None
     if isinstance(data, DataBundle):
         if task == "auto" and data.task == "regression":
