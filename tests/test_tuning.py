@@ -814,4 +814,10 @@ def test_a_search_on_few_validation_images_says_how_noisy_its_best_score_is(
     # 24 (not 0), +-0.025 for 0.8 on 1,000 images (no note).
     assert "+-0.116" in note(0.857, 35) and "+-0.069" in note(1.0, 24)
     assert note(0.8, 1000) is None
+    # A bundle's validation split is counted too.
+    bundle = tltf.load_data(train, image_size=16, validation_split=0.25, seed=0)
+    result = TuneResult(None, None, [{"score": 0.9}], "val_accuracy")
+    assert "on 12 validation images" in few_validation_note(
+        result, bundle, bundle.validation
+    )
     assert note(0.857, 35, objective="val_loss") is None

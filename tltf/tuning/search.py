@@ -341,7 +341,9 @@ def few_validation_note(result: TuneResult, train, validation) -> str | None:
     scores = [r["score"] for r in result.table if r.get("score") is not None]
     if isinstance(validation, (tuple, list)) and len(validation) >= 2:
         count = len(validation[1])
-    elif validation is None and isinstance(train, DataBundle):
+    elif isinstance(train, DataBundle) and (
+        validation is None or validation is train.validation
+    ):
         count = train.num_validation
     else:
         count = None
