@@ -300,11 +300,9 @@ def test_a_large_set_is_ranked_on_a_seeded_stratified_sample(capsys):
         assert got["logme"] == pytest.approx(want["logme"], abs=1e-5)
 
 
-def test_a_dataset_is_sampled_one_by_one_and_read_once_for_all_candidates():
-    """A `tf.data` input's labels are not known without a pass: one pass of the
-    pipeline counts its rows, the first candidate's pass draws the sample, and
-    the second candidate reads that sample from memory."""
-    x, y = make_data(240)
+def counted_dataset(x, y, batch_size):
+    """`(dataset, reads)`: batches of `(x, y)` from a generator that appends
+    each row's index to `reads` as it is read."""
     reads = []
 
     def images():
@@ -313,7 +311,16 @@ def test_a_dataset_is_sampled_one_by_one_and_read_once_for_all_candidates():
             yield x[i], y[i]
 
     spec = (tf.TensorSpec((16, 16, 3), tf.float32), tf.TensorSpec((), tf.int32))
-    ds = tf.data.Dataset.from_generator(images, output_signature=spec).batch(16)
+    ds = tf.data.Dataset.from_generator(images, output_signature=spec)
+    return ds.batch(batch_size), reads
+
+
+def test_a_dataset_is_sampled_one_by_one_and_read_once_for_all_candidates():
+    """A `tf.data` input's labels are not known without a pass: one pass of the
+    pipeline counts its rows, the first candidate's pass draws the sample, and
+    the second candidate reads that sample from memory."""
+    x, y = make_data(240)
+    ds, reads = counted_dataset(x, y, batch_size=16)
     candidates = {"signal": signal_base(), "random": random_base()}
     result = tltf.rank_bases(candidates, ds, max_images=90, verbose=0)
     assert result.sampled_from == 240 and 50 <= result.num_examples <= 130
@@ -350,15 +357,7 @@ def test_regression_targets_score_logme_and_knn_only():
 # -- bad input --------------------------------------------------------------------
 def test_an_unknown_base_fails_before_any_forward_pass():
     x, y = make_data(24)
-    reads = []
-
-    def images():
-        for i in range(len(x)):
-            reads.append(i)
-            yield x[i], y[i]
-
-    spec = (tf.TensorSpec((16, 16, 3), tf.float32), tf.TensorSpec((), tf.int32))
-    ds = tf.data.Dataset.from_generator(images, output_signature=spec).batch(8)
+    ds, reads = counted_dataset(x, y, batch_size=8)
     with pytest.raises(ConfigError, match="vgg16"):
         tltf.rank_bases([signal_base(), "vgg61"], ds, verbose=0)
     assert reads == []

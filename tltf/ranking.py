@@ -514,11 +514,7 @@ def _sample(ds, data, bundle, task, max_images, seed, batch_size):
     if bundle is None:
         subset = tuple(np.asarray(part)[rows] for part in data)
         return as_dataset(subset, batch_size, False, None, "data"), len(labels)
-    try:
-        return bundle.subset(rows).unshuffled, len(labels)
-    except DataError:  # a bundle that cannot select rows: read them all, keep some
-        sampled, total = probe_sample(ds, max_images, seed, batch_size, labels, None)
-        return sampled.cache(), total
+    return bundle.subset(rows).unshuffled, len(labels)  # its labels: it selects
 
 
 # -- candidates ----------------------------------------------------------------
