@@ -251,6 +251,10 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
     assert printed["schedule"]["head_lr"] == "find"
     argv = ["--base", "demo", "--train", "x/", "--fine-tune-patience", "3"]
     assert _printed(argv, capsys)["schedule"]["fine_tune_patience"] == 3
+    # The stage-2 rate's default, "auto" (1e-4, or 3e-4 on a large set).
+    assert printed["schedule"]["fine_tune_lr"] == defaults.fine_tune_lr == "auto"
+    argv = ["--base", "demo", "--train", "x/", "--fine-tune-lr", "auto"]
+    assert _printed(argv, capsys)["schedule"]["fine_tune_lr"] == "auto"
 
 
 @pytest.mark.parametrize(
@@ -266,6 +270,7 @@ def test_print_config_takes_auto_find_and_the_new_schedule_flags(capsys):
         (["--head-lr", "fnd"], "expected a number > 0 or 'find', got 'fnd'; did you"),
         (["--head-lr", "0"], "expected a number > 0, got '0'"),
         (["--fine-tune-lr", "fine"], "got 'fine'; did you mean 'find'?"),
+        (["--fine-tune-lr", "aut"], "or 'auto' or 'find', got 'aut'; did you mean"),
         (["--head-epochs", "aut"], "or 'auto', got 'aut'; did you mean 'auto'?"),
         (["--fine-tune-epochs", "-1"], "expected an integer >= 0, got -1"),
         (["--unfreeze", "al"], "'all' or 'auto', got 'al'; did you mean 'all'?"),

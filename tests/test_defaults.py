@@ -12,6 +12,7 @@ import tltf.cache
 import tltf.model
 import tltf.probe
 import tltf.schedule
+import tltf.settings
 from tests.helpers import (
     NO_PIXELS,
     CrashAt,
@@ -517,6 +518,69 @@ def test_auto_cut_and_unfreeze_probe_a_sample_of_a_large_training_set(
         verbose=1,
     )
     assert sum(probed) == 78 and "sample" not in capsys.readouterr().out
+
+
+class _StageTwo(keras.callbacks.Callback):
+    """The blocks stage 2 trains and the optimizer's rate, at its first batch
+    (the guard may end the run with stage 1's frozen base)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks, self.rate = [], None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        blocks = tltf.trainable_blocks(self.model)
+        if blocks and self.rate is None:
+            self.blocks = blocks
+            self.rate = float(self.model.optimizer.learning_rate.numpy())
+
+
+@pytest.mark.slow
+def test_a_large_training_set_fine_tunes_every_block_at_a_higher_rate(
+    monkeypatch, capsys
+):
+    # LARGE_SET_IMAGES (1,000) made 60. The held-out slice counts: 60 images are
+    # a large set although 48 of them train until the hand-back.
+    monkeypatch.setattr(tltf.settings, "LARGE_SET_IMAGES", 60)
+
+    def run(data, **kwargs):
+        seen = _StageTwo()
+        tltf.fine_tune(
+            make_tiny_model(base=_useless_top()),
+            data,
+            head_epochs=1,
+            fine_tune_epochs=1,
+            callbacks=[seen],
+            verbose=1,
+            **kwargs,
+        )
+        return seen.blocks, seen.rate, capsys.readouterr().out
+
+    def noisy(n):  # every fifth label wrong, so that stage 1 leaves errors
+        x, y = make_data(n)
+        y[::5] = (y[::5] + 1) % 3
+        return x, y
+
+    blocks, rate, out = run(noisy(60))
+    assert blocks == ["block1", "block2", "block3", "block4"]
+    assert rate == pytest.approx(3e-4)
+    assert "fine_tune_lr='auto' -> 0.0003: a training set of 60 images" in out
+    assert "unfreeze='auto' -> 4 of 4 blocks: a training set of 60 images" in out
+    # The probe still runs, and its line says what it alone would adapt.
+    assert "the probe alone would adapt 2" in out or "alone would adapt 3" in out
+    # One image fewer: the probe's depth (above the best block), at 1e-4.
+    blocks, rate, out = run(noisy(59))
+    assert blocks in (["block2", "block3", "block4"], ["block3", "block4"])
+    assert rate == pytest.approx(1e-4) and "fine_tune_lr" not in out
+    # A tf.data input, not read for a slice: its rows are counted (no model
+    # runs); a rate the user set stays.
+    dataset = tf.data.Dataset.from_tensor_slices(noisy(60)).batch(16)
+    blocks, rate, out = run(dataset, keep_best=False, fine_tune_lr=1e-5)
+    assert len(blocks) == 4 and rate == pytest.approx(1e-5)
+    assert "fine_tune_lr=" not in out
+    # A depth the user set stays too, at the large set's rate.
+    blocks, rate, _ = run(noisy(60), unfreeze=1)
+    assert blocks == ["block4"] and rate == pytest.approx(3e-4)
 
 
 def test_cut_auto_needs_data():

@@ -12,6 +12,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import tltf
+import tltf.settings
 from tests.helpers import make_data, make_tiny_base, variable_values
 from tltf.errors import ConfigError, DataError, TrainingError
 from tltf.lr_finder import SAFE_LR, _suggest, find_lr
@@ -116,9 +117,12 @@ def test_suggestion_rule_on_a_known_curve():
     # A curve that rises from the start never fell: the stage's safe default.
     rising = _suggest(lrs, lrs + 1, lrs + 1, "fine_tune", True)
     assert rising.fallback and rising.suggestion == SAFE_LR["fine_tune"]
-    # The fallbacks are fine_tune's own defaults.
+    # The fallbacks are fine_tune's own defaults (fine_tune_lr="auto" on fewer
+    # than LARGE_SET_IMAGES images).
     defaults = tltf.FineTuneSettings()
-    assert {"head": defaults.head_lr, "fine_tune": defaults.fine_tune_lr} == SAFE_LR
+    assert defaults.fine_tune_lr == "auto"
+    small = tltf.settings.auto_fine_tune_lr(tltf.settings.LARGE_SET_IMAGES - 1)
+    assert {"head": defaults.head_lr, "fine_tune": small} == SAFE_LR
     assert "never fell meaningfully" in rising.reason and "fallback" in rising.reason
 
 

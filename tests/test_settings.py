@@ -71,7 +71,7 @@ def test_nothing_to_train_and_unknown_names_are_errors():
 def test_replace_checks_and_leaves_the_original_alone():
     settings = FineTuneSettings(unfreeze=2)
     changed = settings.replace(fine_tune_lr=1e-5)
-    assert settings.fine_tune_lr == 1e-4 and changed.fine_tune_lr == 1e-5
+    assert settings.fine_tune_lr == "auto" and changed.fine_tune_lr == 1e-5
     assert changed.unfreeze == 2
     with pytest.raises(ConfigError, match="head_lr"):
         settings.replace(head_lr=-1)

@@ -401,17 +401,20 @@ def _epochs(text: str) -> int | str:
     return value
 
 
-def _number_or(word: str, valid, expected: str):
-    """The type of a flag that takes `word` or a number: `valid(number)` holds."""
+def _number_or(words: str | tuple[str, ...], valid, expected: str):
+    """The type of a flag that takes one of `words` or a number: `valid(number)`
+    holds."""
+    words = (words,) if isinstance(words, str) else tuple(words)
 
     def parse(text: str) -> float | str:
-        if text == word:
+        if text in words:
             return text
         try:
             value = float(text)
         except ValueError:
+            named = " or ".join(map(repr, words))
             raise argparse.ArgumentTypeError(
-                f"expected {expected} or {word!r}, got {text!r}{_suggest(text, word)}"
+                f"expected {expected} or {named}, got {text!r}{_suggest(text, *words)}"
             ) from None
         if not valid(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
@@ -421,6 +424,7 @@ def _number_or(word: str, valid, expected: str):
 
 
 _learning_rate = _number_or("find", lambda v: v > 0, "a number > 0")
+_fine_tune_lr = _number_or(("auto", "find"), lambda v: v > 0, "a number > 0")
 _head_l2 = _number_or("auto", lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 _wise = _number_or("auto", lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
@@ -632,11 +636,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
     )
     schedule.add_argument(
         "--fine-tune-lr",
-        type=_learning_rate,
-        metavar="LR|find",
+        type=_fine_tune_lr,
+        metavar="LR|auto|find",
         default=S,
         help=searched(
-            "stage-2 learning rate; find: run the LR finder when stage 2 starts "
+            "stage-2 learning rate; auto: 1e-4, or 3e-4 from 1,000 training "
+            "images; find: run the LR finder when stage 2 starts "
             f"(default: {_show(D['fine_tune_lr'])})"
         ),
     )
@@ -647,7 +652,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         default=S,
         help=searched(
             "top blocks to unfreeze in stage 2; auto: the depth the linear probe "
-            "recommends; A..B: the blocks from A to B, both included (names or "
+            "recommends, or every block from 1,000 training images; A..B: the blocks from A to B, both included (names or "
             "0-based positions, e.g. 0..1 for the two bottom blocks) (default: "
             f"{D['unfreeze']})"
         ),

@@ -575,10 +575,12 @@ class ScheduleConfig:
             Defaults to "auto".
         head_lr: float or "find". Stage-1 learning rate; "find" runs
             `tltf.find_lr` first. Defaults to 1e-3.
-        fine_tune_lr: float or "find". Stage-2 learning rate. Defaults to 1e-4.
+        fine_tune_lr: float, "auto" or "find". Stage-2 learning rate; "auto"
+            is 1e-4, or 3e-4 from 1,000 training images. Defaults to "auto".
         unfreeze: int, "all", "auto" or a mapping (`{blocks: n}`, `{layers: n}`,
             `{names: regex}`, `{range: [first, last]}`). "auto" unfreezes the
-            depth the linear probe (`tltf.probe_blocks`) recommends; a range
+            depth the linear probe (`tltf.probe_blocks`) recommends, or every
+            block from 1,000 training images; a range
             trains any contiguous blocks, the bottom ones too. Defaults to
             "auto".
         head_steps: int. The stage-1 step budget of `head_epochs="auto"`; 0
@@ -629,7 +631,7 @@ class ScheduleConfig:
     head_epochs: int | Literal["auto"] = FINE_TUNE_DEFAULTS["head_epochs"]
     fine_tune_epochs: int | Literal["auto"] = FINE_TUNE_DEFAULTS["fine_tune_epochs"]
     head_lr: float | Literal["find"] = FINE_TUNE_DEFAULTS["head_lr"]
-    fine_tune_lr: float | Literal["find"] = FINE_TUNE_DEFAULTS["fine_tune_lr"]
+    fine_tune_lr: float | Literal["auto", "find"] = FINE_TUNE_DEFAULTS["fine_tune_lr"]
     unfreeze: int | str | dict = FINE_TUNE_DEFAULTS["unfreeze"]
     head_steps: int = FINE_TUNE_DEFAULTS["head_steps"]
     head_init: str = FINE_TUNE_DEFAULTS["head_init"]

@@ -559,6 +559,16 @@ def sample_rows(
     return None if len(rows) == n else rows
 
 
+def count_rows(ds: tf.data.Dataset) -> int:
+    """The rows (examples) in the batches of `ds`: one pass of its input
+    pipeline, not of any model."""
+    return int(
+        ds.reduce(
+            np.int64(0), lambda n, batch: n + tf.shape(batch[0], out_type=tf.int64)[0]
+        )
+    )
+
+
 def probe_sample(
     ds: tf.data.Dataset,
     max_images: int,
@@ -594,12 +604,7 @@ def probe_sample(
 
     else:
         if total is None:
-            total = int(
-                ds.reduce(
-                    np.int64(0),
-                    lambda n, batch: n + tf.shape(batch[0], out_type=tf.int64)[0],
-                )
-            )
+            total = count_rows(ds)
         if total <= max_images:
             return ds, None
         chance = max_images / total

@@ -29,6 +29,7 @@ import tensorflow as tf
 from tltf import cache as tltf_cache
 from tltf import data as tltf_data
 from tltf import guard as tltf_guard
+from tltf import settings as tltf_settings
 from tltf._checks import check_positive_int
 from tltf.averaging import batchnorm_layers, recalibrate_bn
 from tltf.cache import (
@@ -92,6 +93,7 @@ from tltf.optimizers import (
 )
 from tltf.probe import (
     PROBE_IMAGES,
+    count_rows,
     group_accuracy,
     group_weights,
     loo_accuracy,
@@ -113,11 +115,13 @@ from tltf.regularizers import (
 from tltf.resume import Resume
 from tltf.settings import (
     FineTuneSettings,
+    auto_fine_tune_lr,
     check_epochs,
     check_lr,
     check_lr_decay,
     check_lr_policy,
     check_unfreeze,
+    is_large_set,
     resolve_loss,
     split_kwargs,
 )
@@ -481,12 +485,13 @@ def fine_tune(
     fields). The defaults, chosen for small data (see `FineTuneSettings` and
     benchmarks/RESULTS.md): stage 1 trains the head to convergence on cached
     base features from a ridge start; `unfreeze="auto"` unfreezes what a linear
-    probe of every block recommends; `keep_best=True` makes sure stage 2 never
-    ends worse than stage 1. Every argument is validated before anything trains.
+    probe of every block recommends, at 1e-4 (every block, at 3e-4, from 1,000
+    training images); `keep_best=True` makes sure stage 2 never ends worse than
+    stage 1. Every argument is validated before anything trains.
 
     Settings (keyword arguments; see `FineTuneSettings` for each):
     `head_epochs="auto"`, `fine_tune_epochs="auto"`, `head_lr=1e-3`,
-    `fine_tune_lr=1e-4`, `unfreeze="auto"`, `head_steps=2000`,
+    `fine_tune_lr="auto"`, `unfreeze="auto"`, `head_steps=2000`,
     `head_init="ridge"`, `head_l2="auto"`, `keep_best=True`,
     `fine_tune_patience=None`, `bn="frozen"`, `optimizer="adam"`,
     `loss="auto"`, `metrics="auto"`, `lr_decay=None`, `gradual_every=None`,
@@ -579,10 +584,12 @@ def fine_tune(
     )
     jit_compile = settings.jit_compile
     auto_unfreeze = isinstance(unfreeze, str) and unfreeze == "auto"
+    auto_lr = isinstance(fine_tune_lr, str) and fine_tune_lr == "auto"
     schedule = FineTuneSchedule(
         unfreeze_at_epoch=0 if head_epochs == "auto" else head_epochs,
         unfreeze="all" if auto_unfreeze else unfreeze,
-        fine_tune_lr=fine_tune_lr,
+        # "auto" is set once the training set's size is known (below).
+        fine_tune_lr=auto_fine_tune_lr(None) if auto_lr else fine_tune_lr,
         bn=settings.bn,
         lr_decay=settings.lr_decay,
         gradual_every=settings.gradual_every,
@@ -652,6 +659,20 @@ def fine_tune(
         _adapt_batchnorm(model, feature_source, strategy, loud)
     if fine_tune_epochs == "auto":
         fine_tune_epochs = auto_fine_tune_epochs(passes)
+    rows = _row_labels(prepared, holdout.train if holdout else train)
+    images = None
+    if (auto_lr or auto_unfreeze) and fine_tune_epochs:
+        if rows[1] is None:  # a tf.data input: count its rows (no model runs)
+            rows = (None, count_rows(feature_source))
+        images = rows[1] + (len(holdout.held) if holdout else 0)
+    if auto_lr:
+        schedule.fine_tune_lr = auto_fine_tune_lr(images)
+        if loud and is_large_set(images):
+            print(
+                f"tltf: fine_tune_lr='auto' -> {schedule.fine_tune_lr:g}: a "
+                f"training set of {images:,} images "
+                f"({tltf_settings.LARGE_SET_IMAGES:,} or more)."
+            )
     if auto_unfreeze:
         depth = (
             _auto_unfreeze(
@@ -661,8 +682,9 @@ def fine_tune(
                 batch_size,
                 loud,
                 holdout is not None,
-                _row_labels(prepared, holdout.train if holdout else train),
+                rows,
                 seed,
+                images,
             )
             if fine_tune_epochs
             else 0
@@ -2029,8 +2051,10 @@ def _auto_unfreeze(
     held_out: bool,
     rows: tuple = (None, None),
     seed: int | None = None,
+    images: int | None = None,
 ) -> int:
-    """The stage-2 depth for `unfreeze="auto"`: what the linear probe recommends.
+    """The stage-2 depth for `unfreeze="auto"`: what the linear probe recommends,
+    or every block on a large training set of `images` (`is_large_set`).
 
     The probe scores every block by leave-one-out on the training images (one
     forward pass): by accuracy for a classifier, by R² for regression and
@@ -2045,10 +2069,14 @@ def _auto_unfreeze(
     the first, as the probe's all-tied table gave before 2026-12-05 and as
     measured best there (benchmarks/RESULTS.md, "One image per class"), with
     the slice to judge stage 2; without one, 0: stage 2 is skipped.
+
+    The probe runs on a large set too: its line says what it would have chosen,
+    and whether the raw pixels do as well as the base.
     """
 
     n = len(info.block_map)
-    fallback = max(1, n // 3)
+    large = is_large_set(images)
+    fallback = n if large else max(1, n // 3)
     labels, total = rows
     try:
         data, sampled_from = probe_sample(
@@ -2109,6 +2137,13 @@ def _auto_unfreeze(
         if sampled_from
         else ""
     )
+    if large:
+        why = (
+            f"a training set of {images:,} images "
+            f"({tltf_settings.LARGE_SET_IMAGES:,} or more) fine-tunes every block; "
+            f"the probe alone would adapt {blocks}: {why}"
+        )
+        blocks = n
     if loud:
         print(
             f"tltf: unfreeze='auto' -> {blocks} of {n} blocks: {why} "

@@ -37,6 +37,25 @@ UNFREEZE_KEYS = ("blocks", "layers", "names", "range")
 #: How stage 2's learning rate is shared among blocks (`lr_policy`).
 LR_POLICIES = ("uniform", "auto_rgn")
 
+#: From this many training images, `unfreeze="auto"` fine-tunes every block and
+#: `fine_tune_lr="auto"` is `LARGE_SET_LR`; below it the probe's depth at
+#: `SMALL_SET_LR` (benchmarks/RESULTS.md, "Stage 2 on a large training set").
+LARGE_SET_IMAGES = 1000
+#: `fine_tune_lr="auto"` below `LARGE_SET_IMAGES` training images, and from it.
+SMALL_SET_LR = 1e-4
+LARGE_SET_LR = 3e-4
+
+
+def is_large_set(images: int | None) -> bool:
+    """Whether a training set of `images` (None: not known without a pass) gets
+    the large set's stage 2: `LARGE_SET_IMAGES` or more."""
+    return images is not None and images >= LARGE_SET_IMAGES
+
+
+def auto_fine_tune_lr(images: int | None) -> float:
+    """The stage-2 rate of `fine_tune_lr="auto"` for a training set of `images`."""
+    return LARGE_SET_LR if is_large_set(images) else SMALL_SET_LR
+
 
 def check_epochs(value, name: str, allow_auto: bool = False):
     """Validates a number of epochs: an integer >= 0 (or "auto")."""
@@ -50,15 +69,23 @@ def check_epochs(value, name: str, allow_auto: bool = False):
     return int(value)
 
 
-def check_lr(value, name: str, allow_none: bool = False, allow_find: bool = False):
+def check_lr(
+    value,
+    name: str,
+    allow_none: bool = False,
+    allow_find: bool = False,
+    allow_auto: bool = False,
+):
     """Validates a learning rate: a positive finite number or a LR schedule.
 
     With `allow_find`, the string "find" (run `tltf.find_lr` when the stage
-    starts) is accepted too.
+    starts) is accepted too; with `allow_auto`, "auto" (`auto_fine_tune_lr`).
     """
     if value is None and allow_none:
         return value
     if allow_find and isinstance(value, str) and value == "find":
+        return value
+    if allow_auto and isinstance(value, str) and value == "auto":
         return value
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
         return value
@@ -68,6 +95,7 @@ def check_lr(value, name: str, allow_none: bool = False, allow_find: bool = Fals
         or not (math.isfinite(value) and value > 0)
     ):
         find = ", 'find'" if allow_find else ""
+        find += ", 'auto'" if allow_auto else ""
         raise ConfigError(
             f"Expected {name} to be a positive number (e.g. 1e-4){find} or a "
             f"keras.optimizers.schedules.LearningRateSchedule. Received: {name}={value!r}"
@@ -243,7 +271,9 @@ class FineTuneSettings:
     - `unfreeze="auto"` unfreezes what a linear probe of every block recommends
       (`tltf.probe_blocks`, leave-one-out on the training images, one forward
       pass), and says so in one line; it also says when a probe on the raw
-      pixels does as well as the base.
+      pixels does as well as the base. From 1,000 training images it
+      fine-tunes every block, and `fine_tune_lr="auto"` rises from 1e-4 to
+      3e-4.
     - `keep_best=True`: stage 2 never ends worse than stage 1 (`tltf.guard`).
 
     Attributes:
@@ -260,13 +290,18 @@ class FineTuneSettings:
         head_lr: float, LearningRateSchedule or "find". Stage-1 rate. "find"
             runs `tltf.find_lr(stage="head")` on the training data first and
             uses its suggestion (one line reports it). Defaults to 1e-3.
-        fine_tune_lr: float, LearningRateSchedule, "find" or None. Stage-2 rate.
+        fine_tune_lr: float, LearningRateSchedule, "auto", "find" or None.
+            Stage-2 rate. "auto": 1e-4 on fewer than 1,000 training images,
+            3e-4 from 1,000 (`LARGE_SET_IMAGES`; the held-out slice counts).
             "find" runs `tltf.find_lr(stage="fine_tune")` when stage 2 begins,
             on the model stage 1 trained; None keeps the stage-1 optimizer's.
-            Defaults to 1e-4.
+            Defaults to "auto".
         unfreeze: int (top k blocks), "all", "auto", `{"layers": n}` or
             `{"names": regex}`. "auto" asks the linear probe (see above; by
-            accuracy for a classifier, by R² for regression and multi-label).
+            accuracy for a classifier, by R² for regression and multi-label)
+            on fewer than 1,000 training images, and fine-tunes every block
+            from 1,000 (`LARGE_SET_IMAGES`), where the whole base gained most
+            (benchmarks/RESULTS.md, "Stage 2 on a large training set").
             Defaults to "auto".
         head_steps: int. The optimizer-step budget of `head_epochs="auto"`.
             0: none after a ridge start, so stage 1 is the closed-form ridge
@@ -402,7 +437,7 @@ class FineTuneSettings:
     head_epochs: int | str = "auto"
     fine_tune_epochs: int | str = "auto"
     head_lr: Any = 1e-3
-    fine_tune_lr: Any = 1e-4
+    fine_tune_lr: Any = "auto"
     unfreeze: int | str | dict = "auto"
     head_steps: int = 2000
     head_init: str = "ridge"
@@ -443,7 +478,11 @@ class FineTuneSettings:
         set_(
             "fine_tune_lr",
             check_lr(
-                self.fine_tune_lr, "fine_tune_lr", allow_none=True, allow_find=True
+                self.fine_tune_lr,
+                "fine_tune_lr",
+                allow_none=True,
+                allow_find=True,
+                allow_auto=True,
             ),
         )
         set_("unfreeze", check_unfreeze(self.unfreeze))
