@@ -559,9 +559,11 @@ def sample_rows(
     return None if len(rows) == n else rows
 
 
+@pipeline_errors()
 def count_rows(ds: tf.data.Dataset) -> int:
     """The rows (examples) in the batches of `ds`: one pass of its input
-    pipeline, not of any model."""
+    pipeline, not of any model. An element the pipeline cannot read is a
+    `DataError` that names it (`pipeline_errors`)."""
     return int(
         ds.reduce(
             np.int64(0), lambda n, batch: n + tf.shape(batch[0], out_type=tf.int64)[0]

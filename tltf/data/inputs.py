@@ -423,6 +423,7 @@ def _pipeline_failure(error: tf.errors.OpError) -> str | None:
             "user-defined function passed to",
             "[Op:IteratorGetNext]",
             "[[IteratorGetNext]]",
+            "[Op:ReduceDataset]",  # `Dataset.reduce`, e.g. counting the rows
             "Iterator::",
         )
     ):
