@@ -572,12 +572,20 @@ def test_a_large_training_set_fine_tunes_every_block_at_a_higher_rate(
     blocks, rate, out = run(noisy(59))
     assert blocks in (["block2", "block3", "block4"], ["block3", "block4"])
     assert rate == pytest.approx(1e-4) and "fine_tune_lr" not in out
-    # A tf.data input, not read for a slice: its rows are counted (no model
-    # runs); a rate the user set stays.
+    # A tf.data input, not read for a slice: of a known number of batches,
+    # that number times the first batch's rows (4 x 16: "about"); a rate the
+    # user set stays.
     dataset = tf.data.Dataset.from_tensor_slices(noisy(60)).batch(16)
     blocks, rate, out = run(dataset, keep_best=False, fine_tune_lr=1e-5)
     assert len(blocks) == 4 and rate == pytest.approx(1e-5)
-    assert "fine_tune_lr=" not in out
+    assert "fine_tune_lr=" not in out and "a training set of about 64 images" in out
+    # Of an unknown number of batches too (fine_tune counts the batches of
+    # such an input in one pass of its pipeline before anything trains).
+    unknown = dataset.filter(lambda x, y: True)
+    assert unknown.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    blocks, rate, out = run(unknown, keep_best=False)
+    assert len(blocks) == 4 and rate == pytest.approx(3e-4)
+    assert "fine_tune_lr='auto' -> 0.0003: a training set of about 64 images" in out
     # A depth the user set stays too, at the large set's rate.
     blocks, rate, _ = run(noisy(60), unfreeze=1)
     assert blocks == ["block4"] and rate == pytest.approx(3e-4)

@@ -660,17 +660,19 @@ def fine_tune(
     if fine_tune_epochs == "auto":
         fine_tune_epochs = auto_fine_tune_epochs(passes)
     rows = _row_labels(prepared, holdout.train if holdout else train)
-    images = None
+    images, exact = None, True
     if (auto_lr or auto_unfreeze) and fine_tune_epochs:
-        if rows[1] is None:  # a tf.data input: count its rows (no model runs)
-            rows = (None, count_rows(feature_source))
-        images = rows[1] + (len(holdout.held) if holdout else 0)
+        if rows[1] is None:  # a tf.data input whose rows are not known
+            images, exact = _rows_of(feature_source)
+            rows = (None, images) if exact else rows
+        images = (rows[1] or images) + (len(holdout.held) if holdout else 0)
+    size = f"{'' if exact else 'about '}{images:,}" if images else ""
     if auto_lr:
         schedule.fine_tune_lr = auto_fine_tune_lr(images)
         if loud and is_large_set(images):
             print(
                 f"tltf: fine_tune_lr='auto' -> {schedule.fine_tune_lr:g}: a "
-                f"training set of {images:,} images "
+                f"training set of {size} images "
                 f"({tltf_settings.LARGE_SET_IMAGES:,} or more)."
             )
     if auto_unfreeze:
@@ -685,6 +687,7 @@ def fine_tune(
                 rows,
                 seed,
                 images,
+                size,
             )
             if fine_tune_epochs
             else 0
@@ -2042,6 +2045,19 @@ def _row_labels(prepared, train) -> tuple:
     return None, None
 
 
+def _rows_of(ds) -> tuple[int, bool]:
+    """`(rows, exact)` of a batched tf.data input, for the size rule
+    (`is_large_set`): of a known number of batches, that number times the
+    first batch's rows (at most one batch too many: one batch is read); else
+    a count, one pass of its input pipeline (`count_rows`; no model runs)."""
+    batches = int(ds.cardinality())
+    if batches > 0:
+        with pipeline_errors():
+            first = next(iter(ds.take(1)))
+        return batches * int(tf.shape(first[0])[0]), batches == 1
+    return count_rows(ds), True
+
+
 def _auto_unfreeze(
     model,
     info: ModelInfo,
@@ -2052,9 +2068,11 @@ def _auto_unfreeze(
     rows: tuple = (None, None),
     seed: int | None = None,
     images: int | None = None,
+    size: str = "",
 ) -> int:
     """The stage-2 depth for `unfreeze="auto"`: what the linear probe recommends,
-    or every block on a large training set of `images` (`is_large_set`).
+    or every block on a large training set of `images` (`is_large_set`; `size`
+    is their number as the line prints it, "about" where estimated).
 
     The probe scores every block by leave-one-out on the training images (one
     forward pass): by accuracy for a classifier, by R² for regression and
@@ -2139,7 +2157,7 @@ def _auto_unfreeze(
     )
     if large:
         why = (
-            f"a training set of {images:,} images "
+            f"a training set of {size or f'{images:,}'} images "
             f"({tltf_settings.LARGE_SET_IMAGES:,} or more) fine-tunes every block; "
             f"the probe alone would adapt {blocks}: {why}"
         )
