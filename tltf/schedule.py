@@ -93,7 +93,6 @@ from tltf.optimizers import (
 )
 from tltf.probe import (
     PROBE_IMAGES,
-    count_rows,
     group_accuracy,
     group_weights,
     loo_accuracy,
@@ -664,8 +663,9 @@ def fine_tune(
     if (auto_lr or auto_unfreeze) and fine_tune_epochs:
         if rows[1] is None:  # a tf.data input whose rows are not known
             images, exact = _rows_of(feature_source)
-            rows = (None, images) if exact else rows
-        images = (rows[1] or images) + (len(holdout.held) if holdout else 0)
+        else:
+            images = rows[1]
+        images += len(holdout.held) if holdout else 0
     size = f"{'' if exact else 'about '}{images:,}" if images else ""
     if auto_lr:
         schedule.fine_tune_lr = auto_fine_tune_lr(images)
@@ -2047,15 +2047,15 @@ def _row_labels(prepared, train) -> tuple:
 
 def _rows_of(ds) -> tuple[int, bool]:
     """`(rows, exact)` of a batched tf.data input, for the size rule
-    (`is_large_set`): of a known number of batches, that number times the
-    first batch's rows (at most one batch too many: one batch is read); else
-    a count, one pass of its input pipeline (`count_rows`; no model runs)."""
+    (`is_large_set`): its number of batches (known: `fine_tune` counts an
+    input of unknown length first, `_known_length`) times the first batch's
+    rows, at most one batch too many; one batch is read."""
     batches = int(ds.cardinality())
-    if batches > 0:
-        with pipeline_errors():
-            first = next(iter(ds.take(1)))
-        return batches * int(tf.shape(first[0])[0]), batches == 1
-    return count_rows(ds), True
+    if batches <= 0:  # empty: reported where it is read
+        return 0, True
+    with pipeline_errors():
+        first = next(iter(ds.take(1)))
+    return batches * int(tf.shape(first[0])[0]), batches == 1
 
 
 def _auto_unfreeze(
@@ -2157,7 +2157,7 @@ def _auto_unfreeze(
     )
     if large:
         why = (
-            f"a training set of {size or f'{images:,}'} images "
+            f"a training set of {size} images "
             f"({tltf_settings.LARGE_SET_IMAGES:,} or more) fine-tunes every block; "
             f"the probe alone would adapt {blocks}: {why}"
         )
