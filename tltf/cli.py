@@ -641,7 +641,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         default=S,
         help=searched(
             "stage-2 learning rate; auto: 1e-4, or 3e-4 from 1,000 training "
-            "images; find: run the LR finder when stage 2 starts "
+            "images (and 15 a class); find: run the LR finder when stage 2 starts "
             f"(default: {_show(D['fine_tune_lr'])})"
         ),
     )
@@ -652,7 +652,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         default=S,
         help=searched(
             "top blocks to unfreeze in stage 2; auto: the depth the linear probe "
-            "recommends, or every block from 1,000 training images; A..B: the "
+            "recommends, or every block from 1,000 training images (and 15 a "
+            "class); A..B: the "
             "blocks from A to B, both included (names or 0-based positions, "
             "e.g. 0..1 for the two bottom blocks) (default: "
             f"{D['unfreeze']})"

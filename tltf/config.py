@@ -576,11 +576,12 @@ class ScheduleConfig:
         head_lr: float or "find". Stage-1 learning rate; "find" runs
             `tltf.find_lr` first. Defaults to 1e-3.
         fine_tune_lr: float, "auto" or "find". Stage-2 learning rate; "auto"
-            is 1e-4, or 3e-4 from 1,000 training images. Defaults to "auto".
+            is 1e-4, or 3e-4 from 1,000 training images (and 15 a class).
+            Defaults to "auto".
         unfreeze: int, "all", "auto" or a mapping (`{blocks: n}`, `{layers: n}`,
             `{names: regex}`, `{range: [first, last]}`). "auto" unfreezes the
             depth the linear probe (`tltf.probe_blocks`) recommends, or every
-            block from 1,000 training images; a range
+            block from 1,000 training images (and 15 a class); a range
             trains any contiguous blocks, the bottom ones too. Defaults to
             "auto".
         head_steps: int. The stage-1 step budget of `head_epochs="auto"`; 0

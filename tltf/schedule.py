@@ -485,8 +485,9 @@ def fine_tune(
     benchmarks/RESULTS.md): stage 1 trains the head to convergence on cached
     base features from a ridge start; `unfreeze="auto"` unfreezes what a linear
     probe of every block recommends, at 1e-4 (every block, at 3e-4, from 1,000
-    training images); `keep_best=True` makes sure stage 2 never ends worse than
-    stage 1. Every argument is validated before anything trains.
+    training images, and for a classifier 15 a class); `keep_best=True` makes
+    sure stage 2 never ends worse than stage 1. Every argument is validated
+    before anything trains.
 
     Settings (keyword arguments; see `FineTuneSettings` for each):
     `head_epochs="auto"`, `fine_tune_epochs="auto"`, `head_lr=1e-3`,
@@ -666,14 +667,13 @@ def fine_tune(
         else:
             images = rows[1]
         images += len(holdout.held) if holdout else 0
-    size = f"{'' if exact else 'about '}{images:,}" if images else ""
+    classes = max(2, info.metadata["num_outputs"]) if info.task in CLASSIFIERS else None
+    large, size_rule = _size_rule(images, exact, classes)
     if auto_lr:
-        schedule.fine_tune_lr = auto_fine_tune_lr(images)
-        if loud and is_large_set(images):
+        schedule.fine_tune_lr = auto_fine_tune_lr(images, classes)
+        if loud and large:
             print(
-                f"tltf: fine_tune_lr='auto' -> {schedule.fine_tune_lr:g}: a "
-                f"training set of {size} images "
-                f"({tltf_settings.LARGE_SET_IMAGES:,} or more)."
+                f"tltf: fine_tune_lr='auto' -> {schedule.fine_tune_lr:g}: {size_rule}."
             )
     if auto_unfreeze:
         depth = (
@@ -686,8 +686,8 @@ def fine_tune(
                 holdout is not None,
                 rows,
                 seed,
-                images,
-                size,
+                large,
+                size_rule,
             )
             if fine_tune_epochs
             else 0
@@ -2058,6 +2058,31 @@ def _rows_of(ds) -> tuple[int, bool]:
     return batches * int(tf.shape(first[0])[0]), batches == 1
 
 
+def _size_rule(
+    images: int | None, exact: bool, classes: int | None
+) -> tuple[bool, str]:
+    """`(large, words)`: whether a training set of `images` (`exact`, or
+    estimated) gets the large set's stage 2 (`is_large_set`, for a classifier
+    of `classes` classes), and the words that say why; "" below
+    `LARGE_SET_IMAGES`, where the size decides nothing."""
+    floor = tltf_settings.LARGE_SET_IMAGES
+    if not images or images < floor:
+        return False, ""
+    words = (
+        f"a training set of {'' if exact else 'about '}{images:,} images "
+        f"({floor:,} or more)"
+    )
+    large = is_large_set(images, classes)
+    if classes:
+        each, least = images // classes, tltf_settings.LARGE_SET_PER_CLASS
+        words += (
+            f" and {each:,} a class ({least} or more)"
+            if large
+            else f" but {each:,} a class (under {least})"
+        )
+    return large, words
+
+
 def _auto_unfreeze(
     model,
     info: ModelInfo,
@@ -2067,12 +2092,13 @@ def _auto_unfreeze(
     held_out: bool,
     rows: tuple = (None, None),
     seed: int | None = None,
-    images: int | None = None,
-    size: str = "",
+    large: bool = False,
+    size_rule: str = "",
 ) -> int:
     """The stage-2 depth for `unfreeze="auto"`: what the linear probe recommends,
-    or every block on a large training set of `images` (`is_large_set`; `size`
-    is their number as the line prints it, "about" where estimated).
+    or every block on a `large` training set (`is_large_set`; `size_rule` says
+    why it is large, or why a set of `LARGE_SET_IMAGES` or more is not:
+    `_size_rule`).
 
     The probe scores every block by leave-one-out on the training images (one
     forward pass): by accuracy for a classifier, by R² for regression and
@@ -2093,7 +2119,6 @@ def _auto_unfreeze(
     """
 
     n = len(info.block_map)
-    large = is_large_set(images)
     fallback = n if large else max(1, n // 3)
     labels, total = rows
     try:
@@ -2157,11 +2182,12 @@ def _auto_unfreeze(
     )
     if large:
         why = (
-            f"a training set of {size} images "
-            f"({tltf_settings.LARGE_SET_IMAGES:,} or more) fine-tunes every block; "
-            f"the probe alone would adapt {blocks}: {why}"
+            f"{size_rule} fine-tunes every block; the probe alone would adapt "
+            f"{blocks}: {why}"
         )
         blocks = n
+    elif size_rule:
+        why = f"{size_rule} takes the probe's depth: {why}"
     if loud:
         print(
             f"tltf: unfreeze='auto' -> {blocks} of {n} blocks: {why} "

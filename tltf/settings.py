@@ -37,24 +37,33 @@ UNFREEZE_KEYS = ("blocks", "layers", "names", "range")
 #: How stage 2's learning rate is shared among blocks (`lr_policy`).
 LR_POLICIES = ("uniform", "auto_rgn")
 
-#: From this many training images, `unfreeze="auto"` fine-tunes every block and
-#: `fine_tune_lr="auto"` is `LARGE_SET_LR`; below it the probe's depth at
-#: `SMALL_SET_LR` (benchmarks/RESULTS.md, "Stage 2 on a large training set").
+#: From this many training images, and `LARGE_SET_PER_CLASS` a class for a
+#: classifier, `unfreeze="auto"` fine-tunes every block and `fine_tune_lr="auto"`
+#: is `LARGE_SET_LR`; below either, the probe's depth at `SMALL_SET_LR`
+#: (benchmarks/RESULTS.md, "Stage 2 on a large training set").
 LARGE_SET_IMAGES = 1000
+#: Images a class (on average) a classifier's large set needs as well: 1,000
+#: images of 100 classes gained nothing from every block, 1,500 did.
+LARGE_SET_PER_CLASS = 15
 #: `fine_tune_lr="auto"` below `LARGE_SET_IMAGES` training images, and from it.
 SMALL_SET_LR = 1e-4
 LARGE_SET_LR = 3e-4
 
 
-def is_large_set(images: int | None) -> bool:
+def is_large_set(images: int | None, classes: int | None = None) -> bool:
     """Whether a training set of `images` (None: not known without a pass) gets
-    the large set's stage 2: `LARGE_SET_IMAGES` or more."""
-    return images is not None and images >= LARGE_SET_IMAGES
+    the large set's stage 2: `LARGE_SET_IMAGES` or more and, for a classifier
+    of `classes` classes (None: regression or multi-label), `LARGE_SET_PER_CLASS`
+    or more a class on average."""
+    if images is None or images < LARGE_SET_IMAGES:
+        return False
+    return not classes or images >= LARGE_SET_PER_CLASS * classes
 
 
-def auto_fine_tune_lr(images: int | None) -> float:
-    """The stage-2 rate of `fine_tune_lr="auto"` for a training set of `images`."""
-    return LARGE_SET_LR if is_large_set(images) else SMALL_SET_LR
+def auto_fine_tune_lr(images: int | None, classes: int | None = None) -> float:
+    """The stage-2 rate of `fine_tune_lr="auto"` for a training set of `images`
+    (and `classes` classes; see `is_large_set`)."""
+    return LARGE_SET_LR if is_large_set(images, classes) else SMALL_SET_LR
 
 
 def check_epochs(value, name: str, allow_auto: bool = False):
@@ -292,7 +301,8 @@ class FineTuneSettings:
             uses its suggestion (one line reports it). Defaults to 1e-3.
         fine_tune_lr: float, LearningRateSchedule, "auto", "find" or None.
             Stage-2 rate. "auto": 1e-4 on fewer than 1,000 training images,
-            3e-4 from 1,000 (`LARGE_SET_IMAGES`; the held-out slice counts).
+            3e-4 from 1,000 (`LARGE_SET_IMAGES`; the held-out slice counts)
+            when a classifier also has 15 a class (`LARGE_SET_PER_CLASS`).
             "find" runs `tltf.find_lr(stage="fine_tune")` when stage 2 begins,
             on the model stage 1 trained; None keeps the stage-1 optimizer's.
             Defaults to "auto".
@@ -300,7 +310,8 @@ class FineTuneSettings:
             `{"names": regex}`. "auto" asks the linear probe (see above; by
             accuracy for a classifier, by R² for regression and multi-label)
             on fewer than 1,000 training images, and fine-tunes every block
-            from 1,000 (`LARGE_SET_IMAGES`), where the whole base gained most
+            from 1,000 (`LARGE_SET_IMAGES`; for a classifier, from 15 a class
+            too: `LARGE_SET_PER_CLASS`), where the whole base gained most
             (benchmarks/RESULTS.md, "Stage 2 on a large training set").
             Defaults to "auto".
         head_steps: int. The optimizer-step budget of `head_epochs="auto"`.
