@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 from PIL import Image
 
@@ -363,6 +364,10 @@ def test_interrupted_run_resumes_and_overwrite_restores_the_old_run(
     assert not list(run.parent.glob(".int*"))
 
 
+def _fail_once(self, *args, **kwargs):
+    raise tltf.errors.TrainingError("the refit stopped")
+
+
 @pytest.mark.slow
 def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     monkeypatch.chdir(work)
@@ -376,21 +381,48 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     argv = ["tune", "--config", "tune.toml", "--out", "runs/tune", "--soup", "2"]
     # A loss of the user's own reaches every trial's fine_tune (class indices
     # become one-hot rows there).
-    argv += ["--loss", "categorical_focal_crossentropy"]
-    losses, head_l2 = [], []
+    argv += ["--loss", "categorical_focal_crossentropy", "--refit"]
+    losses, head_l2, calls = [], [], []
 
     def spy(model, train, validation, settings, **kwargs):
         losses.append(kwargs.get("loss", settings.loss))
         head_l2.append(kwargs.get("head_l2", settings.head_l2))
+        calls.append((train, validation, settings, kwargs))
         return fine_tune(model, train, validation, settings, **kwargs)
 
     monkeypatch.setattr(tltf.tuning.hypermodel, "fine_tune", spy)
-    assert main([*argv, "-q"]) == 0
+    # The refit fails the first time: the trials stay, and --resume runs the
+    # refit alone.
+    with monkeypatch.context() as patch:
+        patch.setattr(tltf.tuning.TuneResult, "refit", _fail_once)
+        assert main([*argv, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "the refit stopped" in err and "continue it with --resume" in err
+    trials = len(calls)
+    assert main(["tune", "--out", "runs/tune", "--resume", "-q"]) == 0
+    assert len(calls) == trials + 1  # the refit; no trial ran again
     assert losses and set(losses) == {"categorical_focal_crossentropy"}
     assert set(head_l2) == {0.001}  # and the other [schedule] keys
-    assert "tltf: wrote runs/tune (best: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tltf: wrote runs/tune (best: " in out
     run = work / "runs" / "tune"
+    # --refit: the last fine_tune trains the best values on the 18 training and
+    # 6 validation images together, with no validation data: the stage-2
+    # guard (which the trials ran without) judges it on a held-out slice.
+    train, validation, settings, kwargs = calls[-1]
+    rows = train.reduce(0, lambda n, batch: n + tf.shape(batch[0])[0])
+    assert int(rows) == 24 and validation is None
+    assert settings.keep_best is True
+    assert kwargs["backup_dir"].resolve() == (run / "backup").resolve()
+    assert all(c[2].keep_best is False for c in calls[:-1])
+    assert "refit.keras: the best values trained again on all 24 labelled" in out
+    assert "tltf evaluate runs/tune/refit.keras --data TEST" in out
+    refit = keras.saving.load_model(run / "refit.keras", safe_mode=True)
+    assert tltf.model_info(refit).metadata["class_names"] == list(IMAGE_CLASSES)
+    assert not (run / "backup").exists()  # the finished run deleted it
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["refit"]["images"] == 24
+    assert summary["files"]["refit_model"] == "refit.keras"
     assert summary["trials"] == {"total": 2, "completed": 2}
     assert summary["best"]["hyperparameters"]["unfreeze_blocks"] in (1, 2)
     assert (run / summary["files"]["tuning_plot"]).is_file()

@@ -197,6 +197,12 @@ def test_tune_config_has_a_tune_section():
         TuneConfig.from_dict({"tune": {"soup": -1}})
     with pytest.raises(ConfigError, match="soup"):
         TuneConfig.from_dict({"tune": {"soup": "all"}})
+    assert config.tune.refit is False  # no refit unless asked
+    assert TuneConfig.from_dict({"tune": {"refit": True}}).tune.refit is True
+    with pytest.raises(
+        ConfigError, match=r"tune.refit to be true or false.*refit='yes'"
+    ):
+        TuneConfig.from_dict({"tune": {"refit": "yes"}})
 
 
 def test_overrides_merge_and_set_syntax():

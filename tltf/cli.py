@@ -261,11 +261,12 @@ examples:
 
 _TUNE_EPILOG = """\
 Takes the same data, model and schedule options as `tltf train`, plus the
-[tune] section (tuner, max_trials, objective, search_space, soup); the rates,
-unfreeze, bn and lr_decay come from search_space, and the best trial is picked
-by objective. Writes a run folder with config.yaml, the trials table, the
+[tune] section (tuner, max_trials, objective, search_space, soup, refit); the
+rates, unfreeze, bn and lr_decay come from search_space, and the best trial is
+picked by objective. Writes a run folder with config.yaml, the trials table, the
 depth-vs-metric plot, the best model (best.keras), with --soup N a greedy soup
-of the best N trials (soup.keras), and summary.json.
+of the best N trials (soup.keras), with --refit the best values trained again on
+every labelled image (refit.keras), and summary.json.
 
 examples:
   tltf tune --config tune.yaml --max-trials 8 --out runs/tune-flowers
@@ -273,6 +274,7 @@ examples:
             --tuner grid --max-trials 4
   tltf tune --base demo --train photos/ --val-fraction 0.2 --tuner random \\
             --max-trials 6 --soup 6
+  tltf tune --base demo --train photos/ --val-fraction 0.2 --refit
 """
 
 _EVALUATE_EPILOG = """\
@@ -354,6 +356,7 @@ _CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "max_trials": ("tune", "max_trials"),
     "objective": ("tune", "objective"),
     "soup": ("tune", "soup"),
+    "refit": ("tune", "refit"),
 }
 
 
@@ -767,6 +770,14 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
             help="also write soup.keras: a greedy soup of the best N trials, "
             "chosen on the validation data (default: 0, none)",
         )
+        search.add_argument(
+            "--refit",
+            action=argparse.BooleanOptionalAction,
+            default=S,
+            help="also write refit.keras: the best values trained once more on "
+            "the training and validation images together, with fine_tune's "
+            "auto epochs and stage-2 guard (default: off)",
+        )
     run = parser.add_argument_group("run folder")
     run.add_argument(
         "--out",
@@ -1041,6 +1052,16 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     best = summary["best"]["hyperparameters"]
     text = ", ".join(f"{k}={v}" for k, v in best.items())
     print(f"tltf: wrote {summary['out_dir']}" + (f" (best: {text})" if text else ""))
+    refit = summary.get("refit")
+    if refit:
+        images = f"{refit['images']:,} " if refit["images"] else ""
+        path = os.path.join(summary["out_dir"], refit["model"])
+        print(
+            f"tltf: {refit['model']}: the best values trained again on all "
+            f"{images}labelled images (training and validation), so no image is "
+            f"left to score it: evaluate it on a test set (tltf evaluate {path} "
+            "--data TEST)."
+        )
     return 0
 
 

@@ -769,6 +769,10 @@ class TuneSection:
         soup: int. After the search, a greedy soup (`TuneResult.soup`) of the
             best `soup` trials, chosen on the validation data, is written as
             `soup.keras`; 0 writes none. Defaults to 0.
+        refit: bool. After the search, the best values are trained once more
+            (`TuneResult.refit`) on the training and validation images
+            together, with `fine_tune`'s "auto" epochs and stage-2 guard, and
+            written as `refit.keras`. Defaults to False.
     """
 
     tuner: str = "bayesian"
@@ -776,6 +780,7 @@ class TuneSection:
     objective: str | None = None
     search_space: dict = dataclasses.field(default_factory=dict)
     soup: int = 0
+    refit: bool = False
 
     def __post_init__(self):
         _check_fields(self, "tune")

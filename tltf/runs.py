@@ -126,6 +126,9 @@ EVALUATION_FILE = "evaluation.json"
 BEST_MODEL = "best.keras"
 #: The greedy soup of a `tltf tune` run with `[tune] soup` set.
 SOUP_MODEL = "soup.keras"
+#: The best values of a `tltf tune` run trained again on every labelled image
+#: (`[tune] refit`); its `fine_tune` keeps its backup in `BACKUP_DIR`.
+REFIT_MODEL = "refit.keras"
 LAST_MODEL = "last.keras"
 TENSORBOARD_DIR = "tensorboard"
 BACKUP_DIR = "backup"
@@ -141,6 +144,8 @@ _RUN_NAMES = (
     SUMMARY_FILE,
     EVALUATION_FILE,
     BEST_MODEL,
+    SOUP_MODEL,
+    REFIT_MODEL,
     LAST_MODEL,
     TENSORBOARD_DIR,
     BACKUP_DIR,
@@ -1296,6 +1301,10 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
             "scores": _jsonable(made.scores),
             "recalibrated": made.recalibrated,
         }
+    refit = None
+    if t.refit and result.best_model is not None:
+        refit = _refit(run, result, data, verbose)
+        files["refit_model"] = REFIT_MODEL
     return {
         "status": "finished",
         "kind": "tune",
@@ -1321,7 +1330,37 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         "table": [_jsonable(r) for r in result.table],
         "evaluation": evaluation,
         "soup": soup,
+        "refit": refit,
         "files": files,
+    }
+
+
+def _refit(run, result, data, verbose) -> dict:
+    """`[tune] refit`: the best values trained once more, with `fine_tune`'s
+    "auto" epochs and stage-2 guard, on the training and validation images
+    together (`TuneResult.refit`), saved as `refit.keras`.
+
+    The validation batches follow the (reshuffled) training batches; the
+    stage-2 guard reads an input that fits in memory for its held-out slice,
+    and then trains on its rows in a fresh order each epoch.
+
+    No labelled image is left to evaluate it. Its `fine_tune` keeps a backup in
+    the run's `backup/`, so that `--resume` continues a killed refit from its
+    last epoch; the finished run deletes it.
+    """
+    every = data.train.concatenate(data.validation)
+    counts = (data.num_train, data.num_validation)
+    images = sum(counts) if None not in counts else None
+    started = time.time()
+    model = result.refit(
+        every, backup_dir=run / BACKUP_DIR, verbose=0 if verbose == 0 else 1
+    )
+    set_class_names(model, data.class_names)
+    atomic_save_model(model, run / REFIT_MODEL)
+    return {
+        "model": REFIT_MODEL,
+        "images": images,
+        "wall_seconds": round(time.time() - started, 1),
     }
 
 
