@@ -96,6 +96,13 @@ def test_probe_accepts_arrays_datasets_and_bundles_alike():
     bundle = tltf.load_data((x, y), image_size=16, validation_split=0.25, seed=0)
     from_bundle = probe_blocks(base, bundle, verbose=0)
     assert from_bundle.num_val == bundle.num_validation
+    # The probe reads the bundle's fixed order: the reshuffled training batches
+    # a fine_tune reads next are those of a bundle that was never probed.
+    fresh = tltf.load_data((x, y), image_size=16, validation_split=0.25, seed=0)
+    for _ in range(2):
+        orders = [np.concatenate([b[1] for b in d.train]) for d in (bundle, fresh)]
+        np.testing.assert_array_equal(*orders)
+    assert not np.array_equal(orders[0], np.sort(orders[0]))  # it does reshuffle
     one_hot = np.eye(3, dtype="float32")[y]
     arrays = probe_blocks(base, (x, one_hot), (x[:16], y[:16]), verbose=0)
     unbatched = tf.data.Dataset.from_tensor_slices((x, y))

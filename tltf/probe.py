@@ -377,7 +377,9 @@ def probe_blocks(
     if isinstance(train, DataBundle):
         if val is None:
             val = train.validation
-        train = train.train
+        # Its batches in a fixed order: a pass over `train` would advance its
+        # reshuffling, so a fine_tune after the probe would read other orders.
+        train = train.unshuffled if train.unshuffled is not None else train.train
     if isinstance(val, DataBundle):
         val = val.validation if val.validation is not None else val.train
     if val_fraction is not None:
