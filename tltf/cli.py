@@ -656,9 +656,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser, tune: bool) -> None:
         help=searched(
             "top blocks to unfreeze in stage 2; auto: the depth the linear probe "
             "recommends, or every block from 1,000 training images (and 15 a "
-            "class); A..B: the "
-            "blocks from A to B, both included (names or 0-based positions, "
-            "e.g. 0..1 for the two bottom blocks) (default: "
+            "class); A..B: the blocks from A to B, both included (names or "
+            "0-based positions, e.g. 0..1 for the two bottom blocks) (default: "
             f"{D['unfreeze']})"
         ),
     )
