@@ -21,7 +21,11 @@ and `--test` test images per class (a stratified split per seed).
 on smaller sets or at other rates; "before" stays the small-set rule.
 `--per-class N` sets `LARGE_SET_PER_CLASS` (15: a classifier's large set also
 needs 15 images a class) for "after": 0 is the rule of the forty-fifth session,
-the images alone.
+the images alone. `--saturated X` sets `SATURATED_PROBE` (0.95: a classifier
+whose probe's best block scores that keeps the probe's depth) for "after": 1.01
+is the rule before the forty-sixth session's change. `--probe` runs no
+`fine_tune`: it prints, per split, the best block of `tltf.probe_blocks` on the
+training images and its leave-one-out accuracy.
 
 Printed per run: both test accuracies, the blocks stage 2 trained in the
 weights each run kept (`history.kept`) and the wall times. The last line: the
@@ -30,7 +34,8 @@ mean test accuracy of each and the ratio after / before, then the time ratio.
 Usage:
     .venv/bin/python benchmarks/large_set.py [--bases demo vgg16] \\
         [--tasks fonts mnist digits textures24] [--k 100] [--seeds 0 1] \\
-        [--test 30] [--after JSON] [--per-class N] [--weights-dir DIR]
+        [--test 30] [--after JSON] [--per-class N] [--saturated X] [--probe] \\
+        [--weights-dir DIR]
 """
 
 from __future__ import annotations
@@ -115,7 +120,11 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=30)
     parser.add_argument("--after", type=json.loads, default={})
     parser.add_argument("--per-class", type=int, default=None)
+    parser.add_argument("--saturated", type=float, default=None)
+    parser.add_argument("--probe", action="store_true")
     args = parser.parse_args()
+    if args.saturated is not None:
+        tltf.settings.SATURATED_PROBE = args.saturated  # "before" never reads it
     weights_dir = realdata.weights_folder(args.weights_dir, bases=args.bases)
     rows = []
     for task in args.tasks:
@@ -124,6 +133,19 @@ def main() -> None:
             for k in args.k:
                 for seed in args.seeds:
                     train, test = realdata.few_shot(x, y, k, seed, args.test)
+                    if args.probe:
+                        keras.backend.clear_session()
+                        probe = tltf.probe_blocks(
+                            realdata.benchmark_base(base, 64, weights_dir),
+                            train,
+                            verbose=0,
+                        )
+                        print(
+                            f"{task:10s} {base:6s} k={k:<4d} seed {seed}  probe: best "
+                            f"block {probe.best['block']} {probe.best[probe.key]:.3f}",
+                            flush=True,
+                        )
+                        continue
                     order = (True, False) if len(rows) % 2 == 0 else (False, True)
                     got = {
                         before: run(
@@ -147,6 +169,8 @@ def main() -> None:
                         f"{100 * (a1 - a0):+.1f} points",
                         flush=True,
                     )
+    if args.probe:
+        return
     before, after, t_before, t_after = (np.mean(c) for c in zip(*rows, strict=True))
     wins = sum(r[1] > r[0] for r in rows)
     losses = sum(r[1] < r[0] for r in rows)

@@ -669,14 +669,8 @@ def fine_tune(
         images += len(holdout.held) if holdout else 0
     classes = max(2, info.metadata["num_outputs"]) if info.task in CLASSIFIERS else None
     large, size_rule = _size_rule(images, exact, classes)
-    if auto_lr:
-        schedule.fine_tune_lr = auto_fine_tune_lr(images, classes)
-        if loud and large:
-            print(
-                f"tltf: fine_tune_lr='auto' -> {schedule.fine_tune_lr:g}: {size_rule}."
-            )
     if auto_unfreeze:
-        depth = (
+        depth, large = (
             _auto_unfreeze(
                 model,
                 info,
@@ -690,10 +684,20 @@ def fine_tune(
                 size_rule,
             )
             if fine_tune_epochs
-            else 0
+            else (0, large)
         )
         schedule.set_unfreeze(depth)
         fine_tune_epochs = fine_tune_epochs if depth else 0
+    if auto_lr:
+        # After the probe, which may keep its own depth on a large set; what
+        # `auto_fine_tune_lr(images, classes)` gives where the probe does not run.
+        schedule.fine_tune_lr = (
+            tltf_settings.LARGE_SET_LR if large else tltf_settings.SMALL_SET_LR
+        )
+        if loud and large:
+            print(
+                f"tltf: fine_tune_lr='auto' -> {schedule.fine_tune_lr:g}: {size_rule}."
+            )
     schedule.fine_tune_epochs = fine_tune_epochs
     if isinstance(class_weight, str):
         class_weight = _balanced_weights(class_weight, info, prepared)
@@ -2094,11 +2098,13 @@ def _auto_unfreeze(
     seed: int | None = None,
     large: bool = False,
     size_rule: str = "",
-) -> int:
-    """The stage-2 depth for `unfreeze="auto"`: what the linear probe recommends,
-    or every block on a `large` training set (`is_large_set`; `size_rule` says
-    why it is large, or why a set of `LARGE_SET_IMAGES` or more is not:
-    `_size_rule`).
+) -> tuple[int, bool]:
+    """`(depth, large)`: the stage-2 depth for `unfreeze="auto"`, what the
+    linear probe recommends or every block on a `large` training set
+    (`is_large_set`; `size_rule` says why it is large, or why a set of
+    `LARGE_SET_IMAGES` or more is not: `_size_rule`), and whether the large
+    set's stage 2 still holds: not for a classifier whose probe's best block
+    scores `SATURATED_PROBE` or more, where every block gained nothing.
 
     The probe scores every block by leave-one-out on the training images (one
     forward pass): by accuracy for a classifier, by R² for regression and
@@ -2143,7 +2149,7 @@ def _auto_unfreeze(
                     "score a depth; every block above the first is unfrozen, and "
                     "keep_best's held-out slice judges stage 2."
                 )
-            return max(1, n - 1)
+            return max(1, n - 1), large
         if loud:
             print(
                 "tltf: unfreeze='auto' -> stage 2 skipped: every class has one "
@@ -2151,14 +2157,14 @@ def _auto_unfreeze(
                 "change (measured: it gains nothing there; benchmarks/RESULTS.md, "
                 '"One image per class"). Set unfreeze to fine-tune anyway.'
             )
-        return 0
+        return 0, large
     except DataError as error:
         if loud:
             print(
                 f"tltf: unfreeze='auto' -> {fallback} of {n} blocks (the probe could "
                 f"not run: {error})"
             )
-        return fallback
+        return fallback, large
     top, best, key, measure = result.table[-1], result.best, result.key, result.measure
     if result.cut is None:
         blocks = result.unfreeze
@@ -2180,7 +2186,14 @@ def _auto_unfreeze(
         if sampled_from
         else ""
     )
-    if large:
+    saturated = tltf_settings.SATURATED_PROBE
+    if large and info.task in CLASSIFIERS and best[key] >= saturated:
+        large = False
+        why = (
+            f"{size_rule}, but its best block already scores {best[key]:.3f} "
+            f"({saturated:g} or more), so the probe's depth: {why}"
+        )
+    elif large:
         why = (
             f"{size_rule} fine-tunes every block; the probe alone would adapt "
             f"{blocks}: {why}"
@@ -2201,7 +2214,7 @@ def _auto_unfreeze(
                 "adds little or nothing for this task. Try another base, or a "
                 "model trained from scratch."
             )
-    return blocks
+    return blocks, large
 
 
 def _split_off_validation(train, validation_data, fraction, info, seed, loud: bool):
