@@ -575,25 +575,25 @@ def test_a_large_training_set_fine_tunes_every_block_at_a_higher_rate(
     assert rate == pytest.approx(1e-4) and "fine_tune_lr" not in out
     # A classifier's large set needs LARGE_SET_PER_CLASS (15, made 21) a class
     # too: 60 images of 3 classes, 20 a class, get the probe's depth at 1e-4.
-    monkeypatch.setattr(tltf.settings, "LARGE_SET_PER_CLASS", 21)
-    blocks, rate, out = run(noisy(60))
+    with monkeypatch.context() as patch:
+        patch.setattr(tltf.settings, "LARGE_SET_PER_CLASS", 21)
+        blocks, rate, out = run(noisy(60))
     assert blocks in (["block2", "block3", "block4"], ["block3", "block4"])
     assert rate == pytest.approx(1e-4) and "fine_tune_lr" not in out
     assert (
         "a training set of 60 images (60 or more) but 20 a class (under 21) takes "
         "the probe's depth" in out
     )
-    monkeypatch.setattr(tltf.settings, "LARGE_SET_PER_CLASS", 15)
     # A classifier whose probe's best block already scores SATURATED_PROBE
     # (0.95; made 0.5, where these noisy labels probe at about 0.8) keeps the
     # probe's depth at 1e-4, large set or not.
-    monkeypatch.setattr(tltf.settings, "SATURATED_PROBE", 0.5)
-    blocks, rate, out = run(noisy(60))
+    with monkeypatch.context() as patch:
+        patch.setattr(tltf.settings, "SATURATED_PROBE", 0.5)
+        blocks, rate, out = run(noisy(60))
     assert blocks in (["block2", "block3", "block4"], ["block3", "block4"])
     assert rate == pytest.approx(1e-4) and "fine_tune_lr" not in out
     assert f"{size}, but its best block already scores 0." in out
     assert "(0.5 or more), so the probe's depth: " in out
-    monkeypatch.setattr(tltf.settings, "SATURATED_PROBE", 0.95)
     # A tf.data input, not read for a slice: of a known number of batches,
     # that number times the first batch's rows (4 x 16: "about"); a rate the
     # user set stays.
