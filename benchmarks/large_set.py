@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import json
 import time
+from unittest import mock
 
 import keras
 import numpy as np
@@ -54,28 +55,16 @@ import realdata
 import tltf.settings
 
 
-@contextlib.contextmanager
-def small_set_rule():
-    """`fine_tune`'s defaults as every set below `LARGE_SET_IMAGES` gets them
-    (and every set got them before): the probe's depth, at 1e-4."""
-    saved = tltf.settings.LARGE_SET_IMAGES
-    tltf.settings.LARGE_SET_IMAGES = 2**62
-    try:
-        yield
-    finally:
-        tltf.settings.LARGE_SET_IMAGES = saved
-
-
-@contextlib.contextmanager
-def per_class_rule(per_class: int | None):
-    """`LARGE_SET_PER_CLASS` set to `per_class` (None: left as it is)."""
-    saved = tltf.settings.LARGE_SET_PER_CLASS
-    if per_class is not None:
-        tltf.settings.LARGE_SET_PER_CLASS = per_class
-    try:
-        yield
-    finally:
-        tltf.settings.LARGE_SET_PER_CLASS = saved
+def rule(before: bool, per_class: int | None = None):
+    """The settings one run is made under: "before", `fine_tune`'s defaults as
+    every set below `LARGE_SET_IMAGES` gets them (and every set got them
+    before: the probe's depth, at 1e-4); "after", `LARGE_SET_PER_CLASS` set to
+    `per_class` (None: left as it is)."""
+    if before:
+        return mock.patch.object(tltf.settings, "LARGE_SET_IMAGES", 2**62)
+    if per_class is None:
+        return contextlib.nullcontext()
+    return mock.patch.object(tltf.settings, "LARGE_SET_PER_CLASS", per_class)
 
 
 def task_data(task: str):
@@ -101,7 +90,7 @@ def run(
     classes = int(np.max(test[1])) + 1
     model = tltf.build_model(realdata.benchmark_base(base, 64, weights_dir), classes)
     started = time.perf_counter()
-    with small_set_rule() if before else per_class_rule(per_class):
+    with rule(before, per_class):
         settings = {} if before else after
         history = tltf.fine_tune(model, train, seed=seed, verbose=0, **settings)
     seconds = time.perf_counter() - started

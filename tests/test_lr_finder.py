@@ -121,7 +121,7 @@ def test_suggestion_rule_on_a_known_curve():
     # than LARGE_SET_IMAGES images).
     defaults = tltf.FineTuneSettings()
     assert defaults.fine_tune_lr == "auto"
-    small = tltf.settings.auto_fine_tune_lr(tltf.settings.LARGE_SET_IMAGES - 1)
+    small = tltf.settings.SMALL_SET_LR
     assert {"head": defaults.head_lr, "fine_tune": small} == SAFE_LR
     assert "never fell meaningfully" in rising.reason and "fallback" in rising.reason
 

@@ -114,7 +114,6 @@ from tltf.regularizers import (
 from tltf.resume import Resume
 from tltf.settings import (
     FineTuneSettings,
-    auto_fine_tune_lr,
     check_epochs,
     check_lr,
     check_lr_decay,
@@ -589,7 +588,7 @@ def fine_tune(
         unfreeze_at_epoch=0 if head_epochs == "auto" else head_epochs,
         unfreeze="all" if auto_unfreeze else unfreeze,
         # "auto" is set once the training set's size is known (below).
-        fine_tune_lr=auto_fine_tune_lr(None) if auto_lr else fine_tune_lr,
+        fine_tune_lr=tltf_settings.SMALL_SET_LR if auto_lr else fine_tune_lr,
         bn=settings.bn,
         lr_decay=settings.lr_decay,
         gradual_every=settings.gradual_every,
@@ -689,8 +688,7 @@ def fine_tune(
         schedule.set_unfreeze(depth)
         fine_tune_epochs = fine_tune_epochs if depth else 0
     if auto_lr:
-        # After the probe, which may keep its own depth on a large set; what
-        # `auto_fine_tune_lr(images, classes)` gives where the probe does not run.
+        # After the probe, which may keep its own depth on a large set.
         schedule.fine_tune_lr = (
             tltf_settings.LARGE_SET_LR if large else tltf_settings.SMALL_SET_LR
         )
@@ -706,7 +704,7 @@ def fine_tune(
     elif loud and info.task in CLASSIFIERS:
         # A tf.data input read into memory for the slice has its labels known.
         known = holdout.train if holdout and holdout.read else train
-        _note_imbalance(known, max(2, info.metadata["num_outputs"]))
+        _note_imbalance(known, classes)
     if class_weight and len(prepared.train.element_spec) == 3:
         # Keras takes class_weight or sample weights, not both: each image's
         # weight becomes their product, as in the closed-form fits.

@@ -65,12 +65,6 @@ def is_large_set(images: int | None, classes: int | None = None) -> bool:
     return not classes or images >= LARGE_SET_PER_CLASS * classes
 
 
-def auto_fine_tune_lr(images: int | None, classes: int | None = None) -> float:
-    """The stage-2 rate of `fine_tune_lr="auto"` for a training set of `images`
-    (and `classes` classes; see `is_large_set`)."""
-    return LARGE_SET_LR if is_large_set(images, classes) else SMALL_SET_LR
-
-
 def check_epochs(value, name: str, allow_auto: bool = False):
     """Validates a number of epochs: an integer >= 0 (or "auto")."""
     if allow_auto and isinstance(value, str) and value == "auto":
@@ -93,7 +87,8 @@ def check_lr(
     """Validates a learning rate: a positive finite number or a LR schedule.
 
     With `allow_find`, the string "find" (run `tltf.find_lr` when the stage
-    starts) is accepted too; with `allow_auto`, "auto" (`auto_fine_tune_lr`).
+    starts) is accepted too; with `allow_auto`, "auto" (set by the size rule,
+    `is_large_set`).
     """
     if value is None and allow_none:
         return value
