@@ -821,3 +821,11 @@ def test_a_search_on_few_validation_images_says_how_noisy_its_best_score_is(
         result, bundle, bundle.validation
     )
     assert note(0.857, 35, objective="val_loss") is None
+    # A batched tf.data set of known length is counted (a last, smaller batch
+    # included); one of unknown length may be endless, and gets no line.
+    x_val, y_val = val
+    batches = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(5)
+    assert "on 24 validation images" in few_validation_note(result, train, batches)
+    unknown = batches.filter(lambda x, y: True)
+    assert unknown.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    assert few_validation_note(result, train, unknown) is None

@@ -18,10 +18,12 @@ from typing import Any
 
 import keras_tuner as kt
 import numpy as np
+import tensorflow as tf
 
 from tltf._checks import check_keywords, named_arguments
 from tltf.data import DataBundle
 from tltf.errors import ConfigError, TrainingError, suggest
+from tltf.probe import count_rows
 from tltf.settings import FIELDS, FIT_ARGUMENTS
 from tltf.tuning.hypermodel import (
     HYPERMODEL_OPTIONS,
@@ -335,19 +337,28 @@ def few_validation_note(result: TuneResult, train, validation) -> str | None:
     proportion: its 95% interval (Wilson's, which stays wide at p = 1) is
     `z / (1 + z^2 / m) * sqrt(p (1 - p) / m + z^2 / (4 m^2))` on each side,
     z = 1.96. The line is printed from `NOISY_ACCURACY` up.
+
+    The images are counted in arrays, in a `DataBundle`'s split, and in a
+    batched `tf.data.Dataset` of known, finite length (one pass of its input
+    pipeline, fewer images than one epoch of one trial read); a dataset of
+    unknown length may be endless, and gets no line.
     """
     if result.objective != "val_accuracy":
         return None
     scores = [r["score"] for r in result.table if r.get("score") is not None]
+    if not scores:
+        return None
     if isinstance(validation, (tuple, list)) and len(validation) >= 2:
         count = len(validation[1])
     elif isinstance(train, DataBundle) and (
         validation is None or validation is train.validation
     ):
         count = train.num_validation
+    elif isinstance(validation, tf.data.Dataset) and validation.cardinality() > 0:
+        count = count_rows(validation)
     else:
         count = None
-    if not scores or not count:
+    if not count:
         return None
     best = max(scores)
     z = 1.96
