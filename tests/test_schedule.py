@@ -512,6 +512,49 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(data, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("cache_features", ["auto", False])
+def test_progress_counts_each_stages_epochs_to_that_stages_last(
+    data, capsys, cache_features
+):
+    """Keras's bar counted every epoch to the run's last: stage 1 read `Epoch
+    1/5` under a stage line that says "(to 2)"."""
+    tltf.fine_tune(
+        make_tiny_model(),
+        data,
+        data,
+        head_epochs=2,
+        fine_tune_epochs=3,
+        keep_best=False,
+        cache_features=cache_features,
+        verbose=2,
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("Epoch ")] == [
+        "Epoch 1/2",
+        "Epoch 2/2",
+        "Epoch 3/5",
+        "Epoch 4/5",
+        "Epoch 5/5",
+    ]
+    assert any(line.startswith("tltf: stage 1 from epoch 1 (to 2)") for line in out)
+
+
+def test_a_stage_one_ended_by_convergence_counts_to_its_most_epochs(capsys):
+    x, y = make_data(96)
+    tltf.fine_tune(make_tiny_model(), (x, y), (x, y), keep_best=False, verbose=2)
+    out = capsys.readouterr().out.splitlines()
+    start = next(line for line in out if line.startswith("tltf: stage 1 from epoch"))
+    most = int(start.split("(to ")[1].split(")")[0])
+    epochs = [line.split()[1].split("/") for line in out if line.startswith("Epoch ")]
+    stage_two = next(line for line in out if line.startswith("tltf: stage 2 from"))
+    last = int(stage_two.split("(to ")[1].split(")")[0])
+    first = int(stage_two.split()[5])
+    assert first - 1 < most  # stage 1 converged before its most epochs
+    assert epochs == [[str(e), str(most)] for e in range(1, first)] + [
+        [str(e), str(last)] for e in range(first, last + 1)
+    ]
+
+
 def test_verbose_zero_prints_nothing_and_default_prints_one_line_per_stage(
     data, capsys
 ):

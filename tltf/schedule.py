@@ -1515,7 +1515,12 @@ def _fit_full_passes(run: _Run, passes: int | None) -> keras.callbacks.History:
         validation_data=run.val,
         epochs=head_epochs + run.fine_tune_epochs,
         shuffle=False,
-        callbacks=[schedule, *run.callbacks, *own, *stage_progbar(run.callbacks)],
+        callbacks=[
+            schedule,
+            *run.callbacks,
+            *own,
+            *stage_progbar(run.callbacks, schedule),
+        ],
         **fit_args,
     )
     return resume.merge(history) if resume is not None else history
@@ -2901,7 +2906,12 @@ def _fit_with_feature_cache(run: _Run) -> keras.callbacks.History:
             epochs=total,
             initial_epoch=max(schedule.unfreeze_at_epoch, start),
             shuffle=False,
-            callbacks=[schedule, continuation, *backup, *stage_progbar(callbacks)],
+            callbacks=[
+                schedule,
+                continuation,
+                *backup,
+                *stage_progbar(callbacks, schedule),
+            ],
             **fit_args,
         )
     elif not continuation.last:
@@ -3209,7 +3219,12 @@ def _fit_stage_one(run, split, caches, steps_per_epoch, start, continuation, bac
         metrics=run.metrics,
         jit_compile=model.jit_compile,
         steps_per_execution=per_call,
-        callbacks=[end, continuation, *backup, *stage_progbar(run.callbacks)],
+        callbacks=[
+            end,
+            continuation,
+            *backup,
+            *stage_progbar(run.callbacks, run.schedule),
+        ],
         validation_data=val_cache.dataset(batch, shuffle=False) if val_cache else None,
         epochs=stage_one + run.fine_tune_epochs,
         initial_epoch=start,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import keras
+from keras.src.utils import io_utils
 
 from tltf.errors import TrainingError
 
@@ -34,31 +35,65 @@ def raise_on_divergence(model, stage, epoch: int, batch: int, loss) -> None:
 
 
 class StageProgbarLogger(keras.callbacks.ProgbarLogger):
-    """Keras's progress bar, without the `stage` entry of the epoch's logs.
+    """Keras's progress bar, without the `stage` entry of the epoch's logs, and
+    counting each stage's epochs to that stage's last.
 
     Keras prints every log value as a float (`stage: 2.0000`); tltf prints a line
     when each stage starts instead. The logs themselves are not changed: the
     History, `history.csv` and every other callback still read `logs["stage"]`.
 
+    With a schedule, stage 1's epochs read `Epoch 1/20`, up to the schedule's
+    `unfreeze_at_epoch` (as its stage line says, "to 20"), not to the run's
+    last epoch; stage 2's read up to the run's last (`Epoch 21/30`). Keras's
+    own bar counts every epoch to the fit's last, which for `fine_tune` is
+    stage 1's most epochs plus stage 2's: stage 1 read `Epoch 1/30`, and a
+    stage 1 that converged after 4 epochs was followed by `Epoch 5/14`.
+
+    Args:
+        schedule: FineTuneSchedule or None. The schedule of the fit; None
+            counts every epoch to the fit's last, as Keras does.
+
     Example:
 
-    >>> model.fit(train, epochs=15, callbacks=[schedule, StageProgbarLogger()])
+    >>> model.fit(train, epochs=15, callbacks=[schedule, StageProgbarLogger(schedule)])
     """
+
+    def __init__(self, schedule=None):
+        super().__init__()
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch, logs=None):
+        last = self.epochs
+        end = getattr(self.schedule, "unfreeze_at_epoch", None)
+        if end and epoch < end < last:
+            last = end
+        # Keras's own line, `Epoch {epoch + 1}/{self.epochs}`, is left out
+        # (`epochs` 1) and printed here with the stage's last epoch.
+        self.epochs, total = 1, self.epochs
+        try:
+            super().on_epoch_begin(epoch, logs)
+        finally:
+            self.epochs = total
+        if self.verbose and total > 1:
+            io_utils.print_msg(f"Epoch {epoch + 1}/{last}")  # as Keras prints it
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: v for k, v in (logs or {}).items() if k != "stage"}
         super().on_epoch_end(epoch, logs)
 
 
-def stage_progbar(callbacks) -> list:
-    """`[StageProgbarLogger()]` for a tltf `fit`, or `[]` if the user passed one.
+def stage_progbar(callbacks, schedule=None) -> list:
+    """`[StageProgbarLogger(schedule)]` for a tltf `fit`, or `[]` if the user
+    passed a progress bar of their own.
 
     Args:
         callbacks: list. The user's callbacks.
+        schedule: FineTuneSchedule or None. The fit's schedule, whose
+            `unfreeze_at_epoch` ends stage 1's count of epochs.
     """
     if any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
         return []
-    return [StageProgbarLogger()]
+    return [StageProgbarLogger(schedule)]
 
 
 def check_loss(model, stage: int, epoch: int, batch: int, logs) -> None:
