@@ -23,7 +23,10 @@ on smaller sets or at other rates; "before" stays the small-set rule.
 needs 15 images a class) for "after": 0 is the rule of the forty-fifth session,
 the images alone. `--saturated X` sets `SATURATED_PROBE` (0.95: a classifier
 whose probe's best block scores that keeps the probe's depth) for "after": 1.01
-is the rule before the forty-sixth session's change. `--probe` runs no
+is the rule before the forty-sixth session's change. `--any-base` sets
+`LARGE_SET_NEEDS_NORMALIZATION` (True: a base without normalization layers,
+as VGG16, keeps the probe's depth) to False for "after": the rule before the
+forty-seventh session, every base alike. `--probe` runs no
 `fine_tune`: it prints, per split, the best block of `tltf.probe_blocks` on the
 training images and its leave-one-out accuracy.
 
@@ -34,7 +37,8 @@ mean test accuracy of each and the ratio after / before, then the time ratio.
 Usage:
     .venv/bin/python benchmarks/large_set.py [--bases demo vgg16] \\
         [--tasks fonts mnist digits textures24] [--k 100] [--seeds 0 1] \\
-        [--test 30] [--after JSON] [--per-class N] [--saturated X] [--probe] \\
+        [--test 30] [--after JSON] [--per-class N] [--saturated X] [--any-base] \\
+        [--probe] \\
         [--weights-dir DIR]
 """
 
@@ -110,10 +114,13 @@ def main() -> None:
     parser.add_argument("--after", type=json.loads, default={})
     parser.add_argument("--per-class", type=int, default=None)
     parser.add_argument("--saturated", type=float, default=None)
+    parser.add_argument("--any-base", action="store_true")
     parser.add_argument("--probe", action="store_true")
     args = parser.parse_args()
     if args.saturated is not None:
         tltf.settings.SATURATED_PROBE = args.saturated  # "before" never reads it
+    if args.any_base:  # "before" never reads it either
+        tltf.settings.LARGE_SET_NEEDS_NORMALIZATION = False
     weights_dir = realdata.weights_folder(args.weights_dir, bases=args.bases)
     rows = []
     for task in args.tasks:

@@ -32,8 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- tiny models ------------------------------------------------------------------
-def make_tiny_base(input_shape=(16, 16, 3), widths=(8, 8, 16, 16), name="tiny"):
-    """A small conv net with named blocks `block1..blockN` (conv, BN, relu each)."""
+def make_tiny_base(
+    input_shape=(16, 16, 3), widths=(8, 8, 16, 16), name="tiny", batchnorm=True
+):
+    """A small conv net with named blocks `block1..blockN` (conv, BN, relu each;
+    without BN if not `batchnorm`, as VGG's blocks)."""
     inputs = keras.Input(input_shape, name="tiny_input")
     x = inputs
     for i, width in enumerate(widths, start=1):
@@ -41,7 +44,8 @@ def make_tiny_base(input_shape=(16, 16, 3), widths=(8, 8, 16, 16), name="tiny"):
         x = keras.layers.Conv2D(
             width, 3, strides=stride, padding="same", name=f"block{i}_conv"
         )(x)
-        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        if batchnorm:
+            x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
         x = keras.layers.Activation("relu", name=f"block{i}_relu")(x)
     return keras.Model(inputs, x, name=name)
 

@@ -36,9 +36,9 @@ def _train_loss(model, data) -> float:
     return float(model.evaluate(*data, verbose=0)[0])
 
 
-def _useless_top(widths=(8, 8, 16, 16)):
+def _useless_top(widths=(8, 8, 16, 16), batchnorm=True):
     """A tiny base whose top two blocks output a constant: they destroy everything."""
-    base = make_tiny_base(widths=widths)
+    base = make_tiny_base(widths=widths, batchnorm=batchnorm)
     for name in ("block3_conv", "block4_conv"):
         layer = base.get_layer(name)
         layer.kernel.assign(np.zeros(layer.kernel.shape, "float32"))
@@ -543,10 +543,10 @@ def test_a_large_training_set_fine_tunes_every_block_at_a_higher_rate(
     # a large set although 48 of them train until the hand-back.
     monkeypatch.setattr(tltf.settings, "LARGE_SET_IMAGES", 60)
 
-    def run(data, **kwargs):
+    def run(data, batchnorm=True, **kwargs):
         seen = _StageTwo()
         tltf.fine_tune(
-            make_tiny_model(base=_useless_top()),
+            make_tiny_model(base=_useless_top(batchnorm=batchnorm)),
             data,
             head_epochs=1,
             fine_tune_epochs=1,
@@ -594,6 +594,21 @@ def test_a_large_training_set_fine_tunes_every_block_at_a_higher_rate(
     assert rate == pytest.approx(1e-4) and "fine_tune_lr" not in out
     assert f"{size}, but its best block already scores 0." in out
     assert "(0.5 or more), so the probe's depth: " in out
+    # A base without normalization layers (as VGG) keeps the probe's depth at
+    # 1e-4, a depth the user set too (LARGE_SET_NEEDS_NORMALIZATION).
+    blocks, rate, out = run(noisy(60), batchnorm=False)
+    assert blocks in (["block2", "block3", "block4"], ["block3", "block4"])
+    assert rate == pytest.approx(1e-4) and "fine_tune_lr" not in out
+    assert (
+        f"{size} but on a base without normalization layers (tiny) takes the "
+        "probe's depth: " in out
+    )
+    blocks, rate, _ = run(noisy(60), batchnorm=False, unfreeze=1)
+    assert blocks == ["block4"] and rate == pytest.approx(1e-4)
+    with monkeypatch.context() as patch:
+        patch.setattr(tltf.settings, "LARGE_SET_NEEDS_NORMALIZATION", False)
+        blocks, rate, _ = run(noisy(60), batchnorm=False)
+    assert len(blocks) == 4 and rate == pytest.approx(3e-4)
     # A tf.data input, not read for a slice: of a known number of batches,
     # that number times the first batch's rows (4 x 16: "about"); a rate the
     # user set stays.

@@ -156,3 +156,22 @@ def test_a_large_set_counts_images_and_for_a_classifier_images_a_class():
     assert large(1000, 2) and large(1500, 100) and large(1005, 67)
     assert not large(1000, 100) and not large(1499, 100) and not large(999, 2)
     assert tltf.settings.LARGE_SET_LR == 3e-4 and tltf.settings.SMALL_SET_LR == 1e-4
+
+
+def test_a_base_has_normalization_in_any_of_its_layers_or_nested_models():
+    from tltf.freezing import has_normalization
+
+    assert tltf.settings.LARGE_SET_NEEDS_NORMALIZATION
+    assert has_normalization(make_tiny_base())
+    assert not has_normalization(make_tiny_base(batchnorm=False))  # as VGG
+    inputs = keras.Input((4, 4, 3))
+    for layer in (
+        keras.layers.LayerNormalization(),
+        keras.layers.GroupNormalization(3),
+    ):
+        assert has_normalization(keras.Model(inputs, layer(inputs)))  # as ConvNeXt
+    plain = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    assert not has_normalization(plain)
+    nested = make_tiny_base()  # BN inside a model inside the model
+    outer_in = keras.Input((16, 16, 3))
+    assert has_normalization(keras.Model(outer_in, nested(outer_in)))

@@ -144,6 +144,24 @@ def _batchnorms(layer: keras.layers.Layer) -> Iterable[keras.layers.BatchNormali
             yield sub
 
 
+#: The layers that normalize activations: a base with none of them (VGG) keeps
+#: the probe's depth on a large set (`LARGE_SET_NEEDS_NORMALIZATION`).
+NORMALIZATION_LAYERS = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+)
+
+
+def has_normalization(model: keras.Model) -> bool:
+    """Whether a model, nested models included, has a normalization layer
+    (`NORMALIZATION_LAYERS`)."""
+    return any(
+        isinstance(layer, NORMALIZATION_LAYERS)
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+    )
+
+
 def _force_inference(bn: keras.layers.BatchNormalization, enabled: bool) -> None:
     """Makes a trainable BN layer normalise with its moving statistics.
 

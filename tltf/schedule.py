@@ -64,6 +64,7 @@ from tltf.errors import ConfigError, DataError, LeaveOneOutError, suggest
 from tltf.freezing import (
     apply_trainable,
     check_bn_policy,
+    has_normalization,
     resolve_unfreeze,
     unfreeze_kwargs,
 )
@@ -484,8 +485,9 @@ def fine_tune(
     benchmarks/RESULTS.md): stage 1 trains the head to convergence on cached
     base features from a ridge start; `unfreeze="auto"` unfreezes what a linear
     probe of every block recommends, at 1e-4 (every block, at 3e-4, from 1,000
-    training images and, for a classifier, 15 a class, unless the probe's best
-    block already scores 0.95); `keep_best=True` makes sure stage 2 never ends
+    training images and, for a classifier, 15 a class, on a base with
+    normalization layers, unless the probe's best block already scores 0.95);
+    `keep_best=True` makes sure stage 2 never ends
     worse than stage 1. Every argument is validated before anything trains.
 
     Settings (keyword arguments; see `FineTuneSettings` for each):
@@ -667,7 +669,7 @@ def fine_tune(
             images = rows[1]
         images += len(holdout.held) if holdout else 0
     classes = max(2, info.metadata["num_outputs"]) if info.task in CLASSIFIERS else None
-    large, size_rule = _size_rule(images, exact, classes)
+    large, size_rule = _size_rule(images, exact, classes, info.base)
     if auto_unfreeze:
         depth, large = (
             _auto_unfreeze(
@@ -2066,11 +2068,12 @@ def _rows_of(ds) -> tuple[int, bool]:
 
 
 def _size_rule(
-    images: int | None, exact: bool, classes: int | None
+    images: int | None, exact: bool, classes: int | None, base: keras.Model
 ) -> tuple[bool, str]:
     """`(large, words)`: whether a training set of `images` (`exact`, or
     estimated) gets the large set's stage 2 (`is_large_set`, for a classifier
-    of `classes` classes), and the words that say why; "" below
+    of `classes` classes; not on a `base` without normalization layers, with
+    `LARGE_SET_NEEDS_NORMALIZATION`), and the words that say why; "" below
     `LARGE_SET_IMAGES`, where the size decides nothing."""
     floor = tltf_settings.LARGE_SET_IMAGES
     if not images or images < floor:
@@ -2087,6 +2090,13 @@ def _size_rule(
             if large
             else f" but {each:,} a class (under {least})"
         )
+    if (
+        large
+        and tltf_settings.LARGE_SET_NEEDS_NORMALIZATION
+        and not has_normalization(base)
+    ):
+        large = False
+        words += f" but on a base without normalization layers ({base.name})"
     return large, words
 
 

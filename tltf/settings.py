@@ -50,6 +50,14 @@ LARGE_SET_PER_CLASS = 15
 #: (0.966 and 0.982) every block cost 8.6x and 5.2x the time for the same test
 #: accuracy; every set that gained from every block probed at 0.92 or less.
 SATURATED_PROBE = 0.95
+#: A large set's stage 2 through every block also needs a base with
+#: normalization layers (BatchNormalization, LayerNormalization or
+#: GroupNormalization); one without any keeps the probe's depth, at
+#: `SMALL_SET_LR`. On VGG16 (real weights, none) every block never beat the
+#: probe's depth in five large sets, at 5.2x to 8.6x the time, and 1e-4 for
+#: every block did no better than 3e-4 (benchmarks/RESULTS.md, "A base without
+#: normalization layers"). False: every base is treated alike.
+LARGE_SET_NEEDS_NORMALIZATION = True
 #: `fine_tune_lr="auto"` below `LARGE_SET_IMAGES` training images, and from it.
 SMALL_SET_LR = 1e-4
 LARGE_SET_LR = 3e-4
@@ -302,7 +310,8 @@ class FineTuneSettings:
         fine_tune_lr: float, LearningRateSchedule, "auto", "find" or None.
             Stage-2 rate. "auto": 1e-4 on fewer than 1,000 training images,
             3e-4 from 1,000 (`LARGE_SET_IMAGES`; the held-out slice counts)
-            when a classifier also has 15 a class (`LARGE_SET_PER_CLASS`),
+            when a classifier also has 15 a class (`LARGE_SET_PER_CLASS`) and
+            the base has normalization layers (`LARGE_SET_NEEDS_NORMALIZATION`),
             unless `unfreeze="auto"` keeps the probe's depth there (see below).
             "find" runs `tltf.find_lr(stage="fine_tune")` when stage 2 begins,
             on the model stage 1 trained; None keeps the stage-1 optimizer's.
@@ -312,8 +321,9 @@ class FineTuneSettings:
             accuracy for a classifier, by R² for regression and multi-label)
             on fewer than 1,000 training images, and fine-tunes every block
             from 1,000 (`LARGE_SET_IMAGES`; for a classifier, from 15 a class
-            too, `LARGE_SET_PER_CLASS`, unless the probe's best block already
-            scores `SATURATED_PROBE`), where the whole base gained most
+            too, `LARGE_SET_PER_CLASS`; on a base with normalization layers,
+            `LARGE_SET_NEEDS_NORMALIZATION`; unless the probe's best block
+            already scores `SATURATED_PROBE`), where the whole base gained most
             (benchmarks/RESULTS.md, "Stage 2 on a large training set"); the
             rate is then 3e-4.
             Defaults to "auto".
