@@ -54,7 +54,7 @@ SATURATED_PROBE = 0.95
 #: normalization layers (BatchNormalization, LayerNormalization or
 #: GroupNormalization); one without any keeps the probe's depth, at
 #: `SMALL_SET_LR`. On VGG16 (real weights, none) every block never beat the
-#: probe's depth in five large sets, at 5.2x to 8.6x the time, and 1e-4 for
+#: probe's depth in four large sets, at 5.2x to 8.6x the time, and 1e-4 for
 #: every block did no better than 3e-4 (benchmarks/RESULTS.md, "A base without
 #: normalization layers"). False: every base is treated alike.
 LARGE_SET_NEEDS_NORMALIZATION = True
