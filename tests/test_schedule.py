@@ -539,6 +539,7 @@ def test_progress_counts_each_stages_epochs_to_that_stages_last(
     assert any(line.startswith("tltf: stage 1 from epoch 1 (to 2)") for line in out)
 
 
+@pytest.mark.slow
 def test_a_stage_one_ended_by_convergence_counts_to_its_most_epochs(capsys):
     x, y = make_data(96)
     tltf.fine_tune(make_tiny_model(), (x, y), (x, y), keep_best=False, verbose=2)
@@ -555,6 +556,7 @@ def test_a_stage_one_ended_by_convergence_counts_to_its_most_epochs(capsys):
     ]
 
 
+@pytest.mark.slow
 def test_verbose_zero_prints_nothing_and_default_prints_one_line_per_stage(
     data, capsys
 ):

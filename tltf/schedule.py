@@ -487,8 +487,8 @@ def fine_tune(
     probe of every block recommends, at 1e-4 (every block, at 3e-4, from 1,000
     training images and, for a classifier, 15 a class, on a base with
     normalization layers, unless the probe's best block already scores 0.95);
-    `keep_best=True` makes sure stage 2 never ends
-    worse than stage 1. Every argument is validated before anything trains.
+    `keep_best=True` makes sure stage 2 never ends worse than stage 1. Every
+    argument is validated before anything trains.
 
     Settings (keyword arguments; see `FineTuneSettings` for each):
     `head_epochs="auto"`, `fine_tune_epochs="auto"`, `head_lr=1e-3`,
