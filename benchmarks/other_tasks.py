@@ -37,7 +37,10 @@ stage 2 starts from the ridge head), "500 head steps" (`head_steps=500`) and
 "no head L2" (`head_l2=0`: the head trains without the L2 penalty of its
 ridge start, as the defaults did before it), "stage 1, no head L2" and
 "features guard" (`keep_best="features"`: stage 2 scored by the leave-one-out
-R² of the features of every training image, instead of a held-out slice).
+R² of the features of every training image, instead of a held-out slice), and
+"small-set rule" (the defaults with `tltf.settings.LARGE_SET_IMAGES` out of
+reach: from 1,000 training images the defaults fine-tune every block at 3e-4,
+this column the probe's depth at 1e-4, as below 1,000).
 
 Two sources (`--cheap P`): half of the training images, drawn at random, are
 a cheaply labelled source whose targets are each replaced, with probability P,
@@ -54,7 +57,9 @@ Usage:
 
 The last line prints, over all runs, tltf's mean score over the recipe's (for
 "angle", the recipe's RMSE over tltf's, so that above 1 means tltf is better);
-with `--cheap`, the weighted defaults' over the unweighted ones', the same way.
+with `--cheap`, the weighted defaults' over the unweighted ones', the same way;
+with "small-set rule" and without the recipe, the defaults' over that
+column's.
 """
 
 from __future__ import annotations
@@ -63,12 +68,14 @@ import tltf  # isort: skip  (first: imports TensorFlow quietly)
 
 import argparse
 import time
+from unittest import mock
 
 import keras
 import numpy as np
 import realdata
 from defaults import recipe_model
 
+import tltf.settings
 from tltf.probe import sigmoid
 
 COLUMNS = ("tltf defaults", "tltf before", "linear probe", "keras.io recipe", "pixels")
@@ -89,6 +96,11 @@ SETTINGS = {
     "features guard": {"keep_best": "features"},
     "random, holdout": {"head_init": "random", "keep_best": "holdout"},
 }
+#: Columns of `fine_tune`'s defaults under a patched `tltf.settings` value:
+#: "small-set rule" puts `LARGE_SET_IMAGES` out of reach, so that a training set
+#: of 1,000 images or more gets what every smaller one gets (the probe's depth,
+#: at 1e-4) instead of every block at 3e-4.
+PATCHED = {"small-set rule": ("LARGE_SET_IMAGES", 2**62)}
 #: Columns of `--cheap` runs: the data each trains on, and its settings.
 TWO_SOURCES = {
     "weighted": ("weighted", {}),
@@ -196,7 +208,7 @@ def main() -> None:
         "--columns",
         nargs="+",
         default=list(COLUMNS),
-        choices=[*COLUMNS, *SETTINGS, *TWO_SOURCES],
+        choices=[*COLUMNS, *SETTINGS, *PATCHED, *TWO_SOURCES],
     )
     parser.add_argument("--cheap", type=float, default=None)
     args = parser.parse_args()
@@ -238,6 +250,11 @@ def main() -> None:
                                 seed,
                                 SETTINGS[column],
                             )
+                        elif column in PATCHED:
+                            with mock.patch.object(tltf.settings, *PATCHED[column]):
+                                out = _tltf(
+                                    name, weights_dir, kind, train, test, seed, {}
+                                )
                         elif column == "keras.io recipe":
                             out = _recipe(name, weights_dir, kind, train, test, seed)
                         else:
@@ -267,6 +284,8 @@ def main() -> None:
             )
     ratios = []
     other = "keras.io recipe" if args.cheap is None else "tltf defaults"
+    if other not in args.columns and "small-set rule" in args.columns:
+        other = "small-set rule"  # a large set's rule against the smaller sets'
     ours_column = "tltf defaults" if args.cheap is None else "weighted"
     for r in rows:
         ours, theirs = r.get(ours_column), r.get(other)
