@@ -400,7 +400,7 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "the refit stopped" in err and "continue it with --resume" in err
     trials = len(calls)
-    assert main(["tune", "--out", "runs/tune", "--resume", "-q"]) == 0
+    assert main(["tune", "--out", "runs/tune", "--resume"]) == 0
     assert len(calls) == trials + 1  # the refit; no trial ran again
     assert losses and set(losses) == {"categorical_focal_crossentropy"}
     assert set(head_l2) == {0.001}  # and the other [schedule] keys
@@ -418,6 +418,10 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     assert all(c[2].keep_best is False for c in calls[:-1])
     assert "refit.keras: the best values trained again on all 24 labelled" in out
     assert "tltf evaluate runs/tune/refit.keras --data TEST" in out
+    # The note on the 6 validation images does not ask for the --refit this
+    # run has.
+    assert "the trials were compared on 6 validation images" in out
+    assert "tltf tune --refit" not in out
     refit = keras.saving.load_model(run / "refit.keras", safe_mode=True)
     assert tltf.model_info(refit).metadata["class_names"] == list(IMAGE_CLASSES)
     assert not (run / "backup").exists()  # the finished run deleted it

@@ -786,6 +786,7 @@ def test_refit_trains_the_best_values_with_fine_tunes_own_epochs_and_guard(
 def test_a_search_on_few_validation_images_says_how_noisy_its_best_score_is(
     tmp_path, capsys
 ):
+    from tltf.runs import _refit_hint
     from tltf.tuning.results import TuneResult
     from tltf.tuning.search import few_validation_note
 
@@ -819,6 +820,15 @@ def test_a_search_on_few_validation_images_says_how_noisy_its_best_score_is(
     result = TuneResult(None, None, [{"score": 0.9}], "val_accuracy")
     assert "on 12 validation images" in few_validation_note(
         result, bundle, bundle.validation
+    )
+    # The note names result.refit; `tltf tune` follows it with its flag (a run
+    # that has --refit is not asked: tests/test_cli_e2e.py).
+    assert "--refit" not in few_validation_note(result, bundle, bundle.validation)
+    hint = _refit_hint(result, bundle)
+    assert hint.startswith("tltf: note: tltf tune --refit ([tune] refit = true)")
+    assert (
+        _refit_hint(TuneResult(None, None, [{"score": 0.9}], "val_loss"), bundle)
+        is None
     )
     assert note(0.857, 35, objective="val_loss") is None
     # A batched tf.data set of known length is counted (a last, smaller batch

@@ -96,6 +96,7 @@ from tltf.resume import BACKUP_FILE
 from tltf.saving import LEGACY_SUFFIXES
 from tltf.schedule import fine_tune
 from tltf.tuning import tune
+from tltf.tuning.search import few_validation_note
 
 __all__ = [
     "CONFIG_FILE",
@@ -1275,6 +1276,9 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         verbose=0 if verbose == 0 else 1,
         **extra,
     )
+    hint = None if t.refit or verbose == 0 else _refit_hint(result, data)
+    if hint:
+        print(hint)
     files = {"config": CONFIG_FILE, "tuner": TUNER_DIR}
     for key, path in result.paths.items():
         files[f"tuning_{key}"] = os.path.relpath(path, run.path)
@@ -1333,6 +1337,20 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         "refit": refit,
         "files": files,
     }
+
+
+def _refit_hint(result, data) -> str | None:
+    """The command line's follow-up to `tune`'s note that the trials were
+    compared on too few validation images (`few_validation_note`), which names
+    `result.refit`: the flag that does it here. None without that note; a run
+    with `[tune] refit` is not asked."""
+    if few_validation_note(result, data, None) is None:
+        return None
+    return (
+        "tltf: note: tltf tune --refit ([tune] refit = true) trains the best "
+        "values again on the training and validation images together, and "
+        f"writes {REFIT_MODEL}."
+    )
 
 
 def _refit(run, result, data, verbose) -> dict:

@@ -374,7 +374,7 @@ def few_validation_note(result: TuneResult, train, validation) -> str | None:
         f"the best val_accuracy ({best:.3f}) is uncertain by about +-{half:.3f} "
         "(95%): trials closer than that may differ by chance. With this few, "
         "train with fine_tune's defaults on every image (tltf train), or the best "
-        "values with result.refit(all the labelled images) (tltf tune --refit): "
+        "values with result.refit(all the labelled images): "
         "on 20 images per "
         "class the search's best model scored 5.7 points below the defaults "
         "(benchmarks/tune_small.py)."
