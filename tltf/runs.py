@@ -1276,7 +1276,10 @@ def _tune_in(run, config, data, image_size, verbose, started) -> dict:
         verbose=0 if verbose == 0 else 1,
         **extra,
     )
-    hint = None if t.refit or verbose == 0 else _refit_hint(result, data)
+    # Where tune printed its note: not on a distributed search's workers, which
+    # return no best model.
+    asked = not t.refit and verbose != 0 and result.best_model is not None
+    hint = _refit_hint(result, data) if asked else None
     if hint:
         print(hint)
     files = {"config": CONFIG_FILE, "tuner": TUNER_DIR}
