@@ -424,6 +424,12 @@ def test_tune_writes_a_run_folder(work, capsys, monkeypatch):
     assert "tltf tune --refit" not in out
     refit = keras.saving.load_model(run / "refit.keras", safe_mode=True)
     assert tltf.model_info(refit).metadata["class_names"] == list(IMAGE_CLASSES)
+    # The run folder itself reads best.keras, and one line names the others.
+    assert main(["predict", "runs/tune", "images/red", "--output", "p.csv"]) == 0
+    assert (
+        "tltf: note: read best.keras of runs/tune, which also holds refit.keras "
+        "and soup.keras: pass runs/tune/refit.keras to use that instead."
+    ) in capsys.readouterr().err
     assert not (run / "backup").exists()  # the finished run deleted it
     summary = json.loads((run / "summary.json").read_text())
     assert summary["refit"]["images"] == 24

@@ -73,6 +73,8 @@ from tltf.runs import (
     BEST_MODEL,
     CONFIG_FILE,
     LAST_MODEL,
+    REFIT_MODEL,
+    SOUP_MODEL,
     RunFolder,
     default_image_size,
     default_run_dir,
@@ -278,9 +280,10 @@ examples:
 """
 
 _EVALUATE_EPILOG = """\
-MODEL is a .keras file or a run folder (its best.keras; without --data, its
-validation data from config.yaml). Writes report.json (per-class precision,
-recall, F1, top-k accuracy) and confusion.png to --out, and prints the report.
+MODEL is a .keras file (runs/NAME/refit.keras, say) or a run folder (its
+best.keras; without --data, its validation data from config.yaml). Writes
+report.json (per-class precision, recall, F1, top-k accuracy) and
+confusion.png to --out, and prints the report.
 
 examples:
   tltf evaluate runs/flowers                 the run's validation data
@@ -1069,7 +1072,9 @@ def _load_cli_model(path: str, compile: bool = True):
     """(model, run folder or None) for a .keras file or a run folder.
 
     `compile=False` loads without the optimizer, for inference: a tuned model's
-    file holds an unbuilt optimizer, which Keras warns it cannot restore.
+    file holds an unbuilt optimizer, which Keras warns it cannot restore. A run
+    folder whose `tltf tune` also wrote `soup.keras` or `refit.keras` gets one
+    line (on stderr) that names them.
     """
     from pathlib import Path
 
@@ -1077,6 +1082,16 @@ def _load_cli_model(path: str, compile: bool = True):
     if target.is_dir():
         for name in (BEST_MODEL, LAST_MODEL):
             if (target / name).is_file():
+                others = [
+                    o for o in (REFIT_MODEL, SOUP_MODEL) if (target / o).is_file()
+                ]
+                if others:
+                    print(
+                        f"tltf: note: read {name} of {path}, which also holds "
+                        f"{' and '.join(others)}: pass "
+                        f"{os.path.join(path, others[0])} to use that instead.",
+                        file=sys.stderr,
+                    )
                 return load_model(target / name, compile=compile), find_run(target)
         raise ModelError(
             f"{path!r} is a folder without {BEST_MODEL} or {LAST_MODEL}. Pass a .keras "
