@@ -72,6 +72,15 @@ def test_grayscale_images_on_an_rgb_base_say_how_to_convert_them():
     check_error(error, errors.DataError, "grayscale", "np.repeat(images, 3, axis=-1)")
 
 
+def test_images_of_another_size_fail_before_any_line_about_the_run(capsys):
+    # The size is checked before fine_tune announces what it will do (the
+    # guard's held-out slice used to be announced first).
+    x, y = make_data(n=30, size=20)
+    error = raises(errors.DataError, tltf.fine_tune, make_tiny_model(), (x, y))
+    check_error(error, errors.DataError, "(20, 20, 3)", "(16, 16, 3)", "image_size")
+    assert "tltf:" not in capsys.readouterr().out
+
+
 def test_a_model_with_two_inputs_is_not_a_base():
     image, extra = keras.Input((16, 16, 3)), keras.Input((4,))
     pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image))

@@ -608,21 +608,6 @@ def fine_tune(
     )
     if holdout:
         batch_size = holdout.batch_size  # a dataset read keeps its batches
-    if holdout and verbose != 0:
-        trained, held = len(holdout.trained), len(holdout.held)
-        print(
-            f"tltf: keep_best: {holdout.read}{held:,} of {trained + held:,} "
-            f"training images (a "
-            f"{'stratified' if info.task in CLASSIFIERS else 'random'} slice) are "
-            "held out of both stages, to score stage 2 "
-            "without validation data"
-            + (
-                "; at the end they are handed back."
-                if _refittable(model, settings)
-                else " (the head is not a linear ridge-started one, so they are "
-                "not handed back)."
-            )
-        )
     prepared = _prepare_data(
         model,
         info,
@@ -638,6 +623,22 @@ def fine_tune(
         checked=bool(holdout and holdout.read),
     )
     train_ds, feature_source, val_ds = prepared.train, prepared.features, prepared.val
+    # Announced once the data passed its checks: a bad image shape fails first.
+    if holdout and verbose != 0:
+        trained, held = len(holdout.trained), len(holdout.held)
+        print(
+            f"tltf: keep_best: {holdout.read}{held:,} of {trained + held:,} "
+            f"training images (a "
+            f"{'stratified' if info.task in CLASSIFIERS else 'random'} slice) are "
+            "held out of both stages, to score stage 2 "
+            "without validation data"
+            + (
+                "; at the end they are handed back."
+                if _refittable(model, settings)
+                else " (the head is not a linear ridge-started one, so they are "
+                "not handed back)."
+            )
+        )
     _check_label_kind(loss_to_check, info, prepared.one_hot)
     record_class_names(model, getattr(train, "class_names", None))
     if settings.wise == "auto" and val_ds is None and holdout is None:
