@@ -17,7 +17,7 @@ from tltf.bases.registry import SHIPPED_BASES
 from tltf.cli import main
 from tltf.config import TrainConfig
 from tltf.errors import ConfigError
-from tltf.runs import resolve_base, still_improving_hint
+from tltf.runs import resolve_base, still_improving, still_improving_hint
 
 
 def _tltf(*args, tmp_path):
@@ -340,6 +340,26 @@ def test_a_run_still_improving_says_what_to_try():
     head_only = {**summary, "epochs": {"head": 3, "fine_tune": 0, "run": 3}}
     assert "--head-epochs 6 (this run had 3)" in still_improving_hint(head_only)
     assert still_improving_hint({**summary, "still_improving": False}) is None
+
+
+def test_still_improving_needs_a_last_epoch_better_by_a_margin_that_matters():
+    assert still_improving([0.9, 0.5, 0.4], "min")
+    assert still_improving([0.5, 0.7, 0.8], "max")
+    assert still_improving([0.4], "min")  # one epoch: nothing says otherwise
+    # A tie with an earlier epoch, a worse last epoch, a NaN last epoch: no.
+    assert not still_improving([0.9, 0.4, 0.4], "min")
+    assert not still_improving([0.9, 0.4, 0.5], "min")
+    assert not still_improving([0.9, 0.4, float("nan")], "min")
+    assert still_improving([0.9, float("nan"), 0.4], "min")
+    # Better by under 1% of the best before: converged, not improving.
+    assert not still_improving([0.9, 0.5, 0.496], "min")
+    assert not still_improving([0.5, 0.9, 0.905], "max")
+    assert still_improving([0.5, 0.9, 0.92], "max")
+    # A cross-entropy that falls by 7e-8 (a saturated validation set, seen on
+    # sklearn's digits with the demo base), 5% of its value: not by min_fall.
+    assert still_improving([3.1e-7, 2.9e-7, 2.4e-7], "min")
+    assert not still_improving([3.1e-7, 2.9e-7, 2.4e-7], "min", min_fall=1e-3)
+    assert still_improving([0.30, 0.25, 0.2], "min", min_fall=1e-3)
 
 
 def test_a_fixed_unfreeze_must_fit_below_an_auto_cut():

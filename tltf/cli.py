@@ -242,7 +242,8 @@ By default tltf decides: --head-epochs auto (stage 1 until the head's loss
 converges), --fine-tune-epochs auto (from a step budget), --unfreeze auto and
 --cut auto (from a linear probe of the blocks on the training data); --head-lr
 find and --fine-tune-lr find run the learning-rate finder. Give numbers to fix
-them. A run whose best epoch is its last says so, with how to train longer.
+them. A run whose best epoch is its last (better by over 1%) says so, with how
+to train longer.
 
 examples:
   tltf train photos/ --base demo                   offline, no download

@@ -76,6 +76,7 @@ from tltf._io import (
 from tltf._version import __version__
 from tltf.bases.base import check_saved_base, is_model_file, read_base_record
 from tltf.bases.registry import get_spec, shipped_base_path
+from tltf.cache import MIN_FALL_NATS, is_cross_entropy
 from tltf.checkpoint import ModelCheckpoint
 from tltf.config import (
     TUNE_SEARCHED,
@@ -114,6 +115,7 @@ __all__ = [
     "plot_run_history",
     "read_history",
     "resolve_base",
+    "still_improving",
     "still_improving_hint",
     "run_training",
     "run_tuning",
@@ -874,6 +876,43 @@ def _monitor(config: TrainConfig, has_validation: bool) -> tuple[str | None, str
     return monitor, mode
 
 
+#: How much a run's last epoch must improve on the best epoch before it, as a
+#: fraction of that best value, for the run to count as "still improving"
+#: (stage 1 counts as converged by the same 1%: `tltf.cache.converged`).
+#: A cross-entropy must also fall by `tltf.cache.MIN_FALL_NATS`: a validation loss
+#: of 3e-7 that falls to 2.5e-7 is not a reason to train longer.
+IMPROVING_FRACTION = 0.01
+
+
+def still_improving(values: Sequence[float], mode: str, min_fall: float = 0.0) -> bool:
+    """Whether the last of a monitored metric's `values` (one per epoch) is its best
+    by a margin that matters.
+
+    The last value must beat the best before it by more than `IMPROVING_FRACTION`
+    of that best, and by more than `min_fall`. A tie, or a NaN last value, is not
+    improving; a single epoch is.
+
+    Example:
+
+    >>> still_improving([0.9, 0.5, 0.4], "min")
+    True
+    >>> still_improving([0.9, 0.5, 0.499], "min")
+    False
+    >>> still_improving([3e-7, 2.5e-7], "min", min_fall=1e-3)
+    False
+    """
+    values = [float(v) for v in values]
+    if not values or math.isnan(values[-1]):
+        return False
+    *before, last = values
+    before = [v for v in before if not math.isnan(v)]
+    if not before:
+        return True
+    best = min(before) if mode == "min" else max(before)
+    gain = best - last if mode == "min" else last - best
+    return gain > max(abs(best) * IMPROVING_FRACTION, min_fall)
+
+
 def _best_so_far(history: dict[str, list], monitor: str, mode: str):
     values = [v for v in history.get(monitor, []) if not math.isnan(v)]
     if not values:
@@ -1086,7 +1125,14 @@ def _train_in(run, config, data, model, image_size, verbose, started) -> dict:
             "blocks": list(kept.blocks),
             "note": kept.note,
         },
-        "still_improving": best_epoch is not None and best_epoch == epochs[-1],
+        "still_improving": monitor is not None
+        and still_improving(
+            values,
+            mode,
+            MIN_FALL_NATS
+            if "loss" in monitor and is_cross_entropy(getattr(model, "loss", None))
+            else 0.0,
+        ),
         "last": last,
         "evaluation": evaluation,
         "files": files,
