@@ -342,6 +342,17 @@ def test_a_run_still_improving_says_what_to_try():
     assert still_improving_hint({**summary, "still_improving": False}) is None
 
 
+def test_a_searchs_best_values_are_shown_in_four_significant_digits():
+    from tltf.cli import best_values_text
+
+    best = {"unfreeze_blocks": 6, "fine_tune_lr": 6.111990276556007e-05}
+    best |= {"head_dropout": 0.0, "bn": "frozen", "lr_decay": 1.0}
+    assert best_values_text(best) == (
+        "unfreeze_blocks=6, fine_tune_lr=6.112e-05, head_dropout=0, bn=frozen, "
+        "lr_decay=1"
+    )
+
+
 def test_still_improving_needs_a_last_epoch_better_by_a_margin_that_matters():
     assert still_improving([0.9, 0.5, 0.4], "min")
     assert still_improving([0.5, 0.7, 0.8], "max")

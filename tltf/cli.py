@@ -1048,12 +1048,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def best_values_text(values: dict) -> str:
+    """A search's best values in one line, numbers in 4 significant digits (the
+    run's summary.json keeps every digit).
+
+    Example:
+
+    >>> best_values_text({"unfreeze_blocks": 6, "fine_tune_lr": 6.111990276556007e-05})
+    'unfreeze_blocks=6, fine_tune_lr=6.112e-05'
+    """
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in values.items()
+    )
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     summary = _run(args, TuneConfig, runs.run_tuning)
     if summary is None:
         return 0
     best = summary["best"]["hyperparameters"]
-    text = ", ".join(f"{k}={v}" for k, v in best.items())
+    text = best_values_text(best)
     print(f"tltf: wrote {summary['out_dir']}" + (f" (best: {text})" if text else ""))
     refit = summary.get("refit")
     if refit:
