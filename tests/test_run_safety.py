@@ -94,6 +94,16 @@ def test_overwrite_and_resume_refuse_a_folder_that_is_not_a_run(work, tmp_path, 
     assert "Choose another --out" in err
     err = cli_error(["train", "--out", proj, "--resume"], capsys)
     assert "is not a tltf run folder" in err
+    # Without a flag, the error says at once that neither flag would take it
+    # (it used to suggest --resume and --overwrite), and so does --resume with
+    # other flags (it used to ask to drop them).
+    err = cli_error(train_args, capsys)
+    assert "is a folder that is not a tltf run" in err and "--resume" not in err
+    assert "never writes into it or replaces it" in err and "another --out" in err
+    err = cli_error([*train_args, "--resume"], capsys)
+    assert "is not a tltf run folder" in err and "drop" not in err
+    err = cli_error(["train", "--out", tmp_path / "elsewhere", "--resume"], capsys)
+    assert "Nothing to resume in" in err and "it does not exist" in err
     assert folder_snapshot(proj) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
     with pytest.raises(ConfigError) as info:

@@ -958,6 +958,8 @@ def _resolve_config(args: argparse.Namespace, cls):
 
     overrides = _config_overrides(args)
     if args.resume:
+        if args.out is not None and not runs.is_run_folder(args.out):
+            RunFolder(args.out, resume=True)  # names what is not a run first
         if args.config or overrides:
             given = (["--config"] if args.config else []) + [
                 f"{section}.{key}"
@@ -971,7 +973,6 @@ def _resolve_config(args: argparse.Namespace, cls):
             )
         if args.out is None:
             raise _config_error("--resume needs --out: the run folder to continue.")
-
         RunFolder(args.out, resume=True)  # checks there is a run to resume
         return cls.from_dict(load_config_file(os.path.join(args.out, CONFIG_FILE)))
     file_values = load_config_file(args.config) if args.config else {}

@@ -246,17 +246,18 @@ class RunFolder:
             if holder is not None:
                 raise ConfigError(_in_use_message(self.path, holder))
         nonempty = exists and any(p.name != LOCK_FILE for p in self.path.iterdir())
+        foreign = nonempty and not is_run_folder(self.path)
         if self.resume:
-            if not (self.path / CONFIG_FILE).is_file():
-                raise ConfigError(
-                    f"Nothing to resume in {str(self.path)!r}: it has no "
-                    f"{CONFIG_FILE}. Start the run without --resume."
-                )
-            if not is_run_folder(self.path):
+            if foreign:
                 raise ConfigError(
                     f"Nothing to resume in {str(self.path)!r}: it is not a tltf run "
-                    f"folder (no {RUN_MARKER}, and no {HISTORY_FILE} or backup "
-                    f"beside its {CONFIG_FILE}). Start the run with another --out."
+                    f"folder ({_NOT_A_RUN}). Start the run with another --out."
+                )
+            if not (self.path / CONFIG_FILE).is_file():
+                why = f"it has no {CONFIG_FILE}" if exists else "it does not exist"
+                raise ConfigError(
+                    f"Nothing to resume in {str(self.path)!r}: {why}. Start the "
+                    "run without --resume."
                 )
             if (self.path / SUMMARY_FILE).is_file():
                 raise ConfigError(
@@ -264,17 +265,22 @@ class RunFolder:
                     f"{SUMMARY_FILE}); there is nothing to resume. Use --overwrite "
                     "to run it again, or another --out."
                 )
+        elif foreign:
+            # Neither --resume nor --overwrite would take it: say so first.
+            what = (
+                f"--overwrite replaces only a tltf run, and {str(self.path)!r} is "
+                f"not one ({_NOT_A_RUN}); nothing was changed"
+                if self.overwrite
+                else f"--out {str(self.path)!r} is a folder that is not a tltf run "
+                f"({_NOT_A_RUN}); tltf never writes into it or replaces it"
+            )
+            raise ConfigError(
+                f"{what}. Choose another --out: a new subfolder, e.g. --out runs/first."
+            )
         elif nonempty and not self.overwrite:
             raise ConfigError(
                 f"Run folder {str(self.path)!r} already exists. Pass --resume to "
                 "continue it, --overwrite to replace it, or choose another --out."
-            )
-        elif nonempty and not is_run_folder(self.path):
-            raise ConfigError(
-                f"--overwrite replaces only a tltf run, and {str(self.path)!r} is "
-                f"not one (it has no {RUN_MARKER}, and no {CONFIG_FILE} with "
-                f"{SUMMARY_FILE} or {HISTORY_FILE}); nothing was changed. Choose "
-                "another --out: a new subfolder, e.g. --out runs/first."
             )
 
     @property
@@ -405,6 +411,13 @@ def _run_path(path: str | os.PathLike) -> Path:
             f"which is {what}. Choose a subfolder, e.g. --out runs/first."
         )
     return given
+
+
+#: Why a folder is not a run, in `RunFolder`'s errors (`is_run_folder`).
+_NOT_A_RUN = (
+    f"it has no {RUN_MARKER}, and no {CONFIG_FILE} with {SUMMARY_FILE}, "
+    f"{HISTORY_FILE} or a backup"
+)
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
