@@ -470,3 +470,19 @@ def test_bad_sample_weights_are_named(monkeypatch):
         evaluate(model, (x, y, -np.ones(8)))
     with pytest.raises(DataError, match="one number per image"):
         evaluate(model, x, y, sample_weight=np.ones(5))
+
+
+def test_labels_outside_the_models_classes_are_named_in_its_terms():
+    # load_data's own error would tell evaluate's caller to pass num_classes,
+    # which evaluate does not take: the model fixes its classes.
+    model, x, y = WEIGHED_TASKS["multiclass"]()
+    classes = model.output_shape[-1]
+    for data in (
+        (x, y + classes),
+        tf.data.Dataset.from_tensor_slices((x, y + classes)).batch(3),
+    ):
+        with pytest.raises(DataError) as info:
+            evaluate(model, data)
+        message = str(info.value)
+        assert f"the model has {classes} classes (labels 0 to {classes - 1})" in message
+        assert "class_names" in message and "pass num_classes" not in message

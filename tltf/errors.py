@@ -46,6 +46,19 @@ class DataError(TltfError, ValueError):
     """Training data is empty or inconsistent with the model."""
 
 
+class LabelRangeError(DataError):
+    """Class-index labels outside `[0, num_classes)`.
+
+    `num_classes`, `low` and `high` (the labels' smallest and largest value) let
+    a caller that knows more, such as `tltf.evaluate` (whose model fixes the
+    classes), say it in its own words.
+    """
+
+    def __init__(self, message: str, num_classes: int, low: float, high: float):
+        super().__init__(message)
+        self.num_classes, self.low, self.high = num_classes, low, high
+
+
 class LeaveOneOutError(DataError):
     """Leave-one-out cannot score: every class has one training example."""
 

@@ -41,6 +41,7 @@ read data the one way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -79,7 +80,7 @@ from tltf.data.inputs import (
 )
 from tltf.data.labels import check_sample_weights
 from tltf.data.sources import scan_image_files, skipped_files_text, source_kind
-from tltf.errors import ConfigError, DataError, ModelError, suggest
+from tltf.errors import ConfigError, DataError, LabelRangeError, ModelError, suggest
 from tltf.info import class_names_of, model_info
 from tltf.probe import sigmoid
 from tltf.reports import confusion_matrix, plot_confusion_counts
@@ -174,6 +175,23 @@ def _scores(raw: np.ndarray, task: str, logits: bool) -> np.ndarray:
         e = np.exp(shifted)
         return e / e.sum(axis=1, keepdims=True)
     return sigmoid(raw)
+
+
+@contextlib.contextmanager
+def _labels_of_the_model(task: str, units: int):
+    """Says a label out of range in the model's terms: `load_data`'s own error
+    would suggest another `num_classes`, which the model fixes."""
+    try:
+        yield
+    except LabelRangeError as error:
+        count = _num_classes(task, units)
+        raise DataError(
+            f"The evaluation labels run from {error.low:g} to {error.high:g}, but "
+            f"the model has {count} classes (labels 0 to {count - 1}). Evaluate it "
+            "on labels of the classes it was trained on, in the same order "
+            "(tltf.model_info(model).class_names names them), or fine-tune a "
+            f"model built with num_classes={int(error.high) + 1}."
+        ) from None
 
 
 def _num_classes(task: str, units: int) -> int:
@@ -1141,23 +1159,24 @@ def evaluate(
                 f"load_data(..., image_size={size})."
             )
     else:
-        bundle = load_data(
-            data,
-            image_size=size,
-            batch_size=batch_size,
-            split=split,
-            task=task,
-            # The model's classes: a test class folder without images is kept.
-            num_classes=_num_classes(task, units),
-            # A folder's subfolders are labelled by the model's class names: a
-            # test folder may hold some of the classes.
-            class_names=(
-                trained_on if trained_on and source_kind(data) == "folder" else None
-            ),
-            shuffle=False,
-            cache=False,
-            resize=resize,
-        )
+        with _labels_of_the_model(task, units):
+            bundle = load_data(
+                data,
+                image_size=size,
+                batch_size=batch_size,
+                split=split,
+                task=task,
+                # The model's classes: a test class folder without images is kept.
+                num_classes=_num_classes(task, units),
+                # A folder's subfolders are labelled by the model's class names: a
+                # test folder may hold some of the classes.
+                class_names=(
+                    trained_on if trained_on and source_kind(data) == "folder" else None
+                ),
+                shuffle=False,
+                cache=False,
+                resize=resize,
+            )
         ds, source_names = bundle.train, bundle.class_names
     if trained_on and source_names and list(source_names) != trained_on:
         raise DataError(

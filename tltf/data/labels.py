@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tltf.data.bundle import DataBundle
 from tltf.data.images import image_shape_error
-from tltf.errors import ConfigError, DataError
+from tltf.errors import ConfigError, DataError, LabelRangeError
 
 #: The tasks of `build_model`, and the label forms each one takes.
 TASKS: tuple[str, ...] = ("multiclass", "binary", "multilabel", "regression")
@@ -195,7 +195,7 @@ def normalize_labels(
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise DataError(
+        raise LabelRangeError(
             f"Expected {what} labels in [0, {num_classes}) for num_classes="
             f"{num_classes}. Received {int(bad.sum())} labels out of range (min "
             f"{y.min():g}, max {y.max():g}; first at index {first}). Fix the labels, "
@@ -203,7 +203,10 @@ def normalize_labels(
                 "or use task='multiclass' for more than two classes."
                 if task == "binary"
                 else f"or pass num_classes={int(y.max()) + 1} if there are more classes."
-            )
+            ),
+            num_classes,
+            float(y.min()),
+            float(y.max()),
         )
     return y.astype(np.int32), num_classes
 
