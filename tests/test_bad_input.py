@@ -218,8 +218,10 @@ def test_existing_run_folder_needs_resume_or_overwrite(tmp_path, capsys):
     from tltf import cli
 
     run = tmp_path / "run"
-    run.mkdir()
+    run.mkdir()  # a finished run, as tltf leaves one
+    (run / "config.yaml").write_text("model: {base: demo}\n")
     (run / "summary.json").write_text('{"done": true}')
+    (run / ".tltf-run").write_text("{}\n")
     before = folder_snapshot(run)
     status = cli.main(
         ["train", "--base", "mobilenet_v2", "--train", str(tmp_path), "--out", str(run)]
@@ -507,3 +509,4 @@ def test_a_categorical_loss_takes_class_indices(loss):
     for a, b in zip(indices, one_hot, strict=True):
         np.testing.assert_array_equal(a, b)
     assert val_a == val_b
+
