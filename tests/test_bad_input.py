@@ -510,3 +510,44 @@ def test_a_categorical_loss_takes_class_indices(loss):
         np.testing.assert_array_equal(a, b)
     assert val_a == val_b
 
+
+def test_callbacks_take_one_keras_callback_and_name_anything_else():
+    # One callback, as Keras's own fit takes it, sees both stages.
+    class Epochs(keras.callbacks.Callback):
+        seen = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seen.append(epoch)
+
+    tltf.fine_tune(
+        make_tiny_model(),
+        make_data(24),
+        head_epochs=1,
+        fine_tune_epochs=1,
+        keep_best=False,
+        callbacks=Epochs(),
+        verbose=0,
+    )
+    assert Epochs.seen == [0, 1]
+    # A class instead of an instance, or something else, fails before training.
+    for bad, words in (
+        ([keras.callbacks.EarlyStopping], "add the parentheses"),
+        (["early_stopping"], "str 'early_stopping'"),
+    ):
+        error = raises(
+            errors.ConfigError,
+            tltf.fine_tune,
+            make_tiny_model(),
+            make_data(24),
+            callbacks=bad,
+        )
+        check_error(error, errors.ConfigError, "keras.callbacks.Callback", words)
+    error = raises(
+        errors.ConfigError,
+        tltf.tune,
+        make_tiny_base(),
+        make_data(24),
+        num_classes=3,
+        callbacks=[None],
+    )
+    check_error(error, errors.ConfigError, "NoneType None")

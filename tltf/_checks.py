@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from numbers import Real
 
+import keras
 import numpy as np
 
 from tltf.errors import ConfigError, suggest
@@ -105,3 +106,37 @@ def take_renamed(kwargs: dict, old: str, new: str, value, caller: str):
         stacklevel=3,
     )
     return kwargs.pop(old)
+
+
+def callback_list(callbacks) -> list:
+    """`callbacks=` as a list, checked before anything runs.
+
+    Takes None, one Keras callback (Keras's own `fit` takes one too) or a list
+    or tuple of them.
+
+    Example:
+
+    >>> len(callback_list(keras.callbacks.History()))
+    1
+    """
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, keras.callbacks.Callback):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes, dict)) or not hasattr(callbacks, "__iter__"):
+        items = [callbacks]
+    else:
+        items = list(callbacks)
+    for item in items:
+        if not isinstance(item, keras.callbacks.Callback):
+            hint = (
+                " (a class, not an instance: add the parentheses)"
+                if isinstance(item, type)
+                else ""
+            )
+            raise ConfigError(
+                "Expected callbacks to be a keras.callbacks.Callback or a list of "
+                f"them. Received: {type(item).__name__} {item!r}{hint}. Pass "
+                "e.g. callbacks=[keras.callbacks.EarlyStopping(patience=3)]."
+            )
+    return items

@@ -30,7 +30,7 @@ from tltf import cache as tltf_cache
 from tltf import data as tltf_data
 from tltf import guard as tltf_guard
 from tltf import settings as tltf_settings
-from tltf._checks import check_positive_int
+from tltf._checks import callback_list, check_positive_int
 from tltf.averaging import batchnorm_layers, recalibrate_bn
 from tltf.cache import (
     MIN_FALL_NATS,
@@ -516,7 +516,7 @@ def fine_tune(
         validation_data: Same forms as `train`, or None; defaults to the
             bundle's validation split when `train` is a DataBundle.
         settings: FineTuneSettings or None. Defaults to `FineTuneSettings()`.
-        callbacks: list or None. Keras callbacks; they see both stages. With
+        callbacks: a Keras callback, a list of them, or None. They see both stages. With
             `head_epochs="auto"` and a stage 2, an EarlyStopping left at
             `start_from_epoch=0` starts at stage 2's first epoch. A
             ReduceLROnPlateau starts afresh at stage 2, as its optimizer does.
@@ -567,6 +567,7 @@ def fine_tune(
             "fine_tune() needs training data: fine_tune(model, (images, labels)), a "
             "tf.data.Dataset of (image, label) pairs or a tltf.load_data bundle."
         )
+    callbacks = callback_list(callbacks)  # one Keras callback, as fit takes it
     info = model_info(model)
     if validation_split is not None:
         train, validation_data = _split_off_validation(
@@ -742,7 +743,6 @@ def fine_tune(
         model.compile(
             optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile
         )
-    callbacks = list(callbacks or [])
     _check_monitors(callbacks, metrics, val_ds is not None)
     stage_two_start = _StageTwoStart.for_run(
         callbacks, schedule, head_epochs, fine_tune_epochs, loud

@@ -20,7 +20,7 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from tltf._checks import check_keywords, named_arguments
+from tltf._checks import callback_list, check_keywords, named_arguments
 from tltf.data import DataBundle
 from tltf.errors import ConfigError, TrainingError, suggest
 from tltf.probe import count_rows
@@ -138,7 +138,7 @@ def tune(
         directory: str. Parent folder of the project. Defaults to "tltf_tuning".
         project_name: str. Defaults to "tune".
         overwrite: bool. Start over instead of resuming. Defaults to False.
-        callbacks: list or None. Keras callbacks for every trial's stage 2
+        callbacks: a Keras callback, a list of them, or None. For every trial's stage 2
             (deep-copied per trial, as keras-tuner does).
         verbose: int. 0 is silent. Defaults to 1.
         validation_split: float or None. With `(images, labels)` arrays and no
@@ -198,6 +198,7 @@ def tune(
     from keras_tuner.src.distribute import utils as dist_utils
 
     # Fail before any tuner or folder exists. A split is made here, once.
+    callbacks = callback_list(callbacks)
     given = tuner.hypermodel if isinstance(tuner, kt.Tuner) else base
     own = isinstance(given, FineTuneHyperModel)
     train, validation_data = split_data_args(
@@ -262,7 +263,7 @@ def tune(
     else:
         _check_objective(kt_tuner.oracle.objective, hypermodel)
         project = Path(kt_tuner.project_dir)
-    fit_kwargs = {"callbacks": list(callbacks or []), "verbose": verbose}
+    fit_kwargs = {"callbacks": callbacks, "verbose": verbose}
     if validation_data is not None:
         fit_kwargs["validation_data"] = validation_data
     distributed = dist_utils.has_chief_oracle()
