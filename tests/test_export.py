@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tltf
-from tests.helpers import make_data
+from tests.helpers import cli_error, make_data
 from tltf.errors import ConfigError, DataError, ModelError
 from tltf.export import _calibration_images, export_model, tflite_predict
 from tltf.layers import PREPROCESSING_MODES, Preprocessing
@@ -252,6 +252,23 @@ def test_bad_arguments_raise_clear_errors(trained, tmp_path):
         export_model(model, tmp_path / "m.h5", format="keras")
     with pytest.raises(ConfigError, match="SavedModel is a folder"):
         export_model(model, tmp_path / "m.keras", format="savedmodel")
+    # A model file's suffix that tltf does not write is named, not taken for a
+    # SavedModel folder's name (m.onnx/saved_model.pb, as before).
+    for name, words in (("m.onnx", "ONNX"), ("m.h5", "HDF5"), ("m.pb", "frozen")):
+        with pytest.raises(
+            ConfigError, match=f"a format tltf does not export: .*{words}"
+        ):
+            export_model(model, tmp_path / name)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_command_line_names_a_model_suffix_it_does_not_export(tmp_path, capsys):
+    # Checked from --output before the model is read (here: there is none).
+    err = cli_error(
+        ["export", tmp_path / "run", "--output", tmp_path / "m.onnx"], capsys
+    )
+    assert "ends in .onnx, a format tltf does not export" in err
+    assert "m.keras" in err and "m.tflite" in err
     assert not list(tmp_path.iterdir())
 
 

@@ -61,7 +61,7 @@ from tltf.evaluation import (
     predict,
     write_predictions,
 )
-from tltf.export import export_model
+from tltf.export import export_model, format_from_path
 from tltf.info import class_names_of
 from tltf.layers import PREPROCESSING_MODES
 from tltf.model import load_model
@@ -1268,8 +1268,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     quantize = None if args.quantize == "none" else args.quantize
     fmt = args.format
     if fmt is None and args.output:
-        suffix = Path(args.output).suffix.lower()
-        fmt = {".keras": "keras", ".tflite": "tflite"}.get(suffix, "savedmodel")
+        fmt = format_from_path(args.output)
     fmt = fmt or "tflite"
     if quantize is not None and fmt != "tflite":
         raise ConfigError(

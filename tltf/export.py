@@ -69,6 +69,7 @@ __all__ = [
     "FORMATS",
     "QUANTIZATIONS",
     "export_model",
+    "format_from_path",
     "tflite_predict",
 ]
 
@@ -122,10 +123,50 @@ def _quiet_native() -> Iterator[None]:
                     print(line, file=sys.stderr)
 
 
+#: Suffixes of model files tltf does not write. Without `format`, such a path
+#: is an error rather than a SavedModel folder of that name.
+_OTHER_MODEL_SUFFIXES = {
+    ".onnx": "ONNX (tf2onnx converts the SavedModel export)",
+    ".h5": "Keras's legacy HDF5 (Keras 3 saves .keras)",
+    ".hdf5": "Keras's legacy HDF5 (Keras 3 saves .keras)",
+    ".pb": "a frozen graph (a SavedModel folder holds saved_model.pb)",
+    ".lite": "TFLite, whose suffix is .tflite",
+    ".tfl": "TFLite, whose suffix is .tflite",
+    ".pt": "PyTorch",
+    ".pth": "PyTorch",
+    ".mlmodel": "Core ML (coremltools converts the SavedModel export)",
+}
+
+
+def format_from_path(path: str | os.PathLike) -> str:
+    """The export format a path's suffix asks for: "keras" (.keras), "tflite"
+    (.tflite) or "savedmodel" (any other name: a folder).
+
+    Raises:
+        ConfigError: The suffix of a model file that tltf does not write, such as
+            .onnx or .h5.
+
+    Example:
+
+    >>> format_from_path("model.tflite"), format_from_path("exports/model")
+    ('tflite', 'savedmodel')
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in _OTHER_MODEL_SUFFIXES:
+        raise ConfigError(
+            f"{str(path)!r} ends in {path.suffix}, a format tltf does not "
+            f"export: {_OTHER_MODEL_SUFFIXES[suffix]}. Export to "
+            f"{str(path.with_suffix('.keras'))!r}, "
+            f"{str(path.with_suffix('.tflite'))!r} or a SavedModel folder "
+            f"such as {str(path.with_suffix(''))!r}."
+        )
+    return {".keras": "keras", ".tflite": "tflite"}.get(suffix, "savedmodel")
+
+
 def _check_format(format, path: Path) -> str:
     if format is None:
-        suffix = path.suffix.lower()
-        return {".keras": "keras", ".tflite": "tflite"}.get(suffix, "savedmodel")
+        return format_from_path(path)
     key = str(format).lower()
     key = _FORMAT_ALIASES.get(key, key)
     if key not in FORMATS:
@@ -247,7 +288,8 @@ def export_model(
             (SavedModel) to write.
         format: str or None. "keras", "savedmodel" or "tflite". Defaults to
             None: from the suffix of `path` (".keras", ".tflite", anything else
-            a SavedModel folder).
+            a SavedModel folder, except a model file's suffix that tltf does
+            not write, such as ".onnx" or ".h5": `format_from_path`).
         quantize: str or None. TFLite flavour: None (float32), "float16",
             "dynamic" (dynamic-range int8 weights) or "int8" (full integer,
             calibrated on `representative_data`). Defaults to None.
