@@ -551,3 +551,14 @@ def test_callbacks_take_one_keras_callback_and_name_anything_else():
         callbacks=[None],
     )
     check_error(error, errors.ConfigError, "NoneType None")
+
+
+def test_class_indices_for_a_multilabel_or_binary_model_say_which_task_fits():
+    x, y = make_data(12)  # class indices 0, 1, 2
+    for task, classes, words in (
+        ("multilabel", 3, ("shape (N, 3)", "task='multiclass'", "np.eye(3)[labels]")),
+        ("binary", 2, ("outside [0, 1]", "task='multiclass' and num_classes=3")),
+    ):
+        model = tltf.build_model(make_tiny_base(), classes, task=task)
+        error = raises(errors.DataError, tltf.fine_tune, model, (x, y), verbose=0)
+        check_error(error, errors.DataError, *words)

@@ -298,3 +298,16 @@ def test_fine_tune_finds_both_rates(capsys):
     rate = float(model.optimizer.learning_rate.numpy())
     assert rate == pytest.approx(float(stage2[0]), rel=0.06)  # 2 significant digits
     assert tltf.trainable_blocks(model) == ["block3", "block4"]
+
+
+def test_a_multilabel_dataset_is_checked_by_its_columns():
+    # Its element spec used to be checked as one label per image: find_lr (and
+    # tune) refused every multi-label tf.data input.
+    x, y = make_data(24)
+    rows = tf.data.Dataset.from_tensor_slices((x, np.eye(3, dtype="float32")[y]))
+    model = tltf.build_model(make_tiny_base(), 3, task="multilabel")
+    result = find_lr(model, rows.batch(8), verbose=0)
+    assert result.suggestion > 0
+    four = tf.data.Dataset.from_tensor_slices((x, np.eye(4, dtype="float32")[y]))
+    with pytest.raises(DataError, match="targets of 3 columns, one per class"):
+        find_lr(model, four.batch(8), verbose=0)

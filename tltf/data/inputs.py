@@ -569,8 +569,19 @@ def check_labels(data, info: ModelInfo, what: str) -> bool:
     if not isinstance(data, tf.data.Dataset):
         return check_label_values(peek(data, what)[1], info, what)
     spec = data.element_spec[1]
-    check_label_values(np.zeros((0,), spec.dtype.as_numpy_dtype), info, what)
     n = info.metadata["num_outputs"]
+    # The dtype alone: no rows to check (a multi-label one has n columns).
+    empty = (0, n) if info.task == "multilabel" else (0,)
+    check_label_values(np.zeros(empty, spec.dtype.as_numpy_dtype), info, what)
+    if (
+        info.task == "multilabel"
+        and spec.shape.rank
+        and spec.shape[-1] not in (n, None)
+    ):
+        raise DataError(
+            f"Expected {what} multi-label targets of {n} columns, one per class. "
+            f"Received a dataset whose labels have shape {spec.shape}."
+        )
     return (
         info.task == "multiclass"
         and spec.shape.rank is not None
@@ -632,15 +643,28 @@ def check_label_values(y: np.ndarray, info: ModelInfo, what: str) -> bool:
                 "labels."
             )
     elif task in ("binary", "multilabel"):
+        if task == "multilabel" and (y.ndim != 2 or y.shape[1] != n):
+            indices = (
+                f" These look like class indices, one class per image: use "
+                f"task='multiclass', or turn them into rows with np.eye({n})[labels]."
+                if y.ndim == 1 and y.size and (np.mod(y, 1) == 0).all() and y.max() > 1
+                else ""
+            )
+            raise DataError(
+                f"Expected {what} multi-label targets of shape (N, {n}): one row "
+                f"per image, a 1 for each of the {n} classes it shows. Received "
+                f"labels of shape {y.shape}.{indices}"
+            )
         if y.size and (y.min() < 0 or y.max() > 1):
+            fix = (
+                f"For more than two classes, build the model with task='multiclass' "
+                f"and num_classes={int(y.max()) + 1}."
+                if task == "binary"
+                else "Targets are 0 or 1 (or a probability in between)."
+            )
             raise DataError(
                 f"{what} has labels outside [0, 1] for a {task} task "
-                f"(min {y.min()}, max {y.max()})."
-            )
-        if task == "multilabel" and (y.ndim != 2 or y.shape[1] != n):
-            raise DataError(
-                f"Expected {what} multi-label targets of shape (N, {n}). "
-                f"Received: {y.shape}"
+                f"(min {y.min():g}, max {y.max():g}). {fix}"
             )
     return False
 
