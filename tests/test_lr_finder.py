@@ -301,8 +301,8 @@ def test_fine_tune_finds_both_rates(capsys):
 
 
 def test_a_multilabel_dataset_is_checked_by_its_columns():
-    # Its element spec used to be checked as one label per image: find_lr (and
-    # tune) refused every multi-label tf.data input.
+    # Its element spec used to be checked as one label per image: find_lr
+    # refused every multi-label tf.data input.
     x, y = make_data(24)
     rows = tf.data.Dataset.from_tensor_slices((x, np.eye(3, dtype="float32")[y]))
     model = tltf.build_model(make_tiny_base(), 3, task="multilabel")
