@@ -291,3 +291,13 @@ def test_text_confusion_matrix_numbers_long_names_so_columns_differ():
     for number, (name, row) in enumerate(zip(names, rows, strict=True)):
         assert row.split()[:2] == [columns[number], name]
     assert "numbered" in text
+
+
+def test_plot_history_names_what_it_takes():
+    from tltf.errors import ConfigError
+
+    for bad in (None, [0.5, 0.4], "history.csv"):
+        with pytest.raises(ConfigError, match="History that fine_tune .* returned"):
+            tltf.plot_history(bad)
+    assert isinstance(tltf.plot_history({"loss": [0.5, 0.4]}), Figure)
+    plt.close("all")

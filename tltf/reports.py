@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tltf._io import atomic_path, check_file_replaceable, is_matplotlib_png
+from tltf.errors import ConfigError
 from tltf.saving import MODEL_SUFFIXES
 
 
@@ -160,6 +161,13 @@ def plot_history(
     >>> figure.savefig("history.png")
     """
     logs = getattr(history, "history", history)
+    if not isinstance(logs, dict):
+        raise ConfigError(
+            "plot_history takes the History that fine_tune (or model.fit) "
+            "returned, or its .history dict of per-epoch lists. Received: "
+            f"{type(history).__name__} {history!r:.60}. For a run folder, "
+            "tltf.runs.read_history(folder / 'history.csv') gives the dict."
+        )
     if metrics is None:
         others = [
             k
