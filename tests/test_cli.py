@@ -389,6 +389,16 @@ def test_a_fixed_unfreeze_must_fit_below_an_auto_cut():
     for unfreeze in (2, "auto", "all", {"layers": 9}):
         config = TrainConfig.from_dict({"schedule": {"unfreeze": unfreeze}})
         _check_unfreeze_below_cut(config, model)
+    # cut="auto" may keep the whole base: no cut to name, nor --cut none to undo
+    # it (the message used to read "cut the base at None").
+    whole = tltf.build_model(make_tiny_base(), 3)
+    config = TrainConfig.from_dict({"schedule": {"unfreeze": 5}})
+    with pytest.raises(ConfigError) as error:
+        _check_unfreeze_below_cut(config, whole)
+    assert str(error.value) == (
+        "schedule.unfreeze=5 top blocks, but the base has 4 (model.cut='auto' "
+        "kept all of them). Set --unfreeze auto, or at most 4."
+    )
 
 
 @pytest.mark.slow

@@ -853,7 +853,13 @@ def _check_unfreeze_below_cut(config: TrainConfig, model: keras.Model) -> None:
     kept = len(info.block_map)
     if not isinstance(unfreeze, int) or unfreeze <= kept:
         return
-    cut = info.metadata.get("cut", {}).get("block")
+    cut = (info.metadata.get("cut") or {}).get("block")
+    if cut is None:  # the probe kept the whole base: no cut to undo
+        raise ConfigError(
+            f"schedule.unfreeze={unfreeze} top blocks, but the base has {kept} "
+            f"(model.cut='auto' kept all of them). Set --unfreeze auto, or at "
+            f"most {kept}."
+        )
     raise ConfigError(
         f"schedule.unfreeze={unfreeze} top blocks, but model.cut='auto' cut the base "
         f"at {cut!r}, which keeps {kept} block(s). Set --unfreeze auto (or at most "
