@@ -95,7 +95,26 @@ def test_rank_names_an_unknown_base_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("tltf: error:") and "'vgg16'" in err
+    # A comma-separated list names the unknown base alone (it read 'demo,vgg61').
+    status = main(
+        ["rank", "--data", str(images), "--bases", "demo,vgg61", "--image-size", "16"]
+    )
+    err = capsys.readouterr().err
+    assert status == 2 and "Unknown base 'vgg61'" in err
     keras.backend.clear_session()
+
+
+def test_rank_takes_bases_separated_by_commas_and_keeps_a_path_whole(tmp_path):
+    from tltf.cli import _split_bases
+
+    odd = tmp_path / "a,b"
+    odd.mkdir()
+    assert _split_bases(["demo,mobilenet_v2", str(odd), "x,"]) == [
+        "demo",
+        "mobilenet_v2",
+        str(odd),
+        "x",
+    ]
 
 
 def test_rank_builds_at_the_candidates_own_size(tmp_path, capsys):

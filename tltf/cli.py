@@ -1480,7 +1480,11 @@ def _add_rank_command(commands) -> None:
         "or tfds:NAME[SPLIT] (default split: train)",
     )
     rank.add_argument(
-        "--bases", metavar="BASE", nargs="+", required=True, help="the candidates"
+        "--bases",
+        metavar="BASE",
+        nargs="+",
+        required=True,
+        help="the candidates, separated by spaces or commas",
     )
     rank.add_argument(
         "--image-size",
@@ -1620,9 +1624,26 @@ def _rank_model_file(path: str, preprocessing: str | None):
         ) from None
 
 
+def _split_bases(bases: list[str]) -> list[str]:
+    """`--bases a b` and `--bases a,b` alike; a path that exists stays whole.
+
+    Example:
+
+    >>> _split_bases(["demo,mobilenet_v2", "efficientnet_b0"])
+    ['demo', 'mobilenet_v2', 'efficientnet_b0']
+    """
+    return [
+        part
+        for name in bases
+        for part in ([name] if os.path.exists(name) else name.split(","))
+        if part
+    ]
+
+
 def _cmd_rank(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    args.bases = _split_bases(args.bases)
     modes = _rank_preprocessing(args.preprocessing, args.bases)  # before any data
     if args.out:  # refused before any base is read
         check_table_path(Path(args.out).expanduser())
