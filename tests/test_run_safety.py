@@ -111,6 +111,23 @@ def test_overwrite_and_resume_refuse_a_folder_that_is_not_a_run(work, tmp_path, 
     check_error(info.value, ConfigError, "not one", "--out")
 
 
+def test_an_unfreeze_the_base_cannot_take_fails_before_the_run_starts(
+    work, tmp_path, capsys
+):
+    # Checked against the built model, before the run folder and its notes
+    # (without validation data, the note on best.keras used to come first).
+    out = tmp_path / "run"
+    argv = ["train", "--config", work / "train.yaml", "--out", out]
+    argv += ["--set", "data.val_fraction=null"]
+    argv += ["--set", "schedule.unfreeze={range: [0, 99]}"]
+    assert main([str(a) for a in argv]) == 2
+    printed = capsys.readouterr()
+    assert "unfreeze range positions in [-4, 3]" in printed.err
+    assert "Received: 99" in printed.err and "Traceback" not in printed.err
+    assert "tltf: note" not in printed.out
+    assert not out.exists()
+
+
 def test_runs_with_and_without_the_marker_are_runs(tmp_path):
     new = _old_run(tmp_path / "new")
     old = _old_run(tmp_path / "old", marker=False)  # written before markers

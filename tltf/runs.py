@@ -88,7 +88,7 @@ from tltf.config import (
 from tltf.data import load_data
 from tltf.errors import ConfigError, DataError, DiskFullError, ModelError, TltfError
 from tltf.evaluation import evaluate
-from tltf.freezing import trainable_blocks
+from tltf.freezing import resolve_unfreeze, trainable_blocks, unfreeze_kwargs
 from tltf.info import set_class_names
 from tltf.locks import LockFile
 from tltf.model import build_model, load_model, model_info
@@ -840,6 +840,10 @@ def build_run_model(config: TrainConfig, data, image_size: tuple[int, int]):
     )
     if m.cut == "auto":
         _check_unfreeze_below_cut(config, model)
+    unfreeze = config.schedule.unfreeze
+    if unfreeze != "auto":  # a bad range or count fails before the run's notes
+        info = model_info(model)
+        resolve_unfreeze(info.block_map, info.base, **unfreeze_kwargs(unfreeze))
     set_class_names(model, data.class_names)
     return model
 
