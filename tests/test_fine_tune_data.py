@@ -26,6 +26,33 @@ def test_data_bundle_with_its_validation_split():
     assert "val_loss" in history.history and history.history["stage"] == [1, 2]
 
 
+def test_validation_data_given_with_a_bundle_is_checked_and_used():
+    # The bundle's own split is used only when no validation_data is given; one
+    # given was taken as checked by load_data, and failed inside tltf (an
+    # AttributeError on a tuple) instead of validating.
+    x, y = make_data(n=48, size=16)
+    bundle = tltf_data.load_data((x, y), validation_split=0.25, seed=0)
+    model = make_tiny_model()
+    history = tltf.fine_tune(
+        model,
+        bundle,
+        (x[:5], y[:5]),  # not the bundle's split of 12 images
+        head_epochs=1,
+        fine_tune_epochs=0,
+        keep_best=False,
+        verbose=0,
+    )
+    # The model ends at stage 1's one epoch: its validation loss is the loss on
+    # the 5 images given.
+    assert history.history["val_loss"][0] == pytest.approx(
+        model.evaluate(x[:5], y[:5], verbose=0)[0], rel=1e-4
+    )
+    with pytest.raises(DataError, match="lower bound|outside"):
+        tltf.fine_tune(make_tiny_model(), bundle, (x[:5], y[:5] + 7), verbose=0)
+    with pytest.raises(DataError, match="validation_data=bundle.train"):
+        tltf.fine_tune(make_tiny_model(), (x, y), bundle, verbose=0)
+
+
 def test_image_size_mismatch_names_the_fix():
     x, y = make_data(n=8, size=20)
     with pytest.raises(DataError, match=r"load_data\(\.\.\., image_size=\(16, 16\)\)"):

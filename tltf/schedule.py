@@ -2303,9 +2303,10 @@ def _prepare_data(
     from a dataset (`_holdout`).
     """
     labels = counts = None
+    bundled = False  # whether the validation set is the bundle's own
     if isinstance(train, tltf_data.DataBundle):
         if validation is None:
-            validation = train.validation
+            validation, bundled = train.validation, True
         train_ds = train.train
         # One-off passes read a fixed-order copy: see DataBundle.unshuffled.
         features = train.unshuffled if train.unshuffled is not None else train_ds
@@ -2324,7 +2325,7 @@ def _prepare_data(
     if train_ds.cardinality() == tf.data.UNKNOWN_CARDINALITY:
         features, train_ds = _known_length(features, train_ds)
     val_ds = None
-    if validation is not None and isinstance(train, tltf_data.DataBundle):
+    if validation is not None and bundled:
         val_ds = validation  # checked by load_data
     elif validation is not None:
         check_data(validation, info, "validation_data")

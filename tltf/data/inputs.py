@@ -151,6 +151,12 @@ def not_data_error(data, what: str) -> DataError:
             f" of shape {data.shape}, without labels. Pass the images and "
             "their labels together, as one tuple: (images, labels)"
         )
+    elif isinstance(data, DataBundle):  # where a dataset goes
+        alone = (
+            ". A DataBundle is the training data, whose validation split comes "
+            "with it; as validation data pass one of its datasets, e.g. "
+            "validation_data=bundle.train for a bundle loaded from a test folder"
+        )
     return DataError(
         f"Expected {what} as a tf.data.Dataset of (image, label) or a tuple "
         f"{ARRAYS} of arrays. Received: {type(data).__name__}{alone}"
