@@ -425,7 +425,7 @@ def test_a_loss_for_the_other_kind_of_labels_is_named_before_training():
     check_error(error, errors.ConfigError, "one sigmoid output", "binary_crossentropy")
 
 
-def test_a_misspelt_loss_is_named_before_any_data_is_read():
+def test_a_misspelt_loss_or_metric_is_named_before_any_data_is_read():
     import tensorflow as tf
 
     def unread():  # a pipeline that fails the moment anything reads it
@@ -445,6 +445,9 @@ def test_a_misspelt_loss_is_named_before_any_data_is_read():
             {"loss": "categorical_crossentropy", "label_smoothing": 0.1},
             ("label_smoothing=0.1", "one of yours"),
         ),
+        # Keras raised its own ValueError at compile, after the data was read.
+        ({"metrics": ["acuracy"]}, ("Unknown metric 'acuracy'", "'accuracy'")),
+        ({"metrics": "top_5_accuracy"}, ("Unknown metric", "'auto'")),
     ):
         error = raises(
             errors.ConfigError, tltf.fine_tune, make_tiny_model(), data, **kwargs

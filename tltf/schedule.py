@@ -575,6 +575,7 @@ def fine_tune(
         )
     strategy = model_strategy(model, strategy)
     loss_to_check = _check_loss(settings.loss, settings.label_smoothing, info)
+    _check_metrics(settings.metrics)
     head_epochs, fine_tune_epochs = settings.head_epochs, settings.fine_tune_epochs
     head_lr, fine_tune_lr = settings.head_lr, settings.fine_tune_lr
     unfreeze, keep_best = settings.unfreeze, settings.keep_best
@@ -2597,6 +2598,44 @@ def _check_loss(loss, smoothing: float, info: ModelInfo) -> str | None:
             "task='multiclass' for a softmax over both classes."
         )
     return str(name) if info.task == "multiclass" else None
+
+
+#: Metric names Keras's `compile` reads itself, which `keras.metrics.get` does
+#: not know.
+_COMPILE_METRICS = ("accuracy", "acc", "crossentropy", "ce")
+
+
+def _check_metrics(metrics) -> None:
+    """Metric names Keras does not know fail here, before any data is read, with
+    the names they may mean (Keras's own error comes at compile, deep inside)."""
+    if metrics is None or (isinstance(metrics, str) and metrics == "auto"):
+        return
+    for item in metrics if isinstance(metrics, (list, tuple)) else [metrics]:
+        if not isinstance(item, str) or item in _COMPILE_METRICS:
+            continue
+        try:
+            keras.metrics.get(item)
+        except ValueError:
+            names = [
+                *_COMPILE_METRICS,
+                "auc",
+                "precision",
+                "recall",
+                "mae",
+                "mse",
+                "f1_score",
+                *(
+                    name
+                    for name in dir(keras.metrics)
+                    if name.islower()
+                    and name not in ("get", "serialize", "deserialize")
+                ),
+            ]
+            raise ConfigError(
+                f"Unknown metric {item!r}. Pass 'auto' (the task's own metrics), "
+                "Keras metric names such as ['accuracy', 'auc'], or "
+                "keras.metrics.Metric objects." + suggest(item, names)
+            ) from None
 
 
 def _wants_one_hot(name: str | None) -> bool:
