@@ -516,8 +516,8 @@ def fine_tune(
         validation_data: Same forms as `train`, or None; defaults to the
             bundle's validation split when `train` is a DataBundle.
         settings: FineTuneSettings or None. Defaults to `FineTuneSettings()`.
-        callbacks: a Keras callback, a list of them, or None. They see both stages. With
-            `head_epochs="auto"` and a stage 2, an EarlyStopping left at
+        callbacks: A Keras callback, a list of them, or None. They see both
+            stages. With `head_epochs="auto"` and a stage 2, an EarlyStopping left at
             `start_from_epoch=0` starts at stage 2's first epoch. A
             ReduceLROnPlateau starts afresh at stage 2, as its optimizer does.
         verbose: Keras's `fit` verbosity. Defaults to "auto".

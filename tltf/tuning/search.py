@@ -138,8 +138,8 @@ def tune(
         directory: str. Parent folder of the project. Defaults to "tltf_tuning".
         project_name: str. Defaults to "tune".
         overwrite: bool. Start over instead of resuming. Defaults to False.
-        callbacks: a Keras callback, a list of them, or None. For every trial's stage 2
-            (deep-copied per trial, as keras-tuner does).
+        callbacks: A Keras callback, a list of them, or None. For every trial's
+            stage 2 (deep-copied per trial, as keras-tuner does).
         verbose: int. 0 is silent. Defaults to 1.
         validation_split: float or None. With `(images, labels)` arrays and no
             `validation_data`: this fraction of them is the validation data of
