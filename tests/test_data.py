@@ -100,11 +100,24 @@ def test_tfds_errors(tfds_mock):
         tdata.load_data("tfds:tf_flowerz", image_size=8)
     with pytest.raises(ConfigError, match="validation='train\\[85%:\\]'"):
         tdata.load_data("tfds:tf_flowers", image_size=8, validation_split=0.125)
-    with pytest.raises(ConfigError, match="5 classes, but num_classes=3"):
+    # Worded for the Python API and the command line alike (no "num_classes=None").
+    with pytest.raises(
+        ConfigError, match="5 classes, but num_classes=3. Leave num_classes unset.*to 5"
+    ):
         tdata.load_data("tfds:tf_flowers", image_size=8, num_classes=3)
 
 
 # -- image folder ------------------------------------------------------------------------
+
+
+def test_a_folder_with_other_than_num_classes_subfolders_names_both_numbers(folder):
+    with pytest.raises(ConfigError) as error:
+        tdata.load_data(str(folder), image_size=8, num_classes=5)
+    message = str(error.value)
+    assert "2 class subfolders ['cats', 'dogs'], but num_classes=5" in message
+    # Worded for the Python API and the command line alike.
+    assert "Leave num_classes unset" in message and "set it to 2" in message
+    assert "num_classes=None" not in message
 
 
 def test_folder_reads_formats_and_skips_bad_files(folder, capsys):

@@ -365,8 +365,8 @@ def _folder_source(
     if num_classes is not None and num_classes != len(class_names):
         raise ConfigError(
             f"Folder {str(root)!r} has {len(class_names)} class subfolders "
-            f"{class_names}, but num_classes={num_classes}. Pass num_classes=None "
-            "(or the number of subfolders)."
+            f"{class_names}, but num_classes={num_classes}. Leave num_classes unset "
+            f"(tltf reads it from the subfolders) or set it to {len(class_names)}."
         )
     ok, reasons = scan_image_files(paths)
     bad = [p for p, good in zip(paths, ok, strict=True) if not good]

@@ -174,7 +174,8 @@ def _tfds_source(
         if num_classes is not None and num_classes != len(names):
             raise ConfigError(
                 f"TFDS {name!r} has {len(names)} classes, but num_classes="
-                f"{num_classes}. Pass num_classes=None."
+                f"{num_classes}. Leave num_classes unset (tltf reads it from the "
+                f"dataset) or set it to {len(names)}."
             )
         if opts.task == "binary" and len(names) != 2:
             raise DataError(
