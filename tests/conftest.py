@@ -8,7 +8,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tltf  # noqa: E402,F401,I001  (first: imports TensorFlow quietly)
+import tests.tf_settings  # noqa: E402,F401,I001  (first: TensorFlow, lean and quiet)
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

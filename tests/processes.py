@@ -18,7 +18,8 @@ plain one.
 
 What differs from `python -m ...`: the modules are imported before the child's
 environment is set, so variables read at import time (TensorFlow's log level)
-come from the pytest worker. Tests of import-time behaviour (quiet start-up
+come from the pytest worker, and TensorFlow runs with the workers' lean
+settings (tests/tf_settings.py). Tests of import-time behaviour (quiet start-up
 logs, what `import tltf` loads, a bad config's single line of output) keep
 `subprocess` and a fresh interpreter.
 """
@@ -39,8 +40,10 @@ import warnings
 import weakref
 from pathlib import Path
 
-#: What the forkserver imports once, for every child.
-PRELOAD = ["tltf", "tltf.cli", "tltf.schedule", "tltf.tuning"]
+#: What the forkserver imports once, for every child: TensorFlow with the
+#: workers' settings (tests/tf_settings.py), so that a child's run and the
+#: worker's run it is compared with are computed alike, then tltf.
+PRELOAD = ["tests.tf_settings", "tltf", "tltf.cli", "tltf.schedule", "tltf.tuning"]
 
 _context = None
 
