@@ -161,6 +161,37 @@ def test_a_second_search_on_a_project_fails_fast_and_a_dead_ones_locks_go(tmp_pa
         pass
 
 
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_search_never_writes_into_or_empties_a_folder_of_the_users(
+    tmp_path, overwrite
+):
+    """A project folder holding the user's files is refused before anything is
+    written (overwrite=True emptied it); so is a file where the project or its
+    parent folder goes. (A search's own project is resumed or emptied: the
+    tests of tune's resume and overwrite.)"""
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "thesis.txt").write_text("my precious\n")
+    before = folder_snapshot(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        _search(tmp_path, overwrite=overwrite)
+    check_error(
+        info.value,
+        ConfigError,
+        str(project),
+        "thesis.txt",
+        "directory=",
+        "project_name=",
+    )
+    assert folder_snapshot(tmp_path) == before
+    (tmp_path / "file").write_text("mine\n")
+    for directory, project_name in ((tmp_path / "file", "p"), (tmp_path, "file")):
+        with pytest.raises(ConfigError) as info:
+            _search(directory, project_name=project_name, overwrite=overwrite)
+        check_error(info.value, ConfigError, str(tmp_path / "file"), "a file")
+    assert (tmp_path / "file").read_text() == "mine\n"
+
+
 # -- objectives and failed searches ------------------------------------------------
 @pytest.mark.parametrize(
     "objective",

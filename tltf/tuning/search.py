@@ -39,7 +39,7 @@ from tltf.tuning.results import (
     write_table,
 )
 from tltf.tuning.space import SearchSpace
-from tltf.tuning.store import PROJECT_LOCK, project_lock
+from tltf.tuning.store import PROJECT_LOCK, check_project_folder, project_lock
 
 #: The search's own options, taken through `tune`'s `**kwargs`, with their
 #: defaults (`seed` also goes to the hypermodel).
@@ -260,6 +260,8 @@ def tune(
     if kt_tuner is None:
         _check_objective(objective, hypermodel)
         project = Path(directory) / project_name
+        if not dist_utils.has_chief_oracle():  # a worker finds the chief's project
+            check_project_folder(directory, project_name)
     else:
         _check_objective(kt_tuner.oracle.objective, hypermodel)
         project = Path(kt_tuner.project_dir)

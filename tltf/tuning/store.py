@@ -21,6 +21,45 @@ from tltf.locks import Heartbeat, LockFile
 
 HEADS_DIR = "tltf_heads"
 PROJECT_LOCK = "tltf_project.lock"
+#: What a project folder holds once a search has started in it: tltf's lock
+#: (written first) and stage-1 store, keras-tuner's oracle and tuner state.
+_PROJECT_ENTRIES = (PROJECT_LOCK, HEADS_DIR, "oracle.json", "tuner0.json")
+
+
+def check_project_folder(directory, project_name) -> Path:
+    """The project folder `directory/project_name`, once it is known that a
+    search may write there (and, with `overwrite=True`, empty it).
+
+    Nothing of the user's may be lost: the folder may be absent, empty, or a
+    project that a search wrote (tltf's lock or stage-1 store, keras-tuner's
+    oracle, or its `trial_*` folders).
+
+    Raises:
+        ConfigError: `directory` or the project is a file, or the project is a
+            folder of the user's.
+    """
+    project = Path(directory) / str(project_name)
+    for path in (*reversed(project.parents), project):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(
+                f"Expected {str(path)!r} to be a folder: tune() writes its project "
+                f"folder {str(project)!r} there. Received: a file. Pass another "
+                "directory= (or project_name=)."
+            )
+    if not project.is_dir() or not any(project.iterdir()):
+        return project
+    names = {child.name for child in project.iterdir()}
+    if names & set(_PROJECT_ENTRIES) or any(
+        name.startswith("trial_") and (project / name).is_dir() for name in names
+    ):
+        return project
+    shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    raise ConfigError(
+        f"Expected the tuning project {str(project)!r} to be a new or empty folder, "
+        f"or a search's project. Received: a folder of other files ({shown}); "
+        "tltf never writes into it or empties it (overwrite=True). Pass another "
+        "directory= or project_name=."
+    )
 
 
 # -- lock files --------------------------------------------------------------------
