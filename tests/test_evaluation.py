@@ -486,3 +486,18 @@ def test_labels_outside_the_models_classes_are_named_in_its_terms():
         message = str(info.value)
         assert f"the model has {classes} classes (labels 0 to {classes - 1})" in message
         assert "class_names" in message and "pass num_classes" not in message
+
+
+def test_one_hot_rows_of_another_width_are_named_in_the_models_terms():
+    # load_data's own error spoke of "train labels" and of a num_classes that
+    # evaluate does not take.
+    model, x, y = WEIGHED_TASKS["multiclass"]()
+    classes = model.output_shape[-1]
+    rows = np.eye(classes + 2)[y]
+    for data in ((x, rows), tf.data.Dataset.from_tensor_slices((x, rows)).batch(3)):
+        with pytest.raises(DataError) as info:
+            evaluate(model, data)
+        message = str(info.value)
+        assert f"one-hot rows of {classes + 2} columns" in message, message
+        assert f"the model has {classes} classes" in message
+        assert "train labels" not in message and "pass num_classes" not in message

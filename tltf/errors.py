@@ -47,16 +47,26 @@ class DataError(TltfError, ValueError):
 
 
 class LabelRangeError(DataError):
-    """Class-index labels outside `[0, num_classes)`.
+    """Class-index labels outside `[0, num_classes)`, or one-hot rows of another
+    width than `num_classes`.
 
-    `num_classes`, `low` and `high` (the labels' smallest and largest value) let
-    a caller that knows more, such as `tltf.evaluate` (whose model fixes the
-    classes), say it in its own words.
+    `num_classes`, `low` and `high` (the labels' smallest and largest value) and
+    `columns` (the one-hot rows' width, None for class indices) let a caller that
+    knows more, such as `tltf.evaluate` (whose model fixes the classes), say it
+    in its own words.
     """
 
-    def __init__(self, message: str, num_classes: int, low: float, high: float):
+    def __init__(
+        self,
+        message: str,
+        num_classes: int,
+        low: float,
+        high: float,
+        columns: int | None = None,
+    ):
         super().__init__(message)
         self.num_classes, self.low, self.high = num_classes, low, high
+        self.columns = columns
 
 
 class LeaveOneOutError(DataError):

@@ -185,8 +185,13 @@ def _labels_of_the_model(task: str, units: int):
         yield
     except LabelRangeError as error:
         count = _num_classes(task, units)
+        labels = (
+            f"are one-hot rows of {error.columns} columns"
+            if error.columns is not None
+            else f"run from {error.low:g} to {error.high:g}"
+        )
         raise DataError(
-            f"The evaluation labels run from {error.low:g} to {error.high:g}, but "
+            f"The evaluation labels {labels}, but "
             f"the model has {count} classes (labels 0 to {count - 1}). Evaluate it "
             "on labels of the classes it was trained on, in the same order "
             "(tltf.model_info(model).class_names names them), or fine-tune a "

@@ -167,9 +167,13 @@ def normalize_labels(
                 "one-hot. For several classes per image, use task='multilabel'."
             )
         if num_classes is not None and y.shape[1] != num_classes:
-            raise DataError(
+            raise LabelRangeError(
                 f"Expected one-hot {what} labels of {num_classes} columns for "
-                f"num_classes={num_classes}. Received labels of shape {y.shape}."
+                f"num_classes={num_classes}. Received labels of shape {y.shape}.",
+                num_classes,
+                0.0,
+                float(y.shape[1] - 1),
+                columns=int(y.shape[1]),
             )
         y = y.argmax(axis=1)
     if y.ndim != 1:
