@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 import tltf
-from tests.helpers import make_image_folder, make_tiny_base, make_tiny_model
+from tests.helpers import cli_error, make_image_folder, make_tiny_base, make_tiny_model
 from tests.test_ranking import constant_base, signal_base
 from tltf.cli import main
 
@@ -24,8 +24,7 @@ def test_rank_end_to_end_on_an_image_folder(tmp_path, capsys):
     status = main(
         [
             "rank",
-            "--data",
-            str(images),
+            str(images),  # the data first, as `tltf train photos/`
             "--bases",
             str(noise),
             str(signal),
@@ -102,6 +101,14 @@ def test_rank_names_an_unknown_base_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and "Unknown base 'vgg61'" in err
     keras.backend.clear_session()
+
+
+def test_rank_takes_its_data_once_first_or_as_data(tmp_path, capsys):
+    images = str(tmp_path / "images")
+    err = cli_error(["rank", "--bases", "demo"], capsys)
+    assert "labelled data is missing" in err and "tltf rank photos/" in err
+    err = cli_error(["rank", images, "--data", images, "--bases", "demo"], capsys)
+    assert "given twice" in err and "--data" in err
 
 
 def test_rank_takes_bases_separated_by_commas_and_keeps_a_path_whole(tmp_path):

@@ -1455,7 +1455,8 @@ base is a registry name, demo, or a saved base folder (or a .keras file of a
 base model). See docs/ranking.md.
 
 examples:
-  tltf rank --data photos/ --bases demo vgg16 mobilenet_v3_small
+  tltf rank photos/ --bases demo vgg16 mobilenet_v3_small
+  tltf rank --data photos/ --bases demo,vgg16    (the same data, as a flag)
   tltf rank --data train.npz --bases vgg16 bases/mine --weights-dir weights/ \\
       --out rank.csv --plot rank.png
   tltf rank --data faces/ --bases emotion.h5 vgg16 --preprocessing emotion.h5=tf
@@ -1473,9 +1474,11 @@ def _add_rank_command(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rank.add_argument(
+        "source", nargs="?", metavar="SRC", help="the labelled data, as --data"
+    )
+    rank.add_argument(
         "--data",
         metavar="SRC",
-        required=True,
         help="labelled images: a folder (one subfolder per class), a .npz file "
         "or tfds:NAME[SPLIT] (default split: train)",
     )
@@ -1643,6 +1646,12 @@ def _split_bases(bases: list[str]) -> list[str]:
 def _cmd_rank(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    _source_first(args, "data", "labelled data")  # `tltf rank photos/ --bases ...`
+    if args.data is None:
+        raise _config_error(
+            "the labelled data is missing: give it first (`tltf rank photos/ "
+            "--bases demo vgg16`) or as --data."
+        )
     args.bases = _split_bases(args.bases)
     modes = _rank_preprocessing(args.preprocessing, args.bases)  # before any data
     if args.out:  # refused before any base is read
