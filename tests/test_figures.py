@@ -301,3 +301,27 @@ def test_plot_history_names_what_it_takes():
             tltf.plot_history(bad)
     assert isinstance(tltf.plot_history({"loss": [0.5, 0.4]}), Figure)
     plt.close("all")
+
+
+def test_plot_history_takes_one_metric_name_and_names_one_it_never_logged():
+    from tltf.errors import ConfigError
+
+    # A name alone is one panel (it drew one empty panel per letter).
+    figure = tltf.plot_history(LOGS, metrics="accuracy")
+    assert [ax.get_ylabel() for ax in figure.axes] == ["accuracy"]
+    assert [line.get_label() for line in figure.axes[0].lines[:2]] == [
+        "accuracy",
+        "val_accuracy",
+    ]
+    figure = tltf.plot_history(LOGS, metrics=("val_loss", "accuracy"))
+    assert [ax.get_ylabel() for ax in figure.axes] == ["val_loss", "accuracy"]
+    # A metric the History never logged drew an empty panel.
+    for bad in (["f1"], ["loss", "acuracy"], [3]):
+        with pytest.raises(ConfigError) as info:
+            tltf.plot_history(LOGS, metrics=bad)
+        message = str(info.value)
+        assert "Expected metrics that the History logged: accuracy, loss" in message
+        assert repr(bad[-1]) in message
+        if bad[-1] == "acuracy":
+            assert "Did you mean 'accuracy'?" in message
+    plt.close("all")

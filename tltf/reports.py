@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tltf._io import atomic_path, check_file_replaceable, is_matplotlib_png
-from tltf.errors import ConfigError
+from tltf.errors import ConfigError, suggest
 from tltf.saving import MODEL_SUFFIXES
 
 
@@ -131,8 +131,9 @@ def plot_history(
 
     Args:
         history: A `keras.callbacks.History` or its `.history` dict.
-        metrics: Metric names to plot (train and `val_` curves share a panel).
-            Defaults to "loss" plus the first other metric found.
+        metrics: Metric names to plot, or one name (train and `val_` curves
+            share a panel); each must be logged. Defaults to "loss" plus the
+            first other metric found.
         title: str or None. The figure title.
         path: str or None. Also write the figure to this PNG file.
         monitor: str, None or False. The metric whose best epoch is marked;
@@ -175,6 +176,8 @@ def plot_history(
             if not k.startswith("val_") and k not in ("loss", "stage", "learning_rate")
         ]
         metrics = ["loss", *others[:1]]
+    else:
+        metrics = _logged_metrics(metrics, logs)
     if kept is None and monitor is None and hasattr(history, "kept"):
         kept = history.kept.epoch
     if kept is not None and monitor is None and best_label == "best":
@@ -227,6 +230,23 @@ def plot_history(
     if path is not None:
         save_figure(figure, path)
     return figure
+
+
+def _logged_metrics(metrics, logs: dict) -> list[str]:
+    """`metrics` as a list of names the History logged (a name alone, as
+    `metrics="accuracy"`, is one panel, not one per letter)."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    logged = sorted(k for k in logs if not k.startswith("val_") and k != "stage")
+    for metric in metrics:
+        if not isinstance(metric, str) or not (
+            metric in logs or f"val_{metric}" in logs
+        ):
+            raise ConfigError(
+                f"Expected metrics that the History logged: {', '.join(logged)} "
+                f"(each with its val_ curve, where logged). Received: {metric!r}."
+                f"{suggest(str(metric).removeprefix('val_'), logged)}"
+            )
+    return metrics
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int, weights=None) -> np.ndarray:
