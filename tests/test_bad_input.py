@@ -455,6 +455,25 @@ def test_a_misspelt_loss_or_metric_is_named_before_any_data_is_read():
         check_error(error, errors.ConfigError, *words)
 
 
+def test_one_metric_alone_is_taken_as_keras_takes_a_list_of_one():
+    # Keras's compile raised its own ValueError ("Expected `metrics` argument to
+    # be a list, tuple, or dict") for a name alone.
+    x, y = make_data(20)
+    for metric, logged in (
+        ("accuracy", "accuracy"),
+        (keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2"), "top2"),
+    ):
+        history = tltf.fine_tune(
+            make_tiny_model(),
+            (x, y),
+            metrics=metric,
+            head_epochs=1,
+            fine_tune_epochs=0,
+            verbose=0,
+        )
+        assert logged in history.history, history.history.keys()
+
+
 def test_a_loss_that_fits_the_labels_trains():
     x, y = make_data(20)
     one_hot = keras.utils.to_categorical(y, 3)

@@ -736,9 +736,10 @@ def fine_tune(
         optimizer = make_optimizer(optimizer, head_rate)
     own_loss = not (isinstance(loss, str) and loss == "auto")
     loss = loss if own_loss else auto_loss
-    metrics = (
-        auto_metrics if isinstance(metrics, str) and metrics == "auto" else metrics
-    )
+    if isinstance(metrics, str) and metrics == "auto":
+        metrics = auto_metrics
+    elif isinstance(metrics, (str, keras.metrics.Metric)):
+        metrics = [metrics]  # one metric: Keras's compile takes a list
     with strategy.scope():
         optimizer = optimizer_in_scope(optimizer, strategy)
         model.compile(

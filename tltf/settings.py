@@ -403,7 +403,8 @@ class FineTuneSettings:
             loss, class indices become one-hot rows (as for
             `label_smoothing`); one-hot rows for a sparse loss are a
             ConfigError. Defaults to "auto".
-        metrics: A list of Keras metrics, or "auto" for the task's. Defaults to
+        metrics: A list of Keras metrics, one metric (a name or a
+            `keras.metrics.Metric`), or "auto" for the task's. Defaults to
             "auto".
         lr_decay: float or None. Discriminative rates per block (see
             `FineTuneSchedule`). Defaults to None.
