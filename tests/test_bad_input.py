@@ -455,6 +455,13 @@ def test_a_misspelt_loss_or_metric_is_named_before_any_data_is_read():
         check_error(error, errors.ConfigError, *words)
 
 
+def _one_head_epoch(data, **kwargs):
+    """The History of one stage-1 epoch of the tiny model on `data`."""
+    return tltf.fine_tune(
+        make_tiny_model(), data, head_epochs=1, fine_tune_epochs=0, verbose=0, **kwargs
+    )
+
+
 def test_one_metric_alone_is_taken_as_keras_takes_a_list_of_one():
     # Keras's compile raised its own ValueError ("Expected `metrics` argument to
     # be a list, tuple, or dict") for a name alone.
@@ -463,14 +470,7 @@ def test_one_metric_alone_is_taken_as_keras_takes_a_list_of_one():
         ("accuracy", "accuracy"),
         (keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2"), "top2"),
     ):
-        history = tltf.fine_tune(
-            make_tiny_model(),
-            (x, y),
-            metrics=metric,
-            head_epochs=1,
-            fine_tune_epochs=0,
-            verbose=0,
-        )
+        history = _one_head_epoch((x, y), metrics=metric)
         assert logged in history.history, history.history.keys()
 
 
@@ -486,14 +486,7 @@ def test_a_loss_that_fits_the_labels_trains():
         (keras.losses.CategoricalFocalCrossentropy(), one_hot),
         (own, y),
     ):
-        history = tltf.fine_tune(
-            make_tiny_model(),
-            (x, labels),
-            loss=loss,
-            head_epochs=1,
-            fine_tune_epochs=0,
-            verbose=0,
-        )
+        history = _one_head_epoch((x, labels), loss=loss)
         assert len(history.history["loss"]) == 1
 
 
