@@ -260,7 +260,7 @@ def tune(
     if kt_tuner is None:
         _check_objective(objective, hypermodel)
         project = Path(directory) / project_name
-        if not dist_utils.has_chief_oracle():  # a worker finds the chief's project
+        if not dist_utils.has_chief_oracle():  # chief and workers share one
             check_project_folder(directory, project_name)
     else:
         _check_objective(kt_tuner.oracle.objective, hypermodel)

@@ -41,10 +41,14 @@ def check_project_folder(directory, project_name) -> Path:
     project = Path(directory) / str(project_name)
     for path in (*reversed(project.parents), project):
         if path.exists() and not path.is_dir():
+            what = (
+                f"the tuning project {str(path)!r}"
+                if path == project
+                else f"{str(path)!r}, where tune() writes its project {str(project)!r},"
+            )
             raise ConfigError(
-                f"Expected {str(path)!r} to be a folder: tune() writes its project "
-                f"folder {str(project)!r} there. Received: a file. Pass another "
-                "directory= (or project_name=)."
+                f"Expected {what} to be a folder. Received: a file; tltf never "
+                "replaces it. Pass another directory= or project_name=."
             )
     if not project.is_dir() or not any(project.iterdir()):
         return project
