@@ -6,9 +6,10 @@ workers) import this module before anything else. It turns off oneDNN's custom
 kernels and Grappler's graph optimizations. The suite's models (8 to 64 px, a
 few thousand to a few million weights) spend their time tracing and optimizing
 graphs, not computing them; on real images both pay off, and users keep them.
-Measured on test_defaults, test_cache and test_guard in one process, two runs
-each: 166.8 s with TensorFlow's defaults, 153.2 s without oneDNN's kernels,
-154.9 s without Grappler; the whole suite in benchmarks/RESULTS.md, "Test suite".
+Measured on test_defaults, test_cache and test_guard in one process (wall time,
+the mean of two runs): 166.8 s with TensorFlow's defaults, 153.2 s without
+oneDNN's kernels, 154.9 s without Grappler; the whole suite in
+benchmarks/RESULTS.md, "Test suite".
 
 Every process that the suite compares bit for bit (a killed run and the run it
 resumes to) runs with the same settings. A fresh interpreter (`subprocess`, the
