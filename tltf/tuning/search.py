@@ -257,18 +257,20 @@ def tune(
                 f"passed; tune() received {given + (['search'] if search else [])}."
             )
     objective = _objective(objective, hypermodel.task)
+    distributed = dist_utils.has_chief_oracle()
     if kt_tuner is None:
         _check_objective(objective, hypermodel)
-        project = Path(directory) / project_name
-        if not dist_utils.has_chief_oracle():  # chief and workers share one
-            check_project_folder(directory, project_name)
+        project = (  # chief and workers share one: the chief's
+            Path(directory) / project_name
+            if distributed
+            else check_project_folder(directory, project_name)
+        )
     else:
         _check_objective(kt_tuner.oracle.objective, hypermodel)
         project = Path(kt_tuner.project_dir)
     fit_kwargs = {"callbacks": callbacks, "verbose": verbose}
     if validation_data is not None:
         fit_kwargs["validation_data"] = validation_data
-    distributed = dist_utils.has_chief_oracle()
     # One search per project folder; chief and workers share theirs.
     with contextlib.nullcontext() if distributed else project_lock(project):
         if kt_tuner is None:
